@@ -1,0 +1,42 @@
+#ifndef SWIFTDDP_CHDF5_SHIM_H
+#define SWIFTDDP_CHDF5_SHIM_H
+
+#include <hdf5.h>
+
+// HDF5's predefined types, property-list classes and flags are macros that call H5open() and read a
+// global id (H5T_NATIVE_FLOAT is `(H5OPEN H5T_NATIVE_FLOAT_g)`), which Swift cannot import; these getters
+// evaluate them.
+
+static inline hid_t swiftddp_H5P_DEFAULT(void) { return H5P_DEFAULT; }
+static inline hid_t swiftddp_H5S_ALL(void) { return H5S_ALL; }
+static inline hid_t swiftddp_H5E_DEFAULT(void) { return H5E_DEFAULT; }
+static inline hid_t swiftddp_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
+static inline hid_t swiftddp_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
+static inline hid_t swiftddp_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
+
+static inline unsigned swiftddp_H5F_ACC_RDONLY(void) { return H5F_ACC_RDONLY; }
+static inline unsigned swiftddp_H5F_ACC_RDWR(void) { return H5F_ACC_RDWR; }
+static inline unsigned swiftddp_H5F_ACC_TRUNC(void) { return H5F_ACC_TRUNC; }
+static inline unsigned swiftddp_H5F_ACC_EXCL(void) { return H5F_ACC_EXCL; }
+
+// In-memory element types (what Swift buffers hold).
+static inline hid_t swiftddp_H5T_NATIVE_FLOAT(void) { return H5T_NATIVE_FLOAT; }
+static inline hid_t swiftddp_H5T_NATIVE_DOUBLE(void) { return H5T_NATIVE_DOUBLE; }
+static inline hid_t swiftddp_H5T_NATIVE_INT32(void) { return H5T_NATIVE_INT32; }
+static inline hid_t swiftddp_H5T_NATIVE_INT64(void) { return H5T_NATIVE_INT64; }
+static inline hid_t swiftddp_H5T_NATIVE_UINT8(void) { return H5T_NATIVE_UINT8; }
+static inline hid_t swiftddp_H5T_NATIVE_UINT16(void) { return H5T_NATIVE_UINT16; }
+
+// On-disk element types: little-endian standard types, so files read the same on every machine.
+static inline hid_t swiftddp_H5T_IEEE_F32LE(void) { return H5T_IEEE_F32LE; }
+static inline hid_t swiftddp_H5T_IEEE_F64LE(void) { return H5T_IEEE_F64LE; }
+static inline hid_t swiftddp_H5T_STD_I32LE(void) { return H5T_STD_I32LE; }
+static inline hid_t swiftddp_H5T_STD_I64LE(void) { return H5T_STD_I64LE; }
+static inline hid_t swiftddp_H5T_STD_U8LE(void) { return H5T_STD_U8LE; }
+static inline hid_t swiftddp_H5T_STD_U16LE(void) { return H5T_STD_U16LE; }
+static inline hid_t swiftddp_H5T_C_S1(void) { return H5T_C_S1; }
+
+// H5T_VARIABLE is `((size_t)-1)`, a cast Swift does not import.
+static inline size_t swiftddp_H5T_VARIABLE(void) { return H5T_VARIABLE; }
+
+#endif

@@ -1,0 +1,220 @@
+import CHDF5
+
+/// An attribute's value as stored. Integers and floats widen to Int64 and Double for reading
+/// (h5py stores Python ints as int64 and floats as float64; numpy scalars may be narrower);
+/// exact-typed arrays come from `attribute(_:as:)`.
+public enum AttributeValue: Sendable, Equatable, CustomStringConvertible {
+    case integer(Int64)
+    case real(Double)
+    case string(String)
+    case integers([Int64])
+    case reals([Double])
+    case strings([String])
+    /// A type we do not read, described in words.
+    case unsupported(String)
+
+    public var description: String {
+        switch self {
+        case .integer(let value): return String(value)
+        case .real(let value): return String(value)
+        case .string(let value): return "\"\(value)\""
+        case .integers(let values): return "[" + values.map(String.init).joined(separator: ", ") + "]"
+        case .reals(let values): return "[" + values.map { String($0) }.joined(separator: ", ") + "]"
+        case .strings(let values): return "[" + values.map { "\"\($0)\"" }.joined(separator: ", ") + "]"
+        case .unsupported(let type): return "<\(type)>"
+        }
+    }
+}
+
+extension HDF5Object {
+    // MARK: Writing (an existing attribute of the same name is replaced)
+
+    public func setAttribute(_ name: String, _ value: Int64) throws(HDF5Error) {
+        try writeAttribute(name, elementType: .int64, count: nil) { type, attribute in
+            withUnsafePointer(to: value) { H5Awrite(attribute, type, $0) }
+        }
+    }
+
+    public func setAttribute(_ name: String, _ value: Int) throws(HDF5Error) {
+        try setAttribute(name, Int64(value))
+    }
+
+    public func setAttribute(_ name: String, _ value: Double) throws(HDF5Error) {
+        try writeAttribute(name, elementType: .float64, count: nil) { type, attribute in
+            withUnsafePointer(to: value) { H5Awrite(attribute, type, $0) }
+        }
+    }
+
+    /// A UTF-8 variable-length string, as h5py writes `attrs["key"] = "text"`.
+    public func setAttribute(_ name: String, _ value: String) throws(HDF5Error) {
+        let attributeSite = Site(file: filePath, object: "\(path)@\(name)")
+        let type = try variableLengthStringType(attributeSite)
+        let space = try ObjectHandle(.dataspace, "H5Screate", attributeSite) { H5Screate(H5S_SCALAR) }
+        try removeAttributeIfPresent(name)
+        let attribute = try ObjectHandle(.attribute, "H5Acreate2", attributeSite) {
+            H5Acreate2(handle.id, name, type.id, space.id, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
+        }
+        try h5call("H5Awrite", attributeSite) {
+            value.withCString { text in
+                var pointer: UnsafePointer<CChar>? = text
+                return H5Awrite(attribute.id, type.id, &pointer)
+            }
+        }
+    }
+
+    /// A 1-D numeric array.
+    public func setAttribute<T: HDF5Scalar>(_ name: String, _ values: [T]) throws(HDF5Error) {
+        try writeAttribute(name, elementType: T.hdf5ElementType, count: values.count) { type, attribute in
+            values.withUnsafeBufferPointer { H5Awrite(attribute, type, $0.baseAddress) }
+        }
+    }
+
+    private func writeAttribute(_ name: String, elementType: ElementType, count: Int?,
+                                _ write: (hid_t, hid_t) -> herr_t) throws(HDF5Error) {
+        let attributeSite = Site(file: filePath, object: "\(path)@\(name)")
+        let space = try ObjectHandle(.dataspace, "H5Screate", attributeSite) {
+            if let count {
+                var dims = [hsize_t(count)]
+                return H5Screate_simple(1, &dims, nil)
+            }
+            return H5Screate(H5S_SCALAR)
+        }
+        try removeAttributeIfPresent(name)
+        let attribute = try ObjectHandle(.attribute, "H5Acreate2", attributeSite) {
+            H5Acreate2(handle.id, name, elementType.fileType, space.id, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
+        }
+        try h5call("H5Awrite", attributeSite) { write(elementType.memoryType, attribute.id) }
+    }
+
+    private func removeAttributeIfPresent(_ name: String) throws(HDF5Error) {
+        if try hasAttribute(name) {
+            try h5call("H5Adelete", Site(file: filePath, object: "\(path)@\(name)")) { H5Adelete(handle.id, name) }
+        }
+    }
+
+    // MARK: Reading
+
+    public func hasAttribute(_ name: String) throws(HDF5Error) -> Bool {
+        try h5call("H5Aexists", Site(file: filePath, object: "\(path)@\(name)")) { H5Aexists(handle.id, name) } > 0
+    }
+
+    /// Attribute names in name order.
+    public func attributeNames() throws(HDF5Error) -> [String] {
+        let names = StringList()
+        let box = Unmanaged.passRetained(names)
+        defer { box.release() }
+        try h5call("H5Aiterate2", site) {
+            H5Aiterate2(handle.id, H5_INDEX_NAME, H5_ITER_INC, nil, { _, name, _, context in
+                guard let name, let context else { return 0 }
+                Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue().lines.append(String(cString: name))
+                return 0
+            }, box.toOpaque())
+        }
+        return names.lines
+    }
+
+    /// The attribute's value; a missing attribute throws `.objectNotFound`.
+    public func attribute(_ name: String) throws(HDF5Error) -> AttributeValue {
+        let opened = try openAttribute(name)
+        let attributeSite = opened.attribute.site
+        let type = opened.type
+        let space = try ObjectHandle(.dataspace, "H5Aget_space", attributeSite) { H5Aget_space(opened.attribute.id) }
+        let rank = try h5call("H5Sget_simple_extent_ndims", attributeSite) { H5Sget_simple_extent_ndims(space.id) }
+        let count = Int(try h5call("H5Sget_simple_extent_npoints", attributeSite) { H5Sget_simple_extent_npoints(space.id) })
+        let isScalar = rank == 0
+
+        switch H5Tget_class(type.id) {
+        case H5T_INTEGER:
+            var values = [Int64](repeating: 0, count: count)
+            try h5call("H5Aread", attributeSite) { H5Aread(opened.attribute.id, swiftddp_H5T_NATIVE_INT64(), &values) }
+            return isScalar ? .integer(values[0]) : .integers(values)
+        case H5T_FLOAT:
+            var values = [Double](repeating: 0, count: count)
+            try h5call("H5Aread", attributeSite) { H5Aread(opened.attribute.id, swiftddp_H5T_NATIVE_DOUBLE(), &values) }
+            return isScalar ? .real(values[0]) : .reals(values)
+        case H5T_STRING:
+            let strings = try readStrings(opened.attribute, type: type, count: count)
+            return isScalar ? .string(strings[0]) : .strings(strings)
+        default:
+            return .unsupported(describeStoredType(type.id))
+        }
+    }
+
+    public func int64Attribute(_ name: String) throws(HDF5Error) -> Int64 {
+        guard case .integer(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "an integer") }
+        return value
+    }
+
+    public func doubleAttribute(_ name: String) throws(HDF5Error) -> Double {
+        guard case .real(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "a float") }
+        return value
+    }
+
+    public func stringAttribute(_ name: String) throws(HDF5Error) -> String {
+        guard case .string(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "a string") }
+        return value
+    }
+
+    /// A 1-D numeric attribute whose stored element type is exactly `T`'s.
+    public func attribute<T: HDF5Scalar>(_ name: String, as: [T].Type) throws(HDF5Error) -> [T] {
+        let opened = try openAttribute(name)
+        let attributeSite = opened.attribute.site
+        guard let stored = ElementType(storedType: opened.type.id), stored == T.hdf5ElementType else {
+            throw HDF5Error(.typeMismatch, operation: "read attribute", file: filePath, object: attributeSite.object,
+                            message: "the attribute stores \(describeStoredType(opened.type.id)), not \(T.hdf5ElementType)")
+        }
+        let space = try ObjectHandle(.dataspace, "H5Aget_space", attributeSite) { H5Aget_space(opened.attribute.id) }
+        let count = Int(try h5call("H5Sget_simple_extent_npoints", attributeSite) { H5Sget_simple_extent_npoints(space.id) })
+        return try [T](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(HDF5Error) in
+            try h5call("H5Aread", attributeSite) { H5Aread(opened.attribute.id, stored.memoryType, buffer.baseAddress) }
+            initialized = count
+        }
+    }
+
+    private func openAttribute(_ name: String) throws(HDF5Error) -> (attribute: ObjectHandle, type: ObjectHandle) {
+        let attributeSite = Site(file: filePath, object: "\(path)@\(name)")
+        guard try hasAttribute(name) else {
+            throw HDF5Error(.objectNotFound, operation: "read attribute", file: filePath, object: attributeSite.object,
+                            message: "no attribute '\(name)' on \(path)")
+        }
+        let attribute = try ObjectHandle(.attribute, "H5Aopen", attributeSite) { H5Aopen(handle.id, name, swiftddp_H5P_DEFAULT()) }
+        let type = try ObjectHandle(.datatype, "H5Aget_type", attributeSite) { H5Aget_type(attribute.id) }
+        return (attribute, type)
+    }
+
+    private func attributeTypeError(_ name: String, expected: String) -> HDF5Error {
+        let actual = (try? attribute(name)).map { "\($0)" } ?? "unreadable"
+        return HDF5Error(.typeMismatch, operation: "read attribute", file: filePath, object: "\(path)@\(name)",
+                         message: "expected \(expected), found \(actual)")
+    }
+
+    /// Reads variable-length or fixed-length strings (h5py writes the first, numpy `S` arrays the second).
+    private func readStrings(_ attribute: ObjectHandle, type: ObjectHandle, count: Int) throws(HDF5Error) -> [String] {
+        if H5Tis_variable_str(type.id) > 0 {
+            let memoryType = try variableLengthStringType(attribute.site)
+            var pointers = [UnsafeMutablePointer<CChar>?](repeating: nil, count: count)
+            try h5call("H5Aread", attribute.site) { H5Aread(attribute.id, memoryType.id, &pointers) }
+            defer { for pointer in pointers where pointer != nil { H5free_memory(pointer) } }
+            return pointers.map { $0.map { String(cString: $0) } ?? "" }
+        }
+        // A copy of the stored type (same character set) with room for a terminating NUL: numpy writes
+        // NULLPAD strings that fill their whole width, and a NULLTERM type of that width would drop a byte.
+        let size = H5Tget_size(type.id) + 1
+        let memoryType = try ObjectHandle(.datatype, "H5Tcopy", attribute.site) { H5Tcopy(type.id) }
+        try h5call("H5Tset_size", attribute.site) { H5Tset_size(memoryType.id, size) }
+        try h5call("H5Tset_strpad", attribute.site) { H5Tset_strpad(memoryType.id, H5T_STR_NULLTERM) }
+        var bytes = [UInt8](repeating: 0, count: size * count)
+        try h5call("H5Aread", attribute.site) { H5Aread(attribute.id, memoryType.id, &bytes) }
+        return (0..<count).map { index in
+            let field = bytes[index * size ..< (index + 1) * size]
+            return String(decoding: field.prefix { $0 != 0 }, as: UTF8.self)
+        }
+    }
+
+    private func variableLengthStringType(_ site: Site) throws(HDF5Error) -> ObjectHandle {
+        let type = try ObjectHandle(.datatype, "H5Tcopy", site) { H5Tcopy(swiftddp_H5T_C_S1()) }
+        try h5call("H5Tset_size", site) { H5Tset_size(type.id, swiftddp_H5T_VARIABLE()) }
+        try h5call("H5Tset_cset", site) { H5Tset_cset(type.id, H5T_CSET_UTF8) }
+        return type
+    }
+}

@@ -1,0 +1,176 @@
+import CHDF5
+
+/// An n-dimensional array in a file. Reads and writes never convert element types and never overrun:
+/// the Swift element type must be the stored one, and the buffer must hold exactly the selection.
+public final class Dataset: HDF5Object {
+    public let handle: ObjectHandle
+    /// Extent of every dimension ([] for a scalar dataset).
+    public let shape: [Int]
+    /// The stored element type, or nil for types this layer does not read (see `typeDescription`).
+    public let elementType: ElementType?
+    /// The stored type in words ("float32", "string (variable length)", ...).
+    public let typeDescription: String
+
+    public var elementCount: Int { shape.reduce(1, *) }
+
+    init(_ handle: ObjectHandle) throws(HDF5Error) {
+        self.handle = handle
+        let type = try ObjectHandle(.datatype, "H5Dget_type", handle.site) { H5Dget_type(handle.id) }
+        elementType = ElementType(storedType: type.id)
+        typeDescription = describeStoredType(type.id)
+        let space = try ObjectHandle(.dataspace, "H5Dget_space", handle.site) { H5Dget_space(handle.id) }
+        shape = try Self.extent(of: space)
+    }
+
+    static func extent(of space: ObjectHandle) throws(HDF5Error) -> [Int] {
+        let rank = try h5call("H5Sget_simple_extent_ndims", space.site) { H5Sget_simple_extent_ndims(space.id) }
+        var dims = [hsize_t](repeating: 0, count: Int(rank))
+        try h5call("H5Sget_simple_extent_dims", space.site) { H5Sget_simple_extent_dims(space.id, &dims, nil) }
+        return dims.map { Int($0) }
+    }
+
+    // MARK: Storage properties
+
+    /// How the dataset is stored: chunking and the filter pipeline.
+    public struct Storage: Sendable, Equatable {
+        public var chunks: [Int]?
+        public var deflateLevel: Int?
+        public var fletcher32: Bool
+        public var shuffle: Bool
+        /// Filters other than the three above, by the name HDF5 gives them.
+        public var otherFilters: [String]
+        /// Bytes the data takes in the file (after compression).
+        public var storedBytes: Int
+    }
+
+    public func storage() throws(HDF5Error) -> Storage {
+        let creation = try ObjectHandle(.propertyList, "H5Dget_create_plist", site) { H5Dget_create_plist(handle.id) }
+        var storage = Storage(chunks: nil, deflateLevel: nil, fletcher32: false, shuffle: false, otherFilters: [],
+                              storedBytes: Int(H5Dget_storage_size(handle.id)))
+        if H5Pget_layout(creation.id) == H5D_CHUNKED {
+            var dims = [hsize_t](repeating: 0, count: max(1, shape.count))
+            try h5call("H5Pget_chunk", site) { H5Pget_chunk(creation.id, Int32(dims.count), &dims) }
+            storage.chunks = dims.prefix(shape.count).map { Int($0) }
+        }
+        let filterCount = try h5call("H5Pget_nfilters", site) { H5Pget_nfilters(creation.id) }
+        for index in 0..<UInt32(filterCount) {
+            var flags: UInt32 = 0
+            var valueCount = 8
+            var values = [UInt32](repeating: 0, count: valueCount)
+            var name = [CChar](repeating: 0, count: 256)
+            var config: UInt32 = 0
+            let filter = try h5call("H5Pget_filter2", site) {
+                H5Pget_filter2(creation.id, index, &flags, &valueCount, &values, name.count, &name, &config)
+            }
+            switch filter {
+            case H5Z_FILTER_DEFLATE: storage.deflateLevel = Int(values[0])
+            case H5Z_FILTER_FLETCHER32: storage.fletcher32 = true
+            case H5Z_FILTER_SHUFFLE: storage.shuffle = true
+            default:
+                let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                storage.otherFilters.append(text.isEmpty ? "filter \(filter)" : text)
+            }
+        }
+        return storage
+    }
+
+    // MARK: Reading
+
+    /// Reads the whole dataset.
+    public func read<T: HDF5Scalar>(as type: T.Type = T.self) throws(HDF5Error) -> [T] {
+        try read(as: type, offset: [Int](repeating: 0, count: shape.count), count: shape)
+    }
+
+    /// Reads the block `offset ..< offset + count` (one entry per dimension).
+    public func read<T: HDF5Scalar>(as type: T.Type = T.self, offset: [Int], count: [Int]) throws(HDF5Error) -> [T] {
+        let total = count.reduce(1, *)
+        return try [T](unsafeUninitializedCapacity: total) { (buffer, initialized) throws(HDF5Error) in
+            try read(into: buffer, offset: offset, count: count)
+            initialized = total
+        }
+    }
+
+    /// Reads the whole dataset into a caller's buffer, which must hold exactly `elementCount` elements.
+    public func read<T: HDF5Scalar>(into buffer: UnsafeMutableBufferPointer<T>) throws(HDF5Error) {
+        try read(into: buffer, offset: [Int](repeating: 0, count: shape.count), count: shape)
+    }
+
+    /// Reads the block `offset ..< offset + count` into a caller's buffer of exactly that many elements.
+    public func read<T: HDF5Scalar>(into buffer: UnsafeMutableBufferPointer<T>, offset: [Int], count: [Int]) throws(HDF5Error) {
+        let selection = try select(T.self, offset: offset, count: count, bufferCount: buffer.count, operation: "read")
+        guard let fileSpace = selection.fileSpace, let memorySpace = selection.memorySpace else { return }
+        try h5call("H5Dread", site) {
+            H5Dread(handle.id, T.hdf5ElementType.memoryType, memorySpace.id, fileSpace.id, swiftddp_H5P_DEFAULT(),
+                    buffer.baseAddress)
+        }
+    }
+
+    // MARK: Writing
+
+    /// Writes the whole dataset from `values` (exactly `elementCount` of them).
+    public func write<T: HDF5Scalar>(_ values: [T]) throws(HDF5Error) {
+        try values.withUnsafeBufferPointer { (buffer) throws(HDF5Error) in
+            try write(buffer, offset: [Int](repeating: 0, count: shape.count), count: shape)
+        }
+    }
+
+    /// Writes the block `offset ..< offset + count` from `values` (exactly that many elements).
+    public func write<T: HDF5Scalar>(_ values: [T], offset: [Int], count: [Int]) throws(HDF5Error) {
+        try values.withUnsafeBufferPointer { (buffer) throws(HDF5Error) in try write(buffer, offset: offset, count: count) }
+    }
+
+    /// Writes the whole dataset from a caller's buffer (a slice of an arena, for example).
+    public func write<T: HDF5Scalar>(_ buffer: UnsafeBufferPointer<T>) throws(HDF5Error) {
+        try write(buffer, offset: [Int](repeating: 0, count: shape.count), count: shape)
+    }
+
+    public func write<T: HDF5Scalar>(_ buffer: UnsafeBufferPointer<T>, offset: [Int], count: [Int]) throws(HDF5Error) {
+        let selection = try select(T.self, offset: offset, count: count, bufferCount: buffer.count, operation: "write")
+        guard let fileSpace = selection.fileSpace, let memorySpace = selection.memorySpace else { return }
+        try h5call("H5Dwrite", site) {
+            H5Dwrite(handle.id, T.hdf5ElementType.memoryType, memorySpace.id, fileSpace.id, swiftddp_H5P_DEFAULT(),
+                     buffer.baseAddress)
+        }
+    }
+
+    // MARK: Selection checks
+
+    /// Checks type, bounds and buffer size before any C call; returns nil spaces for an empty selection.
+    private func select<T: HDF5Scalar>(_ type: T.Type, offset: [Int], count: [Int], bufferCount: Int,
+                                       operation: String) throws(HDF5Error) -> (fileSpace: ObjectHandle?, memorySpace: ObjectHandle?) {
+        func failure(_ kind: HDF5Error.Kind, _ message: String) -> HDF5Error {
+            HDF5Error(kind, operation: operation, file: filePath, object: path, message: message)
+        }
+        guard let stored = elementType else {
+            throw failure(.unsupportedType, "the dataset stores \(typeDescription), which this layer does not read or write")
+        }
+        guard stored == T.hdf5ElementType else {
+            throw failure(.typeMismatch, "the dataset stores \(stored) but the buffer holds \(T.hdf5ElementType)")
+        }
+        guard offset.count == shape.count, count.count == shape.count else {
+            throw failure(.outOfBounds, "selection offset \(offset) count \(count) does not have the dataset's rank \(shape.count)")
+        }
+        for axis in 0..<shape.count {
+            guard offset[axis] >= 0, count[axis] >= 0, offset[axis] + count[axis] <= shape[axis] else {
+                throw failure(.outOfBounds, "selection offset \(offset) count \(count) reaches outside shape \(shape) (axis \(axis))")
+            }
+        }
+        let selected = count.reduce(1, *)
+        guard bufferCount == selected else {
+            throw failure(.sizeMismatch, "the buffer holds \(bufferCount) elements but the selection has \(selected)")
+        }
+        if selected == 0 { return (nil, nil) }
+
+        let fileSpace = try ObjectHandle(.dataspace, "H5Dget_space", site) { H5Dget_space(handle.id) }
+        if !shape.isEmpty {
+            let start = offset.map { hsize_t($0) }
+            let extent = count.map { hsize_t($0) }
+            try h5call("H5Sselect_hyperslab", site) {
+                H5Sselect_hyperslab(fileSpace.id, H5S_SELECT_SET, start, nil, extent, nil)
+            }
+        }
+        let memoryDims = [hsize_t(selected)]
+        let memorySpace = try ObjectHandle(.dataspace, "H5Screate_simple", site) { H5Screate_simple(1, memoryDims, nil) }
+        return (fileSpace, memorySpace)
+    }
+}

@@ -1,0 +1,61 @@
+import CHDF5
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An HDF5 file; it is also its own root group ("/").
+///
+/// Not `Sendable`: HDF5 objects are used by one thread at a time (the data loader's thread owns its files).
+public final class File: HDF5Container {
+    public enum Mode: Sendable { case readOnly, readWrite }
+
+    public let handle: ObjectHandle
+
+    private init(_ handle: ObjectHandle) { self.handle = handle }
+
+    /// Opens an existing file. A missing file throws `.fileNotFound`, a file that is not HDF5 `.notHDF5`.
+    public static func open(_ path: String, mode: Mode = .readOnly) throws(HDF5Error) -> File {
+        let site = Site(file: path, object: nil)
+        guard access(path, F_OK) == 0 else {
+            throw HDF5Error(.fileNotFound, operation: "open", file: path, object: nil, message: "no such file")
+        }
+        let isHDF5 = try h5call("H5Fis_hdf5", site) { H5Fis_hdf5(path) }
+        guard isHDF5 > 0 else {
+            throw HDF5Error(.notHDF5, operation: "open", file: path, object: nil,
+                            message: "not an HDF5 file (no HDF5 signature found)")
+        }
+        let flags = mode == .readOnly ? swiftddp_H5F_ACC_RDONLY() : swiftddp_H5F_ACC_RDWR()
+        return File(try ObjectHandle(.file, "H5Fopen", site) { H5Fopen(path, flags, swiftddp_H5P_DEFAULT()) })
+    }
+
+    /// Creates a file. With `overwrite` an existing file is truncated; without it an existing file throws
+    /// `.alreadyExists`.
+    public static func create(_ path: String, overwrite: Bool = true) throws(HDF5Error) -> File {
+        let site = Site(file: path, object: nil)
+        if !overwrite && access(path, F_OK) == 0 {
+            throw HDF5Error(.alreadyExists, operation: "create", file: path, object: nil,
+                            message: "the file exists and overwriting was not asked for")
+        }
+        let flags = overwrite ? swiftddp_H5F_ACC_TRUNC() : swiftddp_H5F_ACC_EXCL()
+        return File(try ObjectHandle(.file, "H5Fcreate", site) {
+            H5Fcreate(path, flags, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
+        })
+    }
+
+    /// Writes buffered data to the operating system (not an fsync).
+    public func flush() throws(HDF5Error) {
+        try h5call("H5Fflush", site) { H5Fflush(handle.id, H5F_SCOPE_GLOBAL) }
+    }
+
+    /// Closes the file now and reports a failure; otherwise it closes when released. Groups and datasets
+    /// still open keep the file open until they are released too.
+    public func close() throws(HDF5Error) {
+        try handle.close()
+    }
+}
+
+/// A group inside a file.
+public final class Group: HDF5Container {
+    public let handle: ObjectHandle
+    init(_ handle: ObjectHandle) { self.handle = handle }
+}

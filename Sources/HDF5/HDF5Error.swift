@@ -1,0 +1,124 @@
+import CHDF5
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A failed HDF5 operation: what was attempted, on which file and object, and HDF5's own error stack.
+public struct HDF5Error: Error, CustomStringConvertible, Sendable {
+    public enum Kind: Sendable, Equatable {
+        /// The HDF5 library reported a failure; `stack` holds its error stack, innermost last.
+        case library
+        /// The file does not exist.
+        case fileNotFound
+        /// The file exists but is not an HDF5 file.
+        case notHDF5
+        /// Creating a file that exists, without permission to replace it.
+        case alreadyExists
+        /// A group, dataset or attribute is not there.
+        case objectNotFound
+        /// The caller's element type differs from what the file stores (we never convert silently).
+        case typeMismatch
+        /// The caller's buffer holds a different number of elements than the selection.
+        case sizeMismatch
+        /// A hyperslab reaches past the dataset's extent, or has the wrong rank.
+        case outOfBounds
+        /// The stored type is one this layer does not move (strings in datasets, compounds, ...).
+        case unsupportedType
+        /// Arguments that cannot work (negative sizes, a chunk shape of the wrong rank, ...).
+        case invalidArgument
+    }
+
+    public let kind: Kind
+    public let operation: String
+    public let file: String
+    public let object: String?
+    public let message: String
+    /// HDF5's error stack at the time of failure ("function(): description" lines, outermost first).
+    public let stack: [String]
+
+    public init(_ kind: Kind, operation: String, file: String, object: String?, message: String, stack: [String] = []) {
+        self.kind = kind
+        self.operation = operation
+        self.file = file
+        self.object = object
+        self.message = message
+        self.stack = stack
+    }
+
+    public var description: String {
+        let target = object.map { "\(file):\($0)" } ?? file
+        var text = "HDF5 \(operation) failed for \(target): \(message)"
+        for line in stack { text += "\n    \(line)" }
+        return text
+    }
+}
+
+/// Where an operation happens, for error messages.
+struct Site {
+    let file: String
+    let object: String?
+}
+
+// HDF5 prints its error stack to stderr by default; we turn that off and copy the stack into our error.
+// In a thread-safe HDF5 build the setting is per thread, so each thread turns it off on its first call.
+private let quietErrorsKey: pthread_key_t = {
+    var key = pthread_key_t()
+    pthread_key_create(&key, nil)
+    return key
+}()
+
+private func silenceAutomaticErrorPrinting() {
+    guard pthread_getspecific(quietErrorsKey) == nil else { return }
+    H5Eset_auto2(swiftddp_H5E_DEFAULT(), nil, nil)
+    pthread_setspecific(quietErrorsKey, UnsafeRawPointer(bitPattern: 1))
+}
+
+/// Every HDF5 call goes through here: a negative return (herr_t, hid_t, htri_t, ssize_t) throws an
+/// `HDF5Error` carrying the error stack.
+@discardableResult
+func h5call<R: BinaryInteger>(_ operation: @autoclosure () -> String, _ site: Site, message: @autoclosure () -> String? = nil,
+                              _ body: () -> R) throws(HDF5Error) -> R {
+    silenceAutomaticErrorPrinting()
+    let result = body()
+    if result < 0 {
+        let stack = takeErrorStack()
+        throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
+                        message: message() ?? stack.last ?? "HDF5 returned an error", stack: stack)
+    }
+    return result
+}
+
+/// Clears the error stack after a failure that was expected and handled.
+func discardErrorStack() {
+    H5Eclear2(swiftddp_H5E_DEFAULT())
+}
+
+/// Collects strings from HDF5's C callbacks (passed through their `void *` context).
+final class StringList {
+    var lines: [String] = []
+}
+
+/// Reads the current thread's HDF5 error stack (outermost call first) and clears it.
+private func takeErrorStack() -> [String] {
+    let collected = StringList()
+    let box = Unmanaged.passRetained(collected)
+    defer { box.release() }
+    H5Ewalk2(swiftddp_H5E_DEFAULT(), H5E_WALK_DOWNWARD, { _, entry, context in
+        guard let entry, let context else { return 0 }
+        let lines = Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue()
+        let function = entry.pointee.func_name.map { String(cString: $0) } ?? "?"
+        let detail = entry.pointee.desc.map { String(cString: $0) } ?? ""
+        let minor = errorMessageText(entry.pointee.min_num)
+        lines.lines.append("\(function)(): \(detail)" + (minor.isEmpty ? "" : " [\(minor)]"))
+        return 0
+    }, box.toOpaque())
+    H5Eclear2(swiftddp_H5E_DEFAULT())
+    return collected.lines
+}
+
+private func errorMessageText(_ id: hid_t) -> String {
+    var buffer = [CChar](repeating: 0, count: 256)
+    let length = H5Eget_msg(id, nil, &buffer, buffer.count)
+    guard length > 0 else { return "" }
+    return String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}

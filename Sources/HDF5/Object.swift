@@ -1,0 +1,194 @@
+import CHDF5
+
+/// Anything in an HDF5 file that carries attributes: a file's root group, a group, a dataset.
+public protocol HDF5Object: AnyObject {
+    var handle: ObjectHandle { get }
+}
+
+extension HDF5Object {
+    /// The file this object lives in, as it was opened.
+    public var filePath: String { handle.filePath }
+    /// The object's path inside the file ("/" for the root).
+    public var path: String { handle.path }
+
+    var site: Site { handle.site }
+
+    func childPath(_ name: String) -> String {
+        if name.hasPrefix("/") { return name }
+        return path == "/" ? "/" + name : path + "/" + name
+    }
+}
+
+/// A group-like object: the root of a file, or a group.
+public protocol HDF5Container: HDF5Object {}
+
+/// What a group holds under one name.
+public struct Member: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable { case group, dataset, other }
+    public let name: String
+    public let kind: Kind
+
+    public init(name: String, kind: Kind) {
+        self.name = name
+        self.kind = kind
+    }
+}
+
+extension HDF5Container {
+    /// True when a link of that name (a relative or absolute path) exists and resolves to an object.
+    public func contains(_ name: String) throws(HDF5Error) -> Bool {
+        // Walk the path one link at a time: H5Lexists fails rather than answering false on a missing parent.
+        var prefix = name.hasPrefix("/") ? "/" : ""
+        for part in name.split(separator: "/") {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + part
+            let exists = try h5call("H5Lexists", Site(file: filePath, object: childPath(prefix))) {
+                H5Lexists(handle.id, prefix, swiftddp_H5P_DEFAULT())
+            }
+            if exists == 0 { return false }
+        }
+        return try h5call("H5Oexists_by_name", Site(file: filePath, object: childPath(name))) {
+            H5Oexists_by_name(handle.id, name, swiftddp_H5P_DEFAULT())
+        } > 0
+    }
+
+    /// The members of this group in name order, with their kind.
+    public func members() throws(HDF5Error) -> [Member] {
+        var info = H5G_info_t()
+        try h5call("H5Gget_info", site) { H5Gget_info(handle.id, &info) }
+        var result: [Member] = []
+        for index in 0..<info.nlinks {
+            let length = try h5call("H5Lget_name_by_idx", site) {
+                H5Lget_name_by_idx(handle.id, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, swiftddp_H5P_DEFAULT())
+            }
+            var buffer = [CChar](repeating: 0, count: Int(length) + 1)
+            try h5call("H5Lget_name_by_idx", site) {
+                H5Lget_name_by_idx(handle.id, ".", H5_INDEX_NAME, H5_ITER_INC, index, &buffer, buffer.count, swiftddp_H5P_DEFAULT())
+            }
+            let name = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            result.append(Member(name: name, kind: memberKind(name)))
+        }
+        return result
+    }
+
+    private func memberKind(_ name: String) -> Member.Kind {
+        // A dangling soft or external link cannot be opened; list it as `other` rather than failing.
+        let object = H5Oopen(handle.id, name, swiftddp_H5P_DEFAULT())
+        guard object >= 0 else {
+            discardErrorStack()
+            return .other
+        }
+        defer { H5Oclose(object) }
+        switch H5Iget_type(object) {
+        case H5I_GROUP: return .group
+        case H5I_DATASET: return .dataset
+        default: return .other
+        }
+    }
+
+    /// Creates a group (and any missing parents: "a/b/c" works).
+    @discardableResult
+    public func createGroup(_ name: String) throws(HDF5Error) -> Group {
+        let target = Site(file: filePath, object: childPath(name))
+        if try contains(name) {
+            throw HDF5Error(.alreadyExists, operation: "create group", file: filePath, object: target.object,
+                            message: "a group or dataset of that name already exists")
+        }
+        let linkProperties = try intermediateGroupCreation(target)
+        let group = try ObjectHandle(.group, "H5Gcreate2", target) {
+            H5Gcreate2(handle.id, name, linkProperties.id, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
+        }
+        return Group(group)
+    }
+
+    /// Opens an existing group; a missing one throws `.objectNotFound`.
+    public func openGroup(_ name: String) throws(HDF5Error) -> Group {
+        let target = Site(file: filePath, object: childPath(name))
+        try requireMember(name, target, what: "group")
+        return Group(try ObjectHandle(.group, "H5Gopen2", target) { H5Gopen2(handle.id, name, swiftddp_H5P_DEFAULT()) })
+    }
+
+    /// Creates a dataset of `shape` (and any missing parent groups).
+    ///
+    /// - chunks: the chunk shape; needed by the filters, and chosen automatically (about 1 MiB per chunk)
+    ///   when a filter is asked for without one.
+    /// - deflate: gzip level 0-9.
+    /// - fletcher32: a checksum on every chunk, verified on read: corrupted bytes fail to read.
+    @discardableResult
+    public func createDataset(_ name: String, type: ElementType, shape: [Int], chunks: [Int]? = nil,
+                              deflate: Int? = nil, fletcher32: Bool = false) throws(HDF5Error) -> Dataset {
+        let target = Site(file: filePath, object: childPath(name))
+        func invalid(_ message: String) -> HDF5Error {
+            HDF5Error(.invalidArgument, operation: "create dataset", file: filePath, object: target.object, message: message)
+        }
+        guard shape.allSatisfy({ $0 >= 0 }) else { throw invalid("shape \(shape) has a negative extent") }
+        if let deflate, !(0...9).contains(deflate) { throw invalid("deflate level \(deflate) is not in 0...9") }
+        if try contains(name) {
+            throw HDF5Error(.alreadyExists, operation: "create dataset", file: filePath, object: target.object,
+                            message: "a group or dataset of that name already exists")
+        }
+        let wantsFilters = deflate != nil || fletcher32
+        var chunkShape = chunks
+        if chunkShape == nil && wantsFilters { chunkShape = defaultChunkShape(shape, elementSize: type.byteSize) }
+        if let chunkShape {
+            guard chunkShape.count == shape.count, !shape.isEmpty else {
+                throw invalid("chunk shape \(chunkShape) does not match the rank of shape \(shape)")
+            }
+            guard chunkShape.allSatisfy({ $0 > 0 }) else { throw invalid("chunk shape \(chunkShape) has an extent < 1") }
+        }
+
+        let dims = shape.map { hsize_t($0) }
+        let space = try ObjectHandle(.dataspace, "H5Screate_simple", target) {
+            shape.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), dims, nil)
+        }
+        let creation = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_DATASET_CREATE()) }
+        if let chunkShape {
+            let chunkDims = chunkShape.map { hsize_t($0) }
+            try h5call("H5Pset_chunk", target) { H5Pset_chunk(creation.id, Int32(chunkDims.count), chunkDims) }
+        }
+        if let deflate {
+            try h5call("H5Pset_deflate", target) { H5Pset_deflate(creation.id, UInt32(deflate)) }
+        }
+        // Last in the pipeline, as h5py does: the checksum covers the bytes as stored.
+        if fletcher32 {
+            try h5call("H5Pset_fletcher32", target) { H5Pset_fletcher32(creation.id) }
+        }
+        let linkProperties = try intermediateGroupCreation(target)
+        let dataset = try ObjectHandle(.dataset, "H5Dcreate2", target) {
+            H5Dcreate2(handle.id, name, type.fileType, space.id, linkProperties.id, creation.id, swiftddp_H5P_DEFAULT())
+        }
+        return try Dataset(dataset)
+    }
+
+    /// Opens an existing dataset; a missing one throws `.objectNotFound`.
+    public func openDataset(_ name: String) throws(HDF5Error) -> Dataset {
+        let target = Site(file: filePath, object: childPath(name))
+        try requireMember(name, target, what: "dataset")
+        return try Dataset(try ObjectHandle(.dataset, "H5Dopen2", target) { H5Dopen2(handle.id, name, swiftddp_H5P_DEFAULT()) })
+    }
+
+    private func requireMember(_ name: String, _ target: Site, what: String) throws(HDF5Error) {
+        guard try contains(name) else {
+            throw HDF5Error(.objectNotFound, operation: "open \(what)", file: filePath, object: target.object,
+                            message: "no \(what) of that name")
+        }
+    }
+
+    private func intermediateGroupCreation(_ target: Site) throws(HDF5Error) -> ObjectHandle {
+        let properties = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_LINK_CREATE()) }
+        try h5call("H5Pset_create_intermediate_group", target) { H5Pset_create_intermediate_group(properties.id, 1) }
+        return properties
+    }
+}
+
+/// About 1 MiB per chunk: shrink the leading dimensions first, so rows stay contiguous.
+func defaultChunkShape(_ shape: [Int], elementSize: Int) -> [Int] {
+    let targetElements = max(1, (1 << 20) / elementSize)
+    var chunk = shape.map { max(1, $0) }
+    var index = 0
+    while chunk.reduce(1, *) > targetElements && index < chunk.count {
+        let rest = chunk.reduce(1, *) / chunk[index]
+        chunk[index] = max(1, targetElements / max(1, rest))
+        index += 1
+    }
+    return chunk
+}

@@ -1,0 +1,90 @@
+import CMPI
+import Synchronization
+
+/// MPI thread support levels, weakest first (`MPI_THREAD_SINGLE` ... `MPI_THREAD_MULTIPLE`).
+public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringConvertible {
+    case single, funneled, serialized, multiple
+
+    init(mpiValue: Int32) {
+        switch mpiValue {
+        case swiftddp_MPI_THREAD_MULTIPLE(): self = .multiple
+        case swiftddp_MPI_THREAD_SERIALIZED(): self = .serialized
+        case swiftddp_MPI_THREAD_FUNNELED(): self = .funneled
+        default: self = .single
+        }
+    }
+
+    var mpiValue: Int32 {
+        switch self {
+        case .single: return swiftddp_MPI_THREAD_SINGLE()
+        case .funneled: return swiftddp_MPI_THREAD_FUNNELED()
+        case .serialized: return swiftddp_MPI_THREAD_SERIALIZED()
+        case .multiple: return swiftddp_MPI_THREAD_MULTIPLE()
+        }
+    }
+
+    public static func < (a: ThreadLevel, b: ThreadLevel) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { ["single", "funneled", "serialized", "multiple"][rawValue] }
+}
+
+/// The process-wide MPI environment. MPI may be initialised once per process and finalised once;
+/// this type enforces that and hands out the world communicator.
+///
+/// It works both under `mpirun` and in a process started alone (MPI's singleton mode, world size 1),
+/// which is what local mode uses.
+///
+/// Not `Sendable`: the world communicator it owns must be used from one thread at a time unless MPI
+/// provided `.multiple`.
+public final class MPIRuntime {
+    private enum Phase { case fresh, running, finalized }
+    private static let phase = Mutex(Phase.fresh)
+
+    /// The thread level asked for, and what the MPI library actually provides (it may be lower).
+    public let requestedThreadLevel: ThreadLevel
+    public let providedThreadLevel: ThreadLevel
+    public let world: Communicator
+
+    private init(requested: ThreadLevel, provided: ThreadLevel, world: Communicator) {
+        self.requestedThreadLevel = requested
+        self.providedThreadLevel = provided
+        self.world = world
+    }
+
+    /// Initialises MPI with the requested thread level. A second call in the same process throws
+    /// `.alreadyInitialized` (also after `finalize()`: MPI cannot be initialised again).
+    public static func initialize(threadLevel: ThreadLevel = .funneled) throws(MPIError) -> MPIRuntime {
+        try phase.withLock { (phase: inout Phase) throws(MPIError) in
+            guard phase == .fresh else {
+                throw MPIError(.alreadyInitialized, operation: "MPI_Init_thread",
+                               message: "MPI is already initialised in this process (it can be initialised once)")
+            }
+            var alreadyUp: Int32 = 0
+            try mpiCheck(MPI_Initialized(&alreadyUp), "MPI_Initialized")
+            guard alreadyUp == 0 else {
+                throw MPIError(.alreadyInitialized, operation: "MPI_Init_thread",
+                               message: "MPI was initialised outside MPIRuntime")
+            }
+            var provided: Int32 = 0
+            try mpiCheck(MPI_Init_thread(nil, nil, threadLevel.mpiValue, &provided), "MPI_Init_thread")
+            phase = .running
+        }
+        var provided: Int32 = 0
+        try mpiCheck(MPI_Query_thread(&provided), "MPI_Query_thread")
+        let world = try Communicator(world: ())
+        return MPIRuntime(requested: threadLevel, provided: ThreadLevel(mpiValue: provided), world: world)
+    }
+
+    /// True while MPI is initialised and not yet finalised in this process.
+    public static var isRunning: Bool {
+        phase.withLock { $0 == .running }
+    }
+
+    /// Finalises MPI (collective: every rank must call it). Calling it again does nothing.
+    public func finalize() throws(MPIError) {
+        try Self.phase.withLock { (phase: inout Phase) throws(MPIError) in
+            guard phase == .running else { return }
+            phase = .finalized
+            try mpiCheck(MPI_Finalize(), "MPI_Finalize", rank: world.rank)
+        }
+    }
+}
