@@ -4,8 +4,12 @@ import PackageDescription
 let package = Package(
     name: "SwiftDDP",
     products: [
+        .executable(name: "ddp", targets: ["ddp"]),
         .library(name: "MPI", targets: ["MPI"]),
         .library(name: "HDF5", targets: ["HDF5"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // MARK: C libraries (Debian packages; found through pkg-config)
@@ -28,5 +32,15 @@ let package = Package(
         // MARK: Safe Swift layers over the C libraries
         .target(name: "MPI", dependencies: ["CMPI"]),
         .target(name: "HDF5", dependencies: ["CHDF5"]),
+
+        // MARK: Command line
+        .executableTarget(
+            name: "ddp",
+            dependencies: [
+                "MPI",
+                "HDF5",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
     ]
 )

@@ -1,0 +1,135 @@
+import ArgumentParser
+import Foundation
+import MPI
+
+struct BenchAllreduce: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "allreduce",
+        abstract: "Time in-place allreduce (sum) of a Float buffer over all ranks.",
+        discussion: """
+            Every iteration refills the buffer, synchronises the ranks, times one in-place MPI_Allreduce \
+            and checks the result exactly on every rank. The time of an iteration is the slowest rank's. \
+            Rank 0 prints the median time, the algorithm bandwidth (size / time) and the bus bandwidth \
+            (2(n-1)/n x size / time, the figure that compares clusters independently of the rank count).
+
+            Example: Launch/mpirun.sh -np 2 bench allreduce --size-mb 64
+            """
+    )
+
+    @Option(help: "Message size in MiB (2^20 bytes).")
+    var sizeMb: Double = 64
+
+    @Option(help: "Timed iterations.")
+    var iterations: Int = 20
+
+    @Option(help: "Untimed warm-up iterations.")
+    var warmup: Int = 3
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard sizeMb > 0, sizeMb <= 8192 else { throw ValidationError("--size-mb must be in (0, 8192], got \(sizeMb).") }
+        guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1, got \(iterations).") }
+        guard warmup >= 0 else { throw ValidationError("--warmup must be 0 or more, got \(warmup).") }
+    }
+
+    func run() throws {
+        try withMPI { runtime in
+            let world = runtime.world
+            let count = max(1, Int(sizeMb * 1_048_576) / MemoryLayout<Float>.stride)
+            let result = try measure(world, count: count)
+            if world.rank == 0 { print(json ? result.json() : result.table()) }
+        }
+    }
+
+    private func measure(_ world: Communicator, count: Int) throws -> AllreduceResult {
+        let buffer = UnsafeMutableBufferPointer<Float>.allocate(capacity: count)
+        defer { buffer.deallocate() }
+        let ranks = world.size
+        // Small integers keep every partial sum exact in Float, so the check can demand equality.
+        let rankFactor = Float(world.rank + 1)
+        let sumOfRankFactors = Float(ranks * (ranks + 1) / 2)
+        func pattern(_ index: Int, _ iteration: Int) -> Float { Float((index &+ iteration) & 7) + 1 }
+
+        var times: [Double] = []
+        var wrongElements: Int64 = 0
+        let clock = ContinuousClock()
+        for iteration in 0..<(warmup + iterations) {
+            for index in 0..<count { buffer[index] = rankFactor * pattern(index, iteration) }
+            try world.barrier()
+            let start = clock.now
+            try world.allreduce(buffer, op: .sum)
+            let elapsed = clock.now - start
+            if iteration >= warmup {
+                times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+            }
+            for index in 0..<count where buffer[index] != sumOfRankFactors * pattern(index, iteration) {
+                wrongElements += 1
+            }
+        }
+        try world.allreduce(&times, op: .max)
+        let totalWrong = try world.allreduce(wrongElements, op: .sum)
+        guard totalWrong == 0 else {
+            throw ValidationError("allreduce returned \(totalWrong) wrong elements (summed over all ranks and iterations)")
+        }
+        return AllreduceResult(ranks: ranks, ranksOnNode: world.localSize, bytes: count * MemoryLayout<Float>.stride,
+                               iterations: iterations, warmup: warmup, times: times)
+    }
+}
+
+struct AllreduceResult: Encodable {
+    let ranks: Int
+    let ranksOnNode: Int
+    let bytes: Int
+    let iterations: Int
+    let warmup: Int
+    let times: [Double]
+
+    var sorted: [Double] { times.sorted() }
+    var medianSeconds: Double {
+        let values = sorted
+        let middle = values.count / 2
+        return values.count % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2
+    }
+    var algorithmBandwidth: Double { Double(bytes) / medianSeconds / 1e9 }
+    /// nccl-tests' bus bandwidth: what each link carries in a ring allreduce; 0 for one rank.
+    var busBandwidth: Double { algorithmBandwidth * 2 * Double(ranks - 1) / Double(ranks) }
+
+    func table() -> String {
+        func ms(_ seconds: Double) -> String { String(format: "%.3f ms", seconds * 1e3) }
+        return """
+            allreduce   float32 sum, in place, \(ranks) rank(s) (\(ranksOnNode) on this node)
+            size        \(String(format: "%.2f", Double(bytes) / 1_048_576)) MiB (\(bytes / 4) floats)
+            iterations  \(iterations) timed, \(warmup) warm-up
+            median      \(ms(medianSeconds))  (min \(ms(sorted.first!)), max \(ms(sorted.last!)))
+            algbw       \(String(format: "%.3f", algorithmBandwidth)) GB/s
+            busbw       \(String(format: "%.3f", busBandwidth)) GB/s
+            verified    every element, every rank, every iteration
+            """
+    }
+
+    func json() -> String {
+        struct Output: Encodable {
+            let benchmark = "allreduce"
+            let dtype = "float32"
+            let ranks: Int
+            let ranks_on_node: Int
+            let bytes: Int
+            let iterations: Int
+            let warmup: Int
+            let median_seconds: Double
+            let min_seconds: Double
+            let max_seconds: Double
+            let algbw_gbps: Double
+            let busbw_gbps: Double
+            let verified = true
+        }
+        let output = Output(ranks: ranks, ranks_on_node: ranksOnNode, bytes: bytes, iterations: iterations, warmup: warmup,
+                            median_seconds: medianSeconds, min_seconds: sorted.first!, max_seconds: sorted.last!,
+                            algbw_gbps: algorithmBandwidth, busbw_gbps: busBandwidth)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(output)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+}

@@ -1,0 +1,20 @@
+import ArgumentParser
+
+@main
+struct DDP: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ddp",
+        abstract: "SwiftDDP: data-parallel transformer training on CPUs over MPI.",
+        discussion: """
+            Run alone for local mode, or under mpirun (see Launch/mpirun.sh) for data-parallel runs.
+            """,
+        subcommands: [Inspect.self, Bench.self]
+    )
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure this machine or cluster.",
+        subcommands: [BenchAllreduce.self]
+    )
+}

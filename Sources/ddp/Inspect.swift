@@ -1,0 +1,89 @@
+import ArgumentParser
+import Foundation
+import HDF5
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what an HDF5 file holds: groups, datasets (shape, type, chunks, filters) and attributes.",
+        discussion: "Works on any HDF5 file, like `h5ls -r -v` but readable. Example: ddp inspect data/train-00000.h5"
+    )
+
+    @Argument(help: "The HDF5 file to inspect.")
+    var file: String
+
+    @Option(help: "Show at most this many characters of a string attribute, or elements of an array attribute.")
+    var maxValueLength = 120
+
+    func run() throws {
+        let handle = try File.open(file)
+        let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
+        print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
+        var lines: [String] = []
+        try describe(group: handle, depth: 0, into: &lines)
+        print(lines.joined(separator: "\n"))
+    }
+
+    private func describe(group: some HDF5Container, depth: Int, into lines: inout [String]) throws {
+        let indent = String(repeating: "  ", count: depth)
+        lines.append("\(indent)\(group.path == "/" ? "/" : group.path + "/")  group")
+        try describeAttributes(of: group, indent: indent + "  ", into: &lines)
+        for member in try group.members() {
+            switch member.kind {
+            case .group:
+                try describe(group: try group.openGroup(member.name), depth: depth + 1, into: &lines)
+            case .dataset:
+                let dataset = try group.openDataset(member.name)
+                let storage = try dataset.storage()
+                var parts = ["\(indent)  \(dataset.path)  dataset \(dataset.typeDescription)",
+                             dataset.shape.isEmpty ? "scalar" : "[" + dataset.shape.map(String.init).joined(separator: ", ") + "]"]
+                if let chunks = storage.chunks { parts.append("chunks [" + chunks.map(String.init).joined(separator: ", ") + "]") }
+                var filters: [String] = []
+                if storage.shuffle { filters.append("shuffle") }
+                if let level = storage.deflateLevel { filters.append("deflate \(level)") }
+                if storage.fletcher32 { filters.append("fletcher32") }
+                filters += storage.otherFilters
+                if !filters.isEmpty { parts.append("filters " + filters.joined(separator: ", ")) }
+                parts.append("stored \(formatBytes(storage.storedBytes))")
+                lines.append(parts.joined(separator: "  "))
+                try describeAttributes(of: dataset, indent: indent + "    ", into: &lines)
+            case .other:
+                lines.append("\(indent)  \(group.path == "/" ? "" : group.path)/\(member.name)  (link to no group or dataset)")
+            }
+        }
+    }
+
+    private func describeAttributes(of object: some HDF5Object, indent: String, into lines: inout [String]) throws {
+        for name in try object.attributeNames() {
+            lines.append("\(indent)@\(name) = \(shorten(try object.attribute(name)))")
+        }
+    }
+
+    private func shorten(_ value: AttributeValue) -> String {
+        func list(_ items: [String]) -> String {
+            let shown = items.prefix(maxValueLength).joined(separator: ", ")
+            return items.count > maxValueLength ? "[\(shown), ... (\(items.count) elements)]" : "[\(shown)]"
+        }
+        switch value {
+        case .string(let text) where text.count > maxValueLength:
+            let head = String(text.prefix(maxValueLength)).replacingOccurrences(of: "\n", with: "\\n")
+            return "\"\(head)...\" (\(text.count) characters)"
+        case .string(let text):
+            return "\"\(text.replacingOccurrences(of: "\n", with: "\\n"))\""
+        case .integers(let values): return list(values.map(String.init))
+        case .reals(let values): return list(values.map { String($0) })
+        case .strings(let values): return list(values.map { "\"\($0)\"" })
+        default: return value.description
+        }
+    }
+}
+
+func formatBytes(_ count: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(count)
+    var unit = 0
+    while value >= 1024 && unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(count) B" : String(format: "%.1f", value) + " " + units[unit]
+}

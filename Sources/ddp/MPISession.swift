@@ -1,0 +1,21 @@
+import MPI
+
+/// Runs `body` with MPI initialised, and finalises it afterwards.
+///
+/// On an error with other ranks in the job, this rank aborts the whole job with the error's text: the
+/// other ranks may be waiting in a collective this rank will never join, and MPI_Finalize would wait
+/// for them. Alone, it finalises and rethrows so the command line prints the error.
+func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
+    let runtime = try MPIRuntime.initialize(threadLevel: .funneled)
+    do {
+        let result = try body(runtime)
+        try runtime.finalize()
+        return result
+    } catch {
+        if runtime.world.size > 1 {
+            runtime.world.abort(code: 1, message: "\(error)")
+        }
+        try? runtime.finalize()
+        throw error
+    }
+}
