@@ -42,5 +42,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+
+        // MARK: Tests
+        // Run under real `mpirun` by MPITests: each rank checks exact collective results.
+        .executableTarget(
+            name: "mpi-checks",
+            dependencies: ["MPI"],
+            path: "Tests/MPIChecks"
+        ),
+        // Process running, product lookup and mpirun arguments shared by the tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "CLibraryTests", dependencies: ["CMPI", "CHDF5", "CBLAS"]),
+        .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
+        .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
+        .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),
     ]
 )

@@ -1,0 +1,111 @@
+import Foundation
+
+/// What a finished child process did.
+public struct ProcessResult: Sendable {
+    public let status: Int32
+    public let stdout: String
+    public let stderr: String
+    public let timedOut: Bool
+    public var output: String { stdout + stderr }
+}
+
+/// Runs `executable` with `arguments`, killing it after `timeout` seconds so a hang fails the test instead of
+/// stalling CI. Output goes through files, not pipes, so a chatty child never blocks on a full pipe.
+public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
+                       timeout: TimeInterval = 120) throws -> ProcessResult {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ddp-proc-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(at: directory) }
+    let outURL = directory.appendingPathComponent("out")
+    let errURL = directory.appendingPathComponent("err")
+    _ = FileManager.default.createFile(atPath: outURL.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+    let outHandle = try FileHandle(forWritingTo: outURL)
+    let errHandle = try FileHandle(forWritingTo: errURL)
+
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+    process.standardOutput = outHandle
+    process.standardError = errHandle
+    try process.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    var timedOut = false
+    while process.isRunning {
+        if Date() > deadline {
+            timedOut = true
+            process.terminate()
+            Thread.sleep(forTimeInterval: 2)
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            break
+        }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+    process.waitUntilExit()
+    try outHandle.close()
+    try errHandle.close()
+    return ProcessResult(status: process.terminationStatus,
+                         stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
+                         stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
+                         timedOut: timedOut)
+}
+
+/// A program on PATH, or nil.
+public func findOnPath(_ name: String) -> String? {
+    for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+        let candidate = "\(directory)/\(name)"
+        if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+    }
+    return nil
+}
+
+/// A product built next to the test bundle (same build directory and configuration).
+public func builtProduct(_ name: String) -> String {
+    let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+    var directory = testBinary.deletingLastPathComponent()
+    // On Linux the test runner is .build/<triple>/<config>/<Package>PackageTests.xctest (a file);
+    // elsewhere it may be a bundle directory nested deeper.
+    while !FileManager.default.isExecutableFile(atPath: directory.appendingPathComponent(name).path),
+          directory.path != "/" {
+        directory = directory.deletingLastPathComponent()
+    }
+    return directory.appendingPathComponent(name).path
+}
+
+/// Environment that lets Open MPI run as root (CI runs as root) and keeps BLAS to one thread per rank.
+public var mpiEnvironment: [String: String] {
+    var environment = ["OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"]
+    if getuid() == 0 {
+        environment["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        environment["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+    }
+    return environment
+}
+
+/// Runs `program` under `mpirun -np ranks` (oversubscribed when there are more ranks than cores).
+public func runUnderMPI(ranks: Int, _ program: String, _ arguments: [String], timeout: TimeInterval = 180) throws -> ProcessResult {
+    guard let mpirun = findOnPath("mpirun") else {
+        throw NSError(domain: "TestSupport", code: 1, userInfo: [NSLocalizedDescriptionKey: "mpirun is not on PATH"])
+    }
+    var mpiArguments = ["-np", String(ranks)]
+    if ranks > ProcessInfo.processInfo.activeProcessorCount { mpiArguments.append("--oversubscribe") }
+    return try runProcess(mpirun, mpiArguments + [program] + arguments, environment: mpiEnvironment, timeout: timeout)
+}
+
+/// A fresh temporary directory for one test.
+public func makeTemporaryDirectory(_ label: String = "ddp-test") throws -> URL {
+    let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
+    try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    return url
+}
+
+/// A python3 that can import h5py, or nil (tests that need it skip and say so).
+public func pythonWithH5py() -> String? {
+    for candidate in [ProcessInfo.processInfo.environment["SWIFTDDP_PYTHON"], findOnPath("python3")].compactMap({ $0 }) {
+        if let result = try? runProcess(candidate, ["-c", "import h5py, numpy"], timeout: 60), result.status == 0 {
+            return candidate
+        }
+    }
+    return nil
+}

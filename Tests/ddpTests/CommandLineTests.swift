@@ -1,0 +1,99 @@
+import Foundation
+import HDF5
+import TestSupport
+import XCTest
+
+/// The `ddp` binary as users run it.
+final class CommandLineTests: XCTestCase {
+    private var ddp: String { builtProduct("ddp") }
+
+    func testHelpListsSubcommandsAndOptions() throws {
+        let root = try runProcess(ddp, ["--help"])
+        XCTAssertEqual(root.status, 0, root.output)
+        for text in ["data-parallel transformer training", "inspect", "bench"] {
+            XCTAssertTrue(root.stdout.contains(text), "'\(text)' missing from ddp --help:\n\(root.stdout)")
+        }
+        let bench = try runProcess(ddp, ["bench", "allreduce", "--help"])
+        XCTAssertEqual(bench.status, 0, bench.output)
+        for text in ["--size-mb", "--iterations", "--warmup", "--json", "bus bandwidth"] {
+            XCTAssertTrue(bench.stdout.contains(text), "'\(text)' missing from bench allreduce --help:\n\(bench.stdout)")
+        }
+        let inspect = try runProcess(ddp, ["inspect", "--help"])
+        XCTAssertEqual(inspect.status, 0, inspect.output)
+        XCTAssertTrue(inspect.stdout.contains("HDF5"), inspect.stdout)
+    }
+
+    func testInspectShowsGroupsDatasetsFiltersAndAttributes() throws {
+        let directory = try makeTemporaryDirectory("ddp-inspect")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("shard.h5").path
+        do {
+            let file = try File.create(path)
+            try file.setAttribute("format", "swiftddp-tokens")
+            try file.setAttribute("vocab_size", 260)
+            try file.setAttribute("long", String(repeating: "x", count: 500))
+            try file.createDataset("tokens", type: .int32, shape: [4096], chunks: [1024], deflate: 4, fletcher32: true)
+                .write([Int32](repeating: 5, count: 4096))
+            let weight = try file.createDataset("params/embed.weight", type: .float32, shape: [260, 16])
+            try weight.setAttribute("betas", [0.9, 0.98])
+        }
+        let result = try runProcess(ddp, ["inspect", path])
+        XCTAssertEqual(result.status, 0, result.output)
+        for text in ["@format = \"swiftddp-tokens\"", "@vocab_size = 260", "(500 characters)",
+                     "/tokens  dataset int32  [4096]  chunks [1024]  filters deflate 4, fletcher32",
+                     "/params/", "/params/embed.weight  dataset float32  [260, 16]", "@betas = [0.9, 0.98]"] {
+            XCTAssertTrue(result.stdout.contains(text), "'\(text)' missing from:\n\(result.stdout)")
+        }
+    }
+
+    func testInspectErrorsNameTheFile() throws {
+        let missing = try runProcess(ddp, ["inspect", "/nonexistent/shard.h5"])
+        XCTAssertNotEqual(missing.status, 0)
+        XCTAssertTrue(missing.stderr.contains("/nonexistent/shard.h5") && missing.stderr.contains("no such file"), missing.output)
+
+        let directory = try makeTemporaryDirectory("ddp-inspect-bad")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let text = directory.appendingPathComponent("notes.txt").path
+        try "hello".write(toFile: text, atomically: true, encoding: .utf8)
+        let notHDF5 = try runProcess(ddp, ["inspect", text])
+        XCTAssertNotEqual(notHDF5.status, 0)
+        XCTAssertTrue(notHDF5.stderr.contains("not an HDF5 file"), notHDF5.output)
+    }
+
+    private func benchJSON(_ result: ProcessResult, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        XCTAssertEqual(result.status, 0, result.output, file: file, line: line)
+        let lines = result.stdout.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "only rank 0 prints, one line:\n\(result.stdout)", file: file, line: line)
+        let object = try JSONSerialization.jsonObject(with: Data((lines.first ?? "").utf8))
+        return try XCTUnwrap(object as? [String: Any], file: file, line: line)
+    }
+
+    func testBenchAllreduceAlone() throws {
+        let json = try benchJSON(try runProcess(ddp, ["bench", "allreduce", "--size-mb", "0.5", "--iterations", "3", "--json"],
+                                                environment: mpiEnvironment))
+        XCTAssertEqual(json["ranks"] as? Int, 1)
+        XCTAssertEqual(json["bytes"] as? Int, 524_288)
+        XCTAssertEqual(json["busbw_gbps"] as? Double, 0, "one rank moves nothing over a bus")
+        XCTAssertEqual(json["verified"] as? Bool, true)
+    }
+
+    func testBenchAllreduceTwoRanks() throws {
+        let result = try runUnderMPI(ranks: 2, ddp, ["bench", "allreduce", "--size-mb", "1", "--iterations", "5", "--json"])
+        let json = try benchJSON(result)
+        XCTAssertEqual(json["ranks"] as? Int, 2)
+        XCTAssertEqual(json["ranks_on_node"] as? Int, 2)
+        let algbw = try XCTUnwrap(json["algbw_gbps"] as? Double)
+        let busbw = try XCTUnwrap(json["busbw_gbps"] as? Double)
+        XCTAssertGreaterThan(algbw, 0)
+        XCTAssertEqual(busbw, algbw, accuracy: algbw * 1e-9, "2(n-1)/n = 1 for two ranks")
+        let table = try runUnderMPI(ranks: 2, ddp, ["bench", "allreduce", "--size-mb", "1", "--iterations", "2"])
+        XCTAssertEqual(table.status, 0, table.output)
+        XCTAssertTrue(table.stdout.contains("busbw") && table.stdout.contains("2 rank(s)"), table.stdout)
+    }
+
+    func testBenchAllreduceRejectsBadOptions() throws {
+        let result = try runProcess(ddp, ["bench", "allreduce", "--iterations", "0"])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("--iterations must be at least 1"), result.output)
+    }
+}
