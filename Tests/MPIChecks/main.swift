@@ -88,6 +88,15 @@ if let flag = CommandLine.arguments.firstIndex(of: "--die-on-rank"), let dying =
     print("rank \(world.rank): barrier returned although rank \(dying) died")
     exit(0)
 }
+// `--abort-on-rank R`: rank R calls Communicator.abort while the others wait in a barrier.
+if let flag = CommandLine.arguments.firstIndex(of: "--abort-on-rank"), let aborting = Int(CommandLine.arguments[flag + 1]) {
+    if world.rank == aborting {
+        world.abort(code: 7, message: "aborting on purpose: config mismatch in key 'model.d_model'")
+    }
+    try? world.barrier()
+    print("rank \(world.rank): barrier returned although rank \(aborting) aborted")
+    exit(0)
+}
 
 do {
     require(runtime.requestedThreadLevel == .serialized, "requested thread level recorded")

@@ -39,4 +39,13 @@ final class MPIRunTests: XCTestCase {
         XCTAssertLessThan(Date().timeIntervalSince(started), 30)
         XCTAssertFalse(result.stdout.contains("barrier returned"), result.output)
     }
+
+    /// Communicator.abort ends every rank, with the message on stderr and the code as the job's status.
+    func testAbortEndsEveryRank() throws {
+        let result = try runUnderMPI(ranks: 2, checks, ["--abort-on-rank", "1"], timeout: 60)
+        XCTAssertFalse(result.timedOut, "the job hung:\n\(result.output)")
+        XCTAssertEqual(result.status, 7, result.output)
+        XCTAssertTrue(result.stderr.contains("ddp: rank 1: aborting on purpose: config mismatch in key 'model.d_model'"), result.output)
+        XCTAssertFalse(result.stdout.contains("barrier returned"), result.output)
+    }
 }
