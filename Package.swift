@@ -7,6 +7,7 @@ let package = Package(
         .executable(name: "ddp", targets: ["ddp"]),
         .library(name: "MPI", targets: ["MPI"]),
         .library(name: "HDF5", targets: ["HDF5"]),
+        .library(name: "Kernels", targets: ["Kernels"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -33,6 +34,9 @@ let package = Package(
         .target(name: "MPI", dependencies: ["CMPI"]),
         .target(name: "HDF5", dependencies: ["CHDF5"]),
 
+        // MARK: Model
+        .target(name: "Kernels", dependencies: ["CBLAS"]),
+
         // MARK: Command line
         .executableTarget(
             name: "ddp",
@@ -55,6 +59,7 @@ let package = Package(
         .testTarget(name: "CLibraryTests", dependencies: ["CMPI", "CHDF5", "CBLAS"]),
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),
     ]
 )

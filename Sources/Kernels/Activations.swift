@@ -1,0 +1,86 @@
+import Foundation
+
+// MARK: Residual
+
+/// out[n] = a[n] + b[n]
+public func residualForward(out: FloatBuffer, a: FloatBuffer, b: FloatBuffer, count: Int) {
+    requireCount(out, count, "out")
+    for i in 0..<count { out[i] = a[i] + b[i] }
+}
+
+/// dA[n] += dOut[n];  dB[n] += dOut[n]
+public func residualBackward(dA: FloatBuffer, dB: FloatBuffer, dOut: FloatBuffer, count: Int) {
+    for i in 0..<count {
+        dA[i] += dOut[i]
+        dB[i] += dOut[i]
+    }
+}
+
+// MARK: ReLU
+
+/// out[n] = max(inp[n], 0)
+public func reluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
+    requireCount(out, count, "out")
+    for i in 0..<count { out[i] = inp[i] > 0 ? inp[i] : 0 }
+}
+
+/// dInp[n] += inp[n] > 0 ? dOut[n] : 0
+public func reluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
+    for i in 0..<count where inp[i] > 0 { dInp[i] += dOut[i] }
+}
+
+// MARK: GELU (PyTorch's exact form, approximate="none")
+
+private let inverseSqrt2: Float = 0.707_106_781_186_547_5
+private let inverseSqrt2Pi: Float = 0.398_942_280_401_432_7
+
+/// out[n] = inp[n] · Φ(inp[n]) = 0.5·x·(1 + erf(x/√2))
+public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
+    requireCount(out, count, "out")
+    for i in 0..<count {
+        let x = inp[i]
+        out[i] = 0.5 * x * (1 + erf(x * inverseSqrt2))
+    }
+}
+
+/// dInp[n] += dOut[n] · (Φ(x) + x·φ(x))
+public func geluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
+    for i in 0..<count {
+        let x = inp[i]
+        let cdf = 0.5 * (1 + erf(x * inverseSqrt2))
+        let pdf = inverseSqrt2Pi * exp(-0.5 * x * x)
+        dInp[i] += dOut[i] * (cdf + x * pdf)
+    }
+}
+
+// MARK: Dropout
+
+/// Whether element `index` of dropout stream `seed` is kept: a counter-based hash, so the mask depends on
+/// (seed, index) only — the same on any thread split, and recomputed in backward instead of stored.
+@inline(__always)
+public func dropoutKeeps(seed: UInt64, index: Int, probability: Float) -> Bool {
+    var z = seed &+ UInt64(truncatingIfNeeded: index) &* 0x9E37_79B9_7F4A_7C15
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    z ^= z >> 31
+    return Float(z >> 40) * (1.0 / 16_777_216.0) >= probability  // 24 random bits, uniform in [0, 1)
+}
+
+/// out[n] = keep(n) ? inp[n] / (1 - p) : 0   (p = 0: a copy)
+public func dropoutForward(out: FloatBuffer, inp: FloatBuffer, count: Int, probability: Float, seed: UInt64) {
+    requireCount(out, count, "out")
+    guard probability > 0 else {
+        if out.baseAddress != inp.baseAddress { out.baseAddress!.update(from: inp.baseAddress!, count: count) }
+        return
+    }
+    let scale = 1 / (1 - probability)
+    for i in 0..<count { out[i] = dropoutKeeps(seed: seed, index: i, probability: probability) ? inp[i] * scale : 0 }
+}
+
+/// dInp[n] += keep(n) ? dOut[n] / (1 - p) : 0
+public func dropoutBackward(dInp: FloatBuffer, dOut: FloatBuffer, count: Int, probability: Float, seed: UInt64) {
+    let scale = probability > 0 ? 1 / (1 - probability) : 1
+    for i in 0..<count where probability == 0 || dropoutKeeps(seed: seed, index: i, probability: probability) {
+        dInp[i] += dOut[i] * scale
+    }
+}

@@ -1,0 +1,105 @@
+import Foundation
+
+/// How queries may look at keys.
+public struct AttentionMask {
+    /// Query i sees keys 0...i only (decoder self-attention).
+    public var causal: Bool
+    /// [B,Tk]: true where the key is padding and must not be attended to (torch's key_padding_mask).
+    public var keyPadding: UnsafeBufferPointer<Bool>?
+
+    public init(causal: Bool = false, keyPadding: UnsafeBufferPointer<Bool>? = nil) {
+        self.causal = causal
+        self.keyPadding = keyPadding
+    }
+}
+
+/// Multi-head scaled dot-product attention.
+///   q[B,Tq,C], k[B,Tk,C], v[B,Tk,C] → out[B,Tq,C]; head h uses columns h·D ..< (h+1)·D; saves probs[B,H,Tq,Tk].
+///   probs = softmax(q·kᵀ/√D + mask), out = probs·v
+/// A query row whose keys are all masked gets zero weights (PyTorch would give NaN).
+public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffer, k: FloatBuffer, v: FloatBuffer,
+                             mask: AttentionMask, batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
+    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
+    let headSize = channels / heads
+    requireCount(out, batch * queryTime * channels, "out")
+    requireCount(probs, batch * heads * queryTime * keyTime, "probs")
+    let scale = 1 / Float(headSize).squareRoot()
+    for b in 0..<batch {
+        for h in 0..<heads {
+            let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
+            let qHead = q.baseAddress! + b * queryTime * channels + h * headSize
+            let kHead = k.baseAddress! + b * keyTime * channels + h * headSize
+            let vHead = v.baseAddress! + b * keyTime * channels + h * headSize
+            gemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize, alpha: scale,
+                 a: qHead, lda: channels, b: kHead, ldb: channels, beta: 0, c: p, ldc: keyTime)
+            for i in 0..<queryTime {
+                maskedSoftmaxRow(p + i * keyTime, count: keyTime, visible: mask.causal ? min(i + 1, keyTime) : keyTime,
+                                 padding: mask.keyPadding.map { UnsafeBufferPointer(rebasing: $0[(b * keyTime)..<((b + 1) * keyTime)]) })
+            }
+            gemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime,
+                 a: p, lda: keyTime, b: vHead, ldb: channels,
+                 beta: 0, c: out.baseAddress! + b * queryTime * channels + h * headSize, ldc: channels)
+        }
+    }
+}
+
+/// In place: row[j] = softmax over the visible, unpadded keys; 0 elsewhere.
+@inline(__always)
+func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: Int, padding: UnsafeBufferPointer<Bool>?) {
+    var maximum = -Float.infinity
+    for j in 0..<visible where padding?[j] != true { maximum = max(maximum, row[j]) }
+    guard maximum > -Float.infinity else {
+        row.update(repeating: 0, count: count)
+        return
+    }
+    var sum: Float = 0
+    for j in 0..<visible {
+        if padding?[j] == true {
+            row[j] = 0
+        } else {
+            let e = exp(row[j] - maximum)
+            row[j] = e
+            sum += e
+        }
+    }
+    let inverse = 1 / sum
+    for j in 0..<visible { row[j] *= inverse }
+    for j in visible..<count { row[j] = 0 }
+}
+
+/// Backward of attentionForward, accumulating into dQ, dK, dV (each shaped like q, k, v).
+///   dV += probsᵀ·dOut;  dS = probs ⊙ (dP − rowsum(dP ⊙ probs)) with dP = dOut·vᵀ;  dQ += dS·k/√D;  dK += dSᵀ·q/√D
+/// `scratch` holds one [Tq,Tk] block.
+public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer, scratch: FloatBuffer, dOut: FloatBuffer,
+                              q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, probs: FloatBuffer,
+                              batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
+    let headSize = channels / heads
+    requireCount(scratch, queryTime * keyTime, "scratch")
+    let scale = 1 / Float(headSize).squareRoot()
+    let dP = scratch.baseAddress!
+    for b in 0..<batch {
+        for h in 0..<heads {
+            let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
+            let queryOffset = b * queryTime * channels + h * headSize
+            let keyOffset = b * keyTime * channels + h * headSize
+            let dOutHead = dOut.baseAddress! + queryOffset
+            gemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize,
+                 a: dOutHead, lda: channels, b: v.baseAddress! + keyOffset, ldb: channels, beta: 0, c: dP, ldc: keyTime)
+            gemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime,
+                 a: p, lda: keyTime, b: dOutHead, ldb: channels, beta: 1, c: dV.baseAddress! + keyOffset, ldc: channels)
+            for i in 0..<queryTime {
+                let pRow = p + i * keyTime
+                let dRow = dP + i * keyTime
+                var dot: Float = 0
+                for j in 0..<keyTime { dot += pRow[j] * dRow[j] }
+                for j in 0..<keyTime { dRow[j] = pRow[j] * (dRow[j] - dot) }
+            }
+            gemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime, alpha: scale,
+                 a: dP, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,
+                 beta: 1, c: dQ.baseAddress! + queryOffset, ldc: channels)
+            gemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime, alpha: scale,
+                 a: dP, lda: keyTime, b: q.baseAddress! + queryOffset, ldb: channels,
+                 beta: 1, c: dK.baseAddress! + keyOffset, ldc: channels)
+        }
+    }
+}
