@@ -8,6 +8,7 @@ let package = Package(
         .library(name: "MPI", targets: ["MPI"]),
         .library(name: "HDF5", targets: ["HDF5"]),
         .library(name: "Kernels", targets: ["Kernels"]),
+        .library(name: "Transformer", targets: ["Transformer"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -36,6 +37,7 @@ let package = Package(
 
         // MARK: Model
         .target(name: "Kernels", dependencies: ["CBLAS"]),
+        .target(name: "Transformer", dependencies: ["Kernels"]),
 
         // MARK: Command line
         .executableTarget(
@@ -60,6 +62,7 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),
     ]
 )

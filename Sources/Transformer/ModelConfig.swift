@@ -1,0 +1,88 @@
+/// What a model is; the keys are the ones config files and checkpoints use.
+public struct ModelConfig: Codable, Equatable, Sendable {
+    public enum Kind: String, Codable, Sendable, CaseIterable { case encoderDecoder = "encoder-decoder", decoderOnly = "decoder-only" }
+    public enum Activation: String, Codable, Sendable, CaseIterable { case relu, gelu }
+    /// `post`: LayerNorm after each residual add (the paper). `pre`: before each sublayer, plus a final norm per stack.
+    public enum Norm: String, Codable, Sendable, CaseIterable { case post, pre }
+    public enum Positions: String, Codable, Sendable, CaseIterable { case sinusoidal, learned }
+
+    public var kind: Kind
+    public var vocabSize: Int
+    public var dModel: Int
+    public var heads: Int
+    public var encoderLayers: Int
+    public var decoderLayers: Int
+    public var dFF: Int
+    public var activation: Activation
+    public var norm: Norm
+    public var positions: Positions
+    /// Longest sequence (source or target) the positions cover.
+    public var maxLength: Int
+    public var dropout: Float
+    /// The output projection is the input embedding (no `lm_head.weight`).
+    public var tiedEmbeddings: Bool
+    /// Multiply token embeddings by √d_model (the paper does; GPT-style models usually do not).
+    public var scaleEmbedding: Bool
+
+    public init(kind: Kind, vocabSize: Int, dModel: Int, heads: Int, encoderLayers: Int, decoderLayers: Int, dFF: Int,
+                activation: Activation, norm: Norm, positions: Positions, maxLength: Int, dropout: Float,
+                tiedEmbeddings: Bool, scaleEmbedding: Bool? = nil) {
+        self.kind = kind
+        self.vocabSize = vocabSize
+        self.dModel = dModel
+        self.heads = heads
+        self.encoderLayers = kind == .decoderOnly ? 0 : encoderLayers
+        self.decoderLayers = decoderLayers
+        self.dFF = dFF
+        self.activation = activation
+        self.norm = norm
+        self.positions = positions
+        self.maxLength = maxLength
+        self.dropout = dropout
+        self.tiedEmbeddings = tiedEmbeddings
+        self.scaleEmbedding = scaleEmbedding ?? (kind == .encoderDecoder)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case kind, heads, activation, norm, positions, dropout
+        case vocabSize = "vocab_size", dModel = "d_model", encoderLayers = "encoder_layers", decoderLayers = "decoder_layers"
+        case dFF = "d_ff", maxLength = "max_length", tiedEmbeddings = "tied_embeddings", scaleEmbedding = "scale_embedding"
+    }
+
+    public init(from decoder: Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        let kind = try values.decode(Kind.self, forKey: .kind)
+        self.init(kind: kind, vocabSize: try values.decode(Int.self, forKey: .vocabSize),
+                  dModel: try values.decode(Int.self, forKey: .dModel), heads: try values.decode(Int.self, forKey: .heads),
+                  encoderLayers: try values.decodeIfPresent(Int.self, forKey: .encoderLayers) ?? 0,
+                  decoderLayers: try values.decode(Int.self, forKey: .decoderLayers), dFF: try values.decode(Int.self, forKey: .dFF),
+                  activation: try values.decode(Activation.self, forKey: .activation), norm: try values.decode(Norm.self, forKey: .norm),
+                  positions: try values.decode(Positions.self, forKey: .positions),
+                  maxLength: try values.decode(Int.self, forKey: .maxLength),
+                  dropout: try values.decodeIfPresent(Float.self, forKey: .dropout) ?? 0,
+                  tiedEmbeddings: try values.decodeIfPresent(Bool.self, forKey: .tiedEmbeddings) ?? true,
+                  scaleEmbedding: try values.decodeIfPresent(Bool.self, forKey: .scaleEmbedding))
+    }
+
+    /// Throws `ModelConfigError` naming the first key whose value cannot work.
+    public func validate() throws(ModelConfigError) {
+        func check(_ condition: Bool, _ key: String, _ message: String) throws(ModelConfigError) {
+            if !condition { throw ModelConfigError(key: key, message: message) }
+        }
+        try check(vocabSize >= 5, "vocab_size", "must be at least 5 (4 special tokens + 1), got \(vocabSize)")
+        try check(dModel >= 2 && dModel % 2 == 0, "d_model", "must be even and at least 2, got \(dModel)")
+        try check(heads >= 1, "heads", "must be at least 1, got \(heads)")
+        try check(dModel % heads == 0, "heads", "d_model \(dModel) is not divisible by heads \(heads)")
+        try check(decoderLayers >= 1, "decoder_layers", "must be at least 1, got \(decoderLayers)")
+        try check(kind == .decoderOnly || encoderLayers >= 1, "encoder_layers", "an encoder-decoder model needs at least 1, got \(encoderLayers)")
+        try check(dFF >= 1, "d_ff", "must be at least 1, got \(dFF)")
+        try check(maxLength >= 1, "max_length", "must be at least 1, got \(maxLength)")
+        try check(dropout >= 0 && dropout < 1, "dropout", "must be in [0, 1), got \(dropout)")
+    }
+}
+
+public struct ModelConfigError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let key: String
+    public let message: String
+    public var description: String { "model config key '\(key)': \(message)" }
+}

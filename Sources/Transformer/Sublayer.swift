@@ -1,0 +1,60 @@
+import Kernels
+
+/// One residual sublayer: self-attention, cross-attention or feed-forward, with its LayerNorm.
+///   post-norm: y = LN(x + f(x))      pre-norm: y = x + f(LN(x))
+/// Holds the names of its parameters and the handles of its activations; the model runs it.
+final class Sublayer {
+    enum Kind: Equatable { case selfAttention(causal: Bool), crossAttention, feedForward }
+
+    let kind: Kind
+    /// Parameter prefix: "decoder.layers.0.self_attn", "encoder.layers.1.ffn", ...
+    let prefix: String
+    /// "decoder.layers.0.norm1", ...
+    let norm: String
+    /// Distinguishes this sublayer's dropout mask from every other's.
+    let dropoutSite: UInt64
+
+    // Activations ([rows, C] unless noted); handles into the activation arena.
+    let normOut: Int, mean: Int, rstd: Int, sum: Int, output: Int
+    // Attention: q [Nq,C], k/v [Nk,C], context [Nq,C], probabilities [B,H,Tq,Tk]. Feed-forward: hidden/activated [N,F].
+    let q: Int, k: Int, v: Int, context: Int, probabilities: Int
+    let hidden: Int, activated: Int
+
+    init(kind: Kind, prefix: String, norm: String, dropoutSite: UInt64, arena: ActivationArena,
+         rows: Int, keyRows: Int, queryTime: Int, keyTime: Int, batch: Int, config: ModelConfig) {
+        self.kind = kind
+        self.prefix = prefix
+        self.norm = norm
+        self.dropoutSite = dropoutSite
+        let c = config.dModel
+        normOut = arena.reserve(rows * c)
+        mean = arena.reserve(rows)
+        rstd = arena.reserve(rows)
+        sum = arena.reserve(rows * c)
+        output = arena.reserve(rows * c)
+        let isAttention = kind != .feedForward
+        q = arena.reserve(isAttention ? rows * c : 0)
+        k = arena.reserve(isAttention ? keyRows * c : 0)
+        v = arena.reserve(isAttention ? keyRows * c : 0)
+        context = arena.reserve(isAttention ? rows * c : 0)
+        probabilities = arena.reserve(isAttention ? batch * config.heads * queryTime * keyTime : 0)
+        hidden = arena.reserve(isAttention ? 0 : rows * config.dFF)
+        activated = arena.reserve(isAttention ? 0 : rows * config.dFF)
+    }
+
+    /// Parameter names of this sublayer, in forward order.
+    static func parameters(_ kind: Kind, prefix: String, norm: String, config: ModelConfig) -> [(String, [Int])] {
+        let c = config.dModel, f = config.dFF
+        var entries: [(String, [Int])]
+        switch kind {
+        case .selfAttention, .crossAttention:
+            entries = ["q", "k", "v", "o"].flatMap { name in
+                [("\(prefix).\(name)_proj.weight", [c, c]), ("\(prefix).\(name)_proj.bias", [c])]
+            }
+        case .feedForward:
+            entries = [("\(prefix).fc1.weight", [f, c]), ("\(prefix).fc1.bias", [f]),
+                       ("\(prefix).fc2.weight", [c, f]), ("\(prefix).fc2.bias", [c])]
+        }
+        return entries + [("\(norm).weight", [c]), ("\(norm).bias", [c])]
+    }
+}

@@ -1,0 +1,137 @@
+import Foundation
+import Kernels
+import Transformer
+import XCTest
+
+final class ModelTests: XCTestCase {
+    override func setUp() { setBLASThreads(1) }
+
+    private func config(_ kind: ModelConfig.Kind = .encoderDecoder, norm: ModelConfig.Norm = .pre, positions: ModelConfig.Positions = .learned,
+                        tied: Bool = false, dropout: Float = 0) -> ModelConfig {
+        ModelConfig(kind: kind, vocabSize: 11, dModel: 8, heads: 2, encoderLayers: 1, decoderLayers: 1, dFF: 12, activation: .gelu,
+                    norm: norm, positions: positions, maxLength: 8, dropout: dropout, tiedEmbeddings: tied)
+    }
+
+    /// Three rows of different lengths; PAD (0) after each.
+    private let seq2seq = Batch(batchSize: 3, sourceLength: 4, targetLength: 4,
+                                source: [5, 6, 7, 2, 8, 2, 0, 0, 9, 10, 2, 0],
+                                decoderInput: [1, 4, 5, 6, 1, 7, 0, 0, 1, 9, 8, 0],
+                                labels: [4, 5, 6, 2, 7, 2, 0, 0, 9, 8, 2, 0])
+
+    func testConfigErrorsNameTheKey() {
+        var bad = config()
+        bad.heads = 3
+        XCTAssertThrowsError(try bad.validate()) { error in
+            XCTAssertEqual((error as? ModelConfigError)?.key, "heads")
+            XCTAssertTrue("\(error)".contains("d_model 8 is not divisible by heads 3"), "\(error)")
+        }
+        for (key, change) in [("vocab_size", { (c: inout ModelConfig) in c.vocabSize = 2 }), ("dropout", { $0.dropout = 1 }),
+                              ("d_ff", { $0.dFF = 0 }), ("decoder_layers", { $0.decoderLayers = 0 }), ("encoder_layers", { $0.encoderLayers = 0 })] {
+            var c = config()
+            change(&c)
+            XCTAssertThrowsError(try c.validate()) { XCTAssertEqual(($0 as? ModelConfigError)?.key, key) }
+        }
+        XCTAssertThrowsError(try TransformerModel(config: config(), maxBatch: 2, maxSourceLength: 9, maxTargetLength: 4)) {
+            XCTAssertEqual(($0 as? ModelConfigError)?.key, "max_length")
+        }
+    }
+
+    func testConfigDecodesFromSnakeCaseJSON() throws {
+        let json = """
+            {"kind": "decoder-only", "vocab_size": 256, "d_model": 384, "heads": 6, "decoder_layers": 6, "d_ff": 1536,
+             "activation": "gelu", "norm": "pre", "positions": "learned", "max_length": 256, "tied_embeddings": true}
+            """
+        let decoded = try JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8))
+        XCTAssertEqual(decoded.kind, .decoderOnly)
+        XCTAssertEqual(decoded.encoderLayers, 0)
+        XCTAssertFalse(decoded.scaleEmbedding, "GPT-style models do not scale embeddings unless asked")
+        XCTAssertEqual(try JSONDecoder().decode(ModelConfig.self, from: try JSONEncoder().encode(decoded)), decoded)
+    }
+
+    func testLayoutNamesShapesAndOrder() {
+        let untied = TransformerModel.parameterLayout(for: config())
+        let names = untied.views.map(\.name)
+        XCTAssertEqual(names.first, "embed.weight")
+        XCTAssertEqual(names[1], "pos_embed.weight")
+        XCTAssertEqual(names.last, "lm_head.weight")
+        XCTAssertEqual(untied.view("encoder.layers.0.ffn.fc1.weight")?.shape, [12, 8], "torch Linear: [out, in]")
+        XCTAssertNotNil(untied.view("encoder.norm.weight"))
+        XCTAssertNotNil(untied.view("decoder.layers.0.cross_attn.q_proj.bias"))
+        XCTAssertNotNil(untied.view("decoder.layers.0.norm3.bias"))
+        // Contiguous, in forward order: every view starts where the previous ended.
+        for (previous, next) in zip(untied.views, untied.views.dropFirst()) { XCTAssertEqual(previous.offset + previous.count, next.offset) }
+        let gpt = TransformerModel.parameterLayout(for: config(.decoderOnly, norm: .post, positions: .sinusoidal, tied: true))
+        XCTAssertNil(gpt.view("lm_head.weight"))
+        XCTAssertNil(gpt.view("pos_embed.weight"))
+        XCTAssertNil(gpt.view("decoder.norm.weight"), "post-norm has no final norm")
+        XCTAssertNil(gpt.view("decoder.layers.0.cross_attn.q_proj.weight"))
+        XCTAssertNotNil(gpt.view("decoder.layers.0.norm2.weight"))
+    }
+
+    /// The paths the PyTorch fixtures do not take (untied output, encoder-decoder pre-norm, dropout) against
+    /// finite differences of the whole model's loss, on a sample of every tensor's elements.
+    func testWholeModelGradientsUntiedPreNormWithDropout() throws {
+        let model = try TransformerModel(config: config(dropout: 0.2), maxBatch: 3, maxSourceLength: 4, maxTargetLength: 4)
+        model.initializeParameters(seed: 3)
+        model.dropoutSeed = 99
+        model.gradients.zero()
+        model.forwardBackward(seq2seq, labelSmoothing: 0.1)
+        var worst: Double = 0
+        for view in model.layout.views {
+            let tensor = model.parameters[view], gradient = model.gradients[view]
+            for index in Swift.stride(from: 0, to: view.count, by: max(1, view.count / 5)) {
+                let saved = tensor[index], epsilon: Float = 1e-2
+                tensor[index] = saved + epsilon
+                let plus = model.forward(seq2seq, labelSmoothing: 0.1).loss
+                tensor[index] = saved - epsilon
+                let minus = model.forward(seq2seq, labelSmoothing: 0.1).loss
+                tensor[index] = saved
+                let numeric = (plus - minus) / Double(2 * epsilon)
+                let error = abs(numeric - Double(gradient[index])) / max(1, abs(numeric))
+                worst = max(worst, error)
+                XCTAssertLessThan(error, 2e-2, "\(view.name)[\(index)]: numeric \(numeric), analytic \(gradient[index])")
+            }
+        }
+        print("whole-model finite differences (untied, pre-norm, dropout 0.2): largest error \(worst)")
+    }
+
+    /// Two micro-batches accumulated give the gradient of one batch holding both — even though each half is
+    /// padded to its own length. This is what makes N ranks x batch b equal 1 rank x batch N·b.
+    func testAccumulatedHalvesEqualTheWholeBatch() throws {
+        let model = try TransformerModel(config: config(norm: .post, positions: .sinusoidal, tied: true), maxBatch: 3,
+                                         maxSourceLength: 4, maxTargetLength: 4)
+        model.initializeParameters(seed: 5)
+        model.gradients.zero()
+        let whole = model.forwardBackward(seq2seq, labelSmoothing: 0.1)
+        let reference = Array(model.gradients.storage)
+
+        let first = Batch(batchSize: 1, sourceLength: 4, targetLength: 4, source: Array(seq2seq.source[0..<4]),
+                          decoderInput: Array(seq2seq.decoderInput[0..<4]), labels: Array(seq2seq.labels[0..<4]))
+        // Rows 2 and 3 padded only to their own longest (3 tokens), as a rank's own batch would be.
+        let rest = Batch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [8, 2, 0, 9, 10, 2],
+                         decoderInput: [1, 7, 0, 1, 9, 8], labels: [7, 2, 0, 9, 8, 2])
+        model.gradients.zero()
+        let a = model.forwardBackward(first, labelSmoothing: 0.1)
+        let b = model.forwardBackward(rest, labelSmoothing: 0.1)
+        XCTAssertEqual(a.tokens + b.tokens, whole.tokens)
+        XCTAssertEqual(a.loss + b.loss, whole.loss, accuracy: whole.loss * 1e-5)
+        let accumulated = Array(model.gradients.storage)
+        let scale = reference.map { abs($0) }.max()!
+        let difference = zip(accumulated, reference).map { abs($0 - $1) }.max()!
+        XCTAssertLessThan(difference / scale, 1e-5, "accumulated gradient differs by \(difference) (scale \(scale))")
+    }
+
+    func testForwardIsDeterministicAndEvaluationDropsNothing() throws {
+        let model = try TransformerModel(config: config(dropout: 0.3), maxBatch: 3, maxSourceLength: 4, maxTargetLength: 4)
+        model.initializeParameters(seed: 8)
+        model.training = false
+        let first = model.forward(seq2seq)
+        let firstLogits = model.withLogits { Array($0) }
+        let second = model.forward(seq2seq)
+        XCTAssertEqual(first, second)
+        XCTAssertEqual(model.withLogits { Array($0) }, firstLogits, "bitwise identical")
+        model.training = true
+        model.dropoutSeed = 1
+        XCTAssertNotEqual(model.forward(seq2seq).loss, first.loss, "dropout changes the training loss")
+    }
+}
