@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
     ],
     targets: [
         // MARK: C libraries (Debian packages; found through pkg-config)
@@ -45,7 +46,10 @@ let package = Package(
             dependencies: [
                 "MPI",
                 "HDF5",
+                "Kernels",
+                "Transformer",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
             ]
         ),
 
@@ -62,7 +66,8 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"]),
+        .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
+                    exclude: ["Fixtures"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),
     ]
 )

@@ -3,6 +3,7 @@
 # changes nothing), then builds the release binary .build/release/ddp.
 #   Launch/setup.sh                 install + build
 #   SWIFTDDP_SKIP_BUILD=1 Launch/setup.sh   install only
+#   SWIFTDDP_TARGET_CPU=znver4 Launch/setup.sh  build for another CPU than this one ("none": baseline x86-64)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,13 @@ fi
 
 command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.1 or later is needed)" >&2; exit 1; }
 
+# The kernels' SIMD code is only fast when the compiler may use this CPU's vector instructions (at baseline
+# x86-64 some SIMD operations are scalarised and ~100x slower), as HPC codes build with -march=native.
+cpu="${SWIFTDDP_TARGET_CPU:-native}"
+cpu_flags=()
+[ "$cpu" = "none" ] || cpu_flags=(-Xswiftc -target-cpu -Xswiftc "$cpu")
+
 if [ "${SWIFTDDP_SKIP_BUILD:-0}" != 1 ]; then
-  swift build -c release --product ddp
-  echo "setup: built $(swift build -c release --show-bin-path)/ddp"
+  swift build -c release --product ddp "${cpu_flags[@]}"
+  echo "setup: built $(swift build -c release --show-bin-path)/ddp (target CPU: $cpu)"
 fi

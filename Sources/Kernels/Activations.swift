@@ -37,20 +37,29 @@ private let inverseSqrt2Pi: Float = 0.398_942_280_401_432_7
 /// out[n] = inp[n] · Φ(inp[n]) = 0.5·x·(1 + erf(x/√2))
 public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
     requireCount(out, count, "out")
-    for i in 0..<count {
-        let x = inp[i]
-        out[i] = 0.5 * x * (1 + erf(x * inverseSqrt2))
+    let x = inp.baseAddress!, y = out.baseAddress!
+    forEachChunk(count) { start, width in
+        let value = load(x + start, width)
+        let cdf = 0.5 * (1 + fastErfAndGaussian(value * inverseSqrt2).erf)
+        store(value * cdf, y + start, width)
     }
 }
 
-/// dInp[n] += dOut[n] · (Φ(x) + x·φ(x))
+/// dInp[n] += dOut[n] · (Φ(x) + x·φ(x)), with φ(x) = e^(−x²/2)/√(2π) — the same exponential erf used.
 public func geluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
-    for i in 0..<count {
-        let x = inp[i]
-        let cdf = 0.5 * (1 + erf(x * inverseSqrt2))
-        let pdf = inverseSqrt2Pi * exp(-0.5 * x * x)
-        dInp[i] += dOut[i] * (cdf + x * pdf)
+    let x = inp.baseAddress!, dy = dOut.baseAddress!, dx = dInp.baseAddress!
+    forEachChunk(count) { start, width in
+        let value = load(x + start, width)
+        let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
+        let derivative = 0.5 * (1 + erf) + value * (gaussian * inverseSqrt2Pi)
+        store(load(dx + start, width) + load(dy + start, width) * derivative, dx + start, width)
     }
+}
+
+/// The definition with libm's erf and exp, for tests of the fast path.
+public func geluReference(_ x: Float) -> (value: Float, derivative: Float) {
+    let cdf = 0.5 * (1 + erf(x * inverseSqrt2))
+    return (x * cdf, cdf + x * inverseSqrt2Pi * exp(-0.5 * x * x))
 }
 
 // MARK: Dropout

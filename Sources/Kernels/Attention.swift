@@ -46,25 +46,27 @@ public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffe
 /// In place: row[j] = softmax over the visible, unpadded keys; 0 elsewhere.
 @inline(__always)
 func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: Int, padding: UnsafeBufferPointer<Bool>?) {
+    if let padding {
+        for j in 0..<visible where padding[j] { row[j] = -.infinity }
+    }
     var maximum = -Float.infinity
-    for j in 0..<visible where padding?[j] != true { maximum = max(maximum, row[j]) }
+    for j in 0..<visible { maximum = max(maximum, row[j]) }
     guard maximum > -Float.infinity else {
         row.update(repeating: 0, count: count)
         return
     }
-    var sum: Float = 0
-    for j in 0..<visible {
-        if padding?[j] == true {
-            row[j] = 0
-        } else {
-            let e = exp(row[j] - maximum)
-            row[j] = e
-            sum += e
-        }
+    // Sixteen partial sums, added in a fixed order: vectorised and still deterministic.
+    var sums = Float16x()
+    forEachChunk(visible) { start, width in
+        var e = fastExp(load(row + start, width) - maximum)
+        if let padding { for i in 0..<width where padding[start + i] { e[i] = 0 } }
+        if width < 16 { for i in width..<16 { e[i] = 0 } }
+        sums += e
+        store(e, row + start, width)
     }
-    let inverse = 1 / sum
-    for j in 0..<visible { row[j] *= inverse }
-    for j in visible..<count { row[j] = 0 }
+    let inverse = 1 / sums.sum()
+    forEachChunk(visible) { start, width in store(load(row + start, width) * inverse, row + start, width) }
+    if visible < count { (row + visible).update(repeating: 0, count: count - visible) }
 }
 
 /// Backward of attentionForward, accumulating into dQ, dK, dV (each shaped like q, k, v).
@@ -90,9 +92,13 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
             for i in 0..<queryTime {
                 let pRow = p + i * keyTime
                 let dRow = dP + i * keyTime
-                var dot: Float = 0
-                for j in 0..<keyTime { dot += pRow[j] * dRow[j] }
-                for j in 0..<keyTime { dRow[j] = pRow[j] * (dRow[j] - dot) }
+                var dots = Float16x()
+                forEachChunk(keyTime) { start, width in dots += load(pRow + start, width) * load(dRow + start, width) }
+                let dot = dots.sum()
+                forEachChunk(keyTime) { start, width in
+                    let pValues = load(pRow + start, width)
+                    store(pValues * (load(dRow + start, width) - dot), dRow + start, width)
+                }
             }
             gemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime, alpha: scale,
                  a: dP, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,

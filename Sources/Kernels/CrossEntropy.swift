@@ -25,25 +25,41 @@ public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32
             continue
         }
         precondition(target >= 0 && Int(target) < vocabulary, "target \(target) outside vocabulary \(vocabulary)")
-        var maximum = x[0]
-        var argmax = 0
-        var sumLogits: Float = 0
-        for v in 0..<vocabulary {
-            if x[v] > maximum { maximum = x[v]; argmax = v }
-            sumLogits += x[v]
+        // Pass 1: maximum and sum of the logits (sixteen lanes, reduced in a fixed order).
+        var maxima = Float16x(repeating: -.infinity)
+        var sums = Float16x()
+        forEachChunk(vocabulary) { start, width in
+            var values = load(x + start, width)
+            sums += values
+            if width < 16 { for i in width..<16 { values[i] = -.infinity } }
+            maxima = pointwiseMax(maxima, values)
         }
-        var sumExp: Float = 0
-        for v in 0..<vocabulary { sumExp += exp(x[v] - maximum) }
+        let maximum = maxima.max()
+        let sumLogits = sums.sum()
+        let targetLogit = x[Int(target)]
+        var argmax = 0
+        while x[argmax] != maximum { argmax += 1 }
+        // Pass 2: exponentials; when training they are stored as the gradient's numerator (in place is fine:
+        // each chunk is read before it is written).
+        let exponentials = dLogits.map { $0.baseAddress! + row * vocabulary }
+        var expSums = Float16x()
+        forEachChunk(vocabulary) { start, width in
+            var e = fastExp(load(x + start, width) - maximum)
+            if width < 16 { for i in width..<16 { e[i] = 0 } }
+            expSums += e
+            if let exponentials { store(e, exponentials + start, width) }
+        }
+        let sumExp = expSums.sum()
         let logSumExp = maximum + log(sumExp)
-        let nll = logSumExp - x[Int(target)]
+        let nll = logSumExp - targetLogit
         let meanNegLogP = logSumExp - sumLogits / Float(vocabulary)
         total += Double((1 - smoothing) * nll + smoothing * meanNegLogP)
         tokens += 1
         if argmax == Int(target) { correct += 1 }
-        if let dLogits {
-            let d = dLogits.baseAddress! + row * vocabulary
-            let inverse = 1 / sumExp
-            for v in 0..<vocabulary { d[v] = scale * (exp(x[v] - maximum) * inverse - uniform) }
+        if let d = exponentials {
+            // Pass 3: d = scale · (p − smoothed one-hot).
+            let factor = scale / sumExp, shift = scale * uniform
+            forEachChunk(vocabulary) { start, width in store(load(d + start, width) * factor - shift, d + start, width) }
             d[Int(target)] -= scale * (1 - smoothing)
         }
     }

@@ -58,3 +58,8 @@ public func linearBackward(dInp: FloatBuffer?, dWeight: FloatBuffer, dBias: Floa
         }
     }
 }
+
+/// Threads for the compute kernels and BLAS together (one rank's share of the cores).
+public func setComputeThreads(_ count: Int) {
+    setBLASThreads(count)
+}

@@ -15,6 +15,6 @@ struct DDP: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure this machine or cluster.",
-        subcommands: [BenchAllreduce.self]
+        subcommands: [BenchAllreduce.self, BenchStep.self]
     )
 }

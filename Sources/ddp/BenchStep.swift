@@ -1,0 +1,125 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Transformer
+
+struct BenchStep: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "step",
+        abstract: "Time full training steps (forward, backward, AdamW) of a config's model on random tokens.",
+        discussion: """
+            Reports the median step time after warm-up, tokens/s (target tokens), model GFLOP/s \
+            (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as PyTorch's reference counts), \
+            and peak resident memory against the model's own need (parameters, gradients, two AdamW moments, activations).
+
+            Example: ddp bench step --config Configs/bench-w2.yaml --threads 1
+            """
+    )
+
+    @Option(help: "A run config (YAML); its model, training.batch_size and data lengths define the workload.")
+    var config: String
+
+    @Option(help: "Threads for BLAS and the compute kernels.")
+    var threads: Int = 1
+
+    @Option(help: "Timed steps.")
+    var steps: Int = 10
+
+    @Option(help: "Untimed warm-up steps.")
+    var warmup: Int = 2
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    @Flag(help: "Only load and check the config, and print the model's parameter count.")
+    var dryRun = false
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps).") }
+        guard warmup >= 0 else { throw ValidationError("--warmup must be 0 or more, got \(warmup).") }
+    }
+
+    func run() throws {
+        let run = try RunConfig.load(config)
+        let model = run.model
+        if dryRun {
+            print("\(config): valid, \(TransformerModel.parameterLayout(for: model).count) parameters")
+            return
+        }
+        setComputeThreads(threads)
+        let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
+        let transformer = try TransformerModel(config: model, maxBatch: b, maxSourceLength: s, maxTargetLength: t)
+        transformer.initializeParameters(seed: run.training.seed)
+        let optimizer = AdamW(layout: transformer.layout, settings: run.optimizer.settings)
+
+        // Random real tokens (no PAD), as the PyTorch reference draws them.
+        var random = SystemRandomNumberGenerator()
+        let token = { Int32.random(in: 4..<Int32(model.vocabSize), using: &random) }
+        let batch = Batch(batchSize: b, sourceLength: s, targetLength: t, source: (0..<(b * s)).map { _ in token() },
+                          decoderInput: (0..<(b * t)).map { _ in token() }, labels: (0..<(b * t)).map { _ in token() })
+
+        let clock = ContinuousClock()
+        var times: [Double] = []
+        var lastLoss = 0.0
+        for step in 0..<(warmup + steps) {
+            let start = clock.now
+            transformer.gradients.zero()
+            let result = transformer.forwardBackward(batch, labelSmoothing: run.training.labelSmoothing)
+            optimizer.update(parameters: transformer.parameters, gradients: transformer.gradients, learningRate: run.optimizer.lr,
+                             gradientScale: 1 / Float(result.tokens))
+            let elapsed = clock.now - start
+            if step >= warmup { times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18) }
+            lastLoss = result.loss / Double(result.tokens)
+        }
+        times.sort()
+        let median = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+        let parameters = transformer.layout.count
+        let tokens = b * t
+        let attentionLayers = model.encoderLayers + model.decoderLayers * (model.kind == .encoderDecoder ? 2 : 1)
+        let flops = 6 * Double(parameters) * Double(tokens) + 12 * Double(attentionLayers) * Double(t) * Double(model.dModel) * Double(tokens)
+        let needBytes = (4 * parameters + transformer.activationFloats) * 4
+        let peakBytes = peakResidentBytes()
+        let report = StepReport(workload: config, threads: threads, parameters: parameters, tokens_per_step: tokens,
+                                step_seconds: median, tokens_per_s: Double(tokens) / median, gflops: flops / median / 1e9,
+                                peak_rss_bytes: peakBytes, model_bytes: needBytes,
+                                memory_ratio: Double(peakBytes) / Double(needBytes), final_loss: lastLoss)
+        print(json ? report.json() : report.table())
+    }
+}
+
+struct StepReport: Encodable {
+    let workload: String
+    let threads: Int
+    let parameters: Int
+    let tokens_per_step: Int
+    let step_seconds: Double
+    let tokens_per_s: Double
+    let gflops: Double
+    let peak_rss_bytes: Int
+    let model_bytes: Int
+    let memory_ratio: Double
+    let final_loss: Double
+
+    func table() -> String {
+        """
+        workload     \(workload), \(threads) thread(s), \(parameters) parameters, \(tokens_per_step) tokens per step
+        step         \(String(format: "%.4f", step_seconds)) s (median)
+        throughput   \(String(format: "%.1f", tokens_per_s)) tokens/s, \(String(format: "%.1f", gflops)) GFLOP/s
+        memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio)))
+        """
+    }
+
+    func json() -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
+    }
+}
+
+/// Peak resident set size of this process (getrusage reports kilobytes on Linux).
+func peakResidentBytes() -> Int {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return Int(usage.ru_maxrss) * 1024
+}

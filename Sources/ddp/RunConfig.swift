@@ -1,0 +1,205 @@
+import Foundation
+import Transformer
+import Yams
+
+/// A run's configuration file (YAML). Strict: an unknown key, a wrong type or an impossible value is an error
+/// that names the key. Sections: `model` (ModelConfig keys), `data`, `training`, `optimizer`.
+struct RunConfig: Codable, Equatable {
+    struct DataSection: Codable, Equatable {
+        /// Longest encoder input (encoder-decoder) in tokens; 0 for decoder-only models.
+        var sourceLength: Int = 0
+        /// Longest decoder input: the target length, or the LM context.
+        var targetLength: Int
+
+        enum CodingKeys: String, CodingKey { case sourceLength = "source_length", targetLength = "target_length" }
+
+        init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            sourceLength = try values.decodeIfPresent(Int.self, forKey: .sourceLength) ?? 0
+            targetLength = try values.decode(Int.self, forKey: .targetLength)
+        }
+    }
+
+    struct TrainingSection: Codable, Equatable {
+        /// Sequences per rank per micro-step.
+        var batchSize: Int
+        var labelSmoothing: Float = 0
+        var seed: UInt64 = 0
+
+        enum CodingKeys: String, CodingKey { case batchSize = "batch_size", labelSmoothing = "label_smoothing", seed }
+
+        init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            batchSize = try values.decode(Int.self, forKey: .batchSize)
+            labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
+            seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
+        }
+    }
+
+    struct OptimizerSection: Codable, Equatable {
+        var lr: Float = 1e-4
+        var beta1: Float = 0.9
+        var beta2: Float = 0.999
+        var eps: Float = 1e-8
+        var weightDecay: Float = 0.01
+
+        enum CodingKeys: String, CodingKey { case lr, beta1, beta2, eps, weightDecay = "weight_decay" }
+
+        init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            lr = try values.decodeIfPresent(Float.self, forKey: .lr) ?? 1e-4
+            beta1 = try values.decodeIfPresent(Float.self, forKey: .beta1) ?? 0.9
+            beta2 = try values.decodeIfPresent(Float.self, forKey: .beta2) ?? 0.999
+            eps = try values.decodeIfPresent(Float.self, forKey: .eps) ?? 1e-8
+            weightDecay = try values.decodeIfPresent(Float.self, forKey: .weightDecay) ?? 0.01
+        }
+
+        var settings: AdamWSettings { AdamWSettings(beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay) }
+
+        init() {}
+    }
+
+    var model: ModelConfig
+    var data: DataSection
+    var training: TrainingSection
+    /// Optional: torch.optim.AdamW's defaults (lr 1e-4 here).
+    var optimizer: OptimizerSection
+
+    enum CodingKeys: String, CodingKey { case model, data, training, optimizer }
+
+    init(from decoder: Decoder) throws {
+        let values = try decoder.container(keyedBy: CodingKeys.self)
+        model = try values.decode(ModelConfig.self, forKey: .model)
+        data = try values.decode(DataSection.self, forKey: .data)
+        training = try values.decode(TrainingSection.self, forKey: .training)
+        optimizer = try values.decodeIfPresent(OptimizerSection.self, forKey: .optimizer) ?? OptimizerSection()
+    }
+
+    /// Every key a config may hold, for the unknown-key check.
+    static let knownKeys: [String: Set<String>] = [
+        "": ["model", "data", "training", "optimizer"],
+        "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
+                  "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
+        "data": ["source_length", "target_length"],
+        "training": ["batch_size", "label_smoothing", "seed"],
+        "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
+    ]
+
+    static func load(_ path: String) throws -> RunConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(file: path, key: nil, message: "cannot read the file")
+        }
+        return try parse(text, file: path)
+    }
+
+    static func parse(_ text: String, file: String) throws -> RunConfig {
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: file, key: nil, message: "the file is empty") }
+            root = node
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError(file: file, key: nil, message: "not valid YAML: \(error)")
+        }
+        try checkKeys(root, section: "", file: file)
+        let config: RunConfig
+        do {
+            config = try YAMLDecoder().decode(RunConfig.self, from: root)
+        } catch let error as DecodingError {
+            throw ConfigError(decoding: error, file: file)
+        }
+        try config.validate(file: file)
+        return config
+    }
+
+    private static func checkKeys(_ node: Node, section: String, file: String) throws {
+        guard let mapping = node.mapping else {
+            throw ConfigError(file: file, key: section.isEmpty ? nil : section, message: "expected a mapping of keys to values")
+        }
+        for (keyNode, value) in mapping {
+            let key = keyNode.string ?? "\(keyNode)"
+            let path = section.isEmpty ? key : "\(section).\(key)"
+            guard let allowed = knownKeys[section], allowed.contains(key) else {
+                let suggestion = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\($0)'?)" } ?? ""
+                throw ConfigError(file: file, key: path, message: "unknown key\(suggestion)")
+            }
+            if section.isEmpty { try checkKeys(value, section: key, file: file) }
+        }
+    }
+
+    private static func closest(to key: String, in candidates: Set<String>) -> String? {
+        func distance(_ a: [Character], _ b: [Character]) -> Int {
+            var row = Array(0...b.count)
+            for i in 1...max(1, a.count) where !a.isEmpty {
+                var previous = row[0]
+                row[0] = i
+                for j in 1...max(1, b.count) where !b.isEmpty {
+                    let current = row[j]
+                    row[j] = min(row[j] + 1, row[j - 1] + 1, previous + (a[i - 1] == b[j - 1] ? 0 : 1))
+                    previous = current
+                }
+            }
+            return row[b.count]
+        }
+        let scored = candidates.map { ($0, distance(Array(key), Array($0))) }.min { $0.1 < $1.1 }
+        return scored.flatMap { $0.1 <= 3 ? $0.0 : nil }
+    }
+
+    func validate(file: String) throws {
+        do {
+            try model.validate()
+        } catch {
+            throw ConfigError(file: file, key: "model.\(error.key)", message: error.message)
+        }
+        func check(_ condition: Bool, _ key: String, _ message: String) throws {
+            if !condition { throw ConfigError(file: file, key: key, message: message) }
+        }
+        try check(training.batchSize >= 1, "training.batch_size", "must be at least 1, got \(training.batchSize)")
+        try check(data.targetLength >= 1 && data.targetLength <= model.maxLength, "data.target_length",
+                  "must be in 1...model.max_length (\(model.maxLength)), got \(data.targetLength)")
+        if model.kind == .encoderDecoder {
+            try check(data.sourceLength >= 1 && data.sourceLength <= model.maxLength, "data.source_length",
+                      "must be in 1...model.max_length (\(model.maxLength)) for an encoder-decoder model, got \(data.sourceLength)")
+        }
+        try check(training.labelSmoothing >= 0 && training.labelSmoothing < 1, "training.label_smoothing", "must be in [0, 1)")
+        try check(optimizer.lr > 0, "optimizer.lr", "must be positive, got \(optimizer.lr)")
+        try check((0..<1).contains(optimizer.beta1) && (0..<1).contains(optimizer.beta2), "optimizer.beta1", "betas must be in [0, 1)")
+    }
+}
+
+struct ConfigError: Error, CustomStringConvertible {
+    let file: String
+    let key: String?
+    let message: String
+
+    init(file: String, key: String?, message: String) {
+        self.file = file
+        self.key = key
+        self.message = message
+    }
+
+    init(decoding error: DecodingError, file: String) {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map(\.stringValue).joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let parent = path(context)
+            self.init(file: file, key: parent.isEmpty ? key.stringValue : "\(parent).\(key.stringValue)", message: "missing")
+        case .typeMismatch(let type, let context):
+            self.init(file: file, key: path(context), message: "expected \(type)")
+        case .valueNotFound(let type, let context):
+            self.init(file: file, key: path(context), message: "expected \(type), found nothing")
+        case .dataCorrupted(let context):
+            self.init(file: file, key: path(context), message: context.debugDescription)
+        @unknown default:
+            self.init(file: file, key: nil, message: "\(error)")
+        }
+    }
+
+    var description: String {
+        if let key { return "\(file): config key '\(key)': \(message)" }
+        return "\(file): \(message)"
+    }
+}

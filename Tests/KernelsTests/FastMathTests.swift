@@ -1,0 +1,62 @@
+import Foundation
+import Kernels
+import XCTest
+
+/// The vectorised transcendentals against libm over the ranges the model uses.
+final class FastMathTests: XCTestCase {
+    func testFastExpRelativeError() {
+        var worst: Float = 0
+        for start in stride(from: -87.0 as Float, to: 88, by: 0.37) {
+            let x = Float16x((0..<16).map { start + Float($0) * 0.0231 })
+            let fast = fastExp(x)
+            for i in 0..<16 {
+                let exact = Float(Foundation.exp(Double(x[i])))
+                worst = max(worst, abs(fast[i] - exact) / exact)
+            }
+        }
+        XCTAssertLessThan(worst, 5e-7, "largest relative error of fastExp")
+        XCTAssertEqual(fastExp(Float16x(repeating: 0))[0], 1)
+        XCTAssertGreaterThanOrEqual(fastExp(Float16x(repeating: -.infinity))[0], 0, "clamped, never NaN")
+    }
+
+    func testGELUAgainstErfDefinition() {
+        let values = stride(from: -12 as Float, through: 12, by: 0.0137).map { $0 }
+        let inp = Tensor(values), out = Tensor(zeros: values.count), ones = Tensor([Float](repeating: 1, count: values.count))
+        let derivatives = Tensor(zeros: values.count)
+        geluForward(out: out.buffer, inp: inp.buffer, count: values.count)
+        geluBackward(dInp: derivatives.buffer, dOut: ones.buffer, inp: inp.buffer, count: values.count)
+        var worstValue: Float = 0, worstDerivative: Float = 0
+        for (i, x) in values.enumerated() {
+            let reference = geluReference(x)
+            worstValue = max(worstValue, abs(out[i] - reference.value) / max(1, abs(reference.value)))
+            worstDerivative = max(worstDerivative, abs(derivatives[i] - reference.derivative))
+        }
+        XCTAssertLessThan(worstValue, 1e-6)
+        XCTAssertLessThan(worstDerivative, 1e-6)
+    }
+
+    /// Cross-entropy over a vocabulary that is not a multiple of 16 (chunks plus a tail) against the definition.
+    func testCrossEntropyWideVocabulary() {
+        let vocabulary = 37
+        let logits = Tensor(random: 3 * vocabulary, seed: 5, scale: 8), dLogits = Tensor(zeros: 3 * vocabulary)
+        let targets: [Int32] = [36, 0, 17]
+        targets.withUnsafeBufferPointer { targets in
+            let result = crossEntropy(logits: logits.buffer, targets: targets, vocabulary: vocabulary, smoothing: 0.2, ignored: 0,
+                                      dLogits: dLogits.buffer, scale: 0.5)
+            var expected = 0.0
+            for row in [0, 2] {
+                let x = (0..<vocabulary).map { Double(logits[row * vocabulary + $0]) }
+                let lse = Foundation.log(x.map { Foundation.exp($0) }.reduce(0, +))
+                let target = Int(targets[row])
+                expected += 0.8 * (lse - x[target]) + 0.2 * (lse - x.reduce(0, +) / Double(vocabulary))
+                for v in 0..<vocabulary {
+                    let p = Foundation.exp(x[v] - lse)
+                    let gradient = 0.5 * (p - 0.2 / Double(vocabulary) - (v == target ? 0.8 : 0))
+                    XCTAssertEqual(Double(dLogits[row * vocabulary + v]), gradient, accuracy: 1e-6)
+                }
+            }
+            XCTAssertEqual(result.loss, expected, accuracy: 1e-4)
+            XCTAssertEqual(result.tokens, 2)
+        }
+    }
+}

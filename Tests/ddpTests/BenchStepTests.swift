@@ -1,0 +1,72 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// `ddp bench step` and the strict config loading it shares with training.
+final class BenchStepTests: XCTestCase {
+    private var ddp: String { builtProduct("ddp") }
+    private let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    private var directory: URL!
+
+    override func setUpWithError() throws { directory = try makeTemporaryDirectory("ddp-config") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    func testBenchStepOnTinyConfig() throws {
+        let result = try runProcess(ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
+                                          "--steps", "2", "--warmup", "1", "--json"], environment: ["OPENBLAS_NUM_THREADS": "1"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(json["tokens_per_step"] as? Int, 4 * 16)
+        XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
+        XCTAssertGreaterThan(try XCTUnwrap(json["parameters"] as? Int), 0)
+        XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
+    }
+
+    /// Every shipped config loads and validates; W2's parameter count equals PyTorch's reference model's
+    /// (W1's is 1024 fewer: nn.Transformer adds final norms to post-norm stacks, which the paper's model has not).
+    func testShippedConfigsLoad() throws {
+        for (name, parameters) in [("tiny", 44_800 as Int?), ("bench-w1", 7_626_752), ("bench-w2", 10_844_160)] {
+            let path = repository.appendingPathComponent("Configs/\(name).yaml").path
+            let result = try runProcess(ddp, ["bench", "step", "--config", path, "--dry-run"])
+            XCTAssertEqual(result.status, 0, "\(name): \(result.output)")
+            if let parameters { XCTAssertTrue(result.stdout.contains("valid, \(parameters) parameters"), result.stdout) }
+        }
+    }
+
+    private func configError(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let path = directory.appendingPathComponent("config.yaml").path
+        try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+        let result = try runProcess(ddp, ["bench", "step", "--config", path, "--steps", "1"])
+        XCTAssertNotEqual(result.status, 0, "a bad config was accepted:\n\(yaml)", file: file, line: line)
+        XCTAssertTrue(result.stderr.contains(path), "the error names the file: \(result.stderr)", file: file, line: line)
+        return result.stderr
+    }
+
+    private let valid = """
+        model: {kind: decoder-only, vocab_size: 16, d_model: 8, heads: 2, decoder_layers: 1, d_ff: 8, activation: gelu,
+                norm: pre, positions: learned, max_length: 8}
+        data: {target_length: 8}
+        training: {batch_size: 2}
+        """
+
+    func testConfigErrorsNameTheKey() throws {
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "d_ff: 8", with: "d_ff: 8, d_modle: 3"))
+            .contains("config key 'model.d_modle': unknown key (did you mean 'd_model'?)"))
+        XCTAssertTrue(try configError(valid + "\nschedule: {warmup: 3}").contains("config key 'schedule': unknown key"))
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "heads: 2", with: "heads: two")).contains("config key 'model.heads'"))
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "heads: 2", with: "heads: 3"))
+            .contains("config key 'model.heads': d_model 8 is not divisible by heads 3"))
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "target_length: 8", with: "target_length: 9"))
+            .contains("config key 'data.target_length'"))
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "training: {batch_size: 2}", with: "training: {}"))
+            .contains("config key 'training.batch_size': missing"))
+        XCTAssertTrue(try configError("model: [1, 2]").contains("expected a mapping"))
+        XCTAssertTrue(try configError("model: {kind: encoder-decoder").contains("not valid YAML"))
+    }
+
+    func testMissingConfigFile() throws {
+        let result = try runProcess(ddp, ["bench", "step", "--config", "/nonexistent/run.yaml"])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("/nonexistent/run.yaml: cannot read the file"), result.output)
+    }
+}
