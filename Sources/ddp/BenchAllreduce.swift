@@ -62,7 +62,7 @@ struct BenchAllreduce: ParsableCommand {
             try world.allreduce(buffer, op: .sum)
             let elapsed = clock.now - start
             if iteration >= warmup {
-                times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18)
+                times.append(elapsed.seconds)
             }
             for index in 0..<count where buffer[index] != sumOfRankFactors * pattern(index, iteration) {
                 wrongElements += 1
@@ -87,11 +87,7 @@ struct AllreduceResult: Encodable {
     let times: [Double]
 
     var sorted: [Double] { times.sorted() }
-    var medianSeconds: Double {
-        let values = sorted
-        let middle = values.count / 2
-        return values.count % 2 == 1 ? values[middle] : (values[middle - 1] + values[middle]) / 2
-    }
+    var medianSeconds: Double { median(times) }
     var algorithmBandwidth: Double { Double(bytes) / medianSeconds / 1e9 }
     /// nccl-tests' bus bandwidth: what each link carries in a ring allreduce; 0 for one rank.
     var busBandwidth: Double { algorithmBandwidth * 2 * Double(ranks - 1) / Double(ranks) }

@@ -69,11 +69,10 @@ struct BenchStep: ParsableCommand {
             optimizer.update(parameters: transformer.parameters, gradients: transformer.gradients, learningRate: run.optimizer.lr,
                              gradientScale: 1 / Float(result.tokens))
             let elapsed = clock.now - start
-            if step >= warmup { times.append(Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) * 1e-18) }
+            if step >= warmup { times.append(elapsed.seconds) }
             lastLoss = result.loss / Double(result.tokens)
         }
-        times.sort()
-        let median = times.count % 2 == 1 ? times[times.count / 2] : (times[times.count / 2 - 1] + times[times.count / 2]) / 2
+        let median = median(times)
         let parameters = transformer.layout.count
         let tokens = b * t
         let attentionLayers = model.encoderLayers + model.decoderLayers * (model.kind == .encoderDecoder ? 2 : 1)
