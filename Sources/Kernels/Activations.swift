@@ -5,14 +5,18 @@ import Foundation
 /// out[n] = a[n] + b[n]
 public func residualForward(out: FloatBuffer, a: FloatBuffer, b: FloatBuffer, count: Int) {
     requireCount(out, count, "out")
-    for i in 0..<count { out[i] = a[i] + b[i] }
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range { out[i] = a[i] + b[i] }
+    }
 }
 
 /// dA[n] += dOut[n];  dB[n] += dOut[n]
 public func residualBackward(dA: FloatBuffer, dB: FloatBuffer, dOut: FloatBuffer, count: Int) {
-    for i in 0..<count {
-        dA[i] += dOut[i]
-        dB[i] += dOut[i]
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range {
+            dA[i] += dOut[i]
+            dB[i] += dOut[i]
+        }
     }
 }
 
@@ -38,7 +42,7 @@ private let inverseSqrt2Pi: Float = 0.398_942_280_401_432_7
 public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
     requireCount(out, count, "out")
     let x = inp.baseAddress!, y = out.baseAddress!
-    forEachChunk(count) { start, width in
+    parallelChunks(count) { start, width in
         let value = load(x + start, width)
         let cdf = 0.5 * (1 + fastErfAndGaussian(value * inverseSqrt2).erf)
         store(value * cdf, y + start, width)
@@ -48,7 +52,7 @@ public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
 /// dInp[n] += dOut[n] · (Φ(x) + x·φ(x)), with φ(x) = e^(−x²/2)/√(2π) — the same exponential erf used.
 public func geluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
     let x = inp.baseAddress!, dy = dOut.baseAddress!, dx = dInp.baseAddress!
-    forEachChunk(count) { start, width in
+    parallelChunks(count) { start, width in
         let value = load(x + start, width)
         let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
         let derivative = 0.5 * (1 + erf) + value * (gaussian * inverseSqrt2Pi)
@@ -83,13 +87,24 @@ public func dropoutForward(out: FloatBuffer, inp: FloatBuffer, count: Int, proba
         return
     }
     let scale = 1 / (1 - probability)
-    for i in 0..<count { out[i] = dropoutKeeps(seed: seed, index: i, probability: probability) ? inp[i] * scale : 0 }
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range { out[i] = dropoutKeeps(seed: seed, index: i, probability: probability) ? inp[i] * scale : 0 }
+    }
 }
 
 /// dInp[n] += keep(n) ? dOut[n] / (1 - p) : 0
 public func dropoutBackward(dInp: FloatBuffer, dOut: FloatBuffer, count: Int, probability: Float, seed: UInt64) {
     let scale = probability > 0 ? 1 / (1 - probability) : 1
-    for i in 0..<count where probability == 0 || dropoutKeeps(seed: seed, index: i, probability: probability) {
-        dInp[i] += dOut[i] * scale
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range where probability == 0 || dropoutKeeps(seed: seed, index: i, probability: probability) {
+            dInp[i] += dOut[i] * scale
+        }
+    }
+}
+
+/// into[n] += from[n]
+public func accumulate(into: FloatBuffer, from: FloatBuffer, count: Int) {
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range { into[i] += from[i] }
     }
 }

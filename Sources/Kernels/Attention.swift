@@ -24,21 +24,23 @@ public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffe
     requireCount(out, batch * queryTime * channels, "out")
     requireCount(probs, batch * heads * queryTime * keyTime, "probs")
     let scale = 1 / Float(headSize).squareRoot()
-    for b in 0..<batch {
-        for h in 0..<heads {
+    // Heads in parallel, each with single-threaded GEMMs over its own slices and probability block.
+    parallelFor(batch * heads) { pairs in
+        for pair in pairs {
+            let b = pair / heads, h = pair % heads
             let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
             let qHead = q.baseAddress! + b * queryTime * channels + h * headSize
             let kHead = k.baseAddress! + b * keyTime * channels + h * headSize
             let vHead = v.baseAddress! + b * keyTime * channels + h * headSize
-            gemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize, alpha: scale,
-                 a: qHead, lda: channels, b: kHead, ldb: channels, beta: 0, c: p, ldc: keyTime)
+            serialGemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize, alpha: scale,
+                       a: qHead, lda: channels, b: kHead, ldb: channels, beta: 0, c: p, ldc: keyTime)
             for i in 0..<queryTime {
                 maskedSoftmaxRow(p + i * keyTime, count: keyTime, visible: mask.causal ? min(i + 1, keyTime) : keyTime,
                                  padding: mask.keyPadding.map { UnsafeBufferPointer(rebasing: $0[(b * keyTime)..<((b + 1) * keyTime)]) })
             }
-            gemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime,
-                 a: p, lda: keyTime, b: vHead, ldb: channels,
-                 beta: 0, c: out.baseAddress! + b * queryTime * channels + h * headSize, ldc: channels)
+            serialGemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime,
+                       a: p, lda: keyTime, b: vHead, ldb: channels,
+                       beta: 0, c: out.baseAddress! + b * queryTime * channels + h * headSize, ldc: channels)
         }
     }
 }
@@ -71,24 +73,26 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
 
 /// Backward of attentionForward, accumulating into dQ, dK, dV (each shaped like q, k, v).
 ///   dV += probsᵀ·dOut;  dS = probs ⊙ (dP − rowsum(dP ⊙ probs)) with dP = dOut·vᵀ;  dQ += dS·k/√D;  dK += dSᵀ·q/√D
-/// `scratch` holds one [Tq,Tk] block.
+/// `scratch` is shaped like probs, [B,H,Tq,Tk]: each (batch, head) works in its own block, so heads run in parallel.
 public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer, scratch: FloatBuffer, dOut: FloatBuffer,
                               q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, probs: FloatBuffer,
                               batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
     let headSize = channels / heads
-    requireCount(scratch, queryTime * keyTime, "scratch")
+    requireCount(scratch, batch * heads * queryTime * keyTime, "scratch")
     let scale = 1 / Float(headSize).squareRoot()
-    let dP = scratch.baseAddress!
-    for b in 0..<batch {
-        for h in 0..<heads {
+    // Heads in parallel, each with single-threaded GEMMs over its own slices and probability block.
+    parallelFor(batch * heads) { pairs in
+        for pair in pairs {
+            let b = pair / heads, h = pair % heads
             let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
+            let dP = scratch.baseAddress! + ((b * heads + h) * queryTime) * keyTime
             let queryOffset = b * queryTime * channels + h * headSize
             let keyOffset = b * keyTime * channels + h * headSize
             let dOutHead = dOut.baseAddress! + queryOffset
-            gemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize,
-                 a: dOutHead, lda: channels, b: v.baseAddress! + keyOffset, ldb: channels, beta: 0, c: dP, ldc: keyTime)
-            gemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime,
-                 a: p, lda: keyTime, b: dOutHead, ldb: channels, beta: 1, c: dV.baseAddress! + keyOffset, ldc: channels)
+            serialGemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize,
+                       a: dOutHead, lda: channels, b: v.baseAddress! + keyOffset, ldb: channels, beta: 0, c: dP, ldc: keyTime)
+            serialGemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime,
+                       a: p, lda: keyTime, b: dOutHead, ldb: channels, beta: 1, c: dV.baseAddress! + keyOffset, ldc: channels)
             for i in 0..<queryTime {
                 let pRow = p + i * keyTime
                 let dRow = dP + i * keyTime
@@ -100,12 +104,12 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
                     store(pValues * (load(dRow + start, width) - dot), dRow + start, width)
                 }
             }
-            gemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime, alpha: scale,
-                 a: dP, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,
-                 beta: 1, c: dQ.baseAddress! + queryOffset, ldc: channels)
-            gemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime, alpha: scale,
-                 a: dP, lda: keyTime, b: q.baseAddress! + queryOffset, ldb: channels,
-                 beta: 1, c: dK.baseAddress! + keyOffset, ldc: channels)
+            serialGemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime, alpha: scale,
+                       a: dP, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,
+                       beta: 1, c: dQ.baseAddress! + queryOffset, ldc: channels)
+            serialGemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime, alpha: scale,
+                       a: dP, lda: keyTime, b: q.baseAddress! + queryOffset, ldb: channels,
+                       beta: 1, c: dK.baseAddress! + keyOffset, ldc: channels)
         }
     }
 }

@@ -13,14 +13,21 @@ public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32
     let rows = targets.count
     requireCount(logits, rows * vocabulary, "logits")
     if let dLogits { requireCount(dLogits, rows * vocabulary, "dLogits") }
-    var total: Double = 0
-    var tokens = 0
-    var correct = 0
     let uniform = smoothing / Float(vocabulary)
-    for row in 0..<rows {
+    // Rows in fixed blocks: each block's sums are in row order and the blocks are added in order, so the
+    // total is the same for any thread count.
+    let blockRows = 64
+    let blocks = (rows + blockRows - 1) / blockRows
+    return withUnsafeTemporaryAllocation(of: (loss: Double, tokens: Int, correct: Int).self, capacity: max(1, blocks)) { partials in
+      parallelFor(blocks) { blockRange in
+        for block in blockRange {
+          var total: Double = 0
+          var tokens = 0
+          var correct = 0
+          for row in (block * blockRows)..<min(rows, (block + 1) * blockRows) {
         let x = logits.baseAddress! + row * vocabulary
         let target = targets[row]
-        if target == ignored {
+        guard target != ignored else {
             dLogits.map { ($0.baseAddress! + row * vocabulary).update(repeating: 0, count: vocabulary) }
             continue
         }
@@ -62,6 +69,16 @@ public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32
             forEachChunk(vocabulary) { start, width in store(load(d + start, width) * factor - shift, d + start, width) }
             d[Int(target)] -= scale * (1 - smoothing)
         }
+          }
+          partials[block] = (total, tokens, correct)
+        }
+      }
+      var result: (loss: Double, tokens: Int, correct: Int) = (0, 0, 0)
+      for block in 0..<blocks {
+          result.loss += partials[block].loss
+          result.tokens += partials[block].tokens
+          result.correct += partials[block].correct
+      }
+      return result
     }
-    return (total, tokens, correct)
 }

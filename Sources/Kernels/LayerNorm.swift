@@ -9,7 +9,8 @@ public func layerNormForward(out: FloatBuffer, mean: FloatBuffer, rstd: FloatBuf
     requireCount(mean, rows, "mean")
     requireCount(rstd, rows, "rstd")
     let c = Float(channels)
-    for row in 0..<rows {
+    parallelFor(rows, minimumPerThread: 16) { rowRange in
+      for row in rowRange {
         let x = inp.baseAddress! + row * channels
         let y = out.baseAddress! + row * channels
         var sum: Float = 0
@@ -24,6 +25,7 @@ public func layerNormForward(out: FloatBuffer, mean: FloatBuffer, rstd: FloatBuf
         for i in 0..<channels { y[i] = (x[i] - m) * s * weight[i] + bias[i] }
         mean[row] = m
         rstd[row] = s
+      }
     }
 }
 
@@ -34,7 +36,8 @@ public func layerNormBackward(dInp: FloatBuffer, dWeight: FloatBuffer, dBias: Fl
     requireCount(dInp, rows * channels, "dInp")
     requireCount(dOut, rows * channels, "dOut")
     let c = Float(channels)
-    for row in 0..<rows {
+    parallelFor(rows, minimumPerThread: 16) { rowRange in
+      for row in rowRange {
         let x = inp.baseAddress! + row * channels
         let dy = dOut.baseAddress! + row * channels
         let dx = dInp.baseAddress! + row * channels
@@ -52,9 +55,20 @@ public func layerNormBackward(dInp: FloatBuffer, dWeight: FloatBuffer, dBias: Fl
         meanDNormXHat /= c
         for i in 0..<channels {
             let xHat = (x[i] - m) * s
-            dBias[i] += dy[i]
-            dWeight[i] += dy[i] * xHat
             dx[i] += (dy[i] * weight[i] - meanDNorm - xHat * meanDNormXHat) * s
+        }
+      }
+    }
+    // Parameter gradients sum over rows: split by channel, rows in order, so the sum's order never changes.
+    parallelFor(channels, minimumPerThread: 16) { channelRange in
+        for row in 0..<rows {
+            let x = inp.baseAddress! + row * channels
+            let dy = dOut.baseAddress! + row * channels
+            let m = mean[row], s = rstd[row]
+            for i in channelRange {
+                dBias[i] += dy[i]
+                dWeight[i] += dy[i] * ((x[i] - m) * s)
+            }
         }
     }
 }

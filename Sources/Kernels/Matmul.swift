@@ -2,15 +2,32 @@ import CBLAS
 
 /// C[M,N] = alpha * op(A) * op(B) + beta * C, row-major, through OpenBLAS. `lda`/`ldb`/`ldc` are row strides, so
 /// a head's slice of a [B,T,C] buffer is read in place (stride C) without copying.
-@inline(__always)
+///
+/// With several compute threads the M rows of C are split across them, each calling single-threaded OpenBLAS on
+/// its block: one pool of threads for everything (OpenBLAS's own workers would spin against ours), and every
+/// element of C is computed exactly as with one thread.
 public func gemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
                  a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                  beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    parallelFor(m, minimumPerThread: 64) { rows in
+        // Row block of op(A): rows of A, or columns of A when it is transposed.
+        let aBlock = transA ? a + rows.lowerBound : a + rows.lowerBound * lda
+        serialGemm(transA: transA, transB: transB, m: rows.count, n: n, k: k, alpha: alpha, a: aBlock, lda: lda,
+                   b: b, ldb: ldb, beta: beta, c: c + rows.lowerBound * ldc, ldc: ldc)
+    }
+}
+
+/// One OpenBLAS call on the calling thread (used inside kernels that already run in parallel).
+@inline(__always)
+func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1,
+                a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+    guard m > 0 else { return }
     cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
                 Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
 }
 
-/// Sets the number of threads OpenBLAS uses inside each GEMM.
+/// Sets the number of threads OpenBLAS uses inside each call (the kernels keep it at 1 and split GEMMs themselves).
 public func setBLASThreads(_ count: Int) {
     openblas_set_num_threads(Int32(max(1, count)))
 }
@@ -26,8 +43,8 @@ public func linearForward(out: FloatBuffer, inp: FloatBuffer, weight: FloatBuffe
     var beta: Float = 0
     if let bias {
         requireCount(bias, outFeatures, "bias")
-        for row in 0..<rows {
-            (out.baseAddress! + row * outFeatures).update(from: bias.baseAddress!, count: outFeatures)
+        parallelFor(rows, minimumPerThread: 64) { rowRange in
+            for row in rowRange { (out.baseAddress! + row * outFeatures).update(from: bias.baseAddress!, count: outFeatures) }
         }
         beta = 1
     }
@@ -52,14 +69,12 @@ public func linearBackward(dInp: FloatBuffer?, dWeight: FloatBuffer, dBias: Floa
          beta: 1, c: dWeight.baseAddress!, ldc: inFeatures)
     if let dBias {
         requireCount(dBias, outFeatures, "dBias")
-        for row in 0..<rows {
-            let gradient = dOut.baseAddress! + row * outFeatures
-            for o in 0..<outFeatures { dBias[o] += gradient[o] }
+        // Split by feature, rows in order: the same summation order for any thread count.
+        parallelFor(outFeatures, minimumPerThread: 16) { features in
+            for row in 0..<rows {
+                let gradient = dOut.baseAddress! + row * outFeatures
+                for o in features { dBias[o] += gradient[o] }
+            }
         }
     }
-}
-
-/// Threads for the compute kernels and BLAS together (one rank's share of the cores).
-public func setComputeThreads(_ count: Int) {
-    setBLASThreads(count)
 }

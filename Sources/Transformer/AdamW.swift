@@ -1,4 +1,4 @@
-import Foundation
+import Kernels
 
 /// torch.optim.AdamW, in one loop over the parameter arena (same operation order as torch's single-tensor path).
 public struct AdamWSettings: Codable, Equatable, Sendable {
@@ -38,19 +38,8 @@ public final class AdamW {
     /// One update. `gradientScale` multiplies every gradient first (1 / global token count, and clipping).
     public func update(parameters: Arena, gradients: Arena, learningRate: Float, gradientScale: Float = 1) {
         step += 1
-        let b1 = settings.beta1, b2 = settings.beta2
-        let biasCorrection1 = 1 - pow(Double(b1), Double(step))
-        let biasCorrection2Sqrt = Float((1 - pow(Double(b2), Double(step))).squareRoot())
-        let stepSize = Float(Double(learningRate) / biasCorrection1)
-        let decay = 1 - learningRate * settings.weightDecay
-        let p = parameters.storage, g = gradients.storage, m = firstMoment.storage, v = secondMoment.storage
-        for i in 0..<p.count {
-            let gradient = g[i] * gradientScale
-            p[i] *= decay
-            m[i] += (gradient - m[i]) * (1 - b1)
-            v[i] = v[i] * b2 + (1 - b2) * gradient * gradient
-            let denominator = v[i].squareRoot() / biasCorrection2Sqrt + settings.epsilon
-            p[i] -= stepSize * m[i] / denominator
-        }
+        adamWUpdate(parameters: parameters.storage, gradients: gradients.storage, firstMoment: firstMoment.storage,
+                    secondMoment: secondMoment.storage, step: step, learningRate: learningRate, beta1: settings.beta1,
+                    beta2: settings.beta2, epsilon: settings.epsilon, weightDecay: settings.weightDecay, gradientScale: gradientScale)
     }
 }

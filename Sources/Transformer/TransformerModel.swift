@@ -133,7 +133,7 @@ public final class TransformerModel {
         gradientHidden = activations.reserve(maxRows * config.dFF)
         gradientActivated = activations.reserve(maxRows * config.dFF)
         let longest = max(sourceLength, maxTargetLength)
-        attentionScratch = activations.reserve(longest * longest)
+        attentionScratch = activations.reserve(maxBatch * config.heads * longest * longest)
         activations.allocate()
         self.activations = activations
         sourcePadding = .allocate(capacity: max(1, sourceRows))
@@ -379,13 +379,13 @@ public final class TransformerModel {
         if isPost {
             // y = LN(x + f(x)): the norm's input gradient flows to x directly and through f.
             normBackward(s, dInput: scratch, dOutput: dOutput, input: activations[s.sum], rows: rows)
-            for i in 0..<count { dInput[i] += scratch[i] }
+            accumulate(into: dInput, from: scratch, count: count)
             dFOut = scratch
             fIn = x
             dFIn = dInput
         } else {
             // y = x + f(LN(x)): the output gradient flows to x directly and through f and the norm.
-            for i in 0..<count { dInput[i] += dOutput[i] }
+            accumulate(into: dInput, from: dOutput, count: count)
             dFOut = dOutput
             fIn = activations[s.normOut]
             dFIn = scratch
@@ -458,11 +458,11 @@ private func zero(_ buffer: UnsafeMutableBufferPointer<Float>, _ count: Int) {
     buffer.baseAddress!.update(repeating: 0, count: count)
 }
 
-/// Deterministic uniform numbers for initialisation (same seed, same model on every rank and machine).
-struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
+/// Deterministic random numbers (same seed, same sequence on every rank and machine): initialisation, test data.
+public struct SplitMix64: RandomNumberGenerator, Sendable {
+    public var state: UInt64
+    public init(seed: UInt64) { state = seed }
+    public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -470,5 +470,5 @@ struct SplitMix64 {
         return z ^ (z >> 31)
     }
     /// Uniform in [0, 1).
-    mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
+    public mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
 }

@@ -172,7 +172,7 @@ final class GradientTests: XCTestCase {
         let out = Tensor(zeros: q.count), probs = Tensor(zeros: batch * heads * queryTime * keyTime)
         let dOut = Tensor(random: q.count, seed: 20)
         let dQ = Tensor(zeros: q.count), dK = Tensor(zeros: k.count), dV = Tensor(zeros: v.count)
-        let scratch = Tensor(zeros: queryTime * keyTime)
+        let scratch = Tensor(zeros: batch * heads * queryTime * keyTime)
         // Batch 1 has its last key padded.
         let padding: [Bool] = (0..<(batch * keyTime)).map { padded && $0 == batch * keyTime - 1 }
         padding.withUnsafeBufferPointer { padding in

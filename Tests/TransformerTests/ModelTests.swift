@@ -135,3 +135,41 @@ final class ModelTests: XCTestCase {
         XCTAssertNotEqual(model.forward(seq2seq).loss, first.loss, "dropout changes the training loss")
     }
 }
+
+/// The same step with 1 and 2 compute threads gives bitwise identical logits, loss and gradients: work is split
+/// by rows, heads and channels, never inside a sum.
+final class ThreadDeterminismTests: XCTestCase {
+    override func tearDown() { setComputeThreads(1) }
+
+    private func step(threads: Int, config: ModelConfig, batch: Batch) throws -> (logits: [Float], loss: Double, gradients: [Float]) {
+        setComputeThreads(threads)
+        let model = try TransformerModel(config: config, maxBatch: batch.batchSize, maxSourceLength: batch.sourceLength,
+                                         maxTargetLength: batch.targetLength)
+        model.initializeParameters(seed: 17)
+        model.training = false
+        model.forward(batch)
+        let logits = model.withLogits { Array($0) }
+        model.gradients.zero()
+        let result = model.forwardBackward(batch, labelSmoothing: 0.1)
+        let optimizer = AdamW(layout: model.layout, settings: AdamWSettings())
+        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-3, gradientScale: 1 / Float(result.tokens))
+        return (logits, result.loss, Array(model.gradients.storage) + Array(model.parameters.storage))
+    }
+
+    func testOneAndTwoThreadsAgreeBitwise() throws {
+        // Large enough that every kernel splits: 128 rows, 32768 GELU elements, 16 (batch, head) pairs.
+        let gpt = ModelConfig(kind: .decoderOnly, vocabSize: 300, dModel: 64, heads: 4, encoderLayers: 0, decoderLayers: 2, dFF: 256,
+                              activation: .gelu, norm: .pre, positions: .learned, maxLength: 32, dropout: 0, tiedEmbeddings: true)
+        var random = SplitMix64(seed: 4)
+        let tokens = (0..<(4 * 33)).map { _ in Int32(4 + random.next() % 296) }
+        let lm = Batch(batchSize: 4, targetLength: 32,
+                       decoderInput: (0..<4).flatMap { Array(tokens[($0 * 33)..<($0 * 33 + 32)]) },
+                       labels: (0..<4).flatMap { Array(tokens[($0 * 33 + 1)..<($0 * 33 + 33)]) })
+        let one = try step(threads: 1, config: gpt, batch: lm)
+        let two = try step(threads: 2, config: gpt, batch: lm)
+        XCTAssertEqual(one.loss.bitPattern, two.loss.bitPattern)
+        XCTAssertTrue(one.logits.elementsEqual(two.logits) { $0.bitPattern == $1.bitPattern }, "logits differ between 1 and 2 threads")
+        XCTAssertTrue(one.gradients.elementsEqual(two.gradients) { $0.bitPattern == $1.bitPattern },
+                      "gradients or updated parameters differ between 1 and 2 threads")
+    }
+}
