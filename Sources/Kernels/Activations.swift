@@ -38,14 +38,25 @@ public func reluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer,
 private let inverseSqrt2: Float = 0.707_106_781_186_547_5
 private let inverseSqrt2Pi: Float = 0.398_942_280_401_432_7
 
-/// out[n] = inp[n] · Φ(inp[n]) = 0.5·x·(1 + erf(x/√2))
-public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int) {
+/// out[n] = inp[n] · Φ(inp[n]) = 0.5·x·(1 + erf(x/√2));  derivative[n] = Φ(x) + x·φ(x) when given.
+/// `derivative` may be `inp` itself: training keeps the derivative instead of the input, so backward
+/// (`scaleByDerivativeBackward`) needs neither erf nor exp again and no extra memory.
+public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int, derivative: FloatBuffer? = nil) {
     requireCount(out, count, "out")
-    let x = inp.baseAddress!, y = out.baseAddress!
+    let x = inp.baseAddress!, y = out.baseAddress!, d = derivative?.baseAddress
     parallelChunks(count) { start, width in
         let value = load(x + start, width)
-        let cdf = 0.5 * (1 + fastErfAndGaussian(value * inverseSqrt2).erf)
+        let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
+        let cdf = 0.5 * (1 + erf)
         store(value * cdf, y + start, width)
+        if let d { store(cdf + value * (gaussian * inverseSqrt2Pi), d + start, width) }
+    }
+}
+
+/// dInp[n] += dOut[n] · derivative[n]   (the backward of any element-wise function whose derivative was kept)
+public func scaleByDerivativeBackward(dInp: FloatBuffer, dOut: FloatBuffer, derivative: FloatBuffer, count: Int) {
+    parallelFor(count, minimumPerThread: 1 << 14) { range in
+        for i in range { dInp[i] += dOut[i] * derivative[i] }
     }
 }
 

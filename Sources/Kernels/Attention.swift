@@ -16,7 +16,9 @@ public struct AttentionMask {
 /// Multi-head scaled dot-product attention.
 ///   q[B,Tq,C], k[B,Tk,C], v[B,Tk,C] → out[B,Tq,C]; head h uses columns h·D ..< (h+1)·D; saves probs[B,H,Tq,Tk].
 ///   probs = softmax(q·kᵀ/√D + mask), out = probs·v
-/// A query row whose keys are all masked gets zero weights (PyTorch would give NaN).
+/// A query row whose keys are all masked gets zero weights (PyTorch would give NaN). With a causal mask (Tq = Tk)
+/// queries go in 64-row blocks that see keys up to the block's end: probabilities right of a block are not
+/// written, and attentionBackward (given `causal: true`) skips the same region.
 public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffer, k: FloatBuffer, v: FloatBuffer,
                              mask: AttentionMask, batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
     precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
@@ -32,18 +34,27 @@ public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffe
             let qHead = q.baseAddress! + b * queryTime * channels + h * headSize
             let kHead = k.baseAddress! + b * keyTime * channels + h * headSize
             let vHead = v.baseAddress! + b * keyTime * channels + h * headSize
-            serialGemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize, alpha: scale,
-                       a: qHead, lda: channels, b: kHead, ldb: channels, beta: 0, c: p, ldc: keyTime)
-            for i in 0..<queryTime {
-                maskedSoftmaxRow(p + i * keyTime, count: keyTime, visible: mask.causal ? min(i + 1, keyTime) : keyTime,
-                                 padding: mask.keyPadding.map { UnsafeBufferPointer(rebasing: $0[(b * keyTime)..<((b + 1) * keyTime)]) })
+            // Causal: query block [i0, i1) sees keys < i1 only, so the masked upper triangle is never computed.
+            let block = mask.causal ? causalBlock : queryTime
+            for i0 in stride(from: 0, to: queryTime, by: block) {
+                let i1 = min(i0 + block, queryTime)
+                let keys = mask.causal ? min(i1, keyTime) : keyTime
+                serialGemm(transA: false, transB: true, m: i1 - i0, n: keys, k: headSize, alpha: scale,
+                           a: qHead + i0 * channels, lda: channels, b: kHead, ldb: channels, beta: 0, c: p + i0 * keyTime, ldc: keyTime)
+                for i in i0..<i1 {
+                    maskedSoftmaxRow(p + i * keyTime, count: keys, visible: mask.causal ? min(i + 1, keyTime) : keyTime,
+                                     padding: mask.keyPadding.map { UnsafeBufferPointer(rebasing: $0[(b * keyTime)..<((b + 1) * keyTime)]) })
+                }
+                serialGemm(transA: false, transB: false, m: i1 - i0, n: headSize, k: keys,
+                           a: p + i0 * keyTime, lda: keyTime, b: vHead, ldb: channels,
+                           beta: 0, c: out.baseAddress! + b * queryTime * channels + h * headSize + i0 * channels, ldc: channels)
             }
-            serialGemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime,
-                       a: p, lda: keyTime, b: vHead, ldb: channels,
-                       beta: 0, c: out.baseAddress! + b * queryTime * channels + h * headSize, ldc: channels)
         }
     }
 }
+
+/// Query rows per block in causal attention (keys beyond a block's last query are skipped).
+let causalBlock = 64
 
 /// In place: row[j] = softmax over the visible, unpadded keys; 0 elsewhere.
 @inline(__always)
@@ -75,7 +86,7 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
 ///   dV += probsᵀ·dOut;  dS = probs ⊙ (dP − rowsum(dP ⊙ probs)) with dP = dOut·vᵀ;  dQ += dS·k/√D;  dK += dSᵀ·q/√D
 /// `scratch` is shaped like probs, [B,H,Tq,Tk]: each (batch, head) works in its own block, so heads run in parallel.
 public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer, scratch: FloatBuffer, dOut: FloatBuffer,
-                              q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, probs: FloatBuffer,
+                              q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, probs: FloatBuffer, causal: Bool,
                               batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
     let headSize = channels / heads
     requireCount(scratch, batch * heads * queryTime * keyTime, "scratch")
@@ -88,28 +99,33 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
             let dP = scratch.baseAddress! + ((b * heads + h) * queryTime) * keyTime
             let queryOffset = b * queryTime * channels + h * headSize
             let keyOffset = b * keyTime * channels + h * headSize
-            let dOutHead = dOut.baseAddress! + queryOffset
-            serialGemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize,
-                       a: dOutHead, lda: channels, b: v.baseAddress! + keyOffset, ldb: channels, beta: 0, c: dP, ldc: keyTime)
-            serialGemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime,
-                       a: p, lda: keyTime, b: dOutHead, ldb: channels, beta: 1, c: dV.baseAddress! + keyOffset, ldc: channels)
-            for i in 0..<queryTime {
-                let pRow = p + i * keyTime
-                let dRow = dP + i * keyTime
-                var dots = Float16x()
-                forEachChunk(keyTime) { start, width in dots += load(pRow + start, width) * load(dRow + start, width) }
-                let dot = dots.sum()
-                forEachChunk(keyTime) { start, width in
-                    let pValues = load(pRow + start, width)
-                    store(pValues * (load(dRow + start, width) - dot), dRow + start, width)
+            let block = causal ? causalBlock : queryTime
+            for i0 in stride(from: 0, to: queryTime, by: block) {
+                let i1 = min(i0 + block, queryTime), rows = i1 - i0
+                let keys = causal ? min(i1, keyTime) : keyTime
+                let pBlock = p + i0 * keyTime, dPBlock = dP + i0 * keyTime
+                let dOutBlock = dOut.baseAddress! + queryOffset + i0 * channels
+                serialGemm(transA: false, transB: true, m: rows, n: keys, k: headSize,
+                           a: dOutBlock, lda: channels, b: v.baseAddress! + keyOffset, ldb: channels, beta: 0, c: dPBlock, ldc: keyTime)
+                serialGemm(transA: true, transB: false, m: keys, n: headSize, k: rows,
+                           a: pBlock, lda: keyTime, b: dOutBlock, ldb: channels, beta: 1, c: dV.baseAddress! + keyOffset, ldc: channels)
+                for i in 0..<rows {
+                    let pRow = pBlock + i * keyTime
+                    let dRow = dPBlock + i * keyTime
+                    var dots = Float16x()
+                    forEachChunk(keys) { start, width in dots += load(pRow + start, width) * load(dRow + start, width) }
+                    let dot = dots.sum()
+                    forEachChunk(keys) { start, width in
+                        store(load(pRow + start, width) * (load(dRow + start, width) - dot), dRow + start, width)
+                    }
                 }
+                serialGemm(transA: false, transB: false, m: rows, n: headSize, k: keys, alpha: scale,
+                           a: dPBlock, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,
+                           beta: 1, c: dQ.baseAddress! + queryOffset + i0 * channels, ldc: channels)
+                serialGemm(transA: true, transB: false, m: keys, n: headSize, k: rows, alpha: scale,
+                           a: dPBlock, lda: keyTime, b: q.baseAddress! + queryOffset + i0 * channels, ldb: channels,
+                           beta: 1, c: dK.baseAddress! + keyOffset, ldc: channels)
             }
-            serialGemm(transA: false, transB: false, m: queryTime, n: headSize, k: keyTime, alpha: scale,
-                       a: dP, lda: keyTime, b: k.baseAddress! + keyOffset, ldb: channels,
-                       beta: 1, c: dQ.baseAddress! + queryOffset, ldc: channels)
-            serialGemm(transA: true, transB: false, m: keyTime, n: headSize, k: queryTime, alpha: scale,
-                       a: dP, lda: keyTime, b: q.baseAddress! + queryOffset, ldb: channels,
-                       beta: 1, c: dK.baseAddress! + keyOffset, ldc: channels)
         }
     }
 }

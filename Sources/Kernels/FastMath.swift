@@ -9,7 +9,8 @@ public typealias Float16x = SIMD16<Float>
 /// 2^k built in the exponent bits. Relative error about 2e-7.
 @inline(__always)
 public func fastExp(_ input: Float16x) -> Float16x {
-    var x = input.clamped(lowerBound: Float16x(repeating: -87.336_54), upperBound: Float16x(repeating: 88.722_83))
+    // pointwiseMin/Max compile to vector instructions; `clamped` and mask-based `replacing` are scalarised per lane.
+    var x = pointwiseMin(pointwiseMax(input, Float16x(repeating: -87.336_54)), Float16x(repeating: 88.722_83))
     // Round x·log2(e) to the nearest integer by the 1.5·2^23 trick (no rounding instruction needed).
     let magic = Float16x(repeating: 12_582_912)
     let shifted = x * 1.442_695_04 + magic
@@ -42,7 +43,9 @@ public func fastErfAndGaussian(_ z: Float16x) -> (erf: Float16x, gaussian: Float
     poly = poly * t
     let gaussian = fastExp(-(a * a))
     let magnitude = one - poly * gaussian
-    let erf = magnitude.replacing(with: -magnitude, where: z .< 0)
+    // erf is odd: copy z's sign bit onto the magnitude.
+    let sign = unsafeBitCast(z, to: SIMD16<UInt32>.self) & 0x8000_0000
+    let erf = unsafeBitCast(unsafeBitCast(magnitude, to: SIMD16<UInt32>.self) | sign, to: Float16x.self)
     return (erf, gaussian)
 }
 

@@ -14,18 +14,32 @@ final class Sublayer {
     /// Distinguishes this sublayer's dropout mask from every other's.
     let dropoutSite: UInt64
 
+    /// Parameter views, resolved once so a step builds no names and looks nothing up.
+    struct Linear {
+        let weight: TensorView
+        let bias: TensorView
+    }
+    /// q, k, v, o projections (attention) or fc1, fc2 (feed-forward).
+    let linears: [Linear]
+    let normWeight: TensorView
+    let normBias: TensorView
+
     // Activations ([rows, C] unless noted); handles into the activation arena.
     let normOut: Int, mean: Int, rstd: Int, sum: Int, output: Int
     // Attention: q [Nq,C], k/v [Nk,C], context [Nq,C], probabilities [B,H,Tq,Tk]. Feed-forward: hidden/activated [N,F].
     let q: Int, k: Int, v: Int, context: Int, probabilities: Int
     let hidden: Int, activated: Int
 
-    init(kind: Kind, prefix: String, norm: String, dropoutSite: UInt64, arena: ActivationArena,
+    init(kind: Kind, prefix: String, norm: String, dropoutSite: UInt64, layout: ParameterLayout, arena: ActivationArena,
          rows: Int, keyRows: Int, queryTime: Int, keyTime: Int, batch: Int, config: ModelConfig) {
         self.kind = kind
         self.prefix = prefix
         self.norm = norm
         self.dropoutSite = dropoutSite
+        let names = kind == .feedForward ? ["fc1", "fc2"] : ["q_proj", "k_proj", "v_proj", "o_proj"]
+        linears = names.map { Linear(weight: layout.view("\(prefix).\($0).weight")!, bias: layout.view("\(prefix).\($0).bias")!) }
+        normWeight = layout.view("\(norm).weight")!
+        normBias = layout.view("\(norm).bias")!
         let c = config.dModel
         normOut = arena.reserve(rows * c)
         mean = arena.reserve(rows)

@@ -27,6 +27,7 @@ public final class TransformerModel {
     private let encoderEmbedded: Int, decoderEmbedded: Int
     private let encoderFinal: FinalNorm?, decoderFinal: FinalNorm?
     private let logits: Int
+    private let embedView: TensorView, positionView: TensorView?, outputView: TensorView
     private let sinusoidTable: Int
     private let sourcePadding: UnsafeMutableBufferPointer<Bool>
     // Gradient scratch, reused by every sublayer in turn.
@@ -35,7 +36,7 @@ public final class TransformerModel {
     private let gradientHidden: Int, gradientActivated: Int, attentionScratch: Int
 
     private struct FinalNorm {
-        let name: String
+        let weight: TensorView, bias: TensorView
         let output: Int, mean: Int, rstd: Int
     }
 
@@ -90,7 +91,11 @@ public final class TransformerModel {
         self.maxBatch = maxBatch
         self.maxSourceLength = isEncoderDecoder ? maxSourceLength : 0
         self.maxTargetLength = maxTargetLength
-        layout = Self.parameterLayout(for: config)
+        let layout = Self.parameterLayout(for: config)
+        self.layout = layout
+        embedView = layout.view("embed.weight")!
+        positionView = layout.view("pos_embed.weight")
+        outputView = layout.view(config.tiedEmbeddings ? "embed.weight" : "lm_head.weight")!
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)
 
@@ -105,7 +110,7 @@ public final class TransformerModel {
             plans.map { item in
                 defer { site += 1 }
                 let isCross = item.kind == .crossAttention
-                return Sublayer(kind: item.kind, prefix: item.prefix, norm: item.norm, dropoutSite: site, arena: activations,
+                return Sublayer(kind: item.kind, prefix: item.prefix, norm: item.norm, dropoutSite: site, layout: layout, arena: activations,
                                 rows: rows, keyRows: isCross ? sourceRows : rows, queryTime: time,
                                 keyTime: isCross ? sourceLength : time, batch: maxBatch, config: config)
             }
@@ -115,7 +120,8 @@ public final class TransformerModel {
         encoderEmbedded = activations.reserve(sourceRows * c)
         decoderEmbedded = activations.reserve(targetRows * c)
         func finalNorm(_ name: String, rows: Int) -> FinalNorm {
-            FinalNorm(name: name, output: activations.reserve(rows * c), mean: activations.reserve(rows), rstd: activations.reserve(rows))
+            FinalNorm(weight: layout.view("\(name).weight")!, bias: layout.view("\(name).bias")!,
+                      output: activations.reserve(rows * c), mean: activations.reserve(rows), rstd: activations.reserve(rows))
         }
         encoderFinal = config.norm == .pre && isEncoderDecoder ? finalNorm("encoder.norm", rows: sourceRows) : nil
         decoderFinal = config.norm == .pre ? finalNorm("decoder.norm", rows: targetRows) : nil
@@ -193,9 +199,11 @@ public final class TransformerModel {
         try body(activations[logits])
     }
 
-    private var outputWeightName: String { config.tiedEmbeddings ? "embed.weight" : "lm_head.weight" }
+    /// Set while a forward pass will be followed by backward (kernels may then keep derivatives instead of inputs).
+    private var keepDerivatives = false
 
     private func run(_ batch: Batch, labelSmoothing: Float, backward: Bool) -> LossSum {
+        keepDerivatives = backward
         let b = batch.batchSize, s = batch.sourceLength, t = batch.targetLength
         precondition(b >= 1 && b <= maxBatch && t >= 1 && t <= maxTargetLength, "batch \(b)x\(t) exceeds the model's buffers")
         precondition(batch.decoderInput.count == b * t && batch.labels.count == b * t, "decoder input/labels are not [B,T]")
@@ -210,7 +218,7 @@ public final class TransformerModel {
         let hidden = forwardStack(decoder, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
                                   final: decoderFinal, memory: memory, memoryTime: s, site: 1)
         let logitsBuffer = activations[logits]
-        linearForward(out: logitsBuffer, inp: hidden, weight: parameters[outputWeightName], bias: nil,
+        linearForward(out: logitsBuffer, inp: hidden, weight: parameters[outputView], bias: nil,
                       rows: b * t, inFeatures: c, outFeatures: v)
         let result = batch.labels.withUnsafeBufferPointer { labels in
             // Backward: dLogits overwrite the logits in place (each row is read before it is written).
@@ -220,8 +228,8 @@ public final class TransformerModel {
         if backward {
             let dHidden = activations[gradientA]
             zero(dHidden, b * t * c)
-            linearBackward(dInp: dHidden, dWeight: gradients[outputWeightName], dBias: nil, dOut: logitsBuffer, inp: hidden,
-                           weight: parameters[outputWeightName], rows: b * t, inFeatures: c, outFeatures: v)
+            linearBackward(dInp: dHidden, dWeight: gradients[outputView], dBias: nil, dOut: logitsBuffer, inp: hidden,
+                           weight: parameters[outputView], rows: b * t, inFeatures: c, outFeatures: v)
             if let memory {
                 zero(activations[gradientMemory], b * s * c)
                 backwardStack(decoder, gradient: dHidden, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
@@ -242,7 +250,7 @@ public final class TransformerModel {
     private var dropping: Bool { training && config.dropout > 0 }
 
     private func positionTable() -> UnsafeMutableBufferPointer<Float> {
-        config.positions == .learned ? parameters["pos_embed.weight"] : activations[sinusoidTable]
+        positionView.map { parameters[$0] } ?? activations[sinusoidTable]
     }
 
     private func forwardStack(_ sublayers: [Sublayer], tokens: [Int32], batch: Int, time: Int, embedded: Int, final: FinalNorm?,
@@ -250,7 +258,7 @@ public final class TransformerModel {
         let c = config.dModel, rows = batch * time
         let x0 = activations[embedded]
         tokens.withUnsafeBufferPointer { ids in
-            embeddingForward(out: x0, tokens: ids, table: parameters["embed.weight"], vocabulary: config.vocabSize, channels: c,
+            embeddingForward(out: x0, tokens: ids, table: parameters[embedView], vocabulary: config.vocabSize, channels: c,
                              scale: config.scaleEmbedding ? Float(c).squareRoot() : 1)
         }
         addPositionsForward(out: x0, positions: positionTable(), batch: batch, time: time, channels: c)
@@ -261,7 +269,7 @@ public final class TransformerModel {
         }
         if let final {
             layerNormForward(out: activations[final.output], mean: activations[final.mean], rstd: activations[final.rstd], inp: x,
-                             weight: parameters["\(final.name).weight"], bias: parameters["\(final.name).bias"], rows: rows, channels: c)
+                             weight: parameters[final.weight], bias: parameters[final.bias], rows: rows, channels: c)
             x = activations[final.output]
         }
         return x
@@ -283,14 +291,18 @@ public final class TransformerModel {
                              mask: AttentionMask(causal: false, keyPadding: UnsafeBufferPointer(sourcePadding)))
         case .feedForward:
             let f = config.dFF
-            linearForward(out: activations[s.hidden], inp: fIn, weight: parameters["\(s.prefix).fc1.weight"],
-                          bias: parameters["\(s.prefix).fc1.bias"], rows: rows, inFeatures: c, outFeatures: f)
+            let (fc1, fc2) = (s.linears[0], s.linears[1])
+            linearForward(out: activations[s.hidden], inp: fIn, weight: parameters[fc1.weight], bias: parameters[fc1.bias],
+                          rows: rows, inFeatures: c, outFeatures: f)
             switch config.activation {
             case .relu: reluForward(out: activations[s.activated], inp: activations[s.hidden], count: rows * f)
-            case .gelu: geluForward(out: activations[s.activated], inp: activations[s.hidden], count: rows * f)
+            case .gelu:
+                // Training keeps GELU's derivative in place of its input: backward needs nothing else.
+                geluForward(out: activations[s.activated], inp: activations[s.hidden], count: rows * f,
+                            derivative: keepDerivatives ? activations[s.hidden] : nil)
             }
-            linearForward(out: fOut, inp: activations[s.activated], weight: parameters["\(s.prefix).fc2.weight"],
-                          bias: parameters["\(s.prefix).fc2.bias"], rows: rows, inFeatures: f, outFeatures: c)
+            linearForward(out: fOut, inp: activations[s.activated], weight: parameters[fc2.weight], bias: parameters[fc2.bias],
+                          rows: rows, inFeatures: f, outFeatures: c)
         }
         if dropping { dropoutForward(out: fOut, inp: fOut, count: rows * c, probability: config.dropout, seed: seed(s.dropoutSite)) }
         residualForward(out: activations[s.sum], a: x, b: fOut, count: rows * c)
@@ -300,24 +312,24 @@ public final class TransformerModel {
 
     private func normForward(_ s: Sublayer, _ input: UnsafeMutableBufferPointer<Float>, rows: Int) {
         layerNormForward(out: activations[s.normOut], mean: activations[s.mean], rstd: activations[s.rstd], inp: input,
-                         weight: parameters["\(s.norm).weight"], bias: parameters["\(s.norm).bias"], rows: rows, channels: config.dModel)
+                         weight: parameters[s.normWeight], bias: parameters[s.normBias], rows: rows, channels: config.dModel)
     }
 
     private func attentionForward(_ s: Sublayer, _ queriesFrom: UnsafeMutableBufferPointer<Float>, keysFrom: UnsafeMutableBufferPointer<Float>,
                                   batch: Int, queryTime: Int, keyTime: Int, mask: AttentionMask) {
         let c = config.dModel
         let queryRows = batch * queryTime, keyRows = batch * keyTime
-        func project(_ name: String, _ out: Int, _ inp: UnsafeMutableBufferPointer<Float>, rows: Int) {
-            linearForward(out: activations[out], inp: inp, weight: parameters["\(s.prefix).\(name)_proj.weight"],
-                          bias: parameters["\(s.prefix).\(name)_proj.bias"], rows: rows, inFeatures: c, outFeatures: c)
+        func project(_ linear: Sublayer.Linear, _ out: Int, _ inp: UnsafeMutableBufferPointer<Float>, rows: Int) {
+            linearForward(out: activations[out], inp: inp, weight: parameters[linear.weight], bias: parameters[linear.bias],
+                          rows: rows, inFeatures: c, outFeatures: c)
         }
-        project("q", s.q, queriesFrom, rows: queryRows)
-        project("k", s.k, keysFrom, rows: keyRows)
-        project("v", s.v, keysFrom, rows: keyRows)
+        project(s.linears[0], s.q, queriesFrom, rows: queryRows)
+        project(s.linears[1], s.k, keysFrom, rows: keyRows)
+        project(s.linears[2], s.v, keysFrom, rows: keyRows)
         Kernels.attentionForward(out: activations[s.context], probs: activations[s.probabilities], q: activations[s.q],
                                  k: activations[s.k], v: activations[s.v], mask: mask, batch: batch, queryTime: queryTime,
                                  keyTime: keyTime, channels: c, heads: config.heads)
-        project("o", s.output, activations[s.context], rows: queryRows)
+        project(s.linears[3], s.output, activations[s.context], rows: queryRows)
     }
 
     // MARK: Backward
@@ -340,8 +352,8 @@ public final class TransformerModel {
         }
         if let final {
             let next = spare()
-            layerNormBackward(dInp: next, dWeight: gradients["\(final.name).weight"], dBias: gradients["\(final.name).bias"], dOut: current,
-                              inp: input(sublayers.count), weight: parameters["\(final.name).weight"], mean: activations[final.mean],
+            layerNormBackward(dInp: next, dWeight: gradients[final.weight], dBias: gradients[final.bias], dOut: current,
+                              inp: input(sublayers.count), weight: parameters[final.weight], mean: activations[final.mean],
                               rstd: activations[final.rstd], rows: rows, channels: c)
             current = next
         }
@@ -357,11 +369,11 @@ public final class TransformerModel {
             dropoutBackward(dInp: dropped, dOut: current, count: rows * c, probability: config.dropout, seed: seed(site))
             current = dropped
         }
-        if config.positions == .learned {
-            addPositionsBackward(dPositions: gradients["pos_embed.weight"], dOut: current, batch: batch, time: time, channels: c)
+        if let positionView {
+            addPositionsBackward(dPositions: gradients[positionView], dOut: current, batch: batch, time: time, channels: c)
         }
         tokens.withUnsafeBufferPointer { ids in
-            embeddingBackward(dTable: gradients["embed.weight"], dOut: current, tokens: ids, channels: c,
+            embeddingBackward(dTable: gradients[embedView], dOut: current, tokens: ids, channels: c,
                               scale: config.scaleEmbedding ? Float(c).squareRoot() : 1)
         }
     }
@@ -405,26 +417,26 @@ public final class TransformerModel {
                               dKeysFrom: activations[gradientMemory], batch: batch, queryTime: time, keyTime: memoryTime)
         case .feedForward:
             let f = config.dFF
+            let (fc1, fc2) = (s.linears[0], s.linears[1])
             let dActivated = activations[gradientActivated], dHidden = activations[gradientHidden]
             zero(dActivated, rows * f)
-            linearBackward(dInp: dActivated, dWeight: gradients["\(s.prefix).fc2.weight"], dBias: gradients["\(s.prefix).fc2.bias"],
-                           dOut: dFOut, inp: activations[s.activated], weight: parameters["\(s.prefix).fc2.weight"],
-                           rows: rows, inFeatures: f, outFeatures: c)
+            linearBackward(dInp: dActivated, dWeight: gradients[fc2.weight], dBias: gradients[fc2.bias], dOut: dFOut,
+                           inp: activations[s.activated], weight: parameters[fc2.weight], rows: rows, inFeatures: f, outFeatures: c)
             zero(dHidden, rows * f)
             switch config.activation {
             case .relu: reluBackward(dInp: dHidden, dOut: dActivated, inp: activations[s.hidden], count: rows * f)
-            case .gelu: geluBackward(dInp: dHidden, dOut: dActivated, inp: activations[s.hidden], count: rows * f)
+            case .gelu: scaleByDerivativeBackward(dInp: dHidden, dOut: dActivated, derivative: activations[s.hidden], count: rows * f)
             }
-            linearBackward(dInp: dFIn, dWeight: gradients["\(s.prefix).fc1.weight"], dBias: gradients["\(s.prefix).fc1.bias"],
-                           dOut: dHidden, inp: fIn, weight: parameters["\(s.prefix).fc1.weight"], rows: rows, inFeatures: c, outFeatures: f)
+            linearBackward(dInp: dFIn, dWeight: gradients[fc1.weight], dBias: gradients[fc1.bias], dOut: dHidden, inp: fIn,
+                           weight: parameters[fc1.weight], rows: rows, inFeatures: c, outFeatures: f)
         }
         if !isPost { normBackward(s, dInput: dInput, dOutput: scratch, input: x, rows: rows) }
     }
 
     private func normBackward(_ s: Sublayer, dInput: UnsafeMutableBufferPointer<Float>, dOutput: UnsafeMutableBufferPointer<Float>,
                               input: UnsafeMutableBufferPointer<Float>, rows: Int) {
-        layerNormBackward(dInp: dInput, dWeight: gradients["\(s.norm).weight"], dBias: gradients["\(s.norm).bias"], dOut: dOutput,
-                          inp: input, weight: parameters["\(s.norm).weight"], mean: activations[s.mean], rstd: activations[s.rstd],
+        layerNormBackward(dInp: dInput, dWeight: gradients[s.normWeight], dBias: gradients[s.normBias], dOut: dOutput,
+                          inp: input, weight: parameters[s.normWeight], mean: activations[s.mean], rstd: activations[s.rstd],
                           rows: rows, channels: config.dModel)
     }
 
@@ -434,22 +446,22 @@ public final class TransformerModel {
                                    batch: Int, queryTime: Int, keyTime: Int) {
         let c = config.dModel, queryRows = batch * queryTime, keyRows = batch * keyTime
         let dContext = activations[gradientContext], dQ = activations[gradientQ], dK = activations[gradientK], dV = activations[gradientV]
-        func projectBack(_ name: String, dInp: UnsafeMutableBufferPointer<Float>, dOut: UnsafeMutableBufferPointer<Float>,
+        func projectBack(_ linear: Sublayer.Linear, dInp: UnsafeMutableBufferPointer<Float>, dOut: UnsafeMutableBufferPointer<Float>,
                          inp: UnsafeMutableBufferPointer<Float>, rows: Int) {
-            linearBackward(dInp: dInp, dWeight: gradients["\(s.prefix).\(name)_proj.weight"], dBias: gradients["\(s.prefix).\(name)_proj.bias"],
-                           dOut: dOut, inp: inp, weight: parameters["\(s.prefix).\(name)_proj.weight"], rows: rows, inFeatures: c, outFeatures: c)
+            linearBackward(dInp: dInp, dWeight: gradients[linear.weight], dBias: gradients[linear.bias], dOut: dOut, inp: inp,
+                           weight: parameters[linear.weight], rows: rows, inFeatures: c, outFeatures: c)
         }
         zero(dContext, queryRows * c)
-        projectBack("o", dInp: dContext, dOut: dOut, inp: activations[s.context], rows: queryRows)
+        projectBack(s.linears[3], dInp: dContext, dOut: dOut, inp: activations[s.context], rows: queryRows)
         zero(dQ, queryRows * c)
         zero(dK, keyRows * c)
         zero(dV, keyRows * c)
         Kernels.attentionBackward(dQ: dQ, dK: dK, dV: dV, scratch: activations[attentionScratch], dOut: dContext,
                                   q: activations[s.q], k: activations[s.k], v: activations[s.v], probs: activations[s.probabilities],
-                                  batch: batch, queryTime: queryTime, keyTime: keyTime, channels: c, heads: config.heads)
-        projectBack("q", dInp: dQueriesFrom, dOut: dQ, inp: queriesFrom, rows: queryRows)
-        projectBack("k", dInp: dKeysFrom, dOut: dK, inp: keysFrom, rows: keyRows)
-        projectBack("v", dInp: dKeysFrom, dOut: dV, inp: keysFrom, rows: keyRows)
+                                  causal: s.kind == .selfAttention(causal: true), batch: batch, queryTime: queryTime, keyTime: keyTime, channels: c, heads: config.heads)
+        projectBack(s.linears[0], dInp: dQueriesFrom, dOut: dQ, inp: queriesFrom, rows: queryRows)
+        projectBack(s.linears[1], dInp: dKeysFrom, dOut: dK, inp: keysFrom, rows: keyRows)
+        projectBack(s.linears[2], dInp: dKeysFrom, dOut: dV, inp: keysFrom, rows: keyRows)
     }
 }
 

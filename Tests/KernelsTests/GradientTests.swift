@@ -77,7 +77,7 @@ final class GradientTests: XCTestCase {
         let out = Tensor(zeros: count), dOut = Tensor(random: count, seed: 9)
         for (name, forward, backward) in [
             ("relu", reluForward, reluBackward),
-            ("gelu", geluForward, geluBackward),
+            ("gelu", { geluForward(out: $0, inp: $1, count: $2) }, geluBackward),
         ] as [(String, (FloatBuffer, FloatBuffer, Int) -> Void, (FloatBuffer, FloatBuffer, FloatBuffer, Int) -> Void)] {
             let dInp = Tensor(zeros: count)
             func loss() -> Double {
@@ -88,6 +88,14 @@ final class GradientTests: XCTestCase {
             backward(dInp.buffer, dOut.buffer, inp.buffer, count)
             assertGradient(name, of: inp, analytic: dInp, epsilon: 1e-3, loss: loss)
         }
+        // The training path: GELU keeps its derivative in place of the input, and backward only scales by it.
+        let kept = Tensor(inp.array), dKept = Tensor(zeros: count)
+        geluForward(out: out.buffer, inp: kept.buffer, count: count, derivative: kept.buffer)
+        scaleByDerivativeBackward(dInp: dKept.buffer, dOut: dOut.buffer, derivative: kept.buffer, count: count)
+        let dReference = Tensor(zeros: count)
+        geluBackward(dInp: dReference.buffer, dOut: dOut.buffer, inp: inp.buffer, count: count)
+        for i in 0..<count { XCTAssertEqual(dKept[i], dReference[i], accuracy: 1e-6) }
+
         // GELU values against erf's definition at a few points (PyTorch: gelu(1) = 0.8413447).
         let points = Tensor([-3, -1, 0, 1, 2.5]), values = Tensor(zeros: 5)
         geluForward(out: values.buffer, inp: points.buffer, count: 5)
@@ -165,8 +173,7 @@ final class GradientTests: XCTestCase {
         }
     }
 
-    private func checkAttention(causal: Bool, padded: Bool, queryTime: Int, keyTime: Int) {
-        let batch = 2, channels = 6, heads = 2
+    private func checkAttention(causal: Bool, padded: Bool, queryTime: Int, keyTime: Int, batch: Int = 2, channels: Int = 6, heads: Int = 2) {
         let q = Tensor(random: batch * queryTime * channels, seed: 17), k = Tensor(random: batch * keyTime * channels, seed: 18)
         let v = Tensor(random: batch * keyTime * channels, seed: 19)
         let out = Tensor(zeros: q.count), probs = Tensor(zeros: batch * heads * queryTime * keyTime)
@@ -184,7 +191,7 @@ final class GradientTests: XCTestCase {
             }
             _ = loss()
             attentionBackward(dQ: dQ.buffer, dK: dK.buffer, dV: dV.buffer, scratch: scratch.buffer, dOut: dOut.buffer,
-                              q: q.buffer, k: k.buffer, v: v.buffer, probs: probs.buffer, batch: batch, queryTime: queryTime,
+                              q: q.buffer, k: k.buffer, v: v.buffer, probs: probs.buffer, causal: causal, batch: batch, queryTime: queryTime,
                               keyTime: keyTime, channels: channels, heads: heads)
             let label = "attention causal \(causal) padded \(padded)"
             assertGradient("\(label) dQ", of: q, analytic: dQ, epsilon: 1e-3, loss: loss)
@@ -208,6 +215,10 @@ final class GradientTests: XCTestCase {
     func testSelfAttentionWithPaddingMask() { checkAttention(causal: false, padded: true, queryTime: 4, keyTime: 4) }
     func testCausalSelfAttention() { checkAttention(causal: true, padded: false, queryTime: 4, keyTime: 4) }
     func testCrossAttentionDifferentLengths() { checkAttention(causal: false, padded: true, queryTime: 3, keyTime: 5) }
+    /// Longer than one 64-row causal block: the blocked path that skips the masked triangle.
+    func testCausalSelfAttentionAcrossBlocks() {
+        checkAttention(causal: true, padded: false, queryTime: 70, keyTime: 70, batch: 1, channels: 4, heads: 2)
+    }
 
     func testCrossEntropyWithSmoothingAndIgnoredTargets() {
         let vocabulary = 7, smoothing: Float = 0.1
