@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "HDF5", targets: ["HDF5"]),
         .library(name: "Kernels", targets: ["Kernels"]),
         .library(name: "Transformer", targets: ["Transformer"]),
+        .library(name: "Data", targets: ["Data"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -40,6 +41,9 @@ let package = Package(
         .target(name: "Kernels", dependencies: ["CBLAS"]),
         .target(name: "Transformer", dependencies: ["Kernels"]),
 
+        // MARK: Data
+        .target(name: "Data", dependencies: ["HDF5"]),
+
         // MARK: Command line
         .executableTarget(
             name: "ddp",
@@ -48,6 +52,7 @@ let package = Package(
                 "HDF5",
                 "Kernels",
                 "Transformer",
+                "Data",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ]
@@ -66,6 +71,7 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "TestSupport"]),
         .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),

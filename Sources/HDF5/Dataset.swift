@@ -74,6 +74,24 @@ public final class Dataset: HDF5Object {
         return storage
     }
 
+    /// Where each stored chunk of a chunked dataset lies in the file: byte offset and stored (filtered) size.
+    public func storedChunks() throws(HDF5Error) -> [(offset: Int, size: Int)] {
+        // HDF5 1.10 rejects H5S_ALL here: it wants the dataset's own dataspace.
+        let space = try ObjectHandle(.dataspace, "H5Dget_space", site) { H5Dget_space(handle.id) }
+        var count: hsize_t = 0
+        try h5call("H5Dget_num_chunks", site) { H5Dget_num_chunks(handle.id, space.id, &count) }
+        var chunks: [(offset: Int, size: Int)] = []
+        for index in 0..<count {
+            var address: haddr_t = 0
+            var size: hsize_t = 0
+            try h5call("H5Dget_chunk_info", site) {
+                H5Dget_chunk_info(handle.id, space.id, index, nil, nil, &address, &size)
+            }
+            chunks.append((Int(address), Int(size)))
+        }
+        return chunks
+    }
+
     // MARK: Reading
 
     /// Reads the whole dataset.

@@ -1,0 +1,177 @@
+/// Byte-level byte-pair encoding: merges learned from text, applied greedily by rank.
+///
+/// Text is first cut into pieces (a run of letters/digits/other with the spaces before it, GPT-2 style) so that
+/// merges never cross piece boundaries; cutting keeps every byte, so decoding restores the text exactly.
+public struct BPE: Equatable, Sendable {
+    /// Merge i joins (a, b) into id 260 + i.
+    public let merges: [(Int32, Int32)]
+    private let rank: [Pair: Int32]
+    /// The bytes each id stands for (index id − 4).
+    private let expansions: [[UInt8]]
+
+    struct Pair: Hashable {
+        let a: Int32, b: Int32
+    }
+
+    public init(merges: [(Int32, Int32)]) {
+        self.merges = merges
+        var rank: [Pair: Int32] = [:]
+        var expansions = (0..<256).map { [UInt8($0)] }
+        for (index, (a, b)) in merges.enumerated() {
+            rank[Pair(a: a, b: b)] = Int32(index)
+            expansions.append(expansions[Int(a - Tokenizer.firstByteID)] + expansions[Int(b - Tokenizer.firstByteID)])
+        }
+        self.rank = rank
+        self.expansions = expansions
+    }
+
+    public static func == (lhs: BPE, rhs: BPE) -> Bool {
+        lhs.merges.count == rhs.merges.count && zip(lhs.merges, rhs.merges).allSatisfy { $0 == $1 }
+    }
+
+    func appendBytes(of id: Int32, to bytes: inout [UInt8]) {
+        let index = Int(id - Tokenizer.firstByteID)
+        if index >= 0 && index < expansions.count { bytes.append(contentsOf: expansions[index]) }
+    }
+
+    // MARK: Encoding
+
+    public func encode(_ text: String) -> [Int32] {
+        var output: [Int32] = []
+        var cache: [ArraySlice<UInt8>: [Int32]] = [:]
+        let bytes = Array(text.utf8)
+        for piece in BPE.pieces(bytes) {
+            if let cached = cache[piece] {
+                output += cached
+                continue
+            }
+            let ids = encodePiece(piece)
+            cache[piece] = ids
+            output += ids
+        }
+        return output
+    }
+
+    /// Repeatedly applies the lowest-ranked merge present in the piece.
+    func encodePiece(_ piece: ArraySlice<UInt8>) -> [Int32] {
+        var ids = piece.map { Int32($0) + Tokenizer.firstByteID }
+        while ids.count > 1 {
+            var best: (rank: Int32, index: Int)?
+            for i in 0..<(ids.count - 1) {
+                if let r = rank[Pair(a: ids[i], b: ids[i + 1])], r < (best?.rank ?? .max) { best = (r, i) }
+            }
+            guard let best else { break }
+            let merged = Tokenizer.firstByteID + 256 + best.rank
+            let (a, b) = merges[Int(best.rank)]
+            var next: [Int32] = []
+            next.reserveCapacity(ids.count)
+            var i = 0
+            while i < ids.count {
+                if i < ids.count - 1 && ids[i] == a && ids[i + 1] == b {
+                    next.append(merged)
+                    i += 2
+                } else {
+                    next.append(ids[i])
+                    i += 1
+                }
+            }
+            ids = next
+        }
+        return ids
+    }
+
+    /// Cuts bytes into pieces: spaces attach to the following run; a run is letters/digits (ASCII or any
+    /// non-ASCII byte, which keeps multi-byte characters together) or a single other character.
+    static func pieces(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+        func isWord(_ byte: UInt8) -> Bool {
+            (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5A) || (byte >= 0x61 && byte <= 0x7A) || byte >= 0x80
+        }
+        var pieces: [ArraySlice<UInt8>] = []
+        var start = 0
+        var i = 0
+        while i < bytes.count {
+            while i < bytes.count && bytes[i] == 0x20 { i += 1 }
+            if i < bytes.count {
+                if isWord(bytes[i]) {
+                    while i < bytes.count && isWord(bytes[i]) { i += 1 }
+                } else {
+                    i += 1
+                }
+            }
+            pieces.append(bytes[start..<i])
+            start = i
+        }
+        return pieces
+    }
+
+    // MARK: Training
+
+    /// Learns merges until the vocabulary reaches `vocabularySize` (or no pair occurs twice). Deterministic: the
+    /// most frequent pair wins, ties go to the smaller (a, b).
+    public static func train(texts: [String], vocabularySize: Int) -> BPE {
+        let target = max(0, vocabularySize - SpecialToken.count - 256)
+        // Unique pieces with their counts: training works on these, not on the raw text.
+        var counts: [ArraySlice<UInt8>: Int] = [:]
+        for text in texts {
+            for piece in pieces(Array(text.utf8)) { counts[piece, default: 0] += 1 }
+        }
+        let sortedPieces = counts.keys.sorted { $0.lexicographicallyPrecedes($1) }  // fixed order: determinism
+        var words: [[Int32]] = sortedPieces.map { $0.map { Int32($0) + Tokenizer.firstByteID } }
+        let frequency = sortedPieces.map { counts[$0]! }
+
+        var pairCounts: [Pair: Int] = [:]
+        var wordsWithPair: [Pair: Set<Int>] = [:]
+        for (w, word) in words.enumerated() where word.count > 1 {
+            for i in 0..<(word.count - 1) {
+                let pair = Pair(a: word[i], b: word[i + 1])
+                pairCounts[pair, default: 0] += frequency[w]
+                wordsWithPair[pair, default: []].insert(w)
+            }
+        }
+
+        var merges: [(Int32, Int32)] = []
+        while merges.count < target {
+            var best: (pair: Pair, count: Int)?
+            for (pair, count) in pairCounts where count > 0 {
+                if let current = best {
+                    if count > current.count || (count == current.count && (pair.a, pair.b) < (current.pair.a, current.pair.b)) {
+                        best = (pair, count)
+                    }
+                } else {
+                    best = (pair, count)
+                }
+            }
+            guard let chosen = best, chosen.count >= 2 else { break }
+            let newID = Tokenizer.firstByteID + 256 + Int32(merges.count)
+            merges.append((chosen.pair.a, chosen.pair.b))
+            for w in (wordsWithPair[chosen.pair] ?? []).sorted() {
+                let word = words[w]
+                // Remove this word's old pairs, merge, add its new pairs.
+                for i in 0..<(word.count - 1) {
+                    let pair = Pair(a: word[i], b: word[i + 1])
+                    pairCounts[pair, default: 0] -= frequency[w]
+                }
+                var merged: [Int32] = []
+                var i = 0
+                while i < word.count {
+                    if i < word.count - 1 && word[i] == chosen.pair.a && word[i + 1] == chosen.pair.b {
+                        merged.append(newID)
+                        i += 2
+                    } else {
+                        merged.append(word[i])
+                        i += 1
+                    }
+                }
+                words[w] = merged
+                for i in 0..<max(0, merged.count - 1) {
+                    let pair = Pair(a: merged[i], b: merged[i + 1])
+                    pairCounts[pair, default: 0] += frequency[w]
+                    wordsWithPair[pair, default: []].insert(w)
+                }
+            }
+            pairCounts[chosen.pair] = nil
+            wordsWithPair[chosen.pair] = nil
+        }
+        return BPE(merges: merges)
+    }
+}

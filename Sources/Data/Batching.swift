@@ -1,0 +1,201 @@
+import Foundation
+import HDF5
+
+/// One rank's micro-batch, framed (DESIGN.md) and padded with PAD to the batch's longest sequence.
+///   seq2seq: source = tokens + EOS; decoder input = BOS + target; labels = target + EOS.
+///   lm: decoder input = window[:-1]; labels = window[1:].
+public struct TokenBatch: Sendable, Equatable {
+    public var batchSize: Int
+    public var sourceLength: Int
+    public var targetLength: Int
+    public var source: [Int32]
+    public var decoderInput: [Int32]
+    public var labels: [Int32]
+    /// Real (non-PAD) label tokens: the count the loss is normalised by.
+    public var targetTokens: Int
+    /// Which global samples this batch holds.
+    public var samples: [Int]
+}
+
+/// Reads samples by global index from a split's files (hyperslabs: only what is asked for). Owns HDF5 handles,
+/// so it lives on one thread: the loader's.
+public final class SampleReader {
+    private let split: DataSplit
+    private let files: [File]
+    /// First global index of each shard.
+    private let starts: [Int]
+    /// seq2seq offsets per shard (small; read once).
+    private let sourceOffsets: [[Int64]], targetOffsets: [[Int64]]
+
+    public init(split: DataSplit) throws {
+        self.split = split
+        var files: [File] = [], starts: [Int] = [], sourceOffsets: [[Int64]] = [], targetOffsets: [[Int64]] = []
+        var start = 0
+        for shard in split.shards {
+            let file: File
+            do { file = try File.open(shard.path) } catch { throw DataError(file: shard.path, "\(error)") }
+            files.append(file)
+            starts.append(start)
+            start += shard.samples
+            if split.task == .seq2seq {
+                do {
+                    sourceOffsets.append(try file.openDataset("source/offsets").read(as: Int64.self))
+                    targetOffsets.append(try file.openDataset("target/offsets").read(as: Int64.self))
+                } catch {
+                    throw DataError(file: shard.path, "offsets cannot be read: \(error)")
+                }
+            }
+        }
+        self.files = files
+        self.starts = starts
+        self.sourceOffsets = sourceOffsets
+        self.targetOffsets = targetOffsets
+    }
+
+    private func locate(_ index: Int) -> (shard: Int, local: Int) {
+        var low = 0, high = starts.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if starts[middle] <= index { low = middle } else { high = middle - 1 }
+        }
+        return (low, index - starts[low])
+    }
+
+    private func read(_ shard: Int, _ name: String, from: Int64, to: Int64) throws -> [Int32] {
+        do {
+            return try files[shard].openDataset(name).read(as: Int32.self, offset: [Int(from)], count: [Int(to - from)])
+        } catch {
+            throw DataError(file: split.shards[shard].path, "/\(name)[\(from)..<\(to)] cannot be read (corrupted?): \(error)")
+        }
+    }
+
+    /// The stored tokens of one sample: (source, target) for seq2seq, (window, []) for lm.
+    public func sample(_ index: Int) throws -> (source: [Int32], target: [Int32]) {
+        let (shard, local) = locate(index)
+        switch split.task {
+        case .lm:
+            let length = Int64(split.sequenceLength)
+            return (try read(shard, "tokens", from: Int64(local) * length, to: Int64(local) * length + length + 1), [])
+        case .seq2seq:
+            return (try read(shard, "source/tokens", from: sourceOffsets[shard][local], to: sourceOffsets[shard][local + 1]),
+                    try read(shard, "target/tokens", from: targetOffsets[shard][local], to: targetOffsets[shard][local + 1]))
+        }
+    }
+
+    /// Frames and pads the samples into one batch; a sample longer than the model takes is an error naming it.
+    public func batch(_ indices: [Int], maxSourceLength: Int, maxTargetLength: Int) throws -> TokenBatch {
+        var sources: [[Int32]] = [], inputs: [[Int32]] = [], labels: [[Int32]] = []
+        for index in indices {
+            let (stored, target) = try sample(index)
+            switch split.task {
+            case .lm:
+                inputs.append(Array(stored.dropLast()))
+                labels.append(Array(stored.dropFirst()))
+            case .seq2seq:
+                sources.append(stored + [SpecialToken.eos])
+                inputs.append([SpecialToken.bos] + target)
+                labels.append(target + [SpecialToken.eos])
+            }
+            let (shard, local) = locate(index)
+            if let source = sources.last, source.count > maxSourceLength {
+                throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(source.count - 1) tokens; the model takes \(maxSourceLength - 1)")
+            }
+            if inputs.last!.count > maxTargetLength {
+                throw DataError(file: split.shards[shard].path, "sample \(local) needs \(inputs.last!.count) decoder positions; the model takes \(maxTargetLength)")
+            }
+        }
+        let s = sources.map(\.count).max() ?? 0, t = inputs.map(\.count).max() ?? 0
+        func padded(_ rows: [[Int32]], to length: Int) -> [Int32] {
+            rows.flatMap { $0 + [Int32](repeating: SpecialToken.pad, count: length - $0.count) }
+        }
+        let flatLabels = padded(labels, to: t)
+        return TokenBatch(batchSize: indices.count, sourceLength: s, targetLength: t, source: padded(sources, to: s),
+                          decoderInput: padded(inputs, to: t), labels: flatLabels,
+                          targetTokens: flatLabels.reduce(0) { $0 + ($1 == SpecialToken.pad ? 0 : 1) }, samples: indices)
+    }
+}
+
+/// Reads batches ahead in a background thread that owns every HDF5 call, keeping at most `capacity` ready.
+/// `next()` returns them in order; a read error is rethrown by `next()`; `stop()` (or deinit) shuts it down.
+public final class BatchLoader: @unchecked Sendable {
+    // @unchecked: the queue state below is only touched under `condition`; the reader is confined to the thread.
+    private let condition = NSCondition()
+    private var ready: [Result<TokenBatch, Error>] = []
+    private var finished = false
+    private var stopping = false
+    private let capacity: Int
+    private var thread: Thread?
+
+    /// `plan` yields each batch's sample indices in order (nil ends the stream); it runs on the loader thread.
+    public init(split: DataSplit, maxSourceLength: Int, maxTargetLength: Int, capacity: Int = 4,
+                plan: @escaping @Sendable () -> [Int]?) {
+        self.capacity = max(1, capacity)
+        let thread = Thread { [unowned self] in
+            self.produce(split: split, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength, plan: plan)
+        }
+        thread.name = "ddp-data-loader"
+        self.thread = thread
+        thread.start()
+    }
+
+    private func produce(split: DataSplit, maxSourceLength: Int, maxTargetLength: Int, plan: @Sendable () -> [Int]?) {
+        let reader: SampleReader
+        do {
+            reader = try SampleReader(split: split)
+        } catch {
+            _ = deliver(.failure(error))
+            return finish()
+        }
+        while let indices = plan() {
+            let result = Result { try reader.batch(indices, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) }
+            guard deliver(result) else { break }
+            if case .failure = result { break }
+        }
+        finish()
+    }
+
+    /// Waits for room, then queues; false when the loader is stopping.
+    private func deliver(_ result: Result<TokenBatch, Error>) -> Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.count >= capacity && !stopping { condition.wait() }
+        guard !stopping else { return false }
+        ready.append(result)
+        condition.broadcast()
+        return true
+    }
+
+    private func finish() {
+        condition.lock()
+        finished = true
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// The next batch in plan order, or nil once the plan has ended.
+    public func next() throws -> TokenBatch? {
+        condition.lock()
+        defer { condition.unlock() }
+        while ready.isEmpty && !finished { condition.wait() }
+        guard !ready.isEmpty else { return nil }
+        let result = ready.removeFirst()
+        condition.broadcast()
+        return try result.get()
+    }
+
+    /// Stops reading and waits for the thread to end.
+    public func stop() {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        while !finished { condition.wait() }
+        condition.unlock()
+    }
+
+    deinit {
+        condition.lock()
+        stopping = true
+        condition.broadcast()
+        condition.unlock()
+    }
+}

@@ -1,0 +1,207 @@
+import Foundation
+import HDF5
+
+/// What a data file holds (DESIGN.md "Data"; README "Data files" documents it for h5py users).
+public enum Task: String, Sendable, CaseIterable {
+    /// `/tokens`: one stream, EOS between documents; sample i is a window of seq_len + 1 tokens at i·seq_len.
+    case lm
+    /// `/source/tokens` + `/source/offsets` (count + 1), `/target/tokens` + `/target/offsets`.
+    case seq2seq
+}
+
+public let dataFormat = "swiftddp-tokens"
+public let dataFormatVersion: Int64 = 1
+
+/// A problem with a data directory or file, naming the file and what was expected.
+public struct DataError: Error, CustomStringConvertible, Sendable {
+    public let file: String
+    public let message: String
+
+    public init(file: String, _ message: String) {
+        self.file = file
+        self.message = message
+    }
+
+    public var description: String { "\(file): \(message)" }
+}
+
+/// Writes data files in the schema, chunked with Fletcher-32 checksums (a corrupted shard fails to read).
+public enum ShardWriter {
+    static let chunk = 65_536
+
+    private static func header(_ file: File, task: Task, tokenizer: Tokenizer) throws {
+        try file.setAttribute("format", dataFormat)
+        try file.setAttribute("version", dataFormatVersion)
+        try file.setAttribute("task", task.rawValue)
+        try file.setAttribute("vocab_size", tokenizer.vocabularySize)
+        try file.setAttribute("tokenizer", tokenizer.json)
+    }
+
+    private static func writeTokens(_ file: File, _ name: String, _ tokens: [Int32]) throws {
+        try file.createDataset(name, type: .int32, shape: [tokens.count], chunks: [max(1, min(chunk, tokens.count))],
+                               deflate: 4, fletcher32: true).write(tokens)
+    }
+
+    /// A language-modelling shard: the documents' tokens joined with EOS after each document.
+    public static func writeLM(_ path: String, documents: [[Int32]], tokenizer: Tokenizer) throws {
+        var stream: [Int32] = []
+        stream.reserveCapacity(documents.reduce(0) { $0 + $1.count + 1 })
+        for document in documents {
+            stream += document
+            stream.append(SpecialToken.eos)
+        }
+        let file = try File.create(path)
+        try header(file, task: .lm, tokenizer: tokenizer)
+        try file.setAttribute("documents", documents.count)
+        try writeTokens(file, "tokens", stream)
+        try file.close()
+    }
+
+    /// A sequence-to-sequence shard of aligned (source, target) pairs.
+    public static func writeSeq2Seq(_ path: String, pairs: [(source: [Int32], target: [Int32])], tokenizer: Tokenizer) throws {
+        let file = try File.create(path)
+        try header(file, task: .seq2seq, tokenizer: tokenizer)
+        for (side, sequences) in [("source", pairs.map(\.source)), ("target", pairs.map(\.target))] {
+            var offsets: [Int64] = [0]
+            offsets.reserveCapacity(sequences.count + 1)
+            for sequence in sequences { offsets.append(offsets.last! + Int64(sequence.count)) }
+            try writeTokens(file, "\(side)/tokens", sequences.flatMap { $0 })
+            try file.createDataset("\(side)/offsets", type: .int64, shape: [offsets.count],
+                                   chunks: [max(1, min(chunk, offsets.count))], fletcher32: true).write(offsets)
+        }
+        try file.close()
+    }
+}
+
+/// One validated data file and how many samples it holds.
+public struct Shard: Sendable {
+    public let path: String
+    public let task: Task
+    public let samples: Int
+    /// Real tokens in the file (all of them for seq2seq, the stream length for lm).
+    public let tokens: Int
+}
+
+/// A split (`train` or `valid`) of a dataset directory, every file validated before training starts.
+public struct DataSplit: Sendable {
+    public let directory: String
+    public let split: String
+    public let task: Task
+    public let tokenizer: Tokenizer
+    public let shards: [Shard]
+    /// LM context: samples are windows of `sequenceLength + 1` tokens (0 for seq2seq).
+    public let sequenceLength: Int
+
+    public var samples: Int { shards.reduce(0) { $0 + $1.samples } }
+
+    /// Opens `directory/split-*.h5` and validates every file: format and version, task, dtypes, offsets monotonic
+    /// and in bounds, every token id < vocab_size, one tokenizer for all files, and a non-empty split.
+    public init(directory: String, split: String, sequenceLength: Int = 0) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw DataError(file: directory, "no such data directory")
+        }
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+        guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
+        var task: Task?
+        var tokenizer: Tokenizer?
+        var tokenizerSource = ""
+        var shards: [Shard] = []
+        for name in names {
+            let path = (directory as NSString).appendingPathComponent(name)
+            let (shard, fileTokenizer) = try Self.validate(path, sequenceLength: sequenceLength)
+            if let task, task != shard.task {
+                throw DataError(file: path, "task \(shard.task.rawValue) differs from \(tokenizerSource)'s \(task.rawValue)")
+            }
+            if let tokenizer, tokenizer != fileTokenizer {
+                throw DataError(file: path, "its tokenizer differs from \(tokenizerSource)'s (every shard must use one tokenizer)")
+            }
+            task = shard.task
+            tokenizer = fileTokenizer
+            tokenizerSource = name
+            shards.append(shard)
+        }
+        self.directory = directory
+        self.split = split
+        self.task = task!
+        self.tokenizer = tokenizer!
+        self.shards = shards
+        self.sequenceLength = sequenceLength
+        guard samples > 0 else {
+            let what = self.task == .lm ? "no window of \(sequenceLength + 1) tokens fits in any file" : "no pairs"
+            throw DataError(file: directory, "the \(split) split is empty: \(what)")
+        }
+    }
+
+    static func validate(_ path: String, sequenceLength: Int) throws -> (Shard, Tokenizer) {
+        let file: File
+        do { file = try File.open(path) } catch { throw DataError(file: path, "\(error)") }
+        func attribute<T>(_ name: String, _ read: (String) throws -> T) throws -> T {
+            guard (try? file.hasAttribute(name)) == true else { throw DataError(file: path, "missing root attribute '\(name)'") }
+            do { return try read(name) } catch { throw DataError(file: path, "root attribute '\(name)' has the wrong type: \(error)") }
+        }
+        let format = try attribute("format", file.stringAttribute)
+        guard format == dataFormat else { throw DataError(file: path, "format is '\(format)', expected '\(dataFormat)'") }
+        let version = try attribute("version", file.int64Attribute)
+        guard version == dataFormatVersion else {
+            throw DataError(file: path, "format version \(version) is not supported (this build reads version \(dataFormatVersion))")
+        }
+        let taskName = try attribute("task", file.stringAttribute)
+        guard let task = Task(rawValue: taskName) else { throw DataError(file: path, "task '\(taskName)' is not lm or seq2seq") }
+        let vocabularySize = try attribute("vocab_size", file.int64Attribute)
+        let tokenizerJSON = try attribute("tokenizer", file.stringAttribute)
+        let tokenizer: Tokenizer
+        do { tokenizer = try Tokenizer(json: tokenizerJSON) } catch { throw DataError(file: path, "attribute 'tokenizer': \(error)") }
+        guard tokenizer.vocabularySize == vocabularySize else {
+            throw DataError(file: path, "vocab_size \(vocabularySize) differs from the tokenizer's \(tokenizer.vocabularySize)")
+        }
+
+        func readTokens(_ name: String) throws -> [Int32] {
+            let dataset: Dataset
+            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name)") }
+            guard dataset.elementType == .int32, dataset.shape.count == 1 else {
+                throw DataError(file: path, "/\(name) must be 1-D int32, found \(dataset.typeDescription) \(dataset.shape)")
+            }
+            let tokens: [Int32]
+            do { tokens = try dataset.read(as: Int32.self) } catch { throw DataError(file: path, "/\(name) cannot be read (corrupted?): \(error)") }
+            if let bad = tokens.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
+                throw DataError(file: path, "/\(name)[\(bad)] = \(tokens[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
+            }
+            return tokens
+        }
+        func readOffsets(_ name: String, tokens: Int) throws -> [Int64] {
+            let dataset: Dataset
+            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name)") }
+            guard dataset.elementType == .int64, dataset.shape.count == 1, dataset.shape[0] >= 1 else {
+                throw DataError(file: path, "/\(name) must be 1-D int64 with at least one entry, found \(dataset.typeDescription) \(dataset.shape)")
+            }
+            let offsets: [Int64]
+            do { offsets = try dataset.read(as: Int64.self) } catch { throw DataError(file: path, "/\(name) cannot be read (corrupted?): \(error)") }
+            guard offsets[0] == 0 else { throw DataError(file: path, "/\(name)[0] is \(offsets[0]), expected 0") }
+            for i in 1..<offsets.count where offsets[i] < offsets[i - 1] {
+                throw DataError(file: path, "/\(name) is not monotonic at \(i) (\(offsets[i - 1]) then \(offsets[i]))")
+            }
+            guard offsets.last! == Int64(tokens) else {
+                throw DataError(file: path, "/\(name) ends at \(offsets.last!) but there are \(tokens) tokens")
+            }
+            return offsets
+        }
+
+        switch task {
+        case .lm:
+            guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
+            let tokens = try readTokens("tokens")
+            let windows = tokens.count > sequenceLength ? (tokens.count - 1) / sequenceLength : 0
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens.count), tokenizer)
+        case .seq2seq:
+            let source = try readTokens("source/tokens"), target = try readTokens("target/tokens")
+            let sourceOffsets = try readOffsets("source/offsets", tokens: source.count)
+            let targetOffsets = try readOffsets("target/offsets", tokens: target.count)
+            guard sourceOffsets.count == targetOffsets.count else {
+                throw DataError(file: path, "/source/offsets has \(sourceOffsets.count - 1) sequences but /target/offsets \(targetOffsets.count - 1)")
+            }
+            return (Shard(path: path, task: .seq2seq, samples: sourceOffsets.count - 1, tokens: source.count + target.count), tokenizer)
+        }
+    }
+}

@@ -1,0 +1,196 @@
+import Data
+import Foundation
+import HDF5
+import TestSupport
+import XCTest
+
+final class ShardTests: XCTestCase {
+    private var directory: URL!
+    private var path: String { directory.path }
+
+    override func setUpWithError() throws { directory = try makeTemporaryDirectory("ddp-data") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    private func file(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    private func writeSeq2Seq(_ name: String = "train-00000.h5", pairs: [(String, String)], tokenizer: Tokenizer = .byte) throws {
+        try ShardWriter.writeSeq2Seq(file(name), pairs: pairs.map { (tokenizer.encode($0.0), tokenizer.encode($0.1)) }, tokenizer: tokenizer)
+    }
+
+    private func assertDataError(_ fragments: [String], file: StaticString = #filePath, line: UInt = #line,
+                                 _ body: () throws -> Void) {
+        XCTAssertThrowsError(try body(), file: file, line: line) { error in
+            guard let error = error as? DataError else { return XCTFail("not a DataError: \(error)", file: file, line: line) }
+            for fragment in fragments {
+                XCTAssertTrue(error.description.contains(fragment), "'\(fragment)' missing from: \(error)", file: file, line: line)
+            }
+        }
+    }
+
+    func testSeq2SeqFramingPaddingAndLoader() throws {
+        try writeSeq2Seq(pairs: [("abc", "xy"), ("a", "wxyz"), ("hello", "")])
+        try writeSeq2Seq("train-00001.h5", pairs: [("q", "r")])
+        let split = try DataSplit(directory: path, split: "train")
+        XCTAssertEqual(split.task, .seq2seq)
+        XCTAssertEqual(split.samples, 4)
+        let reader = try SampleReader(split: split)
+        let batch = try reader.batch([1, 3], maxSourceLength: 16, maxTargetLength: 16)
+        let byte = { (text: String) in Tokenizer.byte.encode(text) }
+        let (eos, bos, pad) = (SpecialToken.eos, SpecialToken.bos, SpecialToken.pad)
+        XCTAssertEqual(batch.sourceLength, 2)
+        XCTAssertEqual(batch.targetLength, 5)
+        XCTAssertEqual(batch.source, byte("a") + [eos] + byte("q") + [eos], "source + EOS; sample 3 is in the second file")
+        XCTAssertEqual(batch.decoderInput, [bos] + byte("wxyz") + [bos] + byte("r") + [pad, pad, pad])
+        XCTAssertEqual(batch.labels, byte("wxyz") + [eos] + byte("r") + [eos, pad, pad, pad])
+        XCTAssertEqual(batch.targetTokens, 7)
+
+        // The loader gives the plan's batches in order from its own thread, then nil.
+        let plan = PlanQueue([[0, 1], [2], [3, 0]])
+        let loader = BatchLoader(split: split, maxSourceLength: 16, maxTargetLength: 16, capacity: 1) { plan.next() }
+        var seen: [[Int]] = []
+        while let next = try loader.next() { seen.append(next.samples) }
+        XCTAssertEqual(seen, [[0, 1], [2], [3, 0]])
+        loader.stop()
+    }
+
+    func testLMWindows() throws {
+        let documents = [Array(repeating: Int32(10), count: 7), Array(repeating: Int32(11), count: 5)]
+        try ShardWriter.writeLM(file("train-00000.h5"), documents: documents, tokenizer: .byte)
+        let split = try DataSplit(directory: path, split: "train", sequenceLength: 4)
+        // Stream: 7 tokens + EOS + 5 tokens + EOS = 14 tokens; windows of 5 at stride 4: 0, 4, 8 (a 4th would need 17).
+        XCTAssertEqual(split.samples, 3)
+        let batch = try SampleReader(split: split).batch([1, 2], maxSourceLength: 0, maxTargetLength: 4)
+        XCTAssertEqual(batch.decoderInput, [10, 10, 10, 2, 11, 11, 11, 11])
+        XCTAssertEqual(batch.labels, [10, 10, 2, 11, 11, 11, 11, 11])
+        XCTAssertEqual(batch.targetTokens, 8)
+        assertDataError(["needs 4 decoder positions; the model takes 3"]) {
+            _ = try SampleReader(split: split).batch([0], maxSourceLength: 0, maxTargetLength: 3)
+        }
+    }
+
+    func testLoaderRethrowsReadErrors() throws {
+        try writeSeq2Seq(pairs: [("abcdef", "x")])
+        let split = try DataSplit(directory: path, split: "train")
+        let plan = PlanQueue([[0]])
+        let loader = BatchLoader(split: split, maxSourceLength: 4, maxTargetLength: 8) { plan.next() }
+        XCTAssertThrowsError(try loader.next()) { XCTAssertTrue("\($0)".contains("source of 6 tokens; the model takes 3"), "\($0)") }
+        loader.stop()
+    }
+
+    // MARK: Bad input: each gives an error naming the file and what is wrong.
+
+    func testMissingDirectoryAndEmptySplit() throws {
+        assertDataError(["/nonexistent/data", "no such data directory"]) { _ = try DataSplit(directory: "/nonexistent/data", split: "train") }
+        assertDataError(["no valid-*.h5 files"]) { _ = try DataSplit(directory: path, split: "valid") }
+        try ShardWriter.writeLM(file("valid-00000.h5"), documents: [[5, 6]], tokenizer: .byte)
+        assertDataError(["the valid split is empty", "no window of 9 tokens"]) {
+            _ = try DataSplit(directory: path, split: "valid", sequenceLength: 8)
+        }
+    }
+
+    private func tamper(_ body: (File) throws -> Void) throws -> String {
+        try writeSeq2Seq(pairs: [("ab", "cd"), ("e", "f")])
+        let name = file("train-00000.h5")
+        try body(try File.open(name, mode: .readWrite))
+        return name
+    }
+
+    func testWrongSchema() throws {
+        let name = try tamper { try $0.setAttribute("format", "something-else") }
+        assertDataError([name, "format is 'something-else', expected 'swiftddp-tokens'"]) { _ = try DataSplit(directory: path, split: "train") }
+        _ = try tamper { try $0.setAttribute("version", 99) }
+        assertDataError(["format version 99 is not supported"]) { _ = try DataSplit(directory: path, split: "train") }
+        _ = try tamper { try $0.setAttribute("task", "classification") }
+        assertDataError(["task 'classification' is not lm or seq2seq"]) { _ = try DataSplit(directory: path, split: "train") }
+        _ = try tamper { try $0.setAttribute("vocab_size", 1000) }
+        assertDataError(["vocab_size 1000 differs from the tokenizer's 260"]) { _ = try DataSplit(directory: path, split: "train") }
+    }
+
+    func testWrongDtypeAndTokensOutsideTheVocabulary() throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let name = file("train-00000.h5")
+        do {
+            let handle = try File.create(name)
+            try handle.setAttribute("format", "swiftddp-tokens")
+            try handle.setAttribute("version", 1)
+            try handle.setAttribute("task", "lm")
+            try handle.setAttribute("vocab_size", 260)
+            try handle.setAttribute("tokenizer", Tokenizer.byte.json)
+            try handle.createDataset("tokens", type: .float32, shape: [20]).write([Float](repeating: 5, count: 20))
+        }
+        assertDataError([name, "/tokens must be 1-D int32, found float32"]) { _ = try DataSplit(directory: path, split: "train", sequenceLength: 4) }
+        do {
+            let handle = try File.create(name)
+            for (key, value) in [("format", "swiftddp-tokens"), ("task", "lm"), ("tokenizer", Tokenizer.byte.json)] { try handle.setAttribute(key, value) }
+            try handle.setAttribute("version", 1)
+            try handle.setAttribute("vocab_size", 260)
+            try handle.createDataset("tokens", type: .int32, shape: [6]).write([Int32(5), 6, 260, 7, 8, 9])
+        }
+        assertDataError(["/tokens[2] = 260 is outside the vocabulary (vocab_size 260)"]) {
+            _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
+        }
+    }
+
+    func testBadOffsets() throws {
+        _ = try tamper { try $0.openDataset("source/offsets").write([Int64(0), 2, 1]) }
+        assertDataError(["/source/offsets is not monotonic at 2"]) { _ = try DataSplit(directory: path, split: "train") }
+        _ = try tamper { try $0.openDataset("target/offsets").write([Int64(0), 2, 9]) }
+        assertDataError(["/target/offsets ends at 9 but there are 3 tokens"]) { _ = try DataSplit(directory: path, split: "train") }
+    }
+
+    func testShardsWithDifferentTokenizers() throws {
+        try writeSeq2Seq(pairs: [("ab", "cd")])
+        let bpe = Tokenizer.bpe(BPE.train(texts: ["ab ab ab ab", "cd cd cd"], vocabularySize: 262))
+        try writeSeq2Seq("train-00001.h5", pairs: [("ab", "cd")], tokenizer: bpe)
+        assertDataError(["train-00001.h5", "tokenizer differs from train-00000.h5's"]) { _ = try DataSplit(directory: path, split: "train") }
+    }
+
+    /// Bytes changed on disk after writing: validation fails (Fletcher-32) instead of training on garbage.
+    func testCorruptedShardIsDetected() throws {
+        let tokens = (0..<5000).map { Int32(4 + ($0 * 7919) % 256) }
+        try ShardWriter.writeLM(file("train-00000.h5"), documents: [tokens], tokenizer: .byte)
+        let chunk = try XCTUnwrap(try File.open(file("train-00000.h5")).openDataset("tokens").storedChunks().first)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file("train-00000.h5"))))
+        bytes[chunk.offset + chunk.size / 2] ^= 0x5A  // inside the stored (compressed, checksummed) chunk
+        try Data(bytes).write(to: URL(fileURLWithPath: file("train-00000.h5")))
+        assertDataError(["train-00000.h5", "cannot be read (corrupted?)"]) { _ = try DataSplit(directory: path, split: "train", sequenceLength: 16) }
+    }
+
+    /// A dataset written by h5py from the README's schema reads, validates and batches in Swift.
+    func testDatasetWrittenByH5pyFromTheReadmeSchema() throws {
+        guard let python = pythonWithH5py() else { throw XCTSkip("python3 with h5py is not installed: h5py-written data not checked") }
+        let script = directory.appendingPathComponent("write.py").path
+        try """
+            import json, sys, h5py, numpy as np
+            enc = lambda s: [b + 4 for b in s.encode("utf-8")]          # the byte tokenizer: id = byte + 4
+            pairs = [("hello", "olleh"), ("abc", "cba"), ("ünï", "ïnü")]
+            with h5py.File(sys.argv[1], "w") as f:
+                f.attrs["format"] = "swiftddp-tokens"; f.attrs["version"] = 1; f.attrs["task"] = "seq2seq"
+                f.attrs["vocab_size"] = 260; f.attrs["tokenizer"] = json.dumps({"kind": "byte"})
+                for side, k in (("source", 0), ("target", 1)):
+                    seqs = [enc(p[k]) for p in pairs]
+                    f[f"{side}/tokens"] = np.array(sum(seqs, []), dtype=np.int32)
+                    f[f"{side}/offsets"] = np.cumsum([0] + [len(s) for s in seqs]).astype(np.int64)
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        let result = try runProcess(python, [script, file("train-00000.h5")])
+        XCTAssertEqual(result.status, 0, result.output)
+        let split = try DataSplit(directory: path, split: "train")
+        XCTAssertEqual(split.samples, 3)
+        let (source, target) = try SampleReader(split: split).sample(2)
+        XCTAssertEqual(split.tokenizer.decode(source), "ünï")
+        XCTAssertEqual(split.tokenizer.decode(target), "ïnü")
+    }
+}
+
+/// A thread-safe list of batches for a loader's plan.
+final class PlanQueue: @unchecked Sendable {
+    // @unchecked: `items` is only touched under `lock`.
+    private let lock = NSLock()
+    private var items: [[Int]]
+    init(_ items: [[Int]]) { self.items = items }
+    func next() -> [Int]? {
+        lock.lock()
+        defer { lock.unlock() }
+        return items.isEmpty ? nil : items.removeFirst()
+    }
+}
