@@ -13,6 +13,7 @@ static inline hid_t swiftddp_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 static inline hid_t swiftddp_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
 static inline hid_t swiftddp_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
 static inline hid_t swiftddp_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
+static inline hid_t swiftddp_H5P_GROUP_CREATE(void) { return H5P_GROUP_CREATE; }
 
 static inline unsigned swiftddp_H5F_ACC_RDONLY(void) { return H5F_ACC_RDONLY; }
 static inline unsigned swiftddp_H5F_ACC_RDWR(void) { return H5F_ACC_RDWR; }

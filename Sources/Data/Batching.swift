@@ -21,7 +21,8 @@ public struct TokenBatch: Sendable, Equatable {
 /// so it lives on one thread: the loader's.
 public final class SampleReader {
     private let split: DataSplit
-    private let files: [File]
+    /// Open token datasets per shard by name ("tokens", "source/tokens", "target/tokens"): opened once, not per read.
+    private let datasets: [[String: Dataset]]
     /// First global index of each shard.
     private let starts: [Int]
     /// seq2seq offsets per shard (small; read once).
@@ -29,13 +30,18 @@ public final class SampleReader {
 
     public init(split: DataSplit) throws {
         self.split = split
-        var files: [File] = [], starts: [Int] = [], sourceOffsets: [[Int64]] = [], targetOffsets: [[Int64]] = []
+        var starts: [Int] = [], sourceOffsets: [[Int64]] = [], targetOffsets: [[Int64]] = []
+        var datasets: [[String: Dataset]] = []
         var start = 0
         for shard in split.shards {
             let file: File
             do { file = try File.open(shard.path) } catch { throw DataError(file: shard.path, "\(error)") }
-            files.append(file)
             starts.append(start)
+            var open: [String: Dataset] = [:]
+            for name in split.task == .lm ? ["tokens"] : ["source/tokens", "target/tokens"] {
+                do { open[name] = try file.openDataset(name) } catch { throw DataError(file: shard.path, "missing dataset /\(name)") }
+            }
+            datasets.append(open)
             start += shard.samples
             if split.task == .seq2seq {
                 do {
@@ -46,7 +52,7 @@ public final class SampleReader {
                 }
             }
         }
-        self.files = files
+        self.datasets = datasets
         self.starts = starts
         self.sourceOffsets = sourceOffsets
         self.targetOffsets = targetOffsets
@@ -63,7 +69,7 @@ public final class SampleReader {
 
     private func read(_ shard: Int, _ name: String, from: Int64, to: Int64) throws -> [Int32] {
         do {
-            return try files[shard].openDataset(name).read(as: Int32.self, offset: [Int(from)], count: [Int(to - from)])
+            return try datasets[shard][name]!.read(as: Int32.self, offset: [Int(from)], count: [Int(to - from)])
         } catch {
             throw DataError(file: split.shards[shard].path, "/\(name)[\(from)..<\(to)] cannot be read (corrupted?): \(error)")
         }

@@ -2,7 +2,7 @@ import Foundation
 import HDF5
 
 /// What a data file holds (DESIGN.md "Data"; README "Data files" documents it for h5py users).
-public enum Task: String, Sendable, CaseIterable {
+public enum DatasetTask: String, Sendable, CaseIterable {
     /// `/tokens`: one stream, EOS between documents; sample i is a window of seq_len + 1 tokens at i·seq_len.
     case lm
     /// `/source/tokens` + `/source/offsets` (count + 1), `/target/tokens` + `/target/offsets`.
@@ -27,9 +27,10 @@ public struct DataError: Error, CustomStringConvertible, Sendable {
 
 /// Writes data files in the schema, chunked with Fletcher-32 checksums (a corrupted shard fails to read).
 public enum ShardWriter {
-    static let chunk = 65_536
+    /// Small chunks: a random sample read decompresses 16 KB, not a whole large chunk.
+    static let chunk = 4096
 
-    private static func header(_ file: File, task: Task, tokenizer: Tokenizer) throws {
+    private static func header(_ file: File, task: DatasetTask, tokenizer: Tokenizer) throws {
         try file.setAttribute("format", dataFormat)
         try file.setAttribute("version", dataFormatVersion)
         try file.setAttribute("task", task.rawValue)
@@ -76,7 +77,7 @@ public enum ShardWriter {
 /// One validated data file and how many samples it holds.
 public struct Shard: Sendable {
     public let path: String
-    public let task: Task
+    public let task: DatasetTask
     public let samples: Int
     /// Real tokens in the file (all of them for seq2seq, the stream length for lm).
     public let tokens: Int
@@ -86,7 +87,7 @@ public struct Shard: Sendable {
 public struct DataSplit: Sendable {
     public let directory: String
     public let split: String
-    public let task: Task
+    public let task: DatasetTask
     public let tokenizer: Tokenizer
     public let shards: [Shard]
     /// LM context: samples are windows of `sequenceLength + 1` tokens (0 for seq2seq).
@@ -104,7 +105,7 @@ public struct DataSplit: Sendable {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
         guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
-        var task: Task?
+        var task: DatasetTask?
         var tokenizer: Tokenizer?
         var tokenizerSource = ""
         var shards: [Shard] = []
@@ -148,7 +149,7 @@ public struct DataSplit: Sendable {
             throw DataError(file: path, "format version \(version) is not supported (this build reads version \(dataFormatVersion))")
         }
         let taskName = try attribute("task", file.stringAttribute)
-        guard let task = Task(rawValue: taskName) else { throw DataError(file: path, "task '\(taskName)' is not lm or seq2seq") }
+        guard let task = DatasetTask(rawValue: taskName) else { throw DataError(file: path, "task '\(taskName)' is not lm or seq2seq") }
         let vocabularySize = try attribute("vocab_size", file.int64Attribute)
         let tokenizerJSON = try attribute("tokenizer", file.stringAttribute)
         let tokenizer: Tokenizer
@@ -203,5 +204,50 @@ public struct DataSplit: Sendable {
             }
             return (Shard(path: path, task: .seq2seq, samples: sourceOffsets.count - 1, tokens: source.count + target.count), tokenizer)
         }
+    }
+}
+
+/// A data file described for people (`ddp inspect`): what it holds and its first examples, decoded.
+public struct ShardPreview: Sendable {
+    public let task: DatasetTask
+    public let tokenizer: Tokenizer
+    /// Pairs (seq2seq) or documents (lm).
+    public let count: Int
+    public let tokens: Int
+    public let examples: [String]
+
+    /// Nil when the file is not a data shard (no `format = swiftddp-tokens`).
+    public static func read(_ path: String, examples: Int = 3) throws -> ShardPreview? {
+        let file = try File.open(path)
+        guard (try? file.stringAttribute("format")) == dataFormat else { return nil }
+        let (shard, tokenizer) = try DataSplit.validate(path, sequenceLength: 1)
+        var shown: [String] = []
+        switch shard.task {
+        case .lm:
+            let stream = try file.openDataset("tokens").read(as: Int32.self, offset: [0], count: [min(shard.tokens, 4096)])
+            let documents = stream.split(separator: SpecialToken.eos).prefix(examples)
+            shown = documents.map { tokenizer.decode(Array($0)) }
+            let count = (try? file.int64Attribute("documents")).map(Int.init) ?? stream.filter { $0 == SpecialToken.eos }.count
+            return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown)
+        case .seq2seq:
+            let reader = try SampleReader(split: DataSplit(shards: [shard], tokenizer: tokenizer, task: .seq2seq))
+            for index in 0..<min(examples, shard.samples) {
+                let (source, target) = try reader.sample(index)
+                shown.append("\(tokenizer.decode(source))  →  \(tokenizer.decode(target))")
+            }
+            return ShardPreview(task: .seq2seq, tokenizer: tokenizer, count: shard.samples, tokens: shard.tokens, examples: shown)
+        }
+    }
+}
+
+extension DataSplit {
+    /// A split of already-validated shards (for reading one file).
+    init(shards: [Shard], tokenizer: Tokenizer, task: DatasetTask) {
+        self.directory = ""
+        self.split = ""
+        self.task = task
+        self.tokenizer = tokenizer
+        self.shards = shards
+        self.sequenceLength = 0
     }
 }

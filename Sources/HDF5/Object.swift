@@ -94,8 +94,10 @@ extension HDF5Container {
                             message: "a group or dataset of that name already exists")
         }
         let linkProperties = try intermediateGroupCreation(target)
+        let creation = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_GROUP_CREATE()) }
+        try h5call("H5Pset_obj_track_times", target) { H5Pset_obj_track_times(creation.id, false) }
         let group = try ObjectHandle(.group, "H5Gcreate2", target) {
-            H5Gcreate2(handle.id, name, linkProperties.id, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
+            H5Gcreate2(handle.id, name, linkProperties.id, creation.id, swiftddp_H5P_DEFAULT())
         }
         return Group(group)
     }
@@ -141,6 +143,8 @@ extension HDF5Container {
             shape.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), dims, nil)
         }
         let creation = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_DATASET_CREATE()) }
+        // No modification times in object headers: the same data gives a byte-identical file.
+        try h5call("H5Pset_obj_track_times", target) { H5Pset_obj_track_times(creation.id, false) }
         if let chunkShape {
             let chunkDims = chunkShape.map { hsize_t($0) }
             try h5call("H5Pset_chunk", target) { H5Pset_chunk(creation.id, Int32(chunkDims.count), chunkDims) }

@@ -8,13 +8,13 @@ struct DDP: ParsableCommand {
         discussion: """
             Run alone for local mode, or under mpirun (see Launch/mpirun.sh) for data-parallel runs.
             """,
-        subcommands: [Inspect.self, Bench.self]
+        subcommands: [Prepare.self, Inspect.self, Bench.self]
     )
 }
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure this machine or cluster.",
-        subcommands: [BenchAllreduce.self, BenchStep.self]
+        subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self]
     )
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Data
 import Foundation
 import HDF5
 
@@ -8,7 +9,7 @@ struct Inspect: ParsableCommand {
         discussion: "Works on any HDF5 file, like `h5ls -r -v` but readable. Example: ddp inspect data/train-00000.h5"
     )
 
-    @Argument(help: "The HDF5 file to inspect.")
+    @Argument(help: "The HDF5 file to inspect (a data shard also shows its task, tokenizer and first examples).")
     var file: String
 
     @Option(help: "Show at most this many characters of a string attribute, or elements of an array attribute.")
@@ -21,6 +22,27 @@ struct Inspect: ParsableCommand {
         var lines: [String] = []
         try describe(group: handle, depth: 0, into: &lines)
         print(lines.joined(separator: "\n"))
+        let preview: ShardPreview?
+        do {
+            preview = try ShardPreview.read(file)
+        } catch {
+            // Inspecting is how people find out what is wrong with a file: list it, then say why it is no valid shard.
+            print("\ndata shard  NOT VALID: \(error)")
+            return
+        }
+        if let preview {
+            let unit = preview.task == .lm ? "documents" : "pairs"
+            print("""
+
+                data shard  \(preview.task.rawValue), \(preview.count) \(unit), \(preview.tokens) tokens
+                tokenizer   \(preview.tokenizer.kind), vocab_size \(preview.tokenizer.vocabularySize)
+                first \(unit):
+                """)
+            for example in preview.examples {
+                let text = example.count > maxValueLength ? String(example.prefix(maxValueLength)) + "..." : example
+                print("  " + text.replacingOccurrences(of: "\n", with: "\\n"))
+            }
+        }
     }
 
     private func describe(group: some HDF5Container, depth: Int, into lines: inout [String]) throws {

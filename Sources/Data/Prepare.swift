@@ -1,0 +1,220 @@
+import Foundation
+
+/// Built-in sequence-to-sequence tasks generated from a seed, so training can be tried with no data.
+public enum SyntheticTask: String, CaseIterable, Sendable {
+    /// "abcde" → "edcba"
+    case reverse
+    /// "abcde" → "abcde"
+    case copy
+    /// "dbeca" → "abcde"
+    case sort
+    /// "123+4567" → "4690"
+    case addition
+
+    /// `count` (source, target) pairs; random letters (or numbers) of 1 ... `maxLength` characters.
+    public func pairs(count: Int, seed: UInt64, maxLength: Int) -> [(String, String)] {
+        var random = Mix64(state: seed ^ 0x5EED_0000_0000_0000 &+ UInt64(SyntheticTask.allCases.firstIndex(of: self)!))
+        func uniform(_ bound: Int) -> Int { Int(random.next() % UInt64(bound)) }
+        let letters = Array("abcdefghijklmnopqrstuvwxyz")
+        return (0..<count).map { _ in
+            switch self {
+            case .reverse, .copy, .sort:
+                let source = String((0..<(1 + uniform(max(1, maxLength)))).map { _ in letters[uniform(letters.count)] })
+                let target = self == .reverse ? String(source.reversed()) : self == .copy ? source : String(source.sorted())
+                return (source, target)
+            case .addition:
+                let digits = max(1, (maxLength - 1) / 2)
+                let limit = Int(pow(10, Double(min(digits, 9))))
+                let a = uniform(limit), b = uniform(limit)
+                return ("\(a)+\(b)", "\(a + b)")
+            }
+        }
+    }
+}
+
+/// How `ddp prepare` turns text into shards.
+public struct PrepareOptions: Sendable {
+    public enum TokenizerKind: String, CaseIterable, Sendable { case byte, bpe }
+    public var output: String
+    public var tokenizer: TokenizerKind = .byte
+    /// Target vocabulary for BPE (specials and bytes included).
+    public var vocabularySize = 4096
+    public var shards = 1
+    public var validFraction = 0.05
+    public var seed: UInt64 = 0
+    /// seq2seq: pairs whose source or target has more tokens are dropped and counted (or an error, see below).
+    public var maxLength: Int?
+    public var failOnLong = false
+
+    public init(output: String) { self.output = output }
+}
+
+/// What `ddp prepare` wrote.
+public struct PrepareSummary: Sendable, CustomStringConvertible {
+    public var task: DatasetTask
+    public var tokenizer: Tokenizer
+    public var trainSamples = 0, validSamples = 0
+    public var trainTokens = 0, validTokens = 0
+    public var trainShards = 0, validShards = 0
+    public var dropped = 0
+
+    public var description: String {
+        let unit = task == .lm ? "documents" : "pairs"
+        var text = """
+            task        \(task.rawValue), tokenizer \(tokenizer.kind) (vocab_size \(tokenizer.vocabularySize))
+            train       \(trainSamples) \(unit), \(trainTokens) tokens, \(trainShards) shard(s)
+            valid       \(validSamples) \(unit), \(validTokens) tokens, \(validShards) shard(s)
+            """
+        if task == .seq2seq { text += "\ndropped     \(dropped) pairs longer than --max-length" }
+        return text
+    }
+}
+
+public enum Preparer {
+    /// Documents of a text: runs of non-empty lines; blank lines separate documents.
+    public static func documents(in text: String) -> [String] {
+        var documents: [String] = []
+        var current: [Substring] = []
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.allSatisfy(\.isWhitespace) {
+                if !current.isEmpty { documents.append(current.joined(separator: "\n")) }
+                current = []
+            } else {
+                current.append(line)
+            }
+        }
+        if !current.isEmpty { documents.append(current.joined(separator: "\n")) }
+        return documents
+    }
+
+    static func readText(_ path: String) throws -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { throw DataError(file: path, "cannot read the file") }
+        guard let text = String(data: data, encoding: .utf8) else { throw DataError(file: path, "is not UTF-8 text") }
+        return text
+    }
+
+    /// Line-aligned parallel files: line i of `source` translates to line i of `target`.
+    public static func parallelPairs(source: String, target: String) throws -> [(String, String)] {
+        let sources = try readText(source).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let targets = try readText(target).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        let trim = { (lines: [String]) in lines.last == "" ? Array(lines.dropLast()) : lines }
+        let (s, t) = (trim(sources), trim(targets))
+        guard s.count == t.count else {
+            throw DataError(file: target, "has \(t.count) lines but \(source) has \(s.count): parallel files must be line-aligned")
+        }
+        return Array(zip(s, t))
+    }
+
+    /// A TSV file: each line "source<TAB>target".
+    public static func tsvPairs(_ path: String) throws -> [(String, String)] {
+        var pairs: [(String, String)] = []
+        for (number, line) in try readText(path).split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+            let fields = line.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+            guard fields.count == 2 else { throw DataError(file: path, "line \(number + 1) has no tab between source and target") }
+            pairs.append((String(fields[0]), String(fields[1])))
+        }
+        return pairs
+    }
+
+    private static func makeTokenizer(_ options: PrepareOptions, texts: () -> [String], progress: (String) -> Void) -> Tokenizer {
+        switch options.tokenizer {
+        case .byte: return .byte
+        case .bpe:
+            progress("training BPE to vocab_size \(options.vocabularySize)")
+            return .bpe(BPE.train(texts: texts(), vocabularySize: options.vocabularySize))
+        }
+    }
+
+    /// Seeded split: a `validFraction` of the indices go to valid (at least one when the fraction is positive and
+    /// there are two or more samples); both keep the input order.
+    static func split(_ count: Int, options: PrepareOptions) -> (train: [Int], valid: [Int]) {
+        var validCount = Int((Double(count) * options.validFraction).rounded())
+        if options.validFraction > 0 && count >= 2 { validCount = max(1, validCount) }
+        validCount = min(validCount, max(0, count - 1))  // train keeps at least one
+        var order = Array(0..<count)
+        var random = Mix64(state: options.seed)
+        for i in stride(from: count - 1, to: 0, by: -1) { order.swapAt(i, Int(random.next() % UInt64(i + 1))) }
+        let valid = Set(order.prefix(validCount))
+        return ((0..<count).filter { !valid.contains($0) }, (0..<count).filter { valid.contains($0) })
+    }
+
+    private static func shardRanges(_ count: Int, shards: Int) -> [Range<Int>] {
+        let n = max(1, min(shards, count))
+        return (0..<n).map { (count * $0 / n)..<(count * ($0 + 1) / n) }
+    }
+
+    private static func createOutput(_ options: PrepareOptions) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
+        } catch {
+            throw DataError(file: options.output, "cannot create the output directory: \(error.localizedDescription)")
+        }
+    }
+
+    /// Language modelling from text files.
+    public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
+        var documents: [String] = []
+        for input in inputs { documents += Self.documents(in: try readText(input)) }
+        guard !documents.isEmpty else { throw DataError(file: inputs.joined(separator: ", "), "holds no text") }
+        let tokenizer = makeTokenizer(options, texts: { documents }, progress: progress)
+        try createOutput(options)
+        let (train, valid) = split(documents.count, options: options)
+        var summary = PrepareSummary(task: .lm, tokenizer: tokenizer)
+        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+            let ranges = shardRanges(indices.count, shards: options.shards)
+            for (shard, range) in ranges.enumerated() {
+                var encoded: [[Int32]] = []
+                for (done, index) in indices[range].enumerated() {
+                    encoded.append(tokenizer.encode(documents[index]))
+                    if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(ranges.count): \(done + 1)/\(range.count) documents") }
+                }
+                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
+                try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer)
+                let tokens = encoded.reduce(0) { $0 + $1.count + 1 }
+                if name == "train" { summary.trainTokens += tokens } else { summary.validTokens += tokens }
+            }
+            if name == "train" { (summary.trainSamples, summary.trainShards) = (indices.count, ranges.count) }
+            else { (summary.validSamples, summary.validShards) = (indices.count, ranges.count) }
+        }
+        return summary
+    }
+
+    /// Sequence-to-sequence from pairs of text.
+    public static func prepareSeq2Seq(pairs: [(String, String)], options: PrepareOptions,
+                                      progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
+        guard !pairs.isEmpty else { throw DataError(file: options.output, "no pairs to prepare") }
+        let tokenizer = makeTokenizer(options, texts: { pairs.flatMap { [$0.0, $0.1] } }, progress: progress)
+        var encoded: [(source: [Int32], target: [Int32])] = []
+        var dropped = 0
+        for (number, pair) in pairs.enumerated() {
+            let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
+            if let limit = options.maxLength, source.count > limit || target.count > limit {
+                if options.failOnLong {
+                    throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over --max-length \(limit)")
+                }
+                dropped += 1
+                continue
+            }
+            encoded.append((source, target))
+            if number % 10_000 == 9_999 { progress("encoded \(number + 1)/\(pairs.count) pairs") }
+        }
+        guard !encoded.isEmpty else { throw DataError(file: options.output, "every pair is longer than --max-length") }
+        try createOutput(options)
+        let (train, valid) = split(encoded.count, options: options)
+        var summary = PrepareSummary(task: .seq2seq, tokenizer: tokenizer)
+        summary.dropped = dropped
+        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+            let ranges = shardRanges(indices.count, shards: options.shards)
+            for (shard, range) in ranges.enumerated() {
+                let chosen = indices[range].map { encoded[$0] }
+                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
+                try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer)
+                let tokens = chosen.reduce(0) { $0 + $1.source.count + $1.target.count }
+                if name == "train" { summary.trainTokens += tokens } else { summary.validTokens += tokens }
+            }
+            if name == "train" { (summary.trainSamples, summary.trainShards) = (indices.count, ranges.count) }
+            else { (summary.validSamples, summary.validShards) = (indices.count, ranges.count) }
+        }
+        return summary
+    }
+}

@@ -1,0 +1,113 @@
+import ArgumentParser
+import Data
+import Foundation
+
+extension SyntheticTask: ExpressibleByArgument {}
+extension PrepareOptions.TokenizerKind: ExpressibleByArgument {}
+extension DatasetTask: ExpressibleByArgument {}
+
+struct Prepare: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Turn text, parallel text or a built-in synthetic task into HDF5 data shards.",
+        discussion: """
+            Writes OUTPUT/train-00000.h5 ... and OUTPUT/valid-00000.h5 ... (schema in README.md "Data files").
+            Language modelling: documents are runs of non-empty lines; blank lines separate them; EOS follows each.
+            The same inputs, options and seed give byte-identical files.
+
+            Examples:
+              ddp prepare --task lm --input corpus.txt --output data/lm --tokenizer bpe --vocab-size 8192
+              ddp prepare --task seq2seq --source train.de --target train.en --output data/de-en
+              ddp prepare --synthetic reverse --samples 20000 --output data/reverse
+            """
+    )
+
+    @Option(help: "lm or seq2seq (implied by --synthetic, --source/--target or --tsv).")
+    var task: DatasetTask?
+
+    @Option(parsing: .upToNextOption, help: "Text files for --task lm.")
+    var input: [String] = []
+
+    @Option(help: "Source side of line-aligned parallel text (seq2seq).")
+    var source: String?
+
+    @Option(help: "Target side of line-aligned parallel text (seq2seq).")
+    var target: String?
+
+    @Option(help: "A file of 'source<TAB>target' lines (seq2seq).")
+    var tsv: String?
+
+    @Option(help: "Generate a built-in seq2seq task instead of reading files.")
+    var synthetic: SyntheticTask?
+
+    @Option(help: "Pairs to generate with --synthetic.")
+    var samples = 20_000
+
+    @Option(help: "Directory to write the shards into.")
+    var output: String
+
+    @Option(help: "byte (260 tokens) or bpe (trained on the input).")
+    var tokenizer: PrepareOptions.TokenizerKind = .byte
+
+    @Option(help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included).")
+    var vocabSize = 4096
+
+    @Option(help: "Shards per split.")
+    var shards = 1
+
+    @Option(help: "Fraction of documents or pairs for the valid split.")
+    var validFraction = 0.05
+
+    @Option(help: "Seed for the split and for --synthetic.")
+    var seed: UInt64 = 0
+
+    @Option(help: "seq2seq: pairs with more tokens on either side are dropped and counted (synthetic: longest string).")
+    var maxLength: Int?
+
+    @Flag(help: "Fail on a pair longer than --max-length instead of dropping it.")
+    var failOnLong = false
+
+    func validate() throws {
+        let sources = [synthetic != nil, !input.isEmpty, source != nil || target != nil, tsv != nil].filter { $0 }.count
+        guard sources == 1 else {
+            throw ValidationError("Give exactly one input: --input FILE... (lm), --source/--target, --tsv, or --synthetic TASK.")
+        }
+        if (source == nil) != (target == nil) { throw ValidationError("--source and --target go together.") }
+        if !input.isEmpty && task == .seq2seq { throw ValidationError("--input is for --task lm; use --source/--target or --tsv for seq2seq.") }
+        if input.isEmpty && task == .lm { throw ValidationError("--task lm reads --input FILE...") }
+        guard shards >= 1 else { throw ValidationError("--shards must be at least 1, got \(shards).") }
+        guard (0..<1).contains(validFraction) else { throw ValidationError("--valid-fraction must be in [0, 1), got \(validFraction).") }
+        guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
+        if let maxLength, maxLength < 1 { throw ValidationError("--max-length must be at least 1, got \(maxLength).") }
+        if tokenizer == .bpe && vocabSize <= 260 { throw ValidationError("--vocab-size must exceed 260 for bpe, got \(vocabSize).") }
+    }
+
+    func run() throws {
+        var options = PrepareOptions(output: output)
+        options.tokenizer = tokenizer
+        options.vocabularySize = vocabSize
+        options.shards = shards
+        options.validFraction = validFraction
+        options.seed = seed
+        options.maxLength = maxLength
+        options.failOnLong = failOnLong
+        let progress: (String) -> Void = { message in
+            FileHandle.standardError.write(Foundation.Data("prepare: \(message)\n".utf8))
+        }
+        let summary: PrepareSummary
+        if !input.isEmpty {
+            summary = try Preparer.prepareLM(inputs: input, options: options, progress: progress)
+        } else {
+            let pairs: [(String, String)]
+            if let synthetic {
+                pairs = synthetic.pairs(count: samples, seed: seed, maxLength: maxLength ?? 16)
+            } else if let tsv {
+                pairs = try Preparer.tsvPairs(tsv)
+            } else {
+                pairs = try Preparer.parallelPairs(source: source!, target: target!)
+            }
+            summary = try Preparer.prepareSeq2Seq(pairs: pairs, options: options, progress: progress)
+        }
+        print("wrote \(output)")
+        print(summary)
+    }
+}

@@ -1,0 +1,117 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// `ddp prepare`, `ddp inspect` on data and `ddp bench data`, as users run them.
+final class PrepareTests: XCTestCase {
+    private var ddp: String { builtProduct("ddp") }
+    private var directory: URL!
+    private let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    override func setUpWithError() throws { directory = try makeTemporaryDirectory("ddp-prepare") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+
+    private func prepare(_ arguments: [String], file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
+        let result = try runProcess(ddp, ["prepare"] + arguments)
+        XCTAssertEqual(result.status, 0, result.output, file: file, line: line)
+        return result
+    }
+
+    func testSyntheticTasksAreDeterministicByteForByte() throws {
+        for task in ["reverse", "copy", "sort", "addition"] {
+            let result = try prepare(["--synthetic", task, "--samples", "300", "--output", path("\(task)-a"), "--seed", "7"])
+            XCTAssertTrue(result.stdout.contains("train       285 pairs"), result.stdout)
+            _ = try prepare(["--synthetic", task, "--samples", "300", "--output", path("\(task)-b"), "--seed", "7"])
+            for name in ["train-00000.h5", "valid-00000.h5"] {
+                XCTAssertEqual(FileManager.default.contents(atPath: path("\(task)-a/\(name)")),
+                               FileManager.default.contents(atPath: path("\(task)-b/\(name)")), "\(task) \(name) differs between runs")
+            }
+        }
+        let inspect = try runProcess(ddp, ["inspect", path("reverse-a/train-00000.h5")])
+        XCTAssertTrue(inspect.stdout.contains("data shard  seq2seq, 285 pairs"), inspect.stdout)
+        XCTAssertTrue(inspect.stdout.contains("tokenizer   byte, vocab_size 260"), inspect.stdout)
+        let example = try XCTUnwrap(inspect.stdout.split(separator: "\n").last { $0.contains("→") })
+        let sides = example.split(separator: "→").map { $0.trimmingCharacters(in: .whitespaces) }
+        XCTAssertEqual(String(sides[0].reversed()), sides[1], "reverse: the target is the source reversed")
+    }
+
+    func testLanguageModellingWithBPEAndShards() throws {
+        let text = (0..<60).map { "Paragraph \($0): the quick brown fox jumps over the lazy dog, again and again.\nSecond line." }
+            .joined(separator: "\n\n")
+        try text.write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        let result = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("lm"), "--tokenizer", "bpe",
+                                  "--vocab-size", "300", "--shards", "3", "--valid-fraction", "0.1"])
+        XCTAssertTrue(result.stdout.contains("tokenizer bpe (vocab_size 300)"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("train       54 documents"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("3 shard(s)"), result.stdout)
+        let inspect = try runProcess(ddp, ["inspect", path("lm/train-00001.h5")])
+        XCTAssertTrue(inspect.stdout.contains("Paragraph"), "documents decode back to text:\n\(inspect.stdout)")
+    }
+
+    /// h5py reads what `ddp prepare` wrote, following the README schema.
+    func testH5pyReadsPreparedShards() throws {
+        guard let python = pythonWithH5py() else { throw XCTSkip("python3 with h5py is not installed: h5py reading prepared data not checked") }
+        try "hallo welt\nguten morgen\n".write(toFile: path("src.txt"), atomically: true, encoding: .utf8)
+        try "hello world\ngood morning\n".write(toFile: path("tgt.txt"), atomically: true, encoding: .utf8)
+        _ = try prepare(["--source", path("src.txt"), "--target", path("tgt.txt"), "--output", path("pairs"), "--valid-fraction", "0"])
+        try """
+            import json, sys, h5py
+            with h5py.File(sys.argv[1], "r") as f:
+                assert f.attrs["format"] == "swiftddp-tokens" and f.attrs["version"] == 1 and f.attrs["task"] == "seq2seq"
+                assert json.loads(f.attrs["tokenizer"])["kind"] == "byte" and f.attrs["vocab_size"] == 260
+                dec = lambda ids: bytes(int(i) - 4 for i in ids).decode("utf-8")
+                for side in ("source", "target"):
+                    tokens, offsets = f[side + "/tokens"][:], f[side + "/offsets"][:]
+                    print(side, [dec(tokens[offsets[i]:offsets[i + 1]]) for i in range(len(offsets) - 1)])
+            """.write(toFile: path("read.py"), atomically: true, encoding: .utf8)
+        let result = try runProcess(python, [path("read.py"), path("pairs/train-00000.h5")])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.stdout.contains("source ['hallo welt', 'guten morgen']"), result.stdout)
+        XCTAssertTrue(result.stdout.contains("target ['hello world', 'good morning']"), result.stdout)
+    }
+
+    func testLongPairsDroppedAndCountedOrRefused() throws {
+        try "short\tkurz\na much longer source sentence\tx\n".write(toFile: path("pairs.tsv"), atomically: true, encoding: .utf8)
+        let dropped = try prepare(["--tsv", path("pairs.tsv"), "--output", path("tsv"), "--max-length", "10", "--valid-fraction", "0"])
+        XCTAssertTrue(dropped.stdout.contains("dropped     1 pairs longer than --max-length"), dropped.stdout)
+        XCTAssertTrue(dropped.stdout.contains("train       1 pairs"), dropped.stdout)
+        let refused = try runProcess(ddp, ["prepare", "--tsv", path("pairs.tsv"), "--output", path("tsv2"), "--max-length", "10", "--fail-on-long"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.stderr.contains("pair 2 has 29 source and 1 target tokens, over --max-length 10"), refused.output)
+    }
+
+    func testBadInputsNameTheFile() throws {
+        func failure(_ arguments: [String], _ expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let result = try runProcess(ddp, ["prepare"] + arguments)
+            XCTAssertNotEqual(result.status, 0, file: file, line: line)
+            XCTAssertTrue(result.stderr.contains(expected), "'\(expected)' missing from:\n\(result.stderr)", file: file, line: line)
+        }
+        try failure(["--task", "lm", "--input", "/nonexistent/corpus.txt", "--output", path("x")], "/nonexistent/corpus.txt: cannot read the file")
+        try "a\nb\nc\n".write(toFile: path("three.txt"), atomically: true, encoding: .utf8)
+        try "a\nb\n".write(toFile: path("two.txt"), atomically: true, encoding: .utf8)
+        try failure(["--source", path("three.txt"), "--target", path("two.txt"), "--output", path("x")], "has 2 lines but")
+        try "no tab here\n".write(toFile: path("bad.tsv"), atomically: true, encoding: .utf8)
+        try failure(["--tsv", path("bad.tsv"), "--output", path("x")], "bad.tsv: line 1 has no tab")
+        try Foundation.Data([0xFF, 0xFE, 0x00]).write(to: URL(fileURLWithPath: path("binary.txt")))
+        try failure(["--task", "lm", "--input", path("binary.txt"), "--output", path("x")], "binary.txt: is not UTF-8 text")
+        try failure(["--output", path("x")], "Give exactly one input")
+        try failure(["--synthetic", "reverse", "--tsv", path("bad.tsv"), "--output", path("x")], "Give exactly one input")
+        try failure(["--synthetic", "reverse", "--output", path("x"), "--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size must exceed 260")
+        try failure(["--synthetic", "shuffle", "--output", path("x")], "shuffle")
+    }
+
+    func testBenchDataReportsThroughput() throws {
+        _ = try prepare(["--synthetic", "copy", "--samples", "200", "--output", path("copy"), "--max-length", "14"])
+        let result = try runProcess(ddp, ["bench", "data", "--data", path("copy"), "--config",
+                                          repository.appendingPathComponent("Configs/tiny.yaml").path, "--batches", "20", "--json"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(result.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(json["batches"] as? Int, 20)
+        XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
+        let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
+                                           repository.appendingPathComponent("Configs/tiny.yaml").path])
+        XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)
+    }
+}
