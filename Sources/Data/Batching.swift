@@ -15,6 +15,11 @@ public struct TokenBatch: Sendable, Equatable {
     public var targetTokens: Int
     /// Which global samples this batch holds.
     public var samples: [Int]
+
+    /// [B,S]: true for real source tokens, false for padding (the encoder's key padding mask, negated).
+    public var sourceMask: [Bool] { source.map { $0 != SpecialToken.pad } }
+    /// [B,T]: true where a label counts in the loss.
+    public var targetMask: [Bool] { labels.map { $0 != SpecialToken.pad } }
 }
 
 /// Reads samples by global index from a split's files (hyperslabs: only what is asked for). Owns HDF5 handles,

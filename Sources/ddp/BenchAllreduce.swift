@@ -124,8 +124,6 @@ struct AllreduceResult: Encodable {
         let output = Output(ranks: ranks, ranks_on_node: ranksOnNode, bytes: bytes, iterations: iterations, warmup: warmup,
                             median_seconds: medianSeconds, min_seconds: sorted.first!, max_seconds: sorted.last!,
                             algbw_gbps: algorithmBandwidth, busbw_gbps: busBandwidth)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(output)) ?? Data("{}".utf8), as: UTF8.self)
+        return jsonLine(output)
     }
 }

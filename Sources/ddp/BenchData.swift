@@ -55,9 +55,7 @@ struct BenchData: ParsableCommand {
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
                                 validation_seconds: validation, samples: split.samples)
         if json {
-            let encoder = JSONEncoder()
-            encoder.outputFormatting = [.sortedKeys]
-            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+            print(jsonLine(report))
         } else {
             print("""
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s

@@ -109,11 +109,7 @@ struct StepReport: Encodable {
         """
     }
 
-    func json() -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        return String(decoding: (try? encoder.encode(self)) ?? Data("{}".utf8), as: UTF8.self)
-    }
+    func json() -> String { jsonLine(self) }
 }
 
 /// Peak resident set size of this process (getrusage reports kilobytes on Linux).

@@ -43,6 +43,8 @@ final class ShardTests: XCTestCase {
         XCTAssertEqual(batch.decoderInput, [bos] + byte("wxyz") + [bos] + byte("r") + [pad, pad, pad])
         XCTAssertEqual(batch.labels, byte("wxyz") + [eos] + byte("r") + [eos, pad, pad, pad])
         XCTAssertEqual(batch.targetTokens, 7)
+        XCTAssertEqual(batch.sourceMask, [true, true, true, true])
+        XCTAssertEqual(batch.targetMask, [true, true, true, true, true, true, true, false, false, false])
 
         // The loader gives the plan's batches in order from its own thread, then nil.
         let plan = PlanQueue([[0, 1], [2], [3, 0]])
