@@ -127,46 +127,58 @@ public final class SampleReader {
 }
 
 /// Reads batches ahead in a background thread that owns every HDF5 call, keeping at most `capacity` ready.
-/// `next()` returns them in order; a read error is rethrown by `next()`; `stop()` (or deinit) shuts it down.
-public final class BatchLoader: @unchecked Sendable {
-    // @unchecked: the queue state below is only touched under `condition`; the reader is confined to the thread.
+/// `next()` returns them in order; a read error is rethrown by `next()`; `stop()` (or releasing the loader)
+/// shuts the thread down.
+public final class BatchLoader: Sendable {
+    private let queue: ReadyQueue
+
+    /// `plan` yields each batch's sample indices in order (nil ends the stream); it runs on the loader thread.
+    public init(split: DataSplit, maxSourceLength: Int, maxTargetLength: Int, capacity: Int = 4,
+                plan: @escaping @Sendable () -> [Int]?) {
+        let queue = ReadyQueue(capacity: max(1, capacity))
+        self.queue = queue
+        // The thread owns the queue, not the loader: dropping the loader stops it without dangling references.
+        let thread = Thread {
+            defer { queue.finish() }
+            let reader: SampleReader
+            do {
+                reader = try SampleReader(split: split)
+            } catch {
+                _ = queue.deliver(.failure(error))
+                return
+            }
+            while let indices = plan() {
+                let result = Result { try reader.batch(indices, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) }
+                guard queue.deliver(result) else { return }
+                if case .failure = result { return }
+            }
+        }
+        thread.name = "ddp-data-loader"
+        thread.start()
+    }
+
+    /// The next batch in plan order, or nil once the plan has ended.
+    public func next() throws -> TokenBatch? { try queue.next() }
+
+    /// Stops reading and waits for the thread to end.
+    public func stop() { queue.stop(wait: true) }
+
+    deinit { queue.stop(wait: false) }
+}
+
+/// The bounded hand-over between the loader thread and the training thread.
+private final class ReadyQueue: @unchecked Sendable {
+    // @unchecked: every stored property below is read and written only while `condition` is locked.
     private let condition = NSCondition()
     private var ready: [Result<TokenBatch, Error>] = []
     private var finished = false
     private var stopping = false
     private let capacity: Int
-    private var thread: Thread?
 
-    /// `plan` yields each batch's sample indices in order (nil ends the stream); it runs on the loader thread.
-    public init(split: DataSplit, maxSourceLength: Int, maxTargetLength: Int, capacity: Int = 4,
-                plan: @escaping @Sendable () -> [Int]?) {
-        self.capacity = max(1, capacity)
-        let thread = Thread { [unowned self] in
-            self.produce(split: split, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength, plan: plan)
-        }
-        thread.name = "ddp-data-loader"
-        self.thread = thread
-        thread.start()
-    }
-
-    private func produce(split: DataSplit, maxSourceLength: Int, maxTargetLength: Int, plan: @Sendable () -> [Int]?) {
-        let reader: SampleReader
-        do {
-            reader = try SampleReader(split: split)
-        } catch {
-            _ = deliver(.failure(error))
-            return finish()
-        }
-        while let indices = plan() {
-            let result = Result { try reader.batch(indices, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) }
-            guard deliver(result) else { break }
-            if case .failure = result { break }
-        }
-        finish()
-    }
+    init(capacity: Int) { self.capacity = capacity }
 
     /// Waits for room, then queues; false when the loader is stopping.
-    private func deliver(_ result: Result<TokenBatch, Error>) -> Bool {
+    func deliver(_ result: Result<TokenBatch, Error>) -> Bool {
         condition.lock()
         defer { condition.unlock() }
         while ready.count >= capacity && !stopping { condition.wait() }
@@ -176,15 +188,14 @@ public final class BatchLoader: @unchecked Sendable {
         return true
     }
 
-    private func finish() {
+    func finish() {
         condition.lock()
         finished = true
         condition.broadcast()
         condition.unlock()
     }
 
-    /// The next batch in plan order, or nil once the plan has ended.
-    public func next() throws -> TokenBatch? {
+    func next() throws -> TokenBatch? {
         condition.lock()
         defer { condition.unlock() }
         while ready.isEmpty && !finished { condition.wait() }
@@ -194,19 +205,11 @@ public final class BatchLoader: @unchecked Sendable {
         return try result.get()
     }
 
-    /// Stops reading and waits for the thread to end.
-    public func stop() {
+    func stop(wait: Bool) {
         condition.lock()
         stopping = true
         condition.broadcast()
-        while !finished { condition.wait() }
-        condition.unlock()
-    }
-
-    deinit {
-        condition.lock()
-        stopping = true
-        condition.broadcast()
+        while wait && !finished { condition.wait() }
         condition.unlock()
     }
 }

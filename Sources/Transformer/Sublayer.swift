@@ -7,10 +7,6 @@ final class Sublayer {
     enum Kind: Equatable { case selfAttention(causal: Bool), crossAttention, feedForward }
 
     let kind: Kind
-    /// Parameter prefix: "decoder.layers.0.self_attn", "encoder.layers.1.ffn", ...
-    let prefix: String
-    /// "decoder.layers.0.norm1", ...
-    let norm: String
     /// Distinguishes this sublayer's dropout mask from every other's.
     let dropoutSite: UInt64
 
@@ -30,11 +26,10 @@ final class Sublayer {
     let q: Int, k: Int, v: Int, context: Int, probabilities: Int
     let hidden: Int, activated: Int
 
+    /// `prefix` names the parameters ("decoder.layers.0.self_attn"), `norm` the LayerNorm ("decoder.layers.0.norm1").
     init(kind: Kind, prefix: String, norm: String, dropoutSite: UInt64, layout: ParameterLayout, arena: ActivationArena,
          rows: Int, keyRows: Int, queryTime: Int, keyTime: Int, batch: Int, config: ModelConfig) {
         self.kind = kind
-        self.prefix = prefix
-        self.norm = norm
         self.dropoutSite = dropoutSite
         let names = kind == .feedForward ? ["fc1", "fc2"] : ["q_proj", "k_proj", "v_proj", "o_proj"]
         linears = names.map { Linear(weight: layout.view("\(prefix).\($0).weight")!, bias: layout.view("\(prefix).\($0).bias")!) }

@@ -70,6 +70,20 @@ final class ShardTests: XCTestCase {
         }
     }
 
+    /// Dropping a loader mid-stream (without stop) ends its thread cleanly.
+    func testDroppingALoaderStopsItsThread() throws {
+        try writeSeq2Seq(pairs: [("ab", "cd"), ("ef", "gh")])
+        let split = try DataSplit(directory: path, split: "train")
+        let plan = PlanQueue((0..<1000).map { [$0 % 2] })
+        do {
+            let loader = BatchLoader(split: split, maxSourceLength: 8, maxTargetLength: 8, capacity: 2) { plan.next() }
+            XCTAssertNotNil(try loader.next())
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+        let left = (0..<1000).compactMap { _ in plan.next() }.count
+        XCTAssertGreaterThan(left, 900, "the thread stopped reading instead of running through the plan")
+    }
+
     func testLoaderRethrowsReadErrors() throws {
         try writeSeq2Seq(pairs: [("abcdef", "x")])
         let split = try DataSplit(directory: path, split: "train")
