@@ -44,6 +44,12 @@ let package = Package(
         // MARK: Data
         .target(name: "Data", dependencies: ["HDF5"]),
 
+        // MARK: Training
+        .target(
+            name: "Training",
+            dependencies: ["MPI", "HDF5", "Transformer", "Data", .product(name: "Yams", package: "Yams")]
+        ),
+
         // MARK: Command line
         .executableTarget(
             name: "ddp",
@@ -53,8 +59,8 @@ let package = Package(
                 "Kernels",
                 "Transformer",
                 "Data",
+                "Training",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Yams", package: "Yams"),
             ]
         ),
 
@@ -72,6 +78,7 @@ let package = Package(
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Transformer", "Data", "HDF5", "TestSupport"]),
         .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),

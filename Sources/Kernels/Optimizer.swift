@@ -23,3 +23,35 @@ public func adamWUpdate(parameters: FloatBuffer, gradients: FloatBuffer, firstMo
         }
     }
 }
+
+/// Σ x² over a buffer in Double, in fixed 4096-element blocks added in order: the same bits for any thread count
+/// (for the global gradient norm, which every rank must compute identically).
+public func sumOfSquares(_ buffer: FloatBuffer) -> Double {
+    let block = 4096
+    let blocks = (buffer.count + block - 1) / block
+    return withUnsafeTemporaryAllocation(of: Double.self, capacity: max(1, blocks)) { partials in
+        parallelFor(blocks, minimumPerThread: 64) { range in
+            for b in range {
+                var lanes = SIMD8<Double>()
+                var i = b * block
+                let end = min(buffer.count, i + block)
+                while i + 8 <= end {
+                    let p = buffer.baseAddress! + i
+                    let v = SIMD8<Double>(Double(p[0]), Double(p[1]), Double(p[2]), Double(p[3]),
+                                          Double(p[4]), Double(p[5]), Double(p[6]), Double(p[7]))
+                    lanes += v * v
+                    i += 8
+                }
+                var sum = lanes.sum()
+                while i < end {
+                    sum += Double(buffer[i]) * Double(buffer[i])
+                    i += 1
+                }
+                partials[b] = sum
+            }
+        }
+        var total = 0.0
+        for b in 0..<blocks { total += partials[b] }
+        return total
+    }
+}

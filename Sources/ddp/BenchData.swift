@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Training
 import Foundation
 
 struct BenchData: ParsableCommand {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Kernels
+import Training
 import Transformer
 
 struct BenchStep: ParsableCommand {

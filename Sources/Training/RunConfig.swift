@@ -4,31 +4,31 @@ import Yams
 
 /// A run's configuration file (YAML). Strict: an unknown key, a wrong type or an impossible value is an error
 /// that names the key. Sections: `model` (ModelConfig keys), `data`, `training`, `optimizer`.
-struct RunConfig: Codable, Equatable {
-    struct DataSection: Codable, Equatable {
+public struct RunConfig: Codable, Equatable, Sendable {
+    public struct DataSection: Codable, Equatable, Sendable {
         /// Longest encoder input (encoder-decoder) in tokens; 0 for decoder-only models.
-        var sourceLength: Int = 0
+        public var sourceLength: Int = 0
         /// Longest decoder input: the target length, or the LM context.
-        var targetLength: Int
+        public var targetLength: Int
 
         enum CodingKeys: String, CodingKey { case sourceLength = "source_length", targetLength = "target_length" }
 
-        init(from decoder: Decoder) throws {
+        public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             sourceLength = try values.decodeIfPresent(Int.self, forKey: .sourceLength) ?? 0
             targetLength = try values.decode(Int.self, forKey: .targetLength)
         }
     }
 
-    struct TrainingSection: Codable, Equatable {
+    public struct TrainingSection: Codable, Equatable, Sendable {
         /// Sequences per rank per micro-step.
-        var batchSize: Int
-        var labelSmoothing: Float = 0
-        var seed: UInt64 = 0
+        public var batchSize: Int
+        public var labelSmoothing: Float = 0
+        public var seed: UInt64 = 0
 
         enum CodingKeys: String, CodingKey { case batchSize = "batch_size", labelSmoothing = "label_smoothing", seed }
 
-        init(from decoder: Decoder) throws {
+        public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             batchSize = try values.decode(Int.self, forKey: .batchSize)
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
@@ -36,16 +36,16 @@ struct RunConfig: Codable, Equatable {
         }
     }
 
-    struct OptimizerSection: Codable, Equatable {
-        var lr: Float = 1e-4
-        var beta1: Float = 0.9
-        var beta2: Float = 0.999
-        var eps: Float = 1e-8
-        var weightDecay: Float = 0.01
+    public struct OptimizerSection: Codable, Equatable, Sendable {
+        public var lr: Float = 1e-4
+        public var beta1: Float = 0.9
+        public var beta2: Float = 0.999
+        public var eps: Float = 1e-8
+        public var weightDecay: Float = 0.01
 
         enum CodingKeys: String, CodingKey { case lr, beta1, beta2, eps, weightDecay = "weight_decay" }
 
-        init(from decoder: Decoder) throws {
+        public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             lr = try values.decodeIfPresent(Float.self, forKey: .lr) ?? 1e-4
             beta1 = try values.decodeIfPresent(Float.self, forKey: .beta1) ?? 0.9
@@ -54,45 +54,87 @@ struct RunConfig: Codable, Equatable {
             weightDecay = try values.decodeIfPresent(Float.self, forKey: .weightDecay) ?? 0.01
         }
 
-        var settings: AdamWSettings { AdamWSettings(beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay) }
+        public var settings: AdamWSettings { AdamWSettings(beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay) }
 
-        init() {}
+        public init() {}
     }
 
-    var model: ModelConfig
-    var data: DataSection
-    var training: TrainingSection
+    /// Learning-rate schedule; `optimizer.lr` is the peak (cosine) or the rate (constant).
+    public struct ScheduleSection: Codable, Equatable, Sendable {
+        public enum Kind: String, Codable, Sendable, CaseIterable { case constant, noam, cosine }
+        public var kind: Kind = .constant
+        public var warmupSteps = 0
+        /// noam's multiplier (1 in the paper).
+        public var factor: Float = 1
+        /// cosine's floor.
+        public var minLr: Float = 0
+        /// cosine's length in updates.
+        public var totalSteps = 1
+
+        enum CodingKeys: String, CodingKey {
+            case kind, factor, warmupSteps = "warmup_steps", minLr = "min_lr", totalSteps = "total_steps"
+        }
+
+        public init() {}
+
+        public init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            kind = try values.decodeIfPresent(Kind.self, forKey: .kind) ?? .constant
+            warmupSteps = try values.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? 0
+            factor = try values.decodeIfPresent(Float.self, forKey: .factor) ?? 1
+            minLr = try values.decodeIfPresent(Float.self, forKey: .minLr) ?? 0
+            totalSteps = try values.decodeIfPresent(Int.self, forKey: .totalSteps) ?? 1
+        }
+    }
+
+    public var model: ModelConfig
+    public var data: DataSection
+    public var training: TrainingSection
     /// Optional: torch.optim.AdamW's defaults (lr 1e-4 here).
-    var optimizer: OptimizerSection
+    public var optimizer: OptimizerSection
+    /// Optional: constant `optimizer.lr`.
+    public var schedule: ScheduleSection
 
-    enum CodingKeys: String, CodingKey { case model, data, training, optimizer }
+    /// The schedule as a function of the update step.
+    public var learningRateSchedule: LearningRateSchedule {
+        switch schedule.kind {
+        case .constant: return .constant(rate: optimizer.lr)
+        case .noam: return .noam(dModel: model.dModel, warmupSteps: schedule.warmupSteps, factor: schedule.factor)
+        case .cosine: return .cosine(peak: optimizer.lr, warmupSteps: schedule.warmupSteps, totalSteps: schedule.totalSteps,
+                                     minimum: schedule.minLr)
+        }
+    }
 
-    init(from decoder: Decoder) throws {
+    enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule }
+
+    public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
         model = try values.decode(ModelConfig.self, forKey: .model)
         data = try values.decode(DataSection.self, forKey: .data)
         training = try values.decode(TrainingSection.self, forKey: .training)
         optimizer = try values.decodeIfPresent(OptimizerSection.self, forKey: .optimizer) ?? OptimizerSection()
+        schedule = try values.decodeIfPresent(ScheduleSection.self, forKey: .schedule) ?? ScheduleSection()
     }
 
     /// Every key a config may hold, for the unknown-key check.
-    static let knownKeys: [String: Set<String>] = [
-        "": ["model", "data", "training", "optimizer"],
+    public static let knownKeys: [String: Set<String>] = [
+        "": ["model", "data", "training", "optimizer", "schedule"],
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["source_length", "target_length"],
         "training": ["batch_size", "label_smoothing", "seed"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
+        "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
 
-    static func load(_ path: String) throws -> RunConfig {
+    public static func load(_ path: String) throws -> RunConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError(file: path, key: nil, message: "cannot read the file")
         }
         return try parse(text, file: path)
     }
 
-    static func parse(_ text: String, file: String) throws -> RunConfig {
+    public static func parse(_ text: String, file: String) throws -> RunConfig {
         let root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: file, key: nil, message: "the file is empty") }
@@ -146,7 +188,7 @@ struct RunConfig: Codable, Equatable {
         return scored.flatMap { $0.1 <= 3 ? $0.0 : nil }
     }
 
-    func validate(file: String) throws {
+    public func validate(file: String) throws {
         do {
             try model.validate()
         } catch {
@@ -165,15 +207,20 @@ struct RunConfig: Codable, Equatable {
         try check(training.labelSmoothing >= 0 && training.labelSmoothing < 1, "training.label_smoothing", "must be in [0, 1)")
         try check(optimizer.lr > 0, "optimizer.lr", "must be positive, got \(optimizer.lr)")
         try check((0..<1).contains(optimizer.beta1) && (0..<1).contains(optimizer.beta2), "optimizer.beta1", "betas must be in [0, 1)")
+        try check(schedule.warmupSteps >= 0, "schedule.warmup_steps", "must be 0 or more, got \(schedule.warmupSteps)")
+        try check(schedule.kind != .noam || schedule.warmupSteps >= 1, "schedule.warmup_steps", "noam needs a warm-up of at least 1 step")
+        try check(schedule.kind != .cosine || schedule.totalSteps > schedule.warmupSteps, "schedule.total_steps",
+                  "must exceed schedule.warmup_steps (\(schedule.warmupSteps)) for cosine, got \(schedule.totalSteps)")
+        try check(schedule.minLr >= 0 && schedule.minLr <= optimizer.lr, "schedule.min_lr", "must be in [0, optimizer.lr]")
     }
 }
 
-struct ConfigError: Error, CustomStringConvertible {
-    let file: String
-    let key: String?
-    let message: String
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public let file: String
+    public let key: String?
+    public let message: String
 
-    init(file: String, key: String?, message: String) {
+    public init(file: String, key: String?, message: String) {
         self.file = file
         self.key = key
         self.message = message
@@ -198,7 +245,7 @@ struct ConfigError: Error, CustomStringConvertible {
         }
     }
 
-    var description: String {
+    public var description: String {
         if let key { return "\(file): config key '\(key)': \(message)" }
         return "\(file): \(message)"
     }

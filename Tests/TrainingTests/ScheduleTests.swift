@@ -1,0 +1,61 @@
+import Kernels
+import Training
+import XCTest
+
+final class ScheduleTests: XCTestCase {
+    func testNoamMatchesThePaper() {
+        // lrate = d^-0.5 · min(step^-0.5, step · warmup^-1.5), d = 512, warmup 4000: peak at step 4000 ≈ 6.99e-4.
+        let noam = LearningRateSchedule.noam(dModel: 512, warmupSteps: 4000, factor: 1)
+        XCTAssertEqual(noam.rate(step: 4000), 0.000_698_77, accuracy: 1e-8)
+        XCTAssertEqual(noam.rate(step: 1), Float(pow(512.0, -0.5) * pow(4000.0, -1.5)), accuracy: 1e-12)
+        XCTAssertLessThan(noam.rate(step: 3999), noam.rate(step: 4000))
+        XCTAssertLessThan(noam.rate(step: 8000), noam.rate(step: 4000))
+        XCTAssertEqual(noam.rate(step: 16000), Float(pow(512.0, -0.5) * pow(16000.0, -0.5)), accuracy: 1e-10)
+    }
+
+    func testCosineWithWarmup() {
+        let cosine = LearningRateSchedule.cosine(peak: 1e-3, warmupSteps: 10, totalSteps: 110, minimum: 1e-4)
+        XCTAssertEqual(cosine.rate(step: 1), 1e-4, accuracy: 1e-9)
+        XCTAssertEqual(cosine.rate(step: 10), 1e-3, accuracy: 1e-9)
+        XCTAssertEqual(cosine.rate(step: 60), 5.5e-4, accuracy: 1e-8, "halfway down the cosine")
+        XCTAssertEqual(cosine.rate(step: 110), 1e-4, accuracy: 1e-9)
+        XCTAssertEqual(cosine.rate(step: 500), 1e-4, accuracy: 1e-9)
+        XCTAssertEqual(LearningRateSchedule.constant(rate: 3e-4).rate(step: 77), 3e-4)
+    }
+
+    func testClippingFactorAndGradientNorm() {
+        XCTAssertEqual(clippingFactor(norm: 10, maxNorm: 1), Float(1 / (10 + 1e-6)), accuracy: 1e-7)
+        XCTAssertEqual(clippingFactor(norm: 0.5, maxNorm: 1), 1)
+        XCTAssertEqual(clippingFactor(norm: 10, maxNorm: 0), 1, "max norm 0 turns clipping off")
+        let values = (0..<10_001).map { Float($0 % 7) - 3 }
+        var copy = values
+        copy.withUnsafeMutableBufferPointer { buffer in
+            setComputeThreads(1)
+            let one = sumOfSquares(buffer)
+            setComputeThreads(2)
+            let two = sumOfSquares(buffer)
+            setComputeThreads(1)
+            XCTAssertEqual(one.bitPattern, two.bitPattern, "the same bits for any thread count")
+            XCTAssertEqual(one, values.reduce(0.0) { $0 + Double($1) * Double($1) }, accuracy: 1e-9)
+        }
+    }
+
+    func testScheduleFromConfig() throws {
+        let yaml = """
+            model: {kind: decoder-only, vocab_size: 300, d_model: 64, heads: 4, decoder_layers: 1, d_ff: 64, activation: gelu,
+                    norm: pre, positions: learned, max_length: 16}
+            data: {target_length: 16}
+            training: {batch_size: 2}
+            optimizer: {lr: 1.0e-3}
+            schedule: {kind: cosine, warmup_steps: 5, total_steps: 50, min_lr: 1.0e-5}
+            """
+        let config = try RunConfig.parse(yaml, file: "inline.yaml")
+        XCTAssertEqual(config.learningRateSchedule, .cosine(peak: 1e-3, warmupSteps: 5, totalSteps: 50, minimum: 1e-5))
+        XCTAssertThrowsError(try RunConfig.parse(yaml.replacingOccurrences(of: "total_steps: 50", with: "total_steps: 5"), file: "inline.yaml")) {
+            XCTAssertEqual(($0 as? ConfigError)?.key, "schedule.total_steps")
+        }
+        XCTAssertThrowsError(try RunConfig.parse(yaml.replacingOccurrences(of: "kind: cosine", with: "kind: linear"), file: "inline.yaml")) {
+            XCTAssertEqual(($0 as? ConfigError)?.key, "schedule.kind")
+        }
+    }
+}
