@@ -52,7 +52,7 @@ final class BenchStepTests: XCTestCase {
     func testConfigErrorsNameTheKey() throws {
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "d_ff: 8", with: "d_ff: 8, d_modle: 3"))
             .contains("config key 'model.d_modle': unknown key (did you mean 'd_model'?)"))
-        XCTAssertTrue(try configError(valid + "\nschedule: {warmup: 3}").contains("config key 'schedule': unknown key"))
+        XCTAssertTrue(try configError(valid + "\nscheduler: {warmup: 3}").contains("config key 'scheduler': unknown key (did you mean 'schedule'?)"))
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "heads: 2", with: "heads: two")).contains("config key 'model.heads'"))
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "heads: 2", with: "heads: 3"))
             .contains("config key 'model.heads': d_model 8 is not divisible by heads 3"))

@@ -1,0 +1,156 @@
+import Data
+import Foundation
+import HDF5
+import TestSupport
+import Training
+import Transformer
+import XCTest
+
+final class CheckpointTests: XCTestCase {
+    private var directory: URL!
+    private var run: String { directory.appendingPathComponent("run").path }
+
+    override func setUpWithError() throws { directory = try makeTemporaryDirectory("ddp-checkpoint") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    private let config = try! RunConfig.parse("""
+        model: {kind: encoder-decoder, vocab_size: 40, d_model: 8, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 16,
+                activation: relu, norm: post, positions: sinusoidal, max_length: 8, tied_embeddings: false}
+        data: {source_length: 6, target_length: 6}
+        training: {batch_size: 2}
+        """, file: "inline.yaml")
+
+    private func trainedModel(updates: Int = 2) throws -> (TransformerModel, AdamW) {
+        let model = try TransformerModel(config: config.model, maxBatch: 2, maxSourceLength: 6, maxTargetLength: 6)
+        model.initializeParameters(seed: 21)
+        let optimizer = AdamW(layout: model.layout, settings: config.optimizer.settings)
+        let batch = Batch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [5, 6, 2, 7, 2, 0],
+                          decoderInput: [1, 8, 9, 1, 10, 0], labels: [8, 9, 2, 10, 2, 0])
+        for _ in 0..<updates {
+            model.gradients.zero()
+            let loss = model.forwardBackward(batch)
+            optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-2, gradientScale: 1 / Float(loss.tokens))
+        }
+        return (model, optimizer)
+    }
+
+    private func state(_ step: Int) -> TrainingState { TrainingState(step: step, position: SamplerPosition(epoch: 1, batch: step), dropoutSeed: 0xFEED_F00D_0000_0001) }
+
+    private func assertCheckpointError(_ fragments: [String], file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void) {
+        XCTAssertThrowsError(try body(), file: file, line: line) { error in
+            for fragment in fragments {
+                XCTAssertTrue("\(error)".contains(fragment), "'\(fragment)' missing from: \(error)", file: file, line: line)
+            }
+        }
+    }
+
+    func testRoundTripRestoresEverythingBitwise() throws {
+        let (model, optimizer) = try trainedModel()
+        let path = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config,
+                                       tokenizer: .byte, keep: 3)
+        XCTAssertEqual(try Checkpoint.latest(in: run), path)
+        let (fresh, freshOptimizer) = try trainedModel(updates: 0)
+        let header = try Checkpoint.load(path, into: fresh, optimizer: freshOptimizer)
+        XCTAssertEqual(header.state, state(2))
+        XCTAssertEqual(header.config, config)
+        XCTAssertEqual(header.tokenizer, .byte)
+        XCTAssertEqual(freshOptimizer.step, 2)
+        for (a, b) in [(model.parameters, fresh.parameters), (optimizer.firstMoment, freshOptimizer.firstMoment),
+                       (optimizer.secondMoment, freshOptimizer.secondMoment)] {
+            XCTAssertTrue(a.storage.elementsEqual(b.storage) { $0.bitPattern == $1.bitPattern })
+        }
+        // h5py-style reading of a tensor by its DESIGN.md name.
+        let stored = try File.open(path).openDataset("params/decoder.layers.0.cross_attn.q_proj.weight")
+        XCTAssertEqual(stored.shape, [8, 8])
+        XCTAssertTrue(try stored.storage().fletcher32)
+    }
+
+    func testKeepsTheNewestKAndLatestFollows() throws {
+        let (model, optimizer) = try trainedModel(updates: 0)
+        for step in 1...5 {
+            try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(step), config: config, tokenizer: nil, keep: 2)
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasSuffix(".h5") }.sorted()
+        XCTAssertEqual(files, ["checkpoint-00000004.h5", "checkpoint-00000005.h5"])
+        XCTAssertEqual(try Checkpoint.latest(in: run).map { ($0 as NSString).lastPathComponent }, "checkpoint-00000005.h5")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix(".") }, [], "no temporary left")
+    }
+
+    /// A write that fails (here: the temporary name is taken by a directory) reports it and leaves the previous
+    /// checkpoint and `latest` as they were; leftovers of an interrupted write do not disturb `latest` either.
+    func testFailedWriteLeavesThePreviousCheckpointIntact() throws {
+        let (model, optimizer) = try trainedModel()
+        let first = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(1), config: config, tokenizer: nil, keep: 3)
+        try FileManager.default.createDirectory(atPath: (run as NSString).appendingPathComponent(".checkpoint-00000002.h5.tmp"),
+                                                withIntermediateDirectories: true)
+        assertCheckpointError(["writing failed, the previous checkpoint is untouched"]) {
+            try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config, tokenizer: nil, keep: 3)
+        }
+        XCTAssertEqual(try Checkpoint.latest(in: run), first)
+        try "half-written".write(toFile: (run as NSString).appendingPathComponent(".checkpoint-00000003.h5.tmp"), atomically: false, encoding: .utf8)
+        let (fresh, _) = try trainedModel(updates: 0)
+        XCTAssertEqual(try Checkpoint.load(try XCTUnwrap(try Checkpoint.latest(in: run)), into: fresh).state.step, 1)
+    }
+
+    func testBadCheckpointsNameFileAndTensor() throws {
+        let (model, optimizer) = try trainedModel()
+        let path = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config, tokenizer: nil, keep: 3)
+        let (fresh, freshOptimizer) = try trainedModel(updates: 0)
+
+        assertCheckpointError(["/nonexistent.h5", "cannot be opened"]) { try Checkpoint.load("/nonexistent.h5", into: fresh) }
+
+        // Another model: the error lists the keys that differ.
+        var other = config.model
+        other.dFF = 32
+        let otherModel = try TransformerModel(config: other, maxBatch: 1, maxSourceLength: 6, maxTargetLength: 6)
+        assertCheckpointError([path, "another model", "model.d_ff: checkpoint 16, expected 32"]) { try Checkpoint.load(path, into: otherModel) }
+
+        // Truncated.
+        let truncated = directory.appendingPathComponent("truncated.h5").path
+        let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: path))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: truncated))
+        assertCheckpointError([truncated]) { try Checkpoint.load(truncated, into: fresh, optimizer: freshOptimizer) }
+
+        // A flipped byte inside a tensor's stored data: the checksum names it.
+        let corrupt = directory.appendingPathComponent("corrupt.h5").path
+        try bytes.write(to: URL(fileURLWithPath: corrupt))
+        let chunk = try XCTUnwrap(try File.open(corrupt).openDataset("params/encoder.layers.0.ffn.fc1.weight").storedChunks().first)
+        var corrupted = [UInt8](bytes)
+        corrupted[chunk.offset + chunk.size / 2] ^= 0x10
+        try Foundation.Data(corrupted).write(to: URL(fileURLWithPath: corrupt))
+        assertCheckpointError([corrupt, "tensor /params/encoder.layers.0.ffn.fc1.weight cannot be read (corrupted?)"]) {
+            try Checkpoint.load(corrupt, into: fresh)
+        }
+
+        // A tensor missing, and one of the wrong shape (a checkpoint assembled by hand).
+        // By hand: the header of a real checkpoint and only an embedding, of the wrong and then the right shape.
+        func handmade(_ name: String, embedShape: [Int]) throws -> String {
+            let target = directory.appendingPathComponent(name).path
+            let file = try File.create(target)
+            let source = try File.open(path)
+            for attribute in try source.attributeNames() { try file.setAttribute(attribute, try source.attribute(attribute)) }
+            try file.createDataset("params/embed.weight", type: .float32, shape: embedShape)
+            return target
+        }
+        let wrongShape = try handmade("wrong-shape.h5", embedShape: [40, 4])
+        assertCheckpointError(["tensor /params/embed.weight has shape [40, 4], the model expects [40, 8]"]) { try Checkpoint.load(wrongShape, into: fresh) }
+        let onlyEmbed = try handmade("only-embed.h5", embedShape: [40, 8])
+        assertCheckpointError(["missing tensor /params/encoder.layers.0.self_attn.q_proj.weight"]) { try Checkpoint.load(onlyEmbed, into: fresh) }
+
+        // latest naming a file that is gone.
+        try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
+        assertCheckpointError(["names 'checkpoint-00000099.h5', which does not exist"]) { _ = try Checkpoint.latest(in: run) }
+    }
+}
+
+private extension File {
+    /// Copies a string or number attribute (enough for checkpoint headers).
+    func setAttribute(_ name: String, _ value: AttributeValue) throws {
+        switch value {
+        case .string(let text): try setAttribute(name, text)
+        case .integer(let number): try setAttribute(name, number)
+        case .real(let number): try setAttribute(name, number)
+        default: break
+        }
+    }
+}
