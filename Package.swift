@@ -71,6 +71,12 @@ let package = Package(
             dependencies: ["MPI"],
             path: "Tests/MPIChecks"
         ),
+        // Run under real `mpirun` by TrainingTests: bucketed, overlapped gradient all-reduce.
+        .executableTarget(
+            name: "training-checks",
+            dependencies: ["MPI", "Transformer", "Training"],
+            path: "Tests/TrainingChecks"
+        ),
         // Process running, product lookup and mpirun arguments shared by the tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "CLibraryTests", dependencies: ["CMPI", "CHDF5", "CBLAS"]),

@@ -19,6 +19,8 @@ final class Sublayer {
     let linears: [Linear]
     let normWeight: TensorView
     let normBias: TensorView
+    /// Where this sublayer's parameters start in the arena (its first linear's weight).
+    var firstParameterOffset: Int { linears[0].weight.offset }
 
     // Activations ([rows, C] unless noted); handles into the activation arena.
     let normOut: Int, mean: Int, rstd: Int, sum: Int, output: Int

@@ -21,6 +21,11 @@ public final class TransformerModel {
     /// Seeds this step's dropout masks; the trainer sets it per step so a resumed run draws the same masks.
     public var dropoutSeed: UInt64 = 0
 
+    /// Called during backward with an arena offset: every gradient at or after it is final for this call
+    /// (backward walks the arena roughly in reverse; the offset only decreases, and ends at 0). The trainer starts
+    /// all-reducing those gradients while backward continues.
+    public var onGradientsFinal: ((Int) -> Void)?
+
     private let activations: ActivationArena
     private let encoder: [Sublayer]
     private let decoder: [Sublayer]
@@ -230,6 +235,7 @@ public final class TransformerModel {
             zero(dHidden, b * t * c)
             linearBackward(dInp: dHidden, dWeight: gradients[outputView], dBias: nil, dOut: logitsBuffer, inp: hidden,
                            weight: parameters[outputView], rows: b * t, inFeatures: c, outFeatures: v)
+            if !config.tiedEmbeddings { onGradientsFinal?(outputView.offset) }
             if let memory {
                 zero(activations[gradientMemory], b * s * c)
                 backwardStack(decoder, gradient: dHidden, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
@@ -240,6 +246,7 @@ public final class TransformerModel {
                 backwardStack(decoder, gradient: dHidden, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
                               final: decoderFinal, memory: nil, memoryTime: 0, site: 1)
             }
+            onGradientsFinal?(0)
         }
         return LossSum(loss: result.loss, tokens: result.tokens, correct: result.correct)
     }
@@ -356,12 +363,14 @@ public final class TransformerModel {
                               inp: input(sublayers.count), weight: parameters[final.weight], mean: activations[final.mean],
                               rstd: activations[final.rstd], rows: rows, channels: c)
             current = next
+            onGradientsFinal?(final.weight.offset)
         }
         for index in sublayers.indices.reversed() {
             let next = spare()
             backwardSublayer(sublayers[index], dOutput: current, dInput: next, input: input(index), batch: batch, time: time,
                              memory: memory, memoryTime: memoryTime)
             current = next
+            onGradientsFinal?(sublayers[index].firstParameterOffset)
         }
         if dropping {
             let dropped = activations[gradientDropped]
