@@ -6,15 +6,18 @@ import Yams
 /// that names the key. Sections: `model` (ModelConfig keys), `data`, `training`, `optimizer`.
 public struct RunConfig: Codable, Equatable, Sendable {
     public struct DataSection: Codable, Equatable, Sendable {
-        /// Longest encoder input (encoder-decoder) in tokens; 0 for decoder-only models.
+        /// The dataset directory (train-*.h5, valid-*.h5), relative to the working directory.
+        public var directory: String = ""
+        /// Longest encoder input (encoder-decoder) in tokens, EOS included; 0 for decoder-only models.
         public var sourceLength: Int = 0
-        /// Longest decoder input: the target length, or the LM context.
+        /// Longest decoder input: the target length plus BOS, or the LM context.
         public var targetLength: Int
 
-        enum CodingKeys: String, CodingKey { case sourceLength = "source_length", targetLength = "target_length" }
+        enum CodingKeys: String, CodingKey { case directory, sourceLength = "source_length", targetLength = "target_length" }
 
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
+            directory = try values.decodeIfPresent(String.self, forKey: .directory) ?? ""
             sourceLength = try values.decodeIfPresent(Int.self, forKey: .sourceLength) ?? 0
             targetLength = try values.decode(Int.self, forKey: .targetLength)
         }
@@ -25,14 +28,65 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var batchSize: Int
         public var labelSmoothing: Float = 0
         public var seed: UInt64 = 0
+        /// Updates to take.
+        public var steps = 1000
+        /// Micro-steps per update (only the last one communicates).
+        public var gradAccum = 1
+        /// Global-norm clipping; 0 turns it off.
+        public var clipNorm: Float = 1
+        /// Gradient all-reduce bucket size in MiB.
+        public var bucketMb: Double = 4
+        /// Compute threads per rank; 0: this node's cores / ranks on this node.
+        public var threads = 0
+        /// Progress line every this many updates.
+        public var logEvery = 10
 
-        enum CodingKeys: String, CodingKey { case batchSize = "batch_size", labelSmoothing = "label_smoothing", seed }
+        enum CodingKeys: String, CodingKey {
+            case seed, steps
+            case batchSize = "batch_size", labelSmoothing = "label_smoothing", gradAccum = "grad_accum", clipNorm = "clip_norm"
+            case bucketMb = "bucket_mb", threads, logEvery = "log_every"
+        }
 
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             batchSize = try values.decode(Int.self, forKey: .batchSize)
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
             seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
+            steps = try values.decodeIfPresent(Int.self, forKey: .steps) ?? 1000
+            gradAccum = try values.decodeIfPresent(Int.self, forKey: .gradAccum) ?? 1
+            clipNorm = try values.decodeIfPresent(Float.self, forKey: .clipNorm) ?? 1
+            bucketMb = try values.decodeIfPresent(Double.self, forKey: .bucketMb) ?? 4
+            threads = try values.decodeIfPresent(Int.self, forKey: .threads) ?? 0
+            logEvery = try values.decodeIfPresent(Int.self, forKey: .logEvery) ?? 10
+        }
+    }
+
+    public struct EvalSection: Codable, Equatable, Sendable {
+        /// Evaluate on the valid split every this many updates (and at the end); 0: only at the end.
+        public var every = 0
+        /// At most this many validation batches per rank (0: the whole split).
+        public var maxBatches = 0
+
+        enum CodingKeys: String, CodingKey { case every, maxBatches = "max_batches" }
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
+            maxBatches = try values.decodeIfPresent(Int.self, forKey: .maxBatches) ?? 0
+        }
+    }
+
+    public struct CheckpointSection: Codable, Equatable, Sendable {
+        /// Checkpoint every this many updates (and at the end); 0: only at the end.
+        public var every = 0
+        /// Checkpoints kept in the run directory.
+        public var keep = 3
+
+        public init() {}
+        public init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
+            keep = try values.decodeIfPresent(Int.self, forKey: .keep) ?? 3
         }
     }
 
@@ -94,6 +148,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var optimizer: OptimizerSection
     /// Optional: constant `optimizer.lr`.
     public var schedule: ScheduleSection
+    public var eval: EvalSection
+    public var checkpoint: CheckpointSection
 
     /// The schedule as a function of the update step.
     public var learningRateSchedule: LearningRateSchedule {
@@ -105,7 +161,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
-    enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule }
+    enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint }
 
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
@@ -114,15 +170,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
         training = try values.decode(TrainingSection.self, forKey: .training)
         optimizer = try values.decodeIfPresent(OptimizerSection.self, forKey: .optimizer) ?? OptimizerSection()
         schedule = try values.decodeIfPresent(ScheduleSection.self, forKey: .schedule) ?? ScheduleSection()
+        eval = try values.decodeIfPresent(EvalSection.self, forKey: .eval) ?? EvalSection()
+        checkpoint = try values.decodeIfPresent(CheckpointSection.self, forKey: .checkpoint) ?? CheckpointSection()
     }
 
     /// Every key a config may hold, for the unknown-key check.
     public static let knownKeys: [String: Set<String>] = [
-        "": ["model", "data", "training", "optimizer", "schedule"],
+        "": ["model", "data", "training", "optimizer", "schedule", "eval", "checkpoint"],
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
-        "data": ["source_length", "target_length"],
-        "training": ["batch_size", "label_smoothing", "seed"],
+        "data": ["directory", "source_length", "target_length"],
+        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "threads", "log_every"],
+        "eval": ["every", "max_batches"],
+        "checkpoint": ["every", "keep"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
@@ -198,6 +258,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
             if !condition { throw ConfigError(file: file, key: key, message: message) }
         }
         try check(training.batchSize >= 1, "training.batch_size", "must be at least 1, got \(training.batchSize)")
+        try check(training.steps >= 1, "training.steps", "must be at least 1, got \(training.steps)")
+        try check(training.gradAccum >= 1, "training.grad_accum", "must be at least 1, got \(training.gradAccum)")
+        try check(training.clipNorm >= 0, "training.clip_norm", "must be 0 (off) or positive, got \(training.clipNorm)")
+        try check(training.bucketMb > 0, "training.bucket_mb", "must be positive, got \(training.bucketMb)")
+        try check(training.threads >= 0, "training.threads", "must be 0 (automatic) or more, got \(training.threads)")
+        try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
+        try check(eval.every >= 0 && eval.maxBatches >= 0, "eval.every", "eval.every and eval.max_batches must be 0 or more")
+        try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")
+        try check(checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1, got \(checkpoint.keep)")
         try check(data.targetLength >= 1 && data.targetLength <= model.maxLength, "data.target_length",
                   "must be in 1...model.max_length (\(model.maxLength)), got \(data.targetLength)")
         if model.kind == .encoderDecoder {
