@@ -61,3 +61,7 @@ func mpiCount(_ count: Int, _ operation: String, rank: Int?) throws(MPIError) ->
     }
     return value
 }
+
+/// An error every rank raises at the same point, after a collective they all completed (a config mismatch seen
+/// by all): every rank can then print it and finalise normally, instead of one rank aborting the others.
+public protocol ErrorOnEveryRank: Error {}

@@ -11,6 +11,13 @@ public struct TrainingError: Error, CustomStringConvertible, Sendable {
     public var description: String { message }
 }
 
+/// Ranks that disagree on the config or the data: found by an allgather every rank completed, so every rank
+/// raises it together and exits with the same message.
+public struct RanksDisagree: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
 /// Evaluation over the whole valid split (every example once across ranks).
 public struct Evaluation: Sendable, Equatable, Codable {
     public var loss: Double
@@ -185,8 +192,8 @@ public final class Trainer {
         }
         let all = try world.allgather([Int64(bitPattern: hasher.value)])
         if let differing = all.firstIndex(where: { $0 != all[0] }) {
-            throw TrainingError("ranks disagree on the config or the dataset: rank \(differing) differs from rank 0 "
-                                + "(same config file, same data directory on every node?)")
+            throw RanksDisagree(message: "ranks disagree on the config or the dataset: rank \(differing) differs from rank 0 "
+                                         + "(same config file, same data directory on every node?)")
         }
     }
 }

@@ -4,7 +4,8 @@ import MPI
 ///
 /// On an error with other ranks in the job, this rank aborts the whole job with the error's text: the
 /// other ranks may be waiting in a collective this rank will never join, and MPI_Finalize would wait
-/// for them. Alone, it finalises and rethrows so the command line prints the error.
+/// for them. Alone, or for an error every rank raised together (`ErrorOnEveryRank`), it finalises and rethrows
+/// so each rank's command line prints the error.
 func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     let runtime = try MPIRuntime.initialize(threadLevel: .funneled)
     do {
@@ -12,7 +13,7 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
         try runtime.finalize()
         return result
     } catch {
-        if runtime.world.size > 1 {
+        if runtime.world.size > 1 && !(error is ErrorOnEveryRank) {
             runtime.world.abort(code: 1, message: "\(error)")
         }
         try? runtime.finalize()

@@ -116,4 +116,17 @@ final class TrainTests: XCTestCase {
         try train(ranks: 2, config: try config(batch: 4, steps: 20), run: "moved", resume: true)
         assertClose(try losses("moved"), straight, "resumed on 2 ranks")
     }
+
+    /// Ranks started with different configs all stop with the same clear message, and the job never hangs.
+    func testConfigMismatchStopsEveryRankWithTheSameMessage() throws {
+        guard let mpirun = findOnPath("mpirun") else { throw XCTSkip("mpirun is not installed") }
+        let a = try config(batch: 4, steps: 5), b = try config(batch: 4, steps: 6)
+        let result = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", a, "--run-dir", path("mismatch"), ":",
+                                             "-np", "1", ddp, "train", "--config", b, "--run-dir", path("mismatch")],
+                                    environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(result.timedOut, "the job hung:\n\(result.output)")
+        XCTAssertNotEqual(result.status, 0)
+        let message = "ranks disagree on the config or the dataset: rank 1 differs from rank 0"
+        XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 2, "both ranks print it:\n\(result.output)")
+    }
 }
