@@ -42,8 +42,9 @@ public final class Trainer {
     }
 
     /// Trains to `training.steps` (continuing from `latest` with `resume`), evaluates and checkpoints at the end.
+    /// SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint (`stopped` is true).
     @discardableResult
-    public func run(resume: Bool) throws -> (state: TrainingState, evaluation: Evaluation?) {
+    public func run(resume: Bool) throws -> (state: TrainingState, evaluation: Evaluation?, stopped: Bool) {
         let threads = config.training.threads > 0 ? config.training.threads
                                                   : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, world.localSize))
         setComputeThreads(threads)
@@ -90,6 +91,8 @@ public final class Trainer {
         let started = clock.now
         var tokensSinceStart = 0.0
         var evaluation: Evaluation?
+        var stopped = false
+        StopSignals.install()
 
         while state.step < config.training.steps {
             model.training = true
@@ -134,8 +137,12 @@ public final class Trainer {
                                state.step, config.training.steps, lossPerToken, learningRate, gradientNorm, rate, eta))
                 }
             }
-            let atEnd = state.step == config.training.steps
-            if let valid, atEnd || (config.eval.every > 0 && state.step % config.eval.every == 0) {
+            // Every rank learns whether any rank was asked to stop, so they all stop at this same boundary.
+            let stopSignal = try world.allreduce(StopSignals.received, op: .max)
+            stopped = stopSignal != 0
+            if stopped && world.rank == 0 { log("signal \(stopSignal) received: stopping after step \(state.step) with a checkpoint") }
+            let atEnd = state.step == config.training.steps || stopped
+            if let valid, !stopped, atEnd || (config.eval.every > 0 && state.step % config.eval.every == 0) {
                 evaluation = try evaluate(model, on: valid)
                 if let metrics, let evaluation {
                     try metrics.append(["step": state.step, "valid_loss": evaluation.loss, "valid_perplexity": evaluation.perplexity,
@@ -152,8 +159,9 @@ public final class Trainer {
                 }
                 try world.barrier()
             }
+            if stopped { break }
         }
-        return (state, evaluation)
+        return (state, evaluation, stopped)
     }
 
     /// Every validation example once, split across ranks; sums all-reduced so every rank gets the same numbers.

@@ -34,9 +34,10 @@ struct Train: ParsableCommand {
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 { print(line) }
             }
-            let (state, evaluation) = try trainer.run(resume: resume)
+            let (state, evaluation, stopped) = try trainer.run(resume: resume)
             if world.rank == 0 {
-                print("done at step \(state.step); run directory \(directory), metrics \(directory)/metrics.jsonl")
+                print((stopped ? "stopped by a signal" : "done") + " at step \(state.step); run directory \(directory), "
+                      + "metrics \(directory)/metrics.jsonl" + (stopped ? " (continue with --resume)" : ""))
                 if let evaluation {
                     print(String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
                                  evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.tokens))

@@ -129,4 +129,46 @@ final class TrainTests: XCTestCase {
         let message = "ranks disagree on the config or the dataset: rank 1 differs from rank 0"
         XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 2, "both ranks print it:\n\(result.output)")
     }
+
+    /// SIGTERM to the training processes (as a scheduler sends it): every rank stops at the same step boundary,
+    /// rank 0 writes a checkpoint that `latest` names, and the job exits 0 — alone and on 2 ranks.
+    func testSIGTERMCheckpointsAndExitsZero() throws {
+        let long = try config(batch: 4, steps: 1_000_000)
+        for ranks in [1, 2] {
+            let run = path("signal-\(ranks)")
+            let process = Process()
+            if ranks == 1 {
+                process.executableURL = URL(fileURLWithPath: ddp)
+                process.arguments = ["train", "--config", long, "--run-dir", run]
+            } else {
+                process.executableURL = URL(fileURLWithPath: try XCTUnwrap(findOnPath("mpirun")))
+                process.arguments = ["-np", "2", ddp, "train", "--config", long, "--run-dir", run]
+            }
+            process.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            // Wait until training is under way, then signal the ranks (not mpirun).
+            let deadline = Date().addingTimeInterval(60)
+            while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8))?.split(separator: "\n").count ?? 0) < 5 {
+                XCTAssertLessThan(Date(), deadline, "training did not start")
+                if Date() > deadline { process.terminate(); return }
+                Thread.sleep(forTimeInterval: 0.1)
+            }
+            let kill = try runProcess(try XCTUnwrap(findOnPath("pkill")), ["-TERM", "-f", "^\(ddp) train --config \(long) --run-dir \(run)"])
+            XCTAssertEqual(kill.status, 0, "no process matched")
+            let stopDeadline = Date().addingTimeInterval(60)
+            while process.isRunning && Date() < stopDeadline { Thread.sleep(forTimeInterval: 0.1) }
+            if process.isRunning { process.terminate() }
+            process.waitUntilExit()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            XCTAssertEqual(process.terminationStatus, 0, "\(ranks) rank(s):\n\(text)")
+            XCTAssertTrue(text.contains("stopped by a signal at step"), text)
+            let latest = try String(contentsOfFile: run + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let inspect = try runProcess(ddp, ["inspect", run + "/" + latest])
+            XCTAssertEqual(inspect.status, 0, inspect.output)
+            XCTAssertTrue(inspect.stdout.contains("@format = \"swiftddp-checkpoint\""), inspect.stdout)
+        }
+    }
 }

@@ -1,0 +1,30 @@
+import Dispatch
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// SIGTERM and SIGINT as a request to stop at the next step boundary instead of dying mid-step: the trainer
+/// all-reduces the flag once per step, so every rank agrees, rank 0 checkpoints, and all exit 0 (what a scheduler's
+/// time limit or a Ctrl-C should lead to).
+public enum StopSignals {
+    private static let flag = Atomic<Int32>(0)
+    private static let installed = Mutex<[any DispatchSourceSignal]>([])
+
+    /// Replaces the default action of SIGTERM and SIGINT with setting the flag (idempotent).
+    public static func install() {
+        installed.withLock { sources in
+            guard sources.isEmpty else { return }
+            for signalNumber in [SIGTERM, SIGINT] {
+                signal(signalNumber, SIG_IGN)  // the dispatch source below sees it; the default action would kill us
+                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+                source.setEventHandler { StopSignals.flag.store(signalNumber, ordering: .relaxed) }
+                source.resume()
+                sources.append(source)
+            }
+        }
+    }
+
+    /// The signal received so far (0 for none).
+    public static var received: Int32 { flag.load(ordering: .relaxed) }
+}
