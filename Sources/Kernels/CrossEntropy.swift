@@ -45,7 +45,8 @@ public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32
         let sumLogits = sums.sum()
         let targetLogit = x[Int(target)]
         var argmax = 0
-        while x[argmax] != maximum { argmax += 1 }
+        // Bounded: with NaN logits (a diverged run) no entry equals the maximum, and the loss reports it.
+        while argmax < vocabulary - 1 && x[argmax] != maximum { argmax += 1 }
         // Pass 2: exponentials; when training they are stored as the gradient's numerator (in place is fine:
         // each chunk is read before it is written).
         let exponentials = dLogits.map { $0.baseAddress! + row * vocabulary }

@@ -40,11 +40,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var threads = 0
         /// Progress line every this many updates.
         public var logEvery = 10
+        /// Seconds a collective may take before the job is ended (0: no limit).
+        public var collectiveTimeout: Double = 300
 
         enum CodingKeys: String, CodingKey {
             case seed, steps
             case batchSize = "batch_size", labelSmoothing = "label_smoothing", gradAccum = "grad_accum", clipNorm = "clip_norm"
-            case bucketMb = "bucket_mb", threads, logEvery = "log_every"
+            case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
         }
 
         public init(from decoder: Decoder) throws {
@@ -58,6 +60,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             bucketMb = try values.decodeIfPresent(Double.self, forKey: .bucketMb) ?? 4
             threads = try values.decodeIfPresent(Int.self, forKey: .threads) ?? 0
             logEvery = try values.decodeIfPresent(Int.self, forKey: .logEvery) ?? 10
+            collectiveTimeout = try values.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? 300
         }
     }
 
@@ -180,7 +183,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
-        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "threads", "log_every"],
+        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "threads", "log_every",
+                     "collective_timeout"],
         "eval": ["every", "max_batches"],
         "checkpoint": ["every", "keep"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
@@ -264,6 +268,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(training.bucketMb > 0, "training.bucket_mb", "must be positive, got \(training.bucketMb)")
         try check(training.threads >= 0, "training.threads", "must be 0 (automatic) or more, got \(training.threads)")
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
+        try check(training.collectiveTimeout >= 0, "training.collective_timeout", "must be 0 (no limit) or positive seconds")
         try check(eval.every >= 0 && eval.maxBatches >= 0, "eval.every", "eval.every and eval.max_batches must be 0 or more")
         try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")
         try check(checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1, got \(checkpoint.keep)")

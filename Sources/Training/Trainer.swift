@@ -56,12 +56,14 @@ public final class Trainer {
         guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the data's tokenizer (\(train.tokenizer.vocabularySize) tokens)")
         }
-        try agreeAcrossRanks(train: train)
+        let watchdog = CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, rank: world.rank)
+        defer { watchdog.stop() }
+        try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(train: train) }
 
         let model = try TransformerModel(config: config.model, maxBatch: config.training.batchSize,
                                          maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength)
         model.initializeParameters(seed: config.training.seed)
-        try world.broadcast(model.parameters.storage, root: 0)
+        try watchdog.guarding("parameter broadcast") { try world.broadcast(model.parameters.storage, root: 0) }
         let optimizer = AdamW(layout: model.layout, settings: config.optimizer.settings)
         var state = TrainingState(step: 0, position: SamplerPosition(), dropoutSeed: config.training.seed)
         if resume, let latest = try Checkpoint.latest(in: runDirectory) {
@@ -104,12 +106,12 @@ public final class Trainer {
                 let isLast = micro == config.training.gradAccum - 1
                 if isLast { synchronizer.attach(to: model) }
                 let result = model.forwardBackward(Batch(tokenBatch), labelSmoothing: config.training.labelSmoothing)
-                if isLast { try synchronizer.finish(detaching: model) }
+                if isLast { try watchdog.guarding("gradient allreduce") { try synchronizer.finish(detaching: model) } }
                 local[0] += result.loss
                 local[1] += Double(result.tokens)
                 local[2] += Double(result.correct)
             }
-            try world.allreduce(&local, op: .sum)
+            try watchdog.guarding("loss and token-count allreduce") { try world.allreduce(&local, op: .sum) }
             let tokens = local[1]
             guard tokens > 0 else { throw TrainingError("step \(state.step + 1) has no target tokens on any rank") }
             let lossPerToken = local[0] / tokens
@@ -138,12 +140,12 @@ public final class Trainer {
                 }
             }
             // Every rank learns whether any rank was asked to stop, so they all stop at this same boundary.
-            let stopSignal = try world.allreduce(StopSignals.received, op: .max)
+            let stopSignal = try watchdog.guarding("stop-signal allreduce") { try world.allreduce(StopSignals.received, op: .max) }
             stopped = stopSignal != 0
             if stopped && world.rank == 0 { log("signal \(stopSignal) received: stopping after step \(state.step) with a checkpoint") }
             let atEnd = state.step == config.training.steps || stopped
             if let valid, !stopped, atEnd || (config.eval.every > 0 && state.step % config.eval.every == 0) {
-                evaluation = try evaluate(model, on: valid)
+                evaluation = try watchdog.guarding("evaluation") { try evaluate(model, on: valid) }
                 if let metrics, let evaluation {
                     try metrics.append(["step": state.step, "valid_loss": evaluation.loss, "valid_perplexity": evaluation.perplexity,
                                         "valid_token_accuracy": evaluation.tokenAccuracy, "valid_tokens": evaluation.tokens])
@@ -157,7 +159,7 @@ public final class Trainer {
                                                    tokenizer: train.tokenizer, keep: config.checkpoint.keep)
                     log("checkpoint \(path)")
                 }
-                try world.barrier()
+                try watchdog.guarding("checkpoint barrier") { try world.barrier() }
             }
             if stopped { break }
         }

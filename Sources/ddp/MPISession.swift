@@ -1,3 +1,5 @@
+import ArgumentParser
+import Foundation
 import MPI
 
 /// Runs `body` with MPI initialised, and finalises it afterwards.
@@ -12,8 +14,15 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
         let result = try body(runtime)
         try runtime.finalize()
         return result
+    } catch let error as ErrorOnEveryRank where runtime.world.size > 1 {
+        // Every rank prints, then waits for the others to have printed: mpirun ends the job at the first non-zero
+        // exit, which would otherwise cut the other ranks short.
+        FileHandle.standardError.write(Foundation.Data("Error: rank \(runtime.world.rank): \(error)\n".utf8))
+        try? runtime.world.barrier()
+        try? runtime.finalize()
+        throw ExitCode.failure
     } catch {
-        if runtime.world.size > 1 && !(error is ErrorOnEveryRank) {
+        if runtime.world.size > 1 {
             runtime.world.abort(code: 1, message: "\(error)")
         }
         try? runtime.finalize()

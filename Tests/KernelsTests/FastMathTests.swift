@@ -59,4 +59,15 @@ final class FastMathTests: XCTestCase {
             XCTAssertEqual(result.tokens, 2)
         }
     }
+
+    /// A diverged model's NaN logits give a NaN loss (which the trainer reports), never a read past the row.
+    func testCrossEntropyOfNaNLogitsIsNaN() {
+        let vocabulary = 33
+        let logits = Tensor([Float](repeating: .nan, count: 2 * vocabulary))
+        [Int32(5), 7].withUnsafeBufferPointer { targets in
+            let result = crossEntropy(logits: logits.buffer, targets: targets, vocabulary: vocabulary, smoothing: 0.1, ignored: 0)
+            XCTAssertTrue(result.loss.isNaN)
+            XCTAssertEqual(result.tokens, 2)
+        }
+    }
 }

@@ -20,15 +20,16 @@ final class TrainTests: XCTestCase {
 
     private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
 
-    private func config(batch: Int, accumulation: Int = 1, steps: Int) throws -> String {
-        let file = path("b\(batch)-a\(accumulation)-s\(steps).yaml")
+    private func config(batch: Int, accumulation: Int = 1, steps: Int, extra: String = "", lr: String = "3.0e-3",
+                        clip: String = "1.0") throws -> String {
+        let file = path("b\(batch)-a\(accumulation)-s\(steps)-\(abs(extra.hashValue))-\(lr)-\(clip).yaml")
         try """
             model: {kind: encoder-decoder, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 1, decoder_layers: 1, d_ff: 64,
                     activation: gelu, norm: pre, positions: sinusoidal, max_length: 16, dropout: 0.0, tied_embeddings: true}
             data: {directory: \(path("data")), source_length: 13, target_length: 13}
             training: {batch_size: \(batch), grad_accum: \(accumulation), steps: \(steps), label_smoothing: 0.1, seed: 3, threads: 1,
-                       clip_norm: 1.0, bucket_mb: 0.01, log_every: 5}
-            optimizer: {lr: 3.0e-3}
+                       clip_norm: \(clip), bucket_mb: 0.01, log_every: 5\(extra)}
+            optimizer: {lr: \(lr)}
             checkpoint: {keep: 5}
             """.write(toFile: file, atomically: true, encoding: .utf8)
         return file
@@ -170,5 +171,82 @@ final class TrainTests: XCTestCase {
             XCTAssertEqual(inspect.status, 0, inspect.output)
             XCTAssertTrue(inspect.stdout.contains("@format = \"swiftddp-checkpoint\""), inspect.stdout)
         }
+    }
+
+    /// Starts `ddp train` on 2 ranks in the background and waits until it has taken a few steps.
+    private func startTwoRanks(config: String, run: String) throws -> (Process, Pipe) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(findOnPath("mpirun")))
+        process.arguments = ["-np", "2", ddp, "train", "--config", config, "--run-dir", path(run)]
+        process.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? String(contentsOfFile: path(run) + "/metrics.jsonl", encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
+            if Date() > deadline {
+                process.terminate()
+                throw XCTSkip("training did not start in 60 s")
+            }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        return (process, output)
+    }
+
+    private func rankProcessIDs(_ config: String) throws -> [Int32] {
+        let result = try runProcess(try XCTUnwrap(findOnPath("pgrep")), ["-f", "^\(ddp) train --config \(config)"])
+        return result.stdout.split(separator: "\n").compactMap { Int32($0) }
+    }
+
+    private func waitForExit(_ process: Process, within seconds: Double) -> (finished: Bool, elapsed: Double) {
+        let start = Date()
+        while process.isRunning && Date().timeIntervalSince(start) < seconds { Thread.sleep(forTimeInterval: 0.1) }
+        let finished = !process.isRunning
+        if !finished { process.terminate() }
+        process.waitUntilExit()
+        return (finished, Date().timeIntervalSince(start))
+    }
+
+    /// A rank that stops answering (SIGSTOP: it neither dies nor communicates) ends the job within
+    /// collective_timeout plus a little, non-zero, with a message naming the collective phase — never a hang.
+    func testStalledRankHitsTheCollectiveTimeout() throws {
+        let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 3")
+        let (process, output) = try startTwoRanks(config: long, run: "stall")
+        let ranks = try rankProcessIDs(long)
+        XCTAssertEqual(ranks.count, 2)
+        kill(try XCTUnwrap(ranks.last), SIGSTOP)
+        let (finished, elapsed) = waitForExit(process, within: 33)
+        for pid in ranks { kill(pid, SIGKILL) }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(finished, "the job hung:\n\(text)")
+        XCTAssertNotEqual(process.terminationStatus, 0)
+        XCTAssertTrue(text.contains("did not complete within 3"), text)
+        XCTAssertTrue(text.contains("collective '"), text)
+        XCTAssertLessThan(elapsed, 33)
+    }
+
+    /// kill -9 of one rank ends the job within 30 s with a non-zero status.
+    func testKilledRankEndsTheJob() throws {
+        let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 60")
+        let (process, output) = try startTwoRanks(config: long, run: "killed")
+        let ranks = try rankProcessIDs(long)
+        kill(try XCTUnwrap(ranks.last), SIGKILL)
+        let (finished, elapsed) = waitForExit(process, within: 30)
+        for pid in ranks { kill(pid, SIGKILL) }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(finished, "the job hung:\n\(text)")
+        XCTAssertNotEqual(process.terminationStatus, 0)
+        XCTAssertLessThan(elapsed, 30)
+    }
+
+    /// A diverging run (no clipping, an absurd learning rate) stops with a message at the first non-finite value
+    /// and writes no checkpoint of the broken state.
+    func testNonFiniteLossStopsTheRun() throws {
+        let exploding = try config(batch: 4, steps: 500, lr: "1.0e+12", clip: "0")
+        let result = try runProcess(ddp, ["train", "--config", exploding, "--run-dir", path("nan")], environment: mpiEnvironment, timeout: 300)
+        XCTAssertNotEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.stderr.contains("non-finite loss"), result.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("nan") + "/latest"), "no checkpoint of a diverged run")
     }
 }
