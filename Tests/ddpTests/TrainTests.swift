@@ -137,32 +137,11 @@ final class TrainTests: XCTestCase {
         let long = try config(batch: 4, steps: 1_000_000)
         for ranks in [1, 2] {
             let run = path("signal-\(ranks)")
-            let process = Process()
-            if ranks == 1 {
-                process.executableURL = URL(fileURLWithPath: ddp)
-                process.arguments = ["train", "--config", long, "--run-dir", run]
-            } else {
-                process.executableURL = URL(fileURLWithPath: try XCTUnwrap(findOnPath("mpirun")))
-                process.arguments = ["-np", "2", ddp, "train", "--config", long, "--run-dir", run]
-            }
-            process.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            // Wait until training is under way, then signal the ranks (not mpirun).
-            let deadline = Date().addingTimeInterval(60)
-            while ((try? String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8))?.split(separator: "\n").count ?? 0) < 5 {
-                XCTAssertLessThan(Date(), deadline, "training did not start")
-                if Date() > deadline { process.terminate(); return }
-                Thread.sleep(forTimeInterval: 0.1)
-            }
+            let (process, output) = try startTraining(ranks: ranks, config: long, run: "signal-\(ranks)")
+            // Signal the ranks (not mpirun), as a scheduler does.
             let kill = try runProcess(try XCTUnwrap(findOnPath("pkill")), ["-TERM", "-f", "^\(ddp) train --config \(long) --run-dir \(run)"])
             XCTAssertEqual(kill.status, 0, "no process matched")
-            let stopDeadline = Date().addingTimeInterval(60)
-            while process.isRunning && Date() < stopDeadline { Thread.sleep(forTimeInterval: 0.1) }
-            if process.isRunning { process.terminate() }
-            process.waitUntilExit()
+            _ = waitForExit(process, within: 60)
             let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             XCTAssertEqual(process.terminationStatus, 0, "\(ranks) rank(s):\n\(text)")
             XCTAssertTrue(text.contains("stopped by a signal at step"), text)
@@ -173,11 +152,18 @@ final class TrainTests: XCTestCase {
         }
     }
 
-    /// Starts `ddp train` on 2 ranks in the background and waits until it has taken a few steps.
-    private func startTwoRanks(config: String, run: String) throws -> (Process, Pipe) {
+    /// Starts `ddp train` (alone, or on several ranks under mpirun) in the background and waits until it has
+    /// taken a few steps.
+    private func startTraining(ranks: Int, config: String, run: String) throws -> (Process, Pipe) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try XCTUnwrap(findOnPath("mpirun")))
-        process.arguments = ["-np", "2", ddp, "train", "--config", config, "--run-dir", path(run)]
+        let arguments = ["train", "--config", config, "--run-dir", path(run)]
+        if ranks == 1 {
+            process.executableURL = URL(fileURLWithPath: ddp)
+            process.arguments = arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: try XCTUnwrap(findOnPath("mpirun")))
+            process.arguments = ["-np", String(ranks), ddp] + arguments
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
         let output = Pipe()
         process.standardOutput = output
@@ -212,7 +198,7 @@ final class TrainTests: XCTestCase {
     /// collective_timeout plus a little, non-zero, with a message naming the collective phase — never a hang.
     func testStalledRankHitsTheCollectiveTimeout() throws {
         let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 3")
-        let (process, output) = try startTwoRanks(config: long, run: "stall")
+        let (process, output) = try startTraining(ranks: 2, config: long, run: "stall")
         let ranks = try rankProcessIDs(long)
         XCTAssertEqual(ranks.count, 2)
         kill(try XCTUnwrap(ranks.last), SIGSTOP)
@@ -229,7 +215,7 @@ final class TrainTests: XCTestCase {
     /// kill -9 of one rank ends the job within 30 s with a non-zero status.
     func testKilledRankEndsTheJob() throws {
         let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 60")
-        let (process, output) = try startTwoRanks(config: long, run: "killed")
+        let (process, output) = try startTraining(ranks: 2, config: long, run: "killed")
         let ranks = try rankProcessIDs(long)
         kill(try XCTUnwrap(ranks.last), SIGKILL)
         let (finished, elapsed) = waitForExit(process, within: 30)
