@@ -191,15 +191,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
 
-    public static func load(_ path: String) throws -> RunConfig {
+    /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys).
+    public static func load(_ path: String, overrides: [String] = []) throws -> RunConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError(file: path, key: nil, message: "cannot read the file")
         }
-        return try parse(text, file: path)
+        return try parse(text, file: path, overrides: overrides)
     }
 
-    public static func parse(_ text: String, file: String) throws -> RunConfig {
-        let root: Node
+    public static func parse(_ text: String, file: String, overrides: [String] = []) throws -> RunConfig {
+        var root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: file, key: nil, message: "the file is empty") }
             root = node
@@ -208,6 +209,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         } catch {
             throw ConfigError(file: file, key: nil, message: "not valid YAML: \(error)")
         }
+        for override in overrides { root = try apply(override, to: root, file: file) }
         try checkKeys(root, section: "", file: file)
         let config: RunConfig
         do {
@@ -217,6 +219,29 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         try config.validate(file: file)
         return config
+    }
+
+    /// `section.key=value`: sets (or adds) one key; the value is read as YAML (`3`, `1.0e-3`, `true`, `gelu`).
+    private static func apply(_ override: String, to root: Node, file: String) throws -> Node {
+        let parts = override.split(separator: "=", maxSplits: 1).map(String.init)
+        let path = parts.first?.split(separator: ".").map(String.init) ?? []
+        guard parts.count == 2, path.count == 2, !parts[1].isEmpty else {
+            throw ConfigError(file: file, key: nil, message: "--set \(override): expected section.key=value (for example training.steps=100)")
+        }
+        let (section, key) = (path[0], path[1])
+        guard let allowed = knownKeys[section], allowed.contains(key) else {
+            let known = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\(section).\($0)'?)" } ?? ""
+            throw ConfigError(file: file, key: "\(section).\(key)", message: "--set: unknown key\(known)")
+        }
+        guard var mapping = root.mapping else { throw ConfigError(file: file, key: nil, message: "expected a mapping of keys to values") }
+        let value: Node
+        do { value = try Yams.compose(yaml: parts[1]) ?? Node(parts[1]) } catch {
+            throw ConfigError(file: file, key: "\(section).\(key)", message: "--set: '\(parts[1])' is not a YAML value")
+        }
+        var inner = mapping[Node(section)]?.mapping ?? Node.Mapping([])
+        inner[Node(key)] = value
+        mapping[Node(section)] = .mapping(inner)
+        return .mapping(mapping)
     }
 
     private static func checkKeys(_ node: Node, section: String, file: String) throws {

@@ -23,6 +23,9 @@ struct BenchStep: ParsableCommand {
     @Option(help: "Threads for BLAS and the compute kernels.")
     var threads: Int = 1
 
+    @Option(name: .customLong("set"), help: "Override a config key: --set training.steps=100 (repeatable).")
+    var overrides: [String] = []
+
     @Option(help: "Timed steps.")
     var steps: Int = 10
 
@@ -42,7 +45,7 @@ struct BenchStep: ParsableCommand {
     }
 
     func run() throws {
-        let run = try RunConfig.load(config)
+        let run = try RunConfig.load(config, overrides: overrides)
         let model = run.model
         if dryRun {
             print("\(config): valid, \(TransformerModel.parameterLayout(for: model).count) parameters")

@@ -26,8 +26,11 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue from RUN_DIR/latest.")
     var resume = false
 
+    @Option(name: .customLong("set"), help: "Override a config key: --set training.steps=100 (repeatable).")
+    var overrides: [String] = []
+
     func run() throws {
-        let run = try RunConfig.load(config)
+        let run = try RunConfig.load(config, overrides: overrides)
         let directory = runDir ?? "runs/" + ((config as NSString).lastPathComponent as NSString).deletingPathExtension
         try withMPI { runtime in
             let world = runtime.world

@@ -41,11 +41,8 @@ final class ScheduleTests: XCTestCase {
     }
 
     func testScheduleFromConfig() throws {
-        let yaml = """
-            model: {kind: decoder-only, vocab_size: 300, d_model: 64, heads: 4, decoder_layers: 1, d_ff: 64, activation: gelu,
-                    norm: pre, positions: learned, max_length: 16}
-            data: {target_length: 16}
-            training: {batch_size: 2}
+        let yaml = smallModelYAML + """
+
             optimizer: {lr: 1.0e-3}
             schedule: {kind: cosine, warmup_steps: 5, total_steps: 50, min_lr: 1.0e-5}
             """
@@ -58,4 +55,35 @@ final class ScheduleTests: XCTestCase {
             XCTAssertEqual(($0 as? ConfigError)?.key, "schedule.kind")
         }
     }
+
+    func testSetOverridesAreCheckedLikeTheFile() throws {
+        let yaml = smallModelYAML
+        let config = try RunConfig.parse(yaml, file: "inline.yaml",
+                                         overrides: ["training.steps=7", "model.activation=relu", "optimizer.lr=5.0e-4", "schedule.kind=noam",
+                                                     "schedule.warmup_steps=3"])
+        XCTAssertEqual(config.training.steps, 7)
+        XCTAssertEqual(config.model.activation, .relu)
+        XCTAssertEqual(config.optimizer.lr, 5e-4)
+        XCTAssertEqual(config.learningRateSchedule, .noam(dModel: 64, warmupSteps: 3, factor: 1))
+        func error(_ override: String) -> String {
+            do {
+                _ = try RunConfig.parse(yaml, file: "inline.yaml", overrides: [override])
+                return "no error"
+            } catch {
+                return "\(error)"
+            }
+        }
+        XCTAssertTrue(error("training.stpes=3").contains("config key 'training.stpes': --set: unknown key (did you mean 'training.steps'?)"))
+        XCTAssertTrue(error("steps=3").contains("expected section.key=value"))
+        XCTAssertTrue(error("training.steps=many").contains("config key 'training.steps'"))
+        XCTAssertTrue(error("model.heads=3").contains("d_model 64 is not divisible by heads 3"))
+    }
 }
+
+/// A valid config small enough for parsing tests.
+private let smallModelYAML = """
+    model: {kind: decoder-only, vocab_size: 300, d_model: 64, heads: 4, decoder_layers: 1, d_ff: 64, activation: gelu,
+            norm: pre, positions: learned, max_length: 16}
+    data: {target_length: 16}
+    training: {batch_size: 2}
+    """

@@ -25,7 +25,8 @@ final class BenchStepTests: XCTestCase {
     /// Every shipped config loads and validates; W2's parameter count equals PyTorch's reference model's
     /// (W1's is 1024 fewer: nn.Transformer adds final norms to post-norm stacks, which the paper's model has not).
     func testShippedConfigsLoad() throws {
-        for (name, parameters) in [("tiny", 44_800 as Int?), ("bench-w1", 7_626_752), ("bench-w2", 10_844_160)] {
+        for (name, parameters) in [("tiny", 44_800 as Int?), ("bench-w1", 7_626_752), ("bench-w2", 10_844_160),
+                                   ("reverse", nil), ("base", nil), ("gpt-small", nil)] {
             let path = repository.appendingPathComponent("Configs/\(name).yaml").path
             let result = try runProcess(ddp, ["bench", "step", "--config", path, "--dry-run"])
             XCTAssertEqual(result.status, 0, "\(name): \(result.output)")
