@@ -69,13 +69,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var every = 0
         /// At most this many validation batches per rank (0: the whole split).
         public var maxBatches = 0
+        /// seq2seq: greedy-decode this many validation examples for exact match and BLEU (0: off).
+        public var decodeSamples = 200
 
-        enum CodingKeys: String, CodingKey { case every, maxBatches = "max_batches" }
+        enum CodingKeys: String, CodingKey { case every, maxBatches = "max_batches", decodeSamples = "decode_samples" }
         public init() {}
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
             maxBatches = try values.decodeIfPresent(Int.self, forKey: .maxBatches) ?? 0
+            decodeSamples = try values.decodeIfPresent(Int.self, forKey: .decodeSamples) ?? 200
         }
     }
 
@@ -185,7 +188,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "data": ["directory", "source_length", "target_length"],
         "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "threads", "log_every",
                      "collective_timeout"],
-        "eval": ["every", "max_batches"],
+        "eval": ["every", "max_batches", "decode_samples"],
         "checkpoint": ["every", "keep"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
@@ -295,6 +298,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
         try check(training.collectiveTimeout >= 0, "training.collective_timeout", "must be 0 (no limit) or positive seconds")
         try check(eval.every >= 0 && eval.maxBatches >= 0, "eval.every", "eval.every and eval.max_batches must be 0 or more")
+        try check(eval.decodeSamples >= 0, "eval.decode_samples", "must be 0 (off) or more, got \(eval.decodeSamples)")
         try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")
         try check(checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1, got \(checkpoint.keep)")
         try check(data.targetLength >= 1 && data.targetLength <= model.maxLength, "data.target_length",

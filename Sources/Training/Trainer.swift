@@ -25,6 +25,9 @@ public struct Evaluation: Sendable, Equatable, Codable {
     public var tokenAccuracy: Double
     public var tokens: Int
     public var sequences: Int
+    /// seq2seq, from greedy decoding of `eval.decode_samples` examples: the share decoded exactly, and corpus BLEU.
+    public var exactMatch: Double?
+    public var bleu: Double?
 }
 
 /// The training loop (DESIGN.md "Training"): every rank runs it; rank 0 also logs and writes checkpoints.
@@ -147,10 +150,17 @@ public final class Trainer {
             if let valid, !stopped, atEnd || (config.eval.every > 0 && state.step % config.eval.every == 0) {
                 evaluation = try watchdog.guarding("evaluation") { try evaluate(model, on: valid) }
                 if let metrics, let evaluation {
-                    try metrics.append(["step": state.step, "valid_loss": evaluation.loss, "valid_perplexity": evaluation.perplexity,
-                                        "valid_token_accuracy": evaluation.tokenAccuracy, "valid_tokens": evaluation.tokens])
-                    log(String(format: "eval at step %d: loss %.4f  perplexity %.3f  token accuracy %.4f", state.step,
-                               evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy))
+                    var fields: [String: Any] = ["step": state.step, "valid_loss": evaluation.loss, "valid_perplexity": evaluation.perplexity,
+                                                 "valid_token_accuracy": evaluation.tokenAccuracy, "valid_tokens": evaluation.tokens]
+                    var line = String(format: "eval at step %d: loss %.4f  perplexity %.3f  token accuracy %.4f", state.step,
+                                      evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy)
+                    if let exact = evaluation.exactMatch, let bleu = evaluation.bleu {
+                        fields["valid_exact_match"] = exact
+                        fields["valid_bleu"] = bleu
+                        line += String(format: "  exact match %.4f  BLEU %.2f", exact, bleu)
+                    }
+                    try metrics.append(fields)
+                    log(line)
                 }
             }
             if atEnd || (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0) {
@@ -187,8 +197,37 @@ public final class Trainer {
         }
         try world.allreduce(&sums, op: .sum)
         let loss = sums[1] > 0 ? sums[0] / sums[1] : 0
-        return Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
-                          tokens: Int(sums[1]), sequences: Int(sums[3]))
+        var result = Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
+                                tokens: Int(sums[1]), sequences: Int(sums[3]))
+        if valid.task == .seq2seq && config.eval.decodeSamples > 0 {
+            (result.exactMatch, result.bleu) = try decodingScores(model, on: valid)
+        }
+        return result
+    }
+
+    /// Greedy-decodes the first `eval.decode_samples` validation examples (split across ranks) and scores them
+    /// against their targets: exact match and corpus BLEU on the decoded text.
+    private func decodingScores(_ model: TransformerModel, on valid: DataSplit) throws -> (exactMatch: Double, bleu: Double) {
+        let reader = try SampleReader(split: valid)
+        let mine = DistributedSampler.evaluationIndices(samples: min(valid.samples, config.eval.decodeSamples), rank: world.rank,
+                                                        worldSize: world.size)
+        var counts = [0.0, 0.0]  // exact, decoded
+        var bleu = BLEUStatistics()
+        for start in stride(from: 0, to: mine.count, by: config.training.batchSize) {
+            let chunk = Array(mine[start..<min(mine.count, start + config.training.batchSize)])
+            let batch = try reader.batch(chunk, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
+            let outputs = model.greedyDecode(source: batch.source, batchSize: batch.batchSize, sourceLength: batch.sourceLength,
+                                             maxLength: config.data.targetLength - 1)
+            for (row, index) in chunk.enumerated() {
+                let target = try reader.sample(index).target
+                counts[0] += outputs[row] == target ? 1 : 0
+                counts[1] += 1
+                bleu.add(hypothesis: valid.tokenizer.decode(outputs[row]), reference: valid.tokenizer.decode(target))
+            }
+        }
+        var totals = counts + bleu.vector
+        try world.allreduce(&totals, op: .sum)
+        return (totals[1] > 0 ? totals[0] / totals[1] : 0, BLEUStatistics(vector: Array(totals[2...])).score)
     }
 
     /// Every rank must train the same config on the same data: compare a hash of both; a mismatch stops every

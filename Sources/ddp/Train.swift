@@ -42,8 +42,12 @@ struct Train: ParsableCommand {
                 print((stopped ? "stopped by a signal" : "done") + " at step \(state.step); run directory \(directory), "
                       + "metrics \(directory)/metrics.jsonl" + (stopped ? " (continue with --resume)" : ""))
                 if let evaluation {
-                    print(String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
-                                 evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.tokens))
+                    var line = String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
+                                      evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.tokens)
+                    if let exact = evaluation.exactMatch, let bleu = evaluation.bleu {
+                        line += String(format: "; exact match %.4f, BLEU %.2f (greedy)", exact, bleu)
+                    }
+                    print(line)
                 }
             }
         }

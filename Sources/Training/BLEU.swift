@@ -1,0 +1,48 @@
+import Foundation
+
+/// Corpus BLEU-4 (Papineni et al.; sacrebleu's definition with `tokenize=none`: whitespace tokens, uniform
+/// weights, brevity penalty, no smoothing) from sufficient statistics that can be summed across ranks.
+public struct BLEUStatistics: Equatable, Sendable {
+    /// Matched and total n-grams for n = 1...4.
+    public var matches = [Double](repeating: 0, count: 4)
+    public var totals = [Double](repeating: 0, count: 4)
+    public var hypothesisLength = 0.0
+    public var referenceLength = 0.0
+
+    public init() {}
+
+    public mutating func add(hypothesis: String, reference: String) {
+        let hypothesisTokens = hypothesis.split(whereSeparator: \.isWhitespace).map(String.init)
+        let referenceTokens = reference.split(whereSeparator: \.isWhitespace).map(String.init)
+        hypothesisLength += Double(hypothesisTokens.count)
+        referenceLength += Double(referenceTokens.count)
+        for n in 1...4 {
+            let hypothesisGrams = ngrams(hypothesisTokens, n), referenceGrams = ngrams(referenceTokens, n)
+            totals[n - 1] += Double(max(0, hypothesisTokens.count - n + 1))
+            for (gram, count) in hypothesisGrams { matches[n - 1] += Double(min(count, referenceGrams[gram] ?? 0)) }
+        }
+    }
+
+    private func ngrams(_ tokens: [String], _ n: Int) -> [ArraySlice<String>: Int] {
+        var counts: [ArraySlice<String>: Int] = [:]
+        if tokens.count >= n { for i in 0...(tokens.count - n) { counts[tokens[i..<(i + n)], default: 0] += 1 } }
+        return counts
+    }
+
+    /// The statistics as one flat vector (to all-reduce) and back.
+    public var vector: [Double] { matches + totals + [hypothesisLength, referenceLength] }
+    public init(vector: [Double]) {
+        matches = Array(vector[0..<4])
+        totals = Array(vector[4..<8])
+        hypothesisLength = vector[8]
+        referenceLength = vector[9]
+    }
+
+    /// BLEU in 0...100.
+    public var score: Double {
+        guard hypothesisLength > 0, !matches.contains(0) else { return 0 }
+        let logPrecision = (0..<4).map { log(matches[$0] / totals[$0]) }.reduce(0, +) / 4
+        let brevity = hypothesisLength < referenceLength ? exp(1 - referenceLength / hypothesisLength) : 1
+        return 100 * brevity * exp(logPrecision)
+    }
+}
