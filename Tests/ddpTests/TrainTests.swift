@@ -235,4 +235,27 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("non-finite loss"), result.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("nan") + "/latest"), "no checkpoint of a diverged run")
     }
+
+    /// kill -9 while checkpoints are being written (one every step): whenever it lands, `latest` names a
+    /// checkpoint that loads.
+    func testKillDuringCheckpointingLeavesALoadableLatest() throws {
+        let everyStep = try config(batch: 4, steps: 1_000_000, extra: "")
+        let yaml = try String(contentsOfFile: everyStep, encoding: .utf8).replacingOccurrences(of: "checkpoint: {keep: 5}", with: "checkpoint: {every: 1, keep: 2}")
+        try yaml.write(toFile: everyStep, atomically: true, encoding: .utf8)
+        for (attempt, delay) in [0.05, 0.37, 0.71].enumerated() {
+            let run = "killed-write-\(attempt)"
+            let (process, _) = try startTraining(ranks: 1, config: everyStep, run: run)
+            Thread.sleep(forTimeInterval: delay)
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            let latest = try String(contentsOfFile: path(run) + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let inspect = try runProcess(ddp, ["inspect", path(run) + "/" + latest])
+            XCTAssertEqual(inspect.status, 0, "attempt \(attempt): \(inspect.output)")
+            XCTAssertTrue(inspect.stdout.contains("/params/embed.weight"), inspect.stdout)
+            let resumed = try runProcess(ddp, ["train", "--config", everyStep, "--run-dir", path(run), "--resume",
+                                               "--set", "training.steps=\(Int(latest.dropFirst(11).prefix(8))! + 1)"],
+                                         environment: mpiEnvironment, timeout: 120)
+            XCTAssertEqual(resumed.status, 0, "attempt \(attempt): resuming from \(latest) failed:\n\(resumed.output)")
+        }
+    }
 }
