@@ -22,6 +22,18 @@ final class BenchStepTests: XCTestCase {
         XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
     }
 
+    /// Under mpirun: all ranks' tokens count, gradients are synchronised, and the waiting share is reported.
+    func testBenchStepUnderTwoRanks() throws {
+        let result = try runUnderMPI(ranks: 2, ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
+                                                     "--steps", "2", "--warmup", "1", "--json"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(json["ranks"] as? Int, 2)
+        XCTAssertEqual(json["tokens_per_step"] as? Int, 2 * 4 * 16)
+        let wait = try XCTUnwrap(json["communication_wait_share"] as? Double)
+        XCTAssertTrue((0...1).contains(wait), "\(wait)")
+    }
+
     /// Every shipped config loads and validates; W2's parameter count equals PyTorch's reference model's
     /// (W1's is 1024 fewer: nn.Transformer adds final norms to post-norm stacks, which the paper's model has not).
     func testShippedConfigsLoad() throws {
