@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "Training", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Transformer", "Data", "HDF5", "TestSupport"]),
         .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),

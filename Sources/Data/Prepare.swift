@@ -143,6 +143,22 @@ public enum Preparer {
         return (0..<n).map { (count * $0 / n)..<(count * ($0 + 1) / n) }
     }
 
+    /// Cuts each split into `options.shards` files (`train-00000.h5`, ...), has `write` produce each one (returning its
+    /// token count), and records the counts in the summary.
+    private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, into summary: inout PrepareSummary,
+                                    write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String) throws -> Int) throws {
+        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+            let ranges = shardRanges(indices.count, shards: options.shards)
+            var tokens = 0
+            for (shard, range) in ranges.enumerated() {
+                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
+                tokens += try write(name, shard, ranges.count, indices[range], path)
+            }
+            if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
+            else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
+        }
+    }
+
     private static func createOutput(_ options: PrepareOptions) throws {
         do {
             try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
@@ -160,21 +176,14 @@ public enum Preparer {
         try createOutput(options)
         let (train, valid) = split(documents.count, options: options)
         var summary = PrepareSummary(task: .lm, tokenizer: tokenizer)
-        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
-            let ranges = shardRanges(indices.count, shards: options.shards)
-            for (shard, range) in ranges.enumerated() {
-                var encoded: [[Int32]] = []
-                for (done, index) in indices[range].enumerated() {
-                    encoded.append(tokenizer.encode(documents[index]))
-                    if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(ranges.count): \(done + 1)/\(range.count) documents") }
-                }
-                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
-                try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer)
-                let tokens = encoded.reduce(0) { $0 + $1.count + 1 }
-                if name == "train" { summary.trainTokens += tokens } else { summary.validTokens += tokens }
+        try writeSplits(train: train, valid: valid, options: options, into: &summary) { name, shard, shards, indices, path in
+            var encoded: [[Int32]] = []
+            for (done, index) in indices.enumerated() {
+                encoded.append(tokenizer.encode(documents[index]))
+                if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(shards): \(done + 1)/\(indices.count) documents") }
             }
-            if name == "train" { (summary.trainSamples, summary.trainShards) = (indices.count, ranges.count) }
-            else { (summary.validSamples, summary.validShards) = (indices.count, ranges.count) }
+            try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer)
+            return encoded.reduce(0) { $0 + $1.count + 1 }
         }
         return summary
     }
@@ -203,17 +212,10 @@ public enum Preparer {
         let (train, valid) = split(encoded.count, options: options)
         var summary = PrepareSummary(task: .seq2seq, tokenizer: tokenizer)
         summary.dropped = dropped
-        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
-            let ranges = shardRanges(indices.count, shards: options.shards)
-            for (shard, range) in ranges.enumerated() {
-                let chosen = indices[range].map { encoded[$0] }
-                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
-                try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer)
-                let tokens = chosen.reduce(0) { $0 + $1.source.count + $1.target.count }
-                if name == "train" { summary.trainTokens += tokens } else { summary.validTokens += tokens }
-            }
-            if name == "train" { (summary.trainSamples, summary.trainShards) = (indices.count, ranges.count) }
-            else { (summary.validSamples, summary.validShards) = (indices.count, ranges.count) }
+        try writeSplits(train: train, valid: valid, options: options, into: &summary) { _, _, _, indices, path in
+            let chosen = indices.map { encoded[$0] }
+            try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer)
+            return chosen.reduce(0) { $0 + $1.source.count + $1.target.count }
         }
         return summary
     }

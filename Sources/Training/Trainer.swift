@@ -218,8 +218,10 @@ public final class Trainer {
             let batch = try reader.batch(chunk, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
             let outputs = model.greedyDecode(source: batch.source, batchSize: batch.batchSize, sourceLength: batch.sourceLength,
                                              maxLength: config.data.targetLength - 1)
-            for (row, index) in chunk.enumerated() {
-                let target = try reader.sample(index).target
+            for row in chunk.indices {
+                // The batch's labels are target + EOS, padded: the target needs no second read.
+                let labels = batch.labels[(row * batch.targetLength)..<((row + 1) * batch.targetLength)]
+                let target = Array(labels.prefix { $0 != Transformer.SpecialToken.eos })
                 counts[0] += outputs[row] == target ? 1 : 0
                 counts[1] += 1
                 bleu.add(hypothesis: valid.tokenizer.decode(outputs[row]), reference: valid.tokenizer.decode(target))
@@ -280,8 +282,9 @@ struct FNV1a {
     }
 }
 
-/// This rank's micro-batches from a sampler position on, for a number of updates (runs on the loader thread).
-final class RankPlan: @unchecked Sendable {
+/// This rank's micro-batches from a sampler position on, for a number of updates: a loader's plan (it runs on
+/// the loader thread).
+public final class RankPlan: @unchecked Sendable {
     // @unchecked: all state is touched under `lock`.
     private let lock = NSLock()
     private let sampler: DistributedSampler
@@ -292,7 +295,8 @@ final class RankPlan: @unchecked Sendable {
     private var order: [Int] = []
     private var orderEpoch = -1
 
-    init(sampler: DistributedSampler, start: SamplerPosition, updates: Int, rank: Int, worldSize: Int, microSteps: Int, perRankBatch: Int) {
+    public init(sampler: DistributedSampler, start: SamplerPosition, updates: Int, rank: Int, worldSize: Int, microSteps: Int,
+                perRankBatch: Int) {
         self.sampler = sampler
         self.position = start
         self.remainingUpdates = updates
@@ -302,7 +306,7 @@ final class RankPlan: @unchecked Sendable {
         self.perRankBatch = perRankBatch
     }
 
-    func next() -> [Int]? {
+    public func next() -> [Int]? {
         lock.lock()
         defer { lock.unlock() }
         guard remainingUpdates > 0 else { return nil }
@@ -322,13 +326,13 @@ final class RankPlan: @unchecked Sendable {
     }
 }
 
-/// A fixed list of batches (evaluation).
-final class ListPlan: @unchecked Sendable {
+/// A fixed list of batches, in order (evaluation): a loader's plan.
+public final class ListPlan: @unchecked Sendable {
     // @unchecked: `items` is touched under `lock` only.
     private let lock = NSLock()
     private var items: [[Int]]
-    init(_ items: [[Int]]) { self.items = items.reversed() }
-    func next() -> [Int]? {
+    public init(_ items: [[Int]]) { self.items = items.reversed() }
+    public func next() -> [Int]? {
         lock.lock()
         defer { lock.unlock() }
         return items.popLast()

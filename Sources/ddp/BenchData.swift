@@ -41,7 +41,8 @@ struct BenchData: ParsableCommand {
         let validation = (clock.now - start).seconds
         let sampler = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
                                          worldSize: 1, accumulationSteps: 1)
-        let plan = BatchPlan(sampler: sampler, batches: batches)
+        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, microSteps: 1,
+                            perRankBatch: run.training.batchSize)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }
         defer { loader.stop() }
@@ -76,34 +77,4 @@ struct DataReport: Encodable {
     let tokens_per_s: Double
     let validation_seconds: Double
     let samples: Int
-}
-
-/// Walks the sampler's global batches (epoch after epoch) for a fixed number of batches; used from the loader thread.
-final class BatchPlan: @unchecked Sendable {
-    // @unchecked: all state is touched under `lock`.
-    private let lock = NSLock()
-    private let sampler: DistributedSampler
-    private var remaining: Int
-    private var position = SamplerPosition()
-    private var order: [Int] = []
-    private var orderEpoch = -1
-
-    init(sampler: DistributedSampler, batches: Int) {
-        self.sampler = sampler
-        self.remaining = batches
-    }
-
-    func next() -> [Int]? {
-        lock.lock()
-        defer { lock.unlock() }
-        guard remaining > 0, sampler.batchesPerEpoch > 0 else { return nil }
-        remaining -= 1
-        if orderEpoch != position.epoch {
-            order = sampler.permutation(epoch: position.epoch)
-            orderEpoch = position.epoch
-        }
-        let indices = Array(sampler.globalBatch(at: position, order: order))
-        position = sampler.advance(position)
-        return indices
-    }
 }

@@ -2,6 +2,7 @@ import Data
 import Foundation
 import HDF5
 import TestSupport
+import Training
 import XCTest
 
 final class ShardTests: XCTestCase {
@@ -47,7 +48,7 @@ final class ShardTests: XCTestCase {
         XCTAssertEqual(batch.targetMask, [true, true, true, true, true, true, true, false, false, false])
 
         // The loader gives the plan's batches in order from its own thread, then nil.
-        let plan = PlanQueue([[0, 1], [2], [3, 0]])
+        let plan = ListPlan([[0, 1], [2], [3, 0]])
         let loader = BatchLoader(split: split, maxSourceLength: 16, maxTargetLength: 16, capacity: 1) { plan.next() }
         var seen: [[Int]] = []
         while let next = try loader.next() { seen.append(next.samples) }
@@ -74,7 +75,7 @@ final class ShardTests: XCTestCase {
     func testDroppingALoaderStopsItsThread() throws {
         try writeSeq2Seq(pairs: [("ab", "cd"), ("ef", "gh")])
         let split = try DataSplit(directory: path, split: "train")
-        let plan = PlanQueue((0..<1000).map { [$0 % 2] })
+        let plan = ListPlan((0..<1000).map { [$0 % 2] })
         do {
             let loader = BatchLoader(split: split, maxSourceLength: 8, maxTargetLength: 8, capacity: 2) { plan.next() }
             XCTAssertNotNil(try loader.next())
@@ -87,7 +88,7 @@ final class ShardTests: XCTestCase {
     func testLoaderRethrowsReadErrors() throws {
         try writeSeq2Seq(pairs: [("abcdef", "x")])
         let split = try DataSplit(directory: path, split: "train")
-        let plan = PlanQueue([[0]])
+        let plan = ListPlan([[0]])
         let loader = BatchLoader(split: split, maxSourceLength: 4, maxTargetLength: 8) { plan.next() }
         XCTAssertThrowsError(try loader.next()) { XCTAssertTrue("\($0)".contains("source of 6 tokens; the model takes 3"), "\($0)") }
         loader.stop()
@@ -195,18 +196,5 @@ final class ShardTests: XCTestCase {
         let (source, target) = try SampleReader(split: split).sample(2)
         XCTAssertEqual(split.tokenizer.decode(source), "ünï")
         XCTAssertEqual(split.tokenizer.decode(target), "ïnü")
-    }
-}
-
-/// A thread-safe list of batches for a loader's plan.
-final class PlanQueue: @unchecked Sendable {
-    // @unchecked: `items` is only touched under `lock`.
-    private let lock = NSLock()
-    private var items: [[Int]]
-    init(_ items: [[Int]]) { self.items = items }
-    func next() -> [Int]? {
-        lock.lock()
-        defer { lock.unlock() }
-        return items.isEmpty ? nil : items.removeFirst()
     }
 }
