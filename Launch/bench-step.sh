@@ -1,43 +1,77 @@
 #!/usr/bin/env bash
-# `ddp bench step` against PyTorch's reference (torch_ref.py) on workloads W1 and W2, at 1 and 2 threads,
-# alternating the two in one session so they share the machine's noise. Prints every run, then per case the
-# median tokens/s of both and their ratio (ddp / PyTorch).
+# `ddp bench step` against PyTorch's reference (torch_ref.py) on workloads W1 and W2, alternating the two in one
+# session so they share the machine's noise. Prints every run, then per case the medians and ratios.
+#
 #   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY] [--torch-ref PATH]
+#       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch.
+#   Launch/bench-step.sh --ranks N [--rounds R] [--python PY] [--torch-ref PATH]
+#       data parallel, 1 thread per rank: 1 process and N ranks of each (ddp under Launch/mpirun.sh, PyTorch DDP under
+#       torchrun with gloo), tokens/s of all ranks, efficiency = N-rank tokens/s / (N x 1-rank tokens/s), and ddp's
+#       share of the step spent waiting for communication.
 # PY must import torch (a virtual environment outside the repository: pip install torch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 threads="1 2" python="${TORCH_PYTHON:-python3}" torch_ref="$root/../shared/bench/torch_ref.py"
+rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/../shared/bench/torch_ref.py"
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --ranks) ranks="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --torch-ref) torch_ref="$2"; shift 2 ;;
     *) echo "bench-step.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+[[ "$ranks" =~ ^[1-9][0-9]*$ ]] || { echo "bench-step.sh: --ranks needs a positive number, got '$ranks'" >&2; exit 2; }
 "$python" -c "import torch" 2>/dev/null || { echo "bench-step.sh: $python cannot import torch (use --python)" >&2; exit 1; }
 [ -f "$torch_ref" ] || { echo "bench-step.sh: no torch_ref.py at $torch_ref (use --torch-ref)" >&2; exit 1; }
 [ -x "$root/.build/release/ddp" ] || "$root/Launch/setup.sh"
+ddp="$root/.build/release/ddp"
 
 results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+# Each line: IMPLEMENTATION WORKLOAD THREADS RANKS JSON
+record() { echo "$1 $2 $3 $4 $5" | tee -a "$results"; }
 for round in $(seq "$rounds"); do
-  for t in $threads; do
-    for w in 1 2; do
-      echo "ddp W$w $t $("$root/.build/release/ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)" | tee -a "$results"
-      echo "torch W$w $t $(OMP_NUM_THREADS=$t "$python" "$torch_ref" "W$w" --threads "$t" 2>/dev/null)" | tee -a "$results"
+  if (( ranks == 1 )); then
+    for t in $threads; do
+      for w in 1 2; do
+        record ddp "W$w" "$t" 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
+        record torch "W$w" "$t" 1 "$(OMP_NUM_THREADS=$t "$python" "$torch_ref" "W$w" --threads "$t" 2>/dev/null)"
+      done
     done
-  done
+  else
+    for w in 1 2; do
+      record ddp "W$w" 1 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
+      record ddp "W$w" 1 "$ranks" "$("$root/Launch/mpirun.sh" -np "$ranks" --threads 1 bench step \
+        --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
+      record torch "W$w" 1 1 "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "W$w" --threads 1 2>/dev/null)"
+      record torch "W$w" 1 "$ranks" "$(OMP_NUM_THREADS=1 "$python" -m torch.distributed.run --nproc_per_node="$ranks" \
+        "$torch_ref" "W$w" --threads 1 --ddp 2>/dev/null | grep '^{')"
+    done
+  fi
 done
-python3 - "$results" <<'PY'
+python3 - "$results" "$ranks" <<'PY'
 import collections, json, statistics, sys
 runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
-    impl, workload, threads, text = line.split(None, 3)
-    runs[(workload, int(threads), impl)].append(json.loads(text)["tokens_per_s"])
-for (workload, threads) in sorted({(w, t) for w, t, _ in runs}):
-    ddp, torch = statistics.median(runs[(workload, threads, "ddp")]), statistics.median(runs[(workload, threads, "torch")])
-    print(f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s, PyTorch {torch:.1f} tokens/s, ratio {ddp / torch:.2f} "
-          f"(median of {len(runs[(workload, threads, 'ddp')])} rounds)")
+    impl, workload, threads, ranks, text = line.split(None, 4)
+    runs[(workload, int(threads), int(ranks), impl)].append(json.loads(text))
+median = lambda key, field: statistics.median(r[field] for r in runs[key])
+ranks = int(sys.argv[2])
+for workload in sorted({w for w, *_ in runs}):
+    if ranks == 1:
+        for threads in sorted({t for w, t, _, _ in runs if w == workload}):
+            ddp, torch = median((workload, threads, 1, "ddp"), "tokens_per_s"), median((workload, threads, 1, "torch"), "tokens_per_s")
+            print(f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s, PyTorch {torch:.1f} tokens/s, ratio {ddp / torch:.2f} "
+                  f"(median of {len(runs[(workload, threads, 1, 'ddp')])} rounds)")
+    else:
+        line = [workload]
+        for impl, name in (("ddp", "ddp"), ("torch", "PyTorch DDP")):
+            alone, together = median((workload, 1, 1, impl), "tokens_per_s"), median((workload, 1, ranks, impl), "tokens_per_s")
+            line.append(f"{name} {alone:.1f} -> {together:.1f} tokens/s on {ranks} ranks, efficiency {together / (ranks * alone):.3f}")
+        wait = median((workload, 1, ranks, "ddp"), "communication_wait_share")
+        together = [median((workload, 1, ranks, impl), "tokens_per_s") for impl in ("ddp", "torch")]
+        print(f"{line[0]}: {line[1]} (communication wait {wait * 100:.1f}%); {line[2]}; ratio {together[0] / together[1]:.2f} "
+              f"(medians of {len(runs[(workload, 1, ranks, 'ddp')])} rounds)")
 PY
-rm -f "$results"
