@@ -18,6 +18,13 @@ public struct RanksDisagree: ErrorOnEveryRank, CustomStringConvertible, Sendable
     public var description: String { message }
 }
 
+/// Rank 0 could not write a checkpoint; every rank stops with this, and `latest` still names the previous one.
+public struct CheckpointWriteFailed: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    public let step: Int
+    public let message: String
+    public var description: String { "stopping at step \(step): \(message)" }
+}
+
 /// Evaluation over the whole valid split (every example once across ranks).
 public struct Evaluation: Sendable, Equatable, Codable {
     public var loss: Double
@@ -164,12 +171,20 @@ public final class Trainer {
                 }
             }
             if atEnd || (config.checkpoint.every > 0 && state.step % config.checkpoint.every == 0) {
+                // Rank 0 writes; the others learn how that went, so a failed write (disk full, permissions) stops
+                // every rank with rank 0's message instead of leaving them to be aborted.
+                var failure = ""
                 if world.rank == 0 {
-                    let path = try Checkpoint.save(directory: runDirectory, model: model, optimizer: optimizer, state: state, config: config,
-                                                   tokenizer: train.tokenizer, keep: config.checkpoint.keep)
-                    log("checkpoint \(path)")
+                    do {
+                        let path = try Checkpoint.save(directory: runDirectory, model: model, optimizer: optimizer, state: state,
+                                                       config: config, tokenizer: train.tokenizer, keep: config.checkpoint.keep)
+                        log("checkpoint \(path)")
+                    } catch {
+                        failure = "\(error)"
+                    }
                 }
-                try watchdog.guarding("checkpoint barrier") { try world.barrier() }
+                failure = try watchdog.guarding("checkpoint barrier") { try world.broadcast(failure, root: 0) }
+                if !failure.isEmpty { throw CheckpointWriteFailed(step: state.step, message: failure) }
             }
             if stopped { break }
         }

@@ -236,6 +236,43 @@ final class TrainTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("nan") + "/latest"), "no checkpoint of a diverged run")
     }
 
+    /// A full disk at the second checkpoint (a tmpfs run directory with room for one): every rank stops with
+    /// rank 0's message, non-zero; `latest` still names the first checkpoint, no partial file is left behind,
+    /// and the run resumes from it elsewhere. Needs root and a tmpfs mount; skips, saying so, without them.
+    func testFullDiskStopsEveryRankAndKeepsThePreviousCheckpoint() throws {
+        let fiveSteps = try config(batch: 4, steps: 10, extra: "")
+        let yaml = try String(contentsOfFile: fiveSteps, encoding: .utf8).replacingOccurrences(of: "checkpoint: {keep: 5}", with: "checkpoint: {every: 5, keep: 5}")
+        try yaml.write(toFile: fiveSteps, atomically: true, encoding: .utf8)
+        // The size of one checkpoint, from a run on the ordinary disk.
+        try train(ranks: 1, config: fiveSteps, run: "roomy")
+        let checkpointBytes = try XCTUnwrap(FileManager.default.attributesOfItem(atPath: path("roomy/checkpoint-00000005.h5"))[.size] as? Int)
+
+        let full = path("full")
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        let mount = try runProcess(try XCTUnwrap(findOnPath("mount")), ["-t", "tmpfs", "-o", "size=\(checkpointBytes * 3 / 2)", "tmpfs", full])
+        guard mount.status == 0 else { throw XCTSkip("cannot mount a small tmpfs to fill (needs root): \(mount.output)") }
+        defer { _ = try? runProcess(findOnPath("umount") ?? "umount", [full]) }
+
+        let result = try runUnderMPI(ranks: 2, ddp, ["train", "--config", fiveSteps, "--run-dir", full], timeout: 300)
+        XCTAssertFalse(result.timedOut, result.output)
+        XCTAssertNotEqual(result.status, 0, result.output)
+        for rank in 0..<2 {
+            XCTAssertTrue(result.output.contains("rank \(rank): stopping at step 10: checkpoint"), "rank \(rank):\n\(result.output)")
+        }
+        XCTAssertTrue(result.output.contains("No space left on device"), result.output)
+        XCTAssertTrue(result.output.contains("the previous checkpoint is untouched"), result.output)
+        let latest = try String(contentsOfFile: full + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(latest, "checkpoint-00000005.h5")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: full).filter { $0.hasSuffix(".tmp") }, [], "a partial file was left")
+
+        // The run continues elsewhere from what the full disk kept.
+        let moved = path("moved")
+        try FileManager.default.copyItem(atPath: full, toPath: moved)
+        let resumed = try runProcess(ddp, ["train", "--config", fiveSteps, "--run-dir", moved, "--resume"], environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: moved + "/checkpoint-00000010.h5"), resumed.output)
+    }
+
     /// kill -9 while checkpoints are being written (one every step): whenever it lands, `latest` names a
     /// checkpoint that loads.
     func testKillDuringCheckpointingLeavesALoadableLatest() throws {
