@@ -129,3 +129,51 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
         }
     }
 }
+
+// MARK: Incremental decoding (inference only: no backward)
+
+/// One new query per sequence against that sequence's cached keys and values.
+///   q[R,C], keys/values [R,capacity,C] (positions 0..<length filled) → out[R,C]; scratch [R,H,capacity]
+///   keyPadding [R,capacity]: true where a key must not be attended to (padded sources in cross-attention).
+/// The same scaled, masked softmax as attentionForward; the cache makes a decoding step O(length), not O(length²).
+public func cachedAttentionForward(out: FloatBuffer, scratch: FloatBuffer, q: FloatBuffer, keys: FloatBuffer, values: FloatBuffer,
+                                   keyPadding: UnsafeBufferPointer<Bool>?, rows: Int, length: Int, capacity: Int,
+                                   channels: Int, heads: Int) {
+    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
+    precondition(length >= 1 && length <= capacity, "cache length \(length) outside 1...\(capacity)")
+    let headSize = channels / heads
+    requireCount(out, rows * channels, "out")
+    requireCount(q, rows * channels, "q")
+    requireCount(keys, rows * capacity * channels, "keys")
+    requireCount(values, rows * capacity * channels, "values")
+    requireCount(scratch, rows * heads * capacity, "scratch")
+    let scale = 1 / Float(headSize).squareRoot()
+    parallelFor(rows * heads, minimumPerThread: 4) { pairs in
+        for pair in pairs {
+            let r = pair / heads, h = pair % heads
+            let p = scratch.baseAddress! + pair * capacity
+            let cacheOffset = r * capacity * channels + h * headSize
+            serialGemm(transA: false, transB: true, m: 1, n: length, k: headSize, alpha: scale,
+                       a: q.baseAddress! + r * channels + h * headSize, lda: channels, b: keys.baseAddress! + cacheOffset, ldb: channels,
+                       beta: 0, c: p, ldc: capacity)
+            maskedSoftmaxRow(p, count: length, visible: length,
+                             padding: keyPadding.map { UnsafeBufferPointer(rebasing: $0[(r * capacity)..<(r * capacity + length)]) })
+            serialGemm(transA: false, transB: false, m: 1, n: headSize, k: length, a: p, lda: capacity,
+                       b: values.baseAddress! + cacheOffset, ldb: channels, beta: 0,
+                       c: out.baseAddress! + r * channels + h * headSize, ldc: channels)
+        }
+    }
+}
+
+/// buffer[r] = old buffer[order[r]] for rows of `rowWidth` floats, of which the first `used` are copied
+/// (beam search: each surviving hypothesis takes its parent's cache). `scratch` holds rows x used floats.
+public func gatherRows(_ buffer: FloatBuffer, order: [Int], rowWidth: Int, used: Int, scratch: FloatBuffer) {
+    let rows = order.count
+    requireCount(buffer, rows * rowWidth, "buffer")
+    requireCount(scratch, rows * used, "scratch")
+    for r in 0..<rows {
+        precondition(order[r] >= 0 && order[r] < rows, "row \(order[r]) outside 0..<\(rows)")
+        (scratch.baseAddress! + r * used).update(from: buffer.baseAddress! + order[r] * rowWidth, count: used)
+    }
+    for r in 0..<rows { (buffer.baseAddress! + r * rowWidth).update(from: scratch.baseAddress! + r * used, count: used) }
+}

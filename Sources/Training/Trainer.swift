@@ -25,18 +25,6 @@ public struct CheckpointWriteFailed: ErrorOnEveryRank, CustomStringConvertible, 
     public var description: String { "stopping at step \(step): \(message)" }
 }
 
-/// Evaluation over the whole valid split (every example once across ranks).
-public struct Evaluation: Sendable, Equatable, Codable {
-    public var loss: Double
-    public var perplexity: Double
-    public var tokenAccuracy: Double
-    public var tokens: Int
-    public var sequences: Int
-    /// seq2seq, from greedy decoding of `eval.decode_samples` examples: the share decoded exactly, and corpus BLEU.
-    public var exactMatch: Double?
-    public var bleu: Double?
-}
-
 /// The training loop (DESIGN.md "Training"): every rank runs it; rank 0 also logs and writes checkpoints.
 public final class Trainer {
     public let config: RunConfig
@@ -191,60 +179,13 @@ public final class Trainer {
         return (state, evaluation, stopped)
     }
 
-    /// Every validation example once, split across ranks; sums all-reduced so every rank gets the same numbers.
+    /// The validation split as `eval` configures it (eval.max_batches, eval.decode_samples greedy), split across
+    /// ranks; every rank gets the same numbers.
     public func evaluate(_ model: TransformerModel, on valid: DataSplit) throws -> Evaluation {
-        model.training = false
-        let indices = DistributedSampler.evaluationIndices(samples: valid.samples, rank: world.rank, worldSize: world.size)
-        var batches = stride(from: 0, to: indices.count, by: config.training.batchSize).map {
-            Array(indices[$0..<min(indices.count, $0 + config.training.batchSize)])
-        }
-        if config.eval.maxBatches > 0 { batches = Array(batches.prefix(config.eval.maxBatches)) }
-        let plan = ListPlan(batches)
-        let loader = BatchLoader(split: valid, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength) { plan.next() }
-        defer { loader.stop() }
-        var sums = [0.0, 0.0, 0.0, 0.0]  // loss, tokens, correct, sequences
-        while let tokenBatch = try loader.next() {
-            let result = model.forward(Batch(tokenBatch))
-            sums[0] += result.loss
-            sums[1] += Double(result.tokens)
-            sums[2] += Double(result.correct)
-            sums[3] += Double(tokenBatch.batchSize)
-        }
-        try world.allreduce(&sums, op: .sum)
-        let loss = sums[1] > 0 ? sums[0] / sums[1] : 0
-        var result = Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
-                                tokens: Int(sums[1]), sequences: Int(sums[3]))
-        if valid.task == .seq2seq && config.eval.decodeSamples > 0 {
-            (result.exactMatch, result.bleu) = try decodingScores(model, on: valid)
-        }
-        return result
-    }
-
-    /// Greedy-decodes the first `eval.decode_samples` validation examples (split across ranks) and scores them
-    /// against their targets: exact match and corpus BLEU on the decoded text.
-    private func decodingScores(_ model: TransformerModel, on valid: DataSplit) throws -> (exactMatch: Double, bleu: Double) {
-        let reader = try SampleReader(split: valid)
-        let mine = DistributedSampler.evaluationIndices(samples: min(valid.samples, config.eval.decodeSamples), rank: world.rank,
-                                                        worldSize: world.size)
-        var counts = [0.0, 0.0]  // exact, decoded
-        var bleu = BLEUStatistics()
-        for start in stride(from: 0, to: mine.count, by: config.training.batchSize) {
-            let chunk = Array(mine[start..<min(mine.count, start + config.training.batchSize)])
-            let batch = try reader.batch(chunk, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
-            let outputs = model.greedyDecode(source: batch.source, batchSize: batch.batchSize, sourceLength: batch.sourceLength,
-                                             maxLength: config.data.targetLength - 1)
-            for row in chunk.indices {
-                // The batch's labels are target + EOS, padded: the target needs no second read.
-                let labels = batch.labels[(row * batch.targetLength)..<((row + 1) * batch.targetLength)]
-                let target = Array(labels.prefix { $0 != Transformer.SpecialToken.eos })
-                counts[0] += outputs[row] == target ? 1 : 0
-                counts[1] += 1
-                bleu.add(hypothesis: valid.tokenizer.decode(outputs[row]), reference: valid.tokenizer.decode(target))
-            }
-        }
-        var totals = counts + bleu.vector
-        try world.allreduce(&totals, op: .sum)
-        return (totals[1] > 0 ? totals[0] / totals[1] : 0, BLEUStatistics(vector: Array(totals[2...])).score)
+        let plan = EvaluationPlan(batchSize: config.training.batchSize, sourceLength: config.data.sourceLength,
+                                  targetLength: config.data.targetLength, maxBatches: config.eval.maxBatches,
+                                  decodeSamples: config.eval.decodeSamples, decoding: .greedy)
+        return try Training.evaluate(model, on: valid, plan: plan, world: world)
     }
 
     /// Every rank must train the same config on the same data: compare a hash of both; a mismatch stops every

@@ -28,11 +28,12 @@ public final class TransformerModel {
 
     private let activations: ActivationArena
     private let encoder: [Sublayer]
-    private let decoder: [Sublayer]
+    let decoder: [Sublayer]
     private let encoderEmbedded: Int, decoderEmbedded: Int
-    private let encoderFinal: FinalNorm?, decoderFinal: FinalNorm?
+    private let encoderFinal: FinalNorm?
+    let decoderFinal: FinalNorm?
     private let logits: Int
-    private let embedView: TensorView, positionView: TensorView?, outputView: TensorView
+    let embedView: TensorView, positionView: TensorView?, outputView: TensorView
     private let sinusoidTable: Int
     private let sourcePadding: UnsafeMutableBufferPointer<Bool>
     // Gradient scratch, reused by every sublayer in turn.
@@ -40,7 +41,7 @@ public final class TransformerModel {
     private let gradientContext: Int, gradientQ: Int, gradientK: Int, gradientV: Int
     private let gradientHidden: Int, gradientActivated: Int, attentionScratch: Int
 
-    private struct FinalNorm {
+    struct FinalNorm {
         let weight: TensorView, bias: TensorView
         let output: Int, mean: Int, rstd: Int
     }
@@ -251,12 +252,26 @@ public final class TransformerModel {
         return LossSum(loss: result.loss, tokens: result.tokens, correct: result.correct)
     }
 
+    /// The encoder alone, for decoding: framed sources [B,S] → memory [B*S, C] (valid until the next call).
+    func encodeForDecoding(source: [Int32], batch: Int, time: Int) -> UnsafeMutableBufferPointer<Float> {
+        precondition(config.kind == .encoderDecoder, "only an encoder-decoder model has an encoder")
+        precondition(batch >= 1 && batch <= maxBatch && time >= 1 && time <= maxSourceLength && source.count == batch * time,
+                     "source \(batch)x\(time) does not fit the model's buffers")
+        let wasTraining = training
+        training = false
+        keepDerivatives = false
+        defer { training = wasTraining }
+        for i in 0..<(batch * time) { sourcePadding[i] = source[i] == SpecialToken.pad }
+        return forwardStack(encoder, tokens: source, batch: batch, time: time, embedded: encoderEmbedded, final: encoderFinal,
+                            memory: nil, memoryTime: 0, site: 0)
+    }
+
     // MARK: Forward
 
     private func seed(_ site: UInt64) -> UInt64 { dropoutSeed &* 0x9E37_79B9_7F4A_7C15 &+ site &* 0xD1B5_4A32_D192_ED03 }
     private var dropping: Bool { training && config.dropout > 0 }
 
-    private func positionTable() -> UnsafeMutableBufferPointer<Float> {
+    func positionTable() -> UnsafeMutableBufferPointer<Float> {
         positionView.map { parameters[$0] } ?? activations[sinusoidTable]
     }
 
