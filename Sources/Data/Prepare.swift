@@ -37,6 +37,8 @@ public struct PrepareOptions: Sendable {
     public enum TokenizerKind: String, CaseIterable, Sendable { case byte, bpe }
     public var output: String
     public var tokenizer: TokenizerKind = .byte
+    /// Encode with this tokenizer instead of building one (evaluating text with a checkpoint's own tokenizer).
+    public var fixedTokenizer: Tokenizer?
     /// Target vocabulary for BPE (specials and bytes included).
     public var vocabularySize = 4096
     public var shards = 1
@@ -117,6 +119,7 @@ public enum Preparer {
     }
 
     private static func makeTokenizer(_ options: PrepareOptions, texts: () -> [String], progress: (String) -> Void) -> Tokenizer {
+        if let fixed = options.fixedTokenizer { return fixed }
         switch options.tokenizer {
         case .byte: return .byte
         case .bpe:

@@ -48,6 +48,13 @@ public enum Tokenizer: Equatable, Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// The bytes of `ids` (special tokens skipped): what `decode` turns into text, for streaming output.
+    public func bytes(_ ids: [Int32]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for id in ids { appendBytes(of: id, to: &bytes) }
+        return bytes
+    }
+
     func appendBytes(of id: Int32, to bytes: inout [UInt8]) {
         guard id >= Self.firstByteID else { return }
         switch self {

@@ -214,3 +214,35 @@ public enum Checkpoint {
         return keys.map { "model.\($0): checkpoint \(a[$0] ?? "none"), expected \(b[$0] ?? "none")" }.joined(separator: "; ")
     }
 }
+
+extension Checkpoint {
+    /// A checkpoint file as given, or the one a run directory's `latest` names.
+    public static func resolve(_ path: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw CheckpointError(file: path, message: "does not exist")
+        }
+        guard isDirectory.boolValue else { return path }
+        guard let latest = try latest(in: path) else {
+            throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint (not a run directory, or no checkpoint written yet)")
+        }
+        return latest
+    }
+
+    /// The checkpoint's model, built for batches of up to `maxBatch` rows at the run's lengths, with its parameters.
+    public static func loadModel(_ path: String, maxBatch: Int) throws -> (model: TransformerModel, header: Header) {
+        let header = try readHeader(path)
+        let run = header.config
+        let model: TransformerModel
+        do {
+            model = try TransformerModel(config: run.model, maxBatch: maxBatch,
+                                         maxSourceLength: run.model.kind == .encoderDecoder ? run.data.sourceLength : 0,
+                                         maxTargetLength: run.data.targetLength)
+        } catch {
+            throw CheckpointError(file: path, message: "its config does not build a model: \(error)")
+        }
+        try load(path, into: model)
+        model.training = false
+        return (model, header)
+    }
+}

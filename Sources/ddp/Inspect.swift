@@ -2,26 +2,44 @@ import ArgumentParser
 import Data
 import Foundation
 import HDF5
+import Training
+import Transformer
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show what an HDF5 file holds: groups, datasets (shape, type, chunks, filters) and attributes.",
-        discussion: "Works on any HDF5 file, like `h5ls -r -v` but readable. Example: ddp inspect data/train-00000.h5"
+        abstract: "Show what an HDF5 file holds: a checkpoint's run and tensors, a data shard's examples, or any file's datasets.",
+        discussion: """
+            A checkpoint (a file, or a run directory for its latest): step, sampler position, tokenizer, model and run             config, and every parameter tensor with its shape and norm (reading them all checks their checksums).             Any other HDF5 file: groups, datasets (shape, type, chunks, filters) and attributes, like `h5ls -r -v`             but readable; a data shard also shows its task, tokenizer and first examples.
+
+            Examples: ddp inspect data/train-00000.h5
+                      ddp inspect runs/reverse
+            """
     )
 
-    @Argument(help: "The HDF5 file to inspect (a data shard also shows its task, tokenizer and first examples).")
+    @Argument(help: "The HDF5 file to inspect, or a run directory.")
     var file: String
+
+    @Flag(help: "For a checkpoint, also list its HDF5 groups, datasets and attributes.")
+    var tree = false
 
     @Option(help: "Show at most this many characters of a string attribute, or elements of an array attribute.")
     var maxValueLength = 120
 
     func run() throws {
+        let file = try isDirectory(self.file) ? try Checkpoint.resolve(self.file) : self.file
         let handle = try File.open(file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
-        var lines: [String] = []
-        try describe(group: handle, depth: 0, into: &lines)
-        print(lines.joined(separator: "\n"))
+        let isCheckpoint = (try? handle.stringAttribute("format")) == Checkpoint.format
+        if !isCheckpoint || tree {
+            var lines: [String] = []
+            try describe(group: handle, depth: 0, into: &lines)
+            print(lines.joined(separator: "\n"))
+        }
+        if isCheckpoint {
+            describeCheckpoint(file)
+            return
+        }
         let preview: ShardPreview?
         do {
             preview = try ShardPreview.read(file)
@@ -42,6 +60,42 @@ struct Inspect: ParsableCommand {
                 let text = example.count > maxValueLength ? String(example.prefix(maxValueLength)) + "..." : example
                 print("  " + text.replacingOccurrences(of: "\n", with: "\\n"))
             }
+        }
+    }
+
+    private func isDirectory(_ path: String) throws -> Bool {
+        var directory: ObjCBool = false
+        return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
+    }
+
+    /// The run a checkpoint belongs to and its tensors; a checkpoint that cannot be used is listed, then said why.
+    private func describeCheckpoint(_ path: String) {
+        do {
+            let header = try Checkpoint.readHeader(path)
+            let model = header.config.model
+            let layers = model.kind == .encoderDecoder ? "\(model.encoderLayers)+\(model.decoderLayers) layers" : "\(model.decoderLayers) layers"
+            print("""
+
+                checkpoint  step \(header.state.step), optimizer step \(header.optimizerStep); sampler at epoch \(header.state.position.epoch), \
+                global batch \(header.state.position.batch); dropout seed \(header.state.dropoutSeed)
+                model       \(model.kind.rawValue), d_model \(model.dModel), \(model.heads) heads, \(layers), d_ff \(model.dFF), \
+                vocab_size \(model.vocabSize), \(model.norm.rawValue)-norm, \(model.positions.rawValue) positions, \(model.activation.rawValue), \
+                max_length \(model.maxLength), \(model.tiedEmbeddings ? "tied" : "untied") embeddings
+                tokenizer   \(header.tokenizer.map { "\($0.kind), vocab_size \($0.vocabularySize)" } ?? "none stored")
+                config      \(String(decoding: (try? JSONEncoder.sortedKeys.encode(header.config)) ?? Foundation.Data(), as: UTF8.self))
+                """)
+            let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1)
+            let width = max(6, loaded.layout.views.map(\.name.count).max() ?? 0)
+            print("tensors     \(loaded.layout.views.count), \(loaded.layout.count) parameters, checksums verified")
+            print("  " + "name".padding(toLength: width, withPad: " ", startingAt: 0) + "  " + "shape".padding(toLength: 14, withPad: " ", startingAt: 0) + "  norm")
+            for view in loaded.layout.views {
+                let norm = loaded.parameters[view].reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+                let shape = "[" + view.shape.map(String.init).joined(separator: ", ") + "]"
+                print("  " + view.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
+                      + shape.padding(toLength: 14, withPad: " ", startingAt: 0) + "  " + String(format: "%.6g", norm))
+            }
+        } catch {
+            print("\ncheckpoint  NOT USABLE: \(error)")
         }
     }
 
@@ -96,6 +150,14 @@ struct Inspect: ParsableCommand {
         case .strings(let values): return list(values.map { "\"\($0)\"" })
         default: return value.description
         }
+    }
+}
+
+extension JSONEncoder {
+    static var sortedKeys: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
     }
 }
 

@@ -8,106 +8,11 @@ does). Files are small HDF5 (well under 1 MB).
 Regenerate (needs torch, h5py, numpy; run from the repository root):
     python Tests/Reference/make_fixtures.py Tests/TransformerTests/Fixtures
 """
-import json, math, sys
+import json, sys
 import h5py, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+from swiftddp_torch import BOS, EOS, PAD, Model  # the same modules `ddp export` files load into
 
-PAD, BOS, EOS = 0, 1, 2
 FORMAT, VERSION = "swiftddp-fixture", 1
-
-
-class Attention(nn.Module):
-    def __init__(s, c, h):
-        super().__init__(); s.h = h
-        s.q_proj, s.k_proj, s.v_proj, s.o_proj = (nn.Linear(c, c) for _ in range(4))
-
-    def forward(s, x, memory, causal, key_padding):
-        B, Tq, C = x.shape; Tk = memory.shape[1]; D = C // s.h
-        split = lambda t, T: t.view(B, T, s.h, D).transpose(1, 2)
-        q, k, v = split(s.q_proj(x), Tq), split(s.k_proj(memory), Tk), split(s.v_proj(memory), Tk)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(D)
-        if causal:
-            scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(1), float("-inf"))
-        if key_padding is not None:
-            scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v
-        return s.o_proj(out.transpose(1, 2).reshape(B, Tq, C))
-
-
-class FFN(nn.Module):
-    def __init__(s, c, f, activation):
-        super().__init__(); s.fc1, s.fc2 = nn.Linear(c, f), nn.Linear(f, c); s.act = F.relu if activation == "relu" else F.gelu
-
-    def forward(s, x):
-        return s.fc2(s.act(s.fc1(x)))
-
-
-class Layer(nn.Module):
-    """Sublayers in order, each followed (post) or preceded (pre) by its norm: norm1, norm2, norm3."""
-    def __init__(s, cfg, kinds):
-        super().__init__(); c = cfg["d_model"]; s.kinds = kinds; s.pre = cfg["norm"] == "pre"
-        for kind in kinds:
-            setattr(s, kind, FFN(c, cfg["d_ff"], cfg["activation"]) if kind == "ffn" else Attention(c, cfg["heads"]))
-        for i in range(len(kinds)):
-            setattr(s, f"norm{i + 1}", nn.LayerNorm(c))
-
-    def forward(s, x, memory, key_padding):
-        for i, kind in enumerate(s.kinds):
-            norm = getattr(s, f"norm{i + 1}"); sub = getattr(s, kind)
-            def f(y):
-                if kind == "ffn": return sub(y)
-                if kind == "self_attn": return sub(y, y, causal=s.causal, key_padding=None if s.causal else key_padding)
-                return sub(y, memory, causal=False, key_padding=key_padding)
-            x = x + f(norm(x)) if s.pre else norm(x + f(x))
-        return x
-
-
-class Stack(nn.Module):
-    def __init__(s, cfg, count, kinds, causal):
-        super().__init__()
-        s.layers = nn.ModuleList(Layer(cfg, kinds) for _ in range(count))
-        for layer in s.layers: layer.causal = causal
-        if cfg["norm"] == "pre": s.norm = nn.LayerNorm(cfg["d_model"])
-
-    def forward(s, x, memory=None, key_padding=None):
-        for layer in s.layers: x = layer(x, memory, key_padding)
-        return s.norm(x) if hasattr(s, "norm") else x
-
-
-def sinusoid(n, d):
-    pe = np.zeros((n, d))
-    for t in range(n):
-        for i in range(0, d, 2):
-            angle = t / 10000 ** (i / d)
-            pe[t, i] = math.sin(angle); pe[t, i + 1] = math.cos(angle)
-    return torch.tensor(pe, dtype=torch.float32)
-
-
-class Model(nn.Module):
-    def __init__(s, cfg):
-        super().__init__(); s.cfg = cfg; c = cfg["d_model"]
-        s.embed = nn.Embedding(cfg["vocab_size"], c)
-        if cfg["positions"] == "learned": s.pos_embed = nn.Embedding(cfg["max_length"], c)
-        else: s.register_buffer("pe", sinusoid(cfg["max_length"], c))
-        if cfg["kind"] == "encoder-decoder":
-            s.encoder = Stack(cfg, cfg["encoder_layers"], ["self_attn", "ffn"], causal=False)
-            s.decoder = Stack(cfg, cfg["decoder_layers"], ["self_attn", "cross_attn", "ffn"], causal=True)
-        else:
-            s.decoder = Stack(cfg, cfg["decoder_layers"], ["self_attn", "ffn"], causal=True)
-        if not cfg["tied_embeddings"]: s.lm_head = nn.Linear(c, cfg["vocab_size"], bias=False)
-
-    def embed_tokens(s, tokens):
-        T = tokens.shape[1]; scale = math.sqrt(s.cfg["d_model"]) if s.cfg["scale_embedding"] else 1.0
-        positions = s.pos_embed.weight[:T] if hasattr(s, "pos_embed") else s.pe[:T]
-        return s.embed(tokens) * scale + positions
-
-    def forward(s, source, decoder_input):
-        memory, padding = None, None
-        if s.cfg["kind"] == "encoder-decoder":
-            padding = source == PAD
-            memory = s.encoder(s.embed_tokens(source), key_padding=padding)
-        h = s.decoder(s.embed_tokens(decoder_input), memory, padding)
-        weight = s.embed.weight if s.cfg["tied_embeddings"] else s.lm_head.weight
-        return h @ weight.t()
 
 
 def frame_seq2seq(pairs, vocab):

@@ -11,8 +11,9 @@ public struct ProcessResult: Sendable {
 
 /// Runs `executable` with `arguments`, killing it after `timeout` seconds so a hang fails the test instead of
 /// stalling CI. Output goes through files, not pipes, so a chatty child never blocks on a full pipe.
+/// `standardInput`, when given, is what the child reads from standard input.
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                       timeout: TimeInterval = 120) throws -> ProcessResult {
+                       timeout: TimeInterval = 120, standardInput: String? = nil) throws -> ProcessResult {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ddp-proc-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
@@ -29,6 +30,11 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
     process.standardOutput = outHandle
     process.standardError = errHandle
+    if let standardInput {
+        let inURL = directory.appendingPathComponent("in")
+        try standardInput.write(to: inURL, atomically: true, encoding: .utf8)
+        process.standardInput = try FileHandle(forReadingFrom: inURL)
+    }
     try process.run()
     let deadline = Date().addingTimeInterval(timeout)
     var timedOut = false
@@ -98,6 +104,18 @@ public func makeTemporaryDirectory(_ label: String = "ddp-test") throws -> URL {
     let url = FileManager.default.temporaryDirectory.appendingPathComponent("\(label)-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     return url
+}
+
+/// A Python that can import torch, h5py and numpy (SWIFTDDP_TORCH_PYTHON, TORCH_PYTHON, or python3), or nil: tests
+/// that compare with PyTorch skip and say so. CI has no torch.
+public func pythonWithTorch() -> String? {
+    let environment = ProcessInfo.processInfo.environment
+    for candidate in [environment["SWIFTDDP_TORCH_PYTHON"], environment["TORCH_PYTHON"], findOnPath("python3")].compactMap({ $0 }) {
+        if let result = try? runProcess(candidate, ["-c", "import torch, h5py, numpy"], timeout: 120), result.status == 0 {
+            return candidate
+        }
+    }
+    return nil
 }
 
 /// A python3 that can import h5py, or nil (tests that need it skip and say so).

@@ -1,0 +1,41 @@
+import Foundation
+import Transformer
+
+/// The safetensors format (huggingface/safetensors): an 8-byte little-endian header length, a JSON header mapping
+/// each tensor name to its dtype, shape and [begin, end) byte offsets in the data that follows (plus string
+/// `__metadata__`), then the raw little-endian data, contiguous, in header order.
+public enum Safetensors {
+    /// Writes every parameter of `model` as F32 under its DESIGN.md name, with `metadata`; atomically (temporary
+    /// name, then rename). Returns the bytes written.
+    @discardableResult
+    public static func write(_ model: TransformerModel, metadata: [String: String], to path: String) throws -> Int {
+        var header: [String: Any] = ["__metadata__": metadata]
+        var offset = 0
+        for view in model.layout.views {
+            header[view.name] = ["dtype": "F32", "shape": view.shape, "data_offsets": [offset, offset + view.count * 4]] as [String: Any]
+            offset += view.count * 4
+        }
+        var json = try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])
+        // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
+        json.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - json.count % 8) % 8))
+        var length = UInt64(json.count).littleEndian
+        var bytes = Foundation.Data(bytes: &length, count: 8)
+        bytes.append(json)
+        bytes.reserveCapacity(bytes.count + offset)
+        for view in model.layout.views {
+            let tensor = model.parameters[view]
+            // x86-64 and arm64 store Float little-endian already: the tensor's memory is the format's bytes.
+            bytes.append(UnsafeBufferPointer(tensor))
+        }
+        let temporary = path + ".tmp"
+        do {
+            try bytes.write(to: URL(fileURLWithPath: temporary))
+            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
+            try FileManager.default.moveItem(atPath: temporary, toPath: path)
+        } catch {
+            try? FileManager.default.removeItem(atPath: temporary)
+            throw CheckpointError(file: path, message: "cannot write the safetensors file: \(error.localizedDescription)")
+        }
+        return bytes.count
+    }
+}

@@ -1,0 +1,222 @@
+import ArgumentParser
+import Data
+import Foundation
+import Kernels
+import MPI
+import Training
+import Transformer
+
+enum DecodeOption: String, ExpressibleByArgument, CaseIterable {
+    case greedy, beam
+
+    func method(beamSize: Int, lengthPenalty: Double) -> DecodingMethod {
+        self == .greedy ? .greedy : .beam(size: beamSize, lengthPenalty: lengthPenalty)
+    }
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eval",
+        abstract: "Evaluate a checkpoint on a data split or on text: loss, perplexity, token accuracy; seq2seq adds exact match and BLEU.",
+        discussion: """
+            Every example of the split is evaluated exactly once. Loss and perplexity are plain token-weighted cross-entropy \
+            over real target tokens. seq2seq models also decode every example (or the first --max-decode) and report the \
+            share decoded exactly and corpus BLEU (sacrebleu's, tokenize none). Under mpirun the examples are split \
+            across ranks and the numbers are the same.
+
+            Text instead of shards: --text FILE (language model) or --source FILE --target FILE (parallel lines), \
+            tokenized with the checkpoint's own tokenizer.
+
+            Examples:
+              ddp eval --checkpoint runs/reverse --data data/reverse
+              ddp eval --checkpoint runs/reverse/checkpoint-00000600.h5 --decode beam --beam-size 4 --json
+              Launch/mpirun.sh -np 2 eval --checkpoint runs/reverse --json
+            """
+    )
+
+    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
+    var checkpoint: String
+
+    @Option(help: "A data directory of HDF5 shards (default: the run config's data.directory).")
+    var data: String?
+
+    @Option(help: "Which split of the data directory: valid or train.")
+    var split = "valid"
+
+    @Option(help: "Language-model text to evaluate instead of shards (documents separated by blank lines).")
+    var text: String?
+
+    @Option(help: "Parallel text: source sentences, one per line (with --target).")
+    var source: String?
+
+    @Option(help: "Parallel text: target sentences, one per line (with --source).")
+    var target: String?
+
+    @Option(help: "Sequences per batch (per rank); default: the run's training.batch_size.")
+    var batchSize: Int?
+
+    @Option(help: "Compute threads (default: cores on this node / ranks on this node).")
+    var threads: Int?
+
+    @Option(help: "seq2seq decoding: greedy or beam.")
+    var decode: DecodeOption = .greedy
+
+    @Option(help: "Hypotheses per source for --decode beam (the paper: 4).")
+    var beamSize = 4
+
+    @Option(help: "Length penalty α for --decode beam: scores are log P / ((5 + length) / 6)^α (the paper: 0.6).")
+    var lengthPenalty = 0.6
+
+    @Option(help: "seq2seq: decode only the first N examples for exact match and BLEU (default: all; 0: none).")
+    var maxDecode: Int?
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard split == "valid" || split == "train" else { throw ValidationError("--split must be valid or train, got '\(split)'.") }
+        guard (source == nil) == (target == nil) else { throw ValidationError("--source and --target go together.") }
+        guard text == nil || source == nil else { throw ValidationError("give --text or --source/--target, not both.") }
+        guard (text == nil && source == nil) || data == nil else { throw ValidationError("give --data or text files, not both.") }
+        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1, got \(beamSize).") }
+        guard lengthPenalty >= 0 else { throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).") }
+        if let maxDecode, maxDecode < 0 { throw ValidationError("--max-decode must be 0 or more, got \(maxDecode).") }
+    }
+
+    func run() throws {
+        let path = try Checkpoint.resolve(checkpoint)
+        let header = try Checkpoint.readHeader(path)
+        let run = header.config
+        let batch = batchSize ?? run.training.batchSize
+        try withMPI { runtime in
+            let world = runtime.world
+            setComputeThreads(threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, world.localSize)))
+            let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
+            let (evaluated, temporary) = try dataSplit(run: run, header: header, world: world)
+            defer { if let temporary, world.rank == 0 { try? FileManager.default.removeItem(atPath: temporary) } }
+            try check(evaluated, against: header, checkpoint: path)
+            let plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
+                                      decodeSamples: maxDecode ?? .max, decoding: decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty))
+            let result = try evaluate(model, on: evaluated, plan: plan, world: world)
+            if world.rank == 0 {
+                let report = EvalReport(checkpoint: path, step: header.state.step, data: evaluated.directory, split: evaluated.split,
+                                        result: result, decoding: evaluated.task == .seq2seq ? decode.rawValue : nil,
+                                        beamSize: decode == .beam ? beamSize : nil, lengthPenalty: decode == .beam ? lengthPenalty : nil)
+                print(json ? jsonLine(report) : report.table())
+            }
+            // Rank 0 removes the temporary shards only once every rank has finished reading them.
+            if temporary != nil { try world.barrier() }
+        }
+    }
+
+    /// The split to evaluate: shards from a directory, or text tokenized into temporary shards by rank 0.
+    private func dataSplit(run: RunConfig, header: Checkpoint.Header, world: Communicator) throws -> (DataSplit, String?) {
+        let isLM = run.model.kind == .decoderOnly
+        let sequenceLength = isLM ? run.data.targetLength : 0
+        guard text != nil || source != nil else {
+            return (try DataSplit(directory: data ?? run.data.directory, split: split, sequenceLength: sequenceLength), nil)
+        }
+        guard let tokenizer = header.tokenizer else {
+            throw ValidationError("the checkpoint holds no tokenizer, so text cannot be tokenized as in training; prepare shards instead")
+        }
+        // One directory for all ranks of this job (rank 0 names it), on the shared file system like the run directory.
+        let directory = try world.broadcast(world.rank == 0 ? NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString : "", root: 0)
+        var failure = ""
+        if world.rank == 0 {
+            do {
+                var options = PrepareOptions(output: directory)
+                options.fixedTokenizer = tokenizer
+                options.validFraction = 0
+                if let text {
+                    guard isLM else { throw ValidationError("--text is for language models; this checkpoint is seq2seq (use --source/--target)") }
+                    _ = try Preparer.prepareLM(inputs: [text], options: options)
+                } else if let source, let target {
+                    guard !isLM else { throw ValidationError("--source/--target are for seq2seq models; this checkpoint is a language model (use --text)") }
+                    options.maxLength = min(run.data.sourceLength, run.data.targetLength) - 1
+                    options.failOnLong = true
+                    _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
+                }
+            } catch {
+                failure = "\(error)"
+            }
+        }
+        failure = try world.broadcast(failure, root: 0)
+        guard failure.isEmpty else { throw EvalInputError(message: failure) }
+        return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)
+    }
+
+    /// Data must be the model's task, in the checkpoint's tokenizer.
+    private func check(_ split: DataSplit, against header: Checkpoint.Header, checkpoint: String) throws {
+        let file = split.shards.first?.path ?? split.directory
+        let expected: DatasetTask = header.config.model.kind == .decoderOnly ? .lm : .seq2seq
+        guard split.task == expected else {
+            throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) is a \(expected.rawValue) model")
+        }
+        if let tokenizer = header.tokenizer, tokenizer != split.tokenizer {
+            throw EvalInputError(message: "\(file): its tokenizer (\(split.tokenizer.kind), \(split.tokenizer.vocabularySize) tokens) differs from "
+                                          + "the one \(checkpoint) was trained with (\(tokenizer.kind), \(tokenizer.vocabularySize) tokens)")
+        }
+        guard split.tokenizer.vocabularySize <= header.config.model.vocabSize else {
+            throw EvalInputError(message: "\(file): its tokenizer has \(split.tokenizer.vocabularySize) tokens, more than the model's vocab_size \(header.config.model.vocabSize)")
+        }
+    }
+}
+
+/// Input every rank found unusable together (they all read the same files or got rank 0's message).
+struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
+
+struct EvalReport: Encodable {
+    let checkpoint: String
+    let step: Int
+    let data: String
+    let split: String
+    let loss: Double
+    let perplexity: Double
+    let token_accuracy: Double
+    let tokens: Int
+    let sequences: Int
+    let exact_match: Double?
+    let bleu: Double?
+    let decoded: Int?
+    let decoding: String?
+    let beam_size: Int?
+    let length_penalty: Double?
+
+    init(checkpoint: String, step: Int, data: String, split: String, result: Evaluation, decoding: String?, beamSize: Int?,
+         lengthPenalty: Double?) {
+        self.checkpoint = checkpoint
+        self.step = step
+        self.data = data
+        self.split = split
+        loss = result.loss
+        perplexity = result.perplexity
+        token_accuracy = result.tokenAccuracy
+        tokens = result.tokens
+        sequences = result.sequences
+        exact_match = result.exactMatch
+        bleu = result.bleu
+        decoded = result.decoded
+        self.decoding = result.decoded == nil ? nil : decoding
+        beam_size = result.decoded == nil ? nil : beamSize
+        length_penalty = result.decoded == nil ? nil : lengthPenalty
+    }
+
+    func table() -> String {
+        var lines = ["checkpoint      \(checkpoint) (step \(step))",
+                     "data            \(data), split \(split): \(sequences) sequences, \(tokens) target tokens",
+                     String(format: "loss            %.6f", loss),
+                     String(format: "perplexity      %.4f", perplexity),
+                     String(format: "token accuracy  %.4f", token_accuracy)]
+        if let exact_match, let bleu, let decoded {
+            let how = beam_size.map { "beam \($0), length penalty \(length_penalty ?? 0)" } ?? "greedy"
+            lines.append(String(format: "exact match     %.4f", exact_match) + "  (\(decoded) decoded, \(how))")
+            lines.append(String(format: "BLEU            %.2f", bleu))
+        }
+        return lines.joined(separator: "\n")
+    }
+}

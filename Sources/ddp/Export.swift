@@ -1,0 +1,35 @@
+import ArgumentParser
+import Foundation
+import Training
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Export a checkpoint's parameters to safetensors, for PyTorch and other tools.",
+        discussion: """
+            Tensors are F32 under the DESIGN.md names (torch [out, in] weights), so they load by name into an \
+            equivalent PyTorch module; the metadata holds the run config (JSON), the model config, the step and the \
+            tokenizer. README.md shows loading it in Python (Tests/Reference/swiftddp_torch.py).
+
+            Example: ddp export --checkpoint runs/reverse --output reverse.safetensors
+            """
+    )
+
+    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
+    var checkpoint: String
+
+    @Option(help: "The safetensors file to write.")
+    var output: String
+
+    func run() throws {
+        let path = try Checkpoint.resolve(checkpoint)
+        let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        var metadata = ["format": "pt", "swiftddp_step": String(header.state.step),
+                        "swiftddp_config": String(decoding: try encoder.encode(header.config), as: UTF8.self),
+                        "swiftddp_model": String(decoding: try encoder.encode(header.config.model), as: UTF8.self)]
+        if let tokenizer = header.tokenizer { metadata["swiftddp_tokenizer"] = tokenizer.json }
+        let bytes = try Safetensors.write(model, metadata: metadata, to: output)
+        print("\(output): \(model.layout.views.count) tensors, \(model.layout.count) parameters, \(formatBytes(bytes)) (from \(path), step \(header.state.step))")
+    }
+}

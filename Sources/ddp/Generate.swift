@@ -1,0 +1,147 @@
+import ArgumentParser
+import Data
+import Foundation
+import Kernels
+import Training
+import Transformer
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Sample from a language-model checkpoint, or translate with an encoder-decoder checkpoint.",
+        discussion: """
+            Decoding is incremental with a key/value cache: each new token costs one position of the decoder.
+
+            Language model (decoder-only): continues --prompt, printing the continuation as it is generated. \
+            --temperature 0 is greedy; --top-k and --top-p restrict sampling to the most likely tokens; --seed makes \
+            it repeatable. Generation stops at --max-tokens, at EOS, or when the context reaches the model's max_length.
+
+            Encoder-decoder: translates --input, or every line of standard input, one output line per input line.
+
+            Examples:
+              ddp generate --checkpoint runs/gpt-small --prompt "ROMEO:" --temperature 0.8 --top-k 40 --max-tokens 200
+              ddp generate --checkpoint runs/reverse --input "hello world" --decode beam --beam-size 4
+              printf 'abc\\nxyz\\n' | ddp generate --checkpoint runs/reverse
+            """
+    )
+
+    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
+    var checkpoint: String
+
+    @Option(help: "Language model: the text to continue (empty: start a new document).")
+    var prompt: String?
+
+    @Option(help: "Encoder-decoder: the text to translate (default: each line of standard input).")
+    var input: String?
+
+    @Option(help: "Tokens to generate at most (default: 256 for a language model, target_length - 1 for translation).")
+    var maxTokens: Int?
+
+    @Option(help: "Sampling temperature (0: greedy).")
+    var temperature = 1.0
+
+    @Option(help: "Sample only among the k most likely tokens (0: all).")
+    var topK = 0
+
+    @Option(help: "Sample only among the most likely tokens whose probability reaches p (1: all).")
+    var topP = 1.0
+
+    @Option(help: "Random seed for sampling.")
+    var seed: UInt64 = 0
+
+    @Option(help: "Translation: greedy or beam.")
+    var decode: DecodeOption = .greedy
+
+    @Option(help: "Hypotheses per source for --decode beam.")
+    var beamSize = 4
+
+    @Option(help: "Length penalty α for --decode beam.")
+    var lengthPenalty = 0.6
+
+    @Option(help: "Compute threads.")
+    var threads = 1
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        guard prompt == nil || input == nil else { throw ValidationError("give --prompt (language model) or --input (translation), not both.") }
+        if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens).") }
+    }
+
+    func run() throws {
+        setComputeThreads(threads)
+        let path = try Checkpoint.resolve(checkpoint)
+        let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
+        guard let tokenizer = header.tokenizer else {
+            throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
+        }
+        if model.config.kind == .decoderOnly {
+            guard input == nil else { throw ValidationError("\(path) is a language model: give --prompt, not --input") }
+            try continueText(model, tokenizer: tokenizer)
+        } else {
+            guard prompt == nil else { throw ValidationError("\(path) is an encoder-decoder model: give --input (or lines on standard input), not --prompt") }
+            try translate(model, tokenizer: tokenizer, run: header.config)
+        }
+    }
+
+    private func continueText(_ model: TransformerModel, tokenizer: Tokenizer) throws {
+        let sampling = SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        var stream = UTF8Stream()
+        try model.generate(prompt: tokenizer.encode(prompt ?? ""), maxTokens: maxTokens ?? 256, sampling: sampling) { token in
+            stream.write(tokenizer.bytes([token]))
+            return true
+        }
+        stream.finish()
+    }
+
+    private func translate(_ model: TransformerModel, tokenizer: Tokenizer, run: RunConfig) throws {
+        let limit = maxTokens ?? run.data.targetLength - 1
+        let method = decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty)
+        func translateLine(_ text: String) throws {
+            let source = tokenizer.encode(text) + [Transformer.SpecialToken.eos]
+            guard source.count <= run.data.sourceLength else {
+                throw ValidationError("input '\(text.prefix(40))' is \(source.count - 1) tokens; the model takes at most \(run.data.sourceLength - 1)")
+            }
+            let output = try model.decode(source: source, batchSize: 1, sourceLength: source.count, maxLength: limit, method: method)
+            print(tokenizer.decode(output[0]))
+        }
+        if let input {
+            try translateLine(input)
+        } else {
+            while let line = readLine() { try translateLine(line) }
+        }
+    }
+}
+
+/// Writes generated bytes to standard output as text as they come, holding back only an unfinished UTF-8
+/// character; bytes that are not UTF-8 (a model can sample any byte) become U+FFFD, as `Tokenizer.decode` does.
+struct UTF8Stream {
+    private var pending: [UInt8] = []
+
+    mutating func write(_ bytes: [UInt8]) {
+        pending += bytes
+        let complete = completePrefix(pending)
+        guard complete > 0 else { return }
+        emit(pending[..<complete])
+        pending.removeFirst(complete)
+    }
+
+    mutating func finish() {
+        emit(pending[...] + [UInt8(ascii: "\n")])
+        pending = []
+    }
+
+    private func emit(_ bytes: ArraySlice<UInt8>) {
+        FileHandle.standardOutput.write(Foundation.Data(String(decoding: bytes, as: UTF8.self).utf8))
+    }
+
+    /// Length of the longest prefix that does not end inside a multi-byte character.
+    private func completePrefix(_ bytes: [UInt8]) -> Int {
+        // Look back at most 3 bytes for the lead byte of the last character.
+        for back in 1...min(4, bytes.count) {
+            let byte = bytes[bytes.count - back]
+            if byte & 0xC0 == 0x80 { continue }  // a continuation byte
+            let needed = byte >= 0xF0 ? 4 : byte >= 0xE0 ? 3 : byte >= 0xC0 ? 2 : 1
+            return needed > back ? bytes.count - back : bytes.count
+        }
+        return bytes.count  // not UTF-8 anyway: let it through
+    }
+}

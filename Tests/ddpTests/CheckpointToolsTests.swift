@@ -1,0 +1,360 @@
+import Foundation
+import HDF5
+import TestSupport
+import XCTest
+
+/// `ddp eval`, `generate`, `inspect` and `export` on checkpoints that real (small) training runs wrote.
+final class CheckpointToolsTests: XCTestCase {
+    private struct TrainedRuns: Sendable {
+        let directory: URL
+        var failure: String?
+    }
+    /// Trained on first use, once for all tests of the class (a static let initialises once, thread-safely).
+    private static let runs = trainRuns()
+    private var ddp: String { builtProduct("ddp") }
+
+    private static func path(_ name: String, in directory: URL = runs.directory) -> String { directory.appendingPathComponent(name).path }
+    private func path(_ name: String) -> String { Self.path(name) }
+
+    /// A seq2seq run (reverse strings) and a language-model run on text.
+    private static func trainRuns() -> TrainedRuns {
+        let directory: URL
+        do { directory = try makeTemporaryDirectory("ddp-tools") } catch {
+            return TrainedRuns(directory: FileManager.default.temporaryDirectory, failure: "\(error)")
+        }
+        func path(_ name: String) -> String { Self.path(name, in: directory) }
+        do {
+            let ddp = builtProduct("ddp")
+            func run(_ arguments: [String]) throws {
+                let result = try runProcess(ddp, arguments, environment: mpiEnvironment, timeout: 300)
+                if result.status != 0 { throw NSError(domain: "setup", code: 1, userInfo: [NSLocalizedDescriptionKey: "ddp \(arguments.joined(separator: " ")):\n\(result.output)"]) }
+            }
+            try run(["prepare", "--synthetic", "reverse", "--samples", "600", "--max-length", "8", "--valid-fraction", "0.1",
+                     "--output", path("reverse")])
+            try """
+                model: {kind: encoder-decoder, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 1, decoder_layers: 1, d_ff: 64,
+                        activation: relu, norm: pre, positions: sinusoidal, max_length: 16, dropout: 0.0, tied_embeddings: true}
+                data: {directory: \(path("reverse")), source_length: 9, target_length: 9}
+                training: {batch_size: 16, steps: 60, seed: 1, threads: 1, log_every: 20}
+                optimizer: {lr: 3.0e-3}
+                eval: {every: 60, max_batches: 0, decode_samples: 100000}
+                checkpoint: {every: 30, keep: 3}
+                """.write(toFile: path("reverse.yaml"), atomically: true, encoding: .utf8)
+            try run(["train", "--config", path("reverse.yaml"), "--run-dir", path("reverse-run")])
+
+            let text = (0..<80).map { "Document \($0): the quick brown fox jumps over the lazy dog, \($0 * 7) times.\n\n" }.joined()
+            try text.write(toFile: path("lm.txt"), atomically: true, encoding: .utf8)
+            try run(["prepare", "--task", "lm", "--input", path("lm.txt"), "--valid-fraction", "0.2", "--output", path("lm")])
+            try """
+                model: {kind: decoder-only, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 0, decoder_layers: 2, d_ff: 64,
+                        activation: gelu, norm: pre, positions: learned, max_length: 32, dropout: 0.0, tied_embeddings: false}
+                data: {directory: \(path("lm")), target_length: 32}
+                training: {batch_size: 8, steps: 30, seed: 2, threads: 1, log_every: 10}
+                optimizer: {lr: 3.0e-3}
+                eval: {every: 30, max_batches: 0}
+                """.write(toFile: path("lm.yaml"), atomically: true, encoding: .utf8)
+            try run(["train", "--config", path("lm.yaml"), "--run-dir", path("lm-run")])
+        } catch {
+            return TrainedRuns(directory: directory, failure: "\(error)")
+        }
+        return TrainedRuns(directory: directory)
+    }
+
+    override class func tearDown() {
+        try? FileManager.default.removeItem(at: runs.directory)
+        super.tearDown()
+    }
+
+    override func setUpWithError() throws {
+        if let failure = Self.runs.failure { XCTFail("training the checkpoints failed: \(failure)") }
+        try XCTSkipIf(Self.runs.failure != nil)
+    }
+
+    private func json(_ result: ProcessResult, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
+        XCTAssertEqual(result.status, 0, result.output, file: file, line: line)
+        let lastLine = try XCTUnwrap(result.stdout.split(separator: "\n").last, result.output, file: file, line: line)
+        return try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(lastLine.utf8)) as? [String: Any], file: file, line: line)
+    }
+
+    private func eval(_ arguments: [String], ranks: Int = 1) throws -> [String: Any] {
+        let full = ["eval", "--json"] + arguments
+        return try json(ranks == 1 ? try runProcess(ddp, full, environment: mpiEnvironment, timeout: 300)
+                                   : try runUnderMPI(ranks: ranks, ddp, full, timeout: 300))
+    }
+
+    private func assertSameNumbers(_ a: [String: Any], _ b: [String: Any], relative: Double, _ what: String,
+                                   file: StaticString = #filePath, line: UInt = #line) {
+        for key in ["loss", "perplexity", "token_accuracy", "exact_match", "bleu"] where a[key] != nil || b[key] != nil {
+            guard let x = a[key] as? Double, let y = b[key] as? Double else {
+                XCTFail("\(what): \(key) is \(String(describing: a[key])) and \(String(describing: b[key]))", file: file, line: line)
+                continue
+            }
+            XCTAssertEqual(x, y, accuracy: max(abs(y), 1) * relative, "\(what): \(key)", file: file, line: line)
+        }
+        for key in ["tokens", "sequences", "decoded"] { XCTAssertEqual(a[key] as? Int, b[key] as? Int, "\(what): \(key)", file: file, line: line) }
+    }
+
+    // MARK: eval
+
+    /// The trainer evaluated the whole valid split at step 60 (eval.max_batches 0, every example decoded): `ddp eval`
+    /// of the step-60 checkpoint must say the same.
+    func testEvalEqualsTheTrainersOwnEvaluation() throws {
+        let metrics = try String(contentsOfFile: path("reverse-run/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Foundation.Data($0.utf8)) as? [String: Any] }
+        let trainer = try XCTUnwrap(metrics.last { $0["valid_loss"] != nil })
+        XCTAssertEqual(trainer["step"] as? Int, 60)
+        let result = try eval(["--checkpoint", path("reverse-run/checkpoint-00000060.h5"), "--data", path("reverse")])
+        XCTAssertEqual(result["step"] as? Int, 60)
+        XCTAssertEqual(result["loss"] as! Double, trainer["valid_loss"] as! Double, accuracy: 1e-9 * (trainer["valid_loss"] as! Double))
+        XCTAssertEqual(result["token_accuracy"] as! Double, trainer["valid_token_accuracy"] as! Double, accuracy: 1e-12)
+        XCTAssertEqual(result["exact_match"] as! Double, trainer["valid_exact_match"] as! Double, accuracy: 1e-12)
+        XCTAssertEqual(result["bleu"] as! Double, trainer["valid_bleu"] as! Double, accuracy: 1e-9)
+        XCTAssertEqual(result["tokens"] as? Int, trainer["valid_tokens"] as? Int)
+        XCTAssertEqual(result["sequences"] as? Int, 60, "every valid example once")
+        XCTAssertEqual(result["decoded"] as? Int, 60)
+        // A run directory means its latest checkpoint (the same step here), and the table names the numbers.
+        let table = try runProcess(ddp, ["eval", "--checkpoint", path("reverse-run")], environment: mpiEnvironment)
+        XCTAssertEqual(table.status, 0, table.output)
+        for label in ["loss", "perplexity", "token accuracy", "exact match", "BLEU", "checkpoint-00000060.h5"] {
+            XCTAssertTrue(table.stdout.contains(label), table.stdout)
+        }
+    }
+
+    func testEvalUnderMPIGivesTheSameNumbersAsAlone() throws {
+        for (run, extra) in [("reverse-run", [String]()), ("lm-run", []), ("reverse-run", ["--decode", "beam", "--beam-size", "2"])] {
+            let alone = try eval(["--checkpoint", path(run), "--batch-size", "7"] + extra)
+            let two = try eval(["--checkpoint", path(run), "--batch-size", "7"] + extra, ranks: 2)
+            // Ranks hold differently padded batches, so float rounding of the per-token losses differs slightly.
+            assertSameNumbers(two, alone, relative: 1e-7, "\(run) \(extra) on 2 ranks")
+            let three = try eval(["--checkpoint", path(run), "--batch-size", "7"] + extra, ranks: 3)
+            assertSameNumbers(three, alone, relative: 1e-7, "\(run) \(extra) on 3 ranks")
+        }
+    }
+
+    func testBeamOfOneEqualsGreedyAndWiderBeamsRun() throws {
+        let greedy = try eval(["--checkpoint", path("reverse-run")])
+        let beamOne = try eval(["--checkpoint", path("reverse-run"), "--decode", "beam", "--beam-size", "1"])
+        assertSameNumbers(beamOne, greedy, relative: 0, "beam size 1")
+        let beamFour = try eval(["--checkpoint", path("reverse-run"), "--decode", "beam", "--beam-size", "4", "--length-penalty", "0.6"])
+        XCTAssertEqual(beamFour["beam_size"] as? Int, 4)
+        XCTAssertEqual(beamFour["decoded"] as? Int, 60)
+        XCTAssertEqual(beamFour["loss"] as! Double, greedy["loss"] as! Double, "decoding does not change the loss")
+        let exact = try XCTUnwrap(beamFour["exact_match"] as? Double)
+        XCTAssertTrue((0...1).contains(exact))
+        // --max-decode bounds the decoded examples.
+        XCTAssertEqual(try eval(["--checkpoint", path("reverse-run"), "--max-decode", "5"])["decoded"] as? Int, 5)
+    }
+
+    /// Raw text, tokenized with the checkpoint's tokenizer, gives what the same text prepared into shards gives.
+    func testEvalOnTextEqualsEvalOnTheSameTextAsShards() throws {
+        let pairs = (0..<25).map { i in
+            var generator = LCG(seed: UInt64(i))
+            return String("abcdefgh".shuffled(using: &generator).prefix(1 + i % 8))
+        }
+        try pairs.joined(separator: "\n").write(toFile: path("src.txt"), atomically: true, encoding: .utf8)
+        try pairs.map { String($0.reversed()) }.joined(separator: "\n").write(toFile: path("tgt.txt"), atomically: true, encoding: .utf8)
+        let prepared = try runProcess(ddp, ["prepare", "--source", path("src.txt"), "--target", path("tgt.txt"), "--valid-fraction", "0",
+                                            "--output", path("text-shards")])
+        XCTAssertEqual(prepared.status, 0, prepared.output)
+        let shards = try eval(["--checkpoint", path("reverse-run"), "--data", path("text-shards"), "--split", "train"])
+        let text = try eval(["--checkpoint", path("reverse-run"), "--source", path("src.txt"), "--target", path("tgt.txt")])
+        assertSameNumbers(text, shards, relative: 1e-12, "parallel text")
+        XCTAssertEqual(text["sequences"] as? Int, 25)
+        XCTAssertEqual(text["tokens"] as? Int, pairs.reduce(0) { $0 + $1.count + 1 }, "every target byte and its EOS")
+
+        let lmShards = try eval(["--checkpoint", path("lm-run"), "--data", path("lm"), "--split", "train"])
+        let lmText = try eval(["--checkpoint", path("lm-run"), "--text", path("lm.txt")])
+        XCTAssertGreaterThan(lmText["tokens"] as! Int, lmShards["tokens"] as! Int, "the whole text holds more than its train split")
+        // The same file as shards with no valid split is the same evaluation.
+        let all = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path("lm.txt"), "--valid-fraction", "0", "--output", path("lm-all")])
+        XCTAssertEqual(all.status, 0, all.output)
+        assertSameNumbers(lmText, try eval(["--checkpoint", path("lm-run"), "--data", path("lm-all"), "--split", "train"]),
+                          relative: 1e-12, "language-model text")
+    }
+
+    // MARK: errors
+
+    private func assertEvalFails(_ arguments: [String], mentioning fragments: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+        let result = try runProcess(ddp, ["eval"] + arguments, environment: mpiEnvironment)
+        XCTAssertNotEqual(result.status, 0, result.output, file: file, line: line)
+        for fragment in fragments {
+            XCTAssertTrue(result.stderr.contains(fragment), "expected '\(fragment)' in:\n\(result.output)", file: file, line: line)
+        }
+    }
+
+    /// A copy of the step-60 checkpoint, changed by a Python (h5py) snippet given `path`.
+    private func damagedCheckpoint(_ name: String, _ python: String) throws -> String {
+        let python3 = try XCTUnwrap(pythonWithH5py(), "h5py is needed to damage checkpoints (Launch/test.sh installs it)")
+        let copy = path("\(name).h5")
+        try? FileManager.default.removeItem(atPath: copy)
+        try FileManager.default.copyItem(atPath: path("reverse-run/checkpoint-00000060.h5"), toPath: copy)
+        let result = try runProcess(python3, ["-c", "import h5py, json, sys\npath = sys.argv[1]\n" + python, copy])
+        XCTAssertEqual(result.status, 0, result.output)
+        return copy
+    }
+
+    func testEvalErrorsNameTheFileAndTensor() throws {
+        try assertEvalFails(["--checkpoint", path("nowhere.h5")], mentioning: ["nowhere.h5", "does not exist"])
+        try assertEvalFails(["--checkpoint", path("reverse")], mentioning: ["reverse", "without a 'latest' checkpoint"])
+
+        let truncated = path("truncated.h5")
+        let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: path("reverse-run/checkpoint-00000060.h5")))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: truncated))
+        try assertEvalFails(["--checkpoint", truncated], mentioning: ["truncated.h5"])
+
+        let missing = try damagedCheckpoint("missing", "with h5py.File(path, 'a') as f: del f['params/decoder.layers.0.ffn.fc1.weight']")
+        try assertEvalFails(["--checkpoint", missing], mentioning: ["missing.h5", "missing tensor /params/decoder.layers.0.ffn.fc1.weight"])
+
+        // Flip bytes inside one tensor's stored chunk: its Fletcher-32 checksum fails.
+        let flipped = try damagedCheckpoint("flipped", """
+            with h5py.File(path, 'r') as f: offset = f['params/encoder.layers.0.ffn.fc2.weight'].id.get_chunk_info(0).byte_offset
+            with open(path, 'r+b') as raw:
+                raw.seek(offset + 100); data = bytearray(raw.read(8)); raw.seek(offset + 100); raw.write(bytes(b ^ 0xFF for b in data))
+            """)
+        try assertEvalFails(["--checkpoint", flipped], mentioning: ["flipped.h5", "/params/encoder.layers.0.ffn.fc2.weight", "corrupted"])
+
+        // A config that does not fit the stored tensors (another d_ff).
+        let otherConfig = try damagedCheckpoint("other-config", """
+            with h5py.File(path, 'a') as f:
+                config = json.loads(f.attrs['config']); config['model']['d_ff'] = 48; f.attrs['config'] = json.dumps(config)
+            """)
+        try assertEvalFails(["--checkpoint", otherConfig], mentioning: ["other-config.h5", "ffn.fc1.weight", "[48, 32]"])
+
+        // Data in another tokenizer, and data of another task.
+        let bpe = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "200", "--max-length", "8", "--tokenizer", "bpe",
+                                       "--vocab-size", "270", "--output", path("reverse-bpe")])
+        XCTAssertEqual(bpe.status, 0, bpe.output)
+        try assertEvalFails(["--checkpoint", path("reverse-run"), "--data", path("reverse-bpe")],
+                            mentioning: ["reverse-bpe/valid-00000.h5", "tokenizer (bpe, 270 tokens) differs", "(byte, 260 tokens)"])
+        try assertEvalFails(["--checkpoint", path("reverse-run"), "--data", path("lm")], mentioning: ["lm/valid-00000.h5", "lm data"])
+        try assertEvalFails(["--checkpoint", path("lm-run"), "--source", path("lm.txt"), "--target", path("lm.txt")],
+                            mentioning: ["--source/--target are for seq2seq models"])
+    }
+
+    // MARK: generate
+
+    func testGenerateSamplesRepeatablyAndStopsAtMaxTokens() throws {
+        func generate(_ extra: [String]) throws -> String {
+            let result = try runProcess(ddp, ["generate", "--checkpoint", path("lm-run"), "--prompt", "Document 1"] + extra)
+            XCTAssertEqual(result.status, 0, result.output)
+            return result.stdout
+        }
+        let greedy = try generate(["--temperature", "0", "--max-tokens", "20"])
+        XCTAssertFalse(greedy.isEmpty, "no output")
+        XCTAssertEqual(try generate(["--temperature", "0", "--max-tokens", "20"]), greedy)
+        XCTAssertLessThanOrEqual(greedy.count, 21, "at most 20 byte tokens and a newline: \(greedy)")
+        let sampled = try generate(["--temperature", "1.0", "--top-k", "20", "--top-p", "0.95", "--seed", "3", "--max-tokens", "20"])
+        XCTAssertEqual(try generate(["--temperature", "1.0", "--top-k", "20", "--top-p", "0.95", "--seed", "3", "--max-tokens", "20"]), sampled)
+        let others = try (4...8).map { try generate(["--temperature", "1.5", "--seed", "\($0)", "--max-tokens", "20"]) }
+        XCTAssertGreaterThan(Set(others).count, 1, "five seeds sampled the same text: \(others)")
+
+        let wrong = try runProcess(ddp, ["generate", "--checkpoint", path("lm-run"), "--input", "abc"])
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssertTrue(wrong.stderr.contains("is a language model: give --prompt"), wrong.output)
+        let badTopP = try runProcess(ddp, ["generate", "--checkpoint", path("lm-run"), "--prompt", "a", "--top-p", "0"])
+        XCTAssertNotEqual(badTopP.status, 0)
+        XCTAssertTrue(badTopP.stderr.contains("top-p"), badTopP.output)
+    }
+
+    func testTranslateLinesOfStandardInputAsEachInputAlone() throws {
+        let inputs = ["abc", "hgfe", "a", "dcbaefgh"]
+        let batch = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run")], standardInput: inputs.joined(separator: "\n") + "\n")
+        XCTAssertEqual(batch.status, 0, batch.output)
+        let lines = batch.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        XCTAssertEqual(lines.count, inputs.count, batch.stdout)
+        for (input, line) in zip(inputs, lines) {
+            let alone = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run"), "--input", input])
+            XCTAssertEqual(alone.stdout, line + "\n", input)
+            let beamOne = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run"), "--input", input, "--decode", "beam", "--beam-size", "1"])
+            XCTAssertEqual(beamOne.stdout, line + "\n", "beam 1 against greedy for \(input)")
+        }
+        let tooLong = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run"), "--input", "abcdefghijkl"])
+        XCTAssertNotEqual(tooLong.status, 0)
+        XCTAssertTrue(tooLong.stderr.contains("at most 8"), tooLong.output)
+    }
+
+    // MARK: inspect
+
+    func testInspectShowsTheRunAndEveryTensorWithItsNorm() throws {
+        let result = try runProcess(ddp, ["inspect", path("reverse-run")])
+        XCTAssertEqual(result.status, 0, result.output)
+        for fragment in ["checkpoint-00000060.h5", "step 60", "sampler at epoch", "tokenizer   byte, vocab_size 260",
+                         "encoder-decoder, d_model 32", "checksums verified", "\"d_ff\":64"] {
+            XCTAssertTrue(result.stdout.contains(fragment), "missing '\(fragment)' in:\n\(result.stdout)")
+        }
+        let file = try File.open(path("reverse-run/checkpoint-00000060.h5"))
+        let names = try file.openGroup("params").members().map(\.name)
+        XCTAssertEqual(names.count, 47)
+        for name in ["embed.weight", "decoder.layers.0.cross_attn.k_proj.weight", "decoder.norm.bias"] {
+            let values = try file.openDataset("params/\(name)").read(as: Float.self)
+            let norm = values.reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
+            let row = try XCTUnwrap(result.stdout.split(separator: "\n").first { $0.split(separator: " ").first.map(String.init) == name }, name)
+            let shown = try XCTUnwrap(Double(row.split(separator: " ").last!), String(row))
+            XCTAssertEqual(shown, norm, accuracy: norm * 1e-5, name)
+        }
+    }
+
+    // MARK: export
+
+    /// The safetensors layout, read back here byte by byte against the checkpoint.
+    func testExportWritesSafetensorsWithEveryTensor() throws {
+        let output = path("reverse.safetensors")
+        let result = try runProcess(ddp, ["export", "--checkpoint", path("reverse-run"), "--output", output])
+        XCTAssertEqual(result.status, 0, result.output)
+        let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: output))
+        let headerSize = Int(bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) })
+        XCTAssertEqual((8 + headerSize) % 8, 0, "data starts 8-byte aligned")
+        let header = try XCTUnwrap(try JSONSerialization.jsonObject(with: bytes.subdata(in: 8..<(8 + headerSize))) as? [String: Any])
+        let metadata = try XCTUnwrap(header["__metadata__"] as? [String: String])
+        XCTAssertEqual(metadata["swiftddp_step"], "60")
+        XCTAssertTrue(metadata["swiftddp_model"]?.contains("\"d_model\":32") == true, "\(metadata)")
+        XCTAssertNotNil(metadata["swiftddp_tokenizer"])
+        let data = bytes.subdata(in: (8 + headerSize)..<bytes.count)
+        let file = try File.open(path("reverse-run/checkpoint-00000060.h5"))
+        let names = try file.openGroup("params").members().map(\.name)
+        XCTAssertEqual(Set(header.keys.filter { $0 != "__metadata__" }), Set(names))
+        var covered = 0
+        for name in names {
+            let entry = try XCTUnwrap(header[name] as? [String: Any], name)
+            XCTAssertEqual(entry["dtype"] as? String, "F32")
+            let dataset = try file.openDataset("params/\(name)")
+            XCTAssertEqual(entry["shape"] as? [Int], dataset.shape, name)
+            let offsets = try XCTUnwrap(entry["data_offsets"] as? [Int])
+            let expected = try dataset.read(as: Float.self)
+            let stored = data.subdata(in: offsets[0]..<offsets[1]).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            XCTAssertEqual(stored, expected, name)
+            covered += offsets[1] - offsets[0]
+        }
+        XCTAssertEqual(covered, data.count, "the tensors cover the data exactly")
+    }
+
+    /// README's Python example: the exported file in PyTorch reproduces `ddp eval`'s numbers on the same data.
+    func testExportedModelInPyTorchReproducesTheEvalLoss() throws {
+        guard let python = pythonWithTorch() else {
+            throw XCTSkip("PyTorch is not installed (set SWIFTDDP_TORCH_PYTHON to a python with torch, h5py and numpy to run this)")
+        }
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Reference/swiftddp_torch.py").path
+        for run in ["reverse-run", "lm-run"] {
+            let output = path("\(run).safetensors")
+            let exported = try runProcess(ddp, ["export", "--checkpoint", path(run), "--output", output])
+            XCTAssertEqual(exported.status, 0, exported.output)
+            let swift = try eval(["--checkpoint", path(run), "--max-decode", "0"])
+            let torch = try json(try runProcess(python, [script, output, swift["data"] as! String, "--split", "valid"], timeout: 300))
+            XCTAssertEqual(torch["loss"] as! Double, swift["loss"] as! Double, accuracy: 1e-5 * (swift["loss"] as! Double), run)
+            XCTAssertEqual(torch["token_accuracy"] as! Double, swift["token_accuracy"] as! Double, accuracy: 1e-9, run)
+            XCTAssertEqual(torch["tokens"] as? Int, swift["tokens"] as? Int, run)
+            print("\(run): PyTorch loss \(torch["loss"]!), ddp eval \(swift["loss"]!)")
+        }
+    }
+}
+
+/// A tiny deterministic generator for shuffling test strings.
+private struct LCG: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &* 6_364_136_223_846_793_005 &+ 1 }
+    mutating func next() -> UInt64 {
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return state ^ (state >> 29)
+    }
+}
