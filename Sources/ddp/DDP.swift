@@ -15,6 +15,6 @@ struct DDP: ParsableCommand {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure this machine or cluster.",
-        subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self]
+        subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self, BenchDecode.self]
     )
 }

@@ -1,0 +1,131 @@
+import ArgumentParser
+import Foundation
+import Kernels
+import Training
+import Transformer
+
+struct BenchDecode: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decode",
+        abstract: "Time token-by-token decoding of a config's model: with the key/value cache, and rerunning the model without it.",
+        discussion: """
+            One sequence (batch 1) is decoded from position 0 to --context (default: the model's max_length), taking the \
+            most likely token at each step and never stopping at EOS, so both ways decode the same number of tokens. \
+            Cached decoding costs O(context) per token; without the cache each token reruns the decoder over the whole \
+            prefix. An encoder-decoder model first encodes a random source of data.source_length tokens (not timed). \
+            Reports the median of --rounds rounds of each, in tokens/s, and their ratio.
+
+            Example: ddp bench decode --config Configs/bench-w2.yaml --threads 1
+            """
+    )
+
+    @Option(help: "A run config (YAML); its model and data lengths define the workload.")
+    var config: String
+
+    @Option(help: "Positions to decode (default: the model's max_length).")
+    var context: Int?
+
+    @Option(help: "Threads for the compute kernels.")
+    var threads = 1
+
+    @Option(help: "Timed rounds of each way (median reported).")
+    var rounds = 3
+
+    @Flag(help: "Skip decoding without the cache (it takes O(context²)).")
+    var cachedOnly = false
+
+    @Flag(help: "Print one JSON object instead of a table.")
+    var json = false
+
+    func validate() throws {
+        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds).") }
+        if let context, context < 1 { throw ValidationError("--context must be at least 1, got \(context).") }
+    }
+
+    func run() throws {
+        let run = try RunConfig.load(config)
+        let config = run.model
+        let positions = context ?? config.maxLength
+        guard positions <= config.maxLength else {
+            throw ValidationError("--context \(positions) exceeds the model's max_length \(config.maxLength)")
+        }
+        setComputeThreads(threads)
+        let isEncoderDecoder = config.kind == .encoderDecoder
+        let sourceLength = isEncoderDecoder ? max(1, run.data.sourceLength) : 0
+        let model = try TransformerModel(config: config, maxBatch: 1, maxSourceLength: sourceLength, maxTargetLength: positions)
+        model.initializeParameters(seed: run.training.seed)
+        model.training = false
+        var random = SplitMix64(seed: 3)
+        let source = (0..<sourceLength).map { $0 == sourceLength - 1 ? SpecialToken.eos : Int32.random(in: 4..<Int32(config.vocabSize), using: &random) }
+        let start: Int32 = isEncoderDecoder ? SpecialToken.bos : SpecialToken.eos
+        let clock = ContinuousClock()
+
+        let decoder = try IncrementalDecoder(model: model, rows: 1, capacity: positions, maxSourceLength: sourceLength)
+        var cachedTimes: [Double] = []
+        var cachedTokens: [Int32] = []
+        for _ in 0..<rounds {
+            if isEncoderDecoder { decoder.encode(source: source, batch: 1, sourceLength: sourceLength) } else { decoder.reset() }
+            var tokens = [start]
+            let began = clock.now
+            while tokens.count <= positions {
+                decoder.step([tokens[tokens.count - 1]])
+                tokens.append(decoder.withLogits { argmax($0, from: 0, vocabulary: config.vocabSize) })
+            }
+            cachedTimes.append((clock.now - began).seconds)
+            cachedTokens = tokens
+        }
+
+        var uncachedTimes: [Double] = []
+        var agree: Bool?
+        if !cachedOnly {
+            for _ in 0..<rounds {
+                var tokens = [start]
+                let began = clock.now
+                while tokens.count <= positions {
+                    let length = tokens.count
+                    model.forward(Batch(batchSize: 1, sourceLength: sourceLength, targetLength: length, source: source,
+                                        decoderInput: tokens, labels: [Int32](repeating: SpecialToken.pad, count: length)))
+                    tokens.append(model.withLogits { argmax($0, from: (length - 1) * config.vocabSize, vocabulary: config.vocabSize) })
+                }
+                uncachedTimes.append((clock.now - began).seconds)
+                agree = tokens == cachedTokens
+            }
+        }
+        let cachedRate = Double(positions) / median(cachedTimes)
+        let uncachedRate = uncachedTimes.isEmpty ? nil : Double(positions) / median(uncachedTimes)
+        let report = DecodeReport(workload: self.config, threads: threads, context: positions, rounds: rounds,
+                                  cached_tokens_per_s: cachedRate, uncached_tokens_per_s: uncachedRate,
+                                  speedup: uncachedRate.map { cachedRate / $0 }, same_tokens: agree)
+        print(json ? jsonLine(report) : report.table())
+    }
+
+    /// The most likely token but PAD in the row of `vocabulary` logits at `offset`.
+    private func argmax(_ logits: UnsafeMutableBufferPointer<Float>, from offset: Int, vocabulary: Int) -> Int32 {
+        var best = 1
+        for token in 2..<vocabulary where logits[offset + token] > logits[offset + best] { best = token }
+        return Int32(best)
+    }
+}
+
+struct DecodeReport: Encodable {
+    let workload: String
+    let threads: Int
+    let context: Int
+    let rounds: Int
+    let cached_tokens_per_s: Double
+    let uncached_tokens_per_s: Double?
+    let speedup: Double?
+    /// Whether both ways chose the same tokens (they must).
+    let same_tokens: Bool?
+
+    func table() -> String {
+        var lines = ["workload  \(workload), batch 1, \(context) positions, \(threads) thread(s), median of \(rounds) rounds",
+                     String(format: "cached    %.1f tokens/s (key/value cache)", cached_tokens_per_s)]
+        if let uncached_tokens_per_s, let speedup {
+            lines.append(String(format: "uncached  %.1f tokens/s (whole prefix rerun per token); cache speedup %.1fx", uncached_tokens_per_s, speedup))
+        }
+        if let same_tokens { lines.append("tokens    " + (same_tokens ? "identical both ways" : "DIFFER between the two ways")) }
+        return lines.joined(separator: "\n")
+    }
+}
