@@ -38,6 +38,11 @@ public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringCo
 public final class MPIRuntime {
     private enum Phase { case fresh, running, finalized }
     private static let phase = Mutex(Phase.fresh)
+    private static let level = Mutex<ThreadLevel?>(nil)
+
+    /// The thread level MPI provides in this process, or nil before `initialize` (for code that only holds a
+    /// communicator and must know whether another thread may make MPI calls).
+    public static var threadLevel: ThreadLevel? { level.withLock { $0 } }
 
     /// The thread level asked for, and what the MPI library actually provides (it may be lower).
     public let requestedThreadLevel: ThreadLevel
@@ -71,6 +76,7 @@ public final class MPIRuntime {
         var provided: Int32 = 0
         try mpiCheck(MPI_Query_thread(&provided), "MPI_Query_thread")
         let world = try Communicator(world: ())
+        level.withLock { $0 = ThreadLevel(mpiValue: provided) }
         return MPIRuntime(requested: threadLevel, provided: ThreadLevel(mpiValue: provided), world: world)
     }
 

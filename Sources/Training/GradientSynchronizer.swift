@@ -1,4 +1,6 @@
+import Foundation
 import MPI
+import Synchronization
 import Transformer
 
 /// Sums the gradient arena over all ranks in buckets, overlapped with backward.
@@ -7,18 +9,27 @@ import Transformer
 /// model reports that every gradient from some offset on is final (`TransformerModel.onGradientsFinal`), each bucket
 /// lying wholly past it starts a nonblocking in-place allreduce at once; `finish()` starts the rest and waits for
 /// all. Only the last micro-step of an accumulation communicates: earlier ones just accumulate locally.
+///
+/// Open MPI moves a nonblocking collective forward only inside MPI calls. When MPI allows calls from another
+/// thread (`.serialized` or better), a progress thread owns every MPI call of the step and keeps the all-reduces
+/// moving while backward computes, as PyTorch DDP's and Horovod's background threads do; otherwise the training
+/// thread tests the requests each time backward reports progress.
 public final class GradientSynchronizer {
     private let communicator: Communicator
     private let gradients: Arena
     /// Bucket ranges in launch order: the last slice of the arena first.
     public let buckets: [Range<Int>]
+    /// Whether a progress thread drives communication (else the training thread, between sublayers).
+    public let usesProgressThread: Bool
+    private let progress: ProgressThread?
     private var requests: [Request] = []
     private var launched = 0
     private var failure: MPIError?
     /// Buckets launched before backward ended in the last step (how much communication overlapped).
     public private(set) var launchedDuringBackward = 0
 
-    public init(gradients: Arena, communicator: Communicator, bucketBytes: Int) {
+    /// `progressThread` nil: use one when MPI's thread level allows it.
+    public init(gradients: Arena, communicator: Communicator, bucketBytes: Int, progressThread: Bool? = nil) {
         self.communicator = communicator
         self.gradients = gradients
         let perBucket = max(1, bucketBytes / MemoryLayout<Float>.stride)
@@ -30,7 +41,12 @@ public final class GradientSynchronizer {
             end = start
         }
         self.buckets = buckets
+        let allowed = (MPIRuntime.threadLevel ?? .single) >= .serialized && communicator.size > 1
+        usesProgressThread = (progressThread ?? allowed) && allowed
+        progress = usesProgressThread ? ProgressThread(communicator: communicator, gradients: gradients.storage) : nil
     }
+
+    deinit { progress?.close() }
 
     /// Connects to the model's backward for one micro-step that must communicate.
     public func attach(to model: TransformerModel) {
@@ -43,18 +59,23 @@ public final class GradientSynchronizer {
 
     /// Starts every bucket whose gradients are all final, and lets MPI progress the ones in flight.
     func gradientsFinal(from offset: Int) {
-        while launched < buckets.count && buckets[launched].lowerBound >= offset && failure == nil {
-            launch(buckets[launched])
+        let first = launched
+        while launched < buckets.count && buckets[launched].lowerBound >= offset {
+            launched += 1
             if offset > 0 { launchedDuringBackward += 1 }
         }
-        // Open MPI progresses nonblocking collectives inside MPI calls: a test per bucket keeps them moving.
+        if let progress {
+            if launched > first { progress.enqueue(Array(buckets[first..<launched]), finishing: false) }
+            return
+        }
+        for bucket in buckets[first..<launched] where failure == nil { launch(bucket) }
+        // Open MPI progresses nonblocking collectives inside MPI calls: a test per report keeps them moving.
         for request in requests where failure == nil {
             do { _ = try request.test() } catch { failure = error }
         }
     }
 
     private func launch(_ range: Range<Int>) {
-        launched += 1
         do {
             requests.append(try communicator.iallreduce(UnsafeMutableBufferPointer(rebasing: gradients.storage[range]), op: .sum))
         } catch {
@@ -66,9 +87,103 @@ public final class GradientSynchronizer {
     /// same summed gradients.
     public func finish(detaching model: TransformerModel) throws(MPIError) {
         model.onGradientsFinal = nil
+        let rest = Array(buckets[launched...])
+        launched = buckets.count
+        if let progress {
+            progress.enqueue(rest, finishing: true)
+            if let error = progress.waitUntilDone() { throw error }
+            return
+        }
         if let failure { throw failure }
-        while launched < buckets.count { launch(buckets[launched]) }
+        for bucket in rest { launch(bucket) }
         for request in requests { try request.wait() }
         if let failure { throw failure }
+    }
+}
+
+/// A thread that starts and completes nonblocking all-reduces of gradient buckets.
+///
+/// `@unchecked Sendable` because it carries the communicator and the gradient storage to its thread, which the
+/// compiler cannot check; the hand-over protocol makes it safe: between the first `enqueue` of a step and the return
+/// of `waitUntilDone`, the training thread makes no MPI call (MPI is `.serialized`), and it writes only gradients
+/// of buckets it has not yet enqueued, while this thread touches only enqueued ones. Shared state is in `state`.
+private final class ProgressThread: @unchecked Sendable {
+    private struct State {
+        var pending: [Range<Int>] = []
+        var finishing = false
+        var closing = false
+        var failure: MPIError?
+    }
+    private let state = Mutex(State())
+    private let work = DispatchSemaphore(value: 0)
+    private let done = DispatchSemaphore(value: 0)
+    private let communicator: Communicator
+    private let gradients: UnsafeMutableBufferPointer<Float>
+    /// Pause between MPI_Test rounds while requests are in flight: short enough to keep a 10 Gbit/s link's socket
+    /// buffers full, long enough to cost the compute thread next to it almost nothing.
+    private static let pollInterval: useconds_t = 200
+
+    init(communicator: Communicator, gradients: UnsafeMutableBufferPointer<Float>) {
+        self.communicator = communicator
+        self.gradients = gradients
+        let thread = Thread { [self] in run() }
+        thread.name = "ddp-gradient-allreduce"
+        thread.start()
+    }
+
+    func enqueue(_ buckets: [Range<Int>], finishing: Bool) {
+        state.withLock {
+            $0.pending += buckets
+            $0.finishing = $0.finishing || finishing
+        }
+        work.signal()
+    }
+
+    /// Blocks until every enqueued bucket is summed; returns the first MPI error of the step, if any.
+    func waitUntilDone() -> MPIError? {
+        done.wait()
+        return state.withLock { state in
+            defer { state.failure = nil }
+            return state.failure
+        }
+    }
+
+    func close() {
+        state.withLock { $0.closing = true }
+        work.signal()
+    }
+
+    private func run() {
+        var requests: [Request] = []
+        while true {
+            let (buckets, finishing, closing) = state.withLock { state in
+                defer { state.pending.removeAll(keepingCapacity: true) }
+                return (state.pending, state.finishing, state.closing)
+            }
+            if closing { return }
+            do {
+                for range in buckets {
+                    requests.append(try communicator.iallreduce(UnsafeMutableBufferPointer(rebasing: gradients[range]), op: .sum))
+                }
+                var stillRunning: [Request] = []
+                for request in requests {
+                    if try !request.test() { stillRunning.append(request) }
+                }
+                requests = stillRunning
+            } catch {
+                // MPI is not usable after a failed call: report it and drop what is in flight.
+                state.withLock { $0.failure = $0.failure ?? error }
+                requests.removeAll()
+            }
+            if requests.isEmpty {
+                if finishing && state.withLock({ $0.pending.isEmpty }) {
+                    state.withLock { $0.finishing = false }
+                    done.signal()
+                }
+                work.wait()
+            } else {
+                usleep(Self.pollInterval)
+            }
+        }
     }
 }

@@ -9,7 +9,9 @@ import MPI
 /// for them. Alone, or for an error every rank raised together (`ErrorOnEveryRank`), it finalises and rethrows
 /// so each rank's command line prints the error.
 func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
-    let runtime = try MPIRuntime.initialize(threadLevel: .funneled)
+    // Serialized: the gradient synchronizer's progress thread makes MPI calls while the main thread computes
+    // (never both at once).
+    let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
     do {
         let result = try body(runtime)
         try runtime.finalize()

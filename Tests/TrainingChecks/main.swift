@@ -1,5 +1,5 @@
-// Run by TrainingTests under `mpirun -np 2`: gradient buckets all-reduced during backward give exactly the
-// gradients of a plain allreduce of the whole arena, and the sum equals one process's gradient of both ranks'
+// Run by TrainingTests under `mpirun -np 2`: gradient buckets all-reduced during backward (by a progress thread,
+// or by the training thread) give exactly the gradients of a plain allreduce of the whole arena, and the sum equals one process's gradient of both ranks'
 // batches together (each rank's batch padded to its own length). Prints one line per rank; exits non-zero on failure.
 import MPI
 import Transformer
@@ -14,7 +14,7 @@ func fail(_ message: String, rank: Int) -> Never {
     exit(1)
 }
 
-let runtime = try MPIRuntime.initialize()
+let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
 let world = runtime.world
 let config = ModelConfig(kind: .encoderDecoder, vocabSize: 30, dModel: 16, heads: 2, encoderLayers: 2, decoderLayers: 2, dFF: 32,
                          activation: .gelu, norm: .pre, positions: .learned, maxLength: 8, dropout: 0, tiedEmbeddings: true)
@@ -30,21 +30,34 @@ guard world.size == 2 else { fail("run with 2 ranks", rank: world.rank) }
 let model = try TransformerModel(config: config, maxBatch: 4, maxSourceLength: 4, maxTargetLength: 5)
 model.initializeParameters(seed: 8)
 
-// Overlapped buckets (1 KiB: many of them).
-let synchronizer = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024)
-model.gradients.zero()
-synchronizer.attach(to: model)
-model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
-try synchronizer.finish(detaching: model)
-let bucketed = Array(model.gradients.storage)
+// Overlapped buckets (1 KiB: many of them), driven by a progress thread and by the training thread itself.
+var bucketedRuns: [(gradients: [Float], synchronizer: GradientSynchronizer)] = []
+for progressThread in [true, false] {
+    let synchronizer = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024, progressThread: progressThread)
+    guard synchronizer.usesProgressThread == progressThread else {
+        fail("progress thread \(progressThread) not honoured (MPI thread level \(runtime.providedThreadLevel))", rank: world.rank)
+    }
+    // Twice with the same synchronizer: its state resets between steps.
+    for _ in 0..<2 {
+        model.gradients.zero()
+        synchronizer.attach(to: model)
+        model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
+        try synchronizer.finish(detaching: model)
+    }
+    bucketedRuns.append((Array(model.gradients.storage), synchronizer))
+}
+let bucketed = bucketedRuns[0].gradients
+let synchronizer = bucketedRuns[0].synchronizer
 
 // Reference: the whole arena in one blocking allreduce.
 model.gradients.zero()
 model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
 try world.allreduce(model.gradients.storage, op: .sum)
 let plain = Array(model.gradients.storage)
-guard bucketed.elementsEqual(plain, by: { $0.bitPattern == $1.bitPattern }) else {
-    fail("bucketed gradients differ from a plain allreduce", rank: world.rank)
+for (run, name) in zip(bucketedRuns, ["with a progress thread", "on the training thread"]) {
+    guard run.gradients.elementsEqual(plain, by: { $0.bitPattern == $1.bitPattern }) else {
+        fail("bucketed gradients (\(name)) differ from a plain allreduce", rank: world.rank)
+    }
 }
 guard synchronizer.buckets.count > 4, synchronizer.launchedDuringBackward > 0 else {
     fail("no overlap: \(synchronizer.buckets.count) buckets, \(synchronizer.launchedDuringBackward) launched during backward", rank: world.rank)
