@@ -1,34 +1,61 @@
 #!/usr/bin/env bash
 # Runs ddp under mpirun with the settings a CPU run wants:
 #   - Open MPI's run-as-root permission when run as root (containers, CI);
-#   - --oversubscribe when there are more ranks than cores;
-#   - each rank bound to its own cores, and BLAS/compute threads per rank = cores / ranks (at least 1),
-#     so ranks x threads never exceeds the cores.
+#   - --oversubscribe when a node has more ranks than cores;
+#   - each rank bound to its own cores, and BLAS/compute threads per rank = cores / ranks per node (at least 1),
+#     so ranks x threads never exceeds a node's cores;
+#   - the thread settings, PATH and LD_LIBRARY_PATH (and any --env VAR) forwarded to every rank, local or remote.
 #
-# Usage: Launch/mpirun.sh [-np N] [--threads T] [--hostfile FILE] [--mpi-arg ARG ...] [--] DDP-ARGUMENTS...
+# Usage: Launch/mpirun.sh [-np N] [--threads T] [--hostfile FILE] [--network SUBNET] [--rsh-agent PROGRAM]
+#                         [--env VAR ...] [--no-bind] [--mpi-arg ARG ...] [--] DDP-ARGUMENTS...
+#   --hostfile FILE      nodes and slots ("node01 slots=2"); ranks per node = N / nodes (filled in order)
+#   --network SUBNET     keep MPI's traffic (data and control) on this subnet or interface, e.g. 10.1.0.0/16 or eth1
+#   --rsh-agent PROGRAM  start remote daemons with PROGRAM instead of ssh (Launch/test-cluster.sh uses this)
+#   --no-bind            do not bind ranks to cores (nodes that share cores, as test-cluster hosts do)
 #   Launch/mpirun.sh -np 2 bench allreduce --size-mb 64
-# Environment: DDP_BIN (default .build/release/ddp), MPIRUN (default mpirun).
+#   Launch/mpirun.sh -np 4 --hostfile hosts --network eth1 train --config Configs/base.yaml
+# Environment: DDP_BIN (default .build/release/ddp), MPIRUN (default mpirun). Cores per node are this machine's
+# (nproc) unless --threads says otherwise.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 cores=$(nproc)
 ranks=$cores
 threads=""
+hostfile=""
+bind=true
 extra=()
+forward=(OPENBLAS_NUM_THREADS OMP_NUM_THREADS SWIFTDDP_THREADS)
 while (($#)); do
   case "$1" in
     -np|-n) ranks="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
-    --hostfile) extra+=(--hostfile "$2"); shift 2 ;;
+    --hostfile) hostfile="$2"; shift 2 ;;
+    --network) extra+=(--mca btl_tcp_if_include "$2" --mca oob_tcp_if_include "$2"); shift 2 ;;
+    --rsh-agent) extra+=(--mca plm_rsh_agent "$2"); shift 2 ;;
+    --env) forward+=("$2"); shift 2 ;;
+    --no-bind) bind=false; shift ;;
     --mpi-arg) extra+=("$2"); shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) break ;;
   esac
 done
 [[ "$ranks" =~ ^[1-9][0-9]*$ ]] || { echo "mpirun.sh: -np needs a positive number, got '$ranks'" >&2; exit 2; }
+nodes=1
+if [ -n "$hostfile" ]; then
+  [ -r "$hostfile" ] || { echo "mpirun.sh: cannot read hostfile '$hostfile'" >&2; exit 2; }
+  nodes=$(grep -cEv '^[[:space:]]*(#|$)' "$hostfile" || true)
+  (( nodes >= 1 )) || { echo "mpirun.sh: hostfile '$hostfile' lists no nodes" >&2; exit 2; }
+  extra+=(--hostfile "$hostfile")
+  # A node that stops answering (a cut link, a dead machine) gives no TCP reset, so without keepalives mpirun
+  # waits ~8 minutes to notice. Probe idle control connections after 10 s, every 5 s, 3 misses: a lost node
+  # ends the job within ~25 s.
+  extra+=(--mca oob_tcp_keepalive_time 10 --mca oob_tcp_keepalive_intvl 5 --mca oob_tcp_keepalive_probes 3)
+fi
+per_node=$(( (ranks + nodes - 1) / nodes ))
 if [ -z "$threads" ]; then
-  threads=$(( cores / ranks ))
+  threads=$(( cores / per_node ))
   (( threads >= 1 )) || threads=1
 fi
 [[ "$threads" =~ ^[1-9][0-9]*$ ]] || { echo "mpirun.sh: --threads needs a positive number, got '$threads'" >&2; exit 2; }
@@ -40,13 +67,17 @@ options=(-np "$ranks")
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
-if (( ranks * threads > cores )); then
+if (( per_node * threads > cores )); then
   # More work than cores: binding would stack ranks on the same core; let the OS spread them.
   options+=(--oversubscribe --bind-to none)
-else
+elif $bind; then
   options+=(--map-by "slot:PE=$threads" --bind-to core)
+else
+  options+=(--bind-to none)
 fi
 export OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" SWIFTDDP_THREADS="$threads"
-options+=(-x OPENBLAS_NUM_THREADS -x OMP_NUM_THREADS -x SWIFTDDP_THREADS)
+for name in "${forward[@]}" PATH LD_LIBRARY_PATH; do
+  [ -n "${!name+set}" ] && options+=(-x "$name")
+done
 
 exec "${MPIRUN:-mpirun}" "${options[@]}" "${extra[@]}" "$binary" "$@"

@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libopenmpi-dev openmpi-bin libhdf5-dev libopenblas-dev pkg-config)
+# iproute2 (ip, tc) builds the multi-host test cluster of network namespaces (Launch/test-cluster.sh).
+packages=(libopenmpi-dev openmpi-bin libhdf5-dev libopenblas-dev pkg-config iproute2)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

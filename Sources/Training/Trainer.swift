@@ -43,8 +43,7 @@ public final class Trainer {
     /// SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint (`stopped` is true).
     @discardableResult
     public func run(resume: Bool) throws -> (state: TrainingState, evaluation: Evaluation?, stopped: Bool) {
-        let threads = config.training.threads > 0 ? config.training.threads
-                                                  : max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, world.localSize))
+        let threads = config.training.threads > 0 ? config.training.threads : defaultComputeThreads(localRanks: world.localSize)
         setComputeThreads(threads)
         let isLM = config.model.kind == .decoderOnly
         let train = try DataSplit(directory: config.data.directory, split: "train", sequenceLength: isLM ? config.data.targetLength : 0)
@@ -211,6 +210,13 @@ extension Batch {
         self.init(batchSize: batch.batchSize, sourceLength: batch.sourceLength, targetLength: batch.targetLength,
                   source: batch.source, decoderInput: batch.decoderInput, labels: batch.labels)
     }
+}
+
+/// Compute threads per rank when nothing says otherwise: SWIFTDDP_THREADS (Launch/mpirun.sh sets it from the
+/// hostfile's ranks per node), else this node's cores / ranks sharing this node.
+public func defaultComputeThreads(localRanks: Int) -> Int {
+    if let text = ProcessInfo.processInfo.environment["SWIFTDDP_THREADS"], let threads = Int(text), threads >= 1 { return threads }
+    return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, localRanks))
 }
 
 extension Duration {

@@ -55,7 +55,7 @@ struct Eval: ParsableCommand {
     @Option(help: "Sequences per batch (per rank); default: the run's training.batch_size.")
     var batchSize: Int?
 
-    @Option(help: "Compute threads (default: cores on this node / ranks on this node).")
+    @Option(help: "Compute threads (default: SWIFTDDP_THREADS, else cores on this node / ranks on this node).")
     var threads: Int?
 
     @Option(help: "seq2seq decoding: greedy or beam.")
@@ -92,7 +92,7 @@ struct Eval: ParsableCommand {
         let batch = batchSize ?? run.training.batchSize
         try withMPI { runtime in
             let world = runtime.world
-            setComputeThreads(threads ?? max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, world.localSize)))
+            setComputeThreads(threads ?? defaultComputeThreads(localRanks: world.localSize))
             let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
             let (evaluated, temporary) = try dataSplit(run: run, header: header, world: world)
             defer { if let temporary, world.rank == 0 { try? FileManager.default.removeItem(atPath: temporary) } }
