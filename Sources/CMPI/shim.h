@@ -19,6 +19,7 @@ static inline MPI_Datatype swiftddp_MPI_DOUBLE(void) { return MPI_DOUBLE; }
 static inline MPI_Datatype swiftddp_MPI_INT32_T(void) { return MPI_INT32_T; }
 static inline MPI_Datatype swiftddp_MPI_INT64_T(void) { return MPI_INT64_T; }
 static inline MPI_Datatype swiftddp_MPI_UINT8_T(void) { return MPI_UINT8_T; }
+static inline MPI_Datatype swiftddp_MPI_UINT16_T(void) { return MPI_UINT16_T; }
 
 static inline MPI_Op swiftddp_MPI_SUM(void) { return MPI_SUM; }
 static inline MPI_Op swiftddp_MPI_MAX(void) { return MPI_MAX; }

@@ -3,7 +3,7 @@ import CMPI
 /// The element types our collectives move. Public so that callers can be generic over them;
 /// the mapping to `MPI_Datatype` stays inside this module.
 public enum MPIElementKind: Sendable {
-    case float32, float64, int32, int64, uint8
+    case float32, float64, int32, int64, uint8, uint16
 
     var datatype: MPI_Datatype {
         switch self {
@@ -12,6 +12,7 @@ public enum MPIElementKind: Sendable {
         case .int32: return swiftddp_MPI_INT32_T()
         case .int64: return swiftddp_MPI_INT64_T()
         case .uint8: return swiftddp_MPI_UINT8_T()
+        case .uint16: return swiftddp_MPI_UINT16_T()
         }
     }
 }
@@ -29,6 +30,7 @@ extension Double: MPIReducible { public static var mpiElementKind: MPIElementKin
 extension Int32: MPIReducible { public static var mpiElementKind: MPIElementKind { .int32 } }
 extension Int64: MPIReducible { public static var mpiElementKind: MPIElementKind { .int64 } }
 extension UInt8: MPIElement { public static var mpiElementKind: MPIElementKind { .uint8 } }
+extension UInt16: MPIElement { public static var mpiElementKind: MPIElementKind { .uint16 } }
 
 /// Reduction operators.
 public enum ReduceOp: String, Sendable, CaseIterable {

@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import MPI
 import Synchronization
 import Transformer
@@ -14,24 +15,25 @@ import Transformer
 /// thread (`.serialized` or better), a progress thread owns every MPI call of the step and keeps the all-reduces
 /// moving while backward computes, as PyTorch DDP's and Horovod's background threads do; otherwise the training
 /// thread tests the requests each time backward reports progress.
+///
+/// With `.bf16` compression each bucket crosses the network as bfloat16 (half the bytes), summed in float32 pairwise
+/// and rounded once per sum; the result is written back to the float32 gradients.
 public final class GradientSynchronizer {
-    private let communicator: Communicator
-    private let gradients: Arena
+    private let reducer: BucketReducer
     /// Bucket ranges in launch order: the last slice of the arena first.
     public let buckets: [Range<Int>]
     /// Whether a progress thread drives communication (else the training thread, between sublayers).
     public let usesProgressThread: Bool
     private let progress: ProgressThread?
-    private var requests: [Request] = []
+    private var inFlight: [BucketReducer.InFlight] = []
     private var launched = 0
     private var failure: MPIError?
     /// Buckets launched before backward ended in the last step (how much communication overlapped).
     public private(set) var launchedDuringBackward = 0
 
     /// `progressThread` nil: use one when MPI's thread level allows it.
-    public init(gradients: Arena, communicator: Communicator, bucketBytes: Int, progressThread: Bool? = nil) {
-        self.communicator = communicator
-        self.gradients = gradients
+    public init(gradients: Arena, communicator: Communicator, bucketBytes: Int, compression: GradientCompression = .none,
+                progressThread: Bool? = nil) {
         let perBucket = max(1, bucketBytes / MemoryLayout<Float>.stride)
         var buckets: [Range<Int>] = []
         var end = gradients.layout.count
@@ -41,16 +43,17 @@ public final class GradientSynchronizer {
             end = start
         }
         self.buckets = buckets
+        reducer = BucketReducer(communicator: communicator, gradients: gradients.storage, compression: compression)
         let allowed = (MPIRuntime.threadLevel ?? .single) >= .serialized && communicator.size > 1
         usesProgressThread = (progressThread ?? allowed) && allowed
-        progress = usesProgressThread ? ProgressThread(communicator: communicator, gradients: gradients.storage) : nil
+        progress = usesProgressThread ? ProgressThread(reducer: reducer) : nil
     }
 
     deinit { progress?.close() }
 
     /// Connects to the model's backward for one micro-step that must communicate.
     public func attach(to model: TransformerModel) {
-        requests.removeAll(keepingCapacity: true)
+        inFlight.removeAll(keepingCapacity: true)
         launched = 0
         failure = nil
         launchedDuringBackward = 0
@@ -68,16 +71,10 @@ public final class GradientSynchronizer {
             if launched > first { progress.enqueue(Array(buckets[first..<launched]), finishing: false) }
             return
         }
-        for bucket in buckets[first..<launched] where failure == nil { launch(bucket) }
-        // Open MPI progresses nonblocking collectives inside MPI calls: a test per report keeps them moving.
-        for request in requests where failure == nil {
-            do { _ = try request.test() } catch { failure = error }
-        }
-    }
-
-    private func launch(_ range: Range<Int>) {
         do {
-            requests.append(try communicator.iallreduce(UnsafeMutableBufferPointer(rebasing: gradients.storage[range]), op: .sum))
+            for bucket in buckets[first..<launched] where failure == nil { inFlight.append(try reducer.start(bucket)) }
+            // Open MPI progresses nonblocking collectives inside MPI calls: a test per report keeps them moving.
+            for bucket in inFlight where failure == nil { _ = try reducer.test(bucket) }
         } catch {
             failure = error
         }
@@ -95,16 +92,80 @@ public final class GradientSynchronizer {
             return
         }
         if let failure { throw failure }
-        for bucket in rest { launch(bucket) }
-        for request in requests { try request.wait() }
-        if let failure { throw failure }
+        for bucket in rest { inFlight.append(try reducer.start(bucket)) }
+        for bucket in inFlight { try reducer.wait(bucket) }
+    }
+}
+
+/// How gradient buckets cross the network (`training.grad_compression`).
+public enum GradientCompression: String, Codable, Sendable, CaseIterable {
+    /// float32, exact.
+    case none
+    /// bfloat16: half the bytes; every sum rounded to 8 significant bits.
+    case bf16
+}
+
+/// Starts and completes one bucket's all-reduce, compressing to bfloat16 and back when asked.
+private final class BucketReducer {
+    final class InFlight {
+        let range: Range<Int>
+        let request: Request
+        /// The sum has been written back to the float32 gradients.
+        var finished = false
+
+        init(range: Range<Int>, request: Request) {
+            self.range = range
+            self.request = request
+        }
+    }
+    private let communicator: Communicator
+    private let gradients: UnsafeMutableBufferPointer<Float>
+    /// bfloat16 copies of the gradients, the same layout (only with compression).
+    private let compressed: UnsafeMutableBufferPointer<UInt16>?
+
+    init(communicator: Communicator, gradients: UnsafeMutableBufferPointer<Float>, compression: GradientCompression) {
+        self.communicator = communicator
+        self.gradients = gradients
+        compressed = compression == .bf16 ? .allocate(capacity: gradients.count) : nil
+    }
+
+    deinit { compressed?.deallocate() }
+
+    func start(_ range: Range<Int>) throws(MPIError) -> InFlight {
+        guard let compressed else {
+            return InFlight(range: range, request: try communicator.iallreduce(UnsafeMutableBufferPointer(rebasing: gradients[range]), op: .sum))
+        }
+        let slice = UnsafeMutableBufferPointer(rebasing: compressed[range])
+        bfloat16Compress(UnsafeBufferPointer(rebasing: gradients[range]), into: slice)
+        return InFlight(range: range, request: try communicator.iallreduceBFloat16Sum(slice))
+    }
+
+    /// True once the bucket's sum is in the gradients.
+    func test(_ bucket: InFlight) throws(MPIError) -> Bool {
+        guard try bucket.request.test() else { return false }
+        unpack(bucket)
+        return true
+    }
+
+    func wait(_ bucket: InFlight) throws(MPIError) {
+        try bucket.request.wait()
+        unpack(bucket)
+    }
+
+    /// Writes a completed bucket's bfloat16 sum back to the float32 gradients, once.
+    private func unpack(_ bucket: InFlight) {
+        guard !bucket.finished else { return }
+        bucket.finished = true
+        guard let compressed else { return }
+        bfloat16Decompress(UnsafeBufferPointer(rebasing: compressed[bucket.range]),
+                           into: UnsafeMutableBufferPointer(rebasing: gradients[bucket.range]))
     }
 }
 
 /// A thread that starts and completes nonblocking all-reduces of gradient buckets.
 ///
-/// `@unchecked Sendable` because it carries the communicator and the gradient storage to its thread, which the
-/// compiler cannot check; the hand-over protocol makes it safe: between the first `enqueue` of a step and the return
+/// `@unchecked Sendable` because it carries the reducer (the communicator and the gradient storage) to its thread,
+/// which the compiler cannot check; the hand-over protocol makes it safe: between the first `enqueue` of a step and the return
 /// of `waitUntilDone`, the training thread makes no MPI call (MPI is `.serialized`), and it writes only gradients
 /// of buckets it has not yet enqueued, while this thread touches only enqueued ones. Shared state is in `state`.
 private final class ProgressThread: @unchecked Sendable {
@@ -117,15 +178,13 @@ private final class ProgressThread: @unchecked Sendable {
     private let state = Mutex(State())
     private let work = DispatchSemaphore(value: 0)
     private let done = DispatchSemaphore(value: 0)
-    private let communicator: Communicator
-    private let gradients: UnsafeMutableBufferPointer<Float>
+    private let reducer: BucketReducer
     /// Pause between MPI_Test rounds while requests are in flight: short enough to keep a 10 Gbit/s link's socket
     /// buffers full, long enough to cost the compute thread next to it almost nothing.
     private static let pollInterval: useconds_t = 200
 
-    init(communicator: Communicator, gradients: UnsafeMutableBufferPointer<Float>) {
-        self.communicator = communicator
-        self.gradients = gradients
+    init(reducer: BucketReducer) {
+        self.reducer = reducer
         let thread = Thread { [self] in run() }
         thread.name = "ddp-gradient-allreduce"
         thread.start()
@@ -154,7 +213,7 @@ private final class ProgressThread: @unchecked Sendable {
     }
 
     private func run() {
-        var requests: [Request] = []
+        var requests: [BucketReducer.InFlight] = []
         while true {
             let (buckets, finishing, closing) = state.withLock { state in
                 defer { state.pending.removeAll(keepingCapacity: true) }
@@ -162,12 +221,10 @@ private final class ProgressThread: @unchecked Sendable {
             }
             if closing { return }
             do {
-                for range in buckets {
-                    requests.append(try communicator.iallreduce(UnsafeMutableBufferPointer(rebasing: gradients[range]), op: .sum))
-                }
-                var stillRunning: [Request] = []
+                for range in buckets { requests.append(try reducer.start(range)) }
+                var stillRunning: [BucketReducer.InFlight] = []
                 for request in requests {
-                    if try !request.test() { stillRunning.append(request) }
+                    if try !reducer.test(request) { stillRunning.append(request) }
                 }
                 requests = stillRunning
             } catch {

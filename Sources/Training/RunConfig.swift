@@ -36,6 +36,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var clipNorm: Float = 1
         /// Gradient all-reduce bucket size in MiB.
         public var bucketMb: Double = 4
+        /// How gradients cross the network: `none` (float32) or `bf16` (half the bytes).
+        public var gradCompression: GradientCompression = .none
         /// Compute threads per rank; 0: this node's cores / ranks on this node.
         public var threads = 0
         /// Progress line every this many updates.
@@ -47,6 +49,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case seed, steps
             case batchSize = "batch_size", labelSmoothing = "label_smoothing", gradAccum = "grad_accum", clipNorm = "clip_norm"
             case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
+            case gradCompression = "grad_compression"
         }
 
         public init(from decoder: Decoder) throws {
@@ -58,6 +61,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             gradAccum = try values.decodeIfPresent(Int.self, forKey: .gradAccum) ?? 1
             clipNorm = try values.decodeIfPresent(Float.self, forKey: .clipNorm) ?? 1
             bucketMb = try values.decodeIfPresent(Double.self, forKey: .bucketMb) ?? 4
+            gradCompression = try values.decodeIfPresent(GradientCompression.self, forKey: .gradCompression) ?? .none
             threads = try values.decodeIfPresent(Int.self, forKey: .threads) ?? 0
             logEvery = try values.decodeIfPresent(Int.self, forKey: .logEvery) ?? 10
             collectiveTimeout = try values.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? 300
@@ -186,8 +190,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
-        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "threads", "log_every",
-                     "collective_timeout"],
+        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
+                     "threads", "log_every", "collective_timeout"],
         "eval": ["every", "max_batches", "decode_samples"],
         "checkpoint": ["every", "keep"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],

@@ -83,7 +83,7 @@ public final class Trainer {
         let loader = BatchLoader(split: train, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength) { plan.next() }
         defer { loader.stop() }
         let synchronizer = GradientSynchronizer(gradients: model.gradients, communicator: world,
-                                                bucketBytes: Int(config.training.bucketMb * 1_048_576))
+                                                bucketBytes: Int(config.training.bucketMb * 1_048_576), compression: config.training.gradCompression)
         let schedule = config.learningRateSchedule
         let metrics = world.rank == 0 ? try MetricsLog(directory: runDirectory) : nil
         let clock = ContinuousClock()

@@ -65,7 +65,8 @@ struct BenchStep: ParsableCommand {
             transformer.initializeParameters(seed: run.training.seed)
             let optimizer = AdamW(layout: transformer.layout, settings: run.optimizer.settings)
             let synchronizer = world.size > 1
-                ? GradientSynchronizer(gradients: transformer.gradients, communicator: world, bucketBytes: Int(run.training.bucketMb * 1_048_576))
+                ? GradientSynchronizer(gradients: transformer.gradients, communicator: world, bucketBytes: Int(run.training.bucketMb * 1_048_576),
+                                       compression: run.training.gradCompression)
                 : nil
 
             // Random real tokens (no PAD), as the PyTorch reference draws them; different on every rank.

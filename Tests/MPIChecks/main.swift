@@ -158,6 +158,25 @@ do {
         require(first[index] == sum && second[index] == max, "iallreduce result at \(index)")
     }
 
+    // bfloat16 sums (UInt16 bits, float32 pairwise sums rounded once): small integers are exact in bfloat16, so any
+    // order of pairwise sums gives the exact total; arbitrary values stay within bfloat16's rounding per addition.
+    let halves = 1_000
+    var bits = (0..<halves).map { UInt16(Float(world.rank + 1 + $0 % 7).bitPattern >> 16) }
+    try bits.withUnsafeMutableBufferPointer { try world.allreduceBFloat16Sum($0) }
+    for index in 0..<halves {
+        let total = Float((0..<world.size).map { $0 + 1 + index % 7 }.reduce(0, +))
+        require(Float(bitPattern: UInt32(bits[index]) << 16) == total, "bfloat16 sum at \(index): \(Float(bitPattern: UInt32(bits[index]) << 16)), expected \(total)")
+    }
+    let fractions = (0..<halves).map { Float(bitPattern: UInt32(UInt16(Float(0.1 * Double($0 + 1) * Double(world.rank + 1)).bitPattern >> 16)) << 16) }
+    var fractionBits = fractions.map { UInt16($0.bitPattern >> 16) }
+    let request = try fractionBits.withUnsafeMutableBufferPointer { try world.iallreduceBFloat16Sum($0) }
+    try request.wait()
+    for index in 0..<halves {
+        let exact = (0..<world.size).map { rank in Float(bitPattern: UInt32(UInt16(Float(0.1 * Double(index + 1) * Double(rank + 1)).bitPattern >> 16)) << 16) }.reduce(0, +)
+        let got = Float(bitPattern: UInt32(fractionBits[index]) << 16)
+        require(abs(got - exact) <= abs(exact) * Float(world.size - 1) * 0x1p-8, "bfloat16 sum at \(index): \(got), exact \(exact)")
+    }
+
     // Allgather: blocks in rank order.
     let gathered = try world.allgather((0..<3).map { Float(world.rank * 10 + $0) })
     require(gathered == (0..<world.size).flatMap { rank in (0..<3).map { Float(rank * 10 + $0) } }, "allgather Float: \(gathered)")

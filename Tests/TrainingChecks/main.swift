@@ -1,5 +1,6 @@
 // Run by TrainingTests under `mpirun -np 2`: gradient buckets all-reduced during backward (by a progress thread,
-// or by the training thread) give exactly the gradients of a plain allreduce of the whole arena, and the sum equals one process's gradient of both ranks'
+// or by the training thread) give exactly the gradients of a plain allreduce of the whole arena (and bfloat16
+// compression stays within its rounding of it), and the sum equals one process's gradient of both ranks'
 // batches together (each rank's batch padded to its own length). Prints one line per rank; exits non-zero on failure.
 import MPI
 import Transformer
@@ -61,6 +62,27 @@ for (run, name) in zip(bucketedRuns, ["with a progress thread", "on the training
 }
 guard synchronizer.buckets.count > 4, synchronizer.launchedDuringBackward > 0 else {
     fail("no overlap: \(synchronizer.buckets.count) buckets, \(synchronizer.launchedDuringBackward) launched during backward", rank: world.rank)
+}
+
+// bfloat16 compression: each rank's gradient and each sum rounded to 8 significant bits, so every element is within
+// 2^-7 of the sum of magnitudes of the two contributions (2^-8 per rounding), and some element does differ.
+model.gradients.zero()
+model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
+let local = Array(model.gradients.storage)
+var magnitudes = local.map { abs($0) }
+try world.allreduce(&magnitudes, op: .sum)
+for progressThread in [true, false] {
+    let compressed = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024, compression: .bf16,
+                                          progressThread: progressThread)
+    model.gradients.zero()
+    compressed.attach(to: model)
+    model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
+    try compressed.finish(detaching: model)
+    let reduced = Array(model.gradients.storage)
+    for index in reduced.indices where abs(reduced[index] - plain[index]) > magnitudes[index] * 0x1p-7 {
+        fail("bfloat16 sum at \(index): \(reduced[index]), exact \(plain[index]) (contributions \(magnitudes[index]))", rank: world.rank)
+    }
+    guard reduced != plain else { fail("bfloat16 compression changed nothing: was it used?", rank: world.rank) }
 }
 
 // One process, both batches: the same summed gradient (padding differs, the result must not).

@@ -73,6 +73,8 @@ final class BenchStepTests: XCTestCase {
             .contains("config key 'data.target_length'"))
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "training: {batch_size: 2}", with: "training: {}"))
             .contains("config key 'training.batch_size': missing"))
+        XCTAssertTrue(try configError(valid.replacingOccurrences(of: "training: {batch_size: 2}", with: "training: {batch_size: 2, grad_compression: fp8}"))
+            .contains("config key 'training.grad_compression'"))
         XCTAssertTrue(try configError("model: [1, 2]").contains("expected a mapping"))
         XCTAssertTrue(try configError("model: {kind: encoder-decoder").contains("not valid YAML"))
     }

@@ -1,0 +1,33 @@
+/// bfloat16 (the upper 16 bits of a float32) for compressed gradient all-reduce: 8 exponent bits like float32, so
+/// no overflow or scaling, and 8 significant bits (relative rounding error at most 2^-8).
+
+/// out[i] = bf16(inp[i]), rounding to nearest even; NaN stays NaN.   inp[N] → out[N]
+public func bfloat16Compress(_ inp: UnsafeBufferPointer<Float>, into out: UnsafeMutableBufferPointer<UInt16>) {
+    precondition(out.count >= inp.count, "bfloat16Compress: out holds \(out.count), needs \(inp.count)")
+    let source = UnsafeRawPointer(inp.baseAddress!).assumingMemoryBound(to: UInt32.self)
+    let target = out.baseAddress!
+    var i = 0
+    while i + 16 <= inp.count {
+        let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
+        let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
+        // NaN (exponent all ones, mantissa not zero): keep it NaN with a quiet bit instead of rounding into infinity.
+        let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
+        let quietNaN = (bits &>> 16) | 0x0040
+        let result = rounded.replacing(with: quietNaN, where: isNaN)
+        UnsafeMutableRawPointer(target + i).storeBytes(of: SIMD16<UInt16>(truncatingIfNeeded: result), as: SIMD16<UInt16>.self)
+        i += 16
+    }
+    while i < inp.count {
+        let bits = source[i]
+        target[i] = (bits & 0x7FFF_FFFF) > 0x7F80_0000 ? UInt16(truncatingIfNeeded: bits >> 16) | 0x0040
+                                                       : UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+        i += 1
+    }
+}
+
+/// out[i] = float(inp[i]) (exact).   inp[N] → out[N]
+public func bfloat16Decompress(_ inp: UnsafeBufferPointer<UInt16>, into out: UnsafeMutableBufferPointer<Float>) {
+    precondition(out.count >= inp.count, "bfloat16Decompress: out holds \(out.count), needs \(inp.count)")
+    let target = UnsafeMutableRawPointer(out.baseAddress!).assumingMemoryBound(to: UInt32.self)
+    for i in 0..<inp.count { target[i] = UInt32(inp[i]) << 16 }
+}
