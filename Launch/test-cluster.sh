@@ -115,13 +115,10 @@ case "$command" in
     need_root
     i=$(host_index "${1:?host}")
     rate="${2:?rate or off}"
-    # Both directions: the bridge side shapes what reaches the host, the host side what leaves it.
+    # The bridge side of the host's veth pair: what reaches the host. With every host shaped, each direction of
+    # every host-to-host path crosses one shaped link.
     tc qdisc del dev "ddp-veth$i" root 2>/dev/null || true
-    tc -n "ddp-host$i" qdisc del dev eth0 root 2>/dev/null || true
-    if [ "$rate" != off ]; then
-      tc qdisc add dev "ddp-veth$i" root tbf rate "$rate" burst 64kb latency 50ms
-      tc -n "ddp-host$i" qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 50ms
-    fi ;;
+    [ "$rate" = off ] || tc qdisc add dev "ddp-veth$i" root tbf rate "$rate" burst 64kb latency 50ms ;;
   mpirun)
     need_root
     [ -f "$state/hosts" ] || { echo "test-cluster.sh: no test cluster; run 'Launch/test-cluster.sh up N' first" >&2; exit 1; }
