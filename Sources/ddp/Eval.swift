@@ -94,8 +94,8 @@ struct Eval: ParsableCommand {
             let world = runtime.world
             setComputeThreads(threads ?? defaultComputeThreads(localRanks: world.localSize))
             let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
-            let (evaluated, temporary) = try dataSplit(run: run, header: header, world: world)
-            defer { if let temporary, world.rank == 0 { try? FileManager.default.removeItem(atPath: temporary) } }
+            let (evaluated, temporary) = try dataSplit(run: run, header: header)
+            defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             try check(evaluated, against: header, checkpoint: path)
             let plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
                                       decodeSamples: maxDecode ?? .max, decoding: decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty))
@@ -106,44 +106,39 @@ struct Eval: ParsableCommand {
                                         beamSize: decode == .beam ? beamSize : nil, lengthPenalty: decode == .beam ? lengthPenalty : nil)
                 print(json ? jsonLine(report) : report.table())
             }
-            // Rank 0 removes the temporary shards only once every rank has finished reading them.
-            if temporary != nil { try world.barrier() }
         }
     }
 
-    /// The split to evaluate: shards from a directory, or text tokenized into temporary shards by rank 0.
-    private func dataSplit(run: RunConfig, header: Checkpoint.Header, world: Communicator) throws -> (DataSplit, String?) {
+    /// The split to evaluate: shards from a directory, or text tokenized into temporary shards.
+    private func dataSplit(run: RunConfig, header: Checkpoint.Header) throws -> (DataSplit, String?) {
         let isLM = run.model.kind == .decoderOnly
         let sequenceLength = isLM ? run.data.targetLength : 0
         guard text != nil || source != nil else {
             return (try DataSplit(directory: data ?? run.data.directory, split: split, sequenceLength: sequenceLength), nil)
         }
         guard let tokenizer = header.tokenizer else {
-            throw ValidationError("the checkpoint holds no tokenizer, so text cannot be tokenized as in training; prepare shards instead")
+            throw EvalInputError(message: "the checkpoint holds no tokenizer, so text cannot be tokenized as in training; prepare shards instead")
         }
-        // One directory for all ranks of this job (rank 0 names it), on the shared file system like the run directory.
-        let directory = try world.broadcast(world.rank == 0 ? NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString : "", root: 0)
-        var failure = ""
-        if world.rank == 0 {
-            do {
-                var options = PrepareOptions(output: directory)
-                options.fixedTokenizer = tokenizer
-                options.validFraction = 0
-                if let text {
-                    guard isLM else { throw ValidationError("--text is for language models; this checkpoint is seq2seq (use --source/--target)") }
-                    _ = try Preparer.prepareLM(inputs: [text], options: options)
-                } else if let source, let target {
-                    guard !isLM else { throw ValidationError("--source/--target are for seq2seq models; this checkpoint is a language model (use --text)") }
-                    options.maxLength = min(run.data.sourceLength, run.data.targetLength) - 1
-                    options.failOnLong = true
-                    _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
-                }
-            } catch {
-                failure = "\(error)"
+        // Every rank tokenizes the text into shards of its own (node-local temporary storage, cheap next to
+        // evaluating them); the same input gives every rank the same shards, or the same error.
+        let directory = NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString
+        do {
+            var options = PrepareOptions(output: directory)
+            options.fixedTokenizer = tokenizer
+            options.validFraction = 0
+            if let text {
+                guard isLM else { throw ValidationError("--text is for language models; this checkpoint is seq2seq (use --source/--target)") }
+                _ = try Preparer.prepareLM(inputs: [text], options: options)
+            } else if let source, let target {
+                guard !isLM else { throw ValidationError("--source/--target are for seq2seq models; this checkpoint is a language model (use --text)") }
+                options.maxLength = min(run.data.sourceLength, run.data.targetLength) - 1
+                options.failOnLong = true
+                _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
             }
+        } catch {
+            try? FileManager.default.removeItem(atPath: directory)
+            throw EvalInputError(message: "\(error)")
         }
-        failure = try world.broadcast(failure, root: 0)
-        guard failure.isEmpty else { throw EvalInputError(message: failure) }
         return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)
     }
 
