@@ -127,3 +127,14 @@ public func pythonWithH5py() -> String? {
     }
     return nil
 }
+
+/// Waits up to `seconds` for a started process to end; terminates it if it has not. Returns whether it ended by
+/// itself, and after how long.
+public func waitForExit(_ process: Process, within seconds: Double) -> (finished: Bool, elapsed: Double) {
+    let start = Date()
+    while process.isRunning && Date().timeIntervalSince(start) < seconds { Thread.sleep(forTimeInterval: 0.1) }
+    let finished = !process.isRunning
+    if !finished { process.terminate() }
+    process.waitUntilExit()
+    return (finished, Date().timeIntervalSince(start))
+}

@@ -121,15 +121,6 @@ final class MultiNodeTests: XCTestCase {
         return (process, log)
     }
 
-    private func waitForExit(_ process: Process, within seconds: Double) -> (finished: Bool, elapsed: Double) {
-        let start = Date()
-        while process.isRunning && Date().timeIntervalSince(start) < seconds { Thread.sleep(forTimeInterval: 0.1) }
-        let finished = !process.isRunning
-        if !finished { process.terminate() }
-        process.waitUntilExit()
-        return (finished, Date().timeIntervalSince(start))
-    }
-
     /// A cut link (host 2's cable pulled): the job ends non-zero within collective_timeout + 30 s with a message naming
     /// the collective phase, and the last checkpoint continues on one host.
     func testCutLinkEndsTheJobAndTheLastCheckpointResumesOnOneHost() throws {

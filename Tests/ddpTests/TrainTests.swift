@@ -211,15 +211,6 @@ final class TrainTests: XCTestCase {
         return result.stdout.split(separator: "\n").compactMap { Int32($0) }
     }
 
-    private func waitForExit(_ process: Process, within seconds: Double) -> (finished: Bool, elapsed: Double) {
-        let start = Date()
-        while process.isRunning && Date().timeIntervalSince(start) < seconds { Thread.sleep(forTimeInterval: 0.1) }
-        let finished = !process.isRunning
-        if !finished { process.terminate() }
-        process.waitUntilExit()
-        return (finished, Date().timeIntervalSince(start))
-    }
-
     /// A rank that stops answering (SIGSTOP: it neither dies nor communicates) ends the job within
     /// collective_timeout plus a little, non-zero, with a message naming the collective phase — never a hang.
     func testStalledRankHitsTheCollectiveTimeout() throws {
