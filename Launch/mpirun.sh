@@ -37,7 +37,7 @@ while (($#)); do
     --no-bind) bind=false; shift ;;
     --mpi-arg) extra+=("$2"); shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) break ;;
   esac
 done

@@ -8,7 +8,7 @@
 #   Launch/test-cluster.sh down          remove every host, link, the bridge and the state directory
 #   Launch/test-cluster.sh status        list the hosts and their links
 #   Launch/test-cluster.sh link HOST up|down       take a host's link down (a cut cable) or back up
-#   Launch/test-cluster.sh shape HOST RATE|off     shape a host's traffic with tc tbf (e.g. 1gbit), or stop
+#   Launch/test-cluster.sh shape HOST RATE|off     rate-limit what reaches a host (tc tbf, e.g. 1gbit), or stop
 #   Launch/test-cluster.sh mpirun [--slots S] -np N [Launch/mpirun.sh options] -- DDP-ARGUMENTS...
 #       Launch/mpirun.sh started on host 1 with the cluster's hostfile (S slots per host, default 1), its rsh
 #       agent, and TCP restricted to the cluster's subnet.
@@ -127,5 +127,5 @@ case "$command" in
     hostfile "$slots"
     exec "$state/in-host" ddp-host1 "$root/Launch/mpirun.sh" --hostfile "$state/hostfile" --rsh-agent "$state/rsh-agent" \
       --network "$subnet.0/24" --no-bind "$@" ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; [ -z "$command" ] || [ "$command" = help ] || exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; [ -z "$command" ] || [ "$command" = help ] || exit 2 ;;
 esac
