@@ -5,7 +5,7 @@ import Kernels
 /// step t costs O(t) instead of rerunning the decoder over the whole prefix.
 ///
 /// Reads the model's parameters in place (it must not be trained meanwhile); owns its caches and workspace, sized
-/// at construction; a step allocates nothing. Not `Sendable`, like the model.
+/// at construction. Not `Sendable`, like the model.
 public final class IncrementalDecoder {
     public let model: TransformerModel
     /// Sequences decoded side by side (batch x beams).
