@@ -4,14 +4,16 @@
 # link shaped to RATE (tc tbf), uncompressed and with grad_compression bf16. With --python, PyTorch DDP (gloo,
 # ../shared/bench/torch_ref.py --ddp) is measured the same way. Rounds alternate everything; prints every run,
 # then medians and efficiencies. Needs root.
-#   Launch/bench-cluster.sh [--rounds R] [--rate 1gbit] [--python PY] [--torch-ref PATH]
+#   Launch/bench-cluster.sh [--rounds R] [--rate 1gbit] [--side bridge|host] [--python PY] [--torch-ref PATH]
+# --side: where each host's shaper sits (Launch/test-cluster.sh shape): the bridge end of its veth, or its eth0.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 rate=1gbit python="" torch_ref="$root/../shared/bench/torch_ref.py"
+rounds=3 rate=1gbit side=bridge python="" torch_ref="$root/../shared/bench/torch_ref.py"
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
+    --side) side="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --torch-ref) torch_ref="$2"; shift 2 ;;
     *) echo "bench-cluster.sh: unknown argument $1" >&2; exit 2 ;;
@@ -38,7 +40,7 @@ for round in $(seq "$rounds"); do
     [ -z "$python" ] || record torch "$w" alone none "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "$w" --threads 1 2>/dev/null)"
     for link in plain "$rate"; do
       if [ "$link" = plain ]; then shaping=off; else shaping="$rate"; fi
-      "$cluster" shape 1 "$shaping"; "$cluster" shape 2 "$shaping"
+      "$cluster" shape 1 "$shaping" "$side"; "$cluster" shape 2 "$shaping" "$side"
       for compression in none bf16; do
         record ddp "$w" "$link" "$compression" "$("$cluster" mpirun -np 2 --threads 1 -- bench step --config "$config" --threads 1 \
           --json --set "training.grad_compression=$compression" | tail -1)"

@@ -8,7 +8,8 @@
 #   Launch/test-cluster.sh down          remove every host, link, the bridge and the state directory
 #   Launch/test-cluster.sh status        list the hosts and their links
 #   Launch/test-cluster.sh link HOST up|down       take a host's link down (a cut cable) or back up
-#   Launch/test-cluster.sh shape HOST RATE|off     rate-limit what reaches a host (tc tbf, e.g. 1gbit), or stop
+#   Launch/test-cluster.sh shape HOST RATE|off [bridge|host]   rate-limit a host's link with tc tbf (e.g. 1gbit)
+#       on the bridge side of its veth (what reaches it; the default) or on its own eth0 (what leaves it)
 #   Launch/test-cluster.sh mpirun [--slots S] -np N [Launch/mpirun.sh options] -- DDP-ARGUMENTS...
 #       Launch/mpirun.sh started on host 1 with the cluster's hostfile (S slots per host, default 1), its rsh
 #       agent, and TCP restricted to the cluster's subnet.
@@ -115,10 +116,18 @@ case "$command" in
     need_root
     i=$(host_index "${1:?host}")
     rate="${2:?rate or off}"
-    # The bridge side of the host's veth pair: what reaches the host. With every host shaped, each direction of
-    # every host-to-host path crosses one shaped link.
+    side="${3:-bridge}"
+    # bridge: the bridge end of the host's veth pair, shaping what reaches the host; host: the host's own eth0,
+    # shaping what leaves it. Either way, with every host shaped, each direction of a path crosses one shaper.
     tc qdisc del dev "ddp-veth$i" root 2>/dev/null || true
-    [ "$rate" = off ] || tc qdisc add dev "ddp-veth$i" root tbf rate "$rate" burst 64kb latency 50ms ;;
+    tc -n "ddp-host$i" qdisc del dev eth0 root 2>/dev/null || true
+    if [ "$rate" != off ]; then
+      case "$side" in
+        bridge) tc qdisc add dev "ddp-veth$i" root tbf rate "$rate" burst 64kb latency 50ms ;;
+        host) tc -n "ddp-host$i" qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 50ms ;;
+        *) echo "test-cluster.sh: shape HOST RATE [bridge|host], got side '$side'" >&2; exit 2 ;;
+      esac
+    fi ;;
   mpirun)
     need_root
     [ -f "$state/hosts" ] || { echo "test-cluster.sh: no test cluster; run 'Launch/test-cluster.sh up N' first" >&2; exit 1; }
