@@ -34,8 +34,8 @@ public struct DecodingArgumentError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(argument): \(message)" }
 }
 
-/// The index of the largest logit among every token but PAD (the first on ties).
-func mostLikelyToken(_ row: UnsafeBufferPointer<Float>) -> Int32 {
+/// The index of the largest logit among every token but PAD (the first on ties): greedy decoding's choice.
+public func mostLikelyToken(_ row: UnsafeBufferPointer<Float>) -> Int32 {
     var best = 1
     for token in 2..<row.count where row[token] > row[best] { best = token }
     return Int32(best)

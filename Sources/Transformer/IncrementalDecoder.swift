@@ -135,14 +135,8 @@ public final class IncrementalDecoder {
                 project(sublayer.linears[0], input, into: buffers[q])
                 project(sublayer.linears[1], input, into: buffers[k])
                 project(sublayer.linears[2], input, into: buffers[v])
-                for (fresh, handle) in [(k, cache!.keys), (v, cache!.values)] {
-                    let source = buffers[fresh], target = buffers[handle]
-                    for r in 0..<rows {
-                        let slot = (r * capacity + position) * c
-                        _ = UnsafeMutableBufferPointer(rebasing: target[slot..<(slot + c)])
-                            .update(fromContentsOf: UnsafeMutableBufferPointer(rebasing: source[(r * c)..<((r + 1) * c)]))
-                    }
-                }
+                store(k, into: cache!.keys, at: position)
+                store(v, into: cache!.values, at: position)
                 cachedAttentionForward(out: buffers[context], scratch: buffers[scratch], q: buffers[q], keys: buffers[cache!.keys],
                                        values: buffers[cache!.values], keyPadding: nil, rows: rows, length: position + 1,
                                        capacity: capacity, channels: c, heads: config.heads)
@@ -196,6 +190,16 @@ public final class IncrementalDecoder {
             for handle in [cache!.keys, cache!.values] {
                 gatherRows(buffers[handle], order: order, rowWidth: capacity * c, used: length * c, scratch: buffers[reorderScratch])
             }
+        }
+    }
+
+    /// Copies this step's keys or values [R,C] into their cache [R,capacity,C] at `position`.
+    private func store(_ fresh: Int, into cache: Int, at position: Int) {
+        let c = model.config.dModel, source = buffers[fresh], target = buffers[cache]
+        for r in 0..<rows {
+            let slot = (r * capacity + position) * c
+            _ = UnsafeMutableBufferPointer(rebasing: target[slot..<(slot + c)])
+                .update(fromContentsOf: UnsafeMutableBufferPointer(rebasing: source[(r * c)..<((r + 1) * c)]))
         }
     }
 

@@ -70,7 +70,7 @@ struct BenchDecode: ParsableCommand {
             let began = clock.now
             while tokens.count <= positions {
                 decoder.step([tokens[tokens.count - 1]])
-                tokens.append(decoder.withLogits { argmax($0, from: 0, vocabulary: config.vocabSize) })
+                tokens.append(decoder.withLogits { mostLikelyToken(UnsafeBufferPointer($0)) })
             }
             cachedTimes.append((clock.now - began).seconds)
             cachedTokens = tokens
@@ -86,7 +86,8 @@ struct BenchDecode: ParsableCommand {
                     let length = tokens.count
                     model.forward(Batch(batchSize: 1, sourceLength: sourceLength, targetLength: length, source: source,
                                         decoderInput: tokens, labels: [Int32](repeating: SpecialToken.pad, count: length)))
-                    tokens.append(model.withLogits { argmax($0, from: (length - 1) * config.vocabSize, vocabulary: config.vocabSize) })
+                    let last = (length - 1) * config.vocabSize
+                    tokens.append(model.withLogits { mostLikelyToken(UnsafeBufferPointer(rebasing: $0[last..<(last + config.vocabSize)])) })
                 }
                 uncachedTimes.append((clock.now - began).seconds)
                 agree = tokens == cachedTokens
@@ -98,13 +99,6 @@ struct BenchDecode: ParsableCommand {
                                   cached_tokens_per_s: cachedRate, uncached_tokens_per_s: uncachedRate,
                                   speedup: uncachedRate.map { cachedRate / $0 }, same_tokens: agree)
         print(json ? jsonLine(report) : report.table())
-    }
-
-    /// The most likely token but PAD in the row of `vocabulary` logits at `offset`.
-    private func argmax(_ logits: UnsafeMutableBufferPointer<Float>, from offset: Int, vocabulary: Int) -> Int32 {
-        var best = 1
-        for token in 2..<vocabulary where logits[offset + token] > logits[offset + best] { best = token }
-        return Int32(best)
     }
 }
 

@@ -23,8 +23,7 @@ struct Export: ParsableCommand {
     func run() throws {
         let path = try Checkpoint.resolve(checkpoint)
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
+        let encoder = JSONEncoder.sortedKeys
         var metadata = ["format": "pt", "swiftddp_step": String(header.state.step),
                         "swiftddp_config": String(decoding: try encoder.encode(header.config), as: UTF8.self),
                         "swiftddp_model": String(decoding: try encoder.encode(header.config.model), as: UTF8.self)]

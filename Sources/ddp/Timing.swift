@@ -8,9 +8,16 @@ func median(_ values: [Double]) -> Double {
 }
 
 
+extension JSONEncoder {
+    /// Sorted keys: stable output to read and to compare.
+    static var sortedKeys: JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return encoder
+    }
+}
+
 /// One JSON object on one line, keys sorted: what every `--json` prints.
 func jsonLine<T: Encodable>(_ value: T) -> String {
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.sortedKeys]
-    return String(decoding: (try? encoder.encode(value)) ?? Foundation.Data("{}".utf8), as: UTF8.self)
+    return String(decoding: (try? JSONEncoder.sortedKeys.encode(value)) ?? Foundation.Data("{}".utf8), as: UTF8.self)
 }
