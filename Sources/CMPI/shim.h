@@ -20,6 +20,7 @@ static inline MPI_Datatype swiftddp_MPI_INT32_T(void) { return MPI_INT32_T; }
 static inline MPI_Datatype swiftddp_MPI_INT64_T(void) { return MPI_INT64_T; }
 static inline MPI_Datatype swiftddp_MPI_UINT8_T(void) { return MPI_UINT8_T; }
 static inline MPI_Datatype swiftddp_MPI_UINT16_T(void) { return MPI_UINT16_T; }
+static inline MPI_Datatype swiftddp_MPI_INT(void) { return MPI_INT; }
 
 static inline MPI_Op swiftddp_MPI_SUM(void) { return MPI_SUM; }
 static inline MPI_Op swiftddp_MPI_MAX(void) { return MPI_MAX; }
@@ -31,5 +32,6 @@ static inline int swiftddp_MPI_THREAD_FUNNELED(void) { return MPI_THREAD_FUNNELE
 static inline int swiftddp_MPI_THREAD_SERIALIZED(void) { return MPI_THREAD_SERIALIZED; }
 static inline int swiftddp_MPI_THREAD_MULTIPLE(void) { return MPI_THREAD_MULTIPLE; }
 static inline int swiftddp_MPI_COMM_TYPE_SHARED(void) { return MPI_COMM_TYPE_SHARED; }
+static inline int swiftddp_MPI_T_ERR_INVALID_NAME(void) { return MPI_T_ERR_INVALID_NAME; }
 
 #endif

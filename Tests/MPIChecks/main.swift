@@ -67,6 +67,8 @@ func checkBroadcast<T: MPIElement & Numeric & Equatable>(_ type: T.Type, world: 
     }
 }
 
+// What the launch environment chose for Open MPI's nonblocking allreduce, before MPIRuntime fills in its default.
+let launchAlgorithm = getenv(MPIRuntime.ringAllreduceSetting.variable).map { String(cString: $0) }
 let runtime: MPIRuntime
 do {
     runtime = try MPIRuntime.initialize(threadLevel: .serialized)
@@ -112,6 +114,12 @@ do {
     require(Set(localRanks) == Set((0..<world.size).map(Int64.init)), "local ranks \(localRanks)")
     try world.barrier()
 
+    // The nonblocking allreduce algorithm Open MPI really uses: the ring, unless the launch environment chose one.
+    let algorithm = try MPIRuntime.integerControlVariable(named: "coll_libnbc_iallreduce_algorithm")
+    let expected = launchAlgorithm ?? MPIRuntime.ringAllreduceSetting.value
+    require(algorithm.map(String.init) == expected, "libnbc iallreduce algorithm \(algorithm.map(String.init) ?? "missing"), expected \(expected)")
+    require(try MPIRuntime.integerControlVariable(named: "swiftddp_no_such_variable") == nil, "an unknown control variable is nil")
+
     // Broadcast: every type, every root; bytes and strings of a length only the root knows.
     try checkBroadcast(Float.self, world: world)
     try checkBroadcast(Double.self, world: world)
@@ -156,6 +164,16 @@ do {
         let sum = (0..<world.size).map { value($0, index, as: Float.self) }.reduce(0) { $0 + $1 }
         let max = (0..<world.size).map { value($0, index + 1, as: Double.self) }.max()!
         require(first[index] == sum && second[index] == max, "iallreduce result at \(index)")
+    }
+
+    // In-place nonblocking sums shorter than the ring has ranks (empty segments) and of odd lengths.
+    for count in [1, 2, 3, 5, 4_097] {
+        var values = (0..<count).map { value(world.rank, $0, as: Float.self) }
+        try values.withUnsafeMutableBufferPointer { try world.iallreduce($0, op: .sum).wait() }
+        for index in 0..<count {
+            let sum = (0..<world.size).map { value($0, index, as: Float.self) }.reduce(0) { $0 + $1 }
+            require(values[index] == sum, "in-place iallreduce of \(count) at \(index): \(values[index]), expected \(sum)")
+        }
     }
 
     // bfloat16 sums (UInt16 bits, float32 pairwise sums rounded once): small integers are exact in bfloat16, so any

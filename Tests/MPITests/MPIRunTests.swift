@@ -24,6 +24,13 @@ final class MPIRunTests: XCTestCase {
         assertEveryRankPassed(try runUnderMPI(ranks: 3, checks, []), ranks: 3)
     }
 
+    /// An algorithm chosen in the launch environment wins over MPIRuntime's ring (the checks compare what Open
+    /// MPI reports with it), and the binomial tree gives the same sums.
+    func testLaunchEnvironmentChoosesTheAllreduceAlgorithm() throws {
+        let binomial = ["OMPI_MCA_coll_libnbc_iallreduce_algorithm": "2"]
+        assertEveryRankPassed(try runUnderMPI(ranks: 2, checks, [], environment: binomial), ranks: 2)
+    }
+
     /// Local mode: the binary started without mpirun is a world of one (MPI singleton).
     func testWithoutMpirun() throws {
         let result = try runProcess(checks, [], environment: mpiEnvironment)

@@ -90,13 +90,15 @@ public var mpiEnvironment: [String: String] {
 }
 
 /// Runs `program` under `mpirun -np ranks` (oversubscribed when there are more ranks than cores).
-public func runUnderMPI(ranks: Int, _ program: String, _ arguments: [String], timeout: TimeInterval = 180) throws -> ProcessResult {
+public func runUnderMPI(ranks: Int, _ program: String, _ arguments: [String], environment: [String: String] = [:],
+                        timeout: TimeInterval = 180) throws -> ProcessResult {
     guard let mpirun = findOnPath("mpirun") else {
         throw NSError(domain: "TestSupport", code: 1, userInfo: [NSLocalizedDescriptionKey: "mpirun is not on PATH"])
     }
     var mpiArguments = ["-np", String(ranks)]
     if ranks > ProcessInfo.processInfo.activeProcessorCount { mpiArguments.append("--oversubscribe") }
-    return try runProcess(mpirun, mpiArguments + [program] + arguments, environment: mpiEnvironment, timeout: timeout)
+    return try runProcess(mpirun, mpiArguments + [program] + arguments,
+                          environment: mpiEnvironment.merging(environment) { _, chosen in chosen }, timeout: timeout)
 }
 
 /// A fresh temporary directory for one test.
