@@ -11,7 +11,9 @@ struct BenchAllreduce: ParsableCommand {
             Every iteration refills the buffer, synchronises the ranks, times one in-place MPI_Allreduce \
             and checks the result exactly on every rank. The time of an iteration is the slowest rank's. \
             Rank 0 prints the median time, the algorithm bandwidth (size / time) and the bus bandwidth \
-            (2(n-1)/n x size / time, the figure that compares clusters independently of the rank count).
+            (2(n-1)/n x size / time, the figure that compares clusters independently of the rank count). \
+            --nonblocking times MPI_Iallreduce and its wait instead, the call that sums gradient buckets during \
+            training, and names the algorithm Open MPI uses for it.
 
             Example: Launch/mpirun.sh -np 2 bench allreduce --size-mb 64
             """
@@ -25,6 +27,9 @@ struct BenchAllreduce: ParsableCommand {
 
     @Option(help: "Untimed warm-up iterations.")
     var warmup: Int = 3
+
+    @Flag(help: "Time the nonblocking allreduce (MPI_Iallreduce + wait) that training uses for gradient buckets.")
+    var nonblocking = false
 
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
@@ -60,7 +65,11 @@ struct BenchAllreduce: ParsableCommand {
             for index in 0..<count { buffer[index] = rankFactor * pattern(index, iteration) }
             try world.barrier()
             let start = clock.now
-            try world.allreduce(buffer, op: .sum)
+            if nonblocking {
+                try world.iallreduce(buffer, op: .sum).wait()
+            } else {
+                try world.allreduce(buffer, op: .sum)
+            }
             let elapsed = clock.now - start
             if iteration >= warmup {
                 times.append(elapsed.seconds)
@@ -75,7 +84,18 @@ struct BenchAllreduce: ParsableCommand {
             throw ValidationError("allreduce returned \(totalWrong) wrong elements (summed over all ranks and iterations)")
         }
         return AllreduceResult(ranks: ranks, ranksOnNode: world.localSize, bytes: count * MemoryLayout<Float>.stride,
-                               iterations: iterations, warmup: warmup, times: times)
+                               iterations: iterations, warmup: warmup, times: times,
+                               call: nonblocking ? "nonblocking, \(try nonblockingAlgorithm())" : "blocking")
+    }
+
+    /// Open MPI's choice for MPI_Iallreduce (coll/libnbc), as the library reports it.
+    private func nonblockingAlgorithm() throws -> String {
+        guard let value = try MPIRuntime.integerControlVariable(named: "coll_libnbc_iallreduce_algorithm") else {
+            return "algorithm unknown (not Open MPI's libnbc)"
+        }
+        let names = [0: "libnbc's own choice: binomial tree below 4 ranks or in place", 1: "ring", 2: "binomial tree",
+                     3: "Rabenseifner", 4: "recursive doubling"]
+        return "libnbc \(names[value] ?? "algorithm \(value)")"
     }
 }
 
@@ -86,6 +106,8 @@ struct AllreduceResult: Encodable {
     let iterations: Int
     let warmup: Int
     let times: [Double]
+    /// "blocking", or "nonblocking, " and the algorithm.
+    let call: String
 
     var sorted: [Double] { times.sorted() }
     var medianSeconds: Double { median(times) }
@@ -96,7 +118,7 @@ struct AllreduceResult: Encodable {
     func table() -> String {
         func ms(_ seconds: Double) -> String { String(format: "%.3f ms", seconds * 1e3) }
         return """
-            allreduce   float32 sum, in place, \(ranks) rank(s) (\(ranksOnNode) on this node)
+            allreduce   float32 sum, in place, \(call), \(ranks) rank(s) (\(ranksOnNode) on this node)
             size        \(String(format: "%.2f", Double(bytes) / 1_048_576)) MiB (\(bytes / 4) floats)
             iterations  \(iterations) timed, \(warmup) warm-up
             median      \(ms(medianSeconds))  (min \(ms(sorted.first!)), max \(ms(sorted.last!)))
@@ -110,6 +132,7 @@ struct AllreduceResult: Encodable {
         struct Output: Encodable {
             let benchmark = "allreduce"
             let dtype = "float32"
+            let call: String
             let ranks: Int
             let ranks_on_node: Int
             let bytes: Int
@@ -122,7 +145,7 @@ struct AllreduceResult: Encodable {
             let busbw_gbps: Double
             let verified = true
         }
-        let output = Output(ranks: ranks, ranks_on_node: ranksOnNode, bytes: bytes, iterations: iterations, warmup: warmup,
+        let output = Output(call: call, ranks: ranks, ranks_on_node: ranksOnNode, bytes: bytes, iterations: iterations, warmup: warmup,
                             median_seconds: medianSeconds, min_seconds: sorted.first!, max_seconds: sorted.last!,
                             algbw_gbps: algorithmBandwidth, busbw_gbps: busBandwidth)
         return jsonLine(output)
