@@ -4,16 +4,21 @@
 # link shaped to RATE (tc tbf), uncompressed and with grad_compression bf16. With --python, PyTorch DDP (gloo,
 # ../shared/bench/torch_ref.py --ddp) is measured the same way. Rounds alternate everything; prints every run,
 # then medians and efficiencies. Needs root.
-#   Launch/bench-cluster.sh [--rounds R] [--rate 1gbit] [--side bridge|host] [--python PY] [--torch-ref PATH]
+#   Launch/bench-cluster.sh [--rounds R] [--rate 1gbit] [--side bridge|host] [--verbatim] [--python PY]
+#                           [--torch-ref PATH]
 # --side: where each host's shaper sits (Launch/test-cluster.sh shape): the bridge end of its veth, or its eth0.
+# By default each host gets its own CPU core (test-cluster.sh up --pin) and the shaped links carry TCP offload
+# packets whole (shape without --keep-gso), as separate machines with NICs would. --verbatim measures the bare
+# emulation instead: unpinned hosts sharing both cores with the kernel's software segmentation of every packet.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 rate=1gbit side=bridge python="" torch_ref="$root/../shared/bench/torch_ref.py"
+rounds=3 rate=1gbit side=bridge python="" torch_ref="$root/../shared/bench/torch_ref.py" pin=--pin gso=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --rate) rate="$2"; shift 2 ;;
     --side) side="$2"; shift 2 ;;
+    --verbatim) pin="" gso=--keep-gso; shift ;;
     --python) python="$2"; shift 2 ;;
     --torch-ref) torch_ref="$2"; shift 2 ;;
     *) echo "bench-cluster.sh: unknown argument $1" >&2; exit 2 ;;
@@ -24,7 +29,7 @@ ddp="$root/.build/release/ddp"
 cluster="$root/Launch/test-cluster.sh"
 results=$(mktemp)
 trap '"$cluster" down >/dev/null 2>&1 || true; rm -f "$results"' EXIT
-"$cluster" up 2
+"$cluster" up 2 $pin
 
 # Each line: IMPLEMENTATION WORKLOAD LINK COMPRESSION JSON
 record() { echo "$1 $2 $3 $4 $5" | tee -a "$results"; }
@@ -40,7 +45,7 @@ for round in $(seq "$rounds"); do
     [ -z "$python" ] || record torch "$w" alone none "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "$w" --threads 1 2>/dev/null)"
     for link in plain "$rate"; do
       if [ "$link" = plain ]; then shaping=off; else shaping="$rate"; fi
-      "$cluster" shape 1 "$shaping" "$side"; "$cluster" shape 2 "$shaping" "$side"
+      "$cluster" shape 1 "$shaping" "$side" $gso; "$cluster" shape 2 "$shaping" "$side" $gso
       for compression in none bf16; do
         record ddp "$w" "$link" "$compression" "$("$cluster" mpirun -np 2 --threads 1 -- bench step --config "$config" --threads 1 \
           --json --set "training.grad_compression=$compression" | tail -1)"

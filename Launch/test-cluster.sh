@@ -4,12 +4,16 @@
 # ranks on one host use shared memory). Open MPI starts its daemons on the other hosts with an rsh agent that
 # runs `ip netns exec HOST ...` instead of ssh. Needs root and iproute2 (Launch/setup.sh installs it).
 #
-#   Launch/test-cluster.sh up [N]        create hosts 1..N (default 2); idempotent (re-creates them)
+#   Launch/test-cluster.sh up [N] [--pin]   create hosts 1..N (default 2); idempotent (re-creates them). --pin:
+#       host i runs on CPU core (i-1) mod cores, as separate machines each have their own (for benchmarks)
 #   Launch/test-cluster.sh down          remove every host, link, the bridge and the state directory
 #   Launch/test-cluster.sh status        list the hosts and their links
 #   Launch/test-cluster.sh link HOST up|down       take a host's link down (a cut cable) or back up
-#   Launch/test-cluster.sh shape HOST RATE|off [bridge|host]   rate-limit a host's link with tc tbf (e.g. 1gbit)
-#       on the bridge side of its veth (what reaches it; the default) or on its own eth0 (what leaves it)
+#   Launch/test-cluster.sh shape HOST RATE|off [bridge|host] [--keep-gso]   rate-limit a host's link with tc tbf
+#       (e.g. 1gbit) on the bridge side of its veth (what reaches it; the default) or on its own eth0 (what leaves
+#       it). It also caps the link's TCP segmentation offload packets at 60000 bytes so that one fits the 64 KB
+#       token bucket; --keep-gso leaves the kernel's 64 KB, and tbf then cuts every such packet into MTU-size ones
+#       in software (a real NIC does that in hardware): 12% of all CPU time in softirq at 1 Gbit/s instead of 2%.
 #   Launch/test-cluster.sh mpirun [--slots S] -np N [Launch/mpirun.sh options] -- DDP-ARGUMENTS...
 #       Launch/mpirun.sh started on host 1 with the cluster's hostfile (S slots per host, default 1), its rsh
 #       agent, and TCP restricted to the cluster's subnet.
@@ -44,7 +48,7 @@ down() {
 }
 
 up() {
-  local count="$1"
+  local count="$1" pin="$2"
   [[ "$count" =~ ^[1-9][0-9]*$ ]] && (( count <= 200 )) || { echo "test-cluster.sh: host count must be 1-200, got '$count'" >&2; exit 2; }
   down
   mkdir -p "$state"
@@ -66,11 +70,14 @@ up() {
   done
   # Each host also gets its own hostname (a UTS namespace), as real nodes have: Open MPI names its per-node
   # session directory and shared-memory files after it, and same-named hosts would collide there.
-  cat > "$state/in-host" <<'INHOST'
+  # With --pin, a host's processes also get its own core (getconf, not nproc: the caller may itself be pinned).
+  local on_core=""
+  [ "$pin" = --pin ] && on_core='taskset -c $(( (${host#ddp-host} - 1) % $(getconf _NPROCESSORS_ONLN) ))'
+  cat > "$state/in-host" <<INHOST
 #!/bin/sh
 # in-host HOST PROGRAM ARGS...: run PROGRAM inside HOST's network namespace, with HOST as its hostname.
-host="$1"; shift
-exec ip netns exec "$host" unshare --uts /bin/sh -c 'hostname "$0" && exec "$@"' "$host" "$@"
+host="\$1"; shift
+exec $on_core ip netns exec "\$host" unshare --uts /bin/sh -c 'hostname "\$0" && exec "\$@"' "\$host" "\$@"
 INHOST
   # Open MPI's rsh launcher calls: AGENT [ssh-style options] HOST COMMAND...; run COMMAND on that host.
   cat > "$state/rsh-agent" <<AGENT
@@ -100,14 +107,22 @@ host_index() {
 command="${1:-}"
 shift || true
 case "$command" in
-  up) need_root; up "${1:-2}" ;;
+  up)
+    need_root
+    count=2 pin=""
+    for argument in "$@"; do
+      case "$argument" in --pin) pin=--pin ;; *) count="$argument" ;; esac
+    done
+    up "$count" "$pin" ;;
   down) need_root; down; echo "test cluster removed" ;;
   status)
     [ -f "$state/hosts" ] || { echo "no test cluster (Launch/test-cluster.sh up N)"; exit 0; }
     while read -r address ns; do
       i="${ns#ddp-host}"
-      echo "$ns  $address  link $(cat "/sys/class/net/ddp-veth$i/operstate" 2>/dev/null || echo missing)  $(tc qdisc show dev "ddp-veth$i" 2>/dev/null | grep -o 'tbf.*rate [^ ]*' || echo unshaped)"
-    done < "$state/hosts" ;;
+      shaper=$( (tc qdisc show dev "ddp-veth$i"; tc -n "$ns" qdisc show dev eth0) 2>/dev/null | grep -o 'tbf.*rate [^ ]*' || echo unshaped)
+      echo "$ns  $address  link $(cat "/sys/class/net/ddp-veth$i/operstate" 2>/dev/null || echo missing)  $shaper  $(ip -d -n "$ns" link show eth0 | grep -o 'gso_max_size [0-9]*')"
+    done < "$state/hosts"
+    ! grep -q taskset "$state/in-host" || echo "hosts pinned: host i on CPU core (i-1) mod $(getconf _NPROCESSORS_ONLN)" ;;
   link)
     need_root
     i=$(host_index "${1:?host}")
@@ -116,16 +131,26 @@ case "$command" in
     need_root
     i=$(host_index "${1:?host}")
     rate="${2:?rate or off}"
-    side="${3:-bridge}"
+    side=bridge gso=60000
+    for argument in "${@:3}"; do
+      case "$argument" in
+        --keep-gso) gso=65536 ;;
+        bridge|host) side="$argument" ;;
+        *) echo "test-cluster.sh: shape HOST RATE|off [bridge|host] [--keep-gso], got '$argument'" >&2; exit 2 ;;
+      esac
+    done
+    [ "$rate" != off ] || gso=65536
     # bridge: the bridge end of the host's veth pair, shaping what reaches the host; host: the host's own eth0,
     # shaping what leaves it. Either way, with every host shaped, each direction of a path crosses one shaper.
     tc qdisc del dev "ddp-veth$i" root 2>/dev/null || true
     tc -n "ddp-host$i" qdisc del dev eth0 root 2>/dev/null || true
+    # TCP sizes its offload packets by the sending device: cap both ends of the pair (65536 is the kernel default).
+    ip link set dev "ddp-veth$i" gso_max_size "$gso"
+    ip -n "ddp-host$i" link set dev eth0 gso_max_size "$gso"
     if [ "$rate" != off ]; then
       case "$side" in
         bridge) tc qdisc add dev "ddp-veth$i" root tbf rate "$rate" burst 64kb latency 50ms ;;
         host) tc -n "ddp-host$i" qdisc add dev eth0 root tbf rate "$rate" burst 64kb latency 50ms ;;
-        *) echo "test-cluster.sh: shape HOST RATE [bridge|host], got side '$side'" >&2; exit 2 ;;
       esac
     fi ;;
   mpirun)

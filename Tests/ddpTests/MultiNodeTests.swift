@@ -52,6 +52,41 @@ final class MultiNodeTests: XCTestCase {
         }
     }
 
+    /// What benchmarks use: hosts pinned to their own cores, links shaped by tbf with offload packets that fit its
+    /// bucket, and the nonblocking allreduce of gradient buckets as a ring. The shaper's rate bounds what the
+    /// allreduce can reach (a limit, not a timing: nothing can be faster than the link).
+    func testPinnedHostsShapedLinksAndTheRingAllreduce() throws {
+        let up = try runProcess(cluster, ["up", "2", "--pin"], environment: clusterEnvironment)
+        XCTAssertEqual(up.status, 0, up.output)
+        for host in ["1", "2"] {
+            let shape = try runProcess(cluster, ["shape", host, "100mbit"], environment: clusterEnvironment)
+            XCTAssertEqual(shape.status, 0, shape.output)
+        }
+        let status = try runProcess(cluster, ["status"], environment: clusterEnvironment)
+        XCTAssertEqual(status.stdout.components(separatedBy: "rate 100Mbit  gso_max_size 60000").count, 3, status.output)
+        XCTAssertTrue(status.stdout.contains("hosts pinned"), status.output)
+        let inHost = URL(fileURLWithPath: path("cluster")).appendingPathComponent("in-host").path
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let affinity = try runProcess(inHost, ["ddp-host2", "/bin/sh", "-c", "taskset -cp $$"])
+        XCTAssertTrue(affinity.stdout.hasSuffix("affinity list: \(1 % cores)\n"), affinity.output)
+
+        let result = try runProcess(cluster, clusterArguments(["bench", "allreduce", "--nonblocking", "--size-mb", "1",
+                                                               "--iterations", "2", "--warmup", "1", "--json"]),
+                                    environment: clusterEnvironment, timeout: 120)
+        XCTAssertEqual(result.status, 0, result.output)
+        let line = result.stdout.split(separator: "\n").last { $0.hasPrefix("{") } ?? ""
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(line.utf8)) as? [String: Any], result.output)
+        XCTAssertEqual(json["call"] as? String, "nonblocking, libnbc ring")
+        XCTAssertEqual(json["verified"] as? Bool, true)
+        let algorithmBandwidth = try XCTUnwrap(json["algbw_gbps"] as? Double)
+        XCTAssertLessThan(algorithmBandwidth, 0.0125 * 1.1, "faster than the 100 Mbit/s links allow: \(result.output)")
+
+        let off = try runProcess(cluster, ["shape", "2", "off"], environment: clusterEnvironment)
+        XCTAssertEqual(off.status, 0, off.output)
+        let after = try runProcess(cluster, ["status"], environment: clusterEnvironment)
+        XCTAssertTrue(after.stdout.contains("ddp-host2  10.231.77.2  link up  unshaped  gso_max_size 65536"), after.output)
+    }
+
     private func prepareData() throws {
         let prepare = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "400", "--max-length", "12",
                                            "--valid-fraction", "0.05", "--output", path("data")])
