@@ -13,7 +13,7 @@
 #       (e.g. 1gbit) on the bridge side of its veth (what reaches it; the default) or on its own eth0 (what leaves
 #       it). It also caps the link's TCP segmentation offload packets at 60000 bytes so that one fits the 64 KB
 #       token bucket; --keep-gso leaves the kernel's 64 KB, and tbf then cuts every such packet into MTU-size ones
-#       in software (a real NIC does that in hardware): 12% of all CPU time in softirq at 1 Gbit/s instead of 2%.
+#       in software (a real NIC does that in hardware): 10-13% of all CPU time in softirq at 1 Gbit/s, not 1%.
 #   Launch/test-cluster.sh mpirun [--slots S] -np N [Launch/mpirun.sh options] -- DDP-ARGUMENTS...
 #       Launch/mpirun.sh started on host 1 with the cluster's hostfile (S slots per host, default 1), its rsh
 #       agent, and TCP restricted to the cluster's subnet.
