@@ -64,7 +64,9 @@ public final class MPIRuntime {
     /// ring (2 hosts at 1 Gbit/s, bf16: about 9% of each step waiting for communication instead of 3-5%).
     /// `initialize` asks for the ring unless the environment already chooses an algorithm; other MPI libraries
     /// ignore the variable.
-    public static let ringAllreduceSetting = (variable: "OMPI_MCA_coll_libnbc_iallreduce_algorithm", value: "1")
+    public static let ringAllreduceSetting = (parameter: "coll_libnbc_iallreduce_algorithm", value: 1)
+    /// Where Open MPI reads that parameter from: the environment variable OMPI_MCA_ + its name.
+    public static var ringAllreduceVariable: String { "OMPI_MCA_" + ringAllreduceSetting.parameter }
 
     /// Initialises MPI with the requested thread level. A second call in the same process throws
     /// `.alreadyInitialized` (also after `finalize()`: MPI cannot be initialised again).
@@ -81,7 +83,7 @@ public final class MPIRuntime {
                                message: "MPI was initialised outside MPIRuntime")
             }
             // Read by Open MPI during MPI_Init_thread; 0: a value the user set wins.
-            setenv(ringAllreduceSetting.variable, ringAllreduceSetting.value, 0)
+            setenv(ringAllreduceVariable, String(ringAllreduceSetting.value), 0)
             var provided: Int32 = 0
             try mpiCheck(MPI_Init_thread(nil, nil, threadLevel.mpiValue, &provided), "MPI_Init_thread")
             phase = .running

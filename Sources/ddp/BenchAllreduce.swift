@@ -90,7 +90,7 @@ struct BenchAllreduce: ParsableCommand {
 
     /// Open MPI's choice for MPI_Iallreduce (coll/libnbc), as the library reports it.
     private func nonblockingAlgorithm() throws -> String {
-        guard let value = try MPIRuntime.integerControlVariable(named: "coll_libnbc_iallreduce_algorithm") else {
+        guard let value = try MPIRuntime.integerControlVariable(named: MPIRuntime.ringAllreduceSetting.parameter) else {
             return "algorithm unknown (not Open MPI's libnbc)"
         }
         let names = [0: "libnbc's own choice: binomial tree below 4 ranks or in place", 1: "ring", 2: "binomial tree",

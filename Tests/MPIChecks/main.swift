@@ -68,7 +68,7 @@ func checkBroadcast<T: MPIElement & Numeric & Equatable>(_ type: T.Type, world: 
 }
 
 // What the launch environment chose for Open MPI's nonblocking allreduce, before MPIRuntime fills in its default.
-let launchAlgorithm = getenv(MPIRuntime.ringAllreduceSetting.variable).map { String(cString: $0) }
+let launchAlgorithm = getenv(MPIRuntime.ringAllreduceVariable).map { String(cString: $0) }
 let runtime: MPIRuntime
 do {
     runtime = try MPIRuntime.initialize(threadLevel: .serialized)
@@ -115,8 +115,8 @@ do {
     try world.barrier()
 
     // The nonblocking allreduce algorithm Open MPI really uses: the ring, unless the launch environment chose one.
-    let algorithm = try MPIRuntime.integerControlVariable(named: "coll_libnbc_iallreduce_algorithm")
-    let expected = launchAlgorithm ?? MPIRuntime.ringAllreduceSetting.value
+    let algorithm = try MPIRuntime.integerControlVariable(named: MPIRuntime.ringAllreduceSetting.parameter)
+    let expected = launchAlgorithm ?? String(MPIRuntime.ringAllreduceSetting.value)
     require(algorithm.map(String.init) == expected, "libnbc iallreduce algorithm \(algorithm.map(String.init) ?? "missing"), expected \(expected)")
     require(try MPIRuntime.integerControlVariable(named: "swiftddp_no_such_variable") == nil, "an unknown control variable is nil")
 
