@@ -2,8 +2,10 @@
 # `ddp bench step` against PyTorch's reference (torch_ref.py) on workloads W1 and W2, alternating the two in one
 # session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 #
-#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY] [--torch-ref PATH]
-#       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch.
+#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY|none] [--torch-ref PATH] [--baseline DDP]
+#       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another
+#       ddp binary (say, the previous main's release build) runs in the same rounds too, and its ratio to ddp is
+#       printed: how a change moved the speed, measured under the same noise. `--python none` leaves PyTorch out.
 #   Launch/bench-step.sh --ranks N [--rounds R] [--python PY] [--torch-ref PATH]
 #       data parallel, 1 thread per rank: 1 process and N ranks of each (ddp under Launch/mpirun.sh, PyTorch DDP under
 #       torchrun with gloo), tokens/s of all ranks, efficiency = N-rank tokens/s / (N x 1-rank tokens/s), and ddp's
@@ -11,7 +13,7 @@
 # PY must import torch (a virtual environment outside the repository: pip install torch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/../shared/bench/torch_ref.py"
+rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/../shared/bench/torch_ref.py" baseline=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -19,12 +21,18 @@ while (($#)); do
     --ranks) ranks="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --torch-ref) torch_ref="$2"; shift 2 ;;
+    --baseline) baseline="$2"; shift 2 ;;
     *) echo "bench-step.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [[ "$ranks" =~ ^[1-9][0-9]*$ ]] || { echo "bench-step.sh: --ranks needs a positive number, got '$ranks'" >&2; exit 2; }
-"$python" -c "import torch" 2>/dev/null || { echo "bench-step.sh: $python cannot import torch (use --python)" >&2; exit 1; }
-[ -f "$torch_ref" ] || { echo "bench-step.sh: no torch_ref.py at $torch_ref (use --torch-ref)" >&2; exit 1; }
+if [ "$python" = none ]; then
+  (( ranks == 1 )) || { echo "bench-step.sh: --ranks compares with PyTorch DDP; it needs --python" >&2; exit 2; }
+else
+  "$python" -c "import torch" 2>/dev/null || { echo "bench-step.sh: $python cannot import torch (use --python, or --python none)" >&2; exit 1; }
+  [ -f "$torch_ref" ] || { echo "bench-step.sh: no torch_ref.py at $torch_ref (use --torch-ref)" >&2; exit 1; }
+fi
+[ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench-step.sh: --baseline $baseline is not an executable" >&2; exit 2; }
 [ -x "$root/.build/release/ddp" ] || "$root/Launch/setup.sh"
 ddp="$root/.build/release/ddp"
 
@@ -37,7 +45,9 @@ for round in $(seq "$rounds"); do
     for t in $threads; do
       for w in 1 2; do
         record ddp "W$w" "$t" 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
-        record torch "W$w" "$t" 1 "$(OMP_NUM_THREADS=$t "$python" "$torch_ref" "W$w" --threads "$t" 2>/dev/null)"
+        [ -z "$baseline" ] || record baseline "W$w" "$t" 1 \
+          "$("$baseline" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
+        [ "$python" = none ] || record torch "W$w" "$t" 1 "$(OMP_NUM_THREADS=$t "$python" "$torch_ref" "W$w" --threads "$t" 2>/dev/null)"
       done
     done
   else
@@ -62,9 +72,15 @@ ranks = int(sys.argv[2])
 for workload in sorted({w for w, *_ in runs}):
     if ranks == 1:
         for threads in sorted({t for w, t, _, _ in runs if w == workload}):
-            ddp, torch = median((workload, threads, 1, "ddp"), "tokens_per_s"), median((workload, threads, 1, "torch"), "tokens_per_s")
-            print(f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s, PyTorch {torch:.1f} tokens/s, ratio {ddp / torch:.2f} "
-                  f"(median of {len(runs[(workload, threads, 1, 'ddp')])} rounds)")
+            ddp = median((workload, threads, 1, "ddp"), "tokens_per_s")
+            line = f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s"
+            if runs[(workload, threads, 1, "torch")]:
+                torch = median((workload, threads, 1, "torch"), "tokens_per_s")
+                line += f", PyTorch {torch:.1f} tokens/s, ratio {ddp / torch:.2f}"
+            if runs[(workload, threads, 1, "baseline")]:
+                baseline = median((workload, threads, 1, "baseline"), "tokens_per_s")
+                line += f", baseline {baseline:.1f} tokens/s, ddp / baseline {ddp / baseline:.3f}"
+            print(f"{line} (median of {len(runs[(workload, threads, 1, 'ddp')])} rounds)")
     else:
         line = [workload]
         for impl, name in (("ddp", "ddp"), ("torch", "PyTorch DDP")):

@@ -5,14 +5,14 @@ import Foundation
 /// out[n] = a[n] + b[n]
 public func residualForward(out: FloatBuffer, a: FloatBuffer, b: FloatBuffer, count: Int) {
     requireCount(out, count, "out")
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range { out[i] = a[i] + b[i] }
     }
 }
 
 /// dA[n] += dOut[n];  dB[n] += dOut[n]
 public func residualBackward(dA: FloatBuffer, dB: FloatBuffer, dOut: FloatBuffer, count: Int) {
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range {
             dA[i] += dOut[i]
             dB[i] += dOut[i]
@@ -55,7 +55,7 @@ public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int, derivati
 
 /// dInp[n] += dOut[n] · derivative[n]   (the backward of any element-wise function whose derivative was kept)
 public func scaleByDerivativeBackward(dInp: FloatBuffer, dOut: FloatBuffer, derivative: FloatBuffer, count: Int) {
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range { dInp[i] += dOut[i] * derivative[i] }
     }
 }
@@ -98,7 +98,7 @@ public func dropoutForward(out: FloatBuffer, inp: FloatBuffer, count: Int, proba
         return
     }
     let scale = 1 / (1 - probability)
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range { out[i] = dropoutKeeps(seed: seed, index: i, probability: probability) ? inp[i] * scale : 0 }
     }
 }
@@ -106,7 +106,7 @@ public func dropoutForward(out: FloatBuffer, inp: FloatBuffer, count: Int, proba
 /// dInp[n] += keep(n) ? dOut[n] / (1 - p) : 0
 public func dropoutBackward(dInp: FloatBuffer, dOut: FloatBuffer, count: Int, probability: Float, seed: UInt64) {
     let scale = probability > 0 ? 1 / (1 - probability) : 1
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range where probability == 0 || dropoutKeeps(seed: seed, index: i, probability: probability) {
             dInp[i] += dOut[i] * scale
         }
@@ -115,7 +115,7 @@ public func dropoutBackward(dInp: FloatBuffer, dOut: FloatBuffer, count: Int, pr
 
 /// into[n] += from[n]
 public func accumulate(into: FloatBuffer, from: FloatBuffer, count: Int) {
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range { into[i] += from[i] }
     }
 }

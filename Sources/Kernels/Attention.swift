@@ -27,7 +27,7 @@ public func attentionForward(out: FloatBuffer, probs: FloatBuffer, q: FloatBuffe
     requireCount(probs, batch * heads * queryTime * keyTime, "probs")
     let scale = 1 / Float(headSize).squareRoot()
     // Heads in parallel, each with single-threaded GEMMs over its own slices and probability block.
-    parallelFor(batch * heads) { pairs in
+    parallelFor(batch * heads, tile: 1) { pairs in
         for pair in pairs {
             let b = pair / heads, h = pair % heads
             let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
@@ -92,7 +92,7 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
     requireCount(scratch, batch * heads * queryTime * keyTime, "scratch")
     let scale = 1 / Float(headSize).squareRoot()
     // Heads in parallel, each with single-threaded GEMMs over its own slices and probability block.
-    parallelFor(batch * heads) { pairs in
+    parallelFor(batch * heads, tile: 1) { pairs in
         for pair in pairs {
             let b = pair / heads, h = pair % heads
             let p = probs.baseAddress! + ((b * heads + h) * queryTime) * keyTime
@@ -148,7 +148,7 @@ public func cachedAttentionForward(out: FloatBuffer, scratch: FloatBuffer, q: Fl
     requireCount(values, rows * capacity * channels, "values")
     requireCount(scratch, rows * heads * capacity, "scratch")
     let scale = 1 / Float(headSize).squareRoot()
-    parallelFor(rows * heads, minimumPerThread: 4) { pairs in
+    parallelFor(rows * heads, tile: 4) { pairs in
         for pair in pairs {
             let r = pair / heads, h = pair % heads
             let p = scratch.baseAddress! + pair * capacity

@@ -13,20 +13,28 @@ public func setComputeThreads(_ count: Int) {
 
 public var computeThreads: Int { threadSetting.load(ordering: .relaxed) }
 
-/// Runs `body` over `0..<count` split into contiguous ranges, one per thread, and waits. Each index is handled
-/// by exactly one call with the same arithmetic whatever the split, so results do not depend on the thread count
-/// as long as `body` only writes what its range owns.
+/// Runs `body` once per tile of `0..<count` and waits. Tiles have fixed boundaries counted from 0
+/// (`[i·tile, min((i+1)·tile, count))`), chosen by the caller from the problem's shape and never from the thread
+/// count; the compute threads share the tiles out. So every call of `body` sees the same range whatever the number
+/// of threads, and as long as `body` writes only what its range owns, results are bitwise the same for any thread
+/// count — even where the arithmetic depends on where a range starts (OpenBLAS's micro-kernels treat a row
+/// differently by its place in a block; SIMD loops differ in their tails).
 @inline(__always)
-func parallelFor(_ count: Int, minimumPerThread: Int = 1, _ body: (Range<Int>) -> Void) {
-    let threads = min(computeThreads, max(1, count / max(1, minimumPerThread)))
+func parallelFor(_ count: Int, tile: Int, _ body: (Range<Int>) -> Void) {
+    precondition(tile >= 1, "tile size \(tile) must be positive")
+    guard count > 0 else { return }
+    let tiles = (count + tile - 1) / tile
+    let threads = min(computeThreads, tiles)
     guard threads > 1 else {
-        body(0..<count)
+        for index in 0..<tiles { body((index * tile)..<min(count, (index + 1) * tile)) }
         return
     }
     withoutActuallyEscaping(body) { body in
         let task = UncheckedSendable(body)
         DispatchQueue.concurrentPerform(iterations: threads) { part in
-            task.value((count * part / threads)..<(count * (part + 1) / threads))
+            for index in (tiles * part / threads)..<(tiles * (part + 1) / threads) {
+                task.value((index * tile)..<min(count, (index + 1) * tile))
+            }
         }
     }
 }
@@ -38,11 +46,15 @@ private struct UncheckedSendable<Value>: @unchecked Sendable {
     init(_ value: Value) { self.value = value }
 }
 
+/// Elements per tile of the element-wise loops (64 KiB of floats: large enough that a tile costs far more than
+/// handing it to a thread).
+let elementTile = 1 << 14
+
 /// `parallelFor` over the 16-element chunks of `count` elements: every chunk is computed whole by one thread,
 /// so the SIMD arithmetic is the same for any thread count.
 @inline(__always)
 func parallelChunks(_ count: Int, _ body: (_ start: Int, _ width: Int) -> Void) {
-    parallelFor((count + 15) / 16, minimumPerThread: 1024) { chunks in
+    parallelFor((count + 15) / 16, tile: elementTile / 16) { chunks in
         for chunk in chunks { body(chunk * 16, min(16, count - chunk * 16)) }
     }
 }

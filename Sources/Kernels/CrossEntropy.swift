@@ -19,7 +19,7 @@ public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32
     let blockRows = 64
     let blocks = (rows + blockRows - 1) / blockRows
     return withUnsafeTemporaryAllocation(of: (loss: Double, tokens: Int, correct: Int).self, capacity: max(1, blocks)) { partials in
-      parallelFor(blocks) { blockRange in
+      parallelFor(blocks, tile: 1) { blockRange in
         for block in blockRange {
           var total: Double = 0
           var tokens = 0

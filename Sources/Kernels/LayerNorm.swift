@@ -9,7 +9,7 @@ public func layerNormForward(out: FloatBuffer, mean: FloatBuffer, rstd: FloatBuf
     requireCount(mean, rows, "mean")
     requireCount(rstd, rows, "rstd")
     let c = Float(channels)
-    parallelFor(rows, minimumPerThread: 16) { rowRange in
+    parallelFor(rows, tile: 16) { rowRange in
       for row in rowRange {
         let x = inp.baseAddress! + row * channels
         let y = out.baseAddress! + row * channels
@@ -36,7 +36,7 @@ public func layerNormBackward(dInp: FloatBuffer, dWeight: FloatBuffer, dBias: Fl
     requireCount(dInp, rows * channels, "dInp")
     requireCount(dOut, rows * channels, "dOut")
     let c = Float(channels)
-    parallelFor(rows, minimumPerThread: 16) { rowRange in
+    parallelFor(rows, tile: 16) { rowRange in
       for row in rowRange {
         let x = inp.baseAddress! + row * channels
         let dy = dOut.baseAddress! + row * channels
@@ -60,7 +60,7 @@ public func layerNormBackward(dInp: FloatBuffer, dWeight: FloatBuffer, dBias: Fl
       }
     }
     // Parameter gradients sum over rows: split by channel, rows in order, so the sum's order never changes.
-    parallelFor(channels, minimumPerThread: 16) { channelRange in
+    parallelFor(channels, tile: 16) { channelRange in
         for row in 0..<rows {
             let x = inp.baseAddress! + row * channels
             let dy = dOut.baseAddress! + row * channels

@@ -13,7 +13,7 @@ public func adamWUpdate(parameters: FloatBuffer, gradients: FloatBuffer, firstMo
     let biasCorrection2Sqrt = Float((1 - pow(Double(beta2), Double(step))).squareRoot())
     let stepSize = Float(Double(learningRate) / biasCorrection1)
     let decay = 1 - learningRate * weightDecay
-    parallelFor(count, minimumPerThread: 1 << 14) { range in
+    parallelFor(count, tile: elementTile) { range in
         for i in range {
             let gradient = gradients[i] * gradientScale
             parameters[i] *= decay
@@ -30,7 +30,7 @@ public func sumOfSquares(_ buffer: FloatBuffer) -> Double {
     let block = 4096
     let blocks = (buffer.count + block - 1) / block
     return withUnsafeTemporaryAllocation(of: Double.self, capacity: max(1, blocks)) { partials in
-        parallelFor(blocks, minimumPerThread: 64) { range in
+        parallelFor(blocks, tile: 64) { range in
             for b in range {
                 var lanes = SIMD8<Double>()
                 var i = b * block

@@ -1,0 +1,100 @@
+import Foundation
+import Kernels
+import TestSupport
+import Transformer
+import XCTest
+
+/// A whole training step (forward with dropout, backward, AdamW) and an evaluation forward give bitwise identical
+/// logits, loss, gradients and parameters with 1, 2 and 3 compute threads, for both model kinds, on batches whose
+/// rows are not multiples of any tile size and whose sequences are padded to different lengths.
+///
+/// OpenBLAS picks its kernels by CPU when it loads, and its AVX2 kernels (Haswell, Zen) are the ones that compute
+/// a row differently depending on where a split puts it. So the check runs twice: here with this CPU's kernels,
+/// and in a child process with `OPENBLAS_CORETYPE=Haswell`, which every x86-64 CPU of this project's kind can run:
+/// CI covers both kernel families whichever CPU it lands on.
+final class ThreadDeterminismTests: XCTestCase {
+    override func tearDown() { setComputeThreads(1) }
+
+    private struct Outcome {
+        var logits: [Float], evaluationLoss: Double, trainingLoss: Double, gradients: [Float], parameters: [Float]
+    }
+
+    private func step(threads: Int, config: ModelConfig, batch: Batch) throws -> Outcome {
+        setComputeThreads(threads)
+        let model = try TransformerModel(config: config, maxBatch: batch.batchSize, maxSourceLength: batch.sourceLength,
+                                         maxTargetLength: batch.targetLength)
+        model.initializeParameters(seed: 17)
+        model.training = false
+        let evaluation = model.forward(batch)
+        let logits = model.withLogits { Array($0.prefix(batch.batchSize * batch.targetLength * config.vocabSize)) }
+        model.training = true
+        model.dropoutSeed = 5
+        model.gradients.zero()
+        let result = model.forwardBackward(batch, labelSmoothing: 0.1)
+        let gradients = Array(model.gradients.storage)
+        let optimizer = AdamW(layout: model.layout, settings: AdamWSettings())
+        optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-3,
+                         gradientScale: 1 / Float(result.tokens))
+        return Outcome(logits: logits, evaluationLoss: evaluation.loss, trainingLoss: result.loss, gradients: gradients,
+                       parameters: Array(model.parameters.storage))
+    }
+
+    /// Rows of `lengths.count` x `time` tokens: row r holds lengths[r] real tokens, then PAD.
+    private func padded(_ lengths: [Int], time: Int, first: Int32, random: inout SplitMix64) -> [Int32] {
+        lengths.flatMap { length in
+            (0..<time).map { $0 == 0 ? first : $0 < length ? Int32(4 + random.next() % 296) : SpecialToken.pad }
+        }
+    }
+
+    private func assertAgreement(_ kind: String, config: ModelConfig, batch: Batch) throws {
+        let one = try step(threads: 1, config: config, batch: batch)
+        for threads in [2, 3] {
+            let other = try step(threads: threads, config: config, batch: batch)
+            let context = "\(kind), 1 and \(threads) threads, OpenBLAS kernels \(blasCoreName)"
+            XCTAssertEqual(one.evaluationLoss.bitPattern, other.evaluationLoss.bitPattern, "evaluation loss: \(context)")
+            XCTAssertEqual(one.trainingLoss.bitPattern, other.trainingLoss.bitPattern, "training loss: \(context)")
+            for (name, a, b) in [("logits", one.logits, other.logits), ("gradients", one.gradients, other.gradients),
+                                 ("updated parameters", one.parameters, other.parameters)] {
+                let differing = zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
+                XCTAssertEqual(differing, 0, "\(differing) of \(a.count) \(name) differ: \(context)")
+            }
+        }
+    }
+
+    func testOneTwoAndThreeThreadsAgreeBitwise() throws {
+        print("ThreadDeterminismTests: OpenBLAS kernels \(blasCoreName)")
+        var random = SplitMix64(seed: 4)
+        // 5 x 29 = 145 rows (GEMMs cut into two tiles of 80 and 65), vocabulary 300 (the head cut along its columns),
+        // feed-forward 200, 4 heads of 12; dropout on.
+        let gpt = ModelConfig(kind: .decoderOnly, vocabSize: 300, dModel: 48, heads: 4, encoderLayers: 0, decoderLayers: 2,
+                              dFF: 200, activation: .gelu, norm: .pre, positions: .learned, maxLength: 32, dropout: 0.1,
+                              tiedEmbeddings: true)
+        let lengths = [29, 17, 23, 5, 11]
+        let window = padded(lengths.map { $0 + 1 }, time: 30, first: 4 + 7, random: &random)
+        let lm = Batch(batchSize: 5, targetLength: 29,
+                       decoderInput: (0..<5).flatMap { Array(window[($0 * 30)..<($0 * 30 + 29)]) },
+                       labels: (0..<5).flatMap { Array(window[($0 * 30 + 1)..<($0 * 30 + 30)]) })
+        try assertAgreement("decoder-only", config: gpt, batch: lm)
+
+        let translation = ModelConfig(kind: .encoderDecoder, vocabSize: 300, dModel: 48, heads: 4, encoderLayers: 2,
+                                      decoderLayers: 2, dFF: 200, activation: .relu, norm: .post, positions: .sinusoidal,
+                                      maxLength: 32, dropout: 0.1, tiedEmbeddings: false)
+        let targets = padded([27, 9, 14, 3, 22], time: 28, first: SpecialToken.bos, random: &random)
+        let seq2seq = Batch(batchSize: 5, sourceLength: 27, targetLength: 27,
+                            source: padded([27, 12, 20, 6, 1], time: 27, first: 4 + 9, random: &random),
+                            decoderInput: (0..<5).flatMap { Array(targets[($0 * 28)..<($0 * 28 + 27)]) },
+                            labels: (0..<5).flatMap { Array(targets[($0 * 28 + 1)..<($0 * 28 + 28)]) })
+        try assertAgreement("encoder-decoder", config: translation, batch: seq2seq)
+    }
+
+    /// The test above in a child process whose OpenBLAS uses its AVX2 (Haswell) kernels, whatever this CPU is.
+    func testOneTwoAndThreeThreadsAgreeBitwiseWithHaswellKernels() throws {
+        let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
+        let result = try runProcess(testBinary, ["TransformerTests.ThreadDeterminismTests/testOneTwoAndThreeThreadsAgreeBitwise"],
+                                    environment: ["OPENBLAS_CORETYPE": "Haswell"], timeout: 600)
+        XCTAssertFalse(result.timedOut, result.output)
+        XCTAssertTrue(result.output.contains("OpenBLAS kernels Haswell"), "the child did not run Haswell kernels:\n\(result.output)")
+        XCTAssertTrue(result.output.contains("Executed 1 test, with 0 failures"), result.output)
+        XCTAssertEqual(result.status, 0, result.output)
+    }
+}
