@@ -75,7 +75,9 @@ elif $bind; then
 else
   options+=(--bind-to none)
 fi
-export OPENBLAS_NUM_THREADS="$threads" OMP_NUM_THREADS="$threads" SWIFTDDP_THREADS="$threads"
+# ddp's own pool runs T compute threads, each calling single-threaded OpenBLAS on fixed tiles (results do not depend
+# on T); OpenBLAS and OpenMP must not start threads of their own, which would also split work by their count.
+export OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 SWIFTDDP_THREADS="$threads"
 for name in "${forward[@]}" PATH LD_LIBRARY_PATH; do
   [ -n "${!name+set}" ] && options+=(-x "$name")
 done

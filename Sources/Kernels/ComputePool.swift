@@ -26,17 +26,23 @@ func parallelFor(_ count: Int, tile: Int, _ body: (Range<Int>) -> Void) {
     let tiles = (count + tile - 1) / tile
     let threads = min(computeThreads, tiles)
     guard threads > 1 else {
-        for index in 0..<tiles { body((index * tile)..<min(count, (index + 1) * tile)) }
+        for index in 0..<tiles { body(tileRange(index, tile: tile, count: count)) }
         return
     }
     withoutActuallyEscaping(body) { body in
         let task = UncheckedSendable(body)
         DispatchQueue.concurrentPerform(iterations: threads) { part in
             for index in (tiles * part / threads)..<(tiles * (part + 1) / threads) {
-                task.value((index * tile)..<min(count, (index + 1) * tile))
+                task.value(tileRange(index, tile: tile, count: count))
             }
         }
     }
+}
+
+/// Tile `index` of `0..<count` cut into tiles of `tile`: `[index·tile, min((index+1)·tile, count))`.
+@inline(__always)
+func tileRange(_ index: Int, tile: Int, count: Int) -> Range<Int> {
+    (index * tile)..<min(count, (index + 1) * tile)
 }
 
 /// Carries a closure into concurrentPerform. Safe here because parallelFor waits for every part to finish before

@@ -92,13 +92,13 @@ public struct GEMMTiling: Equatable, Sendable {
     public init(m: Int, n: Int, count: Int) {
         alongRows = m >= n
         let extent = max(m, n)
-        tile = count <= 1 ? max(1, extent) : ((extent + count - 1) / count + 15) / 16 * 16
+        tile = count <= 1 ? max(1, extent) : max(16, ((extent + count - 1) / count + 15) / 16 * 16)
         self.count = (extent + tile - 1) / tile
     }
 
     /// Rows (or columns) of tile `index`.
     func range(_ index: Int, m: Int, n: Int) -> Range<Int> {
-        (index * tile)..<min(alongRows ? m : n, (index + 1) * tile)
+        tileRange(index, tile: tile, count: alongRows ? m : n)
     }
 }
 
@@ -118,6 +118,16 @@ func serialGemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float
 public var blasCoreName: String {
     guard let name = openblas_get_corename() else { return "unknown" }
     return String(cString: name)
+}
+
+/// How this OpenBLAS was built to thread: "sequential", "pthreads" or "OpenMP". ddp calls it from its own threads,
+/// one tile per call; an OpenMP build also follows `OMP_NUM_THREADS` in each calling thread, so it must be 1 there.
+public var blasThreading: String {
+    switch openblas_get_parallel() {
+    case 0: return "sequential"
+    case 1: return "pthreads"
+    default: return "OpenMP"
+    }
 }
 
 /// Sets the number of threads OpenBLAS uses inside each call (the kernels keep it at 1 and split GEMMs themselves).

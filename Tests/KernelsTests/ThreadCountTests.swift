@@ -14,6 +14,7 @@ final class ThreadCountTests: XCTestCase {
         for threads in [2, 3] {
             setComputeThreads(threads)
             let other = compute()
+            XCTAssertEqual(one.count, other.count, "\(what): results of different lengths", file: file, line: line)
             let differing = zip(one, other).filter { $0.bitPattern != $1.bitPattern }.count
             XCTAssertEqual(differing, 0, "\(what): \(differing) of \(one.count) values differ between 1 and \(threads) threads",
                            file: file, line: line)
@@ -33,35 +34,66 @@ final class ThreadCountTests: XCTestCase {
         XCTAssertEqual([wide.tile, wide.count], [160, 2], "multiples of 16, the last tile shorter")
     }
 
-    /// Two products side by side (a linear layer's input and weight gradients), one of them cut past the largest tile.
+    /// Two products side by side (a linear layer's input and weight gradients), one of them cut past the largest tile,
+    /// so both are: the same bits for any thread count, and the right products.
     func testGEMMsSideBySide() {
         let (m, n, k) = (40, 4200, 9)
-        let a = Tensor(random: m * k, seed: 1), b = Tensor(random: k * n, seed: 2), d = Tensor(random: k * 33, seed: 4)
+        let a = Tensor(random: m * k, seed: 1), b = Tensor(random: k * n, seed: 2), d = Tensor(random: k * 133, seed: 4)
+        let (startC, startE) = (Tensor(random: m * n, seed: 3).array, Tensor(random: m * 133, seed: 5).array)
+        XCTAssertEqual(GEMMTiling.sideBySideCount(m: m, n: n), 2)
+        var result: [Float] = []
         assertSameForAnyThreadCount("two products side by side") {
-            let c = Tensor(random: m * n, seed: 3), e = Tensor(random: m * 33, seed: 5)
+            let c = Tensor(startC), e = Tensor(startE)
             gemm(GEMM(transA: false, transB: false, m: m, n: n, k: k, a: a.buffer.baseAddress!, lda: k, b: b.buffer.baseAddress!,
                       ldb: n, beta: 1, c: c.buffer.baseAddress!, ldc: n),
-                 GEMM(transA: false, transB: false, m: m, n: 33, k: k, a: a.buffer.baseAddress!, lda: k, b: d.buffer.baseAddress!,
-                      ldb: 33, beta: 1, c: e.buffer.baseAddress!, ldc: 33))
-            return c.array + e.array
+                 GEMM(transA: false, transB: false, m: m, n: 133, k: k, a: a.buffer.baseAddress!, lda: k, b: d.buffer.baseAddress!,
+                      ldb: 133, beta: 1, c: e.buffer.baseAddress!, ldc: 133))
+            result = c.array + e.array
+            return result
+        }
+        assertClose(result, naiveGEMM(transA: false, transB: false, m: m, n: n, k: k, alpha: 1, a: a, b: b, beta: 1, c: startC)
+                        + naiveGEMM(transA: false, transB: false, m: m, n: 133, k: k, alpha: 1, a: a, b: d, beta: 1, c: startE),
+                    "two products side by side")
+    }
+
+    /// C = alpha·op(A)·op(B) + beta·C in Double, with the row-major layouts `gemm` takes.
+    private func naiveGEMM(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: Tensor, b: Tensor, beta: Float,
+                           c: [Float]) -> [Float] {
+        (0..<(m * n)).map { index in
+            let (i, j) = (index / n, index % n)
+            var dot = 0.0
+            for p in 0..<k { dot += Double(transA ? a[p * m + i] : a[i * k + p]) * Double(transB ? b[j * k + p] : b[p * n + j]) }
+            return Float(Double(alpha) * dot + Double(beta) * Double(c[index]))
         }
     }
 
-    /// All four transpose cases, products cut along rows and along columns, with lengths that leave partial tiles.
+    private func assertClose(_ actual: [Float], _ expected: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(actual.count, expected.count, what, file: file, line: line)
+        let worst = zip(actual, expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+        XCTAssertLessThan(worst, 1e-4, "\(what): the tiled product differs from the plain one by \(worst)", file: file, line: line)
+    }
+
+    /// All four transpose cases, products cut along rows and along columns, with lengths that leave partial tiles:
+    /// the same bits for any thread count, and the right product.
     func testGEMM() {
         let shapes = [(m: 1, n: 7, k: 5), (m: 150, n: 33, k: 17), (m: 37, n: 301, k: 29), (m: 300, n: 131, k: 64),
-                      (m: 129, n: 129, k: 3), (m: 1000, n: 20, k: 70)]
+                      (m: 129, n: 129, k: 3), (m: 1000, n: 20, k: 70), (m: 5000, n: 3, k: 4), (m: 2, n: 4500, k: 3)]
         for (m, n, k) in shapes {
-            let a = Tensor(random: m * k, seed: 1), b = Tensor(random: k * n, seed: 2)
+            let a = Tensor(random: m * k, seed: 1), b = Tensor(random: k * n, seed: 2), start = Tensor(random: m * n, seed: 3).array
             for transA in [false, true] {
                 for transB in [false, true] {
-                    assertSameForAnyThreadCount("gemm \(m)x\(n)x\(k) transA \(transA) transB \(transB)") {
-                        let c = Tensor(random: m * n, seed: 3)
+                    let what = "gemm \(m)x\(n)x\(k) transA \(transA) transB \(transB)"
+                    var result: [Float] = []
+                    assertSameForAnyThreadCount(what) {
+                        let c = Tensor(start)
                         gemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.7, a: a.buffer.baseAddress!,
                              lda: transA ? m : k, b: b.buffer.baseAddress!, ldb: transB ? k : n, beta: 1.5,
                              c: c.buffer.baseAddress!, ldc: n)
-                        return c.array
+                        result = c.array
+                        return result
                     }
+                    assertClose(result, naiveGEMM(transA: transA, transB: transB, m: m, n: n, k: k, alpha: 0.7, a: a, b: b,
+                                                  beta: 1.5, c: start), what)
                 }
             }
         }
