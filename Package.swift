@@ -37,17 +37,20 @@ let package = Package(
         .target(name: "MPI", dependencies: ["CMPI"]),
         .target(name: "HDF5", dependencies: ["CHDF5"]),
 
+        // MARK: Files (safe output paths, text from any editor)
+        .target(name: "Files"),
+
         // MARK: Model
         .target(name: "Kernels", dependencies: ["CBLAS"]),
         .target(name: "Transformer", dependencies: ["Kernels"]),
 
         // MARK: Data
-        .target(name: "Data", dependencies: ["HDF5"]),
+        .target(name: "Data", dependencies: ["HDF5", "Files"]),
 
         // MARK: Training
         .target(
             name: "Training",
-            dependencies: ["MPI", "HDF5", "Transformer", "Data", .product(name: "Yams", package: "Yams")]
+            dependencies: ["MPI", "HDF5", "Kernels", "Transformer", "Data", "Files", .product(name: "Yams", package: "Yams")]
         ),
 
         // MARK: Command line
@@ -60,6 +63,7 @@ let package = Package(
                 "Transformer",
                 "Data",
                 "Training",
+                "Files",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -83,8 +87,9 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "FilesTests", dependencies: ["Files"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "Training", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Transformer", "Data", "HDF5", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Transformer", "Kernels", "Data", "HDF5", "TestSupport"]),
         .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),
         .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),

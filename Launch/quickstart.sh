@@ -11,8 +11,8 @@ ranks="${1:-2}"
 if [ ! -f data/reverse/train-00000.h5 ]; then
   .build/release/ddp prepare --synthetic reverse --samples 20000 --max-length 16 --seed 1 --output data/reverse
 fi
-rm -rf runs/quickstart
-Launch/mpirun.sh -np "$ranks" train --config Configs/reverse.yaml --run-dir runs/quickstart
+# --overwrite: a second quickstart replaces the first one's checkpoints and metrics (and nothing else).
+Launch/mpirun.sh -np "$ranks" train --config Configs/reverse.yaml --run-dir runs/quickstart --overwrite
 
 
 echo

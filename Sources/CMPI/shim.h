@@ -33,5 +33,6 @@ static inline int swiftddp_MPI_THREAD_SERIALIZED(void) { return MPI_THREAD_SERIA
 static inline int swiftddp_MPI_THREAD_MULTIPLE(void) { return MPI_THREAD_MULTIPLE; }
 static inline int swiftddp_MPI_COMM_TYPE_SHARED(void) { return MPI_COMM_TYPE_SHARED; }
 static inline int swiftddp_MPI_T_ERR_INVALID_NAME(void) { return MPI_T_ERR_INVALID_NAME; }
+static inline int swiftddp_MPI_ANY_SOURCE(void) { return MPI_ANY_SOURCE; }
 
 #endif

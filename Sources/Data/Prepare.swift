@@ -1,3 +1,4 @@
+import Files
 import Foundation
 
 /// Built-in sequence-to-sequence tasks generated from a seed, so training can be tried with no data.
@@ -47,6 +48,10 @@ public struct PrepareOptions: Sendable {
     /// seq2seq: pairs whose source or target has more tokens are dropped and counted (or an error, see below).
     public var maxLength: Int?
     public var failOnLong = false
+    /// The files read (text, parallel text): a shard is never written over one of them.
+    public var inputs: [String] = []
+    /// Replace the shards of an earlier dataset in `output` (refused without it).
+    public var overwrite = false
 
     public init(output: String) { self.output = output }
 }
@@ -73,11 +78,12 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
 }
 
 public enum Preparer {
-    /// Documents of a text: runs of non-empty lines; blank lines separate documents.
+    /// Documents of a text: runs of non-empty lines; blank lines separate documents. Lines end in LF, CRLF or CR,
+    /// and a document's lines are joined with "\n".
     public static func documents(in text: String) -> [String] {
         var documents: [String] = []
-        var current: [Substring] = []
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+        var current: [String] = []
+        for line in TextFile.lines(text) {
             if line.allSatisfy(\.isWhitespace) {
                 if !current.isEmpty { documents.append(current.joined(separator: "\n")) }
                 current = []
@@ -89,28 +95,19 @@ public enum Preparer {
         return documents
     }
 
-    static func readText(_ path: String) throws -> String {
-        guard let data = FileManager.default.contents(atPath: path) else { throw DataError(file: path, "cannot read the file") }
-        guard let text = String(data: data, encoding: .utf8) else { throw DataError(file: path, "is not UTF-8 text") }
-        return text
-    }
-
-    /// Line-aligned parallel files: line i of `source` translates to line i of `target`.
+    /// Line-aligned parallel files: line i of `source` translates to line i of `target` (LF, CRLF or CR line ends).
     public static func parallelPairs(source: String, target: String) throws -> [(String, String)] {
-        let sources = try readText(source).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        let targets = try readText(target).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
-        let trim = { (lines: [String]) in lines.last == "" ? Array(lines.dropLast()) : lines }
-        let (s, t) = (trim(sources), trim(targets))
+        let s = try TextFile.readLines(source), t = try TextFile.readLines(target)
         guard s.count == t.count else {
             throw DataError(file: target, "has \(t.count) lines but \(source) has \(s.count): parallel files must be line-aligned")
         }
         return Array(zip(s, t))
     }
 
-    /// A TSV file: each line "source<TAB>target".
+    /// A TSV file: each line "source<TAB>target" (LF, CRLF or CR line ends; empty lines are skipped).
     public static func tsvPairs(_ path: String) throws -> [(String, String)] {
         var pairs: [(String, String)] = []
-        for (number, line) in try readText(path).split(separator: "\n", omittingEmptySubsequences: true).enumerated() {
+        for (number, line) in try TextFile.readLines(path).enumerated() where !line.isEmpty {
             let fields = line.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
             guard fields.count == 2 else { throw DataError(file: path, "line \(number + 1) has no tab between source and target") }
             pairs.append((String(fields[0]), String(fields[1])))
@@ -147,45 +144,80 @@ public enum Preparer {
     }
 
     /// Cuts each split into `options.shards` files (`train-00000.h5`, ...), has `write` produce each one (returning its
-    /// token count), and records the counts in the summary.
+    /// token count), and records the counts in the summary. Warns, naming the split, when valid comes out empty
+    /// although a valid fraction was asked for. With `overwrite`, shards of an earlier dataset that the new one does
+    /// not replace are removed once every new shard is written.
     private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, into summary: inout PrepareSummary,
+                                    progress: (String) -> Void,
                                     write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String) throws -> Int) throws {
+        let earlier = try prepareOutputDirectory(options)
+        if valid.isEmpty && options.validFraction > 0 {
+            progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
+                     + "training will report no validation metrics")
+        }
+        var written: Set<String> = []
         for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
             let ranges = shardRanges(indices.count, shards: options.shards)
             var tokens = 0
             for (shard, range) in ranges.enumerated() {
-                let path = (options.output as NSString).appendingPathComponent(String(format: "%@-%05d.h5", name, shard))
-                tokens += try write(name, shard, ranges.count, indices[range], path)
+                let file = String(format: "%@-%05d.h5", name, shard)
+                tokens += try write(name, shard, ranges.count, indices[range], (options.output as NSString).appendingPathComponent(file))
+                written.insert(file)
             }
             if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
             else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
         }
+        for file in earlier where !written.contains(file) {
+            try? FileManager.default.removeItem(atPath: (options.output as NSString).appendingPathComponent(file))
+        }
     }
 
-    private static func createOutput(_ options: PrepareOptions) throws {
-        do {
-            try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
-        } catch {
-            throw DataError(file: options.output, "cannot create the output directory: \(error.localizedDescription)")
+    /// Shard names of a dataset: `train-00000.h5`, `valid-00012.h5`, ...
+    public static func isShardName(_ name: String) -> Bool {
+        (name.hasPrefix("train-") || name.hasPrefix("valid-")) && name.hasSuffix(".h5")
+    }
+
+    /// Creates the output directory when missing, and returns the shards an earlier dataset left in it: refused
+    /// unless `overwrite` (a new dataset never mixes with or silently replaces an earlier one).
+    private static func prepareOutputDirectory(_ options: PrepareOptions) throws -> [String] {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: options.output, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else {
+                throw DataError(file: options.output, "exists and is not a directory; --output names the directory to write the shards into")
+            }
+        } else {
+            let parent = (options.output as NSString).deletingLastPathComponent
+            do {
+                try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
+            } catch {
+                throw DataError(file: options.output, "cannot create the output directory (in \(parent.isEmpty ? "." : parent)): \(describe(error))")
+            }
         }
+        let earlier = ((try? FileManager.default.contentsOfDirectory(atPath: options.output)) ?? []).filter(isShardName).sorted()
+        if !earlier.isEmpty && !options.overwrite {
+            throw DataError(file: options.output, "already holds a dataset (\(earlier.count) shard(s): \(earlier.prefix(3).joined(separator: ", "))"
+                                                  + "\(earlier.count > 3 ? ", ..." : "")); give another --output, or --overwrite to replace it")
+        }
+        return earlier
     }
 
     /// Language modelling from text files.
     public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
         var documents: [String] = []
-        for input in inputs { documents += Self.documents(in: try readText(input)) }
+        for input in inputs { documents += Self.documents(in: try TextFile.read(input)) }
         guard !documents.isEmpty else { throw DataError(file: inputs.joined(separator: ", "), "holds no text") }
         let tokenizer = makeTokenizer(options, texts: { documents }, progress: progress)
-        try createOutput(options)
+        var options = options
+        options.inputs += inputs
         let (train, valid) = split(documents.count, options: options)
         var summary = PrepareSummary(task: .lm, tokenizer: tokenizer)
-        try writeSplits(train: train, valid: valid, options: options, into: &summary) { name, shard, shards, indices, path in
+        try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { name, shard, shards, indices, path in
             var encoded: [[Int32]] = []
             for (done, index) in indices.enumerated() {
                 encoded.append(tokenizer.encode(documents[index]))
                 if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(shards): \(done + 1)/\(indices.count) documents") }
             }
-            try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer)
+            try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer, inputs: options.inputs)
             return encoded.reduce(0) { $0 + $1.count + 1 }
         }
         return summary
@@ -211,13 +243,12 @@ public enum Preparer {
             if number % 10_000 == 9_999 { progress("encoded \(number + 1)/\(pairs.count) pairs") }
         }
         guard !encoded.isEmpty else { throw DataError(file: options.output, "every pair is longer than --max-length") }
-        try createOutput(options)
         let (train, valid) = split(encoded.count, options: options)
         var summary = PrepareSummary(task: .seq2seq, tokenizer: tokenizer)
         summary.dropped = dropped
-        try writeSplits(train: train, valid: valid, options: options, into: &summary) { _, _, _, indices, path in
+        try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { _, _, _, indices, path in
             let chosen = indices.map { encoded[$0] }
-            try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer)
+            try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer, inputs: options.inputs)
             return chosen.reduce(0) { $0 + $1.source.count + $1.target.count }
         }
         return summary

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import HDF5
 
@@ -43,34 +44,45 @@ public enum ShardWriter {
                                deflate: 4, fletcher32: true).write(tokens)
     }
 
+    /// Creates the shard at `path` through `OutputFile` (a temporary beside it, renamed when complete; never over a
+    /// directory or one of `inputs`).
+    private static func create(_ path: String, inputs: [String], _ body: (File) throws -> Void) throws {
+        try OutputFile.write(path, inputs: inputs) { temporary in
+            let file = try File.create(temporary)
+            try body(file)
+            try file.close()
+        }
+    }
+
     /// A language-modelling shard: the documents' tokens joined with EOS after each document.
-    public static func writeLM(_ path: String, documents: [[Int32]], tokenizer: Tokenizer) throws {
+    public static func writeLM(_ path: String, documents: [[Int32]], tokenizer: Tokenizer, inputs: [String] = []) throws {
         var stream: [Int32] = []
         stream.reserveCapacity(documents.reduce(0) { $0 + $1.count + 1 })
         for document in documents {
             stream += document
             stream.append(SpecialToken.eos)
         }
-        let file = try File.create(path)
-        try header(file, task: .lm, tokenizer: tokenizer)
-        try file.setAttribute("documents", documents.count)
-        try writeTokens(file, "tokens", stream)
-        try file.close()
+        try create(path, inputs: inputs) { file in
+            try header(file, task: .lm, tokenizer: tokenizer)
+            try file.setAttribute("documents", documents.count)
+            try writeTokens(file, "tokens", stream)
+        }
     }
 
     /// A sequence-to-sequence shard of aligned (source, target) pairs.
-    public static func writeSeq2Seq(_ path: String, pairs: [(source: [Int32], target: [Int32])], tokenizer: Tokenizer) throws {
-        let file = try File.create(path)
-        try header(file, task: .seq2seq, tokenizer: tokenizer)
-        for (side, sequences) in [("source", pairs.map(\.source)), ("target", pairs.map(\.target))] {
-            var offsets: [Int64] = [0]
-            offsets.reserveCapacity(sequences.count + 1)
-            for sequence in sequences { offsets.append(offsets.last! + Int64(sequence.count)) }
-            try writeTokens(file, "\(side)/tokens", sequences.flatMap { $0 })
-            try file.createDataset("\(side)/offsets", type: .int64, shape: [offsets.count],
-                                   chunks: [max(1, min(chunk, offsets.count))], fletcher32: true).write(offsets)
+    public static func writeSeq2Seq(_ path: String, pairs: [(source: [Int32], target: [Int32])], tokenizer: Tokenizer,
+                                    inputs: [String] = []) throws {
+        try create(path, inputs: inputs) { file in
+            try header(file, task: .seq2seq, tokenizer: tokenizer)
+            for (side, sequences) in [("source", pairs.map(\.source)), ("target", pairs.map(\.target))] {
+                var offsets: [Int64] = [0]
+                offsets.reserveCapacity(sequences.count + 1)
+                for sequence in sequences { offsets.append(offsets.last! + Int64(sequence.count)) }
+                try writeTokens(file, "\(side)/tokens", sequences.flatMap { $0 })
+                try file.createDataset("\(side)/offsets", type: .int64, shape: [offsets.count],
+                                       chunks: [max(1, min(chunk, offsets.count))], fletcher32: true).write(offsets)
+            }
         }
-        try file.close()
     }
 }
 

@@ -82,6 +82,12 @@ func h5call<R: BinaryInteger>(_ operation: @autoclosure () -> String, _ site: Si
     let result = body()
     if result < 0 {
         let stack = takeErrorStack()
+        if stack.contains(where: { $0.contains("unable to lock file") }) {
+            throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
+                            message: "another process holds this file open for writing (HDF5's file lock). Wait for it to "
+                                + "finish; if that process only reads, HDF5_USE_FILE_LOCKING=FALSE in this command's environment "
+                                + "lets readers proceed", stack: stack)
+        }
         throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
                         message: message() ?? stack.last ?? "HDF5 returned an error", stack: stack)
     }

@@ -66,10 +66,58 @@ public final class Communicator {
         return try Communicator(adopting: newComm, owned: true)
     }
 
+    /// A communicator of the same ranks whose messages never match this one's (MPI_Comm_dup): a separate channel,
+    /// for example for notices sent while collectives run on this one.
+    public func duplicate() throws(MPIError) -> Communicator {
+        var newComm: MPI_Comm? = swiftddp_MPI_COMM_NULL()
+        try mpiCheck(MPI_Comm_dup(handle, &newComm), "MPI_Comm_dup", rank: rank)
+        return try Communicator(adopting: newComm, owned: true)
+    }
+
     // MARK: Synchronisation
 
     public func barrier() throws(MPIError) {
         try mpiCheck(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
+    }
+
+    /// Starts a barrier and returns at once (MPI_Ibarrier): the request completes when every rank has entered it.
+    public func ibarrier() throws(MPIError) -> Request {
+        var request: MPI_Request? = swiftddp_MPI_REQUEST_NULL()
+        try mpiCheck(MPI_Ibarrier(handle, &request), "MPI_Ibarrier", rank: rank)
+        return Request(request, operation: "MPI_Ibarrier", rank: rank)
+    }
+
+    // MARK: Point to point (small notices)
+
+    /// Sends one Int64 to rank `destination` with `tag` and returns at once (MPI_Isend). The request owns the
+    /// sent value; complete it (`test`, `wait`) or `abandon` it.
+    public func isend(_ value: Int64, to destination: Int, tag: Int) throws(MPIError) -> Request {
+        guard (0..<size).contains(destination) else {
+            throw MPIError(.invalidArgument, operation: "MPI_Isend", message: "rank \(destination) is not in this communicator (size \(size))",
+                           rank: rank)
+        }
+        let tag32 = try mpiCount(tag, "MPI_Isend(tag)", rank: rank)
+        let buffer = UnsafeMutablePointer<Int64>.allocate(capacity: 1)
+        buffer.initialize(to: value)
+        var request: MPI_Request? = swiftddp_MPI_REQUEST_NULL()
+        let status = MPI_Isend(buffer, 1, swiftddp_MPI_INT64_T(), Int32(destination), tag32, handle, &request)
+        if status != MPI_SUCCESS { buffer.deallocate() }
+        try mpiCheck(status, "MPI_Isend(to \(destination))", rank: rank)
+        return Request(request, operation: "MPI_Isend(to \(destination))", rank: rank, owning: buffer)
+    }
+
+    /// A message with `tag` that has arrived from any rank, received without blocking (MPI_Iprobe, then MPI_Recv
+    /// of the one Int64 it holds), or nil when none is waiting. Pairs with `isend`.
+    public func receivePending(tag: Int) throws(MPIError) -> (source: Int, value: Int64)? {
+        let tag32 = try mpiCount(tag, "MPI_Iprobe(tag)", rank: rank)
+        var flag: Int32 = 0
+        var status = MPI_Status()
+        try mpiCheck(MPI_Iprobe(swiftddp_MPI_ANY_SOURCE(), tag32, handle, &flag, &status), "MPI_Iprobe", rank: rank)
+        guard flag != 0 else { return nil }
+        var value: Int64 = 0
+        try mpiCheck(MPI_Recv(&value, 1, swiftddp_MPI_INT64_T(), status.MPI_SOURCE, tag32, handle, swiftddp_MPI_STATUS_IGNORE()),
+                     "MPI_Recv(from \(status.MPI_SOURCE))", rank: rank)
+        return (Int(status.MPI_SOURCE), value)
     }
 
     /// Ends every rank of the job: prints `message` to stderr, then MPI_Abort. For errors that the other
@@ -209,17 +257,21 @@ public final class Request {
     private var isComplete = false
     public let operation: String
     private let rank: Int
+    /// A sent value the request owns (`isend`), freed once the send has completed.
+    private var owned: UnsafeMutablePointer<Int64>?
 
-    init(_ handle: MPI_Request?, operation: String, rank: Int) {
+    init(_ handle: MPI_Request?, operation: String, rank: Int, owning owned: UnsafeMutablePointer<Int64>? = nil) {
         self.handle = handle
         self.operation = operation
         self.rank = rank
+        self.owned = owned
     }
 
     /// Blocks until the operation has completed.
     public func wait() throws(MPIError) {
         guard !isComplete else { return }
         isComplete = true
+        defer { release() }
         try mpiCheck(MPI_Wait(&handle, swiftddp_MPI_STATUS_IGNORE()), "MPI_Wait(\(operation))", rank: rank)
     }
 
@@ -229,12 +281,28 @@ public final class Request {
         var flag: Int32 = 0
         try mpiCheck(MPI_Test(&handle, &flag, swiftddp_MPI_STATUS_IGNORE()), "MPI_Test(\(operation))", rank: rank)
         isComplete = flag != 0
+        if isComplete { release() }
         return isComplete
+    }
+
+    /// Lets an unfinished send complete in the background without waiting for it (MPI_Request_free): for a notice
+    /// to a rank that may never receive it. The value it sends is kept (8 bytes) since MPI may still read it.
+    public func abandon() {
+        guard !isComplete else { return }
+        isComplete = true
+        if MPIRuntime.isRunning { MPI_Request_free(&handle) }
+        owned = nil
+    }
+
+    private func release() {
+        owned?.deallocate()
+        owned = nil
     }
 
     deinit {
         if !isComplete && MPIRuntime.isRunning {
             MPI_Wait(&handle, swiftddp_MPI_STATUS_IGNORE())
         }
+        release()
     }
 }

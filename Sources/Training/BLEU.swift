@@ -38,6 +38,15 @@ public struct BLEUStatistics: Equatable, Sendable {
         referenceLength = vector[9]
     }
 
+    /// Why BLEU-4 is undefined for this corpus, or nil: with no n-gram of some order among the hypotheses (no
+    /// hypothesis has four words, say) the geometric mean has a zero factor whatever the output, so a 0 would only
+    /// say that the sentences are short.
+    public var unavailableReason: String? {
+        guard hypothesisLength > 0 else { return "the hypotheses are empty" }
+        guard let n = totals.firstIndex(of: 0) else { return nil }
+        return "no hypothesis has \(n + 1) or more words, so BLEU-4 has no \(n + 1)-grams to count"
+    }
+
     /// BLEU in 0...100.
     public var score: Double {
         guard hypothesisLength > 0, !matches.contains(0) else { return 0 }

@@ -1,4 +1,5 @@
 import Data
+import Files
 import Foundation
 import HDF5
 import Transformer
@@ -37,78 +38,84 @@ public enum Checkpoint {
 
     static func fileName(step: Int) -> String { String(format: "checkpoint-%08d.h5", step) }
 
+    /// What the run looked like when the checkpoint was written, so a resume can check it sees the same samples.
+    public struct Provenance: Sendable {
+        /// Sequences per update over all ranks and micro-steps (the unit of the sampler position).
+        public var globalBatch: Int
+        public var worldSize: Int
+        /// The training data's fingerprint (shard names, sample and token counts, tokenizer).
+        public var dataFingerprint: String
+
+        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String) {
+            self.globalBatch = globalBatch
+            self.worldSize = worldSize
+            self.dataFingerprint = dataFingerprint
+        }
+    }
+
     /// Writes the checkpoint for `state.step` into `directory`, points `latest` at it, and removes all but the
     /// newest `keep` checkpoints. Returns the checkpoint's path.
     @discardableResult
     public static func save(directory: String, model: TransformerModel, optimizer: AdamW, state: TrainingState,
-                            config: RunConfig, tokenizer: Tokenizer?, keep: Int) throws -> String {
+                            config: RunConfig, tokenizer: Tokenizer?, keep: Int, provenance: Provenance? = nil) throws -> String {
         let manager = FileManager.default
         do {
             try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw CheckpointError(file: directory, message: "cannot create the run directory: \(error.localizedDescription)")
+            throw CheckpointError(file: directory, message: "cannot create the run directory: \(describe(error))")
         }
         let name = fileName(step: state.step)
         let final = (directory as NSString).appendingPathComponent(name)
-        let temporary = (directory as NSString).appendingPathComponent(".\(name).tmp")
-        defer { try? manager.removeItem(atPath: temporary) }
         do {
-            let file = try File.create(temporary)
-            try file.setAttribute("format", format)
-            try file.setAttribute("version", version)
-            try file.setAttribute("step", state.step)
-            try file.setAttribute("epoch", state.position.epoch)
-            try file.setAttribute("batch", state.position.batch)
-            try file.setAttribute("dropout_seed", Int64(bitPattern: state.dropoutSeed))
-            try file.setAttribute("optimizer_step", optimizer.step)
-            try file.setAttribute("config", String(decoding: try JSONEncoder().encode(config), as: UTF8.self))
-            if let tokenizer { try file.setAttribute("tokenizer", tokenizer.json) }
-            for (group, arena) in [("params", model.parameters), ("optimizer/exp_avg", optimizer.firstMoment),
-                                   ("optimizer/exp_avg_sq", optimizer.secondMoment)] {
-                for view in model.layout.views {
-                    let dataset = try file.createDataset("\(group)/\(view.name)", type: .float32, shape: view.shape, fletcher32: true)
-                    try dataset.write(UnsafeBufferPointer(arena[view]))
-                }
+            try OutputFile.write(final) { temporary in
+                let file = try File.create(temporary)
+                try writeContents(file, model: model, optimizer: optimizer, state: state, config: config, tokenizer: tokenizer,
+                                  provenance: provenance)
+                try file.close()
             }
-            try file.close()
         } catch {
-            throw CheckpointError(file: temporary, message: "writing failed, the previous checkpoint is untouched: \(error)")
+            throw CheckpointError(file: final, message: "writing failed, the previous checkpoint is untouched: \(error)")
         }
-        try sync(temporary)
-        do {
-            if manager.fileExists(atPath: final) { try manager.removeItem(atPath: final) }
-            try manager.moveItem(atPath: temporary, toPath: final)
-        } catch {
-            throw CheckpointError(file: final, message: "cannot rename the written checkpoint into place: \(error.localizedDescription)")
-        }
-        try sync(directory)
         try pointLatest(directory: directory, at: name)
         try prune(directory: directory, keep: max(1, keep), protecting: name)
         return final
     }
 
-    /// Flushes a file's (or directory's) data to disk.
-    private static func sync(_ path: String) throws {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw CheckpointError(file: path, message: "cannot open it to sync it to disk")
+    /// The attributes and tensors of a checkpoint (the layout in the type's comment).
+    private static func writeContents(_ file: File, model: TransformerModel, optimizer: AdamW, state: TrainingState,
+                                      config: RunConfig, tokenizer: Tokenizer?, provenance: Provenance?) throws {
+        try file.setAttribute("format", format)
+        try file.setAttribute("version", version)
+        try file.setAttribute("step", state.step)
+        try file.setAttribute("epoch", state.position.epoch)
+        try file.setAttribute("batch", state.position.batch)
+        try file.setAttribute("dropout_seed", Int64(bitPattern: state.dropoutSeed))
+        try file.setAttribute("optimizer_step", optimizer.step)
+        try file.setAttribute("config", String(decoding: try JSONEncoder().encode(config), as: UTF8.self))
+        if let tokenizer { try file.setAttribute("tokenizer", tokenizer.json) }
+        if let provenance {
+            try file.setAttribute("global_batch", provenance.globalBatch)
+            try file.setAttribute("world_size", provenance.worldSize)
+            try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
         }
-        defer { try? handle.close() }
-        do { try handle.synchronize() } catch {
-            throw CheckpointError(file: path, message: "syncing to disk failed: \(error.localizedDescription)")
+        for (group, arena) in [("params", model.parameters), ("optimizer/exp_avg", optimizer.firstMoment),
+                               ("optimizer/exp_avg_sq", optimizer.secondMoment)] {
+            for view in model.layout.views {
+                let dataset = try file.createDataset("\(group)/\(view.name)", type: .float32, shape: view.shape, fletcher32: true)
+                try dataset.write(UnsafeBufferPointer(arena[view]))
+            }
         }
     }
 
-    /// Replaces `latest` atomically: Foundation's `.atomic` write goes to a temporary file in the same directory
-    /// and renames it over `latest`, so a reader sees the old or the new name, never a partial one. (The checkpoint
-    /// it names was synced before; ext4 also flushes a file renamed over an existing one.)
+    /// Replaces `latest` atomically (`OutputFile`: a temporary file beside it, synced, renamed over it), so a reader
+    /// sees the old or the new name, never a partial one; the checkpoint it names was synced before.
     private static func pointLatest(directory: String, at name: String) throws {
-        let latest = URL(fileURLWithPath: directory).appendingPathComponent(latestName)
+        let latest = (directory as NSString).appendingPathComponent(latestName)
         do {
-            try Foundation.Data((name + "\n").utf8).write(to: latest, options: .atomic)
+            try OutputFile.write(latest, data: Foundation.Data((name + "\n").utf8))
         } catch {
-            throw CheckpointError(file: latest.path, message: "cannot update latest (it still names the previous checkpoint): \(error.localizedDescription)")
+            throw CheckpointError(file: latest, message: "cannot update latest (it still names the previous checkpoint): \(describe(error))")
         }
-        try sync(directory)
     }
 
     private static func prune(directory: String, keep: Int, protecting name: String) throws {
@@ -137,6 +144,8 @@ public enum Checkpoint {
         public let optimizerStep: Int
         public let config: RunConfig
         public let tokenizer: Tokenizer?
+        /// Recorded since the resume checks (nil in older checkpoints).
+        public let provenance: Provenance?
     }
 
     public static func readHeader(_ path: String) throws -> Header {
@@ -156,7 +165,7 @@ public enum Checkpoint {
         let configJSON = try attribute("config", file.stringAttribute)
         let config: RunConfig
         do { config = try JSONDecoder().decode(RunConfig.self, from: Foundation.Data(configJSON.utf8)) } catch {
-            throw CheckpointError(file: path, message: "attribute 'config' is not a run config: \(error)")
+            throw CheckpointError(file: path, message: "attribute 'config' is not a run config: \(describe(error))")
         }
         var tokenizer: Tokenizer?
         if try file.hasAttribute("tokenizer") {
@@ -168,8 +177,14 @@ public enum Checkpoint {
                                   position: SamplerPosition(epoch: Int(try attribute("epoch", file.int64Attribute)),
                                                             batch: Int(try attribute("batch", file.int64Attribute))),
                                   dropoutSeed: UInt64(bitPattern: try attribute("dropout_seed", file.int64Attribute)))
+        var provenance: Provenance?
+        if try file.hasAttribute("global_batch") {
+            provenance = Provenance(globalBatch: Int(try attribute("global_batch", file.int64Attribute)),
+                                    worldSize: Int(try attribute("world_size", file.int64Attribute)),
+                                    dataFingerprint: try attribute("data_fingerprint", file.stringAttribute))
+        }
         return Header(state: state, optimizerStep: Int(try attribute("optimizer_step", file.int64Attribute)), config: config,
-                      tokenizer: tokenizer)
+                      tokenizer: tokenizer, provenance: provenance)
     }
 
     /// Loads parameters (and, given an optimizer, its moments and step) into a model built for `header.config`'s
@@ -204,6 +219,39 @@ public enum Checkpoint {
         }
         optimizer?.restore(step: header.optimizerStep)
         return header
+    }
+
+    /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
+    /// (batch_size x ranks x grad_accum, the sampler position's unit), the training data and, for a language model,
+    /// the context length must be what the checkpoint was written with; the model must be the same (checked when
+    /// loading). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
+    /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key.
+    public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, dataFingerprint: String,
+                                   log: (String) -> Void) throws {
+        let header = try readHeader(path)
+        let changes = RunConfig.differences(header.config, config)
+        for change in changes { log("resume: \(change.key): \(change.stored) in the checkpoint, \(change.current) now") }
+        var refused: [String] = []
+        if header.config.training.seed != config.training.seed { refused.append("training.seed (it orders every epoch's samples)") }
+        if config.model.kind == .decoderOnly && header.config.data.targetLength != config.data.targetLength {
+            refused.append("data.target_length (a language model's samples are windows of that length)")
+        }
+        if let provenance = header.provenance {
+            if provenance.globalBatch != globalBatch {
+                refused.append("the global batch: \(provenance.globalBatch) sequences per update (training.batch_size x ranks x grad_accum) "
+                               + "in the checkpoint, \(globalBatch) now; the sampler position counts global batches")
+            }
+            if provenance.dataFingerprint != dataFingerprint {
+                refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run)")
+            }
+        } else {
+            log("resume: \(path) does not record its global batch and data (written by an earlier version): check that "
+                + "training.batch_size x ranks x grad_accum and the data are what they were")
+        }
+        guard refused.isEmpty else {
+            throw CheckpointError(file: path, message: "cannot resume: changed \(refused.joined(separator: "; ")). These decide which "
+                                  + "samples each step sees; change them back, or start a new run in another --run-dir")
+        }
     }
 
     /// The model-config keys on which two configs differ, for error messages.

@@ -3,19 +3,40 @@ import Foundation
 import MPI
 import Transformer
 
-/// Loss, perplexity and token accuracy over a split (plain cross-entropy over real target tokens, DESIGN.md);
-/// seq2seq adds exact match and corpus BLEU of decoded examples.
+/// Loss, perplexity and token accuracy over a split (plain cross-entropy over real target tokens, no label
+/// smoothing); seq2seq adds exact match, corpus BLEU and chrF of decoded examples.
 public struct Evaluation: Sendable, Equatable, Codable {
+    /// Mean cross-entropy per real target token (nats).
     public var loss: Double
+    /// exp(loss); infinite for a diverged model.
     public var perplexity: Double
+    /// Share of real target tokens whose most likely prediction is the target.
     public var tokenAccuracy: Double
     public var tokens: Int
     public var sequences: Int
-    /// seq2seq: the share of decoded examples equal to their target, and corpus BLEU over them.
+    /// seq2seq: the share of decoded examples equal to their target.
     public var exactMatch: Double?
+    /// seq2seq: corpus BLEU-4 over the decoded examples (nil when undefined: see `bleuUnavailable`).
     public var bleu: Double?
-    /// seq2seq: how many examples were decoded for exactMatch and bleu.
+    /// seq2seq: why BLEU is undefined for these outputs (for example, no hypothesis has four words).
+    public var bleuUnavailable: String?
+    /// seq2seq: corpus chrF (sacrebleu's defaults) over the decoded examples, 0...100.
+    public var chrF: Double?
+    /// seq2seq: how many examples were decoded for the scores above.
     public var decoded: Int?
+
+    /// "BLEU 27.31" or "BLEU n/a (no hypothesis has 4 or more words, ...)".
+    public var bleuText: String {
+        if let bleu { return String(format: "BLEU %.2f", bleu) }
+        return "BLEU n/a (\(bleuUnavailable ?? "not computed"))"
+    }
+}
+
+/// An evaluation that failed on at least one rank: every rank raises it together, with the first failing rank's
+/// message, so the trainer can report it and go on (evaluation never costs trained state).
+public struct EvaluationFailed: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
 }
 
 /// What an evaluation covers and how it decodes.
@@ -42,10 +63,70 @@ public struct EvaluationPlan: Sendable {
 
 /// Evaluates `model` on `split`, every example once across the ranks of `world` (alone: world size 1); sums are
 /// all-reduced, so every rank returns the same numbers, and they do not depend on the number of ranks.
-public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator) throws -> Evaluation {
+///
+/// A rank whose share fails (an unreadable shard, say) still joins the sums, so no rank is left waiting: then every
+/// rank throws `EvaluationFailed` with that rank's message. With a `watchdog`, each rank's share runs as local work
+/// and the sums wait on the others' word, so a long evaluation is not taken for a stall.
+public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
+                     watchdog: CollectiveWatchdog? = nil) throws -> Evaluation {
     let wasTraining = model.training
     model.training = false
     defer { model.training = wasTraining }
+    let sumAcrossRanks = { (values: inout [Double], phase: String) throws in
+        if let watchdog { try watchdog.allreduce(&values, phase: phase) } else { try world.allreduce(&values, op: .sum) }
+    }
+
+    var sums = [0.0, 0.0, 0.0, 0.0]  // loss, tokens, correct, sequences
+    let lossFailure = attempt(watchdog) { try lossSums(model, on: split, plan: plan, world: world, into: &sums) }
+    try agree(on: lossFailure, sums: &sums, world: world, sumAcrossRanks: sumAcrossRanks, phase: "evaluation loss")
+    let loss = sums[1] > 0 ? sums[0] / sums[1] : 0
+    var result = Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
+                            tokens: Int(sums[1]), sequences: Int(sums[3]))
+    guard split.task == .seq2seq && plan.decodeSamples > 0 else { return result }
+
+    var bleu = BLEUStatistics(), chrF = CHRFStatistics()
+    var counts = [0.0, 0.0]  // exact, decoded
+    let decodingFailure = attempt(watchdog) {
+        try decodeAndScore(model, on: split, plan: plan, world: world, counts: &counts, bleu: &bleu, chrF: &chrF)
+    }
+    var totals = counts + bleu.vector + chrF.vector
+    try agree(on: decodingFailure, sums: &totals, world: world, sumAcrossRanks: sumAcrossRanks, phase: "evaluation decoding")
+    let corpusBLEU = BLEUStatistics(vector: Array(totals[2..<(2 + bleu.vector.count)]))
+    result.exactMatch = totals[1] > 0 ? totals[0] / totals[1] : 0
+    result.bleuUnavailable = corpusBLEU.unavailableReason
+    result.bleu = result.bleuUnavailable == nil ? corpusBLEU.score : nil
+    result.chrF = CHRFStatistics(vector: Array(totals[(2 + bleu.vector.count)...])).score
+    result.decoded = Int(totals[1])
+    return result
+}
+
+/// Runs a rank's share of an evaluation (as local work when there is a watchdog) and returns its error, if any.
+private func attempt(_ watchdog: CollectiveWatchdog?, _ body: () throws -> Void) -> Error? {
+    do {
+        if let watchdog { try watchdog.working(body) } else { try body() }
+        return nil
+    } catch {
+        return error
+    }
+}
+
+/// Sums `sums` with a failure count over every rank; if any rank failed, every rank throws the first failing
+/// rank's message.
+private func agree(on failure: Error?, sums: inout [Double], world: Communicator,
+                   sumAcrossRanks: (inout [Double], String) throws -> Void, phase: String) throws {
+    var failed = [Double](repeating: 0, count: world.size)
+    if failure != nil { failed[world.rank] = 1 }
+    var values = sums + failed
+    try sumAcrossRanks(&values, phase)
+    sums = Array(values.prefix(sums.count))
+    guard let first = values[sums.count...].firstIndex(where: { $0 > 0 }).map({ $0 - sums.count }) else { return }
+    let message = try world.broadcast(failure.map { "\($0)" } ?? "", root: first)
+    throw EvaluationFailed(message: world.size > 1 ? "rank \(first): \(message)" : message)
+}
+
+/// This rank's loss, token, correct-token and sequence counts.
+private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
+                      into sums: inout [Double]) throws {
     let indices = DistributedSampler.evaluationIndices(samples: split.samples, rank: world.rank, worldSize: world.size)
     var batches = stride(from: 0, to: indices.count, by: plan.batchSize).map {
         Array(indices[$0..<min(indices.count, $0 + plan.batchSize)])
@@ -54,7 +135,6 @@ public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: Evalu
     let list = ListPlan(batches)
     let loader = BatchLoader(split: split, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength) { list.next() }
     defer { loader.stop() }
-    var sums = [0.0, 0.0, 0.0, 0.0]  // loss, tokens, correct, sequences
     while let tokenBatch = try loader.next() {
         let result = model.forward(Batch(tokenBatch))
         sums[0] += result.loss
@@ -62,24 +142,14 @@ public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: Evalu
         sums[2] += Double(result.correct)
         sums[3] += Double(tokenBatch.batchSize)
     }
-    try world.allreduce(&sums, op: .sum)
-    let loss = sums[1] > 0 ? sums[0] / sums[1] : 0
-    var result = Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
-                            tokens: Int(sums[1]), sequences: Int(sums[3]))
-    if split.task == .seq2seq && plan.decodeSamples > 0 {
-        (result.exactMatch, result.bleu, result.decoded) = try decodingScores(model, on: split, plan: plan, world: world)
-    }
-    return result
 }
 
-/// Decodes the first `plan.decodeSamples` examples (split across ranks) and scores them against their targets:
-/// exact match on token ids, corpus BLEU on the decoded text.
-private func decodingScores(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan,
-                            world: Communicator) throws -> (exactMatch: Double, bleu: Double, decoded: Int) {
+/// Decodes this rank's share of the first `plan.decodeSamples` examples and scores them against their targets:
+/// exact match on token ids, BLEU and chrF on the decoded text.
+private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
+                            counts: inout [Double], bleu: inout BLEUStatistics, chrF: inout CHRFStatistics) throws {
     let reader = try SampleReader(split: split)
     let mine = DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank, worldSize: world.size)
-    var counts = [0.0, 0.0]  // exact, decoded
-    var bleu = BLEUStatistics()
     for start in stride(from: 0, to: mine.count, by: plan.batchSize) {
         let chunk = Array(mine[start..<min(mine.count, start + plan.batchSize)])
         let batch = try reader.batch(chunk, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength)
@@ -91,10 +161,9 @@ private func decodingScores(_ model: TransformerModel, on split: DataSplit, plan
             let target = Array(labels.prefix { $0 != Transformer.SpecialToken.eos })
             counts[0] += outputs[row] == target ? 1 : 0
             counts[1] += 1
-            bleu.add(hypothesis: split.tokenizer.decode(outputs[row]), reference: split.tokenizer.decode(target))
+            let hypothesis = split.tokenizer.decode(outputs[row]), reference = split.tokenizer.decode(target)
+            bleu.add(hypothesis: hypothesis, reference: reference)
+            chrF.add(hypothesis: hypothesis, reference: reference)
         }
     }
-    var totals = counts + bleu.vector
-    try world.allreduce(&totals, op: .sum)
-    return (totals[1] > 0 ? totals[0] / totals[1] : 0, BLEUStatistics(vector: Array(totals[2...])).score, Int(totals[1]))
 }

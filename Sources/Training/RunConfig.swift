@@ -132,8 +132,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var factor: Float = 1
         /// cosine's floor.
         public var minLr: Float = 0
-        /// cosine's length in updates.
-        public var totalSteps = 1
+        /// cosine's length in updates (default: training.steps).
+        public var totalSteps: Int?
 
         enum CodingKeys: String, CodingKey {
             case kind, factor, warmupSteps = "warmup_steps", minLr = "min_lr", totalSteps = "total_steps"
@@ -147,7 +147,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             warmupSteps = try values.decodeIfPresent(Int.self, forKey: .warmupSteps) ?? 0
             factor = try values.decodeIfPresent(Float.self, forKey: .factor) ?? 1
             minLr = try values.decodeIfPresent(Float.self, forKey: .minLr) ?? 0
-            totalSteps = try values.decodeIfPresent(Int.self, forKey: .totalSteps) ?? 1
+            totalSteps = try values.decodeIfPresent(Int.self, forKey: .totalSteps)
         }
     }
 
@@ -166,8 +166,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         switch schedule.kind {
         case .constant: return .constant(rate: optimizer.lr)
         case .noam: return .noam(dModel: model.dModel, warmupSteps: schedule.warmupSteps, factor: schedule.factor)
-        case .cosine: return .cosine(peak: optimizer.lr, warmupSteps: schedule.warmupSteps, totalSteps: schedule.totalSteps,
-                                     minimum: schedule.minLr)
+        case .cosine: return .cosine(peak: optimizer.lr, warmupSteps: schedule.warmupSteps,
+                                     totalSteps: schedule.totalSteps ?? training.steps, minimum: schedule.minLr)
         }
     }
 
@@ -197,6 +197,28 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
+
+    /// Every key on which two configs differ ("section.key"), with both values as text.
+    public static func differences(_ stored: RunConfig, _ current: RunConfig) -> [(key: String, stored: String, current: String)] {
+        func flatten(_ config: RunConfig) -> [String: String] {
+            guard let data = try? JSONEncoder.sorted.encode(config),
+                  let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
+            var flat: [String: String] = [:]
+            for (section, value) in root {
+                if let mapping = value as? [String: Any] {
+                    for (key, inner) in mapping { flat["\(section).\(key)"] = "\(inner)" }
+                } else {
+                    flat[section] = "\(value)"
+                }
+            }
+            return flat
+        }
+        let a = flatten(stored), b = flatten(current)
+        return Set(a.keys).union(b.keys).sorted().compactMap { key in
+            let (old, new) = (a[key] ?? "(unset)", b[key] ?? "(unset)")
+            return old == new ? nil : (key, old, new)
+        }
+    }
 
     /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys).
     public static func load(_ path: String, overrides: [String] = []) throws -> RunConfig {
@@ -316,8 +338,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check((0..<1).contains(optimizer.beta1) && (0..<1).contains(optimizer.beta2), "optimizer.beta1", "betas must be in [0, 1)")
         try check(schedule.warmupSteps >= 0, "schedule.warmup_steps", "must be 0 or more, got \(schedule.warmupSteps)")
         try check(schedule.kind != .noam || schedule.warmupSteps >= 1, "schedule.warmup_steps", "noam needs a warm-up of at least 1 step")
-        try check(schedule.kind != .cosine || schedule.totalSteps > schedule.warmupSteps, "schedule.total_steps",
-                  "must exceed schedule.warmup_steps (\(schedule.warmupSteps)) for cosine, got \(schedule.totalSteps)")
+        let cosineSteps = schedule.totalSteps ?? training.steps
+        try check(schedule.kind != .cosine || cosineSteps > schedule.warmupSteps, "schedule.total_steps",
+                  "must exceed schedule.warmup_steps (\(schedule.warmupSteps)) for cosine, got \(cosineSteps)"
+                  + (schedule.totalSteps == nil ? " (training.steps, its default)" : ""))
         try check(schedule.minLr >= 0 && schedule.minLr <= optimizer.lr, "schedule.min_lr", "must be in [0, optimizer.lr]")
     }
 }

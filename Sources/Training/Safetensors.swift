@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Transformer
 
@@ -5,10 +6,11 @@ import Transformer
 /// each tensor name to its dtype, shape and [begin, end) byte offsets in the data that follows (plus string
 /// `__metadata__`), then the raw little-endian data, contiguous, in header order.
 public enum Safetensors {
-    /// Writes every parameter of `model` as F32 under its DESIGN.md name, with `metadata`; atomically (temporary
-    /// name, then rename). Returns the bytes written.
+    /// Writes every parameter of `model` as F32 under its parameter name, with `metadata`, through `OutputFile`
+    /// (never over a directory or one of `inputs`; a temporary beside `path`, renamed when complete). Returns the
+    /// bytes written.
     @discardableResult
-    public static func write(_ model: TransformerModel, metadata: [String: String], to path: String) throws -> Int {
+    public static func write(_ model: TransformerModel, metadata: [String: String], to path: String, inputs: [String] = []) throws -> Int {
         var header: [String: Any] = ["__metadata__": metadata]
         var offset = 0
         for view in model.layout.views {
@@ -27,15 +29,7 @@ public enum Safetensors {
             // x86-64 and arm64 store Float little-endian already: the tensor's memory is the format's bytes.
             bytes.append(UnsafeBufferPointer(tensor))
         }
-        let temporary = path + ".tmp"
-        do {
-            try bytes.write(to: URL(fileURLWithPath: temporary))
-            if FileManager.default.fileExists(atPath: path) { try FileManager.default.removeItem(atPath: path) }
-            try FileManager.default.moveItem(atPath: temporary, toPath: path)
-        } catch {
-            try? FileManager.default.removeItem(atPath: temporary)
-            throw CheckpointError(file: path, message: "cannot write the safetensors file: \(error.localizedDescription)")
-        }
+        try OutputFile.write(path, data: bytes, inputs: inputs)
         return bytes.count
     }
 }

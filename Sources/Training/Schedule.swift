@@ -9,6 +9,12 @@ public enum LearningRateSchedule: Equatable, Sendable {
     /// Linear warm-up to `peak`, then half a cosine down to `minimum` at `totalSteps` (and `minimum` after).
     case cosine(peak: Float, warmupSteps: Int, totalSteps: Int, minimum: Float)
 
+    /// The last step the schedule still changes the rate at (cosine's total steps), or nil when it has no end.
+    public var end: Int? {
+        if case .cosine(_, _, let total, _) = self { return total }
+        return nil
+    }
+
     public func rate(step: Int) -> Float {
         let s = Double(max(1, step))
         switch self {

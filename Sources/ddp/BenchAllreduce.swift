@@ -45,7 +45,7 @@ struct BenchAllreduce: ParsableCommand {
             let world = runtime.world
             let count = max(1, Int(sizeMb * 1_048_576) / MemoryLayout<Float>.stride)
             let result = try measure(world, count: count)
-            if world.rank == 0 { print(json ? result.json() : result.table()) }
+            if world.rank == 0 { print(json ? try result.json() : result.table()) }
         }
     }
 
@@ -128,7 +128,7 @@ struct AllreduceResult: Encodable {
             """
     }
 
-    func json() -> String {
+    func json() throws -> String {
         struct Output: Encodable {
             let benchmark = "allreduce"
             let dtype = "float32"
@@ -148,6 +148,6 @@ struct AllreduceResult: Encodable {
         let output = Output(call: call, ranks: ranks, ranks_on_node: ranksOnNode, bytes: bytes, iterations: iterations, warmup: warmup,
                             median_seconds: medianSeconds, min_seconds: sorted.first!, max_seconds: sorted.last!,
                             algbw_gbps: algorithmBandwidth, busbw_gbps: busBandwidth)
-        return jsonLine(output)
+        return try jsonLine(output)
     }
 }

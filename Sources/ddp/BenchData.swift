@@ -57,7 +57,7 @@ struct BenchData: ParsableCommand {
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
                                 validation_seconds: validation, samples: split.samples)
         if json {
-            print(jsonLine(report))
+            print(try jsonLine(report))
         } else {
             print("""
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s

@@ -98,7 +98,7 @@ struct BenchDecode: ParsableCommand {
         let report = DecodeReport(workload: self.config, threads: threads, context: positions, rounds: rounds,
                                   cached_tokens_per_s: cachedRate, uncached_tokens_per_s: uncachedRate,
                                   speedup: uncachedRate.map { cachedRate / $0 }, same_tokens: agree)
-        print(json ? jsonLine(report) : report.table())
+        print(json ? try jsonLine(report) : report.table())
     }
 }
 

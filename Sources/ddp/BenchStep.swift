@@ -114,7 +114,7 @@ struct BenchStep: ParsableCommand {
                                     step_seconds: stepSeconds, tokens_per_s: Double(tokens) / stepSeconds, gflops: flops / stepSeconds / 1e9,
                                     communication_wait_share: median(waits) / stepSeconds, peak_rss_bytes: Int(peakBytes),
                                     model_bytes: needBytes, memory_ratio: Double(peakBytes) / Double(needBytes), final_loss: lastLoss)
-            if world.rank == 0 { print(json ? report.json() : report.table()) }
+            if world.rank == 0 { print(json ? try report.json() : report.table()) }
         }
     }
 }
@@ -144,7 +144,7 @@ struct StepReport: Encodable {
         """
     }
 
-    func json() -> String { jsonLine(self) }
+    func json() throws -> String { try jsonLine(self) }
 }
 
 /// Peak resident set size of this process (getrusage reports kilobytes on Linux).

@@ -104,12 +104,13 @@ struct Eval: ParsableCommand {
                 let report = EvalReport(checkpoint: path, step: header.state.step, data: evaluated.directory, split: evaluated.split,
                                         result: result, decoding: evaluated.task == .seq2seq ? decode.rawValue : nil,
                                         beamSize: decode == .beam ? beamSize : nil, lengthPenalty: decode == .beam ? lengthPenalty : nil)
-                print(json ? jsonLine(report) : report.table())
+                print(json ? try jsonLine(report) : report.table())
             }
         }
     }
 
-    /// The split to evaluate: shards from a directory, or text tokenized into temporary shards.
+    /// The split to evaluate: shards from a directory, or text tokenized into temporary shards (removed on every
+    /// path by the caller, or here when this throws). Errors about text name the user's files, not the shards.
     private func dataSplit(run: RunConfig, header: Checkpoint.Header) throws -> (DataSplit, String?) {
         let isLM = run.model.kind == .decoderOnly
         let sequenceLength = isLM ? run.data.targetLength : 0
@@ -119,6 +120,9 @@ struct Eval: ParsableCommand {
         guard let tokenizer = header.tokenizer else {
             throw EvalInputError(message: "the checkpoint holds no tokenizer, so text cannot be tokenized as in training; prepare shards instead")
         }
+        if text != nil && !isLM { throw EvalInputError(message: "--text is for language models; this checkpoint is seq2seq (use --source/--target)") }
+        if source != nil && isLM { throw EvalInputError(message: "--source/--target are for seq2seq models; this checkpoint is a language model (use --text)") }
+        let inputs = [text, source, target].compactMap { $0 }
         // Every rank tokenizes the text into shards of its own (node-local temporary storage, cheap next to
         // evaluating them); the same input gives every rank the same shards, or the same error.
         let directory = NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString
@@ -126,20 +130,23 @@ struct Eval: ParsableCommand {
             var options = PrepareOptions(output: directory)
             options.fixedTokenizer = tokenizer
             options.validFraction = 0
+            options.inputs = inputs
             if let text {
-                guard isLM else { throw ValidationError("--text is for language models; this checkpoint is seq2seq (use --source/--target)") }
-                _ = try Preparer.prepareLM(inputs: [text], options: options)
+                let summary = try Preparer.prepareLM(inputs: [text], options: options)
+                guard summary.trainTokens > sequenceLength else {
+                    throw DataError(file: text, "holds \(summary.trainTokens) tokens once tokenized, fewer than the \(sequenceLength + 1) "
+                                                + "that one evaluation window needs (the run's data.target_length \(sequenceLength), plus one)")
+                }
             } else if let source, let target {
-                guard !isLM else { throw ValidationError("--source/--target are for seq2seq models; this checkpoint is a language model (use --text)") }
                 options.maxLength = min(run.data.sourceLength, run.data.targetLength) - 1
                 options.failOnLong = true
                 _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
             }
+            return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)
         } catch {
             try? FileManager.default.removeItem(atPath: directory)
-            throw EvalInputError(message: "\(error)")
+            throw EvalInputError(message: "\(error)".replacingOccurrences(of: directory, with: inputs.joined(separator: ", ")))
         }
-        return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)
     }
 
     /// Data must be the model's task, in the checkpoint's tokenizer.
@@ -165,22 +172,27 @@ struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
     var description: String { message }
 }
 
+/// What `ddp eval` reports: a table, or with --json one object whose numbers are null where they are not finite
+/// (the perplexity of a diverged model) or undefined (BLEU with no 4-grams; `bleu_unavailable` says why).
 struct EvalReport: Encodable {
     let checkpoint: String
     let step: Int
     let data: String
     let split: String
-    let loss: Double
-    let perplexity: Double
-    let token_accuracy: Double
+    let loss: JSONNumber
+    let perplexity: JSONNumber
+    let token_accuracy: JSONNumber
     let tokens: Int
     let sequences: Int
-    let exact_match: Double?
-    let bleu: Double?
+    let exact_match: JSONNumber?
+    let bleu: JSONNumber?
+    let bleu_unavailable: String?
+    let chrf: JSONNumber?
     let decoded: Int?
     let decoding: String?
     let beam_size: Int?
     let length_penalty: Double?
+    private let result: Evaluation
 
     init(checkpoint: String, step: Int, data: String, split: String, result: Evaluation, decoding: String?, beamSize: Int?,
          lengthPenalty: Double?) {
@@ -188,30 +200,49 @@ struct EvalReport: Encodable {
         self.step = step
         self.data = data
         self.split = split
-        loss = result.loss
-        perplexity = result.perplexity
-        token_accuracy = result.tokenAccuracy
+        self.result = result
+        loss = JSONNumber(result.loss)
+        perplexity = JSONNumber(result.perplexity)
+        token_accuracy = JSONNumber(result.tokenAccuracy)
         tokens = result.tokens
         sequences = result.sequences
-        exact_match = result.exactMatch
-        bleu = result.bleu
+        exact_match = result.exactMatch.map(JSONNumber.init)
+        bleu = result.decoded == nil ? nil : JSONNumber(result.bleu ?? .nan)
+        bleu_unavailable = result.bleuUnavailable
+        chrf = result.chrF.map(JSONNumber.init)
         decoded = result.decoded
         self.decoding = result.decoded == nil ? nil : decoding
         beam_size = result.decoded == nil ? nil : beamSize
         length_penalty = result.decoded == nil ? nil : lengthPenalty
     }
 
+    enum CodingKeys: String, CodingKey {
+        case checkpoint, step, data, split, loss, perplexity, token_accuracy, tokens, sequences, exact_match, bleu,
+             bleu_unavailable, chrf, decoded, decoding, beam_size, length_penalty
+    }
+
     func table() -> String {
         var lines = ["checkpoint      \(checkpoint) (step \(step))",
                      "data            \(data), split \(split): \(sequences) sequences, \(tokens) target tokens",
-                     String(format: "loss            %.6f", loss),
-                     String(format: "perplexity      %.4f", perplexity),
-                     String(format: "token accuracy  %.4f", token_accuracy)]
-        if let exact_match, let bleu, let decoded {
+                     String(format: "loss            %.6f", result.loss),
+                     String(format: "perplexity      %.4f", result.perplexity),
+                     String(format: "token accuracy  %.4f", result.tokenAccuracy)]
+        if let exact = result.exactMatch, let decoded {
             let how = beam_size.map { "beam \($0), length penalty \(length_penalty ?? 0)" } ?? "greedy"
-            lines.append(String(format: "exact match     %.4f", exact_match) + "  (\(decoded) decoded, \(how))")
-            lines.append(String(format: "BLEU            %.2f", bleu))
+            lines.append(String(format: "exact match     %.4f", exact) + "  (\(decoded) decoded, \(how))")
+            lines.append(result.bleu.map { String(format: "BLEU            %.2f", $0) } ?? "BLEU            n/a (\(result.bleuUnavailable ?? ""))")
+            lines.append(String(format: "chrF            %.2f", result.chrF ?? 0))
         }
         return lines.joined(separator: "\n")
+    }
+}
+
+/// A number in JSON output: itself when finite, null otherwise (JSON has no infinity or NaN).
+struct JSONNumber: Encodable {
+    let value: Double
+    init(_ value: Double) { self.value = value }
+    func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        if value.isFinite { try container.encode(value) } else { try container.encodeNil() }
     }
 }

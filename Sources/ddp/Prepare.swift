@@ -10,9 +10,10 @@ struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Turn text, parallel text or a built-in synthetic task into HDF5 data shards.",
         discussion: """
-            Writes OUTPUT/train-00000.h5 ... and OUTPUT/valid-00000.h5 ... (schema in README.md "Data files").
-            Language modelling: documents are runs of non-empty lines; blank lines separate them; EOS follows each.
-            The same inputs, options and seed give byte-identical files.
+            Writes OUTPUT/train-00000.h5 ... and OUTPUT/valid-00000.h5 ... (schema in README.md "Data files"). \
+            An OUTPUT that already holds shards is refused unless --overwrite. Language modelling: documents are runs \
+            of non-empty lines; blank lines separate them; EOS follows each. Lines may end in LF, CRLF or CR. The \
+            same inputs, options and seed give byte-identical files.
 
             Examples:
               ddp prepare --task lm --input corpus.txt --output data/lm --tokenizer bpe --vocab-size 8192
@@ -66,6 +67,9 @@ struct Prepare: ParsableCommand {
     @Flag(help: "Fail on a pair longer than --max-length instead of dropping it.")
     var failOnLong = false
 
+    @Flag(help: "Replace the dataset already in --output (without it, an --output that holds shards is refused).")
+    var overwrite = false
+
     func validate() throws {
         let sources = [synthetic != nil, !input.isEmpty, source != nil || target != nil, tsv != nil].filter { $0 }.count
         guard sources == 1 else {
@@ -90,6 +94,8 @@ struct Prepare: ParsableCommand {
         options.seed = seed
         options.maxLength = maxLength
         options.failOnLong = failOnLong
+        options.overwrite = overwrite
+        options.inputs = input + [source, target, tsv].compactMap { $0 }
         let progress: (String) -> Void = { message in
             FileHandle.standardError.write(Foundation.Data("prepare: \(message)\n".utf8))
         }

@@ -1,3 +1,5 @@
+import ArgumentParser
+import Files
 import Foundation
 
 /// The median of a non-empty list (mean of the middle two for an even count).
@@ -17,7 +19,12 @@ extension JSONEncoder {
     }
 }
 
-/// One JSON object on one line, keys sorted: what every `--json` prints.
-func jsonLine<T: Encodable>(_ value: T) -> String {
-    return String(decoding: (try? JSONEncoder.sortedKeys.encode(value)) ?? Foundation.Data("{}".utf8), as: UTF8.self)
+/// One JSON object on one line, keys sorted: what every `--json` prints. Non-finite numbers must be encoded as
+/// null by the value (`JSONNumber`); encoding never falls back to an empty object.
+func jsonLine<T: Encodable>(_ value: T) throws -> String {
+    do {
+        return String(decoding: try JSONEncoder.sortedKeys.encode(value), as: UTF8.self)
+    } catch {
+        throw ValidationError("cannot write the JSON report: \(describe(error))")
+    }
 }

@@ -7,9 +7,13 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train a model: alone (local mode) or under mpirun, every rank running this command.",
         discussion: """
-            Rank 0 prints progress, appends metrics to RUN_DIR/metrics.jsonl and writes checkpoints to RUN_DIR
-            (RUN_DIR/latest names the newest). --resume continues from it: parameters, optimizer moments, step,
-            schedule, data position and dropout seed.
+            Rank 0 prints progress, appends metrics to RUN_DIR/metrics.jsonl and writes checkpoints to RUN_DIR \
+            (RUN_DIR/latest names the newest). --resume continues from it: parameters, optimizer moments, step, \
+            schedule, data position and dropout seed; keys that differ from the checkpoint's config are printed, and \
+            changes that would alter which samples are seen (seed, global batch, data) are refused.
+
+            A new run never writes into a RUN_DIR that holds an earlier run: continue it with --resume, replace it \
+            with --overwrite, or choose another --run-dir. --resume-if-present suits job scripts that are requeued.
 
             Examples:
               ddp train --config Configs/reverse.yaml
@@ -23,11 +27,23 @@ struct Train: ParsableCommand {
     @Option(help: "Where checkpoints and metrics go (default: runs/<config name>).")
     var runDir: String?
 
-    @Flag(help: "Continue from RUN_DIR/latest.")
+    @Flag(help: "Continue from RUN_DIR/latest (an error when there is none).")
     var resume = false
+
+    @Flag(help: "Continue from RUN_DIR/latest when there is one, else start fresh.")
+    var resumeIfPresent = false
+
+    @Flag(help: "Start fresh in a RUN_DIR that holds an earlier run, deleting its checkpoints and metrics.")
+    var overwrite = false
 
     @Option(name: .customLong("set"), help: "Override a config key: --set training.steps=100 (repeatable).")
     var overrides: [String] = []
+
+    func validate() throws {
+        guard [resume, resumeIfPresent, overwrite].filter({ $0 }).count <= 1 else {
+            throw ValidationError("--resume, --resume-if-present and --overwrite exclude each other.")
+        }
+    }
 
     func run() throws {
         let run = try RunConfig.load(config, overrides: overrides)
@@ -37,19 +53,29 @@ struct Train: ParsableCommand {
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 { print(line) }
             }
-            let (state, evaluation, stopped) = try trainer.run(resume: resume)
+            let outcome = try trainer.run(resume: resume ? .required : resumeIfPresent ? .ifPresent : .fresh, overwrite: overwrite)
             if world.rank == 0 {
-                print((stopped ? "stopped by a signal" : "done") + " at step \(state.step); run directory \(directory), "
-                      + "metrics \(directory)/metrics.jsonl" + (stopped ? " (continue with --resume)" : ""))
-                if let evaluation {
+                print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
+                      + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))
+                if let evaluation = outcome.evaluation, outcome.evaluationFailure == nil {
                     var line = String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
                                       evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.tokens)
-                    if let exact = evaluation.exactMatch, let bleu = evaluation.bleu {
-                        line += String(format: "; exact match %.4f, BLEU %.2f (greedy)", exact, bleu)
+                    if let exact = evaluation.exactMatch {
+                        line += String(format: "; exact match %.4f, %@, chrF %.2f (greedy)", exact, evaluation.bleuText, evaluation.chrF ?? 0)
                     }
                     print(line)
                 }
             }
+            if let failure = outcome.evaluationFailure {
+                throw FinalEvaluationFailed(message: "training finished at step \(outcome.state.step) and its checkpoint is in "
+                                                     + "\(directory), but the final evaluation failed: \(failure)")
+            }
         }
     }
+}
+
+/// The run is trained and checkpointed, but its final evaluation failed (every rank learned it together).
+struct FinalEvaluationFailed: ErrorOnEveryRank, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }

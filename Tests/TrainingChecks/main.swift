@@ -2,6 +2,7 @@
 // or by the training thread) give exactly the gradients of a plain allreduce of the whole arena (and bfloat16
 // compression stays within its rounding of it), and the sum equals one process's gradient of both ranks'
 // batches together (each rank's batch padded to its own length). Prints one line per rank; exits non-zero on failure.
+import Foundation
 import MPI
 import Transformer
 import Training
@@ -17,6 +18,27 @@ func fail(_ message: String, rank: Int) -> Never {
 
 let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
 let world = runtime.world
+
+// `training-checks watchdog [stall]` (run by TrainingTests under `mpirun -np 2`): the collective watchdog counts
+// waiting, not work. Rank 0 works for three timeouts before joining an allreduce and the other rank waits through it;
+// with `stall`, rank 1 then stops answering and rank 0 ends the job within the timeout, naming rank 1.
+if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "watchdog" {
+    let watchdog = try CollectiveWatchdog(timeoutSeconds: 1, world: world)
+    var values = [1.0]
+    if world.rank == 0 { watchdog.working { Thread.sleep(forTimeInterval: 3) } }
+    try watchdog.allreduce(&values, phase: "after rank 0's long work")
+    guard values == [Double(world.size)] else { fail("allreduce gave \(values)", rank: world.rank) }
+    print("rank \(world.rank): waited through 3 s of rank 0's work under a 1 s timeout")
+    if CommandLine.arguments.dropFirst(2).first == "stall" {
+        if world.rank == 1 { Thread.sleep(forTimeInterval: 60) }
+        try watchdog.allreduce(&values, phase: "rank 1 stalls")
+        fail("the stall was not detected", rank: world.rank)
+    }
+    watchdog.stop()
+    try runtime.finalize()
+    exit(0)
+}
+
 let config = ModelConfig(kind: .encoderDecoder, vocabSize: 30, dModel: 16, heads: 2, encoderLayers: 2, decoderLayers: 2, dFF: 32,
                          activation: .gelu, norm: .pre, positions: .learned, maxLength: 8, dropout: 0, tiedEmbeddings: true)
 // Rank 0's rows are longer than rank 1's: each pads to its own length.

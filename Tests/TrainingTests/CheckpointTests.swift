@@ -76,17 +76,19 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix(".") }, [], "no temporary left")
     }
 
-    /// A write that fails (here: the temporary name is taken by a directory) reports it and leaves the previous
-    /// checkpoint and `latest` as they were; leftovers of an interrupted write do not disturb `latest` either.
+    /// A write that fails (here: the checkpoint's name is taken by a directory, which is never replaced) reports it and
+    /// leaves the previous checkpoint and `latest` as they were, and no temporary file; leftovers of an interrupted
+    /// write do not disturb `latest` either.
     func testFailedWriteLeavesThePreviousCheckpointIntact() throws {
         let (model, optimizer) = try trainedModel()
         let first = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(1), config: config, tokenizer: nil, keep: 3)
-        try FileManager.default.createDirectory(atPath: (run as NSString).appendingPathComponent(".checkpoint-00000002.h5.tmp"),
+        try FileManager.default.createDirectory(atPath: (run as NSString).appendingPathComponent("checkpoint-00000002.h5"),
                                                 withIntermediateDirectories: true)
-        assertCheckpointError(["writing failed, the previous checkpoint is untouched"]) {
+        assertCheckpointError(["writing failed, the previous checkpoint is untouched", "is a directory"]) {
             try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config, tokenizer: nil, keep: 3)
         }
         XCTAssertEqual(try Checkpoint.latest(in: run), first)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasSuffix(".tmp") }, [])
         try "half-written".write(toFile: (run as NSString).appendingPathComponent(".checkpoint-00000003.h5.tmp"), atomically: false, encoding: .utf8)
         let (fresh, _) = try trainedModel(updates: 0)
         XCTAssertEqual(try Checkpoint.load(try XCTUnwrap(try Checkpoint.latest(in: run)), into: fresh).state.step, 1)

@@ -54,6 +54,13 @@ final class ScheduleTests: XCTestCase {
         XCTAssertThrowsError(try RunConfig.parse(yaml.replacingOccurrences(of: "kind: cosine", with: "kind: linear"), file: "inline.yaml")) {
             XCTAssertEqual(($0 as? ConfigError)?.key, "schedule.kind")
         }
+        // Without total_steps, cosine spans the run (training.steps), not one step.
+        let spanning = try RunConfig.parse(yaml.replacingOccurrences(of: ", total_steps: 50", with: ""), file: "inline.yaml",
+                                           overrides: ["training.steps=400"])
+        XCTAssertEqual(spanning.learningRateSchedule, .cosine(peak: 1e-3, warmupSteps: 5, totalSteps: 400, minimum: 1e-5))
+        XCTAssertEqual(spanning.learningRateSchedule.end, 400)
+        XCTAssertGreaterThan(spanning.learningRateSchedule.rate(step: 200), 4e-4, "halfway through the run, not at min_lr")
+        XCTAssertNil(LearningRateSchedule.noam(dModel: 512, warmupSteps: 4000, factor: 1).end)
     }
 
     func testSetOverridesAreCheckedLikeTheFile() throws {

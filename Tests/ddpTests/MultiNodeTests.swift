@@ -173,8 +173,10 @@ final class MultiNodeTests: XCTestCase {
 
         let latest = try String(contentsOfFile: path("cut/latest"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         let step = try XCTUnwrap(Int(latest.dropFirst("checkpoint-".count).prefix(8)), latest)
+        // One rank takes both ranks' share: the same global batch, so the run continues the same data order.
         let resumed = try runProcess(ddp, ["train", "--config", path("b4-s1000000.yaml"), "--run-dir", path("cut"), "--resume",
-                                           "--set", "training.steps=\(step + 3)"], environment: mpiEnvironment, timeout: 120)
+                                           "--set", "training.steps=\(step + 3)", "--set", "training.batch_size=8"],
+                                     environment: mpiEnvironment, timeout: 120)
         XCTAssertEqual(resumed.status, 0, resumed.output)
         XCTAssertTrue(resumed.stdout.contains("resumed from") && resumed.stdout.contains("at step \(step)"), resumed.output)
     }

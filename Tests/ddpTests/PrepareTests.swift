@@ -88,7 +88,7 @@ final class PrepareTests: XCTestCase {
             XCTAssertNotEqual(result.status, 0, file: file, line: line)
             XCTAssertTrue(result.stderr.contains(expected), "'\(expected)' missing from:\n\(result.stderr)", file: file, line: line)
         }
-        try failure(["--task", "lm", "--input", "/nonexistent/corpus.txt", "--output", path("x")], "/nonexistent/corpus.txt: cannot read the file")
+        try failure(["--task", "lm", "--input", "/nonexistent/corpus.txt", "--output", path("x")], "/nonexistent/corpus.txt: does not exist")
         try "a\nb\nc\n".write(toFile: path("three.txt"), atomically: true, encoding: .utf8)
         try "a\nb\n".write(toFile: path("two.txt"), atomically: true, encoding: .utf8)
         try failure(["--source", path("three.txt"), "--target", path("two.txt"), "--output", path("x")], "has 2 lines but")

@@ -1,0 +1,161 @@
+import Foundation
+
+/// A file that cannot be read or written as asked, naming the path and what is wrong.
+public struct FileError: Error, CustomStringConvertible, Sendable {
+    public let path: String
+    public let message: String
+
+    public init(_ path: String, _ message: String) {
+        self.path = path
+        self.message = message
+    }
+
+    public var description: String { "\(path): \(message)" }
+}
+
+/// Writing an output file without losing anything else.
+///
+/// Every command that writes a file goes through `write`: it replaces only a regular file (or creates one), refuses
+/// a directory, anything that is not a regular file, and a path that is one of the command's own inputs; writes to a
+/// temporary file with a unique name in the same directory (so the rename is atomic), removes it on every failure
+/// path, syncs it to disk, and only then renames it over the target. A missing parent directory is reported as such.
+public enum OutputFile {
+    /// Checks that `path` may be written as a regular file: throws, with a sentence naming the path, when it is a
+    /// directory or another non-regular file, the same file as one of `inputs` (also through links), or when its
+    /// directory is missing or not a directory. Returns the path to write (a symbolic link's target).
+    @discardableResult
+    public static func check(_ path: String, inputs: [String] = []) throws(FileError) -> String {
+        guard !path.isEmpty else { throw FileError("''", "an output path is empty") }
+        let target = resolved(path)
+        if let kind = kind(of: target) {
+            switch kind {
+            case .typeDirectory:
+                throw FileError(path, "is a directory; give the path of a file to write (a file inside it, for example)")
+            case .typeRegular:
+                break
+            default:
+                throw FileError(path, "exists and is not a regular file (\(kind.rawValue)); it is not replaced")
+            }
+            for input in inputs where sameFile(target, input) {
+                throw FileError(path, "is \(input == path ? "an input of this command" : "the input \(input)"); "
+                                      + "writing it would destroy what is read — give another output path")
+            }
+        }
+        let parent = (target as NSString).deletingLastPathComponent
+        let directory = parent.isEmpty ? "." : parent
+        switch kind(of: directory) {
+        case nil: throw FileError(path, "cannot be written: its directory \(directory) does not exist")
+        case .typeDirectory?: break
+        default: throw FileError(path, "cannot be written: \(directory) is not a directory")
+        }
+        return target
+    }
+
+    /// Writes `path` by calling `body` with a temporary path beside it, then syncs and renames the temporary over
+    /// `path` (see the type's rules). The temporary file is removed when `body`, the sync or the rename throws.
+    public static func write(_ path: String, inputs: [String] = [], _ body: (_ temporary: String) throws -> Void) throws {
+        let target = try check(path, inputs: inputs)
+        let directory = (target as NSString).deletingLastPathComponent
+        let name = (target as NSString).lastPathComponent
+        let temporary = ((directory.isEmpty ? "." : directory) as NSString)
+            .appendingPathComponent(".\(name).\(UUID().uuidString.prefix(8)).tmp")
+        var renamed = false
+        defer { if !renamed { try? FileManager.default.removeItem(atPath: temporary) } }
+        try body(temporary)
+        try sync(temporary)
+        guard rename(temporary, target) == 0 else {
+            throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+        }
+        renamed = true
+        try sync(directory.isEmpty ? "." : directory)
+    }
+
+    /// Writes `data` to `path` (see `write(_:inputs:_:)`).
+    public static func write(_ path: String, data: Foundation.Data, inputs: [String] = []) throws {
+        try write(path, inputs: inputs) { temporary in
+            guard FileManager.default.createFile(atPath: temporary, contents: data) else {
+                throw FileError(path, "cannot be written (\(data.count) bytes): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// Flushes a file's (or a directory's) data to disk.
+    public static func sync(_ path: String) throws(FileError) {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened to sync it to disk") }
+        defer { try? handle.close() }
+        do { try handle.synchronize() } catch { throw FileError(path, "syncing to disk failed: \(describe(error))") }
+    }
+
+    /// Whether two paths name the same existing file (same device and inode: hard and symbolic links included).
+    public static func sameFile(_ a: String, _ b: String) -> Bool {
+        guard let first = identity(resolved(a)), let second = identity(resolved(b)) else {
+            return (resolved(a) as NSString).standardizingPath == (resolved(b) as NSString).standardizingPath
+        }
+        return first == second
+    }
+
+    /// The file type at `path` (following symbolic links), or nil when nothing is there.
+    static func kind(of path: String) -> FileAttributeType? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: resolved(path)) else { return nil }
+        return attributes[.type] as? FileAttributeType
+    }
+
+    private static func identity(_ path: String) -> [UInt64]? {
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
+              let device = (attributes[.systemNumber] as? NSNumber)?.uint64Value,
+              let inode = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value else { return nil }
+        return [device, inode]
+    }
+
+    /// `path` with a symbolic link at its end followed (the file it names is what gets written).
+    static func resolved(_ path: String) -> String {
+        guard let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return path }
+        if destination.hasPrefix("/") { return destination }
+        return (((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(destination) as NSString).standardizingPath
+    }
+}
+
+/// A Foundation or Codable error as a sentence: its reason without the domain and code (`NSCocoaErrorDomain
+/// Code=...`) or the coding path's internals; other errors as they describe themselves.
+public func describe(_ error: Error) -> String {
+    if let error = error as? FileError { return error.description }
+    if let error = error as? DecodingError {
+        func key(_ context: DecodingError.Context, _ last: CodingKey? = nil) -> String {
+            let path = (context.codingPath + (last.map { [$0] } ?? [])).map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+            return path.isEmpty ? "the top level" : "key '\(path.joined(separator: ".").replacingOccurrences(of: ".[", with: "["))'"
+        }
+        switch error {
+        case .keyNotFound(let missing, let context): return "\(key(context, missing)) is missing"
+        case .typeMismatch(let type, let context): return "\(key(context)) is not \(describeType(type))"
+        case .valueNotFound(let type, let context): return "\(key(context)) is null, expected \(describeType(type))"
+        case .dataCorrupted(let context):
+            return context.codingPath.isEmpty ? "not valid JSON" : "\(key(context)): \(context.debugDescription)"
+        @unknown default: return "cannot be decoded"
+        }
+    }
+    if error is EncodingError { return "a value cannot be encoded (a number that is not finite?)" }
+    let nsError = error as NSError
+    guard nsError.domain == NSCocoaErrorDomain || nsError.domain == NSPOSIXErrorDomain else { return "\(error)" }
+    if let underlying = nsError.userInfo[NSUnderlyingErrorKey] as? NSError, underlying.domain == NSPOSIXErrorDomain,
+       let code = POSIXErrorCode(rawValue: Int32(underlying.code)) {
+        return String(cString: strerror(code.rawValue))
+    }
+    if nsError.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(nsError.code))) }
+    switch nsError.code {
+    case NSFileNoSuchFileError, NSFileReadNoSuchFileError: return "no such file or directory"
+    case NSFileWriteNoPermissionError, NSFileReadNoPermissionError: return "permission denied"
+    case NSFileWriteOutOfSpaceError: return "no space left on device"
+    case NSFileWriteVolumeReadOnlyError: return "read-only file system"
+    default: return nsError.localizedFailureReason ?? nsError.localizedDescription
+    }
+}
+
+private func describeType(_ type: Any.Type) -> String {
+    switch type {
+    case is String.Type: return "a string"
+    case is Bool.Type: return "true or false"
+    case is Int.Type, is Int64.Type, is UInt64.Type, is Int32.Type: return "an integer"
+    case is Double.Type, is Float.Type: return "a number"
+    default: return "of the expected kind (\(type))"
+    }
+}

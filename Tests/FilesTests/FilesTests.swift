@@ -1,0 +1,100 @@
+import Files
+import Foundation
+import XCTest
+
+final class OutputFileTests: XCTestCase {
+    private var directory: String!
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "files-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(atPath: directory) }
+
+    private func path(_ name: String) -> String { (directory as NSString).appendingPathComponent(name) }
+
+    private func assertRefused(_ target: String, inputs: [String] = [], saying words: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try OutputFile.write(target, data: Data("new".utf8), inputs: inputs), file: file, line: line) { error in
+            XCTAssertTrue("\(error)".contains(words), "\(error)", file: file, line: line)
+            XCTAssertTrue("\(error)".contains(target), "the message names the path: \(error)", file: file, line: line)
+        }
+    }
+
+    func testWritesAndReplacesARegularFileLeavingNoTemporary() throws {
+        try OutputFile.write(path("out.bin"), data: Data("one".utf8))
+        try OutputFile.write(path("out.bin"), data: Data("two".utf8))
+        XCTAssertEqual(try String(contentsOfFile: path("out.bin"), encoding: .utf8), "two")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.bin"])
+    }
+
+    func testRefusesADirectoryAndLeavesItsContents() throws {
+        try FileManager.default.createDirectory(atPath: path("run"), withIntermediateDirectories: true)
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: path("run/latest")))
+        assertRefused(path("run"), saying: "is a directory")
+        XCTAssertEqual(try String(contentsOfFile: path("run/latest"), encoding: .utf8), "keep")
+    }
+
+    func testRefusesAnInputAlsoThroughLinks() throws {
+        try Data("input".utf8).write(to: URL(fileURLWithPath: path("model.h5")))
+        assertRefused(path("model.h5"), inputs: [path("model.h5")], saying: "input")
+        try FileManager.default.createSymbolicLink(atPath: path("alias.h5"), withDestinationPath: path("model.h5"))
+        assertRefused(path("alias.h5"), inputs: [path("model.h5")], saying: "input")
+        try FileManager.default.linkItem(atPath: path("model.h5"), toPath: path("hard.h5"))
+        assertRefused(path("hard.h5"), inputs: [path("model.h5")], saying: "input")
+        XCTAssertEqual(try String(contentsOfFile: path("model.h5"), encoding: .utf8), "input")
+    }
+
+    func testReportsAMissingParentDirectory() {
+        assertRefused(path("no/such/dir/out.bin"), saying: "does not exist")
+    }
+
+    func testRemovesTheTemporaryWhenWritingFails() throws {
+        struct Broken: Error {}
+        XCTAssertThrowsError(try OutputFile.write(path("out.bin")) { temporary in
+            try Data("partial".utf8).write(to: URL(fileURLWithPath: temporary))
+            throw Broken()
+        })
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), [], "no temporary and no target left")
+    }
+
+    func testTemporaryNamesAreUnique() throws {
+        var seen: Set<String> = []
+        for _ in 0..<20 {
+            try OutputFile.write(path("out.bin")) { temporary in
+                XCTAssertTrue((temporary as NSString).lastPathComponent.hasPrefix(".out.bin."))
+                XCTAssertTrue(temporary.hasSuffix(".tmp"))
+                seen.insert(temporary)
+                try Data().write(to: URL(fileURLWithPath: temporary))
+            }
+        }
+        XCTAssertEqual(seen.count, 20)
+    }
+
+    func testFoundationErrorsBecomeSentences() throws {
+        do {
+            _ = try FileManager.default.contentsOfDirectory(atPath: path("missing"))
+            XCTFail("expected an error")
+        } catch {
+            XCTAssertFalse(describe(error).contains("NSCocoaErrorDomain"), describe(error))
+            XCTAssertFalse(describe(error).contains("Code="), describe(error))
+        }
+        struct Config: Decodable { var steps: Int }
+        XCTAssertThrowsError(try JSONDecoder().decode(Config.self, from: Data(#"{"steps": "many"}"#.utf8))) { error in
+            XCTAssertEqual(describe(error), "key 'steps' is not an integer")
+        }
+    }
+}
+
+final class TextFileTests: XCTestCase {
+    func testEveryLineEnding() {
+        XCTAssertEqual(TextFile.lines("a\nb\n"), ["a", "b"])
+        XCTAssertEqual(TextFile.lines("a\r\nb\r\n"), ["a", "b"])
+        XCTAssertEqual(TextFile.lines("a\rb\r"), ["a", "b"])
+        XCTAssertEqual(TextFile.lines("a\r\n\r\nb"), ["a", "", "b"], "a blank CRLF line stays a blank line")
+        XCTAssertEqual(TextFile.lines("hello\tolleh\r\nabc\tcba\r\n"), ["hello\tolleh", "abc\tcba"])
+        XCTAssertEqual(TextFile.lines("x\n\r\ny"), ["x", "", "y"])
+        XCTAssertEqual(TextFile.lines(""), [])
+        XCTAssertFalse(TextFile.lines("é\r\n日本\r語").joined().contains("\r"))
+    }
+}
