@@ -14,6 +14,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        // FilePath: Foundation's NSString path methods trap on one-character relative paths (`--output d`).
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // MARK: C libraries (Debian packages; found through pkg-config)
@@ -38,7 +40,7 @@ let package = Package(
         .target(name: "HDF5", dependencies: ["CHDF5"]),
 
         // MARK: Files (safe output paths, text from any editor)
-        .target(name: "Files"),
+        .target(name: "Files", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
 
         // MARK: Model
         .target(name: "Kernels", dependencies: ["CBLAS"]),

@@ -12,6 +12,7 @@ static inline hid_t swiftddp_H5S_ALL(void) { return H5S_ALL; }
 static inline hid_t swiftddp_H5E_DEFAULT(void) { return H5E_DEFAULT; }
 static inline hid_t swiftddp_H5P_DATASET_CREATE(void) { return H5P_DATASET_CREATE; }
 static inline hid_t swiftddp_H5P_FILE_ACCESS(void) { return H5P_FILE_ACCESS; }
+static inline hid_t swiftddp_H5P_FILE_CREATE(void) { return H5P_FILE_CREATE; }
 static inline hid_t swiftddp_H5P_LINK_CREATE(void) { return H5P_LINK_CREATE; }
 static inline hid_t swiftddp_H5P_GROUP_CREATE(void) { return H5P_GROUP_CREATE; }
 
@@ -39,5 +40,36 @@ static inline hid_t swiftddp_H5T_C_S1(void) { return H5T_C_S1; }
 
 // H5T_VARIABLE is `((size_t)-1)`, a cast Swift does not import.
 static inline size_t swiftddp_H5T_VARIABLE(void) { return H5T_VARIABLE; }
+
+// H5Lget_info and H5Oget_info changed their structs in 1.12 (an address became a token); these helpers give one
+// spelling for 1.10 (Debian 12, Ubuntu 22.04) and later.
+
+// The type of the link `name` seen from `location` (H5L_TYPE_HARD, _SOFT, _EXTERNAL), or -1 when it cannot be read.
+static inline int swiftddp_link_type(hid_t location, const char *name) {
+#if H5_VERSION_GE(1, 12, 0)
+    H5L_info2_t info;
+    if (H5Lget_info2(location, name, &info, H5P_DEFAULT) < 0) return -1;
+#else
+    H5L_info_t info;
+    if (H5Lget_info(location, name, &info, H5P_DEFAULT) < 0) return -1;
+#endif
+    return (int)info.type;
+}
+
+// Sixteen bytes that identify an open object within its file (its address, or its token), for visiting each object
+// once; negative when they cannot be read.
+static inline herr_t swiftddp_object_identity(hid_t object, unsigned char identity[16]) {
+    for (int i = 0; i < 16; i++) identity[i] = 0;
+#if H5_VERSION_GE(1, 12, 0)
+    H5O_info2_t info;
+    if (H5Oget_info3(object, &info, H5O_INFO_BASIC) < 0) return -1;
+    for (int i = 0; i < 16 && i < (int)sizeof(info.token); i++) identity[i] = ((unsigned char *)&info.token)[i];
+#else
+    H5O_info_t info;
+    if (H5Oget_info2(object, &info, H5O_INFO_BASIC) < 0) return -1;
+    for (int i = 0; i < (int)sizeof(info.addr); i++) identity[i] = ((unsigned char *)&info.addr)[i];
+#endif
+    return 0;
+}
 
 #endif

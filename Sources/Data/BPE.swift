@@ -5,6 +5,13 @@
 public struct BPE: Equatable, Sendable {
     /// Merge i joins (a, b) into id 260 + i.
     public let merges: [(Int32, Int32)]
+
+    /// Limits on a BPE read from a file (GPT-2's 50,000 merges make tokens of at most 128 bytes, 300 KB in all).
+    public static let largestMergeCount = 1 << 20
+    /// Bytes one token may stand for.
+    public static let longestToken = 1024
+    /// Bytes all tokens together may stand for (the size of the decoding table).
+    public static let largestTable = 1 << 26
     private let rank: [Pair: Int32]
     /// The bytes each id stands for (index id − 4).
     private let expansions: [[UInt8]]
@@ -107,7 +114,8 @@ public struct BPE: Equatable, Sendable {
     // MARK: Training
 
     /// Learns merges until the vocabulary reaches `vocabularySize` (or no pair occurs twice). Deterministic: the
-    /// most frequent pair wins, ties go to the smaller (a, b).
+    /// most frequent pair wins, ties go to the smaller (a, b). No token grows past `longestToken` bytes, nor the table
+    /// past `largestTable`, so every tokenizer trained here is one a reader accepts.
     public static func train(texts: [String], vocabularySize: Int) -> BPE {
         let target = max(0, vocabularySize - SpecialToken.count - 256)
         // Unique pieces with their counts: training works on these, not on the raw text.
@@ -130,9 +138,13 @@ public struct BPE: Equatable, Sendable {
         }
 
         var merges: [(Int32, Int32)] = []
+        // Bytes per token id (index id − 4), so no merge makes a token longer than a reader accepts.
+        var lengths = [Int](repeating: 1, count: 256)
+        func length(_ id: Int32) -> Int { lengths[Int(id - Tokenizer.firstByteID)] }
+        var total = 256
         while merges.count < target {
             var best: (pair: Pair, count: Int)?
-            for (pair, count) in pairCounts where count > 0 {
+            for (pair, count) in pairCounts where count > 0 && length(pair.a) + length(pair.b) <= longestToken {
                 if let current = best {
                     if count > current.count || (count == current.count && (pair.a, pair.b) < (current.pair.a, current.pair.b)) {
                         best = (pair, count)
@@ -141,9 +153,11 @@ public struct BPE: Equatable, Sendable {
                     best = (pair, count)
                 }
             }
-            guard let chosen = best, chosen.count >= 2 else { break }
+            guard let chosen = best, chosen.count >= 2, total + length(chosen.pair.a) + length(chosen.pair.b) <= largestTable else { break }
             let newID = Tokenizer.firstByteID + 256 + Int32(merges.count)
             merges.append((chosen.pair.a, chosen.pair.b))
+            lengths.append(length(chosen.pair.a) + length(chosen.pair.b))
+            total += lengths.last!
             for w in (wordsWithPair[chosen.pair] ?? []).sorted() {
                 let word = words[w]
                 // Remove this word's old pairs, merge, add its new pairs.

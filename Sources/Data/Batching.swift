@@ -80,16 +80,30 @@ public final class SampleReader {
         }
     }
 
-    /// The stored tokens of one sample: (source, target) for seq2seq, (window, []) for lm.
-    public func sample(_ index: Int) throws -> (source: [Int32], target: [Int32]) {
+    /// How many tokens a sample holds on each side (read from the offsets, before any token is read).
+    public func lengths(_ index: Int) -> (source: Int, target: Int) {
+        let (shard, local) = locate(index)
+        switch split.task {
+        case .lm: return (split.sequenceLength + 1, 0)
+        case .seq2seq:
+            return (Int(sourceOffsets[shard][local + 1] - sourceOffsets[shard][local]),
+                    Int(targetOffsets[shard][local + 1] - targetOffsets[shard][local]))
+        }
+    }
+
+    /// The stored tokens of one sample: (source, target) for seq2seq, (window, []) for lm; at most `limit` tokens of
+    /// each side (the first ones), so a file's longest sample never decides what is allocated.
+    public func sample(_ index: Int, limit: Int = .max) throws -> (source: [Int32], target: [Int32]) {
         let (shard, local) = locate(index)
         switch split.task {
         case .lm:
             let length = Int64(split.sequenceLength)
-            return (try read(shard, "tokens", from: Int64(local) * length, to: Int64(local) * length + length + 1), [])
+            let start = Int64(local) * length
+            return (try read(shard, "tokens", from: start, to: start + min(length + 1, Int64(limit))), [])
         case .seq2seq:
-            return (try read(shard, "source/tokens", from: sourceOffsets[shard][local], to: sourceOffsets[shard][local + 1]),
-                    try read(shard, "target/tokens", from: targetOffsets[shard][local], to: targetOffsets[shard][local + 1]))
+            let (sourceStart, targetStart) = (sourceOffsets[shard][local], targetOffsets[shard][local])
+            return (try read(shard, "source/tokens", from: sourceStart, to: min(sourceOffsets[shard][local + 1], sourceStart + Int64(min(limit, Int(Int32.max))))),
+                    try read(shard, "target/tokens", from: targetStart, to: min(targetOffsets[shard][local + 1], targetStart + Int64(min(limit, Int(Int32.max))))))
         }
     }
 
@@ -97,6 +111,15 @@ public final class SampleReader {
     public func batch(_ indices: [Int], maxSourceLength: Int, maxTargetLength: Int) throws -> TokenBatch {
         var sources: [[Int32]] = [], inputs: [[Int32]] = [], labels: [[Int32]] = []
         for index in indices {
+            // Lengths first, from the offsets: a sample too long for the model is refused before it is read.
+            let (sourceLength, targetLength) = lengths(index)
+            let (shard, local) = locate(index)
+            if split.task == .seq2seq && sourceLength + 1 > maxSourceLength {
+                throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(sourceLength) tokens; the model takes \(maxSourceLength - 1)")
+            }
+            if split.task == .seq2seq && targetLength + 1 > maxTargetLength {
+                throw DataError(file: split.shards[shard].path, "sample \(local) needs \(targetLength + 1) decoder positions; the model takes \(maxTargetLength)")
+            }
             let (stored, target) = try sample(index)
             switch split.task {
             case .lm:
@@ -107,7 +130,6 @@ public final class SampleReader {
                 inputs.append([SpecialToken.bos] + target)
                 labels.append(target + [SpecialToken.eos])
             }
-            let (shard, local) = locate(index)
             if let source = sources.last, source.count > maxSourceLength {
                 throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(source.count - 1) tokens; the model takes \(maxSourceLength - 1)")
             }

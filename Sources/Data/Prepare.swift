@@ -161,14 +161,14 @@ public enum Preparer {
             var tokens = 0
             for (shard, range) in ranges.enumerated() {
                 let file = String(format: "%@-%05d.h5", name, shard)
-                tokens += try write(name, shard, ranges.count, indices[range], (options.output as NSString).appendingPathComponent(file))
+                tokens += try write(name, shard, ranges.count, indices[range], Paths.join(options.output, file))
                 written.insert(file)
             }
             if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
             else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
         }
         for file in earlier where !written.contains(file) {
-            try? FileManager.default.removeItem(atPath: (options.output as NSString).appendingPathComponent(file))
+            try? FileManager.default.removeItem(atPath: Paths.join(options.output, file))
         }
     }
 
@@ -186,7 +186,7 @@ public enum Preparer {
                 throw DataError(file: options.output, "exists and is not a directory; --output names the directory to write the shards into")
             }
         } else {
-            let parent = (options.output as NSString).deletingLastPathComponent
+            let parent = Paths.parent(options.output)
             do {
                 try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
             } catch {

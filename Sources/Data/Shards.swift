@@ -65,6 +65,7 @@ public enum ShardWriter {
         try create(path, inputs: inputs) { file in
             try header(file, task: .lm, tokenizer: tokenizer)
             try file.setAttribute("documents", documents.count)
+            try file.sealAttributes()
             try writeTokens(file, "tokens", stream)
         }
     }
@@ -74,6 +75,7 @@ public enum ShardWriter {
                                     inputs: [String] = []) throws {
         try create(path, inputs: inputs) { file in
             try header(file, task: .seq2seq, tokenizer: tokenizer)
+            try file.sealAttributes()
             for (side, sequences) in [("source", pairs.map(\.source)), ("target", pairs.map(\.target))] {
                 var offsets: [Int64] = [0]
                 offsets.reserveCapacity(sequences.count + 1)
@@ -83,6 +85,20 @@ public enum ShardWriter {
                                        chunks: [max(1, min(chunk, offsets.count))], fletcher32: true).write(offsets)
             }
         }
+    }
+}
+
+/// Reads a 1-D dataset in blocks of about a million elements, handing each to `check` with its first index: memory
+/// stays flat however large the file.
+func forEachBlock<T: HDF5Scalar>(of dataset: Dataset, _ name: String, as type: T.Type,
+                                 _ check: (_ block: [T], _ start: Int) throws -> Void) throws {
+    let count = dataset.shape[0], block = 1 << 20
+    for start in stride(from: 0, to: count, by: block) {
+        let values: [T]
+        do { values = try dataset.read(as: T.self, offset: [start], count: [min(block, count - start)]) } catch {
+            throw DataError(file: dataset.filePath, "/\(name)[\(start)...] cannot be read (damaged?): \(error.message)")
+        }
+        try check(values, start)
     }
 }
 
@@ -122,7 +138,7 @@ public struct DataSplit: Sendable {
         var tokenizerSource = ""
         var shards: [Shard] = []
         for name in names {
-            let path = (directory as NSString).appendingPathComponent(name)
+            let path = Paths.join(directory, name)
             let (shard, fileTokenizer) = try Self.validate(path, sequenceLength: sequenceLength)
             if let task, task != shard.task {
                 throw DataError(file: path, "task \(shard.task.rawValue) differs from \(tokenizerSource)'s \(task.rawValue)")
@@ -149,11 +165,12 @@ public struct DataSplit: Sendable {
 
     static func validate(_ path: String, sequenceLength: Int) throws -> (Shard, Tokenizer) {
         let file: File
-        do { file = try File.open(path) } catch { throw DataError(file: path, "\(error)") }
-        func attribute<T>(_ name: String, _ read: (String) throws -> T) throws -> T {
+        do { file = try File.open(path) } catch { throw DataError(file: path, error.message) }
+        func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
             guard (try? file.hasAttribute(name)) == true else { throw DataError(file: path, "missing root attribute '\(name)'") }
-            do { return try read(name) } catch { throw DataError(file: path, "root attribute '\(name)' has the wrong type: \(error)") }
+            do { return try read(name) } catch { throw DataError(file: path, "root attribute '\(name)': \(error.message)") }
         }
+        do { try file.verifySealedAttributes() } catch { throw DataError(file: path, error.message) }
         let format = try attribute("format", file.stringAttribute)
         guard format == dataFormat else { throw DataError(file: path, "format is '\(format)', expected '\(dataFormat)'") }
         let version = try attribute("version", file.int64Attribute)
@@ -163,6 +180,9 @@ public struct DataSplit: Sendable {
         let taskName = try attribute("task", file.stringAttribute)
         guard let task = DatasetTask(rawValue: taskName) else { throw DataError(file: path, "task '\(taskName)' is not lm or seq2seq") }
         let vocabularySize = try attribute("vocab_size", file.int64Attribute)
+        guard (1...Int64(1 << 31)).contains(vocabularySize) else {
+            throw DataError(file: path, "vocab_size \(vocabularySize) is not a vocabulary size (1 to 2^31)")
+        }
         let tokenizerJSON = try attribute("tokenizer", file.stringAttribute)
         let tokenizer: Tokenizer
         do { tokenizer = try Tokenizer(json: tokenizerJSON) } catch { throw DataError(file: path, "attribute 'tokenizer': \(error)") }
@@ -170,51 +190,57 @@ public struct DataSplit: Sendable {
             throw DataError(file: path, "vocab_size \(vocabularySize) differs from the tokenizer's \(tokenizer.vocabularySize)")
         }
 
-        func readTokens(_ name: String) throws -> [Int32] {
+        func open(_ name: String, _ type: ElementType, _ description: String) throws -> Dataset {
             let dataset: Dataset
-            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name)") }
-            guard dataset.elementType == .int32, dataset.shape.count == 1 else {
-                throw DataError(file: path, "/\(name) must be 1-D int32, found \(dataset.typeDescription) \(dataset.shape)")
+            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name) (\(error.message))") }
+            guard dataset.elementType == type, dataset.shape.count == 1 else {
+                throw DataError(file: path, "/\(name) must be \(description), found \(dataset.typeDescription) \(dataset.shape)")
             }
-            let tokens: [Int32]
-            do { tokens = try dataset.read(as: Int32.self) } catch { throw DataError(file: path, "/\(name) cannot be read (corrupted?): \(error)") }
-            if let bad = tokens.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
-                throw DataError(file: path, "/\(name)[\(bad)] = \(tokens[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
-            }
-            return tokens
+            do { try dataset.requireStored() } catch { throw DataError(file: path, "/\(name) \(error.message)") }
+            return dataset
         }
-        func readOffsets(_ name: String, tokens: Int) throws -> [Int64] {
-            let dataset: Dataset
-            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name)") }
-            guard dataset.elementType == .int64, dataset.shape.count == 1, dataset.shape[0] >= 1 else {
-                throw DataError(file: path, "/\(name) must be 1-D int64 with at least one entry, found \(dataset.typeDescription) \(dataset.shape)")
+        /// Every token id in range, read in blocks (memory stays flat on multi-gigabyte shards); returns the count.
+        func validateTokens(_ name: String) throws -> Int {
+            let dataset = try open(name, .int32, "1-D int32")
+            try forEachBlock(of: dataset, name, as: Int32.self) { block, start in
+                if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
+                    throw DataError(file: path, "/\(name)[\(start + bad)] = \(block[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
+                }
             }
-            let offsets: [Int64]
-            do { offsets = try dataset.read(as: Int64.self) } catch { throw DataError(file: path, "/\(name) cannot be read (corrupted?): \(error)") }
-            guard offsets[0] == 0 else { throw DataError(file: path, "/\(name)[0] is \(offsets[0]), expected 0") }
-            for i in 1..<offsets.count where offsets[i] < offsets[i - 1] {
-                throw DataError(file: path, "/\(name) is not monotonic at \(i) (\(offsets[i - 1]) then \(offsets[i]))")
+            return dataset.shape[0]
+        }
+        /// Offsets start at 0, never decrease and end at the token count, checked in blocks; returns the sequence count.
+        func validateOffsets(_ name: String, tokens: Int) throws -> Int {
+            let dataset = try open(name, .int64, "1-D int64 with at least one entry")
+            guard dataset.shape[0] >= 1 else { throw DataError(file: path, "/\(name) must have at least one entry, found none") }
+            var previous: Int64 = 0
+            try forEachBlock(of: dataset, name, as: Int64.self) { block, start in
+                if start == 0 && block[0] != 0 { throw DataError(file: path, "/\(name)[0] is \(block[0]), expected 0") }
+                for (i, value) in block.enumerated() {
+                    guard value >= previous else {
+                        throw DataError(file: path, "/\(name) is not monotonic at \(start + i) (\(previous) then \(value))")
+                    }
+                    previous = value
+                }
             }
-            guard offsets.last! == Int64(tokens) else {
-                throw DataError(file: path, "/\(name) ends at \(offsets.last!) but there are \(tokens) tokens")
-            }
-            return offsets
+            guard previous == Int64(tokens) else { throw DataError(file: path, "/\(name) ends at \(previous) but there are \(tokens) tokens") }
+            return dataset.shape[0] - 1
         }
 
         switch task {
         case .lm:
             guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
-            let tokens = try readTokens("tokens")
-            let windows = tokens.count > sequenceLength ? (tokens.count - 1) / sequenceLength : 0
-            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens.count), tokenizer)
+            let tokens = try validateTokens("tokens")
+            let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens), tokenizer)
         case .seq2seq:
-            let source = try readTokens("source/tokens"), target = try readTokens("target/tokens")
-            let sourceOffsets = try readOffsets("source/offsets", tokens: source.count)
-            let targetOffsets = try readOffsets("target/offsets", tokens: target.count)
-            guard sourceOffsets.count == targetOffsets.count else {
-                throw DataError(file: path, "/source/offsets has \(sourceOffsets.count - 1) sequences but /target/offsets \(targetOffsets.count - 1)")
+            let source = try validateTokens("source/tokens"), target = try validateTokens("target/tokens")
+            let sources = try validateOffsets("source/offsets", tokens: source)
+            let targets = try validateOffsets("target/offsets", tokens: target)
+            guard sources == targets else {
+                throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
             }
-            return (Shard(path: path, task: .seq2seq, samples: sourceOffsets.count - 1, tokens: source.count + target.count), tokenizer)
+            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target), tokenizer)
         }
     }
 }
@@ -227,12 +253,26 @@ public struct ShardPreview: Sendable {
     public let count: Int
     public let tokens: Int
     public let examples: [String]
+    /// FNV-1a 64 over every stored token and offset, in file order: two shards with the same digest hold the same data.
+    public let digest: UInt64
 
     /// Nil when the file is not a data shard (no `format = swiftddp-tokens`).
     public static func read(_ path: String, examples: Int = 3) throws -> ShardPreview? {
         let file = try File.open(path)
         guard (try? file.stringAttribute("format")) == dataFormat else { return nil }
         let (shard, tokenizer) = try DataSplit.validate(path, sequenceLength: 1)
+        var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+        func mix<T: HDF5Scalar>(_ name: String, _ type: T.Type) throws {
+            try forEachBlock(of: try file.openDataset(name), name, as: T.self) { block, _ in
+                block.withUnsafeBytes { bytes in for byte in bytes { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 } }
+            }
+        }
+        if shard.task == .lm {
+            try mix("tokens", Int32.self)
+        } else {
+            for name in ["source/tokens", "target/tokens"] { try mix(name, Int32.self) }
+            for name in ["source/offsets", "target/offsets"] { try mix(name, Int64.self) }
+        }
         var shown: [String] = []
         switch shard.task {
         case .lm:
@@ -240,14 +280,15 @@ public struct ShardPreview: Sendable {
             let documents = stream.split(separator: SpecialToken.eos).prefix(examples)
             shown = documents.map { tokenizer.decode(Array($0)) }
             let count = (try? file.int64Attribute("documents")).map(Int.init) ?? stream.filter { $0 == SpecialToken.eos }.count
-            return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown)
+            return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown, digest: digest)
         case .seq2seq:
             let reader = try SampleReader(split: DataSplit(shards: [shard], tokenizer: tokenizer, task: .seq2seq))
             for index in 0..<min(examples, shard.samples) {
-                let (source, target) = try reader.sample(index)
+                let (source, target) = try reader.sample(index, limit: 4096)
                 shown.append("\(tokenizer.decode(source))  →  \(tokenizer.decode(target))")
             }
-            return ShardPreview(task: .seq2seq, tokenizer: tokenizer, count: shard.samples, tokens: shard.tokens, examples: shown)
+            return ShardPreview(task: .seq2seq, tokenizer: tokenizer, count: shard.samples, tokens: shard.tokens, examples: shown,
+                                digest: digest)
         }
     }
 }

@@ -92,12 +92,30 @@ public enum Tokenizer: Equatable, Sendable {
             self = .byte
         case "bpe":
             guard let pairs = object["merges"] as? [[Int]] else { throw DecodingError(message: "bpe tokenizer without \"merges\"") }
+            guard pairs.count <= BPE.largestMergeCount else {
+                throw DecodingError(message: "bpe tokenizer with \(pairs.count) merges, more than the \(BPE.largestMergeCount) SwiftDDP reads")
+            }
+            // Each token's length in bytes, checked as the table grows: merges that join a token with itself again and
+            // again double it each time, and would build an enormous table from a few hundred bytes of JSON.
+            var lengths = [Int](repeating: 1, count: 256)
+            var total = 256
             var merges: [(Int32, Int32)] = []
             for (index, pair) in pairs.enumerated() {
                 let newID = Int(Self.firstByteID) + 256 + index
                 guard pair.count == 2, pair.allSatisfy({ $0 >= Int(Self.firstByteID) && $0 < newID }) else {
                     throw DecodingError(message: "bpe merge \(index) \(pair) does not join two earlier tokens")
                 }
+                let length = lengths[pair[0] - Int(Self.firstByteID)] + lengths[pair[1] - Int(Self.firstByteID)]
+                guard length <= BPE.longestToken else {
+                    throw DecodingError(message: "bpe merge \(index) \(pair) makes a token of \(length) bytes, longer than the "
+                                                 + "\(BPE.longestToken) SwiftDDP allows")
+                }
+                total += length
+                guard total <= BPE.largestTable else {
+                    throw DecodingError(message: "bpe merges up to \(index) expand to \(total) bytes in all, more than the "
+                                                 + "\(BPE.largestTable) SwiftDDP allows")
+                }
+                lengths.append(length)
                 merges.append((Int32(pair[0]), Int32(pair[1])))
             }
             self = .bpe(BPE(merges: merges))

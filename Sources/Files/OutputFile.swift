@@ -41,8 +41,7 @@ public enum OutputFile {
                                       + "writing it would destroy what is read — give another output path")
             }
         }
-        let parent = (target as NSString).deletingLastPathComponent
-        let directory = parent.isEmpty ? "." : parent
+        let directory = Paths.parent(target)
         switch kind(of: directory) {
         case nil: throw FileError(path, "cannot be written: its directory \(directory) does not exist")
         case .typeDirectory?: break
@@ -55,10 +54,8 @@ public enum OutputFile {
     /// `path` (see the type's rules). The temporary file is removed when `body`, the sync or the rename throws.
     public static func write(_ path: String, inputs: [String] = [], _ body: (_ temporary: String) throws -> Void) throws {
         let target = try check(path, inputs: inputs)
-        let directory = (target as NSString).deletingLastPathComponent
-        let name = (target as NSString).lastPathComponent
-        let temporary = ((directory.isEmpty ? "." : directory) as NSString)
-            .appendingPathComponent(".\(name).\(UUID().uuidString.prefix(8)).tmp")
+        let directory = Paths.parent(target)
+        let temporary = Paths.join(directory, ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
         var renamed = false
         defer { if !renamed { try? FileManager.default.removeItem(atPath: temporary) } }
         try body(temporary)
@@ -67,7 +64,7 @@ public enum OutputFile {
             throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
         }
         renamed = true
-        try sync(directory.isEmpty ? "." : directory)
+        try sync(directory)
     }
 
     /// Writes `data` to `path` (see `write(_:inputs:_:)`).
@@ -89,7 +86,7 @@ public enum OutputFile {
     /// Whether two paths name the same existing file (same device and inode: hard and symbolic links included).
     public static func sameFile(_ a: String, _ b: String) -> Bool {
         guard let first = identity(resolved(a)), let second = identity(resolved(b)) else {
-            return (resolved(a) as NSString).standardizingPath == (resolved(b) as NSString).standardizingPath
+            return Paths.normalized(resolved(a)) == Paths.normalized(resolved(b))
         }
         return first == second
     }
@@ -111,7 +108,7 @@ public enum OutputFile {
     static func resolved(_ path: String) -> String {
         guard let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return path }
         if destination.hasPrefix("/") { return destination }
-        return (((path as NSString).deletingLastPathComponent as NSString).appendingPathComponent(destination) as NSString).standardizingPath
+        return Paths.normalized(Paths.join(Paths.parent(path), destination))
     }
 }
 

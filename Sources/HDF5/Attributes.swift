@@ -45,21 +45,24 @@ extension HDF5Object {
         }
     }
 
-    /// A UTF-8 variable-length string, as h5py writes `attrs["key"] = "text"`.
+    /// A UTF-8 string of fixed length (its bytes, NUL-padded). Fixed, not variable-length as h5py writes
+    /// `attrs["key"] = "text"`: a variable-length string lives in HDF5's global heap, which has no checksum, and a damaged
+    /// byte there can crash the HDF5 library when read; a fixed-length one lives in the checksummed object header (or in
+    /// dense attribute storage). h5py reads it as bytes (`f.attrs["task"].decode()`); readers here take both kinds.
     public func setAttribute(_ name: String, _ value: String) throws(HDF5Error) {
         let attributeSite = Site(file: filePath, object: "\(path)@\(name)")
-        let type = try variableLengthStringType(attributeSite)
+        let bytes = Array(value.utf8)
+        let type = try ObjectHandle(.datatype, "H5Tcopy", attributeSite) { H5Tcopy(swiftddp_H5T_C_S1()) }
+        try h5call("H5Tset_size", attributeSite) { H5Tset_size(type.id, max(1, bytes.count)) }
+        try h5call("H5Tset_strpad", attributeSite) { H5Tset_strpad(type.id, H5T_STR_NULLPAD) }
+        try h5call("H5Tset_cset", attributeSite) { H5Tset_cset(type.id, H5T_CSET_UTF8) }
         let space = try ObjectHandle(.dataspace, "H5Screate", attributeSite) { H5Screate(H5S_SCALAR) }
         try removeAttributeIfPresent(name)
         let attribute = try ObjectHandle(.attribute, "H5Acreate2", attributeSite) {
             H5Acreate2(handle.id, name, type.id, space.id, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
         }
-        try h5call("H5Awrite", attributeSite) {
-            value.withCString { text in
-                var pointer: UnsafePointer<CChar>? = text
-                return H5Awrite(attribute.id, type.id, &pointer)
-            }
-        }
+        let padded = bytes.isEmpty ? [0] : bytes
+        try h5call("H5Awrite", attributeSite) { padded.withUnsafeBufferPointer { H5Awrite(attribute.id, type.id, $0.baseAddress) } }
     }
 
     /// A 1-D numeric array.
@@ -113,15 +116,13 @@ extension HDF5Object {
         return names.lines
     }
 
-    /// The attribute's value; a missing attribute throws `.objectNotFound`.
+    /// The attribute's value; a missing attribute throws `.objectNotFound`, one with no value (a null dataspace, zero
+    /// elements) or implausibly many elements `.implausible`, naming the attribute.
     public func attribute(_ name: String) throws(HDF5Error) -> AttributeValue {
         let opened = try openAttribute(name)
         let attributeSite = opened.attribute.site
         let type = opened.type
-        let space = try ObjectHandle(.dataspace, "H5Aget_space", attributeSite) { H5Aget_space(opened.attribute.id) }
-        let rank = try h5call("H5Sget_simple_extent_ndims", attributeSite) { H5Sget_simple_extent_ndims(space.id) }
-        let count = Int(try h5call("H5Sget_simple_extent_npoints", attributeSite) { H5Sget_simple_extent_npoints(space.id) })
-        let isScalar = rank == 0
+        let (count, isScalar) = try valueCount(opened.attribute, name: name)
 
         switch H5Tget_class(type.id) {
         case H5T_INTEGER:
@@ -163,12 +164,34 @@ extension HDF5Object {
             throw HDF5Error(.typeMismatch, operation: "read attribute", file: filePath, object: attributeSite.object,
                             message: "the attribute stores \(describeStoredType(opened.type.id)), not \(T.hdf5ElementType)")
         }
-        let space = try ObjectHandle(.dataspace, "H5Aget_space", attributeSite) { H5Aget_space(opened.attribute.id) }
-        let count = Int(try h5call("H5Sget_simple_extent_npoints", attributeSite) { H5Sget_simple_extent_npoints(space.id) })
+        let (count, _) = try valueCount(opened.attribute, name: name)
         return try [T](unsafeUninitializedCapacity: count) { (buffer, initialized) throws(HDF5Error) in
             try h5call("H5Aread", attributeSite) { H5Aread(opened.attribute.id, stored.memoryType, buffer.baseAddress) }
             initialized = count
         }
+    }
+
+    /// Attributes hold at most this many elements for SwiftDDP (a tokenizer's JSON is one string).
+    static var largestAttributeCount: Int { 1 << 24 }
+    /// And at most this many bytes of fixed-length string data.
+    static var largestAttributeBytes: Int { 1 << 28 }
+
+    /// How many values the attribute holds and whether it is a scalar; throws for none (a null dataspace, as h5py's
+    /// `Empty` writes) or implausibly many.
+    private func valueCount(_ attribute: ObjectHandle, name: String) throws(HDF5Error) -> (count: Int, isScalar: Bool) {
+        let site = attribute.site
+        let space = try ObjectHandle(.dataspace, "H5Aget_space", site) { H5Aget_space(attribute.id) }
+        let kind = H5Sget_simple_extent_type(space.id)
+        let count = Int(try h5call("H5Sget_simple_extent_npoints", site) { H5Sget_simple_extent_npoints(space.id) })
+        guard kind != H5S_NULL, count > 0 else {
+            throw HDF5Error(.implausible, operation: "read attribute", file: filePath, object: site.object,
+                            message: "attribute '\(name)' has no value (an empty dataspace)")
+        }
+        guard count <= Self.largestAttributeCount else {
+            throw HDF5Error(.implausible, operation: "read attribute", file: filePath, object: site.object,
+                            message: "attribute '\(name)' holds \(count) values, more than the \(Self.largestAttributeCount) SwiftDDP reads")
+        }
+        return (count, kind == H5S_SCALAR)
     }
 
     private func openAttribute(_ name: String) throws(HDF5Error) -> (attribute: ObjectHandle, type: ObjectHandle) {
@@ -200,6 +223,11 @@ extension HDF5Object {
         // A copy of the stored type (same character set) with room for a terminating NUL: numpy writes
         // NULLPAD strings that fill their whole width, and a NULLTERM type of that width would drop a byte.
         let size = H5Tget_size(type.id) + 1
+        guard size > 1, size.multipliedReportingOverflow(by: count).partialValue <= Self.largestAttributeBytes,
+              !size.multipliedReportingOverflow(by: count).overflow else {
+            throw HDF5Error(.implausible, operation: "read attribute", file: filePath, object: attribute.site.object,
+                            message: "holds \(count) strings of \(size - 1) bytes, more than SwiftDDP reads")
+        }
         let memoryType = try ObjectHandle(.datatype, "H5Tcopy", attribute.site) { H5Tcopy(type.id) }
         try h5call("H5Tset_size", attribute.site) { H5Tset_size(memoryType.id, size) }
         try h5call("H5Tset_strpad", attribute.site) { H5Tset_strpad(memoryType.id, H5T_STR_NULLTERM) }
@@ -218,3 +246,39 @@ extension HDF5Object {
         return type
     }
 }
+
+extension HDF5Object {
+    /// A 64-bit FNV-1a digest of every attribute of this object but `excluded` (names in order, each with its value as
+    /// `AttributeValue.description` prints it). Files SwiftDDP writes store it as `attribute_digest`, so a changed
+    /// attribute value — even one in HDF5's global heap, where variable-length strings live without a checksum of their
+    /// own — is found when the file is read.
+    public func attributesDigest(excluding excluded: Set<String> = [attributeDigestName]) throws(HDF5Error) -> Int64 {
+        var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+        for name in try attributeNames() where !excluded.contains(name) {
+            for byte in "\(name)=\(try attribute(name))\n".utf8 {
+                hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+            }
+        }
+        return Int64(bitPattern: hash)
+    }
+
+    /// Stores `attributesDigest()` as `attribute_digest` (call after the last other attribute is set).
+    public func sealAttributes() throws(HDF5Error) {
+        try setAttribute(attributeDigestName, try attributesDigest())
+    }
+
+    /// Throws `.implausible` when the object carries `attribute_digest` and its attributes no longer match it; objects
+    /// without one (written by other programs) pass.
+    public func verifySealedAttributes() throws(HDF5Error) {
+        guard try hasAttribute(attributeDigestName) else { return }
+        let stored = try int64Attribute(attributeDigestName)
+        guard try attributesDigest() == stored else {
+            throw HDF5Error(.implausible, operation: "verify attributes", file: filePath, object: path,
+                            message: "its attributes do not match the digest stored with them: changed after writing (by another "
+                                + "program) or damaged (to accept a deliberate edit, delete the '\(attributeDigestName)' attribute)")
+        }
+    }
+}
+
+/// The attribute that holds `attributesDigest()` of the others.
+public let attributeDigestName = "attribute_digest"

@@ -10,8 +10,10 @@ public final class Dataset: HDF5Object {
     public let elementType: ElementType?
     /// The stored type in words ("float32", "string (variable length)", ...).
     public let typeDescription: String
-
-    public var elementCount: Int { shape.reduce(1, *) }
+    /// Elements in the dataset (the product of `shape`, checked: a shape whose product overflows is refused).
+    public let elementCount: Int
+    /// Set once `requireStored` has found every element stored.
+    private var storageChecked = false
 
     init(_ handle: ObjectHandle) throws(HDF5Error) {
         self.handle = handle
@@ -20,13 +22,80 @@ public final class Dataset: HDF5Object {
         typeDescription = describeStoredType(type.id)
         let space = try ObjectHandle(.dataspace, "H5Dget_space", handle.site) { H5Dget_space(handle.id) }
         shape = try Self.extent(of: space)
+        elementCount = try Self.product(shape, elementSize: max(1, elementType?.byteSize ?? 1), handle.site)
     }
 
     static func extent(of space: ObjectHandle) throws(HDF5Error) -> [Int] {
         let rank = try h5call("H5Sget_simple_extent_ndims", space.site) { H5Sget_simple_extent_ndims(space.id) }
+        guard rank <= 32 else {
+            throw HDF5Error(.implausible, operation: "read shape", file: space.site.file, object: space.site.object,
+                            message: "declares \(rank) dimensions (HDF5 allows 32)")
+        }
         var dims = [hsize_t](repeating: 0, count: Int(rank))
         try h5call("H5Sget_simple_extent_dims", space.site) { H5Sget_simple_extent_dims(space.id, &dims, nil) }
-        return dims.map { Int($0) }
+        return try dims.map { (extent) throws(HDF5Error) in
+            guard let value = Int(exactly: extent) else {
+                throw HDF5Error(.implausible, operation: "read shape", file: space.site.file, object: space.site.object,
+                                message: "declares an extent of \(extent), more than can be addressed")
+            }
+            return value
+        }
+    }
+
+    /// The element count of `shape`, refusing one whose bytes (at `elementSize` each) do not fit in an Int.
+    static func product(_ shape: [Int], elementSize: Int, _ site: Site) throws(HDF5Error) -> Int {
+        var count = 1
+        for extent in shape {
+            let (next, overflow) = count.multipliedReportingOverflow(by: extent)
+            guard !overflow, !next.multipliedReportingOverflow(by: elementSize).overflow else {
+                throw HDF5Error(.implausible, operation: "read shape", file: site.file, object: site.object,
+                                message: "declares shape \(shape), more elements than can be addressed")
+            }
+            count = next
+        }
+        return count
+    }
+
+    /// Deflate, the strongest filter HDF5 ships, shrinks data at most about 1032 times.
+    static let largestCompressionRatio = 1100
+
+    /// Checks, before anything is allocated for the dataset's elements, that the file really stores them: a contiguous
+    /// or compact dataset its full size in bytes, a chunked one every chunk its extent needs, and no more data than
+    /// compression could have packed into the bytes stored. A file that declares more than it holds (a few kilobytes
+    /// claiming billions of elements, a dataset never written) throws `.implausible`, naming the dataset and sizes.
+    public func requireStored() throws(HDF5Error) {
+        guard !storageChecked, let elementType, elementCount > 0 else { return }
+        func implausible(_ message: String) -> HDF5Error {
+            HDF5Error(.implausible, operation: "read", file: filePath, object: path, message: message)
+        }
+        let bytes = elementCount * elementType.byteSize
+        let stored = Int(H5Dget_storage_size(handle.id))
+        let creation = try ObjectHandle(.propertyList, "H5Dget_create_plist", site) { H5Dget_create_plist(handle.id) }
+        if H5Pget_layout(creation.id) == H5D_CHUNKED {
+            var dims = [hsize_t](repeating: 0, count: max(1, shape.count))
+            try h5call("H5Pget_chunk", site) { H5Pget_chunk(creation.id, Int32(dims.count), &dims) }
+            var expected = 1
+            for (extent, chunk) in zip(shape, dims.prefix(shape.count)) where chunk > 0 {
+                expected = expected.multipliedReportingOverflow(by: (extent + Int(chunk) - 1) / Int(chunk)).partialValue
+            }
+            let space = try ObjectHandle(.dataspace, "H5Dget_space", site) { H5Dget_space(handle.id) }
+            var count: hsize_t = 0
+            try h5call("H5Dget_num_chunks", site) { H5Dget_num_chunks(handle.id, space.id, &count) }
+            guard Int(count) == expected else {
+                throw implausible("declares \(elementCount) elements in \(expected) chunks but stores \(count) of them "
+                                  + "(a damaged or crafted file, or one never fully written)")
+            }
+            guard stored.multipliedReportingOverflow(by: Self.largestCompressionRatio).partialValue >= bytes
+                    || stored.multipliedReportingOverflow(by: Self.largestCompressionRatio).overflow else {
+                throw implausible("declares \(bytes) bytes of data but stores \(stored), more than any compression packs")
+            }
+        } else {
+            guard stored >= bytes else {
+                throw implausible("declares \(elementCount) elements (\(bytes) bytes) but stores \(stored) bytes "
+                                  + "(a damaged or crafted file, or one never written)")
+            }
+        }
+        storageChecked = true
     }
 
     // MARK: Storage properties
@@ -99,9 +168,11 @@ public final class Dataset: HDF5Object {
         try read(as: type, offset: [Int](repeating: 0, count: shape.count), count: shape)
     }
 
-    /// Reads the block `offset ..< offset + count` (one entry per dimension).
+    /// Reads the block `offset ..< offset + count` (one entry per dimension) into a new array, after checking that
+    /// the dataset really stores its elements (`requireStored`), so a file cannot make this allocate what it lacks.
     public func read<T: HDF5Scalar>(as type: T.Type = T.self, offset: [Int], count: [Int]) throws(HDF5Error) -> [T] {
-        let total = count.reduce(1, *)
+        let total = try Self.product(count, elementSize: MemoryLayout<T>.stride, site)
+        try requireStored()
         return try [T](unsafeUninitializedCapacity: total) { (buffer, initialized) throws(HDF5Error) in
             try read(into: buffer, offset: offset, count: count)
             initialized = total
@@ -169,11 +240,11 @@ public final class Dataset: HDF5Object {
             throw failure(.outOfBounds, "selection offset \(offset) count \(count) does not have the dataset's rank \(shape.count)")
         }
         for axis in 0..<shape.count {
-            guard offset[axis] >= 0, count[axis] >= 0, offset[axis] + count[axis] <= shape[axis] else {
+            guard offset[axis] >= 0, count[axis] >= 0, offset[axis] <= shape[axis], count[axis] <= shape[axis] - offset[axis] else {
                 throw failure(.outOfBounds, "selection offset \(offset) count \(count) reaches outside shape \(shape) (axis \(axis))")
             }
         }
-        let selected = count.reduce(1, *)
+        let selected = try Self.product(count, elementSize: 1, site)
         guard bufferCount == selected else {
             throw failure(.sizeMismatch, "the buffer holds \(bufferCount) elements but the selection has \(selected)")
         }

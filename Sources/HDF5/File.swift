@@ -30,6 +30,10 @@ public final class File: HDF5Container {
 
     /// Creates a file. With `overwrite` an existing file is truncated; without it an existing file throws
     /// `.alreadyExists`.
+    ///
+    /// Written in the HDF5 1.10 file format (library version bounds V110 to V110): its superblock, object headers and
+    /// chunk indexes carry checksums, so a damaged byte in the file's structure is reported when read instead of being
+    /// parsed; HDF5 1.10 and later (h5py included) read it.
     public static func create(_ path: String, overwrite: Bool = true) throws(HDF5Error) -> File {
         let site = Site(file: path, object: nil)
         if !overwrite && access(path, F_OK) == 0 {
@@ -37,9 +41,12 @@ public final class File: HDF5Container {
                             message: "the file exists and overwriting was not asked for")
         }
         let flags = overwrite ? swiftddp_H5F_ACC_TRUNC() : swiftddp_H5F_ACC_EXCL()
-        return File(try ObjectHandle(.file, "H5Fcreate", site) {
-            H5Fcreate(path, flags, swiftddp_H5P_DEFAULT(), swiftddp_H5P_DEFAULT())
-        })
+        let access = try ObjectHandle(.propertyList, "H5Pcreate", site) { H5Pcreate(swiftddp_H5P_FILE_ACCESS()) }
+        try h5call("H5Pset_libver_bounds", site) { H5Pset_libver_bounds(access.id, H5F_LIBVER_V110, H5F_LIBVER_V110) }
+        // No modification times in the root group's object header either: the same data gives a byte-identical file.
+        let creation = try ObjectHandle(.propertyList, "H5Pcreate", site) { H5Pcreate(swiftddp_H5P_FILE_CREATE()) }
+        try h5call("H5Pset_obj_track_times", site) { H5Pset_obj_track_times(creation.id, false) }
+        return File(try ObjectHandle(.file, "H5Fcreate", site) { H5Fcreate(path, flags, creation.id, access.id) })
     }
 
     /// Writes buffered data to the operating system (not an fsync).

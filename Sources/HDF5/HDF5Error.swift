@@ -26,6 +26,11 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
         case unsupportedType
         /// Arguments that cannot work (negative sizes, a chunk shape of the wrong rank, ...).
         case invalidArgument
+        /// The file declares more than it holds or than can be held (a dataset whose chunks are not all stored, a
+        /// shape whose element count overflows, an attribute with no value or too many).
+        case implausible
+        /// A link to another file: data is read only from the file that was named.
+        case externalLink
     }
 
     public let kind: Kind

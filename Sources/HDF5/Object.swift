@@ -24,7 +24,8 @@ public protocol HDF5Container: HDF5Object {}
 
 /// What a group holds under one name.
 public struct Member: Sendable, Equatable {
-    public enum Kind: Sendable, Equatable { case group, dataset, other }
+    /// What the name links to. Soft and external links are reported as links, not followed.
+    public enum Kind: Sendable, Equatable { case group, dataset, softLink, externalLink, other }
     public let name: String
     public let kind: Kind
 
@@ -34,8 +35,18 @@ public struct Member: Sendable, Equatable {
     }
 }
 
+extension HDF5Object {
+    /// Sixteen bytes that identify this object within its file (two names of one object give the same bytes).
+    public func identity() throws(HDF5Error) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: 16)
+        try h5call("H5Oget_info", site) { swiftddp_object_identity(handle.id, &bytes) }
+        return bytes
+    }
+}
+
 extension HDF5Container {
-    /// True when a link of that name (a relative or absolute path) exists and resolves to an object.
+    /// True when a link of that name (a relative or absolute path) exists and resolves to an object. A link to another
+    /// file on the way throws `.externalLink`: data comes only from the file that was named.
     public func contains(_ name: String) throws(HDF5Error) -> Bool {
         // Walk the path one link at a time: H5Lexists fails rather than answering false on a missing parent.
         var prefix = name.hasPrefix("/") ? "/" : ""
@@ -45,20 +56,32 @@ extension HDF5Container {
                 H5Lexists(handle.id, prefix, swiftddp_H5P_DEFAULT())
             }
             if exists == 0 { return false }
+            if swiftddp_link_type(handle.id, prefix) == Int32(H5L_TYPE_EXTERNAL.rawValue) {
+                throw HDF5Error(.externalLink, operation: "open", file: filePath, object: childPath(prefix),
+                                message: "is a link to another file; SwiftDDP reads data only from the file it was given")
+            }
         }
         return try h5call("H5Oexists_by_name", Site(file: filePath, object: childPath(name))) {
             H5Oexists_by_name(handle.id, name, swiftddp_H5P_DEFAULT())
         } > 0
     }
 
-    /// The members of this group in name order, with their kind.
-    public func members() throws(HDF5Error) -> [Member] {
+    /// The members of this group in name order, with their kind (at most `limit`; a file may declare any number).
+    public func members(limit: Int = 1 << 20) throws(HDF5Error) -> [Member] {
         var info = H5G_info_t()
         try h5call("H5Gget_info", site) { H5Gget_info(handle.id, &info) }
+        guard info.nlinks <= hsize_t(limit) else {
+            throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
+                            message: "holds \(info.nlinks) links, more than the \(limit) SwiftDDP lists")
+        }
         var result: [Member] = []
         for index in 0..<info.nlinks {
             let length = try h5call("H5Lget_name_by_idx", site) {
                 H5Lget_name_by_idx(handle.id, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, swiftddp_H5P_DEFAULT())
+            }
+            guard length < 1 << 16 else {
+                throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
+                                message: "link \(index) has a name of \(length) bytes")
             }
             var buffer = [CChar](repeating: 0, count: Int(length) + 1)
             try h5call("H5Lget_name_by_idx", site) {
@@ -71,7 +94,14 @@ extension HDF5Container {
     }
 
     private func memberKind(_ name: String) -> Member.Kind {
-        // A dangling soft or external link cannot be opened; list it as `other` rather than failing.
+        switch swiftddp_link_type(handle.id, name) {
+        case Int32(H5L_TYPE_SOFT.rawValue): return .softLink
+        case Int32(H5L_TYPE_EXTERNAL.rawValue): return .externalLink
+        case Int32(H5L_TYPE_HARD.rawValue): break
+        default:
+            discardErrorStack()
+            return .other
+        }
         let object = H5Oopen(handle.id, name, swiftddp_H5P_DEFAULT())
         guard object >= 0 else {
             discardErrorStack()
@@ -93,13 +123,23 @@ extension HDF5Container {
             throw HDF5Error(.alreadyExists, operation: "create group", file: filePath, object: target.object,
                             message: "a group or dataset of that name already exists")
         }
-        let linkProperties = try intermediateGroupCreation(target)
+        try createParents(of: name)
         let creation = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_GROUP_CREATE()) }
         try h5call("H5Pset_obj_track_times", target) { H5Pset_obj_track_times(creation.id, false) }
         let group = try ObjectHandle(.group, "H5Gcreate2", target) {
-            H5Gcreate2(handle.id, name, linkProperties.id, creation.id, swiftddp_H5P_DEFAULT())
+            H5Gcreate2(handle.id, name, swiftddp_H5P_DEFAULT(), creation.id, swiftddp_H5P_DEFAULT())
         }
         return Group(group)
+    }
+
+    /// Creates the missing groups on the way to `name`, one by one without modification times (HDF5's own
+    /// intermediate-group creation would record them, and the same data would not give a byte-identical file).
+    private func createParents(of name: String) throws(HDF5Error) {
+        var parent = name.hasPrefix("/") ? "/" : ""
+        for part in name.split(separator: "/").dropLast() {
+            parent += (parent.isEmpty || parent.hasSuffix("/") ? "" : "/") + part
+            if try !contains(parent) { try createGroup(parent) }
+        }
     }
 
     /// Opens an existing group; a missing one throws `.objectNotFound`.
@@ -156,9 +196,9 @@ extension HDF5Container {
         if fletcher32 {
             try h5call("H5Pset_fletcher32", target) { H5Pset_fletcher32(creation.id) }
         }
-        let linkProperties = try intermediateGroupCreation(target)
+        try createParents(of: name)
         let dataset = try ObjectHandle(.dataset, "H5Dcreate2", target) {
-            H5Dcreate2(handle.id, name, type.fileType, space.id, linkProperties.id, creation.id, swiftddp_H5P_DEFAULT())
+            H5Dcreate2(handle.id, name, type.fileType, space.id, swiftddp_H5P_DEFAULT(), creation.id, swiftddp_H5P_DEFAULT())
         }
         return try Dataset(dataset)
     }
@@ -177,11 +217,6 @@ extension HDF5Container {
         }
     }
 
-    private func intermediateGroupCreation(_ target: Site) throws(HDF5Error) -> ObjectHandle {
-        let properties = try ObjectHandle(.propertyList, "H5Pcreate", target) { H5Pcreate(swiftddp_H5P_LINK_CREATE()) }
-        try h5call("H5Pset_create_intermediate_group", target) { H5Pset_create_intermediate_group(properties.id, 1) }
-        return properties
-    }
 }
 
 /// About 1 MiB per chunk: shrink the leading dimensions first, so rows stay contiguous.

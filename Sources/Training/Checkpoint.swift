@@ -65,7 +65,7 @@ public enum Checkpoint {
             throw CheckpointError(file: directory, message: "cannot create the run directory: \(describe(error))")
         }
         let name = fileName(step: state.step)
-        let final = (directory as NSString).appendingPathComponent(name)
+        let final = Paths.join(directory, name)
         do {
             try OutputFile.write(final) { temporary in
                 let file = try File.create(temporary)
@@ -98,6 +98,7 @@ public enum Checkpoint {
             try file.setAttribute("world_size", provenance.worldSize)
             try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
         }
+        try file.sealAttributes()
         for (group, arena) in [("params", model.parameters), ("optimizer/exp_avg", optimizer.firstMoment),
                                ("optimizer/exp_avg_sq", optimizer.secondMoment)] {
             for view in model.layout.views {
@@ -110,7 +111,7 @@ public enum Checkpoint {
     /// Replaces `latest` atomically (`OutputFile`: a temporary file beside it, synced, renamed over it), so a reader
     /// sees the old or the new name, never a partial one; the checkpoint it names was synced before.
     private static func pointLatest(directory: String, at name: String) throws {
-        let latest = (directory as NSString).appendingPathComponent(latestName)
+        let latest = Paths.join(directory, latestName)
         do {
             try OutputFile.write(latest, data: Foundation.Data((name + "\n").utf8))
         } catch {
@@ -122,16 +123,16 @@ public enum Checkpoint {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
             .filter { $0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5") }.sorted()
         for old in names.dropLast(keep) where old != name {
-            try? FileManager.default.removeItem(atPath: (directory as NSString).appendingPathComponent(old))
+            try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }
     }
 
     /// The checkpoint `latest` names in a run directory, or nil when there is none yet.
     public static func latest(in directory: String) throws -> String? {
-        let latest = (directory as NSString).appendingPathComponent(latestName)
+        let latest = Paths.join(directory, latestName)
         guard let text = try? String(contentsOfFile: latest, encoding: .utf8) else { return nil }
         let name = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        let path = (directory as NSString).appendingPathComponent(name)
+        let path = Paths.join(directory, name)
         guard !name.isEmpty, FileManager.default.fileExists(atPath: path) else {
             throw CheckpointError(file: latest, message: "names '\(name)', which does not exist")
         }
@@ -151,11 +152,20 @@ public enum Checkpoint {
     public static func readHeader(_ path: String) throws -> Header {
         let file: File
         do { file = try File.open(path) } catch {
-            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error)")
+            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
         }
-        func attribute<T>(_ name: String, _ read: (String) throws -> T) throws -> T {
-            do { return try read(name) } catch { throw CheckpointError(file: path, message: "attribute '\(name)': \(error)") }
+        func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
+            do { return try read(name) } catch { throw CheckpointError(file: path, message: "attribute '\(name)': \(error.message)") }
         }
+        /// A stored count that must be in `range` (a step, an epoch, a batch size): never a value that traps later.
+        func count(_ name: String, in range: ClosedRange<Int64> = 0...Int64(Int32.max)) throws -> Int {
+            let value = try attribute(name, file.int64Attribute)
+            guard range.contains(value) else {
+                throw CheckpointError(file: path, message: "attribute '\(name)' is \(value); expected \(range.lowerBound) to \(range.upperBound)")
+            }
+            return Int(value)
+        }
+        do { try file.verifySealedAttributes() } catch { throw CheckpointError(file: path, message: error.message) }
         let fileFormat = try attribute("format", file.stringAttribute)
         guard fileFormat == format else { throw CheckpointError(file: path, message: "format is '\(fileFormat)', expected '\(format)'") }
         let fileVersion = try attribute("version", file.int64Attribute)
@@ -167,24 +177,26 @@ public enum Checkpoint {
         do { config = try JSONDecoder().decode(RunConfig.self, from: Foundation.Data(configJSON.utf8)) } catch {
             throw CheckpointError(file: path, message: "attribute 'config' is not a run config: \(describe(error))")
         }
+        do { try config.validate(file: path) } catch let error as ConfigError {
+            throw CheckpointError(file: path, message: "its stored config cannot be used: \(error.key.map { "key '\($0)': " } ?? "")\(error.message)")
+        }
         var tokenizer: Tokenizer?
         if try file.hasAttribute("tokenizer") {
             do { tokenizer = try Tokenizer(json: try file.stringAttribute("tokenizer")) } catch {
                 throw CheckpointError(file: path, message: "attribute 'tokenizer': \(error)")
             }
         }
-        let state = TrainingState(step: Int(try attribute("step", file.int64Attribute)),
-                                  position: SamplerPosition(epoch: Int(try attribute("epoch", file.int64Attribute)),
-                                                            batch: Int(try attribute("batch", file.int64Attribute))),
+        let state = TrainingState(step: try count("step"),
+                                  position: SamplerPosition(epoch: try count("epoch"), batch: try count("batch")),
                                   dropoutSeed: UInt64(bitPattern: try attribute("dropout_seed", file.int64Attribute)))
         var provenance: Provenance?
         if try file.hasAttribute("global_batch") {
-            provenance = Provenance(globalBatch: Int(try attribute("global_batch", file.int64Attribute)),
-                                    worldSize: Int(try attribute("world_size", file.int64Attribute)),
+            provenance = Provenance(globalBatch: try count("global_batch", in: 1...Int64(Int32.max)),
+                                    worldSize: try count("world_size", in: 1...Int64(1 << 24)),
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute))
         }
-        return Header(state: state, optimizerStep: Int(try attribute("optimizer_step", file.int64Attribute)), config: config,
-                      tokenizer: tokenizer, provenance: provenance)
+        return Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
+                      provenance: provenance)
     }
 
     /// Loads parameters (and, given an optimizer, its moments and step) into a model built for `header.config`'s
@@ -201,24 +213,48 @@ public enum Checkpoint {
             groups += [("optimizer/exp_avg", optimizer.firstMoment), ("optimizer/exp_avg_sq", optimizer.secondMoment)]
         }
         for (group, arena) in groups {
-            for view in model.layout.views {
-                let name = "/\(group)/\(view.name)"
-                guard (try? file.contains(name)) == true else { throw CheckpointError(file: path, message: "missing tensor \(name)") }
-                do {
-                    let dataset = try file.openDataset(name)
-                    guard dataset.shape == view.shape else {
-                        throw CheckpointError(file: path, message: "tensor \(name) has shape \(dataset.shape), the model expects \(view.shape)")
-                    }
-                    try dataset.read(into: arena[view])
-                } catch let error as CheckpointError {
-                    throw error
-                } catch {
-                    throw CheckpointError(file: path, message: "tensor \(name) cannot be read (corrupted?): \(error)")
+            let datasets = try tensors(in: file, group: group, layout: model.layout, path: path)
+            for (view, dataset) in zip(model.layout.views, datasets) {
+                do { try dataset.read(into: arena[view]) } catch {
+                    throw CheckpointError(file: path, message: "tensor /\(group)/\(view.name) cannot be read (damaged?): \(error.message)")
                 }
             }
         }
         optimizer?.restore(step: header.optimizerStep)
         return header
+    }
+
+    /// The datasets of `group` for every view of `layout`, each checked before anything is allocated or read for it:
+    /// present, of the view's shape and float32, and really stored in the file (`Dataset.requireStored`).
+    static func tensors(in file: File, group: String, layout: ParameterLayout, path: String) throws -> [Dataset] {
+        try layout.views.map { view in
+            let name = "/\(group)/\(view.name)"
+            let dataset: Dataset
+            do {
+                guard try file.contains(name) else { throw CheckpointError(file: path, message: "missing tensor \(name)") }
+                dataset = try file.openDataset(name)
+            } catch let error as HDF5Error {
+                throw CheckpointError(file: path, message: "tensor \(name): \(error.message)")
+            }
+            guard dataset.shape == view.shape else {
+                throw CheckpointError(file: path, message: "tensor \(name) has shape \(dataset.shape), the model expects \(view.shape)")
+            }
+            guard dataset.elementType == .float32 else {
+                throw CheckpointError(file: path, message: "tensor \(name) stores \(dataset.typeDescription), expected float32")
+            }
+            do { try dataset.requireStored() } catch let error as HDF5Error {
+                throw CheckpointError(file: path, message: "tensor \(name) \(error.message)")
+            }
+            return dataset
+        }
+    }
+
+    /// The names of parameter tensors holding values that are not finite (NaN or infinity), with how many.
+    public static func nonFiniteTensors(_ model: TransformerModel) -> [(name: String, count: Int)] {
+        model.layout.views.compactMap { view in
+            let count = model.parameters[view].reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+            return count > 0 ? (view.name, count) : nil
+        }
     }
 
     /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
@@ -278,9 +314,16 @@ extension Checkpoint {
     }
 
     /// The checkpoint's model, built for batches of up to `maxBatch` rows at the run's lengths, with its parameters.
-    public static func loadModel(_ path: String, maxBatch: Int) throws -> (model: TransformerModel, header: Header) {
+    /// Every tensor's shape and storage is checked against the stored config before the model is allocated, and
+    /// parameters that are not finite are refused, naming the tensors (unless `allowNonFinite`, for `inspect`).
+    public static func loadModel(_ path: String, maxBatch: Int, allowNonFinite: Bool = false) throws -> (model: TransformerModel, header: Header) {
         let header = try readHeader(path)
         let run = header.config
+        do {
+            _ = try tensors(in: try File.open(path), group: "params", layout: TransformerModel.parameterLayout(for: run.model), path: path)
+        } catch let error as HDF5Error {
+            throw CheckpointError(file: path, message: error.message)
+        }
         let model: TransformerModel
         do {
             model = try TransformerModel(config: run.model, maxBatch: maxBatch,
@@ -291,6 +334,11 @@ extension Checkpoint {
         }
         try load(path, into: model)
         model.training = false
+        let nonFinite = nonFiniteTensors(model)
+        if !allowNonFinite && !nonFinite.isEmpty {
+            throw CheckpointError(file: path, message: "parameters that are not finite (NaN or infinity) in "
+                                  + nonFinite.map { "\($0.name) (\($0.count))" }.joined(separator: ", ") + "; the model cannot be used")
+        }
         return (model, header)
     }
 }

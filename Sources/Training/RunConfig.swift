@@ -198,6 +198,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
 
+    /// Sequences per rank per micro-step at most (with `ModelConfig.limits`, no buffer size overflows).
+    public static let largestBatch = 1 << 15
+
     /// Every key on which two configs differ ("section.key"), with both values as text.
     public static func differences(_ stored: RunConfig, _ current: RunConfig) -> [(key: String, stored: String, current: String)] {
         func flatten(_ config: RunConfig) -> [String: String] {
@@ -315,14 +318,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
         func check(_ condition: Bool, _ key: String, _ message: String) throws {
             if !condition { throw ConfigError(file: file, key: key, message: message) }
         }
-        try check(training.batchSize >= 1, "training.batch_size", "must be at least 1, got \(training.batchSize)")
-        try check(training.steps >= 1, "training.steps", "must be at least 1, got \(training.steps)")
-        try check(training.gradAccum >= 1, "training.grad_accum", "must be at least 1, got \(training.gradAccum)")
+        try check(training.batchSize >= 1 && training.batchSize <= RunConfig.largestBatch, "training.batch_size",
+                  "must be 1 to \(RunConfig.largestBatch), got \(training.batchSize)")
+        try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
+        try check(training.gradAccum >= 1 && training.gradAccum <= 1 << 16, "training.grad_accum",
+                  "must be 1 to \(1 << 16), got \(training.gradAccum)")
         try check(training.clipNorm >= 0, "training.clip_norm", "must be 0 (off) or positive, got \(training.clipNorm)")
-        try check(training.bucketMb > 0, "training.bucket_mb", "must be positive, got \(training.bucketMb)")
-        try check(training.threads >= 0, "training.threads", "must be 0 (automatic) or more, got \(training.threads)")
+        try check(training.bucketMb > 0 && training.bucketMb <= 1_048_576, "training.bucket_mb", "must be positive and at most 1048576, got \(training.bucketMb)")
+        try check(training.threads >= 0 && training.threads <= 1 << 12, "training.threads", "must be 0 (automatic) to \(1 << 12), got \(training.threads)")
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
-        try check(training.collectiveTimeout >= 0, "training.collective_timeout", "must be 0 (no limit) or positive seconds")
+        try check(training.collectiveTimeout >= 0 && training.collectiveTimeout <= 1e7, "training.collective_timeout",
+                  "must be 0 (no limit) or positive seconds up to 1e7, got \(training.collectiveTimeout)")
         try check(eval.every >= 0 && eval.maxBatches >= 0, "eval.every", "eval.every and eval.max_batches must be 0 or more")
         try check(eval.decodeSamples >= 0, "eval.decode_samples", "must be 0 (off) or more, got \(eval.decodeSamples)")
         try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")

@@ -49,7 +49,7 @@ public struct RunDirectory: Sendable {
                                 + "(which deletes those files), or give another --run-dir")
         }
         for name in earlier {
-            let file = (path as NSString).appendingPathComponent(name)
+            let file = Paths.join(path, name)
             do { try FileManager.default.removeItem(atPath: file) } catch {
                 throw TrainingError("\(file): cannot remove it for --overwrite: \(describe(error))")
             }

@@ -279,6 +279,11 @@ public final class Trainer {
         var numbers = [Int64](repeating: 0, count: 5)
         if world.rank == 0 {
             let header = try Checkpoint.load(path, into: model, optimizer: optimizer)
+            let nonFinite = Checkpoint.nonFiniteTensors(model)
+            guard nonFinite.isEmpty else {
+                throw CheckpointError(file: path, message: "cannot resume: parameters that are not finite (NaN or infinity) in "
+                                      + nonFinite.map(\.name).joined(separator: ", "))
+            }
             numbers = [Int64(header.state.step), Int64(header.state.position.epoch), Int64(header.state.position.batch),
                        Int64(bitPattern: header.state.dropoutSeed), Int64(header.optimizerStep)]
         }
@@ -293,7 +298,7 @@ public final class Trainer {
     private func dataFingerprint(_ train: DataSplit) -> String {
         var hasher = FNV1a()
         for shard in train.shards {
-            hasher.add((shard.path as NSString).lastPathComponent)
+            hasher.add(Paths.lastComponent(shard.path))
             hasher.add("\(shard.samples) \(shard.tokens)")
         }
         hasher.add(train.tokenizer.json)
@@ -431,7 +436,7 @@ final class MetricsLog {
         } catch {
             throw TrainingError("\(directory): cannot create the run directory: \(describe(error))")
         }
-        path = (directory as NSString).appendingPathComponent("metrics.jsonl")
+        path = Paths.join(directory, "metrics.jsonl")
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
         guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("\(path): cannot open for appending") }
         handle.seekToEndOfFile()

@@ -27,5 +27,8 @@ final class ActivationArena {
 
     var floatCount: Int { storage.count }
 
+    /// Floats reserved so far, before `allocate` (in Double: a sum that cannot overflow, for the memory check).
+    var reservedFloats: Double { sizes.reduce(0) { $0 + Double($1) + 15 } }
+
     deinit { storage.deallocate() }
 }

@@ -64,19 +64,28 @@ public struct ModelConfig: Codable, Equatable, Sendable {
                   scaleEmbedding: try values.decodeIfPresent(Bool.self, forKey: .scaleEmbedding))
     }
 
+    /// Largest values the keys may take: far beyond any model a CPU trains, and small enough that no size computed
+    /// from them overflows (a config read from a file cannot make the model's arithmetic trap).
+    public static let limits = (vocabSize: 1 << 24, dModel: 1 << 16, dFF: 1 << 20, layers: 1 << 10, maxLength: 1 << 15)
+
     /// Throws `ModelConfigError` naming the first key whose value cannot work.
     public func validate() throws(ModelConfigError) {
         func check(_ condition: Bool, _ key: String, _ message: String) throws(ModelConfigError) {
             if !condition { throw ModelConfigError(key: key, message: message) }
         }
+        let limits = Self.limits
         try check(vocabSize >= 5, "vocab_size", "must be at least 5 (4 special tokens + 1), got \(vocabSize)")
+        try check(vocabSize <= limits.vocabSize, "vocab_size", "must be at most \(limits.vocabSize), got \(vocabSize)")
         try check(dModel >= 2 && dModel % 2 == 0, "d_model", "must be even and at least 2, got \(dModel)")
+        try check(dModel <= limits.dModel, "d_model", "must be at most \(limits.dModel), got \(dModel)")
         try check(heads >= 1, "heads", "must be at least 1, got \(heads)")
         try check(dModel % heads == 0, "heads", "d_model \(dModel) is not divisible by heads \(heads)")
         try check(decoderLayers >= 1, "decoder_layers", "must be at least 1, got \(decoderLayers)")
+        try check(decoderLayers <= limits.layers, "decoder_layers", "must be at most \(limits.layers), got \(decoderLayers)")
         try check(kind == .decoderOnly || encoderLayers >= 1, "encoder_layers", "an encoder-decoder model needs at least 1, got \(encoderLayers)")
-        try check(dFF >= 1, "d_ff", "must be at least 1, got \(dFF)")
-        try check(maxLength >= 1, "max_length", "must be at least 1, got \(maxLength)")
+        try check(encoderLayers >= 0 && encoderLayers <= limits.layers, "encoder_layers", "must be 0 to \(limits.layers), got \(encoderLayers)")
+        try check(dFF >= 1 && dFF <= limits.dFF, "d_ff", "must be 1 to \(limits.dFF), got \(dFF)")
+        try check(maxLength >= 1 && maxLength <= limits.maxLength, "max_length", "must be 1 to \(limits.maxLength), got \(maxLength)")
         try check(dropout >= 0 && dropout < 1, "dropout", "must be in [0, 1), got \(dropout)")
     }
 }

@@ -87,6 +87,9 @@ public final class TransformerModel {
     public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int) throws(ModelConfigError) {
         try config.validate()
         let isEncoderDecoder = config.kind == .encoderDecoder
+        guard maxBatch >= 1 && maxBatch <= 1 << 15 else {
+            throw ModelConfigError(key: "batch_size", message: "batches of \(maxBatch) sequences: must be 1 to \(1 << 15)")
+        }
         guard maxTargetLength >= 1, maxTargetLength <= config.maxLength else {
             throw ModelConfigError(key: "max_length", message: "decoder length \(maxTargetLength) exceeds max_length \(config.maxLength)")
         }
@@ -102,8 +105,6 @@ public final class TransformerModel {
         embedView = layout.view("embed.weight")!
         positionView = layout.view("pos_embed.weight")
         outputView = layout.view(config.tiedEmbeddings ? "embed.weight" : "lm_head.weight")!
-        parameters = Arena(layout: layout)
-        gradients = Arena(layout: layout)
 
         let c = config.dModel
         let sourceLength = isEncoderDecoder ? maxSourceLength : 0
@@ -146,6 +147,13 @@ public final class TransformerModel {
         gradientActivated = activations.reserve(maxRows * config.dFF)
         let longest = max(sourceLength, maxTargetLength)
         attentionScratch = activations.reserve(maxBatch * config.heads * longest * longest)
+        // Everything at once is checked before anything is allocated: a failed allocation would trap.
+        let bytes = (2 * Double(layout.count) + activations.reservedFloats) * Double(MemoryLayout<Float>.stride)
+        if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
+            throw ModelConfigError(key: "d_model", message: shortfall)
+        }
+        parameters = Arena(layout: layout)
+        gradients = Arena(layout: layout)
         activations.allocate()
         self.activations = activations
         sourcePadding = .allocate(capacity: max(1, sourceRows))

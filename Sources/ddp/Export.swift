@@ -24,7 +24,7 @@ struct Export: ParsableCommand {
 
     func run() throws {
         let path = try Checkpoint.resolve(checkpoint)
-        let inputs = [path, checkpoint, (checkpoint as NSString).appendingPathComponent(Checkpoint.latestName)]
+        let inputs = [path, checkpoint, Paths.join(checkpoint, Checkpoint.latestName)]
         try OutputFile.check(output, inputs: inputs)
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         let encoder = JSONEncoder.sortedKeys

@@ -30,11 +30,26 @@ struct Inspect: ParsableCommand {
         let handle = try File.open(file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
+        do { _ = try handle.attributeNames() } catch {
+            print("attributes  NOT READABLE (the file is damaged): \(error.message)")
+        }
+        if (try? handle.hasAttribute(attributeDigestName)) == true {
+            do {
+                try handle.verifySealedAttributes()
+                print("attributes  as written (their digest matches)")
+            } catch {
+                print("attributes  NOT AS WRITTEN: \(error.message)")
+            }
+        }
         let isCheckpoint = (try? handle.stringAttribute("format")) == Checkpoint.format
         if !isCheckpoint || tree {
-            var lines: [String] = []
-            try describe(group: handle, depth: 0, into: &lines)
-            print(lines.joined(separator: "\n"))
+            var listing = Listing()
+            try describe(group: handle, depth: 0, into: &listing)
+            print(listing.lines.joined(separator: "\n"))
+            if listing.omitted > 0 { print("... and \(listing.omitted) more lines not shown") }
+            if !listing.unreadable.isEmpty {
+                print("\nattributes  NOT READABLE in \(file): " + listing.unreadable.joined(separator: "; "))
+            }
         }
         if isCheckpoint {
             describeCheckpoint(file)
@@ -52,7 +67,8 @@ struct Inspect: ParsableCommand {
             let unit = preview.task == .lm ? "documents" : "pairs"
             print("""
 
-                data shard  \(preview.task.rawValue), \(preview.count) \(unit), \(preview.tokens) tokens
+                data shard  \(preview.task.rawValue), \(preview.count) \(unit), \(preview.tokens) tokens, checksums verified, \
+                content digest \(String(preview.digest, radix: 16))
                 tokenizer   \(preview.tokenizer.kind), vocab_size \(preview.tokenizer.vocabularySize)
                 first \(unit):
                 """)
@@ -84,31 +100,63 @@ struct Inspect: ParsableCommand {
                 tokenizer   \(header.tokenizer.map { "\($0.kind), vocab_size \($0.vocabularySize)" } ?? "none stored")
                 config      \(String(decoding: (try? JSONEncoder.sortedKeys.encode(header.config)) ?? Foundation.Data(), as: UTF8.self))
                 """)
-            let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1)
+            let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1, allowNonFinite: true)
             let width = max(6, loaded.layout.views.map(\.name.count).max() ?? 0)
-            print("tensors     \(loaded.layout.views.count), \(loaded.layout.count) parameters, checksums verified")
+            var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+            for byte in UnsafeRawBufferPointer(loaded.parameters.storage) { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+            print("tensors     \(loaded.layout.views.count), \(loaded.layout.count) parameters, checksums verified, "
+                  + "content digest \(String(digest, radix: 16))")
             print("  " + "name".padding(toLength: width, withPad: " ", startingAt: 0) + "  " + "shape".padding(toLength: 14, withPad: " ", startingAt: 0) + "  norm")
+            let nonFinite = Dictionary(uniqueKeysWithValues: Checkpoint.nonFiniteTensors(loaded).map { ($0.name, $0.count) })
             for view in loaded.layout.views {
                 let norm = loaded.parameters[view].reduce(0.0) { $0 + Double($1) * Double($1) }.squareRoot()
                 let shape = "[" + view.shape.map(String.init).joined(separator: ", ") + "]"
                 print("  " + view.name.padding(toLength: width, withPad: " ", startingAt: 0) + "  "
-                      + shape.padding(toLength: 14, withPad: " ", startingAt: 0) + "  " + String(format: "%.6g", norm))
+                      + shape.padding(toLength: 14, withPad: " ", startingAt: 0) + "  " + String(format: "%.6g", norm)
+                      + (nonFinite[view.name].map { "  (\($0) values not finite)" } ?? ""))
+            }
+            if !nonFinite.isEmpty {
+                print("\ncheckpoint  NOT USABLE: parameters that are not finite (NaN or infinity) in "
+                      + nonFinite.keys.sorted().joined(separator: ", ") + "; eval, generate and export refuse it")
             }
         } catch {
             print("\ncheckpoint  NOT USABLE: \(error)")
         }
     }
 
-    private func describe(group: some HDF5Container, depth: Int, into lines: inout [String]) throws {
+    /// What a tree listing has seen: each object once (a hard link to a group above it would otherwise loop), and
+    /// at most `limit` lines.
+    private struct Listing {
+        var lines: [String] = []
+        var visited: Set<[UInt8]> = []
+        var omitted = 0
+        /// Attributes that could not be read ("/path@name: why").
+        var unreadable: [String] = []
+        let limit = 20_000
+
+        mutating func append(_ line: String) {
+            if lines.count < limit { lines.append(line) } else { omitted += 1 }
+        }
+    }
+
+    private func describe(group: some HDF5Container, depth: Int, into listing: inout Listing) throws {
         let indent = String(repeating: "  ", count: depth)
-        lines.append("\(indent)\(group.path == "/" ? "/" : group.path + "/")  group")
-        try describeAttributes(of: group, indent: indent + "  ", into: &lines)
+        listing.append("\(indent)\(group.path == "/" ? "/" : group.path + "/")  group")
+        listing.visited.insert(try group.identity())
+        describeAttributes(of: group, indent: indent + "  ", into: &listing)
         for member in try group.members() {
+            let memberPath = "\(group.path == "/" ? "" : group.path)/\(member.name)"
             switch member.kind {
             case .group:
-                try describe(group: try group.openGroup(member.name), depth: depth + 1, into: &lines)
+                let child = try group.openGroup(member.name)
+                if listing.visited.contains(try child.identity()) {
+                    listing.append("\(indent)  \(memberPath)  (another name for a group listed above: not followed)")
+                } else {
+                    try describe(group: child, depth: depth + 1, into: &listing)
+                }
             case .dataset:
                 let dataset = try group.openDataset(member.name)
+                listing.visited.insert(try dataset.identity())
                 let storage = try dataset.storage()
                 var parts = ["\(indent)  \(dataset.path)  dataset \(dataset.typeDescription)",
                              dataset.shape.isEmpty ? "scalar" : "[" + dataset.shape.map(String.init).joined(separator: ", ") + "]"]
@@ -120,17 +168,33 @@ struct Inspect: ParsableCommand {
                 filters += storage.otherFilters
                 if !filters.isEmpty { parts.append("filters " + filters.joined(separator: ", ")) }
                 parts.append("stored \(formatBytes(storage.storedBytes))")
-                lines.append(parts.joined(separator: "  "))
-                try describeAttributes(of: dataset, indent: indent + "    ", into: &lines)
+                listing.append(parts.joined(separator: "  "))
+                describeAttributes(of: dataset, indent: indent + "    ", into: &listing)
+            case .softLink:
+                listing.append("\(indent)  \(memberPath)  soft link (not followed)")
+            case .externalLink:
+                listing.append("\(indent)  \(memberPath)  external link to another file (not followed; shards and checkpoints "
+                               + "with one are refused)")
             case .other:
-                lines.append("\(indent)  \(group.path == "/" ? "" : group.path)/\(member.name)  (link to no group or dataset)")
+                listing.append("\(indent)  \(memberPath)  (link to no group or dataset)")
             }
         }
     }
 
-    private func describeAttributes(of object: some HDF5Object, indent: String, into lines: inout [String]) throws {
-        for name in try object.attributeNames() {
-            lines.append("\(indent)@\(name) = \(shorten(try object.attribute(name)))")
+    /// The attributes and their values; one that cannot be read is listed with the reason.
+    private func describeAttributes(of object: some HDF5Object, indent: String, into listing: inout Listing) {
+        guard let names = try? object.attributeNames() else {
+            listing.append("\(indent)(attributes unreadable)")
+            listing.unreadable.append("\(object.path): the attribute list")
+            return
+        }
+        for name in names {
+            do {
+                listing.append("\(indent)@\(name) = \(shorten(try object.attribute(name)))")
+            } catch {
+                listing.append("\(indent)@\(name) unreadable: \(error.message)")
+                listing.unreadable.append("\(object.path)@\(name): \(error.message)")
+            }
         }
     }
 

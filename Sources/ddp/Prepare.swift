@@ -83,6 +83,9 @@ struct Prepare: ParsableCommand {
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
         if let maxLength, maxLength < 1 { throw ValidationError("--max-length must be at least 1, got \(maxLength).") }
         if tokenizer == .bpe && vocabSize <= 260 { throw ValidationError("--vocab-size must exceed 260 for bpe, got \(vocabSize).") }
+        if tokenizer == .bpe && vocabSize > 260 + BPE.largestMergeCount {
+            throw ValidationError("--vocab-size must be at most \(260 + BPE.largestMergeCount) for bpe, got \(vocabSize).")
+        }
     }
 
     func run() throws {

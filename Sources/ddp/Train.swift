@@ -1,4 +1,5 @@
 import ArgumentParser
+import Files
 import Foundation
 import MPI
 import Training
@@ -47,7 +48,7 @@ struct Train: ParsableCommand {
 
     func run() throws {
         let run = try RunConfig.load(config, overrides: overrides)
-        let directory = runDir ?? "runs/" + ((config as NSString).lastPathComponent as NSString).deletingPathExtension
+        let directory = runDir ?? "runs/" + Paths.stem(config)
         try withMPI { runtime in
             let world = runtime.world
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in

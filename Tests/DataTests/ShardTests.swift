@@ -105,14 +105,19 @@ final class ShardTests: XCTestCase {
         }
     }
 
-    private func tamper(_ body: (File) throws -> Void) throws -> String {
+    /// A shard changed by `body`; resealed (as a program that writes our format consistently would) unless not.
+    private func tamper(resealing: Bool = true, _ body: (File) throws -> Void) throws -> String {
         try writeSeq2Seq(pairs: [("ab", "cd"), ("e", "f")])
         let name = file("train-00000.h5")
-        try body(try File.open(name, mode: .readWrite))
+        let handle = try File.open(name, mode: .readWrite)
+        try body(handle)
+        if resealing { try handle.sealAttributes() }
         return name
     }
 
     func testWrongSchema() throws {
+        let edited = try tamper(resealing: false) { try $0.setAttribute("task", "lm") }
+        assertDataError([edited, "do not match the digest stored with them"]) { _ = try DataSplit(directory: path, split: "train") }
         let name = try tamper { try $0.setAttribute("format", "something-else") }
         assertDataError([name, "format is 'something-else', expected 'swiftddp-tokens'"]) { _ = try DataSplit(directory: path, split: "train") }
         _ = try tamper { try $0.setAttribute("version", 99) }
@@ -170,7 +175,7 @@ final class ShardTests: XCTestCase {
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file("train-00000.h5"))))
         bytes[chunk.offset + chunk.size / 2] ^= 0x5A  // inside the stored (compressed, checksummed) chunk
         try Data(bytes).write(to: URL(fileURLWithPath: file("train-00000.h5")))
-        assertDataError(["train-00000.h5", "cannot be read (corrupted?)"]) { _ = try DataSplit(directory: path, split: "train", sequenceLength: 16) }
+        assertDataError(["train-00000.h5", "cannot be read (damaged?)"]) { _ = try DataSplit(directory: path, split: "train", sequenceLength: 16) }
     }
 
     /// A dataset written by h5py from the README's schema reads, validates and batches in Swift.

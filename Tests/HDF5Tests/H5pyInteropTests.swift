@@ -99,7 +99,7 @@ final class H5pyInteropTests: XCTestCase {
         let result = try runPython("""
             import sys, h5py, numpy as np
             with h5py.File(sys.argv[1], "r") as f:
-                assert f.attrs["format"] == "swiftddp-tokens", f.attrs["format"]
+                assert f.attrs["format"] == b"swiftddp-tokens", f.attrs["format"]  # fixed-length UTF-8: bytes in h5py
                 assert f.attrs["version"] == 1 and f.attrs["version"].dtype == np.int64
                 assert f.attrs["lr"] == 3e-4
                 assert list(f.attrs["betas"]) == [0.9, 0.98]

@@ -6,6 +6,8 @@ public struct ProcessResult: Sendable {
     public let stdout: String
     public let stderr: String
     public let timedOut: Bool
+    /// Ended by a signal (a crash: SIGSEGV, SIGILL, a Swift trap's SIGTRAP or SIGABRT); `status` is then its number.
+    public var signaled: Bool = false
     public var output: String { stdout + stderr }
 }
 
@@ -54,7 +56,7 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     return ProcessResult(status: process.terminationStatus,
                          stdout: (try? String(contentsOf: outURL, encoding: .utf8)) ?? "",
                          stderr: (try? String(contentsOf: errURL, encoding: .utf8)) ?? "",
-                         timedOut: timedOut)
+                         timedOut: timedOut, signaled: process.terminationReason == .uncaughtSignal)
 }
 
 /// A program on PATH, or nil.

@@ -120,7 +120,7 @@ final class CheckpointTests: XCTestCase {
         var corrupted = [UInt8](bytes)
         corrupted[chunk.offset + chunk.size / 2] ^= 0x10
         try Foundation.Data(corrupted).write(to: URL(fileURLWithPath: corrupt))
-        assertCheckpointError([corrupt, "tensor /params/encoder.layers.0.ffn.fc1.weight cannot be read (corrupted?)"]) {
+        assertCheckpointError([corrupt, "tensor /params/encoder.layers.0.ffn.fc1.weight cannot be read (damaged?)"]) {
             try Checkpoint.load(corrupt, into: fresh)
         }
 
@@ -132,6 +132,7 @@ final class CheckpointTests: XCTestCase {
             let source = try File.open(path)
             for attribute in try source.attributeNames() { try file.setAttribute(attribute, try source.attribute(attribute)) }
             try file.createDataset("params/embed.weight", type: .float32, shape: embedShape)
+                .write([Float](repeating: 0, count: embedShape.reduce(1, *)))
             return target
         }
         let wrongShape = try handmade("wrong-shape.h5", embedShape: [40, 4])

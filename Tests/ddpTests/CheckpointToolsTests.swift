@@ -217,12 +217,20 @@ final class CheckpointToolsTests: XCTestCase {
             with open(path, 'r+b') as raw:
                 raw.seek(offset + 100); data = bytearray(raw.read(8)); raw.seek(offset + 100); raw.write(bytes(b ^ 0xFF for b in data))
             """)
-        try assertEvalFails(["--checkpoint", flipped], mentioning: ["flipped.h5", "/params/encoder.layers.0.ffn.fc2.weight", "corrupted"])
+        try assertEvalFails(["--checkpoint", flipped], mentioning: ["flipped.h5", "/params/encoder.layers.0.ffn.fc2.weight", "damaged"])
 
-        // A config that does not fit the stored tensors (another d_ff).
+        // A config changed after writing: its attributes no longer match their digest.
+        let edited = try damagedCheckpoint("edited", """
+            with h5py.File(path, 'a') as f:
+                config = json.loads(f.attrs['config']); config['training']['steps'] = 61; f.attrs['config'] = json.dumps(config)
+            """)
+        try assertEvalFails(["--checkpoint", edited], mentioning: ["edited.h5", "do not match the digest", "attribute_digest"])
+
+        // A config that does not fit the stored tensors (another d_ff), edited deliberately (digest removed).
         let otherConfig = try damagedCheckpoint("other-config", """
             with h5py.File(path, 'a') as f:
                 config = json.loads(f.attrs['config']); config['model']['d_ff'] = 48; f.attrs['config'] = json.dumps(config)
+                del f.attrs['attribute_digest']
             """)
         try assertEvalFails(["--checkpoint", otherConfig], mentioning: ["other-config.h5", "ffn.fc1.weight", "[48, 32]"])
 

@@ -59,7 +59,8 @@ final class PrepareTests: XCTestCase {
         try """
             import json, sys, h5py
             with h5py.File(sys.argv[1], "r") as f:
-                assert f.attrs["format"] == "swiftddp-tokens" and f.attrs["version"] == 1 and f.attrs["task"] == "seq2seq"
+                # String attributes are fixed-length UTF-8 (kept in the checksummed object header): h5py gives bytes.
+                assert f.attrs["format"].decode() == "swiftddp-tokens" and f.attrs["version"] == 1 and f.attrs["task"].decode() == "seq2seq"
                 assert json.loads(f.attrs["tokenizer"])["kind"] == "byte" and f.attrs["vocab_size"] == 260
                 dec = lambda ids: bytes(int(i) - 4 for i in ids).decode("utf-8")
                 for side in ("source", "target"):

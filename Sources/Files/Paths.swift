@@ -1,0 +1,31 @@
+import SystemPackage
+
+/// Path arithmetic on user-given paths through swift-system's `FilePath`. (Foundation's `NSString` path methods trap
+/// on a one-character relative path such as `--output d` in swift-corelibs-foundation, so SwiftDDP never uses them.)
+public enum Paths {
+    /// `directory/name`.
+    public static func join(_ directory: String, _ name: String) -> String {
+        directory.isEmpty ? name : FilePath(directory).appending(name).string
+    }
+
+    /// The last component ("model.h5" of "runs/a/model.h5"; "" for "" or "/").
+    public static func lastComponent(_ path: String) -> String {
+        FilePath(path).lastComponent?.string ?? ""
+    }
+
+    /// The last component without its extension ("reverse" of "Configs/reverse.yaml").
+    public static func stem(_ path: String) -> String {
+        FilePath(path).stem ?? ""
+    }
+
+    /// The directory holding `path` ("runs/a" of "runs/a/model.h5"; "." for a bare name).
+    public static func parent(_ path: String) -> String {
+        let parent = FilePath(path).removingLastComponent().string
+        return parent.isEmpty ? "." : parent
+    }
+
+    /// `path` with `.`, `..` and repeated separators resolved lexically.
+    public static func normalized(_ path: String) -> String {
+        FilePath(path).lexicallyNormalized().string
+    }
+}
