@@ -168,7 +168,10 @@ public enum Preparer {
             else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
         }
         for file in earlier where !written.contains(file) {
-            try? FileManager.default.removeItem(atPath: Paths.join(options.output, file))
+            let path = Paths.join(options.output, file)
+            // A file named like a shard that this run read (text given as input) is not the earlier dataset's.
+            guard !options.inputs.contains(where: { OutputFile.sameFile($0, path) }) else { continue }
+            try? FileManager.default.removeItem(atPath: path)
         }
     }
 
@@ -193,7 +196,12 @@ public enum Preparer {
                 throw DataError(file: options.output, "cannot create the output directory (in \(parent.isEmpty ? "." : parent)): \(describe(error))")
             }
         }
-        let earlier = ((try? FileManager.default.contentsOfDirectory(atPath: options.output)) ?? []).filter(isShardName).sorted()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: options.output)) ?? []
+        // Temporaries of a prepare that was killed (`OutputFile` names them `.NAME.XXXXXXXX.tmp`): its own leftovers.
+        for name in names where name.hasSuffix(".tmp") && isShardName(String(name.dropFirst().prefix { $0 != "." }) + ".h5") {
+            try? FileManager.default.removeItem(atPath: Paths.join(options.output, name))
+        }
+        let earlier = names.filter(isShardName).sorted()
         if !earlier.isEmpty && !options.overwrite {
             throw DataError(file: options.output, "already holds a dataset (\(earlier.count) shard(s): \(earlier.prefix(3).joined(separator: ", "))"
                                                   + "\(earlier.count > 3 ? ", ..." : "")); give another --output, or --overwrite to replace it")

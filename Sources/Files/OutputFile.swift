@@ -34,7 +34,7 @@ public enum OutputFile {
             case .typeRegular:
                 break
             default:
-                throw FileError(path, "exists and is not a regular file (\(kind.rawValue)); it is not replaced")
+                throw FileError(path, "exists and is not a regular file (\(words(for: kind))); it is not replaced")
             }
             for input in inputs where sameFile(target, input) {
                 throw FileError(path, "is \(input == path ? "an input of this command" : "the input \(input)"); "
@@ -58,7 +58,11 @@ public enum OutputFile {
         let temporary = Paths.join(directory, ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
         var renamed = false
         defer { if !renamed { try? FileManager.default.removeItem(atPath: temporary) } }
-        try body(temporary)
+        do { try body(temporary) } catch {
+            // Name the file the user asked for, not the temporary (which is gone).
+            throw FileError(path, "writing it failed, and nothing was replaced: "
+                            + describe(error).replacingOccurrences(of: temporary, with: path))
+        }
         try sync(temporary)
         guard rename(temporary, target) == 0 else {
             throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
@@ -89,6 +93,19 @@ public enum OutputFile {
             return Paths.normalized(resolved(a)) == Paths.normalized(resolved(b))
         }
         return first == second
+    }
+
+    /// A file type in words.
+    static func words(for kind: FileAttributeType) -> String {
+        switch kind {
+        case .typeCharacterSpecial: return "a character device"
+        case .typeBlockSpecial: return "a block device"
+        case .typeSocket: return "a socket"
+        case .typeSymbolicLink: return "a symbolic link"
+        case .typeDirectory: return "a directory"
+        case .typeRegular: return "a regular file"
+        default: return "a FIFO or other special file"
+        }
     }
 
     /// The file type at `path` (following symbolic links), or nil when nothing is there.
@@ -147,12 +164,15 @@ public func describe(_ error: Error) -> String {
     }
 }
 
-private func describeType(_ type: Any.Type) -> String {
+/// What a value of `type` is, for a message: "an integer", "a number", "a string", ...
+public func describeType(_ type: Any.Type) -> String {
     switch type {
     case is String.Type: return "a string"
     case is Bool.Type: return "true or false"
     case is Int.Type, is Int64.Type, is UInt64.Type, is Int32.Type: return "an integer"
     case is Double.Type, is Float.Type: return "a number"
-    default: return "of the expected kind (\(type))"
+    default:
+        let name = "\(type)"
+        return name == "Scalar" ? "a single value (not a list or a mapping)" : name == "Mapping" ? "a mapping of keys to values" : "of the expected kind (\(name))"
     }
 }

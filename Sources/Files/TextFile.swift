@@ -7,8 +7,12 @@ public enum TextFile {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, "does not exist") }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
-        guard let data = FileManager.default.contents(atPath: path) else { throw FileError(path, "cannot be read (permissions?)") }
-        guard let text = String(data: data, encoding: .utf8) else { throw FileError(path, "is not UTF-8 text") }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }
+        defer { try? handle.close() }
+        let data: Foundation.Data
+        do { data = try handle.readToEnd() ?? Foundation.Data() } catch { throw FileError(path, "cannot be read: \(describe(error))") }
+        guard var text = String(data: data, encoding: .utf8) else { throw FileError(path, "is not UTF-8 text") }
+        if text.hasPrefix("\u{FEFF}") { text.removeFirst() }  // a byte-order mark some editors write
         return text
     }
 
@@ -37,6 +41,37 @@ public enum TextFile {
         }
         if !current.isEmpty { lines.append(String(decoding: current, as: UTF8.self)) }
         return lines
+    }
+
+    /// Reads `handle` (standard input, say) to its end, calling `body` with each line as it completes: the same line
+    /// ends as `lines(_:)`, a byte-order mark before the first line dropped, and nil for a line that is not UTF-8.
+    public static func forEachLine(of handle: FileHandle, _ body: (String?) throws -> Void) throws {
+        var pending: [UInt8] = []
+        var previousWasCR = false, first = true
+        func emit() throws {
+            if first && pending.starts(with: [0xEF, 0xBB, 0xBF]) { pending.removeFirst(3) }
+            first = false
+            try body(String(validating: pending, as: UTF8.self))
+            pending.removeAll(keepingCapacity: true)
+        }
+        while true {
+            let chunk = handle.availableData
+            if chunk.isEmpty { break }
+            for byte in chunk {
+                switch byte {
+                case UInt8(ascii: "\r"):
+                    try emit()
+                    previousWasCR = true
+                    continue
+                case UInt8(ascii: "\n"):
+                    if !previousWasCR { try emit() }
+                default:
+                    pending.append(byte)
+                }
+                previousWasCR = false
+            }
+        }
+        if !pending.isEmpty { try emit() }
     }
 
     /// The lines of the file at `path` (see `lines(_:)`).

@@ -50,10 +50,12 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
         self.stack = stack
     }
 
+    /// The failure in one sentence, with the innermost lines of HDF5's stack (where the cause is) when there is one.
     public var description: String {
         let target = object.map { "\(file):\($0)" } ?? file
         var text = "HDF5 \(operation) failed for \(target): \(message)"
-        for line in stack { text += "\n    \(line)" }
+        let innermost = stack.suffix(2).filter { $0 != message }
+        if !innermost.isEmpty { text += " (HDF5: " + innermost.joined(separator: "; ") + ")" }
         return text
     }
 }
@@ -72,7 +74,13 @@ private let quietErrorsKey: pthread_key_t = {
     return key
 }()
 
+/// HDF5's own clean-up at process exit flushes and closes what is still open; after a failed write (a full disk)
+/// that clean-up crashed HDF5 1.10.8. Every file here is closed explicitly (and a failed one's temporary removed), so
+/// it is turned off before the library's first call.
+private let noCleanupAtExit: Void = { _ = H5dont_atexit() }()
+
 private func silenceAutomaticErrorPrinting() {
+    _ = noCleanupAtExit
     guard pthread_getspecific(quietErrorsKey) == nil else { return }
     H5Eset_auto2(swiftddp_H5E_DEFAULT(), nil, nil)
     pthread_setspecific(quietErrorsKey, UnsafeRawPointer(bitPattern: 1))
@@ -87,11 +95,15 @@ func h5call<R: BinaryInteger>(_ operation: @autoclosure () -> String, _ site: Si
     let result = body()
     if result < 0 {
         let stack = takeErrorStack()
+        if stack.contains(where: { $0.contains("No space left on device") }) {
+            throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
+                            message: "No space left on device (errno 28)")
+        }
         if stack.contains(where: { $0.contains("unable to lock file") }) {
             throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
                             message: "another process holds this file open for writing (HDF5's file lock). Wait for it to "
                                 + "finish; if that process only reads, HDF5_USE_FILE_LOCKING=FALSE in this command's environment "
-                                + "lets readers proceed", stack: stack)
+                                + "lets readers proceed")
         }
         throw HDF5Error(.library, operation: operation(), file: site.file, object: site.object,
                         message: message() ?? stack.last ?? "HDF5 returned an error", stack: stack)

@@ -120,7 +120,8 @@ public final class CollectiveWatchdog: @unchecked Sendable {
                 let waiting = (0..<size).filter { !arrived.contains($0) }
                 fail("collective '\(name)' did not complete within \(timeout) of the last word from any rank"
                      + (silent.isEmpty ? "" : "; no word at all from rank(s) \(silent.map(String.init).joined(separator: ", "))")
-                     + (waiting.isEmpty ? "; every rank had arrived, so the network failed" : "; a rank stalled or the network failed"))
+                     + (waiting.isEmpty ? "; every rank had arrived, so the network failed"
+                        : "; rank(s) \(waiting.map(String.init).joined(separator: ", ")) had not arrived (stalled, or the network failed)"))
             }
             Thread.sleep(forTimeInterval: pause)
             pause = min(0.005, pause * 2)

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import Transformer
 import Yams
@@ -247,7 +248,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
         do {
             config = try YAMLDecoder().decode(RunConfig.self, from: root)
         } catch let error as DecodingError {
-            throw ConfigError(decoding: error, file: file)
+            // A key set on the command line is blamed on its --set, not on the file.
+            let decoded = ConfigError(decoding: error, file: file)
+            if let key = decoded.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) {
+                throw ConfigError(file: "--set \(override)", key: key, message: decoded.message)
+            }
+            throw decoded
         }
         try config.validate(file: file)
         return config
@@ -372,11 +378,16 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
             let parent = path(context)
             self.init(file: file, key: parent.isEmpty ? key.stringValue : "\(parent).\(key.stringValue)", message: "missing")
         case .typeMismatch(let type, let context):
-            self.init(file: file, key: path(context), message: "expected \(type)")
+            self.init(file: file, key: path(context), message: "expected \(describeType(type))")
         case .valueNotFound(let type, let context):
-            self.init(file: file, key: path(context), message: "expected \(type), found nothing")
+            self.init(file: file, key: path(context), message: "expected \(describeType(type)), found nothing")
         case .dataCorrupted(let context):
-            self.init(file: file, key: path(context), message: context.debugDescription)
+            let key = path(context)
+            if let allowed = Self.choices[key] {
+                self.init(file: file, key: key, message: "must be one of \(allowed.joined(separator: ", "))")
+            } else {
+                self.init(file: file, key: key, message: context.debugDescription)
+            }
         @unknown default:
             self.init(file: file, key: nil, message: "\(error)")
         }
@@ -386,4 +397,12 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         if let key { return "\(file): config key '\(key)': \(message)" }
         return "\(file): \(message)"
     }
+
+    /// The values keys that name one of several choices accept (for "must be one of ...").
+    static let choices: [String: [String]] = [
+        "model.kind": ModelConfig.Kind.allCases.map(\.rawValue), "model.activation": ModelConfig.Activation.allCases.map(\.rawValue),
+        "model.norm": ModelConfig.Norm.allCases.map(\.rawValue), "model.positions": ModelConfig.Positions.allCases.map(\.rawValue),
+        "schedule.kind": RunConfig.ScheduleSection.Kind.allCases.map(\.rawValue),
+        "training.grad_compression": GradientCompression.allCases.map(\.rawValue),
+    ]
 }

@@ -21,12 +21,18 @@ public struct RunDirectory: Sendable {
     }
 
     /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from, or "" for a fresh start.
+    /// Temporary files an interrupted checkpoint write left behind (`.checkpoint-*.tmp`, `.latest.*.tmp`) are removed
+    /// first: they are this directory's own leftovers, never a usable checkpoint.
     public func prepare(resume: ResumeMode, overwrite: Bool, log: (String) -> Void) throws -> String {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
         }
-        let latest = try Checkpoint.latest(in: path)
+        removeInterruptedWrites(log: log)
+        let latest: String?
+        do { latest = try Checkpoint.latest(in: path) } catch where resume == .fresh && overwrite {
+            latest = nil  // a `latest` naming a missing file is one more thing --overwrite removes
+        }
         switch resume {
         case .required:
             guard let latest else {
@@ -36,6 +42,15 @@ public struct RunDirectory: Sendable {
             return latest
         case .ifPresent:
             if let latest { return latest }
+            if earlierRunFiles() == ["metrics.jsonl"] {
+                // An attempt that died before its first checkpoint: keep its metrics beside, start again.
+                let kept = firstFreeName("metrics-without-checkpoint", extension: "jsonl")
+                do { try FileManager.default.moveItem(atPath: Paths.join(path, "metrics.jsonl"), toPath: Paths.join(path, kept)) } catch {
+                    throw TrainingError("\(path): cannot set aside metrics.jsonl of an attempt without a checkpoint: \(describe(error))")
+                }
+                log("no checkpoint in \(path): starting a fresh run (metrics of the attempt that wrote none are kept as \(kept))")
+                return ""
+            }
             log("no checkpoint in \(path): starting a fresh run")
         case .fresh:
             break
@@ -43,10 +58,11 @@ public struct RunDirectory: Sendable {
         let earlier = earlierRunFiles()
         guard !earlier.isEmpty else { return "" }
         guard overwrite else {
+            let hasCheckpoint = earlier.contains { $0.hasPrefix("checkpoint-") || $0 == Checkpoint.latestName }
             let step = latest.flatMap { try? Checkpoint.readHeader($0).state.step }.map { " (its latest checkpoint is at step \($0))" } ?? ""
             throw TrainingError("\(path) holds an earlier run\(step): \(earlier.prefix(4).joined(separator: ", "))"
-                                + "\(earlier.count > 4 ? ", ..." : ""). Continue it with --resume, start over with --overwrite "
-                                + "(which deletes those files), or give another --run-dir")
+                                + "\(earlier.count > 4 ? ", ..." : ""). " + (hasCheckpoint ? "Continue it with --resume, start" : "Start")
+                                + " over with --overwrite (which deletes those files), or give another --run-dir")
         }
         for name in earlier {
             let file = Paths.join(path, name)
@@ -56,5 +72,24 @@ public struct RunDirectory: Sendable {
         }
         log("--overwrite: removed the earlier run's \(earlier.joined(separator: ", ")) from \(path)")
         return ""
+    }
+
+    /// Removes the temporary files of checkpoint writes that were killed (`OutputFile` names them `.NAME.XXXXXXXX.tmp`).
+    private func removeInterruptedWrites(log: (String) -> Void) {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).filter {
+            ($0.hasPrefix(".checkpoint-") || $0.hasPrefix(".\(Checkpoint.latestName).")) && $0.hasSuffix(".tmp")
+        }
+        for name in names { try? FileManager.default.removeItem(atPath: Paths.join(path, name)) }
+        if !names.isEmpty { log("removed \(names.count) temporary file(s) an interrupted checkpoint write left in \(path)") }
+    }
+
+    /// `stem.extension`, or `stem-2.extension`, ... : the first name not taken in the directory.
+    private func firstFreeName(_ stem: String, extension suffix: String) -> String {
+        var candidate = "\(stem).\(suffix)", number = 1
+        while FileManager.default.fileExists(atPath: Paths.join(path, candidate)) {
+            number += 1
+            candidate = "\(stem)-\(number).\(suffix)"
+        }
+        return candidate
     }
 }

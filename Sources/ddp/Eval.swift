@@ -1,6 +1,7 @@
 import ArgumentParser
 import Data
 import Foundation
+import Synchronization
 import Kernels
 import MPI
 import Training
@@ -101,7 +102,11 @@ struct Eval: ParsableCommand {
                                       decodeSamples: maxDecode ?? .max, decoding: decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty))
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
-                let report = EvalReport(checkpoint: path, step: header.state.step, data: evaluated.directory, split: evaluated.split,
+                // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
+                let textFiles = [text, source, target].compactMap { $0 }
+                let report = EvalReport(checkpoint: path, step: header.state.step,
+                                        data: textFiles.isEmpty ? evaluated.directory : textFiles.joined(separator: ", "),
+                                        split: textFiles.isEmpty ? evaluated.split : "text",
                                         result: result, decoding: evaluated.task == .seq2seq ? decode.rawValue : nil,
                                         beamSize: decode == .beam ? beamSize : nil, lengthPenalty: decode == .beam ? lengthPenalty : nil)
                 print(json ? try jsonLine(report) : report.table())
@@ -113,7 +118,9 @@ struct Eval: ParsableCommand {
     /// path by the caller, or here when this throws). Errors about text name the user's files, not the shards.
     private func dataSplit(run: RunConfig, header: Checkpoint.Header) throws -> (DataSplit, String?) {
         let isLM = run.model.kind == .decoderOnly
-        let sequenceLength = isLM ? run.data.targetLength : 0
+        // The context length, for a language model's windows; seq2seq data ignores it (and language-model data given to
+        // a seq2seq checkpoint then loads, to be refused as the other task by `check`).
+        let sequenceLength = run.data.targetLength
         guard text != nil || source != nil else {
             return (try DataSplit(directory: data ?? run.data.directory, split: split, sequenceLength: sequenceLength), nil)
         }
@@ -126,6 +133,7 @@ struct Eval: ParsableCommand {
         // Every rank tokenizes the text into shards of its own (node-local temporary storage, cheap next to
         // evaluating them); the same input gives every rank the same shards, or the same error.
         let directory = NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString
+        RemoveOnSignal.directory(directory)
         do {
             var options = PrepareOptions(output: directory)
             options.fixedTokenizer = tokenizer
@@ -166,6 +174,26 @@ struct Eval: ParsableCommand {
     }
 }
 
+/// Removes a temporary directory when SIGINT or SIGTERM ends the command (normal and error exits remove it themselves).
+enum RemoveOnSignal {
+    private static let sources = Mutex<[any DispatchSourceSignal]>([])
+
+    static func directory(_ path: String) {
+        sources.withLock { sources in
+            for signalNumber in [SIGINT, SIGTERM] {
+                signal(signalNumber, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+                source.setEventHandler {
+                    try? FileManager.default.removeItem(atPath: path)
+                    exit(128 + signalNumber)
+                }
+                source.resume()
+                sources.append(source)
+            }
+        }
+    }
+}
+
 /// Input every rank found unusable together (they all read the same files or got rank 0's message).
 struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
     let message: String
@@ -173,7 +201,8 @@ struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
 }
 
 /// What `ddp eval` reports: a table, or with --json one object whose numbers are null where they are not finite
-/// (the perplexity of a diverged model) or undefined (BLEU with no 4-grams; `bleu_unavailable` says why).
+/// (the perplexity of a diverged model), undefined (BLEU with no 4-grams; `bleu_unavailable` says why) or not computed
+/// (a seq2seq evaluation with --max-decode 0).
 struct EvalReport: Encodable {
     let checkpoint: String
     let step: Int
@@ -193,9 +222,11 @@ struct EvalReport: Encodable {
     let beam_size: Int?
     let length_penalty: Double?
     private let result: Evaluation
+    private let isSeq2Seq: Bool
 
     init(checkpoint: String, step: Int, data: String, split: String, result: Evaluation, decoding: String?, beamSize: Int?,
          lengthPenalty: Double?) {
+        isSeq2Seq = decoding != nil
         self.checkpoint = checkpoint
         self.step = step
         self.data = data
@@ -219,6 +250,29 @@ struct EvalReport: Encodable {
     enum CodingKeys: String, CodingKey {
         case checkpoint, step, data, split, loss, perplexity, token_accuracy, tokens, sequences, exact_match, bleu,
              bleu_unavailable, chrf, decoded, decoding, beam_size, length_penalty
+    }
+
+    /// Every key, always: a seq2seq number that was not computed (no example decoded) is null, not missing.
+    func encode(to encoder: Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(checkpoint, forKey: .checkpoint)
+        try container.encode(step, forKey: .step)
+        try container.encode(data, forKey: .data)
+        try container.encode(split, forKey: .split)
+        try container.encode(loss, forKey: .loss)
+        try container.encode(perplexity, forKey: .perplexity)
+        try container.encode(token_accuracy, forKey: .token_accuracy)
+        try container.encode(tokens, forKey: .tokens)
+        try container.encode(sequences, forKey: .sequences)
+        guard isSeq2Seq else { return }
+        try container.encode(exact_match, forKey: .exact_match)
+        try container.encode(bleu, forKey: .bleu)
+        try container.encode(bleu_unavailable, forKey: .bleu_unavailable)
+        try container.encode(chrf, forKey: .chrf)
+        try container.encode(decoded ?? 0, forKey: .decoded)
+        try container.encode(decoding, forKey: .decoding)
+        try container.encode(beam_size, forKey: .beam_size)
+        try container.encode(length_penalty, forKey: .length_penalty)
     }
 
     func table() -> String {

@@ -101,6 +101,8 @@ struct Inspect: ParsableCommand {
                 config      \(String(decoding: (try? JSONEncoder.sortedKeys.encode(header.config)) ?? Foundation.Data(), as: UTF8.self))
                 """)
             let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1, allowNonFinite: true)
+            // The AdamW moments too, so "checksums verified" covers everything --resume reads.
+            try Checkpoint.load(path, into: loaded, optimizer: AdamW(layout: loaded.layout, settings: header.config.optimizer.settings))
             let width = max(6, loaded.layout.views.map(\.name.count).max() ?? 0)
             var digest: UInt64 = 0xCBF2_9CE4_8422_2325
             for byte in UnsafeRawBufferPointer(loaded.parameters.storage) { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }

@@ -71,6 +71,7 @@ struct Prepare: ParsableCommand {
     var overwrite = false
 
     func validate() throws {
+        guard !output.isEmpty else { throw ValidationError("--output is empty; give the directory to write the shards into.") }
         let sources = [synthetic != nil, !input.isEmpty, source != nil || target != nil, tsv != nil].filter { $0 }.count
         guard sources == 1 else {
             throw ValidationError("Give exactly one input: --input FILE... (lm), --source/--target, --tsv, or --synthetic TASK.")

@@ -41,6 +41,7 @@ struct Train: ParsableCommand {
     var overrides: [String] = []
 
     func validate() throws {
+        if let runDir, runDir.isEmpty { throw ValidationError("--run-dir is empty; give a directory for checkpoints and metrics.") }
         guard [resume, resumeIfPresent, overwrite].filter({ $0 }).count <= 1 else {
             throw ValidationError("--resume, --resume-if-present and --overwrite exclude each other.")
         }

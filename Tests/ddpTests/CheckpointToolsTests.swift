@@ -308,6 +308,25 @@ final class CheckpointToolsTests: XCTestCase {
         }
     }
 
+    /// "checksums verified" covers what --resume reads: a damaged AdamW moment makes the checkpoint NOT USABLE.
+    func testInspectReadsTheOptimizerMomentsToo() throws {
+        let damaged = try damagedCheckpoint("damaged-moment", """
+            with h5py.File(path, 'r') as f: offset = f['optimizer/exp_avg_sq/embed.weight'].id.get_chunk_info(0).byte_offset
+            with open(path, 'r+b') as raw:
+                raw.seek(offset + 40); data = bytearray(raw.read(4)); raw.seek(offset + 40); raw.write(bytes(b ^ 0x5A for b in data))
+            """)
+        let result = try runProcess(ddp, ["inspect", damaged])
+        XCTAssertTrue(result.stdout.contains("NOT USABLE") && result.stdout.contains("optimizer/exp_avg_sq/embed.weight"), result.output)
+        XCTAssertFalse(result.stdout.contains("checksums verified"), result.output)
+    }
+
+    /// Without decoding (--max-decode 0) a seq2seq report still holds every key, null where nothing was computed.
+    func testEvalJSONKeepsItsKeysWithoutDecoding() throws {
+        let result = try eval(["--checkpoint", path("reverse-run"), "--max-decode", "0"])
+        for key in ["exact_match", "bleu", "chrf", "decoding"] { XCTAssertTrue(result[key] is NSNull, "\(key): \(String(describing: result[key]))") }
+        XCTAssertEqual(result["decoded"] as? Int, 0)
+    }
+
     // MARK: export
 
     /// The safetensors layout, read back here byte by byte against the checkpoint.

@@ -94,6 +94,41 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: path("corpus.txt"), encoding: .utf8), "one document\n")
     }
 
+    /// A full disk while writing shards (a small tmpfs; needs root): an error naming the shard, no crash, no temporary.
+    func testFullDiskWhilePreparingIsASentence() throws {
+        let full = path("full")
+        try FileManager.default.createDirectory(atPath: full, withIntermediateDirectories: true)
+        let mount = try runProcess(try XCTUnwrap(findOnPath("mount")), ["-t", "tmpfs", "-o", "size=300k", "tmpfs", full])
+        guard mount.status == 0 else { throw XCTSkip("cannot mount a small tmpfs (needs root): \(mount.output)") }
+        defer { _ = try? runProcess(findOnPath("umount") ?? "umount", [full]) }
+        let result = try ddp(["prepare", "--synthetic", "reverse", "--samples", "40000", "--output", full + "/d"])
+        XCTAssertFalse(result.signaled, "crashed:\n\(result.output)")
+        XCTAssertNotEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.stderr.contains("No space left on device") && result.stderr.contains(full + "/d/train-00000.h5"), result.output)
+        XCTAssertFalse(result.stderr.contains(".tmp"), "the message names the file asked for: \(result.output)")
+        XCTAssertEqual(files(in: "full/d").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
+    }
+
+    /// Leftovers of killed writes are removed by the next write into the same place; inputs named like shards are
+    /// not an earlier dataset's.
+    func testLeftoversAreSweptAndInputsKept() throws {
+        try "text".write(toFile: path("data/.train-00000.h5.DEADBEEF.tmp"), atomically: true, encoding: .utf8)
+        try "one document\n\nanother one\n".write(toFile: path("data/valid-00007.h5"), atomically: true, encoding: .utf8)
+        let result = try ddp(["prepare", "--task", "lm", "--input", path("data/valid-00007.h5"), "--valid-fraction", "0",
+                              "--output", path("data"), "--overwrite"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertEqual(files(in: "data"), ["train-00000.h5", "valid-00007.h5"], "the input stays, the old shards and the leftover go")
+
+        XCTAssertEqual(try ddp(["prepare", "--synthetic", "reverse", "--samples", "300", "--max-length", "8", "--valid-fraction", "0.1",
+                                "--output", path("data"), "--overwrite"]).status, 0)
+        XCTAssertEqual(try train(try config(steps: 2), run: "r").status, 0)
+        try "partial".write(toFile: path("r/.checkpoint-00000004.h5.0BADF00D.tmp"), atomically: true, encoding: .utf8)
+        let resumed = try train(try config(steps: 3), run: "r", ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(resumed.stdout.contains("removed 1 temporary file(s) an interrupted checkpoint write left"), resumed.output)
+        XCTAssertFalse(files(in: "r").contains { $0.hasSuffix(".tmp") })
+    }
+
     // MARK: 2. Work is never lost at the end of a run
 
     /// A diverging run whose final evaluation overflows perplexity: the last checkpoint is written first, and
@@ -186,6 +221,22 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(file.stderr.contains("is a file"), file.output)
     }
 
+    /// A requeued job whose first attempt died before its first checkpoint, and a `latest` naming a deleted file.
+    func testResumeIfPresentAndOverwriteAfterAbruptEnds() throws {
+        try FileManager.default.createDirectory(atPath: path("early"), withIntermediateDirectories: true)
+        try #"{"step": 1, "loss": 5.0}"#.write(toFile: path("early/metrics.jsonl"), atomically: true, encoding: .utf8)
+        let requeued = try train(try config(steps: 2), run: "early", ["--resume-if-present"])
+        XCTAssertEqual(requeued.status, 0, requeued.output)
+        XCTAssertTrue(files(in: "early").contains("metrics-without-checkpoint.jsonl"), "the earlier attempt's metrics are kept")
+        XCTAssertEqual(try metricLines("early").filter { $0["loss"] != nil }.count, 2)
+
+        XCTAssertEqual(try train(try config(steps: 2), run: "dangling").status, 0)
+        try FileManager.default.removeItem(atPath: path("dangling/checkpoint-00000002.h5"))
+        let overwritten = try train(try config(steps: 2), run: "dangling", ["--overwrite"])
+        XCTAssertEqual(overwritten.status, 0, overwritten.output)
+        XCTAssertTrue(files(in: "dangling").contains("checkpoint-00000002.h5"))
+    }
+
     func testResumeSaysWhatChangedAndRefusesWhatChangesTheSamples() throws {
         XCTAssertEqual(try train(try config(steps: 4), run: "r").status, 0)
         let batch = try train(try config(steps: 8), run: "r", ["--resume", "--set", "training.batch_size=4"])
@@ -250,6 +301,38 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(generate.stdout.split(separator: "\n", omittingEmptySubsequences: false).count, 4, "three lines out:\n\(generate.stdout)")
         XCTAssertTrue(generate.stderr.contains("standard input line 2") && generate.stderr.contains("1 of 3 input line(s)"), generate.output)
 
+        // Invalid UTF-8 and a byte-order mark on standard input: the mark is dropped, the bad line reported.
+        var bytes = Foundation.Data([0xEF, 0xBB, 0xBF]) + Foundation.Data("abc\n".utf8)
+        bytes += Foundation.Data([0x61, 0xFF, 0x62, 0x0A]) + Foundation.Data("xyz\n".utf8)
+        let input = path("stdin.bin")
+        try bytes.write(to: URL(fileURLWithPath: input))
+        let piped = try runProcess("/bin/sh", ["-c", "exec \"$0\" generate --checkpoint \"$1\" < \"$2\"", ddp, path("m"), input],
+                                   environment: mpiEnvironment)
+        let withBOM = try ddp(["generate", "--checkpoint", path("m"), "--input", "abc"])
+        XCTAssertEqual(piped.stdout.split(separator: "\n", omittingEmptySubsequences: false).first,
+                       withBOM.stdout.split(separator: "\n", omittingEmptySubsequences: false).first, "the mark is not part of the first line")
+        XCTAssertTrue(piped.stderr.contains("standard input line 2: is not UTF-8 text"), piped.output)
+
+        // Text evaluation names its file in the report; too little text says so about that file.
+        let text = try ddp(["eval", "--checkpoint", path("m"), "--source", path("two-lines.txt"), "--target", path("two-lines.txt"), "--json"])
+        let report = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(text.stdout.utf8)) as? [String: Any], text.output)
+        XCTAssertEqual(report["data"] as? String, path("two-lines.txt") + ", " + path("two-lines.txt"))
+        XCTAssertEqual(report["split"] as? String, "text")
+        let nothing = try ddp(["eval", "--checkpoint", path("m"), "--source", "/dev/null", "--target", "/dev/null"])
+        XCTAssertNotEqual(nothing.status, 0)
+        XCTAssertTrue(nothing.stderr.contains("/dev/null"), nothing.output)
+
+        // Empty paths and special files as outputs, and config values of the wrong kind, are sentences.
+        let emptyRun = try ddp(["train", "--config", try config(), "--run-dir", ""])
+        XCTAssertTrue(emptyRun.stderr.contains("--run-dir is empty"), emptyRun.output)
+        let device = try ddp(["export", "--checkpoint", path("m"), "--output", "/dev/null"])
+        XCTAssertTrue(device.stderr.contains("a character device"), device.output)
+        let schedule = try ddp(["train", "--config", try config(), "--run-dir", path("s"), "--set", "schedule.kind=cosin"])
+        XCTAssertTrue(schedule.stderr.contains("--set schedule.kind=cosin") && schedule.stderr.contains("must be one of constant, noam, cosine"),
+                      schedule.output)
+        let batch = try ddp(["train", "--config", try config(), "--run-dir", path("s"), "--set", "training.batch_size=abc"])
+        XCTAssertTrue(batch.stderr.contains("--set training.batch_size=abc") && batch.stderr.contains("expected an integer"), batch.output)
+
         let descriptor = open(path("data/valid-00000.h5"), O_RDWR)
         XCTAssertEqual(flock(descriptor, LOCK_EX), 0)
         let locked = try ddp(["eval", "--checkpoint", path("m")])
@@ -257,7 +340,7 @@ final class NothingLostTests: XCTestCase {
         XCTAssertNotEqual(locked.status, 0)
         XCTAssertTrue(locked.stderr.contains("another process holds this file open for writing"), locked.output)
 
-        for result in [mismatched, generate, locked] {
+        for result in [mismatched, generate, locked, nothing, emptyRun, device, schedule, batch] {
             XCTAssertFalse(result.output.contains("NSCocoaErrorDomain") || result.output.contains("Code="), result.output)
         }
     }

@@ -311,6 +311,7 @@ final class TrainTests: XCTestCase {
             XCTAssertTrue(result.output.contains("rank \(rank): stopping at step 10: checkpoint"), "rank \(rank):\n\(result.output)")
         }
         XCTAssertTrue(result.output.contains("No space left on device"), result.output)
+        XCTAssertFalse(result.output.contains("crashed") || result.output.contains("exited on signal"), "a rank crashed:\n\(result.output)")
         XCTAssertTrue(result.output.contains("the previous checkpoint is untouched"), result.output)
         let latest = try String(contentsOfFile: full + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(latest, "checkpoint-00000005.h5")
