@@ -2,17 +2,16 @@
 # Two-host data-parallel throughput on the test cluster (Launch/test-cluster.sh): `ddp bench step` on W1 and W2 with
 # 2 hosts x 1 rank x 1 thread, against 2 x the single-rank 1-thread figure, on the plain link and with each host's
 # link shaped to RATE (tc tbf), uncompressed and with grad_compression bf16. With --python, PyTorch DDP (gloo,
-# ../shared/bench/torch_ref.py --ddp) is measured the same way. Rounds alternate everything; prints every run,
+# Tests/Reference/bench_step_ref.py --ddp) is measured the same way. Rounds alternate everything; prints every run,
 # then medians and efficiencies. Needs root.
 #   Launch/bench-cluster.sh [--rounds R] [--rate 1gbit] [--side bridge|host] [--verbatim] [--python PY]
-#                           [--torch-ref PATH]
 # --side: where each host's shaper sits (Launch/test-cluster.sh shape): the bridge end of its veth, or its eth0.
 # By default each host gets its own CPU core (test-cluster.sh up --pin) and the shaped links carry TCP offload
 # packets whole (shape without --keep-gso), as separate machines with NICs would. --verbatim measures the bare
 # emulation instead: unpinned hosts sharing both cores with the kernel's software segmentation of every packet.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 rate=1gbit side=bridge python="" torch_ref="$root/../shared/bench/torch_ref.py" pin=--pin gso=""
+rounds=3 rate=1gbit side=bridge python="" torch_ref="$root/Tests/Reference/bench_step_ref.py" pin=--pin gso=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -20,7 +19,6 @@ while (($#)); do
     --side) side="$2"; shift 2 ;;
     --verbatim) pin="" gso=--keep-gso; shift ;;
     --python) python="$2"; shift 2 ;;
-    --torch-ref) torch_ref="$2"; shift 2 ;;
     *) echo "bench-cluster.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -33,7 +31,7 @@ trap '"$cluster" down >/dev/null 2>&1 || true; rm -f "$results"' EXIT
 
 # Each line: IMPLEMENTATION WORKLOAD LINK COMPRESSION JSON
 record() { echo "$1 $2 $3 $4 $5" | tee -a "$results"; }
-torch_ddp() {  # workload
+torch_ddp() {  # config
   MASTER_ADDR=10.231.77.1 MASTER_PORT=$((29500 + RANDOM % 400)) GLOO_SOCKET_IFNAME=eth0 DDP_BIN="$python" \
     "$cluster" mpirun --env MASTER_ADDR --env MASTER_PORT --env GLOO_SOCKET_IFNAME -np 2 --threads 1 -- \
     "$torch_ref" "$1" --threads 1 --ddp 2>/dev/null | grep '^{'
@@ -42,7 +40,7 @@ for round in $(seq "$rounds"); do
   for w in W1 W2; do
     config="$root/Configs/bench-$(echo "$w" | tr 'W' 'w').yaml"
     record ddp "$w" alone none "$("$ddp" bench step --config "$config" --threads 1 --json)"
-    [ -z "$python" ] || record torch "$w" alone none "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "$w" --threads 1 2>/dev/null)"
+    [ -z "$python" ] || record torch "$w" alone none "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "$config" --threads 1 2>/dev/null)"
     for link in plain "$rate"; do
       if [ "$link" = plain ]; then shaping=off; else shaping="$rate"; fi
       "$cluster" shape 1 "$shaping" "$side" $gso; "$cluster" shape 2 "$shaping" "$side" $gso
@@ -50,7 +48,7 @@ for round in $(seq "$rounds"); do
         record ddp "$w" "$link" "$compression" "$("$cluster" mpirun -np 2 --threads 1 -- bench step --config "$config" --threads 1 \
           --json --set "training.grad_compression=$compression" | tail -1)"
       done
-      [ -z "$python" ] || record torch "$w" "$link" none "$(torch_ddp "$w")"
+      [ -z "$python" ] || record torch "$w" "$link" none "$(torch_ddp "$config")"
     done
   done
 done

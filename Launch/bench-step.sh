@@ -1,26 +1,25 @@
 #!/usr/bin/env bash
-# `ddp bench step` against PyTorch's reference (torch_ref.py) on workloads W1 and W2, alternating the two in one
+# `ddp bench step` against PyTorch's reference (Tests/Reference/bench_step_ref.py) on workloads W1 and W2, alternating the two in one
 # session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 #
-#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY|none] [--torch-ref PATH] [--baseline DDP]
+#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY|none] [--baseline DDP]
 #       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another
 #       ddp binary (say, the previous main's release build) runs in the same rounds too, and its ratio to ddp is
 #       printed: how a change moved the speed, measured under the same noise. `--python none` leaves PyTorch out.
-#   Launch/bench-step.sh --ranks N [--rounds R] [--python PY] [--torch-ref PATH]
+#   Launch/bench-step.sh --ranks N [--rounds R] [--python PY]
 #       data parallel, 1 thread per rank: 1 process and N ranks of each (ddp under Launch/mpirun.sh, PyTorch DDP under
 #       torchrun with gloo), tokens/s of all ranks, efficiency = N-rank tokens/s / (N x 1-rank tokens/s), and ddp's
 #       share of the step spent waiting for communication.
 # PY must import torch (a virtual environment outside the repository: pip install torch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/../shared/bench/torch_ref.py" baseline=""
+rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/Tests/Reference/bench_step_ref.py" baseline=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
     --ranks) ranks="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
-    --torch-ref) torch_ref="$2"; shift 2 ;;
     --baseline) baseline="$2"; shift 2 ;;
     *) echo "bench-step.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -30,7 +29,6 @@ if [ "$python" = none ]; then
   (( ranks == 1 )) || { echo "bench-step.sh: --ranks compares with PyTorch DDP; it needs --python" >&2; exit 2; }
 else
   "$python" -c "import torch" 2>/dev/null || { echo "bench-step.sh: $python cannot import torch (use --python, or --python none)" >&2; exit 1; }
-  [ -f "$torch_ref" ] || { echo "bench-step.sh: no torch_ref.py at $torch_ref (use --torch-ref)" >&2; exit 1; }
 fi
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench-step.sh: --baseline $baseline is not an executable" >&2; exit 2; }
 [ -x "$root/.build/release/ddp" ] || "$root/Launch/setup.sh"
@@ -47,7 +45,7 @@ for round in $(seq "$rounds"); do
         record ddp "W$w" "$t" 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
         [ -z "$baseline" ] || record baseline "W$w" "$t" 1 \
           "$("$baseline" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
-        [ "$python" = none ] || record torch "W$w" "$t" 1 "$(OMP_NUM_THREADS=$t "$python" "$torch_ref" "W$w" --threads "$t" 2>/dev/null)"
+        [ "$python" = none ] || record torch "W$w" "$t" 1 "$(OMP_NUM_THREADS=$t "$python" "$torch_ref" "$root/Configs/bench-w$w.yaml" --threads "$t" 2>/dev/null)"
       done
     done
   else
@@ -55,9 +53,9 @@ for round in $(seq "$rounds"); do
       record ddp "W$w" 1 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
       record ddp "W$w" 1 "$ranks" "$("$root/Launch/mpirun.sh" -np "$ranks" --threads 1 bench step \
         --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
-      record torch "W$w" 1 1 "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "W$w" --threads 1 2>/dev/null)"
+      record torch "W$w" 1 1 "$(OMP_NUM_THREADS=1 "$python" "$torch_ref" "$root/Configs/bench-w$w.yaml" --threads 1 2>/dev/null)"
       record torch "W$w" 1 "$ranks" "$(OMP_NUM_THREADS=1 "$python" -m torch.distributed.run --nproc_per_node="$ranks" \
-        "$torch_ref" "W$w" --threads 1 --ddp 2>/dev/null | grep '^{')"
+        "$torch_ref" "$root/Configs/bench-w$w.yaml" --threads 1 --ddp 2>/dev/null | grep '^{')"
     done
   fi
 done

@@ -1,0 +1,169 @@
+"""PyTorch's side of `ddp bench step`: the training step of a run config's model, built from torch.nn's own modules
+as a PyTorch user would build it, timed the same way.
+
+The model comes from the config (Configs/bench-w1.yaml, Configs/bench-w2.yaml, or any run config): an encoder-decoder
+is torch.nn.Transformer (post- or pre-norm, ReLU or GELU) with sinusoidal or learned positions; a decoder-only model
+is a stack of torch.nn.TransformerEncoderLayer under a causal mask (nanoGPT's shape) with a final LayerNorm. Both tie
+the output projection to the embedding when the config does. A step is what `ddp bench step` times: forward,
+cross-entropy (the config's label smoothing), backward, clip_grad_norm_ (the config's clip_norm) and AdamW, on random
+tokens; the median of the timed steps is reported.
+
+Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp]
+       (with --ddp, launch under torchrun or mpirun: each rank takes its own batch and DistributedDataParallel sums
+       gradients)
+Prints one JSON object: impl, workload, threads, world, params, step_s, tokens_per_s (target tokens of all ranks),
+gflops (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as ddp counts).
+"""
+import argparse, contextlib, json, math, os, statistics, time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def read_config(path):
+    """The `section: {key: value}` pairs of a SwiftDDP run config (flat YAML sections; comments dropped)."""
+    sections, current = {}, None
+    for raw in open(path, encoding="utf-8"):
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        if not line.startswith(" "):
+            current = sections.setdefault(line.rstrip(":").strip(), {})
+            continue
+        key, _, value = line.strip().partition(":")
+        value = value.strip()
+        for convert in (int, float):
+            try:
+                value = convert(value)
+                break
+            except ValueError:
+                pass
+        if value in ("true", "false"):
+            value = value == "true"
+        current[key.strip()] = value
+    return sections
+
+
+def sinusoids(length, channels):
+    position = torch.arange(length).unsqueeze(1)
+    angle = position / (10000 ** (torch.arange(0, channels, 2) / channels))
+    table = torch.zeros(length, channels)
+    table[:, 0::2], table[:, 1::2] = torch.sin(angle), torch.cos(angle)
+    return table
+
+
+class Positions(nn.Module):
+    """Token embedding (scaled by sqrt(d_model) when asked) plus sinusoidal or learned positions."""
+
+    def __init__(self, embedding, m):
+        super().__init__()
+        self.embedding, self.scale = embedding, math.sqrt(m["d_model"]) if m["scale"] else 1.0
+        if m.get("positions", "sinusoidal") == "learned":
+            self.table = nn.Parameter(torch.randn(m["max_length"], m["d_model"]) * 0.02)
+        else:
+            self.register_buffer("table", sinusoids(m["max_length"], m["d_model"]))
+
+    def forward(self, tokens):
+        return self.embedding(tokens) * self.scale + self.table[: tokens.shape[1]]
+
+
+class EncoderDecoder(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.embedding = nn.Embedding(m["vocab_size"], m["d_model"])
+        self.embed = Positions(self.embedding, m)
+        self.transformer = nn.Transformer(m["d_model"], m["heads"], m["encoder_layers"], m["decoder_layers"], m["d_ff"],
+                                          dropout=m.get("dropout", 0.0), activation=m.get("activation", "relu"),
+                                          batch_first=True, norm_first=m.get("norm", "post") == "pre")
+        self.head = nn.Linear(m["d_model"], m["vocab_size"], bias=False)
+        if m.get("tied_embeddings", True):
+            self.head.weight = self.embedding.weight
+
+    def forward(self, source, decoder_input):
+        mask = nn.Transformer.generate_square_subsequent_mask(decoder_input.shape[1])
+        return self.head(self.transformer(self.embed(source), self.embed(decoder_input), tgt_mask=mask, tgt_is_causal=True))
+
+
+class DecoderOnly(nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.embedding = nn.Embedding(m["vocab_size"], m["d_model"])
+        self.embed = Positions(self.embedding, m)
+        layer = nn.TransformerEncoderLayer(m["d_model"], m["heads"], m["d_ff"], dropout=m.get("dropout", 0.0),
+                                           activation=m.get("activation", "relu"), batch_first=True,
+                                           norm_first=m.get("norm", "post") == "pre")
+        self.layers = nn.TransformerEncoder(layer, m["decoder_layers"], enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(m["d_model"]) if m.get("norm", "post") == "pre" else nn.Identity()
+        self.head = nn.Linear(m["d_model"], m["vocab_size"], bias=False)
+        if m.get("tied_embeddings", True):
+            self.head.weight = self.embedding.weight
+
+    def forward(self, source, decoder_input):
+        mask = nn.Transformer.generate_square_subsequent_mask(decoder_input.shape[1])
+        return self.head(self.norm(self.layers(self.embed(decoder_input), mask=mask, is_causal=True)))
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--ddp", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = read_config(args.config)
+    m, data, training = config["model"], config.get("data", {}), config["training"]
+    encoder_decoder = m.get("kind", "encoder-decoder") == "encoder-decoder"
+    m["scale"] = m.get("scale_embedding", encoder_decoder)
+    rank, world = 0, 1
+    if args.ddp:
+        # torchrun sets RANK and WORLD_SIZE; under Open MPI's mpirun they come from its own variables.
+        rank = int(os.environ.get("RANK", os.environ.get("OMPI_COMM_WORLD_RANK", 0)))
+        world = int(os.environ.get("WORLD_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", 1)))
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    model = EncoderDecoder(m) if encoder_decoder else DecoderOnly(m)
+    parameters = sum(p.numel() for p in model.parameters())
+    b, t = training["batch_size"], data["target_length"]
+    s = data.get("source_length", 0) if encoder_decoder else 0
+    source = torch.randint(4, m["vocab_size"], (b, s))
+    decoder_input, labels = torch.randint(4, m["vocab_size"], (b, t)), torch.randint(4, m["vocab_size"], (b, t))
+    if args.ddp:
+        model = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.get("optimizer", {}).get("lr", 1e-4)))
+    smoothing, clip = float(training.get("label_smoothing", 0.0)), float(training.get("clip_norm", 1.0))
+    accumulation = int(training.get("grad_accum", 1))
+    times = []
+    for step in range(args.warmup + args.steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        # training.grad_accum micro-batches, as ddp's step takes them; DDP all-reduces only in the last backward.
+        for micro in range(accumulation):
+            last = micro == accumulation - 1
+            with model.no_sync() if args.ddp and not last else contextlib.nullcontext():
+                logits = model(source, decoder_input)
+                loss = F.cross_entropy(logits.reshape(-1, m["vocab_size"]), labels.reshape(-1), label_smoothing=smoothing)
+                loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    tokens = world * accumulation * b * t
+    attention_layers = m.get("encoder_layers", 0) + m["decoder_layers"] * (2 if encoder_decoder else 1)
+    flops = (6 * parameters + 12 * attention_layers * t * m["d_model"]) * tokens
+    if rank == 0:
+        print(json.dumps({"impl": "pytorch-" + torch.__version__, "workload": os.path.basename(args.config), "threads": args.threads,
+                          "world": world, "params": parameters, "step_s": round(seconds, 4),
+                          "tokens_per_s": round(tokens / seconds, 1), "gflops": round(flops / seconds / 1e9, 1)}))
+    if args.ddp:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
