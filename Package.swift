@@ -36,29 +36,33 @@ let package = Package(
         ),
 
         // MARK: Safe Swift layers over the C libraries
-        .target(name: "MPI", dependencies: ["CMPI"]),
+        .target(name: "MPI", dependencies: ["Basics", "CMPI"]),
         .target(name: "HDF5", dependencies: ["CHDF5"]),
 
         // MARK: Files (safe output paths, text from any editor)
         .target(name: "Files", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
 
+        // MARK: Types the model and the data share (special tokens, the batch, the random number generator)
+        .target(name: "Basics"),
+
         // MARK: Model
-        .target(name: "Kernels", dependencies: ["CBLAS"]),
-        .target(name: "Transformer", dependencies: ["Kernels"]),
+        .target(name: "Kernels", dependencies: ["Basics", "CBLAS"]),
+        .target(name: "Transformer", dependencies: ["Basics", "Kernels"]),
 
         // MARK: Data
-        .target(name: "Data", dependencies: ["HDF5", "Files"]),
+        .target(name: "Data", dependencies: ["Basics", "HDF5", "Files"]),
 
         // MARK: Training
         .target(
             name: "Training",
-            dependencies: ["MPI", "HDF5", "Kernels", "Transformer", "Data", "Files", .product(name: "Yams", package: "Yams")]
+            dependencies: ["Basics", "MPI", "HDF5", "Kernels", "Transformer", "Data", "Files", .product(name: "Yams", package: "Yams")]
         ),
 
         // MARK: Command line
         .executableTarget(
             name: "ddp",
             dependencies: [
+                "Basics",
                 "MPI",
                 "HDF5",
                 "Kernels",
@@ -80,20 +84,21 @@ let package = Package(
         // Run under real `mpirun` by TrainingTests: bucketed, overlapped gradient all-reduce.
         .executableTarget(
             name: "training-checks",
-            dependencies: ["MPI", "Transformer", "Training"],
+            dependencies: ["Basics", "MPI", "Transformer", "Training"],
             path: "Tests/TrainingChecks"
         ),
         // Process running, product lookup and mpirun arguments shared by the tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "BasicsTests", dependencies: ["Basics"]),
         .testTarget(name: "CLibraryTests", dependencies: ["CMPI", "CHDF5", "CBLAS"]),
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
         .testTarget(name: "FilesTests", dependencies: ["Files"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "HDF5", "Training", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Transformer", "Kernels", "Data", "HDF5", "TestSupport"]),
-        .testTarget(name: "TransformerTests", dependencies: ["Transformer", "Kernels", "HDF5", "TestSupport"],
+        .testTarget(name: "DataTests", dependencies: ["Basics", "Data", "HDF5", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Basics", "Training", "Transformer", "Kernels", "Data", "HDF5", "TestSupport"]),
+        .testTarget(name: "TransformerTests", dependencies: ["Basics", "Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "ddpTests", dependencies: ["HDF5", "TestSupport"]),
+        .testTarget(name: "ddpTests", dependencies: ["Basics", "HDF5", "TestSupport"]),
     ]
 )

@@ -1,3 +1,5 @@
+import Basics
+
 /// Byte-level byte-pair encoding: merges learned from text, applied greedily by rank.
 ///
 /// Text is first cut into pieces (a run of letters/digits/other with the spaces before it, GPT-2 style) so that
@@ -20,6 +22,8 @@ public struct BPE: Equatable, Sendable {
         let a: Int32, b: Int32
     }
 
+    /// A BPE with `merges` in rank order, each joining two ids below its own (260 + its index); builds the merge ranks
+    /// and each id's byte expansion. Unchecked: `Tokenizer(json:)` validates merges read from a file.
     public init(merges: [(Int32, Int32)]) {
         self.merges = merges
         var rank: [Pair: Int32] = [:]
@@ -32,6 +36,7 @@ public struct BPE: Equatable, Sendable {
         self.expansions = expansions
     }
 
+    /// Two BPEs are equal when they have the same merges in the same order.
     public static func == (lhs: BPE, rhs: BPE) -> Bool {
         lhs.merges.count == rhs.merges.count && zip(lhs.merges, rhs.merges).allSatisfy { $0 == $1 }
     }
@@ -43,6 +48,8 @@ public struct BPE: Equatable, Sendable {
 
     // MARK: Encoding
 
+    /// The token ids of `text`'s UTF-8 bytes: each piece is encoded separately by repeatedly applying its lowest-ranked
+    /// merge; no BOS or EOS is added.
     public func encode(_ text: String) -> [Int32] {
         var output: [Int32] = []
         var cache: [ArraySlice<UInt8>: [Int32]] = [:]
@@ -68,23 +75,27 @@ public struct BPE: Equatable, Sendable {
                 if let r = rank[Pair(a: ids[i], b: ids[i + 1])], r < (best?.rank ?? .max) { best = (r, i) }
             }
             guard let best else { break }
-            let merged = Tokenizer.firstByteID + 256 + best.rank
             let (a, b) = merges[Int(best.rank)]
-            var next: [Int32] = []
-            next.reserveCapacity(ids.count)
-            var i = 0
-            while i < ids.count {
-                if i < ids.count - 1 && ids[i] == a && ids[i + 1] == b {
-                    next.append(merged)
-                    i += 2
-                } else {
-                    next.append(ids[i])
-                    i += 1
-                }
-            }
-            ids = next
+            ids = Self.replacing(Pair(a: a, b: b), with: Tokenizer.firstByteID + 256 + best.rank, in: ids)
         }
         return ids
+    }
+
+    /// `ids` with every occurrence of `pair`, left to right and not overlapping, replaced by `id`.
+    static func replacing(_ pair: Pair, with id: Int32, in ids: [Int32]) -> [Int32] {
+        var result: [Int32] = []
+        result.reserveCapacity(ids.count)
+        var i = 0
+        while i < ids.count {
+            if i < ids.count - 1 && ids[i] == pair.a && ids[i + 1] == pair.b {
+                result.append(id)
+                i += 2
+            } else {
+                result.append(ids[i])
+                i += 1
+            }
+        }
+        return result
     }
 
     /// Cuts bytes into pieces: spaces attach to the following run; a run is letters/digits (ASCII or any
@@ -124,27 +135,52 @@ public struct BPE: Equatable, Sendable {
             for piece in pieces(Array(text.utf8)) { counts[piece, default: 0] += 1 }
         }
         let sortedPieces = counts.keys.sorted { $0.lexicographicallyPrecedes($1) }  // fixed order: determinism
-        var words: [[Int32]] = sortedPieces.map { $0.map { Int32($0) + Tokenizer.firstByteID } }
-        let frequency = sortedPieces.map { counts[$0]! }
-
-        var pairCounts: [Pair: Int] = [:]
-        var wordsWithPair: [Pair: Set<Int>] = [:]
-        for (w, word) in words.enumerated() where word.count > 1 {
-            for i in 0..<(word.count - 1) {
-                let pair = Pair(a: word[i], b: word[i + 1])
-                pairCounts[pair, default: 0] += frequency[w]
-                wordsWithPair[pair, default: []].insert(w)
-            }
-        }
-
+        var statistics = PairStatistics(words: sortedPieces.map { $0.map { Int32($0) + Tokenizer.firstByteID } },
+                                        frequency: sortedPieces.map { counts[$0]! })
         var merges: [(Int32, Int32)] = []
         // Bytes per token id (index id − 4), so no merge makes a token longer than a reader accepts.
         var lengths = [Int](repeating: 1, count: 256)
         func length(_ id: Int32) -> Int { lengths[Int(id - Tokenizer.firstByteID)] }
         var total = 256
         while merges.count < target {
+            let best = statistics.mostFrequentPair { length($0.a) + length($0.b) <= longestToken }
+            guard let chosen = best, chosen.count >= 2, total + length(chosen.pair.a) + length(chosen.pair.b) <= largestTable else { break }
+            merges.append((chosen.pair.a, chosen.pair.b))
+            lengths.append(length(chosen.pair.a) + length(chosen.pair.b))
+            total += lengths.last!
+            statistics.merge(chosen.pair, into: Tokenizer.firstByteID + 256 + Int32(merges.count - 1))
+        }
+        return BPE(merges: merges)
+    }
+
+    /// The training corpus as unique words (pieces) of ids with their frequencies, and how often each adjacent pair
+    /// occurs, kept up to date as merges are applied.
+    struct PairStatistics {
+        private var words: [[Int32]]
+        private let frequency: [Int]
+        private var pairCounts: [Pair: Int] = [:]
+        private var wordsWithPair: [Pair: Set<Int>] = [:]
+
+        init(words: [[Int32]], frequency: [Int]) {
+            self.words = words
+            self.frequency = frequency
+            for w in words.indices { count(w, by: 1) }
+        }
+
+        /// Adds the pairs of word `w`, `sign` times its frequency.
+        private mutating func count(_ w: Int, by sign: Int) {
+            let word = words[w]
+            for i in 0..<max(0, word.count - 1) {
+                let pair = Pair(a: word[i], b: word[i + 1])
+                pairCounts[pair, default: 0] += sign * frequency[w]
+                if sign > 0 { wordsWithPair[pair, default: []].insert(w) }
+            }
+        }
+
+        /// The most frequent pair that `allowed` accepts, ties going to the smaller (a, b); nil when none occurs.
+        func mostFrequentPair(allowed: (Pair) -> Bool) -> (pair: Pair, count: Int)? {
             var best: (pair: Pair, count: Int)?
-            for (pair, count) in pairCounts where count > 0 && length(pair.a) + length(pair.b) <= longestToken {
+            for (pair, count) in pairCounts where count > 0 && allowed(pair) {
                 if let current = best {
                     if count > current.count || (count == current.count && (pair.a, pair.b) < (current.pair.a, current.pair.b)) {
                         best = (pair, count)
@@ -153,39 +189,18 @@ public struct BPE: Equatable, Sendable {
                     best = (pair, count)
                 }
             }
-            guard let chosen = best, chosen.count >= 2, total + length(chosen.pair.a) + length(chosen.pair.b) <= largestTable else { break }
-            let newID = Tokenizer.firstByteID + 256 + Int32(merges.count)
-            merges.append((chosen.pair.a, chosen.pair.b))
-            lengths.append(length(chosen.pair.a) + length(chosen.pair.b))
-            total += lengths.last!
-            for w in (wordsWithPair[chosen.pair] ?? []).sorted() {
-                let word = words[w]
-                // Remove this word's old pairs, merge, add its new pairs.
-                for i in 0..<(word.count - 1) {
-                    let pair = Pair(a: word[i], b: word[i + 1])
-                    pairCounts[pair, default: 0] -= frequency[w]
-                }
-                var merged: [Int32] = []
-                var i = 0
-                while i < word.count {
-                    if i < word.count - 1 && word[i] == chosen.pair.a && word[i + 1] == chosen.pair.b {
-                        merged.append(newID)
-                        i += 2
-                    } else {
-                        merged.append(word[i])
-                        i += 1
-                    }
-                }
-                words[w] = merged
-                for i in 0..<max(0, merged.count - 1) {
-                    let pair = Pair(a: merged[i], b: merged[i + 1])
-                    pairCounts[pair, default: 0] += frequency[w]
-                    wordsWithPair[pair, default: []].insert(w)
-                }
-            }
-            pairCounts[chosen.pair] = nil
-            wordsWithPair[chosen.pair] = nil
+            return best
         }
-        return BPE(merges: merges)
+
+        /// Replaces `pair` by `id` in every word holding it, updating the counts.
+        mutating func merge(_ pair: Pair, into id: Int32) {
+            for w in (wordsWithPair[pair] ?? []).sorted() {
+                count(w, by: -1)
+                words[w] = BPE.replacing(pair, with: id, in: words[w])
+                count(w, by: 1)
+            }
+            pairCounts[pair] = nil
+            wordsWithPair[pair] = nil
+        }
     }
 }

@@ -1,26 +1,6 @@
+import Basics
 import Foundation
 import HDF5
-
-/// One rank's micro-batch, framed (DESIGN.md) and padded with PAD to the batch's longest sequence.
-///   seq2seq: source = tokens + EOS; decoder input = BOS + target; labels = target + EOS.
-///   lm: decoder input = window[:-1]; labels = window[1:].
-public struct TokenBatch: Sendable, Equatable {
-    public var batchSize: Int
-    public var sourceLength: Int
-    public var targetLength: Int
-    public var source: [Int32]
-    public var decoderInput: [Int32]
-    public var labels: [Int32]
-    /// Real (non-PAD) label tokens: the count the loss is normalised by.
-    public var targetTokens: Int
-    /// Which global samples this batch holds.
-    public var samples: [Int]
-
-    /// [B,S]: true for real source tokens, false for padding (the encoder's key padding mask, negated).
-    public var sourceMask: [Bool] { source.map { $0 != SpecialToken.pad } }
-    /// [B,T]: true where a label counts in the loss.
-    public var targetMask: [Bool] { labels.map { $0 != SpecialToken.pad } }
-}
 
 /// Reads samples by global index from a split's files (hyperslabs: only what is asked for). Owns HDF5 handles,
 /// so it lives on one thread: the loader's.
@@ -33,6 +13,9 @@ public final class SampleReader {
     /// seq2seq offsets per shard (small; read once).
     private let sourceOffsets: [[Int64]], targetOffsets: [[Int64]]
 
+    /// Opens every shard of `split` and its token datasets ("tokens", or "source/tokens" and "target/tokens") and reads
+    /// the seq2seq offsets; throws `DataError` naming the shard when a file cannot be opened, a dataset is missing or
+    /// the offsets cannot be read.
     public init(split: DataSplit) throws {
         self.split = split
         var starts: [Int] = [], sourceOffsets: [[Int64]] = [], targetOffsets: [[Int64]] = []
@@ -141,10 +124,8 @@ public final class SampleReader {
         func padded(_ rows: [[Int32]], to length: Int) -> [Int32] {
             rows.flatMap { $0 + [Int32](repeating: SpecialToken.pad, count: length - $0.count) }
         }
-        let flatLabels = padded(labels, to: t)
         return TokenBatch(batchSize: indices.count, sourceLength: s, targetLength: t, source: padded(sources, to: s),
-                          decoderInput: padded(inputs, to: t), labels: flatLabels,
-                          targetTokens: flatLabels.reduce(0) { $0 + ($1 == SpecialToken.pad ? 0 : 1) }, samples: indices)
+                          decoderInput: padded(inputs, to: t), labels: padded(labels, to: t), samples: indices)
     }
 }
 

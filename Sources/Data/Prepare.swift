@@ -1,3 +1,4 @@
+import Basics
 import Files
 import Foundation
 
@@ -12,19 +13,19 @@ public enum SyntheticTask: String, CaseIterable, Sendable {
     /// "123+4567" → "4690"
     case addition
 
-    /// `count` (source, target) pairs; random letters (or numbers) of 1 ... `maxLength` characters.
-    public func pairs(count: Int, seed: UInt64, maxLength: Int) -> [(String, String)] {
-        var random = Mix64(state: seed ^ 0x5EED_0000_0000_0000 &+ UInt64(SyntheticTask.allCases.firstIndex(of: self)!))
+    /// `count` (source, target) pairs; random letters (or numbers) of 1 ... `maxCharacters` characters.
+    public func pairs(count: Int, seed: UInt64, maxCharacters: Int) -> [(String, String)] {
+        var random = SplitMix64(seed: seed ^ 0x5EED_0000_0000_0000 &+ UInt64(SyntheticTask.allCases.firstIndex(of: self)!))
         func uniform(_ bound: Int) -> Int { Int(random.next() % UInt64(bound)) }
         let letters = Array("abcdefghijklmnopqrstuvwxyz")
         return (0..<count).map { _ in
             switch self {
             case .reverse, .copy, .sort:
-                let source = String((0..<(1 + uniform(max(1, maxLength)))).map { _ in letters[uniform(letters.count)] })
+                let source = String((0..<(1 + uniform(max(1, maxCharacters)))).map { _ in letters[uniform(letters.count)] })
                 let target = self == .reverse ? String(source.reversed()) : self == .copy ? source : String(source.sorted())
                 return (source, target)
             case .addition:
-                let digits = max(1, (maxLength - 1) / 2)
+                let digits = max(1, (maxCharacters - 1) / 2)
                 let limit = Int(pow(10, Double(min(digits, 9))))
                 let a = uniform(limit), b = uniform(limit)
                 return ("\(a)+\(b)", "\(a + b)")
@@ -35,36 +36,52 @@ public enum SyntheticTask: String, CaseIterable, Sendable {
 
 /// How `ddp prepare` turns text into shards.
 public struct PrepareOptions: Sendable {
+    /// The tokenizer to build (`--tokenizer`): byte (260 ids) or BPE trained on the input text.
     public enum TokenizerKind: String, CaseIterable, Sendable { case byte, bpe }
+    /// The directory the shards are written into (`--output`); created when missing.
     public var output: String
+    /// Which tokenizer to build (`--tokenizer`, default byte); ignored when `fixedTokenizer` is set.
     public var tokenizer: TokenizerKind = .byte
     /// Encode with this tokenizer instead of building one (evaluating text with a checkpoint's own tokenizer).
     public var fixedTokenizer: Tokenizer?
     /// Target vocabulary for BPE (specials and bytes included).
     public var vocabularySize = 4096
+    /// Shards per split (`--shards`, default 1); a split with fewer samples gets one shard per sample.
     public var shards = 1
+    /// The fraction of documents or pairs that go to the valid split (`--valid-fraction`, default 0.05).
     public var validFraction = 0.05
+    /// Seeds the shuffle that chooses the valid samples (`--seed`, default 0).
     public var seed: UInt64 = 0
     /// seq2seq: pairs whose source or target has more tokens are dropped and counted (or an error, see below).
-    public var maxLength: Int?
+    public var maxPairTokens: Int?
+    /// seq2seq: a pair over `maxPairTokens` is an error instead of being dropped.
     public var failOnLong = false
     /// The files read (text, parallel text): a shard is never written over one of them.
     public var inputs: [String] = []
     /// Replace the shards of an earlier dataset in `output` (refused without it).
     public var overwrite = false
 
+    /// Options for writing into `output`, every other option at its default.
     public init(output: String) { self.output = output }
 }
 
 /// What `ddp prepare` wrote.
 public struct PrepareSummary: Sendable, CustomStringConvertible {
+    /// The task of the shards written.
     public var task: DatasetTask
+    /// The tokenizer the shards were encoded with (built, or the fixed one given).
     public var tokenizer: Tokenizer
+    /// Documents (lm) or pairs (seq2seq) written to each split.
     public var trainSamples = 0, validSamples = 0
+    /// Tokens written to each split: the documents' tokens plus one EOS per document for lm, source and target tokens
+    /// together for seq2seq.
     public var trainTokens = 0, validTokens = 0
+    /// Files written for each split.
     public var trainShards = 0, validShards = 0
+    /// seq2seq: pairs left out because a side had more than `maxPairTokens` tokens.
     public var dropped = 0
 
+    /// The summary as `ddp prepare` prints it: one line per split, and the dropped pairs for seq2seq.
     public var description: String {
         let unit = task == .lm ? "documents" : "pairs"
         var text = """
@@ -77,6 +94,7 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
     }
 }
 
+/// Turns text (documents, parallel files, TSV pairs) into tokenized train and valid shards, for `ddp prepare`.
 public enum Preparer {
     /// Documents of a text: runs of non-empty lines; blank lines separate documents. Lines end in LF, CRLF or CR,
     /// and a document's lines are joined with "\n".
@@ -132,7 +150,7 @@ public enum Preparer {
         if options.validFraction > 0 && count >= 2 { validCount = max(1, validCount) }
         validCount = min(validCount, max(0, count - 1))  // train keeps at least one
         var order = Array(0..<count)
-        var random = Mix64(state: options.seed)
+        var random = SplitMix64(seed: options.seed)
         for i in stride(from: count - 1, to: 0, by: -1) { order.swapAt(i, Int(random.next() % UInt64(i + 1))) }
         let valid = Set(order.prefix(validCount))
         return ((0..<count).filter { !valid.contains($0) }, (0..<count).filter { valid.contains($0) })
@@ -240,7 +258,7 @@ public enum Preparer {
         var dropped = 0
         for (number, pair) in pairs.enumerated() {
             let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
-            if let limit = options.maxLength, source.count > limit || target.count > limit {
+            if let limit = options.maxPairTokens, source.count > limit || target.count > limit {
                 if options.failOnLong {
                     throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over --max-length \(limit)")
                 }

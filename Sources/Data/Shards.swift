@@ -1,8 +1,9 @@
+import Basics
 import Files
 import Foundation
 import HDF5
 
-/// What a data file holds (DESIGN.md "Data"; README "Data files" documents it for h5py users).
+/// What a data file holds (README.md, "Data files", documents the schema for h5py users).
 public enum DatasetTask: String, Sendable, CaseIterable {
     /// `/tokens`: one stream, EOS between documents; sample i is a window of seq_len + 1 tokens at i·seq_len.
     case lm
@@ -10,19 +11,25 @@ public enum DatasetTask: String, Sendable, CaseIterable {
     case seq2seq
 }
 
+/// The root "format" attribute of every data file; a file with another value is not read as data.
 public let dataFormat = "swiftddp-tokens"
+/// The root "version" attribute of the data files this build writes and reads; other versions are refused.
 public let dataFormatVersion: Int64 = 1
 
 /// A problem with a data directory or file, naming the file and what was expected.
 public struct DataError: Error, CustomStringConvertible, Sendable {
+    /// The data file or directory at fault (for several files, their paths joined with ", ").
     public let file: String
+    /// What is wrong with it, as a clause that follows the path.
     public let message: String
 
+    /// An error about `file`; `message` continues the sentence after the path.
     public init(file: String, _ message: String) {
         self.file = file
         self.message = message
     }
 
+    /// "file: message".
     public var description: String { "\(file): \(message)" }
 }
 
@@ -104,8 +111,12 @@ func forEachBlock<T: HDF5Scalar>(of dataset: Dataset, _ name: String, as type: T
 
 /// One validated data file and how many samples it holds.
 public struct Shard: Sendable {
+    /// The file's path (the data directory joined with its name).
     public let path: String
+    /// The file's "task" attribute.
     public let task: DatasetTask
+    /// Samples the file yields: pairs for seq2seq; for lm, windows of seq_len + 1 tokens at multiples of seq_len,
+    /// (tokens − 1) / seq_len of them.
     public let samples: Int
     /// Real tokens in the file (all of them for seq2seq, the stream length for lm).
     public let tokens: Int
@@ -113,14 +124,20 @@ public struct Shard: Sendable {
 
 /// A split (`train` or `valid`) of a dataset directory, every file validated before training starts.
 public struct DataSplit: Sendable {
+    /// The dataset directory the shards were found in ("" for a split made from one file).
     public let directory: String
+    /// The split's name, the prefix of its files: "train" or "valid" ("" for a split made from one file).
     public let split: String
+    /// The task every shard of the split holds.
     public let task: DatasetTask
+    /// The tokenizer every shard of the split was written with (from their "tokenizer" attributes).
     public let tokenizer: Tokenizer
+    /// The split's files in name order; global sample indices run through them in this order.
     public let shards: [Shard]
     /// LM context: samples are windows of `sequenceLength + 1` tokens (0 for seq2seq).
     public let sequenceLength: Int
 
+    /// Samples in all shards together: the size of the sampler's global index space.
     public var samples: Int { shards.reduce(0) { $0 + $1.samples } }
 
     /// Opens `directory/split-*.h5` and validates every file: format and version, task, dtypes, offsets monotonic
@@ -163,13 +180,48 @@ public struct DataSplit: Sendable {
         }
     }
 
+    /// One file checked against the schema (every attribute, dataset type, token id and offset), read in bounded
+    /// blocks; `sequenceLength` is an lm dataset's context. Throws `DataError` naming the file and what is wrong.
     static func validate(_ path: String, sequenceLength: Int) throws -> (Shard, Tokenizer) {
-        let file: File
-        do { file = try File.open(path) } catch { throw DataError(file: path, error.message) }
-        func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
-            guard (try? file.hasAttribute(name)) == true else { throw DataError(file: path, "missing root attribute '\(name)'") }
-            do { return try read(name) } catch { throw DataError(file: path, "root attribute '\(name)': \(error.message)") }
+        var file = try ShardValidator(path: path)
+        let (task, tokenizer) = try file.header()
+        switch task {
+        case .lm:
+            guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
+            let tokens = try file.validateTokens("tokens")
+            let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens), tokenizer)
+        case .seq2seq:
+            let source = try file.validateTokens("source/tokens"), target = try file.validateTokens("target/tokens")
+            let sources = try file.validateOffsets("source/offsets", tokens: source)
+            let targets = try file.validateOffsets("target/offsets", tokens: target)
+            guard sources == targets else {
+                throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
+            }
+            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target), tokenizer)
         }
+    }
+}
+
+/// One data file checked against the schema; every error is a `DataError` naming the file.
+private struct ShardValidator {
+    let path: String
+    let file: File
+    /// The root attribute `vocab_size` once `header()` has read it.
+    private(set) var vocabularySize: Int64 = 0
+
+    init(path: String) throws {
+        self.path = path
+        do { file = try File.open(path) } catch { throw DataError(file: path, error.message) }
+    }
+
+    private func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
+        guard (try? file.hasAttribute(name)) == true else { throw DataError(file: path, "missing root attribute '\(name)'") }
+        do { return try read(name) } catch { throw DataError(file: path, "root attribute '\(name)': \(error.message)") }
+    }
+
+    /// The root attributes: format, version, task, vocabulary size and tokenizer, each checked and consistent.
+    mutating func header() throws -> (DatasetTask, Tokenizer) {
         do { try file.verifySealedAttributes() } catch { throw DataError(file: path, error.message) }
         let format = try attribute("format", file.stringAttribute)
         guard format == dataFormat else { throw DataError(file: path, "format is '\(format)', expected '\(dataFormat)'") }
@@ -179,7 +231,7 @@ public struct DataSplit: Sendable {
         }
         let taskName = try attribute("task", file.stringAttribute)
         guard let task = DatasetTask(rawValue: taskName) else { throw DataError(file: path, "task '\(taskName)' is not lm or seq2seq") }
-        let vocabularySize = try attribute("vocab_size", file.int64Attribute)
+        vocabularySize = try attribute("vocab_size", file.int64Attribute)
         guard (1...Int64(1 << 31)).contains(vocabularySize) else {
             throw DataError(file: path, "vocab_size \(vocabularySize) is not a vocabulary size (1 to 2^31)")
         }
@@ -189,69 +241,61 @@ public struct DataSplit: Sendable {
         guard tokenizer.vocabularySize == vocabularySize else {
             throw DataError(file: path, "vocab_size \(vocabularySize) differs from the tokenizer's \(tokenizer.vocabularySize)")
         }
+        return (task, tokenizer)
+    }
 
-        func open(_ name: String, _ type: ElementType, _ description: String) throws -> Dataset {
-            let dataset: Dataset
-            do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name) (\(error.message))") }
-            guard dataset.elementType == type, dataset.shape.count == 1 else {
-                throw DataError(file: path, "/\(name) must be \(description), found \(dataset.typeDescription) \(dataset.shape)")
-            }
-            do { try dataset.requireStored() } catch { throw DataError(file: path, "/\(name) \(error.message)") }
-            return dataset
+    private func open(_ name: String, _ type: ElementType, _ description: String) throws -> Dataset {
+        let dataset: Dataset
+        do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name) (\(error.message))") }
+        guard dataset.elementType == type, dataset.shape.count == 1 else {
+            throw DataError(file: path, "/\(name) must be \(description), found \(dataset.typeDescription) \(dataset.shape)")
         }
-        /// Every token id in range, read in blocks (memory stays flat on multi-gigabyte shards); returns the count.
-        func validateTokens(_ name: String) throws -> Int {
-            let dataset = try open(name, .int32, "1-D int32")
-            try forEachBlock(of: dataset, name, as: Int32.self) { block, start in
-                if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
-                    throw DataError(file: path, "/\(name)[\(start + bad)] = \(block[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
-                }
-            }
-            return dataset.shape[0]
-        }
-        /// Offsets start at 0, never decrease and end at the token count, checked in blocks; returns the sequence count.
-        func validateOffsets(_ name: String, tokens: Int) throws -> Int {
-            let dataset = try open(name, .int64, "1-D int64 with at least one entry")
-            guard dataset.shape[0] >= 1 else { throw DataError(file: path, "/\(name) must have at least one entry, found none") }
-            var previous: Int64 = 0
-            try forEachBlock(of: dataset, name, as: Int64.self) { block, start in
-                if start == 0 && block[0] != 0 { throw DataError(file: path, "/\(name)[0] is \(block[0]), expected 0") }
-                for (i, value) in block.enumerated() {
-                    guard value >= previous else {
-                        throw DataError(file: path, "/\(name) is not monotonic at \(start + i) (\(previous) then \(value))")
-                    }
-                    previous = value
-                }
-            }
-            guard previous == Int64(tokens) else { throw DataError(file: path, "/\(name) ends at \(previous) but there are \(tokens) tokens") }
-            return dataset.shape[0] - 1
-        }
+        do { try dataset.requireStored() } catch { throw DataError(file: path, "/\(name) \(error.message)") }
+        return dataset
+    }
 
-        switch task {
-        case .lm:
-            guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
-            let tokens = try validateTokens("tokens")
-            let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
-            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens), tokenizer)
-        case .seq2seq:
-            let source = try validateTokens("source/tokens"), target = try validateTokens("target/tokens")
-            let sources = try validateOffsets("source/offsets", tokens: source)
-            let targets = try validateOffsets("target/offsets", tokens: target)
-            guard sources == targets else {
-                throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
+    /// Every token id in range, read in blocks (memory stays flat on multi-gigabyte shards); returns the count.
+    func validateTokens(_ name: String) throws -> Int {
+        let dataset = try open(name, .int32, "1-D int32")
+        try forEachBlock(of: dataset, name, as: Int32.self) { block, start in
+            if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
+                throw DataError(file: path, "/\(name)[\(start + bad)] = \(block[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
             }
-            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target), tokenizer)
         }
+        return dataset.shape[0]
+    }
+
+    /// Offsets start at 0, never decrease and end at the token count, checked in blocks; returns the sequence count.
+    func validateOffsets(_ name: String, tokens: Int) throws -> Int {
+        let dataset = try open(name, .int64, "1-D int64 with at least one entry")
+        guard dataset.shape[0] >= 1 else { throw DataError(file: path, "/\(name) must have at least one entry, found none") }
+        var previous: Int64 = 0
+        try forEachBlock(of: dataset, name, as: Int64.self) { block, start in
+            if start == 0 && block[0] != 0 { throw DataError(file: path, "/\(name)[0] is \(block[0]), expected 0") }
+            for (i, value) in block.enumerated() {
+                guard value >= previous else {
+                    throw DataError(file: path, "/\(name) is not monotonic at \(start + i) (\(previous) then \(value))")
+                }
+                previous = value
+            }
+        }
+        guard previous == Int64(tokens) else { throw DataError(file: path, "/\(name) ends at \(previous) but there are \(tokens) tokens") }
+        return dataset.shape[0] - 1
     }
 }
 
 /// A data file described for people (`ddp inspect`): what it holds and its first examples, decoded.
 public struct ShardPreview: Sendable {
+    /// The file's "task" attribute.
     public let task: DatasetTask
+    /// The tokenizer the file was written with, used to decode the examples.
     public let tokenizer: Tokenizer
     /// Pairs (seq2seq) or documents (lm).
     public let count: Int
+    /// Tokens stored in the file: source and target together for seq2seq, the whole stream (EOS included) for lm.
     public let tokens: Int
+    /// The first samples decoded to text, at most as many as `read` was asked for: documents found in the first 4096
+    /// tokens for lm, "source  →  target" for seq2seq.
     public let examples: [String]
     /// FNV-1a 64 over every stored token and offset, in file order: two shards with the same digest hold the same data.
     public let digest: UInt64

@@ -1,14 +1,5 @@
+import Basics
 import Foundation
-
-/// Special token ids, the same in data files, checkpoints and the model (DESIGN.md). Stored sequences carry no
-/// BOS/EOS of their own; framing adds them.
-public enum SpecialToken {
-    public static let pad: Int32 = 0
-    public static let bos: Int32 = 1
-    public static let eos: Int32 = 2
-    public static let unk: Int32 = 3
-    public static let count = 4
-}
 
 /// Text to token ids and back. Byte-level: every UTF-8 text round-trips exactly.
 public enum Tokenizer: Equatable, Sendable {
@@ -17,8 +8,10 @@ public enum Tokenizer: Equatable, Sendable {
     /// Byte-level BPE: byte ids as above, then one id per merge in training order (260, 261, ...).
     case bpe(BPE)
 
+    /// The id of byte 0 (4): ids below it are the special tokens (`SpecialToken`).
     public static let firstByteID: Int32 = Int32(SpecialToken.count)
 
+    /// Ids in the vocabulary: 4 special tokens, 256 bytes, and one per BPE merge (260 for `.byte`).
     public var vocabularySize: Int {
         switch self {
         case .byte: return SpecialToken.count + 256
@@ -26,6 +19,7 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 
+    /// "byte" or "bpe", the "kind" of the stored JSON form.
     public var kind: String {
         switch self {
         case .byte: return "byte"
@@ -33,6 +27,7 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 
+    /// The token ids of `text` (bytes, merged by BPE when there is one), without BOS or EOS.
     public func encode(_ text: String) -> [Int32] {
         switch self {
         case .byte: return text.utf8.map { Int32($0) + Self.firstByteID }
@@ -67,6 +62,8 @@ public enum Tokenizer: Equatable, Sendable {
 
     // MARK: Stored form (a JSON text attribute in every data file and checkpoint)
 
+    /// The stored form, a JSON object: {"kind": "byte" or "bpe", "vocab_size": N, "merges": [[a, b], ...] for BPE};
+    /// kept as a string attribute in every data file and checkpoint.
     public var json: String {
         switch self {
         case .byte:
@@ -77,23 +74,29 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 
-    public struct DecodingError: Error, CustomStringConvertible {
+    /// A stored tokenizer description that cannot be read, thrown by `init(json:)`.
+    public struct JSONError: Error, CustomStringConvertible {
+        /// What is wrong with the description.
         public let message: String
+        /// "tokenizer: " and the message.
         public var description: String { "tokenizer: \(message)" }
     }
 
+    /// Reads the stored form written by `json`. Throws `JSONError` for text that is not a JSON object with "kind",
+    /// an unknown kind, BPE merges that do not join two earlier ids or exceed `BPE.largestMergeCount`,
+    /// `BPE.longestToken` or `BPE.largestTable`, or a "vocab_size" that differs from the tokenizer's.
     public init(json: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
               let kind = object["kind"] as? String else {
-            throw DecodingError(message: "not a tokenizer description (expected a JSON object with \"kind\")")
+            throw JSONError(message: "not a tokenizer description (expected a JSON object with \"kind\")")
         }
         switch kind {
         case "byte":
             self = .byte
         case "bpe":
-            guard let pairs = object["merges"] as? [[Int]] else { throw DecodingError(message: "bpe tokenizer without \"merges\"") }
+            guard let pairs = object["merges"] as? [[Int]] else { throw JSONError(message: "bpe tokenizer without \"merges\"") }
             guard pairs.count <= BPE.largestMergeCount else {
-                throw DecodingError(message: "bpe tokenizer with \(pairs.count) merges, more than the \(BPE.largestMergeCount) SwiftDDP reads")
+                throw JSONError(message: "bpe tokenizer with \(pairs.count) merges, more than the \(BPE.largestMergeCount) SwiftDDP reads")
             }
             // Each token's length in bytes, checked as the table grows: merges that join a token with itself again and
             // again double it each time, and would build an enormous table from a few hundred bytes of JSON.
@@ -103,16 +106,16 @@ public enum Tokenizer: Equatable, Sendable {
             for (index, pair) in pairs.enumerated() {
                 let newID = Int(Self.firstByteID) + 256 + index
                 guard pair.count == 2, pair.allSatisfy({ $0 >= Int(Self.firstByteID) && $0 < newID }) else {
-                    throw DecodingError(message: "bpe merge \(index) \(pair) does not join two earlier tokens")
+                    throw JSONError(message: "bpe merge \(index) \(pair) does not join two earlier tokens")
                 }
                 let length = lengths[pair[0] - Int(Self.firstByteID)] + lengths[pair[1] - Int(Self.firstByteID)]
                 guard length <= BPE.longestToken else {
-                    throw DecodingError(message: "bpe merge \(index) \(pair) makes a token of \(length) bytes, longer than the "
+                    throw JSONError(message: "bpe merge \(index) \(pair) makes a token of \(length) bytes, longer than the "
                                                  + "\(BPE.longestToken) SwiftDDP allows")
                 }
                 total += length
                 guard total <= BPE.largestTable else {
-                    throw DecodingError(message: "bpe merges up to \(index) expand to \(total) bytes in all, more than the "
+                    throw JSONError(message: "bpe merges up to \(index) expand to \(total) bytes in all, more than the "
                                                  + "\(BPE.largestTable) SwiftDDP allows")
                 }
                 lengths.append(length)
@@ -120,10 +123,10 @@ public enum Tokenizer: Equatable, Sendable {
             }
             self = .bpe(BPE(merges: merges))
         default:
-            throw DecodingError(message: "unknown tokenizer kind \"\(kind)\" (expected byte or bpe)")
+            throw JSONError(message: "unknown tokenizer kind \"\(kind)\" (expected byte or bpe)")
         }
         if let size = object["vocab_size"] as? Int, size != vocabularySize {
-            throw DecodingError(message: "vocab_size \(size) does not match the \(self.kind) tokenizer's \(vocabularySize)")
+            throw JSONError(message: "vocab_size \(size) does not match the \(self.kind) tokenizer's \(vocabularySize)")
         }
     }
 }

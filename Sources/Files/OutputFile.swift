@@ -2,14 +2,18 @@ import Foundation
 
 /// A file that cannot be read or written as asked, naming the path and what is wrong.
 public struct FileError: Error, CustomStringConvertible, Sendable {
+    /// The path the error is about: a file, or the directory that holds one.
     public let path: String
+    /// What is wrong with the file, as a clause that follows the path ("does not exist", "is not UTF-8 text").
     public let message: String
 
+    /// An error about `path`; `message` continues the sentence after the path.
     public init(_ path: String, _ message: String) {
         self.path = path
         self.message = message
     }
 
+    /// "path: message".
     public var description: String { "\(path): \(message)" }
 }
 
@@ -63,7 +67,10 @@ public enum OutputFile {
             throw FileError(path, "writing it failed, and nothing was replaced: "
                             + describe(error).replacingOccurrences(of: temporary, with: path))
         }
-        try sync(temporary)
+        do { try sync(temporary) } catch {
+            throw FileError(path, "writing it failed, and nothing was replaced: "
+                            + describe(error).replacingOccurrences(of: temporary, with: path))
+        }
         guard rename(temporary, target) == 0 else {
             throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
         }

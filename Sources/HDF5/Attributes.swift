@@ -4,15 +4,23 @@ import CHDF5
 /// (h5py stores Python ints as int64 and floats as float64; numpy scalars may be narrower);
 /// exact-typed arrays come from `attribute(_:as:)`.
 public enum AttributeValue: Sendable, Equatable, CustomStringConvertible {
+    /// A scalar integer attribute, widened to Int64.
     case integer(Int64)
+    /// A scalar floating-point attribute, widened to Double.
     case real(Double)
+    /// A scalar string attribute, fixed- or variable-length, decoded as UTF-8.
     case string(String)
+    /// A 1-D integer array attribute, each element widened to Int64.
     case integers([Int64])
+    /// A 1-D floating-point array attribute, each element widened to Double.
     case reals([Double])
+    /// A 1-D array of strings.
     case strings([String])
     /// A type we do not read, described in words.
     case unsupported(String)
 
+    /// The value as it appears in messages: numbers as Swift prints them, strings in double quotes, arrays in brackets
+    /// and an unsupported type as `<type>`.
     public var description: String {
         switch self {
         case .integer(let value): return String(value)
@@ -29,16 +37,19 @@ public enum AttributeValue: Sendable, Equatable, CustomStringConvertible {
 extension HDF5Object {
     // MARK: Writing (an existing attribute of the same name is replaced)
 
+    /// Writes a scalar little-endian int64 attribute (H5Acreate2, H5Awrite); throws `HDF5Error` when HDF5 fails.
     public func setAttribute(_ name: String, _ value: Int64) throws(HDF5Error) {
         try writeAttribute(name, elementType: .int64, count: nil) { type, attribute in
             withUnsafePointer(to: value) { H5Awrite(attribute, type, $0) }
         }
     }
 
+    /// Writes `value` as a scalar int64 attribute, as `setAttribute(_:_:)` with an Int64 does.
     public func setAttribute(_ name: String, _ value: Int) throws(HDF5Error) {
         try setAttribute(name, Int64(value))
     }
 
+    /// Writes a scalar little-endian float64 attribute (H5Acreate2, H5Awrite); throws `HDF5Error` when HDF5 fails.
     public func setAttribute(_ name: String, _ value: Double) throws(HDF5Error) {
         try writeAttribute(name, elementType: .float64, count: nil) { type, attribute in
             withUnsafePointer(to: value) { H5Awrite(attribute, type, $0) }
@@ -97,6 +108,7 @@ extension HDF5Object {
 
     // MARK: Reading
 
+    /// Whether this object carries an attribute called `name` (H5Aexists); throws `HDF5Error` when HDF5 fails.
     public func hasAttribute(_ name: String) throws(HDF5Error) -> Bool {
         try h5call("H5Aexists", Site(file: filePath, object: "\(path)@\(name)")) { H5Aexists(handle.id, name) } > 0
     }
@@ -141,16 +153,22 @@ extension HDF5Object {
         }
     }
 
+    /// A scalar integer attribute; throws `HDF5Error` `.objectNotFound` when it is missing and `.typeMismatch` when it
+    /// holds anything else (a float, a string, an array).
     public func int64Attribute(_ name: String) throws(HDF5Error) -> Int64 {
         guard case .integer(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "an integer") }
         return value
     }
 
+    /// A scalar floating-point attribute; throws `HDF5Error` `.objectNotFound` when it is missing and `.typeMismatch`
+    /// when it holds anything else (an integer is not converted).
     public func doubleAttribute(_ name: String) throws(HDF5Error) -> Double {
         guard case .real(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "a float") }
         return value
     }
 
+    /// A scalar string attribute (fixed- or variable-length); throws `HDF5Error` `.objectNotFound` when it is missing
+    /// and `.typeMismatch` when it holds anything else.
     public func stringAttribute(_ name: String) throws(HDF5Error) -> String {
         guard case .string(let value) = try attribute(name) else { throw attributeTypeError(name, expected: "a string") }
         return value

@@ -3,6 +3,7 @@ import CHDF5
 /// An n-dimensional array in a file. Reads and writes never convert element types and never overrun:
 /// the Swift element type must be the stored one, and the buffer must hold exactly the selection.
 public final class Dataset: HDF5Object {
+    /// The open HDF5 dataset id, closed when the dataset is released.
     public let handle: ObjectHandle
     /// Extent of every dimension ([] for a scalar dataset).
     public let shape: [Int]
@@ -102,9 +103,13 @@ public final class Dataset: HDF5Object {
 
     /// How the dataset is stored: chunking and the filter pipeline.
     public struct Storage: Sendable, Equatable {
+        /// The chunk shape, one extent per dimension, or nil for a contiguous or compact dataset.
         public var chunks: [Int]?
+        /// The gzip (deflate) level 0-9 when the deflate filter is in the pipeline, else nil.
         public var deflateLevel: Int?
+        /// Whether every chunk carries a Fletcher-32 checksum that is verified on read.
         public var fletcher32: Bool
+        /// Whether the byte-shuffle filter is in the pipeline.
         public var shuffle: Bool
         /// Filters other than the three above, by the name HDF5 gives them.
         public var otherFilters: [String]
@@ -112,6 +117,8 @@ public final class Dataset: HDF5Object {
         public var storedBytes: Int
     }
 
+    /// The dataset's chunk shape, filters and stored size, read from its creation property list (H5Dget_create_plist,
+    /// H5Pget_chunk, H5Pget_filter2); throws `HDF5Error` when HDF5 fails.
     public func storage() throws(HDF5Error) -> Storage {
         let creation = try ObjectHandle(.propertyList, "H5Dget_create_plist", site) { H5Dget_create_plist(handle.id) }
         var storage = Storage(chunks: nil, deflateLevel: nil, fletcher32: false, shuffle: false, otherFilters: [],
@@ -213,6 +220,10 @@ public final class Dataset: HDF5Object {
         try write(buffer, offset: [Int](repeating: 0, count: shape.count), count: shape)
     }
 
+    /// Writes the block `offset ..< offset + count` (one entry per dimension) from a caller's buffer of exactly that
+    /// many elements (H5Dwrite on a hyperslab). Throws `HDF5Error` `.typeMismatch` when `T` is not the stored type,
+    /// `.unsupportedType` for a type this layer does not write, `.outOfBounds` for a block outside the shape or of the
+    /// wrong rank, `.sizeMismatch` when the buffer's count differs; an empty block writes nothing.
     public func write<T: HDF5Scalar>(_ buffer: UnsafeBufferPointer<T>, offset: [Int], count: [Int]) throws(HDF5Error) {
         let selection = try select(T.self, offset: offset, count: count, bufferCount: buffer.count, operation: "write")
         guard let fileSpace = selection.fileSpace, let memorySpace = selection.memorySpace else { return }

@@ -2,10 +2,14 @@ import CHDF5
 
 /// The numeric element types our datasets and array attributes hold.
 public enum ElementType: String, Sendable, CaseIterable, CustomStringConvertible {
+    /// IEEE floats of 4 and 8 bytes, signed integers of 4 and 8 bytes, unsigned integers of 1 and 2 bytes; written
+    /// little-endian, read in either byte order.
     case float32, float64, int32, int64, uint8, uint16
 
+    /// The case name ("float32", "uint16", ...).
     public var description: String { rawValue }
 
+    /// Bytes per element: 1, 2, 4 or 8.
     public var byteSize: Int {
         switch self {
         case .float32, .int32: return 4

@@ -7,8 +7,10 @@ import Glibc
 ///
 /// Not `Sendable`: HDF5 objects are used by one thread at a time (the data loader's thread owns its files).
 public final class File: HDF5Container {
+    /// How `open` opens a file: read-only (H5F_ACC_RDONLY) or for reading and writing (H5F_ACC_RDWR).
     public enum Mode: Sendable { case readOnly, readWrite }
 
+    /// The open HDF5 file id, closed by `close()` or when the file is released.
     public let handle: ObjectHandle
 
     private init(_ handle: ObjectHandle) { self.handle = handle }
@@ -63,6 +65,7 @@ public final class File: HDF5Container {
 
 /// A group inside a file.
 public final class Group: HDF5Container {
+    /// The open HDF5 group id, closed when the group is released.
     public let handle: ObjectHandle
     init(_ handle: ObjectHandle) { self.handle = handle }
 }

@@ -5,6 +5,7 @@ import Glibc
 
 /// A failed HDF5 operation: what was attempted, on which file and object, and HDF5's own error stack.
 public struct HDF5Error: Error, CustomStringConvertible, Sendable {
+    /// What went wrong, for callers that react to some failures (a missing attribute, say) and report the others.
     public enum Kind: Sendable, Equatable {
         /// The HDF5 library reported a failure; `stack` holds its error stack, innermost last.
         case library
@@ -33,14 +34,21 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
         case externalLink
     }
 
+    /// The category of failure.
     public let kind: Kind
+    /// What was attempted, in words or as the HDF5 function that failed ("open", "read attribute", "H5Dwrite").
     public let operation: String
+    /// The path of the file, as it was given when opened or created.
     public let file: String
+    /// The object inside the file (a path such as "/tokens", or "path@name" for an attribute), or nil for the file
+    /// itself.
     public let object: String?
+    /// What was wrong, in a sentence.
     public let message: String
     /// HDF5's error stack at the time of failure ("function(): description" lines, outermost first).
     public let stack: [String]
 
+    /// An error with its parts; `stack` is HDF5's error stack, outermost first, when the library reported one.
     public init(_ kind: Kind, operation: String, file: String, object: String?, message: String, stack: [String] = []) {
         self.kind = kind
         self.operation = operation

@@ -2,6 +2,7 @@ import CHDF5
 
 /// Anything in an HDF5 file that carries attributes: a file's root group, a group, a dataset.
 public protocol HDF5Object: AnyObject {
+    /// The open HDF5 id of the object, closed when the object is released.
     var handle: ObjectHandle { get }
 }
 
@@ -26,9 +27,12 @@ public protocol HDF5Container: HDF5Object {}
 public struct Member: Sendable, Equatable {
     /// What the name links to. Soft and external links are reported as links, not followed.
     public enum Kind: Sendable, Equatable { case group, dataset, softLink, externalLink, other }
+    /// The link name inside the group (one path component).
     public let name: String
+    /// What the link points to.
     public let kind: Kind
 
+    /// A member called `name` of `kind`.
     public init(name: String, kind: Kind) {
         self.name = name
         self.kind = kind

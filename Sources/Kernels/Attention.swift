@@ -7,6 +7,7 @@ public struct AttentionMask {
     /// [B,Tk]: true where the key is padding and must not be attended to (torch's key_padding_mask).
     public var keyPadding: UnsafeBufferPointer<Bool>?
 
+    /// A mask; by default none (every query sees every key).
     public init(causal: Bool = false, keyPadding: UnsafeBufferPointer<Bool>? = nil) {
         self.causal = causal
         self.keyPadding = keyPadding
@@ -69,7 +70,7 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
         return
     }
     // Sixteen partial sums, added in a fixed order: vectorised and still deterministic.
-    var sums = Float16x()
+    var sums = Float32x16()
     forEachChunk(visible) { start, width in
         var e = fastExp(load(row + start, width) - maximum)
         if let padding { for i in 0..<width where padding[start + i] { e[i] = 0 } }
@@ -112,7 +113,7 @@ public func attentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer,
                 for i in 0..<rows {
                     let pRow = pBlock + i * keyTime
                     let dRow = dPBlock + i * keyTime
-                    var dots = Float16x()
+                    var dots = Float32x16()
                     forEachChunk(keys) { start, width in dots += load(pRow + start, width) * load(dRow + start, width) }
                     let dot = dots.sum()
                     forEachChunk(keys) { start, width in

@@ -1,5 +1,6 @@
-/// bfloat16 (the upper 16 bits of a float32) for compressed gradient all-reduce: 8 exponent bits like float32, so
-/// no overflow or scaling, and 8 significant bits (relative rounding error at most 2^-8).
+import Basics
+
+// bfloat16 compression of gradient buckets: `BFloat16.bits(rounding:)` sixteen values at a time.
 
 /// out[i] = bf16(inp[i]), rounding to nearest even; NaN stays NaN.   inp[N] → out[N]
 public func bfloat16Compress(_ inp: UnsafeBufferPointer<Float>, into out: UnsafeMutableBufferPointer<UInt16>) {
@@ -10,7 +11,7 @@ public func bfloat16Compress(_ inp: UnsafeBufferPointer<Float>, into out: Unsafe
     while i + 16 <= inp.count {
         let bits = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<UInt32>.self)
         let rounded = (bits &+ 0x7FFF &+ ((bits &>> 16) & 1)) &>> 16
-        // NaN (exponent all ones, mantissa not zero): keep it NaN with a quiet bit instead of rounding into infinity.
+        // The same rule as BFloat16.bits(rounding:): NaN keeps its quiet bit instead of rounding into infinity.
         let isNaN = (bits & 0x7FFF_FFFF) .> 0x7F80_0000
         let quietNaN = (bits &>> 16) | 0x0040
         let result = rounded.replacing(with: quietNaN, where: isNaN)
@@ -18,9 +19,7 @@ public func bfloat16Compress(_ inp: UnsafeBufferPointer<Float>, into out: Unsafe
         i += 16
     }
     while i < inp.count {
-        let bits = source[i]
-        target[i] = (bits & 0x7FFF_FFFF) > 0x7F80_0000 ? UInt16(truncatingIfNeeded: bits >> 16) | 0x0040
-                                                       : UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+        target[i] = BFloat16.bits(rounding: inp[i])
         i += 1
     }
 }
@@ -28,6 +27,5 @@ public func bfloat16Compress(_ inp: UnsafeBufferPointer<Float>, into out: Unsafe
 /// out[i] = float(inp[i]) (exact).   inp[N] → out[N]
 public func bfloat16Decompress(_ inp: UnsafeBufferPointer<UInt16>, into out: UnsafeMutableBufferPointer<Float>) {
     precondition(out.count >= inp.count, "bfloat16Decompress: out holds \(out.count), needs \(inp.count)")
-    let target = UnsafeMutableRawPointer(out.baseAddress!).assumingMemoryBound(to: UInt32.self)
-    for i in 0..<inp.count { target[i] = UInt32(inp[i]) << 16 }
+    for i in 0..<inp.count { out[i] = BFloat16.float(inp[i]) }
 }

@@ -11,6 +11,7 @@ public func setComputeThreads(_ count: Int) {
     setBLASThreads(1)
 }
 
+/// The thread count the compute kernels split work over, as last set by `setComputeThreads` (1 until then).
 public var computeThreads: Int { threadSetting.load(ordering: .relaxed) }
 
 /// Runs `body` once per tile of `0..<count` and waits. Tiles have fixed boundaries counted from 0

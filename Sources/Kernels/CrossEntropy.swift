@@ -9,77 +9,85 @@ import Foundation
 @discardableResult
 public func crossEntropy(logits: FloatBuffer, targets: UnsafeBufferPointer<Int32>, vocabulary: Int,
                          smoothing: Float, ignored: Int32, dLogits: FloatBuffer? = nil,
-                         scale: Float = 1) -> (loss: Double, tokens: Int, correct: Int) {
+                         scale: Float = 1) -> (loss: Double, targetTokens: Int, correct: Int) {
     let rows = targets.count
     requireCount(logits, rows * vocabulary, "logits")
     if let dLogits { requireCount(dLogits, rows * vocabulary, "dLogits") }
-    let uniform = smoothing / Float(vocabulary)
     // Rows in fixed blocks: each block's sums are in row order and the blocks are added in order, so the
     // total is the same for any thread count.
     let blockRows = 64
     let blocks = (rows + blockRows - 1) / blockRows
-    return withUnsafeTemporaryAllocation(of: (loss: Double, tokens: Int, correct: Int).self, capacity: max(1, blocks)) { partials in
-      parallelFor(blocks, tile: 1) { blockRange in
-        for block in blockRange {
-          var total: Double = 0
-          var tokens = 0
-          var correct = 0
-          for row in (block * blockRows)..<min(rows, (block + 1) * blockRows) {
-        let x = logits.baseAddress! + row * vocabulary
-        let target = targets[row]
-        guard target != ignored else {
-            dLogits.map { ($0.baseAddress! + row * vocabulary).update(repeating: 0, count: vocabulary) }
-            continue
+    return withUnsafeTemporaryAllocation(of: (loss: Double, targetTokens: Int, correct: Int).self, capacity: max(1, blocks)) { partials in
+        parallelFor(blocks, tile: 1) { blockRange in
+            for block in blockRange {
+                var total: Double = 0
+                var tokens = 0
+                var correct = 0
+                for row in (block * blockRows)..<min(rows, (block + 1) * blockRows) {
+                    let x = logits.baseAddress! + row * vocabulary, dRow = dLogits.map { $0.baseAddress! + row * vocabulary }
+                    let target = targets[row]
+                    guard target != ignored else {
+                        dRow?.update(repeating: 0, count: vocabulary)
+                        continue
+                    }
+                    precondition(target >= 0 && Int(target) < vocabulary, "target \(target) outside vocabulary \(vocabulary)")
+                    let (loss, isCorrect) = crossEntropyRow(x, target: Int(target), vocabulary: vocabulary, smoothing: smoothing,
+                                                            dRow: dRow, scale: scale)
+                    total += Double(loss)
+                    tokens += 1
+                    if isCorrect { correct += 1 }
+                }
+                partials[block] = (total, tokens, correct)
+            }
         }
-        precondition(target >= 0 && Int(target) < vocabulary, "target \(target) outside vocabulary \(vocabulary)")
-        // Pass 1: maximum and sum of the logits (sixteen lanes, reduced in a fixed order).
-        var maxima = Float16x(repeating: -.infinity)
-        var sums = Float16x()
-        forEachChunk(vocabulary) { start, width in
-            var values = load(x + start, width)
-            sums += values
-            if width < 16 { for i in width..<16 { values[i] = -.infinity } }
-            maxima = pointwiseMax(maxima, values)
+        var result: (loss: Double, targetTokens: Int, correct: Int) = (0, 0, 0)
+        for block in 0..<blocks {
+            result.loss += partials[block].loss
+            result.targetTokens += partials[block].targetTokens
+            result.correct += partials[block].correct
         }
-        let maximum = maxima.max()
-        let sumLogits = sums.sum()
-        let targetLogit = x[Int(target)]
-        var argmax = 0
-        // Bounded: with NaN logits (a diverged run) no entry equals the maximum, and the loss reports it.
-        while argmax < vocabulary - 1 && x[argmax] != maximum { argmax += 1 }
-        // Pass 2: exponentials; when training they are stored as the gradient's numerator (in place is fine:
-        // each chunk is read before it is written).
-        let exponentials = dLogits.map { $0.baseAddress! + row * vocabulary }
-        var expSums = Float16x()
-        forEachChunk(vocabulary) { start, width in
-            var e = fastExp(load(x + start, width) - maximum)
-            if width < 16 { for i in width..<16 { e[i] = 0 } }
-            expSums += e
-            if let exponentials { store(e, exponentials + start, width) }
-        }
-        let sumExp = expSums.sum()
-        let logSumExp = maximum + log(sumExp)
-        let nll = logSumExp - targetLogit
-        let meanNegLogP = logSumExp - sumLogits / Float(vocabulary)
-        total += Double((1 - smoothing) * nll + smoothing * meanNegLogP)
-        tokens += 1
-        if argmax == Int(target) { correct += 1 }
-        if let d = exponentials {
-            // Pass 3: d = scale · (p − smoothed one-hot).
-            let factor = scale / sumExp, shift = scale * uniform
-            forEachChunk(vocabulary) { start, width in store(load(d + start, width) * factor - shift, d + start, width) }
-            d[Int(target)] -= scale * (1 - smoothing)
-        }
-          }
-          partials[block] = (total, tokens, correct)
-        }
-      }
-      var result: (loss: Double, tokens: Int, correct: Int) = (0, 0, 0)
-      for block in 0..<blocks {
-          result.loss += partials[block].loss
-          result.tokens += partials[block].tokens
-          result.correct += partials[block].correct
-      }
-      return result
+        return result
     }
+}
+
+/// One row of `crossEntropy`: x[V] and its target → (the row's smoothed loss, whether the arg-max is the target);
+/// with `dRow`, dRow[V] = scale · (p − smoothed one-hot) (dRow may be x itself).
+@inline(__always)
+private func crossEntropyRow(_ x: UnsafeMutablePointer<Float>, target: Int, vocabulary: Int, smoothing: Float,
+                             dRow: UnsafeMutablePointer<Float>?, scale: Float) -> (loss: Float, correct: Bool) {
+    // Pass 1: maximum and sum of the logits (sixteen lanes, reduced in a fixed order).
+    var maxima = Float32x16(repeating: -.infinity)
+    var sums = Float32x16()
+    forEachChunk(vocabulary) { start, width in
+        var values = load(x + start, width)
+        sums += values
+        if width < 16 { for i in width..<16 { values[i] = -.infinity } }
+        maxima = pointwiseMax(maxima, values)
+    }
+    let maximum = maxima.max()
+    let sumLogits = sums.sum()
+    let targetLogit = x[target]
+    var argmax = 0
+    // Bounded: with NaN logits (a diverged run) no entry equals the maximum, and the loss reports it.
+    while argmax < vocabulary - 1 && x[argmax] != maximum { argmax += 1 }
+    // Pass 2: exponentials; when training they are stored as the gradient's numerator (in place is fine: each chunk
+    // is read before it is written).
+    var expSums = Float32x16()
+    forEachChunk(vocabulary) { start, width in
+        var e = fastExp(load(x + start, width) - maximum)
+        if width < 16 { for i in width..<16 { e[i] = 0 } }
+        expSums += e
+        if let dRow { store(e, dRow + start, width) }
+    }
+    let sumExp = expSums.sum()
+    let logSumExp = maximum + log(sumExp)
+    let nll = logSumExp - targetLogit
+    let meanNegLogP = logSumExp - sumLogits / Float(vocabulary)
+    if let d = dRow {
+        // Pass 3: d = scale · (p − smoothed one-hot).
+        let factor = scale / sumExp, shift = scale * (smoothing / Float(vocabulary))
+        forEachChunk(vocabulary) { start, width in store(load(d + start, width) * factor - shift, d + start, width) }
+        d[target] -= scale * (1 - smoothing)
+    }
+    return ((1 - smoothing) * nll + smoothing * meanNegLogP, argmax == target)
 }

@@ -3,14 +3,22 @@ import CBLAS
 /// One product C[M,N] = alpha · op(A) · op(B) + beta · C, row-major (OpenBLAS's sgemm arguments). `lda`/`ldb`/`ldc` are
 /// row strides, so a head's slice of a [B,T,C] buffer is read in place (stride C) without copying.
 public struct GEMM {
+    /// Whether op(A) is Aᵀ and op(B) is Bᵀ (OpenBLAS's CblasTrans).
     public var transA: Bool, transB: Bool
+    /// The shapes: op(A) is [M,K], op(B) is [K,N], C is [M,N].
     public var m: Int, n: Int, k: Int
+    /// The factor on op(A) · op(B).
     public var alpha: Float
+    /// A (row-major, [M,K], or [K,M] when transposed) and its row stride in elements.
     public var a: UnsafePointer<Float>, lda: Int
+    /// B (row-major, [K,N], or [N,K] when transposed) and its row stride in elements.
     public var b: UnsafePointer<Float>, ldb: Int
+    /// The factor on C's previous contents: 0 overwrites C, 1 accumulates into it.
     public var beta: Float
+    /// C (row-major [M,N]), written in place, and its row stride in elements.
     public var c: UnsafeMutablePointer<Float>, ldc: Int
 
+    /// A product with its arguments as cblas_sgemm takes them (row-major); `alpha` defaults to 1.
     public init(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                 b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         (self.transA, self.transB, self.m, self.n, self.k, self.alpha) = (transA, transB, m, n, k, alpha)

@@ -1,3 +1,4 @@
+import Basics
 import CMPI
 import Synchronization
 
@@ -46,15 +47,6 @@ private let bfloat16SumKernel: @convention(c) (UnsafeMutableRawPointer?, UnsafeM
     guard let input, let accumulator, let length else { return }
     let a = input.assumingMemoryBound(to: UInt16.self), b = accumulator.assumingMemoryBound(to: UInt16.self)
     for i in 0..<Int(length.pointee) {
-        let sum = Float(bitPattern: UInt32(a[i]) << 16) + Float(bitPattern: UInt32(b[i]) << 16)
-        b[i] = roundToBFloat16(sum)
+        b[i] = BFloat16.bits(rounding: BFloat16.float(a[i]) + BFloat16.float(b[i]))
     }
-}
-
-/// Float to bfloat16 bits, rounding to nearest even; NaN stays NaN.
-@inline(__always)
-func roundToBFloat16(_ value: Float) -> UInt16 {
-    let bits = value.bitPattern
-    if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
-    return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
 }

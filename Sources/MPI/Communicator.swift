@@ -15,9 +15,11 @@ public final class Communicator {
 
     /// This process's rank and the number of ranks.
     public let rank: Int
+    /// The number of ranks in this communicator (MPI_Comm_size).
     public let size: Int
     /// Rank and size among the ranks on this node (shared-memory split of this communicator).
     public let localRank: Int
+    /// The number of ranks of this communicator on this node (MPI_Comm_size of the MPI_COMM_TYPE_SHARED split).
     public let localSize: Int
 
     /// MPI_COMM_WORLD, with errors returned rather than fatal.
@@ -76,6 +78,8 @@ public final class Communicator {
 
     // MARK: Synchronisation
 
+    /// Blocks until every rank of this communicator has entered the barrier (MPI_Barrier); throws `MPIError` when MPI
+    /// fails.
     public func barrier() throws(MPIError) {
         try mpiCheck(MPI_Barrier(handle), "MPI_Barrier", rank: rank)
     }
@@ -139,6 +143,8 @@ public final class Communicator {
                      "MPI_Bcast(\(buffer.count) x \(T.self), root \(root))", rank: rank)
     }
 
+    /// Broadcasts `values` from `root` into every rank's array (MPI_Bcast); every rank passes the same count. Throws
+    /// `MPIError` `.invalidArgument` for a root outside the communicator or a count beyond MPI's 32-bit int.
     public func broadcast<T: MPIElement>(_ values: inout [T], root: Int) throws(MPIError) {
         try values.withUnsafeMutableBufferPointer { (buffer) throws(MPIError) in try broadcast(buffer, root: root) }
     }
@@ -167,10 +173,13 @@ public final class Communicator {
                      "MPI_Allreduce(\(buffer.count) x \(T.self), \(op))", rank: rank)
     }
 
+    /// Reduces `values` over all ranks in place (MPI_Allreduce with MPI_IN_PLACE): afterwards every rank holds the same
+    /// result.
     public func allreduce<T: MPIReducible>(_ values: inout [T], op: ReduceOp) throws(MPIError) {
         try values.withUnsafeMutableBufferPointer { (buffer) throws(MPIError) in try allreduce(buffer, op: op) }
     }
 
+    /// One value reduced over all ranks (MPI_Allreduce of a single element), the same on every rank.
     public func allreduce<T: MPIReducible>(_ value: T, op: ReduceOp) throws(MPIError) -> T {
         var values = [value]
         try allreduce(&values, op: op)
@@ -202,9 +211,10 @@ public final class Communicator {
                      "MPI_Allgather(\(send.count) x \(T.self))", rank: rank)
     }
 
+    /// Every rank's `values` concatenated in rank order (MPI_Allgather): size x values.count elements. Every rank
+    /// passes the same count, and every rank joins the collective (also with an empty array).
     public func allgather<T: MPIElement>(_ values: [T]) throws(MPIError) -> [T] {
-        guard let first = values.first else { return [] }
-        var result = [T](repeating: first, count: values.count * size)
+        var result = values.first.map { [T](repeating: $0, count: values.count * size) } ?? []
         try values.withUnsafeBufferPointer { (send) throws(MPIError) in
             try result.withUnsafeMutableBufferPointer { (receive) throws(MPIError) in try allgather(send, into: receive) }
         }
@@ -226,13 +236,15 @@ public final class Communicator {
                      "MPI_Reduce_scatter_block(\(receive.count) x \(T.self), \(op))", rank: rank)
     }
 
+    /// Reduces `values` over all ranks and returns this rank's block of values.count / size elements
+    /// (MPI_Reduce_scatter_block). Throws `MPIError` `.invalidArgument` when the count does not split into `size` equal
+    /// blocks; every rank joins the collective (also with an empty array).
     public func reduceScatter<T: MPIReducible>(_ values: [T], op: ReduceOp) throws(MPIError) -> [T] {
         guard values.count % size == 0 else {
             throw MPIError(.invalidArgument, operation: "MPI_Reduce_scatter_block",
                            message: "\(values.count) elements do not split into \(size) equal blocks", rank: rank)
         }
-        guard let first = values.first else { return [] }
-        var result = [T](repeating: first, count: values.count / size)
+        var result = values.first.map { [T](repeating: $0, count: values.count / size) } ?? []
         try values.withUnsafeBufferPointer { (send) throws(MPIError) in
             try result.withUnsafeMutableBufferPointer { (receive) throws(MPIError) in
                 try reduceScatter(send, into: receive, op: op)
@@ -255,6 +267,7 @@ public final class Communicator {
 public final class Request {
     private var handle: MPI_Request?
     private var isComplete = false
+    /// The MPI call and its arguments in words ("MPI_Iallreduce(1024 x Float, sum)"), for error messages.
     public let operation: String
     private let rank: Int
     /// A sent value the request owns (`isend`), freed once the send has completed.

@@ -3,6 +3,7 @@ import CMPI
 /// The element types our collectives move. Public so that callers can be generic over them;
 /// the mapping to `MPI_Datatype` stays inside this module.
 public enum MPIElementKind: Sendable {
+    /// MPI_FLOAT, MPI_DOUBLE, MPI_INT32_T, MPI_INT64_T, MPI_UINT8_T and MPI_UINT16_T.
     case float32, float64, int32, int64, uint8, uint16
 
     var datatype: MPI_Datatype {
@@ -19,6 +20,7 @@ public enum MPIElementKind: Sendable {
 
 /// A Swift type that MPI can send as-is (broadcast, allgather).
 public protocol MPIElement: BitwiseCopyable {
+    /// The MPI datatype this Swift type travels as.
     static var mpiElementKind: MPIElementKind { get }
 }
 
@@ -34,6 +36,7 @@ extension UInt16: MPIElement { public static var mpiElementKind: MPIElementKind 
 
 /// Reduction operators.
 public enum ReduceOp: String, Sendable, CaseIterable {
+    /// MPI_SUM, MPI_MAX and MPI_MIN, elementwise.
     case sum, max, min
 
     var handle: MPI_Op {

@@ -2,6 +2,7 @@ import CMPI
 
 /// A failed MPI operation: which operation, on which rank, and what MPI (or our argument check) said.
 public struct MPIError: Error, CustomStringConvertible, Sendable {
+    /// Where the failure came from: the MPI library, or a check in this layer before or instead of an MPI call.
     public enum Kind: Sendable, Equatable {
         /// An MPI call returned this error code (the communicator uses `MPI_ERRORS_RETURN`).
         case library(code: Int32)
@@ -13,11 +14,18 @@ public struct MPIError: Error, CustomStringConvertible, Sendable {
         case notInitialized
     }
 
+    /// The category of failure (with MPI's error code for `.library`).
     public let kind: Kind
+    /// What failed: the MPI call with its arguments in words ("MPI_Allreduce(1024 x Float, sum)"), or the task it
+    /// served ("reading MPI control variable '...'").
     public let operation: String
+    /// MPI's text for the error code (MPI_Error_string), or this layer's own explanation for the other kinds.
     public let message: String
+    /// The rank that raised the error, or nil for calls made without a communicator's rank (MPI_Init_thread, MPI_T
+    /// calls).
     public let rank: Int?
 
+    /// An error with its parts.
     public init(_ kind: Kind, operation: String, message: String, rank: Int? = nil) {
         self.kind = kind
         self.operation = operation
@@ -25,6 +33,7 @@ public struct MPIError: Error, CustomStringConvertible, Sendable {
         self.rank = rank
     }
 
+    /// The failure in one line: the operation, the rank when known, the message, and the MPI error code for `.library`.
     public var description: String {
         let whereText = rank.map { " on rank \($0)" } ?? ""
         switch kind {

@@ -6,6 +6,8 @@ import Glibc
 
 /// MPI thread support levels, weakest first (`MPI_THREAD_SINGLE` ... `MPI_THREAD_MULTIPLE`).
 public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringConvertible {
+    /// MPI_THREAD_SINGLE (one thread), MPI_THREAD_FUNNELED (only the main thread calls MPI), MPI_THREAD_SERIALIZED (any
+    /// thread, one at a time), MPI_THREAD_MULTIPLE (any thread, concurrently).
     case single, funneled, serialized, multiple
 
     init(mpiValue: Int32) {
@@ -26,7 +28,9 @@ public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringCo
         }
     }
 
+    /// Orders levels by the support they give: `.single` < `.funneled` < `.serialized` < `.multiple`.
     public static func < (a: ThreadLevel, b: ThreadLevel) -> Bool { a.rawValue < b.rawValue }
+    /// The level as MPI names it without its prefix ("single", "funneled", "serialized", "multiple").
     public var description: String { ["single", "funneled", "serialized", "multiple"][rawValue] }
 }
 
@@ -49,7 +53,10 @@ public final class MPIRuntime {
 
     /// The thread level asked for, and what the MPI library actually provides (it may be lower).
     public let requestedThreadLevel: ThreadLevel
+    /// The thread level the MPI library provides (MPI_Query_thread after MPI_Init_thread), which may be below the one
+    /// requested.
     public let providedThreadLevel: ThreadLevel
+    /// MPI_COMM_WORLD, with errors returned rather than fatal.
     public let world: Communicator
 
     private init(requested: ThreadLevel, provided: ThreadLevel, world: Communicator) {

@@ -5,12 +5,18 @@ import Foundation
 public struct BLEUStatistics: Equatable, Sendable {
     /// Matched and total n-grams for n = 1...4.
     public var matches = [Double](repeating: 0, count: 4)
+    /// Hypothesis n-grams for n = 1...4 (the clipped precision's denominators).
     public var totals = [Double](repeating: 0, count: 4)
+    /// Whitespace tokens in all hypotheses.
     public var hypothesisLength = 0.0
+    /// Whitespace tokens in all references (the brevity penalty's r).
     public var referenceLength = 0.0
 
+    /// Empty statistics, to which `add` adds sentences.
     public init() {}
 
+    /// Adds one sentence pair: its lengths, its hypothesis n-gram counts and its matches clipped by the reference's
+    /// counts (one reference per hypothesis).
     public mutating func add(hypothesis: String, reference: String) {
         let hypothesisTokens = hypothesis.split(whereSeparator: \.isWhitespace).map(String.init)
         let referenceTokens = reference.split(whereSeparator: \.isWhitespace).map(String.init)
@@ -31,6 +37,7 @@ public struct BLEUStatistics: Equatable, Sendable {
 
     /// The statistics as one flat vector (to all-reduce) and back.
     public var vector: [Double] { matches + totals + [hypothesisLength, referenceLength] }
+    /// Statistics from a vector in `vector`'s layout: 4 matches, 4 totals, hypothesis length, reference length.
     public init(vector: [Double]) {
         matches = Array(vector[0..<4])
         totals = Array(vector[4..<8])

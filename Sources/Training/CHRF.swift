@@ -6,17 +6,23 @@ import Foundation
 /// sides have n-grams (sacrebleu's effective order), and F_β of the averages is the score, 0...100. Characters are
 /// Unicode scalars, as Python's strings count them. The statistics sum across ranks.
 public struct CHRFStatistics: Equatable, Sendable {
+    /// The highest character n-gram order (sacrebleu's `char_order`, 6).
     public static let order = 6
+    /// β of F_β: recall weighs β² = 4 times as much as precision (sacrebleu's default, 2).
     public static let beta = 2.0
 
     /// Per order n = 1...6: hypothesis n-grams (0 when the reference has none of that order), reference n-grams,
     /// matched n-grams.
     public var hypothesisGrams = [Double](repeating: 0, count: order)
+    /// Reference character n-grams per order.
     public var referenceGrams = [Double](repeating: 0, count: order)
+    /// Hypothesis n-grams per order that the reference holds, clipped by the reference's counts.
     public var matches = [Double](repeating: 0, count: order)
 
+    /// Empty statistics, to which `add` adds sentences.
     public init() {}
 
+    /// Adds one sentence pair's character n-gram counts for every order, whitespace removed as sacrebleu does.
     public mutating func add(hypothesis: String, reference: String) {
         let hypothesisScalars = Self.withoutWhitespace(hypothesis), referenceScalars = Self.withoutWhitespace(reference)
         for n in 1...Self.order {
@@ -49,6 +55,7 @@ public struct CHRFStatistics: Equatable, Sendable {
 
     /// The statistics as one flat vector (to all-reduce) and back.
     public var vector: [Double] { hypothesisGrams + referenceGrams + matches }
+    /// Statistics from a vector in `vector`'s layout: 6 hypothesis counts, 6 reference counts, 6 matches.
     public init(vector: [Double]) {
         hypothesisGrams = Array(vector[0..<Self.order])
         referenceGrams = Array(vector[Self.order..<(2 * Self.order)])

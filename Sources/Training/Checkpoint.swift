@@ -13,6 +13,7 @@ public struct TrainingState: Equatable, Sendable {
     /// Seeds the next step's dropout masks.
     public var dropoutSeed: UInt64
 
+    /// A state with its parts.
     public init(step: Int, position: SamplerPosition, dropoutSeed: UInt64) {
         self.step = step
         self.position = position
@@ -22,18 +23,24 @@ public struct TrainingState: Equatable, Sendable {
 
 /// A checkpoint that cannot be written or used, naming the file and, where it applies, the tensor or key.
 public struct CheckpointError: Error, CustomStringConvertible, Sendable {
+    /// The checkpoint file, run directory or `latest` file at fault.
     public let file: String
+    /// What is wrong, as a clause that follows the file's name.
     public let message: String
+    /// "checkpoint file: message".
     public var description: String { "checkpoint \(file): \(message)" }
 }
 
-/// Checkpoints (DESIGN.md): `/params/<name>`, `/optimizer/exp_avg/<name>`, `/optimizer/exp_avg_sq/<name>`, each
+/// Checkpoints (README.md, "Checkpoints"): `/params/<name>`, `/optimizer/exp_avg/<name>`, `/optimizer/exp_avg_sq/<name>`, each
 /// with a Fletcher-32 checksum, and root attributes for the format, step, sampler position, dropout seed, the run
 /// config (JSON) and the tokenizer. Written under a temporary name, synced, renamed; `latest` is replaced only
 /// after that, and atomically, so a crash at any point leaves the previous `latest` loadable.
 public enum Checkpoint {
+    /// The root "format" attribute of every checkpoint; a file with another value is refused.
     public static let format = "swiftddp-checkpoint"
+    /// The root "version" attribute of the checkpoints this build writes and reads; other versions are refused.
     public static let version: Int64 = 1
+    /// The file in a run directory that holds the name of the newest complete checkpoint, followed by a newline.
     public static let latestName = "latest"
 
     static func fileName(step: Int) -> String { String(format: "checkpoint-%08d.h5", step) }
@@ -42,10 +49,12 @@ public enum Checkpoint {
     public struct Provenance: Sendable {
         /// Sequences per update over all ranks and micro-steps (the unit of the sampler position).
         public var globalBatch: Int
+        /// Ranks that trained the run when the checkpoint was written (root attribute "world_size").
         public var worldSize: Int
         /// The training data's fingerprint (shard names, sample and token counts, tokenizer).
         public var dataFingerprint: String
 
+        /// A provenance with its parts.
         public init(globalBatch: Int, worldSize: Int, dataFingerprint: String) {
             self.globalBatch = globalBatch
             self.worldSize = worldSize
@@ -119,9 +128,16 @@ public enum Checkpoint {
         }
     }
 
+    /// Removes all but the newest `keep` checkpoints (by step, never `name`); files that are not named as checkpoints
+    /// are written (`checkpoint-<step>.h5`) are left alone.
     private static func prune(directory: String, keep: Int, protecting name: String) throws {
+        func step(_ name: String) -> Int? {
+            guard name.hasPrefix("checkpoint-") && name.hasSuffix(".h5") else { return nil }
+            let digits = name.dropFirst("checkpoint-".count).dropLast(".h5".count)
+            return digits.allSatisfy(\.isASCII) ? Int(digits) : nil
+        }
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { $0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5") }.sorted()
+            .compactMap { name in step(name).map { (name: name, step: $0) } }.sorted { $0.step < $1.step }.map(\.name)
         for old in names.dropLast(keep) where old != name {
             try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }
@@ -141,14 +157,22 @@ public enum Checkpoint {
 
     /// What a checkpoint says about its run, before its tensors are loaded.
     public struct Header: Sendable {
+        /// The step, sampler position and dropout seed to continue from.
         public let state: TrainingState
+        /// AdamW's update count (torch's `step`, the bias corrections' exponent), root attribute "optimizer_step".
         public let optimizerStep: Int
+        /// The run config the checkpoint was written with (root attribute "config", JSON), validated.
         public let config: RunConfig
+        /// The tokenizer of the training data (root attribute "tokenizer"), or nil when none was stored.
         public let tokenizer: Tokenizer?
         /// Recorded since the resume checks (nil in older checkpoints).
         public let provenance: Provenance?
     }
 
+    /// Reads and checks a checkpoint's root attributes without touching its tensors: the sealed attributes, format and
+    /// version, the stored config (decoded and validated), the tokenizer, and counts within range (step, epoch and
+    /// batch 0 to Int32.max). Throws `CheckpointError` naming the file and attribute when one is missing, damaged or
+    /// out of range.
     public static func readHeader(_ path: String) throws -> Header {
         let file: File
         do { file = try File.open(path) } catch {
@@ -156,6 +180,11 @@ public enum Checkpoint {
         }
         func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
             do { return try read(name) } catch { throw CheckpointError(file: path, message: "attribute '\(name)': \(error.message)") }
+        }
+        func has(_ name: String) throws -> Bool {
+            do { return try file.hasAttribute(name) } catch {
+                throw CheckpointError(file: path, message: "attribute '\(name)' cannot be looked up: \(error.message)")
+            }
         }
         /// A stored count that must be in `range` (a step, an epoch, a batch size): never a value that traps later.
         func count(_ name: String, in range: ClosedRange<Int64> = 0...Int64(Int32.max)) throws -> Int {
@@ -181,7 +210,7 @@ public enum Checkpoint {
             throw CheckpointError(file: path, message: "its stored config cannot be used: \(error.key.map { "key '\($0)': " } ?? "")\(error.message)")
         }
         var tokenizer: Tokenizer?
-        if try file.hasAttribute("tokenizer") {
+        if try has("tokenizer") {
             do { tokenizer = try Tokenizer(json: try file.stringAttribute("tokenizer")) } catch {
                 throw CheckpointError(file: path, message: "attribute 'tokenizer': \(error)")
             }
@@ -190,7 +219,7 @@ public enum Checkpoint {
                                   position: SamplerPosition(epoch: try count("epoch"), batch: try count("batch")),
                                   dropoutSeed: UInt64(bitPattern: try attribute("dropout_seed", file.int64Attribute)))
         var provenance: Provenance?
-        if try file.hasAttribute("global_batch") {
+        if try has("global_batch") {
             provenance = Provenance(globalBatch: try count("global_batch", in: 1...Int64(Int32.max)),
                                     worldSize: try count("world_size", in: 1...Int64(1 << 24)),
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute))
@@ -207,7 +236,10 @@ public enum Checkpoint {
         guard header.config.model == model.config else {
             throw CheckpointError(file: path, message: "was written for another model (\(differences(header.config.model, model.config)))")
         }
-        let file = try File.open(path)
+        let file: File
+        do { file = try File.open(path) } catch {
+            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
+        }
         var groups = [("params", model.parameters)]
         if let optimizer {
             groups += [("optimizer/exp_avg", optimizer.firstMoment), ("optimizer/exp_avg_sq", optimizer.secondMoment)]

@@ -45,20 +45,25 @@ public final class CollectiveWatchdog: @unchecked Sendable {
         size = world.size
         notices = timeoutSeconds > 0 && world.size > 1 ? try world.duplicate() : nil
         guard timeoutSeconds > 0 else { return }
-        let thread = Thread { [self] in watch() }
+        // The thread holds the watchdog only while it checks, so releasing the watchdog also ends the thread.
+        let thread = Thread { [weak self] in
+            while true {
+                Thread.sleep(forTimeInterval: 0.2)
+                guard let watchdog = self, watchdog.running.load(ordering: .relaxed) else { return }
+                watchdog.check()
+            }
+        }
         thread.name = "ddp-collective-watchdog"
         thread.start()
     }
 
-    private func watch() {
-        while running.load(ordering: .relaxed) {
-            Thread.sleep(forTimeInterval: 0.2)
-            let overdue = phase.withLock { current -> String? in
-                guard let current, ContinuousClock.now - current.started > timeout else { return nil }
-                return current.name
-            }
-            if let overdue { fail("collective '\(overdue)' did not complete within \(timeout); a rank stalled or the network failed") }
+    /// Ends the job when the guarded collective has run past the timeout.
+    private func check() {
+        let overdue = phase.withLock { current -> String? in
+            guard let current, ContinuousClock.now - current.started > timeout else { return nil }
+            return current.name
         }
+        if let overdue { fail("collective '\(overdue)' did not complete within \(timeout); a rank stalled or the network failed") }
     }
 
     private func fail(_ reason: String) -> Never {
@@ -131,6 +136,7 @@ public final class CollectiveWatchdog: @unchecked Sendable {
     /// A notice: the phase number and whether the sender has arrived at it (else it is still working towards it).
     private static func notice(phase: Int64, arrived: Bool) -> Int64 { phase << 1 | (arrived ? 1 : 0) }
 
+    /// Stops the watch thread, which notices within 0.2 s (releasing the watchdog stops it too).
     public func stop() { running.store(false, ordering: .relaxed) }
     deinit { running.store(false, ordering: .relaxed) }
 }

@@ -1,3 +1,4 @@
+import Basics
 import Data
 import Foundation
 import MPI
@@ -12,7 +13,9 @@ public struct Evaluation: Sendable, Equatable, Codable {
     public var perplexity: Double
     /// Share of real target tokens whose most likely prediction is the target.
     public var tokenAccuracy: Double
-    public var tokens: Int
+    /// Real (non-PAD) target tokens the loss and accuracy are averaged over, summed over all ranks.
+    public var targetTokens: Int
+    /// Samples evaluated for the loss, summed over all ranks.
     public var sequences: Int
     /// seq2seq: the share of decoded examples equal to their target.
     public var exactMatch: Double?
@@ -35,21 +38,28 @@ public struct Evaluation: Sendable, Equatable, Codable {
 /// An evaluation that failed on at least one rank: every rank raises it together, with the first failing rank's
 /// message, so the trainer can report it and go on (evaluation never costs trained state).
 public struct EvaluationFailed: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    /// The first failing rank's error, prefixed with "rank N: " when there is more than one rank.
     public let message: String
+    /// The message as it stands (it already names the failing rank when there are several).
     public var description: String { message }
 }
 
 /// What an evaluation covers and how it decodes.
 public struct EvaluationPlan: Sendable {
+    /// Sequences per rank per batch, for the loss and for decoding.
     public var batchSize: Int
+    /// Longest encoder input in tokens, EOS included (`data.source_length`); a longer source is an error, not cut.
     public var sourceLength: Int
+    /// Longest decoder input in tokens, BOS included (`data.target_length`); decoding generates at most one fewer.
     public var targetLength: Int
     /// Batches per rank for the loss (0: the whole split).
     public var maxBatches: Int
     /// seq2seq: the first N examples are decoded and scored (Int.max: all).
     public var decodeSamples: Int
+    /// How seq2seq examples are decoded for exact match, BLEU and chrF (greedy by default).
     public var decoding: DecodingMethod
 
+    /// A plan; by default the whole split for the loss, every example decoded, greedily.
     public init(batchSize: Int, sourceLength: Int, targetLength: Int, maxBatches: Int = 0, decodeSamples: Int = .max,
                 decoding: DecodingMethod = .greedy) {
         self.batchSize = batchSize
@@ -76,12 +86,12 @@ public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: Evalu
         if let watchdog { try watchdog.allreduce(&values, phase: phase) } else { try world.allreduce(&values, op: .sum) }
     }
 
-    var sums = [0.0, 0.0, 0.0, 0.0]  // loss, tokens, correct, sequences
+    var sums = [0.0, 0.0, 0.0, 0.0]  // loss, target tokens, correct, sequences
     let lossFailure = attempt(watchdog) { try lossSums(model, on: split, plan: plan, world: world, into: &sums) }
     try agree(on: lossFailure, sums: &sums, world: world, sumAcrossRanks: sumAcrossRanks, phase: "evaluation loss")
     let loss = sums[1] > 0 ? sums[0] / sums[1] : 0
     var result = Evaluation(loss: loss, perplexity: exp(loss), tokenAccuracy: sums[1] > 0 ? sums[2] / sums[1] : 0,
-                            tokens: Int(sums[1]), sequences: Int(sums[3]))
+                            targetTokens: Int(sums[1]), sequences: Int(sums[3]))
     guard split.task == .seq2seq && plan.decodeSamples > 0 else { return result }
 
     var bleu = BLEUStatistics(), chrF = CHRFStatistics()
@@ -135,12 +145,12 @@ private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: Eval
     let list = ListPlan(batches)
     let loader = BatchLoader(split: split, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength) { list.next() }
     defer { loader.stop() }
-    while let tokenBatch = try loader.next() {
-        let result = model.forward(Batch(tokenBatch))
+    while let batch = try loader.next() {
+        let result = model.forward(batch)
         sums[0] += result.loss
-        sums[1] += Double(result.tokens)
+        sums[1] += Double(result.targetTokens)
         sums[2] += Double(result.correct)
-        sums[3] += Double(tokenBatch.batchSize)
+        sums[3] += Double(batch.batchSize)
     }
 }
 
@@ -154,11 +164,11 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
         let chunk = Array(mine[start..<min(mine.count, start + plan.batchSize)])
         let batch = try reader.batch(chunk, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength)
         let outputs = try model.decode(source: batch.source, batchSize: batch.batchSize, sourceLength: batch.sourceLength,
-                                       maxLength: plan.targetLength - 1, method: plan.decoding)
+                                       maxTokens: plan.targetLength - 1, method: plan.decoding)
         for row in chunk.indices {
             // The batch's labels are target + EOS, padded: the target needs no second read.
             let labels = batch.labels[(row * batch.targetLength)..<((row + 1) * batch.targetLength)]
-            let target = Array(labels.prefix { $0 != Transformer.SpecialToken.eos })
+            let target = Array(labels.prefix { $0 != SpecialToken.eos })
             counts[0] += outputs[row] == target ? 1 : 0
             counts[1] += 1
             let hypothesis = split.tokenizer.decode(outputs[row]), reference = split.tokenizer.decode(target)

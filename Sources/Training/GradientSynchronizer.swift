@@ -6,10 +6,11 @@ import Transformer
 
 /// Sums the gradient arena over all ranks in buckets, overlapped with backward.
 ///
-/// The arena is cut into buckets of about `bucketBytes` from its end (backward finishes the end first). When the
-/// model reports that every gradient from some offset on is final (`TransformerModel.onGradientsFinal`), each bucket
-/// lying wholly past it starts a nonblocking in-place allreduce at once; `finish()` starts the rest and waits for
-/// all. Only the last micro-step of an accumulation communicates: earlier ones just accumulate locally.
+/// The arena is cut into buckets of about `bucketBytes` from its end (backward finishes the end first). The model's
+/// layers report the arena ranges whose gradients are final (`TransformerModel.onGradientsFinal`); once the reported
+/// ranges cover everything from a bucket's start to the arena's end, that bucket starts a nonblocking in-place
+/// allreduce at once; `finish()` starts the rest and waits for all. Only the last micro-step of an accumulation
+/// communicates: earlier ones just accumulate locally.
 ///
 /// Open MPI moves a nonblocking collective forward only inside MPI calls. When MPI allows calls from another
 /// thread (`.serialized` or better), a progress thread owns every MPI call of the step and keeps the all-reduces
@@ -22,11 +23,16 @@ public final class GradientSynchronizer {
     private let reducer: BucketReducer
     /// Bucket ranges in launch order: the last slice of the arena first.
     public let buckets: [Range<Int>]
-    /// Whether a progress thread drives communication (else the training thread, between sublayers).
+    /// Whether a progress thread drives communication (else the training thread, between layers).
     public let usesProgressThread: Bool
     private let progress: ProgressThread?
     private var inFlight: [BucketReducer.InFlight] = []
     private var launched = 0
+    private let arenaCount: Int
+    /// Every gradient from here to the arena's end is final in this step.
+    private var finalFrom: Int
+    /// Reported ranges not yet joined to the final tail.
+    private var reported: [Range<Int>] = []
     private var failure: MPIError?
     /// Buckets launched before backward ended in the last step (how much communication overlapped).
     public private(set) var launchedDuringBackward = 0
@@ -43,6 +49,8 @@ public final class GradientSynchronizer {
             end = start
         }
         self.buckets = buckets
+        arenaCount = gradients.layout.count
+        finalFrom = arenaCount
         reducer = BucketReducer(communicator: communicator, gradients: gradients.storage, compression: compression)
         let allowed = (MPIRuntime.threadLevel ?? .single) >= .serialized && communicator.size > 1
         usesProgressThread = (progressThread ?? allowed) && allowed
@@ -57,15 +65,23 @@ public final class GradientSynchronizer {
         launched = 0
         failure = nil
         launchedDuringBackward = 0
-        model.onGradientsFinal = { [unowned self] offset in self.gradientsFinal(from: offset) }
+        finalFrom = arenaCount
+        reported.removeAll(keepingCapacity: true)
+        model.onGradientsFinal = { [unowned self] range in self.gradientsFinal(range) }
     }
 
-    /// Starts every bucket whose gradients are all final, and lets MPI progress the ones in flight.
-    func gradientsFinal(from offset: Int) {
+    /// Notes `range` as final, starts every bucket whose gradients are now all final, and lets MPI progress the ones
+    /// in flight.
+    func gradientsFinal(_ range: Range<Int>) {
+        reported.append(range)
+        // Join every reported range that reaches the final tail, whatever order they came in.
+        while let index = reported.firstIndex(where: { $0.upperBound >= finalFrom }) {
+            finalFrom = min(finalFrom, reported.remove(at: index).lowerBound)
+        }
         let first = launched
-        while launched < buckets.count && buckets[launched].lowerBound >= offset {
+        while launched < buckets.count && buckets[launched].lowerBound >= finalFrom {
             launched += 1
-            if offset > 0 { launchedDuringBackward += 1 }
+            if finalFrom > 0 { launchedDuringBackward += 1 }
         }
         if let progress {
             if launched > first { progress.enqueue(Array(buckets[first..<launched]), finishing: false) }

@@ -6,6 +6,7 @@ import Yams
 /// A run's configuration file (YAML). Strict: an unknown key, a wrong type or an impossible value is an error
 /// that names the key. Sections: `model` (ModelConfig keys), `data`, `training`, `optimizer`.
 public struct RunConfig: Codable, Equatable, Sendable {
+    /// The `data` section: where the dataset is and how long its sequences may be. Required, with `data.target_length`.
     public struct DataSection: Codable, Equatable, Sendable {
         /// The dataset directory (train-*.h5, valid-*.h5), relative to the working directory.
         public var directory: String = ""
@@ -16,6 +17,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
         enum CodingKeys: String, CodingKey { case directory, sourceLength = "source_length", targetLength = "target_length" }
 
+        /// Reads the section: `target_length` is required; `directory` defaults to "" and `source_length` to 0.
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             directory = try values.decodeIfPresent(String.self, forKey: .directory) ?? ""
@@ -24,15 +26,20 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The `training` section: batch, length of the run, seeds, gradient clipping and communication. Required, with
+    /// `training.batch_size`.
     public struct TrainingSection: Codable, Equatable, Sendable {
         /// Sequences per rank per micro-step.
         public var batchSize: Int
+        /// Label smoothing ε of the cross-entropy loss, as in torch.nn.functional.cross_entropy's `label_smoothing`
+        /// (`training.label_smoothing`, default 0, in [0, 1)).
         public var labelSmoothing: Float = 0
+        /// Seeds parameter initialisation, dropout and the sampler's epoch permutations (`training.seed`, default 0).
         public var seed: UInt64 = 0
         /// Updates to take.
         public var steps = 1000
         /// Micro-steps per update (only the last one communicates).
-        public var gradAccum = 1
+        public var accumulationSteps = 1
         /// Global-norm clipping; 0 turns it off.
         public var clipNorm: Float = 1
         /// Gradient all-reduce bucket size in MiB.
@@ -48,18 +55,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
         enum CodingKeys: String, CodingKey {
             case seed, steps
-            case batchSize = "batch_size", labelSmoothing = "label_smoothing", gradAccum = "grad_accum", clipNorm = "clip_norm"
+            case batchSize = "batch_size", labelSmoothing = "label_smoothing", accumulationSteps = "grad_accum", clipNorm = "clip_norm"
             case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
             case gradCompression = "grad_compression"
         }
 
+        /// Reads the section: `batch_size` is required; every other key takes the default shown on its property.
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             batchSize = try values.decode(Int.self, forKey: .batchSize)
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
             seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
             steps = try values.decodeIfPresent(Int.self, forKey: .steps) ?? 1000
-            gradAccum = try values.decodeIfPresent(Int.self, forKey: .gradAccum) ?? 1
+            accumulationSteps = try values.decodeIfPresent(Int.self, forKey: .accumulationSteps) ?? 1
             clipNorm = try values.decodeIfPresent(Float.self, forKey: .clipNorm) ?? 1
             bucketMb = try values.decodeIfPresent(Double.self, forKey: .bucketMb) ?? 4
             gradCompression = try values.decodeIfPresent(GradientCompression.self, forKey: .gradCompression) ?? .none
@@ -69,6 +77,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The `eval` section: when and how much of the valid split to evaluate. Optional; all keys default.
     public struct EvalSection: Codable, Equatable, Sendable {
         /// Evaluate on the valid split every this many updates (and at the end); 0: only at the end.
         public var every = 0
@@ -78,7 +87,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var decodeSamples = 200
 
         enum CodingKeys: String, CodingKey { case every, maxBatches = "max_batches", decodeSamples = "decode_samples" }
+        /// The defaults: evaluate only at the end, on the whole split, greedy-decoding 200 examples.
         public init() {}
+        /// Reads the section; a missing key takes its default (`every` 0, `max_batches` 0, `decode_samples` 200).
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
@@ -87,13 +98,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The `checkpoint` section: how often to write checkpoints and how many to keep. Optional; all keys default.
     public struct CheckpointSection: Codable, Equatable, Sendable {
         /// Checkpoint every this many updates (and at the end); 0: only at the end.
         public var every = 0
         /// Checkpoints kept in the run directory.
         public var keep = 3
 
+        /// The defaults: a checkpoint only at the end, the last 3 kept.
         public init() {}
+        /// Reads the section; a missing key takes its default (`every` 0, `keep` 3).
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
@@ -101,15 +115,24 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The `optimizer` section: AdamW's hyperparameters (torch.optim.AdamW), all optional.
     public struct OptimizerSection: Codable, Equatable, Sendable {
+        /// The learning rate (`optimizer.lr`, default 1e-4; torch's is 1e-3): the constant rate, or cosine's peak; the
+        /// noam schedule does not use it. Must be positive.
         public var lr: Float = 1e-4
+        /// AdamW's decay rate of the first-moment estimate (`optimizer.beta1`, default 0.9, in [0, 1)).
         public var beta1: Float = 0.9
+        /// AdamW's decay rate of the second-moment estimate (`optimizer.beta2`, default 0.999, in [0, 1)).
         public var beta2: Float = 0.999
+        /// AdamW's ε, added to the bias-corrected √v̂ in the denominator (`optimizer.eps`, default 1e-8).
         public var eps: Float = 1e-8
+        /// Decoupled weight decay λ as in torch.optim.AdamW: each update first multiplies every parameter by 1 − lr·λ
+        /// (`optimizer.weight_decay`, default 0.01).
         public var weightDecay: Float = 0.01
 
         enum CodingKeys: String, CodingKey { case lr, beta1, beta2, eps, weightDecay = "weight_decay" }
 
+        /// Reads the section; a missing key takes torch.optim.AdamW's default (lr 1e-4 here).
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             lr = try values.decodeIfPresent(Float.self, forKey: .lr) ?? 1e-4
@@ -119,15 +142,23 @@ public struct RunConfig: Codable, Equatable, Sendable {
             weightDecay = try values.decodeIfPresent(Float.self, forKey: .weightDecay) ?? 0.01
         }
 
+        /// The section as the optimizer's settings (betas, epsilon, weight decay; the learning rate comes from the
+        /// schedule).
         public var settings: AdamWSettings { AdamWSettings(beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay) }
 
+        /// torch.optim.AdamW's defaults, with lr 1e-4.
         public init() {}
     }
 
     /// Learning-rate schedule; `optimizer.lr` is the peak (cosine) or the rate (constant).
     public struct ScheduleSection: Codable, Equatable, Sendable {
+        /// The schedule (`schedule.kind`, default constant): `constant` keeps `optimizer.lr`; `noam` is Attention Is
+        /// All You Need's warm-up and inverse-square-root decay; `cosine` warms up linearly to `optimizer.lr`, then
+        /// follows half a cosine down to `schedule.min_lr`.
         public enum Kind: String, Codable, Sendable, CaseIterable { case constant, noam, cosine }
+        /// Which schedule (`schedule.kind`, default constant).
         public var kind: Kind = .constant
+        /// Updates of warm-up for noam and cosine (`schedule.warmup_steps`, default 0; noam needs at least 1).
         public var warmupSteps = 0
         /// noam's multiplier (1 in the paper).
         public var factor: Float = 1
@@ -140,8 +171,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case kind, factor, warmupSteps = "warmup_steps", minLr = "min_lr", totalSteps = "total_steps"
         }
 
+        /// The default: a constant rate of `optimizer.lr`.
         public init() {}
 
+        /// Reads the section; a missing key takes its default (constant, no warm-up, factor 1, min_lr 0, total_steps
+        /// unset).
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             kind = try values.decodeIfPresent(Kind.self, forKey: .kind) ?? .constant
@@ -152,14 +186,19 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The `model` section: the architecture (required).
     public var model: ModelConfig
+    /// The `data` section (required).
     public var data: DataSection
+    /// The `training` section (required).
     public var training: TrainingSection
     /// Optional: torch.optim.AdamW's defaults (lr 1e-4 here).
     public var optimizer: OptimizerSection
     /// Optional: constant `optimizer.lr`.
     public var schedule: ScheduleSection
+    /// Optional: evaluate only at the end of training.
     public var eval: EvalSection
+    /// Optional: one checkpoint at the end, the last 3 kept.
     public var checkpoint: CheckpointSection
 
     /// The schedule as a function of the update step.
@@ -174,6 +213,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint }
 
+    /// Reads a config: `model`, `data` and `training` are required; `optimizer`, `schedule`, `eval` and `checkpoint`
+    /// take their defaults when absent.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
         model = try values.decode(ModelConfig.self, forKey: .model)
@@ -205,7 +246,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// Every key on which two configs differ ("section.key"), with both values as text.
     public static func differences(_ stored: RunConfig, _ current: RunConfig) -> [(key: String, stored: String, current: String)] {
         func flatten(_ config: RunConfig) -> [String: String] {
-            guard let data = try? JSONEncoder.sorted.encode(config),
+            guard let data = try? JSONEncoder.sortedKeys.encode(config),
                   let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
             var flat: [String: String] = [:]
             for (section, value) in root {
@@ -232,6 +273,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return try parse(text, file: path, overrides: overrides)
     }
 
+    /// Parses YAML text, applies `--set` overrides, and checks it: unknown keys (with a suggestion of the closest known
+    /// one), types and values (`validate(file:)`). Throws `ConfigError` naming `file` (or the `--set` that gave a bad
+    /// value) and the key.
     public static func parse(_ text: String, file: String, overrides: [String] = []) throws -> RunConfig {
         var root: Node
         do {
@@ -315,6 +359,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return scored.flatMap { $0.1 <= 3 ? $0.0 : nil }
     }
 
+    /// Checks every value against its allowed range (the model's through `ModelConfig.validate()`, the lengths against
+    /// `model.max_length`); throws `ConfigError` naming `file` and the first offending key.
     public func validate(file: String) throws {
         do {
             try model.validate()
@@ -327,15 +373,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(training.batchSize >= 1 && training.batchSize <= RunConfig.largestBatch, "training.batch_size",
                   "must be 1 to \(RunConfig.largestBatch), got \(training.batchSize)")
         try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
-        try check(training.gradAccum >= 1 && training.gradAccum <= 1 << 16, "training.grad_accum",
-                  "must be 1 to \(1 << 16), got \(training.gradAccum)")
+        try check(training.accumulationSteps >= 1 && training.accumulationSteps <= 1 << 16, "training.grad_accum",
+                  "must be 1 to \(1 << 16), got \(training.accumulationSteps)")
         try check(training.clipNorm >= 0, "training.clip_norm", "must be 0 (off) or positive, got \(training.clipNorm)")
         try check(training.bucketMb > 0 && training.bucketMb <= 1_048_576, "training.bucket_mb", "must be positive and at most 1048576, got \(training.bucketMb)")
         try check(training.threads >= 0 && training.threads <= 1 << 12, "training.threads", "must be 0 (automatic) to \(1 << 12), got \(training.threads)")
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
         try check(training.collectiveTimeout >= 0 && training.collectiveTimeout <= 1e7, "training.collective_timeout",
                   "must be 0 (no limit) or positive seconds up to 1e7, got \(training.collectiveTimeout)")
-        try check(eval.every >= 0 && eval.maxBatches >= 0, "eval.every", "eval.every and eval.max_batches must be 0 or more")
+        try check(eval.every >= 0, "eval.every", "must be 0 (only at the end) or more, got \(eval.every)")
+        try check(eval.maxBatches >= 0, "eval.max_batches", "must be 0 (the whole split) or more, got \(eval.maxBatches)")
         try check(eval.decodeSamples >= 0, "eval.decode_samples", "must be 0 (off) or more, got \(eval.decodeSamples)")
         try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")
         try check(checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1, got \(checkpoint.keep)")
@@ -346,8 +393,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
                       "must be in 1...model.max_length (\(model.maxLength)) for an encoder-decoder model, got \(data.sourceLength)")
         }
         try check(training.labelSmoothing >= 0 && training.labelSmoothing < 1, "training.label_smoothing", "must be in [0, 1)")
-        try check(optimizer.lr > 0, "optimizer.lr", "must be positive, got \(optimizer.lr)")
-        try check((0..<1).contains(optimizer.beta1) && (0..<1).contains(optimizer.beta2), "optimizer.beta1", "betas must be in [0, 1)")
+        try check(optimizer.lr > 0 && optimizer.lr.isFinite, "optimizer.lr", "must be positive and finite, got \(optimizer.lr)")
+        try check((0..<1).contains(optimizer.beta1), "optimizer.beta1", "must be in [0, 1), got \(optimizer.beta1)")
+        try check((0..<1).contains(optimizer.beta2), "optimizer.beta2", "must be in [0, 1), got \(optimizer.beta2)")
+        try check(optimizer.eps > 0 && optimizer.eps.isFinite, "optimizer.eps", "must be positive and finite, got \(optimizer.eps)")
+        try check(optimizer.weightDecay >= 0 && optimizer.weightDecay.isFinite, "optimizer.weight_decay",
+                  "must be 0 (off) or positive and finite, got \(optimizer.weightDecay)")
+        try check(schedule.factor > 0 && schedule.factor.isFinite, "schedule.factor", "must be positive and finite, got \(schedule.factor)")
         try check(schedule.warmupSteps >= 0, "schedule.warmup_steps", "must be 0 or more, got \(schedule.warmupSteps)")
         try check(schedule.kind != .noam || schedule.warmupSteps >= 1, "schedule.warmup_steps", "noam needs a warm-up of at least 1 step")
         let cosineSteps = schedule.totalSteps ?? training.steps
@@ -358,11 +410,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// A config that cannot be used: which file (or `--set` override), which key, and what is wrong with it.
 public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    /// The config file, or "--set key=value" when a command-line override gave the bad value.
     public let file: String
+    /// The offending key as "section.key" ("training.batch_size"), or nil for a problem with the file as a whole.
     public let key: String?
+    /// What is wrong, as a clause that follows the key ("missing", "must be at least 1, got 0").
     public let message: String
 
+    /// An error about `key` in `file`.
     public init(file: String, key: String?, message: String) {
         self.file = file
         self.key = key
@@ -393,6 +450,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         }
     }
 
+    /// "file: config key 'section.key': message", or "file: message" without a key.
     public var description: String {
         if let key { return "\(file): config key '\(key)': \(message)" }
         return "\(file): \(message)"

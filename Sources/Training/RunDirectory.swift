@@ -9,8 +9,10 @@ import Foundation
 /// - `--resume` continues from `latest` and is an error when there is none; resume-if-present starts fresh then;
 /// - the path must be a directory, or not exist yet (it is created).
 public struct RunDirectory: Sendable {
+    /// The directory's path (`ddp train --run-dir`; by default runs/ and the config file's name without extension).
     public let path: String
 
+    /// The run directory at `path`; nothing is checked or created until `prepare`.
     public init(path: String) { self.path = path }
 
     /// Files of an earlier run in the directory: checkpoints, `latest`, metrics (names, sorted).

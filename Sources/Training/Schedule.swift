@@ -15,6 +15,9 @@ public enum LearningRateSchedule: Equatable, Sendable {
         return nil
     }
 
+    /// The learning rate for update `step` (1-based; values below 1 count as 1). Cosine warms up linearly to `peak` at
+    /// `warmupSteps`, reaches `minimum` at `totalSteps` and stays there; noam rises linearly for `warmupSteps` updates
+    /// and then decays as step^-0.5.
     public func rate(step: Int) -> Float {
         let s = Double(max(1, step))
         switch self {

@@ -1,34 +1,39 @@
-/// One allocation for every activation and scratch buffer of a step, carved once at model construction
-/// for the largest batch and lengths: a step allocates nothing.
+import Kernels
+
+/// One allocation for every activation and scratch buffer of a step, carved once at construction for the largest
+/// batch and lengths: a step allocates nothing.
+///
+/// Layers ask for their buffers with `carve` while they are built. Built first against a counting arena (`counting()`),
+/// which hands out empty buffers and adds up the sizes, the model learns how much it needs before allocating anything;
+/// built again against an arena of that size, the same requests get their buffers.
 final class ActivationArena {
-    private var sizes: [Int] = []
-    private(set) var storage: UnsafeMutableBufferPointer<Float> = .init(start: nil, count: 0)
-    private var offsets: [Int] = []
+    private(set) var storage: FloatBuffer
+    /// Floats handed out so far (each buffer starts 64-byte aligned).
+    private(set) var used = 0
+    /// The same, in Double: while counting, sizes from an untrusted config may add up past Int's range.
+    private(set) var usedFloats = 0.0
+    private let counting: Bool
 
-    /// Reserves `count` floats; returns the handle to fetch the buffer after `allocate()`.
-    func reserve(_ count: Int) -> Int {
-        sizes.append(count)
-        return sizes.count - 1
-    }
+    /// An arena that only counts (its buffers are empty).
+    static func counting() -> ActivationArena { ActivationArena(floats: nil) }
 
-    func allocate() {
-        var offset = 0
-        offsets = sizes.map { size in
-            defer { offset += (size + 15) & ~15 }  // 64-byte aligned starts
-            return offset
-        }
-        storage = .allocate(capacity: max(1, offset))
+    /// An arena of `floats` zeroed floats.
+    init(floats: Int?) {
+        counting = floats == nil
+        storage = .allocate(capacity: max(1, floats ?? 0))
         storage.initialize(repeating: 0)
     }
 
-    subscript(handle: Int) -> UnsafeMutableBufferPointer<Float> {
-        UnsafeMutableBufferPointer(rebasing: storage[offsets[handle]..<(offsets[handle] + sizes[handle])])
-    }
-
-    var floatCount: Int { storage.count }
-
-    /// Floats reserved so far, before `allocate` (in Double: a sum that cannot overflow, for the memory check).
-    var reservedFloats: Double { sizes.reduce(0) { $0 + Double($1) + 15 } }
-
     deinit { storage.deallocate() }
+
+    /// The next `count` floats (an empty buffer while counting).
+    func carve(_ count: Int) -> FloatBuffer {
+        usedFloats += Double(count) + 15
+        let start = used
+        let (end, overflow) = used.addingReportingOverflow((count + 15) & ~15)
+        used = overflow ? .max : end
+        guard !counting else { return FloatBuffer(start: storage.baseAddress, count: 0) }
+        precondition(used <= storage.count, "the activation arena was sized for \(storage.count) floats, \(used) asked for")
+        return FloatBuffer(rebasing: storage[start..<(start + count)])
+    }
 }

@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 
 /// How a translation is chosen from the model's next-token distributions.
@@ -17,8 +18,10 @@ public struct SamplingSettings: Equatable, Sendable {
     public var topK: Int
     /// Keep the smallest set of most likely tokens whose probability reaches p (1: all).
     public var topP: Double
+    /// Seeds the draws: the same seed, prompt and model give the same text.
     public var seed: UInt64
 
+    /// Plain sampling from the whole distribution at temperature 1 unless given.
     public init(temperature: Double = 1, topK: Int = 0, topP: Double = 1, seed: UInt64 = 0) {
         self.temperature = temperature
         self.topK = topK
@@ -29,8 +32,11 @@ public struct SamplingSettings: Equatable, Sendable {
 
 /// Decoding arguments that cannot work, naming the argument.
 public struct DecodingArgumentError: Error, CustomStringConvertible, Sendable {
+    /// The argument at fault, as the command line names it (`beam-size`, `prompt`, ...).
     public let argument: String
+    /// What is wrong with it.
     public let message: String
+    /// "ARGUMENT: MESSAGE".
     public var description: String { "\(argument): \(message)" }
 }
 
@@ -44,9 +50,9 @@ public func mostLikelyToken(_ row: UnsafeBufferPointer<Float>) -> Int32 {
 extension TransformerModel {
     // MARK: Encoder-decoder
 
-    /// Decodes framed, padded sources [B,S] (source + EOS, then PAD) into at most `maxLength` tokens each (EOS not
+    /// Decodes framed, padded sources [B,S] (source + EOS, then PAD) into at most `maxTokens` tokens each (EOS not
     /// included), with a key/value cache: every step feeds one new token per sequence.
-    public func decode(source: [Int32], batchSize: Int, sourceLength: Int, maxLength: Int,
+    public func decode(source: [Int32], batchSize: Int, sourceLength: Int, maxTokens: Int,
                        method: DecodingMethod = .greedy) throws(DecodingArgumentError) -> [[Int32]] {
         guard config.kind == .encoderDecoder else {
             throw DecodingArgumentError(argument: "model", message: "translation needs an encoder-decoder model; use generation for a decoder-only model")
@@ -54,7 +60,7 @@ extension TransformerModel {
         guard sourceLength >= 1, sourceLength <= config.maxLength else {
             throw DecodingArgumentError(argument: "source", message: "\(sourceLength) positions (with EOS) exceed the model's max_length \(config.maxLength)")
         }
-        let limit = min(maxLength, config.maxLength)
+        let limit = min(maxTokens, config.maxLength)
         guard limit >= 1 else { return [[Int32]](repeating: [], count: batchSize) }
         switch method {
         case .greedy:
@@ -101,86 +107,28 @@ extension TransformerModel {
     }
 
     private func beamSearch(_ decoder: IncrementalDecoder, batch: Int, beams: Int, limit: Int, lengthPenalty: Double) -> [[Int32]] {
-        let v = config.vocabSize
-        func normalized(_ score: Double, length: Int) -> Double { score / pow((5 + Double(length)) / 6, lengthPenalty) }
-        var hypotheses = [[Int32]](repeating: [], count: batch * beams)
-        // Every beam of a source starts as the same empty hypothesis: only the first may expand at the first step.
-        var scores = (0..<(batch * beams)).map { $0 % beams == 0 ? 0.0 : -Double.infinity }
-        var finished = [[(tokens: [Int32], score: Double)]](repeating: [], count: batch)
-        var last = [Int32](repeating: SpecialToken.bos, count: batch * beams)
-        var logProbabilities = [Double](repeating: 0, count: v)
+        var search = BeamSearch(batch: batch, beams: beams, vocabulary: config.vocabSize, lengthPenalty: lengthPenalty)
         for length in 0...limit {
-            let live = (0..<batch).filter { finished[$0].count < beams }
+            let live = search.liveSources
             if live.isEmpty { break }
             if length == limit {
-                // Out of room: the live hypotheses end here, without EOS.
-                for b in live {
-                    for j in 0..<beams where scores[b * beams + j] > -.infinity {
-                        finished[b].append((hypotheses[b * beams + j], normalized(scores[b * beams + j], length: length)))
-                    }
-                }
+                search.endLiveHypotheses(of: live, length: length)
                 break
             }
-            decoder.step(last)
+            decoder.step(search.lastTokens)
             var order = Array(0..<(batch * beams))
             decoder.withLogits { logits in
-                for b in live {
-                    // The 2·beams best continuations over all of this source's hypotheses: enough to keep `beams`
-                    // alive even if up to `beams` of them end with EOS.
-                    var candidates: [(score: Double, parent: Int, token: Int32)] = []
-                    for j in 0..<beams where scores[b * beams + j] > -.infinity {
-                        let row = b * beams + j
-                        logSoftmax(UnsafeBufferPointer(rebasing: logits[(row * v)..<((row + 1) * v)]), into: &logProbabilities)
-                        for token in 1..<v {
-                            let score = scores[row] + logProbabilities[token]
-                            if candidates.count == 2 * beams, score <= candidates[candidates.count - 1].score { continue }
-                            let entry = (score: score, parent: j, token: Int32(token))
-                            let at = candidates.firstIndex { $0.score < score } ?? candidates.count
-                            candidates.insert(entry, at: at)
-                            if candidates.count > 2 * beams { candidates.removeLast() }
-                        }
-                    }
-                    var next: [(parent: Int, token: Int32, score: Double)] = []
-                    for (rank, candidate) in candidates.enumerated() where next.count < beams {
-                        if candidate.token == SpecialToken.eos {
-                            // Only an EOS among the top `beams` ends a hypothesis (as fairseq does).
-                            if rank < beams {
-                                finished[b].append((hypotheses[b * beams + candidate.parent],
-                                                    normalized(candidate.score, length: length + 1)))
-                            }
-                        } else {
-                            next.append((candidate.parent, candidate.token, candidate.score))
-                        }
-                    }
-                    var extended = [[Int32]]()
-                    for j in 0..<beams {
-                        let row = b * beams + j
-                        if j < next.count {
-                            order[row] = b * beams + next[j].parent
-                            extended.append(hypotheses[order[row]] + [next[j].token])
-                            scores[row] = next[j].score
-                            last[row] = next[j].token
-                        } else {
-                            extended.append([])
-                            scores[row] = -.infinity
-                        }
-                    }
-                    for j in 0..<beams { hypotheses[b * beams + j] = extended[j] }
-                }
+                for b in live { search.advance(source: b, logits: UnsafeBufferPointer(logits), length: length, order: &order) }
             }
             decoder.reorder(order)
         }
-        return finished.map { list in
-            var best = list.first
-            for entry in list.dropFirst() where entry.score > best!.score { best = entry }
-            return best?.tokens ?? []
-        }
+        return search.best()
     }
 
     /// The reference for `decode`: greedy decoding that reruns the whole decoder over the prefix at every step
-    /// (no cache, O(maxLength²)); limited by the model's own buffers.
-    public func greedyDecodeWithoutCache(source: [Int32], batchSize: Int, sourceLength: Int, maxLength: Int) -> [[Int32]] {
-        let limit = min(maxLength, maxTargetLength)
+    /// (no cache, O(maxTokens²)); limited by the model's own buffers.
+    public func greedyDecodeWithoutCache(source: [Int32], batchSize: Int, sourceLength: Int, maxTokens: Int) -> [[Int32]] {
+        let limit = min(maxTokens, maxTargetLength)
         var outputs = [[Int32]](repeating: [], count: batchSize)
         var finished = [Bool](repeating: false, count: batchSize)
         for length in 1...max(1, limit) where finished.contains(false) && limit >= 1 {
@@ -190,7 +138,7 @@ extension TransformerModel {
                 let prefix = [SpecialToken.bos] + outputs[row]
                 decoderInput += prefix + [Int32](repeating: SpecialToken.pad, count: length - prefix.count)
             }
-            forwardWithoutTraining(Batch(batchSize: batchSize, sourceLength: sourceLength, targetLength: length, source: source,
+            forwardWithoutTraining(TokenBatch(batchSize: batchSize, sourceLength: sourceLength, targetLength: length, source: source,
                                          decoderInput: decoderInput, labels: [Int32](repeating: SpecialToken.pad, count: batchSize * length)))
             withLogits { logits in
                 let v = config.vocabSize
@@ -204,7 +152,7 @@ extension TransformerModel {
         return outputs
     }
 
-    private func forwardWithoutTraining(_ batch: Batch) {
+    private func forwardWithoutTraining(_ batch: TokenBatch) {
         let wasTraining = training
         training = false
         defer { training = wasTraining }
@@ -261,7 +209,7 @@ extension TransformerModel {
                 throw DecodingArgumentError(argument: "max-tokens", message: "the model's buffers hold \(maxTargetLength) positions, \(positions) needed")
             }
             while generated.count < maxTokens {
-                forwardWithoutTraining(Batch(batchSize: 1, sourceLength: 0, targetLength: sequence.count, source: [], decoderInput: sequence,
+                forwardWithoutTraining(TokenBatch(batchSize: 1, sourceLength: 0, targetLength: sequence.count, source: [], decoderInput: sequence,
                                              labels: [Int32](repeating: SpecialToken.pad, count: sequence.count)))
                 let offset = (sequence.count - 1) * config.vocabSize
                 let next = withLogits { sampler.next(UnsafeBufferPointer(rebasing: $0[offset..<(offset + config.vocabSize)])) }
@@ -273,6 +221,104 @@ extension TransformerModel {
             }
         }
         return generated
+    }
+}
+
+/// Beam search over `batch` sources with `beams` hypotheses each, rows b·beams ..< (b+1)·beams of the decoder
+/// belonging to source b.
+private struct BeamSearch {
+    let batch: Int, beams: Int, vocabulary: Int, lengthPenalty: Double
+    /// Each row's hypothesis so far (without BOS).
+    var hypotheses: [[Int32]]
+    /// Each row's summed log-probability; -∞ for an empty slot.
+    var scores: [Double]
+    /// Each source's finished hypotheses with their normalised scores.
+    var finished: [[(tokens: [Int32], score: Double)]]
+    /// The token each row feeds next.
+    var lastTokens: [Int32]
+    private var logProbabilities: [Double]
+
+    init(batch: Int, beams: Int, vocabulary: Int, lengthPenalty: Double) {
+        (self.batch, self.beams, self.vocabulary, self.lengthPenalty) = (batch, beams, vocabulary, lengthPenalty)
+        hypotheses = [[Int32]](repeating: [], count: batch * beams)
+        // Every beam of a source starts as the same empty hypothesis: only the first may expand at the first step.
+        scores = (0..<(batch * beams)).map { $0 % beams == 0 ? 0.0 : -Double.infinity }
+        finished = [[(tokens: [Int32], score: Double)]](repeating: [], count: batch)
+        lastTokens = [Int32](repeating: SpecialToken.bos, count: batch * beams)
+        logProbabilities = [Double](repeating: 0, count: vocabulary)
+    }
+
+    /// Sources with fewer than `beams` finished hypotheses.
+    var liveSources: [Int] { (0..<batch).filter { finished[$0].count < beams } }
+
+    /// log P / ((5 + |Y|) / 6)^α (Wu et al. 2016).
+    func normalized(_ score: Double, length: Int) -> Double { score / pow((5 + Double(length)) / 6, lengthPenalty) }
+
+    /// Out of room: the live hypotheses of `sources` end here, without EOS.
+    mutating func endLiveHypotheses(of sources: [Int], length: Int) {
+        for b in sources {
+            for j in 0..<beams where scores[b * beams + j] > -.infinity {
+                finished[b].append((hypotheses[b * beams + j], normalized(scores[b * beams + j], length: length)))
+            }
+        }
+    }
+
+    /// The 2·beams best continuations over all of source b's hypotheses, best first: enough to keep `beams` alive
+    /// even if up to `beams` of them end with EOS.
+    private mutating func bestContinuations(of b: Int, logits: UnsafeBufferPointer<Float>) -> [(score: Double, parent: Int, token: Int32)] {
+        let v = vocabulary
+        var candidates: [(score: Double, parent: Int, token: Int32)] = []
+        for j in 0..<beams where scores[b * beams + j] > -.infinity {
+            let row = b * beams + j
+            logSoftmax(UnsafeBufferPointer(rebasing: logits[(row * v)..<((row + 1) * v)]), into: &logProbabilities)
+            for token in 1..<v {
+                let score = scores[row] + logProbabilities[token]
+                if candidates.count == 2 * beams, score <= candidates[candidates.count - 1].score { continue }
+                let at = candidates.firstIndex { $0.score < score } ?? candidates.count
+                candidates.insert((score: score, parent: j, token: Int32(token)), at: at)
+                if candidates.count > 2 * beams { candidates.removeLast() }
+            }
+        }
+        return candidates
+    }
+
+    /// One step for source b given every row's next-token logits [rows, V]: hypotheses ending in EOS among the top
+    /// `beams` finish (as fairseq does), the best `beams` others continue; `order[row]` receives the row each
+    /// continuing hypothesis came from.
+    mutating func advance(source b: Int, logits: UnsafeBufferPointer<Float>, length: Int, order: inout [Int]) {
+        var next: [(parent: Int, token: Int32, score: Double)] = []
+        for (rank, candidate) in bestContinuations(of: b, logits: logits).enumerated() where next.count < beams {
+            if candidate.token == SpecialToken.eos {
+                if rank < beams {
+                    finished[b].append((hypotheses[b * beams + candidate.parent], normalized(candidate.score, length: length + 1)))
+                }
+            } else {
+                next.append((candidate.parent, candidate.token, candidate.score))
+            }
+        }
+        var extended = [[Int32]]()
+        for j in 0..<beams {
+            let row = b * beams + j
+            if j < next.count {
+                order[row] = b * beams + next[j].parent
+                extended.append(hypotheses[order[row]] + [next[j].token])
+                scores[row] = next[j].score
+                lastTokens[row] = next[j].token
+            } else {
+                extended.append([])
+                scores[row] = -.infinity
+            }
+        }
+        for j in 0..<beams { hypotheses[b * beams + j] = extended[j] }
+    }
+
+    /// Each source's best finished hypothesis (the first on ties; empty if none finished).
+    func best() -> [[Int32]] {
+        finished.map { list in
+            var best = list.first
+            for entry in list.dropFirst() where entry.score > best!.score { best = entry }
+            return best?.tokens ?? []
+        }
     }
 }
 

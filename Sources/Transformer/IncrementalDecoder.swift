@@ -1,12 +1,15 @@
+import Basics
 import Kernels
 
 /// Decodes one position at a time for `rows` sequences side by side, keeping every decoder self-attention's keys
 /// and values (and, for an encoder-decoder model, the cross-attention keys and values of the encoded source), so
-/// step t costs O(t) instead of rerunning the decoder over the whole prefix.
+/// step t costs O(t) instead of rerunning the decoder over the whole prefix. It runs the model's own layers
+/// (`Embedding.step`, `DecoderLayer.step`, the final norm and the head) on one position.
 ///
 /// Reads the model's parameters in place (it must not be trained meanwhile); owns its caches and workspace, sized
 /// at construction. Not `Sendable`, like the model.
 public final class IncrementalDecoder {
+    /// The model whose parameters it reads.
     public let model: TransformerModel
     /// Sequences decoded side by side (batch x beams).
     public let rows: Int
@@ -17,13 +20,14 @@ public final class IncrementalDecoder {
     /// Source positions of the encoded memory (encoder-decoder only; 0 before `encode`).
     public private(set) var sourceLength = 0
 
-    private let buffers = ActivationArena()
-    private let x: Int, normOut: Int, mean: Int, rstd: Int, q: Int, k: Int, v: Int, context: Int, output: Int, sum: Int
-    private let hidden: Int, activated: Int, logits: Int, scratch: Int, reorderScratch: Int
+    private let arena: ActivationArena
+    private let step: DecoderLayer.StepActivations
+    private let caches: [DecoderLayer.Cache]
+    private let finalNorm: LayerNorm.Activations      // [R, C]
+    private let logits: FloatBuffer                    // [R, V]
+    private let reorderScratch: FloatBuffer            // [R, capacity·C]
     private let maxSourceLength: Int
-    private let sourcePadding: UnsafeMutableBufferPointer<Bool>
-    /// Per decoder sublayer: the cache handles of its keys and values (nil for feed-forward sublayers).
-    private let caches: [(keys: Int, values: Int)?]
+    private let sourcePadding: UnsafeMutableBufferPointer<Bool>  // [R, maxSourceLength]
 
     /// A decoder for `rows` sequences of up to `capacity` positions; encoder-decoder models also take sources of up
     /// to `maxSourceLength` tokens (framed: source + EOS).
@@ -40,33 +44,27 @@ public final class IncrementalDecoder {
         self.model = model
         self.rows = rows
         self.capacity = capacity
-        self.maxSourceLength = isEncoderDecoder ? maxSourceLength : 0
-        let c = config.dModel, f = config.dFF
-        x = buffers.reserve(rows * c)
-        normOut = buffers.reserve(rows * c)
-        mean = buffers.reserve(rows)
-        rstd = buffers.reserve(rows)
-        q = buffers.reserve(rows * c)
-        k = buffers.reserve(rows * c)
-        v = buffers.reserve(rows * c)
-        context = buffers.reserve(rows * c)
-        output = buffers.reserve(rows * c)
-        sum = buffers.reserve(rows * c)
-        hidden = buffers.reserve(rows * f)
-        activated = buffers.reserve(rows * f)
-        logits = buffers.reserve(rows * config.vocabSize)
-        scratch = buffers.reserve(rows * config.heads * max(capacity, self.maxSourceLength))
-        reorderScratch = buffers.reserve(rows * capacity * c)
-        let buffers = self.buffers
-        let sourceCapacity = self.maxSourceLength
-        caches = model.decoder.map { sublayer in
-            switch sublayer.kind {
-            case .selfAttention: return (buffers.reserve(rows * capacity * c), buffers.reserve(rows * capacity * c))
-            case .crossAttention: return (buffers.reserve(rows * sourceCapacity * c), buffers.reserve(rows * sourceCapacity * c))
-            case .feedForward: return nil
+        let sourceCapacity = isEncoderDecoder ? maxSourceLength : 0
+        self.maxSourceLength = sourceCapacity
+        func carve(_ arena: ActivationArena)
+            -> (DecoderLayer.StepActivations, [DecoderLayer.Cache], LayerNorm.Activations, FloatBuffer, FloatBuffer) {
+            let c = config.dModel
+            let step = DecoderLayer.StepActivations(rows: rows, longestCache: max(capacity, sourceCapacity), config: config, arena: arena)
+            let caches = model.decoderLayers.map { layer in
+                DecoderLayer.Cache(selfAttention: MultiHeadAttention.Cache(rows: rows, capacity: capacity, channels: c, arena: arena),
+                                   crossAttention: layer.crossAttention == nil ? nil
+                                       : MultiHeadAttention.Cache(rows: rows, capacity: sourceCapacity, channels: c, arena: arena))
             }
+            return (step, caches, LayerNorm.Activations(rows: rows, channels: c, arena: arena), arena.carve(rows * config.vocabSize),
+                    arena.carve(rows * capacity * c))
         }
-        buffers.allocate()
+        let counting = ActivationArena.counting()
+        _ = carve(counting)
+        if let shortfall = MemoryBudget.shortfall(counting.usedFloats * 4, for: "decoding \(rows) sequence(s) of \(capacity) positions") {
+            throw ModelConfigError(key: "rows", message: shortfall)
+        }
+        arena = ActivationArena(floats: counting.used)
+        (step, caches, finalNorm, logits, reorderScratch) = carve(arena)
         sourcePadding = .allocate(capacity: max(1, rows * sourceCapacity))
         sourcePadding.initialize(repeating: false)
     }
@@ -90,17 +88,14 @@ public final class IncrementalDecoder {
             let chunk = Array(source[(first * sourceLength)..<((first + count) * sourceLength)])
             let memory = model.encodeForDecoding(source: chunk, batch: count, time: sourceLength)
             for b in 0..<count {
-                let memoryRows = UnsafeMutableBufferPointer(rebasing: memory[(b * sourceLength * c)..<((b + 1) * sourceLength * c)])
+                let states = FloatBuffer(rebasing: memory[(b * sourceLength * c)..<((b + 1) * sourceLength * c)])
                 for copy in 0..<copies {
                     let row = (first + b) * copies + copy
                     for t in 0..<sourceLength { sourcePadding[row * maxSourceLength + t] = chunk[b * sourceLength + t] == SpecialToken.pad }
                     // Cross-attention keys and values of this source, once per layer, into the row's cache slots.
-                    for (sublayer, cache) in zip(model.decoder, caches) where sublayer.kind == .crossAttention {
-                        for (linear, handle) in [(sublayer.linears[1], cache!.keys), (sublayer.linears[2], cache!.values)] {
-                            let slot = UnsafeMutableBufferPointer(rebasing: buffers[handle][(row * maxSourceLength * c)...])
-                            linearForward(out: slot, inp: memoryRows, weight: model.parameters[linear.weight],
-                                          bias: model.parameters[linear.bias], rows: sourceLength, inFeatures: c, outFeatures: c)
-                        }
+                    for (layer, cache) in zip(model.decoderLayers, caches) {
+                        guard let crossAttention = layer.crossAttention, let crossCache = cache.crossAttention else { continue }
+                        crossAttention.attention.cacheSource(states, length: sourceLength, row: row, in: crossCache, parameters: model.parameters)
                     }
                 }
             }
@@ -112,106 +107,36 @@ public final class IncrementalDecoder {
 
     /// Feeds one token per row at position `length` and computes the next-token logits of every row.
     public func step(_ tokens: [Int32]) {
-        let config = model.config, c = config.dModel, parameters = model.parameters
+        let config = model.config, parameters = model.parameters
         precondition(tokens.count == rows, "a step takes one token per row (\(rows)), got \(tokens.count)")
         precondition(length < capacity, "the decoding cache is full (\(capacity) positions)")
         precondition(config.kind == .decoderOnly || sourceLength > 0, "encode a source before decoding")
-        let position = length
-        var x = buffers[self.x]
-        tokens.withUnsafeBufferPointer { ids in
-            embeddingForward(out: x, tokens: ids, table: parameters[model.embedView], vocabulary: config.vocabSize, channels: c,
-                             scale: config.scaleEmbedding ? Float(c).squareRoot() : 1)
+        model.embedding.step(out: step.x, tokens: tokens, position: length, positions: model.positionTable(), parameters: parameters)
+        for (layer, cache) in zip(model.decoderLayers, caches) {
+            layer.step(step, rows: rows, position: length, cache: cache, sourceLength: sourceLength,
+                       sourcePadding: UnsafeBufferPointer(sourcePadding), parameters: parameters)
         }
-        let positions = model.positionTable()
-        addPositionsForward(out: x, positions: UnsafeMutableBufferPointer(rebasing: positions[(position * c)..<((position + 1) * c)]),
-                            batch: rows, time: 1, channels: c)
-        let isPost = config.norm == .post
-        for (sublayer, cache) in zip(model.decoder, caches) {
-            if !isPost { norm(sublayer, x) }
-            let input = isPost ? x : buffers[normOut]
-            let out = buffers[output]
-            switch sublayer.kind {
-            case .selfAttention:
-                project(sublayer.linears[0], input, into: buffers[q])
-                project(sublayer.linears[1], input, into: buffers[k])
-                project(sublayer.linears[2], input, into: buffers[v])
-                store(k, into: cache!.keys, at: position)
-                store(v, into: cache!.values, at: position)
-                cachedAttentionForward(out: buffers[context], scratch: buffers[scratch], q: buffers[q], keys: buffers[cache!.keys],
-                                       values: buffers[cache!.values], keyPadding: nil, rows: rows, length: position + 1,
-                                       capacity: capacity, channels: c, heads: config.heads)
-                project(sublayer.linears[3], buffers[context], into: out)
-            case .crossAttention:
-                project(sublayer.linears[0], input, into: buffers[q])
-                cachedAttentionForward(out: buffers[context], scratch: buffers[scratch], q: buffers[q], keys: buffers[cache!.keys],
-                                       values: buffers[cache!.values], keyPadding: UnsafeBufferPointer(sourcePadding), rows: rows,
-                                       length: sourceLength, capacity: maxSourceLength, channels: c, heads: config.heads)
-                project(sublayer.linears[3], buffers[context], into: out)
-            case .feedForward:
-                let f = config.dFF, (fc1, fc2) = (sublayer.linears[0], sublayer.linears[1])
-                linearForward(out: buffers[hidden], inp: input, weight: parameters[fc1.weight], bias: parameters[fc1.bias],
-                              rows: rows, inFeatures: c, outFeatures: f)
-                switch config.activation {
-                case .relu: reluForward(out: buffers[activated], inp: buffers[hidden], count: rows * f)
-                case .gelu: geluForward(out: buffers[activated], inp: buffers[hidden], count: rows * f)
-                }
-                linearForward(out: out, inp: buffers[activated], weight: parameters[fc2.weight], bias: parameters[fc2.bias],
-                              rows: rows, inFeatures: f, outFeatures: c)
-            }
-            residualForward(out: buffers[sum], a: x, b: out, count: rows * c)
-            if isPost {
-                norm(sublayer, buffers[sum])
-                _ = buffers[self.x].update(fromContentsOf: buffers[normOut])
-            } else {
-                _ = buffers[self.x].update(fromContentsOf: buffers[sum])
-            }
-            x = buffers[self.x]
+        var hidden = step.x
+        if let norm = model.decoderNorm {
+            norm.forward(finalNorm, inp: step.x, rows: rows, parameters: parameters)
+            hidden = finalNorm.out
         }
-        var hiddenState = x
-        if let final = model.decoderFinal {
-            layerNormForward(out: buffers[normOut], mean: buffers[mean], rstd: buffers[rstd], inp: x, weight: parameters[final.weight],
-                             bias: parameters[final.bias], rows: rows, channels: c)
-            hiddenState = buffers[normOut]
-        }
-        linearForward(out: buffers[logits], inp: hiddenState, weight: parameters[model.outputView], bias: nil, rows: rows,
-                      inFeatures: c, outFeatures: config.vocabSize)
+        model.head.projection.forward(out: logits, inp: hidden, rows: rows, parameters: parameters)
         length += 1
     }
 
     /// The last step's logits, [rows, V].
-    public func withLogits<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R { try body(buffers[logits]) }
+    public func withLogits<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R { try body(logits) }
 
     /// Row r continues the sequence that row order[r] held (beam search keeps the surviving hypotheses).
     public func reorder(_ order: [Int]) {
         precondition(order.count == rows, "reorder takes one source row per row (\(rows)), got \(order.count)")
         if order.elementsEqual(0..<rows) { return }
         let c = model.config.dModel
-        for (sublayer, cache) in zip(model.decoder, caches) where sublayer.kind != .crossAttention && sublayer.kind != .feedForward {
-            for handle in [cache!.keys, cache!.values] {
-                gatherRows(buffers[handle], order: order, rowWidth: capacity * c, used: length * c, scratch: buffers[reorderScratch])
+        for cache in caches {
+            for buffer in [cache.selfAttention.keys, cache.selfAttention.values] {
+                gatherRows(buffer, order: order, rowWidth: capacity * c, used: length * c, scratch: reorderScratch)
             }
         }
-    }
-
-    /// Copies this step's keys or values [R,C] into their cache [R,capacity,C] at `position`.
-    private func store(_ fresh: Int, into cache: Int, at position: Int) {
-        let c = model.config.dModel, source = buffers[fresh], target = buffers[cache]
-        for r in 0..<rows {
-            let slot = (r * capacity + position) * c
-            _ = UnsafeMutableBufferPointer(rebasing: target[slot..<(slot + c)])
-                .update(fromContentsOf: UnsafeMutableBufferPointer(rebasing: source[(r * c)..<((r + 1) * c)]))
-        }
-    }
-
-    private func project(_ linear: Sublayer.Linear, _ input: UnsafeMutableBufferPointer<Float>, into out: UnsafeMutableBufferPointer<Float>) {
-        let c = model.config.dModel
-        linearForward(out: out, inp: input, weight: model.parameters[linear.weight], bias: model.parameters[linear.bias],
-                      rows: rows, inFeatures: c, outFeatures: c)
-    }
-
-    private func norm(_ sublayer: Sublayer, _ input: UnsafeMutableBufferPointer<Float>) {
-        layerNormForward(out: buffers[normOut], mean: buffers[mean], rstd: buffers[rstd], inp: input,
-                         weight: model.parameters[sublayer.normWeight], bias: model.parameters[sublayer.normBias],
-                         rows: rows, channels: model.config.dModel)
     }
 }

@@ -1,29 +1,47 @@
 /// What a model is; the keys are the ones config files and checkpoints use.
 public struct ModelConfig: Codable, Equatable, Sendable {
+    /// `model.kind`: `encoder-decoder` (the paper's translation model) or `decoder-only` (the GPT family).
     public enum Kind: String, Codable, Sendable, CaseIterable { case encoderDecoder = "encoder-decoder", decoderOnly = "decoder-only" }
+    /// `model.activation` of the feed-forward network: `relu` (the paper) or `gelu` (torch.nn.functional.gelu, the exact
+    /// erf form).
     public enum Activation: String, Codable, Sendable, CaseIterable { case relu, gelu }
     /// `post`: LayerNorm after each residual add (the paper). `pre`: before each sublayer, plus a final norm per stack.
     public enum Norm: String, Codable, Sendable, CaseIterable { case post, pre }
+    /// `model.positions`: the paper's fixed sinusoids (§3.5) or a learned table `pos_embed.weight` [max_length, C].
     public enum Positions: String, Codable, Sendable, CaseIterable { case sinusoidal, learned }
 
+    /// `kind`: which of the two model forms.
     public var kind: Kind
+    /// `vocab_size`: token ids 0 ..< vocabSize (0-3 the special tokens).
     public var vocabSize: Int
+    /// `d_model`: the width C of every hidden state (even; a multiple of `heads`).
     public var dModel: Int
+    /// `heads`: attention heads, each of width d_model / heads.
     public var heads: Int
+    /// `encoder_layers`: encoder layers (0 for a decoder-only model).
     public var encoderLayers: Int
+    /// `decoder_layers`: decoder layers.
     public var decoderLayers: Int
+    /// `d_ff`: the feed-forward network's inner width F.
     public var dFF: Int
+    /// `activation`: the feed-forward network's nonlinearity.
     public var activation: Activation
+    /// `norm`: where each residual block's LayerNorm sits.
     public var norm: Norm
+    /// `positions`: sinusoidal or learned.
     public var positions: Positions
-    /// Longest sequence (source or target) the positions cover.
+    /// `max_length`: the longest sequence, source or target, in tokens, that the positions cover.
     public var maxLength: Int
+    /// `dropout`: the probability of zeroing an element of the embeddings and of every sublayer's output while
+    /// training (0: off).
     public var dropout: Float
     /// The output projection is the input embedding (no `lm_head.weight`).
     public var tiedEmbeddings: Bool
     /// Multiply token embeddings by √d_model (the paper does; GPT-style models usually do not).
     public var scaleEmbedding: Bool
 
+    /// A config with the given keys; `encoderLayers` is 0 for a decoder-only model whatever is passed, and
+    /// `scaleEmbedding` nil means the kind's default (true for encoder-decoder). Not validated: see `validate()`.
     public init(kind: Kind, vocabSize: Int, dModel: Int, heads: Int, encoderLayers: Int, decoderLayers: Int, dFF: Int,
                 activation: Activation, norm: Norm, positions: Positions, maxLength: Int, dropout: Float,
                 tiedEmbeddings: Bool, scaleEmbedding: Bool? = nil) {
@@ -49,6 +67,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case dFF = "d_ff", maxLength = "max_length", tiedEmbeddings = "tied_embeddings", scaleEmbedding = "scale_embedding"
     }
 
+    /// Decodes the keys of a config file or a checkpoint's stored config (missing `encoder_layers` 0, `dropout` 0,
+    /// `tied_embeddings` true, `scale_embedding` the kind's default); throws `DecodingError` for a missing key or a
+    /// value of the wrong type.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
         let kind = try values.decode(Kind.self, forKey: .kind)
@@ -90,8 +111,12 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     }
 }
 
+/// A model config (or a model's buffers) that cannot work, naming the config key.
 public struct ModelConfigError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The config key at fault (`d_model`, `max_length`, ...).
     public let key: String
+    /// What is wrong with it, as a sentence fragment.
     public let message: String
+    /// "model config key 'KEY': MESSAGE".
     public var description: String { "model config key '\(key)': \(message)" }
 }

@@ -1,19 +1,31 @@
+import Basics
 import Kernels
 
-/// The transformer of "Attention Is All You Need" (encoder-decoder) or its decoder-only variant, on CPU.
+/// The transformer of "Attention Is All You Need" (encoder-decoder) or its decoder-only variant, on CPU, composed
+/// of the layer types in this module: `Embedding`, `EncoderLayer` and `DecoderLayer` (each of `MultiHeadAttention`,
+/// `FeedForward` and `ResidualConnection`s with their `LayerNorm`s), final norms (pre-norm) and the `OutputHead`.
 ///
 /// Parameters, gradients and activations are each one buffer, sized at construction for the largest batch and
-/// lengths; `forward` and `forwardBackward` allocate nothing. Gradients are those of the SUMMED token loss and
-/// accumulate across calls (gradient accumulation); the trainer zeroes them and divides by the token count.
+/// lengths; `forward` and `forwardBackward` allocate nothing. Parameters are named and shaped as torch.nn names and
+/// shapes them (`weight` is [out, in]) and laid out in forward order (`parameterLayout(for:)`). Gradients are those
+/// of the SUMMED token loss and accumulate across calls (gradient accumulation); the trainer zeroes them and
+/// divides by the token count.
 ///
 /// Not `Sendable`: a model and its buffers belong to one training loop.
 public final class TransformerModel {
+    /// What the model is.
     public let config: ModelConfig
+    /// Every parameter's name, shape and place in the arenas.
     public let layout: ParameterLayout
+    /// The parameters.
     public let parameters: Arena
+    /// ∂(summed loss)/∂parameters, accumulated by `forwardBackward` until zeroed.
     public let gradients: Arena
+    /// Sequences per batch at most.
     public let maxBatch: Int
+    /// Encoder positions at most (source + EOS; 0 for decoder-only models).
     public let maxSourceLength: Int
+    /// Decoder positions at most (BOS + target, or the language model's context).
     public let maxTargetLength: Int
 
     /// Dropout is applied only while training.
@@ -21,69 +33,80 @@ public final class TransformerModel {
     /// Seeds this step's dropout masks; the trainer sets it per step so a resumed run draws the same masks.
     public var dropoutSeed: UInt64 = 0
 
-    /// Called during backward with an arena offset: every gradient at or after it is final for this call
-    /// (backward walks the arena roughly in reverse; the offset only decreases, and ends at 0). The trainer starts
-    /// all-reducing those gradients while backward continues.
-    public var onGradientsFinal: ((Int) -> Void)?
+    /// Called during backward with the arena range of parameters whose gradients are final for this call: each
+    /// layer reports its own as it finishes (from the end of the arena towards its start; the embeddings, which
+    /// encoder, decoder and a tied head all add to, come last). The trainer starts all-reducing them meanwhile.
+    public var onGradientsFinal: ((Range<Int>) -> Void)?
 
-    private let activations: ActivationArena
-    private let encoder: [Sublayer]
-    let decoder: [Sublayer]
-    private let encoderEmbedded: Int, decoderEmbedded: Int
-    private let encoderFinal: FinalNorm?
-    let decoderFinal: FinalNorm?
-    private let logits: Int
-    let embedView: TensorView, positionView: TensorView?, outputView: TensorView
-    private let sinusoidTable: Int
-    private let sourcePadding: UnsafeMutableBufferPointer<Bool>
-    // Gradient scratch, reused by every sublayer in turn.
-    private let gradientA: Int, gradientB: Int, gradientMemory: Int, gradientSublayer: Int, gradientDropped: Int
-    private let gradientContext: Int, gradientQ: Int, gradientK: Int, gradientV: Int
-    private let gradientHidden: Int, gradientActivated: Int, attentionScratch: Int
+    let embedding: Embedding
+    let encoderLayers: [EncoderLayer]
+    let encoderNorm: LayerNorm?
+    let decoderLayers: [DecoderLayer]
+    let decoderNorm: LayerNorm?
+    let head: OutputHead
+    private let buffers: Buffers
+    private let activationArena: ActivationArena
 
-    struct FinalNorm {
-        let weight: TensorView, bias: TensorView
-        let output: Int, mean: Int, rstd: Int
+    /// Every activation and scratch buffer of a step, carved from the activation arena.
+    private struct Buffers {
+        let encoderEmbedded: FloatBuffer              // [B·S, C]
+        let encoderLayers: [EncoderLayer.Activations]
+        let encoderNorm: LayerNorm.Activations?       // [B·S, C]
+        let decoderEmbedded: FloatBuffer              // [B·T, C]
+        let decoderLayers: [DecoderLayer.Activations]
+        let decoderNorm: LayerNorm.Activations?       // [B·T, C]
+        let logits: FloatBuffer                       // [B·T, V]; dLogits in place during backward
+        let sinusoids: FloatBuffer                    // [max_length, C] (sinusoidal positions only)
+        let dHidden: FloatBuffer, dOther: FloatBuffer // [max(B·S, B·T), C] the stacks' gradient ping-pong
+        let dMemory: FloatBuffer                      // [B·S, C] ∂L/∂(encoder output), from every cross-attention
+        let scratch: BackwardScratch
+        let sourcePadding: UnsafeMutableBufferPointer<Bool>  // [B·S] true where the source is PAD
+
+        init(config: ModelConfig, batch: Int, sourceLength: Int, targetLength: Int, arena: ActivationArena) {
+            let c = config.dModel, sourceRows = batch * sourceLength, targetRows = batch * targetLength
+            let maxRows = max(sourceRows, targetRows), isPre = config.norm == .pre
+            encoderEmbedded = arena.carve(sourceRows * c)
+            encoderLayers = (0..<config.encoderLayers).map { _ in
+                EncoderLayer.Activations(batch: batch, time: sourceLength, config: config, arena: arena)
+            }
+            encoderNorm = isPre && sourceRows > 0 ? LayerNorm.Activations(rows: sourceRows, channels: c, arena: arena) : nil
+            decoderEmbedded = arena.carve(targetRows * c)
+            decoderLayers = (0..<config.decoderLayers).map { _ in
+                DecoderLayer.Activations(batch: batch, time: targetLength, sourceTime: sourceLength, config: config, arena: arena)
+            }
+            decoderNorm = isPre ? LayerNorm.Activations(rows: targetRows, channels: c, arena: arena) : nil
+            logits = arena.carve(targetRows * config.vocabSize)
+            sinusoids = arena.carve(config.positions == .sinusoidal ? config.maxLength * c : 0)
+            dHidden = arena.carve(maxRows * c)
+            dOther = arena.carve(maxRows * c)
+            dMemory = arena.carve(sourceRows * c)
+            scratch = BackwardScratch(rows: maxRows, batch: batch, longest: max(sourceLength, targetLength), config: config, arena: arena)
+            // Padding flags live beside the arena: not floats.
+            sourcePadding = .allocate(capacity: max(1, sourceRows))
+            sourcePadding.initialize(repeating: false)
+        }
     }
 
-    /// Parameter names and shapes in forward order (DESIGN.md names, torch `[out, in]` weights).
+    /// Parameter names and shapes in forward order (torch `[out, in]` weights): `embed.weight`, `pos_embed.weight`
+    /// (learned positions), `encoder.layers.{i}.self_attn.{q,k,v,o}_proj.{weight,bias}`, `.norm1`, `.ffn.fc1`, `.ffn.fc2`,
+    /// `.norm2`, `encoder.norm` (pre-norm), `decoder.layers.{i}.self_attn`, `.norm1`, `.cross_attn`, `.norm2`, `.ffn`,
+    /// `.norm3` (decoder-only: self_attn, norm1, ffn, norm2), `decoder.norm` (pre-norm), `lm_head.weight` (untied).
     public static func parameterLayout(for config: ModelConfig) -> ParameterLayout {
         let c = config.dModel
         var entries: [(String, [Int])] = [("embed.weight", [config.vocabSize, c])]
         if config.positions == .learned { entries.append(("pos_embed.weight", [config.maxLength, c])) }
-        let stacks = sublayerPlan(config)
-        for sublayer in stacks.encoder {
-            entries += Sublayer.parameters(sublayer.kind, prefix: sublayer.prefix, norm: sublayer.norm, config: config)
-        }
-        if config.norm == .pre && !stacks.encoder.isEmpty { entries += [("encoder.norm.weight", [c]), ("encoder.norm.bias", [c])] }
-        for sublayer in stacks.decoder {
-            entries += Sublayer.parameters(sublayer.kind, prefix: sublayer.prefix, norm: sublayer.norm, config: config)
-        }
-        if config.norm == .pre { entries += [("decoder.norm.weight", [c]), ("decoder.norm.bias", [c])] }
+        for i in 0..<config.encoderLayers { entries += EncoderLayer.parameters(index: i, config: config) }
+        if config.norm == .pre && config.encoderLayers > 0 { entries += normParameters("encoder.norm", c) }
+        for i in 0..<config.decoderLayers { entries += DecoderLayer.parameters(index: i, config: config) }
+        if config.norm == .pre { entries += normParameters("decoder.norm", c) }
         if !config.tiedEmbeddings { entries.append(("lm_head.weight", [config.vocabSize, c])) }
         return ParameterLayout(entries)
     }
 
-    private typealias Plan = (kind: Sublayer.Kind, prefix: String, norm: String)
-
-    private static func sublayerPlan(_ config: ModelConfig) -> (encoder: [Plan], decoder: [Plan]) {
-        let encoder: [Plan] = (0..<config.encoderLayers).flatMap { i -> [Plan] in
-            [(.selfAttention(causal: false), "encoder.layers.\(i).self_attn", "encoder.layers.\(i).norm1"),
-             (.feedForward, "encoder.layers.\(i).ffn", "encoder.layers.\(i).norm2")]
-        }
-        let decoder: [Plan] = (0..<config.decoderLayers).flatMap { i -> [Plan] in
-            config.kind == .decoderOnly
-                ? [(.selfAttention(causal: true), "decoder.layers.\(i).self_attn", "decoder.layers.\(i).norm1"),
-                   (.feedForward, "decoder.layers.\(i).ffn", "decoder.layers.\(i).norm2")]
-                : [(.selfAttention(causal: true), "decoder.layers.\(i).self_attn", "decoder.layers.\(i).norm1"),
-                   (.crossAttention, "decoder.layers.\(i).cross_attn", "decoder.layers.\(i).norm2"),
-                   (.feedForward, "decoder.layers.\(i).ffn", "decoder.layers.\(i).norm3")]
-        }
-        return (encoder, decoder)
-    }
-
     /// A model whose buffers fit batches of up to `maxBatch` rows, sources of up to `maxSourceLength` tokens
-    /// (encoder-decoder only) and decoder sequences of up to `maxTargetLength`.
+    /// (encoder-decoder only) and decoder sequences of up to `maxTargetLength`. Throws `ModelConfigError` for a config
+    /// that cannot work or a model that would not fit in the memory this process can still allocate (checked before
+    /// anything is allocated).
     public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int) throws(ModelConfigError) {
         try config.validate()
         let isEncoderDecoder = config.kind == .encoderDecoder
@@ -102,71 +125,43 @@ public final class TransformerModel {
         self.maxTargetLength = maxTargetLength
         let layout = Self.parameterLayout(for: config)
         self.layout = layout
-        embedView = layout.view("embed.weight")!
-        positionView = layout.view("pos_embed.weight")
-        outputView = layout.view(config.tiedEmbeddings ? "embed.weight" : "lm_head.weight")!
+        embedding = Embedding(config: config, layout: layout)
+        // Dropout sites: 0 and 1 the two embeddings, then each residual block in layout order.
+        encoderLayers = (0..<config.encoderLayers).map { EncoderLayer(index: $0, config: config, layout: layout, firstSite: 2 + UInt64($0) * EncoderLayer.sites) }
+        encoderNorm = config.norm == .pre && config.encoderLayers > 0 ? LayerNorm("encoder.norm", layout: layout) : nil
+        let decoderSites = 2 + UInt64(config.encoderLayers) * EncoderLayer.sites
+        decoderLayers = (0..<config.decoderLayers).map {
+            DecoderLayer(index: $0, config: config, layout: layout, firstSite: decoderSites + UInt64($0) * DecoderLayer.sites(config))
+        }
+        decoderNorm = config.norm == .pre ? LayerNorm("decoder.norm", layout: layout) : nil
+        head = OutputHead(config: config, layout: layout)
 
-        let c = config.dModel
-        let sourceLength = isEncoderDecoder ? maxSourceLength : 0
-        let activations = ActivationArena()
-        let sourceRows = maxBatch * sourceLength, targetRows = maxBatch * maxTargetLength
-        let maxRows = max(sourceRows, targetRows)
-        let plan = Self.sublayerPlan(config)
-        var site: UInt64 = 2  // 0 and 1 are the two embedding dropouts
-        func build(_ plans: [Plan], rows: Int, time: Int) -> [Sublayer] {
-            plans.map { item in
-                defer { site += 1 }
-                let isCross = item.kind == .crossAttention
-                return Sublayer(kind: item.kind, prefix: item.prefix, norm: item.norm, dropoutSite: site, layout: layout, arena: activations,
-                                rows: rows, keyRows: isCross ? sourceRows : rows, queryTime: time,
-                                keyTime: isCross ? sourceLength : time, batch: maxBatch, config: config)
-            }
-        }
-        encoder = build(plan.encoder, rows: sourceRows, time: sourceLength)
-        decoder = build(plan.decoder, rows: targetRows, time: maxTargetLength)
-        encoderEmbedded = activations.reserve(sourceRows * c)
-        decoderEmbedded = activations.reserve(targetRows * c)
-        func finalNorm(_ name: String, rows: Int) -> FinalNorm {
-            FinalNorm(weight: layout.view("\(name).weight")!, bias: layout.view("\(name).bias")!,
-                      output: activations.reserve(rows * c), mean: activations.reserve(rows), rstd: activations.reserve(rows))
-        }
-        encoderFinal = config.norm == .pre && isEncoderDecoder ? finalNorm("encoder.norm", rows: sourceRows) : nil
-        decoderFinal = config.norm == .pre ? finalNorm("decoder.norm", rows: targetRows) : nil
-        logits = activations.reserve(targetRows * config.vocabSize)
-        sinusoidTable = activations.reserve(config.positions == .sinusoidal ? config.maxLength * c : 0)
-        gradientA = activations.reserve(maxRows * c)
-        gradientB = activations.reserve(maxRows * c)
-        gradientMemory = activations.reserve(sourceRows * c)
-        gradientSublayer = activations.reserve(maxRows * c)
-        gradientDropped = activations.reserve(config.dropout > 0 ? maxRows * c : 0)
-        gradientContext = activations.reserve(maxRows * c)
-        gradientQ = activations.reserve(maxRows * c)
-        gradientK = activations.reserve(maxRows * c)
-        gradientV = activations.reserve(maxRows * c)
-        gradientHidden = activations.reserve(maxRows * config.dFF)
-        gradientActivated = activations.reserve(maxRows * config.dFF)
-        let longest = max(sourceLength, maxTargetLength)
-        attentionScratch = activations.reserve(maxBatch * config.heads * longest * longest)
         // Everything at once is checked before anything is allocated: a failed allocation would trap.
-        let bytes = (2 * Double(layout.count) + activations.reservedFloats) * Double(MemoryLayout<Float>.stride)
+        let counting = ActivationArena.counting()
+        _ = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: maxTargetLength, arena: counting)
+        let bytes = (2 * Double(layout.count) + counting.usedFloats) * Double(MemoryLayout<Float>.stride)
         if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
             throw ModelConfigError(key: "d_model", message: shortfall)
         }
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)
-        activations.allocate()
-        self.activations = activations
-        sourcePadding = .allocate(capacity: max(1, sourceRows))
-        sourcePadding.initialize(repeating: false)
+        activationArena = ActivationArena(floats: counting.used)
+        buffers = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: maxTargetLength,
+                          arena: activationArena)
         if config.positions == .sinusoidal {
-            sinusoidalPositions(into: activations[sinusoidTable], length: config.maxLength, channels: c)
+            sinusoidalPositions(into: buffers.sinusoids, length: config.maxLength, channels: config.dModel)
         }
     }
 
-    deinit { sourcePadding.deallocate() }
+    deinit { buffers.sourcePadding.deallocate() }
 
     /// Floats held for activations and scratch (for memory accounting).
-    public var activationFloats: Int { activations.floatCount }
+    public var activationFloats: Int { activationArena.storage.count }
+
+    /// The position table the embeddings add: learned `pos_embed.weight` or the sinusoids, [max_length, C].
+    func positionTable() -> FloatBuffer {
+        embedding.learnedPositions.map { parameters[$0] } ?? buffers.sinusoids
+    }
 
     // MARK: Initialisation
 
@@ -198,321 +193,171 @@ public final class TransformerModel {
     /// Evaluation: the summed loss (plain cross-entropy unless `labelSmoothing` is given), no gradients.
     /// The logits stay readable through `withLogits` until the next call.
     @discardableResult
-    public func forward(_ batch: Batch, labelSmoothing: Float = 0) -> LossSum {
+    public func forward(_ batch: TokenBatch, labelSmoothing: Float = 0) -> LossSum {
         run(batch, labelSmoothing: labelSmoothing, backward: false)
     }
 
     /// Training: the summed loss, and its gradient ADDED to `gradients`.
     @discardableResult
-    public func forwardBackward(_ batch: Batch, labelSmoothing: Float = 0) -> LossSum {
+    public func forwardBackward(_ batch: TokenBatch, labelSmoothing: Float = 0) -> LossSum {
         run(batch, labelSmoothing: labelSmoothing, backward: true)
     }
 
-    /// The last forward's logits, [B*T, V].
+    /// The last forward's logits, [B·T, V].
     public func withLogits<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
-        try body(activations[logits])
+        try body(buffers.logits)
     }
 
-    /// Set while a forward pass will be followed by backward (kernels may then keep derivatives instead of inputs).
-    private var keepDerivatives = false
+    private func pass(backward: Bool) -> Pass {
+        Pass(parameters: parameters, gradients: gradients, scratch: buffers.scratch,
+             dropoutProbability: training ? config.dropout : 0, dropoutSeed: dropoutSeed, keepDerivatives: backward,
+             gradientsFinal: backward ? onGradientsFinal : nil)
+    }
 
-    private func run(_ batch: Batch, labelSmoothing: Float, backward: Bool) -> LossSum {
-        keepDerivatives = backward
+    /// One forward (and, with `backward`, backward) pass over a batch: encoder, decoder, head and loss.
+    private func run(_ batch: TokenBatch, labelSmoothing: Float, backward: Bool) -> LossSum {
         let b = batch.batchSize, s = batch.sourceLength, t = batch.targetLength
         precondition(b >= 1 && b <= maxBatch && t >= 1 && t <= maxTargetLength, "batch \(b)x\(t) exceeds the model's buffers")
         precondition(batch.decoderInput.count == b * t && batch.labels.count == b * t, "decoder input/labels are not [B,T]")
-        let c = config.dModel, v = config.vocabSize
-        var memory: UnsafeMutableBufferPointer<Float>?
+        let pass = pass(backward: backward)
+        var memory: DecoderLayer.Memory?
         if config.kind == .encoderDecoder {
             precondition(s >= 1 && s <= maxSourceLength && batch.source.count == b * s, "source is not [B,S] within the model's buffers")
-            for i in 0..<(b * s) { sourcePadding[i] = batch.source[i] == SpecialToken.pad }
-            memory = forwardStack(encoder, tokens: batch.source, batch: b, time: s, embedded: encoderEmbedded, final: encoderFinal,
-                                  memory: nil, memoryTime: 0, site: 0)
+            memory = encode(batch.source, batch: b, time: s, pass: pass)
         }
-        let hidden = forwardStack(decoder, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
-                                  final: decoderFinal, memory: memory, memoryTime: s, site: 1)
-        let logitsBuffer = activations[logits]
-        linearForward(out: logitsBuffer, inp: hidden, weight: parameters[outputView], bias: nil,
-                      rows: b * t, inFeatures: c, outFeatures: v)
+        let hidden = decode(batch.decoderInput, batch: b, time: t, memory: memory, pass: pass)
+        let logits = buffers.logits, c = config.dModel, v = config.vocabSize
+        head.projection.forward(out: logits, inp: hidden, rows: b * t, parameters: parameters)
         let result = batch.labels.withUnsafeBufferPointer { labels in
             // Backward: dLogits overwrite the logits in place (each row is read before it is written).
-            crossEntropy(logits: logitsBuffer, targets: labels, vocabulary: v, smoothing: labelSmoothing,
-                         ignored: SpecialToken.pad, dLogits: backward ? logitsBuffer : nil)
+            crossEntropy(logits: logits, targets: labels, vocabulary: v, smoothing: labelSmoothing, ignored: SpecialToken.pad,
+                         dLogits: backward ? logits : nil)
         }
         if backward {
-            let dHidden = activations[gradientA]
-            zero(dHidden, b * t * c)
-            linearBackward(dInp: dHidden, dWeight: gradients[outputView], dBias: nil, dOut: logitsBuffer, inp: hidden,
-                           weight: parameters[outputView], rows: b * t, inFeatures: c, outFeatures: v)
-            if !config.tiedEmbeddings { onGradientsFinal?(outputView.offset) }
+            let dHidden = buffers.dHidden
+            dHidden.baseAddress!.update(repeating: 0, count: b * t * c)
+            head.projection.backward(dInp: dHidden, dOut: logits, inp: hidden, rows: b * t, parameters: parameters, gradients: gradients)
+            if let range = head.ownParameterRange { pass.gradientsFinal?(range) }
             if let memory {
-                zero(activations[gradientMemory], b * s * c)
-                backwardStack(decoder, gradient: dHidden, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
-                              final: decoderFinal, memory: memory, memoryTime: s, site: 1)
-                backwardStack(encoder, gradient: activations[gradientMemory], tokens: batch.source, batch: b, time: s,
-                              embedded: encoderEmbedded, final: encoderFinal, memory: nil, memoryTime: 0, site: 0)
+                memory.gradient.baseAddress!.update(repeating: 0, count: b * s * c)
+                backwardDecoder(dHidden, tokens: batch.decoderInput, batch: b, time: t, memory: memory, pass: pass)
+                backwardEncoder(memory.gradient, tokens: batch.source, batch: b, time: s, pass: pass)
             } else {
-                backwardStack(decoder, gradient: dHidden, tokens: batch.decoderInput, batch: b, time: t, embedded: decoderEmbedded,
-                              final: decoderFinal, memory: nil, memoryTime: 0, site: 1)
+                backwardDecoder(dHidden, tokens: batch.decoderInput, batch: b, time: t, memory: nil, pass: pass)
             }
-            onGradientsFinal?(0)
+            pass.gradientsFinal?(embedding.parameterRange)
         }
-        return LossSum(loss: result.loss, tokens: result.tokens, correct: result.correct)
+        return LossSum(loss: result.loss, targetTokens: result.targetTokens, correct: result.correct)
     }
 
-    /// The encoder alone, for decoding: framed sources [B,S] → memory [B*S, C] (valid until the next call).
-    func encodeForDecoding(source: [Int32], batch: Int, time: Int) -> UnsafeMutableBufferPointer<Float> {
-        precondition(config.kind == .encoderDecoder, "only an encoder-decoder model has an encoder")
-        precondition(batch >= 1 && batch <= maxBatch && time >= 1 && time <= maxSourceLength && source.count == batch * time,
-                     "source \(batch)x\(time) does not fit the model's buffers")
-        let wasTraining = training
-        training = false
-        keepDerivatives = false
-        defer { training = wasTraining }
-        for i in 0..<(batch * time) { sourcePadding[i] = source[i] == SpecialToken.pad }
-        return forwardStack(encoder, tokens: source, batch: batch, time: time, embedded: encoderEmbedded, final: encoderFinal,
-                            memory: nil, memoryTime: 0, site: 0)
+    // MARK: Stacks
+
+    /// The encoder over framed sources [B,S]: its output [B·S, C] with the padding mask, as the decoder's memory.
+    private func encode(_ tokens: [Int32], batch: Int, time: Int, pass: Pass) -> DecoderLayer.Memory {
+        let padding = buffers.sourcePadding
+        for i in 0..<(batch * time) { padding[i] = tokens[i] == SpecialToken.pad }
+        var x = buffers.encoderEmbedded
+        embedding.forward(out: x, tokens: tokens, batch: batch, time: time, positions: positionTable(), dropout: pass.dropout(site: 0),
+                          parameters: parameters)
+        for (layer, a) in zip(encoderLayers, buffers.encoderLayers) {
+            x = layer.forward(x: x, a, batch: batch, time: time, padding: UnsafeBufferPointer(padding), pass: pass)
+        }
+        if let norm = encoderNorm, let a = buffers.encoderNorm {
+            norm.forward(a, inp: x, rows: batch * time, parameters: parameters)
+            x = a.out
+        }
+        return DecoderLayer.Memory(states: x, padding: UnsafeBufferPointer(padding), time: time, gradient: buffers.dMemory)
     }
 
-    // MARK: Forward
-
-    private func seed(_ site: UInt64) -> UInt64 { dropoutSeed &* 0x9E37_79B9_7F4A_7C15 &+ site &* 0xD1B5_4A32_D192_ED03 }
-    private var dropping: Bool { training && config.dropout > 0 }
-
-    func positionTable() -> UnsafeMutableBufferPointer<Float> {
-        positionView.map { parameters[$0] } ?? activations[sinusoidTable]
-    }
-
-    private func forwardStack(_ sublayers: [Sublayer], tokens: [Int32], batch: Int, time: Int, embedded: Int, final: FinalNorm?,
-                              memory: UnsafeMutableBufferPointer<Float>?, memoryTime: Int, site: UInt64) -> UnsafeMutableBufferPointer<Float> {
-        let c = config.dModel, rows = batch * time
-        let x0 = activations[embedded]
-        tokens.withUnsafeBufferPointer { ids in
-            embeddingForward(out: x0, tokens: ids, table: parameters[embedView], vocabulary: config.vocabSize, channels: c,
-                             scale: config.scaleEmbedding ? Float(c).squareRoot() : 1)
+    /// The decoder over decoder inputs [B,T] (attending to `memory` when there is an encoder): hidden states [B·T, C].
+    private func decode(_ tokens: [Int32], batch: Int, time: Int, memory: DecoderLayer.Memory?, pass: Pass) -> FloatBuffer {
+        var x = buffers.decoderEmbedded
+        embedding.forward(out: x, tokens: tokens, batch: batch, time: time, positions: positionTable(), dropout: pass.dropout(site: 1),
+                          parameters: parameters)
+        for (layer, a) in zip(decoderLayers, buffers.decoderLayers) {
+            x = layer.forward(x: x, a, batch: batch, time: time, memory: memory, pass: pass)
         }
-        addPositionsForward(out: x0, positions: positionTable(), batch: batch, time: time, channels: c)
-        if dropping { dropoutForward(out: x0, inp: x0, count: rows * c, probability: config.dropout, seed: seed(site)) }
-        var x = x0
-        for sublayer in sublayers {
-            x = forwardSublayer(sublayer, input: x, batch: batch, time: time, memory: memory, memoryTime: memoryTime)
-        }
-        if let final {
-            layerNormForward(out: activations[final.output], mean: activations[final.mean], rstd: activations[final.rstd], inp: x,
-                             weight: parameters[final.weight], bias: parameters[final.bias], rows: rows, channels: c)
-            x = activations[final.output]
+        if let norm = decoderNorm, let a = buffers.decoderNorm {
+            norm.forward(a, inp: x, rows: batch * time, parameters: parameters)
+            x = a.out
         }
         return x
     }
 
-    private func forwardSublayer(_ s: Sublayer, input x: UnsafeMutableBufferPointer<Float>, batch: Int, time: Int,
-                                 memory: UnsafeMutableBufferPointer<Float>?, memoryTime: Int) -> UnsafeMutableBufferPointer<Float> {
-        let c = config.dModel, rows = batch * time
-        let isPost = config.norm == .post
-        if !isPost { normForward(s, x, rows: rows) }
-        let fIn = isPost ? x : activations[s.normOut]
-        let fOut = activations[s.output]
-        switch s.kind {
-        case .selfAttention(let causal):
-            attentionForward(s, fIn, keysFrom: fIn, batch: batch, queryTime: time, keyTime: time,
-                             mask: AttentionMask(causal: causal, keyPadding: causal ? nil : UnsafeBufferPointer(sourcePadding)))
-        case .crossAttention:
-            attentionForward(s, fIn, keysFrom: memory!, batch: batch, queryTime: time, keyTime: memoryTime,
-                             mask: AttentionMask(causal: false, keyPadding: UnsafeBufferPointer(sourcePadding)))
-        case .feedForward:
-            let f = config.dFF
-            let (fc1, fc2) = (s.linears[0], s.linears[1])
-            linearForward(out: activations[s.hidden], inp: fIn, weight: parameters[fc1.weight], bias: parameters[fc1.bias],
-                          rows: rows, inFeatures: c, outFeatures: f)
-            switch config.activation {
-            case .relu: reluForward(out: activations[s.activated], inp: activations[s.hidden], count: rows * f)
-            case .gelu:
-                // Training keeps GELU's derivative in place of its input: backward needs nothing else.
-                geluForward(out: activations[s.activated], inp: activations[s.hidden], count: rows * f,
-                            derivative: keepDerivatives ? activations[s.hidden] : nil)
-            }
-            linearForward(out: fOut, inp: activations[s.activated], weight: parameters[fc2.weight], bias: parameters[fc2.bias],
-                          rows: rows, inFeatures: f, outFeatures: c)
-        }
-        if dropping { dropoutForward(out: fOut, inp: fOut, count: rows * c, probability: config.dropout, seed: seed(s.dropoutSite)) }
-        residualForward(out: activations[s.sum], a: x, b: fOut, count: rows * c)
-        if isPost { normForward(s, activations[s.sum], rows: rows) }
-        return isPost ? activations[s.normOut] : activations[s.sum]
+    /// The input of decoder layer `index` (the embeddings for the first, the previous layer's output after that;
+    /// `index` = the layer count gives the stack's output before its final norm).
+    private func decoderInput(_ index: Int) -> FloatBuffer {
+        index == 0 ? buffers.decoderEmbedded : decoderLayers[index - 1].output(buffers.decoderLayers[index - 1])
     }
 
-    private func normForward(_ s: Sublayer, _ input: UnsafeMutableBufferPointer<Float>, rows: Int) {
-        layerNormForward(out: activations[s.normOut], mean: activations[s.mean], rstd: activations[s.rstd], inp: input,
-                         weight: parameters[s.normWeight], bias: parameters[s.normBias], rows: rows, channels: config.dModel)
+    /// The input of encoder layer `index` (as `decoderInput`).
+    private func encoderInput(_ index: Int) -> FloatBuffer {
+        index == 0 ? buffers.encoderEmbedded : encoderLayers[index - 1].output(buffers.encoderLayers[index - 1])
     }
 
-    private func attentionForward(_ s: Sublayer, _ queriesFrom: UnsafeMutableBufferPointer<Float>, keysFrom: UnsafeMutableBufferPointer<Float>,
-                                  batch: Int, queryTime: Int, keyTime: Int, mask: AttentionMask) {
-        let c = config.dModel
-        let queryRows = batch * queryTime, keyRows = batch * keyTime
-        func project(_ linear: Sublayer.Linear, _ out: Int, _ inp: UnsafeMutableBufferPointer<Float>, rows: Int) {
-            linearForward(out: activations[out], inp: inp, weight: parameters[linear.weight], bias: parameters[linear.bias],
-                          rows: rows, inFeatures: c, outFeatures: c)
-        }
-        project(s.linears[0], s.q, queriesFrom, rows: queryRows)
-        project(s.linears[1], s.k, keysFrom, rows: keyRows)
-        project(s.linears[2], s.v, keysFrom, rows: keyRows)
-        Kernels.attentionForward(out: activations[s.context], probs: activations[s.probabilities], q: activations[s.q],
-                                 k: activations[s.k], v: activations[s.v], mask: mask, batch: batch, queryTime: queryTime,
-                                 keyTime: keyTime, channels: c, heads: config.heads)
-        project(s.linears[3], s.output, activations[s.context], rows: queryRows)
-    }
-
-    // MARK: Backward
-
-    /// `gradient` holds ∂L/∂(stack output); accumulates parameter gradients and, for the decoder, ∂L/∂memory.
-    private func backwardStack(_ sublayers: [Sublayer], gradient: UnsafeMutableBufferPointer<Float>, tokens: [Int32], batch: Int,
-                               time: Int, embedded: Int, final: FinalNorm?, memory: UnsafeMutableBufferPointer<Float>?,
-                               memoryTime: Int, site: UInt64) {
-        let c = config.dModel, rows = batch * time, isPost = config.norm == .post
-        var current = gradient
-        func spare() -> UnsafeMutableBufferPointer<Float> {
-            let a = activations[gradientA]
-            let next = a.baseAddress == current.baseAddress ? activations[gradientB] : a
-            zero(next, rows * c)
-            return next
-        }
-        func input(_ index: Int) -> UnsafeMutableBufferPointer<Float> {
-            guard index > 0 else { return activations[embedded] }
-            return isPost ? activations[sublayers[index - 1].normOut] : activations[sublayers[index - 1].sum]
-        }
-        if let final {
-            let next = spare()
-            layerNormBackward(dInp: next, dWeight: gradients[final.weight], dBias: gradients[final.bias], dOut: current,
-                              inp: input(sublayers.count), weight: parameters[final.weight], mean: activations[final.mean],
-                              rstd: activations[final.rstd], rows: rows, channels: c)
-            current = next
-            onGradientsFinal?(final.weight.offset)
-        }
-        for index in sublayers.indices.reversed() {
-            let next = spare()
-            backwardSublayer(sublayers[index], dOutput: current, dInput: next, input: input(index), batch: batch, time: time,
-                             memory: memory, memoryTime: memoryTime)
-            current = next
-            onGradientsFinal?(sublayers[index].firstParameterOffset)
-        }
-        if dropping {
-            let dropped = activations[gradientDropped]
-            zero(dropped, rows * c)
-            dropoutBackward(dInp: dropped, dOut: current, count: rows * c, probability: config.dropout, seed: seed(site))
-            current = dropped
-        }
-        if let positionView {
-            addPositionsBackward(dPositions: gradients[positionView], dOut: current, batch: batch, time: time, channels: c)
-        }
-        tokens.withUnsafeBufferPointer { ids in
-            embeddingBackward(dTable: gradients[embedView], dOut: current, tokens: ids, channels: c,
-                              scale: config.scaleEmbedding ? Float(c).squareRoot() : 1)
+    private func backwardDecoder(_ dOutput: FloatBuffer, tokens: [Int32], batch: Int, time: Int, memory: DecoderLayer.Memory?, pass: Pass) {
+        backwardStack(dOutput, tokens: tokens, batch: batch, time: time, layers: decoderLayers.count, input: decoderInput,
+                      finalNorm: decoderNorm.flatMap { norm in buffers.decoderNorm.map { (norm, $0) } }, embeddingSite: 1,
+                      pass: pass) { index, dY, x, pingPong in
+            decoderLayers[index].backward(dY: dY, x: x, buffers.decoderLayers[index], batch: batch, time: time, memory: memory,
+                                          buffers: pingPong, pass: pass)
         }
     }
 
-    /// dInput (zeroed by the caller) receives ∂L/∂x of this sublayer's input x.
-    private func backwardSublayer(_ s: Sublayer, dOutput: UnsafeMutableBufferPointer<Float>, dInput: UnsafeMutableBufferPointer<Float>,
-                                  input x: UnsafeMutableBufferPointer<Float>, batch: Int, time: Int,
-                                  memory: UnsafeMutableBufferPointer<Float>?, memoryTime: Int) {
-        let c = config.dModel, rows = batch * time, count = rows * c
-        let isPost = config.norm == .post
-        let scratch = activations[gradientSublayer]
-        zero(scratch, count)
-        var dFOut: UnsafeMutableBufferPointer<Float>
-        let fIn: UnsafeMutableBufferPointer<Float>, dFIn: UnsafeMutableBufferPointer<Float>
-        if isPost {
-            // y = LN(x + f(x)): the norm's input gradient flows to x directly and through f.
-            normBackward(s, dInput: scratch, dOutput: dOutput, input: activations[s.sum], rows: rows)
-            accumulate(into: dInput, from: scratch, count: count)
-            dFOut = scratch
-            fIn = x
-            dFIn = dInput
-        } else {
-            // y = x + f(LN(x)): the output gradient flows to x directly and through f and the norm.
-            accumulate(into: dInput, from: dOutput, count: count)
-            dFOut = dOutput
-            fIn = activations[s.normOut]
-            dFIn = scratch
+    private func backwardEncoder(_ dOutput: FloatBuffer, tokens: [Int32], batch: Int, time: Int, pass: Pass) {
+        backwardStack(dOutput, tokens: tokens, batch: batch, time: time, layers: encoderLayers.count, input: encoderInput,
+                      finalNorm: encoderNorm.flatMap { norm in buffers.encoderNorm.map { (norm, $0) } }, embeddingSite: 0,
+                      pass: pass) { index, dY, x, pingPong in
+            encoderLayers[index].backward(dY: dY, x: x, buffers.encoderLayers[index], batch: batch, time: time, buffers: pingPong,
+                                          pass: pass)
         }
-        if dropping {
-            let dropped = activations[gradientDropped]
-            zero(dropped, count)
-            dropoutBackward(dInp: dropped, dOut: dFOut, count: count, probability: config.dropout, seed: seed(s.dropoutSite))
-            dFOut = dropped
-        }
-        switch s.kind {
-        case .selfAttention:
-            attentionBackward(s, dOut: dFOut, queriesFrom: fIn, dQueriesFrom: dFIn, keysFrom: fIn, dKeysFrom: dFIn,
-                              batch: batch, queryTime: time, keyTime: time)
-        case .crossAttention:
-            attentionBackward(s, dOut: dFOut, queriesFrom: fIn, dQueriesFrom: dFIn, keysFrom: memory!,
-                              dKeysFrom: activations[gradientMemory], batch: batch, queryTime: time, keyTime: memoryTime)
-        case .feedForward:
-            let f = config.dFF
-            let (fc1, fc2) = (s.linears[0], s.linears[1])
-            let dActivated = activations[gradientActivated], dHidden = activations[gradientHidden]
-            zero(dActivated, rows * f)
-            linearBackward(dInp: dActivated, dWeight: gradients[fc2.weight], dBias: gradients[fc2.bias], dOut: dFOut,
-                           inp: activations[s.activated], weight: parameters[fc2.weight], rows: rows, inFeatures: f, outFeatures: c)
-            zero(dHidden, rows * f)
-            switch config.activation {
-            case .relu: reluBackward(dInp: dHidden, dOut: dActivated, inp: activations[s.hidden], count: rows * f)
-            case .gelu: scaleByDerivativeBackward(dInp: dHidden, dOut: dActivated, derivative: activations[s.hidden], count: rows * f)
-            }
-            linearBackward(dInp: dFIn, dWeight: gradients[fc1.weight], dBias: gradients[fc1.bias], dOut: dHidden, inp: fIn,
-                           weight: parameters[fc1.weight], rows: rows, inFeatures: c, outFeatures: f)
-        }
-        if !isPost { normBackward(s, dInput: dInput, dOutput: scratch, input: x, rows: rows) }
     }
 
-    private func normBackward(_ s: Sublayer, dInput: UnsafeMutableBufferPointer<Float>, dOutput: UnsafeMutableBufferPointer<Float>,
-                              input: UnsafeMutableBufferPointer<Float>, rows: Int) {
-        layerNormBackward(dInp: dInput, dWeight: gradients[s.normWeight], dBias: gradients[s.normBias], dOut: dOutput,
-                          inp: input, weight: parameters[s.normWeight], mean: activations[s.mean], rstd: activations[s.rstd],
-                          rows: rows, channels: config.dModel)
+    /// Backward through one stack given ∂L/∂(its output) [B·T, C]: the final norm (pre-norm models), the layers from the
+    /// last to the first (`layerBackward(index, dY, x, buffers)` returns ∂L/∂x), then the embeddings (dropout `embeddingSite`).
+    private func backwardStack(_ dOutput: FloatBuffer, tokens: [Int32], batch: Int, time: Int, layers: Int, input: (Int) -> FloatBuffer,
+                               finalNorm: (LayerNorm, LayerNorm.Activations)?, embeddingSite: UInt64, pass: Pass,
+                               layerBackward: (Int, FloatBuffer, FloatBuffer, GradientPingPong) -> FloatBuffer) {
+        let rows = batch * time
+        let pingPong = GradientPingPong(first: buffers.dHidden, second: buffers.dOther, count: rows * config.dModel)
+        var dX = dOutput
+        if let (norm, a) = finalNorm {
+            let next = pingPong.next(after: dX)
+            norm.backward(dInp: next, dOut: dX, inp: input(layers), a, rows: rows, parameters: parameters, gradients: gradients)
+            dX = next
+            pass.gradientsFinal?(norm.parameterRange)
+        }
+        for index in (0..<layers).reversed() {
+            dX = layerBackward(index, dX, input(index), pingPong)
+        }
+        embedding.backward(dX: dX, tokens: tokens, batch: batch, time: time, dropout: pass.dropout(site: embeddingSite),
+                           dropped: buffers.scratch.dDropped, gradients: gradients)
     }
 
-    private func attentionBackward(_ s: Sublayer, dOut: UnsafeMutableBufferPointer<Float>,
-                                   queriesFrom: UnsafeMutableBufferPointer<Float>, dQueriesFrom: UnsafeMutableBufferPointer<Float>,
-                                   keysFrom: UnsafeMutableBufferPointer<Float>, dKeysFrom: UnsafeMutableBufferPointer<Float>,
-                                   batch: Int, queryTime: Int, keyTime: Int) {
-        let c = config.dModel, queryRows = batch * queryTime, keyRows = batch * keyTime
-        let dContext = activations[gradientContext], dQ = activations[gradientQ], dK = activations[gradientK], dV = activations[gradientV]
-        func projectBack(_ linear: Sublayer.Linear, dInp: UnsafeMutableBufferPointer<Float>, dOut: UnsafeMutableBufferPointer<Float>,
-                         inp: UnsafeMutableBufferPointer<Float>, rows: Int) {
-            linearBackward(dInp: dInp, dWeight: gradients[linear.weight], dBias: gradients[linear.bias], dOut: dOut, inp: inp,
-                           weight: parameters[linear.weight], rows: rows, inFeatures: c, outFeatures: c)
-        }
-        zero(dContext, queryRows * c)
-        projectBack(s.linears[3], dInp: dContext, dOut: dOut, inp: activations[s.context], rows: queryRows)
-        zero(dQ, queryRows * c)
-        zero(dK, keyRows * c)
-        zero(dV, keyRows * c)
-        Kernels.attentionBackward(dQ: dQ, dK: dK, dV: dV, scratch: activations[attentionScratch], dOut: dContext,
-                                  q: activations[s.q], k: activations[s.k], v: activations[s.v], probs: activations[s.probabilities],
-                                  causal: s.kind == .selfAttention(causal: true), batch: batch, queryTime: queryTime, keyTime: keyTime, channels: c, heads: config.heads)
-        projectBack(s.linears[0], dInp: dQueriesFrom, dOut: dQ, inp: queriesFrom, rows: queryRows)
-        projectBack(s.linears[1], dInp: dKeysFrom, dOut: dK, inp: keysFrom, rows: keyRows)
-        projectBack(s.linears[2], dInp: dKeysFrom, dOut: dV, inp: keysFrom, rows: keyRows)
+    /// The encoder alone, for decoding: framed sources [B,S] → memory [B·S, C] (valid until the next call).
+    func encodeForDecoding(source: [Int32], batch: Int, time: Int) -> FloatBuffer {
+        precondition(config.kind == .encoderDecoder, "only an encoder-decoder model has an encoder")
+        precondition(batch >= 1 && batch <= maxBatch && time >= 1 && time <= maxSourceLength && source.count == batch * time,
+                     "source \(batch)x\(time) does not fit the model's buffers")
+        let evaluation = Pass(parameters: parameters, gradients: gradients, scratch: buffers.scratch, dropoutProbability: 0,
+                              dropoutSeed: 0, keepDerivatives: false, gradientsFinal: nil)
+        return encode(source, batch: batch, time: time, pass: evaluation).states
     }
 }
 
-@inline(__always)
-private func zero(_ buffer: UnsafeMutableBufferPointer<Float>, _ count: Int) {
-    buffer.baseAddress!.update(repeating: 0, count: count)
-}
+/// Summed loss over a batch and what it was summed over.
+public struct LossSum: Sendable, Equatable {
+    /// Σ of the token losses (nats).
+    public var loss: Double
+    /// Real target tokens counted.
+    public var targetTokens: Int
+    /// Of those, the ones whose most likely prediction is the target.
+    public var correct: Int
 
-/// Deterministic random numbers (same seed, same sequence on every rank and machine): initialisation, test data.
-public struct SplitMix64: RandomNumberGenerator, Sendable {
-    public var state: UInt64
-    public init(seed: UInt64) { state = seed }
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+    /// A sum (zero unless given).
+    public init(loss: Double = 0, targetTokens: Int = 0, correct: Int = 0) {
+        self.loss = loss
+        self.targetTokens = targetTokens
+        self.correct = correct
     }
-    /// Uniform in [0, 1).
-    public mutating func nextUnitFloat() -> Float { Float(next() >> 40) * (1.0 / 16_777_216.0) }
 }

@@ -15,7 +15,8 @@ struct BenchAllreduce: ParsableCommand {
             --nonblocking times MPI_Iallreduce and its wait instead, the call that sums gradient buckets during \
             training, and names the algorithm Open MPI uses for it.
 
-            Example: Launch/mpirun.sh -np 2 bench allreduce --size-mb 64
+            Example:
+              Launch/mpirun.sh -np 2 bench allreduce --size-mb 64
             """
     )
 

@@ -8,19 +8,20 @@ struct BenchData: ParsableCommand {
         commandName: "data",
         abstract: "Measure the data loader alone: batches/s and tokens/s for a config's batch shape.",
         discussion: """
-            Reads the train split of DIR with the config's training.batch_size and data lengths, through the same
-            background loader training uses (validation first, then hyperslab reads and batching), in a fresh
+            Reads the train split of --data with the config's training.batch_size and data lengths, through the same \
+            background loader training uses (validation first, then hyperslab reads and batching), in a fresh \
             random order. Compare the tokens/s with `ddp bench step`: the loader must never be what a step waits for.
 
-            Example: ddp bench data --data data/reverse --config Configs/tiny.yaml --batches 200
+            Example:
+              ddp bench data --data data/reverse --config Configs/tiny.yaml --batches 200
             """
     )
 
     @Option(help: "A dataset directory (train-*.h5).")
     var data: String
 
-    @Option(help: "A run config: training.batch_size and data lengths.")
-    var config: String
+    /// Its training.batch_size and data lengths give the batches' shape.
+    @OptionGroup var config: ConfigOptions
 
     @Option(help: "Batches to time.")
     var batches = 200
@@ -33,7 +34,7 @@ struct BenchData: ParsableCommand {
     }
 
     func run() throws {
-        let run = try RunConfig.load(config)
+        let run = try config.load()
         let isLM = run.model.kind == .decoderOnly
         let clock = ContinuousClock()
         let start = clock.now
@@ -41,7 +42,7 @@ struct BenchData: ParsableCommand {
         let validation = (clock.now - start).seconds
         let sampler = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
                                          worldSize: 1, accumulationSteps: 1)
-        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, microSteps: 1,
+        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1,
                             perRankBatch: run.training.batchSize)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }

@@ -1,3 +1,4 @@
+import Basics
 import ArgumentParser
 import Foundation
 import Kernels
@@ -15,18 +16,18 @@ struct BenchDecode: ParsableCommand {
             prefix. An encoder-decoder model first encodes a random source of data.source_length tokens (not timed). \
             Reports the median of --rounds rounds of each, in tokens/s, and their ratio.
 
-            Example: ddp bench decode --config Configs/bench-w2.yaml --threads 1
+            Example:
+              ddp bench decode --config Configs/bench-w2.yaml --threads 1
             """
     )
 
-    @Option(help: "A run config (YAML); its model and data lengths define the workload.")
-    var config: String
+    /// Its model and data lengths define the workload.
+    @OptionGroup var config: ConfigOptions
 
     @Option(help: "Positions to decode (default: the model's max_length).")
     var context: Int?
 
-    @Option(help: "Threads for the compute kernels.")
-    var threads = 1
+    @OptionGroup var threads: ThreadsOption
 
     @Option(help: "Timed rounds of each way (median reported).")
     var rounds = 3
@@ -38,19 +39,18 @@ struct BenchDecode: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads).") }
         guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds).") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1, got \(context).") }
     }
 
     func run() throws {
-        let run = try RunConfig.load(config)
+        let run = try config.load()
         let config = run.model
         let positions = context ?? config.maxLength
         guard positions <= config.maxLength else {
             throw ValidationError("--context \(positions) exceeds the model's max_length \(config.maxLength)")
         }
-        setComputeThreads(threads)
+        let threadCount = threads.apply()
         let isEncoderDecoder = config.kind == .encoderDecoder
         let sourceLength = isEncoderDecoder ? max(1, run.data.sourceLength) : 0
         let model = try TransformerModel(config: config, maxBatch: 1, maxSourceLength: sourceLength, maxTargetLength: positions)
@@ -84,7 +84,7 @@ struct BenchDecode: ParsableCommand {
                 let began = clock.now
                 while tokens.count <= positions {
                     let length = tokens.count
-                    model.forward(Batch(batchSize: 1, sourceLength: sourceLength, targetLength: length, source: source,
+                    model.forward(TokenBatch(batchSize: 1, sourceLength: sourceLength, targetLength: length, source: source,
                                         decoderInput: tokens, labels: [Int32](repeating: SpecialToken.pad, count: length)))
                     let last = (length - 1) * config.vocabSize
                     tokens.append(model.withLogits { mostLikelyToken(UnsafeBufferPointer(rebasing: $0[last..<(last + config.vocabSize)])) })
@@ -95,7 +95,7 @@ struct BenchDecode: ParsableCommand {
         }
         let cachedRate = Double(positions) / median(cachedTimes)
         let uncachedRate = uncachedTimes.isEmpty ? nil : Double(positions) / median(uncachedTimes)
-        let report = DecodeReport(workload: self.config, threads: threads, context: positions, rounds: rounds,
+        let report = DecodeReport(workload: self.config.config, threads: threadCount, context: positions, rounds: rounds,
                                   cached_tokens_per_s: cachedRate, uncached_tokens_per_s: uncachedRate,
                                   speedup: uncachedRate.map { cachedRate / $0 }, same_tokens: agree)
         print(json ? try jsonLine(report) : report.table())

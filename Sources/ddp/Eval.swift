@@ -7,14 +7,6 @@ import MPI
 import Training
 import Transformer
 
-enum DecodeOption: String, ExpressibleByArgument, CaseIterable {
-    case greedy, beam
-
-    func method(beamSize: Int, lengthPenalty: Double) -> DecodingMethod {
-        self == .greedy ? .greedy : .beam(size: beamSize, lengthPenalty: lengthPenalty)
-    }
-}
-
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
@@ -35,8 +27,7 @@ struct Eval: ParsableCommand {
             """
     )
 
-    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
-    var checkpoint: String
+    @OptionGroup var checkpoint: CheckpointOption
 
     @Option(help: "A data directory of HDF5 shards (default: the run config's data.directory).")
     var data: String?
@@ -56,17 +47,9 @@ struct Eval: ParsableCommand {
     @Option(help: "Sequences per batch (per rank); default: the run's training.batch_size.")
     var batchSize: Int?
 
-    @Option(help: "Compute threads (default: SWIFTDDP_THREADS, else cores on this node / ranks on this node).")
-    var threads: Int?
+    @OptionGroup var threads: ThreadsOption
 
-    @Option(help: "seq2seq decoding: greedy or beam.")
-    var decode: DecodeOption = .greedy
-
-    @Option(help: "Hypotheses per source for --decode beam (the paper: 4).")
-    var beamSize = 4
-
-    @Option(help: "Length penalty α for --decode beam: scores are log P / ((5 + length) / 6)^α (the paper: 0.6).")
-    var lengthPenalty = 0.6
+    @OptionGroup var decoding: DecodingOptions
 
     @Option(help: "seq2seq: decode only the first N examples for exact match and BLEU (default: all; 0: none).")
     var maxDecode: Int?
@@ -80,26 +63,23 @@ struct Eval: ParsableCommand {
         guard text == nil || source == nil else { throw ValidationError("give --text or --source/--target, not both.") }
         guard (text == nil && source == nil) || data == nil else { throw ValidationError("give --data or text files, not both.") }
         if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads).") }
-        guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1, got \(beamSize).") }
-        guard lengthPenalty >= 0 else { throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).") }
         if let maxDecode, maxDecode < 0 { throw ValidationError("--max-decode must be 0 or more, got \(maxDecode).") }
     }
 
     func run() throws {
-        let path = try Checkpoint.resolve(checkpoint)
+        let path = try checkpoint.resolve()
         let header = try Checkpoint.readHeader(path)
         let run = header.config
         let batch = batchSize ?? run.training.batchSize
         try withMPI { runtime in
             let world = runtime.world
-            setComputeThreads(threads ?? defaultComputeThreads(localRanks: world.localSize))
+            threads.apply(localRanks: world.localSize)
             let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
             let (evaluated, temporary) = try dataSplit(run: run, header: header)
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             try check(evaluated, against: header, checkpoint: path)
             let plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
-                                      decodeSamples: maxDecode ?? .max, decoding: decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty))
+                                      decodeSamples: maxDecode ?? .max, decoding: decoding.method)
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
@@ -107,8 +87,9 @@ struct Eval: ParsableCommand {
                 let report = EvalReport(checkpoint: path, step: header.state.step,
                                         data: textFiles.isEmpty ? evaluated.directory : textFiles.joined(separator: ", "),
                                         split: textFiles.isEmpty ? evaluated.split : "text",
-                                        result: result, decoding: evaluated.task == .seq2seq ? decode.rawValue : nil,
-                                        beamSize: decode == .beam ? beamSize : nil, lengthPenalty: decode == .beam ? lengthPenalty : nil)
+                                        result: result, decoding: evaluated.task == .seq2seq ? decoding.decode.rawValue : nil,
+                                        beamSize: decoding.decode == .beam ? decoding.beamSize : nil,
+                                        lengthPenalty: decoding.decode == .beam ? decoding.lengthPenalty : nil)
                 print(json ? try jsonLine(report) : report.table())
             }
         }
@@ -146,7 +127,7 @@ struct Eval: ParsableCommand {
                                                 + "that one evaluation window needs (the run's data.target_length \(sequenceLength), plus one)")
                 }
             } else if let source, let target {
-                options.maxLength = min(run.data.sourceLength, run.data.targetLength) - 1
+                options.maxPairTokens = min(run.data.sourceLength, run.data.targetLength) - 1
                 options.failOnLong = true
                 _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
             }
@@ -235,7 +216,7 @@ struct EvalReport: Encodable {
         loss = JSONNumber(result.loss)
         perplexity = JSONNumber(result.perplexity)
         token_accuracy = JSONNumber(result.tokenAccuracy)
-        tokens = result.tokens
+        tokens = result.targetTokens
         sequences = result.sequences
         exact_match = result.exactMatch.map(JSONNumber.init)
         bleu = result.decoded == nil ? nil : JSONNumber(result.bleu ?? .nan)

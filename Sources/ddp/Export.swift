@@ -12,19 +12,19 @@ struct Export: ParsableCommand {
             tokenizer. README.md shows loading it in Python (Tests/Reference/swiftddp_torch.py). The output is a file: \
             a directory or the checkpoint itself is refused.
 
-            Example: ddp export --checkpoint runs/reverse --output reverse.safetensors
+            Example:
+              ddp export --checkpoint runs/reverse --output reverse.safetensors
             """
     )
 
-    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
-    var checkpoint: String
+    @OptionGroup var checkpoint: CheckpointOption
 
     @Option(help: "The safetensors file to write.")
     var output: String
 
     func run() throws {
-        let path = try Checkpoint.resolve(checkpoint)
-        let inputs = [path, checkpoint, Paths.join(checkpoint, Checkpoint.latestName)]
+        let path = try checkpoint.resolve()
+        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
         try OutputFile.check(output, inputs: inputs)
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         let encoder = JSONEncoder.sortedKeys

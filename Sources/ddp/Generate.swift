@@ -1,3 +1,4 @@
+import Basics
 import ArgumentParser
 import Data
 import Files
@@ -25,8 +26,7 @@ struct Generate: ParsableCommand {
             """
     )
 
-    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
-    var checkpoint: String
+    @OptionGroup var checkpoint: CheckpointOption
 
     @Option(help: "Language model: the text to continue (empty: start a new document).")
     var prompt: String?
@@ -49,27 +49,18 @@ struct Generate: ParsableCommand {
     @Option(help: "Random seed for sampling.")
     var seed: UInt64 = 0
 
-    @Option(help: "Translation: greedy or beam.")
-    var decode: DecodeOption = .greedy
+    @OptionGroup var decoding: DecodingOptions
 
-    @Option(help: "Hypotheses per source for --decode beam.")
-    var beamSize = 4
-
-    @Option(help: "Length penalty α for --decode beam.")
-    var lengthPenalty = 0.6
-
-    @Option(help: "Compute threads.")
-    var threads = 1
+    @OptionGroup var threads: ThreadsOption
 
     func validate() throws {
-        guard threads >= 1 else { throw ValidationError("--threads must be at least 1, got \(threads).") }
         guard prompt == nil || input == nil else { throw ValidationError("give --prompt (language model) or --input (translation), not both.") }
         if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens).") }
     }
 
     func run() throws {
-        setComputeThreads(threads)
-        let path = try Checkpoint.resolve(checkpoint)
+        threads.apply()
+        let path = try checkpoint.resolve()
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         guard let tokenizer = header.tokenizer else {
             throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
@@ -95,15 +86,14 @@ struct Generate: ParsableCommand {
 
     private func translate(_ model: TransformerModel, tokenizer: Tokenizer, run: RunConfig) throws {
         let limit = maxTokens ?? run.data.targetLength - 1
-        let method = decode.method(beamSize: beamSize, lengthPenalty: lengthPenalty)
         /// The translation of `text`, or an error sentence when the model cannot take it.
         func translation(_ text: String) throws -> Result<String, GenerateInputError> {
-            let source = tokenizer.encode(text) + [Transformer.SpecialToken.eos]
+            let source = tokenizer.encode(text) + [SpecialToken.eos]
             guard source.count <= run.data.sourceLength else {
                 return .failure(GenerateInputError(message: "'\(text.prefix(40))\(text.count > 40 ? "..." : "")' is \(source.count - 1) tokens; "
                                                             + "the model takes at most \(run.data.sourceLength - 1)"))
             }
-            let output = try model.decode(source: source, batchSize: 1, sourceLength: source.count, maxLength: limit, method: method)
+            let output = try model.decode(source: source, batchSize: 1, sourceLength: source.count, maxTokens: limit, method: decoding.method)
             return .success(tokenizer.decode(output[0]))
         }
         if let input {

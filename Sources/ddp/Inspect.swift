@@ -9,10 +9,14 @@ struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what an HDF5 file holds: a checkpoint's run and tensors, a data shard's examples, or any file's datasets.",
         discussion: """
-            A checkpoint (a file, or a run directory for its latest): step, sampler position, tokenizer, model and run             config, and every parameter tensor with its shape and norm (reading them all checks their checksums).             Any other HDF5 file: groups, datasets (shape, type, chunks, filters) and attributes, like `h5ls -r -v`             but readable; a data shard also shows its task, tokenizer and first examples.
+            A checkpoint (a file, or a run directory for its latest): step, sampler position, tokenizer, model and run \
+            config, and every parameter tensor with its shape and norm (reading them all checks their checksums). \
+            Any other HDF5 file: groups, datasets (shape, type, chunks, filters) and attributes, like `h5ls -r -v` \
+            but readable; a data shard also shows its task, tokenizer and first examples.
 
-            Examples: ddp inspect data/train-00000.h5
-                      ddp inspect runs/reverse
+            Examples:
+              ddp inspect data/train-00000.h5
+              ddp inspect runs/reverse
             """
     )
 
@@ -217,15 +221,4 @@ struct Inspect: ParsableCommand {
         default: return value.description
         }
     }
-}
-
-func formatBytes(_ count: Int) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    var value = Double(count)
-    var unit = 0
-    while value >= 1024 && unit < units.count - 1 {
-        value /= 1024
-        unit += 1
-    }
-    return unit == 0 ? "\(count) B" : String(format: "%.1f", value) + " " + units[unit]
 }

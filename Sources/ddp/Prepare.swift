@@ -61,8 +61,9 @@ struct Prepare: ParsableCommand {
     @Option(help: "Seed for the split and for --synthetic.")
     var seed: UInt64 = 0
 
-    @Option(help: "seq2seq: pairs with more tokens on either side are dropped and counted (synthetic: longest string).")
-    var maxLength: Int?
+    @Option(name: .customLong("max-length"),
+            help: "seq2seq: pairs with more tokens on either side are dropped and counted (synthetic: longest string).")
+    var maxPairTokens: Int?
 
     @Flag(help: "Fail on a pair longer than --max-length instead of dropping it.")
     var failOnLong = false
@@ -82,7 +83,7 @@ struct Prepare: ParsableCommand {
         guard shards >= 1 else { throw ValidationError("--shards must be at least 1, got \(shards).") }
         guard (0..<1).contains(validFraction) else { throw ValidationError("--valid-fraction must be in [0, 1), got \(validFraction).") }
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
-        if let maxLength, maxLength < 1 { throw ValidationError("--max-length must be at least 1, got \(maxLength).") }
+        if let maxPairTokens, maxPairTokens < 1 { throw ValidationError("--max-length must be at least 1, got \(maxPairTokens).") }
         if tokenizer == .bpe && vocabSize <= 260 { throw ValidationError("--vocab-size must exceed 260 for bpe, got \(vocabSize).") }
         if tokenizer == .bpe && vocabSize > 260 + BPE.largestMergeCount {
             throw ValidationError("--vocab-size must be at most \(260 + BPE.largestMergeCount) for bpe, got \(vocabSize).")
@@ -96,7 +97,7 @@ struct Prepare: ParsableCommand {
         options.shards = shards
         options.validFraction = validFraction
         options.seed = seed
-        options.maxLength = maxLength
+        options.maxPairTokens = maxPairTokens
         options.failOnLong = failOnLong
         options.overwrite = overwrite
         options.inputs = input + [source, target, tsv].compactMap { $0 }
@@ -109,7 +110,7 @@ struct Prepare: ParsableCommand {
         } else {
             let pairs: [(String, String)]
             if let synthetic {
-                pairs = synthetic.pairs(count: samples, seed: seed, maxLength: maxLength ?? 16)
+                pairs = synthetic.pairs(count: samples, seed: seed, maxCharacters: maxPairTokens ?? 16)
             } else if let tsv {
                 pairs = try Preparer.tsvPairs(tsv)
             } else {

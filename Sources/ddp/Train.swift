@@ -22,8 +22,7 @@ struct Train: ParsableCommand {
             """
     )
 
-    @Option(help: "The run config (YAML).")
-    var config: String
+    @OptionGroup var config: ConfigOptions
 
     @Option(help: "Where checkpoints and metrics go (default: runs/<config name>).")
     var runDir: String?
@@ -37,9 +36,6 @@ struct Train: ParsableCommand {
     @Flag(help: "Start fresh in a RUN_DIR that holds an earlier run, deleting its checkpoints and metrics.")
     var overwrite = false
 
-    @Option(name: .customLong("set"), help: "Override a config key: --set training.steps=100 (repeatable).")
-    var overrides: [String] = []
-
     func validate() throws {
         if let runDir, runDir.isEmpty { throw ValidationError("--run-dir is empty; give a directory for checkpoints and metrics.") }
         guard [resume, resumeIfPresent, overwrite].filter({ $0 }).count <= 1 else {
@@ -48,8 +44,8 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        let run = try RunConfig.load(config, overrides: overrides)
-        let directory = runDir ?? "runs/" + Paths.stem(config)
+        let run = try config.load()
+        let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
@@ -61,7 +57,7 @@ struct Train: ParsableCommand {
                       + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))
                 if let evaluation = outcome.evaluation, outcome.evaluationFailure == nil {
                     var line = String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
-                                      evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.tokens)
+                                      evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.targetTokens)
                     if let exact = evaluation.exactMatch {
                         line += String(format: "; exact match %.4f, %@, chrF %.2f (greedy)", exact, evaluation.bleuText, evaluation.chrF ?? 0)
                     }

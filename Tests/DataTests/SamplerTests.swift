@@ -1,7 +1,7 @@
 import Data
 import XCTest
 
-/// DESIGN.md's sampler properties.
+/// The sampler's promises (README.md, "Data files").
 final class SamplerTests: XCTestCase {
     /// Everything rank r reads in an epoch, in order.
     private func epoch(_ sampler: DistributedSampler, epoch: Int, rank: Int, world: Int, batch: Int, accumulation: Int) -> [Int] {

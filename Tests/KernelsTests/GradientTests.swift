@@ -228,7 +228,7 @@ final class GradientTests: XCTestCase {
         targets.withUnsafeBufferPointer { targets in
             let result = crossEntropy(logits: logits.buffer, targets: targets, vocabulary: vocabulary, smoothing: smoothing,
                                       ignored: 0, dLogits: dLogits.buffer)
-            XCTAssertEqual(result.tokens, 3)
+            XCTAssertEqual(result.targetTokens, 3)
             // The definition, in Double.
             var expected = 0.0
             for (row, target) in targets.enumerated() where target != 0 {

@@ -207,6 +207,10 @@ do {
     require(mine == (0..<block).map { rankSum * Int64(world.rank * block + $0) }, "reduce-scatter Int64: \(mine)")
     let mineFloat = try world.reduceScatter((0..<(block * world.size)).map { Float($0) }, op: .max)
     require(mineFloat == (0..<block).map { Float(world.rank * block + $0) }, "reduce-scatter Float max: \(mineFloat)")
+    // Empty contributions still join the collective: the collectives after them stay matched on every rank.
+    require(try world.allgather([Int32]()).isEmpty && (try world.reduceScatter([Float](), op: .sum)).isEmpty, "empty collectives")
+    let afterEmpty = try world.allgather([Int32(world.rank)])
+    require(afterEmpty == (0..<world.size).map(Int32.init), "allgather after empty collectives gave \(afterEmpty)")
 
     // Argument checks happen before the C call and throw on this rank alone (no collective is entered).
     requireThrows(.invalidArgument, "broadcast to a root outside the communicator") {

@@ -1,6 +1,6 @@
 """PyTorch golden files for the Swift transformer (as llm.c checks its C code against PyTorch).
 
-Builds the same models as Sources/Transformer, with the same parameter names (DESIGN.md), from fixed seeds, and
+Builds the same models as Sources/Transformer, with the same parameter names (README.md, "The model"), from fixed seeds, and
 writes for each: every weight, a padded batch, the logits, the summed loss with label smoothing, every parameter
 gradient of that sum, and the losses of 10 AdamW steps (gradients divided by the batch's token count, as training
 does). Files are small HDF5 (well under 1 MB).

@@ -1,6 +1,6 @@
 """SwiftDDP's transformer in PyTorch, and loading a `ddp export` safetensors file into it.
 
-The modules mirror Sources/Transformer with the same parameter names (DESIGN.md), so an exported checkpoint loads
+The modules mirror Sources/Transformer with the same parameter names (README.md, "The model"), so an exported checkpoint loads
 by name. Also evaluates on a SwiftDDP data directory (HDF5 shards), framed as training frames them, so the numbers
 can be compared with `ddp eval`:
 

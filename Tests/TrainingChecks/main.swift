@@ -1,7 +1,9 @@
-// Run by TrainingTests under `mpirun -np 2`: gradient buckets all-reduced during backward (by a progress thread,
-// or by the training thread) give exactly the gradients of a plain allreduce of the whole arena (and bfloat16
-// compression stays within its rounding of it), and the sum equals one process's gradient of both ranks'
-// batches together (each rank's batch padded to its own length). Prints one line per rank; exits non-zero on failure.
+// Run by TrainingTests under `mpirun -np 2`: in training's own step (TrainingStep), gradient buckets all-reduced
+// during backward (by a progress thread, or by the training thread) give exactly the gradients of a plain allreduce
+// of the whole arena (and bfloat16 compression stays within its rounding of it), and the sum equals one process's
+// gradient of both ranks' batches together (each rank's batch padded to its own length). Prints one line per rank;
+// exits non-zero on failure.
+import Basics
 import Foundation
 import MPI
 import Transformer
@@ -43,9 +45,9 @@ let config = ModelConfig(kind: .encoderDecoder, vocabSize: 30, dModel: 16, heads
                          activation: .gelu, norm: .pre, positions: .learned, maxLength: 8, dropout: 0, tiedEmbeddings: true)
 // Rank 0's rows are longer than rank 1's: each pads to its own length.
 let batches = [
-    Batch(batchSize: 2, sourceLength: 4, targetLength: 5, source: [5, 6, 7, 2, 8, 2, 0, 0],
+    TokenBatch(batchSize: 2, sourceLength: 4, targetLength: 5, source: [5, 6, 7, 2, 8, 2, 0, 0],
           decoderInput: [1, 9, 10, 11, 12, 1, 13, 0, 0, 0], labels: [9, 10, 11, 12, 2, 13, 2, 0, 0, 0]),
-    Batch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [14, 2, 0, 15, 16, 2],
+    TokenBatch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [14, 2, 0, 15, 16, 2],
           decoderInput: [1, 17, 0, 1, 18, 19], labels: [17, 2, 0, 18, 19, 2]),
 ]
 guard world.size == 2 else { fail("run with 2 ranks", rank: world.rank) }
@@ -53,19 +55,24 @@ guard world.size == 2 else { fail("run with 2 ranks", rank: world.rank) }
 let model = try TransformerModel(config: config, maxBatch: 4, maxSourceLength: 4, maxTargetLength: 5)
 model.initializeParameters(seed: 8)
 
-// Overlapped buckets (1 KiB: many of them), driven by a progress thread and by the training thread itself.
+// Training's own step (TrainingStep) with overlapped buckets (1 KiB: many of them), driven by a progress thread and
+// by the training thread itself.
+@MainActor func trainingStep(compression: GradientCompression = .none, progressThread: Bool) -> TrainingStep {
+    TrainingStep(model: model, optimizer: AdamW(layout: model.layout, settings: AdamWSettings()), world: world, accumulationSteps: 1,
+                 labelSmoothing: 0.1, clipNorm: 1, bucketBytes: 1024, compression: compression, progressThread: progressThread)
+}
 var bucketedRuns: [(gradients: [Float], synchronizer: GradientSynchronizer)] = []
 for progressThread in [true, false] {
-    let synchronizer = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024, progressThread: progressThread)
-    guard synchronizer.usesProgressThread == progressThread else {
+    let step = trainingStep(progressThread: progressThread)
+    guard let synchronizer = step.synchronizer, synchronizer.usesProgressThread == progressThread else {
         fail("progress thread \(progressThread) not honoured (MPI thread level \(runtime.providedThreadLevel))", rank: world.rank)
     }
     // Twice with the same synchronizer: its state resets between steps.
     for _ in 0..<2 {
-        model.gradients.zero()
-        synchronizer.attach(to: model)
-        model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
-        try synchronizer.finish(detaching: model)
+        let outcome = try step.computeGradients(step: 0, dropoutSeed: 0, stopRequested: world.rank == 1) { batches[world.rank] }
+        guard outcome.targetTokens == 12, outcome.stopRequested else {
+            fail("the step's totals: \(outcome.targetTokens) target tokens (12 expected), stop requested \(outcome.stopRequested)", rank: world.rank)
+        }
     }
     bucketedRuns.append((Array(model.gradients.storage), synchronizer))
 }
@@ -94,17 +101,40 @@ let local = Array(model.gradients.storage)
 var magnitudes = local.map { abs($0) }
 try world.allreduce(&magnitudes, op: .sum)
 for progressThread in [true, false] {
-    let compressed = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024, compression: .bf16,
-                                          progressThread: progressThread)
-    model.gradients.zero()
-    compressed.attach(to: model)
-    model.forwardBackward(batches[world.rank], labelSmoothing: 0.1)
-    try compressed.finish(detaching: model)
+    _ = try trainingStep(compression: .bf16, progressThread: progressThread)
+        .computeGradients(step: 0, dropoutSeed: 0, stopRequested: false) { batches[world.rank] }
     let reduced = Array(model.gradients.storage)
     for index in reduced.indices where abs(reduced[index] - plain[index]) > magnitudes[index] * 0x1p-7 {
         fail("bfloat16 sum at \(index): \(reduced[index]), exact \(plain[index]) (contributions \(magnitudes[index]))", rank: world.rank)
     }
     guard reduced != plain else { fail("bfloat16 compression changed nothing: was it used?", rank: world.rank) }
+}
+
+// Ranges reported in any order: a bucket starts once everything from its start to the arena's end has been reported,
+// and not before.
+do {
+    let synchronizer = GradientSynchronizer(gradients: model.gradients, communicator: world, bucketBytes: 1024, progressThread: false)
+    let count = model.layout.count, quarter = count / 4
+    for i in 0..<count { model.gradients.storage[i] = Float(world.rank + 1) * Float(i % 7) }
+    synchronizer.attach(to: model)
+    let report = model.onGradientsFinal!
+    func startedFrom(_ offset: Int) -> Int { synchronizer.buckets.filter { $0.lowerBound >= offset }.count }
+    report(quarter..<(2 * quarter))
+    guard synchronizer.launchedDuringBackward == 0 else { fail("a bucket started before the arena's end was final", rank: world.rank) }
+    report((3 * quarter)..<count)
+    guard synchronizer.launchedDuringBackward == startedFrom(3 * quarter) else {
+        fail("\(synchronizer.launchedDuringBackward) buckets started after the tail, \(startedFrom(3 * quarter)) expected", rank: world.rank)
+    }
+    report((2 * quarter)..<(3 * quarter))
+    guard synchronizer.launchedDuringBackward == startedFrom(quarter) else {
+        fail("\(synchronizer.launchedDuringBackward) buckets started once [\(quarter), end) was final, \(startedFrom(quarter)) expected",
+             rank: world.rank)
+    }
+    report(0..<quarter)
+    try synchronizer.finish(detaching: model)
+    for i in 0..<count where model.gradients.storage[i] != 3 * Float(i % 7) {
+        fail("element \(i) summed to \(model.gradients.storage[i]), not \(3 * Float(i % 7))", rank: world.rank)
+    }
 }
 
 // One process, both batches: the same summed gradient (padding differs, the result must not).

@@ -1,3 +1,4 @@
+import Basics
 import Data
 import Foundation
 import HDF5
@@ -24,12 +25,12 @@ final class CheckpointTests: XCTestCase {
         let model = try TransformerModel(config: config.model, maxBatch: 2, maxSourceLength: 6, maxTargetLength: 6)
         model.initializeParameters(seed: 21)
         let optimizer = AdamW(layout: model.layout, settings: config.optimizer.settings)
-        let batch = Batch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [5, 6, 2, 7, 2, 0],
+        let batch = TokenBatch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [5, 6, 2, 7, 2, 0],
                           decoderInput: [1, 8, 9, 1, 10, 0], labels: [8, 9, 2, 10, 2, 0])
         for _ in 0..<updates {
             model.gradients.zero()
             let loss = model.forwardBackward(batch)
-            optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-2, gradientScale: 1 / Float(loss.tokens))
+            optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-2, gradientScale: 1 / Float(loss.targetTokens))
         }
         return (model, optimizer)
     }
@@ -59,7 +60,7 @@ final class CheckpointTests: XCTestCase {
                        (optimizer.secondMoment, freshOptimizer.secondMoment)] {
             XCTAssertTrue(a.storage.elementsEqual(b.storage) { $0.bitPattern == $1.bitPattern })
         }
-        // h5py-style reading of a tensor by its DESIGN.md name.
+        // h5py-style reading of a tensor by its parameter name.
         let stored = try File.open(path).openDataset("params/decoder.layers.0.cross_attn.q_proj.weight")
         XCTAssertEqual(stored.shape, [8, 8])
         XCTAssertTrue(try stored.storage().fletcher32)
@@ -74,6 +75,20 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(files, ["checkpoint-00000004.h5", "checkpoint-00000005.h5"])
         XCTAssertEqual(try Checkpoint.latest(in: run).map { ($0 as NSString).lastPathComponent }, "checkpoint-00000005.h5")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix(".") }, [], "no temporary left")
+    }
+
+    /// Pruning orders checkpoints by step, also past eight digits, and never removes a file it did not name itself.
+    func testPruningGoesByStepAndLeavesOtherFilesAlone() throws {
+        let (model, optimizer) = try trainedModel(updates: 0)
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        for name in ["checkpoint-best.h5", "checkpoint-00000001.h5.bak"] {
+            XCTAssertTrue(FileManager.default.createFile(atPath: "\(run)/\(name)", contents: Foundation.Data("mine".utf8)))
+        }
+        for step in [99_999_999, 100_000_000, 100_000_001] {
+            try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(step), config: config, tokenizer: nil, keep: 2)
+        }
+        let files = try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix("checkpoint-") }.sorted()
+        XCTAssertEqual(files, ["checkpoint-00000001.h5.bak", "checkpoint-100000000.h5", "checkpoint-100000001.h5", "checkpoint-best.h5"])
     }
 
     /// A write that fails (here: the checkpoint's name is taken by a directory, which is never replaced) reports it and

@@ -85,6 +85,25 @@ final class ScheduleTests: XCTestCase {
         XCTAssertTrue(error("training.steps=many").contains("config key 'training.steps'"))
         XCTAssertTrue(error("model.heads=3").contains("d_model 64 is not divisible by heads 3"))
     }
+
+    /// A value out of range is blamed on its own key, whichever key it is.
+    func testEveryOutOfRangeValueNamesItsKey() {
+        let bad = ["optimizer.lr": "0", "optimizer.beta1": "1", "optimizer.beta2": "-0.5", "optimizer.eps": "0", "optimizer.weight_decay": "-1",
+                   "schedule.factor": "0", "schedule.warmup_steps": "-1", "schedule.min_lr": "1", "eval.every": "-1",
+                   "eval.max_batches": "-2", "eval.decode_samples": "-1", "checkpoint.every": "-1", "checkpoint.keep": "0",
+                   "training.label_smoothing": "1", "training.clip_norm": "-1", "training.grad_accum": "0", "training.log_every": "0",
+                   "training.bucket_mb": "0", "training.collective_timeout": "-1"]
+        for (key, value) in bad {
+            XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=\(value)"]), key) {
+                XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=\(value): \($0)")
+            }
+        }
+        for key in ["optimizer.lr", "optimizer.eps", "optimizer.weight_decay", "schedule.factor"] {
+            XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=.nan"]), key) {
+                XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=.nan: \($0)")
+            }
+        }
+    }
 }
 
 /// A valid config small enough for parsing tests.

@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import Kernels
 import Transformer
@@ -34,7 +35,7 @@ final class DecodingTests: XCTestCase {
             let inputs = (0..<(3 * time)).map { _ in Int32(4 + random.next() % 36) }
             let source = kind == .encoderDecoder ? sources : []
             model.training = false
-            model.forward(Batch(batchSize: 3, sourceLength: kind == .encoderDecoder ? 6 : 0, targetLength: time, source: source,
+            model.forward(TokenBatch(batchSize: 3, sourceLength: kind == .encoderDecoder ? 6 : 0, targetLength: time, source: source,
                                 decoderInput: inputs, labels: [Int32](repeating: 0, count: 3 * time)))
             let full = model.withLogits { Array($0.prefix(3 * time * 40)) }
 
@@ -60,14 +61,14 @@ final class DecodingTests: XCTestCase {
         for (norm, positions) in [(ModelConfig.Norm.post, ModelConfig.Positions.sinusoidal), (.pre, .learned)] {
             for seed in [1, 2, 3] as [UInt64] {
                 let model = try model(.encoderDecoder, norm: norm, positions: positions, activation: .relu, seed: seed)
-                let cached = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxLength: 11)
-                let uncached = model.greedyDecodeWithoutCache(source: sources, batchSize: 3, sourceLength: 6, maxLength: 11)
+                let cached = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
+                let uncached = model.greedyDecodeWithoutCache(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
                 XCTAssertEqual(cached, uncached, "\(norm) \(positions) seed \(seed)")
                 XCTAssertTrue(cached.allSatisfy { !$0.contains(SpecialToken.eos) && !$0.contains(SpecialToken.pad) && $0.count <= 11 })
             }
         }
         // Some output must be non-trivial for the comparison to mean anything.
-        let sample = try model(.encoderDecoder, norm: .pre, positions: .learned).decode(source: sources, batchSize: 3, sourceLength: 6, maxLength: 11)
+        let sample = try model(.encoderDecoder, norm: .pre, positions: .learned).decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
         XCTAssertTrue(sample.contains { $0.count >= 2 }, "\(sample)")
     }
 
@@ -110,8 +111,8 @@ final class DecodingTests: XCTestCase {
     func testBeamOfOneEqualsGreedy() throws {
         for seed in [1, 2, 3, 4] as [UInt64] {
             let model = try model(.encoderDecoder, norm: .post, positions: .sinusoidal, seed: seed)
-            let greedy = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxLength: 11)
-            let beam = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxLength: 11, method: .beam(size: 1, lengthPenalty: 0.6))
+            let greedy = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
+            let beam = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11, method: .beam(size: 1, lengthPenalty: 0.6))
             XCTAssertEqual(beam, greedy, "seed \(seed)")
         }
     }
@@ -123,12 +124,12 @@ final class DecodingTests: XCTestCase {
             let model = try model(.encoderDecoder, norm: .pre, positions: .learned, vocabulary: 7, seed: seed)
             let source: [Int32] = [5, 6, 2, 0]
             let limit = 3
-            let beam = try model.decode(source: source, batchSize: 1, sourceLength: 4, maxLength: limit, method: .beam(size: 200, lengthPenalty: alpha))
+            let beam = try model.decode(source: source, batchSize: 1, sourceLength: 4, maxTokens: limit, method: .beam(size: 200, lengthPenalty: alpha))
 
             model.training = false
             func logProbabilities(after prefix: [Int32]) -> [Double] {
                 let input = [SpecialToken.bos] + prefix
-                model.forward(Batch(batchSize: 1, sourceLength: 4, targetLength: input.count, source: source, decoderInput: input,
+                model.forward(TokenBatch(batchSize: 1, sourceLength: 4, targetLength: input.count, source: source, decoderInput: input,
                                     labels: [Int32](repeating: 0, count: input.count)))
                 return model.withLogits { logits in
                     let row = Array(logits[((input.count - 1) * 7)..<(input.count * 7)]).map(Double.init)
@@ -156,9 +157,9 @@ final class DecodingTests: XCTestCase {
 
     func testGreedyFirstTokenIsTheArgmaxAfterBOS() throws {
         let model = try model(.encoderDecoder, norm: .pre, positions: .sinusoidal)
-        let outputs = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxLength: 5)
+        let outputs = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 5)
         model.training = false
-        model.forward(Batch(batchSize: 3, sourceLength: 6, targetLength: 1, source: sources, decoderInput: [1, 1, 1], labels: [0, 0, 0]))
+        model.forward(TokenBatch(batchSize: 3, sourceLength: 6, targetLength: 1, source: sources, decoderInput: [1, 1, 1], labels: [0, 0, 0]))
         let first: [Int32] = model.withLogits { logits in
             (0..<3).map { row in Int32((1..<40).max { logits[row * 40 + $0] < logits[row * 40 + $1] }!) }
         }
@@ -180,8 +181,8 @@ final class DecodingTests: XCTestCase {
         XCTAssertEqual(argument { try lm.generate(prompt: [Int32](repeating: 5, count: 13), maxTokens: 3) }, "prompt")
         XCTAssertEqual(argument { try lm.generate(prompt: [99], maxTokens: 3) }, "prompt")
         XCTAssertEqual(argument { try translator.generate(prompt: [5], maxTokens: 3) }, "model")
-        XCTAssertEqual(argument { _ = try lm.decode(source: [5, 2], batchSize: 1, sourceLength: 2, maxLength: 3) }, "model")
-        XCTAssertEqual(argument { _ = try translator.decode(source: [5, 2], batchSize: 1, sourceLength: 2, maxLength: 3,
+        XCTAssertEqual(argument { _ = try lm.decode(source: [5, 2], batchSize: 1, sourceLength: 2, maxTokens: 3) }, "model")
+        XCTAssertEqual(argument { _ = try translator.decode(source: [5, 2], batchSize: 1, sourceLength: 2, maxTokens: 3,
                                                             method: .beam(size: 0, lengthPenalty: 0.6)) }, "beam-size")
     }
 }

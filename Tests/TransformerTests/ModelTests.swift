@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import Kernels
 import Transformer
@@ -13,7 +14,7 @@ final class ModelTests: XCTestCase {
     }
 
     /// Three rows of different lengths; PAD (0) after each.
-    private let seq2seq = Batch(batchSize: 3, sourceLength: 4, targetLength: 4,
+    private let seq2seq = TokenBatch(batchSize: 3, sourceLength: 4, targetLength: 4,
                                 source: [5, 6, 7, 2, 8, 2, 0, 0, 9, 10, 2, 0],
                                 decoderInput: [1, 4, 5, 6, 1, 7, 0, 0, 1, 9, 8, 0],
                                 labels: [4, 5, 6, 2, 7, 2, 0, 0, 9, 8, 2, 0])
@@ -95,6 +96,42 @@ final class ModelTests: XCTestCase {
         print("whole-model finite differences (untied, pre-norm, dropout 0.2): largest error \(worst)")
     }
 
+    /// The gradient-ready hook's contract, which the overlapped all-reduce relies on: the reported ranges tile the
+    /// whole arena exactly once, and a range's gradients never change after it is reported. Every model kind, both
+    /// norm placements, tied and untied output, two layers per stack, dropout on.
+    func testReportedGradientRangesTileTheArenaAndAreFinal() throws {
+        let lm = TokenBatch(batchSize: 2, sourceLength: 0, targetLength: 4, source: [],
+                            decoderInput: [1, 4, 5, 6, 1, 7, 0, 0], labels: [4, 5, 6, 2, 7, 2, 0, 0])
+        for kind in [ModelConfig.Kind.encoderDecoder, .decoderOnly] {
+            for norm in [ModelConfig.Norm.pre, .post] {
+                for tied in [false, true] {
+                    var c = config(kind, norm: norm, tied: tied, dropout: 0.2)
+                    c.encoderLayers = kind == .encoderDecoder ? 2 : 0
+                    c.decoderLayers = 2
+                    let label = "\(kind) \(norm)-norm \(tied ? "tied" : "untied")"
+                    let model = try TransformerModel(config: c, maxBatch: 3, maxSourceLength: kind == .encoderDecoder ? 4 : 0,
+                                                     maxTargetLength: 4)
+                    model.initializeParameters(seed: 4)
+                    model.dropoutSeed = 7
+                    model.gradients.zero()
+                    var reported: [(range: Range<Int>, values: [Float])] = []
+                    model.onGradientsFinal = { range in reported.append((range, Array(model.gradients.storage[range]))) }
+                    model.forwardBackward(kind == .encoderDecoder ? seq2seq : lm, labelSmoothing: 0.1)
+                    model.onGradientsFinal = nil
+                    var covered = [Int](repeating: 0, count: model.layout.count)
+                    for (range, values) in reported {
+                        for i in range { covered[i] += 1 }
+                        XCTAssertTrue(Array(model.gradients.storage[range]) == values,
+                                      "\(label): gradients in \(range) changed after they were reported final")
+                    }
+                    XCTAssertEqual(covered.firstIndex { $0 != 1 }, nil,
+                                   "\(label): every parameter is reported exactly once (ranges \(reported.map(\.range)))")
+                    XCTAssertGreaterThan(reported.count, 2 * c.decoderLayers, "\(label): blocks report one by one")
+                }
+            }
+        }
+    }
+
     /// Two micro-batches accumulated give the gradient of one batch holding both — even though each half is
     /// padded to its own length. This is what makes N ranks x batch b equal 1 rank x batch N·b.
     func testAccumulatedHalvesEqualTheWholeBatch() throws {
@@ -105,15 +142,15 @@ final class ModelTests: XCTestCase {
         let whole = model.forwardBackward(seq2seq, labelSmoothing: 0.1)
         let reference = Array(model.gradients.storage)
 
-        let first = Batch(batchSize: 1, sourceLength: 4, targetLength: 4, source: Array(seq2seq.source[0..<4]),
+        let first = TokenBatch(batchSize: 1, sourceLength: 4, targetLength: 4, source: Array(seq2seq.source[0..<4]),
                           decoderInput: Array(seq2seq.decoderInput[0..<4]), labels: Array(seq2seq.labels[0..<4]))
         // Rows 2 and 3 padded only to their own longest (3 tokens), as a rank's own batch would be.
-        let rest = Batch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [8, 2, 0, 9, 10, 2],
+        let rest = TokenBatch(batchSize: 2, sourceLength: 3, targetLength: 3, source: [8, 2, 0, 9, 10, 2],
                          decoderInput: [1, 7, 0, 1, 9, 8], labels: [7, 2, 0, 9, 8, 2])
         model.gradients.zero()
         let a = model.forwardBackward(first, labelSmoothing: 0.1)
         let b = model.forwardBackward(rest, labelSmoothing: 0.1)
-        XCTAssertEqual(a.tokens + b.tokens, whole.tokens)
+        XCTAssertEqual(a.targetTokens + b.targetTokens, whole.targetTokens)
         XCTAssertEqual(a.loss + b.loss, whole.loss, accuracy: whole.loss * 1e-5)
         let accumulated = Array(model.gradients.storage)
         let scale = reference.map { abs($0) }.max()!

@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import HDF5
 import Kernels
@@ -12,7 +13,7 @@ final class PyTorchFixtureTests: XCTestCase {
     private struct Fixture {
         let file: File
         let config: ModelConfig
-        let batch: Batch
+        let batch: TokenBatch
         let smoothing: Float
 
         init(_ name: String) throws {
@@ -24,7 +25,7 @@ final class PyTorchFixtureTests: XCTestCase {
             smoothing = Float(try file.doubleAttribute("label_smoothing"))
             let source = try file.openDataset("batch/source"), decoderInput = try file.openDataset("batch/decoder_input")
             let b = decoderInput.shape[0], t = decoderInput.shape[1], s = source.shape[1]
-            batch = Batch(batchSize: b, sourceLength: s, targetLength: t, source: try source.read(as: Int32.self),
+            batch = TokenBatch(batchSize: b, sourceLength: s, targetLength: t, source: try source.read(as: Int32.self),
                           decoderInput: try decoderInput.read(as: Int32.self), labels: try file.openDataset("batch/labels").read(as: Int32.self))
         }
 
@@ -66,7 +67,7 @@ final class PyTorchFixtureTests: XCTestCase {
         let expectedLoss = try fixture.file.openDataset("expected/loss").read(as: Double.self)[0]
         let lossDifference = abs(smoothedLoss.loss - expectedLoss) / expectedLoss
         XCTAssertLessThan(lossDifference, 1e-4, "\(name): loss \(smoothedLoss.loss) vs \(expectedLoss)")
-        XCTAssertEqual(smoothedLoss.tokens, fixture.batch.labelTokens)
+        XCTAssertEqual(smoothedLoss.targetTokens, fixture.batch.targetTokens)
 
         // Every parameter gradient, each within 1e-3 of its norm. Key-projection biases have an exactly zero
         // gradient (adding q·b to every score of a query leaves the softmax unchanged), so both sides hold rounding
@@ -104,7 +105,7 @@ final class PyTorchFixtureTests: XCTestCase {
             worstStep = max(worstStep, difference)
             XCTAssertLessThan(difference, 1e-4, "\(name): step \(step) loss \(result.loss) vs \(expected)")
             optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: learningRate,
-                             gradientScale: 1 / Float(result.tokens))
+                             gradientScale: 1 / Float(result.targetTokens))
         }
         print("""
             \(name): largest relative differences to PyTorch — logits \(logitDifference), loss \(lossDifference), \

@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import Kernels
 import TestSupport
@@ -19,7 +20,7 @@ final class ThreadDeterminismTests: XCTestCase {
         var logits: [Float], evaluationLoss: Double, trainingLoss: Double, gradients: [Float], parameters: [Float]
     }
 
-    private func step(threads: Int, config: ModelConfig, batch: Batch) throws -> Outcome {
+    private func step(threads: Int, config: ModelConfig, batch: TokenBatch) throws -> Outcome {
         setComputeThreads(threads)
         let model = try TransformerModel(config: config, maxBatch: batch.batchSize, maxSourceLength: batch.sourceLength,
                                          maxTargetLength: batch.targetLength)
@@ -34,7 +35,7 @@ final class ThreadDeterminismTests: XCTestCase {
         let gradients = Array(model.gradients.storage)
         let optimizer = AdamW(layout: model.layout, settings: AdamWSettings())
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: 1e-3,
-                         gradientScale: 1 / Float(result.tokens))
+                         gradientScale: 1 / Float(result.targetTokens))
         return Outcome(logits: logits, evaluationLoss: evaluation.loss, trainingLoss: result.loss, gradients: gradients,
                        parameters: Array(model.parameters.storage))
     }
@@ -46,7 +47,7 @@ final class ThreadDeterminismTests: XCTestCase {
         }
     }
 
-    private func assertAgreement(_ kind: String, config: ModelConfig, batch: Batch) throws {
+    private func assertAgreement(_ kind: String, config: ModelConfig, batch: TokenBatch) throws {
         let one = try step(threads: 1, config: config, batch: batch)
         for threads in [2, 3] {
             let other = try step(threads: threads, config: config, batch: batch)
@@ -72,7 +73,7 @@ final class ThreadDeterminismTests: XCTestCase {
                               tiedEmbeddings: true)
         let lengths = [29, 17, 23, 5, 11]
         let window = padded(lengths.map { $0 + 1 }, time: 30, first: 4 + 7, random: &random)
-        let lm = Batch(batchSize: 5, targetLength: 29,
+        let lm = TokenBatch(batchSize: 5, targetLength: 29,
                        decoderInput: (0..<5).flatMap { Array(window[($0 * 30)..<($0 * 30 + 29)]) },
                        labels: (0..<5).flatMap { Array(window[($0 * 30 + 1)..<($0 * 30 + 30)]) })
         try assertAgreement("decoder-only", config: gpt, batch: lm)
@@ -81,7 +82,7 @@ final class ThreadDeterminismTests: XCTestCase {
                                       decoderLayers: 2, dFF: 200, activation: .relu, norm: .post, positions: .sinusoidal,
                                       maxLength: 32, dropout: 0.1, tiedEmbeddings: false)
         let targets = padded([27, 9, 14, 3, 22], time: 28, first: SpecialToken.bos, random: &random)
-        let seq2seq = Batch(batchSize: 5, sourceLength: 27, targetLength: 27,
+        let seq2seq = TokenBatch(batchSize: 5, sourceLength: 27, targetLength: 27,
                             source: padded([27, 12, 20, 6, 1], time: 27, first: 4 + 9, random: &random),
                             decoderInput: (0..<5).flatMap { Array(targets[($0 * 28)..<($0 * 28 + 27)]) },
                             labels: (0..<5).flatMap { Array(targets[($0 * 28 + 1)..<($0 * 28 + 28)]) })

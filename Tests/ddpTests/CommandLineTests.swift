@@ -23,6 +23,41 @@ final class CommandLineTests: XCTestCase {
         XCTAssertTrue(inspect.stdout.contains("HDF5"), inspect.stdout)
     }
 
+    /// Help reads as written prose: given room for any line, each paragraph is one line (no hard breaks inside
+    /// sentences) without runs of spaces, and an option several commands share (`--checkpoint`, `--threads`,
+    /// `--config`, `--set`, the decoding options) reads the same, with the same default, in each of them.
+    func testHelpIsProseAndSharedOptionsReadTheSame() throws {
+        let commands = [["prepare"], ["train"], ["eval"], ["generate"], ["inspect"], ["export"], ["bench", "allreduce"],
+                        ["bench", "step"], ["bench", "data"], ["bench", "decode"]]
+        var helpOf: [String: Set<String>] = [:]
+        for command in commands {
+            let result = try runProcess(ddp, command + ["--help"], environment: ["COLUMNS": "10000"])
+            XCTAssertEqual(result.status, 0, result.output)
+            let sections = result.stdout.components(separatedBy: "USAGE:")
+            XCTAssertEqual(sections.count, 2, result.stdout)
+            for line in sections[0].split(separator: "\n") {
+                let content = line.trimmingCharacters(in: .whitespaces)
+                if ["ddp ", "Launch/", "printf "].contains(where: content.hasPrefix) { continue }  // an example command
+                XCTAssertFalse(content.contains("  "), "ddp \(command.joined(separator: " ")) --help: spaces in a row in '\(content)'")
+                XCTAssertTrue(content.last.map { ".:)".contains($0) } ?? true,
+                              "ddp \(command.joined(separator: " ")) --help: a line that stops inside a sentence: '\(content)'")
+            }
+            // "  --name <value>   Help text. (default: x)", the help on the next line after a long name.
+            let lines = sections[1].split(separator: "\n").map(String.init)
+            for (index, line) in lines.enumerated() {
+                guard let match = line.wholeMatch(of: /\ \ (-[\w-]+(?:, -[\w-]+)?(?: <[\w-]+>)?)(?: +(.*))?/) else { continue }
+                let name = String(match.1)
+                let help = (match.2.map(String.init) ?? lines[min(index + 1, lines.count - 1)]).trimmingCharacters(in: .whitespaces)
+                XCTAssertFalse(help.contains("  "), "ddp \(command.joined(separator: " ")) --help: spaces in a row in '\(help)'")
+                helpOf[name, default: []].insert(help)
+            }
+        }
+        for name in ["--checkpoint <checkpoint>", "--threads <threads>", "--config <config>", "--set <set>", "--decode <decode>",
+                     "--beam-size <beam-size>", "--length-penalty <length-penalty>"] {
+            XCTAssertEqual(helpOf[name]?.count, 1, "\(name) reads differently in different commands: \(helpOf[name] ?? [])")
+        }
+    }
+
     func testInspectShowsGroupsDatasetsFiltersAndAttributes() throws {
         let directory = try makeTemporaryDirectory("ddp-inspect")
         defer { try? FileManager.default.removeItem(at: directory) }

@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import TestSupport
 import XCTest
@@ -124,7 +125,7 @@ final class HostileFilesTests: XCTestCase {
     /// exactly the original content (the same content digest and listing).
     func testByteFlipsAreReportedOrHarmless() throws {
         let files = try realFiles()
-        var random = SplitMix(seed: 20)
+        var random = SplitMix64(seed: 20)
         var verdicts: [String: [String: Int]] = [:]
         for original in [files.seq2seq, files.checkpoint] {
             let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: original))
@@ -164,18 +165,5 @@ final class HostileFilesTests: XCTestCase {
             }
         }
         print("byte flips and truncations: \(verdicts)")
-    }
-}
-
-/// Seeded mutations (SplitMix64).
-private struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

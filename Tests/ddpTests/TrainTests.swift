@@ -231,9 +231,13 @@ final class TrainTests: XCTestCase {
         try process.run()
         let deadline = Date().addingTimeInterval(60)
         while ((try? String(contentsOfFile: path(run) + "/metrics.jsonl", encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3 {
-            if Date() > deadline {
-                process.terminate()
-                throw XCTSkip("training did not start in 60 s")
+            if !process.isRunning || Date() > deadline {
+                // A trainer that never gets going is a failure of the tests that need it running, not a reason to skip them.
+                if process.isRunning { process.terminate() }
+                process.waitUntilExit()
+                let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+                XCTFail("training never reached its third step (exit status \(process.terminationStatus)):\n\(text)")
+                throw TrainingNeverStarted()
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
@@ -350,3 +354,6 @@ final class TrainTests: XCTestCase {
         }
     }
 }
+
+/// Training that never started: reported by `XCTFail` where it was found, thrown to end the test.
+private struct TrainingNeverStarted: Error {}

@@ -1,0 +1,109 @@
+import Files
+import Foundation
+
+/// What rank 0 tells the user and `metrics.jsonl` about a run: one metrics line per update and per evaluation, and
+/// a progress line every `training.log_every` updates.
+final class ProgressReport {
+    private let config: RunConfig
+    private let metrics: MetricsLog
+    private let log: (String) -> Void
+    private let clock = ContinuousClock()
+    private let started: ContinuousClock.Instant
+    private var tokensSinceStart = 0.0
+    private var saidPastSchedule = false
+
+    init(config: RunConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
+        self.config = config
+        self.log = log
+        metrics = try MetricsLog(directory: runDirectory)
+        started = clock.now
+    }
+
+    /// One update, `state` being where training is after it.
+    func record(_ result: TrainingStep.Outcome, state: TrainingState, learningRate: Float) {
+        let elapsed = (clock.now - started).seconds
+        tokensSinceStart += Double(result.targetTokens)
+        let rate = tokensSinceStart / max(elapsed, 1e-9)
+        metrics.record(["step": state.step, "loss": result.lossPerToken, "lr": Double(learningRate), "grad_norm": result.gradientNorm,
+                        "tokens_per_s": rate, "elapsed_s": elapsed, "epoch": state.position.epoch], log: log)
+        if let end = config.learningRateSchedule.end, state.step > end, !saidPastSchedule {
+            log("step \(state.step) is past the schedule's end (schedule.total_steps \(end)): the learning rate stays at \(learningRate)")
+            saidPastSchedule = true
+        }
+        let steps = config.training.steps
+        if state.step % config.training.logEvery == 0 || state.step == steps {
+            let eta = Double(steps - state.step) * elapsed / Double(max(1, state.step))
+            log(String(format: "step %d/%d  loss %.4f  lr %.3g  grad norm %.3f  %.0f tokens/s  ETA %.0f s",
+                       state.step, steps, result.lossPerToken, learningRate, result.gradientNorm, rate, eta))
+        }
+        if result.stopRequested { log("a stop signal was received: stopping after step \(state.step) with a checkpoint") }
+    }
+
+    /// An evaluation at `step` that took `seconds`.
+    func record(_ evaluation: Evaluation, step: Int, seconds: Double) {
+        var fields: [String: Any] = ["step": step, "valid_loss": evaluation.loss, "valid_perplexity": evaluation.perplexity,
+                                     "valid_token_accuracy": evaluation.tokenAccuracy, "valid_tokens": evaluation.targetTokens,
+                                     "valid_seconds": seconds]
+        var line = String(format: "eval at step %d: loss %.4f  perplexity %.3f  token accuracy %.4f", step,
+                          evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy)
+        if let exact = evaluation.exactMatch {
+            fields["valid_exact_match"] = exact
+            fields["valid_bleu"] = evaluation.bleu ?? NSNull()
+            if let reason = evaluation.bleuUnavailable { fields["valid_bleu_unavailable"] = reason }
+            fields["valid_chrf"] = evaluation.chrF ?? NSNull()
+            line += String(format: "  exact match %.4f  %@  chrF %.2f", exact, evaluation.bleuText, evaluation.chrF ?? 0)
+        }
+        metrics.record(fields, log: log)
+        log(line)
+    }
+
+    /// An evaluation at `step` that failed with `message`.
+    func recordFailedEvaluation(_ message: String, step: Int) {
+        metrics.record(["step": step, "eval_error": message], log: log)
+    }
+}
+
+/// metrics.jsonl in the run directory: one JSON object per line, appended (rank 0 only). A value that is not finite
+/// (the perplexity of a diverged model) is written as null, so every line stays valid JSON.
+final class MetricsLog {
+    private let handle: FileHandle
+    private let path: String
+    private var failed = false
+
+    init(directory: String) throws {
+        do {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw TrainingError("\(directory): cannot create the run directory: \(describe(error))")
+        }
+        path = Paths.join(directory, "metrics.jsonl")
+        if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("\(path): cannot open for appending") }
+        handle.seekToEndOfFile()
+        self.handle = handle
+    }
+
+    /// `fields` with non-finite numbers replaced by null.
+    static func finite(_ fields: [String: Any]) -> [String: Any] {
+        fields.mapValues { value in
+            if let number = value as? Double, !number.isFinite { return NSNull() }
+            if let number = value as? Float, !number.isFinite { return NSNull() }
+            return value
+        }
+    }
+
+    /// Appends one line. Training never stops for its metrics: the first failure (a full disk, say) is logged
+    /// through `log` with the reason, later ones are not repeated.
+    func record(_ fields: [String: Any], log: (String) -> Void) {
+        do {
+            var data = try JSONSerialization.data(withJSONObject: Self.finite(fields), options: [.sortedKeys])
+            data.append(0x0A)
+            try handle.write(contentsOf: data)
+        } catch {
+            if !failed { log("warning: \(path): cannot append metrics (\(describe(error))); training goes on, later failures are not repeated") }
+            failed = true
+        }
+    }
+
+    deinit { try? handle.close() }
+}

@@ -1,0 +1,72 @@
+import ArgumentParser
+import Kernels
+import Training
+import Transformer
+
+// Options several commands take, declared once (swift-argument-parser's `@OptionGroup`): one help text, one default
+// and one validation each.
+
+/// `--checkpoint`: a checkpoint file or a run directory.
+struct CheckpointOption: ParsableArguments {
+    @Option(help: "A checkpoint file, or a run directory (its latest checkpoint).")
+    var checkpoint: String
+
+    /// The checkpoint file meant: `checkpoint` itself, or the one its `latest` names. Throws `CheckpointError` naming
+    /// the path when there is none.
+    func resolve() throws -> String { try Checkpoint.resolve(checkpoint) }
+}
+
+/// `--threads`: compute threads of this process.
+struct ThreadsOption: ParsableArguments {
+    @Option(help: "Compute threads of each process (default: SWIFTDDP_THREADS, else this node's cores divided by the processes on it).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads).") }
+    }
+
+    /// Sets the compute threads (`localRanks`: processes of this job on this node) and returns how many.
+    @discardableResult
+    func apply(localRanks: Int = 1) -> Int {
+        let count = threads ?? defaultComputeThreads(localRanks: localRanks)
+        setComputeThreads(count)
+        return count
+    }
+}
+
+/// `--config` and `--set`: a run config and overrides of its keys.
+struct ConfigOptions: ParsableArguments {
+    @Option(help: "A run config (YAML).")
+    var config: String
+
+    @Option(name: .customLong("set"), help: "Override a config key, as in --set training.steps=100 (repeatable).")
+    var overrides: [String] = []
+
+    /// The config with its overrides applied; throws `ConfigError` naming the file or key.
+    func load() throws -> RunConfig { try RunConfig.load(config, overrides: overrides) }
+}
+
+/// How a translation is decoded: `--decode`, `--beam-size`, `--length-penalty`.
+struct DecodingOptions: ParsableArguments {
+    enum Method: String, ExpressibleByArgument, CaseIterable {
+        case greedy, beam
+    }
+
+    @Option(help: "Translation: greedy or beam.")
+    var decode: Method = .greedy
+
+    @Option(help: "Hypotheses per source for --decode beam (the paper: 4).")
+    var beamSize = 4
+
+    @Option(help: "Length penalty α for --decode beam: a finished hypothesis scores log P / ((5 + length) / 6)^α (the paper: 0.6).")
+    var lengthPenalty = 0.6
+
+    func validate() throws {
+        guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1, got \(beamSize).") }
+        guard lengthPenalty >= 0, lengthPenalty.isFinite else {
+            throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).")
+        }
+    }
+
+    var method: DecodingMethod { decode == .greedy ? .greedy : .beam(size: beamSize, lengthPenalty: lengthPenalty) }
+}
