@@ -60,6 +60,10 @@ public final class Dataset: HDF5Object {
     /// Deflate, the strongest filter HDF5 ships, shrinks data at most about 1032 times.
     static let largestCompressionRatio = 1100
 
+    /// The largest chunk, in bytes, a dataset may have to be read (64 MiB: HDF5's own default cache holds 1 MiB, and
+    /// SwiftDDP writes 16 KB chunks).
+    public static let largestChunkBytes = 64 << 20
+
     /// Checks, before anything is allocated for the dataset's elements, that the file really stores them: a contiguous
     /// or compact dataset its full size in bytes, a chunked one every chunk its extent needs, and no more data than
     /// compression could have packed into the bytes stored. A file that declares more than it holds (a few kilobytes
@@ -75,6 +79,16 @@ public final class Dataset: HDF5Object {
         if H5Pget_layout(creation.id) == H5D_CHUNKED {
             var dims = [hsize_t](repeating: 0, count: max(1, shape.count))
             try h5call("H5Pget_chunk", site) { H5Pget_chunk(creation.id, Int32(dims.count), &dims) }
+            // A chunk is decompressed whole for any element in it: one larger than this makes every read slow and
+            // large (a crafted 780 KB file held one 800 MB chunk), so it is refused before anything is read.
+            let chunkBytes = dims.prefix(shape.count).reduce(elementType.byteSize) { bytes, extent in
+                let (product, overflow) = bytes.multipliedReportingOverflow(by: Int(clamping: extent))
+                return overflow ? Int.max : product
+            }
+            guard chunkBytes > 0, chunkBytes <= Self.largestChunkBytes else {
+                throw implausible("has chunks of \(dims.prefix(shape.count).map(String.init).joined(separator: " x ")) elements "
+                                  + "(\(chunkBytes) bytes); this reader takes chunks of at most \(Self.largestChunkBytes) bytes")
+            }
             var expected = 1
             for (extent, chunk) in zip(shape, dims.prefix(shape.count)) where chunk > 0 {
                 expected = expected.multipliedReportingOverflow(by: (extent + Int(chunk) - 1) / Int(chunk)).partialValue

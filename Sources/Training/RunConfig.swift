@@ -277,6 +277,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// one), types and values (`validate(file:)`). Throws `ConfigError` naming `file` (or the `--set` that gave a bad
     /// value) and the key.
     public static func parse(_ text: String, file: String, overrides: [String] = []) throws -> RunConfig {
+        // An alias can stand for a whole tree, and aliases of aliases for exponentially many (YAML's "billion laughs"):
+        // the YAML library expands them all when one is a key. A run config has no use for them.
+        if let alias = text.firstMatch(of: /(^|[\s\[{,?:-])\*([A-Za-z0-9_.-]+)/), text.contains("&\(alias.2)") {
+            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(alias.2) and its alias *\(alias.2); run configs do "
+                              + "not support anchors and aliases (write the values out)")
+        }
         var root: Node
         do {
             guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: file, key: nil, message: "the file is empty") }
@@ -331,7 +337,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError(file: file, key: section.isEmpty ? nil : section, message: "expected a mapping of keys to values")
         }
         for (keyNode, value) in mapping {
-            let key = keyNode.string ?? "\(keyNode)"
+            guard let key = keyNode.string else {
+                throw ConfigError(file: file, key: section.isEmpty ? nil : section, message: "has a key that is a list or a mapping, not a name")
+            }
+            guard key.count <= 64 else {
+                throw ConfigError(file: file, key: section.isEmpty ? nil : section, message: "unknown key '\(key.prefix(40))...' (\(key.count) characters)")
+            }
             let path = section.isEmpty ? key : "\(section).\(key)"
             guard let allowed = knownKeys[section], allowed.contains(key) else {
                 let suggestion = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\($0)'?)" } ?? ""

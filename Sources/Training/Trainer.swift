@@ -147,7 +147,8 @@ public final class Trainer {
             let sampler = DistributedSampler(samples: train.samples, seed: config.training.seed, perRankBatch: config.training.batchSize,
                                              worldSize: world.size, accumulationSteps: config.training.accumulationSteps)
             guard sampler.batchesPerEpoch >= 1 else {
-                throw TrainingError("the train split has \(train.samples) samples, fewer than one global batch of \(sampler.globalBatch)")
+                throw TrainingError("data directory \(config.data.directory): the train split has \(train.samples) samples, fewer than one "
+                                    + "global batch of \(sampler.globalBatch) (training.batch_size x ranks x training.grad_accum)")
             }
             let isLM = config.model.kind == .decoderOnly
             let model = try TransformerModel(config: config.model, maxBatch: config.training.batchSize,
@@ -180,6 +181,9 @@ public final class Trainer {
     /// The train split, and the valid split when the data directory has one.
     private func openSplits() throws -> (train: DataSplit, valid: DataSplit?) {
         let sequenceLength = config.model.kind == .decoderOnly ? config.data.targetLength : 0
+        guard !config.data.directory.isEmpty else {
+            throw TrainingError("config key 'data.directory' is not set: name the directory `ddp prepare --output` wrote the shards to")
+        }
         let train = try DataSplit(directory: config.data.directory, split: "train", sequenceLength: sequenceLength)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
         let valid = names.contains { $0.hasPrefix("valid-") }
@@ -212,6 +216,11 @@ public final class Trainer {
         try decideOnRank0("resume check", watchdog: run.watchdog) {
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.sampler.globalBatch, dataFingerprint: run.fingerprint,
                                        log: log)
+            let position = try Checkpoint.readHeader(resumeFrom).state.position
+            guard position.batch < run.sampler.batchesPerEpoch else {
+                throw CheckpointError(file: resumeFrom, message: "its sampler position, batch \(position.batch) of epoch \(position.epoch), is "
+                                      + "past the \(run.sampler.batchesPerEpoch) batches an epoch of this data has (a damaged or crafted file)")
+            }
             return ""
         }
         let state = try run.watchdog.guarding("checkpoint broadcast") { try restore(resumeFrom, model: run.model, optimizer: run.optimizer) }

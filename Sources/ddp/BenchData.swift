@@ -42,6 +42,10 @@ struct BenchData: ParsableCommand {
         let validation = (clock.now - start).seconds
         let sampler = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
                                          worldSize: 1, accumulationSteps: 1)
+        guard sampler.batchesPerEpoch >= 1 else {
+            throw DataError(file: data, "the train split has \(split.samples) samples, fewer than one batch of \(run.training.batchSize) "
+                                        + "(training.batch_size)")
+        }
         let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1,
                             perRankBatch: run.training.batchSize)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,

@@ -147,6 +147,19 @@ variant(checkpoint, "checkpoint-bpe-bomb.h5", "checkpoint", "40 BPE merges that 
         lambda f: f.attrs.__setitem__("tokenizer", json.dumps(
             {"kind": "bpe", "vocab_size": 300, "merges": [[4, 4]] + [[260 + i, 260 + i] for i in range(39)]})))
 
+# One chunk far larger than any reader caches: every read would decompress it again (80 MB of deflate in 80 KB).
+def huge_deflate_chunk(f):
+    n = 20_000_000
+    d = replace(f, "tokens", shape=(n,), chunks=(n,), dtype="i4", compression="gzip", compression_opts=9)
+    d[...] = np.full(n, 5, np.int32)
+variant(lm_shard, "lm-huge-deflate-chunk.h5", "lm", "one 80 MB deflate chunk", huge_deflate_chunk)
+# Fewer samples than one batch (9 tokens: one window of 8): refused by name, never a trap.
+variant(lm_shard, "lm-fewer-samples-than-a-batch.h5", "lm", "one sample, batches of 4",
+        lambda f: replace(f, "tokens", data=f["tokens"][:9]), usable=True)
+# A sampler position past the end of an epoch: resuming refuses it (the parameters are sound, so the rest may read it).
+variant(checkpoint, "checkpoint-batch-past-epoch.h5", "checkpoint", "sampler batch 10^6 of an epoch",
+        lambda f: f.attrs.__setitem__("batch", np.int64(10**6)), usable=True)
+
 # Configs (YAML) with values that cannot work.
 configs = {
     "config-d-model-1e40.yaml": ("d_model 1e40", "d_model: 1.0e+40"),
@@ -165,6 +178,17 @@ for name, (what, d_model) in configs.items():
     text = base.replace("D_MODEL", d_model or "d_model: 32").replace("DATA", os.path.dirname(os.path.abspath(seq2seq_shard)))
     text = text.replace("BATCH", "1099511627776" if "batch" in name else "4")
     text = text.replace("TIMEOUT", ".inf" if "timeout" in name else "30").replace("LR", ".nan" if "nan" in name else "0.001")
+    with open(os.path.join(out, name), "w") as f:
+        f.write(text)
+    made.append({"file": name, "kind": "config", "what": what, "usable": "no"})
+
+# YAML whose keys are aliases of aliases (expanded exponentially), or lists instead of names.
+alias_bomb = "x: &m0 [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+    f"? &m{i} [" + ",".join([f"*m{i - 1}"] * 10) + "]\n: 1\n" for i in range(1, 9))
+complex_key = base.replace("D_MODEL", "d_model: 32").replace("DATA", "data").replace("BATCH", "4").replace("TIMEOUT", "30")
+complex_key = complex_key.replace("LR", "0.001").replace("heads: 4", "heads: 4, ? [a, b] : 32")
+for name, what, text in [("config-alias-key-bomb.yaml", "keys that are aliases of aliases, 10^8 when expanded", alias_bomb),
+                         ("config-list-key.yaml", "a key that is a list", complex_key)]:
     with open(os.path.join(out, name), "w") as f:
         f.write(text)
     made.append({"file": name, "kind": "config", "what": what, "usable": "no"})
