@@ -19,6 +19,12 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 
+    /// The mask token of masked-language-model training (`[MASK]` in text given to `ddp generate`): the first id
+    /// after the tokenizer's vocabulary (260 for bytes; 260 + merges for BPE). It is not stored: the tokenizer JSON
+    /// fixes it through its vocabulary, so existing shards and checkpoints keep every id, and an encoder-only model
+    /// needs `model.vocab_size` of at least `vocabularySize + 1`. `encode` never produces it.
+    public var maskToken: Int32 { Int32(vocabularySize) }
+
     /// "byte" or "bpe", the "kind" of the stored JSON form.
     public var kind: String {
         switch self {

@@ -301,7 +301,7 @@ public enum Checkpoint {
         for change in changes { log("resume: \(change.key): \(change.stored) in the checkpoint, \(change.current) now") }
         var refused: [String] = []
         if header.config.training.seed != config.training.seed { refused.append("training.seed (it orders every epoch's samples)") }
-        if config.model.kind == .decoderOnly && header.config.data.targetLength != config.data.targetLength {
+        if config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength {
             refused.append("data.target_length (a language model's samples are windows of that length)")
         }
         if let provenance = header.provenance {

@@ -58,6 +58,9 @@ public struct EvaluationPlan: Sendable {
     public var decodeSamples: Int
     /// How seq2seq examples are decoded for exact match, BLEU and chrF (greedy by default).
     public var decoding: DecodingMethod
+    /// Encoder-only models: the masked-LM recipe and the seed of the evaluation's fixed masks (epoch 0): the loss,
+    /// perplexity and accuracy are then over the chosen positions.
+    public var masking: (recipe: MaskedLanguageModeling, seed: UInt64)?
 
     /// A plan; by default the whole split for the loss, every example decoded, greedily.
     public init(batchSize: Int, sourceLength: Int, targetLength: Int, maxBatches: Int = 0, decodeSamples: Int = .max,
@@ -145,7 +148,8 @@ private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: Eval
     let list = ListPlan(batches)
     let loader = BatchLoader(split: split, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength) { list.next() }
     defer { loader.stop() }
-    while let batch = try loader.next() {
+    while let read = try loader.next() {
+        let batch = plan.masking.map { $0.recipe.apply(to: read, seed: $0.seed, epoch: 0) } ?? read
         let result = model.forward(batch)
         sums[0] += result.loss
         sums[1] += Double(result.targetTokens)

@@ -1,3 +1,4 @@
+import Data
 import Files
 import Foundation
 import Transformer
@@ -95,6 +96,38 @@ public struct RunConfig: Codable, Equatable, Sendable {
             every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
             maxBatches = try values.decodeIfPresent(Int.self, forKey: .maxBatches) ?? 0
             decodeSamples = try values.decodeIfPresent(Int.self, forKey: .decodeSamples) ?? 200
+        }
+    }
+
+    /// The `mlm` section: the masked-language-model recipe of encoder-only models (`MaskedLanguageModeling`).
+    /// Optional; all keys default to BERT's.
+    public struct MLMSection: Codable, Equatable, Sendable {
+        /// Share of each window's real tokens chosen for the loss (BERT 0.15).
+        public var probability = 0.15
+        /// Of the chosen tokens, the share replaced by the mask token (BERT 0.8).
+        public var maskReplaceProb = 0.8
+        /// Of the chosen tokens, the share replaced by a random token (BERT 0.1); the rest stay.
+        public var randomReplaceProb = 0.1
+        /// Seeds the evaluation's masks (fixed, so numbers compare across runs and rank counts).
+        public var evalSeed: UInt64 = 0
+
+        enum CodingKeys: String, CodingKey {
+            case probability, maskReplaceProb = "mask_replace_prob", randomReplaceProb = "random_replace_prob", evalSeed = "eval_seed"
+        }
+        /// BERT's recipe.
+        public init() {}
+        /// Reads the section; a missing key takes BERT's value (`eval_seed` 0).
+        public init(from decoder: Decoder) throws {
+            let values = try decoder.container(keyedBy: CodingKeys.self)
+            probability = try values.decodeIfPresent(Double.self, forKey: .probability) ?? 0.15
+            maskReplaceProb = try values.decodeIfPresent(Double.self, forKey: .maskReplaceProb) ?? 0.8
+            randomReplaceProb = try values.decodeIfPresent(Double.self, forKey: .randomReplaceProb) ?? 0.1
+            evalSeed = try values.decodeIfPresent(UInt64.self, forKey: .evalSeed) ?? 0
+        }
+
+        /// The recipe for data of `tokenizer`.
+        public func recipe(for tokenizer: Tokenizer) -> MaskedLanguageModeling {
+            MaskedLanguageModeling(probability: probability, maskReplace: maskReplaceProb, randomReplace: randomReplaceProb, tokenizer: tokenizer)
         }
     }
 
@@ -200,6 +233,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public var eval: EvalSection
     /// Optional: one checkpoint at the end, the last 3 kept.
     public var checkpoint: CheckpointSection
+    /// Optional: BERT's masking rates (encoder-only models).
+    public var mlm: MLMSection
 
     /// The schedule as a function of the update step.
     public var learningRateSchedule: LearningRateSchedule {
@@ -211,7 +246,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
-    enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint }
+    enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint, mlm }
 
     /// Reads a config: `model`, `data` and `training` are required; `optimizer`, `schedule`, `eval` and `checkpoint`
     /// take their defaults when absent.
@@ -224,11 +259,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
         schedule = try values.decodeIfPresent(ScheduleSection.self, forKey: .schedule) ?? ScheduleSection()
         eval = try values.decodeIfPresent(EvalSection.self, forKey: .eval) ?? EvalSection()
         checkpoint = try values.decodeIfPresent(CheckpointSection.self, forKey: .checkpoint) ?? CheckpointSection()
+        mlm = try values.decodeIfPresent(MLMSection.self, forKey: .mlm) ?? MLMSection()
     }
 
     /// Every key a config may hold, for the unknown-key check.
     public static let knownKeys: [String: Set<String>] = [
-        "": ["model", "data", "training", "optimizer", "schedule", "eval", "checkpoint"],
+        "": ["model", "data", "training", "optimizer", "schedule", "eval", "checkpoint", "mlm"],
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
@@ -236,6 +272,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                      "threads", "log_every", "collective_timeout"],
         "eval": ["every", "max_batches", "decode_samples"],
         "checkpoint": ["every", "keep"],
+        "mlm": ["probability", "mask_replace_prob", "random_replace_prob", "eval_seed"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
         "schedule": ["kind", "warmup_steps", "factor", "min_lr", "total_steps"],
     ]
@@ -418,6 +455,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
                   "must exceed schedule.warmup_steps (\(schedule.warmupSteps)) for cosine, got \(cosineSteps)"
                   + (schedule.totalSteps == nil ? " (training.steps, its default)" : ""))
         try check(schedule.minLr >= 0 && schedule.minLr <= optimizer.lr, "schedule.min_lr", "must be in [0, optimizer.lr]")
+        try check(mlm.probability > 0 && mlm.probability <= 1, "mlm.probability", "must be in (0, 1], got \(mlm.probability)")
+        try check(mlm.maskReplaceProb >= 0 && mlm.maskReplaceProb <= 1, "mlm.mask_replace_prob", "must be in [0, 1], got \(mlm.maskReplaceProb)")
+        try check(mlm.randomReplaceProb >= 0 && mlm.maskReplaceProb + mlm.randomReplaceProb <= 1, "mlm.random_replace_prob",
+                  "must be in [0, 1 - mlm.mask_replace_prob], got \(mlm.randomReplaceProb)")
     }
 }
 

@@ -95,7 +95,7 @@ public final class Trainer {
         StopSignals.install()
         while state.step < config.training.steps {
             let learningRate = config.learningRateSchedule.rate(step: state.step + 1)
-            let result = try take(step, at: state, learningRate: learningRate, loader: loader)
+            let result = try take(step, at: state, learningRate: learningRate, loader: loader, masking: run.masking)
             state.step += 1
             state.position = run.sampler.advance(state.position)
             (outcome.state, outcome.stopped) = (state, result.stopRequested)
@@ -123,6 +123,8 @@ public final class Trainer {
         let model: TransformerModel
         let optimizer: AdamW
         let threads: Int
+        /// Encoder-only models: the masked-LM recipe applied to every training batch.
+        let masking: MaskedLanguageModeling?
 
         /// The background loader of this rank's micro-batches from `state` to the last step.
         func loader(from state: TrainingState, config: RunConfig, world: Communicator) -> BatchLoader {
@@ -150,11 +152,12 @@ public final class Trainer {
                 throw TrainingError("data directory \(config.data.directory): the train split has \(train.samples) samples, fewer than one "
                                     + "global batch of \(sampler.globalBatch) (training.batch_size x ranks x training.grad_accum)")
             }
-            let isLM = config.model.kind == .decoderOnly
+            let isLM = config.model.kind.readsTokenStream
             let model = try TransformerModel(config: config.model, maxBatch: config.training.batchSize,
                                              maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength)
             return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: sampler, model: model,
-                       optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads)
+                       optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads,
+                       masking: config.model.kind == .encoderOnly ? config.mlm.recipe(for: train.tokenizer) : nil)
         } catch {
             watchdog.stop()
             throw error
@@ -163,12 +166,14 @@ public final class Trainer {
 
     /// One update at `state`, its batches from `loader`; a step that cannot be taken ends the run with the last
     /// checkpoint named.
-    private func take(_ step: TrainingStep, at state: TrainingState, learningRate: Float, loader: BatchLoader) throws -> TrainingStep.Outcome {
+    private func take(_ step: TrainingStep, at state: TrainingState, learningRate: Float, loader: BatchLoader,
+                      masking: MaskedLanguageModeling?) throws -> TrainingStep.Outcome {
         do {
             return try step.run(step: state.step, dropoutSeed: state.dropoutSeed, learningRate: learningRate,
                                 stopRequested: StopSignals.received != 0) {
                 guard let batch = try loader.next() else { throw TrainingError("the data loader ended early at step \(state.step)") }
-                return batch
+                // Every micro-batch of an update belongs to the same global batch, hence to the state's epoch.
+                return masking?.apply(to: batch, seed: config.training.seed, epoch: state.position.epoch) ?? batch
             }
         } catch let failure as TrainingError {
             throw TrainingError("\(failure.message); stopping without a checkpoint, the last good one stays in \(runDirectory)")
@@ -180,7 +185,7 @@ public final class Trainer {
 
     /// The train split, and the valid split when the data directory has one.
     private func openSplits() throws -> (train: DataSplit, valid: DataSplit?) {
-        let sequenceLength = config.model.kind == .decoderOnly ? config.data.targetLength : 0
+        let sequenceLength = config.model.kind.readsTokenStream ? config.data.targetLength : 0
         guard !config.data.directory.isEmpty else {
             throw TrainingError("config key 'data.directory' is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
@@ -190,6 +195,10 @@ public final class Trainer {
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
         guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the data's tokenizer (\(train.tokenizer.vocabularySize) tokens)")
+        }
+        guard config.model.kind != .encoderOnly || Int(train.tokenizer.maskToken) < config.model.vocabSize else {
+            throw TrainingError("config key 'model.vocab_size': an encoder-only model needs the mask token \(train.tokenizer.maskToken) "
+                                + "after the data's \(train.tokenizer.vocabularySize) tokens, so at least \(train.tokenizer.vocabularySize + 1); got \(config.model.vocabSize)")
         }
         return (train, valid)
     }
@@ -250,9 +259,10 @@ public final class Trainer {
     /// The validation split as `eval` configures it (eval.max_batches, eval.decode_samples greedy), split across
     /// ranks; every rank gets the same numbers.
     public func evaluate(_ model: TransformerModel, on valid: DataSplit, watchdog: CollectiveWatchdog? = nil) throws -> Evaluation {
-        let plan = EvaluationPlan(batchSize: config.training.batchSize, sourceLength: config.data.sourceLength,
+        var plan = EvaluationPlan(batchSize: config.training.batchSize, sourceLength: config.data.sourceLength,
                                   targetLength: config.data.targetLength, maxBatches: config.eval.maxBatches,
                                   decodeSamples: config.eval.decodeSamples, decoding: .greedy)
+        if config.model.kind == .encoderOnly { plan.masking = (config.mlm.recipe(for: valid.tokenizer), config.mlm.evalSeed) }
         return try Training.evaluate(model, on: valid, plan: plan, world: world, watchdog: watchdog)
     }
 

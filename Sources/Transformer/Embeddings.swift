@@ -59,8 +59,8 @@ struct Embedding {
     }
 }
 
-/// The output projection (§3.4): logits[N, V] = hidden[N, C] · Wᵀ, W the embedding table when tied, else
-/// `lm_head.weight` [V, C]; no bias.
+/// The output projection (§3.4): logits[N, V] = hidden[N, C] · Wᵀ (+ b), W the embedding table when tied, else
+/// `lm_head.weight` [V, C]; a bias `mlm_head.bias` [V] only in an encoder-only model's masked-LM head (as BERT's).
 struct OutputHead {
     let projection: Linear
     /// Whether the projection is the embedding table (`model.tied_embeddings`).
@@ -68,11 +68,11 @@ struct OutputHead {
 
     init(config: ModelConfig, layout: ParameterLayout) {
         isTied = config.tiedEmbeddings
-        projection = Linear(weight: layout.view(isTied ? "embed.weight" : "lm_head.weight")!, bias: nil)
+        projection = Linear(weight: layout.view(isTied ? "embed.weight" : "lm_head.weight")!, bias: layout.view("mlm_head.bias"))
     }
 
-    /// The arena range of its own parameters (`lm_head.weight`), or nil when tied to the embedding (whose gradient
-    /// is final only once the embeddings' backward has run).
+    /// The arena range of `lm_head.weight` (the last tensor of a model that has it), or nil when tied to the embedding
+    /// (whose gradient is final only once the embeddings' backward has run).
     var ownParameterRange: Range<Int>? {
         isTied ? nil : projection.weight.offset..<(projection.weight.offset + projection.weight.count)
     }

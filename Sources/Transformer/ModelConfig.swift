@@ -1,7 +1,18 @@
 /// What a model is; the keys are the ones config files and checkpoints use.
 public struct ModelConfig: Codable, Equatable, Sendable {
-    /// `model.kind`: `encoder-decoder` (the paper's translation model) or `decoder-only` (the GPT family).
-    public enum Kind: String, Codable, Sendable, CaseIterable { case encoderDecoder = "encoder-decoder", decoderOnly = "decoder-only" }
+    /// `model.kind`: `encoder-decoder` (the paper's translation model), `decoder-only` (the GPT family) or
+    /// `encoder-only` (the BERT family: bidirectional encoder and a masked-language-model head).
+    public enum Kind: String, Codable, Sendable, CaseIterable {
+        case encoderDecoder = "encoder-decoder", decoderOnly = "decoder-only", encoderOnly = "encoder-only"
+
+        /// Whether the model has an encoder stack.
+        public var hasEncoder: Bool { self != .decoderOnly }
+        /// Whether the model has a decoder stack.
+        public var hasDecoder: Bool { self != .encoderOnly }
+        /// Whether it trains on the `lm` task's token stream (decoder-only: next token; encoder-only: masked tokens)
+        /// rather than on seq2seq pairs.
+        public var readsTokenStream: Bool { self != .encoderDecoder }
+    }
     /// `model.activation` of the feed-forward network: `relu` (the paper) or `gelu` (torch.nn.functional.gelu, the exact
     /// erf form).
     public enum Activation: String, Codable, Sendable, CaseIterable { case relu, gelu }
@@ -20,7 +31,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     public var heads: Int
     /// `encoder_layers`: encoder layers (0 for a decoder-only model).
     public var encoderLayers: Int
-    /// `decoder_layers`: decoder layers.
+    /// `decoder_layers`: decoder layers (0 for an encoder-only model).
     public var decoderLayers: Int
     /// `d_ff`: the feed-forward network's inner width F.
     public var dFF: Int
@@ -40,8 +51,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// Multiply token embeddings by √d_model (the paper does; GPT-style models usually do not).
     public var scaleEmbedding: Bool
 
-    /// A config with the given keys; `encoderLayers` is 0 for a decoder-only model whatever is passed, and
-    /// `scaleEmbedding` nil means the kind's default (true for encoder-decoder). Not validated: see `validate()`.
+    /// A config with the given keys; `encoderLayers` is 0 for a decoder-only model and `decoderLayers` 0 for an
+    /// encoder-only one whatever is passed, and `scaleEmbedding` nil means the kind's default (true for
+    /// encoder-decoder). Not validated: see `validate()`.
     public init(kind: Kind, vocabSize: Int, dModel: Int, heads: Int, encoderLayers: Int, decoderLayers: Int, dFF: Int,
                 activation: Activation, norm: Norm, positions: Positions, maxLength: Int, dropout: Float,
                 tiedEmbeddings: Bool, scaleEmbedding: Bool? = nil) {
@@ -49,8 +61,8 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         self.vocabSize = vocabSize
         self.dModel = dModel
         self.heads = heads
-        self.encoderLayers = kind == .decoderOnly ? 0 : encoderLayers
-        self.decoderLayers = decoderLayers
+        self.encoderLayers = kind.hasEncoder ? encoderLayers : 0
+        self.decoderLayers = kind.hasDecoder ? decoderLayers : 0
         self.dFF = dFF
         self.activation = activation
         self.norm = norm
@@ -67,7 +79,8 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case dFF = "d_ff", maxLength = "max_length", tiedEmbeddings = "tied_embeddings", scaleEmbedding = "scale_embedding"
     }
 
-    /// Decodes the keys of a config file or a checkpoint's stored config (missing `encoder_layers` 0, `dropout` 0,
+    /// Decodes the keys of a config file or a checkpoint's stored config (missing `encoder_layers` or
+    /// `decoder_layers` 0, `dropout` 0,
     /// `tied_embeddings` true, `scale_embedding` the kind's default); throws `DecodingError` for a missing key or a
     /// value of the wrong type.
     public init(from decoder: Decoder) throws {
@@ -76,7 +89,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         self.init(kind: kind, vocabSize: try values.decode(Int.self, forKey: .vocabSize),
                   dModel: try values.decode(Int.self, forKey: .dModel), heads: try values.decode(Int.self, forKey: .heads),
                   encoderLayers: try values.decodeIfPresent(Int.self, forKey: .encoderLayers) ?? 0,
-                  decoderLayers: try values.decode(Int.self, forKey: .decoderLayers), dFF: try values.decode(Int.self, forKey: .dFF),
+                  decoderLayers: try values.decodeIfPresent(Int.self, forKey: .decoderLayers) ?? 0, dFF: try values.decode(Int.self, forKey: .dFF),
                   activation: try values.decode(Activation.self, forKey: .activation), norm: try values.decode(Norm.self, forKey: .norm),
                   positions: try values.decode(Positions.self, forKey: .positions),
                   maxLength: try values.decode(Int.self, forKey: .maxLength),
@@ -101,9 +114,9 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try check(dModel <= limits.dModel, "d_model", "must be at most \(limits.dModel), got \(dModel)")
         try check(heads >= 1, "heads", "must be at least 1, got \(heads)")
         try check(dModel % heads == 0, "heads", "d_model \(dModel) is not divisible by heads \(heads)")
-        try check(decoderLayers >= 1, "decoder_layers", "must be at least 1, got \(decoderLayers)")
+        try check(!kind.hasDecoder || decoderLayers >= 1, "decoder_layers", "a \(kind.rawValue) model needs at least 1, got \(decoderLayers)")
         try check(decoderLayers <= limits.layers, "decoder_layers", "must be at most \(limits.layers), got \(decoderLayers)")
-        try check(kind == .decoderOnly || encoderLayers >= 1, "encoder_layers", "an encoder-decoder model needs at least 1, got \(encoderLayers)")
+        try check(!kind.hasEncoder || encoderLayers >= 1, "encoder_layers", "an \(kind.rawValue) model needs at least 1, got \(encoderLayers)")
         try check(encoderLayers >= 0 && encoderLayers <= limits.layers, "encoder_layers", "must be 0 to \(limits.layers), got \(encoderLayers)")
         try check(dFF >= 1 && dFF <= limits.dFF, "d_ff", "must be 1 to \(limits.dFF), got \(dFF)")
         try check(maxLength >= 1 && maxLength <= limits.maxLength, "max_length", "must be 1 to \(limits.maxLength), got \(maxLength)")

@@ -1,9 +1,12 @@
 import Basics
+import Foundation
 import Kernels
 
-/// The transformer of "Attention Is All You Need" (encoder-decoder) or its decoder-only variant, on CPU, composed
-/// of the layer types in this module: `Embedding`, `EncoderLayer` and `DecoderLayer` (each of `MultiHeadAttention`,
-/// `FeedForward` and `ResidualConnection`s with their `LayerNorm`s), final norms (pre-norm) and the `OutputHead`.
+/// The transformer of "Attention Is All You Need" (encoder-decoder), its decoder-only variant (GPT) or its
+/// encoder-only variant with a masked-language-model head (BERT), on CPU, composed of the layer types in this module:
+/// `Embedding`, `EncoderLayer` and `DecoderLayer` (each of `MultiHeadAttention`, `FeedForward` and
+/// `ResidualConnection`s with their `LayerNorm`s), final norms (pre-norm), `MaskedLMTransform` (encoder-only) and the
+/// `OutputHead`.
 ///
 /// Parameters, gradients and activations are each one buffer, sized at construction for the largest batch and
 /// lengths; `forward` and `forwardBackward` allocate nothing. Parameters are named and shaped as torch.nn names and
@@ -23,9 +26,10 @@ public final class TransformerModel {
     public let gradients: Arena
     /// Sequences per batch at most.
     public let maxBatch: Int
-    /// Encoder positions at most (source + EOS; 0 for decoder-only models).
+    /// Encoder positions at most (source + EOS; an encoder-only model's context, which equals `maxTargetLength`;
+    /// 0 for decoder-only models).
     public let maxSourceLength: Int
-    /// Decoder positions at most (BOS + target, or the language model's context).
+    /// Decoder positions at most (BOS + target, or the language model's context); an encoder-only model's context.
     public let maxTargetLength: Int
 
     /// Dropout is applied only while training.
@@ -43,6 +47,8 @@ public final class TransformerModel {
     let encoderNorm: LayerNorm?
     let decoderLayers: [DecoderLayer]
     let decoderNorm: LayerNorm?
+    /// Encoder-only models: the masked-LM head's transform, before `head`.
+    let maskedLM: MaskedLMTransform?
     let head: OutputHead
     private let buffers: Buffers
     private let activationArena: ActivationArena
@@ -55,7 +61,8 @@ public final class TransformerModel {
         let decoderEmbedded: FloatBuffer              // [B·T, C]
         let decoderLayers: [DecoderLayer.Activations]
         let decoderNorm: LayerNorm.Activations?       // [B·T, C]
-        let logits: FloatBuffer                       // [B·T, V]; dLogits in place during backward
+        let maskedLM: MaskedLMTransform.Activations?  // [B·S, C] (encoder-only)
+        let logits: FloatBuffer                       // [B·T, V] ([B·S, V] encoder-only); dLogits in place during backward
         let sinusoids: FloatBuffer                    // [max_length, C] (sinusoidal positions only)
         let dHidden: FloatBuffer, dOther: FloatBuffer // [max(B·S, B·T), C] the stacks' gradient ping-pong
         let dMemory: FloatBuffer                      // [B·S, C] ∂L/∂(encoder output), from every cross-attention
@@ -65,6 +72,7 @@ public final class TransformerModel {
         init(config: ModelConfig, batch: Int, sourceLength: Int, targetLength: Int, arena: ActivationArena) {
             let c = config.dModel, sourceRows = batch * sourceLength, targetRows = batch * targetLength
             let maxRows = max(sourceRows, targetRows), isPre = config.norm == .pre
+            let headRows = config.kind == .encoderOnly ? sourceRows : targetRows
             encoderEmbedded = arena.carve(sourceRows * c)
             encoderLayers = (0..<config.encoderLayers).map { _ in
                 EncoderLayer.Activations(batch: batch, time: sourceLength, config: config, arena: arena)
@@ -74,8 +82,9 @@ public final class TransformerModel {
             decoderLayers = (0..<config.decoderLayers).map { _ in
                 DecoderLayer.Activations(batch: batch, time: targetLength, sourceTime: sourceLength, config: config, arena: arena)
             }
-            decoderNorm = isPre ? LayerNorm.Activations(rows: targetRows, channels: c, arena: arena) : nil
-            logits = arena.carve(targetRows * config.vocabSize)
+            decoderNorm = isPre && config.decoderLayers > 0 ? LayerNorm.Activations(rows: targetRows, channels: c, arena: arena) : nil
+            maskedLM = config.kind == .encoderOnly ? MaskedLMTransform.Activations(rows: sourceRows, channels: c, arena: arena) : nil
+            logits = arena.carve(headRows * config.vocabSize)
             sinusoids = arena.carve(config.positions == .sinusoidal ? config.maxLength * c : 0)
             dHidden = arena.carve(maxRows * c)
             dOther = arena.carve(maxRows * c)
@@ -90,7 +99,8 @@ public final class TransformerModel {
     /// Parameter names and shapes in forward order (torch `[out, in]` weights): `embed.weight`, `pos_embed.weight`
     /// (learned positions), `encoder.layers.{i}.self_attn.{q,k,v,o}_proj.{weight,bias}`, `.norm1`, `.ffn.fc1`, `.ffn.fc2`,
     /// `.norm2`, `encoder.norm` (pre-norm), `decoder.layers.{i}.self_attn`, `.norm1`, `.cross_attn`, `.norm2`, `.ffn`,
-    /// `.norm3` (decoder-only: self_attn, norm1, ffn, norm2), `decoder.norm` (pre-norm), `lm_head.weight` (untied).
+    /// `.norm3` (decoder-only: self_attn, norm1, ffn, norm2), `decoder.norm` (pre-norm); encoder-only:
+    /// `mlm_head.dense.{weight,bias}`, `mlm_head.norm.{weight,bias}`, `mlm_head.bias` [V]; last `lm_head.weight` (untied).
     public static func parameterLayout(for config: ModelConfig) -> ParameterLayout {
         let c = config.dModel
         var entries: [(String, [Int])] = [("embed.weight", [config.vocabSize, c])]
@@ -98,13 +108,15 @@ public final class TransformerModel {
         for i in 0..<config.encoderLayers { entries += EncoderLayer.parameters(index: i, config: config) }
         if config.norm == .pre && config.encoderLayers > 0 { entries += normParameters("encoder.norm", c) }
         for i in 0..<config.decoderLayers { entries += DecoderLayer.parameters(index: i, config: config) }
-        if config.norm == .pre { entries += normParameters("decoder.norm", c) }
+        if config.norm == .pre && config.decoderLayers > 0 { entries += normParameters("decoder.norm", c) }
+        if config.kind == .encoderOnly { entries += MaskedLMTransform.parameters(channels: c) + [("mlm_head.bias", [config.vocabSize])] }
         if !config.tiedEmbeddings { entries.append(("lm_head.weight", [config.vocabSize, c])) }
         return ParameterLayout(entries)
     }
 
     /// A model whose buffers fit batches of up to `maxBatch` rows, sources of up to `maxSourceLength` tokens
-    /// (encoder-decoder only) and decoder sequences of up to `maxTargetLength`. Throws `ModelConfigError` for a config
+    /// (encoder-decoder only) and decoder sequences of up to `maxTargetLength` (an encoder-only model's inputs: its
+    /// `maxSourceLength` is set to this). Throws `ModelConfigError` for a config
     /// that cannot work or a model that would not fit in the memory this process can still allocate (checked before
     /// anything is allocated).
     public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int) throws(ModelConfigError) {
@@ -121,7 +133,7 @@ public final class TransformerModel {
         }
         self.config = config
         self.maxBatch = maxBatch
-        self.maxSourceLength = isEncoderDecoder ? maxSourceLength : 0
+        self.maxSourceLength = isEncoderDecoder ? maxSourceLength : config.kind == .encoderOnly ? maxTargetLength : 0
         self.maxTargetLength = maxTargetLength
         let layout = Self.parameterLayout(for: config)
         self.layout = layout
@@ -133,12 +145,14 @@ public final class TransformerModel {
         decoderLayers = (0..<config.decoderLayers).map {
             DecoderLayer(index: $0, config: config, layout: layout, firstSite: decoderSites + UInt64($0) * DecoderLayer.sites(config))
         }
-        decoderNorm = config.norm == .pre ? LayerNorm("decoder.norm", layout: layout) : nil
+        decoderNorm = config.norm == .pre && config.decoderLayers > 0 ? LayerNorm("decoder.norm", layout: layout) : nil
+        maskedLM = config.kind == .encoderOnly ? MaskedLMTransform(layout: layout) : nil
         head = OutputHead(config: config, layout: layout)
 
         // Everything at once is checked before anything is allocated: a failed allocation would trap.
         let counting = ActivationArena.counting()
-        _ = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: maxTargetLength, arena: counting)
+        let decoderLength = config.kind.hasDecoder ? maxTargetLength : 0
+        _ = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: decoderLength, arena: counting)
         let bytes = (2 * Double(layout.count) + counting.usedFloats) * Double(MemoryLayout<Float>.stride)
         if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
             throw ModelConfigError(key: "d_model", message: shortfall)
@@ -146,7 +160,7 @@ public final class TransformerModel {
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)
         activationArena = ActivationArena(floats: counting.used)
-        buffers = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: maxTargetLength,
+        buffers = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: decoderLength,
                           arena: activationArena)
         if config.positions == .sinusoidal {
             sinusoidalPositions(into: buffers.sinusoids, length: config.maxLength, channels: config.dModel)
@@ -216,6 +230,7 @@ public final class TransformerModel {
 
     /// One forward (and, with `backward`, backward) pass over a batch: encoder, decoder, head and loss.
     private func run(_ batch: TokenBatch, labelSmoothing: Float, backward: Bool) -> LossSum {
+        if config.kind == .encoderOnly { return runMaskedLM(batch, labelSmoothing: labelSmoothing, backward: backward) }
         let b = batch.batchSize, s = batch.sourceLength, t = batch.targetLength
         precondition(b >= 1 && b <= maxBatch && t >= 1 && t <= maxTargetLength, "batch \(b)x\(t) exceeds the model's buffers")
         precondition(batch.decoderInput.count == b * t && batch.labels.count == b * t, "decoder input/labels are not [B,T]")
@@ -226,13 +241,9 @@ public final class TransformerModel {
             memory = encode(batch.source, batch: b, time: s, pass: pass)
         }
         let hidden = decode(batch.decoderInput, batch: b, time: t, memory: memory, pass: pass)
-        let logits = buffers.logits, c = config.dModel, v = config.vocabSize
+        let logits = buffers.logits, c = config.dModel
         head.projection.forward(out: logits, inp: hidden, rows: b * t, parameters: parameters)
-        let result = batch.labels.withUnsafeBufferPointer { labels in
-            // Backward: dLogits overwrite the logits in place (each row is read before it is written).
-            crossEntropy(logits: logits, targets: labels, vocabulary: v, smoothing: labelSmoothing, ignored: SpecialToken.pad,
-                         dLogits: backward ? logits : nil)
-        }
+        let result = loss(logits: logits, labels: batch.labels, smoothing: labelSmoothing, backward: backward)
         if backward {
             let dHidden = buffers.dHidden
             dHidden.baseAddress!.update(repeating: 0, count: b * t * c)
@@ -246,6 +257,44 @@ public final class TransformerModel {
                 backwardDecoder(dHidden, tokens: batch.decoderInput, batch: b, time: t, memory: nil, pass: pass)
             }
             pass.gradientsFinal?(embedding.parameterRange)
+        }
+        return result
+    }
+
+    /// An encoder-only model's pass: the (masked) input in `batch.source` [B,S], labels [B,S] that are PAD except at
+    /// the positions the loss is taken over. Encoder, masked-LM transform, output projection with its bias, loss.
+    private func runMaskedLM(_ batch: TokenBatch, labelSmoothing: Float, backward: Bool) -> LossSum {
+        let b = batch.batchSize, s = batch.sourceLength, rows = b * s, c = config.dModel
+        precondition(b >= 1 && b <= maxBatch && s >= 1 && s <= maxSourceLength && batch.source.count == rows && batch.labels.count == rows,
+                     "an encoder-only batch is inputs and labels of [B,S] within the model's buffers")
+        guard let transform = maskedLM, let a = buffers.maskedLM else { preconditionFailure("an encoder-only model has a masked-LM head") }
+        let pass = pass(backward: backward)
+        let memory = encode(batch.source, batch: b, time: s, pass: pass)
+        let transformed = transform.forward(input: memory.states, a, rows: rows, keepingDerivative: backward, parameters: parameters)
+        let logits = buffers.logits
+        head.projection.forward(out: logits, inp: transformed, rows: rows, parameters: parameters)
+        let result = loss(logits: logits, labels: batch.labels, smoothing: labelSmoothing, backward: backward)
+        if backward {
+            a.dNormalized.baseAddress!.update(repeating: 0, count: rows * c)
+            head.projection.backward(dInp: a.dNormalized, dOut: logits, inp: transformed, rows: rows, parameters: parameters,
+                                     gradients: gradients)
+            memory.gradient.baseAddress!.update(repeating: 0, count: rows * c)
+            transform.backward(input: memory.states, dInput: memory.gradient, a, rows: rows, scratch: buffers.scratch,
+                               parameters: parameters, gradients: gradients)
+            // The head: its transform, the output bias and an untied projection, the arena's last tensors.
+            pass.gradientsFinal?(transform.firstParameterOffset..<layout.count)
+            backwardEncoder(memory.gradient, tokens: batch.source, batch: b, time: s, pass: pass)
+            pass.gradientsFinal?(embedding.parameterRange)
+        }
+        return result
+    }
+
+    /// The summed cross-entropy of `logits` [N, V] against `labels` [N] (PAD ignored); with `backward`, ∂L/∂logits
+    /// overwrite the logits in place (each row is read before it is written).
+    private func loss(logits: FloatBuffer, labels: [Int32], smoothing: Float, backward: Bool) -> LossSum {
+        let result = labels.withUnsafeBufferPointer { labels in
+            crossEntropy(logits: logits, targets: labels, vocabulary: config.vocabSize, smoothing: smoothing, ignored: SpecialToken.pad,
+                         dLogits: backward ? logits : nil)
         }
         return LossSum(loss: result.loss, targetTokens: result.targetTokens, correct: result.correct)
     }
@@ -336,12 +385,67 @@ public final class TransformerModel {
 
     /// The encoder alone, for decoding: framed sources [B,S] → memory [B·S, C] (valid until the next call).
     func encodeForDecoding(source: [Int32], batch: Int, time: Int) -> FloatBuffer {
-        precondition(config.kind == .encoderDecoder, "only an encoder-decoder model has an encoder")
+        precondition(config.kind.hasEncoder, "only a model with an encoder encodes")
         precondition(batch >= 1 && batch <= maxBatch && time >= 1 && time <= maxSourceLength && source.count == batch * time,
                      "source \(batch)x\(time) does not fit the model's buffers")
         let evaluation = Pass(parameters: parameters, gradients: gradients, scratch: buffers.scratch, dropoutProbability: 0,
                               dropoutSeed: 0, keepDerivatives: false, gradientsFinal: nil)
         return encode(source, batch: batch, time: time, pass: evaluation).states
+    }
+}
+
+extension TransformerModel {
+    /// The encoder's output, the contextual representation of every position, for tokens [B,S] (PAD after each
+    /// sequence, masked as keys): hidden states [B·S, C], after the final norm of a pre-norm model. Throws
+    /// `ModelConfigError` for a model without an encoder or a batch beyond its buffers.
+    public func encoderHiddenStates(_ tokens: [Int32], batch: Int, time: Int) throws(ModelConfigError) -> [Float] {
+        guard config.kind.hasEncoder else {
+            throw ModelConfigError(key: "kind", message: "a \(config.kind.rawValue) model has no encoder to take hidden states from")
+        }
+        guard batch >= 1, batch <= maxBatch, time >= 1, time <= maxSourceLength, tokens.count == batch * time else {
+            throw ModelConfigError(key: "max_length", message: "\(batch) sequences of \(time) tokens do not fit the model's buffers "
+                                                             + "(\(maxBatch) of \(maxSourceLength))")
+        }
+        return Array(encodeForDecoding(source: tokens, batch: batch, time: time).prefix(batch * time * config.dModel))
+    }
+
+    /// Fill-mask (Hugging Face's `fill-mask` pipeline) for an encoder-only model: for each position of `tokens` [T]
+    /// holding `maskToken`, the `topK` most likely ordinary tokens (neither special nor the mask) with their
+    /// probabilities under the softmax over the whole vocabulary, most likely first. Throws `ModelConfigError` for a
+    /// model of another kind or a sequence beyond its context.
+    public func fillMask(_ tokens: [Int32], maskToken: Int32, topK: Int) throws(ModelConfigError) -> [[(token: Int32, probability: Double)]] {
+        guard config.kind == .encoderOnly else {
+            throw ModelConfigError(key: "kind", message: "fill-mask needs an encoder-only model, not \(config.kind.rawValue)")
+        }
+        guard !tokens.isEmpty, tokens.count <= maxSourceLength else {
+            throw ModelConfigError(key: "max_length", message: "\(tokens.count) tokens do not fit the model's context of \(maxSourceLength)")
+        }
+        let wasTraining = training
+        training = false
+        defer { training = wasTraining }
+        let t = tokens.count, v = config.vocabSize
+        forward(TokenBatch(batchSize: 1, sourceLength: t, targetLength: t, source: tokens, decoderInput: [],
+                           labels: [Int32](repeating: SpecialToken.pad, count: t)))
+        let positions = tokens.indices.filter { tokens[$0] == maskToken }
+        return withLogits { logits in
+            positions.map { position in
+                Self.mostLikely(FloatBuffer(rebasing: logits[(position * v)..<((position + 1) * v)]), excluding: maskToken, count: topK)
+            }
+        }
+    }
+}
+
+extension TransformerModel {
+    /// The `count` (at least 1) most likely ordinary tokens of one row of logits [V] (neither special nor `excluded`),
+    /// with their probabilities under the softmax over the whole row; ties go to the smaller id.
+    static func mostLikely(_ row: FloatBuffer, excluding excluded: Int32, count: Int) -> [(token: Int32, probability: Double)] {
+        let largest = Double(row.max() ?? 0)
+        var total = 0.0
+        for logit in row { total += exp(Double(logit) - largest) }
+        var ranked: [(token: Int32, logit: Float)] = []
+        for id in SpecialToken.count..<row.count where Int32(id) != excluded { ranked.append((Int32(id), row[id])) }
+        ranked.sort { $0.logit != $1.logit ? $0.logit > $1.logit : $0.token < $1.token }
+        return ranked.prefix(max(1, count)).map { ($0.token, exp(Double($0.logit) - largest) / total) }
     }
 }
 

@@ -35,7 +35,7 @@ struct BenchData: ParsableCommand {
 
     func run() throws {
         let run = try config.load()
-        let isLM = run.model.kind == .decoderOnly
+        let isLM = run.model.kind.readsTokenStream
         let clock = ContinuousClock()
         let start = clock.now
         let split = try DataSplit(directory: data, split: "train", sequenceLength: isLM ? run.data.targetLength : 0)

@@ -1,5 +1,6 @@
 import Basics
 import ArgumentParser
+import Data
 import Foundation
 import Kernels
 import MPI
@@ -65,12 +66,7 @@ struct BenchStep: ParsableCommand {
             let step = TrainingStep(model: transformer, optimizer: AdamW(layout: transformer.layout, settings: run.optimizer.settings),
                                     world: world, training: run.training)
 
-            // Random real tokens (no PAD), as the PyTorch reference draws them; different on every rank.
-            var random = SplitMix64(seed: UInt64(world.rank) &+ 17)
-            let token = { Int32.random(in: 4..<Int32(model.vocabSize), using: &random) }
-            let batch = TokenBatch(batchSize: b, sourceLength: s, targetLength: t, source: (0..<(b * s)).map { _ in token() },
-                                   decoderInput: (0..<(b * t)).map { _ in token() }, labels: (0..<(b * t)).map { _ in token() })
-
+            let batch = Self.randomBatch(run, rank: world.rank)
             let clock = ContinuousClock()
             var times: [Double] = [], waits: [Double] = []
             var lastLoss = 0.0
@@ -101,6 +97,25 @@ struct BenchStep: ParsableCommand {
                                     final_loss: lastLoss)
             if world.rank == 0 { print(json ? try report.json() : report.table()) }
         }
+    }
+}
+
+extension BenchStep {
+    /// A batch of random real tokens (no PAD), as the PyTorch reference draws them, different on every rank; an
+    /// encoder-only model's windows go through BERT's recipe with the last id as the mask token.
+    static func randomBatch(_ run: RunConfig, rank: Int) -> TokenBatch {
+        let model = run.model
+        let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
+        var random = SplitMix64(seed: UInt64(rank) &+ 17)
+        let token = { Int32.random(in: 4..<Int32(model.vocabSize), using: &random) }
+        let batch = TokenBatch(batchSize: b, sourceLength: s, targetLength: t, source: (0..<(b * s)).map { _ in token() },
+                               decoderInput: (0..<(b * t)).map { _ in token() }, labels: (0..<(b * t)).map { _ in token() },
+                               samples: Array(0..<b))
+        guard model.kind == .encoderOnly else { return batch }
+        let mask = Int32(model.vocabSize - 1)
+        return MaskedLanguageModeling(probability: run.mlm.probability, maskReplace: run.mlm.maskReplaceProb,
+                                      randomReplace: run.mlm.randomReplaceProb, maskToken: mask, randomTokens: 4..<mask)
+            .apply(to: batch, seed: run.training.seed, epoch: 0)
     }
 }
 

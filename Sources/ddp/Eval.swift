@@ -14,8 +14,9 @@ struct Eval: ParsableCommand {
         discussion: """
             Every example of the split is evaluated exactly once. Loss and perplexity are plain token-weighted cross-entropy \
             over real target tokens. seq2seq models also decode every example (or the first --max-decode) and report the \
-            share decoded exactly and corpus BLEU (sacrebleu's, tokenize none). Under mpirun the examples are split \
-            across ranks and the numbers are the same.
+            share decoded exactly and corpus BLEU (sacrebleu's, tokenize none). Encoder-only models report the \
+            masked-LM loss, perplexity and accuracy over the positions BERT's recipe chooses with mlm.eval_seed (the \
+            same on every run). Under mpirun the examples are split across ranks and the numbers are the same.
 
             Text instead of shards: --text FILE (language model) or --source FILE --target FILE (parallel lines), \
             tokenized with the checkpoint's own tokenizer.
@@ -78,18 +79,20 @@ struct Eval: ParsableCommand {
             let (evaluated, temporary) = try dataSplit(run: run, header: header)
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             try check(evaluated, against: header, checkpoint: path)
-            let plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
+            var plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
                                       decodeSamples: maxDecode ?? .max, decoding: decoding.method)
+            if run.model.kind == .encoderOnly { plan.masking = (run.mlm.recipe(for: evaluated.tokenizer), run.mlm.evalSeed) }
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
                 let textFiles = [text, source, target].compactMap { $0 }
-                let report = EvalReport(checkpoint: path, step: header.state.step,
+                var report = EvalReport(checkpoint: path, step: header.state.step,
                                         data: textFiles.isEmpty ? evaluated.directory : textFiles.joined(separator: ", "),
                                         split: textFiles.isEmpty ? evaluated.split : "text",
                                         result: result, decoding: evaluated.task == .seq2seq ? decoding.decode.rawValue : nil,
                                         beamSize: decoding.decode == .beam ? decoding.beamSize : nil,
                                         lengthPenalty: decoding.decode == .beam ? decoding.lengthPenalty : nil)
+                if run.model.kind == .encoderOnly { report.counted = "masked positions (BERT's recipe, mlm.eval_seed \(run.mlm.evalSeed))" }
                 print(json ? try jsonLine(report) : report.table())
             }
         }
@@ -98,7 +101,7 @@ struct Eval: ParsableCommand {
     /// The split to evaluate: shards from a directory, or text tokenized into temporary shards (removed on every
     /// path by the caller, or here when this throws). Errors about text name the user's files, not the shards.
     private func dataSplit(run: RunConfig, header: Checkpoint.Header) throws -> (DataSplit, String?) {
-        let isLM = run.model.kind == .decoderOnly
+        let isLM = run.model.kind.readsTokenStream
         // The context length, for a language model's windows; seq2seq data ignores it (and language-model data given to
         // a seq2seq checkpoint then loads, to be refused as the other task by `check`).
         let sequenceLength = run.data.targetLength
@@ -141,7 +144,7 @@ struct Eval: ParsableCommand {
     /// Data must be the model's task, in the checkpoint's tokenizer.
     private func check(_ split: DataSplit, against header: Checkpoint.Header, checkpoint: String) throws {
         let file = split.shards.first?.path ?? split.directory
-        let expected: DatasetTask = header.config.model.kind == .decoderOnly ? .lm : .seq2seq
+        let expected: DatasetTask = header.config.model.kind.readsTokenStream ? .lm : .seq2seq
         guard split.task == expected else {
             throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) is a \(expected.rawValue) model")
         }
@@ -204,6 +207,8 @@ struct EvalReport: Encodable {
     let length_penalty: Double?
     private let result: Evaluation
     private let isSeq2Seq: Bool
+    /// What `tokens` counts, for the table: target tokens, or an encoder-only model's masked positions.
+    var counted = "target tokens"
 
     init(checkpoint: String, step: Int, data: String, split: String, result: Evaluation, decoding: String?, beamSize: Int?,
          lengthPenalty: Double?) {
@@ -258,7 +263,7 @@ struct EvalReport: Encodable {
 
     func table() -> String {
         var lines = ["checkpoint      \(checkpoint) (step \(step))",
-                     "data            \(data), split \(split): \(sequences) sequences, \(tokens) target tokens",
+                     "data            \(data), split \(split): \(sequences) sequences, \(tokens) \(counted)",
                      String(format: "loss            %.6f", result.loss),
                      String(format: "perplexity      %.4f", result.perplexity),
                      String(format: "token accuracy  %.4f", result.tokenAccuracy)]

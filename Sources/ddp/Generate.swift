@@ -9,7 +9,7 @@ import Transformer
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Sample from a language-model checkpoint, or translate with an encoder-decoder checkpoint.",
+        abstract: "Sample from a language model, translate with an encoder-decoder model, or fill masks with an encoder-only model.",
         discussion: """
             Decoding is incremental with a key/value cache: each new token costs one position of the decoder.
 
@@ -19,10 +19,15 @@ struct Generate: ParsableCommand {
 
             Encoder-decoder: translates --input, or every line of standard input, one output line per input line.
 
+            Encoder-only (masked language model): --prompt is text in which each [MASK] stands for one token; \
+            prints, for each mask in order, the --top-k most likely tokens (default 5) with their probabilities, \
+            then the text with every mask filled by its most likely token.
+
             Examples:
               ddp generate --checkpoint runs/gpt-small --prompt "ROMEO:" --temperature 0.8 --top-k 40 --max-tokens 200
               ddp generate --checkpoint runs/reverse --input "hello world" --decode beam --beam-size 4
               printf 'abc\\nxyz\\n' | ddp generate --checkpoint runs/reverse
+              ddp generate --checkpoint runs/bert-small --prompt "the [MASK]at sat on the mat"
             """
     )
 
@@ -40,8 +45,8 @@ struct Generate: ParsableCommand {
     @Option(help: "Sampling temperature (0: greedy).")
     var temperature = 1.0
 
-    @Option(help: "Sample only among the k most likely tokens (0: all).")
-    var topK = 0
+    @Option(help: "Sample only among the k most likely tokens (0: all); fill-mask: how many tokens to list per mask (default 5).")
+    var topK: Int?
 
     @Option(help: "Sample only among the most likely tokens whose probability reaches p (1: all).")
     var topP = 1.0
@@ -65,23 +70,61 @@ struct Generate: ParsableCommand {
         guard let tokenizer = header.tokenizer else {
             throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
         }
-        if model.config.kind == .decoderOnly {
+        switch model.config.kind {
+        case .decoderOnly:
             guard input == nil else { throw ValidationError("\(path) is a language model: give --prompt, not --input") }
             try continueText(model, tokenizer: tokenizer)
-        } else {
+        case .encoderOnly:
+            guard input == nil, let prompt else {
+                throw ValidationError("\(path) is an encoder-only (masked language) model: give --prompt with [MASK] where tokens are to be filled in")
+            }
+            try fillMasks(prompt, model: model, tokenizer: tokenizer)
+        case .encoderDecoder:
             guard prompt == nil else { throw ValidationError("\(path) is an encoder-decoder model: give --input (or lines on standard input), not --prompt") }
             try translate(model, tokenizer: tokenizer, run: header.config)
         }
     }
 
     private func continueText(_ model: TransformerModel, tokenizer: Tokenizer) throws {
-        let sampling = SamplingSettings(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        let sampling = SamplingSettings(temperature: temperature, topK: topK ?? 0, topP: topP, seed: seed)
         var stream = UTF8Stream()
         try model.generate(prompt: tokenizer.encode(prompt ?? ""), maxTokens: maxTokens ?? 256, sampling: sampling) { token in
             stream.write(tokenizer.bytes([token]))
             return true
         }
         stream.finish()
+    }
+
+    /// Prints the most likely tokens for each [MASK] of `prompt`, then the prompt filled with the first choices.
+    private func fillMasks(_ prompt: String, model: TransformerModel, tokenizer: Tokenizer) throws {
+        let marker = "[MASK]"
+        var tokens: [Int32] = []
+        for (index, piece) in prompt.components(separatedBy: marker).enumerated() {
+            if index > 0 { tokens.append(tokenizer.maskToken) }
+            tokens += tokenizer.encode(piece)
+        }
+        guard tokens.contains(tokenizer.maskToken) else {
+            throw GenerateInputError(message: "--prompt has no \(marker): write \(marker) where a token is to be filled in")
+        }
+        guard tokens.count <= model.maxSourceLength else {
+            throw GenerateInputError(message: "--prompt is \(tokens.count) tokens; the model takes at most \(model.maxSourceLength)")
+        }
+        let choices = try model.fillMask(tokens, maskToken: tokenizer.maskToken, topK: topK ?? 5)
+        var filled = tokens
+        for (number, (position, candidates)) in zip(tokens.indices.filter { tokens[$0] == tokenizer.maskToken }, choices).enumerated() {
+            print("\(marker) \(number + 1) of \(choices.count) (token \(position + 1)):")
+            for candidate in candidates {
+                print(String(format: "  %.4f  ", candidate.probability) + quoted(tokenizer.decode([candidate.token])))
+            }
+            filled[position] = candidates[0].token
+        }
+        print("filled: " + tokenizer.decode(filled))
+    }
+
+    /// A token's text in quotes, with control characters escaped, so spaces and newlines are visible.
+    private func quoted(_ text: String) -> String {
+        "\"" + text.unicodeScalars.map { $0.properties.generalCategory == .control || $0 == "\"" ? $0.escaped(asASCII: false) : String($0) }
+            .joined() + "\""
     }
 
     private func translate(_ model: TransformerModel, tokenizer: Tokenizer, run: RunConfig) throws {

@@ -3,8 +3,10 @@ as a PyTorch user would build it, timed the same way.
 
 The model comes from the config (Configs/bench-w1.yaml, Configs/bench-w2.yaml, or any run config): an encoder-decoder
 is torch.nn.Transformer (post- or pre-norm, ReLU or GELU) with sinusoidal or learned positions; a decoder-only model
-is a stack of torch.nn.TransformerEncoderLayer under a causal mask (nanoGPT's shape) with a final LayerNorm. Both tie
-the output projection to the embedding when the config does. A step is what `ddp bench step` times: forward,
+is a stack of torch.nn.TransformerEncoderLayer under a causal mask (nanoGPT's shape) with a final LayerNorm; an
+encoder-only model is the same stack without the mask and with BERT's masked-LM head (dense, GELU, LayerNorm, the
+output projection plus a bias), its loss over 15% of the positions (80% of them replaced by the mask token, 10% by a
+random token, as BERT). All tie the output projection to the embedding when the config does. A step is what `ddp bench step` times: forward,
 cross-entropy (the config's label smoothing), backward, clip_grad_norm_ (the config's clip_norm) and AdamW, on random
 tokens; the median of the timed steps is reported.
 
@@ -85,6 +87,28 @@ class EncoderDecoder(nn.Module):
         return self.head(self.transformer(self.embed(source), self.embed(decoder_input), tgt_mask=mask, tgt_is_causal=True))
 
 
+class EncoderOnly(nn.Module):
+    """BERT's shape: bidirectional TransformerEncoderLayers and the masked-LM head over every position."""
+
+    def __init__(self, m):
+        super().__init__()
+        c = m["d_model"]
+        self.embedding = nn.Embedding(m["vocab_size"], c)
+        self.embed = Positions(self.embedding, m)
+        layer = nn.TransformerEncoderLayer(c, m["heads"], m["d_ff"], dropout=m.get("dropout", 0.0),
+                                           activation=m.get("activation", "relu"), batch_first=True,
+                                           norm_first=m.get("norm", "post") == "pre")
+        self.layers = nn.TransformerEncoder(layer, m["encoder_layers"], enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c) if m.get("norm", "post") == "pre" else nn.Identity()
+        self.transform = nn.Sequential(nn.Linear(c, c), nn.GELU(), nn.LayerNorm(c))
+        self.head = nn.Linear(c, m["vocab_size"])
+        if m.get("tied_embeddings", True):
+            self.head.weight = self.embedding.weight
+
+    def forward(self, source, decoder_input):
+        return self.head(self.transform(self.norm(self.layers(self.embed(source)))))
+
+
 class DecoderOnly(nn.Module):
     def __init__(self, m):
         super().__init__()
@@ -116,7 +140,8 @@ def main():
     torch.manual_seed(0)
     config = read_config(args.config)
     m, data, training = config["model"], config.get("data", {}), config["training"]
-    encoder_decoder = m.get("kind", "encoder-decoder") == "encoder-decoder"
+    kind = m.get("kind", "encoder-decoder")
+    encoder_decoder = kind == "encoder-decoder"
     m["scale"] = m.get("scale_embedding", encoder_decoder)
     rank, world = 0, 1
     if args.ddp:
@@ -126,12 +151,20 @@ def main():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    model = EncoderDecoder(m) if encoder_decoder else DecoderOnly(m)
+    model = {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
     parameters = sum(p.numel() for p in model.parameters())
     b, t = training["batch_size"], data["target_length"]
     s = data.get("source_length", 0) if encoder_decoder else 0
     source = torch.randint(4, m["vocab_size"], (b, s))
     decoder_input, labels = torch.randint(4, m["vocab_size"], (b, t)), torch.randint(4, m["vocab_size"], (b, t))
+    if kind == "encoder-only":
+        # BERT's recipe on a random window: the loss over the chosen positions only (ignore_index 0, PAD).
+        mask_id, window = m["vocab_size"] - 1, torch.randint(4, m["vocab_size"] - 1, (b, t))
+        chosen = torch.rand(b, t) < 0.15
+        draw = torch.rand(b, t)
+        source = torch.where(chosen & (draw < 0.8), torch.full_like(window, mask_id), window)
+        source = torch.where(chosen & (draw >= 0.8) & (draw < 0.9), torch.randint(4, mask_id, (b, t)), source)
+        labels = torch.where(chosen, window, torch.zeros_like(window))
     if args.ddp:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(config.get("optimizer", {}).get("lr", 1e-4)))
@@ -146,7 +179,8 @@ def main():
             last = micro == accumulation - 1
             with model.no_sync() if args.ddp and not last else contextlib.nullcontext():
                 logits = model(source, decoder_input)
-                loss = F.cross_entropy(logits.reshape(-1, m["vocab_size"]), labels.reshape(-1), label_smoothing=smoothing)
+                loss = F.cross_entropy(logits.reshape(-1, m["vocab_size"]), labels.reshape(-1), label_smoothing=smoothing,
+                                       ignore_index=0 if kind == "encoder-only" else -100)
                 loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -155,7 +189,7 @@ def main():
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     tokens = world * accumulation * b * t
-    attention_layers = m.get("encoder_layers", 0) + m["decoder_layers"] * (2 if encoder_decoder else 1)
+    attention_layers = m.get("encoder_layers", 0) + m.get("decoder_layers", 0) * (2 if encoder_decoder else 1)
     flops = (6 * parameters + 12 * attention_layers * t * m["d_model"]) * tokens
     if rank == 0:
         print(json.dumps({"impl": "pytorch-" + torch.__version__, "workload": os.path.basename(args.config), "threads": args.threads,

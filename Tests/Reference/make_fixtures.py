@@ -87,5 +87,22 @@ def main(out_dir):
           adamw=dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01))
 
 
+    V = 21
+    MASK = V - 1  # the tokenizer's first id past its vocabulary; any id works for the fixture
+    rows = [rand(9, V), rand(6, V) + [PAD] * 3]  # the second row is padded: masked keys, ignored labels
+    chosen = [[1, 4, 7], [0, 3]]
+    source, labels = [list(row) for row in rows], [[PAD] * 9 for _ in rows]
+    for r, positions in enumerate(chosen):
+        for i, p in enumerate(positions):
+            labels[r][p] = rows[r][p]
+            source[r][p] = MASK if i % 3 != 2 else rand(1, V - 1)[0]  # mostly the mask, once a random token
+    write(f"{out_dir}/bert_post_learned.h5",
+          dict(seed=13, kind="encoder-only", vocab_size=V, d_model=12, heads=3, encoder_layers=2, decoder_layers=0,
+               d_ff=24, activation="gelu", norm="post", positions="learned", max_length=10, dropout=0.0,
+               tied_embeddings=True, scale_embedding=False),
+          torch.tensor(source), torch.zeros(2, 0, dtype=torch.long), torch.tensor(labels), smoothing=0.0, lr=1e-2,
+          adamw=dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01))
+
+
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "Tests/TransformerTests/Fixtures")

@@ -89,6 +89,15 @@ def sinusoid(n, d):
     return torch.tensor(pe, dtype=torch.float32)
 
 
+class MaskedLMHead(nn.Module):
+    """BERT's masked-LM head: LayerNorm(GELU(dense(h))), then the output projection (embedding or lm_head) plus `bias`."""
+    def __init__(s, c, vocab):
+        super().__init__(); s.dense, s.norm = nn.Linear(c, c), nn.LayerNorm(c); s.bias = nn.Parameter(torch.zeros(vocab))
+
+    def forward(s, h):
+        return s.norm(F.gelu(s.dense(h)))
+
+
 class Model(nn.Module):
     def __init__(s, cfg):
         super().__init__(); s.cfg = cfg; c = cfg["d_model"]
@@ -98,6 +107,9 @@ class Model(nn.Module):
         if cfg["kind"] == "encoder-decoder":
             s.encoder = Stack(cfg, cfg["encoder_layers"], ["self_attn", "ffn"], causal=False)
             s.decoder = Stack(cfg, cfg["decoder_layers"], ["self_attn", "cross_attn", "ffn"], causal=True)
+        elif cfg["kind"] == "encoder-only":
+            s.encoder = Stack(cfg, cfg["encoder_layers"], ["self_attn", "ffn"], causal=False)
+            s.mlm_head = MaskedLMHead(c, cfg["vocab_size"])
         else:
             s.decoder = Stack(cfg, cfg["decoder_layers"], ["self_attn", "ffn"], causal=True)
         if not cfg["tied_embeddings"]: s.lm_head = nn.Linear(c, cfg["vocab_size"], bias=False)
@@ -108,6 +120,11 @@ class Model(nn.Module):
         return s.embed(tokens) * scale + positions
 
     def forward(s, source, decoder_input):
+        """Logits [B, T, vocab]; an encoder-only model reads `source` (its masked input) and ignores `decoder_input`."""
+        weight = s.embed.weight if s.cfg["tied_embeddings"] else s.lm_head.weight
+        if s.cfg["kind"] == "encoder-only":
+            h = s.encoder(s.embed_tokens(source), key_padding=source == PAD)
+            return s.mlm_head(h) @ weight.t() + s.mlm_head.bias
         memory, padding = None, None
         if s.cfg["kind"] == "encoder-decoder":
             padding = source == PAD

@@ -24,7 +24,8 @@ final class PyTorchFixtureTests: XCTestCase {
             config = try JSONDecoder().decode(ModelConfig.self, from: Data(try file.stringAttribute("config").utf8))
             smoothing = Float(try file.doubleAttribute("label_smoothing"))
             let source = try file.openDataset("batch/source"), decoderInput = try file.openDataset("batch/decoder_input")
-            let b = decoderInput.shape[0], t = decoderInput.shape[1], s = source.shape[1]
+            // Labels are [B,T] for a decoder, [B,S] for an encoder-only model (whose decoder input is empty).
+            let b = decoderInput.shape[0], t = try file.openDataset("batch/labels").shape[1], s = source.shape[1]
             batch = TokenBatch(batchSize: b, sourceLength: s, targetLength: t, source: try source.read(as: Int32.self),
                           decoderInput: try decoderInput.read(as: Int32.self), labels: try file.openDataset("batch/labels").read(as: Int32.self))
         }
@@ -115,4 +116,5 @@ final class PyTorchFixtureTests: XCTestCase {
 
     func testEncoderDecoderPostNormSinusoidal() throws { try check("encdec_post_sinusoidal") }
     func testDecoderOnlyPreNormLearned() throws { try check("gpt_pre_learned") }
+    func testEncoderOnlyMaskedLMPostNormLearned() throws { try check("bert_post_learned") }
 }

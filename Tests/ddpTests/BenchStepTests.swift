@@ -22,6 +22,17 @@ final class BenchStepTests: XCTestCase {
         XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
     }
 
+    /// An encoder-only (masked-LM) step: input tokens count, the loss is finite.
+    func testBenchStepOnAnEncoderOnlyModel() throws {
+        let result = try runProcess(ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/bench-w3.yaml").path,
+                                          "--set", "model.encoder_layers=1", "--set", "training.batch_size=2", "--set", "data.target_length=16",
+                                          "--steps", "1", "--warmup", "1", "--json"], environment: ["OPENBLAS_NUM_THREADS": "1"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(json["tokens_per_step"] as? Int, 2 * 16)
+        XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite && $0 > 0 } ?? false, result.stdout)
+    }
+
     /// Under mpirun: all ranks' tokens count, gradients are synchronised, and the waiting share is reported.
     func testBenchStepUnderTwoRanks() throws {
         let result = try runUnderMPI(ranks: 2, ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
@@ -34,11 +45,11 @@ final class BenchStepTests: XCTestCase {
         XCTAssertTrue((0...1).contains(wait), "\(wait)")
     }
 
-    /// Every shipped config loads and validates; W2's parameter count equals PyTorch's reference model's
+    /// Every shipped config loads and validates; W2's and W3's parameter counts equal PyTorch's reference models'
     /// (W1's is 1024 fewer: nn.Transformer adds final norms to post-norm stacks, which the paper's model has not).
     func testShippedConfigsLoad() throws {
-        for (name, parameters) in [("tiny", 44_800 as Int?), ("bench-w1", 7_626_752), ("bench-w2", 10_844_160),
-                                   ("reverse", nil), ("base", nil), ("gpt-small", nil)] {
+        for (name, parameters) in [("tiny", 44_800 as Int?), ("bench-w1", 7_626_752), ("bench-w2", 10_844_160), ("bench-w3", 3_325_189),
+                                   ("reverse", nil), ("base", nil), ("gpt-small", nil), ("bert-small", 3_325_189)] {
             let path = repository.appendingPathComponent("Configs/\(name).yaml").path
             let result = try runProcess(ddp, ["bench", "step", "--config", path, "--dry-run"])
             XCTAssertEqual(result.status, 0, "\(name): \(result.output)")

@@ -1,0 +1,135 @@
+import ArgumentParser
+import Basics
+import Data
+import Files
+import Foundation
+import HDF5
+import MPI
+import Training
+import Transformer
+
+struct Embed: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write the encoder's hidden states of every line of a text file to HDF5 (encoder-only and encoder-decoder checkpoints).",
+        discussion: """
+            Each line is tokenized with the checkpoint's tokenizer (no framing tokens) and encoded on its own, with \
+            bidirectional attention; a line longer than the model's context is an error naming it. The output holds \
+            `tokens` [N] (int32, every line's tokens one after another), `offsets` [L + 1] (int64: line i is \
+            tokens[offsets[i]:offsets[i + 1]]), `hidden` [N, d_model] (float32, the encoder's output, after the final \
+            norm of a pre-norm model) and `mean` [L, d_model] (each line's mean over its tokens; zeros for an empty \
+            line), with the checkpoint, its step and the tokenizer as attributes. Under mpirun the lines are split \
+            across ranks and rank 0 writes them in input order (each rank pads its own batches, so values agree with \
+            one process to rounding). The output is a file: a directory or one of the inputs is refused.
+
+            Example:
+              ddp embed --checkpoint runs/bert-small --input sentences.txt --output embeddings.h5
+              python3 -c "import h5py; f = h5py.File('embeddings.h5'); print(f['mean'].shape)"
+            """
+    )
+
+    @OptionGroup var checkpoint: CheckpointOption
+
+    @Option(help: "A text file, one sequence per line (LF, CRLF or CR).")
+    var input: String
+
+    @Option(help: "The HDF5 file to write.")
+    var output: String
+
+    @Option(help: "Lines encoded together (default: the checkpoint's training batch size).")
+    var batchSize: Int?
+
+    @OptionGroup var threads: ThreadsOption
+
+    func validate() throws {
+        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
+    }
+
+    func run() throws {
+        let path = try checkpoint.resolve()
+        let inputs = [input, path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
+        try OutputFile.check(output, inputs: inputs)
+        let header = try Checkpoint.readHeader(path)
+        guard header.config.model.kind.hasEncoder else {
+            throw EmbedInputError(message: "\(path) is a \(header.config.model.kind.rawValue) model, which has no encoder to embed with")
+        }
+        guard let tokenizer = header.tokenizer else {
+            throw EmbedInputError(message: "\(path) holds no tokenizer, so text cannot be tokenized as in training")
+        }
+        let lines = try TextFile.readLines(input).map(tokenizer.encode)
+        guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
+        try withMPI { runtime in
+            let world = runtime.world
+            threads.apply(localRanks: world.localSize)
+            let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
+            if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
+                throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most \(model.maxSourceLength)")
+            }
+            let hidden = try encode(lines, model: model, world: world)
+            guard world.rank == 0 else { return }
+            try write(lines, hidden: hidden, channels: model.config.dModel, checkpoint: path, step: header.state.step,
+                      tokenizer: tokenizer, inputs: inputs)
+            print("\(output): \(lines.count) lines, \(hidden.count / model.config.dModel) tokens, d_model \(model.config.dModel) (from \(path), step \(header.state.step))")
+        }
+    }
+
+    /// Every line's hidden states, [N, C] in input order, on every rank: each rank encodes lines rank, rank + size, ...
+    /// in batches, and a sum over ranks puts them together (each position is written by exactly one rank).
+    private func encode(_ lines: [[Int32]], model: TransformerModel, world: Communicator) throws -> [Float] {
+        let c = model.config.dModel
+        var offsets = [0]
+        for line in lines { offsets.append(offsets.last! + line.count) }
+        var hidden = [Float](repeating: 0, count: offsets.last! * c)
+        let mine = Array(stride(from: world.rank, to: lines.count, by: world.size)).filter { !lines[$0].isEmpty }
+        for start in stride(from: 0, to: mine.count, by: model.maxBatch) {
+            let chunk = Array(mine[start..<min(mine.count, start + model.maxBatch)])
+            let time = chunk.map { lines[$0].count }.max()!
+            let tokens = chunk.flatMap { lines[$0] + [Int32](repeating: SpecialToken.pad, count: time - lines[$0].count) }
+            let states = try model.encoderHiddenStates(tokens, batch: chunk.count, time: time)
+            for (row, line) in chunk.enumerated() {
+                let count = lines[line].count * c
+                hidden.replaceSubrange((offsets[line] * c)..<(offsets[line] * c + count), with: states[(row * time * c)..<(row * time * c + count)])
+            }
+        }
+        if world.size > 1 { try world.allreduce(&hidden, op: .sum) }
+        return hidden
+    }
+
+    private func write(_ lines: [[Int32]], hidden: [Float], channels c: Int, checkpoint: String, step: Int, tokenizer: Tokenizer,
+                       inputs: [String]) throws {
+        var offsets: [Int64] = [0], mean = [Float](repeating: 0, count: lines.count * c)
+        for (index, line) in lines.enumerated() {
+            let start = Int(offsets.last!)
+            offsets.append(Int64(start + line.count))
+            guard !line.isEmpty else { continue }
+            for t in start..<(start + line.count) {
+                for k in 0..<c { mean[index * c + k] += hidden[t * c + k] }
+            }
+            for k in 0..<c { mean[index * c + k] /= Float(line.count) }
+        }
+        let tokens = lines.flatMap { $0 }
+        try OutputFile.write(output, inputs: inputs) { temporary in
+            let file = try File.create(temporary)
+            try file.setAttribute("format", "swiftddp-embeddings")
+            try file.setAttribute("version", 1)
+            try file.setAttribute("checkpoint", checkpoint)
+            try file.setAttribute("step", step)
+            try file.setAttribute("tokenizer", tokenizer.json)
+            if !tokens.isEmpty {
+                try file.createDataset("tokens", type: .int32, shape: [tokens.count]).write(tokens)
+                try file.createDataset("hidden", type: .float32, shape: [tokens.count, c]).write(hidden)
+            } else {
+                try file.createDataset("tokens", type: .int32, shape: [0])
+                try file.createDataset("hidden", type: .float32, shape: [0, c])
+            }
+            try file.createDataset("offsets", type: .int64, shape: [offsets.count]).write(offsets)
+            try file.createDataset("mean", type: .float32, shape: [lines.count, c]).write(mean)
+            try file.close()
+        }
+    }
+}
+
+/// Input `ddp embed` cannot use (the same on every rank, so every rank stops with it).
+struct EmbedInputError: ErrorOnEveryRank, CustomStringConvertible {
+    let message: String
+    var description: String { message }
+}
