@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
-# `ddp bench step` against PyTorch's reference (Tests/Reference/bench_step_ref.py) on workloads W1 and W2, alternating the two in one
+# `ddp bench step` against PyTorch's reference (Tests/Reference/bench_step_ref.py) on workloads W1, W2 and W3 (--workloads
+# "1 2 3", Configs/bench-wN.yaml), alternating the two in one
 # session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 #
-#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--python PY|none] [--baseline DDP]
+#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--workloads "1 2 3"] [--python PY|none] [--baseline DDP]
 #       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another
 #       ddp binary (say, the previous main's release build) runs in the same rounds too, and its ratio to ddp is
 #       printed: how a change moved the speed, measured under the same noise. `--python none` leaves PyTorch out.
-#   Launch/bench-step.sh --ranks N [--rounds R] [--python PY]
+#   Launch/bench-step.sh --ranks N [--rounds R] [--workloads "1 2 3"] [--python PY]
 #       data parallel, 1 thread per rank: 1 process and N ranks of each (ddp under Launch/mpirun.sh, PyTorch DDP under
 #       torchrun with gloo), tokens/s of all ranks, efficiency = N-rank tokens/s / (N x 1-rank tokens/s), and ddp's
 #       share of the step spent waiting for communication.
 # PY must import torch (a virtual environment outside the repository: pip install torch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 threads="1 2" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/Tests/Reference/bench_step_ref.py" baseline=""
+rounds=3 threads="1 2" workloads="1 2 3" ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/Tests/Reference/bench_step_ref.py" baseline=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
+    --workloads) workloads="$2"; shift 2 ;;
     --ranks) ranks="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --baseline) baseline="$2"; shift 2 ;;
@@ -41,7 +43,7 @@ record() { echo "$1 $2 $3 $4 $5" | tee -a "$results"; }
 for round in $(seq "$rounds"); do
   if (( ranks == 1 )); then
     for t in $threads; do
-      for w in 1 2; do
+      for w in $workloads; do
         record ddp "W$w" "$t" 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
         [ -z "$baseline" ] || record baseline "W$w" "$t" 1 \
           "$("$baseline" bench step --config "$root/Configs/bench-w$w.yaml" --threads "$t" --json)"
@@ -49,7 +51,7 @@ for round in $(seq "$rounds"); do
       done
     done
   else
-    for w in 1 2; do
+    for w in $workloads; do
       record ddp "W$w" 1 1 "$("$ddp" bench step --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
       record ddp "W$w" 1 "$ranks" "$("$root/Launch/mpirun.sh" -np "$ranks" --threads 1 bench step \
         --config "$root/Configs/bench-w$w.yaml" --threads 1 --json)"
