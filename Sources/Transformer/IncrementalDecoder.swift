@@ -33,6 +33,9 @@ public final class IncrementalDecoder {
     /// to `maxSourceLength` tokens (framed: source + EOS).
     public init(model: TransformerModel, rows: Int, capacity: Int, maxSourceLength: Int = 0) throws(ModelConfigError) {
         let config = model.config
+        guard config.kind.hasDecoder else {
+            throw ModelConfigError(key: "kind", message: "an encoder-only model does not decode token by token (fill its masks instead)")
+        }
         guard rows >= 1 else { throw ModelConfigError(key: "rows", message: "decoding needs at least one sequence, got \(rows)") }
         guard capacity >= 1, capacity <= config.maxLength else {
             throw ModelConfigError(key: "max_length", message: "decoding \(capacity) positions exceeds max_length \(config.maxLength)")

@@ -50,6 +50,9 @@ struct BenchDecode: ParsableCommand {
         guard positions <= config.maxLength else {
             throw ValidationError("--context \(positions) exceeds the model's max_length \(config.maxLength)")
         }
+        guard config.kind.hasDecoder else {
+            throw ValidationError("\(self.config.config) is an encoder-only model, which does not decode token by token")
+        }
         let threadCount = threads.apply()
         let isEncoderDecoder = config.kind == .encoderDecoder
         let sourceLength = isEncoderDecoder ? max(1, run.data.sourceLength) : 0

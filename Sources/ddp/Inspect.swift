@@ -93,7 +93,8 @@ struct Inspect: ParsableCommand {
         do {
             let header = try Checkpoint.readHeader(path)
             let model = header.config.model
-            let layers = model.kind == .encoderDecoder ? "\(model.encoderLayers)+\(model.decoderLayers) layers" : "\(model.decoderLayers) layers"
+            let layers = model.kind == .encoderDecoder ? "\(model.encoderLayers)+\(model.decoderLayers) layers"
+                : "\(model.encoderLayers + model.decoderLayers) layers"
             print("""
 
                 checkpoint  step \(header.state.step), optimizer step \(header.optimizerStep); sampler at epoch \(header.state.position.epoch), \

@@ -63,12 +63,7 @@ final class EncoderOnlyTests: XCTestCase {
         return result
     }
 
-    private func losses(_ run: String) throws -> [Double] {
-        let text = try String(contentsOfFile: path("\(run)/metrics.jsonl"), encoding: .utf8)
-        return try text.split(separator: "\n").compactMap { line in
-            (try JSONSerialization.jsonObject(with: Foundation.Data(line.utf8)) as? [String: Any])?["loss"] as? Double
-        }
-    }
+    private func losses(_ run: String) throws -> [Double] { try trainingLosses(inRun: path(run)) }
 
     private func parameters(_ run: String, step: Int) throws -> [String: [Float]] {
         let file = try File.open(path(String(format: "\(run)/checkpoint-%08d.h5", step)))

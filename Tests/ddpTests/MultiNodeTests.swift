@@ -108,11 +108,7 @@ final class MultiNodeTests: XCTestCase {
         return file
     }
 
-    private func losses(_ run: String) throws -> [Double] {
-        try String(contentsOfFile: path("\(run)/metrics.jsonl"), encoding: .utf8).split(separator: "\n").compactMap { line in
-            (try JSONSerialization.jsonObject(with: Foundation.Data(line.utf8)) as? [String: Any])?["loss"] as? Double
-        }
-    }
+    private func losses(_ run: String) throws -> [Double] { try trainingLosses(inRun: path(run)) }
 
     /// 2 hosts x batch 4 takes the same steps as 1 process x batch 8.
     func testTrainingAcrossTwoHostsEqualsOneHost() throws {

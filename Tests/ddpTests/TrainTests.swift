@@ -47,14 +47,7 @@ final class TrainTests: XCTestCase {
         return result
     }
 
-    /// Per-step losses from metrics.jsonl, in order.
-    private func losses(_ run: String) throws -> [Double] {
-        let text = try String(contentsOfFile: path("\(run)/metrics.jsonl"), encoding: .utf8)
-        return try text.split(separator: "\n").compactMap { line in
-            let object = try JSONSerialization.jsonObject(with: Foundation.Data(line.utf8)) as? [String: Any]
-            return object?["loss"] as? Double
-        }
-    }
+    private func losses(_ run: String) throws -> [Double] { try trainingLosses(inRun: path(run)) }
 
     /// Every parameter tensor of a checkpoint by name.
     private func tensors(_ run: String, step: Int) throws -> [String: [Float]] {
