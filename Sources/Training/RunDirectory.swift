@@ -15,11 +15,14 @@ public struct RunDirectory: Sendable {
     /// The run directory at `path`; nothing is checked or created until `prepare`.
     public init(path: String) { self.path = path }
 
-    /// Files of an earlier run in the directory: checkpoints, `latest`, metrics (names, sorted).
+    /// Files of an earlier run in the directory: checkpoints, `latest`, metrics (names, sorted). An empty
+    /// `metrics.jsonl` (an attempt that stopped before its first step) records no run.
     public func earlierRunFiles() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
-        return names.filter { ($0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5")) || $0 == Checkpoint.latestName || $0 == "metrics.jsonl" }
-            .sorted()
+        let metricsSize = (try? FileManager.default.attributesOfItem(atPath: Paths.join(path, "metrics.jsonl"))[.size] as? Int) ?? 0
+        return names.filter {
+            ($0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5")) || $0 == Checkpoint.latestName || ($0 == "metrics.jsonl" && metricsSize > 0)
+        }.sorted()
     }
 
     /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from, or "" for a fresh start.

@@ -193,6 +193,11 @@ public final class Trainer {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
         let valid = names.contains { $0.hasPrefix("valid-") }
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
+        let expected: DatasetTask = config.model.kind.readsTokenStream ? .lm : .seq2seq
+        guard train.task == expected else {
+            throw TrainingError("data directory \(config.data.directory) holds \(train.task.rawValue) data; model.kind \(config.model.kind.rawValue) "
+                                + "trains on \(expected.rawValue) data (ddp prepare --task \(expected.rawValue))")
+        }
         guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the data's tokenizer (\(train.tokenizer.vocabularySize) tokens)")
         }

@@ -410,10 +410,11 @@ extension TransformerModel {
     }
 
     /// Fill-mask (Hugging Face's `fill-mask` pipeline) for an encoder-only model: for each position of `tokens` [T]
-    /// holding `maskToken`, the `topK` most likely ordinary tokens (neither special nor the mask) with their
-    /// probabilities under the softmax over the whole vocabulary, most likely first. Throws `ModelConfigError` for a
-    /// model of another kind or a sequence beyond its context.
-    public func fillMask(_ tokens: [Int32], maskToken: Int32, topK: Int) throws(ModelConfigError) -> [[(token: Int32, probability: Double)]] {
+    /// holding `maskToken`, the `topK` (0: all) most likely of the `candidates` (the tokenizer's ordinary tokens)
+    /// with their probabilities under the softmax over the whole vocabulary, most likely first. Throws
+    /// `ModelConfigError` for a model of another kind or a sequence beyond its context.
+    public func fillMask(_ tokens: [Int32], maskToken: Int32, candidates: Range<Int32>,
+                         topK: Int) throws(ModelConfigError) -> [[(token: Int32, probability: Double)]] {
         guard config.kind == .encoderOnly else {
             throw ModelConfigError(key: "kind", message: "fill-mask needs an encoder-only model, not \(config.kind.rawValue)")
         }
@@ -429,23 +430,25 @@ extension TransformerModel {
         let positions = tokens.indices.filter { tokens[$0] == maskToken }
         return withLogits { logits in
             positions.map { position in
-                Self.mostLikely(FloatBuffer(rebasing: logits[(position * v)..<((position + 1) * v)]), excluding: maskToken, count: topK)
+                Self.mostLikely(FloatBuffer(rebasing: logits[(position * v)..<((position + 1) * v)]),
+                                candidates: candidates.clamped(to: 0..<Int32(v)), excluding: maskToken, count: topK)
             }
         }
     }
 }
 
 extension TransformerModel {
-    /// The `count` (at least 1) most likely ordinary tokens of one row of logits [V] (neither special nor `excluded`),
-    /// with their probabilities under the softmax over the whole row; ties go to the smaller id.
-    static func mostLikely(_ row: FloatBuffer, excluding excluded: Int32, count: Int) -> [(token: Int32, probability: Double)] {
+    /// The `count` (0: all) most likely `candidates` of one row of logits [V] (never `excluded`), with their
+    /// probabilities under the softmax over the whole row; ties go to the smaller id.
+    static func mostLikely(_ row: FloatBuffer, candidates: Range<Int32>, excluding excluded: Int32,
+                           count: Int) -> [(token: Int32, probability: Double)] {
         let largest = Double(row.max() ?? 0)
         var total = 0.0
         for logit in row { total += exp(Double(logit) - largest) }
         var ranked: [(token: Int32, logit: Float)] = []
-        for id in SpecialToken.count..<row.count where Int32(id) != excluded { ranked.append((Int32(id), row[id])) }
+        for id in candidates where id != excluded { ranked.append((id, row[Int(id)])) }
         ranked.sort { $0.logit != $1.logit ? $0.logit > $1.logit : $0.token < $1.token }
-        return ranked.prefix(max(1, count)).map { ($0.token, exp(Double($0.logit) - largest) / total) }
+        return ranked.prefix(count > 0 ? count : ranked.count).map { ($0.token, exp(Double($0.logit) - largest) / total) }
     }
 }
 

@@ -146,7 +146,8 @@ struct Eval: ParsableCommand {
         let file = split.shards.first?.path ?? split.directory
         let expected: DatasetTask = header.config.model.kind.readsTokenStream ? .lm : .seq2seq
         guard split.task == expected else {
-            throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) is a \(expected.rawValue) model")
+            throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) has model.kind "
+                                          + "\(header.config.model.kind.rawValue), which takes \(expected.rawValue) data")
         }
         if let tokenizer = header.tokenizer, tokenizer != split.tokenizer {
             throw EvalInputError(message: "\(file): its tokenizer (\(split.tokenizer.kind), \(split.tokenizer.vocabularySize) tokens) differs from "

@@ -45,7 +45,7 @@ struct Generate: ParsableCommand {
     @Option(help: "Sampling temperature (0: greedy).")
     var temperature = 1.0
 
-    @Option(help: "Sample only among the k most likely tokens (0: all); fill-mask: how many tokens to list per mask (default 5).")
+    @Option(help: "Sample only among the k most likely tokens (0: all); fill-mask: how many tokens to list per mask (default 5, 0: all).")
     var topK: Int?
 
     @Option(help: "Sample only among the most likely tokens whose probability reaches p (1: all).")
@@ -59,8 +59,11 @@ struct Generate: ParsableCommand {
     @OptionGroup var threads: ThreadsOption
 
     func validate() throws {
-        guard prompt == nil || input == nil else { throw ValidationError("give --prompt (language model) or --input (translation), not both.") }
+        guard prompt == nil || input == nil else {
+            throw ValidationError("give --prompt (language model or fill-mask) or --input (translation), not both.")
+        }
         if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens).") }
+        if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more, got \(topK).") }
     }
 
     func run() throws {
@@ -109,12 +112,13 @@ struct Generate: ParsableCommand {
         guard tokens.count <= model.maxSourceLength else {
             throw GenerateInputError(message: "--prompt is \(tokens.count) tokens; the model takes at most \(model.maxSourceLength)")
         }
-        let choices = try model.fillMask(tokens, maskToken: tokenizer.maskToken, topK: topK ?? 5)
+        let choices = try model.fillMask(tokens, maskToken: tokenizer.maskToken,
+                                         candidates: Tokenizer.firstByteID..<Int32(tokenizer.vocabularySize), topK: topK ?? 5)
         var filled = tokens
         for (number, (position, candidates)) in zip(tokens.indices.filter { tokens[$0] == tokenizer.maskToken }, choices).enumerated() {
             print("\(marker) \(number + 1) of \(choices.count) (token \(position + 1)):")
             for candidate in candidates {
-                print(String(format: "  %.4f  ", candidate.probability) + quoted(tokenizer.decode([candidate.token])))
+                print(String(format: "  %.4f  ", candidate.probability) + quoted(tokenizer.decode([candidate.token])) + "  (id \(candidate.token))")
             }
             filled[position] = candidates[0].token
         }

@@ -170,6 +170,9 @@ def load(path):
 
 def batches(directory, split, kind, source_length, target_length, batch_size):
     """(source, decoder_input, labels) batches of a data split, every example once, framed as SwiftDDP frames them."""
+    if kind == "encoder-only":
+        raise ValueError("an encoder-only model is evaluated over ddp's masks (BERT's recipe, drawn by ddp's own random "
+                         "generator), which this script does not draw: use `ddp eval`; `load` gives the model for anything else")
     import h5py
     examples = []
     for path in sorted(glob.glob(os.path.join(directory, f"{split}-*.h5"))):

@@ -146,13 +146,21 @@ final class EncoderOnlyTests: XCTestCase {
             let lines = output.split(separator: "\n").map(String.init)
             XCTAssertEqual(lines.first, "[MASK] 1 of 1 (token \(position)):", output)
             XCTAssertEqual(lines.count, 7, "five candidates and the filled text: \(output)")
-            XCTAssertTrue(lines.count > 1 && lines[1].hasSuffix("\"\(expected)\""), "the most likely token is \"\(expected)\": \(output)")
+            XCTAssertTrue(lines.count > 1 && lines[1].contains("\"\(expected)\"  (id \(Int(expected.utf8.first!) + 4))"),
+                          "the most likely token is \"\(expected)\": \(output)")
             XCTAssertEqual(lines.last, "filled: \(filled)", output)
             let probabilities = lines.dropFirst().prefix(5).compactMap { Double($0.split(separator: " ").first ?? "") }
             XCTAssertEqual(probabilities.count, 5, output)
             XCTAssertEqual(probabilities, probabilities.sorted(by: >), "most likely first")
             XCTAssertGreaterThan(probabilities.first ?? 0, 0.5, output)
         }
+        // --top-k 0 lists every ordinary token of the tokenizer (the 256 bytes), whose probabilities sum to at most 1.
+        let all = try run(["generate", "--checkpoint", path("poem-run"), "--prompt", "st[MASK]r", "--top-k", "0"]).output
+            .split(separator: "\n").dropFirst().dropLast()
+        XCTAssertEqual(all.count, 256)
+        let total = all.compactMap { Double($0.split(separator: " ").first ?? "") }.reduce(0, +)
+        XCTAssertLessThanOrEqual(total, 1.0001)
+        XCTAssertGreaterThan(total, 0.99, "the mask token, PAD, BOS, EOS and UNK keep almost nothing")
     }
 
     /// `ddp embed` under 1 and 2 ranks: h5py reads tokens, offsets, hidden states and means; the ranks' file agrees
@@ -194,6 +202,14 @@ final class EncoderOnlyTests: XCTestCase {
         let small = try run(["train", "--config", try config("v260", data: "data", batch: 4, steps: 2, vocab: 260), "--run-dir", path("v")],
                             expect: 1)
         XCTAssertTrue(small.output.contains("model.vocab_size") && small.output.contains("mask token 260"), small.output)
+        // Data of the other task is refused by name before the run directory is touched; an attempt that stopped
+        // before its first step (an empty metrics.jsonl) does not block the next one.
+        let pairs = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "50", "--output", path("rev")])
+        XCTAssertEqual(pairs.status, 0, pairs.output)
+        let wrongTask = try run(["train", "--config", try config("rev", data: "rev", batch: 4, steps: 2), "--run-dir", path("ok")], expect: 1)
+        XCTAssertTrue(wrongTask.output.contains("holds seq2seq data; model.kind encoder-only trains on lm data"), wrongTask.output)
+        try FileManager.default.createDirectory(atPath: path("ok"), withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: path("ok/metrics.jsonl"), contents: nil)
         try run(["train", "--config", try config("ok", data: "data", batch: 4, steps: 2), "--run-dir", path("ok")])
         let noMask = try run(["generate", "--checkpoint", path("ok"), "--prompt", "no mask here"], expect: 1)
         XCTAssertTrue(noMask.output.contains("[MASK]"), noMask.output)
