@@ -4,6 +4,7 @@ import Data
 import Files
 import Foundation
 import HDF5
+import Kernels
 import MPI
 import Training
 import Transformer
@@ -63,6 +64,12 @@ struct Embed: ParsableCommand {
             let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
             if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
                 throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most \(model.maxSourceLength)")
+            }
+            // The hidden states of every line are held whole (twice while the mean is taken on rank 0): check first.
+            let tokenCount = lines.reduce(0) { $0 + $1.count }
+            if let shortfall = MemoryBudget.shortfall(2 * Double(tokenCount) * Double(model.config.dModel) * 4,
+                                                      for: "holding the hidden states of \(input)'s \(tokenCount) tokens") {
+                throw EmbedInputError(message: shortfall + "; embed the file in parts")
             }
             let hidden = try encode(lines, model: model, world: world)
             guard world.rank == 0 else { return }

@@ -216,6 +216,12 @@ final class EncoderOnlyTests: XCTestCase {
         try String(repeating: "x", count: 40).write(toFile: path("long.txt"), atomically: true, encoding: .utf8)
         let long = try run(["embed", "--checkpoint", path("ok"), "--input", path("long.txt"), "--output", path("long.h5")], expect: 1)
         XCTAssertTrue(long.output.contains("long.txt line 1 is 40 tokens"), long.output)
+        // More hidden states than the process may allocate: refused before anything is encoded.
+        try String(repeating: "the cat sat\n", count: 400_000).write(toFile: path("big.txt"), atomically: true, encoding: .utf8)
+        let big = try runProcess("/bin/sh", ["-c", "ulimit -v 1000000; exec \"$0\" \"$@\"", ddp, "embed", "--checkpoint", path("ok"),
+                                             "--input", path("big.txt"), "--output", path("big.h5")], environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(big.status, 1, big.output)
+        XCTAssertTrue(big.output.contains("holding the hidden states of") && big.output.contains("big.txt"), big.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("long.h5")))
         let overwrite = try run(["embed", "--checkpoint", path("ok"), "--input", path("long.txt"), "--output", path("long.txt")], expect: 1)
         XCTAssertTrue(overwrite.output.contains("long.txt"), overwrite.output)
