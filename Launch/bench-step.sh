@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
 # `ddp bench step` against PyTorch's reference (Tests/Reference/bench_step_ref.py) on workloads W1, W2 and W3 (--workloads
-# "1 2 3", Configs/bench-wN.yaml), alternating the two in one
-# session so they share the machine's noise. Prints every run, then per case the medians and ratios.
+# "1 2 3", Configs/bench-wN.yaml), alternating ddp and PyTorch in one session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 #
 #   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--workloads "1 2 3"] [--python PY|none] [--baseline DDP]
 #       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another

@@ -33,7 +33,7 @@ public struct MaskedLanguageModeling: Sendable, Equatable {
     /// The recipe for data of `tokenizer`: its mask token, and its ordinary tokens as random replacements.
     public init(probability: Double = 0.15, maskReplace: Double = 0.8, randomReplace: Double = 0.1, tokenizer: Tokenizer) {
         self.init(probability: probability, maskReplace: maskReplace, randomReplace: randomReplace, maskToken: tokenizer.maskToken,
-                  randomTokens: Tokenizer.firstByteID..<Int32(tokenizer.vocabularySize))
+                  randomTokens: tokenizer.ordinaryTokens)
     }
 
     /// An encoder-only batch from a language-model batch (its `decoderInput` windows [B,T] and `samples`): `source`
@@ -60,7 +60,8 @@ public struct MaskedLanguageModeling: Sendable, Equatable {
     /// Every position draws the same three numbers whatever is chosen, so a position's fate depends only on
     /// (seed, epoch, sample, position).
     func choose(_ window: [Int32], seed: UInt64, epoch: Int, sample: Int) -> [(offset: Int, token: Int32)] {
-        var random = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: epoch) &* 0xD1B5_4A32_D192_ED03
+        // The domain constant keeps these streams apart from the sampler's, which mixes seed and epoch the same way.
+        var random = SplitMix64(seed: (seed ^ 0x4D41_534B_4D4C_4D00) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: epoch) &* 0xD1B5_4A32_D192_ED03
                                 ^ UInt64(truncatingIfNeeded: sample) &* 0x94D0_49BB_1331_11EB)
         var chosen: [(offset: Int, token: Int32)] = []
         var fallback: (offset: Int, token: Int32, draw: Double)?

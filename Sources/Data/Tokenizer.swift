@@ -25,6 +25,10 @@ public enum Tokenizer: Equatable, Sendable {
     /// needs `model.vocab_size` of at least `vocabularySize + 1`. `encode` never produces it.
     public var maskToken: Int32 { Int32(vocabularySize) }
 
+    /// The ids of ordinary tokens (bytes and merges), everything but the special tokens: what a masked-LM's random
+    /// replacements and fill-mask candidates are drawn from.
+    public var ordinaryTokens: Range<Int32> { Self.firstByteID..<Int32(vocabularySize) }
+
     /// "byte" or "bpe", the "kind" of the stored JSON form.
     public var kind: String {
         switch self {

@@ -61,7 +61,7 @@ public final class Dataset: HDF5Object {
     static let largestCompressionRatio = 1100
 
     /// The largest chunk, in bytes, a dataset may have to be read (64 MiB: HDF5's own default cache holds 1 MiB, and
-    /// SwiftDDP writes 16 KB chunks).
+    /// SwiftDDP writes shards in 16 KB chunks and checkpoint tensors in chunks of about 1 MiB).
     public static let largestChunkBytes = 64 << 20
 
     /// Checks, before anything is allocated for the dataset's elements, that the file really stores them: a contiguous

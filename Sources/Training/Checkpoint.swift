@@ -215,6 +215,14 @@ public enum Checkpoint {
                 throw CheckpointError(file: path, message: "attribute 'tokenizer': \(error)")
             }
         }
+        if let tokenizer {
+            // Every id the tokenizer (and, encoder-only, the mask token after it) produces must index the embedding.
+            let needed = tokenizer.vocabularySize + (config.model.kind == .encoderOnly ? 1 : 0)
+            guard needed <= config.model.vocabSize else {
+                throw CheckpointError(file: path, message: "its tokenizer needs \(needed) token ids (the mask token included for an "
+                                      + "encoder-only model), more than its model.vocab_size \(config.model.vocabSize)")
+            }
+        }
         let state = TrainingState(step: try count("step"),
                                   position: SamplerPosition(epoch: try count("epoch"), batch: try count("batch")),
                                   dropoutSeed: UInt64(bitPattern: try attribute("dropout_seed", file.int64Attribute)))

@@ -248,8 +248,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint, mlm }
 
-    /// Reads a config: `model`, `data` and `training` are required; `optimizer`, `schedule`, `eval` and `checkpoint`
-    /// take their defaults when absent.
+    /// Reads a config: `model`, `data` and `training` are required; `optimizer`, `schedule`, `eval`, `checkpoint` and
+    /// `mlm` take their defaults when absent.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
         model = try values.decode(ModelConfig.self, forKey: .model)
@@ -316,8 +316,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public static func parse(_ text: String, file: String, overrides: [String] = []) throws -> RunConfig {
         // An alias can stand for a whole tree, and aliases of aliases for exponentially many (YAML's "billion laughs"):
         // the YAML library expands them all when one is a key. A run config has no use for them.
-        if let alias = text.firstMatch(of: /(^|[\s\[{,?:-])\*([A-Za-z0-9_.-]+)/), text.contains("&\(alias.2)") {
-            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(alias.2) and its alias *\(alias.2); run configs do "
+        // An alias needs an anchor, so a text with no anchor token or no alias token expands nothing.
+        if let anchor = text.firstMatch(of: /(?:^|[\s\[{,?:-])&([^\s\[\]{},]+)/),
+           let alias = text.firstMatch(of: /(?:^|[\s\[{,?:-])\*([^\s\[\]{},]+)/) {
+            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(anchor.1) and the alias *\(alias.1); run configs do "
                               + "not support anchors and aliases (write the values out)")
         }
         var root: Node
@@ -515,4 +517,18 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         "schedule.kind": RunConfig.ScheduleSection.Kind.allCases.map(\.rawValue),
         "training.grad_compression": GradientCompression.allCases.map(\.rawValue),
     ]
+}
+
+extension ModelConfig.Kind {
+    /// The data a model of this kind trains and evaluates on: the `lm` task's token stream (decoder-only: next token;
+    /// encoder-only: masked tokens) or `seq2seq` pairs.
+    public var dataTask: DatasetTask { readsTokenStream ? .lm : .seq2seq }
+}
+
+extension RunConfig {
+    /// Encoder-only runs: BERT's recipe for data of `tokenizer` with the evaluation's fixed seed (`mlm.eval_seed`),
+    /// as `EvaluationPlan.masking` takes it; nil for the other kinds.
+    public func evaluationMasking(tokenizer: Tokenizer) -> (recipe: MaskedLanguageModeling, seed: UInt64)? {
+        model.kind == .encoderOnly ? (mlm.recipe(for: tokenizer), mlm.evalSeed) : nil
+    }
 }

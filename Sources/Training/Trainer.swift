@@ -193,7 +193,7 @@ public final class Trainer {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
         let valid = names.contains { $0.hasPrefix("valid-") }
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
-        let expected: DatasetTask = config.model.kind.readsTokenStream ? .lm : .seq2seq
+        let expected = config.model.kind.dataTask
         guard train.task == expected else {
             throw TrainingError("data directory \(config.data.directory) holds \(train.task.rawValue) data; model.kind \(config.model.kind.rawValue) "
                                 + "trains on \(expected.rawValue) data (ddp prepare --task \(expected.rawValue))")
@@ -267,7 +267,7 @@ public final class Trainer {
         var plan = EvaluationPlan(batchSize: config.training.batchSize, sourceLength: config.data.sourceLength,
                                   targetLength: config.data.targetLength, maxBatches: config.eval.maxBatches,
                                   decodeSamples: config.eval.decodeSamples, decoding: .greedy)
-        if config.model.kind == .encoderOnly { plan.masking = (config.mlm.recipe(for: valid.tokenizer), config.mlm.evalSeed) }
+        plan.masking = config.evaluationMasking(tokenizer: valid.tokenizer)
         return try Training.evaluate(model, on: valid, plan: plan, world: world, watchdog: watchdog)
     }
 

@@ -107,14 +107,15 @@ extension BenchStep {
         let model = run.model
         let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
         var random = SplitMix64(seed: UInt64(rank) &+ 17)
-        let token = { Int32.random(in: 4..<Int32(model.vocabSize), using: &random) }
+        // Encoder-only: the last id is the mask token, which real windows never hold.
+        let ordinary = Tokenizer.firstByteID..<Int32(model.vocabSize - (model.kind == .encoderOnly ? 1 : 0))
+        let token = { Int32.random(in: ordinary, using: &random) }
         let batch = TokenBatch(batchSize: b, sourceLength: s, targetLength: t, source: (0..<(b * s)).map { _ in token() },
                                decoderInput: (0..<(b * t)).map { _ in token() }, labels: (0..<(b * t)).map { _ in token() },
                                samples: Array(0..<b))
         guard model.kind == .encoderOnly else { return batch }
-        let mask = Int32(model.vocabSize - 1)
         return MaskedLanguageModeling(probability: run.mlm.probability, maskReplace: run.mlm.maskReplaceProb,
-                                      randomReplace: run.mlm.randomReplaceProb, maskToken: mask, randomTokens: 4..<mask)
+                                      randomReplace: run.mlm.randomReplaceProb, maskToken: ordinary.upperBound, randomTokens: ordinary)
             .apply(to: batch, seed: run.training.seed, epoch: 0)
     }
 }

@@ -56,6 +56,11 @@ struct Embed: ParsableCommand {
         guard let tokenizer = header.tokenizer else {
             throw EmbedInputError(message: "\(path) holds no tokenizer, so text cannot be tokenized as in training")
         }
+        // The text is read whole and tokenized (at most one 4-byte id per byte, plus per-line overhead): check first.
+        let fileBytes = (try? FileManager.default.attributesOfItem(atPath: input)[.size] as? Int) ?? 0
+        if let shortfall = MemoryBudget.shortfall(Double(fileBytes) * 16, for: "reading and tokenizing \(input) (\(fileBytes) bytes)") {
+            throw EmbedInputError(message: shortfall + "; embed the file in parts")
+        }
         let lines = try TextFile.readLines(input).map(tokenizer.encode)
         guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
         try withMPI { runtime in
@@ -65,9 +70,10 @@ struct Embed: ParsableCommand {
             if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
                 throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most \(model.maxSourceLength)")
             }
-            // The hidden states of every line are held whole (twice while the mean is taken on rank 0): check first.
+            // Every line's hidden states are held whole on every rank (and summed across ranks), and rank 0 adds the
+            // means, one row per line: check first.
             let tokenCount = lines.reduce(0) { $0 + $1.count }
-            if let shortfall = MemoryBudget.shortfall(2 * Double(tokenCount) * Double(model.config.dModel) * 4,
+            if let shortfall = MemoryBudget.shortfall((2 * Double(tokenCount) + Double(lines.count)) * Double(model.config.dModel) * 4,
                                                       for: "holding the hidden states of \(input)'s \(tokenCount) tokens") {
                 throw EmbedInputError(message: shortfall + "; embed the file in parts")
             }

@@ -81,7 +81,7 @@ struct Eval: ParsableCommand {
             try check(evaluated, against: header, checkpoint: path)
             var plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
                                       decodeSamples: maxDecode ?? .max, decoding: decoding.method)
-            if run.model.kind == .encoderOnly { plan.masking = (run.mlm.recipe(for: evaluated.tokenizer), run.mlm.evalSeed) }
+            plan.masking = run.evaluationMasking(tokenizer: evaluated.tokenizer)
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
@@ -144,7 +144,7 @@ struct Eval: ParsableCommand {
     /// Data must be the model's task, in the checkpoint's tokenizer.
     private func check(_ split: DataSplit, against header: Checkpoint.Header, checkpoint: String) throws {
         let file = split.shards.first?.path ?? split.directory
-        let expected: DatasetTask = header.config.model.kind.readsTokenStream ? .lm : .seq2seq
+        let expected = header.config.model.kind.dataTask
         guard split.task == expected else {
             throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) has model.kind "
                                           + "\(header.config.model.kind.rawValue), which takes \(expected.rawValue) data")

@@ -113,7 +113,7 @@ struct Generate: ParsableCommand {
             throw GenerateInputError(message: "--prompt is \(tokens.count) tokens; the model takes at most \(model.maxSourceLength)")
         }
         let choices = try model.fillMask(tokens, maskToken: tokenizer.maskToken,
-                                         candidates: Tokenizer.firstByteID..<Int32(tokenizer.vocabularySize), topK: topK ?? 5)
+                                         candidates: tokenizer.ordinaryTokens, topK: topK ?? 5)
         var filled = tokens
         for (number, (position, candidates)) in zip(tokens.indices.filter { tokens[$0] == tokenizer.maskToken }, choices).enumerated() {
             print("\(marker) \(number + 1) of \(choices.count) (token \(position + 1)):")

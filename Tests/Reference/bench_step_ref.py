@@ -159,11 +159,14 @@ def main():
     decoder_input, labels = torch.randint(4, m["vocab_size"], (b, t)), torch.randint(4, m["vocab_size"], (b, t))
     if kind == "encoder-only":
         # BERT's recipe on a random window: the loss over the chosen positions only (ignore_index 0, PAD).
+        mlm = config.get("mlm", {})
+        probability, masked = float(mlm.get("probability", 0.15)), float(mlm.get("mask_replace_prob", 0.8))
+        replaced = masked + float(mlm.get("random_replace_prob", 0.1))
         mask_id, window = m["vocab_size"] - 1, torch.randint(4, m["vocab_size"] - 1, (b, t))
-        chosen = torch.rand(b, t) < 0.15
+        chosen = torch.rand(b, t) < probability
         draw = torch.rand(b, t)
-        source = torch.where(chosen & (draw < 0.8), torch.full_like(window, mask_id), window)
-        source = torch.where(chosen & (draw >= 0.8) & (draw < 0.9), torch.randint(4, mask_id, (b, t)), source)
+        source = torch.where(chosen & (draw < masked), torch.full_like(window, mask_id), window)
+        source = torch.where(chosen & (draw >= masked) & (draw < replaced), torch.randint(4, mask_id, (b, t)), source)
         labels = torch.where(chosen, window, torch.zeros_like(window))
     if args.ddp:
         model = nn.parallel.DistributedDataParallel(model)

@@ -211,6 +211,20 @@ final class EncoderOnlyTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: path("ok"), withIntermediateDirectories: true)
         FileManager.default.createFile(atPath: path("ok/metrics.jsonl"), contents: nil)
         try run(["train", "--config", try config("ok", data: "data", batch: 4, steps: 2), "--run-dir", path("ok")])
+        // A checkpoint whose vocabulary has no room for the mask token (written by hand, not by train) is refused.
+        try FileManager.default.copyItem(atPath: path("ok/checkpoint-00000002.h5"), toPath: path("tight.h5"))
+        do {
+            let file = try File.open(path("tight.h5"), mode: .readWrite)
+            let stored = try file.stringAttribute("config")
+            try file.setAttribute("config", stored.replacingOccurrences(of: "\"vocab_size\":261", with: "\"vocab_size\":260"))
+            try file.sealAttributes()
+            try file.close()
+        }
+        for command in [["eval", "--checkpoint", path("tight.h5"), "--data", path("data"), "--split", "train"],
+                        ["generate", "--checkpoint", path("tight.h5"), "--prompt", "a[MASK]"]] {
+            let tight = try run(command, expect: 1)
+            XCTAssertTrue(tight.output.contains("tight.h5") && tight.output.contains("needs 261 token ids"), tight.output)
+        }
         let noMask = try run(["generate", "--checkpoint", path("ok"), "--prompt", "no mask here"], expect: 1)
         XCTAssertTrue(noMask.output.contains("[MASK]"), noMask.output)
         try String(repeating: "x", count: 40).write(toFile: path("long.txt"), atomically: true, encoding: .utf8)
