@@ -15,7 +15,7 @@ final class CheckpointTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
 
     private let config = try! RunConfig.parse("""
-        model: {kind: encoder-decoder, vocab_size: 40, d_model: 8, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 16,
+        model: {kind: encoder-decoder, vocab_size: 260, d_model: 8, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 16,
                 activation: relu, norm: post, positions: sinusoidal, max_length: 8, tied_embeddings: false}
         data: {source_length: 6, target_length: 6}
         training: {batch_size: 2}
@@ -150,9 +150,9 @@ final class CheckpointTests: XCTestCase {
                 .write([Float](repeating: 0, count: embedShape.reduce(1, *)))
             return target
         }
-        let wrongShape = try handmade("wrong-shape.h5", embedShape: [40, 4])
-        assertCheckpointError(["tensor /params/embed.weight has shape [40, 4], the model expects [40, 8]"]) { try Checkpoint.load(wrongShape, into: fresh) }
-        let onlyEmbed = try handmade("only-embed.h5", embedShape: [40, 8])
+        let wrongShape = try handmade("wrong-shape.h5", embedShape: [260, 4])
+        assertCheckpointError(["tensor /params/embed.weight has shape [260, 4], the model expects [260, 8]"]) { try Checkpoint.load(wrongShape, into: fresh) }
+        let onlyEmbed = try handmade("only-embed.h5", embedShape: [260, 8])
         assertCheckpointError(["missing tensor /params/encoder.layers.0.self_attn.q_proj.weight"]) { try Checkpoint.load(onlyEmbed, into: fresh) }
 
         // latest naming a file that is gone.

@@ -154,13 +154,14 @@ final class EncoderOnlyTests: XCTestCase {
             XCTAssertEqual(probabilities, probabilities.sorted(by: >), "most likely first")
             XCTAssertGreaterThan(probabilities.first ?? 0, 0.5, output)
         }
-        // --top-k 0 lists every ordinary token of the tokenizer (the 256 bytes), whose probabilities sum to at most 1.
+        // --top-k 0 lists every ordinary token of the tokenizer (the 256 bytes). Their printed probabilities (4 decimals
+        // each, so the sum is off by up to 256 x 0.00005) add up to about 1: the mask token and the specials keep little.
         let all = try run(["generate", "--checkpoint", path("poem-run"), "--prompt", "st[MASK]r", "--top-k", "0"]).output
             .split(separator: "\n").dropFirst().dropLast()
         XCTAssertEqual(all.count, 256)
         let total = all.compactMap { Double($0.split(separator: " ").first ?? "") }.reduce(0, +)
-        XCTAssertLessThanOrEqual(total, 1.0001)
-        XCTAssertGreaterThan(total, 0.99, "the mask token, PAD, BOS, EOS and UNK keep almost nothing")
+        XCTAssertLessThanOrEqual(total, 1.0 + 256 * 0.00005)
+        XCTAssertGreaterThan(total, 0.95)
     }
 
     /// `ddp embed` under 1 and 2 ranks: h5py reads tokens, offsets, hidden states and means; the ranks' file agrees
