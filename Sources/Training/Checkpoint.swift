@@ -301,8 +301,9 @@ public enum Checkpoint {
     /// (batch_size x ranks x grad_accum, the sampler position's unit), the training data and, for a language model,
     /// the context length must be what the checkpoint was written with; the model must be the same (checked when
     /// loading). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
-    /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key.
-    public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, dataFingerprint: String,
+    /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
+    /// must lie inside an epoch of `batchesPerEpoch` global batches.
+    public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, batchesPerEpoch: Int, dataFingerprint: String,
                                    log: (String) -> Void) throws {
         let header = try readHeader(path)
         let changes = RunConfig.differences(header.config, config)
@@ -327,6 +328,11 @@ public enum Checkpoint {
         guard refused.isEmpty else {
             throw CheckpointError(file: path, message: "cannot resume: changed \(refused.joined(separator: "; ")). These decide which "
                                   + "samples each step sees; change them back, or start a new run in another --run-dir")
+        }
+        let position = header.state.position
+        guard position.batch < batchesPerEpoch else {
+            throw CheckpointError(file: path, message: "its sampler position, batch \(position.batch) of epoch \(position.epoch), is "
+                                  + "past the \(batchesPerEpoch) batches an epoch of this data has (a damaged or crafted file)")
         }
     }
 

@@ -228,13 +228,8 @@ public final class Trainer {
             return TrainingState(step: 0, position: SamplerPosition(), dropoutSeed: config.training.seed)
         }
         try decideOnRank0("resume check", watchdog: run.watchdog) {
-            try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.sampler.globalBatch, dataFingerprint: run.fingerprint,
-                                       log: log)
-            let position = try Checkpoint.readHeader(resumeFrom).state.position
-            guard position.batch < run.sampler.batchesPerEpoch else {
-                throw CheckpointError(file: resumeFrom, message: "its sampler position, batch \(position.batch) of epoch \(position.epoch), is "
-                                      + "past the \(run.sampler.batchesPerEpoch) batches an epoch of this data has (a damaged or crafted file)")
-            }
+            try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.sampler.globalBatch,
+                                       batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""
         }
         let state = try run.watchdog.guarding("checkpoint broadcast") { try restore(resumeFrom, model: run.model, optimizer: run.optimizer) }
