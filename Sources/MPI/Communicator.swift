@@ -163,6 +163,36 @@ public final class Communicator {
         String(decoding: try broadcast(bytes: Array(string.utf8), root: root), as: UTF8.self)
     }
 
+    // MARK: Gather
+
+    /// Every rank's bytes, of any lengths, on `root` in rank order (MPI_Allgather of the lengths, then MPI_Gatherv);
+    /// the other ranks get an empty array. Every rank joins. Throws `MPIError` `.invalidArgument` for a root outside
+    /// the communicator or when the root would receive more than MPI's 32-bit count of bytes.
+    public func gather(bytes: [UInt8], root: Int) throws(MPIError) -> [[UInt8]] {
+        try checkRoot(root, "MPI_Gatherv")
+        // Every rank learns every length, so a total too large for MPI is refused by all ranks together.
+        let allLengths = try allgather([Int64(bytes.count)])
+        var lengths: [Int32] = [], offsets: [Int32] = [], total = 0
+        for length in allLengths {
+            offsets.append(try mpiCount(total, "MPI_Gatherv", rank: rank))
+            lengths.append(try mpiCount(Int(length), "MPI_Gatherv", rank: rank))
+            total += Int(length)
+        }
+        _ = try mpiCount(total, "MPI_Gatherv", rank: rank)
+        let length = lengths[rank]
+        if rank != root { total = 0 }
+        var received = [UInt8](repeating: 0, count: total)
+        try bytes.withUnsafeBufferPointer { (send) throws(MPIError) in
+            try received.withUnsafeMutableBufferPointer { (receive) throws(MPIError) in
+                try mpiCheck(MPI_Gatherv(send.baseAddress, length, UInt8.mpiElementKind.datatype, receive.baseAddress, lengths, offsets,
+                                         UInt8.mpiElementKind.datatype, Int32(root), handle),
+                             "MPI_Gatherv(\(bytes.count) bytes, root \(root))", rank: rank)
+            }
+        }
+        guard rank == root else { return [] }
+        return lengths.indices.map { Array(received[Int(offsets[$0])..<(Int(offsets[$0]) + Int(lengths[$0]))]) }
+    }
+
     // MARK: Reductions
 
     /// Reduces `buffer` over all ranks in place: afterwards every rank holds the same result.
