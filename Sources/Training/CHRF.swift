@@ -41,17 +41,17 @@ public struct CHRFStatistics: Equatable, Sendable {
 
     /// The text's Unicode scalars with every whitespace character removed (Python's `"".join(s.split())`).
     private static func withoutWhitespace(_ text: String) -> [Unicode.Scalar] {
-        text.unicodeScalars.filter { !$0.properties.isWhitespace && !isPythonSeparator($0) }
+        text.unicodeScalars.filter { !SacreBLEU.isWhitespace($0) }
     }
-
-    /// Characters Python's `str.split()` also splits on that are not Unicode White_Space: the information separators.
-    private static func isPythonSeparator(_ scalar: Unicode.Scalar) -> Bool { (0x1C...0x1F).contains(scalar.value) }
 
     private static func ngrams(_ scalars: [Unicode.Scalar], _ n: Int) -> [ArraySlice<Unicode.Scalar>: Int] {
         var counts: [ArraySlice<Unicode.Scalar>: Int] = [:]
         if scalars.count >= n { for i in 0...(scalars.count - n) { counts[scalars[i..<(i + n)], default: 0] += 1 } }
         return counts
     }
+
+    /// sacrebleu's signature of this score: `nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0`.
+    public static var signature: String { "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:\(SacreBLEU.version)" }
 
     /// The statistics as one flat vector (to all-reduce) and back.
     public var vector: [Double] { hypothesisGrams + referenceGrams + matches }

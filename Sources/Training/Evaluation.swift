@@ -5,8 +5,8 @@ import MPI
 import Transformer
 
 /// Loss, perplexity and token accuracy over a split (plain cross-entropy over real target tokens, no label
-/// smoothing); seq2seq adds exact match, corpus BLEU and chrF of decoded examples.
-public struct Evaluation: Sendable, Equatable, Codable {
+/// smoothing); seq2seq adds exact match, corpus BLEU and chrF of decoded examples, as sacrebleu computes them.
+public struct Evaluation: Sendable, Equatable {
     /// Mean cross-entropy per real target token (nats).
     public var loss: Double
     /// exp(loss); infinite for a diverged model.
@@ -19,19 +19,46 @@ public struct Evaluation: Sendable, Equatable, Codable {
     public var sequences: Int
     /// seq2seq: the share of decoded examples equal to their target.
     public var exactMatch: Double?
-    /// seq2seq: corpus BLEU-4 over the decoded examples (nil when undefined: see `bleuUnavailable`).
+    /// seq2seq: corpus BLEU-4 over the decoded examples, 0...100, as sacrebleu computes it (`bleuSignature`).
     public var bleu: Double?
-    /// seq2seq: why BLEU is undefined for these outputs (for example, no hypothesis has four words).
-    public var bleuUnavailable: String?
+    /// seq2seq: why BLEU is 0 whatever the output, when it is (for example, no hypothesis has four words).
+    public var bleuNote: String?
+    /// seq2seq: sacrebleu's signature of `bleu`, for example `nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`.
+    public var bleuSignature: String?
     /// seq2seq: corpus chrF (sacrebleu's defaults) over the decoded examples, 0...100.
     public var chrF: Double?
+    /// seq2seq: sacrebleu's signature of `chrF`.
+    public var chrFSignature: String?
     /// seq2seq: how many examples were decoded for the scores above.
     public var decoded: Int?
+    /// seq2seq with `EvaluationPlan.gatherTexts`, on rank 0: the decoded examples' text in split order.
+    public var texts: DecodedTexts?
 
-    /// "BLEU 27.31" or "BLEU n/a (no hypothesis has 4 or more words, ...)".
+    /// "BLEU 27.31 (tok:13a)", with the reason when it is 0 whatever the output.
     public var bleuText: String {
-        if let bleu { return String(format: "BLEU %.2f", bleu) }
-        return "BLEU n/a (\(bleuUnavailable ?? "not computed"))"
+        guard let bleu else { return "BLEU not computed" }
+        let tokenization = bleuSignature.flatMap { $0.split(separator: "|").first { $0.hasPrefix("tok:") } } ?? ""
+        return String(format: "BLEU %.2f", bleu) + " (\(tokenization)" + (bleuNote.map { "; \($0)" } ?? "") + ")"
+    }
+}
+
+/// The text of decoded seq2seq examples, one entry per example in split order: what `ddp eval --hypotheses`,
+/// `--references` and `--sources` write, and exactly the strings BLEU and chrF scored (a line break inside a decoded
+/// text is a space, so that every example stays one line of a file).
+public struct DecodedTexts: Sendable, Equatable {
+    /// The model's outputs, decoded.
+    public var hypotheses: [String] = []
+    /// The targets.
+    public var references: [String] = []
+    /// The sources (without EOS).
+    public var sources: [String] = []
+
+    /// No examples.
+    public init() {}
+
+    /// `text` as one line: every line feed becomes a space (sacrebleu reads files split at line feeds only).
+    public static func line(_ text: String) -> String {
+        text.contains("\n") ? text.replacingOccurrences(of: "\n", with: " ") : text
     }
 }
 
@@ -58,6 +85,10 @@ public struct EvaluationPlan: Sendable {
     public var decodeSamples: Int
     /// How seq2seq examples are decoded for exact match, BLEU and chrF (greedy by default).
     public var decoding: DecodingMethod
+    /// How BLEU cuts text into words (sacrebleu's `tokenize`; 13a, its default, unless asked otherwise).
+    public var bleuTokenization = BLEUTokenization.mteval13a
+    /// seq2seq: gather the decoded examples' text to rank 0 (`Evaluation.texts`).
+    public var gatherTexts = false
     /// Encoder-only models: the masked-LM recipe and the seed of the evaluation's fixed masks (epoch 0): the loss,
     /// perplexity and accuracy are then over the chosen positions.
     public var masking: (recipe: MaskedLanguageModeling, seed: UInt64)?
@@ -97,20 +128,61 @@ public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: Evalu
                             targetTokens: Int(sums[1]), sequences: Int(sums[3]))
     guard split.task == .seq2seq && plan.decodeSamples > 0 else { return result }
 
-    var bleu = BLEUStatistics(), chrF = CHRFStatistics()
+    var bleu = BLEUStatistics(tokenization: plan.bleuTokenization), chrF = CHRFStatistics()
     var counts = [0.0, 0.0]  // exact, decoded
+    var texts = DecodedTexts()
     let decodingFailure = attempt(watchdog) {
-        try decodeAndScore(model, on: split, plan: plan, world: world, counts: &counts, bleu: &bleu, chrF: &chrF)
+        try decodeAndScore(model, on: split, plan: plan, world: world, counts: &counts, bleu: &bleu, chrF: &chrF, texts: &texts)
     }
     var totals = counts + bleu.vector + chrF.vector
     try agree(on: decodingFailure, sums: &totals, world: world, sumAcrossRanks: sumAcrossRanks, phase: "evaluation decoding")
-    let corpusBLEU = BLEUStatistics(vector: Array(totals[2..<(2 + bleu.vector.count)]))
+    let corpusBLEU = BLEUStatistics(vector: Array(totals[2..<(2 + bleu.vector.count)]), tokenization: plan.bleuTokenization)
     result.exactMatch = totals[1] > 0 ? totals[0] / totals[1] : 0
-    result.bleuUnavailable = corpusBLEU.unavailableReason
-    result.bleu = result.bleuUnavailable == nil ? corpusBLEU.score : nil
+    result.bleu = corpusBLEU.score
+    result.bleuNote = corpusBLEU.zeroReason
+    result.bleuSignature = corpusBLEU.signature
     result.chrF = CHRFStatistics(vector: Array(totals[(2 + bleu.vector.count)...])).score
+    result.chrFSignature = CHRFStatistics.signature
     result.decoded = Int(totals[1])
+    if plan.gatherTexts { result.texts = try gather(texts, world: world) }
     return result
+}
+
+/// Every rank's decoded texts on rank 0, in split order (rank r decoded examples r, r + W, ...); nil elsewhere.
+private func gather(_ texts: DecodedTexts, world: Communicator) throws -> DecodedTexts? {
+    // A rank's share travels as length-prefixed UTF-8 strings: hypothesis, reference, source for each example.
+    var mine: [UInt8] = []
+    for index in texts.hypotheses.indices {
+        for text in [texts.hypotheses[index], texts.references[index], texts.sources[index]] {
+            let bytes = Array(text.utf8)
+            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { mine += $0 }
+            mine += bytes
+        }
+    }
+    let shares = try world.gather(bytes: mine, root: 0)
+    guard world.rank == 0 else { return nil }
+    let perRank = shares.map(unpack)
+    var gathered = DecodedTexts()
+    for index in 0..<perRank.map(\.count).reduce(0, +) {
+        let example = perRank[index % world.size][index / world.size]
+        gathered.hypotheses.append(example[0])
+        gathered.references.append(example[1])
+        gathered.sources.append(example[2])
+    }
+    return gathered
+}
+
+/// A rank's share as `gather` packed it: per example, its three strings.
+private func unpack(_ bytes: [UInt8]) -> [[String]] {
+    var strings: [String] = [], offset = 0
+    while offset + 8 <= bytes.count {
+        let length = bytes[offset..<(offset + 8)].reversed().reduce(0) { $0 << 8 | Int($1) }
+        offset += 8
+        let end = min(bytes.count, offset + length)
+        strings.append(String(decoding: bytes[offset..<end], as: UTF8.self))
+        offset = end
+    }
+    return stride(from: 0, to: strings.count - strings.count % 3, by: 3).map { Array(strings[$0..<($0 + 3)]) }
 }
 
 /// Runs a rank's share of an evaluation (as local work when there is a watchdog) and returns its error, if any.
@@ -161,7 +233,8 @@ private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: Eval
 /// Decodes this rank's share of the first `plan.decodeSamples` examples and scores them against their targets:
 /// exact match on token ids, BLEU and chrF on the decoded text.
 private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
-                            counts: inout [Double], bleu: inout BLEUStatistics, chrF: inout CHRFStatistics) throws {
+                            counts: inout [Double], bleu: inout BLEUStatistics, chrF: inout CHRFStatistics,
+                            texts: inout DecodedTexts) throws {
     let reader = try SampleReader(split: split)
     let mine = DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank, worldSize: world.size)
     for start in stride(from: 0, to: mine.count, by: plan.batchSize) {
@@ -175,9 +248,16 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
             let target = Array(labels.prefix { $0 != SpecialToken.eos })
             counts[0] += outputs[row] == target ? 1 : 0
             counts[1] += 1
-            let hypothesis = split.tokenizer.decode(outputs[row]), reference = split.tokenizer.decode(target)
+            let hypothesis = DecodedTexts.line(split.tokenizer.decode(outputs[row]))
+            let reference = DecodedTexts.line(split.tokenizer.decode(target))
             bleu.add(hypothesis: hypothesis, reference: reference)
             chrF.add(hypothesis: hypothesis, reference: reference)
+            if plan.gatherTexts {
+                let source = batch.source[(row * batch.sourceLength)..<((row + 1) * batch.sourceLength)]
+                texts.hypotheses.append(hypothesis)
+                texts.references.append(reference)
+                texts.sources.append(DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != SpecialToken.eos }))))
+            }
         }
     }
 }

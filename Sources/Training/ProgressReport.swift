@@ -11,6 +11,9 @@ final class ProgressReport {
     private let started: ContinuousClock.Instant
     private var tokensSinceStart = 0.0
     private var saidPastSchedule = false
+    /// The first seq2seq evaluation line also gives sacrebleu's signatures of its BLEU and chrF (metrics.jsonl has
+    /// them on every line).
+    private var saidSignatures = false
 
     init(config: RunConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
         self.config = config
@@ -49,9 +52,15 @@ final class ProgressReport {
         if let exact = evaluation.exactMatch {
             fields["valid_exact_match"] = exact
             fields["valid_bleu"] = evaluation.bleu ?? NSNull()
-            if let reason = evaluation.bleuUnavailable { fields["valid_bleu_unavailable"] = reason }
+            fields["valid_bleu_signature"] = evaluation.bleuSignature ?? NSNull()
+            if let note = evaluation.bleuNote { fields["valid_bleu_note"] = note }
             fields["valid_chrf"] = evaluation.chrF ?? NSNull()
+            fields["valid_chrf_signature"] = evaluation.chrFSignature ?? NSNull()
             line += String(format: "  exact match %.4f  %@  chrF %.2f", exact, evaluation.bleuText, evaluation.chrF ?? 0)
+            if !saidSignatures, let bleu = evaluation.bleuSignature, let chrF = evaluation.chrFSignature {
+                line += "\n  scores as sacrebleu computes them: BLEU|\(bleu), chrF2|\(chrF)"
+                saidSignatures = true
+            }
         }
         metrics.record(fields, log: log)
         log(line)

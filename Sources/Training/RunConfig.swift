@@ -86,16 +86,23 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var maxBatches = 0
         /// seq2seq: greedy-decode this many validation examples for exact match and BLEU (0: off).
         public var decodeSamples = 200
+        /// seq2seq: how BLEU cuts text into words, as sacrebleu's `tokenize` option: `13a` (its default), `none`,
+        /// `char` or `intl`.
+        public var bleuTokenize = BLEUTokenization.mteval13a
 
-        enum CodingKeys: String, CodingKey { case every, maxBatches = "max_batches", decodeSamples = "decode_samples" }
-        /// The defaults: evaluate only at the end, on the whole split, greedy-decoding 200 examples.
+        enum CodingKeys: String, CodingKey {
+            case every, maxBatches = "max_batches", decodeSamples = "decode_samples", bleuTokenize = "bleu_tokenize"
+        }
+        /// The defaults: evaluate only at the end, on the whole split, greedy-decoding 200 examples, BLEU with 13a words.
         public init() {}
-        /// Reads the section; a missing key takes its default (`every` 0, `max_batches` 0, `decode_samples` 200).
+        /// Reads the section; a missing key takes its default (`every` 0, `max_batches` 0, `decode_samples` 200,
+        /// `bleu_tokenize` 13a).
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             every = try values.decodeIfPresent(Int.self, forKey: .every) ?? 0
             maxBatches = try values.decodeIfPresent(Int.self, forKey: .maxBatches) ?? 0
             decodeSamples = try values.decodeIfPresent(Int.self, forKey: .decodeSamples) ?? 200
+            bleuTokenize = try values.decodeIfPresent(BLEUTokenization.self, forKey: .bleuTokenize) ?? .mteval13a
         }
     }
 
@@ -270,7 +277,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "data": ["directory", "source_length", "target_length"],
         "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
                      "threads", "log_every", "collective_timeout"],
-        "eval": ["every", "max_batches", "decode_samples"],
+        "eval": ["every", "max_batches", "decode_samples", "bleu_tokenize"],
         "checkpoint": ["every", "keep"],
         "mlm": ["probability", "mask_replace_prob", "random_replace_prob", "eval_seed"],
         "optimizer": ["lr", "beta1", "beta2", "eps", "weight_decay"],
@@ -516,6 +523,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         "model.norm": ModelConfig.Norm.allCases.map(\.rawValue), "model.positions": ModelConfig.Positions.allCases.map(\.rawValue),
         "schedule.kind": RunConfig.ScheduleSection.Kind.allCases.map(\.rawValue),
         "training.grad_compression": GradientCompression.allCases.map(\.rawValue),
+        "eval.bleu_tokenize": BLEUTokenization.allCases.map(\.rawValue),
     ]
 }
 

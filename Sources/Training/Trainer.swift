@@ -256,13 +256,14 @@ public final class Trainer {
         }
     }
 
-    /// The validation split as `eval` configures it (eval.max_batches, eval.decode_samples greedy), split across
+    /// The validation split as `eval` configures it (eval.max_batches, eval.decode_samples greedy, eval.bleu_tokenize), split across
     /// ranks; every rank gets the same numbers.
     public func evaluate(_ model: TransformerModel, on valid: DataSplit, watchdog: CollectiveWatchdog? = nil) throws -> Evaluation {
         var plan = EvaluationPlan(batchSize: config.training.batchSize, sourceLength: config.data.sourceLength,
                                   targetLength: config.data.targetLength, maxBatches: config.eval.maxBatches,
                                   decodeSamples: config.eval.decodeSamples, decoding: .greedy)
         plan.masking = config.evaluationMasking(tokenizer: valid.tokenizer)
+        plan.bleuTokenization = config.eval.bleuTokenize
         return try Training.evaluate(model, on: valid, plan: plan, world: world, watchdog: watchdog)
     }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Files
 import Foundation
 import Synchronization
 import Kernels
@@ -10,11 +11,15 @@ import Transformer
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eval",
-        abstract: "Evaluate a checkpoint on a data split or on text: loss, perplexity, token accuracy; seq2seq adds exact match and BLEU.",
+        abstract: "Evaluate a checkpoint on a data split or on text: loss, perplexity, token accuracy; seq2seq adds exact match, BLEU and chrF.",
         discussion: """
             Every example of the split is evaluated exactly once. Loss and perplexity are plain token-weighted cross-entropy \
             over real target tokens. seq2seq models also decode every example (or the first --max-decode) and report the \
-            share decoded exactly and corpus BLEU (sacrebleu's, tokenize none). Encoder-only models report the \
+            share decoded exactly, corpus BLEU and chrF, as sacrebleu computes them by default (BLEU's words from \
+            --bleu-tokenize, 13a unless the run's eval.bleu_tokenize says otherwise), each with sacrebleu's signature. \
+            --hypotheses FILE writes the decoded outputs, one line per example in split order (--references and \
+            --sources the targets and sources beside them), so that `sacrebleu REFERENCES -i HYPOTHESES` gives the same \
+            numbers. Encoder-only models report the \
             masked-LM loss, perplexity and accuracy over the positions BERT's recipe chooses with mlm.eval_seed (the \
             same on every run). Under mpirun the examples are split across ranks and the numbers are the same.
 
@@ -25,6 +30,7 @@ struct Eval: ParsableCommand {
               ddp eval --checkpoint runs/reverse --data data/reverse
               ddp eval --checkpoint runs/reverse/checkpoint-00000600.h5 --decode beam --beam-size 4 --json
               Launch/mpirun.sh -np 2 eval --checkpoint runs/reverse --json
+              ddp eval --checkpoint runs/wmt --hypotheses hyp.txt --references ref.txt   (then: sacrebleu ref.txt -i hyp.txt)
             """
     )
 
@@ -55,8 +61,27 @@ struct Eval: ParsableCommand {
     @Option(help: "seq2seq: decode only the first N examples for exact match and BLEU (default: all; 0: none).")
     var maxDecode: Int?
 
+    @Option(help: "seq2seq: how BLEU cuts text into words, as sacrebleu's --tokenize: 13a, none, char or intl (default: the run's eval.bleu_tokenize, 13a).")
+    var bleuTokenize: BLEUTokenization?
+
+    @Option(help: "seq2seq: write the decoded outputs to this file, one line per decoded example in split order.")
+    var hypotheses: String?
+
+    @Option(help: "seq2seq: write the references (targets) of the decoded examples to this file, one per line.")
+    var references: String?
+
+    @Option(help: "seq2seq: write the sources of the decoded examples to this file, one per line.")
+    var sources: String?
+
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
+
+    /// The text files asked for, by option name.
+    private var textOutputs: [(option: String, path: String)] {
+        [("--hypotheses", hypotheses), ("--references", references), ("--sources", sources)].compactMap { option, path in
+            path.map { (option, $0) }
+        }
+    }
 
     func validate() throws {
         guard split == "valid" || split == "train" else { throw ValidationError("--split must be valid or train, got '\(split)'.") }
@@ -65,12 +90,26 @@ struct Eval: ParsableCommand {
         guard (text == nil && source == nil) || data == nil else { throw ValidationError("give --data or text files, not both.") }
         if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
         if let maxDecode, maxDecode < 0 { throw ValidationError("--max-decode must be 0 or more, got \(maxDecode).") }
+        if maxDecode == 0, let first = textOutputs.first {
+            throw ValidationError("\(first.option) writes decoded examples, and --max-decode 0 decodes none.")
+        }
+        let paths = textOutputs.map { Paths.normalized($0.path) }
+        if Set(paths).count < paths.count {
+            throw ValidationError("--hypotheses, --references and --sources must be different files.")
+        }
     }
 
     func run() throws {
         let path = try checkpoint.resolve()
+        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
+            + [text, source, target].compactMap { $0 } + (data.map { [$0] } ?? [])
+        for output in textOutputs { try OutputFile.check(output.path, inputs: inputs) }
         let header = try Checkpoint.readHeader(path)
         let run = header.config
+        if let first = textOutputs.first, run.model.kind.dataTask != .seq2seq {
+            throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is a \(run.model.kind.rawValue) model, "
+                                          + "which decodes none (they are for seq2seq models)")
+        }
         let batch = batchSize ?? run.training.batchSize
         try withMPI { runtime in
             let world = runtime.world
@@ -82,8 +121,11 @@ struct Eval: ParsableCommand {
             var plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
                                       decodeSamples: maxDecode ?? .max, decoding: decoding.method)
             plan.masking = run.evaluationMasking(tokenizer: evaluated.tokenizer)
+            plan.bleuTokenization = bleuTokenize ?? run.eval.bleuTokenize
+            plan.gatherTexts = !textOutputs.isEmpty
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
+                try write(result.texts ?? DecodedTexts(), inputs: inputs)
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
                 let textFiles = [text, source, target].compactMap { $0 }
                 var report = EvalReport(checkpoint: path, step: header.state.step,
@@ -95,6 +137,14 @@ struct Eval: ParsableCommand {
                 if run.model.kind == .encoderOnly { report.counted = "masked positions (BERT's recipe, mlm.eval_seed \(run.mlm.evalSeed))" }
                 print(json ? try jsonLine(report) : report.table())
             }
+        }
+    }
+
+    /// Writes the files asked for with --hypotheses, --references and --sources (rank 0), each line one example.
+    private func write(_ texts: DecodedTexts, inputs: [String]) throws {
+        for (option, path) in textOutputs {
+            let lines = option == "--hypotheses" ? texts.hypotheses : option == "--references" ? texts.references : texts.sources
+            try OutputFile.write(path, data: Foundation.Data(lines.map { $0 + "\n" }.joined().utf8), inputs: inputs)
         }
     }
 
@@ -179,6 +229,8 @@ enum RemoveOnSignal {
     }
 }
 
+extension BLEUTokenization: ExpressibleByArgument {}
+
 /// Input every rank found unusable together (they all read the same files or got rank 0's message).
 struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
     let message: String
@@ -186,8 +238,9 @@ struct EvalInputError: ErrorOnEveryRank, CustomStringConvertible {
 }
 
 /// What `ddp eval` reports: a table, or with --json one object whose numbers are null where they are not finite
-/// (the perplexity of a diverged model), undefined (BLEU with no 4-grams; `bleu_unavailable` says why) or not computed
-/// (a seq2seq evaluation with --max-decode 0).
+/// (the perplexity of a diverged model) or not computed (a seq2seq evaluation with --max-decode 0). BLEU and chrF
+/// come with sacrebleu's signatures (`bleu_signature`, `chrf_signature`, as sacrebleu's own JSON has them), and
+/// `bleu_note` says why BLEU is 0 whatever the output when it is (no hypothesis with four words).
 struct EvalReport: Encodable {
     let checkpoint: String
     let step: Int
@@ -200,8 +253,10 @@ struct EvalReport: Encodable {
     let sequences: Int
     let exact_match: JSONNumber?
     let bleu: JSONNumber?
-    let bleu_unavailable: String?
+    let bleu_signature: String?
+    let bleu_note: String?
     let chrf: JSONNumber?
+    let chrf_signature: String?
     let decoded: Int?
     let decoding: String?
     let beam_size: Int?
@@ -225,9 +280,11 @@ struct EvalReport: Encodable {
         tokens = result.targetTokens
         sequences = result.sequences
         exact_match = result.exactMatch.map(JSONNumber.init)
-        bleu = result.decoded == nil ? nil : JSONNumber(result.bleu ?? .nan)
-        bleu_unavailable = result.bleuUnavailable
+        bleu = result.bleu.map(JSONNumber.init)
+        bleu_signature = result.bleuSignature
+        bleu_note = result.bleuNote
         chrf = result.chrF.map(JSONNumber.init)
+        chrf_signature = result.chrFSignature
         decoded = result.decoded
         self.decoding = result.decoded == nil ? nil : decoding
         beam_size = result.decoded == nil ? nil : beamSize
@@ -236,7 +293,7 @@ struct EvalReport: Encodable {
 
     enum CodingKeys: String, CodingKey {
         case checkpoint, step, data, split, loss, perplexity, token_accuracy, tokens, sequences, exact_match, bleu,
-             bleu_unavailable, chrf, decoded, decoding, beam_size, length_penalty
+             bleu_signature, bleu_note, chrf, chrf_signature, decoded, decoding, beam_size, length_penalty
     }
 
     /// Every key, always: a seq2seq number that was not computed (no example decoded) is null, not missing.
@@ -254,8 +311,10 @@ struct EvalReport: Encodable {
         guard isSeq2Seq else { return }
         try container.encode(exact_match, forKey: .exact_match)
         try container.encode(bleu, forKey: .bleu)
-        try container.encode(bleu_unavailable, forKey: .bleu_unavailable)
+        try container.encode(bleu_signature, forKey: .bleu_signature)
+        try container.encode(bleu_note, forKey: .bleu_note)
         try container.encode(chrf, forKey: .chrf)
+        try container.encode(chrf_signature, forKey: .chrf_signature)
         try container.encode(decoded ?? 0, forKey: .decoded)
         try container.encode(decoding, forKey: .decoding)
         try container.encode(beam_size, forKey: .beam_size)
@@ -271,8 +330,9 @@ struct EvalReport: Encodable {
         if let exact = result.exactMatch, let decoded {
             let how = beam_size.map { "beam \($0), length penalty \(length_penalty ?? 0)" } ?? "greedy"
             lines.append(String(format: "exact match     %.4f", exact) + "  (\(decoded) decoded, \(how))")
-            lines.append(result.bleu.map { String(format: "BLEU            %.2f", $0) } ?? "BLEU            n/a (\(result.bleuUnavailable ?? ""))")
-            lines.append(String(format: "chrF            %.2f", result.chrF ?? 0))
+            lines.append(String(format: "BLEU            %.2f", result.bleu ?? 0) + "  BLEU|\(result.bleuSignature ?? "")"
+                         + (result.bleuNote.map { "\n                (0 whatever the output: \($0))" } ?? ""))
+            lines.append(String(format: "chrF            %.2f", result.chrF ?? 0) + "  chrF2|\(result.chrFSignature ?? "")")
         }
         return lines.joined(separator: "\n")
     }

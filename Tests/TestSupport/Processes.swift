@@ -113,19 +113,26 @@ public func makeTemporaryDirectory(_ label: String = "ddp-test") throws -> URL {
 /// A Python that can import torch, h5py and numpy (SWIFTDDP_TORCH_PYTHON, TORCH_PYTHON, or python3), or nil: tests
 /// that compare with PyTorch skip and say so. CI has no torch.
 public func pythonWithTorch() -> String? {
-    let environment = ProcessInfo.processInfo.environment
-    for candidate in [environment["SWIFTDDP_TORCH_PYTHON"], environment["TORCH_PYTHON"], findOnPath("python3")].compactMap({ $0 }) {
-        if let result = try? runProcess(candidate, ["-c", "import torch, h5py, numpy"], timeout: 120), result.status == 0 {
-            return candidate
-        }
-    }
-    return nil
+    pythonImporting("torch, h5py, numpy", candidates: ["SWIFTDDP_TORCH_PYTHON", "TORCH_PYTHON"], timeout: 120)
 }
 
 /// A python3 that can import h5py, or nil (tests that need it skip and say so).
 public func pythonWithH5py() -> String? {
-    for candidate in [ProcessInfo.processInfo.environment["SWIFTDDP_PYTHON"], findOnPath("python3")].compactMap({ $0 }) {
-        if let result = try? runProcess(candidate, ["-c", "import h5py, numpy"], timeout: 60), result.status == 0 {
+    pythonImporting("h5py, numpy", candidates: ["SWIFTDDP_PYTHON"], timeout: 60)
+}
+
+/// A Python that can import sacrebleu (SWIFTDDP_PYTHON, SWIFTDDP_TORCH_PYTHON or python3), or nil (tests that score
+/// with it skip and say so).
+public func pythonWithSacrebleu() -> String? {
+    pythonImporting("sacrebleu", candidates: ["SWIFTDDP_PYTHON", "SWIFTDDP_TORCH_PYTHON"], timeout: 60)
+}
+
+/// The first of the Pythons named by the environment variables `candidates`, then python3 on the PATH, that can
+/// import `modules` (a comma-separated list), or nil.
+private func pythonImporting(_ modules: String, candidates: [String], timeout: Double) -> String? {
+    let environment = ProcessInfo.processInfo.environment
+    for candidate in candidates.compactMap({ environment[$0] }) + [findOnPath("python3")].compactMap({ $0 }) {
+        if let result = try? runProcess(candidate, ["-c", "import \(modules)"], timeout: timeout), result.status == 0 {
             return candidate
         }
     }

@@ -1,37 +1,101 @@
+import Foundation
 import Training
 import XCTest
 
-final class BLEUTests: XCTestCase {
-    private let hypotheses = ["the cat sat on the mat today", "a quick brown dog jumps over the lazy fox",
-                              "hello there general kenobi", "it is raining cats and dogs"]
-    private let references = ["the cat sat on the mat", "the quick brown fox jumps over the lazy dog",
-                              "hello there general kenobi", "it is raining cats and dogs outside"]
-
-    private func bleu(_ hypotheses: [String], _ references: [String]) -> Double {
-        var statistics = BLEUStatistics()
-        for (h, r) in zip(hypotheses, references) { statistics.add(hypothesis: h, reference: r) }
-        return statistics.score
+/// BLEU and chrF against values sacrebleu 2.6 computed once (`Tests/Reference/make_sacrebleu_cases.py` wrote
+/// `Fixtures/sacrebleu_cases.json`): corpora of punctuation, numbers, hyphens, Unicode, odd whitespace, empty
+/// hypotheses and one-word sentences, plus random text of those characters, under each BLEU tokenizer; and the words
+/// each tokenizer makes of every segment.
+final class SacreBLEUTests: XCTestCase {
+    private struct Cases: Decodable {
+        struct Corpus: Decodable {
+            let hypotheses: [String]
+            let references: [String]
+            let bleu: [String: Double]
+            let bleu_signature: [String: String]
+            let chrf: Double
+            let chrf_signature: String
+        }
+        let sacrebleu_version: String
+        let corpora: [String: Corpus]
+        let segments: [String]
+        let words: [String: [[String]]]
     }
 
-    /// sacrebleu 2.x, `corpus_bleu(hypotheses, [references], tokenize="none")` on this corpus: 72.19941964678378
-    /// (92.3/77.3/66.7/57.1, BP 1.000).
-    func testAgreesWithSacrebleu() {
-        XCTAssertEqual(bleu(hypotheses, references), 72.199_419_646_783_78, accuracy: 1e-9)
+    private var cases: Cases {
+        get throws {
+            let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/sacrebleu_cases.json")
+            return try JSONDecoder().decode(Cases.self, from: Data(contentsOf: url))
+        }
     }
 
-    func testIdenticalAndDisjointCorpora() {
-        XCTAssertEqual(bleu(references, references), 100, accuracy: 1e-9)
-        XCTAssertEqual(bleu(["x y z w v"], ["a b c d e"]), 0)
-        XCTAssertEqual(bleu([""], ["a b c d"]), 0)
+    func testFixturesCoverEveryTokenizer() throws {
+        let cases = try self.cases
+        XCTAssertEqual(cases.sacrebleu_version, SacreBLEU.version)
+        XCTAssertEqual(Set(cases.words.keys), Set(BLEUTokenization.allCases.map(\.rawValue)))
+        XCTAssertGreaterThanOrEqual(cases.corpora.count, 10)
+    }
+
+    /// Every segment's words, compared as scalars (as Python compares strings), under every tokenizer.
+    func testWordsEqualSacrebleus() throws {
+        let cases = try self.cases
+        for tokenization in BLEUTokenization.allCases {
+            let expected = try XCTUnwrap(cases.words[tokenization.rawValue])
+            for (segment, words) in zip(cases.segments, expected) {
+                let ours = tokenization.words(segment).map { $0.map(\.value) }
+                XCTAssertEqual(ours, words.map { $0.unicodeScalars.map(\.value) },
+                               "tok:\(tokenization.rawValue) on \(segment.debugDescription)")
+            }
+        }
+    }
+
+    func testCorpusBLEUAndSignatureEqualSacrebleus() throws {
+        for (name, corpus) in try cases.corpora {
+            for tokenization in BLEUTokenization.allCases {
+                var statistics = BLEUStatistics(tokenization: tokenization)
+                for (h, r) in zip(corpus.hypotheses, corpus.references) { statistics.add(hypothesis: h, reference: r) }
+                let expected = try XCTUnwrap(corpus.bleu[tokenization.rawValue])
+                XCTAssertEqual(statistics.score, expected, accuracy: 0.01, "\(name), tok:\(tokenization.rawValue)")
+                XCTAssertEqual(statistics.score, expected, accuracy: 1e-9 * max(1, expected), "\(name), tok:\(tokenization.rawValue)")
+                XCTAssertEqual(statistics.signature, corpus.bleu_signature[tokenization.rawValue])
+            }
+        }
+    }
+
+    func testCorpusChrFAndSignatureEqualSacrebleus() throws {
+        for (name, corpus) in try cases.corpora {
+            var statistics = CHRFStatistics()
+            for (h, r) in zip(corpus.hypotheses, corpus.references) { statistics.add(hypothesis: h, reference: r) }
+            XCTAssertEqual(statistics.score, corpus.chrf, accuracy: 1e-9 * max(1, corpus.chrf), name)
+            XCTAssertEqual(CHRFStatistics.signature, corpus.chrf_signature)
+        }
     }
 
     /// Statistics summed across ranks give the corpus score of all sentences together.
-    func testStatisticsAddUpAcrossRanks() {
-        var first = BLEUStatistics(), second = BLEUStatistics()
-        for i in 0..<2 { first.add(hypothesis: hypotheses[i], reference: references[i]) }
-        for i in 2..<4 { second.add(hypothesis: hypotheses[i], reference: references[i]) }
-        let summed = BLEUStatistics(vector: zip(first.vector, second.vector).map { $0 + $1 })
-        XCTAssertEqual(summed.score, bleu(hypotheses, references), accuracy: 1e-9)
+    func testStatisticsAddUpAcrossRanks() throws {
+        let corpus = try XCTUnwrap(try cases.corpora["punctuation"])
+        var first = BLEUStatistics(), second = BLEUStatistics(), whole = BLEUStatistics()
+        for (index, (h, r)) in zip(corpus.hypotheses, corpus.references).enumerated() {
+            if index % 2 == 0 { first.add(hypothesis: h, reference: r) } else { second.add(hypothesis: h, reference: r) }
+            whole.add(hypothesis: h, reference: r)
+        }
+        let summed = BLEUStatistics(vector: zip(first.vector, second.vector).map { $0 + $1 }, tokenization: .mteval13a)
+        XCTAssertEqual(summed, whole)
+        XCTAssertEqual(summed.score, corpus.bleu["13a"] ?? -1, accuracy: 1e-9)
+    }
+
+    /// Where no hypothesis has enough words for some order, BLEU-4 is 0 whatever the output (sacrebleu's value), and
+    /// the reason is said.
+    func testZeroReason() {
+        var bleu = BLEUStatistics()
+        bleu.add(hypothesis: "olleh", reference: "olleh")
+        bleu.add(hypothesis: "dlrow", reference: "dlorw")
+        XCTAssertEqual(bleu.score, 0)
+        XCTAssertEqual(bleu.zeroReason, "no hypothesis has 2 or more words (13a tokens), so BLEU-4 has no 2-grams to count")
+        var longer = BLEUStatistics()
+        longer.add(hypothesis: "the cat sat on the mat", reference: "the cat sat on a mat")
+        XCTAssertNil(longer.zeroReason)
+        XCTAssertEqual(BLEUStatistics().zeroReason, "the hypotheses are empty")
     }
 }
 
@@ -55,18 +119,6 @@ final class CHRFTests: XCTestCase {
         XCTAssertEqual(chrF(["olleh", "dlrow"], ["olleh", "dlorw"]), 62.5, accuracy: 1e-9)
         XCTAssertEqual(chrF([""], ["abc"]), 0)
         XCTAssertEqual(chrF(["x"], [""]), 0)
-    }
-
-    /// Where every hypothesis is one word, BLEU-4 has no 4-grams and is not a number worth printing; chrF still is.
-    func testBLEUIsUnavailableWithoutFourWordHypotheses() {
-        var bleu = BLEUStatistics()
-        bleu.add(hypothesis: "olleh", reference: "olleh")
-        bleu.add(hypothesis: "dlrow", reference: "dlorw")
-        XCTAssertEqual(bleu.unavailableReason, "no hypothesis has 2 or more words, so BLEU-4 has no 2-grams to count")
-        var longer = BLEUStatistics()
-        longer.add(hypothesis: "the cat sat on the mat", reference: "the cat sat on a mat")
-        XCTAssertNil(longer.unavailableReason)
-        XCTAssertNotNil(BLEUStatistics().unavailableReason)
     }
 
     func testStatisticsAddUpAcrossRanks() {

@@ -84,10 +84,6 @@ final class CheckpointToolsTests: XCTestCase {
 
     private func assertSameNumbers(_ a: [String: Any], _ b: [String: Any], relative: Double, _ what: String,
                                    file: StaticString = #filePath, line: UInt = #line) {
-        // BLEU is null for one-word outputs (reversed strings): then both must be null.
-        if a["bleu"] is NSNull || b["bleu"] is NSNull {
-            XCTAssertTrue(a["bleu"] is NSNull && b["bleu"] is NSNull, "\(what): bleu", file: file, line: line)
-        }
         for key in ["loss", "perplexity", "token_accuracy", "exact_match", "bleu", "chrf"]
         where (a[key] != nil || b[key] != nil) && !(a[key] is NSNull) {
             guard let x = a[key] as? Double, let y = b[key] as? Double else {
@@ -97,6 +93,9 @@ final class CheckpointToolsTests: XCTestCase {
             XCTAssertEqual(x, y, accuracy: max(abs(y), 1) * relative, "\(what): \(key)", file: file, line: line)
         }
         for key in ["tokens", "sequences", "decoded"] { XCTAssertEqual(a[key] as? Int, b[key] as? Int, "\(what): \(key)", file: file, line: line) }
+        for key in ["bleu_signature", "bleu_note", "chrf_signature"] {
+            XCTAssertEqual(a[key] as? String, b[key] as? String, "\(what): \(key)", file: file, line: line)
+        }
     }
 
     // MARK: eval
@@ -114,7 +113,10 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertEqual(result["token_accuracy"] as! Double, trainer["valid_token_accuracy"] as! Double, accuracy: 1e-12)
         XCTAssertEqual(result["exact_match"] as! Double, trainer["valid_exact_match"] as! Double, accuracy: 1e-12)
         XCTAssertEqual(result["chrf"] as! Double, trainer["valid_chrf"] as! Double, accuracy: 1e-9)
-        XCTAssertTrue(result["bleu"] is NSNull && trainer["valid_bleu"] is NSNull, "one-word outputs: BLEU-4 is undefined")
+        // One-word outputs: BLEU-4 has no 2-grams to count, so sacrebleu's value is 0 whatever the output, and it says why.
+        XCTAssertEqual(result["bleu"] as? Double, 0)
+        XCTAssertEqual(trainer["valid_bleu"] as? Double, 0)
+        XCTAssertEqual(result["bleu_note"] as? String, trainer["valid_bleu_note"] as? String)
         XCTAssertEqual(result["tokens"] as? Int, trainer["valid_tokens"] as? Int)
         XCTAssertEqual(result["sequences"] as? Int, 60, "every valid example once")
         XCTAssertEqual(result["decoded"] as? Int, 60)
@@ -135,6 +137,123 @@ final class CheckpointToolsTests: XCTestCase {
             let three = try eval(["--checkpoint", path(run), "--batch-size", "7"] + extra, ranks: 3)
             assertSameNumbers(three, alone, relative: 1e-7, "\(run) \(extra) on 3 ranks")
         }
+    }
+
+    // MARK: sacrebleu's scores and the translations written out
+
+    /// Parallel text with several words per line (spaces, punctuation, digits), at most 8 characters as the run's
+    /// source_length allows: the reversing model's outputs then have words for BLEU to count.
+    private func writeParallelText() throws -> (source: String, target: String, pairs: [(String, String)]) {
+        let sources = ["ab cd", "a b c d", "hi, yo.", "x-y z", "ab 12 c", "abc def", "g h", "1.5 a b", "de f gh", "a&b <c>",
+                       "q r s", "no", "a \"b\" c", "ef gh", "cab bad", "a, b, c"]
+        let pairs = sources.map { ($0, String($0.reversed())) }
+        try pairs.map(\.0).joined(separator: "\n").appending("\n").write(toFile: path("pairs.src"), atomically: true, encoding: .utf8)
+        try pairs.map(\.1).joined(separator: "\n").appending("\n").write(toFile: path("pairs.tgt"), atomically: true, encoding: .utf8)
+        return (path("pairs.src"), path("pairs.tgt"), pairs)
+    }
+
+    private func lines(_ file: String) throws -> [String] {
+        try String(contentsOfFile: file, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+    }
+
+    /// --hypotheses, --references and --sources hold one line per example in split order, the same under 1, 2 and 3
+    /// ranks; the references and sources are the text's own lines, and `ddp generate` gives the hypotheses line by line.
+    func testWrittenTranslationsAreInSplitOrderOnAnyRankCount() throws {
+        let text = try writeParallelText()
+        var written: [[String]] = []
+        for ranks in [1, 2, 3] {
+            let files = ["hyp", "ref", "src"].map { path("out-\(ranks).\($0)") }
+            let arguments = ["--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target, "--batch-size", "3",
+                             "--hypotheses", files[0], "--references", files[1], "--sources", files[2]]
+            let result = try eval(arguments, ranks: ranks)
+            XCTAssertEqual(result["decoded"] as? Int, text.pairs.count, "\(ranks) ranks")
+            let contents = try files.map(lines)
+            XCTAssertEqual(contents[1], text.pairs.map(\.1), "references on \(ranks) ranks")
+            XCTAssertEqual(contents[2], text.pairs.map(\.0), "sources on \(ranks) ranks")
+            XCTAssertEqual(contents[0].count, text.pairs.count, "hypotheses on \(ranks) ranks")
+            if let first = written.first { XCTAssertEqual(contents[0], first, "hypotheses on \(ranks) ranks against 1 rank") }
+            written.append(contents[0])
+        }
+        let generated = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run")],
+                                       standardInput: text.pairs.map(\.0).joined(separator: "\n") + "\n")
+        XCTAssertEqual(generated.status, 0, generated.output)
+        XCTAssertEqual(generated.stdout.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init), written[0])
+    }
+
+    /// BLEU and chrF of the parallel text under each BLEU tokenizer, with the hypotheses written to `scored-TOK.hyp`;
+    /// every JSON report carries sacrebleu's signatures, `tok:` following --bleu-tokenize.
+    private func scoresOfParallelText(_ text: (source: String, target: String, pairs: [(String, String)])) throws
+        -> [String: (bleu: Double, chrF: Double)] {
+        var scores: [String: (bleu: Double, chrF: Double)] = [:]
+        for tokenize in ["13a", "none", "char", "intl"] {
+            let result = try eval(["--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target,
+                                   "--bleu-tokenize", tokenize, "--hypotheses", path("scored-\(tokenize).hyp")])
+            XCTAssertEqual(result["bleu_signature"] as? String, "nrefs:1|case:mixed|eff:no|tok:\(tokenize)|smooth:exp|version:2.6.0")
+            XCTAssertEqual(result["chrf_signature"] as? String, "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0")
+            scores[tokenize] = (try XCTUnwrap(result["bleu"] as? Double, "\(result)"), try XCTUnwrap(result["chrf"] as? Double))
+        }
+        return scores
+    }
+
+    /// Every BLEU and chrF figure comes with sacrebleu's signature: the table, --json and metrics.jsonl; the
+    /// tokenizer follows --bleu-tokenize.
+    func testScoresCarrySacrebleusSignatures() throws {
+        let text = try writeParallelText()
+        let scores = try scoresOfParallelText(text)
+        let table = try runProcess(ddp, ["eval", "--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target])
+        XCTAssertEqual(table.status, 0, table.output)
+        XCTAssertTrue(table.stdout.contains(String(format: "BLEU            %.2f  BLEU|nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0",
+                                                   scores["13a"]?.bleu ?? -1)), table.stdout)
+        XCTAssertTrue(table.stdout.contains("chrF2|nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0"), table.stdout)
+        let metrics = try String(contentsOfFile: path("reverse-run/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Foundation.Data($0.utf8)) as? [String: Any] }
+        let evaluation = try XCTUnwrap(metrics.last { $0["valid_loss"] != nil })
+        XCTAssertEqual(evaluation["valid_bleu_signature"] as? String, "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0")
+        XCTAssertNotNil(evaluation["valid_chrf_signature"] as? String)
+    }
+
+    /// sacrebleu's command line, given the files `ddp eval` wrote, prints the numbers `ddp eval` printed, under every
+    /// tokenizer (skips, saying so, where sacrebleu is not installed).
+    func testSacrebleuScoresTheWrittenFilesAsEvalDid() throws {
+        guard let python = pythonWithSacrebleu() else {
+            throw XCTSkip("sacrebleu is not installed (set SWIFTDDP_PYTHON to a python with sacrebleu to score the written files with it)")
+        }
+        let text = try writeParallelText()
+        for (tokenize, ours) in try scoresOfParallelText(text) {
+            let sacrebleu = try runProcess(python, ["-m", "sacrebleu", text.target, "-i", path("scored-\(tokenize).hyp"), "--tokenize", tokenize,
+                                                    "-m", "bleu", "chrf", "-b", "-w", "4"])
+            XCTAssertEqual(sacrebleu.status, 0, sacrebleu.output)
+            // With -b and two metrics sacrebleu prints a JSON list of the two scores.
+            let numbers = sacrebleu.stdout.split(whereSeparator: { "[],\n ".contains($0) }).compactMap { Double($0) }
+            XCTAssertEqual(numbers.count, 2, sacrebleu.output)
+            XCTAssertEqual(numbers.first ?? -1, ours.bleu, accuracy: 0.01, "BLEU, tok:\(tokenize)")
+            XCTAssertEqual(numbers.last ?? -1, ours.chrF, accuracy: 0.01, "chrF")
+        }
+    }
+
+    func testTranslationOutputsRefuseWhatTheyCannotWrite() throws {
+        let text = try writeParallelText()
+        let base = ["eval", "--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target]
+        let overInput = try runProcess(ddp, base + ["--hypotheses", text.source])
+        XCTAssertNotEqual(overInput.status, 0)
+        XCTAssertTrue(overInput.stderr.contains(text.source) && overInput.stderr.contains("input"), overInput.output)
+        XCTAssertEqual(try lines(text.source).count, text.pairs.count, "the input is intact")
+        let same = try runProcess(ddp, base + ["--hypotheses", path("x.txt"), "--references", path("x.txt")])
+        XCTAssertNotEqual(same.status, 0)
+        XCTAssertTrue(same.stderr.contains("must be different files"), same.output)
+        let none = try runProcess(ddp, base + ["--hypotheses", path("y.txt"), "--max-decode", "0"])
+        XCTAssertNotEqual(none.status, 0)
+        XCTAssertTrue(none.stderr.contains("--max-decode 0"), none.output)
+        let lm = try runProcess(ddp, ["eval", "--checkpoint", path("lm-run"), "--hypotheses", path("z.txt")])
+        XCTAssertNotEqual(lm.status, 0)
+        XCTAssertTrue(lm.stderr.contains("decoder-only") && lm.stderr.contains("seq2seq"), lm.output)
+        let tokenize = try runProcess(ddp, base + ["--bleu-tokenize", "14a"])
+        XCTAssertNotEqual(tokenize.status, 0)
+        XCTAssertTrue(tokenize.stderr.contains("13a") && tokenize.stderr.contains("intl"), tokenize.output)
+        let missingDirectory = try runProcess(ddp, base + ["--hypotheses", path("no-such-dir/h.txt")])
+        XCTAssertNotEqual(missingDirectory.status, 0)
+        XCTAssertTrue(missingDirectory.stderr.contains("no-such-dir") && missingDirectory.stderr.contains("does not exist"), missingDirectory.output)
+        for file in ["x.txt", "y.txt", "z.txt"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(file)), file) }
     }
 
     func testBeamOfOneEqualsGreedyAndWiderBeamsRun() throws {

@@ -210,7 +210,7 @@ final class EncoderOnlyTests: XCTestCase {
         let wrongTask = try run(["train", "--config", try config("rev", data: "rev", batch: 4, steps: 2), "--run-dir", path("ok")], expect: 1)
         XCTAssertTrue(wrongTask.output.contains("holds seq2seq data; model.kind encoder-only trains on lm data"), wrongTask.output)
         try FileManager.default.createDirectory(atPath: path("ok"), withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: path("ok/metrics.jsonl"), contents: nil)
+        _ = FileManager.default.createFile(atPath: path("ok/metrics.jsonl"), contents: nil)
         try run(["train", "--config", try config("ok", data: "data", batch: 4, steps: 2), "--run-dir", path("ok")])
         // A checkpoint whose vocabulary has no room for the mask token (written by hand, not by train) is refused.
         try FileManager.default.copyItem(atPath: path("ok/checkpoint-00000002.h5"), toPath: path("tight.h5"))
