@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A file that cannot be read or written as asked, naming the path and what is wrong.
 public struct FileError: Error, CustomStringConvertible, Sendable {
@@ -61,7 +62,11 @@ public enum OutputFile {
         let directory = Paths.parent(target)
         let temporary = Paths.join(directory, ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
         var renamed = false
-        defer { if !renamed { try? FileManager.default.removeItem(atPath: temporary) } }
+        inFlight.withLock { _ = $0.insert(temporary) }
+        defer {
+            if !renamed { try? FileManager.default.removeItem(atPath: temporary) }
+            inFlight.withLock { _ = $0.remove(temporary) }
+        }
         do { try body(temporary) } catch {
             // Name the file the user asked for, not the temporary (which is gone).
             throw FileError(path, "writing it failed, and nothing was replaced: "
@@ -78,11 +83,24 @@ public enum OutputFile {
         try sync(directory)
     }
 
+    /// Temporaries being written now (removed by `removeTemporariesInFlight` when a signal ends the process).
+    private static let inFlight = Mutex<Set<String>>([])
+
+    /// Removes every temporary a `write` is filling now: for a command's SIGINT/SIGTERM handler, just before it
+    /// exits, so that an interrupted write leaves nothing behind (the target itself is never partial).
+    public static func removeTemporariesInFlight() {
+        inFlight.withLock { paths in
+            for path in paths { unlink(path) }
+            paths.removeAll()
+        }
+    }
+
     /// Writes `data` to `path` (see `write(_:inputs:_:)`).
     public static func write(_ path: String, data: Foundation.Data, inputs: [String] = []) throws {
         try write(path, inputs: inputs) { temporary in
-            guard FileManager.default.createFile(atPath: temporary, contents: data) else {
-                throw FileError(path, "cannot be written (\(data.count) bytes): \(String(cString: strerror(errno)))")
+            // Straight into our own temporary: `createFile` would write a hidden temporary of its own first.
+            do { try data.write(to: URL(fileURLWithPath: temporary)) } catch {
+                throw FileError(path, "cannot be written (\(data.count) bytes): \(describe(error))")
             }
         }
     }

@@ -33,8 +33,9 @@ public enum BLEUTokenization: String, Codable, Sendable, CaseIterable {
     case none
     /// Every non-whitespace character a word (`tok:char`), for languages written without spaces.
     case char
-    /// The mteval-v14 international rules (`tok:intl`): Unicode punctuation becomes a word of its own unless it is
-    /// between digits, and every Unicode symbol does.
+    /// The mteval-v14 international rules (`tok:intl`): Unicode punctuation (`\p{P}`) becomes a word of its own unless
+    /// a number (`\p{N}`) is on both sides (a number before a final period keeps it, as in mteval-v14), and every
+    /// Unicode symbol (`\p{S}`) does.
     case international = "intl"
 
     /// The words of one segment under these rules.

@@ -43,8 +43,8 @@ public struct Evaluation: Sendable, Equatable {
 }
 
 /// The text of decoded seq2seq examples, one entry per example in split order: what `ddp eval --hypotheses`,
-/// `--references` and `--sources` write, and exactly the strings BLEU and chrF scored (a line break inside a decoded
-/// text is a space, so that every example stays one line of a file).
+/// `--references` and `--sources` write, and exactly the strings BLEU and chrF scored (a line break of any kind
+/// inside a decoded text is a space, so that every example stays one line of a file for any reader).
 public struct DecodedTexts: Sendable, Equatable {
     /// The model's outputs, decoded.
     public var hypotheses: [String] = []
@@ -56,9 +56,19 @@ public struct DecodedTexts: Sendable, Equatable {
     /// No examples.
     public init() {}
 
-    /// `text` as one line: every line feed becomes a space (sacrebleu reads files split at line feeds only).
+    /// `text` as one line: every character Python's `str.splitlines` breaks at (LF, CR, VT, FF, U+001C-U+001E,
+    /// NEL, U+2028, U+2029) becomes a space. All are whitespace to every BLEU tokenizer and to chrF, so the scores
+    /// do not change.
     public static func line(_ text: String) -> String {
-        text.contains("\n") ? text.replacingOccurrences(of: "\n", with: " ") : text
+        guard text.unicodeScalars.contains(where: isLineBreak) else { return text }
+        return String(String.UnicodeScalarView(text.unicodeScalars.map { isLineBreak($0) ? " " : $0 }))
+    }
+
+    private static func isLineBreak(_ scalar: Unicode.Scalar) -> Bool {
+        switch scalar.value {
+        case 0x0A...0x0D, 0x1C...0x1E, 0x85, 0x2028, 0x2029: true
+        default: false
+        }
     }
 }
 

@@ -49,6 +49,7 @@ struct Embed: ParsableCommand {
         let path = try checkpoint.resolve()
         let inputs = [input, path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
         try OutputFile.check(output, inputs: inputs)
+        RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let header = try Checkpoint.readHeader(path)
         guard header.config.model.kind.hasEncoder else {
             throw EmbedInputError(message: "\(path) is a \(header.config.model.kind.rawValue) model, which has no encoder to embed with")

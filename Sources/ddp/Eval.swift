@@ -58,7 +58,7 @@ struct Eval: ParsableCommand {
 
     @OptionGroup var decoding: DecodingOptions
 
-    @Option(help: "seq2seq: decode only the first N examples for exact match and BLEU (default: all; 0: none).")
+    @Option(help: "seq2seq: decode only the first N examples for exact match, BLEU, chrF and the written files (default: all; 0: none).")
     var maxDecode: Int?
 
     @Option(help: "seq2seq: how BLEU cuts text into words, as sacrebleu's --tokenize: 13a, none, char or intl (default: the run's eval.bleu_tokenize, 13a).")
@@ -93,19 +93,27 @@ struct Eval: ParsableCommand {
         if maxDecode == 0, let first = textOutputs.first {
             throw ValidationError("\(first.option) writes decoded examples, and --max-decode 0 decodes none.")
         }
-        let paths = textOutputs.map { Paths.normalized($0.path) }
-        if Set(paths).count < paths.count {
-            throw ValidationError("--hypotheses, --references and --sources must be different files.")
-        }
     }
 
     func run() throws {
         let path = try checkpoint.resolve()
-        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
-            + [text, source, target].compactMap { $0 } + (data.map { [$0] } ?? [])
-        for output in textOutputs { try OutputFile.check(output.path, inputs: inputs) }
         let header = try Checkpoint.readHeader(path)
         let run = header.config
+        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
+            + [text, source, target].compactMap { $0 } + (data.map { [$0] } ?? [])
+        // The files of the data directory (its shards are read) and of the checkpoint's run directory (its checkpoints,
+        // metrics) are protected too, as are the other outputs from one another (also through links).
+        let directories = [text == nil && source == nil ? data ?? run.data.directory : nil, Paths.parent(path)].compactMap { $0 }
+        let protected = directories.flatMap { directory in
+            ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map { Paths.join(directory, $0) }
+        }
+        for (index, output) in textOutputs.enumerated() {
+            try OutputFile.check(output.path, inputs: inputs + protected)
+            for other in textOutputs[..<index] where OutputFile.sameFile(other.path, output.path) {
+                throw EvalInputError(message: "\(output.path): \(other.option) and \(output.option) name the same file; give each its own")
+            }
+        }
+        if !textOutputs.isEmpty { RemoveOnSignal.install() }
         if let first = textOutputs.first, run.model.kind.dataTask != .seq2seq {
             throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is a \(run.model.kind.rawValue) model, "
                                           + "which decodes none (they are for seq2seq models)")
@@ -125,7 +133,6 @@ struct Eval: ParsableCommand {
             plan.gatherTexts = !textOutputs.isEmpty
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
-                try write(result.texts ?? DecodedTexts(), inputs: inputs)
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.
                 let textFiles = [text, source, target].compactMap { $0 }
                 var report = EvalReport(checkpoint: path, step: header.state.step,
@@ -136,6 +143,8 @@ struct Eval: ParsableCommand {
                                         lengthPenalty: decoding.decode == .beam ? decoding.lengthPenalty : nil)
                 if run.model.kind == .encoderOnly { report.counted = "masked positions (BERT's recipe, mlm.eval_seed \(run.mlm.evalSeed))" }
                 print(json ? try jsonLine(report) : report.table())
+                // After the scores are shown: a file that cannot be written does not cost them.
+                if !textOutputs.isEmpty { try write(result.texts ?? DecodedTexts(), inputs: inputs + protected) }
             }
         }
     }
@@ -167,7 +176,7 @@ struct Eval: ParsableCommand {
         // Every rank tokenizes the text into shards of its own (node-local temporary storage, cheap next to
         // evaluating them); the same input gives every rank the same shards, or the same error.
         let directory = NSTemporaryDirectory() + "ddp-eval-" + UUID().uuidString
-        RemoveOnSignal.directory(directory)
+        RemoveOnSignal.install(removing: directory)
         do {
             var options = PrepareOptions(output: directory)
             options.fixedTokenizer = tokenizer
@@ -209,21 +218,28 @@ struct Eval: ParsableCommand {
     }
 }
 
-/// Removes a temporary directory when SIGINT or SIGTERM ends the command (normal and error exits remove it themselves).
+/// Ends the command on SIGINT or SIGTERM without leaving anything half-made behind: the temporary directories named
+/// here and the temporaries of output files being written (`OutputFile.removeTemporariesInFlight`) are removed first.
+/// Normal and error exits remove them themselves.
 enum RemoveOnSignal {
-    private static let sources = Mutex<[any DispatchSourceSignal]>([])
+    private static let state = Mutex<(directories: [String], sources: [any DispatchSourceSignal])>(([], []))
 
-    static func directory(_ path: String) {
-        sources.withLock { sources in
+    /// Installs the handlers (once) and adds `directory`, if any, to what they remove.
+    static func install(removing directory: String? = nil) {
+        state.withLock { state in
+            if let directory { state.directories.append(directory) }
+            guard state.sources.isEmpty else { return }
             for signalNumber in [SIGINT, SIGTERM] {
                 signal(signalNumber, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler {
-                    try? FileManager.default.removeItem(atPath: path)
+                    OutputFile.removeTemporariesInFlight()
+                    let directories = RemoveOnSignal.state.withLock { $0.directories }
+                    for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
                     exit(128 + signalNumber)
                 }
                 source.resume()
-                sources.append(source)
+                state.sources.append(source)
             }
         }
     }

@@ -26,6 +26,7 @@ struct Export: ParsableCommand {
         let path = try checkpoint.resolve()
         let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
         try OutputFile.check(output, inputs: inputs)
+        RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         let encoder = JSONEncoder.sortedKeys
         var metadata = ["format": "pt", "swiftddp_step": String(header.state.step),

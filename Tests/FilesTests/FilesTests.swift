@@ -58,6 +58,22 @@ final class OutputFileTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), [], "no temporary and no target left")
     }
 
+    /// What a command's SIGINT/SIGTERM handler calls before it exits: the temporary being written goes, the target
+    /// is what it was.
+    func testTemporariesInFlightAreRemovedOnRequest() throws {
+        try "before".write(toFile: path("out.txt"), atomically: true, encoding: .utf8)
+        var removed = false
+        XCTAssertThrowsError(try OutputFile.write(path("out.txt")) { temporary in
+            try "half".write(toFile: temporary, atomically: false, encoding: .utf8)
+            OutputFile.removeTemporariesInFlight()
+            removed = !FileManager.default.fileExists(atPath: temporary)
+            throw FileError(temporary, "interrupted")
+        })
+        XCTAssertTrue(removed, "the temporary was removed while its write was in flight")
+        XCTAssertEqual(try String(contentsOfFile: path("out.txt"), encoding: .utf8), "before")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
+    }
+
     func testTemporaryNamesAreUnique() throws {
         var seen: Set<String> = []
         for _ in 0..<20 {

@@ -137,6 +137,19 @@ do {
     let empty = try world.broadcast("", root: 0)
     require(empty.isEmpty, "empty string broadcast")
 
+    // Gather of bytes of uneven lengths (rank 1 sends none), to every root; only the root receives.
+    for root in 0..<world.size {
+        let mine = [UInt8](repeating: UInt8(world.rank + 1), count: world.rank == 1 ? 0 : 3 + 1000 * world.rank)
+        let gathered = try world.gather(bytes: mine, root: root)
+        if world.rank == root {
+            let expected = (0..<world.size).map { [UInt8](repeating: UInt8($0 + 1), count: $0 == 1 ? 0 : 3 + 1000 * $0) }
+            require(gathered == expected, "gather to root \(root): \(gathered.map(\.count)) bytes per rank")
+        } else {
+            require(gathered.isEmpty, "gather to root \(root): rank \(world.rank) received \(gathered.count) shares")
+        }
+    }
+    requireThrows(.invalidArgument, "gather to a root outside the communicator") { _ = try world.gather(bytes: [1], root: world.size) }
+
     // Allreduce: every op and type, odd count (no alignment assumptions), and a large buffer.
     for count in [1, 37, 300_001] {
         try checkReductions(Float.self, world: world, count: count)

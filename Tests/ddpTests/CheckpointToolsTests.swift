@@ -209,7 +209,7 @@ final class CheckpointToolsTests: XCTestCase {
             .compactMap { try JSONSerialization.jsonObject(with: Foundation.Data($0.utf8)) as? [String: Any] }
         let evaluation = try XCTUnwrap(metrics.last { $0["valid_loss"] != nil })
         XCTAssertEqual(evaluation["valid_bleu_signature"] as? String, "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0")
-        XCTAssertNotNil(evaluation["valid_chrf_signature"] as? String)
+        XCTAssertEqual(evaluation["valid_chrf_signature"] as? String, "nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no|version:2.6.0")
     }
 
     /// sacrebleu's command line, given the files `ddp eval` wrote, prints the numbers `ddp eval` printed, under every
@@ -226,8 +226,9 @@ final class CheckpointToolsTests: XCTestCase {
             // With -b and two metrics sacrebleu prints a JSON list of the two scores.
             let numbers = sacrebleu.stdout.split(whereSeparator: { "[],\n ".contains($0) }).compactMap { Double($0) }
             XCTAssertEqual(numbers.count, 2, sacrebleu.output)
-            XCTAssertEqual(numbers.first ?? -1, ours.bleu, accuracy: 0.01, "BLEU, tok:\(tokenize)")
-            XCTAssertEqual(numbers.last ?? -1, ours.chrF, accuracy: 0.01, "chrF")
+            // Printed with 4 decimals (-w 4): equal to that rounding.
+            XCTAssertEqual(numbers.first ?? -1, ours.bleu, accuracy: 1e-4, "BLEU, tok:\(tokenize)")
+            XCTAssertEqual(numbers.last ?? -1, ours.chrF, accuracy: 1e-4, "chrF")
         }
     }
 
@@ -240,7 +241,7 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertEqual(try lines(text.source).count, text.pairs.count, "the input is intact")
         let same = try runProcess(ddp, base + ["--hypotheses", path("x.txt"), "--references", path("x.txt")])
         XCTAssertNotEqual(same.status, 0)
-        XCTAssertTrue(same.stderr.contains("must be different files"), same.output)
+        XCTAssertTrue(same.stderr.contains("--hypotheses and --references name the same file"), same.output)
         let none = try runProcess(ddp, base + ["--hypotheses", path("y.txt"), "--max-decode", "0"])
         XCTAssertNotEqual(none.status, 0)
         XCTAssertTrue(none.stderr.contains("--max-decode 0"), none.output)
@@ -253,6 +254,20 @@ final class CheckpointToolsTests: XCTestCase {
         let missingDirectory = try runProcess(ddp, base + ["--hypotheses", path("no-such-dir/h.txt")])
         XCTAssertNotEqual(missingDirectory.status, 0)
         XCTAssertTrue(missingDirectory.stderr.contains("no-such-dir") && missingDirectory.stderr.contains("does not exist"), missingDirectory.output)
+        // The data directory's shards are inputs (with --data, and the run's own data directory without it).
+        for arguments in [["--data", path("reverse"), "--hypotheses", path("reverse/valid-00000.h5")],
+                          ["--sources", path("reverse/train-00000.h5")]] {
+            let overShard = try runProcess(ddp, ["eval", "--checkpoint", path("reverse-run")] + arguments)
+            XCTAssertNotEqual(overShard.status, 0, overShard.output)
+            XCTAssertTrue(overShard.stderr.contains("writing it would destroy what is read"), overShard.output)
+        }
+        XCTAssertEqual(try eval(["--checkpoint", path("reverse-run"), "--max-decode", "0"])["sequences"] as? Int, 60, "the shards are intact")
+        // Two outputs through a link are one file.
+        try FileManager.default.createSymbolicLink(atPath: path("link.txt"), withDestinationPath: path("target.txt"))
+        try "".write(toFile: path("target.txt"), atomically: true, encoding: .utf8)
+        let linked = try runProcess(ddp, base + ["--hypotheses", path("target.txt"), "--references", path("link.txt")])
+        XCTAssertNotEqual(linked.status, 0)
+        XCTAssertTrue(linked.stderr.contains("--hypotheses and --references name the same file"), linked.output)
         for file in ["x.txt", "y.txt", "z.txt"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(file)), file) }
     }
 
