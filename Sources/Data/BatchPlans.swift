@@ -7,45 +7,44 @@ import Foundation
 public final class RankPlan: @unchecked Sendable {
     // @unchecked: all state is touched under `lock`.
     private let lock = NSLock()
-    private let sampler: DistributedSampler
-    private let rank: Int, worldSize: Int, accumulationSteps: Int, perRankBatch: Int
+    private let sampler: any TrainingSampler
+    private let rank: Int, worldSize: Int, accumulationSteps: Int
     private var position: SamplerPosition
     private var remainingUpdates: Int
     private var micro = 0
-    private var order: [Int] = []
-    private var orderEpoch = -1
+    private var batches: [[Int]] = []
+    private var batchesEpoch = -1
 
     /// The micro-batches of `updates` updates from `start` on: for each update, micro-steps 0 ..< accumulationSteps
     /// of this rank's share of the global batch.
-    public init(sampler: DistributedSampler, start: SamplerPosition, updates: Int, rank: Int, worldSize: Int, accumulationSteps: Int,
-                perRankBatch: Int) {
+    public init(sampler: any TrainingSampler, start: SamplerPosition, updates: Int, rank: Int, worldSize: Int, accumulationSteps: Int) {
         self.sampler = sampler
         self.position = start
         self.remainingUpdates = updates
         self.rank = rank
         self.worldSize = worldSize
         self.accumulationSteps = accumulationSteps
-        self.perRankBatch = perRankBatch
     }
 
-    /// The next micro-batch's sample indices, or nil after the last update.
+    /// The next micro-batch's sample indices (possibly none: a small token-budget batch has fewer samples than
+    /// ranks), or nil after the last update.
     public func next() -> [Int]? {
         lock.lock()
         defer { lock.unlock() }
         guard remainingUpdates > 0 else { return nil }
-        if orderEpoch != position.epoch {
-            order = sampler.permutation(epoch: position.epoch)
-            orderEpoch = position.epoch
+        if batchesEpoch != position.epoch {
+            batches = sampler.globalBatches(epoch: position.epoch)
+            batchesEpoch = position.epoch
         }
-        let share = sampler.share(of: sampler.globalBatch(at: position, order: order), rank: rank, worldSize: worldSize,
-                                  microStep: micro, perRankBatch: perRankBatch)
+        let share = sampler.share(of: batches[position.batch], rank: rank, worldSize: worldSize, microStep: micro,
+                                  accumulationSteps: accumulationSteps)
         micro += 1
         if micro == accumulationSteps {
             micro = 0
             remainingUpdates -= 1
             position = sampler.advance(position)
         }
-        return Array(share)
+        return share
     }
 }
 

@@ -74,6 +74,11 @@ public final class SampleReader {
         }
     }
 
+    /// Every sample's lengths (`lengths(_:)`), in index order.
+    public func allLengths() -> [(source: Int, target: Int)] {
+        (0..<split.samples).map(lengths)
+    }
+
     /// The stored tokens of one sample: (source, target) for seq2seq, (window, []) for lm; at most `limit` tokens of
     /// each side (the first ones), so a file's longest sample never decides what is allocated.
     public func sample(_ index: Int, limit: Int = .max) throws -> (source: [Int32], target: [Int32]) {

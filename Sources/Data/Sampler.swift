@@ -64,14 +64,184 @@ public struct DistributedSampler: Sendable {
         return batch[start..<(start + perRankBatch)]
     }
 
+    /// Evaluation: every sample exactly once over all ranks (rank r takes r, r + W, ...); no padding duplicates.
+    public static func evaluationIndices(samples: Int, rank: Int, worldSize: Int) -> [Int] {
+        Array(stride(from: rank, to: samples, by: worldSize))
+    }
+}
+
+/// What a training run's sampler gives: global batches that do not depend on the number of ranks, each split into
+/// one share per (micro-step, rank). `DistributedSampler` (a fixed count of sequences, `training.batch_size`) and
+/// `TokenBudgetSampler` (batches of similar length under a token budget, `training.max_tokens`) are the two kinds.
+public protocol TrainingSampler: Sendable {
+    /// Global batches in one epoch (the same every epoch).
+    var batchesPerEpoch: Int { get }
+    /// Every global batch of epoch `epoch`, in the order they are trained (sample indices).
+    func globalBatches(epoch: Int) -> [[Int]]
+    /// The samples of `batch` that rank `rank` computes in micro-step `microStep`: part `microStep · worldSize + rank`
+    /// of `worldSize · accumulationSteps` parts. A part may be empty when a batch holds fewer samples than parts.
+    func share(of batch: [Int], rank: Int, worldSize: Int, microStep: Int, accumulationSteps: Int) -> [Int]
+}
+
+extension TrainingSampler {
     /// The position after `position`, rolling over into the next epoch.
     public func advance(_ position: SamplerPosition) -> SamplerPosition {
         position.batch + 1 < batchesPerEpoch ? SamplerPosition(epoch: position.epoch, batch: position.batch + 1)
                                               : SamplerPosition(epoch: position.epoch + 1, batch: 0)
     }
+}
 
-    /// Evaluation: every sample exactly once over all ranks (rank r takes r, r + W, ...); no padding duplicates.
-    public static func evaluationIndices(samples: Int, rank: Int, worldSize: Int) -> [Int] {
-        Array(stride(from: rank, to: samples, by: worldSize))
+extension DistributedSampler: TrainingSampler {
+    /// The epoch's permutation cut into `globalBatch`-sized slices; the remainder is left out.
+    public func globalBatches(epoch: Int) -> [[Int]] {
+        let order = permutation(epoch: epoch)
+        return (0..<batchesPerEpoch).map { Array(order[($0 * globalBatch)..<(($0 + 1) * globalBatch)]) }
+    }
+
+    /// Equal slices: per-rank batch = global batch / (world size · accumulation steps).
+    public func share(of batch: [Int], rank: Int, worldSize: Int, microStep: Int, accumulationSteps: Int) -> [Int] {
+        let perRank = batch.count / (worldSize * accumulationSteps)
+        return Array(share(of: batch[...], rank: rank, worldSize: worldSize, microStep: microStep, perRankBatch: perRank))
+    }
+}
+
+/// A sample that does not fit the token budget on its own (`TokenBudgetSampler`).
+public struct SampleOverBudget: Error, Sendable {
+    /// The sample's global index in the split.
+    public let index: Int
+    /// Positions it takes on its longer side (source + EOS or BOS + target).
+    public let positions: Int
+    /// The budget (`training.max_tokens`).
+    public let budget: Int
+}
+
+/// The paper's batching ("Attention Is All You Need", 5.1: "sentence pairs were batched together by approximate
+/// sequence length"; fairseq's `--max-tokens`): each global batch holds as many samples of similar length as fit
+/// `maxTokens`, counting padding, on the longer of the source and target sides.
+///
+/// Each epoch the samples are ordered by length (the positions of their longer side, then of their shorter side,
+/// so that both sides of a batch pad little), equal lengths in an order seeded by (seed, epoch); cut in that order into batches whose size × longest length stays within the budget; and
+/// the batches' order is shuffled, seeded by (seed, epoch). The cuts depend only on the sorted lengths, so every
+/// epoch has the same number of batches; which samples of equal length go together, and the order of batches,
+/// change. Every sample is in exactly one batch of every epoch. A batch is defined globally: `share` splits it into
+/// contiguous runs of its length-sorted samples, one per (micro-step, rank), whose padded sizes are as even as
+/// possible.
+public struct TokenBudgetSampler: Sendable {
+    /// Seeds the order among equal lengths and of the batches, with the epoch (`training.seed`).
+    public let seed: UInt64
+    /// Padded positions a global batch may hold on its longer side (`training.max_tokens`).
+    public let maxTokens: Int
+    /// Per sample: the positions it takes on its longer side, max(source + 1, target + 1) (EOS and BOS included).
+    public let lengths: [Int]
+    /// Per sample: the positions of its shorter side (the second sort key; all 0 when not given).
+    public let shorterLengths: [Int]
+    /// The batches as ranges of the length-sorted order (the same every epoch).
+    public let cuts: [Range<Int>]
+
+    /// A sampler over samples of `lengths` positions (on their longer side; `shorterLengths`, when given, the other
+    /// side's, to order equal `lengths` by); throws `SampleOverBudget` for the first (by index) sample longer than
+    /// `maxTokens`, or for an empty split (index -1, 0 positions).
+    public init(lengths: [Int], shorterLengths: [Int]? = nil, seed: UInt64, maxTokens: Int) throws(SampleOverBudget) {
+        precondition(shorterLengths == nil || shorterLengths?.count == lengths.count, "one shorter length per sample")
+        guard !lengths.isEmpty else { throw SampleOverBudget(index: -1, positions: 0, budget: maxTokens) }
+        if let index = lengths.firstIndex(where: { $0 > maxTokens }) {
+            throw SampleOverBudget(index: index, positions: lengths[index], budget: maxTokens)
+        }
+        self.seed = seed
+        self.maxTokens = maxTokens
+        self.lengths = lengths
+        self.shorterLengths = shorterLengths ?? [Int](repeating: 0, count: lengths.count)
+        var cuts: [Range<Int>] = [], start = 0
+        let sorted = lengths.sorted()
+        for (position, length) in sorted.enumerated() where (position - start + 1) * length > maxTokens {
+            cuts.append(start..<position)
+            start = position
+        }
+        cuts.append(start..<sorted.count)
+        self.cuts = cuts
+    }
+
+    /// Global batches in one epoch.
+    public var batchesPerEpoch: Int { cuts.count }
+
+    /// The samples in epoch `epoch`'s length order: by length, then shorter length, equal ones in an order seeded by
+    /// (seed, epoch).
+    public func lengthOrder(epoch: Int) -> [Int] {
+        var random = SplitMix64(seed: seed &* 0xA24B_AED4_963E_E407 ^ UInt64(epoch) &* 0x9FB2_1C65_1E98_DF25 ^ Self.tieDomain)
+        let tieBreak = (0..<lengths.count).map { _ in random.next() }
+        return lengths.indices.sorted {
+            (lengths[$0], shorterLengths[$0], tieBreak[$0], $0) < (lengths[$1], shorterLengths[$1], tieBreak[$1], $1)
+        }
+    }
+
+    /// Seed domains, so that the orders drawn here differ from the fixed-count sampler's and the masks' draws.
+    private static let tieDomain: UInt64 = 0x7E57_0000_7135_0001
+    private static let batchDomain: UInt64 = 0xBA7C_0000_0DE2_0002
+}
+
+extension TokenBudgetSampler: TrainingSampler {
+    /// The epoch's batches: `cuts` of its length order, in an order shuffled by (seed, epoch).
+    public func globalBatches(epoch: Int) -> [[Int]] {
+        let order = lengthOrder(epoch: epoch)
+        var batches = cuts.map { Array(order[$0]) }
+        var random = SplitMix64(seed: seed &* 0xD6E8_FEB8_6659_FD93 ^ UInt64(epoch) &* 0xC2B2_AE3D_27D4_EB4F ^ Self.batchDomain)
+        for i in stride(from: batches.count - 1, to: 0, by: -1) {
+            batches.swapAt(i, Int(random.next() % UInt64(i + 1)))
+        }
+        return batches
+    }
+
+    /// Part `microStep · worldSize + rank` of `Self.split(batch, parts: worldSize · accumulationSteps)`.
+    public func share(of batch: [Int], rank: Int, worldSize: Int, microStep: Int, accumulationSteps: Int) -> [Int] {
+        split(batch, parts: worldSize * accumulationSteps)[microStep * worldSize + rank]
+    }
+
+    /// `batch` (in length order) cut into `parts` contiguous runs (`Self.parts`); parts past the runs are empty.
+    public func split(_ batch: [Int], parts: Int) -> [[Int]] {
+        let runs = Self.parts(costs: batch.map { lengths[$0] }, count: parts)
+        return (0..<parts).map { $0 < runs.count ? Array(batch[runs[$0]]) : [] }
+    }
+
+    /// Samples of `costs` positions each (in ascending order) cut into at most `count` contiguous runs whose largest
+    /// padded size (samples × longest length) is as small as it can be; the runs are then split further, never
+    /// raising that size, until there are `count` of them or every run is one sample.
+    public static func parts(costs: [Int], count: Int) -> [Range<Int>] {
+        // Greedy runs under a size limit; the smallest limit that needs at most `count` runs is found by bisection.
+        func runs(limit: Int) -> [Range<Int>] {
+            var result: [Range<Int>] = [], start = 0, longest = 0
+            for (position, cost) in costs.enumerated() {
+                let candidate = max(longest, cost)
+                if position > start && (position - start + 1) * candidate > limit {
+                    result.append(start..<position)
+                    start = position
+                    longest = cost
+                } else {
+                    longest = candidate
+                }
+            }
+            if !costs.isEmpty { result.append(start..<costs.count) }
+            return result
+        }
+        var low = costs.max() ?? 0, high = max(low, costs.count * low)
+        while low < high {
+            let middle = (low + high) / 2
+            if runs(limit: middle).count <= count { high = middle } else { low = middle + 1 }
+        }
+        var chosen = runs(limit: low)
+        while chosen.count < count, let widest = chosen.indices.max(by: { chosen[$0].count < chosen[$1].count }), chosen[widest].count > 1 {
+            let run = chosen[widest], middle = run.lowerBound + run.count / 2
+            chosen.replaceSubrange(widest...widest, with: [run.lowerBound..<middle, middle..<run.upperBound])
+        }
+        return chosen
+    }
+
+    /// Every part of every batch as (samples, longest length): the same every epoch, whatever samples of equal
+    /// length a part holds, so that buffers can be sized for them before training.
+    public func partSizes(parts: Int) -> [(samples: Int, longest: Int)] {
+        let sorted = lengths.sorted()
+        return cuts.flatMap { cut in
+            let costs = Array(sorted[cut])
+            return Self.parts(costs: costs, count: parts).map { (samples: $0.count, longest: costs[$0].max() ?? 0) }
+        }
     }
 }

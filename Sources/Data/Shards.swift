@@ -140,6 +140,17 @@ public struct DataSplit: Sendable {
     /// Samples in all shards together: the size of the sampler's global index space.
     public var samples: Int { shards.reduce(0) { $0 + $1.samples } }
 
+    /// The shard holding sample `index` (a global index of the split) and the sample's index within it; nil for an
+    /// index outside the split.
+    public func locate(_ index: Int) -> (shard: Shard, local: Int)? {
+        var start = 0
+        for shard in shards {
+            if index >= start && index < start + shard.samples { return (shard, index - start) }
+            start += shard.samples
+        }
+        return nil
+    }
+
     /// Opens `directory/split-*.h5` and validates every file: format and version, task, dtypes, offsets monotonic
     /// and in bounds, every token id < vocab_size, one tokenizer for all files, and a non-empty split.
     public init(directory: String, split: String, sequenceLength: Int = 0) throws {

@@ -47,7 +47,8 @@ public enum Checkpoint {
 
     /// What the run looked like when the checkpoint was written, so a resume can check it sees the same samples.
     public struct Provenance: Sendable {
-        /// Sequences per update over all ranks and micro-steps (the unit of the sampler position).
+        /// Sequences per update over all ranks and micro-steps (the unit of the sampler position); 0 for token-budget
+        /// batches (`training.max_tokens`), which are the same on any number of ranks.
         public var globalBatch: Int
         /// Ranks that trained the run when the checkpoint was written (root attribute "world_size").
         public var worldSize: Int
@@ -228,7 +229,7 @@ public enum Checkpoint {
                                   dropoutSeed: UInt64(bitPattern: try attribute("dropout_seed", file.int64Attribute)))
         var provenance: Provenance?
         if try has("global_batch") {
-            provenance = Provenance(globalBatch: try count("global_batch", in: 1...Int64(Int32.max)),
+            provenance = Provenance(globalBatch: try count("global_batch", in: 0...Int64(Int32.max)),
                                     worldSize: try count("world_size", in: 1...Int64(1 << 24)),
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute))
         }
@@ -298,7 +299,8 @@ public enum Checkpoint {
     }
 
     /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
-    /// (batch_size x ranks x grad_accum, the sampler position's unit), the training data and, for a language model,
+    /// (batch_size x ranks x grad_accum, the sampler position's unit; 0 for token-budget batches, whose budget
+    /// `training.max_tokens` must then be the same, on any number of ranks), the training data and, for a language model,
     /// the context length must be what the checkpoint was written with; the model must be the same (checked when
     /// loading). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
@@ -313,8 +315,13 @@ public enum Checkpoint {
         if config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength {
             refused.append("data.target_length (a language model's samples are windows of that length)")
         }
+        let (stored, now) = (header.config.training.maxTokens, config.training.maxTokens)
+        if stored != now {
+            refused.append("training.max_tokens: \(stored.map(String.init) ?? "none (training.batch_size)") in the checkpoint, "
+                           + "\(now.map(String.init) ?? "none (training.batch_size)") now; the sampler position counts its batches")
+        }
         if let provenance = header.provenance {
-            if provenance.globalBatch != globalBatch {
+            if stored == now && provenance.globalBatch != globalBatch {
                 refused.append("the global batch: \(provenance.globalBatch) sequences per update (training.batch_size x ranks x grad_accum) "
                                + "in the checkpoint, \(globalBatch) now; the sampler position counts global batches")
             }

@@ -195,6 +195,13 @@ private func unpack(_ bytes: [UInt8]) -> [[String]] {
     return stride(from: 0, to: strings.count - strings.count % 3, by: 3).map { Array(strings[$0..<($0 + 3)]) }
 }
 
+/// `indices` ordered by the positions of their longer side (equal lengths by index), so that batches cut from them
+/// pad little: every number an evaluation reports is a sum over samples, the same in any order (up to rounding).
+private func byLength(_ indices: [Int], reader: SampleReader) -> [Int] {
+    let longer = indices.map { index in let lengths = reader.lengths(index); return max(lengths.source, lengths.target) }
+    return indices.indices.sorted { (longer[$0], indices[$0]) < (longer[$1], indices[$1]) }.map { indices[$0] }
+}
+
 /// Runs a rank's share of an evaluation (as local work when there is a watchdog) and returns its error, if any.
 private func attempt(_ watchdog: CollectiveWatchdog?, _ body: () throws -> Void) -> Error? {
     do {
@@ -222,11 +229,13 @@ private func agree(on failure: Error?, sums: inout [Double], world: Communicator
 /// This rank's loss, token, correct-token and sequence counts.
 private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
                       into sums: inout [Double]) throws {
-    let indices = DistributedSampler.evaluationIndices(samples: split.samples, rank: world.rank, worldSize: world.size)
-    var batches = stride(from: 0, to: indices.count, by: plan.batchSize).map {
+    var mine = DistributedSampler.evaluationIndices(samples: split.samples, rank: world.rank, worldSize: world.size)
+    // eval.max_batches takes the first samples of the split (then ordered by length), not the shortest ones.
+    if plan.maxBatches > 0 { mine = Array(mine.prefix(plan.maxBatches * plan.batchSize)) }
+    let indices = try byLength(mine, reader: SampleReader(split: split))
+    let batches = stride(from: 0, to: indices.count, by: plan.batchSize).map {
         Array(indices[$0..<min(indices.count, $0 + plan.batchSize)])
     }
-    if plan.maxBatches > 0 { batches = Array(batches.prefix(plan.maxBatches)) }
     let list = ListPlan(batches)
     let loader = BatchLoader(split: split, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength) { list.next() }
     defer { loader.stop() }
@@ -246,7 +255,16 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
                             counts: inout [Double], bleu: inout BLEUStatistics, chrF: inout CHRFStatistics,
                             texts: inout DecodedTexts) throws {
     let reader = try SampleReader(split: split)
-    let mine = DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank, worldSize: world.size)
+    let mine = byLength(DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank,
+                                                             worldSize: world.size), reader: reader)
+    var textsByIndex: [(index: Int, hypothesis: String, reference: String, source: String)] = []
+    defer {
+        for entry in textsByIndex.sorted(by: { $0.index < $1.index }) {
+            texts.hypotheses.append(entry.hypothesis)
+            texts.references.append(entry.reference)
+            texts.sources.append(entry.source)
+        }
+    }
     for start in stride(from: 0, to: mine.count, by: plan.batchSize) {
         let chunk = Array(mine[start..<min(mine.count, start + plan.batchSize)])
         let batch = try reader.batch(chunk, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength)
@@ -264,9 +282,8 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
             chrF.add(hypothesis: hypothesis, reference: reference)
             if plan.gatherTexts {
                 let source = batch.source[(row * batch.sourceLength)..<((row + 1) * batch.sourceLength)]
-                texts.hypotheses.append(hypothesis)
-                texts.references.append(reference)
-                texts.sources.append(DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != SpecialToken.eos }))))
+                textsByIndex.append((chunk[row], hypothesis, reference,
+                                     DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != SpecialToken.eos })))))
             }
         }
     }

@@ -10,6 +10,8 @@ final class ProgressReport {
     private let clock = ContinuousClock()
     private let started: ContinuousClock.Instant
     private var tokensSinceStart = 0.0
+    /// Positions computed and real (not PAD) tokens among them since this run (or attempt) started.
+    private var positionsSinceStart = 0.0, realSinceStart = 0.0
     private var saidPastSchedule = false
     /// The first seq2seq evaluation line also gives sacrebleu's signatures of its BLEU and chrF (metrics.jsonl has
     /// them on every line).
@@ -26,9 +28,13 @@ final class ProgressReport {
     func record(_ result: TrainingStep.Outcome, state: TrainingState, learningRate: Float) {
         let elapsed = (clock.now - started).seconds
         tokensSinceStart += Double(result.targetTokens)
+        positionsSinceStart += Double(result.positions)
+        realSinceStart += Double(result.realPositions)
         let rate = tokensSinceStart / max(elapsed, 1e-9)
+        let padding = positionsSinceStart > 0 ? 1 - realSinceStart / positionsSinceStart : 0
         metrics.record(["step": state.step, "loss": result.lossPerToken, "lr": Double(learningRate), "grad_norm": result.gradientNorm,
-                        "tokens_per_s": rate, "elapsed_s": elapsed, "epoch": state.position.epoch], log: log)
+                        "tokens_per_s": rate, "elapsed_s": elapsed, "epoch": state.position.epoch, "padding_share": result.paddingShare],
+                       log: log)
         if let end = config.learningRateSchedule.end, state.step > end, !saidPastSchedule {
             log("step \(state.step) is past the schedule's end (schedule.total_steps \(end)): the learning rate stays at \(learningRate)")
             saidPastSchedule = true
@@ -36,8 +42,8 @@ final class ProgressReport {
         let steps = config.training.steps
         if state.step % config.training.logEvery == 0 || state.step == steps {
             let eta = Double(steps - state.step) * elapsed / Double(max(1, state.step))
-            log(String(format: "step %d/%d  loss %.4f  lr %.3g  grad norm %.3f  %.0f tokens/s  ETA %.0f s",
-                       state.step, steps, result.lossPerToken, learningRate, result.gradientNorm, rate, eta))
+            log(String(format: "step %d/%d  loss %.4f  lr %.3g  grad norm %.3f  %.0f tokens/s (padding %.1f%%)  ETA %.0f s",
+                       state.step, steps, result.lossPerToken, learningRate, result.gradientNorm, rate, 100 * padding, eta))
         }
         if result.stopRequested { log("a stop signal was received: stopping after step \(state.step) with a checkpoint") }
     }

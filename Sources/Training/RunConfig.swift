@@ -28,10 +28,15 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// The `training` section: batch, length of the run, seeds, gradient clipping and communication. Required, with
-    /// `training.batch_size`.
+    /// `training.batch_size` or `training.max_tokens`.
     public struct TrainingSection: Codable, Equatable, Sendable {
-        /// Sequences per rank per micro-step.
+        /// Sequences per rank per micro-step; with `maxTokens`, only the evaluation's sequences per rank per batch
+        /// (default: max_tokens / the longer of data.source_length and data.target_length).
         public var batchSize: Int
+        /// Token-budget batches ("Attention Is All You Need", 5.1; fairseq's `--max-tokens`): each global batch holds
+        /// samples of similar length, at most this many positions on its longer side, padding included
+        /// (`TokenBudgetSampler`); nil: `batchSize` sequences per rank.
+        public var maxTokens: Int?
         /// Label smoothing ε of the cross-entropy loss, as in torch.nn.functional.cross_entropy's `label_smoothing`
         /// (`training.label_smoothing`, default 0, in [0, 1)).
         public var labelSmoothing: Float = 0
@@ -58,13 +63,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case seed, steps
             case batchSize = "batch_size", labelSmoothing = "label_smoothing", accumulationSteps = "grad_accum", clipNorm = "clip_norm"
             case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
-            case gradCompression = "grad_compression"
+            case gradCompression = "grad_compression", maxTokens = "max_tokens"
         }
 
-        /// Reads the section: `batch_size` is required; every other key takes the default shown on its property.
+        /// Reads the section: `batch_size` or `max_tokens` is required (without `batch_size`, it is 0 until `RunConfig`
+        /// derives it from the data lengths); every other key takes the default shown on its property.
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
-            batchSize = try values.decode(Int.self, forKey: .batchSize)
+            maxTokens = try values.decodeIfPresent(Int.self, forKey: .maxTokens)
+            batchSize = maxTokens == nil ? try values.decode(Int.self, forKey: .batchSize)
+                                         : try values.decodeIfPresent(Int.self, forKey: .batchSize) ?? 0
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
             seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
             steps = try values.decodeIfPresent(Int.self, forKey: .steps) ?? 1000
@@ -262,6 +270,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         model = try values.decode(ModelConfig.self, forKey: .model)
         data = try values.decode(DataSection.self, forKey: .data)
         training = try values.decode(TrainingSection.self, forKey: .training)
+        if let maxTokens = training.maxTokens, training.batchSize == 0 {
+            // Evaluation batches of the longest samples then hold about as many positions as the budget.
+            training.batchSize = min(RunConfig.largestBatch, max(1, maxTokens / max(1, data.sourceLength, data.targetLength)))
+        }
         optimizer = try values.decodeIfPresent(OptimizerSection.self, forKey: .optimizer) ?? OptimizerSection()
         schedule = try values.decodeIfPresent(ScheduleSection.self, forKey: .schedule) ?? ScheduleSection()
         eval = try values.decodeIfPresent(EvalSection.self, forKey: .eval) ?? EvalSection()
@@ -275,7 +287,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
-        "training": ["batch_size", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
+        "training": ["batch_size", "max_tokens", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
                      "threads", "log_every", "collective_timeout"],
         "eval": ["every", "max_batches", "decode_samples", "bleu_tokenize"],
         "checkpoint": ["every", "keep"],
@@ -429,6 +441,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         try check(training.batchSize >= 1 && training.batchSize <= RunConfig.largestBatch, "training.batch_size",
                   "must be 1 to \(RunConfig.largestBatch), got \(training.batchSize)")
+        if let maxTokens = training.maxTokens {
+            try check(maxTokens >= 1 && maxTokens <= 1 << 30, "training.max_tokens",
+                      "must be 1 to \(1 << 30) positions per global batch, got \(maxTokens)")
+        }
         try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
         try check(training.accumulationSteps >= 1 && training.accumulationSteps <= 1 << 16, "training.grad_accum",
                   "must be 1 to \(1 << 16), got \(training.accumulationSteps)")

@@ -119,7 +119,12 @@ public final class Trainer {
         let watchdog: CollectiveWatchdog
         /// Identifies the training data for resuming (`dataFingerprint`).
         let fingerprint: String
-        let sampler: DistributedSampler
+        let sampler: any TrainingSampler
+        /// Sequences per update over all ranks (the checkpoint's provenance); 0 for token-budget batches, which are
+        /// defined globally.
+        let globalBatch: Int
+        /// How the run batches, for the start-up line.
+        let batching: String
         let model: TransformerModel
         let optimizer: AdamW
         let threads: Int
@@ -129,8 +134,7 @@ public final class Trainer {
         /// The background loader of this rank's micro-batches from `state` to the last step.
         func loader(from state: TrainingState, config: RunConfig, world: Communicator) -> BatchLoader {
             let plan = RankPlan(sampler: sampler, start: state.position, updates: config.training.steps - state.step, rank: world.rank,
-                                worldSize: world.size, accumulationSteps: config.training.accumulationSteps,
-                                perRankBatch: config.training.batchSize)
+                                worldSize: world.size, accumulationSteps: config.training.accumulationSteps)
             return BatchLoader(split: train, maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength) {
                 plan.next()
             }
@@ -146,22 +150,65 @@ public final class Trainer {
         do {
             let fingerprint = dataFingerprint(train)
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
-            let sampler = DistributedSampler(samples: train.samples, seed: config.training.seed, perRankBatch: config.training.batchSize,
-                                             worldSize: world.size, accumulationSteps: config.training.accumulationSteps)
-            guard sampler.batchesPerEpoch >= 1 else {
-                throw TrainingError("data directory \(config.data.directory): the train split has \(train.samples) samples, fewer than one "
-                                    + "global batch of \(sampler.globalBatch) (training.batch_size x ranks x training.grad_accum)")
-            }
+            let batching = try makeSampler(train)
             let isLM = config.model.kind.readsTokenStream
-            let model = try TransformerModel(config: config.model, maxBatch: config.training.batchSize,
-                                             maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength)
-            return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: sampler, model: model,
+            let model = try TransformerModel(config: config.model, maxBatch: batching.maxRows,
+                                             maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength,
+                                             shapes: batching.shapes)
+            return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: batching.sampler,
+                       globalBatch: batching.globalBatch, batching: batching.description, model: model,
                        optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads,
                        masking: config.model.kind == .encoderOnly ? config.mlm.recipe(for: train.tokenizer) : nil)
         } catch {
             watchdog.stop()
             throw error
         }
+    }
+
+    /// The run's sampler: `training.batch_size` sequences per rank, or token-budget batches (`training.max_tokens`);
+    /// with the batch shapes the model's buffers must fit (none: `batch_size` rows of the longest lengths) and the
+    /// most rows of any batch, training's or evaluation's.
+    private func makeSampler(_ train: DataSplit) throws
+        -> (sampler: any TrainingSampler, globalBatch: Int, description: String, shapes: [TransformerModel.BatchShape], maxRows: Int) {
+        let accumulation = config.training.accumulationSteps
+        guard let maxTokens = config.training.maxTokens else {
+            let sampler = DistributedSampler(samples: train.samples, seed: config.training.seed, perRankBatch: config.training.batchSize,
+                                             worldSize: world.size, accumulationSteps: accumulation)
+            guard sampler.batchesPerEpoch >= 1 else {
+                throw TrainingError("data directory \(config.data.directory): the train split has \(train.samples) samples, fewer than one "
+                                    + "global batch of \(sampler.globalBatch) (training.batch_size x ranks x training.grad_accum)")
+            }
+            return (sampler, sampler.globalBatch, "global batch \(sampler.globalBatch), \(sampler.batchesPerEpoch) updates per epoch "
+                    + "(\(sampler.droppedPerEpoch) samples left out each epoch)", [], config.training.batchSize)
+        }
+        let isLM = config.model.kind.readsTokenStream
+        // A sample's positions on its longer side: source + EOS or BOS + target; a language model's windows.
+        let sides = isLM ? [(source: Int, target: Int)](repeating: (0, config.data.targetLength - 1), count: train.samples)
+                         : try SampleReader(split: train).allLengths()
+        let lengths = sides.map { max($0.source, $0.target) + 1 }
+        let sampler: TokenBudgetSampler
+        do {
+            sampler = try TokenBudgetSampler(lengths: lengths, shorterLengths: sides.map { min($0.source, $0.target) + 1 },
+                                             seed: config.training.seed, maxTokens: maxTokens)
+        } catch {
+            guard let (shard, local) = train.locate(error.index) else {
+                throw TrainingError("data directory \(config.data.directory): the train split holds no samples")
+            }
+            throw TrainingError("\(shard.path): \(isLM ? "window" : "pair") \(local) takes \(error.positions) positions (its longer side, "
+                                + "EOS or BOS included), more than training.max_tokens \(maxTokens) allows a whole batch: raise "
+                                + "training.max_tokens, or leave such pairs out (ddp prepare --max-length)")
+        }
+        let parts = sampler.partSizes(parts: world.size * accumulation)
+        let sourceLength = isLM ? config.data.targetLength : config.data.sourceLength
+        var shapes = parts.map { TransformerModel.BatchShape(batch: $0.samples, sourceLength: min($0.longest, sourceLength),
+                                                             targetLength: min($0.longest, config.data.targetLength)) }
+        // Evaluation and decoding take `batch_size` rows of any length.
+        shapes.append(.init(batch: config.training.batchSize, sourceLength: sourceLength, targetLength: config.data.targetLength))
+        let real = lengths.reduce(0, +), computed = parts.reduce(0) { $0 + $1.samples * $1.longest }
+        let description = "token-budget batches of at most \(maxTokens) positions (training.max_tokens), \(sampler.batchesPerEpoch) "
+            + "updates per epoch, every sample once; \(String(format: "%.1f", 100 * (1 - Double(real) / Double(max(1, computed)))))% "
+            + "of the longer side's positions are padding"
+        return (sampler, 0, description, shapes, shapes.map(\.batch).max() ?? 1)
     }
 
     /// One update at `state`, its batches from `loader`; a step that cannot be taken ends the run with the last
@@ -221,14 +268,12 @@ public final class Trainer {
             try run.watchdog.guarding("parameter broadcast") { try world.broadcast(run.model.parameters.storage, root: 0) }
             if world.rank == 0 {
                 log("training \(run.model.layout.count) parameters on \(world.size) rank(s) x \(run.threads) thread(s) (OpenBLAS "
-                    + "\(blasCoreName) kernels, \(blasThreading) build); \(run.train.samples) samples, global batch "
-                    + "\(run.sampler.globalBatch), \(run.sampler.batchesPerEpoch) updates per epoch (\(run.sampler.droppedPerEpoch) "
-                    + "samples left out each epoch)")
+                    + "\(blasCoreName) kernels, \(blasThreading) build); \(run.train.samples) samples, \(run.batching)")
             }
             return TrainingState(step: 0, position: SamplerPosition(), dropoutSeed: config.training.seed)
         }
         try decideOnRank0("resume check", watchdog: run.watchdog) {
-            try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.sampler.globalBatch,
+            try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""
         }
@@ -277,7 +322,7 @@ public final class Trainer {
                 let path = try run.watchdog.working {
                     try Checkpoint.save(directory: runDirectory, model: run.model, optimizer: run.optimizer, state: state, config: config,
                                         tokenizer: run.train.tokenizer, keep: config.checkpoint.keep,
-                                        provenance: .init(globalBatch: run.sampler.globalBatch, worldSize: world.size,
+                                        provenance: .init(globalBatch: run.globalBatch, worldSize: world.size,
                                                           dataFingerprint: run.fingerprint))
                 }
                 log("checkpoint \(path)")

@@ -43,6 +43,13 @@ public final class TrainingStep {
         public var stopRequested: Bool
         /// Seconds from the end of the last backward until the gradients and counts were summed on this rank.
         public var communicationSeconds: Double
+        /// Positions computed (rows × (source + decoder positions) of every micro-batch, padding included).
+        public var positions: Int
+        /// Of those, the real tokens (not PAD).
+        public var realPositions: Int
+
+        /// The share of computed positions that were padding, 0...1.
+        public var paddingShare: Double { positions > 0 ? 1 - Double(realPositions) / Double(positions) : 0 }
 
         /// Mean loss per target token (nats).
         public var lossPerToken: Double { lossSum / Double(targetTokens) }
@@ -99,7 +106,8 @@ public final class TrainingStep {
                                  nextBatch: () throws -> TokenBatch) throws -> Outcome {
         model.training = true
         model.gradients.zero()
-        var totals = [0.0, 0.0, 0.0, 0.0]  // loss sum, target tokens, correct, ranks asked to stop
+        var totals = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  // loss sum, target tokens, correct, ranks asked to stop, positions, real
+
         let clock = ContinuousClock()
         var backwardEnded = clock.now
         for micro in 0..<accumulationSteps {
@@ -107,12 +115,18 @@ public final class TrainingStep {
             model.dropoutSeed = Self.dropoutSeed(dropoutSeed, step: step, microStep: micro, rank: world.rank, worldSize: world.size)
             let isLast = micro == accumulationSteps - 1
             if isLast { synchronizer?.attach(to: model) }
-            let result = model.forwardBackward(batch, labelSmoothing: labelSmoothing)
+            // A token-budget batch smaller than its parts leaves some empty: such a rank adds nothing, but still
+            // joins the all-reduce (finish starts every bucket no backward started).
+            if batch.batchSize > 0 {
+                let result = model.forwardBackward(batch, labelSmoothing: labelSmoothing)
+                totals[0] += result.loss
+                totals[1] += Double(result.targetTokens)
+                totals[2] += Double(result.correct)
+                totals[4] += Double(batch.source.count + batch.decoderInput.count)
+                totals[5] += Double(batch.source.count { $0 != SpecialToken.pad } + batch.decoderInput.count { $0 != SpecialToken.pad })
+            }
             backwardEnded = clock.now
             if isLast, let synchronizer { try guarded("gradient allreduce") { try synchronizer.finish(detaching: model) } }
-            totals[0] += result.loss
-            totals[1] += Double(result.targetTokens)
-            totals[2] += Double(result.correct)
         }
         totals[3] = stopRequested() ? 1 : 0
         // Every rank learns in this one allreduce whether any rank was asked to stop, so all stop at the same boundary.
@@ -120,7 +134,7 @@ public final class TrainingStep {
         let tokens = totals[1]
         return Outcome(lossSum: totals[0], targetTokens: Int(tokens), correct: Int(totals[2]),
                        gradientNorm: sumOfSquares(model.gradients.storage).squareRoot() / tokens, stopRequested: totals[3] > 0,
-                       communicationSeconds: (clock.now - backwardEnded).seconds)
+                       communicationSeconds: (clock.now - backwardEnded).seconds, positions: Int(totals[4]), realPositions: Int(totals[5]))
     }
 
     /// The dropout seed of one micro-batch: distinct for every (step, micro-step, rank), and the same in a resumed run.

@@ -1,7 +1,8 @@
 import Kernels
 
-/// One allocation for every activation and scratch buffer of a step, carved once at construction for the largest
-/// batch and lengths: a step allocates nothing.
+/// One allocation for every activation and scratch buffer of a step, carved at construction for the largest batch
+/// shape the model takes (and carved again, without allocating, when a batch of another shape comes): a step
+/// allocates nothing.
 ///
 /// Layers ask for their buffers with `carve` while they are built. Built first against a counting arena (`counting()`),
 /// which hands out empty buffers and adds up the sizes, the model learns how much it needs before allocating anything;
@@ -25,6 +26,19 @@ final class ActivationArena {
     }
 
     deinit { storage.deallocate() }
+
+    /// Floats at the arena's start that outlive re-carving (`keepCarved`).
+    private(set) var kept = 0
+
+    /// Keeps what has been carved so far (a table that never moves) through every `releaseToKept`.
+    func keepCarved() { kept = used }
+
+    /// Hands out the floats after the kept ones again: every buffer carved since `keepCarved` is given up, to be
+    /// carved anew for another batch shape (their contents are stale, as between steps).
+    func releaseToKept() {
+        used = kept
+        usedFloats = Double(kept)
+    }
 
     /// The next `count` floats (an empty buffer while counting).
     func carve(_ count: Int) -> FloatBuffer {

@@ -86,8 +86,9 @@ public final class IncrementalDecoder {
         self.sourceLength = sourceLength
         length = 0
         // The model's buffers may hold fewer rows than there are sources: encode in chunks.
-        for first in stride(from: 0, to: batch, by: model.maxBatch) {
-            let count = min(model.maxBatch, batch - first)
+        let rowsPerPass = model.rowsThatFit(sourceLength: sourceLength)
+        for first in stride(from: 0, to: batch, by: rowsPerPass) {
+            let count = min(rowsPerPass, batch - first)
             let chunk = Array(source[(first * sourceLength)..<((first + count) * sourceLength)])
             let memory = model.encodeForDecoding(source: chunk, batch: count, time: sourceLength)
             for b in 0..<count {

@@ -50,8 +50,13 @@ public final class TransformerModel {
     /// Encoder-only models: the masked-LM head's transform, before `head`.
     let maskedLM: MaskedLMTransform?
     let head: OutputHead
-    private let buffers: Buffers
+    /// The buffers of the shape `carved` (re-carved from the arena, after the position table, for a batch of
+    /// another shape: `fit`).
+    private var buffers: Buffers
+    private var carved: BatchShape
     private let activationArena: ActivationArena
+    /// [max_length, C] at the arena's start (sinusoidal positions only; empty otherwise): it never moves.
+    private let sinusoids: FloatBuffer
 
     /// Every activation and scratch buffer of a step, carved from the activation arena.
     private struct Buffers {
@@ -63,13 +68,14 @@ public final class TransformerModel {
         let decoderNorm: LayerNorm.Activations?       // [B·T, C]
         let maskedLM: MaskedLMTransform.Activations?  // [B·S, C] (encoder-only)
         let logits: FloatBuffer                       // [B·T, V] ([B·S, V] encoder-only); dLogits in place during backward
-        let sinusoids: FloatBuffer                    // [max_length, C] (sinusoidal positions only)
         let dHidden: FloatBuffer, dOther: FloatBuffer // [max(B·S, B·T), C] the stacks' gradient ping-pong
         let dMemory: FloatBuffer                      // [B·S, C] ∂L/∂(encoder output), from every cross-attention
         let scratch: BackwardScratch
         let sourcePadding: UnsafeMutableBufferPointer<Bool>  // [B·S] true where the source is PAD
 
-        init(config: ModelConfig, batch: Int, sourceLength: Int, targetLength: Int, arena: ActivationArena) {
+        init(config: ModelConfig, shape: BatchShape, arena: ActivationArena) {
+            let batch = shape.batch, sourceLength = config.kind.hasEncoder ? shape.sourceLength : 0
+            let targetLength = config.kind.hasDecoder ? shape.targetLength : 0
             let c = config.dModel, sourceRows = batch * sourceLength, targetRows = batch * targetLength
             let maxRows = max(sourceRows, targetRows), isPre = config.norm == .pre
             let headRows = config.kind == .encoderOnly ? sourceRows : targetRows
@@ -85,7 +91,6 @@ public final class TransformerModel {
             decoderNorm = isPre && config.decoderLayers > 0 ? LayerNorm.Activations(rows: targetRows, channels: c, arena: arena) : nil
             maskedLM = config.kind == .encoderOnly ? MaskedLMTransform.Activations(rows: sourceRows, channels: c, arena: arena) : nil
             logits = arena.carve(headRows * config.vocabSize)
-            sinusoids = arena.carve(config.positions == .sinusoidal ? config.maxLength * c : 0)
             dHidden = arena.carve(maxRows * c)
             dOther = arena.carve(maxRows * c)
             dMemory = arena.carve(sourceRows * c)
@@ -119,7 +124,14 @@ public final class TransformerModel {
     /// `maxSourceLength` is set to this). Throws `ModelConfigError` for a config
     /// that cannot work or a model that would not fit in the memory this process can still allocate (checked before
     /// anything is allocated).
-    public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int) throws(ModelConfigError) {
+    ///
+    /// `shapes`, when given, are the only batch shapes the caller will use (rows at most `maxBatch`, lengths clamped
+    /// to the limits above): the activation arena is then sized for the largest of them, not for `maxBatch` rows of
+    /// the longest lengths, which is what token-budget batches (many short rows or a few long ones) need. Buffers are
+    /// re-carved from the arena whenever a batch does not fit the current ones; a batch that fits in no listed shape
+    /// is a precondition failure.
+    public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int,
+                shapes: [BatchShape] = []) throws(ModelConfigError) {
         try config.validate()
         let isEncoderDecoder = config.kind == .encoderDecoder
         guard maxBatch >= 1 && maxBatch <= 1 << 15 else {
@@ -150,31 +162,94 @@ public final class TransformerModel {
         head = OutputHead(config: config, layout: layout)
 
         // Everything at once is checked before anything is allocated: a failed allocation would trap.
-        let counting = ActivationArena.counting()
-        let decoderLength = config.kind.hasDecoder ? maxTargetLength : 0
-        _ = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: decoderLength, arena: counting)
-        let bytes = (2 * Double(layout.count) + counting.usedFloats) * Double(MemoryLayout<Float>.stride)
+        let box = BatchShape(batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: maxTargetLength)
+        let listed = shapes.isEmpty ? [box] : shapes.map {
+            BatchShape(batch: min($0.batch, maxBatch), sourceLength: min($0.sourceLength, box.sourceLength),
+                       targetLength: min($0.targetLength, box.targetLength))
+        }
+        let tableFloats = config.positions == .sinusoidal ? config.maxLength * config.dModel : 0
+        var largest = (floats: 0, countedFloats: 0.0, shape: box)
+        for shape in Set(listed) {
+            let counting = ActivationArena.counting()
+            _ = Buffers(config: config, shape: shape, arena: counting)
+            if counting.usedFloats > largest.countedFloats { largest = (counting.used, counting.usedFloats, shape) }
+        }
+        let bytes = (2 * Double(layout.count) + Double(tableFloats) + largest.countedFloats) * Double(MemoryLayout<Float>.stride)
         if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
             throw ModelConfigError(key: "d_model", message: shortfall)
         }
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)
-        activationArena = ActivationArena(floats: counting.used)
-        buffers = Buffers(config: config, batch: maxBatch, sourceLength: self.maxSourceLength, targetLength: decoderLength,
-                          arena: activationArena)
-        if config.positions == .sinusoidal {
-            sinusoidalPositions(into: buffers.sinusoids, length: config.maxLength, channels: config.dModel)
-        }
+        activationArena = ActivationArena(floats: ((tableFloats + 15) & ~15) + largest.floats)
+        sinusoids = activationArena.carve(tableFloats)
+        if config.positions == .sinusoidal { sinusoidalPositions(into: sinusoids, length: config.maxLength, channels: config.dModel) }
+        activationArena.keepCarved()
+        carved = largest.shape
+        buffers = Buffers(config: config, shape: largest.shape, arena: activationArena)
     }
 
     deinit { buffers.sourcePadding.deallocate() }
+
+    /// The rows, source and decoder positions of a batch (decoder positions are ignored by an encoder-only model,
+    /// source positions by a decoder-only one).
+    public struct BatchShape: Hashable, Sendable, CustomStringConvertible {
+        /// Sequences.
+        public var batch: Int
+        /// Encoder positions per sequence.
+        public var sourceLength: Int
+        /// Decoder positions per sequence.
+        public var targetLength: Int
+
+        /// A shape of `batch` rows.
+        public init(batch: Int, sourceLength: Int, targetLength: Int) {
+            self.batch = batch
+            self.sourceLength = sourceLength
+            self.targetLength = targetLength
+        }
+
+        /// "16x(12, 13)": rows x (source, decoder positions).
+        public var description: String { "\(batch)x(\(sourceLength), \(targetLength))" }
+
+        /// Whether a batch of this shape fits in buffers carved for `other`.
+        func fits(in other: BatchShape) -> Bool {
+            batch <= other.batch && sourceLength <= other.sourceLength && targetLength <= other.targetLength
+        }
+    }
+
+    /// Makes the buffers fit a batch of `shape`, re-carving them from the arena when the current ones do not.
+    private func fit(_ shape: BatchShape) {
+        let shape = BatchShape(batch: shape.batch, sourceLength: config.kind.hasEncoder ? shape.sourceLength : 0,
+                               targetLength: config.kind.hasDecoder ? shape.targetLength : 0)
+        guard !shape.fits(in: carved) else { return }
+        precondition(floats(for: shape) <= activationArena.storage.count - activationArena.kept,
+                     "a batch of \(shape) does not fit the activation arena the model was sized for")
+        buffers.sourcePadding.deallocate()
+        activationArena.releaseToKept()
+        buffers = Buffers(config: config, shape: shape, arena: activationArena)
+        carved = shape
+    }
+
+    /// Floats the buffers of a batch of `shape` take.
+    private func floats(for shape: BatchShape) -> Int {
+        let counting = ActivationArena.counting()
+        _ = Buffers(config: config, shape: shape, arena: counting)
+        return counting.used
+    }
+
+    /// The most sources of `sourceLength` positions one encoder pass can take (decoding encodes in chunks of it).
+    func rowsThatFit(sourceLength: Int) -> Int {
+        let available = activationArena.storage.count - activationArena.kept
+        var rows = maxBatch
+        while rows > 1 && floats(for: BatchShape(batch: rows, sourceLength: sourceLength, targetLength: 0)) > available { rows = (rows + 1) / 2 }
+        return rows
+    }
 
     /// Floats held for activations and scratch (for memory accounting).
     public var activationFloats: Int { activationArena.storage.count }
 
     /// The position table the embeddings add: learned `pos_embed.weight` or the sinusoids, [max_length, C].
     func positionTable() -> FloatBuffer {
-        embedding.learnedPositions.map { parameters[$0] } ?? buffers.sinusoids
+        embedding.learnedPositions.map { parameters[$0] } ?? sinusoids
     }
 
     // MARK: Initialisation
@@ -233,6 +308,8 @@ public final class TransformerModel {
         if config.kind == .encoderOnly { return runMaskedLM(batch, labelSmoothing: labelSmoothing, backward: backward) }
         let b = batch.batchSize, s = batch.sourceLength, t = batch.targetLength
         precondition(b >= 1 && b <= maxBatch && t >= 1 && t <= maxTargetLength, "batch \(b)x\(t) exceeds the model's buffers")
+        precondition(config.kind != .encoderDecoder || (s >= 1 && s <= maxSourceLength), "source \(b)x\(s) exceeds the model's buffers")
+        fit(BatchShape(batch: b, sourceLength: s, targetLength: t))
         precondition(batch.decoderInput.count == b * t && batch.labels.count == b * t, "decoder input/labels are not [B,T]")
         let pass = pass(backward: backward)
         var memory: DecoderLayer.Memory?
@@ -267,6 +344,7 @@ public final class TransformerModel {
         let b = batch.batchSize, s = batch.sourceLength, rows = b * s, c = config.dModel
         precondition(b >= 1 && b <= maxBatch && s >= 1 && s <= maxSourceLength && batch.source.count == rows && batch.labels.count == rows,
                      "an encoder-only batch is inputs and labels of [B,S] within the model's buffers")
+        fit(BatchShape(batch: b, sourceLength: s, targetLength: 0))
         guard let transform = maskedLM, let a = buffers.maskedLM else { preconditionFailure("an encoder-only model has a masked-LM head") }
         let pass = pass(backward: backward)
         let memory = encode(batch.source, batch: b, time: s, pass: pass)
@@ -388,6 +466,7 @@ public final class TransformerModel {
         precondition(config.kind.hasEncoder, "only a model with an encoder encodes")
         precondition(batch >= 1 && batch <= maxBatch && time >= 1 && time <= maxSourceLength && source.count == batch * time,
                      "source \(batch)x\(time) does not fit the model's buffers")
+        fit(BatchShape(batch: batch, sourceLength: time, targetLength: 0))
         let evaluation = Pass(parameters: parameters, gradients: gradients, scratch: buffers.scratch, dropoutProbability: 0,
                               dropoutSeed: 0, keepDerivatives: false, gradientsFinal: nil)
         return encode(source, batch: batch, time: time, pass: evaluation).states

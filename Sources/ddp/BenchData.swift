@@ -12,6 +12,12 @@ struct BenchData: ParsableCommand {
             background loader training uses (validation first, then hyperslab reads and batching), in a fresh \
             random order. Compare the tokens/s with `ddp bench step`: the loader must never be what a step waits for.
 
+            It also reports the share of computed positions (source and decoder, padding included) that are padding \
+            over one epoch, under both batchings: training.batch_size random sequences per batch, and token-budget \
+            batches of similar length (training.max_tokens; when the config has none, batch_size x the longer of the \
+            data lengths, the most positions a fixed-count batch can hold). The loader is timed with the config's own \
+            batching.
+
             Example:
               ddp bench data --data data/reverse --config Configs/tiny.yaml --batches 200
             """
@@ -40,14 +46,26 @@ struct BenchData: ParsableCommand {
         let start = clock.now
         let split = try DataSplit(directory: data, split: "train", sequenceLength: isLM ? run.data.targetLength : 0)
         let validation = (clock.now - start).seconds
-        let sampler = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
-                                         worldSize: 1, accumulationSteps: 1)
-        guard sampler.batchesPerEpoch >= 1 else {
+        let fixed = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
+                                       worldSize: 1, accumulationSteps: 1)
+        guard fixed.batchesPerEpoch >= 1 else {
             throw DataError(file: data, "the train split has \(split.samples) samples, fewer than one batch of \(run.training.batchSize) "
                                         + "(training.batch_size)")
         }
-        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1,
-                            perRankBatch: run.training.batchSize)
+        // Positions per sample on each side: source + EOS and BOS + target (a language model's windows: the context).
+        let lengths = isLM ? [(source: Int, target: Int)](repeating: (0, run.data.targetLength), count: split.samples)
+                           : try SampleReader(split: split).allLengths().map { (source: $0.source + 1, target: $0.target + 1) }
+        let maxTokens = run.training.maxTokens ?? run.training.batchSize * max(run.data.sourceLength, run.data.targetLength)
+        let budget: TokenBudgetSampler
+        do {
+            budget = try TokenBudgetSampler(lengths: lengths.map { max($0.source, $0.target) }, shorterLengths: lengths.map { min($0.source, $0.target) },
+                                            seed: run.training.seed, maxTokens: maxTokens)
+        } catch {
+            throw DataError(file: split.locate(error.index)?.shard.path ?? data,
+                            "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than a budget of \(maxTokens)")
+        }
+        let sampler: any TrainingSampler = run.training.maxTokens == nil ? fixed : budget
+        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }
         defer { loader.stop() }
@@ -60,7 +78,10 @@ struct BenchData: ParsableCommand {
         let seconds = (clock.now - readStart).seconds
         let report = DataReport(data: data, batches: count, batch_size: run.training.batchSize, seconds: seconds,
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
-                                validation_seconds: validation, samples: split.samples)
+                                validation_seconds: validation, samples: split.samples,
+                                padding_share_batch_size: paddingShare(fixed.globalBatches(epoch: 0), lengths),
+                                padding_share_max_tokens: paddingShare(budget.globalBatches(epoch: 0), lengths), max_tokens: maxTokens,
+                                max_tokens_batches: budget.batchesPerEpoch)
         if json {
             print(try jsonLine(report))
         } else {
@@ -68,8 +89,21 @@ struct BenchData: ParsableCommand {
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s
                 loader      \(count) batches of \(run.training.batchSize) in \(String(format: "%.3f", seconds)) s
                 throughput  \(String(format: "%.1f", report.batches_per_s)) batches/s, \(String(format: "%.0f", report.tokens_per_s)) target tokens/s
+                padding     \(String(format: "%.1f", 100 * report.padding_share_batch_size))% of computed positions with batch_size \(run.training.batchSize) (\(fixed.batchesPerEpoch) batches per epoch), \
+                \(String(format: "%.1f", 100 * report.padding_share_max_tokens))% with max_tokens \(maxTokens) (\(budget.batchesPerEpoch) batches per epoch)
                 """)
         }
+    }
+
+    /// The share of positions computed over `batches` (rows x (longest source + longest decoder side)) that are padding.
+    private func paddingShare(_ batches: [[Int]], _ lengths: [(source: Int, target: Int)]) -> Double {
+        var computed = 0, real = 0
+        for batch in batches {
+            let rows = batch.map { lengths[$0] }
+            computed += rows.count * ((rows.map(\.source).max() ?? 0) + (rows.map(\.target).max() ?? 0))
+            real += rows.reduce(0) { $0 + $1.source + $1.target }
+        }
+        return computed > 0 ? 1 - Double(real) / Double(computed) : 0
     }
 }
 
@@ -82,4 +116,10 @@ struct DataReport: Encodable {
     let tokens_per_s: Double
     let validation_seconds: Double
     let samples: Int
+    /// Over one epoch: the share of computed positions that are padding with `batch_size` random sequences per batch.
+    let padding_share_batch_size: Double
+    /// The same with token-budget batches of at most `max_tokens` positions.
+    let padding_share_max_tokens: Double
+    let max_tokens: Int
+    let max_tokens_batches: Int
 }

@@ -1,3 +1,4 @@
+import Basics
 import Data
 import XCTest
 
@@ -75,5 +76,113 @@ final class SamplerTests: XCTestCase {
             let all = (0..<world).flatMap { DistributedSampler.evaluationIndices(samples: 10, rank: $0, worldSize: world) }
             XCTAssertEqual(all.sorted(), Array(0..<10), "world \(world): no duplicates, nothing missing")
         }
+    }
+}
+
+/// Token-budget batches (`training.max_tokens`): every sample once per epoch, within the budget, equal lengths
+/// shuffled by seed, the same global batches on any number of ranks, and parts as even as the samples allow.
+final class TokenBudgetSamplerTests: XCTestCase {
+    /// 600 samples of 1...96 positions, most short (as real sentence pairs are), some the same length.
+    private let lengths: [Int] = {
+        var random = SplitMix64(seed: 11)
+        return (0..<600).map { _ in 1 + Int(random.next() % 24) + (random.next() % 5 == 0 ? Int(random.next() % 72) : 0) }
+    }()
+
+    func testEverySampleOncePerEpochWithinTheBudget() throws {
+        let sampler = try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 500)
+        for epoch in 0..<3 {
+            let batches = sampler.globalBatches(epoch: epoch)
+            XCTAssertEqual(batches.count, sampler.batchesPerEpoch, "the same number of batches every epoch")
+            XCTAssertEqual(batches.flatMap { $0 }.sorted(), Array(0..<lengths.count), "epoch \(epoch): every sample exactly once")
+            for batch in batches {
+                XCTAssertFalse(batch.isEmpty)
+                XCTAssertLessThanOrEqual(batch.count * batch.map { lengths[$0] }.max()!, 500, "within the budget")
+            }
+        }
+        // Batches of similar length: little padding on the longer side, against random batches of the same mean size.
+        let batches = sampler.globalBatches(epoch: 0)
+        let padded = batches.reduce(0) { $0 + $1.count * $1.map { lengths[$0] }.max()! }
+        XCTAssertLessThan(1 - Double(lengths.reduce(0, +)) / Double(padded), 0.1)
+    }
+
+    func testEqualLengthsAndBatchOrderAreShuffledBySeedAndEpoch() throws {
+        let a = try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 500)
+        let b = try TokenBudgetSampler(lengths: lengths, seed: 5, maxTokens: 500)
+        XCTAssertEqual(a.globalBatches(epoch: 1), try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 500).globalBatches(epoch: 1),
+                       "a pure function of (seed, epoch)")
+        XCTAssertNotEqual(a.globalBatches(epoch: 0), a.globalBatches(epoch: 1))
+        XCTAssertNotEqual(a.globalBatches(epoch: 0), b.globalBatches(epoch: 0))
+        // The length order only reorders samples of equal length, and does that differently per seed and epoch.
+        for order in [a.lengthOrder(epoch: 0), a.lengthOrder(epoch: 1), b.lengthOrder(epoch: 0)] {
+            XCTAssertEqual(order.map { lengths[$0] }, lengths.sorted())
+        }
+        XCTAssertNotEqual(a.lengthOrder(epoch: 0), a.lengthOrder(epoch: 1))
+        XCTAssertNotEqual(a.lengthOrder(epoch: 0), b.lengthOrder(epoch: 0))
+        XCTAssertEqual(a.cuts, b.cuts, "the cuts depend on the sorted lengths only")
+    }
+
+    /// The union of every (rank, micro-step) share is the global batch, for any world size and accumulation; a
+    /// resumed position sees the batches an uninterrupted run would.
+    func testSharesCoverTheGlobalBatchOnAnyRankCount() throws {
+        let sampler = try TokenBudgetSampler(lengths: lengths, seed: 9, maxTokens: 300)
+        let batches = sampler.globalBatches(epoch: 2)
+        for (world, accumulation) in [(1, 1), (2, 1), (3, 2), (4, 1), (8, 4)] {
+            for batch in batches {
+                var union: [Int] = []
+                for micro in 0..<accumulation {
+                    for rank in 0..<world {
+                        union += sampler.share(of: batch, rank: rank, worldSize: world, microStep: micro, accumulationSteps: accumulation)
+                    }
+                }
+                XCTAssertEqual(union, batch, "world \(world) x accumulation \(accumulation): shares in order make the batch")
+            }
+        }
+        let plan = RankPlan(sampler: sampler, start: SamplerPosition(epoch: 2, batch: 3), updates: 2, rank: 0, worldSize: 1, accumulationSteps: 1)
+        XCTAssertEqual(plan.next(), batches[3])
+        XCTAssertEqual(plan.next(), batches[4])
+        XCTAssertNil(plan.next())
+    }
+
+    /// Parts are contiguous runs whose largest padded size is the smallest possible (checked against every cut of a
+    /// small batch), and only a batch with fewer samples than parts leaves parts empty.
+    func testPartsAreAsEvenAsPossible() {
+        let costs = [2, 3, 3, 5, 8, 8, 9, 20]
+        for count in 1...10 {
+            let parts = TokenBudgetSampler.parts(costs: costs, count: count)
+            XCTAssertEqual(parts.flatMap { Array($0) }, Array(costs.indices), "\(count) parts: contiguous, in order, everything")
+            XCTAssertEqual(parts.count, min(count, costs.count), "\(count) parts")
+            let largest = parts.map { $0.count * costs[$0].max()! }.max()!
+            XCTAssertEqual(largest, bestLargestPart(costs, count), "\(count) parts: the smallest largest part")
+        }
+        XCTAssertEqual(TokenBudgetSampler.parts(costs: [], count: 3), [])
+        let sampler = try? TokenBudgetSampler(lengths: [4, 90], seed: 0, maxTokens: 100)
+        XCTAssertEqual(sampler?.split([0, 1], parts: 4), [[0], [1], [], []])
+    }
+
+    /// By exhaustive search: the smallest possible largest part over every cut of `costs` into at most `count` runs.
+    private func bestLargestPart(_ costs: [Int], _ count: Int) -> Int {
+        func best(_ start: Int, _ left: Int) -> Int {
+            if start == costs.count { return 0 }
+            if left == 0 { return .max }
+            var result = Int.max
+            for end in (start + 1)...costs.count {
+                let part = (end - start) * costs[start..<end].max()!
+                result = min(result, max(part, best(end, left - 1)))
+            }
+            return result
+        }
+        return best(0, count)
+    }
+
+    func testASampleLongerThanTheBudgetIsNamed() {
+        XCTAssertThrowsError(try TokenBudgetSampler(lengths: [3, 4, 120, 7, 200], seed: 0, maxTokens: 100)) { error in
+            let over = error as? SampleOverBudget
+            XCTAssertEqual(over?.index, 2)
+            XCTAssertEqual(over?.positions, 120)
+            XCTAssertEqual(over?.budget, 100)
+        }
+        XCTAssertThrowsError(try TokenBudgetSampler(lengths: [], seed: 0, maxTokens: 100))
+        // A sample exactly the budget is a batch of its own.
+        XCTAssertEqual(try TokenBudgetSampler(lengths: [100, 1], seed: 0, maxTokens: 100).batchesPerEpoch, 2)
     }
 }

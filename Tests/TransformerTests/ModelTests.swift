@@ -187,6 +187,43 @@ final class ModelTests: XCTestCase {
         XCTAssertLessThan(difference / scale, 1e-5, "accumulated gradient differs by \(difference) (scale \(scale))")
     }
 
+    /// A model sized for a list of batch shapes (token-budget batches: many short rows or few long ones) computes
+    /// bitwise what a model sized for the largest rows and lengths computes, on batches of every listed shape in any
+    /// order (its buffers re-carved in between), in a smaller arena; decoding encodes in chunks that fit it.
+    func testModelSizedForShapesEqualsTheBoxModel() throws {
+        let short = TokenBatch(batchSize: 6, sourceLength: 2, targetLength: 2, source: [5, 2, 6, 2, 7, 2, 8, 2, 9, 2, 10, 2],
+                               decoderInput: [1, 4, 1, 5, 1, 6, 1, 7, 1, 8, 1, 9], labels: [4, 2, 5, 2, 6, 2, 7, 2, 8, 2, 9, 2])
+        let long = TokenBatch(batchSize: 1, sourceLength: 8, targetLength: 8, source: [5, 6, 7, 8, 9, 10, 5, 2],
+                              decoderInput: [1, 4, 5, 6, 7, 8, 9, 10], labels: [4, 5, 6, 7, 8, 9, 10, 2])
+        for kind in [ModelConfig.Kind.encoderDecoder, .decoderOnly] {
+            let c = config(kind, positions: .sinusoidal)
+            let source = kind == .encoderDecoder ? 8 : 0
+            let box = try TransformerModel(config: c, maxBatch: 6, maxSourceLength: source, maxTargetLength: 8)
+            let shaped = try TransformerModel(config: c, maxBatch: 6, maxSourceLength: source, maxTargetLength: 8,
+                                              shapes: [.init(batch: 6, sourceLength: 2, targetLength: 2), .init(batch: 1, sourceLength: 8, targetLength: 8),
+                                                       .init(batch: 3, sourceLength: 4, targetLength: 4)])
+            XCTAssertLessThan(shaped.activationFloats, box.activationFloats / 2, "\(kind): sized for the listed shapes, not 6 x 8")
+            for model in [box, shaped] { model.initializeParameters(seed: 21) }
+            for batch in [short, long, seq2seq, short, long] {
+                let batch = kind == .encoderDecoder ? batch : TokenBatch(batchSize: batch.batchSize, targetLength: batch.targetLength,
+                                                                         decoderInput: batch.decoderInput, labels: batch.labels)
+                for model in [box, shaped] { model.gradients.zero() }
+                let expected = box.forwardBackward(batch), got = shaped.forwardBackward(batch)
+                XCTAssertEqual(got.loss.bitPattern, expected.loss.bitPattern, "\(kind) \(batch.batchSize)x\(batch.targetLength)")
+                XCTAssertEqual(Array(shaped.gradients.storage), Array(box.gradients.storage), "\(kind) \(batch.batchSize)x\(batch.targetLength)")
+                XCTAssertEqual(shaped.withLogits { Array($0.prefix(batch.batchSize * batch.targetLength * 11)) },
+                               box.withLogits { Array($0.prefix(batch.batchSize * batch.targetLength * 11)) })
+            }
+            if kind == .encoderDecoder {
+                for model in [box, shaped] { model.training = false }
+                let sources = [Int32](repeating: 5, count: 6 * 7).enumerated().map { $0.offset % 7 == 6 ? 2 : $0.element + Int32($0.offset % 3) }
+                XCTAssertEqual(try shaped.decode(source: sources, batchSize: 6, sourceLength: 7, maxTokens: 5, method: .greedy),
+                               try box.decode(source: sources, batchSize: 6, sourceLength: 7, maxTokens: 5, method: .greedy),
+                               "6 sources of 7 positions decode alike (the shaped model encodes them in chunks)")
+            }
+        }
+    }
+
     func testForwardIsDeterministicAndEvaluationDropsNothing() throws {
         let model = try TransformerModel(config: config(dropout: 0.3), maxBatch: 3, maxSourceLength: 4, maxTargetLength: 4)
         model.initializeParameters(seed: 8)

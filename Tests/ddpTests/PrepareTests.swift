@@ -111,6 +111,11 @@ final class PrepareTests: XCTestCase {
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(result.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(json["batches"] as? Int, 20)
         XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
+        // Copies of 1-14 letters: random batches of 4 pad; batches of similar length (a budget of 4 x 16 positions) hardly.
+        let fixed = try XCTUnwrap(json["padding_share_batch_size"] as? Double), budget = try XCTUnwrap(json["padding_share_max_tokens"] as? Double)
+        XCTAssertEqual(json["max_tokens"] as? Int, 64)
+        XCTAssertGreaterThan(fixed, 0.2)
+        XCTAssertLessThan(budget, 0.05)
         let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
                                            repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)

@@ -79,23 +79,87 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(reference.count, 20)
         assertClose(try losses("two"), reference, "2 ranks x 4")
         assertClose(try losses("accumulated"), reference, "1 rank x 4 x 2")
-        // Final parameters, each tensor within 1e-5 of its norm. Key-projection biases are the exception: their
-        // gradient is exactly zero (a key bias adds the same q·b to every score of a query), so what reaches AdamW
-        // is rounding noise, which it normalises into steps of about lr. They cannot change any output, which is
-        // why the losses above agree; they are checked to have moved no further than lr per step.
-        let final = try tensors("one", step: 20)
-        for run in ["two", "accumulated"] {
-            for (name, other) in try tensors(run, step: 20) {
-                let reference = try XCTUnwrap(final[name])
+        try assertSameParameters(["two", "accumulated"], as: "one", step: 20)
+    }
+
+    /// Final parameters of `runs` against `reference`'s, each tensor within 1e-5 of its norm. Key-projection biases are
+    /// the exception: their gradient is exactly zero (a key bias adds the same q·b to every score of a query), so what
+    /// reaches AdamW is rounding noise, which it normalises into steps of about lr (3e-3). They cannot change any
+    /// output, which is why the losses agree; they are checked to have moved no further than lr per step.
+    private func assertSameParameters(_ runs: [String], as reference: String, step: Int, file: StaticString = #filePath,
+                                      line: UInt = #line) throws {
+        let final = try tensors(reference, step: step)
+        for run in runs {
+            for (name, other) in try tensors(run, step: step) {
+                let reference = try XCTUnwrap(final[name], file: file, line: line)
                 let difference = zip(reference, other).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
                 let norm = reference.map { $0 * $0 }.reduce(0, +).squareRoot()
                 if name.hasSuffix("k_proj.bias") {
-                    XCTAssertLessThan(zip(reference, other).map { abs($0 - $1) }.max()!, 2 * 3e-3 * 20, "\(run): \(name)")
+                    XCTAssertLessThan(zip(reference, other).map { abs($0 - $1) }.max()!, 2 * 3e-3 * Float(step), "\(run): \(name)",
+                                      file: file, line: line)
                 } else {
-                    XCTAssertLessThan(difference / max(norm, 1e-12), 1e-5, "\(run): final \(name)")
+                    XCTAssertLessThan(difference / max(norm, 1e-12), 1e-5, "\(run): final \(name)", file: file, line: line)
                 }
             }
         }
+    }
+
+    /// Token-budget batches (training.max_tokens 24 over pairs of 2-13 positions, so many batches of a few samples
+    /// and every 13-position pair alone): 2 ranks and 1 rank x grad_accum 2 take the updates of 1 rank, also where a
+    /// batch has one sample and a rank none; 150 updates run past the first epoch.
+    func testTokenBudgetDataParallelEquivalence() throws {
+        let budget = ", max_tokens: 24"
+        let one = try train(ranks: 1, config: try config(batch: 8, steps: 150, extra: budget), run: "one")
+        try train(ranks: 2, config: try config(batch: 8, steps: 150, extra: budget), run: "two")
+        try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 150, extra: budget), run: "accumulated")
+        XCTAssertTrue(one.stdout.contains("token-budget batches of at most 24 positions"), one.stdout)
+        let perEpoch = try XCTUnwrap(one.stdout.firstMatch(of: /positions \(training.max_tokens\), (\d+) updates per epoch/).flatMap { Int($0.1) })
+        XCTAssertLessThan(perEpoch, 150, "the run crosses an epoch boundary")
+        XCTAssertTrue(one.stdout.contains("(padding "), one.stdout)
+        let reference = try losses("one")
+        XCTAssertEqual(reference.count, 150)
+        assertClose(try losses("two"), reference, "2 ranks, token budget")
+        assertClose(try losses("accumulated"), reference, "1 rank x 2 micro-steps, token budget")
+        try assertSameParameters(["two", "accumulated"], as: "one", step: 150)
+        // metrics.jsonl has each update's padding share, and the batches are of similar length: little padding.
+        let metrics = try String(contentsOfFile: path("one/metrics.jsonl"), encoding: .utf8).split(separator: "\n")
+            .compactMap { try JSONSerialization.jsonObject(with: Foundation.Data($0.utf8)) as? [String: Any] }
+            .compactMap { $0["padding_share"] as? Double }
+        XCTAssertEqual(metrics.count, 150)
+        XCTAssertLessThan(metrics.reduce(0, +) / 150, 0.15)
+    }
+
+    /// A token-budget run resumed is the uninterrupted run, bitwise on 1 rank and within 1e-5 on 2; changing the
+    /// budget on resume is refused by name; a pair longer than the budget is named with its file.
+    func testTokenBudgetResumeAndErrors() throws {
+        let budget = ", max_tokens: 40"
+        try train(ranks: 1, config: try config(batch: 8, steps: 30, extra: budget), run: "straight")
+        try train(ranks: 1, config: try config(batch: 8, steps: 15, extra: budget), run: "resumed")
+        try train(ranks: 1, config: try config(batch: 8, steps: 30, extra: budget), run: "resumed", resume: true)
+        let straight = try losses("straight")
+        XCTAssertEqual(try losses("resumed").map(\.bitPattern), straight.map(\.bitPattern))
+        XCTAssertEqual(try parameters("resumed", step: 30).map(\.bitPattern), try parameters("straight", step: 30).map(\.bitPattern))
+        try train(ranks: 1, config: try config(batch: 8, steps: 15, extra: budget), run: "moved")
+        try train(ranks: 2, config: try config(batch: 8, steps: 30, extra: budget), run: "moved", resume: true)
+        assertClose(try losses("moved"), straight, "resumed on 2 ranks")
+
+        let changed = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 40, extra: ", max_tokens: 48"),
+                                           "--run-dir", path("straight"), "--resume"], environment: mpiEnvironment)
+        XCTAssertNotEqual(changed.status, 0)
+        XCTAssertTrue(changed.stderr.contains("training.max_tokens: 40 in the checkpoint, 48 now"), changed.output)
+        let fixed = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 40), "--run-dir", path("straight"), "--resume"],
+                                   environment: mpiEnvironment)
+        XCTAssertNotEqual(fixed.status, 0)
+        XCTAssertTrue(fixed.stderr.contains("training.max_tokens: 40 in the checkpoint, none (training.batch_size) now"), fixed.output)
+
+        let tooSmall = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 10"),
+                                            "--run-dir", path("small")], environment: mpiEnvironment)
+        XCTAssertNotEqual(tooSmall.status, 0)
+        XCTAssertTrue(tooSmall.stderr.contains("train-00000.h5: pair ") && tooSmall.stderr.contains("more than training.max_tokens 10"),
+                      tooSmall.output)
+        let zero = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 0"), "--run-dir", path("zero")])
+        XCTAssertNotEqual(zero.status, 0)
+        XCTAssertTrue(zero.stderr.contains("training.max_tokens") && zero.stderr.contains("got 0"), zero.output)
     }
 
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
