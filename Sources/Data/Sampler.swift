@@ -124,8 +124,8 @@ public struct SampleOverBudget: Error, Sendable {
 /// the batches' order is shuffled, seeded by (seed, epoch). The cuts depend only on the sorted lengths, so every
 /// epoch has the same number of batches; which samples of equal length go together, and the order of batches,
 /// change. Every sample is in exactly one batch of every epoch. A batch is defined globally: `share` splits it into
-/// contiguous runs of its length-sorted samples, one per (micro-step, rank), whose padded sizes are as even as
-/// possible.
+/// contiguous runs of its length-sorted samples, one per (micro-step, rank), the largest padded run as small as it
+/// can be.
 public struct TokenBudgetSampler: Sendable {
     /// Seeds the order among equal lengths and of the batches, with the epoch (`training.seed`).
     public let seed: UInt64
@@ -235,13 +235,31 @@ extension TokenBudgetSampler: TrainingSampler {
         return chosen
     }
 
-    /// Every part of every batch as (samples, longest length): the same every epoch, whatever samples of equal
-    /// length a part holds, so that buffers can be sized for them before training.
-    public func partSizes(parts: Int) -> [(samples: Int, longest: Int)] {
+    /// The distinct sizes of the parts of every batch, (samples, longest length): the same every epoch, whatever
+    /// samples of equal length a part holds, so that buffers can be sized for them before training.
+    public func partSizes(parts: Int) -> [PartSize] {
         let sorted = lengths.sorted()
-        return cuts.flatMap { cut in
-            let costs = Array(sorted[cut])
-            return Self.parts(costs: costs, count: parts).map { (samples: $0.count, longest: costs[$0].max() ?? 0) }
+        var sizes = Set<PartSize>()
+        for cut in cuts {
+            let costs = sorted[cut]
+            for run in Self.parts(costs: Array(costs), count: parts) {
+                sizes.insert(PartSize(samples: run.count, longest: costs[cut.lowerBound + run.upperBound - 1]))
+            }
+        }
+        return sizes.sorted { ($0.longest, $0.samples) < ($1.longest, $1.samples) }
+    }
+
+    /// A part of a batch: how many samples, and the longest one's positions.
+    public struct PartSize: Hashable, Sendable {
+        /// Samples in the part.
+        public let samples: Int
+        /// Positions of its longest sample (its longer side).
+        public let longest: Int
+
+        /// A part of `samples` samples, the longest `longest` positions.
+        public init(samples: Int, longest: Int) {
+            self.samples = samples
+            self.longest = longest
         }
     }
 }

@@ -195,10 +195,14 @@ private func unpack(_ bytes: [UInt8]) -> [[String]] {
     return stride(from: 0, to: strings.count - strings.count % 3, by: 3).map { Array(strings[$0..<($0 + 3)]) }
 }
 
-/// `indices` ordered by the positions of their longer side (equal lengths by index), so that batches cut from them
-/// pad little: every number an evaluation reports is a sum over samples, the same in any order (up to rounding).
-private func byLength(_ indices: [Int], reader: SampleReader) -> [Int] {
-    let longer = indices.map { index in let lengths = reader.lengths(index); return max(lengths.source, lengths.target) }
+/// `indices` ordered by the positions of their longer side (or, for decoding, whose cost the source and the output
+/// decide, of their source; equal lengths by index), so that batches cut from them pad little: every number an
+/// evaluation reports is a sum over samples, the same in any order (up to rounding).
+private func byLength(_ indices: [Int], reader: SampleReader, sourceOnly: Bool = false) -> [Int] {
+    let longer = indices.map { index in
+        let lengths = reader.lengths(index)
+        return sourceOnly ? lengths.source : max(lengths.source, lengths.target)
+    }
     return indices.indices.sorted { (longer[$0], indices[$0]) < (longer[$1], indices[$1]) }.map { indices[$0] }
 }
 
@@ -256,7 +260,7 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
                             texts: inout DecodedTexts) throws {
     let reader = try SampleReader(split: split)
     let mine = byLength(DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank,
-                                                             worldSize: world.size), reader: reader)
+                                                             worldSize: world.size), reader: reader, sourceOnly: true)
     var textsByIndex: [(index: Int, hypothesis: String, reference: String, source: String)] = []
     defer {
         for entry in textsByIndex.sorted(by: { $0.index < $1.index }) {

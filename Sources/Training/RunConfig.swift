@@ -66,13 +66,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case gradCompression = "grad_compression", maxTokens = "max_tokens"
         }
 
-        /// Reads the section: `batch_size` or `max_tokens` is required (without `batch_size`, it is 0 until `RunConfig`
-        /// derives it from the data lengths); every other key takes the default shown on its property.
+        /// `batchSize` until `RunConfig` derives it from `max_tokens` and the data lengths (a given `batch_size` is
+        /// never this).
+        static let derivedBatchSize = Int.min
+
+        /// Reads the section: `batch_size` or `max_tokens` is required (without `batch_size`, it is `derivedBatchSize`
+        /// until `RunConfig` derives it from the data lengths); every other key takes the default shown on its property.
         public init(from decoder: Decoder) throws {
             let values = try decoder.container(keyedBy: CodingKeys.self)
             maxTokens = try values.decodeIfPresent(Int.self, forKey: .maxTokens)
             batchSize = maxTokens == nil ? try values.decode(Int.self, forKey: .batchSize)
-                                         : try values.decodeIfPresent(Int.self, forKey: .batchSize) ?? 0
+                                         : try values.decodeIfPresent(Int.self, forKey: .batchSize) ?? Self.derivedBatchSize
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
             seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
             steps = try values.decodeIfPresent(Int.self, forKey: .steps) ?? 1000
@@ -270,7 +274,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         model = try values.decode(ModelConfig.self, forKey: .model)
         data = try values.decode(DataSection.self, forKey: .data)
         training = try values.decode(TrainingSection.self, forKey: .training)
-        if let maxTokens = training.maxTokens, training.batchSize == 0 {
+        if let maxTokens = training.maxTokens, training.batchSize == TrainingSection.derivedBatchSize {
             // Evaluation batches of the longest samples then hold about as many positions as the budget.
             training.batchSize = min(RunConfig.largestBatch, max(1, maxTokens / max(1, data.sourceLength, data.targetLength)))
         }
@@ -510,7 +514,10 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         switch error {
         case .keyNotFound(let key, let context):
             let parent = path(context)
-            self.init(file: file, key: parent.isEmpty ? key.stringValue : "\(parent).\(key.stringValue)", message: "missing")
+            let name = parent.isEmpty ? key.stringValue : "\(parent).\(key.stringValue)"
+            // training.batch_size is optional only next to training.max_tokens: say so where it is missing.
+            self.init(file: file, key: name, message: name == "training.batch_size"
+                      ? "missing (give batch_size, sequences per rank, or max_tokens, positions per global batch)" : "missing")
         case .typeMismatch(let type, let context):
             self.init(file: file, key: path(context), message: "expected \(describeType(type))")
         case .valueNotFound(let type, let context):

@@ -152,9 +152,17 @@ public final class Trainer {
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
             let batching = try makeSampler(train)
             let isLM = config.model.kind.readsTokenStream
-            let model = try TransformerModel(config: config.model, maxBatch: batching.maxRows,
+            let model: TransformerModel
+            do {
+                model = try TransformerModel(config: config.model, maxBatch: batching.maxRows,
                                              maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength,
                                              shapes: batching.shapes)
+            } catch {
+                // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
+                guard let maxTokens = config.training.maxTokens else { throw error }
+                throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
+                                    + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
+            }
             return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: batching.sampler,
                        globalBatch: batching.globalBatch, batching: batching.description, model: model,
                        optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads,
@@ -182,32 +190,47 @@ public final class Trainer {
                     + "(\(sampler.droppedPerEpoch) samples left out each epoch)", [], config.training.batchSize)
         }
         let isLM = config.model.kind.readsTokenStream
-        // A sample's positions on its longer side: source + EOS or BOS + target; a language model's windows.
-        let sides = isLM ? [(source: Int, target: Int)](repeating: (0, config.data.targetLength - 1), count: train.samples)
-                         : try SampleReader(split: train).allLengths()
-        let lengths = sides.map { max($0.source, $0.target) + 1 }
         let sampler: TokenBudgetSampler
         do {
-            sampler = try TokenBudgetSampler(lengths: lengths, shorterLengths: sides.map { min($0.source, $0.target) + 1 },
-                                             seed: config.training.seed, maxTokens: maxTokens)
-        } catch {
+            if isLM {
+                // Every window is target_length positions: the budget only sets how many go in a batch.
+                sampler = try TokenBudgetSampler(lengths: [Int](repeating: config.data.targetLength, count: train.samples),
+                                                 seed: config.training.seed, maxTokens: maxTokens)
+            } else {
+                // A pair's positions: source + EOS and BOS + target; the longer side is what a batch pads to.
+                let sides = try SampleReader(split: train).allLengths()
+                if let index = sides.firstIndex(where: { $0.source + 1 > config.data.sourceLength || $0.target + 1 > config.data.targetLength }),
+                   let (shard, local) = train.locate(index) {
+                    throw TrainingError("\(shard.path): pair \(local) has \(sides[index].source) source and \(sides[index].target) target tokens; "
+                                        + "the model takes \(config.data.sourceLength - 1) and \(config.data.targetLength - 1) "
+                                        + "(data.source_length and data.target_length, EOS and BOS included)")
+                }
+                sampler = try TokenBudgetSampler(lengths: sides.map { max($0.source, $0.target) + 1 },
+                                                 shorterLengths: sides.map { min($0.source, $0.target) + 1 },
+                                                 seed: config.training.seed, maxTokens: maxTokens)
+            }
+        } catch let error as SampleOverBudget {
             guard let (shard, local) = train.locate(error.index) else {
                 throw TrainingError("data directory \(config.data.directory): the train split holds no samples")
             }
-            throw TrainingError("\(shard.path): \(isLM ? "window" : "pair") \(local) takes \(error.positions) positions (its longer side, "
-                                + "EOS or BOS included), more than training.max_tokens \(maxTokens) allows a whole batch: raise "
-                                + "training.max_tokens, or leave such pairs out (ddp prepare --max-length)")
+            throw TrainingError("\(shard.path): \(isLM ? "window" : "pair") \(local) takes \(error.positions) positions"
+                                + (isLM ? " (data.target_length)" : " (its longer side, EOS or BOS included)")
+                                + ", more than training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
+                                + (isLM ? " to at least \(error.positions)" : ", or leave such pairs out (ddp prepare --max-length)"))
         }
         let parts = sampler.partSizes(parts: world.size * accumulation)
+        let mostRows = parts.map(\.samples).max() ?? 1
+        guard mostRows <= RunConfig.largestBatch else {
+            throw TrainingError("training.max_tokens \(maxTokens): a rank's share of one batch would hold \(mostRows) short samples, more "
+                                + "than the \(RunConfig.largestBatch) sequences a batch may have; lower max_tokens or raise training.grad_accum")
+        }
         let sourceLength = isLM ? config.data.targetLength : config.data.sourceLength
         var shapes = parts.map { TransformerModel.BatchShape(batch: $0.samples, sourceLength: min($0.longest, sourceLength),
                                                              targetLength: min($0.longest, config.data.targetLength)) }
         // Evaluation and decoding take `batch_size` rows of any length.
         shapes.append(.init(batch: config.training.batchSize, sourceLength: sourceLength, targetLength: config.data.targetLength))
-        let real = lengths.reduce(0, +), computed = parts.reduce(0) { $0 + $1.samples * $1.longest }
         let description = "token-budget batches of at most \(maxTokens) positions (training.max_tokens), \(sampler.batchesPerEpoch) "
-            + "updates per epoch, every sample once; \(String(format: "%.1f", 100 * (1 - Double(real) / Double(max(1, computed)))))% "
-            + "of the longer side's positions are padding"
+            + "updates per epoch, every sample once"
         return (sampler, 0, description, shapes, shapes.map(\.batch).max() ?? 1)
     }
 

@@ -13,7 +13,8 @@ final class ActivationArena {
     private(set) var used = 0
     /// The same, in Double: while counting, sizes from an untrusted config may add up past Int's range.
     private(set) var usedFloats = 0.0
-    private let counting: Bool
+    /// Whether this arena only counts (`counting()`): its buffers are empty.
+    let counting: Bool
 
     /// An arena that only counts (its buffers are empty).
     static func counting() -> ActivationArena { ActivationArena(floats: nil) }

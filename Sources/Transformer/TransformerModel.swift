@@ -95,8 +95,8 @@ public final class TransformerModel {
             dOther = arena.carve(maxRows * c)
             dMemory = arena.carve(sourceRows * c)
             scratch = BackwardScratch(rows: maxRows, batch: batch, longest: max(sourceLength, targetLength), config: config, arena: arena)
-            // Padding flags live beside the arena: not floats.
-            sourcePadding = .allocate(capacity: max(1, sourceRows))
+            // Padding flags live beside the arena: not floats (and nothing while only counting).
+            sourcePadding = .allocate(capacity: arena.counting ? 0 : max(1, sourceRows))
             sourcePadding.initialize(repeating: false)
         }
     }
@@ -168,11 +168,14 @@ public final class TransformerModel {
                        targetLength: min($0.targetLength, box.targetLength))
         }
         let tableFloats = config.positions == .sinusoidal ? config.maxLength * config.dModel : 0
+        // The arena holds the largest shape's buffers (`used`, aligned); the memory check adds up sizes in Double, which
+        // cannot overflow for sizes from an untrusted config.
         var largest = (floats: 0, countedFloats: 0.0, shape: box)
         for shape in Set(listed) {
             let counting = ActivationArena.counting()
-            _ = Buffers(config: config, shape: shape, arena: counting)
-            if counting.usedFloats > largest.countedFloats { largest = (counting.used, counting.usedFloats, shape) }
+            Buffers(config: config, shape: shape, arena: counting).sourcePadding.deallocate()
+            if counting.used > largest.floats { largest.floats = counting.used; largest.shape = shape }
+            largest.countedFloats = max(largest.countedFloats, counting.usedFloats)
         }
         let bytes = (2 * Double(layout.count) + Double(tableFloats) + largest.countedFloats) * Double(MemoryLayout<Float>.stride)
         if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
@@ -216,23 +219,28 @@ public final class TransformerModel {
         }
     }
 
-    /// Makes the buffers fit a batch of `shape`, re-carving them from the arena when the current ones do not.
+    /// Makes the buffers fit a batch of `shape`, re-carving them from the arena when the current ones do not: for the
+    /// larger of the two shapes in each dimension when that fits (so that batches alternating between many short rows
+    /// and a few long ones stop re-carving), else for `shape` alone.
     private func fit(_ shape: BatchShape) {
         let shape = BatchShape(batch: shape.batch, sourceLength: config.kind.hasEncoder ? shape.sourceLength : 0,
                                targetLength: config.kind.hasDecoder ? shape.targetLength : 0)
         guard !shape.fits(in: carved) else { return }
-        precondition(floats(for: shape) <= activationArena.storage.count - activationArena.kept,
-                     "a batch of \(shape) does not fit the activation arena the model was sized for")
+        let available = activationArena.storage.count - activationArena.kept
+        let union = BatchShape(batch: max(shape.batch, carved.batch), sourceLength: max(shape.sourceLength, carved.sourceLength),
+                               targetLength: max(shape.targetLength, carved.targetLength))
+        let chosen = floats(for: union) <= available ? union : shape
+        precondition(floats(for: chosen) <= available, "a batch of \(shape) does not fit the activation arena the model was sized for")
         buffers.sourcePadding.deallocate()
         activationArena.releaseToKept()
-        buffers = Buffers(config: config, shape: shape, arena: activationArena)
-        carved = shape
+        buffers = Buffers(config: config, shape: chosen, arena: activationArena)
+        carved = chosen
     }
 
     /// Floats the buffers of a batch of `shape` take.
     private func floats(for shape: BatchShape) -> Int {
         let counting = ActivationArena.counting()
-        _ = Buffers(config: config, shape: shape, arena: counting)
+        Buffers(config: config, shape: shape, arena: counting).sourcePadding.deallocate()
         return counting.used
     }
 

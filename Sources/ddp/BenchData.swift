@@ -55,14 +55,17 @@ struct BenchData: ParsableCommand {
         // Positions per sample on each side: source + EOS and BOS + target (a language model's windows: the context).
         let lengths = isLM ? [(source: Int, target: Int)](repeating: (0, run.data.targetLength), count: split.samples)
                            : try SampleReader(split: split).allLengths().map { (source: $0.source + 1, target: $0.target + 1) }
-        let maxTokens = run.training.maxTokens ?? run.training.batchSize * max(run.data.sourceLength, run.data.targetLength)
+        // Without max_tokens in the config: the most positions a fixed-count batch can hold (and at least the longest sample).
+        let longest = lengths.map { max($0.source, $0.target) }.max() ?? 0
+        let maxTokens = run.training.maxTokens ?? max(longest, run.training.batchSize * max(run.data.sourceLength, run.data.targetLength))
         let budget: TokenBudgetSampler
         do {
             budget = try TokenBudgetSampler(lengths: lengths.map { max($0.source, $0.target) }, shorterLengths: lengths.map { min($0.source, $0.target) },
                                             seed: run.training.seed, maxTokens: maxTokens)
         } catch {
             throw DataError(file: split.locate(error.index)?.shard.path ?? data,
-                            "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than a budget of \(maxTokens)")
+                            "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "
+                            + "training.max_tokens \(maxTokens) allows a whole batch")
         }
         let sampler: any TrainingSampler = run.training.maxTokens == nil ? fixed : budget
         let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1)
@@ -87,7 +90,7 @@ struct BenchData: ParsableCommand {
         } else {
             print("""
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s
-                loader      \(count) batches of \(run.training.batchSize) in \(String(format: "%.3f", seconds)) s
+                loader      \(count) batches (\(run.training.maxTokens.map { "max_tokens \($0)" } ?? "batch_size \(run.training.batchSize)")) in \(String(format: "%.3f", seconds)) s
                 throughput  \(String(format: "%.1f", report.batches_per_s)) batches/s, \(String(format: "%.0f", report.tokens_per_s)) target tokens/s
                 padding     \(String(format: "%.1f", 100 * report.padding_share_batch_size))% of computed positions with batch_size \(run.training.batchSize) (\(fixed.batchesPerEpoch) batches per epoch), \
                 \(String(format: "%.1f", 100 * report.padding_share_max_tokens))% with max_tokens \(maxTokens) (\(budget.batchesPerEpoch) batches per epoch)

@@ -159,6 +159,42 @@ final class TokenBudgetSamplerTests: XCTestCase {
         XCTAssertEqual(sampler?.split([0, 1], parts: 4), [[0], [1], [], []])
     }
 
+    /// Random cost vectors: the parts' largest padded size is the exhaustive search's, and the part sizes the sampler
+    /// announces before training (for the model's buffers) are exactly those of the shares it hands out.
+    func testPartsFuzzedAndAnnouncedSizesAreTheSharesSizes() throws {
+        var random = SplitMix64(seed: 5)
+        for _ in 0..<300 {
+            let costs = (0..<(1 + Int(random.next() % 9))).map { _ in 1 + Int(random.next() % 12) }.sorted()
+            let count = 1 + Int(random.next() % 5)
+            let parts = TokenBudgetSampler.parts(costs: costs, count: count)
+            XCTAssertEqual(parts.map { $0.count * costs[$0].max()! }.max()!, bestLargestPart(costs, count), "\(costs) in \(count)")
+        }
+        let sampler = try TokenBudgetSampler(lengths: lengths, seed: 1, maxTokens: 300)
+        for (world, accumulation) in [(1, 1), (2, 1), (3, 2)] {
+            var seen = Set<TokenBudgetSampler.PartSize>()
+            for epoch in 0..<2 {
+                for batch in sampler.globalBatches(epoch: epoch) {
+                    for micro in 0..<accumulation {
+                        for rank in 0..<world {
+                            let share = sampler.share(of: batch, rank: rank, worldSize: world, microStep: micro, accumulationSteps: accumulation)
+                            if !share.isEmpty { seen.insert(.init(samples: share.count, longest: share.map { lengths[$0] }.max()!)) }
+                        }
+                    }
+                }
+            }
+            XCTAssertEqual(seen, Set(sampler.partSizes(parts: world * accumulation)), "\(world) ranks x \(accumulation)")
+        }
+    }
+
+    /// The shorter side orders samples whose longer sides are equal.
+    func testShorterSideIsTheSecondKey() throws {
+        let sampler = try TokenBudgetSampler(lengths: [5, 5, 5, 3, 5], shorterLengths: [4, 2, 3, 1, 2], seed: 7, maxTokens: 100)
+        let order = sampler.lengthOrder(epoch: 0)
+        XCTAssertEqual(order.map { sampler.lengths[$0] }, [3, 5, 5, 5, 5])
+        XCTAssertEqual(order.map { sampler.shorterLengths[$0] }, [1, 2, 2, 3, 4])
+        XCTAssertEqual(Set(order[1...2]), [1, 4], "equal on both sides: seeded order")
+    }
+
     /// By exhaustive search: the smallest possible largest part over every cut of `costs` into at most `count` runs.
     private func bestLargestPart(_ costs: [Int], _ count: Int) -> Int {
         func best(_ start: Int, _ left: Int) -> Int {

@@ -224,6 +224,23 @@ final class ModelTests: XCTestCase {
         }
     }
 
+    /// Every listed shape fits the arena, in any order of listing and of use: the arena holds the largest shape's
+    /// aligned buffers (shapes whose sizes differ only in alignment once made a listed shape trap).
+    func testEveryListedShapeFitsInAnyOrder() throws {
+        let c = config(.encoderDecoder, positions: .sinusoidal)
+        let shapes = (1...8).map { TransformerModel.BatchShape(batch: max(1, 40 / $0), sourceLength: $0, targetLength: $0) }
+        for listing in [shapes, shapes.reversed(), shapes.shuffled()] {
+            let model = try TransformerModel(config: c, maxBatch: 40, maxSourceLength: 8, maxTargetLength: 8, shapes: listing)
+            model.initializeParameters(seed: 2)
+            for shape in listing + listing.reversed() {
+                let b = shape.batch, t = shape.targetLength
+                let tokens = (0..<(b * t)).map { Int32(4 + $0 % 7) }
+                let batch = TokenBatch(batchSize: b, sourceLength: t, targetLength: t, source: tokens, decoderInput: tokens, labels: tokens)
+                XCTAssertGreaterThan(model.forward(batch).targetTokens, 0, "\(shape)")
+            }
+        }
+    }
+
     func testForwardIsDeterministicAndEvaluationDropsNothing() throws {
         let model = try TransformerModel(config: config(dropout: 0.3), maxBatch: 3, maxSourceLength: 4, maxTargetLength: 4)
         model.initializeParameters(seed: 8)

@@ -157,6 +157,12 @@ final class TrainTests: XCTestCase {
         XCTAssertNotEqual(tooSmall.status, 0)
         XCTAssertTrue(tooSmall.stderr.contains("train-00000.h5: pair ") && tooSmall.stderr.contains("more than training.max_tokens 10"),
                       tooSmall.output)
+        // A pair longer than the model takes is named before training starts, not when the loader reaches it.
+        let long = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 40"), "--run-dir", path("long"),
+                                        "--set", "data.source_length=8", "--set", "data.target_length=8"])
+        XCTAssertNotEqual(long.status, 0)
+        XCTAssertTrue(long.stderr.contains("train-00000.h5: pair ") && long.stderr.contains("the model takes 7 and 7"), long.output)
+        XCTAssertFalse(long.stdout.contains("training "), "refused before the start-up line: \(long.output)")
         let zero = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 0"), "--run-dir", path("zero")])
         XCTAssertNotEqual(zero.status, 0)
         XCTAssertTrue(zero.stderr.contains("training.max_tokens") && zero.stderr.contains("got 0"), zero.output)
