@@ -215,7 +215,7 @@ public struct BLEUStatistics: Equatable, Sendable {
     public var zeroReason: String? {
         guard hypothesisLength > 0 else { return "the hypotheses are empty" }
         guard let n = totals.firstIndex(of: 0) else { return nil }
-        return "no hypothesis has \(n + 1) or more words (\(tokenization.rawValue) tokens), so BLEU-4 has no \(n + 1)-grams to count"
+        return "no hypothesis has \(n + 1) or more words (tok:\(tokenization.rawValue)), so BLEU-4 has no \(n + 1)-grams to count"
     }
 
     /// BLEU in 0...100, as sacrebleu computes it (`BLEU.compute_bleu` with `smooth_method="exp"`).

@@ -115,7 +115,7 @@ final class SacreBLEUTests: XCTestCase {
         bleu.add(hypothesis: "olleh", reference: "olleh")
         bleu.add(hypothesis: "dlrow", reference: "dlorw")
         XCTAssertEqual(bleu.score, 0)
-        XCTAssertEqual(bleu.zeroReason, "no hypothesis has 2 or more words (13a tokens), so BLEU-4 has no 2-grams to count")
+        XCTAssertEqual(bleu.zeroReason, "no hypothesis has 2 or more words (tok:13a), so BLEU-4 has no 2-grams to count")
         var longer = BLEUStatistics()
         longer.add(hypothesis: "the cat sat on the mat", reference: "the cat sat on a mat")
         XCTAssertNil(longer.zeroReason)
