@@ -161,6 +161,13 @@ public struct TokenBudgetSampler: Sendable {
         self.cuts = cuts
     }
 
+    /// A sampler over sentence pairs of `pairs` stored tokens each: a pair takes source + 1 (EOS) and target + 1 (BOS)
+    /// positions, ordered by the longer side, then the shorter.
+    public init(pairs: [(source: Int, target: Int)], seed: UInt64, maxTokens: Int) throws(SampleOverBudget) {
+        try self.init(lengths: pairs.map { max($0.source, $0.target) + 1 }, shorterLengths: pairs.map { min($0.source, $0.target) + 1 },
+                      seed: seed, maxTokens: maxTokens)
+    }
+
     /// Global batches in one epoch.
     public var batchesPerEpoch: Int { cuts.count }
 

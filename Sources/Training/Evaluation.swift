@@ -160,39 +160,19 @@ public func evaluate(_ model: TransformerModel, on split: DataSplit, plan: Evalu
 
 /// Every rank's decoded texts on rank 0, in split order (rank r decoded examples r, r + W, ...); nil elsewhere.
 private func gather(_ texts: DecodedTexts, world: Communicator) throws -> DecodedTexts? {
-    // A rank's share travels as length-prefixed UTF-8 strings: hypothesis, reference, source for each example.
-    var mine: [UInt8] = []
-    for index in texts.hypotheses.indices {
-        for text in [texts.hypotheses[index], texts.references[index], texts.sources[index]] {
-            let bytes = Array(text.utf8)
-            withUnsafeBytes(of: UInt64(bytes.count).littleEndian) { mine += $0 }
-            mine += bytes
-        }
-    }
-    let shares = try world.gather(bytes: mine, root: 0)
+    let mine = try JSONEncoder().encode([texts.hypotheses, texts.references, texts.sources])
+    let shares = try world.gather(bytes: Array(mine), root: 0)
     guard world.rank == 0 else { return nil }
-    let perRank = shares.map(unpack)
+    let perRank = try shares.map { try JSONDecoder().decode([[String]].self, from: Data($0)) }
     var gathered = DecodedTexts()
-    for index in 0..<perRank.map(\.count).reduce(0, +) {
-        let example = perRank[index % world.size][index / world.size]
-        gathered.hypotheses.append(example[0])
-        gathered.references.append(example[1])
-        gathered.sources.append(example[2])
+    let total = perRank.reduce(0) { $0 + $1[0].count }
+    for index in 0..<total {
+        let share = perRank[index % world.size], position = index / world.size
+        gathered.hypotheses.append(share[0][position])
+        gathered.references.append(share[1][position])
+        gathered.sources.append(share[2][position])
     }
     return gathered
-}
-
-/// A rank's share as `gather` packed it: per example, its three strings.
-private func unpack(_ bytes: [UInt8]) -> [[String]] {
-    var strings: [String] = [], offset = 0
-    while offset + 8 <= bytes.count {
-        let length = bytes[offset..<(offset + 8)].reversed().reduce(0) { $0 << 8 | Int($1) }
-        offset += 8
-        let end = min(bytes.count, offset + length)
-        strings.append(String(decoding: bytes[offset..<end], as: UTF8.self))
-        offset = end
-    }
-    return stride(from: 0, to: strings.count - strings.count % 3, by: 3).map { Array(strings[$0..<($0 + 3)]) }
 }
 
 /// `indices` ordered by the positions of their longer side (or, for decoding, whose cost the source and the output
@@ -262,13 +242,6 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
     let mine = byLength(DistributedSampler.evaluationIndices(samples: min(split.samples, plan.decodeSamples), rank: world.rank,
                                                              worldSize: world.size), reader: reader, sourceOnly: true)
     var textsByIndex: [(index: Int, hypothesis: String, reference: String, source: String)] = []
-    defer {
-        for entry in textsByIndex.sorted(by: { $0.index < $1.index }) {
-            texts.hypotheses.append(entry.hypothesis)
-            texts.references.append(entry.reference)
-            texts.sources.append(entry.source)
-        }
-    }
     for start in stride(from: 0, to: mine.count, by: plan.batchSize) {
         let chunk = Array(mine[start..<min(mine.count, start + plan.batchSize)])
         let batch = try reader.batch(chunk, maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength)
@@ -290,5 +263,11 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
                                      DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != SpecialToken.eos })))))
             }
         }
+    }
+    // Decoded by length; kept in split order.
+    for entry in textsByIndex.sorted(by: { $0.index < $1.index }) {
+        texts.hypotheses.append(entry.hypothesis)
+        texts.references.append(entry.reference)
+        texts.sources.append(entry.source)
     }
 }

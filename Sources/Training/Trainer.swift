@@ -159,7 +159,7 @@ public final class Trainer {
                                              shapes: batching.shapes)
             } catch {
                 // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
-                guard let maxTokens = config.training.maxTokens else { throw error }
+                guard let maxTokens = config.training.maxTokens, error.key == "d_model" else { throw error }
                 throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
                                     + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
             }
@@ -205,9 +205,7 @@ public final class Trainer {
                                         + "the model takes \(config.data.sourceLength - 1) and \(config.data.targetLength - 1) "
                                         + "(data.source_length and data.target_length, EOS and BOS included)")
                 }
-                sampler = try TokenBudgetSampler(lengths: sides.map { max($0.source, $0.target) + 1 },
-                                                 shorterLengths: sides.map { min($0.source, $0.target) + 1 },
-                                                 seed: config.training.seed, maxTokens: maxTokens)
+                sampler = try TokenBudgetSampler(pairs: sides, seed: config.training.seed, maxTokens: maxTokens)
             }
         } catch let error as SampleOverBudget {
             guard let (shard, local) = train.locate(error.index) else {

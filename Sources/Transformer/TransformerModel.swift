@@ -230,7 +230,8 @@ public final class TransformerModel {
         let union = BatchShape(batch: max(shape.batch, carved.batch), sourceLength: max(shape.sourceLength, carved.sourceLength),
                                targetLength: max(shape.targetLength, carved.targetLength))
         let chosen = floats(for: union) <= available ? union : shape
-        precondition(floats(for: chosen) <= available, "a batch of \(shape) does not fit the activation arena the model was sized for")
+        precondition(chosen == union || floats(for: shape) <= available,
+                     "a batch of \(shape) does not fit the activation arena the model was sized for")
         buffers.sourcePadding.deallocate()
         activationArena.releaseToKept()
         buffers = Buffers(config: config, shape: chosen, arena: activationArena)
@@ -316,15 +317,13 @@ public final class TransformerModel {
         if config.kind == .encoderOnly { return runMaskedLM(batch, labelSmoothing: labelSmoothing, backward: backward) }
         let b = batch.batchSize, s = batch.sourceLength, t = batch.targetLength
         precondition(b >= 1 && b <= maxBatch && t >= 1 && t <= maxTargetLength, "batch \(b)x\(t) exceeds the model's buffers")
-        precondition(config.kind != .encoderDecoder || (s >= 1 && s <= maxSourceLength), "source \(b)x\(s) exceeds the model's buffers")
-        fit(BatchShape(batch: b, sourceLength: s, targetLength: t))
         precondition(batch.decoderInput.count == b * t && batch.labels.count == b * t, "decoder input/labels are not [B,T]")
+        precondition(config.kind != .encoderDecoder || (s >= 1 && s <= maxSourceLength && batch.source.count == b * s),
+                     "source is not [B,S] within the model's buffers")
+        fit(BatchShape(batch: b, sourceLength: s, targetLength: t))
         let pass = pass(backward: backward)
         var memory: DecoderLayer.Memory?
-        if config.kind == .encoderDecoder {
-            precondition(s >= 1 && s <= maxSourceLength && batch.source.count == b * s, "source is not [B,S] within the model's buffers")
-            memory = encode(batch.source, batch: b, time: s, pass: pass)
-        }
+        if config.kind == .encoderDecoder { memory = encode(batch.source, batch: b, time: s, pass: pass) }
         let hidden = decode(batch.decoderInput, batch: b, time: t, memory: memory, pass: pass)
         let logits = buffers.logits, c = config.dModel
         head.projection.forward(out: logits, inp: hidden, rows: b * t, parameters: parameters)

@@ -53,15 +53,16 @@ struct BenchData: ParsableCommand {
                                         + "(training.batch_size)")
         }
         // Positions per sample on each side: source + EOS and BOS + target (a language model's windows: the context).
+        let stored = isLM ? [] : try SampleReader(split: split).allLengths()
         let lengths = isLM ? [(source: Int, target: Int)](repeating: (0, run.data.targetLength), count: split.samples)
-                           : try SampleReader(split: split).allLengths().map { (source: $0.source + 1, target: $0.target + 1) }
+                           : stored.map { (source: $0.source + 1, target: $0.target + 1) }
         // Without max_tokens in the config: the most positions a fixed-count batch can hold (and at least the longest sample).
         let longest = lengths.map { max($0.source, $0.target) }.max() ?? 0
         let maxTokens = run.training.maxTokens ?? max(longest, run.training.batchSize * max(run.data.sourceLength, run.data.targetLength))
         let budget: TokenBudgetSampler
         do {
-            budget = try TokenBudgetSampler(lengths: lengths.map { max($0.source, $0.target) }, shorterLengths: lengths.map { min($0.source, $0.target) },
-                                            seed: run.training.seed, maxTokens: maxTokens)
+            budget = isLM ? try TokenBudgetSampler(lengths: lengths.map(\.target), seed: run.training.seed, maxTokens: maxTokens)
+                          : try TokenBudgetSampler(pairs: stored, seed: run.training.seed, maxTokens: maxTokens)
         } catch {
             throw DataError(file: split.locate(error.index)?.shard.path ?? data,
                             "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "

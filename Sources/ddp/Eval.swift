@@ -2,7 +2,6 @@ import ArgumentParser
 import Data
 import Files
 import Foundation
-import Synchronization
 import Kernels
 import MPI
 import Training
@@ -76,11 +75,10 @@ struct Eval: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
-    /// The text files asked for, by option name.
-    private var textOutputs: [(option: String, path: String)] {
-        [("--hypotheses", hypotheses), ("--references", references), ("--sources", sources)].compactMap { option, path in
-            path.map { (option, $0) }
-        }
+    /// The text files asked for: option name, path, and the lines of `DecodedTexts` each holds.
+    private var textOutputs: [(option: String, path: String, lines: KeyPath<DecodedTexts, [String]>)] {
+        [("--hypotheses", hypotheses, \DecodedTexts.hypotheses), ("--references", references, \.references), ("--sources", sources, \.sources)]
+            .compactMap { option, path, lines in path.map { (option, $0, lines) } }
     }
 
     func validate() throws {
@@ -151,9 +149,8 @@ struct Eval: ParsableCommand {
 
     /// Writes the files asked for with --hypotheses, --references and --sources (rank 0), each line one example.
     private func write(_ texts: DecodedTexts, inputs: [String]) throws {
-        for (option, path) in textOutputs {
-            let lines = option == "--hypotheses" ? texts.hypotheses : option == "--references" ? texts.references : texts.sources
-            try OutputFile.write(path, data: Foundation.Data(lines.map { $0 + "\n" }.joined().utf8), inputs: inputs)
+        for output in textOutputs {
+            try OutputFile.write(output.path, data: Foundation.Data(texts[keyPath: output.lines].map { $0 + "\n" }.joined().utf8), inputs: inputs)
         }
     }
 
@@ -214,33 +211,6 @@ struct Eval: ParsableCommand {
         }
         guard split.tokenizer.vocabularySize <= header.config.model.vocabSize else {
             throw EvalInputError(message: "\(file): its tokenizer has \(split.tokenizer.vocabularySize) tokens, more than the model's vocab_size \(header.config.model.vocabSize)")
-        }
-    }
-}
-
-/// Ends the command on SIGINT or SIGTERM without leaving anything half-made behind: the temporary directories named
-/// here and the temporaries of output files being written (`OutputFile.removeTemporariesInFlight`) are removed first.
-/// Normal and error exits remove them themselves.
-enum RemoveOnSignal {
-    private static let state = Mutex<(directories: [String], sources: [any DispatchSourceSignal])>(([], []))
-
-    /// Installs the handlers (once) and adds `directory`, if any, to what they remove.
-    static func install(removing directory: String? = nil) {
-        state.withLock { state in
-            if let directory { state.directories.append(directory) }
-            guard state.sources.isEmpty else { return }
-            for signalNumber in [SIGINT, SIGTERM] {
-                signal(signalNumber, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-                source.setEventHandler {
-                    OutputFile.removeTemporariesInFlight()
-                    let directories = RemoveOnSignal.state.withLock { $0.directories }
-                    for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
-                    exit(128 + signalNumber)
-                }
-                source.resume()
-                state.sources.append(source)
-            }
         }
     }
 }

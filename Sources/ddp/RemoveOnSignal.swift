@@ -1,0 +1,30 @@
+import Files
+import Foundation
+import Synchronization
+
+/// Ends the command on SIGINT or SIGTERM without leaving anything half-made behind: the temporary directories named
+/// here and the temporaries of output files being written (`OutputFile.removeTemporariesInFlight`) are removed first.
+/// Normal and error exits remove them themselves.
+enum RemoveOnSignal {
+    private static let state = Mutex<(directories: [String], sources: [any DispatchSourceSignal])>(([], []))
+
+    /// Installs the handlers (once) and adds `directory`, if any, to what they remove.
+    static func install(removing directory: String? = nil) {
+        state.withLock { state in
+            if let directory { state.directories.append(directory) }
+            guard state.sources.isEmpty else { return }
+            for signalNumber in [SIGINT, SIGTERM] {
+                signal(signalNumber, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+                source.setEventHandler {
+                    OutputFile.removeTemporariesInFlight()
+                    let directories = RemoveOnSignal.state.withLock { $0.directories }
+                    for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
+                    exit(128 + signalNumber)
+                }
+                source.resume()
+                state.sources.append(source)
+            }
+        }
+    }
+}
