@@ -69,7 +69,15 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
         row.update(repeating: 0, count: count)
         return
     }
-    // Sixteen partial sums, added in a fixed order: vectorised and still deterministic.
+    let inverse = 1 / exponentiate(row, visible: visible, maximum: maximum, padding: padding)
+    forEachChunk(visible) { start, width in store(load(row + start, width) * inverse, row + start, width) }
+    if visible < count { (row + visible).update(repeating: 0, count: count - visible) }
+}
+
+/// row[j] = exp(row[j] − maximum) for j < visible, 0 where `padding` marks the key; returns their sum, made of sixteen
+/// partial sums added in a fixed order (vectorised and still deterministic).
+@inline(__always)
+func exponentiate(_ row: UnsafeMutablePointer<Float>, visible: Int, maximum: Float, padding: UnsafeBufferPointer<Bool>?) -> Float {
     var sums = Float32x16()
     forEachChunk(visible) { start, width in
         var e = fastExp(load(row + start, width) - maximum)
@@ -78,9 +86,7 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
         sums += e
         store(e, row + start, width)
     }
-    let inverse = 1 / sums.sum()
-    forEachChunk(visible) { start, width in store(load(row + start, width) * inverse, row + start, width) }
-    if visible < count { (row + visible).update(repeating: 0, count: count - visible) }
+    return sums.sum()
 }
 
 /// Backward of attentionForward, accumulating into dQ, dK, dV (each shaped like q, k, v).

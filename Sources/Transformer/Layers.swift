@@ -105,11 +105,10 @@ struct BackwardScratch {
     let dDropped: FloatBuffer         // [N,C] ∂L/∂(an output before dropout) (empty without dropout)
     let dContext: FloatBuffer         // [N,C] attention: ∂L/∂(heads' output before o_proj)
     let dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBuffer  // [N,C] attention: ∂L/∂ of the projections
-    let dProbabilities: FloatBuffer   // [B,H,L,L], L the longer of T and S: the attention kernel's scratch (self [B,H,T,T], cross [B,H,T,S])
     let dHidden: FloatBuffer          // [N,F] feed-forward: ∂L/∂(fc1's output)
     let dActivated: FloatBuffer       // [N,F] feed-forward: ∂L/∂(the activation's output)
 
-    init(rows: Int, batch: Int, longest: Int, config: ModelConfig, arena: ActivationArena) {
+    init(rows: Int, config: ModelConfig, arena: ActivationArena) {
         let c = config.dModel
         dSublayerInput = arena.carve(rows * c)
         dDropped = arena.carve(config.dropout > 0 ? rows * c : 0)
@@ -117,7 +116,6 @@ struct BackwardScratch {
         dQ = arena.carve(rows * c)
         dK = arena.carve(rows * c)
         dV = arena.carve(rows * c)
-        dProbabilities = arena.carve(batch * config.heads * longest * longest)
         dHidden = arena.carve(rows * config.dFF)
         dActivated = arena.carve(rows * config.dFF)
     }

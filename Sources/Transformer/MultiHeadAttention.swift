@@ -37,7 +37,7 @@ struct MultiHeadAttention {
         let k: FloatBuffer              // [B·Tk, C]
         let v: FloatBuffer              // [B·Tk, C]
         let context: FloatBuffer        // [B·Tq, C] the heads' outputs, side by side
-        let probabilities: FloatBuffer  // [B, H, Tq, Tk]
+        let logSumExp: FloatBuffer      // [B, H, Tq] each query's softmax normaliser (the tiled kernel keeps no probabilities)
         let output: FloatBuffer         // [B·Tq, C]
 
         init(batch: Int, queryTime: Int, keyTime: Int, channels c: Int, heads: Int, arena: ActivationArena) {
@@ -45,7 +45,7 @@ struct MultiHeadAttention {
             k = arena.carve(batch * keyTime * c)
             v = arena.carve(batch * keyTime * c)
             context = arena.carve(batch * queryTime * c)
-            probabilities = arena.carve(batch * heads * queryTime * keyTime)
+            logSumExp = arena.carve(batch * heads * queryTime)
             output = arena.carve(batch * queryTime * c)
         }
     }
@@ -58,8 +58,8 @@ struct MultiHeadAttention {
         q.forward(out: a.q, inp: queriesFrom, rows: queryRows, parameters: parameters)
         k.forward(out: a.k, inp: keysFrom, rows: keyRows, parameters: parameters)
         v.forward(out: a.v, inp: keysFrom, rows: keyRows, parameters: parameters)
-        attentionForward(out: a.context, probs: a.probabilities, q: a.q, k: a.k, v: a.v, mask: mask(keyPadding: keyPadding),
-                         batch: batch, queryTime: queryTime, keyTime: keyTime, channels: c, heads: heads)
+        flashAttentionForward(out: a.context, logSumExp: a.logSumExp, q: a.q, k: a.k, v: a.v, mask: mask(keyPadding: keyPadding),
+                              batch: batch, queryTime: queryTime, keyTime: keyTime, channels: c, heads: heads)
         o.forward(out: a.output, inp: a.context, rows: queryRows, parameters: parameters)
         return a.output
     }
@@ -72,10 +72,10 @@ struct MultiHeadAttention {
     }
 
     /// Adds ∂L/∂(queriesFrom) to `dQueriesFrom` and ∂L/∂(keysFrom) to `dKeysFrom` (the same buffer for self-attention)
-    /// given ∂L/∂(output) `dOut`, and every projection's gradients.
+    /// given ∂L/∂(output) `dOut`, and every projection's gradients; `keyPadding` is the forward's.
     func backward(dOut: FloatBuffer, queriesFrom: FloatBuffer, dQueriesFrom: FloatBuffer, keysFrom: FloatBuffer,
-                  dKeysFrom: FloatBuffer, _ a: Activations, batch: Int, queryTime: Int, keyTime: Int, scratch: BackwardScratch,
-                  parameters: Arena, gradients: Arena) {
+                  dKeysFrom: FloatBuffer, _ a: Activations, batch: Int, queryTime: Int, keyTime: Int,
+                  keyPadding: UnsafeBufferPointer<Bool>?, scratch: BackwardScratch, parameters: Arena, gradients: Arena) {
         let c = q.outFeatures, queryRows = batch * queryTime, keyRows = batch * keyTime
         func zero(_ buffer: FloatBuffer, _ count: Int) { buffer.baseAddress!.update(repeating: 0, count: count) }
         zero(scratch.dContext, queryRows * c)
@@ -83,9 +83,9 @@ struct MultiHeadAttention {
         zero(scratch.dQ, queryRows * c)
         zero(scratch.dK, keyRows * c)
         zero(scratch.dV, keyRows * c)
-        attentionBackward(dQ: scratch.dQ, dK: scratch.dK, dV: scratch.dV, scratch: scratch.dProbabilities, dOut: scratch.dContext,
-                          q: a.q, k: a.k, v: a.v, probs: a.probabilities, causal: kind == .selfAttention(causal: true), batch: batch,
-                          queryTime: queryTime, keyTime: keyTime, channels: c, heads: heads)
+        flashAttentionBackward(dQ: scratch.dQ, dK: scratch.dK, dV: scratch.dV, dOut: scratch.dContext, q: a.q, k: a.k, v: a.v,
+                               out: a.context, logSumExp: a.logSumExp, mask: mask(keyPadding: keyPadding), batch: batch,
+                               queryTime: queryTime, keyTime: keyTime, channels: c, heads: heads)
         q.backward(dInp: dQueriesFrom, dOut: scratch.dQ, inp: queriesFrom, rows: queryRows, parameters: parameters, gradients: gradients)
         k.backward(dInp: dKeysFrom, dOut: scratch.dK, inp: keysFrom, rows: keyRows, parameters: parameters, gradients: gradients)
         v.backward(dInp: dKeysFrom, dOut: scratch.dV, inp: keysFrom, rows: keyRows, parameters: parameters, gradients: gradients)

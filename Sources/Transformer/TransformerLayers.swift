@@ -74,15 +74,17 @@ struct AttentionBlock {
         }
     }
 
-    /// Adds ∂L/∂x to `dX` given ∂L/∂y (and ∂L/∂memory to `memory.gradient`), then reports the block's parameters.
+    /// Adds ∂L/∂x to `dX` given ∂L/∂y (and ∂L/∂memory to `memory.gradient`), then reports the block's parameters;
+    /// `keyPadding` and `memory` are the forward's.
     func backward(dY: FloatBuffer, dX: FloatBuffer, x: FloatBuffer, _ a: Activations, batch: Int, time: Int,
-                  memory: DecoderLayer.Memory? = nil, pass: Pass) {
+                  keyPadding: UnsafeBufferPointer<Bool>? = nil, memory: DecoderLayer.Memory? = nil, pass: Pass) {
         residual.backward(dY: dY, dX: dX, x: x, a.residual, rows: batch * time, channels: attention.q.outFeatures,
                           dropout: pass.dropout(site: residual.dropoutSite), scratch: pass.scratch, parameters: pass.parameters,
                           gradients: pass.gradients) { dOutput, input, dInput in
             attention.backward(dOut: dOutput, queriesFrom: input, dQueriesFrom: dInput, keysFrom: memory?.states ?? input,
                                dKeysFrom: memory?.gradient ?? dInput, a.attention, batch: batch, queryTime: time,
-                               keyTime: memory?.time ?? time, scratch: pass.scratch, parameters: pass.parameters, gradients: pass.gradients)
+                               keyTime: memory?.time ?? time, keyPadding: memory?.padding ?? keyPadding, scratch: pass.scratch,
+                               parameters: pass.parameters, gradients: pass.gradients)
         }
         pass.gradientsFinal?(residual.parameterRange(from: attention.firstParameterOffset))
     }
@@ -174,13 +176,14 @@ struct EncoderLayer {
         return feedForward.forward(x: attended, a.feedForward, rows: batch * time, pass: pass)
     }
 
-    /// ∂L/∂x (a buffer from `buffers`) given ∂L/∂y; each block reports its parameters as their gradients become final.
-    func backward(dY: FloatBuffer, x: FloatBuffer, _ a: Activations, batch: Int, time: Int, buffers: GradientPingPong,
-                  pass: Pass) -> FloatBuffer {
+    /// ∂L/∂x (a buffer from `buffers`) given ∂L/∂y and the forward's `padding`; each block reports its parameters as
+    /// their gradients become final.
+    func backward(dY: FloatBuffer, x: FloatBuffer, _ a: Activations, batch: Int, time: Int, padding: UnsafeBufferPointer<Bool>,
+                  buffers: GradientPingPong, pass: Pass) -> FloatBuffer {
         let dAttended = buffers.next(after: dY)
         feedForward.backward(dY: dY, dX: dAttended, x: selfAttention.output(a.selfAttention), a.feedForward, rows: batch * time, pass: pass)
         let dX = buffers.next(after: dAttended)
-        selfAttention.backward(dY: dAttended, dX: dX, x: x, a.selfAttention, batch: batch, time: time, pass: pass)
+        selfAttention.backward(dY: dAttended, dX: dX, x: x, a.selfAttention, batch: batch, time: time, keyPadding: padding, pass: pass)
         return dX
     }
 }

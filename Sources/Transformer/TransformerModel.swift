@@ -54,6 +54,8 @@ public final class TransformerModel {
     /// another shape: `fit`).
     private var buffers: Buffers
     private var carved: BatchShape
+    /// The largest batch shape, for which the arena was sized.
+    private let arenaShape: BatchShape
     private let activationArena: ActivationArena
     /// [max_length, C] at the arena's start (sinusoidal positions only; empty otherwise): it never moves.
     private let sinusoids: FloatBuffer
@@ -94,7 +96,7 @@ public final class TransformerModel {
             dHidden = arena.carve(maxRows * c)
             dOther = arena.carve(maxRows * c)
             dMemory = arena.carve(sourceRows * c)
-            scratch = BackwardScratch(rows: maxRows, batch: batch, longest: max(sourceLength, targetLength), config: config, arena: arena)
+            scratch = BackwardScratch(rows: maxRows, config: config, arena: arena)
             // Padding flags live beside the arena: not floats (and nothing while only counting).
             sourcePadding = .allocate(capacity: arena.counting ? 0 : max(1, sourceRows))
             sourcePadding.initialize(repeating: false)
@@ -188,6 +190,7 @@ public final class TransformerModel {
         if config.positions == .sinusoidal { sinusoidalPositions(into: sinusoids, length: config.maxLength, channels: config.dModel) }
         activationArena.keepCarved()
         carved = largest.shape
+        arenaShape = largest.shape
         buffers = Buffers(config: config, shape: largest.shape, arena: activationArena)
     }
 
@@ -255,6 +258,25 @@ public final class TransformerModel {
 
     /// Floats held for activations and scratch (for memory accounting).
     public var activationFloats: Int { activationArena.storage.count }
+
+    /// Of `activationFloats`, those the attention kernels keep between forward and backward besides the projections
+    /// (for memory accounting): one log-sum-exp per row, head and query in every attention layer, B·H·T per layer for
+    /// the largest batch shape the arena holds. The tiled kernels store no probabilities (that would be B·H·T² per
+    /// layer); each compute thread holds `attentionTileFloats` more while attention runs.
+    public var attentionStateFloats: Int {
+        let shape = arenaShape, perQuery = shape.batch * config.heads
+        let encoder = config.kind.hasEncoder ? config.encoderLayers * perQuery * shape.sourceLength : 0
+        let perDecoderLayer = DecoderLayer.hasCrossAttention(config) ? 2 : 1
+        let decoder = config.kind.hasDecoder ? config.decoderLayers * perDecoderLayer * perQuery * shape.targetLength : 0
+        return encoder + decoder
+    }
+
+    /// Floats of score tiles one compute thread holds in the attention kernels, at most (the backward's two tiles and
+    /// a row statistic per query), whatever the batch.
+    public var attentionTileFloats: Int {
+        max(AttentionTiles.forward.queries * (AttentionTiles.forward.keys + 2),
+            2 * AttentionTiles.backward.queries * AttentionTiles.backward.keys + max(arenaShape.sourceLength, arenaShape.targetLength))
+    }
 
     /// The position table the embeddings add: learned `pos_embed.weight` or the sinusoids, [max_length, C].
     func positionTable() -> FloatBuffer {
@@ -442,8 +464,8 @@ public final class TransformerModel {
         backwardStack(dOutput, tokens: tokens, batch: batch, time: time, layers: encoderLayers.count, input: encoderInput,
                       finalNorm: encoderNorm.flatMap { norm in buffers.encoderNorm.map { (norm, $0) } }, embeddingSite: 0,
                       pass: pass) { index, dY, x, pingPong in
-            encoderLayers[index].backward(dY: dY, x: x, buffers.encoderLayers[index], batch: batch, time: time, buffers: pingPong,
-                                          pass: pass)
+            encoderLayers[index].backward(dY: dY, x: x, buffers.encoderLayers[index], batch: batch, time: time,
+                                          padding: UnsafeBufferPointer(buffers.sourcePadding), buffers: pingPong, pass: pass)
         }
     }
 

@@ -17,7 +17,8 @@ struct BenchStep: ParsableCommand {
             counts, gradient clipping and AdamW. It reports the median step time after warm-up, tokens/s (target \
             tokens), model GFLOP/s (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as \
             PyTorch's reference counts), and peak resident memory against the model's own need (parameters, \
-            gradients, two AdamW moments, activations).
+            gradients, two AdamW moments, activations), with what attention keeps of it between forward and \
+            backward (one log-sum-exp per row, head and query: B·H·T per layer) and its kernels' score tiles.
 
             Under mpirun every rank takes its own batch; tokens/s counts all ranks, and the communication share is \
             the time spent waiting after backward. Data-parallel efficiency = (N-rank tokens/s) / (N x 1-rank tokens/s).
@@ -89,11 +90,13 @@ struct BenchStep: ParsableCommand {
             let attentionLayers = model.encoderLayers + model.decoderLayers * (model.kind == .encoderDecoder ? 2 : 1)
             let flops = (6 * Double(parameters) + 12 * Double(attentionLayers) * Double(t) * Double(model.dModel)) * Double(tokens)
             let needBytes = (4 * parameters + transformer.activationFloats) * 4
+            let tileBytes = transformer.attentionTileFloats * 4 * threadCount
             let peakBytes = try world.allreduce(Int64(peakResidentBytes()), op: .max)
             let report = StepReport(workload: config.config, ranks: world.size, threads: threadCount, parameters: parameters,
                                     tokens_per_step: tokens, step_seconds: stepSeconds, tokens_per_s: Double(tokens) / stepSeconds,
                                     gflops: flops / stepSeconds / 1e9, communication_wait_share: median(waits) / stepSeconds,
                                     peak_rss_bytes: Int(peakBytes), model_bytes: needBytes, memory_ratio: Double(peakBytes) / Double(needBytes),
+                                    attention_state_bytes: transformer.attentionStateFloats * 4, attention_tile_bytes: tileBytes,
                                     final_loss: lastLoss)
             if world.rank == 0 { print(json ? try report.json() : report.table()) }
         }
@@ -134,6 +137,10 @@ struct StepReport: Encodable {
     let peak_rss_bytes: Int
     let model_bytes: Int
     let memory_ratio: Double
+    /// Of model_bytes, what attention keeps for backward besides its projections (B·H·T floats per layer).
+    let attention_state_bytes: Int
+    /// Score tiles of the attention kernels, all of this process's compute threads together.
+    let attention_tile_bytes: Int
     let final_loss: Double
 
     func table() -> String {
@@ -141,7 +148,8 @@ struct StepReport: Encodable {
         workload     \(workload), \(ranks) rank(s) x \(threads) thread(s), \(parameters) parameters, \(tokens_per_step) tokens per step
         step         \(String(format: "%.4f", step_seconds)) s (median, slowest rank), waiting for communication \(String(format: "%.1f", communication_wait_share * 100))%
         throughput   \(String(format: "%.1f", tokens_per_s)) tokens/s, \(String(format: "%.1f", gflops)) GFLOP/s
-        memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio)))
+        memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio))); \
+        attention keeps \(formatBytes(attention_state_bytes)) (B·H·T per layer) and \(formatBytes(attention_tile_bytes)) of tiles
         """
     }
 
