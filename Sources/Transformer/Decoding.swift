@@ -152,7 +152,7 @@ extension TransformerModel {
         return outputs
     }
 
-    private func forwardWithoutTraining(_ batch: TokenBatch) {
+    func forwardWithoutTraining(_ batch: TokenBatch) {
         let wasTraining = training
         training = false
         defer { training = wasTraining }
@@ -195,7 +195,7 @@ extension TransformerModel {
         var sequence = context
         if cached {
             let decoder = try makeDecoder(rows: 1, capacity: positions, sourceLength: 0)
-            for token in context.dropLast() { decoder.step([token]) }
+            decoder.prefill(Array(context.dropLast()))
             var next = context[context.count - 1]
             while generated.count < maxTokens {
                 decoder.step([next])

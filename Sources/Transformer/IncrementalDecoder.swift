@@ -109,6 +109,33 @@ public final class IncrementalDecoder {
     /// Starts over without a source (decoder-only models, or a new prompt).
     public func reset() { length = 0 }
 
+    /// Decoder-only: starts over with `tokens` (a prompt, the same for every row) in the cache, ready to `step` its next
+    /// token. The first tokens the model's buffers hold (`maxTargetLength`) go through one forward pass of the model,
+    /// whose tiled attention covers the whole prompt at once, and each layer's keys and values are copied into the
+    /// cache; any further tokens are stepped one at a time. No logits are computed for the caller.
+    public func prefill(_ tokens: [Int32]) {
+        let config = model.config, c = config.dModel
+        precondition(config.kind == .decoderOnly, "only a decoder-only model takes a prompt")
+        precondition(tokens.count <= capacity, "a prompt of \(tokens.count) tokens exceeds the decoding cache (\(capacity) positions)")
+        length = 0
+        let direct = min(tokens.count, model.maxTargetLength)
+        if direct > 0 {
+            model.forwardWithoutTraining(TokenBatch(batchSize: 1, sourceLength: 0, targetLength: direct, source: [],
+                                                    decoderInput: Array(tokens[..<direct]),
+                                                    labels: [Int32](repeating: SpecialToken.pad, count: direct)))
+            for (index, cache) in caches.enumerated() {
+                let (keys, values) = model.decoderSelfAttentionKeysValues(index)
+                for row in 0..<rows {
+                    let slot = row * cache.selfAttention.capacity * c
+                    (cache.selfAttention.keys.baseAddress! + slot).update(from: keys.baseAddress!, count: direct * c)
+                    (cache.selfAttention.values.baseAddress! + slot).update(from: values.baseAddress!, count: direct * c)
+                }
+            }
+            length = direct
+        }
+        for token in tokens[direct...] { step([Int32](repeating: token, count: rows)) }
+    }
+
     /// Feeds one token per row at position `length` and computes the next-token logits of every row.
     public func step(_ tokens: [Int32]) {
         let config = model.config, parameters = model.parameters

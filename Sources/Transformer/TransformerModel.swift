@@ -256,6 +256,13 @@ public final class TransformerModel {
         return rows
     }
 
+    /// Decoder layer `index`'s self-attention keys and values from the last forward, [B·T, C] each (prefilling a
+    /// decoding cache).
+    func decoderSelfAttentionKeysValues(_ index: Int) -> (keys: FloatBuffer, values: FloatBuffer) {
+        let attention = buffers.decoderLayers[index].selfAttention.attention
+        return (attention.k, attention.v)
+    }
+
     /// Floats held for activations and scratch (for memory accounting).
     public var activationFloats: Int { activationArena.storage.count }
 

@@ -57,6 +57,30 @@ final class DecodingTests: XCTestCase {
         }
     }
 
+    /// A prompt prefilled through one forward pass (the tiled attention over the whole prompt) leaves the cache as
+    /// stepping it token by token does: the next logits agree in every row. With buffers shorter than the prompt
+    /// (maxTargetLength 4), the rest of the prompt is stepped.
+    func testPrefillEqualsSteppingThePrompt() throws {
+        let config = ModelConfig(kind: .decoderOnly, vocabSize: 40, dModel: 16, heads: 4, encoderLayers: 0, decoderLayers: 2, dFF: 32,
+                                 activation: .gelu, norm: .pre, positions: .learned, maxLength: 12, dropout: 0.1, tiedEmbeddings: true)
+        let prompt: [Int32] = [5, 9, 13, 17, 21, 25, 29, 33, 37, 4]
+        for maxTargetLength in [12, 4] {
+            let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: maxTargetLength)
+            model.initializeParameters(seed: 3)
+            let stepped = try IncrementalDecoder(model: model, rows: 2, capacity: 12)
+            for token in prompt { stepped.step([token, token]) }
+            let prefilled = try IncrementalDecoder(model: model, rows: 2, capacity: 12)
+            prefilled.step([8, 8])  // whatever was in the cache before is discarded
+            prefilled.prefill(prompt)
+            XCTAssertEqual(prefilled.length, prompt.count)
+            for decoder in [stepped, prefilled] { decoder.step([7, 7]) }
+            let expected = stepped.withLogits { Array($0) }, actual = prefilled.withLogits { Array($0) }
+            let worst = zip(actual, expected).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? .infinity
+            XCTAssertLessThan(worst, 1e-5, "buffers of \(maxTargetLength): prefilled logits differ from stepped ones by \(worst)")
+            XCTAssertEqual(Array(actual[..<40]), Array(actual[40...]), "both rows hold the same prompt")
+        }
+    }
+
     func testCachedGreedyTranslationEqualsUncached() throws {
         for (norm, positions) in [(ModelConfig.Norm.post, ModelConfig.Positions.sinusoidal), (.pre, .learned)] {
             for seed in [1, 2, 3] as [UInt64] {
