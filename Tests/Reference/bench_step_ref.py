@@ -10,13 +10,14 @@ random token, as BERT). All tie the output projection to the embedding when the 
 cross-entropy (the config's label smoothing), backward, clip_grad_norm_ (the config's clip_norm) and AdamW, on random
 tokens; the median of the timed steps is reported.
 
-Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp]
+Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp] [--sdpa]
        (with --ddp, launch under torchrun or mpirun: each rank takes its own batch and DistributedDataParallel sums
        gradients)
+       (with --sdpa, a decoder-only config becomes nanoGPT's model, whose attention is scaled_dot_product_attention)
 Prints one JSON object: impl, workload, threads, world, params, step_s, tokens_per_s (target tokens of all ranks),
-gflops (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as ddp counts).
+gflops (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as ddp counts), peak_rss_bytes (rank 0).
 """
-import argparse, contextlib, json, math, os, statistics, time
+import argparse, contextlib, json, math, os, resource, statistics, time
 
 import torch
 import torch.nn as nn
@@ -128,6 +129,49 @@ class DecoderOnly(nn.Module):
         return self.head(self.norm(self.layers(self.embed(decoder_input), mask=mask, is_causal=True)))
 
 
+class NanoGPTBlock(nn.Module):
+    """nanoGPT's block: pre-norm, a fused q/k/v projection and F.scaled_dot_product_attention(is_causal=True), which on
+    CPU runs PyTorch's flash-attention kernel (tiles, no stored probabilities)."""
+
+    def __init__(self, m):
+        super().__init__()
+        c = m["d_model"]
+        self.heads = m["heads"]
+        self.ln_1, self.ln_2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.c_attn, self.c_proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.mlp = nn.Sequential(nn.Linear(c, m["d_ff"]), nn.GELU() if m.get("activation", "relu") == "gelu" else nn.ReLU(),
+                                 nn.Linear(m["d_ff"], c))
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).contiguous().view(b, t, c)
+        x = x + self.c_proj(y)
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPT(nn.Module):
+    """A decoder-only config as nanoGPT writes it (--sdpa): token and learned position embeddings, NanoGPTBlocks, a
+    final LayerNorm and the tied head."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.embedding = nn.Embedding(m["vocab_size"], m["d_model"])
+        self.embed = Positions(self.embedding, m)
+        self.blocks = nn.ModuleList(NanoGPTBlock(m) for _ in range(m["decoder_layers"]))
+        self.norm = nn.LayerNorm(m["d_model"])
+        self.head = nn.Linear(m["d_model"], m["vocab_size"], bias=False)
+        if m.get("tied_embeddings", True):
+            self.head.weight = self.embedding.weight
+
+    def forward(self, source, decoder_input):
+        x = self.embed(decoder_input)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("config")
@@ -135,6 +179,7 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ddp", action="store_true")
+    parser.add_argument("--sdpa", action="store_true", help="decoder-only configs: nanoGPT's model (scaled_dot_product_attention)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -151,7 +196,9 @@ def main():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29511")
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    model = {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
+    if args.sdpa and kind != "decoder-only":
+        parser.error(f"--sdpa builds nanoGPT's decoder-only model; {args.config} is {kind}")
+    model = NanoGPT(m) if args.sdpa else {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
     parameters = sum(p.numel() for p in model.parameters())
     b, t = training["batch_size"], data["target_length"]
     s = data.get("source_length", 0) if encoder_decoder else 0
@@ -197,7 +244,8 @@ def main():
     if rank == 0:
         print(json.dumps({"impl": "pytorch-" + torch.__version__, "workload": os.path.basename(args.config), "threads": args.threads,
                           "world": world, "params": parameters, "step_s": round(seconds, 4),
-                          "tokens_per_s": round(tokens / seconds, 1), "gflops": round(flops / seconds / 1e9, 1)}))
+                          "tokens_per_s": round(tokens / seconds, 1), "gflops": round(flops / seconds / 1e9, 1),
+                          "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
     if args.ddp:
         torch.distributed.destroy_process_group()
 
