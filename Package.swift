@@ -16,6 +16,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // FilePath: Foundation's NSString path methods trap on one-character relative paths (`--output d`).
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        // TensorBoard event files: the protocol buffers are encoded by swift-protobuf (generated code committed).
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // MARK: C libraries (Debian packages; found through pkg-config)
@@ -52,10 +54,17 @@ let package = Package(
         // MARK: Data
         .target(name: "Data", dependencies: ["Basics", "HDF5", "Files"]),
 
+        // MARK: Pictures (SVG charts and heatmaps, HTML pages; plain Swift)
+        .target(name: "Pictures"),
+
+        // MARK: TensorBoard event files (TFRecord framing around swift-protobuf's encoding)
+        .target(name: "TensorBoard", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")], exclude: ["event.proto"]),
+
         // MARK: Training
         .target(
             name: "Training",
-            dependencies: ["Basics", "MPI", "HDF5", "Kernels", "Transformer", "Data", "Files", .product(name: "Yams", package: "Yams")]
+            dependencies: ["Basics", "MPI", "HDF5", "Kernels", "Transformer", "Data", "Files", "TensorBoard",
+                           .product(name: "Yams", package: "Yams")]
         ),
 
         // MARK: Command line
@@ -70,6 +79,7 @@ let package = Package(
                 "Data",
                 "Training",
                 "Files",
+                "Pictures",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -94,6 +104,8 @@ let package = Package(
         .testTarget(name: "HDF5Tests", dependencies: ["HDF5", "TestSupport"]),
         .testTarget(name: "MPITests", dependencies: ["MPI", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels"]),
+        .testTarget(name: "PicturesTests", dependencies: ["Pictures", "TestSupport"]),
+        .testTarget(name: "TensorBoardTests", dependencies: ["TensorBoard"]),
         .testTarget(name: "FilesTests", dependencies: ["Files"]),
         .testTarget(name: "DataTests", dependencies: ["Basics", "Data", "HDF5", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Basics", "Training", "Transformer", "Kernels", "Data", "HDF5", "TestSupport"],

@@ -11,6 +11,11 @@ if ! python3 -c "import h5py, numpy" 2>/dev/null; then
   python3 -m pip install --quiet h5py numpy || echo "test.sh: could not install h5py; the h5py interop tests will skip"
 fi
 
+# TensorBoard's own event reader checks the event files training writes. Without it that test skips and says so.
+if ! python3 -c "import tensorboard" 2>/dev/null; then
+  python3 -m pip install --quiet tensorboard || echo "test.sh: could not install tensorboard; the event-file test will skip"
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi

@@ -216,3 +216,34 @@ private func recomputeProbabilities(_ row: UnsafeMutablePointer<Float>, count: I
     }
     if visible < count { (row + visible).update(repeating: 0, count: count - visible) }
 }
+
+/// The attention probabilities of a tiled forward, recomputed as its backward recomputes them (for pictures of
+/// attention, not for training):
+///   probs[B,H,Tq,Tk] = exp(q·kᵀ/√D − logSumExp) over the keys each query sees, 0 elsewhere
+/// given the forward's q [B,Tq,C], k [B,Tk,C], `logSumExp` [B,H,Tq] and mask. Each row sums to 1 (0 for a query that
+/// saw no key). The same function as torch.nn.MultiheadAttention's per-head weights (average_attn_weights=False).
+public func flashAttentionProbabilities(probs: FloatBuffer, q: FloatBuffer, k: FloatBuffer, logSumExp: FloatBuffer, mask: AttentionMask,
+                                        batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
+    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
+    precondition(!mask.causal || queryTime == keyTime, "causal attention needs Tq = Tk, got \(queryTime) and \(keyTime)")
+    let headSize = channels / heads
+    requireCount(probs, batch * heads * queryTime * keyTime, "probs")
+    requireCount(q, batch * queryTime * channels, "q")
+    requireCount(k, batch * keyTime * channels, "k")
+    requireCount(logSumExp, batch * heads * queryTime, "logSumExp")
+    let scale = 1 / Float(headSize).squareRoot()
+    parallelFor(batch * heads, tile: 1) { pairs in
+        for pair in pairs {
+            let b = pair / heads, h = pair % heads
+            let p = probs.baseAddress! + pair * queryTime * keyTime
+            serialGemm(transA: false, transB: true, m: queryTime, n: keyTime, k: headSize, alpha: scale,
+                       a: q.baseAddress! + b * queryTime * channels + h * headSize, lda: channels,
+                       b: k.baseAddress! + b * keyTime * channels + h * headSize, ldb: channels, beta: 0, c: p, ldc: keyTime)
+            let padding = mask.keyPadding.map { UnsafeBufferPointer(rebasing: $0[(b * keyTime)..<((b + 1) * keyTime)]) }
+            for i in 0..<queryTime {
+                recomputeProbabilities(p + i * keyTime, count: keyTime, visible: mask.causal ? i + 1 : keyTime, padding: padding,
+                                       logSumExp: logSumExp[pair * queryTime + i])
+            }
+        }
+    }
+}

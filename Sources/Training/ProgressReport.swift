@@ -1,5 +1,6 @@
 import Files
 import Foundation
+import TensorBoard
 
 /// What rank 0 tells the user and `metrics.jsonl` about a run: one metrics line per update and per evaluation, and
 /// a progress line every `training.log_every` updates.
@@ -20,7 +21,7 @@ final class ProgressReport {
     init(config: RunConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
         self.config = config
         self.log = log
-        metrics = try MetricsLog(directory: runDirectory)
+        metrics = try MetricsLog(directory: runDirectory, tensorboard: config.training.tensorboard)
         started = clock.now
     }
 
@@ -79,13 +80,17 @@ final class ProgressReport {
 }
 
 /// metrics.jsonl in the run directory: one JSON object per line, appended (rank 0 only). A value that is not finite
-/// (the perplexity of a diverged model) is written as null, so every line stays valid JSON.
+/// (the perplexity of a diverged model) is written as null, so every line stays valid JSON. With `tensorboard`, every
+/// line's numbers also go to a TensorBoard event file in the run directory (one file per attempt), tagged with the
+/// metrics.jsonl names.
 final class MetricsLog {
     private let handle: FileHandle
     private let path: String
     private var failed = false
+    private let events: EventFileWriter?
+    private var eventsFailed = false
 
-    init(directory: String) throws {
+    init(directory: String, tensorboard: Bool = false) throws {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
@@ -96,6 +101,11 @@ final class MetricsLog {
         guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("\(path): cannot open for appending") }
         handle.seekToEndOfFile()
         self.handle = handle
+        do {
+            events = tensorboard ? try EventFileWriter(directory: directory) : nil
+        } catch {
+            throw TrainingError("\(error) (training.tensorboard is true)")
+        }
     }
 
     /// `fields` with non-finite numbers replaced by null.
@@ -117,6 +127,19 @@ final class MetricsLog {
         } catch {
             if !failed { log("warning: \(path): cannot append metrics (\(describe(error))); training goes on, later failures are not repeated") }
             failed = true
+        }
+        guard let events, let step = fields["step"] as? Int else { return }
+        var scalars: [String: Double] = [:]
+        for (key, value) in fields where key != "step" {
+            if let number = value as? Double, number.isFinite { scalars[key] = number }
+            if let number = value as? Int { scalars[key] = Double(number) }
+            if let number = value as? Float, number.isFinite { scalars[key] = Double(number) }
+        }
+        do {
+            try events.add(step: step, scalars: scalars)
+        } catch {
+            if !eventsFailed { log("warning: \(error); training goes on, later failures are not repeated") }
+            eventsFailed = true
         }
     }
 

@@ -58,12 +58,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var logEvery = 10
         /// Seconds a collective may take before the job is ended (0: no limit).
         public var collectiveTimeout: Double = 300
+        /// Also write the metrics as TensorBoard event files in the run directory (`training.tensorboard`, default false).
+        public var tensorboard = false
 
         enum CodingKeys: String, CodingKey {
             case seed, steps
             case batchSize = "batch_size", labelSmoothing = "label_smoothing", accumulationSteps = "grad_accum", clipNorm = "clip_norm"
             case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
-            case gradCompression = "grad_compression", maxTokens = "max_tokens"
+            case gradCompression = "grad_compression", maxTokens = "max_tokens", tensorboard
         }
 
         /// `batchSize` until `RunConfig` derives it from `max_tokens` and the data lengths (a given `batch_size` is
@@ -87,6 +89,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             threads = try values.decodeIfPresent(Int.self, forKey: .threads) ?? 0
             logEvery = try values.decodeIfPresent(Int.self, forKey: .logEvery) ?? 10
             collectiveTimeout = try values.decodeIfPresent(Double.self, forKey: .collectiveTimeout) ?? 300
+            tensorboard = try values.decodeIfPresent(Bool.self, forKey: .tensorboard) ?? false
         }
     }
 
@@ -292,7 +295,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
         "training": ["batch_size", "max_tokens", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
-                     "threads", "log_every", "collective_timeout"],
+                     "threads", "log_every", "collective_timeout", "tensorboard"],
         "eval": ["every", "max_batches", "decode_samples", "bleu_tokenize"],
         "checkpoint": ["every", "keep"],
         "mlm": ["probability", "mask_replace_prob", "random_replace_prob", "eval_seed"],

@@ -583,3 +583,77 @@ public struct LossSum: Sendable, Equatable {
         self.correct = correct
     }
 }
+
+// MARK: Attention maps
+
+/// One attention layer's probabilities from the last forward pass, for pictures of attention.
+public struct AttentionMap: Sendable {
+    /// Which attention of the layer.
+    public enum Kind: String, Sendable, CaseIterable {
+        case encoderSelfAttention = "encoder self-attention"
+        case decoderSelfAttention = "decoder self-attention"
+        case crossAttention = "cross-attention"
+
+        /// A name for files and HDF5 datasets: `encoder_self_attention`, ...
+        public var identifier: String { rawValue.replacingOccurrences(of: "-", with: "_").replacingOccurrences(of: " ", with: "_") }
+    }
+
+    /// Which attention of the layer it is.
+    public let kind: Kind
+    /// The layer's index in its stack, from 0.
+    public let layer: Int
+    /// The shape of `probabilities`: rows, heads, queries and keys.
+    public let batch: Int, heads: Int, queryTime: Int, keyTime: Int
+    /// [B, H, Tq, Tk]: softmax weights of each query over the keys (rows sum to 1; masked keys 0).
+    public let probabilities: [Float]
+
+    /// The attention's parameter prefix, as its projections are named: `encoder.layers.0.self_attn`,
+    /// `decoder.layers.1.self_attn`, `decoder.layers.1.cross_attn`.
+    public var module: String {
+        switch kind {
+        case .encoderSelfAttention: return "encoder.layers.\(layer).self_attn"
+        case .decoderSelfAttention: return "decoder.layers.\(layer).self_attn"
+        case .crossAttention: return "decoder.layers.\(layer).cross_attn"
+        }
+    }
+}
+
+extension TransformerModel {
+    /// Every attention layer's probabilities for `batch`, after running the model on it without training: encoder
+    /// layers first, then each decoder layer's self-attention and cross-attention. They are computed from the
+    /// training kernels' own forward (its log-sum-exp per query), as its backward recomputes them.
+    public func attentionMaps(_ batch: TokenBatch) -> [AttentionMap] {
+        forwardWithoutTraining(batch)
+        let b = batch.batchSize, c = config.dModel, h = config.heads
+        let source = batch.sourceLength, target = batch.targetLength
+        let padding = UnsafeBufferPointer(buffers.sourcePadding)
+        func map(_ kind: AttentionMap.Kind, layer: Int, _ a: MultiHeadAttention.Activations, queryTime: Int, keyTime: Int,
+                 mask: AttentionMask) -> AttentionMap {
+            var probabilities = [Float](repeating: 0, count: b * h * queryTime * keyTime)
+            probabilities.withUnsafeMutableBufferPointer { probs in
+                flashAttentionProbabilities(probs: probs, q: a.q, k: a.k, logSumExp: a.logSumExp, mask: mask, batch: b,
+                                            queryTime: queryTime, keyTime: keyTime, channels: c, heads: h)
+            }
+            return AttentionMap(kind: kind, layer: layer, batch: b, heads: h, queryTime: queryTime, keyTime: keyTime,
+                                probabilities: probabilities)
+        }
+        var maps: [AttentionMap] = []
+        if config.kind.hasEncoder {
+            for (index, a) in buffers.encoderLayers.enumerated() {
+                maps.append(map(.encoderSelfAttention, layer: index, a.selfAttention.attention, queryTime: source, keyTime: source,
+                                mask: AttentionMask(keyPadding: padding)))
+            }
+        }
+        if config.kind.hasDecoder {
+            for (index, a) in buffers.decoderLayers.enumerated() {
+                maps.append(map(.decoderSelfAttention, layer: index, a.selfAttention.attention, queryTime: target, keyTime: target,
+                                mask: AttentionMask(causal: true)))
+                if let cross = a.crossAttention {
+                    maps.append(map(.crossAttention, layer: index, cross.attention, queryTime: target, keyTime: source,
+                                    mask: AttentionMask(keyPadding: padding)))
+                }
+            }
+        }
+        return maps
+    }
+}

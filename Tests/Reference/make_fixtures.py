@@ -1,8 +1,9 @@
 """PyTorch golden files for the Swift transformer (as llm.c checks its C code against PyTorch).
 
 Builds the same models as Sources/Transformer, with the same parameter names (README.md, "The model"), from fixed seeds, and
-writes for each: every weight, a padded batch, the logits, the summed loss with label smoothing, every parameter
-gradient of that sum, and the losses of 10 AdamW steps (gradients divided by the batch's token count, as training
+writes for each: every weight, a padded batch, the logits, every attention's per-head weights [B, H, Tq, Tk] (by the
+attention's parameter prefix, as `expected/attention/decoder.layers.0.self_attn`), the summed loss with label
+smoothing, every parameter gradient of that sum, and the losses of 10 AdamW steps (gradients divided by the batch's token count, as training
 does). Files are small HDF5 (well under 1 MB).
 
 Regenerate (needs torch, h5py, numpy; run from the repository root):
@@ -31,6 +32,8 @@ def write(path, cfg, source, dec_in, labels, smoothing, lr, adamw, steps=10):
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
     vocab = cfg["vocab_size"]
     logits = model(source, dec_in)
+    # Every attention's per-head weights of this forward, by the attention's parameter prefix.
+    attention = {name: module.weights.detach().clone() for name, module in model.named_modules() if hasattr(module, "weights")}
     loss = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}
@@ -58,6 +61,7 @@ def write(path, cfg, source, dec_in, labels, smoothing, lr, adamw, steps=10):
         f["expected/logits"] = logits.detach().reshape(-1, vocab).numpy()
         f["expected/loss"] = np.array([float(loss)], dtype=np.float64)
         f["expected/step_losses"] = np.array(step_losses, dtype=np.float64)
+        for name, value in attention.items(): f[f"expected/attention/{name}"] = value.numpy()
     print(f"{path}: loss {float(loss):.6f} over {tokens} tokens, step losses {step_losses[0]:.4f} -> {step_losses[-1]:.4f}")
 
 

@@ -36,7 +36,8 @@ class Attention(nn.Module):
             scores = scores.masked_fill(torch.ones(Tq, Tk, dtype=torch.bool).triu(1), float("-inf"))
         if key_padding is not None:
             scores = scores.masked_fill(key_padding[:, None, None, :], float("-inf"))
-        out = torch.softmax(scores, dim=-1) @ v
+        s.weights = torch.softmax(scores, dim=-1)  # [B, H, Tq, Tk], kept for the attention-map fixtures
+        out = s.weights @ v
         return s.o_proj(out.transpose(1, 2).reshape(B, Tq, C))
 
 

@@ -127,6 +127,13 @@ public func pythonWithSacrebleu() -> String? {
     pythonImporting("sacrebleu", candidates: ["SWIFTDDP_PYTHON", "SWIFTDDP_TORCH_PYTHON"], timeout: 60)
 }
 
+/// A Python that can import tensorboard's event reader (SWIFTDDP_PYTHON, SWIFTDDP_TORCH_PYTHON or python3), or nil
+/// (tests that read event files with it skip and say so).
+public func pythonWithTensorBoard() -> String? {
+    pythonImporting("tensorboard.backend.event_processing.event_accumulator", candidates: ["SWIFTDDP_PYTHON", "SWIFTDDP_TORCH_PYTHON"],
+                    timeout: 120)
+}
+
 /// The first of the Pythons named by the environment variables `candidates`, then python3 on the PATH, that can
 /// import `modules` (a comma-separated list), or nil.
 private func pythonImporting(_ modules: String, candidates: [String], timeout: Double) -> String? {

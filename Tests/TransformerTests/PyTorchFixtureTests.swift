@@ -114,6 +114,25 @@ final class PyTorchFixtureTests: XCTestCase {
             """)
     }
 
+    /// Every attention's probabilities, recomputed from the training kernel's forward (`attentionMaps`), equal the
+    /// per-head weights of PyTorch's softmax, padded rows and masked keys included.
+    func testAttentionProbabilitiesMatchPyTorch() throws {
+        for name in ["encdec_post_sinusoidal", "gpt_pre_learned", "bert_post_learned"] {
+            let fixture = try Fixture(name)
+            let maps = try fixture.makeModel().attentionMaps(fixture.batch)
+            let stored = Set(try fixture.file.openGroup("expected/attention").members().map(\.name))
+            XCTAssertEqual(Set(maps.map(\.module)), stored, "\(name): every attention of the model, as PyTorch has them")
+            for map in maps {
+                let dataset = try fixture.file.openDataset("expected/attention/\(map.module)")
+                XCTAssertEqual(dataset.shape, [map.batch, map.heads, map.queryTime, map.keyTime], "\(name) \(map.module)")
+                let expected = try dataset.read(as: Float.self)
+                let worst = zip(map.probabilities, expected).map { abs($0 - $1) }.max() ?? .infinity
+                XCTAssertLessThan(worst, 1e-5, "\(name) \(map.module): probabilities differ from PyTorch's by \(worst)")
+                XCTAssertTrue(expected.contains { $0 > 0.2 }, "\(name) \(map.module): the weights are not all tiny")
+            }
+        }
+    }
+
     func testEncoderDecoderPostNormSinusoidal() throws { try check("encdec_post_sinusoidal") }
     func testDecoderOnlyPreNormLearned() throws { try check("gpt_pre_learned") }
     func testEncoderOnlyMaskedLMPostNormLearned() throws { try check("bert_post_learned") }

@@ -5,60 +5,40 @@ import XCTest
 
 /// `ddp eval`, `generate`, `inspect` and `export` on checkpoints that real (small) training runs wrote.
 final class CheckpointToolsTests: XCTestCase {
-    private struct TrainedRuns: Sendable {
-        let directory: URL
-        var failure: String?
+    /// Trained on first use, once for all tests of the class: a seq2seq run (reverse strings) and a language-model
+    /// run on text.
+    private static let runs = PreparedDirectory("ddp-tools") { directory in
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        try runDDPOrThrow(["prepare", "--synthetic", "reverse", "--samples", "600", "--max-length", "8", "--valid-fraction", "0.1",
+                           "--output", path("reverse")])
+        try """
+            model: {kind: encoder-decoder, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 1, decoder_layers: 1, d_ff: 64,
+                    activation: relu, norm: pre, positions: sinusoidal, max_length: 16, dropout: 0.0, tied_embeddings: true}
+            data: {directory: \(path("reverse")), source_length: 9, target_length: 9}
+            training: {batch_size: 16, steps: 60, seed: 1, threads: 1, log_every: 20}
+            optimizer: {lr: 3.0e-3}
+            eval: {every: 60, max_batches: 0, decode_samples: 100000}
+            checkpoint: {every: 30, keep: 3}
+            """.write(toFile: path("reverse.yaml"), atomically: true, encoding: .utf8)
+        try runDDPOrThrow(["train", "--config", path("reverse.yaml"), "--run-dir", path("reverse-run")])
+
+        let text = (0..<80).map { "Document \($0): the quick brown fox jumps over the lazy dog, \($0 * 7) times.\n\n" }.joined()
+        try text.write(toFile: path("lm.txt"), atomically: true, encoding: .utf8)
+        try runDDPOrThrow(["prepare", "--task", "lm", "--input", path("lm.txt"), "--valid-fraction", "0.2", "--output", path("lm")])
+        try """
+            model: {kind: decoder-only, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 0, decoder_layers: 2, d_ff: 64,
+                    activation: gelu, norm: pre, positions: learned, max_length: 32, dropout: 0.0, tied_embeddings: false}
+            data: {directory: \(path("lm")), target_length: 32}
+            training: {batch_size: 8, steps: 30, seed: 2, threads: 1, log_every: 10}
+            optimizer: {lr: 3.0e-3}
+            eval: {every: 30, max_batches: 0}
+            """.write(toFile: path("lm.yaml"), atomically: true, encoding: .utf8)
+        try runDDPOrThrow(["train", "--config", path("lm.yaml"), "--run-dir", path("lm-run")])
     }
-    /// Trained on first use, once for all tests of the class (a static let initialises once, thread-safely).
-    private static let runs = trainRuns()
     private var ddp: String { builtProduct("ddp") }
 
-    private static func path(_ name: String, in directory: URL = runs.directory) -> String { directory.appendingPathComponent(name).path }
+    private static func path(_ name: String) -> String { runs.path(name) }
     private func path(_ name: String) -> String { Self.path(name) }
-
-    /// A seq2seq run (reverse strings) and a language-model run on text.
-    private static func trainRuns() -> TrainedRuns {
-        let directory: URL
-        do { directory = try makeTemporaryDirectory("ddp-tools") } catch {
-            return TrainedRuns(directory: FileManager.default.temporaryDirectory, failure: "\(error)")
-        }
-        func path(_ name: String) -> String { Self.path(name, in: directory) }
-        do {
-            let ddp = builtProduct("ddp")
-            func run(_ arguments: [String]) throws {
-                let result = try runProcess(ddp, arguments, environment: mpiEnvironment, timeout: 300)
-                if result.status != 0 { throw NSError(domain: "setup", code: 1, userInfo: [NSLocalizedDescriptionKey: "ddp \(arguments.joined(separator: " ")):\n\(result.output)"]) }
-            }
-            try run(["prepare", "--synthetic", "reverse", "--samples", "600", "--max-length", "8", "--valid-fraction", "0.1",
-                     "--output", path("reverse")])
-            try """
-                model: {kind: encoder-decoder, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 1, decoder_layers: 1, d_ff: 64,
-                        activation: relu, norm: pre, positions: sinusoidal, max_length: 16, dropout: 0.0, tied_embeddings: true}
-                data: {directory: \(path("reverse")), source_length: 9, target_length: 9}
-                training: {batch_size: 16, steps: 60, seed: 1, threads: 1, log_every: 20}
-                optimizer: {lr: 3.0e-3}
-                eval: {every: 60, max_batches: 0, decode_samples: 100000}
-                checkpoint: {every: 30, keep: 3}
-                """.write(toFile: path("reverse.yaml"), atomically: true, encoding: .utf8)
-            try run(["train", "--config", path("reverse.yaml"), "--run-dir", path("reverse-run")])
-
-            let text = (0..<80).map { "Document \($0): the quick brown fox jumps over the lazy dog, \($0 * 7) times.\n\n" }.joined()
-            try text.write(toFile: path("lm.txt"), atomically: true, encoding: .utf8)
-            try run(["prepare", "--task", "lm", "--input", path("lm.txt"), "--valid-fraction", "0.2", "--output", path("lm")])
-            try """
-                model: {kind: decoder-only, vocab_size: 260, d_model: 32, heads: 4, encoder_layers: 0, decoder_layers: 2, d_ff: 64,
-                        activation: gelu, norm: pre, positions: learned, max_length: 32, dropout: 0.0, tied_embeddings: false}
-                data: {directory: \(path("lm")), target_length: 32}
-                training: {batch_size: 8, steps: 30, seed: 2, threads: 1, log_every: 10}
-                optimizer: {lr: 3.0e-3}
-                eval: {every: 30, max_batches: 0}
-                """.write(toFile: path("lm.yaml"), atomically: true, encoding: .utf8)
-            try run(["train", "--config", path("lm.yaml"), "--run-dir", path("lm-run")])
-        } catch {
-            return TrainedRuns(directory: directory, failure: "\(error)")
-        }
-        return TrainedRuns(directory: directory)
-    }
 
     override class func tearDown() {
         try? FileManager.default.removeItem(at: runs.directory)

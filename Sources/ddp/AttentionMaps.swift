@@ -1,0 +1,192 @@
+import ArgumentParser
+import Basics
+import Data
+import Files
+import Foundation
+import HDF5
+import Pictures
+import Training
+import Transformer
+
+struct AttentionMaps: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "attention",
+        abstract: "Draw the attention probabilities of every layer and head of a checkpoint on one input.",
+        discussion: """
+            Runs the checkpoint's model on one input and writes into --output DIR: one SVG heatmap per layer and \
+            head of each attention — encoder self-attention, decoder (masked) self-attention, encoder-decoder \
+            cross-attention — with the tokens on both axes (queries down, keys across; spaces, tabs and line breaks \
+            shown as ␣ ⇥ ⏎), named <attention>-layer<L>-head<H>.svg; index.html, every map in a grid with the \
+            input, layer and head named (it shows the SVG files beside it); and attention.h5, the numbers: a dataset [layers, heads, queries, keys] \
+            per attention (encoder_self_attention, decoder_self_attention, cross_attention), the token ids \
+            (encoder_tokens, decoder_tokens) and their texts as JSON attributes. The probabilities are those of the \
+            kernels that train (recomputed from their forward pass).
+
+            The input, by model kind:
+              language model (decoder-only):   --prompt TEXT
+              encoder-only:                    --input TEXT ([MASK] stands for the mask token)
+              translation (encoder-decoder):   --source TEXT --target TEXT, or --input TEXT (the target is then \
+            the model's greedy translation)
+            At most 256 tokens on a side.
+
+            Examples:
+              ddp attention --checkpoint runs/quickstart --input "hello world" --output maps
+              ddp attention --checkpoint runs/gpt-small --prompt "ROMEO:" --output maps
+            """
+    )
+
+    /// Tokens on an axis at most: a heatmap of 256 x 256 cells is 4,600 pixels across and a few MB of SVG.
+    static let maximumTokens = 256
+
+    @OptionGroup var checkpoint: CheckpointOption
+
+    @Option(help: "Language model: the text whose attention is drawn.")
+    var prompt: String?
+
+    @Option(help: "Encoder-only: the text; translation: the source, translated greedily for the target.")
+    var input: String?
+
+    @Option(help: "Translation: the source text (with --target).")
+    var source: String?
+
+    @Option(help: "Translation: the target text the decoder reads (with --source).")
+    var target: String?
+
+    @Option(help: "The directory to write (created when missing).")
+    var output: String
+
+    func validate() throws {
+        let given = [prompt != nil, input != nil, source != nil || target != nil].filter { $0 }.count
+        guard given == 1 else { throw ValidationError("give one input: --prompt, --input, or --source with --target.") }
+        guard (source == nil) == (target == nil) else { throw ValidationError("--source and --target go together.") }
+    }
+
+    func run() throws {
+        let path = try checkpoint.resolve()
+        let header = try Checkpoint.readHeader(path)
+        guard let tokenizer = header.tokenizer else {
+            throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
+        }
+        let (model, _) = try Checkpoint.loadModel(path, maxBatch: 1)
+        let kind = model.config.kind
+        let (encoderTokens, decoderTokens) = try tokens(model: model, tokenizer: tokenizer, path: path)
+        let batch = TokenBatch(batchSize: 1, sourceLength: encoderTokens.count, targetLength: decoderTokens.count, source: encoderTokens,
+                               decoderInput: decoderTokens,
+                               labels: [Int32](repeating: SpecialToken.pad, count: kind == .encoderOnly ? encoderTokens.count : decoderTokens.count))
+        let maps = model.attentionMaps(batch)
+        let encoderLabels = encoderTokens.map { Self.label($0, tokenizer: tokenizer) }
+        let decoderLabels = decoderTokens.map { Self.label($0, tokenizer: tokenizer) }
+        try write(maps, encoderTokens: encoderTokens, decoderTokens: decoderTokens, encoderLabels: encoderLabels,
+                  decoderLabels: decoderLabels, checkpoint: path, step: header.state.step,
+                  inputs: [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)])
+    }
+
+    /// The encoder's and the decoder's tokens for this model kind, checked against the model's lengths.
+    private func tokens(model: TransformerModel, tokenizer: Tokenizer, path: String) throws -> (encoder: [Int32], decoder: [Int32]) {
+        func check(_ tokens: [Int32], limit: Int, _ what: String) throws -> [Int32] {
+            guard !tokens.isEmpty else { throw ValidationError("\(what) is empty: there is nothing to attend to") }
+            guard tokens.count <= limit else {
+                throw ValidationError("\(what) is \(tokens.count) tokens; the model (\(path)) takes at most \(limit)")
+            }
+            guard tokens.count <= Self.maximumTokens else {
+                throw ValidationError("\(what) is \(tokens.count) tokens; attention pictures show at most \(Self.maximumTokens) "
+                                      + "tokens on a side (a heatmap of more cannot be read): give a shorter text")
+            }
+            return tokens
+        }
+        switch model.config.kind {
+        case .decoderOnly:
+            guard let prompt else { throw ValidationError("\(path) is a language model: give --prompt") }
+            return ([], try check(tokenizer.encode(prompt), limit: model.maxTargetLength, "--prompt"))
+        case .encoderOnly:
+            guard let input else { throw ValidationError("\(path) is an encoder-only model: give --input") }
+            let tokens = input.components(separatedBy: "[MASK]").enumerated().flatMap { index, piece in
+                (index > 0 ? [tokenizer.maskToken] : []) + tokenizer.encode(piece)
+            }
+            return (try check(tokens, limit: model.maxSourceLength, "--input"), [])
+        case .encoderDecoder:
+            guard let text = input ?? source else { throw ValidationError("\(path) is a translation model: give --source and --target, or --input") }
+            let encoder = try check(tokenizer.encode(text) + [SpecialToken.eos], limit: model.maxSourceLength, input == nil ? "--source" : "--input")
+            let targetTokens: [Int32]
+            if let target {
+                targetTokens = tokenizer.encode(target)
+            } else {
+                targetTokens = try model.decode(source: encoder, batchSize: 1, sourceLength: encoder.count, maxTokens: model.maxTargetLength - 1)[0]
+            }
+            return (encoder, try check([SpecialToken.bos] + targetTokens, limit: model.maxTargetLength, "--target (with BOS)"))
+        }
+    }
+
+    /// A token's text for the axes: special tokens by name, the mask token as [MASK], other ids as their text (bytes
+    /// that are not UTF-8 as <0xNN>).
+    static func label(_ id: Int32, tokenizer: Tokenizer) -> String {
+        switch id {
+        case SpecialToken.pad: return "<pad>"
+        case SpecialToken.bos: return "<bos>"
+        case SpecialToken.eos: return "<eos>"
+        case SpecialToken.unk: return "<unk>"
+        case tokenizer.maskToken: return "[MASK]"
+        default:
+            let bytes = tokenizer.bytes([id])
+            return String(validating: bytes, as: UTF8.self) ?? bytes.map { String(format: "<0x%02X>", $0) }.joined()
+        }
+    }
+
+    private func write(_ maps: [AttentionMap], encoderTokens: [Int32], decoderTokens: [Int32], encoderLabels: [String],
+                       decoderLabels: [String], checkpoint: String, step: Int, inputs: [String]) throws {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
+            throw ValidationError("--output \(output) is a file; give a directory to write the pictures into")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
+        } catch {
+            throw ValidationError("--output \(output): cannot create the directory: \(describe(error))")
+        }
+        RemoveOnSignal.install()
+        var sections: [FigurePage.Section] = []
+        let inputLines = (encoderTokens.isEmpty ? [] : ["encoder: " + encoderLabels.map { readableToken($0, limit: 40) }.joined(separator: " ")])
+            + (decoderTokens.isEmpty ? [] : ["decoder: " + decoderLabels.map { readableToken($0, limit: 40) }.joined(separator: " ")])
+        sections.append(FigurePage.Section(heading: "Input", notes: inputLines + ["checkpoint \(checkpoint), step \(step)"], figures: []))
+        var files = 0
+        for map in maps {
+            let rows = map.kind == .encoderSelfAttention ? encoderLabels : decoderLabels
+            let columns = map.kind == .decoderSelfAttention ? decoderLabels : encoderLabels
+            var figures: [FigurePage.Figure] = []
+            for head in 0..<map.heads {
+                let start = head * map.queryTime * map.keyTime
+                let title = "\(map.kind.rawValue), layer \(map.layer), head \(head)"
+                let svg = Heatmap(title: title, rowLabels: rows, columnLabels: columns,
+                                  values: Array(map.probabilities[start..<(start + map.queryTime * map.keyTime)])).svg()
+                let name = "\(map.kind.identifier)-layer\(map.layer)-head\(head).svg"
+                try OutputFile.write(Paths.join(output, name), data: Data(svg.utf8), inputs: inputs)
+                files += 1
+                figures.append(FigurePage.Figure(caption: "layer \(map.layer), head \(head)", file: name))
+            }
+            sections.append(FigurePage.Section(heading: "\(map.kind.rawValue), layer \(map.layer) (\(map.module))", figures: figures))
+        }
+        let page = FigurePage(title: "Attention of \(checkpoint)", sections: sections).html()
+        try OutputFile.write(Paths.join(output, "index.html"), data: Data(page.utf8), inputs: inputs)
+        try OutputFile.write(Paths.join(output, "attention.h5"), inputs: inputs) { temporary in
+            let file = try File.create(temporary)
+            try file.setAttribute("format", "swiftddp-attention")
+            try file.setAttribute("version", 1)
+            try file.setAttribute("checkpoint", checkpoint)
+            try file.setAttribute("step", step)
+            for (name, tokens, labels) in [("encoder_tokens", encoderTokens, encoderLabels), ("decoder_tokens", decoderTokens, decoderLabels)]
+            where !tokens.isEmpty {
+                try file.createDataset(name, type: .int32, shape: [tokens.count]).write(tokens)
+                let texts = String(decoding: try JSONEncoder().encode(labels), as: UTF8.self)
+                try file.setAttribute("\(name)_texts", texts)
+            }
+            for kind in AttentionMap.Kind.allCases {
+                let layers = maps.filter { $0.kind == kind }
+                guard let first = layers.first else { continue }
+                try file.createDataset(kind.identifier, type: .float32, shape: [layers.count, first.heads, first.queryTime, first.keyTime])
+                    .write(layers.flatMap(\.probabilities))
+            }
+            try file.close()
+        }
+        print("wrote \(output): \(files) heatmaps (\(maps.count) attention layers), index.html, attention.h5")
+    }
+}

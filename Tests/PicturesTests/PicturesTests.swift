@@ -1,0 +1,60 @@
+import Foundation
+import Pictures
+import TestSupport
+import XCTest
+
+/// The SVG and HTML writers: well-formed XML whatever the labels hold, escaping, axes and legends.
+final class PicturesTests: XCTestCase {
+    /// Parses `text` as XML; returns its character data (entities resolved) and the element names seen.
+    private func parse(_ text: String, file: StaticString = #filePath, line: UInt = #line) -> ParsedMarkup {
+        let parsed = ParsedMarkup(Data(text.utf8))
+        XCTAssertTrue(parsed.wellFormed, "not well-formed XML: \(parsed.error ?? "?")", file: file, line: line)
+        return parsed
+    }
+
+    func testEscapingKeepsMarkupWellFormed() {
+        let hostile = "a<b & \"c\" 'd' </svg> \u{01} \u{FFFE}"
+        XCTAssertEqual(escapeMarkup("<&>\"'"), "&lt;&amp;&gt;&quot;&#39;")
+        XCTAssertFalse(escapeMarkup(hostile).contains("<"))
+        let map = Heatmap(title: hostile, rowLabels: ["<", "&", "\""], columnLabels: ["'", " ", "\n"], values: [0, 0.5, 1, 1, 0, 0.25, 0.1, 0.2, 0.7])
+        let parsed = parse(map.svg())
+        XCTAssertTrue(parsed.text.contains("a<b & \"c\" 'd' </svg>"), "the title comes back as written: \(parsed.text)")
+        for label in ["<", "&", "\"", "'", "␣", "⏎"] { XCTAssertTrue(parsed.text.contains(label), "axis label \(label)") }
+        XCTAssertEqual(parsed.elements.filter { $0 == "rect" }.count, 9 + 2, "a cell per weight, the background and the frame")
+    }
+
+    func testReadableTokens() {
+        XCTAssertEqual(readableToken(" the"), "␣the")
+        XCTAssertEqual(readableToken("\t\n"), "⇥⏎")
+        XCTAssertEqual(readableToken("\u{200B}"), "U+200B", "an invisible format character is named")
+        XCTAssertEqual(readableToken(""), "∅")
+        XCTAssertEqual(readableToken(String(repeating: "x", count: 30), limit: 5), "xxxx…")
+    }
+
+    func testLineChartHasAxesLegendAndLogScale() {
+        let chart = LineChart(title: "Training loss", xLabel: "step", yLabel: "loss", logarithmic: true, series: [
+            LineChart.Series(label: "run <a>", points: (1...50).map { (Double($0), 5 / Double($0)) }),
+            LineChart.Series(label: "run b", points: [(1, 3), (2, .nan), (3, 0), (4, 1)]),
+        ])
+        let parsed = parse(chart.svg())
+        XCTAssertEqual(parsed.elements.filter { $0 == "polyline" }.count, 2, "one line per series")
+        for text in ["Training loss", "step", "loss (log scale)", "run <a>", "run b", "0.1", "1"] {
+            XCTAssertTrue(parsed.text.contains(text), "\(text) in \(parsed.text)")
+        }
+        let empty = parse(LineChart(title: "t", xLabel: "x", yLabel: "y", series: []).svg())
+        XCTAssertTrue(empty.text.contains("no values to plot"))
+    }
+
+    func testPageIsWellFormedAndSelfContained() {
+        let page = FigurePage(title: "maps & <curves>", sections: [
+            FigurePage.Section(heading: "layer 0", notes: ["input: <b>"], figures: [
+                FigurePage.Figure(caption: "head 0", svg: Heatmap(title: "h", rowLabels: ["x"], columnLabels: ["y"], values: [1]).svg()),
+            ]),
+        ]).html()
+        let parsed = parse(page)
+        XCTAssertTrue(parsed.elements.contains("svg") && parsed.elements.contains("figure"))
+        XCTAssertTrue(parsed.text.contains("maps & <curves>") && parsed.text.contains("input: <b>"))
+        XCTAssertFalse(page.contains("http://") && page.contains("src="), "nothing is fetched")
+        XCTAssertFalse(page.contains("<script"))
+    }
+}
