@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Long context: W2's model (Configs/bench-w2.yaml, d_model 384, 6 layers, 6 heads) at contexts T = 256 ... 4096 with
-# 2,048 tokens per step (batch 2048 / T, and batch 1 from T = 2048 up), `ddp bench step` against nanoGPT's model in
+# 2,048 tokens per step (batch 2048 / T; batch 1 from T = 2048 up, so 4,096 tokens at 4096), `ddp bench step` against nanoGPT's model in
 # PyTorch (Tests/Reference/bench_step_ref.py --sdpa: F.scaled_dot_product_attention(is_causal=True), PyTorch's CPU
 # flash-attention kernel), alternating in one session, 1 thread each. Prints every run, then per T the medians of
 # tokens/s and peak resident memory of both, and the ratio ddp / PyTorch.
@@ -28,7 +28,8 @@ if [ "$python" != none ]; then
   "$python" -c "import torch" 2>/dev/null || { echo "bench-context.sh: $python cannot import torch (use --python, or --python none)" >&2; exit 1; }
 fi
 [ -z "$baseline" ] || [ -x "$baseline" ] || { echo "bench-context.sh: --baseline $baseline is not an executable" >&2; exit 2; }
-[ -x "$root/.build/release/ddp" ] || "$root/Launch/setup.sh"
+# The release build of this checkout (setup.sh builds it, and rebuilds what changed).
+"$root/Launch/setup.sh"
 ddp="$root/.build/release/ddp"
 
 work=$(mktemp -d)
@@ -46,8 +47,11 @@ PY
 done
 
 results="$work/results"
-# Each line: IMPLEMENTATION T JSON
-record() { echo "$1 $2 $3" | tee -a "$results"; }
+# Each line: IMPLEMENTATION T JSON; a run that printed no JSON object (it failed: out of memory, say) ends the script.
+record() {
+  [[ "$3" == "{"* ]] || { echo "bench-context.sh: $1 at T $2 failed (no result; rerun it alone to see why)" >&2; exit 1; }
+  echo "$1 $2 $3" | tee -a "$results"
+}
 for round in $(seq "$rounds"); do
   for t in $contexts; do
     record ddp "$t" "$("$ddp" bench step --config "$work/w2-$t.yaml" --threads 1 --steps 5 --json)"

@@ -45,6 +45,17 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 
+    /// How a fill-mask prompt writes the mask token in text.
+    public static let maskMarker = "[MASK]"
+
+    /// The ids of `text` with each `maskMarker` as `maskToken` and the pieces between encoded as `encode` does (the
+    /// prompts of `ddp generate` and `ddp attention` for encoder-only models).
+    public func encodeMarkingMasks(_ text: String) -> [Int32] {
+        text.components(separatedBy: Self.maskMarker).enumerated().flatMap { index, piece in
+            (index > 0 ? [maskToken] : []) + encode(piece)
+        }
+    }
+
     /// Ids back to text; special tokens are skipped, bytes that do not form UTF-8 become U+FFFD.
     public func decode(_ ids: [Int32]) -> String {
         var bytes: [UInt8] = []

@@ -2,7 +2,8 @@ import Foundation
 
 /// A line chart as a self-contained SVG: one line per series against a shared x axis (the training step), labelled
 /// axes with ticks, a legend naming the series, and optionally a logarithmic y axis (loss curves). Points that are
-/// not finite (and, on a log axis, not positive) are left out, breaking the line there.
+/// not finite (and, on a log axis, not positive) are left out and break the line there. A long line is thinned to
+/// about 2,000 vertices keeping each stretch's lowest and highest point, so spikes stay visible.
 public struct LineChart {
     /// One line: a label for the legend and its points in x order.
     public struct Series {
@@ -42,9 +43,19 @@ public struct LineChart {
         let left = 72.0, right = 16.0, top = 36.0, bottom = 52.0
         let plotWidth = Double(width) - left - right, plotHeight = Double(height) - top - bottom
         let transform: (Double) -> Double = logarithmic ? { log10($0) } : { $0 }
-        let usable = series.map { line in
-            line.points.filter { $0.x.isFinite && $0.y.isFinite && (!logarithmic || $0.y > 0) }.map { (x: $0.x, y: transform($0.y)) }
+        // Each series as runs of consecutive plottable points (a point that is not plottable ends a run).
+        let segments: [[[(x: Double, y: Double)]]] = series.map { line in
+            var runs: [[(x: Double, y: Double)]] = [[]]
+            for point in line.points {
+                if point.x.isFinite && point.y.isFinite && (!logarithmic || point.y > 0) {
+                    runs[runs.count - 1].append((x: point.x, y: transform(point.y)))
+                } else if !runs[runs.count - 1].isEmpty {
+                    runs.append([])
+                }
+            }
+            return runs.filter { !$0.isEmpty }
         }
+        let usable = segments.map { $0.flatMap { $0 } }
         var out = """
         <svg xmlns="http://www.w3.org/2000/svg" width="\(width)" height="\(height)" viewBox="0 0 \(width) \(height)" \
         font-family="sans-serif" font-size="12">
@@ -74,22 +85,22 @@ public struct LineChart {
         out += "<text x=\"\(format(left + plotWidth / 2))\" y=\"\(height - 12)\" text-anchor=\"middle\">\(escapeMarkup(xLabel))</text>\n"
         let yTitle = yLabel + (logarithmic ? " (log scale)" : "")
         out += "<text transform=\"translate(16 \(format(top + plotHeight / 2))) rotate(-90)\" text-anchor=\"middle\">\(escapeMarkup(yTitle))</text>\n"
-        for (index, points) in usable.enumerated() where !points.isEmpty {
+        for (index, runs) in segments.enumerated() {
             let colour = Self.palette[index % Self.palette.count]
-            // At most about 2,000 vertices per line (every k-th point, the last always kept): files stay small.
-            let stride = max(1, points.count / 2000)
-            var kept = Swift.stride(from: 0, to: points.count, by: stride).map { points[$0] }
-            if (points.count - 1) % stride != 0 { kept.append(points[points.count - 1]) }
-            if kept.count > 1 {
-                let path = kept.map { "\(format(px($0.x))),\(format(py($0.y)))" }.joined(separator: " ")
-                out += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.5\" points=\"\(path)\"/>\n"
-            }
-            // Sparse series (evaluations) also mark their points.
-            if kept.count <= 60 {
-                for point in kept {
-                    out += "<circle cx=\"\(format(px(point.x)))\" cy=\"\(format(py(point.y)))\" r=\"2.5\" fill=\"\(colour)\"/>"
+            let total = runs.reduce(0) { $0 + $1.count }
+            for points in runs {
+                let kept = Self.thinned(points, to: max(2, 2000 * points.count / max(1, total)))
+                if kept.count > 1 {
+                    let path = kept.map { "\(format(px($0.x))),\(format(py($0.y)))" }.joined(separator: " ")
+                    out += "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.5\" points=\"\(path)\"/>\n"
                 }
-                out += "\n"
+                // Sparse series (evaluations) and lone points are marked.
+                if total <= 60 || kept.count == 1 {
+                    for point in kept {
+                        out += "<circle cx=\"\(format(px(point.x)))\" cy=\"\(format(py(point.y)))\" r=\"2.5\" fill=\"\(colour)\"/>"
+                    }
+                    out += "\n"
+                }
             }
         }
         // The legend, top right inside the plot area.
@@ -107,6 +118,21 @@ public struct LineChart {
         }
         out += "</svg>\n"
         return out
+    }
+
+    /// `points` with at most about `limit` of them: each of limit / 2 stretches keeps its lowest and highest point, in
+    /// order, and the first and last points stay.
+    static func thinned(_ points: [(x: Double, y: Double)], to limit: Int) -> [(x: Double, y: Double)] {
+        guard points.count > limit, limit >= 4 else { return points }
+        let stretch = (points.count + limit / 2 - 1) / (limit / 2)
+        var kept: [(x: Double, y: Double)] = [points[0]]
+        for start in stride(from: 0, to: points.count, by: stretch) {
+            let part = points[start..<min(points.count, start + stretch)]
+            let low = part.indices.min { part[$0].y < part[$1].y }!, high = part.indices.max { part[$0].y < part[$1].y }!
+            for index in Set([low, high]).sorted() where index != 0 && index != points.count - 1 { kept.append(points[index]) }
+        }
+        kept.append(points[points.count - 1])
+        return kept
     }
 
     /// [low, high] widened by 3% on each side (a single value by ±1, or ±5% of itself).

@@ -23,7 +23,7 @@ public func escapeMarkup(_ text: String) -> String {
 }
 
 /// A token as a person can read it on an axis: spaces, tabs and line breaks as visible symbols (␣ ⇥ ⏎), other
-/// control and invisible characters as U+XXXX, at most `limit` characters (an ellipsis ends a longer one). The
+/// control and invisible characters as U+XXXX, at most `limit` characters (at least 2; an ellipsis ends a longer one). The
 /// result is plain text; escape it with `escapeMarkup` before it goes into markup.
 public func readableToken(_ text: String, limit: Int = 12) -> String {
     guard !text.isEmpty else { return "∅" }
@@ -40,7 +40,7 @@ public func readableToken(_ text: String, limit: Int = 12) -> String {
             pieces.append(invisible ? String(format: "U+%04X", scalar.value) : String(scalar))
         }
     }
-    let joined = pieces.joined()
+    let joined = pieces.joined(), limit = max(2, limit)
     return joined.count > limit ? String(joined.prefix(limit - 1)) + "…" : joined
 }
 

@@ -3,8 +3,8 @@ import SwiftProtobuf
 
 /// An event file TensorBoard reads (`tensorboard --logdir DIR`, or its Python `EventAccumulator`): TFRecord framing
 /// around `Event` protocol buffers, encoded by swift-protobuf from the generated code of `event.proto`. The file is
-/// `events.out.tfevents.<seconds>.<host>.<pid>` in `directory`; each `add` appends one event of scalars and flushes,
-/// so a killed run loses nothing it reported.
+/// `events.out.tfevents.<seconds>.<host>.<pid>` in `directory`; each event is written to the file at once (one
+/// write(2); no buffering), so a killed run loses nothing it reported.
 public final class EventFileWriter {
     /// The file written.
     public let path: String
@@ -28,6 +28,18 @@ public final class EventFileWriter {
 
     deinit { try? handle.close() }
 
+    /// Appends a session START at `step`, an attempt's first step: TensorBoard then drops the events of earlier
+    /// attempts (other files in the directory) at `step` and after, as a resumed run writes those steps again.
+    public func start(step: Int, wallTime: Date = Date()) throws(EventFileError) {
+        var event = Tensorboard_Event()
+        event.wallTime = wallTime.timeIntervalSince1970
+        event.step = Int64(step)
+        var session = Tensorboard_SessionLog()
+        session.status = .start
+        event.sessionLog = session
+        try append(event)
+    }
+
     /// Appends one event at `step` holding `scalars` (tag → value; tags in sorted order), stamped `wallTime`.
     public func add(step: Int, scalars: [String: Double], wallTime: Date = Date()) throws(EventFileError) {
         var event = Tensorboard_Event()
@@ -48,7 +60,6 @@ public final class EventFileWriter {
         do {
             let payload = try event.serializedBytes() as [UInt8]
             try handle.write(contentsOf: Data(Self.record(payload)))
-            try handle.synchronize()
         } catch {
             throw EventFileError(path: path, message: "cannot be written: \(error)")
         }

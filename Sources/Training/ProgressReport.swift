@@ -81,7 +81,8 @@ final class ProgressReport {
 
 /// metrics.jsonl in the run directory: one JSON object per line, appended (rank 0 only). A value that is not finite
 /// (the perplexity of a diverged model) is written as null, so every line stays valid JSON. With `tensorboard`, every
-/// line's numbers also go to a TensorBoard event file in the run directory (one file per attempt), tagged with the
+/// line's numbers also go to a TensorBoard event file in the run directory (one file per attempt, opened by a session
+/// START at the attempt's first step, so TensorBoard shows a resumed run's repeated steps once), tagged with the
 /// metrics.jsonl names.
 final class MetricsLog {
     private let handle: FileHandle
@@ -89,6 +90,8 @@ final class MetricsLog {
     private var failed = false
     private let events: EventFileWriter?
     private var eventsFailed = false
+    /// Whether this attempt's session START (at its first step) is in the event file.
+    private var startedEvents = false
 
     init(directory: String, tensorboard: Bool = false) throws {
         do {
@@ -135,7 +138,12 @@ final class MetricsLog {
             if let number = value as? Int { scalars[key] = Double(number) }
             if let number = value as? Float, number.isFinite { scalars[key] = Double(number) }
         }
+        guard !scalars.isEmpty else { return }
         do {
+            if !startedEvents {
+                try events.start(step: step)
+                startedEvents = true
+            }
             try events.add(step: step, scalars: scalars)
         } catch {
             if !eventsFailed { log("warning: \(error); training goes on, later failures are not repeated") }

@@ -1,7 +1,8 @@
 import Files
 import Foundation
 
-/// A run directory: `checkpoint-NNNNNNNN.h5` files, `latest` (the newest one's name) and `metrics.jsonl`.
+/// A run directory: `checkpoint-NNNNNNNN.h5` files, `latest` (the newest one's name), `metrics.jsonl` and, with
+/// `training.tensorboard`, TensorBoard event files.
 ///
 /// The rules `ddp train` keeps (rank 0 applies them before any step):
 /// - a fresh run never writes into a directory that holds an earlier run (a checkpoint, `latest` or metrics) unless
@@ -15,15 +16,20 @@ public struct RunDirectory: Sendable {
     /// The run directory at `path`; nothing is checked or created until `prepare`.
     public init(path: String) { self.path = path }
 
-    /// Files of an earlier run in the directory: checkpoints, `latest`, metrics (names, sorted). An empty
-    /// `metrics.jsonl` (an attempt that stopped before its first step) records no run.
+    /// Files of an earlier run in the directory: checkpoints, `latest`, metrics and TensorBoard event files
+    /// (`events.out.tfevents.*`) (names, sorted). An empty `metrics.jsonl` (an attempt that stopped before its first
+    /// step) records no run.
     public func earlierRunFiles() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         let metricsSize = (try? FileManager.default.attributesOfItem(atPath: Paths.join(path, "metrics.jsonl"))[.size] as? Int) ?? 0
         return names.filter {
             ($0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5")) || $0 == Checkpoint.latestName || ($0 == "metrics.jsonl" && metricsSize > 0)
+                || Self.isEventFile($0)
         }.sorted()
     }
+
+    /// Whether `name` is a TensorBoard event file training wrote (`training.tensorboard`).
+    static func isEventFile(_ name: String) -> Bool { name.hasPrefix("events.out.tfevents.") }
 
     /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from, or "" for a fresh start.
     /// Temporary files an interrupted checkpoint write left behind (`.checkpoint-*.tmp`, `.latest.*.tmp`) are removed
@@ -47,8 +53,9 @@ public struct RunDirectory: Sendable {
             return latest
         case .ifPresent:
             if let latest { return latest }
-            if earlierRunFiles() == ["metrics.jsonl"] {
-                // An attempt that died before its first checkpoint: keep its metrics beside, start again.
+            if earlierRunFiles().filter({ !Self.isEventFile($0) }) == ["metrics.jsonl"] {
+                // An attempt that died before its first checkpoint: keep its metrics beside, start again (its event
+                // files stay; the new attempt's session START hides their steps in TensorBoard).
                 let kept = firstFreeName("metrics-without-checkpoint", extension: "jsonl")
                 do { try FileManager.default.moveItem(atPath: Paths.join(path, "metrics.jsonl"), toPath: Paths.join(path, kept)) } catch {
                     throw TrainingError("\(path): cannot set aside metrics.jsonl of an attempt without a checkpoint: \(describe(error))")

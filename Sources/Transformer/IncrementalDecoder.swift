@@ -110,9 +110,9 @@ public final class IncrementalDecoder {
     public func reset() { length = 0 }
 
     /// Decoder-only: starts over with `tokens` (a prompt, the same for every row) in the cache, ready to `step` its next
-    /// token. The first tokens the model's buffers hold (`maxTargetLength`) go through one forward pass of the model,
-    /// whose tiled attention covers the whole prompt at once, and each layer's keys and values are copied into the
-    /// cache; any further tokens are stepped one at a time. No logits are computed for the caller.
+    /// token. The first tokens the model's buffers hold (`maxTargetLength`) go through one pass of the decoder stack,
+    /// whose tiled attention covers the whole prompt at once (no head: no logits), and each layer's keys and values
+    /// are copied into the cache; any further tokens are stepped one at a time.
     public func prefill(_ tokens: [Int32]) {
         let config = model.config, c = config.dModel
         precondition(config.kind == .decoderOnly, "only a decoder-only model takes a prompt")
@@ -120,9 +120,7 @@ public final class IncrementalDecoder {
         length = 0
         let direct = min(tokens.count, model.maxTargetLength)
         if direct > 0 {
-            model.forwardWithoutTraining(TokenBatch(batchSize: 1, sourceLength: 0, targetLength: direct, source: [],
-                                                    decoderInput: Array(tokens[..<direct]),
-                                                    labels: [Int32](repeating: SpecialToken.pad, count: direct)))
+            model.runDecoderStack(Array(tokens[..<direct]))
             for (index, cache) in caches.enumerated() {
                 let (keys, values) = model.decoderSelfAttentionKeysValues(index)
                 for row in 0..<rows {

@@ -158,7 +158,7 @@ struct EncoderLayer {
     }
 
     struct Activations {
-        let selfAttention: AttentionBlock.Activations  // [B·T, C] and [B, H, T, T]
+        let selfAttention: AttentionBlock.Activations  // [B·T, C] and [B, H, T] (log-sum-exp)
         let feedForward: FeedForwardBlock.Activations  // [B·T, C] and [B·T, F]
 
         init(batch: Int, time: Int, config: ModelConfig, arena: ActivationArena) {
@@ -232,8 +232,8 @@ struct DecoderLayer {
     }
 
     struct Activations {
-        let selfAttention: AttentionBlock.Activations    // [B·T, C] and [B, H, T, T]
-        let crossAttention: AttentionBlock.Activations?  // [B·T, C] and [B, H, T, S]
+        let selfAttention: AttentionBlock.Activations    // [B·T, C] and [B, H, T] (log-sum-exp)
+        let crossAttention: AttentionBlock.Activations?  // [B·T, C] and [B, H, T] (log-sum-exp)
         let feedForward: FeedForwardBlock.Activations    // [B·T, C] and [B·T, F]
 
         init(batch: Int, time: Int, sourceTime: Int, config: ModelConfig, arena: ActivationArena) {

@@ -54,7 +54,7 @@ public final class TransformerModel {
     /// another shape: `fit`).
     private var buffers: Buffers
     private var carved: BatchShape
-    /// The largest batch shape, for which the arena was sized.
+    /// The batch shape of the most floats, for which the arena was sized.
     private let arenaShape: BatchShape
     private let activationArena: ActivationArena
     /// [max_length, C] at the arena's start (sinusoidal positions only; empty otherwise): it never moves.
@@ -256,6 +256,18 @@ public final class TransformerModel {
         return rows
     }
 
+    /// Decoder-only: runs the decoder stack (no dropout, no head, no loss) over one sequence of `tokens`, leaving
+    /// every layer's keys and values in its activations (prefilling a decoding cache).
+    func runDecoderStack(_ tokens: [Int32]) {
+        precondition(config.kind == .decoderOnly && !tokens.isEmpty && tokens.count <= maxTargetLength,
+                     "a prompt of \(tokens.count) tokens for buffers of \(maxTargetLength)")
+        fit(BatchShape(batch: 1, sourceLength: 0, targetLength: tokens.count))
+        let wasTraining = training
+        training = false
+        defer { training = wasTraining }
+        _ = decode(tokens, batch: 1, time: tokens.count, memory: nil, pass: pass(backward: false))
+    }
+
     /// Decoder layer `index`'s self-attention keys and values from the last forward, [B·T, C] each (prefilling a
     /// decoding cache).
     func decoderSelfAttentionKeysValues(_ index: Int) -> (keys: FloatBuffer, values: FloatBuffer) {
@@ -282,7 +294,7 @@ public final class TransformerModel {
     /// a row statistic per query), whatever the batch.
     public var attentionTileFloats: Int {
         max(AttentionTiles.forward.queries * (AttentionTiles.forward.keys + 2),
-            2 * AttentionTiles.backward.queries * AttentionTiles.backward.keys + max(arenaShape.sourceLength, arenaShape.targetLength))
+            2 * AttentionTiles.backward.queries * AttentionTiles.backward.keys + max(maxSourceLength, maxTargetLength))
     }
 
     /// The position table the embeddings add: learned `pos_embed.weight` or the sinusoids, [max_length, C].

@@ -4,6 +4,7 @@ import Data
 import Files
 import Foundation
 import HDF5
+import Kernels
 import Pictures
 import Training
 import Transformer
@@ -73,6 +74,7 @@ struct AttentionMaps: ParsableCommand {
         let batch = TokenBatch(batchSize: 1, sourceLength: encoderTokens.count, targetLength: decoderTokens.count, source: encoderTokens,
                                decoderInput: decoderTokens,
                                labels: [Int32](repeating: SpecialToken.pad, count: kind == .encoderOnly ? encoderTokens.count : decoderTokens.count))
+        try checkSize(model.config, sourceLength: encoderTokens.count, targetLength: decoderTokens.count)
         let maps = model.attentionMaps(batch)
         let encoderLabels = encoderTokens.map { Self.label($0, tokenizer: tokenizer) }
         let decoderLabels = decoderTokens.map { Self.label($0, tokenizer: tokenizer) }
@@ -100,20 +102,35 @@ struct AttentionMaps: ParsableCommand {
             return ([], try check(tokenizer.encode(prompt), limit: model.maxTargetLength, "--prompt"))
         case .encoderOnly:
             guard let input else { throw ValidationError("\(path) is an encoder-only model: give --input") }
-            let tokens = input.components(separatedBy: "[MASK]").enumerated().flatMap { index, piece in
-                (index > 0 ? [tokenizer.maskToken] : []) + tokenizer.encode(piece)
-            }
-            return (try check(tokens, limit: model.maxSourceLength, "--input"), [])
+            return (try check(tokenizer.encodeMarkingMasks(input), limit: model.maxSourceLength, "--input"), [])
         case .encoderDecoder:
             guard let text = input ?? source else { throw ValidationError("\(path) is a translation model: give --source and --target, or --input") }
             let encoder = try check(tokenizer.encode(text) + [SpecialToken.eos], limit: model.maxSourceLength, input == nil ? "--source" : "--input")
-            let targetTokens: [Int32]
-            if let target {
-                targetTokens = tokenizer.encode(target)
-            } else {
-                targetTokens = try model.decode(source: encoder, batchSize: 1, sourceLength: encoder.count, maxTokens: model.maxTargetLength - 1)[0]
+            guard let target else {
+                // The model's greedy translation, as long as a picture and the model's buffers take (BOS first).
+                let limit = min(model.maxTargetLength, Self.maximumTokens) - 1
+                let translation = try model.decode(source: encoder, batchSize: 1, sourceLength: encoder.count, maxTokens: limit)[0]
+                return (encoder, [SpecialToken.bos] + translation)
             }
-            return (encoder, try check([SpecialToken.bos] + targetTokens, limit: model.maxTargetLength, "--target (with BOS)"))
+            return (encoder, try check([SpecialToken.bos] + tokenizer.encode(target), limit: model.maxTargetLength, "--target (with BOS)"))
+        }
+    }
+
+    /// Heatmap cells drawn at most, over every layer and head: 4 million cells are about 700 MB of SVG.
+    static let maximumCells = 4_000_000
+
+    /// Refuses an input whose maps would not fit in memory or would make more than `maximumCells` cells, before any
+    /// probability is computed.
+    private func checkSize(_ config: ModelConfig, sourceLength s: Int, targetLength t: Int) throws {
+        let encoder = config.kind.hasEncoder ? config.encoderLayers * s * s : 0
+        let decoder = config.kind.hasDecoder ? config.decoderLayers * (t * t + (config.kind == .encoderDecoder ? t * s : 0)) : 0
+        let cells = Double(config.heads) * Double(encoder + decoder)
+        guard cells <= Double(Self.maximumCells) else {
+            throw ValidationError("the maps of this input would have \(Int(cells)) cells (\(config.heads) heads in every layer), more than "
+                                  + "the \(Self.maximumCells) drawn at most: give a shorter text")
+        }
+        if let shortfall = MemoryBudget.shortfall(cells * 4 * 2, for: "the attention probabilities of every layer and head") {
+            throw ValidationError(shortfall + "; give a shorter text")
         }
     }
 
@@ -182,8 +199,11 @@ struct AttentionMaps: ParsableCommand {
             for kind in AttentionMap.Kind.allCases {
                 let layers = maps.filter { $0.kind == kind }
                 guard let first = layers.first else { continue }
-                try file.createDataset(kind.identifier, type: .float32, shape: [layers.count, first.heads, first.queryTime, first.keyTime])
-                    .write(layers.flatMap(\.probabilities))
+                let dataset = try file.createDataset(kind.identifier, type: .float32,
+                                                     shape: [layers.count, first.heads, first.queryTime, first.keyTime])
+                for (index, layer) in layers.enumerated() {
+                    try dataset.write(layer.probabilities, offset: [index, 0, 0, 0], count: [1, first.heads, first.queryTime, first.keyTime])
+                }
             }
             try file.close()
         }

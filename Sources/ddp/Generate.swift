@@ -100,12 +100,8 @@ struct Generate: ParsableCommand {
 
     /// Prints the most likely tokens for each [MASK] of `prompt`, then the prompt filled with the first choices.
     private func fillMasks(_ prompt: String, model: TransformerModel, tokenizer: Tokenizer) throws {
-        let marker = "[MASK]"
-        var tokens: [Int32] = []
-        for (index, piece) in prompt.components(separatedBy: marker).enumerated() {
-            if index > 0 { tokens.append(tokenizer.maskToken) }
-            tokens += tokenizer.encode(piece)
-        }
+        let marker = Tokenizer.maskMarker
+        let tokens = tokenizer.encodeMarkingMasks(prompt)
         guard tokens.contains(tokenizer.maskToken) else {
             throw GenerateInputError(message: "--prompt has no \(marker): write \(marker) where a token is to be filled in")
         }

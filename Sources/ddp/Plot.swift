@@ -37,7 +37,9 @@ struct Plot: ParsableCommand {
     }
 
     func run() throws {
-        let histories = try runs.map { try MetricsHistory(directory: $0) }
+        RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
+        let fields = Set(Self.quantities.map(\.field))
+        let histories = try runs.map { try MetricsHistory(directory: $0, fields: fields) }
         for history in histories where history.skippedLines > 0 {
             FileHandle.standardError.write(Data("\(Paths.join(history.directory, "metrics.jsonl")): skipped \(history.skippedLines) of \(history.lines) lines that are not metrics (a line cut short when the run was killed, say)\n".utf8))
         }
@@ -59,23 +61,24 @@ struct Plot: ParsableCommand {
         print("wrote \(output): \(charts.count) charts of \(runs.count) run(s)")
     }
 
+    /// What is drawn, in order: (metrics.jsonl field, from evaluation lines, title, y label, log scale).
+    static let quantities: [(field: String, evaluation: Bool, title: String, yLabel: String, logarithmic: Bool)] = [
+        ("loss", false, "Training loss", "loss (nats per token)", true),
+        ("valid_loss", true, "Validation loss", "loss (nats per token)", true),
+        ("valid_perplexity", true, "Validation perplexity", "perplexity", true),
+        ("valid_token_accuracy", true, "Validation token accuracy", "accuracy", false),
+        ("valid_exact_match", true, "Validation exact match", "share of sequences", false),
+        ("valid_bleu", true, "Validation BLEU", "BLEU", false),
+        ("valid_chrf", true, "Validation chrF", "chrF", false),
+        ("lr", false, "Learning rate", "learning rate", false),
+        ("grad_norm", false, "Gradient norm (before clipping)", "L2 norm", true),
+        ("tokens_per_s", false, "Throughput", "target tokens/s since the run (re)started", false),
+        ("padding_share", false, "Padding", "share of computed positions that are padding", false),
+    ]
+
     /// The charts drawn, in order, for the quantities any run recorded.
     static func charts(_ histories: [MetricsHistory], names: [String]) -> [LineChart] {
-        // (field, from evaluations, title, y label, log scale)
-        let quantities: [(String, Bool, String, String, Bool)] = [
-            ("loss", false, "Training loss", "loss (nats per token)", true),
-            ("valid_loss", true, "Validation loss", "loss (nats per token)", true),
-            ("valid_perplexity", true, "Validation perplexity", "perplexity", true),
-            ("valid_token_accuracy", true, "Validation token accuracy", "accuracy", false),
-            ("valid_exact_match", true, "Validation exact match", "share of sequences", false),
-            ("valid_bleu", true, "Validation BLEU", "BLEU", false),
-            ("valid_chrf", true, "Validation chrF", "chrF", false),
-            ("lr", false, "Learning rate", "learning rate", false),
-            ("grad_norm", false, "Gradient norm (before clipping)", "L2 norm", true),
-            ("tokens_per_s", false, "Throughput", "target tokens/s since the run (re)started", false),
-            ("padding_share", false, "Padding", "share of computed positions that are padding", false),
-        ]
-        return quantities.compactMap { field, evaluation, title, yLabel, logarithmic in
+        quantities.compactMap { field, evaluation, title, yLabel, logarithmic in
             let series = zip(histories, names).compactMap { history, name -> LineChart.Series? in
                 guard let points = (evaluation ? history.evaluations : history.updates)[field], !points.isEmpty else { return nil }
                 return LineChart.Series(label: name, points: points.map { (Double($0.step), $0.value) })

@@ -11,6 +11,9 @@ final class FlashAttentionTests: XCTestCase {
         var batch = 2, queryTime: Int, keyTime: Int, channels = 8, heads = 2, causal = false
         /// Padded keys per batch row, counted from the end (row b pads `padded[b]` keys).
         var padded: [Int] = []
+        /// Padded keys per batch row at the start (whole key tiles of padding before the first visible key).
+        var paddedFront: [Int] = []
+        var isPadded: Bool { !padded.isEmpty || !paddedFront.isEmpty }
         /// Both passes' tiles; nil takes the kernels' own (`.forward`, `.backward`).
         var tiles: AttentionTiles? = nil
     }
@@ -27,7 +30,7 @@ final class FlashAttentionTests: XCTestCase {
         let dOut = Tensor(random: q.count, seed: 34)
         let padding = (0..<(c.batch * c.keyTime)).map { index in
             let b = index / c.keyTime, t = index % c.keyTime
-            return b < c.padded.count && t >= c.keyTime - c.padded[b]
+            return (b < c.padded.count && t >= c.keyTime - c.padded[b]) || (b < c.paddedFront.count && t < c.paddedFront[b])
         }
         return (q, k, v, dOut, padding)
     }
@@ -38,7 +41,7 @@ final class FlashAttentionTests: XCTestCase {
         let scratch = Tensor(zeros: probs.count), dQ = Tensor(zeros: q.count), dK = Tensor(zeros: k.count), dV = Tensor(zeros: v.count)
         padding.withUnsafeBufferPointer { padding in
             attentionForward(out: out.buffer, probs: probs.buffer, q: q.buffer, k: k.buffer, v: v.buffer,
-                             mask: AttentionMask(causal: c.causal, keyPadding: c.padded.isEmpty ? nil : padding), batch: c.batch,
+                             mask: AttentionMask(causal: c.causal, keyPadding: c.isPadded ? padding : nil), batch: c.batch,
                              queryTime: c.queryTime, keyTime: c.keyTime, channels: c.channels, heads: c.heads)
         }
         attentionBackward(dQ: dQ.buffer, dK: dK.buffer, dV: dV.buffer, scratch: scratch.buffer, dOut: dOut.buffer, q: q.buffer,
@@ -52,7 +55,7 @@ final class FlashAttentionTests: XCTestCase {
         let out = Tensor(zeros: q.count), logSumExp = Tensor(zeros: c.batch * c.heads * c.queryTime)
         let dQ = Tensor(zeros: q.count), dK = Tensor(zeros: k.count), dV = Tensor(zeros: v.count)
         padding.withUnsafeBufferPointer { padding in
-            let mask = AttentionMask(causal: c.causal, keyPadding: c.padded.isEmpty ? nil : padding)
+            let mask = AttentionMask(causal: c.causal, keyPadding: c.isPadded ? padding : nil)
             flashAttentionForward(out: out.buffer, logSumExp: logSumExp.buffer, q: q.buffer, k: k.buffer, v: v.buffer, mask: mask,
                                   batch: c.batch, queryTime: c.queryTime, keyTime: c.keyTime, channels: c.channels, heads: c.heads,
                                   tiles: c.tiles ?? .forward)
@@ -68,6 +71,7 @@ final class FlashAttentionTests: XCTestCase {
     private func assertClose(_ actual: [Float], _ expected: [Float], _ what: String, tolerance: Float = 1e-5,
                              file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(actual.count, expected.count, what, file: file, line: line)
+        XCTAssertTrue(actual.allSatisfy(\.isFinite), "\(what): values that are not finite", file: file, line: line)
         let largest = expected.map(abs).max() ?? 0
         XCTAssertGreaterThan(largest, 0, "\(what): all zero, nothing compared", file: file, line: line)
         let worst = zip(actual, expected).map { abs($0 - $1) }.max() ?? 0
@@ -102,6 +106,15 @@ final class FlashAttentionTests: XCTestCase {
                                "padded T 29, tiles 4x6")
     }
 
+    /// Keys padded at the start: the first key tiles of a row are all padding, so the online softmax starts from a
+    /// tile with nothing visible and rescales from nothing when the first visible key comes.
+    func testPaddingAtTheStartOfARow() {
+        assertMatchesReference(Case(queryTime: 11, keyTime: 23, paddedFront: [9, 0], tiles: AttentionTiles(queries: 4, keys: 4)),
+                               "cross 11 x 23, 9 leading keys padded, tiles 4x4")
+        assertMatchesReference(Case(batch: 2, queryTime: 21, keyTime: 21, padded: [2, 0], paddedFront: [0, 13],
+                                    tiles: AttentionTiles(queries: 5, keys: 6)), "self 21, padded at both ends, tiles 5x6")
+    }
+
     func testCrossAttentionWithDifferentLengths() {
         assertMatchesReference(Case(queryTime: 70, keyTime: 200, padded: [0, 90]), "cross 70 x 200")
         assertMatchesReference(Case(queryTime: 190, keyTime: 33, padded: [5, 0]), "cross 190 x 33")
@@ -129,7 +142,7 @@ final class FlashAttentionTests: XCTestCase {
             let out = Tensor(zeros: q.count), logSumExp = Tensor(zeros: c.batch * c.heads * c.queryTime)
             let dQ = Tensor(zeros: q.count), dK = Tensor(zeros: k.count), dV = Tensor(zeros: v.count)
             padding.withUnsafeBufferPointer { padding in
-                let mask = AttentionMask(causal: c.causal, keyPadding: c.padded.isEmpty ? nil : padding)
+                let mask = AttentionMask(causal: c.causal, keyPadding: c.isPadded ? padding : nil)
                 func loss() -> Double {
                     flashAttentionForward(out: out.buffer, logSumExp: logSumExp.buffer, q: q.buffer, k: k.buffer, v: v.buffer,
                                           mask: mask, batch: c.batch, queryTime: c.queryTime, keyTime: c.keyTime, channels: c.channels,
@@ -140,7 +153,7 @@ final class FlashAttentionTests: XCTestCase {
                 flashAttentionBackward(dQ: dQ.buffer, dK: dK.buffer, dV: dV.buffer, dOut: dOut.buffer, q: q.buffer, k: k.buffer,
                                        v: v.buffer, out: out.buffer, logSumExp: logSumExp.buffer, mask: mask, batch: c.batch,
                                        queryTime: c.queryTime, keyTime: c.keyTime, channels: c.channels, heads: c.heads, tiles: c.tiles!)
-                let label = "tiled attention causal \(c.causal) padded \(!c.padded.isEmpty)"
+                let label = "tiled attention causal \(c.causal) padded \(c.isPadded)"
                 assertGradient("\(label) dQ", of: q, analytic: dQ, epsilon: 1e-3, loss: loss)
                 assertGradient("\(label) dK", of: k, analytic: dK, epsilon: 1e-3, loss: loss)
                 assertGradient("\(label) dV", of: v, analytic: dV, epsilon: 1e-3, loss: loss)

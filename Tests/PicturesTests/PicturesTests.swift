@@ -1,5 +1,5 @@
 import Foundation
-import Pictures
+@testable import Pictures
 import TestSupport
 import XCTest
 
@@ -33,16 +33,31 @@ final class PicturesTests: XCTestCase {
 
     func testLineChartHasAxesLegendAndLogScale() {
         let chart = LineChart(title: "Training loss", xLabel: "step", yLabel: "loss", logarithmic: true, series: [
-            LineChart.Series(label: "run <a>", points: (1...50).map { (Double($0), 5 / Double($0)) }),
+            LineChart.Series(label: "run <a>", points: (1...100).map { (Double($0), 5 / Double($0)) }),
             LineChart.Series(label: "run b", points: [(1, 3), (2, .nan), (3, 0), (4, 1)]),
         ])
         let parsed = parse(chart.svg())
-        XCTAssertEqual(parsed.elements.filter { $0 == "polyline" }.count, 2, "one line per series")
-        for text in ["Training loss", "step", "loss (log scale)", "run <a>", "run b", "0.1", "1"] {
+        XCTAssertEqual(parsed.elements.filter { $0 == "polyline" }.count, 1, "run <a> is a line; run b's NaN and 0 (on a log axis) leave lone points")
+        XCTAssertEqual(parsed.elements.filter { $0 == "circle" }.count, 2, "run b's two lone points are marked")
+        for text in ["Training loss", "step", "loss (log scale)", "run <a>", "run b", "0.1"] {
             XCTAssertTrue(parsed.text.contains(text), "\(text) in \(parsed.text)")
         }
         let empty = parse(LineChart(title: "t", xLabel: "x", yLabel: "y", series: []).svg())
         XCTAssertTrue(empty.text.contains("no values to plot"))
+    }
+
+    /// Lines break where values are not finite, and a long line keeps its spike when thinned.
+    func testGapsAndThinning() {
+        var points = (0..<10_000).map { (x: Double($0), y: 1.0) }
+        points[5_001].y = 50  // one spike
+        points[100].y = .nan
+        let svg = LineChart(title: "t", xLabel: "x", yLabel: "y", series: [LineChart.Series(label: "s", points: points)]).svg()
+        XCTAssertEqual(parse(svg).elements.filter { $0 == "polyline" }.count, 2, "a NaN splits the line")
+        let thinned = LineChart.thinned(points.filter { $0.y.isFinite }, to: 2000)
+        XCTAssertLessThanOrEqual(thinned.count, 2002)
+        XCTAssertTrue(thinned.contains { $0.y == 50 }, "the spike survives thinning")
+        XCTAssertEqual(thinned.first?.x, 0)
+        XCTAssertEqual(thinned.last?.x, 9_999)
     }
 
     func testPageIsWellFormedAndSelfContained() {
@@ -54,7 +69,7 @@ final class PicturesTests: XCTestCase {
         let parsed = parse(page)
         XCTAssertTrue(parsed.elements.contains("svg") && parsed.elements.contains("figure"))
         XCTAssertTrue(parsed.text.contains("maps & <curves>") && parsed.text.contains("input: <b>"))
-        XCTAssertFalse(page.contains("http://") && page.contains("src="), "nothing is fetched")
+        for fetch in ["src=\"http", "href=\"http", "src=\"//", "@import", "url("] { XCTAssertFalse(page.contains(fetch), "nothing is fetched: \(fetch)") }
         XCTAssertFalse(page.contains("<script"))
     }
 }

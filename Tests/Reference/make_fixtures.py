@@ -30,10 +30,11 @@ def write(path, cfg, source, dec_in, labels, smoothing, lr, adamw, steps=10):
     for p in model.parameters():  # spread weights a little beyond torch's defaults so every path matters
         if p.dim() == 1: nn.init.normal_(p, mean=float(p.detach().mean()), std=0.1)
     params = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for module in model.modules(): module.keep_weights = True  # every attention keeps its softmax weights
     vocab = cfg["vocab_size"]
     logits = model(source, dec_in)
     # Every attention's per-head weights of this forward, by the attention's parameter prefix.
-    attention = {name: module.weights.detach().clone() for name, module in model.named_modules() if hasattr(module, "weights")}
+    attention = {name: module.weights.clone() for name, module in model.named_modules() if hasattr(module, "weights")}
     loss = F.cross_entropy(logits.reshape(-1, vocab), labels.reshape(-1), ignore_index=PAD, label_smoothing=smoothing, reduction="sum")
     loss.backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()}

@@ -15,6 +15,7 @@ final class EventFileTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let writer = try EventFileWriter(directory: directory, wallTime: Date(timeIntervalSince1970: 1_700_000_000))
+        try writer.start(step: 7)
         try writer.add(step: 7, scalars: ["loss": 2.5, "lr": 1e-3], wallTime: Date(timeIntervalSince1970: 1_700_000_001))
         XCTAssertTrue((writer.path as NSString).lastPathComponent.hasPrefix("events.out.tfevents.1700000000."))
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: writer.path)))
@@ -31,11 +32,13 @@ final class EventFileTests: XCTestCase {
             events.append(try Tensorboard_Event(serializedBytes: payload))
             offset += 16 + length
         }
-        XCTAssertEqual(events.count, 2)
+        XCTAssertEqual(events.count, 3)
         XCTAssertEqual(events[0].fileVersion, "brain.Event:2")
+        XCTAssertEqual(events[1].sessionLog.status, .start)
         XCTAssertEqual(events[1].step, 7)
-        XCTAssertEqual(events[1].wallTime, 1_700_000_001)
-        XCTAssertEqual(events[1].summary.value.map(\.tag), ["loss", "lr"])
-        XCTAssertEqual(events[1].summary.value.map(\.simpleValue), [2.5, Float(1e-3)])
+        XCTAssertEqual(events[2].step, 7)
+        XCTAssertEqual(events[2].wallTime, 1_700_000_001)
+        XCTAssertEqual(events[2].summary.value.map(\.tag), ["loss", "lr"])
+        XCTAssertEqual(events[2].summary.value.map(\.simpleValue), [2.5, Float(1e-3)])
     }
 }

@@ -126,6 +126,7 @@ final class PyTorchFixtureTests: XCTestCase {
                 let dataset = try fixture.file.openDataset("expected/attention/\(map.module)")
                 XCTAssertEqual(dataset.shape, [map.batch, map.heads, map.queryTime, map.keyTime], "\(name) \(map.module)")
                 let expected = try dataset.read(as: Float.self)
+                XCTAssertTrue(map.probabilities.allSatisfy(\.isFinite), "\(name) \(map.module): values that are not finite")
                 let worst = zip(map.probabilities, expected).map { abs($0 - $1) }.max() ?? .infinity
                 XCTAssertLessThan(worst, 1e-5, "\(name) \(map.module): probabilities differ from PyTorch's by \(worst)")
                 XCTAssertTrue(expected.contains { $0 > 0.2 }, "\(name) \(map.module): the weights are not all tiny")

@@ -194,6 +194,25 @@ final class PicturesCommandTests: XCTestCase {
         XCTAssertTrue(missing.output.contains("no-such-run"), missing.output)
     }
 
+    /// Damaged metrics files: unreadable lines are skipped and counted, a run without metrics and a metrics.jsonl that
+    /// is not a regular file (a FIFO would block a reader) are refused by name.
+    func testPlotOfDamagedMetrics() throws {
+        let damaged = path("damaged-run"), empty = path("empty-run"), fifo = path("fifo-run")
+        for directory in [damaged, empty, fifo] { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) }
+        try "{\"step\": 1, \"loss\": 2.5, \"lr\": 0.001}\nnot json\n[1, 2]\n{\"step\": \"two\", \"loss\": 1}\n{\"step\": 2, \"loss\": 2.1, \"lr\"\n"
+            .write(toFile: join(damaged, "metrics.jsonl"), atomically: true, encoding: .utf8)
+        let skipped = try run(["plot", damaged, "--output", path("damaged.svg")])
+        XCTAssertTrue(skipped.output.contains("skipped 4 of 5 lines"), skipped.output)
+        XCTAssertTrue(try parseXML(path("damaged.svg")).text.contains("Training loss"))
+        try "".write(toFile: join(empty, "metrics.jsonl"), atomically: true, encoding: .utf8)
+        let nothing = try run(["plot", empty, "--output", path("empty.html")], expect: 64)
+        XCTAssertTrue(nothing.output.contains("no metrics recorded yet"), nothing.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("empty.html")), "nothing written")
+        XCTAssertEqual(mkfifo(join(fifo, "metrics.jsonl"), 0o600), 0)
+        let pipe = try run(["plot", fifo, "--output", path("fifo.html")], expect: 1)
+        XCTAssertTrue(pipe.output.contains("fifo-run/metrics.jsonl: is not a regular file"), pipe.output)
+    }
+
     /// The event files training wrote give, through TensorBoard's own reader, the values of metrics.jsonl.
     func testTensorBoardReadsTheMetrics() throws {
         let files = try FileManager.default.contentsOfDirectory(atPath: path("reverse-run")).filter { $0.hasPrefix("events.out.tfevents.") }
@@ -212,6 +231,8 @@ final class PicturesCommandTests: XCTestCase {
                 for key, value in record.items():
                     if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                         expected.setdefault(key, {})[record["step"]] = float(value)
+            # The resumed attempt's session START drops the first attempt's steps 21-30: each step once.
+            assert [e.step for e in acc.Scalars("loss")] == list(range(1, 51)), [e.step for e in acc.Scalars("loss")]
             for tag in ("loss", "lr", "grad_norm", "valid_loss", "valid_bleu"):
                 events = {e.step: e.value for e in acc.Scalars(tag)}
                 assert set(events) == set(expected[tag]), (tag, sorted(events), sorted(expected[tag]))
