@@ -66,7 +66,7 @@ struct AttentionMaps: ParsableCommand {
         let path = try checkpoint.resolve()
         let header = try Checkpoint.readHeader(path)
         guard let tokenizer = header.tokenizer else {
-            throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
+            throw PicturesInputError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
         }
         let (model, _) = try Checkpoint.loadModel(path, maxBatch: 1)
         let kind = model.config.kind
@@ -85,34 +85,37 @@ struct AttentionMaps: ParsableCommand {
 
     /// The encoder's and the decoder's tokens for this model kind, checked against the model's lengths.
     private func tokens(model: TransformerModel, tokenizer: Tokenizer, path: String) throws -> (encoder: [Int32], decoder: [Int32]) {
-        func check(_ tokens: [Int32], limit: Int, _ what: String) throws -> [Int32] {
-            guard !tokens.isEmpty else { throw ValidationError("\(what) is empty: there is nothing to attend to") }
+        /// `key`: the config key the model's buffers were sized by.
+        func check(_ tokens: [Int32], limit: Int, key: String, _ what: String) throws -> [Int32] {
+            guard !tokens.isEmpty else { throw PicturesInputError("\(what) is empty: there is nothing to attend to") }
             guard tokens.count <= limit else {
-                throw ValidationError("\(what) is \(tokens.count) tokens; the model (\(path)) takes at most \(limit)")
+                throw PicturesInputError("\(what) is \(tokens.count) tokens; the model (\(path)) takes at most \(limit) (its \(key))")
             }
             guard tokens.count <= Self.maximumTokens else {
-                throw ValidationError("\(what) is \(tokens.count) tokens; attention pictures show at most \(Self.maximumTokens) "
+                throw PicturesInputError("\(what) is \(tokens.count) tokens; attention pictures show at most \(Self.maximumTokens) "
                                       + "tokens on a side (a heatmap of more cannot be read): give a shorter text")
             }
             return tokens
         }
         switch model.config.kind {
         case .decoderOnly:
-            guard let prompt else { throw ValidationError("\(path) is a language model: give --prompt") }
-            return ([], try check(tokenizer.encode(prompt), limit: model.maxTargetLength, "--prompt"))
+            guard let prompt else { throw PicturesInputError("\(path) is a language model: give --prompt") }
+            return ([], try check(tokenizer.encode(prompt), limit: model.maxTargetLength, key: "data.target_length", "--prompt"))
         case .encoderOnly:
-            guard let input else { throw ValidationError("\(path) is an encoder-only model: give --input") }
-            return (try check(tokenizer.encodeMarkingMasks(input), limit: model.maxSourceLength, "--input"), [])
+            guard let input else { throw PicturesInputError("\(path) is an encoder-only model: give --input") }
+            return (try check(tokenizer.encodeMarkingMasks(input), limit: model.maxSourceLength, key: "data.target_length", "--input"), [])
         case .encoderDecoder:
-            guard let text = input ?? source else { throw ValidationError("\(path) is a translation model: give --source and --target, or --input") }
-            let encoder = try check(tokenizer.encode(text) + [SpecialToken.eos], limit: model.maxSourceLength, input == nil ? "--source" : "--input")
+            guard let text = input ?? source else { throw PicturesInputError("\(path) is a translation model: give --source and --target, or --input") }
+            let encoder = try check(tokenizer.encode(text) + [SpecialToken.eos], limit: model.maxSourceLength, key: "data.source_length, with EOS",
+                                    input == nil ? "--source" : "--input")
             guard let target else {
                 // The model's greedy translation, as long as a picture and the model's buffers take (BOS first).
                 let limit = min(model.maxTargetLength, Self.maximumTokens) - 1
                 let translation = try model.decode(source: encoder, batchSize: 1, sourceLength: encoder.count, maxTokens: limit)[0]
                 return (encoder, [SpecialToken.bos] + translation)
             }
-            return (encoder, try check([SpecialToken.bos] + tokenizer.encode(target), limit: model.maxTargetLength, "--target (with BOS)"))
+            return (encoder, try check([SpecialToken.bos] + tokenizer.encode(target), limit: model.maxTargetLength, key: "data.target_length",
+                                        "--target (with BOS)"))
         }
     }
 
@@ -126,11 +129,11 @@ struct AttentionMaps: ParsableCommand {
         let decoder = config.kind.hasDecoder ? config.decoderLayers * (t * t + (config.kind == .encoderDecoder ? t * s : 0)) : 0
         let cells = Double(config.heads) * Double(encoder + decoder)
         guard cells <= Double(Self.maximumCells) else {
-            throw ValidationError("the maps of this input would have \(Int(cells)) cells (\(config.heads) heads in every layer), more than "
+            throw PicturesInputError("the maps of this input would have \(Int(cells)) cells (\(config.heads) heads in every layer), more than "
                                   + "the \(Self.maximumCells) drawn at most: give a shorter text")
         }
         if let shortfall = MemoryBudget.shortfall(cells * 4 * 2, for: "the attention probabilities of every layer and head") {
-            throw ValidationError(shortfall + "; give a shorter text")
+            throw PicturesInputError(shortfall + "; give a shorter text")
         }
     }
 
@@ -153,12 +156,20 @@ struct AttentionMaps: ParsableCommand {
                        decoderLabels: [String], checkpoint: String, step: Int, inputs: [String]) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw ValidationError("--output \(output) is a file; give a directory to write the pictures into")
+            throw PicturesInputError("--output \(output) is a file; give a directory to write the pictures into")
         }
         do {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         } catch {
-            throw ValidationError("--output \(output): cannot create the directory: \(describe(error))")
+            // Name the part of the path that is in the way, when one is a file.
+            var parent = (output as NSString).deletingLastPathComponent
+            while !parent.isEmpty && parent != "/" && !FileManager.default.fileExists(atPath: parent) {
+                parent = (parent as NSString).deletingLastPathComponent
+            }
+            if !parent.isEmpty, FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), !isDirectory.boolValue {
+                throw PicturesInputError("--output \(output): cannot create the directory: \(parent) is a file")
+            }
+            throw PicturesInputError("--output \(output): cannot create the directory: \(describe(error))")
         }
         RemoveOnSignal.install()
         var sections: [FigurePage.Section] = []
@@ -209,4 +220,11 @@ struct AttentionMaps: ParsableCommand {
         }
         print("wrote \(output): \(files) heatmaps (\(maps.count) attention layers), index.html, attention.h5")
     }
+}
+
+/// An input `ddp attention` or `ddp plot` cannot draw, found while running (exit status 1, no usage text).
+struct PicturesInputError: Error, CustomStringConvertible {
+    let message: String
+    init(_ message: String) { self.message = message }
+    var description: String { message }
 }

@@ -44,7 +44,7 @@ struct Plot: ParsableCommand {
             FileHandle.standardError.write(Data("\(Paths.join(history.directory, "metrics.jsonl")): skipped \(history.skippedLines) of \(history.lines) lines that are not metrics (a line cut short when the run was killed, say)\n".utf8))
         }
         guard histories.contains(where: { !$0.updates.isEmpty || !$0.evaluations.isEmpty }) else {
-            throw ValidationError("\(runs.joined(separator: ", ")): no metrics recorded yet, nothing to draw")
+            throw PicturesInputError("\(runs.joined(separator: ", ")): no metrics recorded yet, nothing to draw")
         }
         let charts = Self.charts(histories, names: Self.legendNames(runs))
         let inputs = runs.map { Paths.join($0, "metrics.jsonl") }

@@ -23,6 +23,17 @@ final class PicturesTests: XCTestCase {
         XCTAssertEqual(parsed.elements.filter { $0 == "rect" }.count, 9 + 2, "a cell per weight, the background and the frame")
     }
 
+    /// Small maps carry a tooltip per cell; large ones none (browsers take minutes to draw 65,536 of them).
+    func testTooltipsOnlyOnSmallMaps() {
+        let labels = (0..<70).map { "t\($0)" }
+        let large = parse(Heatmap(title: "large", rowLabels: labels, columnLabels: labels, values: [Float](repeating: 0.5, count: 4900)).svg())
+        XCTAssertEqual(large.elements.filter { $0 == "title" }.count, 0)
+        XCTAssertEqual(large.elements.filter { $0 == "rect" }.count, 4900 + 2)
+        let small = parse(Heatmap(title: "small", rowLabels: ["a", "b"], columnLabels: ["c"], values: [0.25, 0.75]).svg())
+        XCTAssertEqual(small.elements.filter { $0 == "title" }.count, 2)
+        XCTAssertTrue(small.text.contains("a → c: 0.2500"))
+    }
+
     func testReadableTokens() {
         XCTAssertEqual(readableToken(" the"), "␣the")
         XCTAssertEqual(readableToken("\t\n"), "⇥⏎")

@@ -154,15 +154,21 @@ final class PicturesCommandTests: XCTestCase {
     }
 
     func testAttentionRefusesWhatItCannotDraw() throws {
-        let wrongInput = try run(["attention", "--checkpoint", path("decoder-only-run"), "--input", "x", "--output", path("bad")], expect: 64)
+        let wrongInput = try run(["attention", "--checkpoint", path("decoder-only-run"), "--input", "x", "--output", path("bad")], expect: 1)
         XCTAssertTrue(wrongInput.output.contains("language model: give --prompt"), wrongInput.output)
         let tooLong = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", String(repeating: "x", count: 40),
-                               "--output", path("bad")], expect: 64)
+                               "--output", path("bad")], expect: 1)
         XCTAssertTrue(tooLong.output.contains("40 tokens") && tooLong.output.contains("at most 32"), tooLong.output)
         try "x".write(toFile: path("a-file"), atomically: true, encoding: .utf8)
-        let onFile = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--output", path("a-file")], expect: 64)
+        let onFile = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--output", path("a-file")], expect: 1)
         XCTAssertTrue(onFile.output.contains("is a file"), onFile.output)
         XCTAssertEqual(try String(contentsOfFile: path("a-file"), encoding: .utf8), "x", "nothing it was not asked to write is touched")
+        let under = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--output", path("a-file/maps")], expect: 1)
+        XCTAssertTrue(under.output.contains("a-file is a file"), under.output)
+        XCTAssertFalse(wrongInput.output.contains("Usage:"), "a run-time refusal is not a usage error: \(wrongInput.output)")
+        let both = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--input", "y", "--output", path("bad")],
+                           expect: 64)
+        XCTAssertTrue(both.output.contains("give one input"), both.output)
     }
 
     /// Training curves of a resumed run and of two runs: well-formed files, one line per run per chart, each step
@@ -205,7 +211,7 @@ final class PicturesCommandTests: XCTestCase {
         XCTAssertTrue(skipped.output.contains("skipped 4 of 5 lines"), skipped.output)
         XCTAssertTrue(try parseXML(path("damaged.svg")).text.contains("Training loss"))
         try "".write(toFile: join(empty, "metrics.jsonl"), atomically: true, encoding: .utf8)
-        let nothing = try run(["plot", empty, "--output", path("empty.html")], expect: 64)
+        let nothing = try run(["plot", empty, "--output", path("empty.html")], expect: 1)
         XCTAssertTrue(nothing.output.contains("no metrics recorded yet"), nothing.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("empty.html")), "nothing written")
         XCTAssertEqual(mkfifo(join(fifo, "metrics.jsonl"), 0o600), 0)
