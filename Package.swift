@@ -58,7 +58,8 @@ let package = Package(
         .target(name: "Pictures"),
 
         // MARK: TensorBoard event files (TFRecord framing around swift-protobuf's encoding)
-        .target(name: "TensorBoard", dependencies: [.product(name: "SwiftProtobuf", package: "swift-protobuf")], exclude: ["event.proto"]),
+        .target(name: "TensorBoard", dependencies: ["Files", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+                exclude: ["event.proto"]),
 
         // MARK: Training
         .target(

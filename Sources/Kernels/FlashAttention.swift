@@ -27,6 +27,13 @@ public struct AttentionTiles: Equatable, Sendable {
     public static let backward = AttentionTiles(queries: 256, keys: 128)
 }
 
+/// D = C / H, after checking what every tiled kernel requires of its shapes (a causal mask needs Tq = Tk).
+private func headSizeChecked(mask: AttentionMask, queryTime: Int, keyTime: Int, channels: Int, heads: Int) -> Int {
+    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
+    precondition(!mask.causal || queryTime == keyTime, "causal attention needs Tq = Tk, got \(queryTime) and \(keyTime)")
+    return channels / heads
+}
+
 /// Tiled multi-head scaled dot-product attention, forward.
 ///   q[B,Tq,C], k[B,Tk,C], v[B,Tk,C] → out[B,Tq,C], logSumExp[B,H,Tq]; head h uses columns h·D ..< (h+1)·D
 ///   out = softmax(q·kᵀ/√D + mask)·v, logSumExp[b,h,i] = log Σⱼ exp(scoreᵢⱼ) over the keys query i sees
@@ -37,9 +44,7 @@ public struct AttentionTiles: Equatable, Sendable {
 public func flashAttentionForward(out: FloatBuffer, logSumExp: FloatBuffer, q: FloatBuffer, k: FloatBuffer, v: FloatBuffer,
                                   mask: AttentionMask, batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int,
                                   tiles: AttentionTiles = .forward) {
-    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
-    precondition(!mask.causal || queryTime == keyTime, "causal attention needs Tq = Tk, got \(queryTime) and \(keyTime)")
-    let headSize = channels / heads
+    let headSize = headSizeChecked(mask: mask, queryTime: queryTime, keyTime: keyTime, channels: channels, heads: heads)
     requireCount(out, batch * queryTime * channels, "out")
     requireCount(logSumExp, batch * heads * queryTime, "logSumExp")
     requireCount(q, batch * queryTime * channels, "q")
@@ -68,11 +73,11 @@ public func flashAttentionForward(out: FloatBuffer, logSumExp: FloatBuffer, q: F
                     let columns = min(j0 + tiles.keys, keyEnd) - j0
                     serialGemm(transA: false, transB: true, m: rows, n: columns, k: headSize, alpha: scale,
                                a: qTile, lda: channels, b: kHead + j0 * channels, ldb: channels, beta: 0, c: scores, ldc: tiles.keys)
+                    let tilePadding = padding.map { UnsafeBufferPointer(rebasing: $0[j0...]) }
                     for r in 0..<rows {
                         let row = scores + r * tiles.keys
                         let visible = mask.causal ? min(columns, i0 + r + 1 - j0) : columns
-                        let rescale = onlineSoftmaxRow(row, count: columns, visible: visible,
-                                                       padding: padding.map { UnsafeBufferPointer(rebasing: $0[j0...]) },
+                        let rescale = onlineSoftmaxRow(row, count: columns, visible: visible, padding: tilePadding,
                                                        runningMax: &runningMax[r], runningSum: &runningSum[r])
                         if rescale != 1 { scaleRow(outTile + r * channels, count: headSize, by: rescale) }
                     }
@@ -133,9 +138,7 @@ public func flashAttentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBu
                                    q: FloatBuffer, k: FloatBuffer, v: FloatBuffer, out: FloatBuffer, logSumExp: FloatBuffer,
                                    mask: AttentionMask, batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int,
                                    tiles: AttentionTiles = .backward) {
-    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
-    precondition(!mask.causal || queryTime == keyTime, "causal attention needs Tq = Tk, got \(queryTime) and \(keyTime)")
-    let headSize = channels / heads
+    let headSize = headSizeChecked(mask: mask, queryTime: queryTime, keyTime: keyTime, channels: channels, heads: heads)
     for (buffer, name) in [(dQ, "dQ"), (dOut, "dOut"), (q, "q"), (out, "out")] as [(FloatBuffer, StaticString)] {
         requireCount(buffer, batch * queryTime * channels, name)
     }
@@ -165,6 +168,7 @@ public func flashAttentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBu
                     let columns = min(j0 + tiles.keys, keyTime) - j0
                     let kTile = k.baseAddress! + keyOffset + j0 * channels, vTile = v.baseAddress! + keyOffset + j0 * channels
                     let dKTile = dK.baseAddress! + keyOffset + j0 * channels, dVTile = dV.baseAddress! + keyOffset + j0 * channels
+                    let tilePadding = padding.map { UnsafeBufferPointer(rebasing: $0[j0...]) }
                     // Causal: the first query that sees key j0 is j0 itself; query tiles start there, off the grid of
                     // the forward's tiles, so only the triangle inside the diagonal tile is computed in vain.
                     let firstQuery = mask.causal ? j0 : 0
@@ -177,7 +181,7 @@ public func flashAttentionBackward(dQ: FloatBuffer, dK: FloatBuffer, dV: FloatBu
                         for r in 0..<rows {
                             let visible = mask.causal ? max(0, min(columns, i0 + r + 1 - j0)) : columns
                             recomputeProbabilities(probabilities + r * tiles.keys, count: columns, visible: visible,
-                                                   padding: padding.map { UnsafeBufferPointer(rebasing: $0[j0...]) }, logSumExp: lse[i0 + r])
+                                                   padding: tilePadding, logSumExp: lse[i0 + r])
                         }
                         serialGemm(transA: true, transB: false, m: columns, n: headSize, k: rows, a: probabilities, lda: tiles.keys,
                                    b: dOutTile, ldb: channels, beta: 1, c: dVTile, ldc: channels)
@@ -224,9 +228,7 @@ private func recomputeProbabilities(_ row: UnsafeMutablePointer<Float>, count: I
 /// saw no key). The same function as torch.nn.MultiheadAttention's per-head weights (average_attn_weights=False).
 public func flashAttentionProbabilities(probs: FloatBuffer, q: FloatBuffer, k: FloatBuffer, logSumExp: FloatBuffer, mask: AttentionMask,
                                         batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int) {
-    precondition(channels % heads == 0, "channels \(channels) not divisible by heads \(heads)")
-    precondition(!mask.causal || queryTime == keyTime, "causal attention needs Tq = Tk, got \(queryTime) and \(keyTime)")
-    let headSize = channels / heads
+    let headSize = headSizeChecked(mask: mask, queryTime: queryTime, keyTime: keyTime, channels: channels, heads: heads)
     requireCount(probs, batch * heads * queryTime * keyTime, "probs")
     requireCount(q, batch * queryTime * channels, "q")
     requireCount(k, batch * keyTime * channels, "k")

@@ -38,8 +38,11 @@ public struct LineChart {
     /// Colours of the series, in order (Tableau 10), repeated past ten.
     static let palette = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
 
+    /// The size `svg()` draws at by default, in pixels: width and height.
+    public static let defaultSize = (width: 640, height: 360)
+
     /// The chart, `width` x `height` pixels. A chart without any plottable point says so in its plot area.
-    public func svg(width: Int = 640, height: Int = 360) -> String {
+    public func svg(width: Int = defaultSize.width, height: Int = defaultSize.height) -> String {
         let left = 72.0, right = 16.0, top = 36.0, bottom = 52.0
         let plotWidth = Double(width) - left - right, plotHeight = Double(height) - top - bottom
         let transform: (Double) -> Double = logarithmic ? { log10($0) } : { $0 }

@@ -1,3 +1,4 @@
+import Files
 import Foundation
 import SwiftProtobuf
 
@@ -9,13 +10,15 @@ public final class EventFileWriter {
     /// The file written.
     public let path: String
     private let handle: FileHandle
+    /// Whether the session START is written (before the first scalars).
+    private var started = false
 
     /// Creates a new event file in `directory` (which must exist) and writes its version record. Throws an
     /// `EventFileError` naming the file when it cannot be created or written.
     public init(directory: String, wallTime: Date = Date()) throws(EventFileError) {
         let seconds = Int(wallTime.timeIntervalSince1970)
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "localhost"
-        path = (directory as NSString).appendingPathComponent("events.out.tfevents.\(seconds).\(host).\(getpid())")
+        path = Paths.join(directory, "events.out.tfevents.\(seconds).\(host).\(getpid())")
         guard FileManager.default.createFile(atPath: path, contents: nil), let handle = FileHandle(forWritingAtPath: path) else {
             throw EventFileError(path: path, message: "cannot be created")
         }
@@ -28,20 +31,20 @@ public final class EventFileWriter {
 
     deinit { try? handle.close() }
 
-    /// Appends a session START at `step`, an attempt's first step: TensorBoard then drops the events of earlier
-    /// attempts (other files in the directory) at `step` and after, as a resumed run writes those steps again.
-    public func start(step: Int, wallTime: Date = Date()) throws(EventFileError) {
-        var event = Tensorboard_Event()
-        event.wallTime = wallTime.timeIntervalSince1970
-        event.step = Int64(step)
-        var session = Tensorboard_SessionLog()
-        session.status = .start
-        event.sessionLog = session
-        try append(event)
-    }
-
-    /// Appends one event at `step` holding `scalars` (tag → value; tags in sorted order), stamped `wallTime`.
+    /// Appends one event at `step` holding `scalars` (tag → value; tags in sorted order), stamped `wallTime`. The
+    /// first is preceded by a session START at its step, the attempt's first: TensorBoard then drops what earlier
+    /// attempts (other files in the directory) logged at that step and after, as a resumed run writes those again.
     public func add(step: Int, scalars: [String: Double], wallTime: Date = Date()) throws(EventFileError) {
+        if !started {
+            var start = Tensorboard_Event()
+            start.wallTime = wallTime.timeIntervalSince1970
+            start.step = Int64(step)
+            var session = Tensorboard_SessionLog()
+            session.status = .start
+            start.sessionLog = session
+            try append(start)
+            started = true
+        }
         var event = Tensorboard_Event()
         event.wallTime = wallTime.timeIntervalSince1970
         event.step = Int64(step)

@@ -90,8 +90,6 @@ final class MetricsLog {
     private var failed = false
     private let events: EventFileWriter?
     private var eventsFailed = false
-    /// Whether this attempt's session START (at its first step) is in the event file.
-    private var startedEvents = false
 
     init(directory: String, tensorboard: Bool = false) throws {
         do {
@@ -132,18 +130,12 @@ final class MetricsLog {
             failed = true
         }
         guard let events, let step = fields["step"] as? Int else { return }
-        var scalars: [String: Double] = [:]
-        for (key, value) in fields where key != "step" {
-            if let number = value as? Double, number.isFinite { scalars[key] = number }
-            if let number = value as? Int { scalars[key] = Double(number) }
-            if let number = value as? Float, number.isFinite { scalars[key] = Double(number) }
+        // The finite numbers of the line (texts and nulls are not scalars).
+        let scalars = Self.finite(fields).filter { $0.key != "step" }.compactMapValues { value -> Double? in
+            (value as? Double) ?? (value as? Int).map(Double.init) ?? (value as? Float).map(Double.init)
         }
         guard !scalars.isEmpty else { return }
         do {
-            if !startedEvents {
-                try events.start(step: step)
-                startedEvents = true
-            }
             try events.add(step: step, scalars: scalars)
         } catch {
             if !eventsFailed { log("warning: \(error); training goes on, later failures are not repeated") }

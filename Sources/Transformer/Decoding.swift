@@ -153,10 +153,15 @@ extension TransformerModel {
     }
 
     func forwardWithoutTraining(_ batch: TokenBatch) {
+        withoutTraining { _ = forward(batch) }
+    }
+
+    /// Runs `body` with training off (no dropout), then restores the mode.
+    func withoutTraining(_ body: () -> Void) {
         let wasTraining = training
         training = false
         defer { training = wasTraining }
-        forward(batch)
+        body()
     }
 
     // MARK: Decoder-only

@@ -13,12 +13,15 @@ struct MultiHeadAttention {
     }
 
     let kind: Kind
+    /// The projections' name prefix: `decoder.layers.0.self_attn`.
+    let prefix: String
     let q: Linear, k: Linear, v: Linear, o: Linear
     let heads: Int
 
     /// `prefix` names the projections: "decoder.layers.0.self_attn" → `...q_proj.weight` and so on.
     init(kind: Kind, prefix: String, heads: Int, layout: ParameterLayout) {
         self.kind = kind
+        self.prefix = prefix
         (q, k, v, o) = (Linear("\(prefix).q_proj", layout: layout), Linear("\(prefix).k_proj", layout: layout),
                         Linear("\(prefix).v_proj", layout: layout), Linear("\(prefix).o_proj", layout: layout))
         self.heads = heads
@@ -89,6 +92,17 @@ struct MultiHeadAttention {
         q.backward(dInp: dQueriesFrom, dOut: scratch.dQ, inp: queriesFrom, rows: queryRows, parameters: parameters, gradients: gradients)
         k.backward(dInp: dKeysFrom, dOut: scratch.dK, inp: keysFrom, rows: keyRows, parameters: parameters, gradients: gradients)
         v.backward(dInp: dKeysFrom, dOut: scratch.dV, inp: keysFrom, rows: keyRows, parameters: parameters, gradients: gradients)
+    }
+
+    /// The softmax weights of the last forward through `a` [B, H, Tq, Tk], recomputed from the tiled kernel's
+    /// log-sum-exp under this attention's own mask (`keyPadding` the forward's), for pictures of attention.
+    func probabilities(_ a: Activations, batch: Int, queryTime: Int, keyTime: Int, keyPadding: UnsafeBufferPointer<Bool>?) -> [Float] {
+        var probabilities = [Float](repeating: 0, count: batch * heads * queryTime * keyTime)
+        probabilities.withUnsafeMutableBufferPointer { probs in
+            flashAttentionProbabilities(probs: probs, q: a.q, k: a.k, logSumExp: a.logSumExp, mask: mask(keyPadding: keyPadding),
+                                        batch: batch, queryTime: queryTime, keyTime: keyTime, channels: q.outFeatures, heads: heads)
+        }
+        return probabilities
     }
 
     // MARK: Decoding (one position, cached keys and values)

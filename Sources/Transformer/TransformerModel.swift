@@ -262,10 +262,7 @@ public final class TransformerModel {
         precondition(config.kind == .decoderOnly && !tokens.isEmpty && tokens.count <= maxTargetLength,
                      "a prompt of \(tokens.count) tokens for buffers of \(maxTargetLength)")
         fit(BatchShape(batch: 1, sourceLength: 0, targetLength: tokens.count))
-        let wasTraining = training
-        training = false
-        defer { training = wasTraining }
-        _ = decode(tokens, batch: 1, time: tokens.count, memory: nil, pass: pass(backward: false))
+        withoutTraining { _ = decode(tokens, batch: 1, time: tokens.count, memory: nil, pass: pass(backward: false)) }
     }
 
     /// Decoder layer `index`'s self-attention keys and values from the last forward, [B·T, C] each (prefilling a
@@ -614,20 +611,13 @@ public struct AttentionMap: Sendable {
     public let kind: Kind
     /// The layer's index in its stack, from 0.
     public let layer: Int
+    /// The attention's parameter prefix, as its projections are named: `encoder.layers.0.self_attn`,
+    /// `decoder.layers.1.self_attn`, `decoder.layers.1.cross_attn`.
+    public let module: String
     /// The shape of `probabilities`: rows, heads, queries and keys.
     public let batch: Int, heads: Int, queryTime: Int, keyTime: Int
     /// [B, H, Tq, Tk]: softmax weights of each query over the keys (rows sum to 1; masked keys 0).
     public let probabilities: [Float]
-
-    /// The attention's parameter prefix, as its projections are named: `encoder.layers.0.self_attn`,
-    /// `decoder.layers.1.self_attn`, `decoder.layers.1.cross_attn`.
-    public var module: String {
-        switch kind {
-        case .encoderSelfAttention: return "encoder.layers.\(layer).self_attn"
-        case .decoderSelfAttention: return "decoder.layers.\(layer).self_attn"
-        case .crossAttention: return "decoder.layers.\(layer).cross_attn"
-        }
-    }
 }
 
 extension TransformerModel {
@@ -636,33 +626,26 @@ extension TransformerModel {
     /// training kernels' own forward (its log-sum-exp per query), as its backward recomputes them.
     public func attentionMaps(_ batch: TokenBatch) -> [AttentionMap] {
         forwardWithoutTraining(batch)
-        let b = batch.batchSize, c = config.dModel, h = config.heads
-        let source = batch.sourceLength, target = batch.targetLength
+        let b = batch.batchSize, source = batch.sourceLength, target = batch.targetLength
         let padding = UnsafeBufferPointer(buffers.sourcePadding)
-        func map(_ kind: AttentionMap.Kind, layer: Int, _ a: MultiHeadAttention.Activations, queryTime: Int, keyTime: Int,
-                 mask: AttentionMask) -> AttentionMap {
-            var probabilities = [Float](repeating: 0, count: b * h * queryTime * keyTime)
-            probabilities.withUnsafeMutableBufferPointer { probs in
-                flashAttentionProbabilities(probs: probs, q: a.q, k: a.k, logSumExp: a.logSumExp, mask: mask, batch: b,
-                                            queryTime: queryTime, keyTime: keyTime, channels: c, heads: h)
-            }
-            return AttentionMap(kind: kind, layer: layer, batch: b, heads: h, queryTime: queryTime, keyTime: keyTime,
-                                probabilities: probabilities)
+        func map(_ kind: AttentionMap.Kind, layer: Int, _ block: AttentionBlock, _ a: AttentionBlock.Activations, queryTime: Int,
+                 keyTime: Int) -> AttentionMap {
+            AttentionMap(kind: kind, layer: layer, module: block.attention.prefix, batch: b, heads: block.attention.heads,
+                         queryTime: queryTime, keyTime: keyTime,
+                         probabilities: block.attention.probabilities(a.attention, batch: b, queryTime: queryTime, keyTime: keyTime,
+                                                                      keyPadding: padding))
         }
         var maps: [AttentionMap] = []
         if config.kind.hasEncoder {
-            for (index, a) in buffers.encoderLayers.enumerated() {
-                maps.append(map(.encoderSelfAttention, layer: index, a.selfAttention.attention, queryTime: source, keyTime: source,
-                                mask: AttentionMask(keyPadding: padding)))
+            for (index, (layer, a)) in zip(encoderLayers, buffers.encoderLayers).enumerated() {
+                maps.append(map(.encoderSelfAttention, layer: index, layer.selfAttention, a.selfAttention, queryTime: source, keyTime: source))
             }
         }
         if config.kind.hasDecoder {
-            for (index, a) in buffers.decoderLayers.enumerated() {
-                maps.append(map(.decoderSelfAttention, layer: index, a.selfAttention.attention, queryTime: target, keyTime: target,
-                                mask: AttentionMask(causal: true)))
-                if let cross = a.crossAttention {
-                    maps.append(map(.crossAttention, layer: index, cross.attention, queryTime: target, keyTime: source,
-                                    mask: AttentionMask(keyPadding: padding)))
+            for (index, (layer, a)) in zip(decoderLayers, buffers.decoderLayers).enumerated() {
+                maps.append(map(.decoderSelfAttention, layer: index, layer.selfAttention, a.selfAttention, queryTime: target, keyTime: target))
+                if let block = layer.crossAttention, let cross = a.crossAttention {
+                    maps.append(map(.crossAttention, layer: index, block, cross, queryTime: target, keyTime: source))
                 }
             }
         }

@@ -162,11 +162,11 @@ struct AttentionMaps: ParsableCommand {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         } catch {
             // Name the part of the path that is in the way, when one is a file.
-            var parent = (output as NSString).deletingLastPathComponent
-            while !parent.isEmpty && parent != "/" && !FileManager.default.fileExists(atPath: parent) {
-                parent = (parent as NSString).deletingLastPathComponent
+            var parent = Paths.parent(output)
+            while parent != "." && parent != "/" && !FileManager.default.fileExists(atPath: parent) {
+                parent = Paths.parent(parent)
             }
-            if !parent.isEmpty, FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), !isDirectory.boolValue {
+            if FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), !isDirectory.boolValue {
                 throw PicturesInputError("--output \(output): cannot create the directory: \(parent) is a file")
             }
             throw PicturesInputError("--output \(output): cannot create the directory: \(describe(error))")

@@ -50,7 +50,7 @@ struct Plot: ParsableCommand {
         let inputs = runs.map { Paths.join($0, "metrics.jsonl") }
         let text: String
         if output.lowercased().hasSuffix(".svg") {
-            text = Self.stacked(charts.map { $0.svg() })
+            text = Self.stacked(charts)
         } else {
             text = FigurePage(title: "Training curves: " + runs.joined(separator: ", "),
                               sections: [FigurePage.Section(heading: "Against the step", figures: charts.map {
@@ -89,31 +89,16 @@ struct Plot: ParsableCommand {
 
     /// Legend names: each run directory's last component, or the whole path where two runs share it.
     static func legendNames(_ runs: [String]) -> [String] {
-        let last = runs.map { path -> String in
-            let trimmed = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
-            return trimmed.split(separator: "/").last.map(String.init) ?? trimmed
-        }
+        let last = runs.map { path in Paths.lastComponent(path).isEmpty ? path : Paths.lastComponent(path) }
         return zip(runs, last).map { run, name in last.filter { $0 == name }.count > 1 ? run : name }
     }
 
-    /// Several SVG documents one under another in one SVG (each nested in a group moved down by the heights above).
-    static func stacked(_ documents: [String]) -> String {
-        var y = 0, width = 0, body = ""
-        for document in documents {
-            let (w, h) = size(of: document)
-            body += "<g transform=\"translate(0 \(y))\">\n\(document)</g>\n"
-            y += h
-            width = max(width, w)
-        }
-        return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(y)\" viewBox=\"0 0 \(width) \(y)\">\n\(body)</svg>\n"
-    }
-
-    /// The width and height attributes of an SVG document's root element (as LineChart writes them).
-    static func size(of document: String) -> (Int, Int) {
-        func attribute(_ name: String) -> Int {
-            guard let range = document.range(of: " \(name)=\"") else { return 0 }
-            return Int(document[range.upperBound...].prefix { $0.isNumber }) ?? 0
-        }
-        return (attribute("width"), attribute("height"))
+    /// The charts one under another in one SVG, each `LineChart.defaultSize` and nested in a group moved down.
+    static func stacked(_ charts: [LineChart]) -> String {
+        let (width, height) = LineChart.defaultSize, total = height * charts.count
+        let body = charts.enumerated().map { index, chart in
+            "<g transform=\"translate(0 \(index * height))\">\n\(chart.svg(width: width, height: height))</g>\n"
+        }.joined()
+        return "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(total)\" viewBox=\"0 0 \(width) \(total)\">\n\(body)</svg>\n"
     }
 }

@@ -15,7 +15,6 @@ final class EventFileTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let writer = try EventFileWriter(directory: directory, wallTime: Date(timeIntervalSince1970: 1_700_000_000))
-        try writer.start(step: 7)
         try writer.add(step: 7, scalars: ["loss": 2.5, "lr": 1e-3], wallTime: Date(timeIntervalSince1970: 1_700_000_001))
         XCTAssertTrue((writer.path as NSString).lastPathComponent.hasPrefix("events.out.tfevents.1700000000."))
         let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: writer.path)))
