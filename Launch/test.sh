@@ -16,6 +16,11 @@ if ! python3 -c "import tensorboard" 2>/dev/null; then
   python3 -m pip install --quiet tensorboard || echo "test.sh: could not install tensorboard; the event-file test will skip"
 fi
 
+# The tokenizers package checks that a Hugging Face tokenizer.json encodes to its ids. Without it that test skips and says so.
+if ! python3 -c "import tokenizers" 2>/dev/null; then
+  python3 -m pip install --quiet tokenizers || echo "test.sh: could not install tokenizers; the Hugging Face tokenizer test will skip"
+fi
+
 if [ "$(id -u)" -eq 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi

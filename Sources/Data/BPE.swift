@@ -128,7 +128,7 @@ public struct BPE: Equatable, Sendable {
     /// most frequent pair wins, ties go to the smaller (a, b). No token grows past `longestToken` bytes, nor the table
     /// past `largestTable`, so every tokenizer trained here is one a reader accepts.
     public static func train(texts: [String], vocabularySize: Int) -> BPE {
-        let target = max(0, vocabularySize - SpecialToken.count - 256)
+        let target = max(0, vocabularySize - SpecialTokens.standardCount - 256)
         // Unique pieces with their counts: training works on these, not on the raw text.
         var counts: [ArraySlice<UInt8>: Int] = [:]
         for text in texts {

@@ -98,6 +98,7 @@ public final class SampleReader {
     /// Frames and pads the samples into one batch; a sample longer than the model takes is an error naming it.
     public func batch(_ indices: [Int], maxSourceLength: Int, maxTargetLength: Int) throws -> TokenBatch {
         var sources: [[Int32]] = [], inputs: [[Int32]] = [], labels: [[Int32]] = []
+        let special = split.tokenizer.specialTokens
         for index in indices {
             // Lengths first, from the offsets: a sample too long for the model is refused before it is read.
             let (sourceLength, targetLength) = lengths(index)
@@ -114,9 +115,9 @@ public final class SampleReader {
                 inputs.append(Array(stored.dropLast()))
                 labels.append(Array(stored.dropFirst()))
             case .seq2seq:
-                sources.append(stored + [SpecialToken.eos])
-                inputs.append([SpecialToken.bos] + target)
-                labels.append(target + [SpecialToken.eos])
+                sources.append(stored + [special.eos])
+                inputs.append([special.bos] + target)
+                labels.append(target + [special.eos])
             }
             if let source = sources.last, source.count > maxSourceLength {
                 throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(source.count - 1) tokens; the model takes \(maxSourceLength - 1)")
@@ -127,10 +128,10 @@ public final class SampleReader {
         }
         let s = sources.map(\.count).max() ?? 0, t = inputs.map(\.count).max() ?? 0
         func padded(_ rows: [[Int32]], to length: Int) -> [Int32] {
-            rows.flatMap { $0 + [Int32](repeating: SpecialToken.pad, count: length - $0.count) }
+            rows.flatMap { $0 + [Int32](repeating: special.pad, count: length - $0.count) }
         }
         return TokenBatch(batchSize: indices.count, sourceLength: s, targetLength: t, source: padded(sources, to: s),
-                          decoderInput: padded(inputs, to: t), labels: padded(labels, to: t), samples: indices)
+                          decoderInput: padded(inputs, to: t), labels: padded(labels, to: t), samples: indices, pad: special.pad)
     }
 }
 

@@ -42,10 +42,10 @@ public struct MaskedLanguageModeling: Sendable, Equatable {
     public func apply(to batch: TokenBatch, seed: UInt64, epoch: Int) -> TokenBatch {
         let b = batch.batchSize, t = batch.targetLength
         precondition(batch.samples.count == b, "masking needs each row's global sample index")
-        var input = batch.decoderInput, labels = [Int32](repeating: SpecialToken.pad, count: b * t)
+        var input = batch.decoderInput, labels = [Int32](repeating: batch.pad, count: b * t)
         for row in 0..<b {
             let window = (row * t)..<((row + 1) * t)
-            let choices = choose(Array(batch.decoderInput[window]), seed: seed, epoch: epoch, sample: batch.samples[row])
+            let choices = choose(Array(batch.decoderInput[window]), pad: batch.pad, seed: seed, epoch: epoch, sample: batch.samples[row])
             for (offset, choice) in choices {
                 let position = window.lowerBound + offset
                 labels[position] = batch.decoderInput[position]
@@ -53,13 +53,13 @@ public struct MaskedLanguageModeling: Sendable, Equatable {
             }
         }
         return TokenBatch(batchSize: b, sourceLength: t, targetLength: t, source: input, decoderInput: [], labels: labels,
-                          samples: batch.samples)
+                          samples: batch.samples, pad: batch.pad)
     }
 
     /// The chosen positions of one window and the token each gets (the mask, a random token, or itself).
     /// Every position draws the same three numbers whatever is chosen, so a position's fate depends only on
     /// (seed, epoch, sample, position).
-    func choose(_ window: [Int32], seed: UInt64, epoch: Int, sample: Int) -> [(offset: Int, token: Int32)] {
+    func choose(_ window: [Int32], pad: Int32, seed: UInt64, epoch: Int, sample: Int) -> [(offset: Int, token: Int32)] {
         // The domain constant keeps these streams apart from the sampler's, which mixes seed and epoch the same way.
         var random = SplitMix64(seed: (seed ^ 0x4D41_534B_4D4C_4D00) &* 0x9E37_79B9_7F4A_7C15 ^ UInt64(truncatingIfNeeded: epoch) &* 0xD1B5_4A32_D192_ED03
                                 ^ UInt64(truncatingIfNeeded: sample) &* 0x94D0_49BB_1331_11EB)
@@ -67,7 +67,7 @@ public struct MaskedLanguageModeling: Sendable, Equatable {
         var fallback: (offset: Int, token: Int32, draw: Double)?
         for (offset, token) in window.enumerated() {
             let (pick, kind, replacement) = (unit(&random), unit(&random), random.next())
-            guard token != SpecialToken.pad else { continue }
+            guard token != pad else { continue }
             let width = UInt64(randomTokens.count)
             let replaced: Int32 = kind < maskReplace ? maskToken
                 : kind < maskReplace + randomReplace && width > 0 ? randomTokens.lowerBound + Int32(replacement % width) : token

@@ -67,7 +67,7 @@ public enum ShardWriter {
         stream.reserveCapacity(documents.reduce(0) { $0 + $1.count + 1 })
         for document in documents {
             stream += document
-            stream.append(SpecialToken.eos)
+            stream.append(tokenizer.specialTokens.eos)
         }
         try create(path, inputs: inputs) { file in
             try header(file, task: .lm, tokenizer: tokenizer)
@@ -332,9 +332,9 @@ public struct ShardPreview: Sendable {
         switch shard.task {
         case .lm:
             let stream = try file.openDataset("tokens").read(as: Int32.self, offset: [0], count: [min(shard.tokens, 4096)])
-            let documents = stream.split(separator: SpecialToken.eos).prefix(examples)
+            let documents = stream.split(separator: tokenizer.specialTokens.eos).prefix(examples)
             shown = documents.map { tokenizer.decode(Array($0)) }
-            let count = (try? file.int64Attribute("documents")).map(Int.init) ?? stream.filter { $0 == SpecialToken.eos }.count
+            let count = (try? file.int64Attribute("documents")).map(Int.init) ?? stream.filter { $0 == tokenizer.specialTokens.eos }.count
             return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown, digest: digest)
         case .seq2seq:
             let reader = try SampleReader(split: DataSplit(shards: [shard], tokenizer: tokenizer, task: .seq2seq))

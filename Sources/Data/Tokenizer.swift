@@ -7,15 +7,27 @@ public enum Tokenizer: Equatable, Sendable {
     case byte
     /// Byte-level BPE: byte ids as above, then one id per merge in training order (260, 261, ...).
     case bpe(BPE)
+    /// A Hugging Face `tokenizer.json` (byte-level BPE, GPT-2's kind), with its own ids and special tokens.
+    case huggingFace(HuggingFaceTokenizer)
 
-    /// The id of byte 0 (4): ids below it are the special tokens (`SpecialToken`).
-    public static let firstByteID: Int32 = Int32(SpecialToken.count)
+    /// The id of byte 0 (4) in SwiftDDP's own tokenizers: ids below it are the standard special tokens.
+    public static let firstByteID: Int32 = Int32(SpecialTokens.standardCount)
 
-    /// Ids in the vocabulary: 4 special tokens, 256 bytes, and one per BPE merge (260 for `.byte`).
+    /// Which ids are PAD, BOS, EOS (and UNK): `SpecialTokens.standard` for byte and BPE, the file's for Hugging Face.
+    public var specialTokens: SpecialTokens {
+        switch self {
+        case .byte, .bpe: return .standard
+        case .huggingFace(let tokenizer): return tokenizer.specialTokens
+        }
+    }
+
+    /// Ids in the vocabulary: 4 special tokens, 256 bytes, and one per BPE merge (260 for `.byte`); a Hugging Face
+    /// tokenizer's largest id plus one.
     public var vocabularySize: Int {
         switch self {
-        case .byte: return SpecialToken.count + 256
-        case .bpe(let bpe): return SpecialToken.count + 256 + bpe.merges.count
+        case .byte: return SpecialTokens.standardCount + 256
+        case .bpe(let bpe): return SpecialTokens.standardCount + 256 + bpe.merges.count
+        case .huggingFace(let tokenizer): return tokenizer.vocabularySize
         }
     }
 
@@ -26,14 +38,20 @@ public enum Tokenizer: Equatable, Sendable {
     public var maskToken: Int32 { Int32(vocabularySize) }
 
     /// The ids of ordinary tokens (bytes and merges), everything but the special tokens: what a masked-LM's random
-    /// replacements and fill-mask candidates are drawn from.
-    public var ordinaryTokens: Range<Int32> { Self.firstByteID..<Int32(vocabularySize) }
+    /// replacements and fill-mask candidates are drawn from (Hugging Face: all ids but special ones at either end).
+    public var ordinaryTokens: Range<Int32> {
+        switch self {
+        case .byte, .bpe: return Self.firstByteID..<Int32(vocabularySize)
+        case .huggingFace(let tokenizer): return tokenizer.ordinaryTokens
+        }
+    }
 
-    /// "byte" or "bpe", the "kind" of the stored JSON form.
+    /// "byte", "bpe" or "huggingface", the "kind" of the stored JSON form.
     public var kind: String {
         switch self {
         case .byte: return "byte"
         case .bpe: return "bpe"
+        case .huggingFace: return "huggingface"
         }
     }
 
@@ -42,6 +60,7 @@ public enum Tokenizer: Equatable, Sendable {
         switch self {
         case .byte: return text.utf8.map { Int32($0) + Self.firstByteID }
         case .bpe(let bpe): return bpe.encode(text)
+        case .huggingFace(let tokenizer): return tokenizer.encode(text)
         }
     }
 
@@ -72,19 +91,23 @@ public enum Tokenizer: Equatable, Sendable {
     }
 
     func appendBytes(of id: Int32, to bytes: inout [UInt8]) {
+        if case .huggingFace(let tokenizer) = self { return tokenizer.appendBytes(of: id, to: &bytes) }
         guard id >= Self.firstByteID else { return }
         switch self {
         case .byte:
             if id < Self.firstByteID + 256 { bytes.append(UInt8(id - Self.firstByteID)) }
         case .bpe(let bpe):
             bpe.appendBytes(of: id, to: &bytes)
+        case .huggingFace:
+            break
         }
     }
 
     // MARK: Stored form (a JSON text attribute in every data file and checkpoint)
 
-    /// The stored form, a JSON object: {"kind": "byte" or "bpe", "vocab_size": N, "merges": [[a, b], ...] for BPE};
-    /// kept as a string attribute in every data file and checkpoint.
+    /// The stored form, a JSON object: {"kind": "byte" or "bpe", "vocab_size": N, "merges": [[a, b], ...] for BPE},
+    /// or {"kind": "huggingface", "vocab_size": N, "pad": P, "bos": B, "eos": E, "unk": U or null, "tokenizer_json":
+    /// the whole tokenizer.json text}; kept as a string attribute in every data file and checkpoint.
     public var json: String {
         switch self {
         case .byte:
@@ -92,6 +115,12 @@ public enum Tokenizer: Equatable, Sendable {
         case .bpe(let bpe):
             let merges = bpe.merges.map { "[\($0.0),\($0.1)]" }.joined(separator: ",")
             return #"{"kind":"bpe","vocab_size":\#(vocabularySize),"merges":[\#(merges)]}"#
+        case .huggingFace(let tokenizer):
+            let special = tokenizer.specialTokens
+            let object: [String: Any] = ["kind": "huggingface", "vocab_size": vocabularySize, "pad": special.pad, "bos": special.bos,
+                                         "eos": special.eos, "unk": special.unk.map { $0 as Any } ?? NSNull(), "tokenizer_json": tokenizer.text]
+            let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
+            return String(decoding: data ?? Data(), as: UTF8.self)
         }
     }
 
@@ -143,8 +172,15 @@ public enum Tokenizer: Equatable, Sendable {
                 merges.append((Int32(pair[0]), Int32(pair[1])))
             }
             self = .bpe(BPE(merges: merges))
+        case "huggingface":
+            guard let text = object["tokenizer_json"] as? String, let pad = object["pad"] as? Int, let bos = object["bos"] as? Int,
+                  let eos = object["eos"] as? Int, [pad, bos, eos].allSatisfy({ (-1...Int(Int32.max)).contains($0) }) else {
+                throw JSONError(message: "huggingface tokenizer without \"tokenizer_json\" text and integer \"pad\", \"bos\" and \"eos\"")
+            }
+            let unk = (object["unk"] as? Int).flatMap { Int32(exactly: $0) }
+            self = .huggingFace(try HuggingFaceTokenizer(text: text, specialTokens: SpecialTokens(pad: Int32(pad), bos: Int32(bos), eos: Int32(eos), unk: unk)))
         default:
-            throw JSONError(message: "unknown tokenizer kind \"\(kind)\" (expected byte or bpe)")
+            throw JSONError(message: "unknown tokenizer kind \"\(kind)\" (expected byte, bpe or huggingface)")
         }
         if let size = object["vocab_size"] as? Int, size != vocabularySize {
             throw JSONError(message: "vocab_size \(size) does not match the \(self.kind) tokenizer's \(vocabularySize)")

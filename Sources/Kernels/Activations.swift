@@ -77,6 +77,54 @@ public func geluReference(_ x: Float) -> (value: Float, derivative: Float) {
     return (x * cdf, cdf + x * inverseSqrt2Pi * exp(-0.5 * x * x))
 }
 
+// MARK: GELU, tanh approximation (PyTorch's approximate="tanh"; GPT-2's "gelu_new")
+
+private let sqrt2OverPi: Float = 0.797_884_560_802_865_4
+private let geluTanhCubic: Float = 0.044_715
+
+/// out[n] = 0.5·x·(1 + tanh(u)), u = √(2/π)·(x + 0.044715·x³);  derivative[n] = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 +
+/// 3·0.044715·x²) when given (t = tanh(u); may be `inp` itself, as for `geluForward`). With e = e^(2u), 1 + t = 2e/(e + 1)
+/// and 1 − t = 2/(e + 1), each without cancellation; u is computed from x clamped to ±10, where t is ±1 in Float already,
+/// so no x³ overflows.
+public func geluTanhForward(out: FloatBuffer, inp: FloatBuffer, count: Int, derivative: FloatBuffer? = nil) {
+    requireCount(out, count, "out")
+    let x = inp.baseAddress!, y = out.baseAddress!, d = derivative?.baseAddress
+    parallelChunks(count) { start, width in
+        let value = load(x + start, width)
+        let (onePlusT, slope) = tanhGELUTerms(value)
+        store(0.5 * value * onePlusT, y + start, width)
+        if let d { store(0.5 * onePlusT + slope, d + start, width) }
+    }
+}
+
+/// dInp[n] += dOut[n] · (0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²))
+public func geluTanhBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
+    let x = inp.baseAddress!, dy = dOut.baseAddress!, dx = dInp.baseAddress!
+    parallelChunks(count) { start, width in
+        let value = load(x + start, width)
+        let (onePlusT, slope) = tanhGELUTerms(value)
+        store(load(dx + start, width) + load(dy + start, width) * (0.5 * onePlusT + slope), dx + start, width)
+    }
+}
+
+/// 1 + t (t = tanh(√(2/π)·(x + 0.044715·x³))) and the derivative's second term 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²),
+/// from x clamped to ±10 (the term is 0 there in Float).
+@inline(__always)
+private func tanhGELUTerms(_ value: Float32x16) -> (onePlusT: Float32x16, slope: Float32x16) {
+    let x = pointwiseMin(pointwiseMax(value, Float32x16(repeating: -10)), Float32x16(repeating: 10))
+    let square = x * x
+    let e = fastExp(2 * sqrt2OverPi * x * (1 + geluTanhCubic * square))
+    let r = 1 / (e + 1)
+    let onePlusT = 2 * e * r, oneMinusT = 2 * r
+    return (onePlusT, 0.5 * x * onePlusT * oneMinusT * sqrt2OverPi * (1 + 3 * geluTanhCubic * square))
+}
+
+/// The tanh-approximated GELU and its derivative with libm's tanh, for tests of the fast path.
+public func geluTanhReference(_ x: Float) -> (value: Float, derivative: Float) {
+    let t = tanh(sqrt2OverPi * (x + geluTanhCubic * x * x * x))
+    return (0.5 * x * (1 + t), 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * sqrt2OverPi * (1 + 3 * geluTanhCubic * x * x))
+}
+
 // MARK: Dropout
 
 /// Whether element `index` of dropout stream `seed` is kept: a counter-based hash, so the mask depends on

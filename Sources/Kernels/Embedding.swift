@@ -1,6 +1,7 @@
 import Foundation
 
-/// out[N,C] = table[tokens[n], :] · scale   (scale = √C in the paper)
+/// out[N,C] = table[tokens[n], :] · scale   (scale = √C in the paper); a token of -1 (padding of a tokenizer without a
+/// pad token, `SpecialTokens.none`) embeds as zeros.
 public func embeddingForward(out: FloatBuffer, tokens: UnsafeBufferPointer<Int32>, table: FloatBuffer,
                              vocabulary: Int, channels: Int, scale: Float) {
     let rows = tokens.count
@@ -8,6 +9,10 @@ public func embeddingForward(out: FloatBuffer, tokens: UnsafeBufferPointer<Int32
     requireCount(table, vocabulary * channels, "table")
     for row in 0..<rows {
         let token = Int(tokens[row])
+        if token == -1 {
+            (out.baseAddress! + row * channels).update(repeating: 0, count: channels)
+            continue
+        }
         precondition(token >= 0 && token < vocabulary, "token id \(token) outside vocabulary \(vocabulary)")
         let source = table.baseAddress! + token * channels
         let target = out.baseAddress! + row * channels
@@ -15,10 +20,10 @@ public func embeddingForward(out: FloatBuffer, tokens: UnsafeBufferPointer<Int32
     }
 }
 
-/// dTable[tokens[n], :] += dOut[n, :] · scale
+/// dTable[tokens[n], :] += dOut[n, :] · scale   (a token of -1 has no row)
 public func embeddingBackward(dTable: FloatBuffer, dOut: FloatBuffer, tokens: UnsafeBufferPointer<Int32>,
                               channels: Int, scale: Float) {
-    for row in 0..<tokens.count {
+    for row in 0..<tokens.count where tokens[row] != -1 {
         let target = dTable.baseAddress! + Int(tokens[row]) * channels
         let source = dOut.baseAddress! + row * channels
         for i in 0..<channels { target[i] += source[i] * scale }

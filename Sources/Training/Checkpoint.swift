@@ -387,6 +387,7 @@ extension Checkpoint {
         }
         try load(path, into: model)
         model.training = false
+        model.specialTokens = header.tokenizer?.specialTokens ?? .standard
         let nonFinite = nonFiniteTensors(model)
         if !allowNonFinite && !nonFinite.isEmpty {
             throw CheckpointError(file: path, message: "parameters that are not finite (NaN or infinity) in "

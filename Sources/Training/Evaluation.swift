@@ -250,7 +250,7 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
         for row in chunk.indices {
             // The batch's labels are target + EOS, padded: the target needs no second read.
             let labels = batch.labels[(row * batch.targetLength)..<((row + 1) * batch.targetLength)]
-            let target = Array(labels.prefix { $0 != SpecialToken.eos })
+            let target = Array(labels.prefix { $0 != split.tokenizer.specialTokens.eos })
             counts[0] += outputs[row] == target ? 1 : 0
             counts[1] += 1
             let hypothesis = DecodedTexts.line(split.tokenizer.decode(outputs[row]))
@@ -260,7 +260,7 @@ private func decodeAndScore(_ model: TransformerModel, on split: DataSplit, plan
             if plan.gatherTexts {
                 let source = batch.source[(row * batch.sourceLength)..<((row + 1) * batch.sourceLength)]
                 textsByIndex.append((chunk[row], hypothesis, reference,
-                                     DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != SpecialToken.eos })))))
+                                     DecodedTexts.line(split.tokenizer.decode(Array(source.prefix { $0 != split.tokenizer.specialTokens.eos })))))
             }
         }
     }

@@ -163,6 +163,7 @@ public final class Trainer {
                 throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
                                     + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
             }
+            model.specialTokens = train.tokenizer.specialTokens
             return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: batching.sampler,
                        globalBatch: batching.globalBatch, batching: batching.description, model: model,
                        optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads,

@@ -123,7 +123,7 @@ public final class TrainingStep {
                 totals[1] += Double(result.targetTokens)
                 totals[2] += Double(result.correct)
                 totals[4] += Double(batch.source.count + batch.decoderInput.count)
-                totals[5] += Double(batch.source.count { $0 != SpecialToken.pad } + batch.decoderInput.count { $0 != SpecialToken.pad })
+                totals[5] += Double(batch.source.count { $0 != batch.pad } + batch.decoderInput.count { $0 != batch.pad })
             }
             backwardEnded = clock.now
             if isLast, let synchronizer { try guarded("gradient allreduce") { try synchronizer.finish(detaching: model) } }

@@ -88,13 +88,13 @@ extension TransformerModel {
         let rows = decoder.rows, v = config.vocabSize
         var outputs = [[Int32]](repeating: [], count: rows)
         var finished = [Bool](repeating: false, count: rows)
-        var last = [Int32](repeating: SpecialToken.bos, count: rows)
+        var last = [Int32](repeating: specialTokens.bos, count: rows)
         for _ in 0..<limit where finished.contains(false) {
             decoder.step(last)
             decoder.withLogits { logits in
                 for row in 0..<rows where !finished[row] {
                     let best = mostLikelyToken(UnsafeBufferPointer(rebasing: logits[(row * v)..<((row + 1) * v)]))
-                    if best == SpecialToken.eos {
+                    if best == specialTokens.eos {
                         finished[row] = true
                     } else {
                         outputs[row].append(best)
@@ -107,7 +107,7 @@ extension TransformerModel {
     }
 
     private func beamSearch(_ decoder: IncrementalDecoder, batch: Int, beams: Int, limit: Int, lengthPenalty: Double) -> [[Int32]] {
-        var search = BeamSearch(batch: batch, beams: beams, vocabulary: config.vocabSize, lengthPenalty: lengthPenalty)
+        var search = BeamSearch(batch: batch, beams: beams, vocabulary: config.vocabSize, lengthPenalty: lengthPenalty, special: specialTokens)
         for length in 0...limit {
             let live = search.liveSources
             if live.isEmpty { break }
@@ -135,17 +135,17 @@ extension TransformerModel {
             var decoderInput: [Int32] = []
             decoderInput.reserveCapacity(batchSize * length)
             for row in 0..<batchSize {
-                let prefix = [SpecialToken.bos] + outputs[row]
-                decoderInput += prefix + [Int32](repeating: SpecialToken.pad, count: length - prefix.count)
+                let prefix = [specialTokens.bos] + outputs[row]
+                decoderInput += prefix + [Int32](repeating: specialTokens.pad, count: length - prefix.count)
             }
             forwardWithoutTraining(TokenBatch(batchSize: batchSize, sourceLength: sourceLength, targetLength: length, source: source,
-                                         decoderInput: decoderInput, labels: [Int32](repeating: SpecialToken.pad, count: batchSize * length)))
+                                         decoderInput: decoderInput, labels: [Int32](repeating: specialTokens.pad, count: batchSize * length), pad: specialTokens.pad))
             withLogits { logits in
                 let v = config.vocabSize
                 for row in 0..<batchSize where !finished[row] {
                     let offset = (row * length + outputs[row].count) * v  // the last real input position of this row
                     let best = mostLikelyToken(UnsafeBufferPointer(rebasing: logits[offset..<(offset + v)]))
-                    if best == SpecialToken.eos { finished[row] = true } else { outputs[row].append(best) }
+                    if best == specialTokens.eos { finished[row] = true } else { outputs[row].append(best) }
                 }
             }
         }
@@ -182,7 +182,7 @@ extension TransformerModel {
         }
         guard sampling.topK >= 0 else { throw DecodingArgumentError(argument: "top-k", message: "must be 0 or more, got \(sampling.topK)") }
         guard sampling.topP > 0, sampling.topP <= 1 else { throw DecodingArgumentError(argument: "top-p", message: "must be in (0, 1], got \(sampling.topP)") }
-        let context = prompt.isEmpty ? [SpecialToken.eos] : prompt
+        let context = prompt.isEmpty ? [specialTokens.eos] : prompt
         guard context.count <= config.maxLength else {
             throw DecodingArgumentError(argument: "prompt", message: "\(context.count) tokens exceed the model's max_length \(config.maxLength)")
         }
@@ -205,7 +205,7 @@ extension TransformerModel {
             while generated.count < maxTokens {
                 decoder.step([next])
                 next = decoder.withLogits { sampler.next(UnsafeBufferPointer($0)) }
-                if next == SpecialToken.eos { break }
+                if next == specialTokens.eos { break }
                 generated.append(next)
                 if !onToken(next) || decoder.length == decoder.capacity { break }
             }
@@ -215,10 +215,10 @@ extension TransformerModel {
             }
             while generated.count < maxTokens {
                 forwardWithoutTraining(TokenBatch(batchSize: 1, sourceLength: 0, targetLength: sequence.count, source: [], decoderInput: sequence,
-                                             labels: [Int32](repeating: SpecialToken.pad, count: sequence.count)))
+                                             labels: [Int32](repeating: specialTokens.pad, count: sequence.count), pad: specialTokens.pad))
                 let offset = (sequence.count - 1) * config.vocabSize
                 let next = withLogits { sampler.next(UnsafeBufferPointer(rebasing: $0[offset..<(offset + config.vocabSize)])) }
-                if next == SpecialToken.eos { break }
+                if next == specialTokens.eos { break }
                 generated.append(next)
                 sequence.append(next)
                 // The last token may come from a full context; it is not fed back.
@@ -233,6 +233,8 @@ extension TransformerModel {
 /// belonging to source b.
 private struct BeamSearch {
     let batch: Int, beams: Int, vocabulary: Int, lengthPenalty: Double
+    /// BOS starts every hypothesis; EOS ends one.
+    let special: SpecialTokens
     /// Each row's hypothesis so far (without BOS).
     var hypotheses: [[Int32]]
     /// Each row's summed log-probability; -∞ for an empty slot.
@@ -243,13 +245,13 @@ private struct BeamSearch {
     var lastTokens: [Int32]
     private var logProbabilities: [Double]
 
-    init(batch: Int, beams: Int, vocabulary: Int, lengthPenalty: Double) {
-        (self.batch, self.beams, self.vocabulary, self.lengthPenalty) = (batch, beams, vocabulary, lengthPenalty)
+    init(batch: Int, beams: Int, vocabulary: Int, lengthPenalty: Double, special: SpecialTokens) {
+        (self.batch, self.beams, self.vocabulary, self.lengthPenalty, self.special) = (batch, beams, vocabulary, lengthPenalty, special)
         hypotheses = [[Int32]](repeating: [], count: batch * beams)
         // Every beam of a source starts as the same empty hypothesis: only the first may expand at the first step.
         scores = (0..<(batch * beams)).map { $0 % beams == 0 ? 0.0 : -Double.infinity }
         finished = [[(tokens: [Int32], score: Double)]](repeating: [], count: batch)
-        lastTokens = [Int32](repeating: SpecialToken.bos, count: batch * beams)
+        lastTokens = [Int32](repeating: special.bos, count: batch * beams)
         logProbabilities = [Double](repeating: 0, count: vocabulary)
     }
 
@@ -293,7 +295,7 @@ private struct BeamSearch {
     mutating func advance(source b: Int, logits: UnsafeBufferPointer<Float>, length: Int, order: inout [Int]) {
         var next: [(parent: Int, token: Int32, score: Double)] = []
         for (rank, candidate) in bestContinuations(of: b, logits: logits).enumerated() where next.count < beams {
-            if candidate.token == SpecialToken.eos {
+            if candidate.token == special.eos {
                 if rank < beams {
                     finished[b].append((hypotheses[b * beams + candidate.parent], normalized(candidate.score, length: length + 1)))
                 }

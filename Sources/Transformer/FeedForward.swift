@@ -41,6 +41,7 @@ struct FeedForward {
         switch activation {
         case .relu: reluForward(out: a.activated, inp: a.hidden, count: count)
         case .gelu: geluForward(out: a.activated, inp: a.hidden, count: count, derivative: keepingDerivative ? a.hidden : nil)
+        case .geluTanh: geluTanhForward(out: a.activated, inp: a.hidden, count: count, derivative: keepingDerivative ? a.hidden : nil)
         }
         fc2.forward(out: a.output, inp: a.activated, rows: rows, parameters: parameters)
         return a.output
@@ -55,7 +56,7 @@ struct FeedForward {
         scratch.dHidden.baseAddress!.update(repeating: 0, count: count)
         switch activation {
         case .relu: reluBackward(dInp: scratch.dHidden, dOut: scratch.dActivated, inp: a.hidden, count: count)
-        case .gelu: scaleByDerivativeBackward(dInp: scratch.dHidden, dOut: scratch.dActivated, derivative: a.hidden, count: count)
+        case .gelu, .geluTanh: scaleByDerivativeBackward(dInp: scratch.dHidden, dOut: scratch.dActivated, derivative: a.hidden, count: count)
         }
         fc1.backward(dInp: dInput, dOut: scratch.dHidden, inp: input, rows: rows, parameters: parameters, gradients: gradients)
     }

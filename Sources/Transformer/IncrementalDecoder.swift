@@ -95,7 +95,7 @@ public final class IncrementalDecoder {
                 let states = FloatBuffer(rebasing: memory[(b * sourceLength * c)..<((b + 1) * sourceLength * c)])
                 for copy in 0..<copies {
                     let row = (first + b) * copies + copy
-                    for t in 0..<sourceLength { sourcePadding[row * maxSourceLength + t] = chunk[b * sourceLength + t] == SpecialToken.pad }
+                    for t in 0..<sourceLength { sourcePadding[row * maxSourceLength + t] = chunk[b * sourceLength + t] == model.specialTokens.pad }
                     // Cross-attention keys and values of this source, once per layer, into the row's cache slots.
                     for (layer, cache) in zip(model.decoderLayers, caches) {
                         guard let crossAttention = layer.crossAttention, let crossCache = cache.crossAttention else { continue }

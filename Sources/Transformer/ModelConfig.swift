@@ -13,9 +13,12 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         /// rather than on seq2seq pairs.
         public var readsTokenStream: Bool { self != .encoderDecoder }
     }
-    /// `model.activation` of the feed-forward network: `relu` (the paper) or `gelu` (torch.nn.functional.gelu, the exact
-    /// erf form).
-    public enum Activation: String, Codable, Sendable, CaseIterable { case relu, gelu }
+    /// `model.activation` of the feed-forward network: `relu` (the paper), `gelu` (torch.nn.functional.gelu, the exact
+    /// erf form) or `gelu_tanh` (gelu(approximate="tanh"), GPT-2's "gelu_new").
+    public enum Activation: String, Codable, Sendable, CaseIterable {
+        case relu, gelu
+        case geluTanh = "gelu_tanh"
+    }
     /// `post`: LayerNorm after each residual add (the paper). `pre`: before each sublayer, plus a final norm per stack.
     public enum Norm: String, Codable, Sendable, CaseIterable { case post, pre }
     /// `model.positions`: the paper's fixed sinusoids (§3.5) or a learned table `pos_embed.weight` [max_length, C].

@@ -32,6 +32,11 @@ public final class TransformerModel {
     /// Decoder positions at most (BOS + target, or the language model's context); an encoder-only model's context.
     public let maxTargetLength: Int
 
+    /// Which ids are padding (masked as keys, ignored by the loss, embedded as zeros when `none`), BOS and EOS (for
+    /// decoding): the tokenizer's (`Tokenizer.specialTokens`). Whoever builds the model for a tokenizer sets them;
+    /// `Checkpoint.loadModel` and the trainer do. Batches given to `forward` must be padded with this `pad`.
+    public var specialTokens: SpecialTokens = .standard
+
     /// Dropout is applied only while training.
     public var training = true
     /// Seeds this step's dropout masks; the trainer sets it per step so a resumed run draws the same masks.
@@ -330,13 +335,15 @@ public final class TransformerModel {
     /// The logits stay readable through `withLogits` until the next call.
     @discardableResult
     public func forward(_ batch: TokenBatch, labelSmoothing: Float = 0) -> LossSum {
-        run(batch, labelSmoothing: labelSmoothing, backward: false)
+        precondition(batch.pad == specialTokens.pad, "a batch padded with \(batch.pad) for a model whose pad is \(specialTokens.pad)")
+        return run(batch, labelSmoothing: labelSmoothing, backward: false)
     }
 
     /// Training: the summed loss, and its gradient ADDED to `gradients`.
     @discardableResult
     public func forwardBackward(_ batch: TokenBatch, labelSmoothing: Float = 0) -> LossSum {
-        run(batch, labelSmoothing: labelSmoothing, backward: true)
+        precondition(batch.pad == specialTokens.pad, "a batch padded with \(batch.pad) for a model whose pad is \(specialTokens.pad)")
+        return run(batch, labelSmoothing: labelSmoothing, backward: true)
     }
 
     /// The last forward's logits, [B·T, V].
@@ -416,7 +423,7 @@ public final class TransformerModel {
     /// overwrite the logits in place (each row is read before it is written).
     private func loss(logits: FloatBuffer, labels: [Int32], smoothing: Float, backward: Bool) -> LossSum {
         let result = labels.withUnsafeBufferPointer { labels in
-            crossEntropy(logits: logits, targets: labels, vocabulary: config.vocabSize, smoothing: smoothing, ignored: SpecialToken.pad,
+            crossEntropy(logits: logits, targets: labels, vocabulary: config.vocabSize, smoothing: smoothing, ignored: specialTokens.pad,
                          dLogits: backward ? logits : nil)
         }
         return LossSum(loss: result.loss, targetTokens: result.targetTokens, correct: result.correct)
@@ -427,7 +434,7 @@ public final class TransformerModel {
     /// The encoder over framed sources [B,S]: its output [B·S, C] with the padding mask, as the decoder's memory.
     private func encode(_ tokens: [Int32], batch: Int, time: Int, pass: Pass) -> DecoderLayer.Memory {
         let padding = buffers.sourcePadding
-        for i in 0..<(batch * time) { padding[i] = tokens[i] == SpecialToken.pad }
+        for i in 0..<(batch * time) { padding[i] = tokens[i] == specialTokens.pad }
         var x = buffers.encoderEmbedded
         embedding.forward(out: x, tokens: tokens, batch: batch, time: time, positions: positionTable(), dropout: pass.dropout(site: 0),
                           parameters: parameters)
@@ -550,7 +557,7 @@ extension TransformerModel {
         defer { training = wasTraining }
         let t = tokens.count, v = config.vocabSize
         forward(TokenBatch(batchSize: 1, sourceLength: t, targetLength: t, source: tokens, decoderInput: [],
-                           labels: [Int32](repeating: SpecialToken.pad, count: t)))
+                           labels: [Int32](repeating: specialTokens.pad, count: t), pad: specialTokens.pad))
         let positions = tokens.indices.filter { tokens[$0] == maskToken }
         return withLogits { logits in
             positions.map { position in

@@ -73,7 +73,8 @@ struct AttentionMaps: ParsableCommand {
         let (encoderTokens, decoderTokens) = try tokens(model: model, tokenizer: tokenizer, path: path)
         let batch = TokenBatch(batchSize: 1, sourceLength: encoderTokens.count, targetLength: decoderTokens.count, source: encoderTokens,
                                decoderInput: decoderTokens,
-                               labels: [Int32](repeating: SpecialToken.pad, count: kind == .encoderOnly ? encoderTokens.count : decoderTokens.count))
+                               labels: [Int32](repeating: model.specialTokens.pad, count: kind == .encoderOnly ? encoderTokens.count : decoderTokens.count),
+                               pad: model.specialTokens.pad)
         try checkSize(model.config, sourceLength: encoderTokens.count, targetLength: decoderTokens.count)
         let maps = model.attentionMaps(batch)
         let encoderLabels = encoderTokens.map { Self.label($0, tokenizer: tokenizer) }
@@ -106,15 +107,15 @@ struct AttentionMaps: ParsableCommand {
             return (try check(tokenizer.encodeMarkingMasks(input), limit: model.maxSourceLength, key: "data.target_length", "--input"), [])
         case .encoderDecoder:
             guard let text = input ?? source else { throw PicturesInputError("\(path) is a translation model: give --source and --target, or --input") }
-            let encoder = try check(tokenizer.encode(text) + [SpecialToken.eos], limit: model.maxSourceLength, key: "data.source_length, with EOS",
+            let encoder = try check(tokenizer.encode(text) + [tokenizer.specialTokens.eos], limit: model.maxSourceLength, key: "data.source_length, with EOS",
                                     input == nil ? "--source" : "--input")
             guard let target else {
                 // The model's greedy translation, as long as a picture and the model's buffers take (BOS first).
                 let limit = min(model.maxTargetLength, Self.maximumTokens) - 1
                 let translation = try model.decode(source: encoder, batchSize: 1, sourceLength: encoder.count, maxTokens: limit)[0]
-                return (encoder, [SpecialToken.bos] + translation)
+                return (encoder, [tokenizer.specialTokens.bos] + translation)
             }
-            return (encoder, try check([SpecialToken.bos] + tokenizer.encode(target), limit: model.maxTargetLength, key: "data.target_length",
+            return (encoder, try check([tokenizer.specialTokens.bos] + tokenizer.encode(target), limit: model.maxTargetLength, key: "data.target_length",
                                         "--target (with BOS)"))
         }
     }
@@ -140,11 +141,12 @@ struct AttentionMaps: ParsableCommand {
     /// A token's text for the axes: special tokens by name, the mask token as [MASK], other ids as their text (bytes
     /// that are not UTF-8 as <0xNN>).
     static func label(_ id: Int32, tokenizer: Tokenizer) -> String {
+        let special = tokenizer.specialTokens
         switch id {
-        case SpecialToken.pad: return "<pad>"
-        case SpecialToken.bos: return "<bos>"
-        case SpecialToken.eos: return "<eos>"
-        case SpecialToken.unk: return "<unk>"
+        case special.pad: return "<pad>"
+        case special.bos: return "<bos>"
+        case special.eos: return "<eos>"
+        case special.unk: return "<unk>"
         case tokenizer.maskToken: return "[MASK]"
         default:
             let bytes = tokenizer.bytes([id])

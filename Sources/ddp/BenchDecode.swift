@@ -60,8 +60,8 @@ struct BenchDecode: ParsableCommand {
         model.initializeParameters(seed: run.training.seed)
         model.training = false
         var random = SplitMix64(seed: 3)
-        let source = (0..<sourceLength).map { $0 == sourceLength - 1 ? SpecialToken.eos : Int32.random(in: 4..<Int32(config.vocabSize), using: &random) }
-        let start: Int32 = isEncoderDecoder ? SpecialToken.bos : SpecialToken.eos
+        let source = (0..<sourceLength).map { $0 == sourceLength - 1 ? SpecialTokens.standard.eos : Int32.random(in: 4..<Int32(config.vocabSize), using: &random) }
+        let start: Int32 = isEncoderDecoder ? SpecialTokens.standard.bos : SpecialTokens.standard.eos
         let clock = ContinuousClock()
 
         let decoder = try IncrementalDecoder(model: model, rows: 1, capacity: positions, maxSourceLength: sourceLength)
@@ -88,7 +88,7 @@ struct BenchDecode: ParsableCommand {
                 while tokens.count <= positions {
                     let length = tokens.count
                     model.forward(TokenBatch(batchSize: 1, sourceLength: sourceLength, targetLength: length, source: source,
-                                        decoderInput: tokens, labels: [Int32](repeating: SpecialToken.pad, count: length)))
+                                        decoderInput: tokens, labels: [Int32](repeating: SpecialTokens.standard.pad, count: length)))
                     let last = (length - 1) * config.vocabSize
                     tokens.append(model.withLogits { mostLikelyToken(UnsafeBufferPointer(rebasing: $0[last..<(last + config.vocabSize)])) })
                 }

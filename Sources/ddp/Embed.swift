@@ -97,7 +97,7 @@ struct Embed: ParsableCommand {
         for start in stride(from: 0, to: mine.count, by: model.maxBatch) {
             let chunk = Array(mine[start..<min(mine.count, start + model.maxBatch)])
             let time = chunk.map { lines[$0].count }.max()!
-            let tokens = chunk.flatMap { lines[$0] + [Int32](repeating: SpecialToken.pad, count: time - lines[$0].count) }
+            let tokens = chunk.flatMap { lines[$0] + [Int32](repeating: model.specialTokens.pad, count: time - lines[$0].count) }
             let states = try model.encoderHiddenStates(tokens, batch: chunk.count, time: time)
             for (row, line) in chunk.enumerated() {
                 let count = lines[line].count * c

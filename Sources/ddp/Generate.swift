@@ -131,7 +131,7 @@ struct Generate: ParsableCommand {
         let limit = maxTokens ?? run.data.targetLength - 1
         /// The translation of `text`, or an error sentence when the model cannot take it.
         func translation(_ text: String) throws -> Result<String, GenerateInputError> {
-            let source = tokenizer.encode(text) + [SpecialToken.eos]
+            let source = tokenizer.encode(text) + [tokenizer.specialTokens.eos]
             guard source.count <= run.data.sourceLength else {
                 return .failure(GenerateInputError(message: "'\(text.prefix(40))\(text.count > 40 ? "..." : "")' is \(source.count - 1) tokens; "
                                                             + "the model takes at most \(run.data.sourceLength - 1)"))

@@ -5,8 +5,8 @@ import XCTest
 /// sequence every sampler permutation and initialisation is drawn from (a resumed run must draw the same).
 final class BasicsTests: XCTestCase {
     func testSpecialTokenIdsAreTheOnesStoredInFiles() {
-        XCTAssertEqual([SpecialToken.pad, SpecialToken.bos, SpecialToken.eos, SpecialToken.unk], [0, 1, 2, 3])
-        XCTAssertEqual(SpecialToken.count, 4)
+        XCTAssertEqual([SpecialTokens.standard.pad, SpecialTokens.standard.bos, SpecialTokens.standard.eos, SpecialTokens.standard.unk], [0, 1, 2, 3])
+        XCTAssertEqual(SpecialTokens.standardCount, 4)
     }
 
     func testSplitMix64GivesThePublishedSequence() {

@@ -12,7 +12,7 @@ final class MaskingTests: XCTestCase {
         for sample in samples {
             var random = SplitMix64(seed: UInt64(sample) &+ 99)
             rows += (0..<length).map { position in
-                if let padFrom, position >= padFrom { return SpecialToken.pad }
+                if let padFrom, position >= padFrom { return SpecialTokens.standard.pad }
                 return Int32(4 + random.next() % 296)
             }
         }
@@ -28,12 +28,12 @@ final class MaskingTests: XCTestCase {
         XCTAssertEqual(masked.sourceLength, 128)
         XCTAssertEqual(masked.source.count, batch.decoderInput.count)
         var chosen = 0, maskedCount = 0, kept = 0, replaced = 0
-        for i in 0..<masked.source.count where masked.labels[i] != SpecialToken.pad {
+        for i in 0..<masked.source.count where masked.labels[i] != SpecialTokens.standard.pad {
             chosen += 1
             XCTAssertEqual(masked.labels[i], batch.decoderInput[i])
             if masked.source[i] == 300 { maskedCount += 1 } else if masked.source[i] == batch.decoderInput[i] { kept += 1 } else { replaced += 1 }
         }
-        for i in 0..<masked.source.count where masked.labels[i] == SpecialToken.pad {
+        for i in 0..<masked.source.count where masked.labels[i] == SpecialTokens.standard.pad {
             XCTAssertEqual(masked.source[i], batch.decoderInput[i], "a position not chosen keeps its token")
         }
         func assertBinomial(_ count: Int, trials: Int, probability p: Double, _ what: String) {
@@ -49,11 +49,11 @@ final class MaskingTests: XCTestCase {
 
         let padded = recipe.apply(to: windows(Array(0..<200), length: 16, padFrom: 5), seed: 7, epoch: 0)
         for i in 0..<padded.source.count where i % 16 >= 5 {
-            XCTAssertEqual(padded.labels[i], SpecialToken.pad, "PAD is never chosen")
-            XCTAssertEqual(padded.source[i], SpecialToken.pad)
+            XCTAssertEqual(padded.labels[i], SpecialTokens.standard.pad, "PAD is never chosen")
+            XCTAssertEqual(padded.source[i], SpecialTokens.standard.pad)
         }
         for row in 0..<200 {
-            XCTAssertTrue(padded.labels[(row * 16)..<(row * 16 + 5)].contains { $0 != SpecialToken.pad }, "every window has a chosen token")
+            XCTAssertTrue(padded.labels[(row * 16)..<(row * 16 + 5)].contains { $0 != SpecialTokens.standard.pad }, "every window has a chosen token")
         }
     }
 

@@ -37,7 +37,7 @@ final class ShardTests: XCTestCase {
         let reader = try SampleReader(split: split)
         let batch = try reader.batch([1, 3], maxSourceLength: 16, maxTargetLength: 16)
         let byte = { (text: String) in Tokenizer.byte.encode(text) }
-        let (eos, bos, pad) = (SpecialToken.eos, SpecialToken.bos, SpecialToken.pad)
+        let (eos, bos, pad) = (SpecialTokens.standard.eos, SpecialTokens.standard.bos, SpecialTokens.standard.pad)
         XCTAssertEqual(batch.sourceLength, 2)
         XCTAssertEqual(batch.targetLength, 5)
         XCTAssertEqual(batch.source, byte("a") + [eos] + byte("q") + [eos], "source + EOS; sample 3 is in the second file")

@@ -17,7 +17,7 @@ final class TokenizerTests: XCTestCase {
             XCTAssertEqual(Tokenizer.byte.decode(ids), text)
         }
         XCTAssertEqual(Tokenizer.byte.vocabularySize, 260)
-        XCTAssertEqual(Tokenizer.byte.decode([SpecialToken.bos] + Tokenizer.byte.encode("a") + [SpecialToken.eos, SpecialToken.pad]), "a",
+        XCTAssertEqual(Tokenizer.byte.decode([SpecialTokens.standard.bos] + Tokenizer.byte.encode("a") + [SpecialTokens.standard.eos, SpecialTokens.standard.pad]), "a",
                        "special tokens decode to nothing")
     }
 

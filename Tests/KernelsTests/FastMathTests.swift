@@ -35,6 +35,25 @@ final class FastMathTests: XCTestCase {
         XCTAssertLessThan(worstDerivative, 1e-6)
     }
 
+    func testTanhGELUAgainstItsDefinition() {
+        let values = stride(from: -12 as Float, through: 12, by: 0.0137).map { $0 } + [-1e30, 1e30, 1e-30]
+        let inp = Tensor(values), out = Tensor(zeros: values.count), ones = Tensor([Float](repeating: 1, count: values.count))
+        let derivatives = Tensor(zeros: values.count)
+        geluTanhForward(out: out.buffer, inp: inp.buffer, count: values.count)
+        geluTanhBackward(dInp: derivatives.buffer, dOut: ones.buffer, inp: inp.buffer, count: values.count)
+        var worstValue: Float = 0, worstDerivative: Float = 0, worstAt: Float = 0
+        for (i, x) in values.enumerated() {
+            let reference = geluTanhReference(max(-10, min(10, x)))
+            let value = abs(x) > 10 ? (x > 0 ? x : 0) : reference.value
+            XCTAssertTrue(out[i].isFinite && derivatives[i].isFinite, "finite at \(x)")
+            worstValue = max(worstValue, abs(out[i] - value) / max(1, abs(value)))
+            if abs(derivatives[i] - reference.derivative) > worstDerivative { worstAt = x }
+            worstDerivative = max(worstDerivative, abs(derivatives[i] - reference.derivative))
+        }
+        XCTAssertLessThan(worstValue, 1e-6)
+        XCTAssertLessThan(worstDerivative, 1e-6, "at \(worstAt)")
+    }
+
     /// Cross-entropy over a vocabulary that is not a multiple of 16 (chunks plus a tail) against the definition.
     func testCrossEntropyWideVocabulary() {
         let vocabulary = 37

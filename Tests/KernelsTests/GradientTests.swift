@@ -78,6 +78,7 @@ final class GradientTests: XCTestCase {
         for (name, forward, backward) in [
             ("relu", reluForward, reluBackward),
             ("gelu", { geluForward(out: $0, inp: $1, count: $2) }, geluBackward),
+            ("gelu_tanh", { geluTanhForward(out: $0, inp: $1, count: $2) }, geluTanhBackward),
         ] as [(String, (FloatBuffer, FloatBuffer, Int) -> Void, (FloatBuffer, FloatBuffer, FloatBuffer, Int) -> Void)] {
             let dInp = Tensor(zeros: count)
             func loss() -> Double {
@@ -95,11 +96,22 @@ final class GradientTests: XCTestCase {
         let dReference = Tensor(zeros: count)
         geluBackward(dInp: dReference.buffer, dOut: dOut.buffer, inp: inp.buffer, count: count)
         for i in 0..<count { XCTAssertEqual(dKept[i], dReference[i], accuracy: 1e-6) }
+        let keptTanh = Tensor(inp.array), dKeptTanh = Tensor(zeros: count), dTanh = Tensor(zeros: count)
+        geluTanhForward(out: out.buffer, inp: keptTanh.buffer, count: count, derivative: keptTanh.buffer)
+        scaleByDerivativeBackward(dInp: dKeptTanh.buffer, dOut: dOut.buffer, derivative: keptTanh.buffer, count: count)
+        geluTanhBackward(dInp: dTanh.buffer, dOut: dOut.buffer, inp: inp.buffer, count: count)
+        for i in 0..<count { XCTAssertEqual(dKeptTanh[i], dTanh[i], accuracy: 1e-6) }
 
         // GELU values against erf's definition at a few points (PyTorch: gelu(1) = 0.8413447).
         let points = Tensor([-3, -1, 0, 1, 2.5]), values = Tensor(zeros: 5)
         geluForward(out: values.buffer, inp: points.buffer, count: 5)
         for (value, expected) in zip(values.array, [-0.0040496, -0.1586553, 0, 0.8413447, 2.4844766] as [Float]) {
+            XCTAssertEqual(value, expected, accuracy: 1e-6)
+        }
+        // The tanh form against PyTorch's gelu(x, approximate="tanh") (float64), saturation included.
+        let tanhPoints = Tensor([-3, -1, 0, 1, 2.5, -12, 12]), tanhValues = Tensor(zeros: 7)
+        geluTanhForward(out: tanhValues.buffer, inp: tanhPoints.buffer, count: 7)
+        for (value, expected) in zip(tanhValues.array, [-0.0036373921, -0.1588080094, 0, 0.8411919906, 2.4849157339, 0, 12] as [Float]) {
             XCTAssertEqual(value, expected, accuracy: 1e-6)
         }
 

@@ -44,7 +44,7 @@ class Attention(nn.Module):
 
 class FFN(nn.Module):
     def __init__(s, c, f, activation):
-        super().__init__(); s.fc1, s.fc2 = nn.Linear(c, f), nn.Linear(f, c); s.act = F.relu if activation == "relu" else F.gelu
+        super().__init__(); s.fc1, s.fc2 = nn.Linear(c, f), nn.Linear(f, c); s.act = {"relu": F.relu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[activation]
 
     def forward(s, x):
         return s.fc2(s.act(s.fc1(x)))

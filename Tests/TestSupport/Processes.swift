@@ -134,6 +134,24 @@ public func pythonWithTensorBoard() -> String? {
                     timeout: 120)
 }
 
+/// A Python that can import the `tokenizers` package (SWIFTDDP_PYTHON, SWIFTDDP_TORCH_PYTHON or python3), or nil
+/// (tests that compare with it skip and say so).
+public func pythonWithTokenizers() -> String? {
+    pythonImporting("tokenizers", candidates: ["SWIFTDDP_PYTHON", "SWIFTDDP_TORCH_PYTHON"], timeout: 60)
+}
+
+/// A Python that can import torch, transformers and tokenizers (SWIFTDDP_TORCH_PYTHON, TORCH_PYTHON or python3), or
+/// nil (tests that compare with transformers skip and say so; CI has no torch).
+public func pythonWithTransformers() -> String? {
+    pythonImporting("torch, transformers, tokenizers", candidates: ["SWIFTDDP_TORCH_PYTHON", "TORCH_PYTHON"], timeout: 180)
+}
+
+/// `Tests/Reference/NAME`, the reference scripts beside the tests.
+public func referenceScript(_ name: String) -> String {
+    URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Reference").appendingPathComponent(name).path
+}
+
 /// The first of the Pythons named by the environment variables `candidates`, then python3 on the PATH, that can
 /// import `modules` (a comma-separated list), or nil.
 private func pythonImporting(_ modules: String, candidates: [String], timeout: Double) -> String? {

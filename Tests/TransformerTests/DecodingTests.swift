@@ -90,7 +90,7 @@ final class DecodingTests: XCTestCase {
                 let cached = try model.decode(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
                 let uncached = model.greedyDecodeWithoutCache(source: sources, batchSize: 3, sourceLength: 6, maxTokens: 11)
                 XCTAssertEqual(cached, uncached, "\(norm) \(positions) seed \(seed)")
-                XCTAssertTrue(cached.allSatisfy { !$0.contains(SpecialToken.eos) && !$0.contains(SpecialToken.pad) && $0.count <= 11 })
+                XCTAssertTrue(cached.allSatisfy { !$0.contains(SpecialTokens.standard.eos) && !$0.contains(SpecialTokens.standard.pad) && $0.count <= 11 })
             }
         }
         // Some output must be non-trivial for the comparison to mean anything.
@@ -154,7 +154,7 @@ final class DecodingTests: XCTestCase {
 
             model.training = false
             func logProbabilities(after prefix: [Int32]) -> [Double] {
-                let input = [SpecialToken.bos] + prefix
+                let input = [SpecialTokens.standard.bos] + prefix
                 model.forward(TokenBatch(batchSize: 1, sourceLength: 4, targetLength: input.count, source: source, decoderInput: input,
                                     labels: [Int32](repeating: 0, count: input.count)))
                 return model.withLogits { logits in
@@ -172,9 +172,9 @@ final class DecodingTests: XCTestCase {
                     if normalized > best.score { best = (prefix, normalized) }
                     return
                 }
-                let ended = (score + next[Int(SpecialToken.eos)]) / pow((5 + Double(prefix.count + 1)) / 6, alpha)
+                let ended = (score + next[Int(SpecialTokens.standard.eos)]) / pow((5 + Double(prefix.count + 1)) / 6, alpha)
                 if ended > best.score { best = (prefix, ended) }
-                for token in 1..<7 where Int32(token) != SpecialToken.eos { explore(prefix + [Int32(token)], score + next[token]) }
+                for token in 1..<7 where Int32(token) != SpecialTokens.standard.eos { explore(prefix + [Int32(token)], score + next[token]) }
             }
             explore([], 0)
             XCTAssertEqual(beam, [best.tokens], "seed \(seed), alpha \(alpha)")
@@ -190,7 +190,7 @@ final class DecodingTests: XCTestCase {
             (0..<3).map { row in Int32((1..<40).max { logits[row * 40 + $0] < logits[row * 40 + $1] }!) }
         }
         for row in 0..<3 {
-            if first[row] == SpecialToken.eos { XCTAssertEqual(outputs[row], []) } else { XCTAssertEqual(outputs[row].first, first[row]) }
+            if first[row] == SpecialTokens.standard.eos { XCTAssertEqual(outputs[row], []) } else { XCTAssertEqual(outputs[row].first, first[row]) }
         }
     }
 

@@ -43,7 +43,7 @@ final class ThreadDeterminismTests: XCTestCase {
     /// Rows of `lengths.count` x `time` tokens: row r holds lengths[r] real tokens, then PAD.
     private func padded(_ lengths: [Int], time: Int, first: Int32, random: inout SplitMix64) -> [Int32] {
         lengths.flatMap { length in
-            (0..<time).map { $0 == 0 ? first : $0 < length ? Int32(4 + random.next() % 296) : SpecialToken.pad }
+            (0..<time).map { $0 == 0 ? first : $0 < length ? Int32(4 + random.next() % 296) : SpecialTokens.standard.pad }
         }
     }
 
@@ -81,7 +81,7 @@ final class ThreadDeterminismTests: XCTestCase {
         let translation = ModelConfig(kind: .encoderDecoder, vocabSize: 300, dModel: 48, heads: 4, encoderLayers: 2,
                                       decoderLayers: 2, dFF: 200, activation: .relu, norm: .post, positions: .sinusoidal,
                                       maxLength: 32, dropout: 0.1, tiedEmbeddings: false)
-        let targets = padded([27, 9, 14, 3, 22], time: 28, first: SpecialToken.bos, random: &random)
+        let targets = padded([27, 9, 14, 3, 22], time: 28, first: SpecialTokens.standard.bos, random: &random)
         let seq2seq = TokenBatch(batchSize: 5, sourceLength: 27, targetLength: 27,
                             source: padded([27, 12, 20, 6, 1], time: 27, first: 4 + 9, random: &random),
                             decoderInput: (0..<5).flatMap { Array(targets[($0 * 28)..<($0 * 28 + 27)]) },

@@ -1,0 +1,339 @@
+import Basics
+import Foundation
+
+/// A Hugging Face `tokenizer.json` of the byte-level BPE kind: GPT-2's, and what the `tokenizers` package's
+/// `ByteLevelBPETokenizer` trains. Encoding follows the `tokenizers` pipeline step by step, so the ids are that
+/// package's: added tokens are cut out first (leftmost, longest), the rest is split by GPT-2's pre-tokenisation
+/// pattern (`'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, written out by hand
+/// over Unicode scalars), each piece's UTF-8 bytes become the byte-to-unicode characters of GPT-2's table, and merges
+/// are applied lowest rank first. Decoding maps the characters back to bytes: every text round-trips exactly.
+///
+/// Supported: model `BPE` (no dropout, no subword prefix or suffix, no byte fallback), pre-tokenizer `ByteLevel`
+/// with `use_regex` and without `add_prefix_space`, no normalizer, post-processor and decoder `ByteLevel` or none,
+/// added tokens without `single_word`, `lstrip` or `rstrip`. Anything else is refused by name.
+public struct HuggingFaceTokenizer: Equatable, Sendable {
+    /// The `tokenizer.json` text as it was read; written back unchanged by `ddp export --format hf`.
+    public let text: String
+    /// The special roles (`<|endoftext|>` both BOS and EOS for GPT-2; no pad token unless the file has `<pad>`).
+    public let specialTokens: SpecialTokens
+    /// The largest id in the vocabulary or the added tokens, plus one.
+    public let vocabularySize: Int
+    /// Every id's bytes (nil: no token has that id); special added tokens are in `specialIDs`.
+    private let expansions: [[UInt8]?]
+    private let specialIDs: Set<Int32>
+    /// The id of each byte's one-character token.
+    private let byteIDs: [Int32]
+    /// Merge (a, b): its rank and the id of the joined token.
+    private let merges: [BPE.Pair: (rank: Int32, id: Int32)]
+    /// Added tokens, as UTF-8, longest first (the match `tokenizers` makes is leftmost-longest).
+    private let addedTokens: [(bytes: [UInt8], id: Int32)]
+    /// `model.ignore_merges`: a piece that is itself in the vocabulary is that token.
+    private let ignoreMerges: Bool
+    private let vocabulary: [[UInt8]: Int32]
+
+    /// Ids a vocabulary may have (the model's `vocab_size` limit).
+    public static let largestVocabulary = 1 << 24
+    /// Largest `tokenizer.json` read (Llama 3's is 9 MB).
+    public static let largestFile = 64 << 20
+
+    /// Two tokenizers are equal when they were read from the same text with the same special roles.
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.text == rhs.text && lhs.specialTokens == rhs.specialTokens }
+
+    /// Reads a `tokenizer.json` text. `specialTokens` nil takes them from the added tokens: EOS `<|endoftext|>`,
+    /// `</s>` or `<eos>`; BOS `<s>` or `<bos>`, else the EOS; pad `<pad>` or none; unk the model's `unk_token`.
+    /// Throws `Tokenizer.JSONError` naming the key that is unsupported or wrong, and for sizes past `BPE`'s limits.
+    public init(text: String, specialTokens: SpecialTokens? = nil) throws {
+        typealias JSONError = Tokenizer.JSONError
+        guard text.utf8.count <= Self.largestFile else {
+            throw JSONError(message: "tokenizer.json of \(text.utf8.count) bytes, more than the \(Self.largestFile) SwiftDDP reads")
+        }
+        guard let root = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            throw JSONError(message: "not a Hugging Face tokenizer.json (expected a JSON object)")
+        }
+        guard let model = root["model"] as? [String: Any] else { throw JSONError(message: "tokenizer.json has no \"model\" object") }
+        guard (model["type"] as? String) == "BPE" else {
+            throw JSONError(message: "tokenizer.json model type \(Self.describe(model["type"])) is not supported (only byte-level BPE is)")
+        }
+        func isUnset(_ value: Any?) -> Bool {
+            value == nil || value is NSNull || (value as? String) == "" || (value as? NSNumber).map { $0 == 0 } == true
+        }
+        for key in ["dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback"] where !isUnset(model[key]) {
+            throw JSONError(message: "tokenizer.json model.\(key) \(Self.describe(model[key])) is not supported")
+        }
+        guard isUnset(root["normalizer"]) else {
+            throw JSONError(message: "tokenizer.json normalizer \(Self.describe((root["normalizer"] as? [String: Any])?["type"])) is not supported (only none)")
+        }
+        guard let pre = root["pre_tokenizer"] as? [String: Any], (pre["type"] as? String) == "ByteLevel" else {
+            throw JSONError(message: "tokenizer.json pre_tokenizer \(Self.describe((root["pre_tokenizer"] as? [String: Any])?["type"] ?? root["pre_tokenizer"])) "
+                                     + "is not supported (only ByteLevel)")
+        }
+        guard (pre["add_prefix_space"] as? Bool) != true else {
+            throw JSONError(message: "tokenizer.json pre_tokenizer.add_prefix_space true is not supported")
+        }
+        guard (pre["use_regex"] as? Bool) != false else {
+            throw JSONError(message: "tokenizer.json pre_tokenizer.use_regex false is not supported")
+        }
+        for key in ["post_processor", "decoder"] {
+            if let object = root[key] as? [String: Any], (object["type"] as? String) != "ByteLevel" {
+                throw JSONError(message: "tokenizer.json \(key) \(Self.describe(object["type"])) is not supported (only ByteLevel or none)")
+            }
+        }
+
+        // The vocabulary: token text (GPT-2's byte-to-unicode characters) to id.
+        guard let vocab = model["vocab"] as? [String: Any] else { throw JSONError(message: "tokenizer.json has no model.vocab object") }
+        let limit = Self.largestVocabulary
+        let unicodeToByte = Self.unicodeToByte
+        var expansions: [[UInt8]?] = []
+        var vocabulary: [[UInt8]: Int32] = [:]
+        var textToID: [String: Int32] = [:]
+        func place(_ id: Int, _ bytes: [UInt8], _ what: String) throws {
+            guard id >= 0 && id < limit else { throw JSONError(message: "tokenizer.json \(what) has id \(id), outside 0 ..< \(limit)") }
+            guard bytes.count <= BPE.longestToken else {
+                throw JSONError(message: "tokenizer.json \(what) stands for \(bytes.count) bytes, more than the \(BPE.longestToken) SwiftDDP allows")
+            }
+            if id >= expansions.count { expansions += [[UInt8]?](repeating: nil, count: id + 1 - expansions.count) }
+            expansions[id] = bytes
+        }
+        var tableBytes = 0
+        for (token, value) in vocab {
+            guard let id = value as? Int else { throw JSONError(message: "tokenizer.json model.vocab entry \(Self.describe(token)) is not an integer id") }
+            // Characters outside GPT-2's table (none in a byte-level vocabulary) stand for their own UTF-8.
+            let bytes = token.unicodeScalars.flatMap { unicodeToByte[$0].map { [$0] } ?? Array(String($0).utf8) }
+            try place(id, bytes, "model.vocab entry \(Self.describe(token))")
+            tableBytes += bytes.count
+            guard tableBytes <= BPE.largestTable else {
+                throw JSONError(message: "tokenizer.json vocabulary stands for more than the \(BPE.largestTable) bytes SwiftDDP allows")
+            }
+            vocabulary[bytes] = Int32(id)
+            textToID[token] = Int32(id)
+        }
+        var byteIDs: [Int32] = []
+        for byte in 0...255 {
+            guard let id = textToID[String(Self.byteToUnicode[byte])] else {
+                throw JSONError(message: "tokenizer.json vocabulary lacks the token of byte \(byte) (\(Self.describe(String(Self.byteToUnicode[byte])))): not a byte-level BPE")
+            }
+            byteIDs.append(id)
+        }
+
+        // Merges: "a b" strings (older files) or ["a", "b"] pairs, in rank order.
+        guard let mergeList = model["merges"] as? [Any] else { throw JSONError(message: "tokenizer.json has no model.merges list") }
+        guard mergeList.count <= BPE.largestMergeCount else {
+            throw JSONError(message: "tokenizer.json has \(mergeList.count) merges, more than the \(BPE.largestMergeCount) SwiftDDP reads")
+        }
+        var merges: [BPE.Pair: (rank: Int32, id: Int32)] = [:]
+        for (rank, entry) in mergeList.enumerated() {
+            let parts: [String]
+            if let string = entry as? String {
+                parts = string.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            } else {
+                parts = (entry as? [Any])?.compactMap { $0 as? String } ?? []
+            }
+            guard parts.count == 2, let a = textToID[parts[0]], let b = textToID[parts[1]], let joined = textToID[parts[0] + parts[1]] else {
+                throw JSONError(message: "tokenizer.json merge \(rank) \(Self.describe(entry)) does not join two vocabulary tokens into a third")
+            }
+            let pair = BPE.Pair(a: a, b: b)
+            if merges[pair] == nil { merges[pair] = (Int32(rank), joined) }
+        }
+
+        // Added tokens (`<|endoftext|>`): matched in the text before anything else.
+        var added: [(bytes: [UInt8], id: Int32)] = []
+        var specialIDs = Set<Int32>()
+        var specialByContent: [String: Int32] = [:]
+        for (index, value) in ((root["added_tokens"] as? [Any]) ?? []).enumerated() {
+            guard let token = value as? [String: Any], let id = token["id"] as? Int, let content = token["content"] as? String, !content.isEmpty else {
+                throw JSONError(message: "tokenizer.json added_tokens[\(index)] lacks an integer \"id\" or a non-empty \"content\"")
+            }
+            for flag in ["single_word", "lstrip", "rstrip"] where (token[flag] as? Bool) == true {
+                throw JSONError(message: "tokenizer.json added token \(Self.describe(content)) has \(flag) true, which is not supported")
+            }
+            try place(id, Array(content.utf8), "added token \(Self.describe(content))")
+            added.append((Array(content.utf8), Int32(id)))
+            if (token["special"] as? Bool) == true {
+                specialIDs.insert(Int32(id))
+                specialByContent[content] = Int32(id)
+            }
+        }
+        added.sort { $0.bytes.count > $1.bytes.count }
+
+        let size = expansions.count
+        if let specialTokens {
+            for (role, id) in [("pad", specialTokens.pad), ("bos", specialTokens.bos), ("eos", specialTokens.eos)] where id != SpecialTokens.none || role != "pad" {
+                guard id >= 0 && Int(id) < size else {
+                    throw JSONError(message: "the \(role) token id \(id) is outside the tokenizer's \(size) ids")
+                }
+            }
+            self.specialTokens = specialTokens
+        } else {
+            guard let eos = ["<|endoftext|>", "</s>", "<eos>"].lazy.compactMap({ specialByContent[$0] }).first else {
+                throw JSONError(message: "tokenizer.json has no special added token <|endoftext|>, </s> or <eos> to end sequences with "
+                                         + "(give eos_token_id in the model's config.json)")
+            }
+            let bos = ["<s>", "<bos>"].lazy.compactMap { specialByContent[$0] }.first ?? eos
+            let unk = (model["unk_token"] as? String).flatMap { textToID[$0] ?? specialByContent[$0] }
+            self.specialTokens = SpecialTokens(pad: specialByContent["<pad>"] ?? SpecialTokens.none, bos: bos, eos: eos, unk: unk)
+        }
+        specialIDs.formUnion(self.specialTokens.ids)
+        self.text = text
+        self.vocabularySize = size
+        self.expansions = expansions
+        self.specialIDs = specialIDs
+        self.byteIDs = byteIDs
+        self.merges = merges
+        self.addedTokens = added
+        self.ignoreMerges = (model["ignore_merges"] as? Bool) == true
+        self.vocabulary = vocabulary
+    }
+
+    private static func describe(_ value: Any?) -> String {
+        switch value {
+        case nil, is NSNull: return "null"
+        case let string as String: return "\"\(string.count > 40 ? String(string.prefix(40)) + "..." : string)\""
+        default: return String(describing: value!).prefix(60).description
+        }
+    }
+
+    // MARK: GPT-2's byte-to-unicode table
+
+    /// Byte b's character: printable Latin-1 bytes (! ... ~, ¡ ... ¬, ® ... ÿ) stand for themselves, the other 68 for
+    /// U+0100 onwards in byte order (space is Ġ, U+0120).
+    static let byteToUnicode: [Unicode.Scalar] = {
+        var next: UInt32 = 256
+        return (0...255).map { (byte: Int) -> Unicode.Scalar in
+            if (33...126).contains(byte) || (161...172).contains(byte) || (174...255).contains(byte) { return Unicode.Scalar(UInt8(byte)) }
+            defer { next += 1 }
+            return Unicode.Scalar(next)!
+        }
+    }()
+    static let unicodeToByte: [Unicode.Scalar: UInt8] = Dictionary(uniqueKeysWithValues: byteToUnicode.enumerated().map { ($1, UInt8($0)) })
+
+    /// The ids of the ordinary tokens: all but the special ones at either end of the id range (GPT-2: 0 ..< 50256).
+    public var ordinaryTokens: Range<Int32> {
+        var lower: Int32 = 0, upper = Int32(vocabularySize)
+        while lower < upper && specialIDs.contains(lower) { lower += 1 }
+        while upper > lower && specialIDs.contains(upper - 1) { upper -= 1 }
+        return lower..<upper
+    }
+
+    // MARK: Encoding
+
+    /// The ids `tokenizers` gives `text` (`Tokenizer.encode(text).ids`); nothing is added before or after.
+    public func encode(_ text: String) -> [Int32] {
+        var output: [Int32] = []
+        var cache: [ArraySlice<UInt8>: [Int32]] = [:]
+        let bytes = Array(text.utf8)
+        var start = 0, i = 0
+        func flush(to end: Int) {
+            guard start < end else { return }
+            for piece in Self.pieces(bytes[start..<end]) {
+                if let cached = cache[piece] { output += cached; continue }
+                let ids = encodePiece(piece)
+                cache[piece] = ids
+                output += ids
+            }
+        }
+        while i < bytes.count {
+            if let match = addedTokens.first(where: { bytes[i...].starts(with: $0.bytes) }) {
+                flush(to: i)
+                output.append(match.id)
+                i += match.bytes.count
+                start = i
+            } else {
+                i += 1
+            }
+        }
+        flush(to: bytes.count)
+        return output
+    }
+
+    private func encodePiece(_ piece: ArraySlice<UInt8>) -> [Int32] {
+        if ignoreMerges, let id = vocabulary[Array(piece)] { return [id] }
+        var ids = piece.map { byteIDs[Int($0)] }
+        while ids.count > 1 {
+            var best: (rank: Int32, pair: BPE.Pair, id: Int32)?
+            for i in 0..<(ids.count - 1) {
+                let pair = BPE.Pair(a: ids[i], b: ids[i + 1])
+                if let merge = merges[pair], merge.rank < (best?.rank ?? .max) { best = (merge.rank, pair, merge.id) }
+            }
+            guard let best else { break }
+            ids = BPE.replacing(best.pair, with: best.id, in: ids)
+        }
+        return ids
+    }
+
+    /// GPT-2's pre-tokenisation of UTF-8 `bytes` (no added tokens inside) into pieces, the pattern's alternatives tried in
+    /// order at each position as the regular expression does.
+    static func pieces(_ bytes: ArraySlice<UInt8>) -> [ArraySlice<UInt8>] {
+        // Scalars with their byte offsets.
+        var scalars: [Unicode.Scalar] = [], offsets: [Int] = []
+        var iterator = bytes.makeIterator()
+        var decoder = UTF8()
+        var offset = bytes.startIndex
+        loop: while true {
+            switch decoder.decode(&iterator) {
+            case .scalarValue(let scalar):
+                scalars.append(scalar)
+                offsets.append(offset)
+                offset += UTF8.width(scalar)
+            case .emptyInput: break loop
+            case .error:  // not from a Swift String; never reached
+                scalars.append("\u{FFFD}")
+                offsets.append(offset)
+                offset += 1
+            }
+        }
+        offsets.append(bytes.endIndex)
+        enum Class { case letter, number, space, other }
+        func kind(_ s: Unicode.Scalar) -> Class {
+            if s.properties.isWhitespace { return .space }
+            switch s.properties.generalCategory {
+            case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return .letter
+            case .decimalNumber, .letterNumber, .otherNumber: return .number
+            default: return .other
+            }
+        }
+        let classes = scalars.map(kind)
+        let n = scalars.count
+        func length(at i: Int) -> Int {
+            // 's|'t|'re|'ve|'m|'ll|'d
+            if scalars[i] == "'" && i + 1 < n {
+                let next = scalars[i + 1]
+                if next == "s" || next == "t" || next == "m" || next == "d" { return 2 }
+                if i + 2 < n {
+                    let third = scalars[i + 2]
+                    if (next == "r" && third == "e") || (next == "v" && third == "e") || (next == "l" && third == "l") { return 3 }
+                }
+            }
+            // ` ?\p{L}+`, ` ?\p{N}+`, ` ?[^\s\p{L}\p{N}]+`
+            let first = scalars[i] == " " && i + 1 < n && classes[i + 1] != .space ? i + 1 : i
+            let run = classes[first]
+            if run != .space {
+                var j = first
+                while j < n && classes[j] == run { j += 1 }
+                return j - i
+            }
+            // `\s+(?!\S)`: a whitespace run, less its last character when a non-space follows; else `\s+`.
+            var j = i
+            while j < n && classes[j] == .space { j += 1 }
+            return j == n || j - i == 1 ? j - i : j - i - 1
+        }
+        var pieces: [ArraySlice<UInt8>] = []
+        var i = 0
+        while i < n {
+            let count = length(at: i)
+            pieces.append(bytes[offsets[i]..<offsets[i + count]])
+            i += count
+        }
+        return pieces
+    }
+
+    // MARK: Decoding
+
+    /// Appends the bytes `id` stands for; special tokens and unknown ids add nothing.
+    func appendBytes(of id: Int32, to bytes: inout [UInt8]) {
+        guard id >= 0, Int(id) < expansions.count, !specialIDs.contains(id), let expansion = expansions[Int(id)] else { return }
+        bytes.append(contentsOf: expansion)
+    }
+
+    /// Whether `id` is a special token (skipped by decoding).
+    public func isSpecial(_ id: Int32) -> Bool { specialIDs.contains(id) }
+}

@@ -1,0 +1,145 @@
+import Basics
+@testable import Data
+import Foundation
+import TestSupport
+import XCTest
+
+/// The Hugging Face byte-level BPE tokenizer against the `tokenizers` package, and what it refuses.
+final class HuggingFaceTokenizerTests: XCTestCase {
+    /// A byte-level BPE trained by `tokenizers` on ≥ 1 MB of mixed text (accents, CJK, emoji, combining marks, code,
+    /// whitespace runs, contractions): our ids equal the package's on the whole text and line by line, decoding gives
+    /// the text back exactly, and the stored form reads back equal.
+    func testIdsEqualTheTokenizersPackageOnAMegabyteOfMixedText() throws {
+        guard let python = pythonWithTokenizers() else {
+            throw XCTSkip("the tokenizers package is not installed (Launch/test.sh installs it; or set SWIFTDDP_PYTHON)")
+        }
+        let directory = try makeTemporaryDirectory("hf-tokenizer")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        let script = referenceScript("hf_gpt2.py")
+        for arguments in [["corpus", path("corpus.txt")], ["tokenizer", path("corpus.txt"), path("tokenizer.json"), "--vocab", "2000"],
+                          ["encode", path("tokenizer.json"), path("corpus.txt"), path("ids.json")]] {
+            let result = try runProcess(python, [script] + arguments, timeout: 300)
+            XCTAssertEqual(result.status, 0, result.output)
+        }
+        let text = try String(contentsOfFile: path("corpus.txt"), encoding: .utf8)
+        XCTAssertGreaterThanOrEqual(text.utf8.count, 1_000_000)
+        let expected = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("ids.json")))) as? [String: Any])
+        let hf = try HuggingFaceTokenizer(text: String(contentsOfFile: path("tokenizer.json"), encoding: .utf8))
+        let tokenizer = Tokenizer.huggingFace(hf)
+        XCTAssertEqual(hf.specialTokens, SpecialTokens(pad: SpecialTokens.none, bos: 0, eos: 0), "<|endoftext|> (id 0) ends and begins")
+
+        let whole = tokenizer.encode(text)
+        let reference = try XCTUnwrap(expected["whole"] as? [Int]).map(Int32.init)
+        XCTAssertGreaterThan(reference.count, 200_000)
+        if whole != reference {
+            let first = (0..<min(whole.count, reference.count)).first { whole[$0] != reference[$0] } ?? min(whole.count, reference.count)
+            XCTFail("ids differ from tokenizers' first at \(first): ours \(whole[first..<min(whole.count, first + 8)]), "
+                    + "theirs \(reference[first..<min(reference.count, first + 8)]) (\(whole.count) vs \(reference.count) ids)")
+        }
+        // Split on the byte 0x0A as Python does (a Swift Character "\r\n" would not split).
+        let lines = Array(text.utf8).split(separator: 0x0A, omittingEmptySubsequences: false).prefix(2000).map { String(decoding: $0, as: UTF8.self) }
+        let referenceLines = try XCTUnwrap(expected["lines"] as? [[Int]])
+        XCTAssertEqual(lines.count, referenceLines.count)
+        for (line, ids) in zip(lines, referenceLines) where tokenizer.encode(line) != ids.map(Int32.init) {
+            XCTFail("line \(line.debugDescription): ours \(tokenizer.encode(line)), theirs \(ids)")
+            break
+        }
+        XCTAssertEqual(tokenizer.decode(whole), text, "decoding restores the text")
+        XCTAssertEqual(expected["decoded_whole"] as? Bool, true, "and tokenizers' own decoding does too")
+        XCTAssertEqual(try Tokenizer(json: tokenizer.json), tokenizer, "the stored form reads back equal")
+        // An added special token in the text is that token, and decoding skips it as the package's decode does.
+        let marked = "one<|endoftext|>two"
+        XCTAssertEqual(tokenizer.encode(marked), tokenizer.encode("one") + [0] + tokenizer.encode("two"))
+        XCTAssertEqual(tokenizer.decode(tokenizer.encode(marked)), "onetwo")
+    }
+
+    /// GPT-2's pre-tokenisation pattern on cases written out by hand (what the regular expression matches).
+    func testGPT2PreTokenisationPattern() {
+        func pieces(_ text: String) -> [String] { HuggingFaceTokenizer.pieces(Array(text.utf8)[...]).map { String(decoding: $0, as: UTF8.self) } }
+        XCTAssertEqual(pieces("Hello world"), ["Hello", " world"])
+        XCTAssertEqual(pieces("don't it's we'll THEY'RE"), ["don", "'t", " it", "'s", " we", "'ll", " THEY", "'", "RE"])
+        XCTAssertEqual(pieces("a   b"), ["a", "  ", " b"], "a whitespace run leaves its last space to the next word")
+        XCTAssertEqual(pieces("a \n b"), ["a", " \n", " b"])
+        XCTAssertEqual(pieces("x  "), ["x", "  "], "trailing whitespace is one piece")
+        XCTAssertEqual(pieces("\n\nx"), ["\n", "\n", "x"], "a single whitespace before a word stands alone unless it is a space")
+        XCTAssertEqual(pieces("3.14 ½x²"), ["3", ".", "14", " ½", "x", "²"])
+        XCTAssertEqual(pieces("café 中文 👍🏽!!"), ["café", " 中文", " 👍🏽!!"])
+        XCTAssertEqual(pieces("e\u{301}"), ["e", "\u{301}"], "a combining mark is not a letter")
+        XCTAssertEqual(pieces(" .x"), [" .", "x"])
+    }
+
+    private func tokenizerJSON(_ changes: (inout [String: Any]) -> Void) throws -> String {
+        var root = minimalByteLevelTokenizer()
+        changes(&root)
+        return String(decoding: try JSONSerialization.data(withJSONObject: root), as: UTF8.self)
+    }
+
+    /// A minimal file works (merges as "a b" strings); every unsupported setting and every damaged part is refused
+    /// with a sentence naming the key.
+    func testUnsupportedOrDamagedTokenizerFilesAreRefusedByName() throws {
+        let tokenizer = try HuggingFaceTokenizer(text: try tokenizerJSON { _ in })
+        XCTAssertEqual(tokenizer.encode("abc"), [256, Int32(HuggingFaceTokenizer.byteToUnicode.firstIndex(of: "c")!)])
+        XCTAssertEqual(tokenizer.vocabularySize, 258)
+        XCTAssertEqual(tokenizer.ordinaryTokens, 0..<257)
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("normalizer", { $0["normalizer"] = ["type": "NFC"] }),
+            ("add_prefix_space", { $0["pre_tokenizer"] = ["type": "ByteLevel", "add_prefix_space": true] }),
+            ("pre_tokenizer \"Whitespace\"", { $0["pre_tokenizer"] = ["type": "Whitespace"] }),
+            ("model type \"WordPiece\"", { $0["model"] = ["type": "WordPiece", "vocab": [:]] }),
+            ("post_processor \"TemplateProcessing\"", { $0["post_processor"] = ["type": "TemplateProcessing"] }),
+            ("model.dropout", { var model = $0["model"] as! [String: Any]; model["dropout"] = 0.1; $0["model"] = model }),
+            ("merge 0", { var model = $0["model"] as! [String: Any]; model["merges"] = ["a zz"]; $0["model"] = model }),
+            ("lacks the token of byte 97", { var model = $0["model"] as! [String: Any]; var vocab = model["vocab"] as! [String: Any]
+                vocab["a"] = nil; model["vocab"] = vocab; $0["model"] = model }),
+            ("outside 0 ..< 16777216", { var model = $0["model"] as! [String: Any]; var vocab = model["vocab"] as! [String: Any]
+                vocab["ab"] = 1 << 30; model["vocab"] = vocab; $0["model"] = model }),
+            ("lstrip", { $0["added_tokens"] = [["id": 257, "content": "<|endoftext|>", "special": true, "lstrip": true]] }),
+            ("no special added token", { $0["added_tokens"] = [] }),
+        ]
+        for (expected, change) in cases {
+            XCTAssertThrowsError(try HuggingFaceTokenizer(text: try tokenizerJSON(change)), expected) { error in
+                XCTAssertTrue("\(error)".contains(expected), "\(expected): \(error)")
+            }
+        }
+        XCTAssertThrowsError(try HuggingFaceTokenizer(text: "{\"model\": ")) { XCTAssertTrue("\($0)".contains("not a Hugging Face tokenizer.json"), "\($0)") }
+        XCTAssertThrowsError(try HuggingFaceTokenizer(text: try tokenizerJSON { _ in }, specialTokens: SpecialTokens(pad: -1, bos: 0, eos: 900))) {
+            XCTAssertTrue("\($0)".contains("eos token id 900"), "\($0)")
+        }
+        XCTAssertThrowsError(try Tokenizer(json: #"{"kind":"huggingface","pad":0}"#)) { XCTAssertTrue("\($0)".contains("tokenizer_json"), "\($0)") }
+    }
+}
+
+extension HuggingFaceTokenizerTests {
+    /// A tokenizer of GPT-2's size (50,257 ids: 256 bytes, 50,000 merges, one added token; about 1 MB of JSON) is stored
+    /// in a shard's attribute and read back equal, encoding the same.
+    func testAGPT2SizedTokenizerIsStoredInAShardAndReadBack() throws {
+        let table = HuggingFaceTokenizer.byteToUnicode.map { String(Character($0)) }
+        var vocab = Dictionary(uniqueKeysWithValues: table.enumerated().map { ($1, $0) })
+        var merges: [String] = []
+        for i in 0..<50_000 {
+            let (a, b) = (table[i % 256], table[(i / 256 + i) % 256])
+            guard vocab[a + b] == nil else { continue }
+            vocab[a + b] = vocab.count
+            merges.append("\(a) \(b)")
+        }
+        vocab["<|endoftext|>"] = vocab.count
+        let root: [String: Any] = [
+            "added_tokens": [["id": vocab.count - 1, "content": "<|endoftext|>", "special": true]],
+            "pre_tokenizer": ["type": "ByteLevel", "add_prefix_space": false, "use_regex": true],
+            "model": ["type": "BPE", "vocab": vocab, "merges": merges],
+        ]
+        let text = String(decoding: try JSONSerialization.data(withJSONObject: root), as: UTF8.self)
+        XCTAssertGreaterThan(text.utf8.count, 900_000)
+        let tokenizer = Tokenizer.huggingFace(try HuggingFaceTokenizer(text: text))
+        XCTAssertGreaterThan(tokenizer.vocabularySize, 40_000)
+        let directory = try makeTemporaryDirectory("hf-shard")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let document = tokenizer.encode("the quick brown fox, 中文 and 🎉")
+        try ShardWriter.writeLM(directory.appendingPathComponent("train-00000.h5").path, documents: [document, document], tokenizer: tokenizer)
+        let split = try DataSplit(directory: directory.path, split: "train", sequenceLength: 4)
+        XCTAssertEqual(split.tokenizer, tokenizer)
+        XCTAssertEqual(split.tokenizer.encode("the quick brown fox, 中文 and 🎉"), document)
+        XCTAssertEqual(split.tokenizer.decode(document), "the quick brown fox, 中文 and 🎉")
+    }
+}
