@@ -113,6 +113,6 @@ let package = Package(
                     exclude: ["Fixtures"]),
         .testTarget(name: "TransformerTests", dependencies: ["Basics", "Transformer", "Kernels", "HDF5", "TestSupport"],
                     exclude: ["Fixtures"]),
-        .testTarget(name: "ddpTests", dependencies: ["Basics", "HDF5", "TestSupport"]),
+        .testTarget(name: "ddpTests", dependencies: ["Basics", "Data", "HDF5", "Training", "Transformer", "TestSupport"]),
     ]
 )

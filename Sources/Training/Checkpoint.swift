@@ -91,6 +91,17 @@ public enum Checkpoint {
         return final
     }
 
+    /// Writes one checkpoint file at `path` (no run directory, no `latest`): what `ddp import` makes. Through
+    /// `OutputFile`: never over a directory or one of `inputs`, complete or not at all.
+    public static func write(to path: String, model: TransformerModel, optimizer: AdamW, state: TrainingState, config: RunConfig,
+                             tokenizer: Tokenizer?, inputs: [String] = []) throws {
+        try OutputFile.write(path, inputs: inputs) { temporary in
+            let file = try File.create(temporary)
+            try writeContents(file, model: model, optimizer: optimizer, state: state, config: config, tokenizer: tokenizer, provenance: nil)
+            try file.close()
+        }
+    }
+
     /// The attributes and tensors of a checkpoint (the layout in the type's comment).
     private static func writeContents(_ file: File, model: TransformerModel, optimizer: AdamW, state: TrainingState,
                                       config: RunConfig, tokenizer: Tokenizer?, provenance: Provenance?) throws {
@@ -239,11 +250,20 @@ public enum Checkpoint {
 
     /// Loads parameters (and, given an optimizer, its moments and step) into a model built for `header.config`'s
     /// model; a missing tensor, a shape that does not fit, or a checksum failure is an error naming the tensor.
+    /// With `parametersOnly` (`ddp train --init`), a model that differs only in `dropout` is accepted and the
+    /// optimizer is not read.
     @discardableResult
-    public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil) throws -> Header {
+    public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil, parametersOnly: Bool = false) throws -> Header {
         let header = try readHeader(path)
-        guard header.config.model == model.config else {
-            throw CheckpointError(file: path, message: "was written for another model (\(differences(header.config.model, model.config)))")
+        if parametersOnly {
+            let differences = header.config.model.architectureDifferences(from: model.config)
+            guard differences.isEmpty else {
+                throw CheckpointError(file: path, message: "holds another model than the run's (model keys: \(differences.joined(separator: ", ")))")
+            }
+        } else {
+            guard header.config.model == model.config else {
+                throw CheckpointError(file: path, message: "was written for another model (\(differences(header.config.model, model.config)))")
+            }
         }
         let file: File
         do { file = try File.open(path) } catch {

@@ -270,11 +270,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey { case model, data, training, optimizer, schedule, eval, checkpoint, mlm }
 
-    /// Reads a config: `model`, `data` and `training` are required; `optimizer`, `schedule`, `eval`, `checkpoint` and
+    /// Reads a config: `model` (unless the decoder's `userInfo` holds a base model, `ModelConfig.baseUserInfoKey`), `data`
+    /// and `training` are required; `optimizer`, `schedule`, `eval`, `checkpoint` and
     /// `mlm` take their defaults when absent.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
-        model = try values.decode(ModelConfig.self, forKey: .model)
+        let base = decoder.userInfo[ModelConfig.baseUserInfoKey] as? ModelConfig
+        if let base, !values.contains(.model) {
+            model = base
+        } else {
+            model = try values.decode(ModelConfig.self, forKey: .model)
+        }
         data = try values.decode(DataSection.self, forKey: .data)
         training = try values.decode(TrainingSection.self, forKey: .training)
         if let maxTokens = training.maxTokens, training.batchSize == TrainingSection.derivedBatchSize {
@@ -327,19 +333,21 @@ public struct RunConfig: Codable, Equatable, Sendable {
             return old == new ? nil : (key, old, new)
         }
     }
-
     /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys).
-    public static func load(_ path: String, overrides: [String] = []) throws -> RunConfig {
+    /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys). With
+    /// `baseModel` (`ddp train --init`), the `model` section may be left out or give only some keys: the others are the
+    /// base's.
+    public static func load(_ path: String, overrides: [String] = [], baseModel: ModelConfig? = nil) throws -> RunConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError(file: path, key: nil, message: "cannot read the file")
         }
-        return try parse(text, file: path, overrides: overrides)
+        return try parse(text, file: path, overrides: overrides, baseModel: baseModel)
     }
 
     /// Parses YAML text, applies `--set` overrides, and checks it: unknown keys (with a suggestion of the closest known
     /// one), types and values (`validate(file:)`). Throws `ConfigError` naming `file` (or the `--set` that gave a bad
     /// value) and the key.
-    public static func parse(_ text: String, file: String, overrides: [String] = []) throws -> RunConfig {
+    public static func parse(_ text: String, file: String, overrides: [String] = [], baseModel: ModelConfig? = nil) throws -> RunConfig {
         // An alias can stand for a whole tree, and aliases of aliases for exponentially many (YAML's "billion laughs"):
         // the YAML library expands them all when one is a key. A run config has no use for them.
         // An alias needs an anchor, so a text with no anchor token or no alias token expands nothing.
@@ -361,7 +369,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try checkKeys(root, section: "", file: file)
         let config: RunConfig
         do {
-            config = try YAMLDecoder().decode(RunConfig.self, from: root)
+            config = try YAMLDecoder().decode(RunConfig.self, from: root,
+                                              userInfo: baseModel.map { [ModelConfig.baseUserInfoKey: $0] } ?? [:])
         } catch let error as DecodingError {
             // A key set on the command line is blamed on its --set, not on the file.
             let decoded = ConfigError(decoding: error, file: file)

@@ -80,6 +80,11 @@ public final class Trainer {
         self.log = log
     }
 
+    /// A checkpoint whose parameters a fresh run starts from instead of the seed's initialisation (`ddp train --init`;
+    /// the architecture must match, `dropout` aside, and its tokenizer must be the training data's). Ignored when the
+    /// run resumes.
+    public var initialParameters: String?
+
     /// Trains to `training.steps` (continuing from `latest` as `resume` says), checkpoints, then evaluates at the
     /// end. SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint.
     @discardableResult
@@ -268,6 +273,10 @@ public final class Trainer {
                                 + "trains on \(expected.rawValue) data (ddp prepare --task \(expected.rawValue))")
         }
         guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
+            if let initial = initialParameters {
+                throw TrainingError("the training data in \(config.data.directory) has a \(train.tokenizer.kind) tokenizer of \(train.tokenizer.vocabularySize) "
+                                    + "ids, more than the \(config.model.vocabSize) of \(initial)'s model: prepare it with ddp prepare --tokenizer-from \(initial)")
+            }
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the data's tokenizer (\(train.tokenizer.vocabularySize) tokens)")
         }
         guard config.model.kind != .encoderOnly || Int(train.tokenizer.maskToken) < config.model.vocabSize else {
@@ -287,6 +296,18 @@ public final class Trainer {
         }
         guard !resumeFrom.isEmpty else {
             run.model.initializeParameters(seed: config.training.seed)
+            if let initial = initialParameters {
+                try decideOnRank0("initial parameters", watchdog: run.watchdog) {
+                    let header = try Checkpoint.load(initial, into: run.model, parametersOnly: true)
+                    if let tokenizer = header.tokenizer, tokenizer != run.train.tokenizer {
+                        throw TrainingError("the training data in \(config.data.directory) is encoded with a \(run.train.tokenizer.kind) tokenizer of "
+                                            + "\(run.train.tokenizer.vocabularySize) ids, not the \(tokenizer.kind) tokenizer of \(initial) "
+                                            + "(\(tokenizer.vocabularySize) ids): prepare it with ddp prepare --tokenizer-from \(initial)")
+                    }
+                    log("starting from the parameters of \(initial) (step \(header.state.step)); AdamW, schedule and data position fresh")
+                    return ""
+                }
+            }
             try run.watchdog.guarding("parameter broadcast") { try world.broadcast(run.model.parameters.storage, root: 0) }
             if world.rank == 0 {
                 log("training \(run.model.layout.count) parameters on \(world.size) rank(s) x \(run.threads) thread(s) (OpenBLAS "

@@ -82,23 +82,40 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         case dFF = "d_ff", maxLength = "max_length", tiedEmbeddings = "tied_embeddings", scaleEmbedding = "scale_embedding"
     }
 
+    /// The `userInfo` key of a decoder whose `ModelConfig` takes every key it lacks from the given config (`ddp train
+    /// --init`: the checkpoint's model, so a run config may leave out its `model` section or set only `dropout`).
+    public static let baseUserInfoKey = CodingUserInfoKey(rawValue: "swiftddp.model.base")!
+
     /// Decodes the keys of a config file or a checkpoint's stored config (missing `encoder_layers` or
     /// `decoder_layers` 0, `dropout` 0,
-    /// `tied_embeddings` true, `scale_embedding` the kind's default); throws `DecodingError` for a missing key or a
-    /// value of the wrong type.
+    /// `tied_embeddings` true, `scale_embedding` the kind's default; with a base config in `userInfo`, the base's
+    /// values); throws `DecodingError` for a missing key or a value of the wrong type.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
-        let kind = try values.decode(Kind.self, forKey: .kind)
-        self.init(kind: kind, vocabSize: try values.decode(Int.self, forKey: .vocabSize),
-                  dModel: try values.decode(Int.self, forKey: .dModel), heads: try values.decode(Int.self, forKey: .heads),
-                  encoderLayers: try values.decodeIfPresent(Int.self, forKey: .encoderLayers) ?? 0,
-                  decoderLayers: try values.decodeIfPresent(Int.self, forKey: .decoderLayers) ?? 0, dFF: try values.decode(Int.self, forKey: .dFF),
-                  activation: try values.decode(Activation.self, forKey: .activation), norm: try values.decode(Norm.self, forKey: .norm),
-                  positions: try values.decode(Positions.self, forKey: .positions),
-                  maxLength: try values.decode(Int.self, forKey: .maxLength),
-                  dropout: try values.decodeIfPresent(Float.self, forKey: .dropout) ?? 0,
-                  tiedEmbeddings: try values.decodeIfPresent(Bool.self, forKey: .tiedEmbeddings) ?? true,
-                  scaleEmbedding: try values.decodeIfPresent(Bool.self, forKey: .scaleEmbedding))
+        let base = decoder.userInfo[Self.baseUserInfoKey] as? ModelConfig
+        func value<T: Decodable>(_ key: CodingKeys, _ fallback: T?) throws -> T {
+            if let fallback, !values.contains(key) { return fallback }
+            return try values.decode(T.self, forKey: key)
+        }
+        let kind = try value(.kind, base?.kind)
+        self.init(kind: kind, vocabSize: try value(.vocabSize, base?.vocabSize), dModel: try value(.dModel, base?.dModel),
+                  heads: try value(.heads, base?.heads), encoderLayers: try value(.encoderLayers, base?.encoderLayers ?? 0),
+                  decoderLayers: try value(.decoderLayers, base?.decoderLayers ?? 0), dFF: try value(.dFF, base?.dFF),
+                  activation: try value(.activation, base?.activation), norm: try value(.norm, base?.norm),
+                  positions: try value(.positions, base?.positions), maxLength: try value(.maxLength, base?.maxLength),
+                  dropout: try value(.dropout, base?.dropout ?? 0), tiedEmbeddings: try value(.tiedEmbeddings, base?.tiedEmbeddings ?? true),
+                  scaleEmbedding: try values.decodeIfPresent(Bool.self, forKey: .scaleEmbedding) ?? base?.scaleEmbedding)
+    }
+
+    /// The keys on which `other` describes a different network (every key but `dropout`), as "key: mine vs other".
+    public func architectureDifferences(from other: ModelConfig) -> [String] {
+        func keys(_ c: ModelConfig) -> [(String, String)] {
+            [("kind", c.kind.rawValue), ("vocab_size", "\(c.vocabSize)"), ("d_model", "\(c.dModel)"), ("heads", "\(c.heads)"),
+             ("encoder_layers", "\(c.encoderLayers)"), ("decoder_layers", "\(c.decoderLayers)"), ("d_ff", "\(c.dFF)"),
+             ("activation", c.activation.rawValue), ("norm", c.norm.rawValue), ("positions", c.positions.rawValue),
+             ("max_length", "\(c.maxLength)"), ("tied_embeddings", "\(c.tiedEmbeddings)"), ("scale_embedding", "\(c.scaleEmbedding)")]
+        }
+        return zip(keys(self), keys(other)).compactMap { $0.1 == $1.1 ? nil : "\($0.0) \($0.1) vs \($1.1)" }
     }
 
     /// Largest values the keys may take: far beyond any model a CPU trains, and small enough that no size computed

@@ -8,7 +8,7 @@ struct DDP: ParsableCommand {
         discussion: """
             Run alone for local mode, or under mpirun (see Launch/mpirun.sh) for data-parallel runs.
             """,
-        subcommands: [Prepare.self, Train.self, Eval.self, Generate.self, Embed.self, Inspect.self, Export.self, AttentionMaps.self, Plot.self, Bench.self]
+        subcommands: [Prepare.self, Train.self, Eval.self, Generate.self, Embed.self, Inspect.self, Export.self, Import.self, AttentionMaps.self, Plot.self, Bench.self]
     )
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Data
 import Foundation
+import Training
 
 extension SyntheticTask: ExpressibleByArgument {}
 extension PrepareOptions.TokenizerKind: ExpressibleByArgument {}
@@ -49,6 +50,10 @@ struct Prepare: ParsableCommand {
     @Option(help: "byte (260 tokens) or bpe (trained on the input).")
     var tokenizer: PrepareOptions.TokenizerKind = .byte
 
+    @Option(help: ArgumentHelp("Encode with an existing tokenizer: a Hugging Face tokenizer.json, a model directory holding one (its config.json's special token ids are used), or a SwiftDDP checkpoint's.",
+                               valueName: "path"))
+    var tokenizerFrom: String?
+
     @Option(help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included).")
     var vocabSize = 4096
 
@@ -93,6 +98,7 @@ struct Prepare: ParsableCommand {
     func run() throws {
         var options = PrepareOptions(output: output)
         options.tokenizer = tokenizer
+        if let tokenizerFrom { options.fixedTokenizer = try Self.readTokenizer(tokenizerFrom) }
         options.vocabularySize = vocabSize
         options.shards = shards
         options.validFraction = validFraction
@@ -120,5 +126,23 @@ struct Prepare: ParsableCommand {
         }
         print("wrote \(output)")
         print(summary)
+    }
+
+    /// The tokenizer `--tokenizer-from` names: a checkpoint's (an HDF5 file), or a Hugging Face `tokenizer.json` or
+    /// model directory.
+    static func readTokenizer(_ path: String) throws -> Tokenizer {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ValidationError("--tokenizer-from \(path) does not exist.")
+        }
+        let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
+           (try? handle.read(upToCount: 8)).map({ Array($0 ?? Foundation.Data()) == hdf5Signature }) == true {
+            guard let tokenizer = try Checkpoint.readHeader(path).tokenizer else {
+                throw ValidationError("--tokenizer-from \(path) is a checkpoint without a tokenizer.")
+            }
+            return tokenizer
+        }
+        return try HuggingFaceGPT2.readTokenizer(at: path)
     }
 }

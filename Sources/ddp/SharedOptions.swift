@@ -43,7 +43,8 @@ struct ConfigOptions: ParsableArguments {
     var overrides: [String] = []
 
     /// The config with its overrides applied; throws `ConfigError` naming the file or key.
-    func load() throws -> RunConfig { try RunConfig.load(config, overrides: overrides) }
+    /// With `baseModel`, the config's `model` section may be left out or partial (`ddp train --init`).
+    func load(baseModel: ModelConfig? = nil) throws -> RunConfig { try RunConfig.load(config, overrides: overrides, baseModel: baseModel) }
 }
 
 /// How a translation is decoded: `--decode`, `--beam-size`, `--length-penalty`.

@@ -3,6 +3,7 @@ import Files
 import Foundation
 import MPI
 import Training
+import Transformer
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -16,6 +17,12 @@ struct Train: ParsableCommand {
             A new run never writes into a RUN_DIR that holds an earlier run: continue it with --resume, replace it \
             with --overwrite, or choose another --run-dir. --resume-if-present suits job scripts that are requeued.
 
+            --init CHECKPOINT starts a new run from a checkpoint's parameters (fine-tuning; ddp import makes one from a \
+            Hugging Face GPT-2): fresh AdamW moments, schedule and data position. The config's model section may be \
+            left out or set only dropout: the checkpoint's model is used, and any other key that differs is refused. The \
+            data must be encoded with the checkpoint's tokenizer (ddp prepare --tokenizer-from CHECKPOINT). A run that \
+            resumes continues from its own checkpoint instead.
+
             Examples:
               ddp train --config Configs/reverse.yaml
               Launch/mpirun.sh -np 2 train --config Configs/reverse.yaml --run-dir runs/reverse
@@ -26,6 +33,10 @@ struct Train: ParsableCommand {
 
     @Option(help: "Where checkpoints and metrics go (default: runs/<config name>).")
     var runDir: String?
+
+    @Option(name: .customLong("init"), help: ArgumentHelp("Start from this checkpoint's parameters (a file or run directory): fine-tuning.",
+                                                         valueName: "checkpoint"))
+    var initFrom: String?
 
     @Flag(help: "Continue from RUN_DIR/latest (an error when there is none).")
     var resume = false
@@ -44,13 +55,21 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        let run = try config.load()
+        var initPath: String?
+        var baseModel: ModelConfig?
+        if let initFrom {
+            let path = try Checkpoint.resolve(initFrom)
+            baseModel = try Checkpoint.readHeader(path).config.model
+            initPath = path
+        }
+        let run = try config.load(baseModel: baseModel)
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 { print(line) }
             }
+            trainer.initialParameters = initPath
             let outcome = try trainer.run(resume: resume ? .required : resumeIfPresent ? .ifPresent : .fresh, overwrite: overwrite)
             if world.rank == 0 {
                 print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "

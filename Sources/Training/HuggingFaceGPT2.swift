@@ -1,0 +1,258 @@
+import Basics
+import Data
+import Files
+import Foundation
+import Kernels
+import Transformer
+
+/// Hugging Face `transformers`' GPT-2 (`GPT2LMHeadModel`) in and out: a model directory (`config.json`,
+/// `model.safetensors`, `tokenizer.json`) becomes a SwiftDDP decoder-only model and back.
+///
+/// GPT-2 is SwiftDDP's decoder-only form with pre-norm, learned positions, unscaled and tied embeddings, and
+/// `gelu_tanh` ("gelu_new"). Its linear layers are `Conv1D`s, whose weights are `[in, out]` (torch's transpose), and
+/// its attention projects q, k and v with one fused `c_attn` of `[C, 3C]`:
+///
+/// | transformers                          | SwiftDDP                                            |
+/// |---------------------------------------|-----------------------------------------------------|
+/// | `wte.weight` [V, C]                   | `embed.weight` (and the tied output projection)     |
+/// | `wpe.weight` [P, C]                   | `pos_embed.weight` (`max_length` P)                 |
+/// | `h.i.ln_1`, `h.i.ln_2`                | `decoder.layers.i.norm1`, `.norm2`                  |
+/// | `h.i.attn.c_attn` [C, 3C], [3C]        | `.self_attn.{q,k,v}_proj`, columns 0-C, C-2C, 2C-3C, transposed |
+/// | `h.i.attn.c_proj` [C, C]              | `.self_attn.o_proj`, transposed                     |
+/// | `h.i.mlp.c_fc` [C, F], `c_proj` [F, C] | `.ffn.fc1`, `.ffn.fc2`, transposed                  |
+/// | `ln_f`                                | `decoder.norm`                                      |
+/// | `lm_head.weight` (when untied)        | `lm_head.weight`                                    |
+///
+/// Names may carry the `transformer.` prefix `save_pretrained` writes, or not (the original GPT-2 files).
+public enum HuggingFaceGPT2 {
+    /// A model directory or checkpoint that cannot be converted: the file (or directory) and why.
+    public struct ConversionError: Error, CustomStringConvertible, Sendable {
+        /// The file at fault.
+        public let file: String
+        /// What is wrong or unsupported.
+        public let message: String
+        /// "FILE: MESSAGE".
+        public var description: String { "\(file): \(message)" }
+    }
+
+    /// A GPT-2 read from a directory: the model's config, its parameters under SwiftDDP's names, and the tokenizer.
+    public struct Imported {
+        /// The decoder-only config GPT-2's `config.json` describes.
+        public let config: ModelConfig
+        /// Every SwiftDDP parameter, by name, in SwiftDDP's shape.
+        public let parameters: [String: [Float]]
+        /// The `tokenizer.json` (byte-level BPE), with the special tokens `config.json` names.
+        public let tokenizer: Tokenizer
+    }
+
+    /// `activation_function` values and the SwiftDDP activation each is.
+    static let activations: [String: ModelConfig.Activation] = ["gelu_new": .geluTanh, "gelu_pytorch_tanh": .geluTanh, "gelu": .gelu, "relu": .relu]
+
+    /// Reads `directory`'s `config.json`, `model.safetensors` and `tokenizer.json`. Throws `ConversionError` naming
+    /// the file and key for another architecture (`model_type` other than gpt2, cross-attention, scaled or reordered
+    /// attention variants, another LayerNorm epsilon or activation), missing or misshapen tensors, or tensors
+    /// SwiftDDP has no place for.
+    public static func read(directory: String) throws -> Imported {
+        let configPath = Paths.join(directory, "config.json")
+        func fail(_ file: String, _ message: String) -> ConversionError { ConversionError(file: file, message: message) }
+        guard let configData = FileManager.default.contents(atPath: configPath), configData.count <= 1 << 20,
+              let json = try? JSONSerialization.jsonObject(with: configData) as? [String: Any] else {
+            throw fail(configPath, "missing, larger than 1 MiB or not a JSON object: a Hugging Face model directory has a config.json")
+        }
+        guard let type = json["model_type"] as? String, type == "gpt2" else {
+            throw fail(configPath, "model_type \(json["model_type"].map { "\($0)" } ?? "(missing)") is not supported: only gpt2 (GPT2LMHeadModel) is")
+        }
+        func integer(_ key: String, _ fallback: Int? = nil) throws -> Int {
+            if let value = json[key] as? Int { return value }
+            if let fallback, json[key] == nil || json[key] is NSNull { return fallback }
+            throw fail(configPath, "key '\(key)' is \(json[key].map { "\($0)" } ?? "missing"), not an integer")
+        }
+        func flag(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? Bool) ?? fallback }
+        if flag("add_cross_attention", false) { throw fail(configPath, "add_cross_attention true (cross-attention) is not supported") }
+        if !flag("scale_attn_weights", true) { throw fail(configPath, "scale_attn_weights false (unscaled attention) is not supported") }
+        if flag("scale_attn_by_inverse_layer_idx", false) {
+            throw fail(configPath, "scale_attn_by_inverse_layer_idx true (attention scaled by layer) is not supported")
+        }
+        let epsilon = (json["layer_norm_epsilon"] as? Double) ?? 1e-5
+        guard abs(epsilon - Double(layerNormEpsilon)) <= 1e-12 else {
+            throw fail(configPath, "layer_norm_epsilon \(epsilon) is not supported: SwiftDDP's LayerNorm uses \(layerNormEpsilon)")
+        }
+        let activationName = (json["activation_function"] as? String) ?? "gelu_new"
+        guard let activation = activations[activationName] else {
+            throw fail(configPath, "activation_function \(activationName) is not supported (\(activations.keys.sorted().joined(separator: ", ")) are)")
+        }
+        let c = try integer("n_embd"), vocabulary = try integer("vocab_size"), positions = try integer("n_positions", try integer("n_ctx", 1024))
+        let tied = flag("tie_word_embeddings", true)
+        let config = ModelConfig(kind: .decoderOnly, vocabSize: vocabulary, dModel: c, heads: try integer("n_head"), encoderLayers: 0,
+                                 decoderLayers: try integer("n_layer"), dFF: try integer("n_inner", 4 * c), activation: activation, norm: .pre,
+                                 positions: .learned, maxLength: positions,
+                                 dropout: 0, tiedEmbeddings: tied, scaleEmbedding: false)
+        do { try config.validate() } catch {
+            throw fail(configPath, "does not describe a model SwiftDDP builds: \(error)")
+        }
+
+        // The tokenizer, with the special tokens config.json names (when they are inside the vocabulary).
+        let tokenizerPath = Paths.join(directory, "tokenizer.json")
+        guard let tokenizerData = FileManager.default.contents(atPath: tokenizerPath) else {
+            throw fail(tokenizerPath, "missing: the model's tokenizer is needed to train and evaluate on text")
+        }
+        let tokenizer = try readTokenizer(String(decoding: tokenizerData, as: UTF8.self), file: tokenizerPath, modelConfig: json)
+        guard tokenizer.vocabularySize <= vocabulary else {
+            throw fail(tokenizerPath, "has \(tokenizer.vocabularySize) token ids, more than the model's vocab_size \(vocabulary)")
+        }
+
+        // The tensors.
+        let weightsPath = Paths.join(directory, "model.safetensors")
+        let file: Safetensors.File
+        do { file = try Safetensors.File(weightsPath) } catch { throw fail(weightsPath, "\(error)".replacingOccurrences(of: weightsPath + ": ", with: "")) }
+        let prefix = file.entries["transformer.wte.weight"] != nil ? "transformer." : ""
+        var used = Set<String>()
+        func tensor(_ name: String, _ shape: [Int]) throws -> [Float] {
+            let full = (name == "lm_head.weight" ? "" : prefix) + name
+            guard let entry = file.entries[full] else { throw fail(weightsPath, "has no tensor '\(full)'") }
+            guard entry.shape == shape else { throw fail(weightsPath, "tensor '\(full)' has shape \(entry.shape), expected \(shape) from config.json") }
+            used.insert(full)
+            return file.tensor(full)!.values
+        }
+        var parameters: [String: [Float]] = [:]
+        parameters["embed.weight"] = try tensor("wte.weight", [vocabulary, c])
+        parameters["pos_embed.weight"] = try tensor("wpe.weight", [positions, c])
+        let f = config.dFF
+        for i in 0..<config.decoderLayers {
+            let ours = "decoder.layers.\(i)", theirs = "h.\(i)"
+            for (hf, norm) in [("ln_1", "norm1"), ("ln_2", "norm2")] {
+                parameters["\(ours).\(norm).weight"] = try tensor("\(theirs).\(hf).weight", [c])
+                parameters["\(ours).\(norm).bias"] = try tensor("\(theirs).\(hf).bias", [c])
+            }
+            let qkv = try tensor("\(theirs).attn.c_attn.weight", [c, 3 * c]), qkvBias = try tensor("\(theirs).attn.c_attn.bias", [3 * c])
+            for (index, projection) in ["q_proj", "k_proj", "v_proj"].enumerated() {
+                parameters["\(ours).self_attn.\(projection).weight"] = transposed(qkv, rows: c, columns: 3 * c, columnRange: (index * c)..<((index + 1) * c))
+                parameters["\(ours).self_attn.\(projection).bias"] = Array(qkvBias[(index * c)..<((index + 1) * c)])
+            }
+            parameters["\(ours).self_attn.o_proj.weight"] = transposed(try tensor("\(theirs).attn.c_proj.weight", [c, c]), rows: c, columns: c)
+            parameters["\(ours).self_attn.o_proj.bias"] = try tensor("\(theirs).attn.c_proj.bias", [c])
+            parameters["\(ours).ffn.fc1.weight"] = transposed(try tensor("\(theirs).mlp.c_fc.weight", [c, f]), rows: c, columns: f)
+            parameters["\(ours).ffn.fc1.bias"] = try tensor("\(theirs).mlp.c_fc.bias", [f])
+            parameters["\(ours).ffn.fc2.weight"] = transposed(try tensor("\(theirs).mlp.c_proj.weight", [f, c]), rows: f, columns: c)
+            parameters["\(ours).ffn.fc2.bias"] = try tensor("\(theirs).mlp.c_proj.bias", [c])
+        }
+        parameters["decoder.norm.weight"] = try tensor("ln_f.weight", [c])
+        parameters["decoder.norm.bias"] = try tensor("ln_f.bias", [c])
+        if !tied { parameters["lm_head.weight"] = try tensor("lm_head.weight", [vocabulary, c]) }
+        // The causal-mask buffers older files hold, and a tied head written out anyway, carry nothing of their own.
+        let ignorable = file.entries.keys.filter { $0.hasSuffix(".attn.bias") || $0.hasSuffix(".attn.masked_bias") || ($0 == "lm_head.weight" && tied) }
+        let unknown = Set(file.entries.keys).subtracting(used).subtracting(ignorable).sorted()
+        guard unknown.isEmpty else {
+            throw fail(weightsPath, "holds tensors a GPT2LMHeadModel of this config.json has no place for: "
+                                    + unknown.prefix(5).joined(separator: ", ") + (unknown.count > 5 ? " and \(unknown.count - 5) more" : ""))
+        }
+        return Imported(config: config, parameters: parameters, tokenizer: tokenizer)
+    }
+
+    /// A `tokenizer.json` with the special tokens a model's `config.json` (`modelConfig`) names: `eos_token_id`,
+    /// `bos_token_id` and `pad_token_id` when they are ids of the tokenizer, else those the tokenizer's added tokens
+    /// imply (`HuggingFaceTokenizer.init`). Throws `ConversionError` naming `file`.
+    public static func readTokenizer(_ text: String, file: String, modelConfig: [String: Any]?) throws -> Tokenizer {
+        do {
+            let inferred = try HuggingFaceTokenizer(text: text)
+            var special = inferred.specialTokens
+            func id(_ key: String) -> Int32? {
+                guard let value = modelConfig?[key] as? Int, value >= 0, value < inferred.vocabularySize else { return nil }
+                return Int32(value)
+            }
+            special.eos = id("eos_token_id") ?? special.eos
+            special.bos = id("bos_token_id") ?? special.bos
+            special.pad = id("pad_token_id") ?? special.pad
+            return .huggingFace(special == inferred.specialTokens ? inferred : try HuggingFaceTokenizer(text: text, specialTokens: special))
+        } catch {
+            throw ConversionError(file: file, message: "\(error)")
+        }
+    }
+
+    /// Reads a tokenizer from `path`: a `tokenizer.json`, or a model directory holding one (and a `config.json` whose
+    /// special token ids are used). Throws `ConversionError` naming the file.
+    public static func readTokenizer(at path: String) throws -> Tokenizer {
+        var isDirectory: ObjCBool = false
+        _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
+        let file = isDirectory.boolValue ? Paths.join(path, "tokenizer.json") : path
+        guard let data = FileManager.default.contents(atPath: file) else { throw ConversionError(file: file, message: "cannot be read") }
+        let configData = isDirectory.boolValue ? FileManager.default.contents(atPath: Paths.join(path, "config.json")) : nil
+        let config = configData.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
+        return try readTokenizer(String(decoding: data, as: UTF8.self), file: file, modelConfig: config)
+    }
+
+    /// `values` [rows, columns] (a Conv1D weight [in, out]) transposed to torch's [out, in], only `columnRange`'s columns.
+    static func transposed(_ values: [Float], rows: Int, columns: Int, columnRange: Range<Int>? = nil) -> [Float] {
+        let range = columnRange ?? 0..<columns
+        var out = [Float](repeating: 0, count: range.count * rows)
+        for (o, column) in range.enumerated() {
+            for row in 0..<rows { out[o * rows + row] = values[row * columns + column] }
+        }
+        return out
+    }
+
+    // MARK: Export
+
+    /// Why `config` has no GPT-2 form, or nil when it has one.
+    public static func unsupportedReason(_ config: ModelConfig) -> String? {
+        var reasons: [String] = []
+        if config.kind != .decoderOnly { reasons.append("model.kind is \(config.kind.rawValue)") }
+        if config.norm != .pre { reasons.append("model.norm is \(config.norm.rawValue)") }
+        if config.positions != .learned { reasons.append("model.positions is \(config.positions.rawValue)") }
+        if config.scaleEmbedding { reasons.append("model.scale_embedding is true") }
+        guard !reasons.isEmpty else { return nil }
+        return "a GPT2LMHeadModel is a decoder-only model with pre-norm, learned positions and unscaled embeddings; this one's "
+            + reasons.joined(separator: ", ")
+    }
+
+    /// The `config.json` of `config` as a GPT2LMHeadModel, with `special`'s ids.
+    public static func configJSON(_ config: ModelConfig, special: SpecialTokens) throws -> Foundation.Data {
+        let activation = activations.first { $0.value == config.activation && $0.key != "gelu_pytorch_tanh" }!.key
+        var object: [String: Any] = [
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocabSize, "n_positions": config.maxLength,
+            "n_embd": config.dModel, "n_layer": config.decoderLayers, "n_head": config.heads, "n_inner": config.dFF,
+            "activation_function": activation, "layer_norm_epsilon": Double(layerNormEpsilon), "resid_pdrop": Double(config.dropout),
+            "embd_pdrop": Double(config.dropout), "attn_pdrop": 0.0, "scale_attn_weights": true, "tie_word_embeddings": config.tiedEmbeddings,
+            "bos_token_id": special.bos, "eos_token_id": special.eos, "torch_dtype": "float32",
+        ]
+        if special.pad != SpecialTokens.none { object["pad_token_id"] = special.pad }
+        return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
+    }
+
+    /// `model`'s parameters under GPT2LMHeadModel's names (`transformer.` prefix, Conv1D `[in, out]` weights, q/k/v
+    /// fused into `c_attn`); `lm_head.weight` only when untied (transformers ties it on loading).
+    public static func tensors(of model: TransformerModel) -> [Safetensors.Tensor] {
+        let config = model.config, c = config.dModel, f = config.dFF
+        func values(_ name: String) -> [Float] { Array(model.parameters[name]) }
+        var tensors = [Safetensors.Tensor(name: "transformer.wte.weight", shape: [config.vocabSize, c], values: values("embed.weight")),
+                       Safetensors.Tensor(name: "transformer.wpe.weight", shape: [config.maxLength, c], values: values("pos_embed.weight"))]
+        for i in 0..<config.decoderLayers {
+            let ours = "decoder.layers.\(i)", theirs = "transformer.h.\(i)"
+            for (hf, norm) in [("ln_1", "norm1"), ("ln_2", "norm2")] {
+                tensors.append(.init(name: "\(theirs).\(hf).weight", shape: [c], values: values("\(ours).\(norm).weight")))
+                tensors.append(.init(name: "\(theirs).\(hf).bias", shape: [c], values: values("\(ours).\(norm).bias")))
+            }
+            // Each projection's [out, in] weight transposed is [in, out]; the three side by side are c_attn's columns.
+            let parts = ["q_proj", "k_proj", "v_proj"].map { transposed(values("\(ours).self_attn.\($0).weight"), rows: c, columns: c) }
+            var fused = [Float](repeating: 0, count: c * 3 * c)
+            for row in 0..<c {
+                for (index, part) in parts.enumerated() {
+                    fused.replaceSubrange((row * 3 * c + index * c)..<(row * 3 * c + (index + 1) * c), with: part[(row * c)..<((row + 1) * c)])
+                }
+            }
+            tensors.append(.init(name: "\(theirs).attn.c_attn.weight", shape: [c, 3 * c], values: fused))
+            tensors.append(.init(name: "\(theirs).attn.c_attn.bias", shape: [3 * c],
+                                 values: ["q_proj", "k_proj", "v_proj"].flatMap { values("\(ours).self_attn.\($0).bias") }))
+            tensors.append(.init(name: "\(theirs).attn.c_proj.weight", shape: [c, c], values: transposed(values("\(ours).self_attn.o_proj.weight"), rows: c, columns: c)))
+            tensors.append(.init(name: "\(theirs).attn.c_proj.bias", shape: [c], values: values("\(ours).self_attn.o_proj.bias")))
+            tensors.append(.init(name: "\(theirs).mlp.c_fc.weight", shape: [c, f], values: transposed(values("\(ours).ffn.fc1.weight"), rows: f, columns: c)))
+            tensors.append(.init(name: "\(theirs).mlp.c_fc.bias", shape: [f], values: values("\(ours).ffn.fc1.bias")))
+            tensors.append(.init(name: "\(theirs).mlp.c_proj.weight", shape: [f, c], values: transposed(values("\(ours).ffn.fc2.weight"), rows: c, columns: f)))
+            tensors.append(.init(name: "\(theirs).mlp.c_proj.bias", shape: [c], values: values("\(ours).ffn.fc2.bias")))
+        }
+        tensors.append(.init(name: "transformer.ln_f.weight", shape: [c], values: values("decoder.norm.weight")))
+        tensors.append(.init(name: "transformer.ln_f.bias", shape: [c], values: values("decoder.norm.bias")))
+        if !config.tiedEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [config.vocabSize, c], values: values("lm_head.weight"))) }
+        return tensors
+    }
+}

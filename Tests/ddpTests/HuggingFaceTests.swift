@@ -1,0 +1,261 @@
+import Basics
+import Data
+import Foundation
+import HDF5
+import TestSupport
+import Training
+import Transformer
+import XCTest
+
+/// `ddp import --hf`, fine-tuning with `ddp train --init` under real mpirun, and `ddp export --format hf`, against
+/// transformers' GPT2LMHeadModel when torch and transformers are installed.
+final class HuggingFaceTests: XCTestCase {
+    private var ddp: String { builtProduct("ddp") }
+    private var directory: URL!
+
+    override func setUpWithError() throws { directory = try makeTemporaryDirectory("ddp-hf") }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: directory) }
+
+    private func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+    private func joined(_ directory: String, _ name: String) -> String { URL(fileURLWithPath: directory).appendingPathComponent(name).path }
+
+    private func ddpRun(_ arguments: [String], expectSuccess: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> ProcessResult {
+        let result = try runProcess(ddp, arguments, environment: mpiEnvironment, timeout: 300)
+        XCTAssertFalse(result.timedOut, result.output, file: file, line: line)
+        XCTAssertFalse(result.signaled, "crashed: " + result.output, file: file, line: line)
+        if expectSuccess { XCTAssertEqual(result.status, 0, result.output, file: file, line: line) }
+        return result
+    }
+
+    /// A random GPT2LMHeadModel directory made by transformers (n_embd 32, 2 layers, 4 heads, 64 positions, a byte-level
+    /// BPE of 500 ids trained by tokenizers, LayerNorms and biases perturbed), with the corpus it was trained on.
+    private func makeTransformersModel(_ python: String) throws -> String {
+        let script = referenceScript("hf_gpt2.py"), model = path("gpt2")
+        for arguments in [["corpus", path("corpus.txt"), "--megabytes", "0.05"],
+                          ["tokenizer", path("corpus.txt"), path("tokenizer.json"), "--vocab", "500"],
+                          ["model", path("tokenizer.json"), model]] {
+            let result = try runProcess(python, [script] + arguments, timeout: 300)
+            XCTAssertEqual(result.status, 0, result.output)
+        }
+        return model
+    }
+
+    /// Our logits [B, T, V] (T = tokens per row − 1) and the mean next-token loss of `rows` from a checkpoint.
+    private func ourLogits(_ checkpoint: String, rows: [[Int32]]) throws -> (logits: [Float], loss: Double) {
+        let (model, _) = try Checkpoint.loadModel(try Checkpoint.resolve(checkpoint), maxBatch: rows.count)
+        let t = rows[0].count - 1
+        let batch = TokenBatch(batchSize: rows.count, targetLength: t, decoderInput: rows.flatMap { $0.dropLast() },
+                               labels: rows.flatMap { $0.dropFirst() }, pad: model.specialTokens.pad)
+        let sum = model.forward(batch)
+        return (model.withLogits { Array($0.prefix(rows.count * t * model.config.vocabSize)) }, sum.loss / Double(sum.targetTokens))
+    }
+
+    /// transformers' logits of the first T positions of each row (the last input position has no label) and its loss.
+    private func transformersLogits(_ python: String, model: String, rows: [[Int32]]) throws -> (logits: [Float], loss: Double) {
+        try JSONSerialization.data(withJSONObject: rows.map { $0.map(Int.init) }).write(to: URL(fileURLWithPath: path("tokens.json")))
+        let result = try runProcess(python, [referenceScript("hf_gpt2.py"), "logits", model, path("tokens.json"), path("logits.json")], timeout: 300)
+        XCTAssertEqual(result.status, 0, result.output)
+        let object = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path("logits.json")))) as? [String: Any])
+        let all = try XCTUnwrap(object["logits"] as? [Double]).map(Float.init)
+        let t = rows[0].count, v = all.count / (rows.count * t)
+        var kept: [Float] = []
+        for row in 0..<rows.count {
+            let start = row * t * v, end = (row * t + t - 1) * v
+            kept += all[start..<end]
+        }
+        return (kept, try XCTUnwrap(object["loss"] as? Double))
+    }
+
+    private func assertLogitsClose(_ ours: [Float], _ theirs: [Float], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(ours.count, theirs.count, what, file: file, line: line)
+        let scale = theirs.map(abs).max() ?? 1
+        let worst = zip(ours, theirs).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThan(worst / scale, 1e-4, "\(what): largest difference \(worst) against logits up to \(scale)", file: file, line: line)
+    }
+
+    private func rows(vocabulary: Int) -> [[Int32]] {
+        var random = SplitMix64(seed: 7)
+        return (0..<2).map { _ in (0..<24).map { _ in Int32(random.next() % UInt64(vocabulary)) } }
+    }
+
+    /// A transformers GPT-2 imported: logits and loss on a batch equal transformers' (1e-4 relative).
+    func testImportedModelGivesTransformersLogitsAndLoss() throws {
+        guard let python = pythonWithTransformers() else {
+            throw XCTSkip("torch and transformers are not installed (set SWIFTDDP_TORCH_PYTHON to a python with torch, transformers and tokenizers)")
+        }
+        let model = try makeTransformersModel(python)
+        let imported = try ddpRun(["import", "--hf", model, "--output", path("gpt2.h5")])
+        XCTAssertTrue(imported.stdout.contains("gelu_tanh"), imported.output)
+        let batch = rows(vocabulary: 500)
+        let ours = try ourLogits(path("gpt2.h5"), rows: batch), theirs = try transformersLogits(python, model: model, rows: batch)
+        assertLogitsClose(ours.logits, theirs.logits, "imported logits")
+        XCTAssertEqual(ours.loss, theirs.loss, accuracy: theirs.loss * 1e-4, "loss")
+        // The tokenizer came along, with <|endoftext|> (id 0 in this vocabulary) as BOS and EOS and no pad token.
+        let header = try Checkpoint.readHeader(path("gpt2.h5"))
+        XCTAssertEqual(header.tokenizer?.kind, "huggingface")
+        XCTAssertEqual(header.tokenizer?.specialTokens, SpecialTokens(pad: SpecialTokens.none, bos: 0, eos: 0))
+    }
+
+    /// Fine-tuning an imported GPT-2 (`--init`, data prepared with its tokenizer): 20 steps on 2 ranks x 4 equal 1 rank
+    /// x 8 (losses and parameters within 1e-5); the result exported with --format hf loads in transformers and gives
+    /// our logits. Without transformers the model directory is written by our own exporter and the comparison with
+    /// transformers is left out (it says so).
+    func testFineTuningOnTwoRanksEqualsOneAndExportsBackToTransformers() throws {
+        let python = pythonWithTransformers()
+        let model: String
+        if let python {
+            model = try makeTransformersModel(python)
+        } else {
+            print("HuggingFaceTests: transformers is not installed; fine-tuning a GPT-2 directory written by ddp export, not by transformers")
+            model = try writeOwnGPT2Directory()
+        }
+        try ddpRun(["import", "--hf", model, "--output", path("gpt2.h5")])
+        // Data in the model's own tokenizer: the corpus (or, without Python, a text of our own) as LM shards.
+        if !FileManager.default.fileExists(atPath: path("corpus.txt")) {
+            try String(repeating: "the model don't café 中文 x² 12345\n\nab ab abc\n", count: 300).write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        }
+        try ddpRun(["prepare", "--task", "lm", "--input", path("corpus.txt"), "--tokenizer-from", path("gpt2.h5"), "--output", path("data"),
+                    "--valid-fraction", "0.1"])
+        func config(batch: Int) throws -> String {
+            let file = path("finetune-\(batch).yaml")
+            // No model section: --init takes the checkpoint's.
+            try """
+                data: {directory: \(path("data")), target_length: 32}
+                training: {batch_size: \(batch), steps: 20, seed: 5, threads: 1, log_every: 5, bucket_mb: 0.01}
+                optimizer: {lr: 1.0e-3}
+                eval: {every: 0}
+                """.write(toFile: file, atomically: true, encoding: .utf8)
+            return file
+        }
+        let one = try ddpRun(["train", "--config", try config(batch: 8), "--run-dir", path("one"), "--init", path("gpt2.h5")])
+        XCTAssertTrue(one.stdout.contains("starting from the parameters of"), one.output)
+        let two = try runUnderMPI(ranks: 2, ddp, ["train", "--config", try config(batch: 4), "--run-dir", path("two"), "--init", path("gpt2.h5")],
+                                  timeout: 300)
+        XCTAssertEqual(two.status, 0, two.output)
+        let reference = try trainingLosses(inRun: path("one")), losses = try trainingLosses(inRun: path("two"))
+        XCTAssertEqual(reference.count, 20)
+        XCTAssertEqual(losses.count, 20)
+        for (step, (a, b)) in zip(losses, reference).enumerated() { XCTAssertEqual(a, b, accuracy: abs(b) * 1e-5, "step \(step + 1)") }
+        // The first step's loss is the imported model's on that batch: training started from it, not from the seed.
+        let (oneModel, _) = try Checkpoint.loadModel(try Checkpoint.resolve(path("one")), maxBatch: 1)
+        let (twoModel, _) = try Checkpoint.loadModel(try Checkpoint.resolve(path("two")), maxBatch: 1)
+        func parameters(_ model: TransformerModel) -> [String: [Float]] {
+            Dictionary(uniqueKeysWithValues: model.layout.views.map { ($0.name, Array(model.parameters[$0])) })
+        }
+        let mismatches = parameterMismatches(parameters(twoModel), reference: parameters(oneModel), steps: 20, lr: 1e-3)
+        XCTAssertTrue(mismatches.isEmpty, mismatches.joined(separator: "; "))
+
+        // Back to Hugging Face.
+        try ddpRun(["export", "--checkpoint", path("one"), "--format", "hf", "--output", path("exported")])
+        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path("exported/\(file)")), file)
+        }
+        XCTAssertEqual(try String(contentsOfFile: path("exported/tokenizer.json"), encoding: .utf8),
+                       try String(contentsOfFile: joined(model, "tokenizer.json"), encoding: .utf8), "the tokenizer.json as it came in")
+        // Imported again, the exported directory is the same model.
+        try ddpRun(["import", "--hf", path("exported"), "--output", path("again.h5")])
+        let again = try Checkpoint.loadModel(path("again.h5"), maxBatch: 1).model
+        XCTAssertEqual(parameters(again), parameters(oneModel), "export then import gives back every parameter bit for bit")
+        guard let python else {
+            print("HuggingFaceTests: transformers is not installed; the exported directory was not loaded by transformers")
+            return
+        }
+        let batch = rows(vocabulary: 500)
+        let ours = try ourLogits(path("one"), rows: batch), theirs = try transformersLogits(python, model: path("exported"), rows: batch)
+        assertLogitsClose(ours.logits, theirs.logits, "exported logits")
+        XCTAssertEqual(ours.loss, theirs.loss, accuracy: theirs.loss * 1e-4, "exported loss")
+    }
+
+    /// A GPT-2 directory written by SwiftDDP itself (seeded random parameters, the minimal byte-level tokenizer of
+    /// `minimalByteLevelTokenizer()`), for when transformers is absent.
+    private func writeOwnGPT2Directory() throws -> String {
+        let config = ModelConfig(kind: .decoderOnly, vocabSize: 258, dModel: 32, heads: 4, encoderLayers: 0, decoderLayers: 2, dFF: 128,
+                                 activation: .geluTanh, norm: .pre, positions: .learned, maxLength: 64, dropout: 0, tiedEmbeddings: true,
+                                 scaleEmbedding: false)
+        let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: 64)
+        model.initializeParameters(seed: 11)
+        let directory = path("own-gpt2")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Safetensors.write(HuggingFaceGPT2.tensors(of: model), metadata: ["format": "pt"], to: joined(directory, "model.safetensors"))
+        try HuggingFaceGPT2.configJSON(config, special: SpecialTokens(pad: SpecialTokens.none, bos: 257, eos: 257))
+            .write(to: URL(fileURLWithPath: joined(directory, "config.json")))
+        try Self.minimalTokenizerJSON.write(toFile: joined(directory, "tokenizer.json"), atomically: true, encoding: .utf8)
+        return directory
+    }
+
+    /// `minimalByteLevelTokenizer()` as text.
+    static let minimalTokenizerJSON = String(decoding: try! JSONSerialization.data(withJSONObject: minimalByteLevelTokenizer(), options: [.sortedKeys]),
+                                             as: UTF8.self)
+
+    /// Everything a user can get wrong is a sentence naming the file, key or tensor, and writes nothing.
+    func testUnsupportedModelsAndFilesAreRefusedByName() throws {
+        let model = try writeOwnGPT2Directory()
+        func refused(_ arguments: [String], _ expected: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let result = try ddpRun(arguments, expectSuccess: false, file: file, line: line)
+            XCTAssertNotEqual(result.status, 0, result.output, file: file, line: line)
+            XCTAssertTrue(result.stderr.contains(expected), "expected '\(expected)' in: \(result.output)", file: file, line: line)
+        }
+        func variant(_ name: String, config change: (inout [String: Any]) -> Void = { _ in }, removing: String? = nil) throws -> String {
+            let target = path(name)
+            try FileManager.default.copyItem(atPath: model, toPath: target)
+            var json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: joined(target, "config.json")))) as? [String: Any])
+            change(&json)
+            try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: joined(target, "config.json")))
+            if let removing { try FileManager.default.removeItem(atPath: joined(target, removing)) }
+            return target
+        }
+        try refused(["import", "--hf", try variant("llama") { $0["model_type"] = "llama" }, "--output", path("x.h5")], "model_type llama is not supported")
+        try refused(["import", "--hf", try variant("cross") { $0["add_cross_attention"] = true }, "--output", path("x.h5")], "add_cross_attention")
+        try refused(["import", "--hf", try variant("scaled") { $0["scale_attn_by_inverse_layer_idx"] = true }, "--output", path("x.h5")],
+                    "scale_attn_by_inverse_layer_idx")
+        try refused(["import", "--hf", try variant("swish") { $0["activation_function"] = "swish" }, "--output", path("x.h5")], "activation_function swish")
+        try refused(["import", "--hf", try variant("wide") { $0["n_embd"] = 64 }, "--output", path("x.h5")],
+                    "tensor 'transformer.wte.weight' has shape [258, 32], expected [258, 64]")
+        try refused(["import", "--hf", try variant("deeper") { $0["n_layer"] = 3 }, "--output", path("x.h5")], "has no tensor 'transformer.h.2.ln_1.weight'")
+        try refused(["import", "--hf", try variant("shallower") { $0["n_layer"] = 1 }, "--output", path("x.h5")], "has no place for: transformer.h.1.")
+        try refused(["import", "--hf", try variant("notokenizer", removing: "tokenizer.json"), "--output", path("x.h5")], "tokenizer.json: missing")
+        let damaged = try variant("damaged")
+        try Data("not safetensors".utf8).write(to: URL(fileURLWithPath: joined(damaged, "model.safetensors")))
+        try refused(["import", "--hf", damaged, "--output", path("x.h5")], "not a safetensors file")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("x.h5")), "nothing written")
+
+        // Export: other model forms are refused saying what is supported; a directory with files in it is not written into.
+        try ddpRun(["import", "--hf", model, "--output", path("gpt2.h5")])
+        try FileManager.default.createDirectory(atPath: path("full"), withIntermediateDirectories: true)
+        try Data("mine".utf8).write(to: URL(fileURLWithPath: path("full/notes.txt")))
+        try refused(["export", "--checkpoint", path("gpt2.h5"), "--format", "hf", "--output", path("full")], "not empty")
+        XCTAssertEqual(try String(contentsOfFile: path("full/notes.txt"), encoding: .utf8), "mine")
+        try ddpRun(["prepare", "--synthetic", "reverse", "--samples", "40", "--max-length", "12", "--output", path("reverse")])
+        try """
+            model: {kind: encoder-decoder, vocab_size: 260, d_model: 16, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 32,
+                    activation: relu, norm: post, positions: sinusoidal, max_length: 16}
+            data: {directory: \(path("reverse")), source_length: 13, target_length: 13}
+            training: {batch_size: 4, steps: 1, threads: 1}
+            """.write(toFile: path("reverse.yaml"), atomically: true, encoding: .utf8)
+        try ddpRun(["train", "--config", path("reverse.yaml"), "--run-dir", path("reverse-run")])
+        try refused(["export", "--checkpoint", path("reverse-run"), "--format", "hf", "--output", path("out")],
+                    "a GPT2LMHeadModel is a decoder-only model with pre-norm, learned positions and unscaled embeddings; this one's model.kind is encoder-decoder, model.norm is post, model.positions is sinusoidal")
+
+        // --init: data in another tokenizer, and a model section that describes another network, are refused.
+        try """
+            data: {directory: \(path("reverse")), target_length: 13}
+            training: {batch_size: 4, steps: 1, threads: 1}
+            """.write(toFile: path("init.yaml"), atomically: true, encoding: .utf8)
+        try refused(["train", "--config", path("init.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")], "holds seq2seq data")
+        try String(repeating: "ab abc\n", count: 200).write(toFile: path("text.txt"), atomically: true, encoding: .utf8)
+        try ddpRun(["prepare", "--task", "lm", "--input", path("text.txt"), "--output", path("bytes")])
+        try """
+            data: {directory: \(path("bytes")), target_length: 13}
+            training: {batch_size: 4, steps: 1, threads: 1}
+            """.write(toFile: path("init-bytes.yaml"), atomically: true, encoding: .utf8)
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")],
+                    "prepare it with ddp prepare --tokenizer-from")
+        try ddpRun(["prepare", "--task", "lm", "--input", path("text.txt"), "--tokenizer-from", model, "--output", path("gpt2-data")])
+        try """
+            model: {d_model: 64}
+            data: {directory: \(path("gpt2-data")), target_length: 13}
+            training: {batch_size: 4, steps: 1, threads: 1}
+            """.write(toFile: path("init-wide.yaml"), atomically: true, encoding: .utf8)
+        try refused(["train", "--config", path("init-wide.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")], "d_model 32 vs 64")
+    }
+}
