@@ -6,10 +6,10 @@ public struct SpecialTokens: Codable, Hashable, Sendable {
     /// Padding: ignored by the loss and masked as a key; `none` (-1) when the tokenizer has no pad token, and then a
     /// padded position embeds as zeros (as PyTorch's `ignore_index` and an attention mask would treat it).
     public var pad: Int32
-    /// Begin of sequence: the decoder's first input, and a language model's context when the prompt is empty.
+    /// Begin of sequence: the first input of a translation model's decoder.
     public var bos: Int32
-    /// End of sequence: the encoder's last input, the decoder's last label, and the separator of language-model
-    /// documents.
+    /// End of sequence: the encoder's last input, the decoder's last label, the separator of language-model documents,
+    /// and so a language model's context when the prompt is empty.
     public var eos: Int32
     /// Unknown, when the tokenizer has one (reserved: SwiftDDP's tokenizers never produce it).
     public var unk: Int32?

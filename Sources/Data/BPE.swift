@@ -68,15 +68,24 @@ public struct BPE: Equatable, Sendable {
 
     /// Repeatedly applies the lowest-ranked merge present in the piece.
     func encodePiece(_ piece: ArraySlice<UInt8>) -> [Int32] {
-        var ids = piece.map { Int32($0) + Tokenizer.firstByteID }
+        Self.merging(piece.map { Int32($0) + Tokenizer.firstByteID }) { pair in
+            rank[pair].map { ($0, Tokenizer.firstByteID + 256 + $0) }
+        }
+    }
+
+    /// `ids` with merges applied lowest rank first until none applies: `merge` gives a pair's rank and the id it
+    /// becomes, or nil. Each round replaces every occurrence of the lowest-ranked pair, left to right (what applying
+    /// them one at a time, leftmost first, gives). Shared by SwiftDDP's BPE and Hugging Face's.
+    static func merging(_ ids: [Int32], _ merge: (Pair) -> (rank: Int32, id: Int32)?) -> [Int32] {
+        var ids = ids
         while ids.count > 1 {
-            var best: (rank: Int32, index: Int)?
+            var best: (rank: Int32, pair: Pair, id: Int32)?
             for i in 0..<(ids.count - 1) {
-                if let r = rank[Pair(a: ids[i], b: ids[i + 1])], r < (best?.rank ?? .max) { best = (r, i) }
+                let pair = Pair(a: ids[i], b: ids[i + 1])
+                if let found = merge(pair), found.rank < (best?.rank ?? .max) { best = (found.rank, pair, found.id) }
             }
             guard let best else { break }
-            let (a, b) = merges[Int(best.rank)]
-            ids = Self.replacing(Pair(a: a, b: b), with: Tokenizer.firstByteID + 256 + best.rank, in: ids)
+            ids = replacing(best.pair, with: best.id, in: ids)
         }
         return ids
     }

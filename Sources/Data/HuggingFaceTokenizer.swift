@@ -10,12 +10,18 @@ import Foundation
 ///
 /// Supported: model `BPE` (no dropout, no subword prefix or suffix, no byte fallback), pre-tokenizer `ByteLevel`
 /// with `use_regex` and without `add_prefix_space`, no normalizer, post-processor and decoder `ByteLevel` or none,
-/// added tokens without `single_word`, `lstrip` or `rstrip`. Anything else is refused by name.
+/// added tokens without `single_word`, `lstrip` or `rstrip`. Anything else is refused by name. As in `tokenizers`, a
+/// merge listed twice takes its last rank, added tokens that are not `normalized` are cut out before the others, and
+/// a token decodes through the byte table when every character of it is in the table, else as its own UTF-8.
 public struct HuggingFaceTokenizer: Equatable, Sendable {
     /// The `tokenizer.json` text as it was read; written back unchanged by `ddp export --format hf`.
     public let text: String
-    /// The special roles (`<|endoftext|>` both BOS and EOS for GPT-2; no pad token unless the file has `<pad>`).
+    /// The special roles (`<|endoftext|>` both BOS and EOS for GPT-2; no pad token unless the file has a special
+    /// `<pad>`).
     public let specialTokens: SpecialTokens
+    /// What reading made of roles it was given but could not use (a pad id that is also BOS or EOS, or not a special
+    /// token: padding then uses `SpecialTokens.none`), as sentences for the user; not part of equality.
+    public private(set) var notes: [String] = []
     /// The largest id in the vocabulary or the added tokens, plus one.
     public let vocabularySize: Int
     /// Every id's bytes (nil: no token has that id); special added tokens are in `specialIDs`.
@@ -25,8 +31,10 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
     private let byteIDs: [Int32]
     /// Merge (a, b): its rank and the id of the joined token.
     private let merges: [BPE.Pair: (rank: Int32, id: Int32)]
-    /// Added tokens, as UTF-8, longest first (the match `tokenizers` makes is leftmost-longest).
-    private let addedTokens: [(bytes: [UInt8], id: Int32)]
+    /// Added tokens by their first byte, as UTF-8, longest first (the match `tokenizers` makes is leftmost-longest):
+    /// those not `normalized` are cut out of the text first, then the others from what remains.
+    private let addedTokens: (first: AddedTokens, then: AddedTokens)
+    typealias AddedTokens = [UInt8: [(bytes: [UInt8], id: Int32)]]
     /// `model.ignore_merges`: a piece that is itself in the vocabulary is that token.
     private let ignoreMerges: Bool
     private let vocabulary: [[UInt8]: Int32]
@@ -39,10 +47,13 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
     /// Two tokenizers are equal when they were read from the same text with the same special roles.
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.text == rhs.text && lhs.specialTokens == rhs.specialTokens }
 
-    /// Reads a `tokenizer.json` text. `specialTokens` nil takes them from the added tokens: EOS `<|endoftext|>`,
-    /// `</s>` or `<eos>`; BOS `<s>` or `<bos>`, else the EOS; pad `<pad>` or none; unk the model's `unk_token`.
-    /// Throws `Tokenizer.JSONError` naming the key that is unsupported or wrong, and for sizes past `BPE`'s limits.
-    public init(text: String, specialTokens: SpecialTokens? = nil) throws {
+    /// Reads a `tokenizer.json` text with the special roles `specialTokens` (the stored form), or, when it is nil, the
+    /// roles `eos`, `bos` and `pad` (a model's `config.json` ids) and for those not given the file's special added tokens:
+    /// EOS `<|endoftext|>`, `</s>` or `<eos>`; BOS `<s>` or `<bos>`, else the EOS; pad `<pad>` or none; unk the model's
+    /// `unk_token`. A given pad that is BOS, EOS or not a special token is not used (see `notes`). Throws
+    /// `Tokenizer.JSONError` naming the key that is unsupported or wrong, an id outside the vocabulary, and sizes past
+    /// `BPE`'s limits.
+    public init(text: String, specialTokens: SpecialTokens? = nil, eos: Int32? = nil, bos: Int32? = nil, pad: Int32? = nil) throws {
         typealias JSONError = Tokenizer.JSONError
         guard text.utf8.count <= Self.largestFile else {
             throw JSONError(message: "tokenizer.json of \(text.utf8.count) bytes, more than the \(Self.largestFile) SwiftDDP reads")
@@ -97,8 +108,7 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         var tableBytes = 0
         for (token, value) in vocab {
             guard let id = value as? Int else { throw JSONError(message: "tokenizer.json model.vocab entry \(Self.describe(token)) is not an integer id") }
-            // Characters outside GPT-2's table (none in a byte-level vocabulary) stand for their own UTF-8.
-            let bytes = token.unicodeScalars.flatMap { unicodeToByte[$0].map { [$0] } ?? Array(String($0).utf8) }
+            let bytes = Self.bytes(of: token)
             try place(id, bytes, "model.vocab entry \(Self.describe(token))")
             tableBytes += bytes.count
             guard tableBytes <= BPE.largestTable else {
@@ -131,12 +141,11 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
             guard parts.count == 2, let a = textToID[parts[0]], let b = textToID[parts[1]], let joined = textToID[parts[0] + parts[1]] else {
                 throw JSONError(message: "tokenizer.json merge \(rank) \(Self.describe(entry)) does not join two vocabulary tokens into a third")
             }
-            let pair = BPE.Pair(a: a, b: b)
-            if merges[pair] == nil { merges[pair] = (Int32(rank), joined) }
+            merges[BPE.Pair(a: a, b: b)] = (Int32(rank), joined)  // a repeated merge takes its last rank, as in tokenizers
         }
 
         // Added tokens (`<|endoftext|>`): matched in the text before anything else.
-        var added: [(bytes: [UInt8], id: Int32)] = []
+        var added: [(bytes: [UInt8], id: Int32, normalized: Bool)] = []
         var specialIDs = Set<Int32>()
         var specialByContent: [String: Int32] = [:]
         for (index, value) in ((root["added_tokens"] as? [Any]) ?? []).enumerated() {
@@ -146,31 +155,49 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
             for flag in ["single_word", "lstrip", "rstrip"] where (token[flag] as? Bool) == true {
                 throw JSONError(message: "tokenizer.json added token \(Self.describe(content)) has \(flag) true, which is not supported")
             }
-            try place(id, Array(content.utf8), "added token \(Self.describe(content))")
-            added.append((Array(content.utf8), Int32(id)))
-            if (token["special"] as? Bool) == true {
+            try place(id, Self.bytes(of: content), "added token \(Self.describe(content))")
+            let special = (token["special"] as? Bool) == true
+            added.append((Array(content.utf8), Int32(id), (token["normalized"] as? Bool) ?? !special))
+            if special {
                 specialIDs.insert(Int32(id))
                 specialByContent[content] = Int32(id)
             }
         }
         added.sort { $0.bytes.count > $1.bytes.count }
+        var notes: [String] = []
 
         let size = expansions.count
+        func check(_ id: Int32, _ role: String) throws {
+            guard id >= 0 && Int(id) < size else { throw JSONError(message: "the \(role) id \(id) is outside the tokenizer's \(size) ids") }
+        }
         if let specialTokens {
-            for (role, id) in [("pad", specialTokens.pad), ("bos", specialTokens.bos), ("eos", specialTokens.eos)] where id != SpecialTokens.none || role != "pad" {
-                guard id >= 0 && Int(id) < size else {
-                    throw JSONError(message: "the \(role) token id \(id) is outside the tokenizer's \(size) ids")
-                }
-            }
+            try check(specialTokens.eos, "eos_token")
+            try check(specialTokens.bos, "bos_token")
+            if specialTokens.pad != SpecialTokens.none { try check(specialTokens.pad, "pad_token") }
             self.specialTokens = specialTokens
         } else {
-            guard let eos = ["<|endoftext|>", "</s>", "<eos>"].lazy.compactMap({ specialByContent[$0] }).first else {
+            if let eos { try check(eos, "eos_token") }
+            if let bos { try check(bos, "bos_token") }
+            if let pad { try check(pad, "pad_token") }
+            guard let eos = eos ?? ["<|endoftext|>", "</s>", "<eos>"].lazy.compactMap({ specialByContent[$0] }).first else {
                 throw JSONError(message: "tokenizer.json has no special added token <|endoftext|>, </s> or <eos> to end sequences with "
                                          + "(give eos_token_id in the model's config.json)")
             }
-            let bos = ["<s>", "<bos>"].lazy.compactMap { specialByContent[$0] }.first ?? eos
+            let bos = bos ?? ["<s>", "<bos>"].lazy.compactMap { specialByContent[$0] }.first ?? eos
             let unk = (model["unk_token"] as? String).flatMap { textToID[$0] ?? specialByContent[$0] }
-            self.specialTokens = SpecialTokens(pad: specialByContent["<pad>"] ?? SpecialTokens.none, bos: bos, eos: eos, unk: unk)
+            var padding = specialByContent["<pad>"] ?? SpecialTokens.none
+            if let pad {
+                // Padding is ignored by the loss and masked: a pad that is also EOS (what many GPT-2 fine-tunes set) would
+                // drop every real EOS label, and an ordinary token every occurrence of it.
+                if pad == eos || pad == bos || !specialIDs.contains(pad) {
+                    notes.append("pad_token_id \(pad) is " + (pad == eos ? "the EOS token" : pad == bos ? "the BOS token" : "not a special token")
+                                 + ", which padding would hide from the loss: padded positions hold -1 instead")
+                } else {
+                    padding = pad
+                }
+            }
+            if padding == eos || padding == bos { padding = SpecialTokens.none }
+            self.specialTokens = SpecialTokens(pad: padding, bos: bos, eos: eos, unk: unk)
         }
         specialIDs.formUnion(self.specialTokens.ids)
         self.text = text
@@ -179,7 +206,11 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         self.specialIDs = specialIDs
         self.byteIDs = byteIDs
         self.merges = merges
-        self.addedTokens = added
+        func byFirstByte(_ tokens: [(bytes: [UInt8], id: Int32, normalized: Bool)]) -> AddedTokens {
+            Dictionary(grouping: tokens.map { (bytes: $0.bytes, id: $0.id) }, by: { $0.bytes[0] })
+        }
+        self.addedTokens = (byFirstByte(added.filter { !$0.normalized }), byFirstByte(added.filter(\.normalized)))
+        self.notes = notes
         self.ignoreMerges = (model["ignore_merges"] as? Bool) == true
         self.vocabulary = vocabulary
     }
@@ -206,6 +237,17 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
     }()
     static let unicodeToByte: [Unicode.Scalar: UInt8] = Dictionary(uniqueKeysWithValues: byteToUnicode.enumerated().map { ($1, UInt8($0)) })
 
+    /// The bytes a token's text stands for, as the `ByteLevel` decoder gives them: through the byte table when every
+    /// character is in it, else the text's own UTF-8.
+    static func bytes(of token: String) -> [UInt8] {
+        var bytes: [UInt8] = []
+        for scalar in token.unicodeScalars {
+            guard let byte = unicodeToByte[scalar] else { return Array(token.utf8) }
+            bytes.append(byte)
+        }
+        return bytes
+    }
+
     /// The ids of the ordinary tokens: all but the special ones at either end of the id range (GPT-2: 0 ..< 50256).
     public var ordinaryTokens: Range<Int32> {
         var lower: Int32 = 0, upper = Int32(vocabularySize)
@@ -221,43 +263,42 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         var output: [Int32] = []
         var cache: [ArraySlice<UInt8>: [Int32]] = [:]
         let bytes = Array(text.utf8)
-        var start = 0, i = 0
-        func flush(to end: Int) {
-            guard start < end else { return }
-            for piece in Self.pieces(bytes[start..<end]) {
+        func encodeText(_ range: Range<Int>) {
+            for piece in Self.pieces(bytes[range]) {
                 if let cached = cache[piece] { output += cached; continue }
                 let ids = encodePiece(piece)
                 cache[piece] = ids
                 output += ids
             }
         }
-        while i < bytes.count {
-            if let match = addedTokens.first(where: { bytes[i...].starts(with: $0.bytes) }) {
-                flush(to: i)
-                output.append(match.id)
+        // Added tokens that are not normalized are cut out first, then the others from what is left.
+        splitting(bytes, 0..<bytes.count, by: addedTokens.first, token: { output.append($0) }) { range in
+            splitting(bytes, range, by: addedTokens.then, token: { output.append($0) }, text: encodeText)
+        }
+        return output
+    }
+
+    /// Walks `range` of `bytes`, calling `token` for each leftmost-longest occurrence of one of `tokens` and `text` for
+    /// the runs between them.
+    private func splitting(_ bytes: [UInt8], _ range: Range<Int>, by tokens: AddedTokens, token: (Int32) -> Void,
+                           text: (Range<Int>) -> Void) {
+        var start = range.lowerBound, i = range.lowerBound
+        while i < range.upperBound {
+            if let match = tokens[bytes[i]]?.first(where: { i + $0.bytes.count <= range.upperBound && bytes[i..<(i + $0.bytes.count)].elementsEqual($0.bytes) }) {
+                if start < i { text(start..<i) }
+                token(match.id)
                 i += match.bytes.count
                 start = i
             } else {
                 i += 1
             }
         }
-        flush(to: bytes.count)
-        return output
+        if start < range.upperBound { text(start..<range.upperBound) }
     }
 
     private func encodePiece(_ piece: ArraySlice<UInt8>) -> [Int32] {
         if ignoreMerges, let id = vocabulary[Array(piece)] { return [id] }
-        var ids = piece.map { byteIDs[Int($0)] }
-        while ids.count > 1 {
-            var best: (rank: Int32, pair: BPE.Pair, id: Int32)?
-            for i in 0..<(ids.count - 1) {
-                let pair = BPE.Pair(a: ids[i], b: ids[i + 1])
-                if let merge = merges[pair], merge.rank < (best?.rank ?? .max) { best = (merge.rank, pair, merge.id) }
-            }
-            guard let best else { break }
-            ids = BPE.replacing(best.pair, with: best.id, in: ids)
-        }
-        return ids
+        return BPE.merging(piece.map { byteIDs[Int($0)] }) { merges[$0] }
     }
 
     /// GPT-2's pre-tokenisation of UTF-8 `bytes` (no added tokens inside) into pieces, the pattern's alternatives tried in

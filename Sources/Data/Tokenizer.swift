@@ -119,6 +119,7 @@ public enum Tokenizer: Equatable, Sendable {
             let special = tokenizer.specialTokens
             let object: [String: Any] = ["kind": "huggingface", "vocab_size": vocabularySize, "pad": special.pad, "bos": special.bos,
                                          "eos": special.eos, "unk": special.unk.map { $0 as Any } ?? NSNull(), "tokenizer_json": tokenizer.text]
+            // Strings, integers and null only: serialisation cannot fail.
             let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])
             return String(decoding: data ?? Data(), as: UTF8.self)
         }

@@ -2,11 +2,20 @@ import Foundation
 
 /// Text from any editor: UTF-8 files whose lines end in LF, CRLF or CR (a lone CR is an old Mac line end).
 public enum TextFile {
-    /// The file's text; an error naming the file when it cannot be read or is not UTF-8.
-    public static func read(_ path: String) throws(FileError) -> String {
+    /// The file's text; an error naming the file when it cannot be read or is not UTF-8. With `largest` (bytes), the
+    /// path must also be a regular file of at most that size, checked before anything is read (a file from elsewhere:
+    /// neither a FIFO nor a device nor a huge file can hang or exhaust memory).
+    public static func read(_ path: String, largest: Int? = nil) throws(FileError) -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, "does not exist") }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
+        if let largest {
+            let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+            guard (attributes?[.type] as? FileAttributeType) == .typeRegular, let size = (attributes?[.size] as? NSNumber)?.intValue else {
+                throw FileError(path, "is not a regular file")
+            }
+            guard size <= largest else { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
+        }
         guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }
         defer { try? handle.close() }
         let data: Foundation.Data

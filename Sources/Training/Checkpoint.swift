@@ -256,9 +256,8 @@ public enum Checkpoint {
     public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil, parametersOnly: Bool = false) throws -> Header {
         let header = try readHeader(path)
         if parametersOnly {
-            let differences = header.config.model.architectureDifferences(from: model.config)
-            guard differences.isEmpty else {
-                throw CheckpointError(file: path, message: "holds another model than the run's (model keys: \(differences.joined(separator: ", ")))")
+            if let differences = architectureDifferences(header.config.model, model.config) {
+                throw CheckpointError(file: path, message: "holds another model than the run's (\(differences))")
             }
         } else {
             guard header.config.model == model.config else {
@@ -364,6 +363,14 @@ public enum Checkpoint {
     }
 
     /// The model-config keys on which two configs differ, for error messages.
+    /// Nil when `stored` and `expected` describe the same network (`dropout` aside: it is training's, not the
+    /// network's), else the differing keys as `differences` words them.
+    public static func architectureDifferences(_ stored: ModelConfig, _ expected: ModelConfig) -> String? {
+        var stored = stored
+        stored.dropout = expected.dropout
+        return stored == expected ? nil : differences(stored, expected)
+    }
+
     static func differences(_ stored: ModelConfig, _ expected: ModelConfig) -> String {
         guard let a = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(stored)) as? [String: Any],
               let b = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(expected)) as? [String: Any] else { return "configs differ" }

@@ -37,6 +37,8 @@ public enum HuggingFaceGPT2 {
 
     /// A GPT-2 read from a directory: the model's config, its parameters under SwiftDDP's names, and the tokenizer.
     public struct Imported {
+        /// What reading decided that the user should know (an unusable pad id), as sentences.
+        public let notes: [String]
         /// The decoder-only config GPT-2's `config.json` describes.
         public let config: ModelConfig
         /// Every SwiftDDP parameter, by name, in SwiftDDP's shape.
@@ -48,43 +50,56 @@ public enum HuggingFaceGPT2 {
     /// `activation_function` values and the SwiftDDP activation each is.
     static let activations: [String: ModelConfig.Activation] = ["gelu_new": .geluTanh, "gelu_pytorch_tanh": .geluTanh, "gelu": .gelu, "relu": .relu]
 
+    /// Largest `config.json` read.
+    public static let largestConfig = 1 << 20
+
     /// Reads `directory`'s `config.json`, `model.safetensors` and `tokenizer.json`. Throws `ConversionError` naming
-    /// the file and key for another architecture (`model_type` other than gpt2, cross-attention, scaled or reordered
-    /// attention variants, another LayerNorm epsilon or activation), missing or misshapen tensors, or tensors
-    /// SwiftDDP has no place for.
+    /// the file and key for another architecture (`model_type` other than gpt2, cross-attention, scaled attention
+    /// variants, another LayerNorm epsilon or activation), missing, misshapen or non-finite tensors, or tensors
+    /// SwiftDDP has no place for. (`reorder_and_upcast_attn` only changes float16 rounding: accepted.)
     public static func read(directory: String) throws -> Imported {
         let configPath = Paths.join(directory, "config.json")
         func fail(_ file: String, _ message: String) -> ConversionError { ConversionError(file: file, message: message) }
-        guard let configData = FileManager.default.contents(atPath: configPath), configData.count <= 1 << 20,
-              let json = try? JSONSerialization.jsonObject(with: configData) as? [String: Any] else {
-            throw fail(configPath, "missing, larger than 1 MiB or not a JSON object: a Hugging Face model directory has a config.json")
-        }
+        let json = try readConfig(configPath)
         guard let type = json["model_type"] as? String, type == "gpt2" else {
             throw fail(configPath, "model_type \(json["model_type"].map { "\($0)" } ?? "(missing)") is not supported: only gpt2 (GPT2LMHeadModel) is")
         }
-        func integer(_ key: String, _ fallback: Int? = nil) throws -> Int {
-            if let value = json[key] as? Int { return value }
-            if let fallback, json[key] == nil || json[key] is NSNull { return fallback }
-            throw fail(configPath, "key '\(key)' is \(json[key].map { "\($0)" } ?? "missing"), not an integer")
+        func shown(_ value: Any?) -> String {
+            guard let value else { return "missing" }
+            return value is String ? "\"\(value)\" (a string)" : "\(value)"
         }
-        func flag(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? Bool) ?? fallback }
-        if flag("add_cross_attention", false) { throw fail(configPath, "add_cross_attention true (cross-attention) is not supported") }
-        if !flag("scale_attn_weights", true) { throw fail(configPath, "scale_attn_weights false (unscaled attention) is not supported") }
-        if flag("scale_attn_by_inverse_layer_idx", false) {
+        /// The key's value as `T`, `fallback` when absent or null (nil: required), or an error naming the key.
+        func value<T>(_ key: String, _ fallback: T?, _ kind: String) throws -> T {
+            guard let raw = json[key], !(raw is NSNull) else {
+                if let fallback { return fallback }
+                throw fail(configPath, "key '\(key)' is missing")
+            }
+            if let typed = raw as? T { return typed }
+            if T.self == Double.self, let whole = raw as? Int { return Double(whole) as! T }
+            throw fail(configPath, "key '\(key)' is \(shown(raw)), not \(kind)")
+        }
+        func integer(_ key: String, _ fallback: Int? = nil) throws -> Int { try value(key, fallback, "an integer") }
+        func flag(_ key: String, _ fallback: Bool) throws -> Bool { try value(key, fallback, "true or false") }
+        if try flag("add_cross_attention", false) { throw fail(configPath, "add_cross_attention true (cross-attention) is not supported") }
+        if try !flag("scale_attn_weights", true) { throw fail(configPath, "scale_attn_weights false (unscaled attention) is not supported") }
+        if try flag("scale_attn_by_inverse_layer_idx", false) {
             throw fail(configPath, "scale_attn_by_inverse_layer_idx true (attention scaled by layer) is not supported")
         }
-        let epsilon = (json["layer_norm_epsilon"] as? Double) ?? 1e-5
+        let epsilon: Double = try value("layer_norm_epsilon", 1e-5, "a number")
         guard abs(epsilon - Double(layerNormEpsilon)) <= 1e-12 else {
             throw fail(configPath, "layer_norm_epsilon \(epsilon) is not supported: SwiftDDP's LayerNorm uses \(layerNormEpsilon)")
         }
-        let activationName = (json["activation_function"] as? String) ?? "gelu_new"
+        let activationName: String = try value("activation_function", "gelu_new", "a string")
         guard let activation = activations[activationName] else {
             throw fail(configPath, "activation_function \(activationName) is not supported (\(activations.keys.sorted().joined(separator: ", ")) are)")
         }
-        let c = try integer("n_embd"), vocabulary = try integer("vocab_size"), positions = try integer("n_positions", try integer("n_ctx", 1024))
-        let tied = flag("tie_word_embeddings", true)
+        let c = try integer("n_embd"), vocabulary = try integer("vocab_size")
+        let positions = json["n_positions"] != nil ? try integer("n_positions") : try integer("n_ctx", 1024)
+        let tied = try flag("tie_word_embeddings", true)
+        // n_inner null means 4 x n_embd, computed only for an n_embd the model can have (no overflow).
+        let inner = try integer("n_inner", (1...ModelConfig.limits.dModel).contains(c) ? 4 * c : 0)
         let config = ModelConfig(kind: .decoderOnly, vocabSize: vocabulary, dModel: c, heads: try integer("n_head"), encoderLayers: 0,
-                                 decoderLayers: try integer("n_layer"), dFF: try integer("n_inner", 4 * c), activation: activation, norm: .pre,
+                                 decoderLayers: try integer("n_layer"), dFF: inner, activation: activation, norm: .pre,
                                  positions: .learned, maxLength: positions,
                                  dropout: 0, tiedEmbeddings: tied, scaleEmbedding: false)
         do { try config.validate() } catch {
@@ -93,16 +108,26 @@ public enum HuggingFaceGPT2 {
 
         // The tokenizer, with the special tokens config.json names (when they are inside the vocabulary).
         let tokenizerPath = Paths.join(directory, "tokenizer.json")
-        guard let tokenizerData = FileManager.default.contents(atPath: tokenizerPath) else {
+        guard FileManager.default.fileExists(atPath: tokenizerPath) else {
             throw fail(tokenizerPath, "missing: the model's tokenizer is needed to train and evaluate on text")
         }
-        let tokenizer = try readTokenizer(String(decoding: tokenizerData, as: UTF8.self), file: tokenizerPath, modelConfig: json)
+        let (tokenizer, notes) = try readTokenizer(tokenizerPath, modelConfig: json, configPath: configPath)
         guard tokenizer.vocabularySize <= vocabulary else {
             throw fail(tokenizerPath, "has \(tokenizer.vocabularySize) token ids, more than the model's vocab_size \(vocabulary)")
         }
 
+        // Memory for the converted tensors, the model's parameters and gradients and AdamW's two moments, before any is read.
+        let parameterCount = TransformerModel.parameterLayout(for: config).count
+        if let shortfall = MemoryBudget.shortfall(Double(parameterCount) * 4 * 5, for: "importing a model of \(parameterCount) parameters") {
+            throw fail(configPath, shortfall)
+        }
+
         // The tensors.
         let weightsPath = Paths.join(directory, "model.safetensors")
+        if !FileManager.default.fileExists(atPath: weightsPath) && FileManager.default.fileExists(atPath: weightsPath + ".index.json") {
+            throw fail(weightsPath + ".index.json", "a checkpoint sharded over several files is not supported: save it as one model.safetensors "
+                                                    + "(save_pretrained(..., max_shard_size=\"100GB\"))")
+        }
         let file: Safetensors.File
         do { file = try Safetensors.File(weightsPath) } catch { throw fail(weightsPath, "\(error)".replacingOccurrences(of: weightsPath + ": ", with: "")) }
         let prefix = file.entries["transformer.wte.weight"] != nil ? "transformer." : ""
@@ -146,39 +171,59 @@ public enum HuggingFaceGPT2 {
             throw fail(weightsPath, "holds tensors a GPT2LMHeadModel of this config.json has no place for: "
                                     + unknown.prefix(5).joined(separator: ", ") + (unknown.count > 5 ? " and \(unknown.count - 5) more" : ""))
         }
-        return Imported(config: config, parameters: parameters, tokenizer: tokenizer)
+        let nonFinite = parameters.filter { $0.value.contains { !$0.isFinite } }.keys.sorted()
+        guard nonFinite.isEmpty else {
+            throw fail(weightsPath, "holds values that are not finite (NaN or infinity) in the tensors that become " + nonFinite.joined(separator: ", "))
+        }
+        return Imported(notes: notes, config: config, parameters: parameters, tokenizer: tokenizer)
     }
 
-    /// A `tokenizer.json` with the special tokens a model's `config.json` (`modelConfig`) names: `eos_token_id`,
-    /// `bos_token_id` and `pad_token_id` when they are ids of the tokenizer, else those the tokenizer's added tokens
-    /// imply (`HuggingFaceTokenizer.init`). Throws `ConversionError` naming `file`.
-    public static func readTokenizer(_ text: String, file: String, modelConfig: [String: Any]?) throws -> Tokenizer {
-        do {
-            let inferred = try HuggingFaceTokenizer(text: text)
-            var special = inferred.specialTokens
-            func id(_ key: String) -> Int32? {
-                guard let value = modelConfig?[key] as? Int, value >= 0, value < inferred.vocabularySize else { return nil }
-                return Int32(value)
+    /// A model directory's `config.json` as a JSON object: a regular file of at most `largestConfig` bytes.
+    static func readConfig(_ path: String) throws -> [String: Any] {
+        let text: String
+        do { text = try TextFile.read(path, largest: largestConfig) } catch {
+            throw ConversionError(file: path, message: "\(error.message): a Hugging Face model directory has a config.json")
+        }
+        guard let json = try? JSONSerialization.jsonObject(with: Foundation.Data(text.utf8)) as? [String: Any] else {
+            throw ConversionError(file: path, message: "is not a JSON object")
+        }
+        return json
+    }
+
+    /// The `tokenizer.json` at `file` with the special tokens a model's `config.json` (`modelConfig`, read from
+    /// `configPath`) names: `eos_token_id`, `bos_token_id` and `pad_token_id` (integers of the vocabulary, or null),
+    /// else those the tokenizer's added tokens imply (`HuggingFaceTokenizer.init`); with what the user should know of
+    /// them. Throws `ConversionError` naming the file or key.
+    public static func readTokenizer(_ file: String, modelConfig: [String: Any]?, configPath: String?) throws -> (Tokenizer, notes: [String]) {
+        let text: String
+        do { text = try TextFile.read(file, largest: HuggingFaceTokenizer.largestFile) } catch {
+            throw ConversionError(file: file, message: error.message)
+        }
+        var ids: [String: Int32] = [:]
+        for key in ["eos_token_id", "bos_token_id", "pad_token_id"] {
+            guard let value = modelConfig?[key], !(value is NSNull) else { continue }
+            guard let id = value as? Int, let small = Int32(exactly: id), small >= 0 else {
+                throw ConversionError(file: configPath ?? file, message: "key '\(key)' is \(value), not one token id (lists of ids are not supported)")
             }
-            special.eos = id("eos_token_id") ?? special.eos
-            special.bos = id("bos_token_id") ?? special.bos
-            special.pad = id("pad_token_id") ?? special.pad
-            return .huggingFace(special == inferred.specialTokens ? inferred : try HuggingFaceTokenizer(text: text, specialTokens: special))
+            ids[key] = small
+        }
+        do {
+            let tokenizer = try HuggingFaceTokenizer(text: text, eos: ids["eos_token_id"], bos: ids["bos_token_id"], pad: ids["pad_token_id"])
+            return (.huggingFace(tokenizer), tokenizer.notes.map { "\(configPath ?? file): \($0)" })
         } catch {
-            throw ConversionError(file: file, message: "\(error)")
+            throw ConversionError(file: file, message: "\(error)" + (ids.isEmpty ? "" : " (with the special token ids of \(configPath ?? "config.json"))"))
         }
     }
 
     /// Reads a tokenizer from `path`: a `tokenizer.json`, or a model directory holding one (and a `config.json` whose
     /// special token ids are used). Throws `ConversionError` naming the file.
-    public static func readTokenizer(at path: String) throws -> Tokenizer {
+    public static func readTokenizer(at path: String) throws -> (Tokenizer, notes: [String]) {
         var isDirectory: ObjCBool = false
         _ = FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory)
-        let file = isDirectory.boolValue ? Paths.join(path, "tokenizer.json") : path
-        guard let data = FileManager.default.contents(atPath: file) else { throw ConversionError(file: file, message: "cannot be read") }
-        let configData = isDirectory.boolValue ? FileManager.default.contents(atPath: Paths.join(path, "config.json")) : nil
-        let config = configData.flatMap { try? JSONSerialization.jsonObject(with: $0) as? [String: Any] }
-        return try readTokenizer(String(decoding: data, as: UTF8.self), file: file, modelConfig: config)
+        guard isDirectory.boolValue else { return try readTokenizer(path, modelConfig: nil, configPath: nil) }
+        let configPath = Paths.join(path, "config.json")
+        let config = FileManager.default.fileExists(atPath: configPath) ? try readConfig(configPath) : nil
+        return try readTokenizer(Paths.join(path, "tokenizer.json"), modelConfig: config, configPath: config == nil ? nil : configPath)
     }
 
     /// `values` [rows, columns] (a Conv1D weight [in, out]) transposed to torch's [out, in], only `columnRange`'s columns.
@@ -211,7 +256,7 @@ public enum HuggingFaceGPT2 {
         var object: [String: Any] = [
             "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocabSize, "n_positions": config.maxLength,
             "n_embd": config.dModel, "n_layer": config.decoderLayers, "n_head": config.heads, "n_inner": config.dFF,
-            "activation_function": activation, "layer_norm_epsilon": Double(layerNormEpsilon), "resid_pdrop": Double(config.dropout),
+            "activation_function": activation, "layer_norm_epsilon": 1e-5, "resid_pdrop": Double(config.dropout),
             "embd_pdrop": Double(config.dropout), "attn_pdrop": 0.0, "scale_attn_weights": true, "tie_word_embeddings": config.tiedEmbeddings,
             "bos_token_id": special.bos, "eos_token_id": special.eos, "torch_dtype": "float32",
         ]

@@ -333,7 +333,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             return old == new ? nil : (key, old, new)
         }
     }
-    /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys).
+
     /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys). With
     /// `baseModel` (`ddp train --init`), the `model` section may be left out or give only some keys: the others are the
     /// base's.

@@ -86,9 +86,9 @@ public enum Safetensors {
         public init(_ path: String) throws {
             self.path = path
             func fail(_ message: String) -> ReadError { ReadError(file: path, message: message) }
-            var isDirectory: ObjCBool = false
-            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else {
-                throw fail("no such file")
+            guard FileManager.default.fileExists(atPath: path) else { throw fail("no such file") }
+            guard (try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType) == .typeRegular else {
+                throw fail("is not a regular file")
             }
             do { data = try Foundation.Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
                 throw fail("cannot be read: \(error.localizedDescription)")
@@ -111,16 +111,24 @@ public enum Safetensors {
                     throw fail("tensor '\(name)' lacks a dtype, shape or two data_offsets")
                 }
                 guard let size = sizes[dtype] else { throw fail("tensor '\(name)' has dtype \(dtype); only F32, F16, BF16 and F64 are read") }
+                guard shape.allSatisfy({ $0 >= 0 }) else { throw fail("tensor '\(name)' has shape \(shape), with a negative size") }
                 var count = 1
                 for dimension in shape {
                     let (product, overflow) = count.multipliedReportingOverflow(by: dimension)
-                    guard dimension >= 0, !overflow, product <= dataCount else { throw fail("tensor '\(name)' has shape \(shape), larger than the file") }
+                    guard !overflow, product <= dataCount else { throw fail("tensor '\(name)' has shape \(shape), larger than the file") }
                     count = product
                 }
                 guard offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataCount, offsets[1] - offsets[0] == count * size else {
                     throw fail("tensor '\(name)' has data_offsets \(offsets) that do not hold its \(count) \(dtype) values inside the file's \(dataCount) data bytes")
                 }
                 entries[name] = (dtype, shape, offsets[0]..<offsets[1])
+            }
+            // Each byte of data belongs to one tensor at most (as the reference reader requires): overlapping tensors
+            // would let a small file stand for an enormous model.
+            let ranges = entries.values.map(\.range).filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
+            for (a, b) in zip(ranges, ranges.dropFirst()) where b.lowerBound < a.upperBound {
+                let names = entries.filter { $0.value.range == a || $0.value.range == b }.keys.sorted()
+                throw fail("tensors \(names.joined(separator: " and ")) overlap in the file (data_offsets \(a) and \(b))")
             }
             self.entries = entries
         }

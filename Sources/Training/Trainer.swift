@@ -299,6 +299,11 @@ public final class Trainer {
             if let initial = initialParameters {
                 try decideOnRank0("initial parameters", watchdog: run.watchdog) {
                     let header = try Checkpoint.load(initial, into: run.model, parametersOnly: true)
+                    let nonFinite = Checkpoint.nonFiniteTensors(run.model)
+                    guard nonFinite.isEmpty else {
+                        throw TrainingError("\(initial) holds parameters that are not finite (NaN or infinity) in "
+                                            + nonFinite.map { "\($0.name) (\($0.count))" }.joined(separator: ", ") + "; it cannot start a run")
+                    }
                     if let tokenizer = header.tokenizer, tokenizer != run.train.tokenizer {
                         throw TrainingError("the training data in \(config.data.directory) is encoded with a \(run.train.tokenizer.kind) tokenizer of "
                                             + "\(run.train.tokenizer.vocabularySize) ids, not the \(tokenizer.kind) tokenizer of \(initial) "

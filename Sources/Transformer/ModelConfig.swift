@@ -26,7 +26,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
 
     /// `kind`: which of the two model forms.
     public var kind: Kind
-    /// `vocab_size`: token ids 0 ..< vocabSize (0-3 the special tokens).
+    /// `vocab_size`: token ids 0 ..< vocabSize (the special tokens among them are the tokenizer's).
     public var vocabSize: Int
     /// `d_model`: the width C of every hidden state (even; a multiple of `heads`).
     public var dModel: Int
@@ -105,17 +105,6 @@ public struct ModelConfig: Codable, Equatable, Sendable {
                   positions: try value(.positions, base?.positions), maxLength: try value(.maxLength, base?.maxLength),
                   dropout: try value(.dropout, base?.dropout ?? 0), tiedEmbeddings: try value(.tiedEmbeddings, base?.tiedEmbeddings ?? true),
                   scaleEmbedding: try values.decodeIfPresent(Bool.self, forKey: .scaleEmbedding) ?? base?.scaleEmbedding)
-    }
-
-    /// The keys on which `other` describes a different network (every key but `dropout`), as "key: mine vs other".
-    public func architectureDifferences(from other: ModelConfig) -> [String] {
-        func keys(_ c: ModelConfig) -> [(String, String)] {
-            [("kind", c.kind.rawValue), ("vocab_size", "\(c.vocabSize)"), ("d_model", "\(c.dModel)"), ("heads", "\(c.heads)"),
-             ("encoder_layers", "\(c.encoderLayers)"), ("decoder_layers", "\(c.decoderLayers)"), ("d_ff", "\(c.dFF)"),
-             ("activation", c.activation.rawValue), ("norm", c.norm.rawValue), ("positions", c.positions.rawValue),
-             ("max_length", "\(c.maxLength)"), ("tied_embeddings", "\(c.tiedEmbeddings)"), ("scale_embedding", "\(c.scaleEmbedding)")]
-        }
-        return zip(keys(self), keys(other)).compactMap { $0.1 == $1.1 ? nil : "\($0.0) \($0.1) vs \($1.1)" }
     }
 
     /// Largest values the keys may take: far beyond any model a CPU trains, and small enough that no size computed

@@ -124,6 +124,8 @@ struct Eval: ParsableCommand {
             let (evaluated, temporary) = try dataSplit(run: run, header: header)
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             try check(evaluated, against: header, checkpoint: path)
+            // The data's tokenizer is the checkpoint's (checked), or the only one there is for a checkpoint stored without.
+            model.specialTokens = evaluated.tokenizer.specialTokens
             var plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,
                                       decodeSamples: maxDecode ?? .max, decoding: decoding.method)
             plan.masking = run.evaluationMasking(tokenizer: evaluated.tokenizer)

@@ -37,7 +37,7 @@ struct Export: ParsableCommand {
 
     @OptionGroup var checkpoint: CheckpointOption
 
-    @Option(help: "The safetensors file to write.")
+    @Option(help: "The safetensors file to write (--format hf: the directory, new or empty).")
     var output: String
 
     func run() throws {
@@ -56,42 +56,52 @@ struct Export: ParsableCommand {
         print("\(output): \(model.layout.views.count) tensors, \(model.layout.count) parameters, \(formatBytes(bytes)) (from \(path), step \(header.state.step))")
     }
 
-    /// `--format hf`: the checkpoint as a GPT2LMHeadModel directory.
+    /// `--format hf`: the checkpoint as a GPT2LMHeadModel directory, written into a temporary directory beside the
+    /// output and renamed onto it when complete (onto an empty directory too), so an interrupted or failed export
+    /// leaves nothing behind.
     private func exportGPT2(_ path: String, inputs: [String]) throws {
         let header = try Checkpoint.readHeader(path)
         if let reason = HuggingFaceGPT2.unsupportedReason(header.config.model) {
-            throw ValidationError("\(path) cannot be exported as a Hugging Face GPT-2: \(reason). --format safetensors exports any model.")
+            throw ModelInputError("\(path) cannot be exported as a Hugging Face GPT-2: \(reason). --format safetensors exports any model.")
         }
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw ValidationError("--output \(output) is a file; --format hf writes a directory.") }
+            guard isDirectory.boolValue else { throw ModelInputError("--output \(output) is a file; --format hf writes a directory") }
             let contents = (try? FileManager.default.contentsOfDirectory(atPath: output)) ?? []
             guard contents.isEmpty else {
-                throw ValidationError("--output \(output) is a directory that is not empty (it holds \(contents.sorted().prefix(3).joined(separator: ", ")))"
-                                      + "; give a new or empty directory.")
+                throw ModelInputError("--output \(output) is a directory that is not empty (it holds "
+                                            + "\(contents.sorted().prefix(3).joined(separator: ", "))); give a new or empty directory")
             }
+        }
+        let parent = Paths.parent(output)
+        guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw ModelInputError("--output \(output): its directory \(parent) does not exist")
         }
         let (model, _) = try Checkpoint.loadModel(path, maxBatch: 1)
         let special = header.tokenizer?.specialTokens ?? .standard
-        let files = ["config.json", "model.safetensors", "tokenizer.json"].map { Paths.join(output, $0) }
-        let created = !FileManager.default.fileExists(atPath: output)
-        do { try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true) } catch {
-            throw ValidationError("--output \(output) cannot be created: \(error.localizedDescription)")
-        }
-        var written: [String] = []
+        let temporary = Paths.join(parent, ".\(Paths.lastComponent(output)).\(UUID().uuidString.prefix(8)).tmp")
+        RemoveOnSignal.install(removing: temporary)
         do {
-            // A failure leaves the output as it was: the directory removed when this command made it, else emptied again.
-            defer { if written.count < 2 { for file in files { try? FileManager.default.removeItem(atPath: file) } } }
-            for file in files { try OutputFile.check(file, inputs: inputs) }
-            let bytes = try Safetensors.write(HuggingFaceGPT2.tensors(of: model), metadata: ["format": "pt"], to: files[1], inputs: inputs)
-            try OutputFile.write(files[0], data: try HuggingFaceGPT2.configJSON(model.config, special: special), inputs: inputs)
-            written = ["config.json", "model.safetensors (\(formatBytes(bytes)))"]
+            try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
+        } catch {
+            throw ModelInputError("--output \(output): cannot create a directory beside it (\(describe(error)))")
+        }
+        var written = ["config.json"]
+        do {
+            let bytes = try Safetensors.write(HuggingFaceGPT2.tensors(of: model), metadata: ["format": "pt"],
+                                              to: Paths.join(temporary, "model.safetensors"), inputs: inputs)
+            try OutputFile.write(Paths.join(temporary, "config.json"), data: try HuggingFaceGPT2.configJSON(model.config, special: special), inputs: inputs)
+            written.append("model.safetensors (\(formatBytes(bytes)))")
             if case .huggingFace(let tokenizer) = header.tokenizer {
-                try OutputFile.write(files[2], data: Foundation.Data(tokenizer.text.utf8), inputs: inputs)
+                try OutputFile.write(Paths.join(temporary, "tokenizer.json"), data: Foundation.Data(tokenizer.text.utf8), inputs: inputs)
                 written.append("tokenizer.json")
             }
+            // rename(2) replaces an empty directory and refuses one that is not (it may have filled meanwhile).
+            guard rename(temporary, output) == 0 else {
+                throw ModelInputError("--output \(output) cannot be written: \(String(cString: strerror(errno)))")
+            }
         } catch {
-            if created { try? FileManager.default.removeItem(atPath: output) }
+            try? FileManager.default.removeItem(atPath: temporary)
             throw error
         }
         print("\(output): a GPT2LMHeadModel (\(written.joined(separator: ", "))) from \(path), step \(header.state.step)"

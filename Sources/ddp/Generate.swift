@@ -190,6 +190,7 @@ struct UTF8Stream {
 
     /// Length of the longest prefix that does not end inside a multi-byte character.
     private func completePrefix(_ bytes: [UInt8]) -> Int {
+        guard !bytes.isEmpty else { return 0 }  // tokens without text (special ones, ids past the tokenizer's) so far
         // Look back at most 3 bytes for the lead byte of the last character.
         for back in 1...min(4, bytes.count) {
             let byte = bytes[bytes.count - back]

@@ -13,7 +13,7 @@ struct Import: ParsableCommand {
         discussion: """
             --hf DIR is a GPT2LMHeadModel directory as transformers' save_pretrained writes it (config.json, \
             model.safetensors, tokenizer.json). The output is one checkpoint file: a decoder-only, pre-norm model with \
-            learned positions, tied embeddings and GPT-2's activation, its parameters converted as README.md \
+            learned positions, GPT-2's tied embeddings (or its untied lm_head) and activation, its parameters converted as README.md \
             "Hugging Face models" lists, the tokenizer stored with it, step 0 and fresh AdamW moments. Fine-tune it \
             with ddp train --init CHECKPOINT on data prepared with --tokenizer-from DIR. Other architectures and \
             configs SwiftDDP cannot build are refused by name. The output must not be a directory or an input.
@@ -34,6 +34,7 @@ struct Import: ParsableCommand {
         try OutputFile.check(output, inputs: inputs)
         RemoveOnSignal.install()
         let imported = try HuggingFaceGPT2.read(directory: hf)
+        for note in imported.notes { FileHandle.standardError.write(Foundation.Data("import: \(note)\n".utf8)) }
         let config = imported.config
         // The run config stored with it: the model, and data lengths that fit its positions (a fine-tuning run's own
         // config replaces everything but the model).
@@ -47,9 +48,9 @@ struct Import: ParsableCommand {
         let run = try RunConfig.parse(yaml, file: "ddp import")
         let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: config.maxLength)
         for view in model.layout.views {
-            guard let values = imported.parameters[view.name], values.count == view.count else {
-                throw ValidationError("internal: no converted tensor for \(view.name)")
-            }
+            // Every parameter of the layout was converted, with its shape checked (`HuggingFaceGPT2.read`).
+            let values = imported.parameters[view.name] ?? []
+            precondition(values.count == view.count, "no converted tensor for \(view.name)")
             _ = model.parameters[view].update(fromContentsOf: values)
         }
         model.specialTokens = imported.tokenizer.specialTokens
@@ -61,4 +62,13 @@ struct Import: ParsableCommand {
               + "\(config.heads) heads, context \(config.maxLength), vocab \(config.vocabSize), \(config.activation.rawValue)); tokenizer "
               + "\(imported.tokenizer.kind) (EOS \(special.eos), BOS \(special.bos), " + (special.pad == SpecialTokens.none ? "no pad token)" : "pad \(special.pad))"))
     }
+}
+
+/// A model, tokenizer, export target or `--init` checkpoint that cannot be used, found while running (exit 1, no usage
+/// text).
+struct ModelInputError: Error, CustomStringConvertible {
+    /// The sentence.
+    let description: String
+
+    init(_ description: String) { self.description = description }
 }

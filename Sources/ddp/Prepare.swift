@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Files
 import Foundation
 import Training
 
@@ -47,15 +48,15 @@ struct Prepare: ParsableCommand {
     @Option(help: "Directory to write the shards into.")
     var output: String
 
-    @Option(help: "byte (260 tokens) or bpe (trained on the input).")
-    var tokenizer: PrepareOptions.TokenizerKind = .byte
+    @Option(help: "byte (260 tokens, the default) or bpe (trained on the input).")
+    var tokenizer: PrepareOptions.TokenizerKind?
 
     @Option(help: ArgumentHelp("Encode with an existing tokenizer: a Hugging Face tokenizer.json, a model directory holding one (its config.json's special token ids are used), or a SwiftDDP checkpoint's.",
                                valueName: "path"))
     var tokenizerFrom: String?
 
-    @Option(help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included).")
-    var vocabSize = 4096
+    @Option(help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included; default 4096).")
+    var vocabSize: Int?
 
     @Option(help: "Shards per split.")
     var shards = 1
@@ -89,17 +90,22 @@ struct Prepare: ParsableCommand {
         guard (0..<1).contains(validFraction) else { throw ValidationError("--valid-fraction must be in [0, 1), got \(validFraction).") }
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
         if let maxPairTokens, maxPairTokens < 1 { throw ValidationError("--max-length must be at least 1, got \(maxPairTokens).") }
-        if tokenizer == .bpe && vocabSize <= 260 { throw ValidationError("--vocab-size must exceed 260 for bpe, got \(vocabSize).") }
-        if tokenizer == .bpe && vocabSize > 260 + BPE.largestMergeCount {
-            throw ValidationError("--vocab-size must be at most \(260 + BPE.largestMergeCount) for bpe, got \(vocabSize).")
+        if tokenizerFrom != nil && (tokenizer != nil || vocabSize != nil) {
+            throw ValidationError("--tokenizer-from encodes with an existing tokenizer; --tokenizer and --vocab-size build one. Give one or the other.")
+        }
+        if tokenizer != .bpe && vocabSize != nil { throw ValidationError("--vocab-size is for --tokenizer bpe.") }
+        let size = vocabSize ?? Self.defaultVocabularySize
+        if tokenizer == .bpe && size <= 260 { throw ValidationError("--vocab-size must exceed 260 for bpe, got \(size).") }
+        if tokenizer == .bpe && size > 260 + BPE.largestMergeCount {
+            throw ValidationError("--vocab-size must be at most \(260 + BPE.largestMergeCount) for bpe, got \(size).")
         }
     }
 
     func run() throws {
         var options = PrepareOptions(output: output)
-        options.tokenizer = tokenizer
+        options.tokenizer = tokenizer ?? .byte
         if let tokenizerFrom { options.fixedTokenizer = try Self.readTokenizer(tokenizerFrom) }
-        options.vocabularySize = vocabSize
+        options.vocabularySize = vocabSize ?? Self.defaultVocabularySize
         options.shards = shards
         options.validFraction = validFraction
         options.seed = seed
@@ -128,12 +134,18 @@ struct Prepare: ParsableCommand {
         print(summary)
     }
 
-    /// The tokenizer `--tokenizer-from` names: a checkpoint's (an HDF5 file), or a Hugging Face `tokenizer.json` or
-    /// model directory.
+    /// `--vocab-size` when not given.
+    static let defaultVocabularySize = 4096
+
+    /// The tokenizer `--tokenizer-from` names: a checkpoint's (an HDF5 file, or a run directory's latest), or a Hugging
+    /// Face `tokenizer.json` or model directory.
     static func readTokenizer(_ path: String) throws -> Tokenizer {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw ValidationError("--tokenizer-from \(path) does not exist.")
+        }
+        if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName)) {
+            return try readTokenizer(try Checkpoint.resolve(path))
         }
         let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
         if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
@@ -143,6 +155,8 @@ struct Prepare: ParsableCommand {
             }
             return tokenizer
         }
-        return try HuggingFaceGPT2.readTokenizer(at: path)
+        let (tokenizer, notes) = try HuggingFaceGPT2.readTokenizer(at: path)
+        for note in notes { FileHandle.standardError.write(Foundation.Data("prepare: \(note)\n".utf8)) }
+        return tokenizer
     }
 }

@@ -48,10 +48,11 @@ final class HuggingFaceTokenizerTests: XCTestCase {
         XCTAssertEqual(tokenizer.decode(whole), text, "decoding restores the text")
         XCTAssertEqual(expected["decoded_whole"] as? Bool, true, "and tokenizers' own decoding does too")
         XCTAssertEqual(try Tokenizer(json: tokenizer.json), tokenizer, "the stored form reads back equal")
-        // An added special token in the text is that token, and decoding skips it as the package's decode does.
-        let marked = "one<|endoftext|>two"
-        XCTAssertEqual(tokenizer.encode(marked), tokenizer.encode("one") + [0] + tokenizer.encode("two"))
-        XCTAssertEqual(tokenizer.decode(tokenizer.encode(marked)), "onetwo")
+        // Added tokens in the text (special, not normalized, normalized and overlapping, one in the byte table's
+        // characters): the package's ids, and its decoding (special tokens skipped, "Ġfoo" through the byte table).
+        let marked = try XCTUnwrap(expected["marked_text"] as? String)
+        XCTAssertEqual(tokenizer.encode(marked), try XCTUnwrap(expected["marked"] as? [Int]).map(Int32.init))
+        XCTAssertEqual(tokenizer.decode(tokenizer.encode(marked)), try XCTUnwrap(expected["marked_decoded"] as? String))
     }
 
     /// GPT-2's pre-tokenisation pattern on cases written out by hand (what the regular expression matches).
@@ -104,8 +105,25 @@ final class HuggingFaceTokenizerTests: XCTestCase {
         }
         XCTAssertThrowsError(try HuggingFaceTokenizer(text: "{\"model\": ")) { XCTAssertTrue("\($0)".contains("not a Hugging Face tokenizer.json"), "\($0)") }
         XCTAssertThrowsError(try HuggingFaceTokenizer(text: try tokenizerJSON { _ in }, specialTokens: SpecialTokens(pad: -1, bos: 0, eos: 900))) {
-            XCTAssertTrue("\($0)".contains("eos token id 900"), "\($0)")
+            XCTAssertTrue("\($0)".contains("eos_token id 900 is outside the tokenizer's 258 ids"), "\($0)")
         }
+        // Ids a model's config.json gives: an EOS needs no special added token; a pad that is the EOS (as many GPT-2
+        // fine-tunes set) would hide every EOS from the loss, so padding uses -1 and the note says why.
+        let unmarked = try HuggingFaceTokenizer(text: try tokenizerJSON { $0["added_tokens"] = [] }, eos: 256, bos: 256)
+        XCTAssertEqual(unmarked.specialTokens, SpecialTokens(pad: SpecialTokens.none, bos: 256, eos: 256))
+        let padIsEOS = try HuggingFaceTokenizer(text: try tokenizerJSON { _ in }, eos: 257, pad: 257)
+        XCTAssertEqual(padIsEOS.specialTokens.pad, SpecialTokens.none)
+        XCTAssertEqual(padIsEOS.notes, ["pad_token_id 257 is the EOS token, which padding would hide from the loss: padded positions hold -1 instead"])
+        let padIsOrdinary = try HuggingFaceTokenizer(text: try tokenizerJSON { _ in }, pad: 97)
+        XCTAssertEqual(padIsOrdinary.specialTokens.pad, SpecialTokens.none)
+        XCTAssertTrue(padIsOrdinary.notes.first?.contains("not a special token") == true)
+        // A merge listed twice takes its last rank (tokenizers' map keeps the last): "a b" after "b c" loses to it.
+        let repeated = try HuggingFaceTokenizer(text: try tokenizerJSON {
+            var model = $0["model"] as! [String: Any]; var vocab = model["vocab"] as! [String: Any]
+            vocab["bc"] = 258; model["vocab"] = vocab; model["merges"] = ["a b", "b c", "a b"]; $0["model"] = model
+            $0["added_tokens"] = [["id": 259, "content": "<|endoftext|>", "special": true]]
+        })
+        XCTAssertEqual(repeated.encode("abc"), [Int32(HuggingFaceTokenizer.byteToUnicode.firstIndex(of: "a")!), 258])
         XCTAssertThrowsError(try Tokenizer(json: #"{"kind":"huggingface","pad":0}"#)) { XCTAssertTrue("\($0)".contains("tokenizer_json"), "\($0)") }
     }
 }

@@ -10,7 +10,10 @@ random token, as BERT). All tie the output projection to the embedding when the 
 cross-entropy (the config's label smoothing), backward, clip_grad_norm_ (the config's clip_norm) and AdamW, on random
 tokens; the median of the timed steps is reported.
 
-Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp] [--sdpa]
+With --hf-gpt2, a decoder-only config becomes transformers' GPT2LMHeadModel of that shape (Configs/bench-w4.yaml is
+GPT-2 small); its own forward computes the logits, dropout off.
+
+Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp] [--sdpa] [--hf-gpt2]
        (with --ddp, launch under torchrun or mpirun: each rank takes its own batch and DistributedDataParallel sums
        gradients)
        (with --sdpa, a decoder-only config becomes nanoGPT's model, whose attention is scaled_dot_product_attention)
@@ -151,6 +154,22 @@ class NanoGPTBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+class HuggingFaceGPT2(nn.Module):
+    """A decoder-only config as transformers' GPT2LMHeadModel (--hf-gpt2): GELU tanh, no dropout, transformers' default
+    attention implementation (scaled_dot_product_attention in recent versions)."""
+
+    def __init__(self, m):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+        config = GPT2Config(vocab_size=m["vocab_size"], n_positions=m["max_length"], n_embd=m["d_model"], n_layer=m["decoder_layers"],
+                            n_head=m["heads"], n_inner=m["d_ff"], activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0,
+                            attn_pdrop=0.0, tie_word_embeddings=m.get("tied_embeddings", True))
+        self.model = GPT2LMHeadModel(config)
+
+    def forward(self, source, decoder_input):
+        return self.model(decoder_input).logits
+
+
 class NanoGPT(nn.Module):
     """A decoder-only config as nanoGPT writes it (--sdpa): token and learned position embeddings, NanoGPTBlocks, a
     final LayerNorm and the tied head."""
@@ -180,6 +199,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="decoder-only configs: nanoGPT's model (scaled_dot_product_attention)")
+    parser.add_argument("--hf-gpt2", action="store_true", help="decoder-only configs: transformers' GPT2LMHeadModel")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -198,8 +218,10 @@ def main():
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     if args.sdpa and kind != "decoder-only":
         parser.error(f"--sdpa builds nanoGPT's decoder-only model; {args.config} is {kind}")
-    model = NanoGPT(m) if args.sdpa else {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
-    parameters = sum(p.numel() for p in model.parameters())
+    if args.hf_gpt2 and kind != "decoder-only":
+        parser.error(f"--hf-gpt2 builds a decoder-only GPT-2; {args.config} is {kind}")
+    model = HuggingFaceGPT2(m) if args.hf_gpt2 else NanoGPT(m) if args.sdpa else {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
+    parameters = sum(p.numel() for p in model.parameters())  # tied weights counted once
     b, t = training["batch_size"], data["target_length"]
     s = data.get("source_length", 0) if encoder_decoder else 0
     source = torch.randint(4, m["vocab_size"], (b, s))
@@ -242,7 +264,8 @@ def main():
     attention_layers = m.get("encoder_layers", 0) + m.get("decoder_layers", 0) * (2 if encoder_decoder else 1)
     flops = (6 * parameters + 12 * attention_layers * t * m["d_model"]) * tokens
     if rank == 0:
-        print(json.dumps({"impl": "pytorch-" + torch.__version__, "workload": os.path.basename(args.config), "threads": args.threads,
+        impl = "transformers-gpt2" if args.hf_gpt2 else "pytorch-" + torch.__version__
+        print(json.dumps({"impl": impl, "workload": os.path.basename(args.config), "threads": args.threads,
                           "world": world, "params": parameters, "step_s": round(seconds, 4),
                           "tokens_per_s": round(tokens / seconds, 1), "gflops": round(flops / seconds / 1e9, 1),
                           "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))

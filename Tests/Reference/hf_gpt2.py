@@ -4,8 +4,10 @@ Needs torch, transformers and tokenizers (the tokenizer subcommands need only to
 the model is random and the tokenizer is trained here on local text.
 
   python hf_gpt2.py corpus OUT.txt [--megabytes N]     mixed text: accents, CJK, emoji, code, whitespace runs
-  python hf_gpt2.py tokenizer TEXT OUT.json --vocab N   a ByteLevelBPETokenizer trained on TEXT (<|endoftext|> added)
-  python hf_gpt2.py encode TOKENIZER.json TEXT OUT.json the ids `tokenizers` gives TEXT (whole, and line by line)
+  python hf_gpt2.py tokenizer TEXT OUT.json --vocab N   a ByteLevelBPETokenizer trained on TEXT (<|endoftext|> added),
+                                                        plus added tokens "<sep>" (not normalized) and "x<sep" and "Ġfoo"
+  python hf_gpt2.py encode TOKENIZER.json TEXT OUT.json the ids `tokenizers` gives TEXT (whole, and line by line), and
+                                                        a text with added tokens in it, with its decoding
   python hf_gpt2.py model TOKENIZER.json DIR            a random GPT2LMHeadModel directory with that tokenizer
   python hf_gpt2.py logits DIR TOKENS.json OUT.json     logits [B,T,V] and the mean next-token loss of a batch
 """
@@ -37,10 +39,17 @@ def corpus(path, megabytes=1.1):
         f.write("".join(parts))
 
 
-def train_tokenizer(text_path, out, vocab):
+ADDED_TEXT = "one<|endoftext|>two x<sep> three<sep>four x<sepx Ġfoo naïve <|endoftext|><|endoftext|>end\n"
+
+
+def train_tokenizer(text_path, out, vocab, added=True):
     from tokenizers import ByteLevelBPETokenizer
     tokenizer = ByteLevelBPETokenizer()
     tokenizer.train([text_path], vocab_size=vocab, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    if added:
+        from tokenizers import AddedToken
+        # Overlapping contents: tokenizers cuts out the tokens that are not normalized first ("<sep>" in "x<sep>").
+        tokenizer.add_tokens([AddedToken("<sep>", normalized=False), AddedToken("x<sep", normalized=True), AddedToken("Ġfoo")])
     tokenizer.save(out)
 
 
@@ -50,8 +59,10 @@ def encode(tokenizer_path, text_path, out):
     with open(text_path, encoding="utf-8", newline="") as f:
         text = f.read()
     lines = text.split("\n")[:2000]
+    marked = text[:20000] + ADDED_TEXT + text[20000:40000]
     result = {"whole": tokenizer.encode(text).ids, "lines": [tokenizer.encode(line).ids for line in lines],
-              "decoded_whole": tokenizer.decode(tokenizer.encode(text).ids) == text}
+              "decoded_whole": tokenizer.decode(tokenizer.encode(text).ids) == text,
+              "marked_text": marked, "marked": tokenizer.encode(marked).ids, "marked_decoded": tokenizer.decode(tokenizer.encode(marked).ids)}
     with open(out, "w") as f:
         json.dump(result, f)
 

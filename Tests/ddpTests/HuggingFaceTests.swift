@@ -116,17 +116,24 @@ final class HuggingFaceTests: XCTestCase {
         }
         try ddpRun(["prepare", "--task", "lm", "--input", path("corpus.txt"), "--tokenizer-from", path("gpt2.h5"), "--output", path("data"),
                     "--valid-fraction", "0.1"])
-        func config(batch: Int) throws -> String {
-            let file = path("finetune-\(batch).yaml")
+        func config(batch: Int, steps: Int = 20, lr: String = "1.0e-3") throws -> String {
+            let file = path("finetune-\(batch)-\(steps)-\(lr).yaml")
             // No model section: --init takes the checkpoint's.
             try """
                 data: {directory: \(path("data")), target_length: 32}
-                training: {batch_size: \(batch), steps: 20, seed: 5, threads: 1, log_every: 5, bucket_mb: 0.01}
-                optimizer: {lr: 1.0e-3}
+                training: {batch_size: \(batch), steps: \(steps), seed: 5, threads: 1, log_every: 5, bucket_mb: 0.01}
+                optimizer: {lr: \(lr)}
                 eval: {every: 0}
                 """.write(toFile: file, atomically: true, encoding: .utf8)
             return file
         }
+        // A step at learning rate 1e-30 leaves the imported parameters (to 1e-20): the run started from them, not from the
+        // seed's initialisation, which differs by about 0.01.
+        try ddpRun(["train", "--config", try config(batch: 8, steps: 1, lr: "1.0e-30"), "--run-dir", path("frozen"), "--init", path("gpt2.h5")])
+        let imported = try Checkpoint.loadModel(path("gpt2.h5"), maxBatch: 1).model
+        let frozen = try Checkpoint.loadModel(try Checkpoint.resolve(path("frozen")), maxBatch: 1).model
+        let moved = zip(frozen.parameters.storage, imported.parameters.storage).map { abs($0 - $1) }.max() ?? .infinity
+        XCTAssertLessThan(moved, 1e-20, "--init starts from the checkpoint's parameters")
         let one = try ddpRun(["train", "--config", try config(batch: 8), "--run-dir", path("one"), "--init", path("gpt2.h5")])
         XCTAssertTrue(one.stdout.contains("starting from the parameters of"), one.output)
         let two = try runUnderMPI(ranks: 2, ddp, ["train", "--config", try config(batch: 4), "--run-dir", path("two"), "--init", path("gpt2.h5")],
@@ -136,7 +143,6 @@ final class HuggingFaceTests: XCTestCase {
         XCTAssertEqual(reference.count, 20)
         XCTAssertEqual(losses.count, 20)
         for (step, (a, b)) in zip(losses, reference).enumerated() { XCTAssertEqual(a, b, accuracy: abs(b) * 1e-5, "step \(step + 1)") }
-        // The first step's loss is the imported model's on that batch: training started from it, not from the seed.
         let (oneModel, _) = try Checkpoint.loadModel(try Checkpoint.resolve(path("one")), maxBatch: 1)
         let (twoModel, _) = try Checkpoint.loadModel(try Checkpoint.resolve(path("two")), maxBatch: 1)
         func parameters(_ model: TransformerModel) -> [String: [Float]] {
@@ -168,13 +174,13 @@ final class HuggingFaceTests: XCTestCase {
 
     /// A GPT-2 directory written by SwiftDDP itself (seeded random parameters, the minimal byte-level tokenizer of
     /// `minimalByteLevelTokenizer()`), for when transformers is absent.
-    private func writeOwnGPT2Directory() throws -> String {
-        let config = ModelConfig(kind: .decoderOnly, vocabSize: 258, dModel: 32, heads: 4, encoderLayers: 0, decoderLayers: 2, dFF: 128,
+    private func writeOwnGPT2Directory(vocabulary: Int = 258) throws -> String {
+        let config = ModelConfig(kind: .decoderOnly, vocabSize: vocabulary, dModel: 32, heads: 4, encoderLayers: 0, decoderLayers: 2, dFF: 128,
                                  activation: .geluTanh, norm: .pre, positions: .learned, maxLength: 64, dropout: 0, tiedEmbeddings: true,
                                  scaleEmbedding: false)
         let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: 64)
         model.initializeParameters(seed: 11)
-        let directory = path("own-gpt2")
+        let directory = path("own-gpt2-\(vocabulary)")
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Safetensors.write(HuggingFaceGPT2.tensors(of: model), metadata: ["format": "pt"], to: joined(directory, "model.safetensors"))
         try HuggingFaceGPT2.configJSON(config, special: SpecialTokens(pad: SpecialTokens.none, bos: 257, eos: 257))
@@ -186,6 +192,16 @@ final class HuggingFaceTests: XCTestCase {
     /// `minimalByteLevelTokenizer()` as text.
     static let minimalTokenizerJSON = String(decoding: try! JSONSerialization.data(withJSONObject: minimalByteLevelTokenizer(), options: [.sortedKeys]),
                                              as: UTF8.self)
+
+    /// A model whose vocabulary is larger than its tokenizer's (GPT-2 checkpoints often pad it) samples ids that have no
+    /// text, and special tokens: generation prints nothing for them and goes on.
+    func testGenerateSamplesTokensWithoutText() throws {
+        try ddpRun(["import", "--hf", try writeOwnGPT2Directory(vocabulary: 320), "--output", path("padded.h5")])
+        for seed in 1...3 {
+            let result = try ddpRun(["generate", "--checkpoint", path("padded.h5"), "--prompt", "ab", "--max-tokens", "40", "--seed", "\(seed)"])
+            XCTAssertFalse(result.stdout.isEmpty, result.output)
+        }
+    }
 
     /// Everything a user can get wrong is a sentence naming the file, key or tensor, and writes nothing.
     func testUnsupportedModelsAndFilesAreRefusedByName() throws {
@@ -214,6 +230,34 @@ final class HuggingFaceTests: XCTestCase {
         try refused(["import", "--hf", try variant("deeper") { $0["n_layer"] = 3 }, "--output", path("x.h5")], "has no tensor 'transformer.h.2.ln_1.weight'")
         try refused(["import", "--hf", try variant("shallower") { $0["n_layer"] = 1 }, "--output", path("x.h5")], "has no place for: transformer.h.1.")
         try refused(["import", "--hf", try variant("notokenizer", removing: "tokenizer.json"), "--output", path("x.h5")], "tokenizer.json: missing")
+        try refused(["import", "--hf", try variant("stringly") { $0["n_layer"] = "2" }, "--output", path("x.h5")],
+                    "key 'n_layer' is \"2\" (a string), not an integer")
+        try refused(["import", "--hf", try variant("untie") { $0["tie_word_embeddings"] = "false" }, "--output", path("x.h5")],
+                    "key 'tie_word_embeddings' is \"false\" (a string), not true or false")
+        try refused(["import", "--hf", try variant("eos-list") { $0["eos_token_id"] = [257, 1] }, "--output", path("x.h5")],
+                    "key 'eos_token_id' is")
+        try refused(["import", "--hf", try variant("eos-outside") { $0["eos_token_id"] = 9000 }, "--output", path("x.h5")],
+                    "eos_token id 9000 is outside the tokenizer's 258 ids")
+        try refused(["import", "--hf", try variant("huge") { $0["n_embd"] = Int.max; $0["n_inner"] = nil }, "--output", path("x.h5")],
+                    "config.json: does not describe a model SwiftDDP builds")
+        let sharded = try variant("sharded", removing: "model.safetensors")
+        try Data("{}".utf8).write(to: URL(fileURLWithPath: joined(sharded, "model.safetensors.index.json")))
+        try refused(["import", "--hf", sharded, "--output", path("x.h5")], "sharded over several files is not supported")
+        // Two tensors sharing bytes: a small file must not stand for a large model.
+        let overlapping = try variant("overlapping")
+        var header: [String: Any] = ["__metadata__": ["format": "pt"]]
+        for name in ["transformer.wte.weight", "transformer.wpe.weight"] {
+            header[name] = ["dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]] as [String: Any]
+        }
+        var bytes = try JSONSerialization.data(withJSONObject: header)
+        var length = UInt64(bytes.count).littleEndian
+        bytes = Data(bytes: &length, count: 8) + bytes + Data(count: 16)
+        try bytes.write(to: URL(fileURLWithPath: joined(overlapping, "model.safetensors")))
+        try refused(["import", "--hf", overlapping, "--output", path("x.h5")], "overlap in the file")
+        // A pad id that is the EOS token is not used as padding, and import says so.
+        let padded = try ddpRun(["import", "--hf", try variant("pad-eos") { $0["pad_token_id"] = 257 }, "--output", path("pad-eos.h5")])
+        XCTAssertTrue(padded.stderr.contains("pad_token_id 257 is the EOS token"), padded.output)
+        XCTAssertEqual(try Checkpoint.readHeader(path("pad-eos.h5")).tokenizer?.specialTokens.pad, SpecialTokens.none)
         let damaged = try variant("damaged")
         try Data("not safetensors".utf8).write(to: URL(fileURLWithPath: joined(damaged, "model.safetensors")))
         try refused(["import", "--hf", damaged, "--output", path("x.h5")], "not a safetensors file")
@@ -250,12 +294,35 @@ final class HuggingFaceTests: XCTestCase {
             """.write(toFile: path("init-bytes.yaml"), atomically: true, encoding: .utf8)
         try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")],
                     "prepare it with ddp prepare --tokenizer-from")
+        // Another Hugging Face tokenizer of the same size ("b a" merged instead of "a b").
+        var other = minimalByteLevelTokenizer()
+        var otherModel = other["model"] as! [String: Any]
+        var otherVocab = otherModel["vocab"] as! [String: Any]
+        otherVocab["ab"] = nil
+        otherVocab["ba"] = 256
+        otherModel["vocab"] = otherVocab
+        otherModel["merges"] = ["b a"]
+        other["model"] = otherModel
+        try JSONSerialization.data(withJSONObject: other).write(to: URL(fileURLWithPath: path("other-tokenizer.json")))
+        try ddpRun(["prepare", "--task", "lm", "--input", path("text.txt"), "--tokenizer-from", path("other-tokenizer.json"), "--output", path("other-data")])
+        try """
+            data: {directory: \(path("other-data")), target_length: 13}
+            training: {batch_size: 4, steps: 1, threads: 1}
+            """.write(toFile: path("init-other.yaml"), atomically: true, encoding: .utf8)
+        try refused(["train", "--config", path("init-other.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")],
+                    "not the huggingface tokenizer of")
         try ddpRun(["prepare", "--task", "lm", "--input", path("text.txt"), "--tokenizer-from", model, "--output", path("gpt2-data")])
         try """
             model: {d_model: 64}
             data: {directory: \(path("gpt2-data")), target_length: 13}
             training: {batch_size: 4, steps: 1, threads: 1}
             """.write(toFile: path("init-wide.yaml"), atomically: true, encoding: .utf8)
-        try refused(["train", "--config", path("init-wide.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")], "d_model 32 vs 64")
+        try refused(["train", "--config", path("init-wide.yaml"), "--run-dir", path("init-run"), "--init", path("gpt2.h5")], "model.d_model: checkpoint 32, expected 64")
+        // --overwrite of the run directory that holds the --init checkpoint would delete it first: refused, nothing deleted.
+        try FileManager.default.createDirectory(atPath: path("kept"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: path("gpt2.h5"), toPath: path("kept/checkpoint-00000000.h5"))
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("kept"), "--init", path("kept/checkpoint-00000000.h5"),
+                     "--overwrite"], "which --overwrite would delete first")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("kept/checkpoint-00000000.h5")))
     }
 }
