@@ -44,6 +44,6 @@ public enum MemoryBudget {
         let available = availableBytes
         guard bytes > available * 0.9 else { return nil }
         func gib(_ value: Double) -> String { String(format: "%.2f GiB", value / 1_073_741_824) }
-        return "\(purpose) needs \(gib(bytes)), more than the \(gib(available)) this process can still allocate"
+        return "\(purpose) needs \(gib(bytes)), more than 90% of the \(gib(available)) this process can still allocate"
     }
 }

@@ -64,19 +64,18 @@ public enum HuggingFaceGPT2 {
         guard let type = json["model_type"] as? String, type == "gpt2" else {
             throw fail(configPath, "model_type \(json["model_type"].map { "\($0)" } ?? "(missing)") is not supported: only gpt2 (GPT2LMHeadModel) is")
         }
-        func shown(_ value: Any?) -> String {
-            guard let value else { return "missing" }
-            return value is String ? "\"\(value)\" (a string)" : "\(value)"
-        }
         /// The key's value as `T`, `fallback` when absent or null (nil: required), or an error naming the key.
         func value<T>(_ key: String, _ fallback: T?, _ kind: String) throws -> T {
             guard let raw = json[key], !(raw is NSNull) else {
                 if let fallback { return fallback }
                 throw fail(configPath, "key '\(key)' is missing")
             }
-            if let typed = raw as? T { return typed }
-            if T.self == Double.self, let whole = raw as? Int { return Double(whole) as! T }
-            throw fail(configPath, "key '\(key)' is \(shown(raw)), not \(kind)")
+            // JSON's true and false read as numbers and numbers as booleans through NSNumber: tell them apart first.
+            if isBoolean(raw) == (T.self == Bool.self) {
+                if let typed = raw as? T { return typed }
+                if T.self == Double.self, let whole = raw as? Int { return Double(whole) as! T }
+            }
+            throw fail(configPath, "key '\(key)' is \(describe(json: raw)), not \(kind)")
         }
         func integer(_ key: String, _ fallback: Int? = nil) throws -> Int { try value(key, fallback, "an integer") }
         func flag(_ key: String, _ fallback: Bool) throws -> Bool { try value(key, fallback, "true or false") }
@@ -118,7 +117,9 @@ public enum HuggingFaceGPT2 {
 
         // Memory for the converted tensors, the model's parameters and gradients and AdamW's two moments, before any is read.
         let parameterCount = TransformerModel.parameterLayout(for: config).count
-        if let shortfall = MemoryBudget.shortfall(Double(parameterCount) * 4 * 5, for: "importing a model of \(parameterCount) parameters") {
+        // Measured: an import peaks at about 9 copies of the parameters (the mapped file, tensors read and converted, the
+        // model's parameters and gradients, AdamW's moments, the checkpoint being written).
+        if let shortfall = MemoryBudget.shortfall(Double(parameterCount) * 4 * 9, for: "importing a model of \(parameterCount) parameters") {
             throw fail(configPath, shortfall)
         }
 
@@ -178,6 +179,18 @@ public enum HuggingFaceGPT2 {
         return Imported(notes: notes, config: config, parameters: parameters, tokenizer: tokenizer)
     }
 
+    /// Whether a value `JSONSerialization` read is `true` or `false` (an NSNumber of type "c"), not a number.
+    static func isBoolean(_ value: Any) -> Bool {
+        (value as? NSNumber).map { String(cString: $0.objCType) == "c" } ?? false
+    }
+
+    /// A JSON value as a config.json error shows it: strings quoted and called strings, booleans as true and false.
+    static func describe(json value: Any) -> String {
+        if let string = value as? String { return "\"\(string)\" (a string)" }
+        if isBoolean(value) { return (value as? Bool) == true ? "true" : "false" }
+        return "\(value)"
+    }
+
     /// A model directory's `config.json` as a JSON object: a regular file of at most `largestConfig` bytes.
     static func readConfig(_ path: String) throws -> [String: Any] {
         let text: String
@@ -202,8 +215,9 @@ public enum HuggingFaceGPT2 {
         var ids: [String: Int32] = [:]
         for key in ["eos_token_id", "bos_token_id", "pad_token_id"] {
             guard let value = modelConfig?[key], !(value is NSNull) else { continue }
-            guard let id = value as? Int, let small = Int32(exactly: id), small >= 0 else {
-                throw ConversionError(file: configPath ?? file, message: "key '\(key)' is \(value), not one token id (lists of ids are not supported)")
+            guard !isBoolean(value), !(value is String), let id = value as? Int, let small = Int32(exactly: id), small >= 0 else {
+                throw ConversionError(file: configPath ?? file, message: "key '\(key)' is \(describe(json: value)), not a token id (a non-negative integer; "
+                                                                    + "lists of ids are not supported)")
             }
             ids[key] = small
         }

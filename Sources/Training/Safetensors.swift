@@ -127,8 +127,8 @@ public enum Safetensors {
             // would let a small file stand for an enormous model.
             let ranges = entries.values.map(\.range).filter { !$0.isEmpty }.sorted { $0.lowerBound < $1.lowerBound }
             for (a, b) in zip(ranges, ranges.dropFirst()) where b.lowerBound < a.upperBound {
-                let names = entries.filter { $0.value.range == a || $0.value.range == b }.keys.sorted()
-                throw fail("tensors \(names.joined(separator: " and ")) overlap in the file (data_offsets \(a) and \(b))")
+                func name(_ range: Range<Int>) -> String { entries.filter { $0.value.range == range }.keys.min() ?? "?" }
+                throw fail("tensors '\(name(a))' and '\(name(b))' overlap in the file (data_offsets \(a) and \(b))")
             }
             self.entries = entries
         }

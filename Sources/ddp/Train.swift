@@ -63,7 +63,7 @@ struct Train: ParsableCommand {
             initPath = path
             let directory = runDir ?? "runs/" + Paths.stem(config.config)
             func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
-            if overwrite && resolved(Paths.parent(path)) == resolved(directory) {
+            if overwrite && Paths.parent(resolved(path)) == resolved(directory) {
                 throw ValidationError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
                                       + "copy it elsewhere, or choose another --run-dir.")
             }

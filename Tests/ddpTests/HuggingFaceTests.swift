@@ -236,6 +236,12 @@ final class HuggingFaceTests: XCTestCase {
                     "key 'tie_word_embeddings' is \"false\" (a string), not true or false")
         try refused(["import", "--hf", try variant("eos-list") { $0["eos_token_id"] = [257, 1] }, "--output", path("x.h5")],
                     "key 'eos_token_id' is")
+        try refused(["import", "--hf", try variant("eos-bool") { $0["eos_token_id"] = true }, "--output", path("x.h5")],
+                    "key 'eos_token_id' is true, not a token id")
+        try refused(["import", "--hf", try variant("layers-bool") { $0["n_layer"] = true }, "--output", path("x.h5")],
+                    "key 'n_layer' is true, not an integer")
+        try refused(["import", "--hf", try variant("tie-number") { $0["tie_word_embeddings"] = 1 }, "--output", path("x.h5")],
+                    "key 'tie_word_embeddings' is 1, not true or false")
         try refused(["import", "--hf", try variant("eos-outside") { $0["eos_token_id"] = 9000 }, "--output", path("x.h5")],
                     "eos_token id 9000 is outside the tokenizer's 258 ids")
         try refused(["import", "--hf", try variant("huge") { $0["n_embd"] = Int.max; $0["n_inner"] = nil }, "--output", path("x.h5")],
@@ -324,5 +330,9 @@ final class HuggingFaceTests: XCTestCase {
         try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("kept"), "--init", path("kept/checkpoint-00000000.h5"),
                      "--overwrite"], "which --overwrite would delete first")
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("kept/checkpoint-00000000.h5")))
+        try FileManager.default.createSymbolicLink(atPath: path("link.h5"), withDestinationPath: path("kept/checkpoint-00000000.h5"))
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("kept"), "--init", path("link.h5"), "--overwrite"],
+                    "which --overwrite would delete first")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("kept/checkpoint-00000000.h5")), "a link to it does not get through")
     }
 }
