@@ -185,18 +185,20 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
             }
             let bos = bos ?? ["<s>", "<bos>"].lazy.compactMap { specialByContent[$0] }.first ?? eos
             let unk = (model["unk_token"] as? String).flatMap { textToID[$0] ?? specialByContent[$0] }
-            var padding = specialByContent["<pad>"] ?? SpecialTokens.none
+            // A special `<pad>` added token, unless it is also BOS or EOS.
+            let named = specialByContent["<pad>"].flatMap { $0 == eos || $0 == bos ? nil : $0 }
+            var padding = named ?? SpecialTokens.none
             if let pad {
                 // Padding is ignored by the loss and masked: a pad that is also EOS (what many GPT-2 fine-tunes set) would
                 // drop every real EOS label, and an ordinary token every occurrence of it.
                 if pad == eos || pad == bos || !specialIDs.contains(pad) {
                     notes.append("pad_token_id \(pad) is " + (pad == eos ? "the EOS token" : pad == bos ? "the BOS token" : "not a special token")
-                                 + ", which padding would hide from the loss: padded positions hold -1 instead")
+                                 + ", which padding would hide from the loss: padded positions hold "
+                                 + (named.map { "the special token <pad> (\($0))" } ?? "-1") + " instead")
                 } else {
                     padding = pad
                 }
             }
-            if padding == eos || padding == bos { padding = SpecialTokens.none }
             self.specialTokens = SpecialTokens(pad: padding, bos: bos, eos: eos, unk: unk)
         }
         specialIDs.formUnion(self.specialTokens.ids)

@@ -141,30 +141,9 @@ public enum HuggingFaceGPT2 {
             return file.tensor(full)!.values
         }
         var parameters: [String: [Float]] = [:]
-        parameters["embed.weight"] = try tensor("wte.weight", [vocabulary, c])
-        parameters["pos_embed.weight"] = try tensor("wpe.weight", [positions, c])
-        let f = config.dFF
-        for i in 0..<config.decoderLayers {
-            let ours = "decoder.layers.\(i)", theirs = "h.\(i)"
-            for (hf, norm) in [("ln_1", "norm1"), ("ln_2", "norm2")] {
-                parameters["\(ours).\(norm).weight"] = try tensor("\(theirs).\(hf).weight", [c])
-                parameters["\(ours).\(norm).bias"] = try tensor("\(theirs).\(hf).bias", [c])
-            }
-            let qkv = try tensor("\(theirs).attn.c_attn.weight", [c, 3 * c]), qkvBias = try tensor("\(theirs).attn.c_attn.bias", [3 * c])
-            for (index, projection) in ["q_proj", "k_proj", "v_proj"].enumerated() {
-                parameters["\(ours).self_attn.\(projection).weight"] = transposed(qkv, rows: c, columns: 3 * c, columnRange: (index * c)..<((index + 1) * c))
-                parameters["\(ours).self_attn.\(projection).bias"] = Array(qkvBias[(index * c)..<((index + 1) * c)])
-            }
-            parameters["\(ours).self_attn.o_proj.weight"] = transposed(try tensor("\(theirs).attn.c_proj.weight", [c, c]), rows: c, columns: c)
-            parameters["\(ours).self_attn.o_proj.bias"] = try tensor("\(theirs).attn.c_proj.bias", [c])
-            parameters["\(ours).ffn.fc1.weight"] = transposed(try tensor("\(theirs).mlp.c_fc.weight", [c, f]), rows: c, columns: f)
-            parameters["\(ours).ffn.fc1.bias"] = try tensor("\(theirs).mlp.c_fc.bias", [f])
-            parameters["\(ours).ffn.fc2.weight"] = transposed(try tensor("\(theirs).mlp.c_proj.weight", [f, c]), rows: f, columns: c)
-            parameters["\(ours).ffn.fc2.bias"] = try tensor("\(theirs).mlp.c_proj.bias", [c])
+        for entry in correspondences(config) {
+            for (name, values) in zip(entry.ours, split(try tensor(entry.name, entry.shape), entry)) { parameters[name] = values }
         }
-        parameters["decoder.norm.weight"] = try tensor("ln_f.weight", [c])
-        parameters["decoder.norm.bias"] = try tensor("ln_f.bias", [c])
-        if !tied { parameters["lm_head.weight"] = try tensor("lm_head.weight", [vocabulary, c]) }
         // The causal-mask buffers older files hold, and a tied head written out anyway, carry nothing of their own.
         let ignorable = file.entries.keys.filter { $0.hasSuffix(".attn.bias") || $0.hasSuffix(".attn.masked_bias") || ($0 == "lm_head.weight" && tied) }
         let unknown = Set(file.entries.keys).subtracting(used).subtracting(ignorable).sorted()
@@ -240,14 +219,78 @@ public enum HuggingFaceGPT2 {
         return try readTokenizer(Paths.join(path, "tokenizer.json"), modelConfig: config, configPath: config == nil ? nil : configPath)
     }
 
-    /// `values` [rows, columns] (a Conv1D weight [in, out]) transposed to torch's [out, in], only `columnRange`'s columns.
-    static func transposed(_ values: [Float], rows: Int, columns: Int, columnRange: Range<Int>? = nil) -> [Float] {
-        let range = columnRange ?? 0..<columns
-        var out = [Float](repeating: 0, count: range.count * rows)
-        for (o, column) in range.enumerated() {
-            for row in 0..<rows { out[o * rows + row] = values[row * columns + column] }
+    /// One GPT-2 tensor and the SwiftDDP parameters it holds.
+    struct Correspondence {
+        /// GPT-2's name, without the `transformer.` prefix `save_pretrained` writes (`lm_head.weight` never has it).
+        let name: String
+        /// GPT-2's shape: [rows, columns], or [columns] for a vector.
+        let shape: [Int]
+        /// The SwiftDDP parameters side by side along GPT-2's columns, in order: one, or q, k and v for `c_attn`.
+        let ours: [String]
+        /// Whether GPT-2 stores each block transposed (Conv1D weights are [in, out], torch's are [out, in]).
+        let transposed: Bool
+    }
+
+    /// Every tensor of a GPT2LMHeadModel with `config`'s shape and where it goes: the table of the type's comment.
+    static func correspondences(_ config: ModelConfig) -> [Correspondence] {
+        let c = config.dModel, f = config.dFF
+        var table = [Correspondence(name: "wte.weight", shape: [config.vocabSize, c], ours: ["embed.weight"], transposed: false),
+                     Correspondence(name: "wpe.weight", shape: [config.maxLength, c], ours: ["pos_embed.weight"], transposed: false)]
+        for i in 0..<config.decoderLayers {
+            func add(_ name: String, _ shape: [Int], _ ours: [String], transposed: Bool = false) {
+                table.append(Correspondence(name: "h.\(i).\(name)", shape: shape, ours: ours.map { "decoder.layers.\(i).\($0)" }, transposed: transposed))
+            }
+            for (norm, ours) in [("ln_1", "norm1"), ("ln_2", "norm2")] {
+                add("\(norm).weight", [c], ["\(ours).weight"])
+                add("\(norm).bias", [c], ["\(ours).bias"])
+            }
+            let projections = ["q_proj", "k_proj", "v_proj"].map { "self_attn.\($0)" }
+            add("attn.c_attn.weight", [c, 3 * c], projections.map { "\($0).weight" }, transposed: true)
+            add("attn.c_attn.bias", [3 * c], projections.map { "\($0).bias" })
+            add("attn.c_proj.weight", [c, c], ["self_attn.o_proj.weight"], transposed: true)
+            add("attn.c_proj.bias", [c], ["self_attn.o_proj.bias"])
+            add("mlp.c_fc.weight", [c, f], ["ffn.fc1.weight"], transposed: true)
+            add("mlp.c_fc.bias", [f], ["ffn.fc1.bias"])
+            add("mlp.c_proj.weight", [f, c], ["ffn.fc2.weight"], transposed: true)
+            add("mlp.c_proj.bias", [c], ["ffn.fc2.bias"])
         }
-        return out
+        table.append(Correspondence(name: "ln_f.weight", shape: [c], ours: ["decoder.norm.weight"], transposed: false))
+        table.append(Correspondence(name: "ln_f.bias", shape: [c], ours: ["decoder.norm.bias"], transposed: false))
+        if !config.tiedEmbeddings {
+            table.append(Correspondence(name: "lm_head.weight", shape: [config.vocabSize, c], ours: ["lm_head.weight"], transposed: false))
+        }
+        return table
+    }
+
+    /// GPT-2's tensor `values` cut into `entry.ours`' blocks of columns, each as SwiftDDP stores it.
+    static func split(_ values: [Float], _ entry: Correspondence) -> [[Float]] {
+        if entry.ours.count == 1 && !entry.transposed { return [values] }
+        let rows = entry.shape.count == 2 ? entry.shape[0] : 1, columns = entry.shape.last!, width = columns / entry.ours.count
+        return (0..<entry.ours.count).map { block in
+            var part = [Float](repeating: 0, count: rows * width)
+            for row in 0..<rows {
+                for k in 0..<width {
+                    let value = values[row * columns + block * width + k]
+                    if entry.transposed { part[k * rows + row] = value } else { part[row * width + k] = value }
+                }
+            }
+            return part
+        }
+    }
+
+    /// `split`'s inverse: SwiftDDP's `parts` side by side as GPT-2's tensor of `entry.shape`.
+    static func joined(_ parts: [[Float]], _ entry: Correspondence) -> [Float] {
+        if parts.count == 1 && !entry.transposed { return parts[0] }
+        let rows = entry.shape.count == 2 ? entry.shape[0] : 1, columns = entry.shape.last!, width = columns / parts.count
+        var values = [Float](repeating: 0, count: rows * columns)
+        for (block, part) in parts.enumerated() {
+            for row in 0..<rows {
+                for k in 0..<width {
+                    values[row * columns + block * width + k] = entry.transposed ? part[k * rows + row] : part[row * width + k]
+                }
+            }
+        }
+        return values
     }
 
     // MARK: Export
@@ -281,37 +324,9 @@ public enum HuggingFaceGPT2 {
     /// `model`'s parameters under GPT2LMHeadModel's names (`transformer.` prefix, Conv1D `[in, out]` weights, q/k/v
     /// fused into `c_attn`); `lm_head.weight` only when untied (transformers ties it on loading).
     public static func tensors(of model: TransformerModel) -> [Safetensors.Tensor] {
-        let config = model.config, c = config.dModel, f = config.dFF
-        func values(_ name: String) -> [Float] { Array(model.parameters[name]) }
-        var tensors = [Safetensors.Tensor(name: "transformer.wte.weight", shape: [config.vocabSize, c], values: values("embed.weight")),
-                       Safetensors.Tensor(name: "transformer.wpe.weight", shape: [config.maxLength, c], values: values("pos_embed.weight"))]
-        for i in 0..<config.decoderLayers {
-            let ours = "decoder.layers.\(i)", theirs = "transformer.h.\(i)"
-            for (hf, norm) in [("ln_1", "norm1"), ("ln_2", "norm2")] {
-                tensors.append(.init(name: "\(theirs).\(hf).weight", shape: [c], values: values("\(ours).\(norm).weight")))
-                tensors.append(.init(name: "\(theirs).\(hf).bias", shape: [c], values: values("\(ours).\(norm).bias")))
-            }
-            // Each projection's [out, in] weight transposed is [in, out]; the three side by side are c_attn's columns.
-            let parts = ["q_proj", "k_proj", "v_proj"].map { transposed(values("\(ours).self_attn.\($0).weight"), rows: c, columns: c) }
-            var fused = [Float](repeating: 0, count: c * 3 * c)
-            for row in 0..<c {
-                for (index, part) in parts.enumerated() {
-                    fused.replaceSubrange((row * 3 * c + index * c)..<(row * 3 * c + (index + 1) * c), with: part[(row * c)..<((row + 1) * c)])
-                }
-            }
-            tensors.append(.init(name: "\(theirs).attn.c_attn.weight", shape: [c, 3 * c], values: fused))
-            tensors.append(.init(name: "\(theirs).attn.c_attn.bias", shape: [3 * c],
-                                 values: ["q_proj", "k_proj", "v_proj"].flatMap { values("\(ours).self_attn.\($0).bias") }))
-            tensors.append(.init(name: "\(theirs).attn.c_proj.weight", shape: [c, c], values: transposed(values("\(ours).self_attn.o_proj.weight"), rows: c, columns: c)))
-            tensors.append(.init(name: "\(theirs).attn.c_proj.bias", shape: [c], values: values("\(ours).self_attn.o_proj.bias")))
-            tensors.append(.init(name: "\(theirs).mlp.c_fc.weight", shape: [c, f], values: transposed(values("\(ours).ffn.fc1.weight"), rows: f, columns: c)))
-            tensors.append(.init(name: "\(theirs).mlp.c_fc.bias", shape: [f], values: values("\(ours).ffn.fc1.bias")))
-            tensors.append(.init(name: "\(theirs).mlp.c_proj.weight", shape: [f, c], values: transposed(values("\(ours).ffn.fc2.weight"), rows: c, columns: f)))
-            tensors.append(.init(name: "\(theirs).mlp.c_proj.bias", shape: [c], values: values("\(ours).ffn.fc2.bias")))
+        correspondences(model.config).map { entry in
+            Safetensors.Tensor(name: (entry.name == "lm_head.weight" ? "" : "transformer.") + entry.name, shape: entry.shape,
+                               values: joined(entry.ours.map { Array(model.parameters[$0]) }, entry))
         }
-        tensors.append(.init(name: "transformer.ln_f.weight", shape: [c], values: values("decoder.norm.weight")))
-        tensors.append(.init(name: "transformer.ln_f.bias", shape: [c], values: values("decoder.norm.bias")))
-        if !config.tiedEmbeddings { tensors.append(.init(name: "lm_head.weight", shape: [config.vocabSize, c], values: values("lm_head.weight"))) }
-        return tensors
     }
 }

@@ -144,8 +144,8 @@ struct AttentionMaps: ParsableCommand {
         let special = tokenizer.specialTokens
         switch id {
         case special.pad: return "<pad>"
+        case special.eos: return "<eos>"  // before BOS: GPT-2's one token for both ends documents
         case special.bos: return "<bos>"
-        case special.eos: return "<eos>"
         case special.unk: return "<unk>"
         case tokenizer.maskToken: return "[MASK]"
         default:
