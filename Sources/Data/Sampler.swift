@@ -111,7 +111,7 @@ public struct SampleOverBudget: Error, Sendable {
     public let index: Int
     /// Positions it takes on its longer side (source + EOS or BOS + target).
     public let positions: Int
-    /// The budget (`training.max_tokens`).
+    /// The budget of one length group: `training.max_tokens` / `training.length_groups`.
     public let budget: Int
 }
 
@@ -126,34 +126,50 @@ public struct SampleOverBudget: Error, Sendable {
 /// change. Every sample is in exactly one batch of every epoch. A batch is defined globally: `share` splits it into
 /// contiguous runs of its length-sorted samples, one per (micro-step, rank), the largest padded run as small as it
 /// can be.
+///
+/// With `groups` > 1 (`training.length_groups`), the cuts are made under `maxTokens / groups` and each global batch
+/// joins `groups` of them, consecutive in the shuffled order, so from anywhere in the length order: an update then
+/// sees short and long samples together, as a fixed-count batch does, while each (micro-step, rank) part still holds
+/// samples of one length (`share` cuts the joined batch back along its length order). Each part then holds at most
+/// `maxTokens / groups` padded positions, for any number of parts from `groups` up (with exactly `groups` parts the
+/// batch holds at most `maxTokens`; more parts may cut across groups and pad a little more). Batches of one length give
+/// noisier updates than mixed ones; on a small corpus that costs validation loss at equal updates (README, "Batching").
 public struct TokenBudgetSampler: Sendable {
     /// Seeds the order among equal lengths and of the batches, with the epoch (`training.seed`).
     public let seed: UInt64
-    /// Padded positions a global batch may hold on its longer side (`training.max_tokens`).
+    /// Padded positions a global batch may hold on its longer side (`training.max_tokens`), over all its groups.
     public let maxTokens: Int
+    /// Length groups joined into each global batch (`training.length_groups`, 1: the paper's batches of one length).
+    public let groups: Int
     /// Per sample: the positions it takes on its longer side, max(source + 1, target + 1) (EOS and BOS included).
     public let lengths: [Int]
     /// Per sample: the positions of its shorter side (the second sort key; all 0 when not given).
     public let shorterLengths: [Int]
-    /// The batches as ranges of the length-sorted order (the same every epoch).
+    /// The length groups as ranges of the length-sorted order (the same every epoch); with `groups` 1, the batches.
     public let cuts: [Range<Int>]
 
+    /// Padded positions one length group may hold: `maxTokens / groups`.
+    public var groupBudget: Int { maxTokens / groups }
+
     /// A sampler over samples of `lengths` positions (on their longer side; `shorterLengths`, when given, the other
-    /// side's, to order equal `lengths` by); throws `SampleOverBudget` for the first (by index) sample longer than
-    /// `maxTokens`, or for an empty split (index -1, 0 positions).
-    public init(lengths: [Int], shorterLengths: [Int]? = nil, seed: UInt64, maxTokens: Int) throws(SampleOverBudget) {
+    /// side's, to order equal `lengths` by), `groups` (at least 1) length groups per batch; throws `SampleOverBudget`
+    /// for the first (by index) sample longer than `groupBudget`, or for an empty split (index -1, 0 positions).
+    public init(lengths: [Int], shorterLengths: [Int]? = nil, seed: UInt64, maxTokens: Int, groups: Int = 1) throws(SampleOverBudget) {
         precondition(shorterLengths == nil || shorterLengths?.count == lengths.count, "one shorter length per sample")
-        guard !lengths.isEmpty else { throw SampleOverBudget(index: -1, positions: 0, budget: maxTokens) }
-        if let index = lengths.firstIndex(where: { $0 > maxTokens }) {
-            throw SampleOverBudget(index: index, positions: lengths[index], budget: maxTokens)
+        precondition(groups >= 1, "at least one length group per batch")
+        let groupBudget = maxTokens / groups
+        guard !lengths.isEmpty else { throw SampleOverBudget(index: -1, positions: 0, budget: groupBudget) }
+        if let index = lengths.firstIndex(where: { $0 > groupBudget }) {
+            throw SampleOverBudget(index: index, positions: lengths[index], budget: groupBudget)
         }
         self.seed = seed
         self.maxTokens = maxTokens
+        self.groups = groups
         self.lengths = lengths
         self.shorterLengths = shorterLengths ?? [Int](repeating: 0, count: lengths.count)
         var cuts: [Range<Int>] = [], start = 0
         let sorted = lengths.sorted()
-        for (position, length) in sorted.enumerated() where (position - start + 1) * length > maxTokens {
+        for (position, length) in sorted.enumerated() where (position - start + 1) * length > groupBudget {
             cuts.append(start..<position)
             start = position
         }
@@ -163,13 +179,13 @@ public struct TokenBudgetSampler: Sendable {
 
     /// A sampler over sentence pairs of `pairs` stored tokens each: a pair takes source + 1 (EOS) and target + 1 (BOS)
     /// positions, ordered by the longer side, then the shorter.
-    public init(pairs: [(source: Int, target: Int)], seed: UInt64, maxTokens: Int) throws(SampleOverBudget) {
+    public init(pairs: [(source: Int, target: Int)], seed: UInt64, maxTokens: Int, groups: Int = 1) throws(SampleOverBudget) {
         try self.init(lengths: pairs.map { max($0.source, $0.target) + 1 }, shorterLengths: pairs.map { min($0.source, $0.target) + 1 },
-                      seed: seed, maxTokens: maxTokens)
+                      seed: seed, maxTokens: maxTokens, groups: groups)
     }
 
-    /// Global batches in one epoch.
-    public var batchesPerEpoch: Int { cuts.count }
+    /// Global batches in one epoch: the length groups, `groups` to a batch (the last batch may hold fewer).
+    public var batchesPerEpoch: Int { (cuts.count + groups - 1) / groups }
 
     /// The samples in epoch `epoch`'s length order: by length, then shorter length, equal ones in an order seeded by
     /// (seed, epoch).
@@ -187,7 +203,8 @@ public struct TokenBudgetSampler: Sendable {
 }
 
 extension TokenBudgetSampler: TrainingSampler {
-    /// The epoch's batches: `cuts` of its length order, in an order shuffled by (seed, epoch).
+    /// The epoch's batches: `cuts` of its length order, in an order shuffled by (seed, epoch); with `groups` > 1,
+    /// consecutive runs of `groups` of them joined, each batch in length order (ties in the order they were joined).
     public func globalBatches(epoch: Int) -> [[Int]] {
         let order = lengthOrder(epoch: epoch)
         var batches = cuts.map { Array(order[$0]) }
@@ -195,7 +212,12 @@ extension TokenBudgetSampler: TrainingSampler {
         for i in stride(from: batches.count - 1, to: 0, by: -1) {
             batches.swapAt(i, Int(random.next() % UInt64(i + 1)))
         }
-        return batches
+        guard groups > 1 else { return batches }
+        return stride(from: 0, to: batches.count, by: groups).map { first in
+            let joined = batches[first..<min(first + groups, batches.count)].joined().enumerated()
+            return joined.sorted { (lengths[$0.element], shorterLengths[$0.element], $0.offset) < (lengths[$1.element], shorterLengths[$1.element], $1.offset) }
+                .map(\.element)
+        }
     }
 
     /// Part `microStep · worldSize + rank` of `Self.split(batch, parts: worldSize · accumulationSteps)`.
@@ -242,11 +264,20 @@ extension TokenBudgetSampler: TrainingSampler {
         return chosen
     }
 
-    /// The distinct sizes of the parts of every batch, (samples, longest length): the same every epoch, whatever
-    /// samples of equal length a part holds, so that buffers can be sized for them before training.
+    /// The distinct sizes of the parts of every batch, (samples, longest length), so that buffers can be sized for
+    /// them before training. With one group they are the same every epoch, whatever samples of equal length a part
+    /// holds. With more, which groups meet changes each epoch; for `parts` ≥ `groups` every part holds at most
+    /// `groupBudget` padded positions (each group alone is a way to cut the batch that stays within it, and `parts`
+    /// finds the smallest largest part), so the bound is given instead: for each length, as many samples of it as fit
+    /// `groupBudget`. (`parts` < `groups` is refused before training: a part would then pad groups together.)
     public func partSizes(parts: Int) -> [PartSize] {
         let sorted = lengths.sorted()
         var sizes = Set<PartSize>()
+        if groups > 1 {
+            precondition(parts >= groups, "\(parts) parts of a batch of \(groups) length groups")
+            for length in Set(sorted) { sizes.insert(PartSize(samples: groupBudget / length, longest: length)) }
+            return sizes.sorted { ($0.longest, $0.samples) < ($1.longest, $1.samples) }
+        }
         for cut in cuts {
             let costs = sorted[cut]
             for run in Self.parts(costs: Array(costs), count: parts) {

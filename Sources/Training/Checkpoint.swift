@@ -319,7 +319,7 @@ public enum Checkpoint {
 
     /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
     /// (batch_size x ranks x grad_accum, the sampler position's unit; 0 for token-budget batches, whose budget
-    /// `training.max_tokens` must then be the same, on any number of ranks), the training data and, for a language model,
+    /// `training.max_tokens` and `training.length_groups` must then be the same, on any number of ranks), the training data and, for a language model,
     /// the context length must be what the checkpoint was written with; the model must be the same (checked when
     /// loading). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
@@ -338,6 +338,9 @@ public enum Checkpoint {
         if stored != now {
             refused.append("training.max_tokens: \(stored.map(String.init) ?? "none (training.batch_size)") in the checkpoint, "
                            + "\(now.map(String.init) ?? "none (training.batch_size)") now; the sampler position counts its batches")
+        } else if header.config.training.lengthGroups != config.training.lengthGroups {
+            refused.append("training.length_groups: \(header.config.training.lengthGroups) in the checkpoint, \(config.training.lengthGroups) "
+                           + "now; the sampler position counts batches of that many groups")
         }
         if let provenance = header.provenance {
             if stored == now && provenance.globalBatch != globalBatch {

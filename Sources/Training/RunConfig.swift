@@ -37,6 +37,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         /// samples of similar length, at most this many positions on its longer side, padding included
         /// (`TokenBudgetSampler`); nil: `batchSize` sequences per rank.
         public var maxTokens: Int?
+        /// With `maxTokens`: how many length groups, each within max_tokens / length_groups, one global batch joins
+        /// (`training.length_groups`, default 1: the paper's batches of one length). More mix short and long samples in
+        /// every update, as fixed-count batches do, while each rank's micro-batch keeps one length; ranks x grad_accum
+        /// must be at least this.
+        public var lengthGroups = 1
         /// Label smoothing ε of the cross-entropy loss, as in torch.nn.functional.cross_entropy's `label_smoothing`
         /// (`training.label_smoothing`, default 0, in [0, 1)).
         public var labelSmoothing: Float = 0
@@ -66,6 +71,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case batchSize = "batch_size", labelSmoothing = "label_smoothing", accumulationSteps = "grad_accum", clipNorm = "clip_norm"
             case bucketMb = "bucket_mb", threads, logEvery = "log_every", collectiveTimeout = "collective_timeout"
             case gradCompression = "grad_compression", maxTokens = "max_tokens", tensorboard
+            case lengthGroups = "length_groups"
         }
 
         /// `batchSize` until `RunConfig` derives it from `max_tokens` and the data lengths (a given `batch_size` is
@@ -79,6 +85,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             maxTokens = try values.decodeIfPresent(Int.self, forKey: .maxTokens)
             batchSize = maxTokens == nil ? try values.decode(Int.self, forKey: .batchSize)
                                          : try values.decodeIfPresent(Int.self, forKey: .batchSize) ?? Self.derivedBatchSize
+            lengthGroups = try values.decodeIfPresent(Int.self, forKey: .lengthGroups) ?? 1
             labelSmoothing = try values.decodeIfPresent(Float.self, forKey: .labelSmoothing) ?? 0
             seed = try values.decodeIfPresent(UInt64.self, forKey: .seed) ?? 0
             steps = try values.decodeIfPresent(Int.self, forKey: .steps) ?? 1000
@@ -300,7 +307,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         "model": ["kind", "vocab_size", "d_model", "heads", "encoder_layers", "decoder_layers", "d_ff", "activation", "norm",
                   "positions", "max_length", "dropout", "tied_embeddings", "scale_embedding"],
         "data": ["directory", "source_length", "target_length"],
-        "training": ["batch_size", "max_tokens", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
+        "training": ["batch_size", "max_tokens", "length_groups", "label_smoothing", "seed", "steps", "grad_accum", "clip_norm", "bucket_mb", "grad_compression",
                      "threads", "log_every", "collective_timeout", "tensorboard"],
         "eval": ["every", "max_batches", "decode_samples", "bleu_tokenize"],
         "checkpoint": ["every", "keep"],
@@ -460,6 +467,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if let maxTokens = training.maxTokens {
             try check(maxTokens >= 1 && maxTokens <= 1 << 30, "training.max_tokens",
                       "must be 1 to \(1 << 30) positions per global batch, got \(maxTokens)")
+            try check(training.lengthGroups >= 1 && training.lengthGroups <= maxTokens, "training.length_groups",
+                      "must be 1 to training.max_tokens (\(maxTokens)) groups per global batch, got \(training.lengthGroups)")
+        } else {
+            try check(training.lengthGroups == 1, "training.length_groups",
+                      "joins length groups of token-budget batches; it needs training.max_tokens (got \(training.lengthGroups) without it)")
         }
         try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
         try check(training.accumulationSteps >= 1 && training.accumulationSteps <= 1 << 16, "training.grad_accum",

@@ -196,12 +196,18 @@ public final class Trainer {
                     + "(\(sampler.droppedPerEpoch) samples left out each epoch)", [], config.training.batchSize)
         }
         let isLM = config.model.kind.readsTokenStream
+        let groups = config.training.lengthGroups
+        guard world.size * accumulation >= groups else {
+            throw TrainingError("training.length_groups \(groups) needs at least as many micro-batches per update (ranks x "
+                                + "training.grad_accum, \(world.size) x \(accumulation) here), one or more per group; raise training.grad_accum "
+                                + "to \((groups + world.size - 1) / world.size)")
+        }
         let sampler: TokenBudgetSampler
         do {
             if isLM {
                 // Every window is target_length positions: the budget only sets how many go in a batch.
                 sampler = try TokenBudgetSampler(lengths: [Int](repeating: config.data.targetLength, count: train.samples),
-                                                 seed: config.training.seed, maxTokens: maxTokens)
+                                                 seed: config.training.seed, maxTokens: maxTokens, groups: groups)
             } else {
                 // A pair's positions: source + EOS and BOS + target; the longer side is what a batch pads to.
                 let sides = try SampleReader(split: train).allLengths()
@@ -211,7 +217,7 @@ public final class Trainer {
                                         + "the model takes \(config.data.sourceLength - 1) and \(config.data.targetLength - 1) "
                                         + "(data.source_length and data.target_length, EOS and BOS included)")
                 }
-                sampler = try TokenBudgetSampler(pairs: sides, seed: config.training.seed, maxTokens: maxTokens)
+                sampler = try TokenBudgetSampler(pairs: sides, seed: config.training.seed, maxTokens: maxTokens, groups: groups)
             }
         } catch let error as SampleOverBudget {
             guard let (shard, local) = train.locate(error.index) else {
@@ -219,22 +225,26 @@ public final class Trainer {
             }
             throw TrainingError("\(shard.path): \(isLM ? "window" : "pair") \(local) takes \(error.positions) positions"
                                 + (isLM ? " (data.target_length)" : " (its longer side, EOS or BOS included)")
-                                + ", more than training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
-                                + (isLM ? " to at least \(error.positions)" : ", or leave such pairs out (ddp prepare --max-length)"))
+                                + (groups == 1 ? ", more than training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
+                                               : ", more than one of training.length_groups \(groups) groups may hold (training.max_tokens "
+                                                 + "\(maxTokens) / \(groups) = \(error.budget)): raise training.max_tokens or lower training.length_groups")
+                                + (isLM ? (groups == 1 ? " to at least \(error.positions)" : "") : ", or leave such pairs out (ddp prepare --max-length)"))
         }
         let parts = sampler.partSizes(parts: world.size * accumulation)
         let mostRows = parts.map(\.samples).max() ?? 1
         guard mostRows <= RunConfig.largestBatch else {
             throw TrainingError("training.max_tokens \(maxTokens): a rank's share of one batch would hold \(mostRows) short samples, more "
-                                + "than the \(RunConfig.largestBatch) sequences a batch may have; lower max_tokens or raise training.grad_accum")
+                                + "than the \(RunConfig.largestBatch) sequences a batch may have; lower max_tokens or raise "
+                                + (groups == 1 ? "training.grad_accum" : "training.length_groups"))
         }
         let sourceLength = isLM ? config.data.targetLength : config.data.sourceLength
         var shapes = parts.map { TransformerModel.BatchShape(batch: $0.samples, sourceLength: min($0.longest, sourceLength),
                                                              targetLength: min($0.longest, config.data.targetLength)) }
         // Evaluation and decoding take `batch_size` rows of any length.
         shapes.append(.init(batch: config.training.batchSize, sourceLength: sourceLength, targetLength: config.data.targetLength))
-        let description = "token-budget batches of at most \(maxTokens) positions (training.max_tokens), \(sampler.batchesPerEpoch) "
-            + "updates per epoch, every sample once"
+        let description = "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
+            + (groups > 1 ? " joining \(groups) length groups of at most \(sampler.groupBudget) (training.length_groups)" : "")
+            + ", \(sampler.batchesPerEpoch) updates per epoch, every sample once"
         return (sampler, 0, description, shapes, shapes.map(\.batch).max() ?? 1)
     }
 

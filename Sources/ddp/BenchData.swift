@@ -15,8 +15,10 @@ struct BenchData: ParsableCommand {
             It also reports the share of computed positions (source and decoder, padding included) that are padding \
             over one epoch, under both batchings: training.batch_size random sequences per batch, and token-budget \
             batches of similar length (training.max_tokens; when the config has none, batch_size x the longer of the \
-            data lengths, the most positions a fixed-count batch can hold). The loader is timed with the config's own \
-            batching.
+            data lengths, the most positions a fixed-count batch can hold). With training.length_groups, each \
+            token-budget batch counts as that many micro-batches, each padded to its own longest sample, as training \
+            computes it on ranks x grad_accum = length_groups. The loader is timed with the config's own batching (on one \
+            rank, length_groups micro-batches per batch).
 
             Example:
               ddp bench data --data data/reverse --config Configs/tiny.yaml --batches 200
@@ -59,17 +61,20 @@ struct BenchData: ParsableCommand {
         // Without max_tokens in the config: the most positions a fixed-count batch can hold (and at least the longest sample).
         let longest = lengths.map { max($0.source, $0.target) }.max() ?? 0
         let maxTokens = run.training.maxTokens ?? max(longest, run.training.batchSize * max(run.data.sourceLength, run.data.targetLength))
+        let groups = run.training.lengthGroups
         let budget: TokenBudgetSampler
         do {
-            budget = isLM ? try TokenBudgetSampler(lengths: lengths.map(\.target), seed: run.training.seed, maxTokens: maxTokens)
-                          : try TokenBudgetSampler(pairs: stored, seed: run.training.seed, maxTokens: maxTokens)
+            budget = isLM ? try TokenBudgetSampler(lengths: lengths.map(\.target), seed: run.training.seed, maxTokens: maxTokens, groups: groups)
+                          : try TokenBudgetSampler(pairs: stored, seed: run.training.seed, maxTokens: maxTokens, groups: groups)
         } catch {
             throw DataError(file: split.locate(error.index)?.shard.path ?? data,
                             "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "
-                            + "training.max_tokens \(maxTokens) allows a whole batch")
+                            + (groups == 1 ? "training.max_tokens \(maxTokens) allows a whole batch"
+                                           : "one of training.length_groups \(groups) groups may hold (max_tokens \(maxTokens) / \(groups) = \(error.budget))"))
         }
         let sampler: any TrainingSampler = run.training.maxTokens == nil ? fixed : budget
-        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1, accumulationSteps: 1)
+        let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1,
+                            accumulationSteps: run.training.maxTokens == nil ? 1 : groups)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }
         defer { loader.stop() }
@@ -84,17 +89,17 @@ struct BenchData: ParsableCommand {
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
                                 validation_seconds: validation, samples: split.samples,
                                 padding_share_batch_size: paddingShare(fixed.globalBatches(epoch: 0), lengths),
-                                padding_share_max_tokens: paddingShare(budget.globalBatches(epoch: 0), lengths), max_tokens: maxTokens,
-                                max_tokens_batches: budget.batchesPerEpoch)
+                                padding_share_max_tokens: paddingShare(budget.globalBatches(epoch: 0).flatMap { budget.split($0, parts: groups) }, lengths),
+                                max_tokens: maxTokens, length_groups: groups, max_tokens_batches: budget.batchesPerEpoch)
         if json {
             print(try jsonLine(report))
         } else {
             print("""
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s
-                loader      \(count) batches (\(run.training.maxTokens.map { "max_tokens \($0)" } ?? "batch_size \(run.training.batchSize)")) in \(String(format: "%.3f", seconds)) s
+                loader      \(count) batches (\(run.training.maxTokens.map { "max_tokens \($0)" + (groups > 1 ? ", \(groups) micro-batches of one length group each" : "") } ?? "batch_size \(run.training.batchSize)")) in \(String(format: "%.3f", seconds)) s
                 throughput  \(String(format: "%.1f", report.batches_per_s)) batches/s, \(String(format: "%.0f", report.tokens_per_s)) target tokens/s
                 padding     \(String(format: "%.1f", 100 * report.padding_share_batch_size))% of computed positions with batch_size \(run.training.batchSize) (\(fixed.batchesPerEpoch) batches per epoch), \
-                \(String(format: "%.1f", 100 * report.padding_share_max_tokens))% with max_tokens \(maxTokens) (\(budget.batchesPerEpoch) batches per epoch)
+                \(String(format: "%.1f", 100 * report.padding_share_max_tokens))% with max_tokens \(maxTokens)\(groups > 1 ? " in \(groups) length groups" : "") (\(budget.batchesPerEpoch) batches per epoch)
                 """)
         }
     }
@@ -122,8 +127,9 @@ struct DataReport: Encodable {
     let samples: Int
     /// Over one epoch: the share of computed positions that are padding with `batch_size` random sequences per batch.
     let padding_share_batch_size: Double
-    /// The same with token-budget batches of at most `max_tokens` positions.
+    /// The same with token-budget batches of at most `max_tokens` positions, each cut into its `length_groups` micro-batches.
     let padding_share_max_tokens: Double
     let max_tokens: Int
+    let length_groups: Int
     let max_tokens_batches: Int
 }

@@ -186,6 +186,58 @@ final class TokenBudgetSamplerTests: XCTestCase {
         }
     }
 
+    /// training.length_groups: each batch joins `groups` length groups from across the length order, every sample
+    /// once per epoch; cut into `groups` parts or more, every part stays within max_tokens / groups (so with `groups`
+    /// parts the batch stays within max_tokens); batches mix lengths (as fixed-count batches do) where one-group batches do not; one group is
+    /// the paper's batching, unchanged.
+    func testLengthGroupsMixLengthsWithinTheBudget() throws {
+        let one = try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 500)
+        XCTAssertEqual(try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 500, groups: 1).globalBatches(epoch: 2),
+                       one.globalBatches(epoch: 2))
+        let grouped = try TokenBudgetSampler(lengths: lengths, seed: 4, maxTokens: 2000, groups: 4)
+        XCTAssertEqual(grouped.groupBudget, 500)
+        XCTAssertEqual(grouped.cuts, one.cuts, "groups are cut under max_tokens / groups")
+        XCTAssertEqual(grouped.batchesPerEpoch, (one.cuts.count + 3) / 4)
+        func spread(_ batches: [[Int]]) -> Double {
+            Double(batches.reduce(0) { $0 + $1.map { lengths[$0] }.max()! - $1.map { lengths[$0] }.min()! }) / Double(batches.count)
+        }
+        for epoch in 0..<3 {
+            let batches = grouped.globalBatches(epoch: epoch)
+            XCTAssertEqual(batches.count, grouped.batchesPerEpoch)
+            XCTAssertEqual(batches.flatMap { $0 }.sorted(), Array(0..<lengths.count), "epoch \(epoch): every sample exactly once")
+            for batch in batches {
+                XCTAssertEqual(batch.map { lengths[$0] }, batch.map { lengths[$0] }.sorted(), "a batch is in length order")
+                for parts in [4, 6, 8] {
+                    let padded = grouped.split(batch, parts: parts).filter { !$0.isEmpty }.map { $0.count * $0.map { lengths[$0] }.max()! }
+                    XCTAssertLessThanOrEqual(padded.max()!, 500, "\(parts) parts: each within max_tokens / groups")
+                    if parts == 4 { XCTAssertLessThanOrEqual(padded.reduce(0, +), 2000, "one part per group: the batch within max_tokens") }
+                }
+            }
+            XCTAssertGreaterThan(spread(batches), 4 * spread(one.globalBatches(epoch: epoch)), "epoch \(epoch): lengths mixed")
+        }
+        XCTAssertNotEqual(grouped.globalBatches(epoch: 0), grouped.globalBatches(epoch: 1), "which groups meet changes per epoch")
+        // The part sizes announced before training bound every share (in samples, for its longest length).
+        for (world, accumulation) in [(1, 4), (2, 2), (4, 1), (3, 2), (2, 4)] {
+            let announced = Dictionary(grouping: grouped.partSizes(parts: world * accumulation), by: \.longest).mapValues { $0.map(\.samples).max()! }
+            for epoch in 0..<3 {
+                for batch in grouped.globalBatches(epoch: epoch) {
+                    for micro in 0..<accumulation {
+                        for rank in 0..<world {
+                            let share = grouped.share(of: batch, rank: rank, worldSize: world, microStep: micro, accumulationSteps: accumulation)
+                            guard let longest = share.map({ lengths[$0] }).max() else { continue }
+                            XCTAssertLessThanOrEqual(share.count, announced[longest] ?? 0, "\(world) x \(accumulation): a share of \(share.count) x \(longest)")
+                        }
+                    }
+                }
+            }
+        }
+        // A sample must fit one group's budget.
+        XCTAssertThrowsError(try TokenBudgetSampler(lengths: [3, 30, 7], seed: 0, maxTokens: 100, groups: 4)) { error in
+            XCTAssertEqual((error as? SampleOverBudget)?.index, 1)
+            XCTAssertEqual((error as? SampleOverBudget)?.budget, 25)
+        }
+    }
+
     /// The shorter side orders samples whose longer sides are equal.
     func testShorterSideIsTheSecondKey() throws {
         let sampler = try TokenBudgetSampler(lengths: [5, 5, 5, 3, 5], shorterLengths: [4, 2, 3, 1, 2], seed: 7, maxTokens: 100)

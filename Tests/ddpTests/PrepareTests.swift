@@ -116,6 +116,14 @@ final class PrepareTests: XCTestCase {
         XCTAssertEqual(json["max_tokens"] as? Int, 64)
         XCTAssertGreaterThan(fixed, 0.2)
         XCTAssertLessThan(budget, 0.05)
+        // Length groups: 4 micro-batches per batch, each of one length group, so the padding stays low.
+        let grouped = try runProcess(ddp, ["bench", "data", "--data", path("copy"), "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
+                                           "--set", "training.max_tokens=128", "--set", "training.length_groups=4", "--batches", "5", "--json"])
+        XCTAssertEqual(grouped.status, 0, grouped.output)
+        let groupedJSON = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(grouped.stdout.utf8)) as? [String: Any])
+        XCTAssertEqual(groupedJSON["length_groups"] as? Int, 4)
+        XCTAssertEqual(groupedJSON["batches"] as? Int, 20, "5 batches of 4 micro-batches")
+        XCTAssertLessThan(try XCTUnwrap(groupedJSON["padding_share_max_tokens"] as? Double), 0.05)
         let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
                                            repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)

@@ -118,6 +118,42 @@ final class TrainTests: XCTestCase {
         XCTAssertLessThan(metrics.reduce(0, +) / 150, 0.15)
     }
 
+    /// training.length_groups 2 (batches of two length groups of at most 24 positions): 2 ranks equal 1 rank x
+    /// grad_accum 2, a resume on 1 rank continues the 2-rank run; 1 rank without accumulation, a changed group count on
+    /// resume, a pair over one group's budget and length_groups without max_tokens are refused by name.
+    func testTokenBudgetLengthGroups() throws {
+        let grouped = ", max_tokens: 48, length_groups: 2"
+        let one = try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 60, extra: grouped), run: "accumulated")
+        XCTAssertTrue(one.stdout.contains("joining 2 length groups of at most 24 (training.length_groups)"), one.stdout)
+        try train(ranks: 2, config: try config(batch: 8, steps: 60, extra: grouped), run: "two")
+        let reference = try losses("accumulated")
+        XCTAssertEqual(reference.count, 60)
+        assertClose(try losses("two"), reference, "2 ranks, two length groups")
+        try assertSameParameters(["two"], as: "accumulated", step: 60)
+        try train(ranks: 2, config: try config(batch: 8, steps: 30, extra: grouped), run: "moved")
+        try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 60, extra: grouped), run: "moved", resume: true)
+        assertClose(try losses("moved"), reference, "resumed on 1 rank x grad_accum 2")
+
+        func refused(_ extra: String, accumulation: Int = 1, resume: String? = nil) throws -> String {
+            let result = try runProcess(ddp, ["train", "--config", try config(batch: 8, accumulation: accumulation, steps: 70, extra: extra),
+                                              "--run-dir", resume.map(path) ?? path("refused")] + (resume == nil ? [] : ["--resume"]),
+                                        environment: mpiEnvironment)
+            XCTAssertNotEqual(result.status, 0, result.output)
+            XCTAssertFalse(result.stdout.contains("step "), "refused before training: \(result.output)")
+            return result.stderr
+        }
+        let unaccumulated = try refused(grouped)
+        XCTAssertTrue(unaccumulated.contains("training.length_groups 2 needs at least as many micro-batches per update")
+                      && unaccumulated.contains("1 x 1 here") && unaccumulated.contains("raise training.grad_accum to 2"), unaccumulated)
+        let changed = try refused(", max_tokens: 48, length_groups: 1", accumulation: 2, resume: "accumulated")
+        XCTAssertTrue(changed.contains("training.length_groups: 2 in the checkpoint, 1 now"), changed)
+        let overGroup = try refused(", max_tokens: 24, length_groups: 2", accumulation: 2)
+        XCTAssertTrue(overGroup.contains("train-00000.h5: pair ") && overGroup.contains("training.length_groups 2")
+                      && overGroup.contains("(training.max_tokens 24 / 2 = 12)"), overGroup)
+        let withoutBudget = try refused(", length_groups: 2", accumulation: 2)
+        XCTAssertTrue(withoutBudget.contains("training.length_groups") && withoutBudget.contains("needs training.max_tokens"), withoutBudget)
+    }
+
     /// A token-budget run resumed is the uninterrupted run, bitwise on 1 rank and within 1e-5 on 2; changing the
     /// budget on resume is refused by name; a pair longer than the budget is named with its file.
     func testTokenBudgetResumeAndErrors() throws {
