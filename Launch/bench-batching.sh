@@ -5,7 +5,7 @@
 # positions that were padding, the final validation loss), then the medians and the speed ratio.
 #   Launch/bench-batching.sh [--rounds R] [--epochs E] [--max-tokens M] [--length-groups K] [--ranks N] [--pairs P] [--source FILE --target FILE]
 # With --length-groups K the token-budget runs join K length groups per batch (training.length_groups) and take
-# grad_accum K / N (at least 1), one micro-batch per group.
+# grad_accum K / N rounded up, at least one micro-batch per group.
 # The corpus: by default English-German pairs of the user-interface strings of the programs installed here (the
 # German gettext catalogs under /usr/share/locale/de/LC_MESSAGES, read with python3's gettext), the first P of them
 # in a seeded order; or your own line-aligned --source/--target files.

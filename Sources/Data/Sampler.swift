@@ -130,9 +130,10 @@ public struct SampleOverBudget: Error, Sendable {
 /// With `groups` > 1 (`training.length_groups`), the cuts are made under `maxTokens / groups` and each global batch
 /// joins `groups` of them, consecutive in the shuffled order, so from anywhere in the length order: an update then
 /// sees short and long samples together, as a fixed-count batch does, while each (micro-step, rank) part still holds
-/// samples of one length (`share` cuts the joined batch back along its length order). Each part then holds at most
-/// `maxTokens / groups` padded positions, for any number of parts from `groups` up (with exactly `groups` parts the
-/// batch holds at most `maxTokens`; more parts may cut across groups and pad a little more). Batches of one length give
+/// samples of similar length (`share` cuts the joined batch back along its length order, where the groups follow one
+/// another; a part may straddle two neighbouring groups). Each part holds at most `maxTokens / groups` padded
+/// positions, for any number of parts from `groups` up (with exactly `groups` parts the batch holds at most
+/// `maxTokens`; with more, parts may cut across groups and pad somewhat more in all). Batches of one length give
 /// noisier updates than mixed ones; on a small corpus that costs validation loss at equal updates (README, "Batching").
 public struct TokenBudgetSampler: Sendable {
     /// Seeds the order among equal lengths and of the batches, with the epoch (`training.seed`).
@@ -266,16 +267,24 @@ extension TokenBudgetSampler: TrainingSampler {
 
     /// The distinct sizes of the parts of every batch, (samples, longest length), so that buffers can be sized for
     /// them before training. With one group they are the same every epoch, whatever samples of equal length a part
-    /// holds. With more, which groups meet changes each epoch; for `parts` ≥ `groups` every part holds at most
-    /// `groupBudget` padded positions (each group alone is a way to cut the batch that stays within it, and `parts`
-    /// finds the smallest largest part), so the bound is given instead: for each length, as many samples of it as fit
-    /// `groupBudget`. (`parts` < `groups` is refused before training: a part would then pad groups together.)
+    /// holds. With more, which groups meet changes each epoch, so a bound is given instead, for `parts` ≥ `groups`
+    /// (fewer is refused before training): cutting each of a batch's groups into m = ⌊parts / groups⌋ runs is one way
+    /// to cut the batch (the groups are consecutive in its length order), and a group whose longest sample has L
+    /// positions holds at most ⌊groupBudget / L⌋ samples, so its runs hold at most ⌈⌊groupBudget / L⌋ / m⌉ · L padded
+    /// positions; `parts` finds the smallest largest part, which is therefore at most the largest of these over every
+    /// length, B. For each length L the bound is ⌊B / L⌋ samples, and never more than the samples of length ≤ L.
     public func partSizes(parts: Int) -> [PartSize] {
         let sorted = lengths.sorted()
         var sizes = Set<PartSize>()
         if groups > 1 {
             precondition(parts >= groups, "\(parts) parts of a batch of \(groups) length groups")
-            for length in Set(sorted) { sizes.insert(PartSize(samples: groupBudget / length, longest: length)) }
+            let runs = parts / groups, distinct = Array(Set(sorted)).sorted()
+            let largest = min(groupBudget, distinct.map { (groupBudget / $0 + runs - 1) / runs * $0 }.max() ?? groupBudget)
+            var atMost = 0
+            for length in distinct {
+                while atMost < sorted.count && sorted[atMost] <= length { atMost += 1 }
+                sizes.insert(PartSize(samples: min(largest / length, atMost), longest: length))
+            }
             return sizes.sorted { ($0.longest, $0.samples) < ($1.longest, $1.samples) }
         }
         for cut in cuts {

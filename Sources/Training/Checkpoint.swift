@@ -338,7 +338,8 @@ public enum Checkpoint {
         if stored != now {
             refused.append("training.max_tokens: \(stored.map(String.init) ?? "none (training.batch_size)") in the checkpoint, "
                            + "\(now.map(String.init) ?? "none (training.batch_size)") now; the sampler position counts its batches")
-        } else if header.config.training.lengthGroups != config.training.lengthGroups {
+        }
+        if header.config.training.lengthGroups != config.training.lengthGroups {
             refused.append("training.length_groups: \(header.config.training.lengthGroups) in the checkpoint, \(config.training.lengthGroups) "
                            + "now; the sampler position counts batches of that many groups")
         }

@@ -39,8 +39,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         public var maxTokens: Int?
         /// With `maxTokens`: how many length groups, each within max_tokens / length_groups, one global batch joins
         /// (`training.length_groups`, default 1: the paper's batches of one length). More mix short and long samples in
-        /// every update, as fixed-count batches do, while each rank's micro-batch keeps one length; ranks x grad_accum
-        /// must be at least this.
+        /// every update, as fixed-count batches do, while each rank's micro-batch keeps samples of similar length;
+        /// ranks x grad_accum must be at least this.
         public var lengthGroups = 1
         /// Label smoothing ε of the cross-entropy loss, as in torch.nn.functional.cross_entropy's `label_smoothing`
         /// (`training.label_smoothing`, default 0, in [0, 1)).
@@ -318,6 +318,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// Sequences per rank per micro-step at most (with `ModelConfig.limits`, no buffer size overflows).
     public static let largestBatch = 1 << 15
+    /// The most micro-steps an update may take (`training.grad_accum`).
+    public static let largestAccumulation = 1 << 16
 
     /// Every key on which two configs differ ("section.key"), with both values as text.
     public static func differences(_ stored: RunConfig, _ current: RunConfig) -> [(key: String, stored: String, current: String)] {
@@ -474,8 +476,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
                       "joins length groups of token-budget batches; it needs training.max_tokens (got \(training.lengthGroups) without it)")
         }
         try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
-        try check(training.accumulationSteps >= 1 && training.accumulationSteps <= 1 << 16, "training.grad_accum",
-                  "must be 1 to \(1 << 16), got \(training.accumulationSteps)")
+        try check(training.accumulationSteps >= 1 && training.accumulationSteps <= RunConfig.largestAccumulation, "training.grad_accum",
+                  "must be 1 to \(RunConfig.largestAccumulation), got \(training.accumulationSteps)")
         try check(training.clipNorm >= 0, "training.clip_norm", "must be 0 (off) or positive, got \(training.clipNorm)")
         try check(training.bucketMb > 0 && training.bucketMb <= 1_048_576, "training.bucket_mb", "must be positive and at most 1048576, got \(training.bucketMb)")
         try check(training.threads >= 0 && training.threads <= 1 << 12, "training.threads", "must be 0 (automatic) to \(1 << 12), got \(training.threads)")

@@ -197,11 +197,6 @@ public final class Trainer {
         }
         let isLM = config.model.kind.readsTokenStream
         let groups = config.training.lengthGroups
-        guard world.size * accumulation >= groups else {
-            throw TrainingError("training.length_groups \(groups) needs at least as many micro-batches per update (ranks x "
-                                + "training.grad_accum, \(world.size) x \(accumulation) here), one or more per group; raise training.grad_accum "
-                                + "to \((groups + world.size - 1) / world.size)")
-        }
         let sampler: TokenBudgetSampler
         do {
             if isLM {
@@ -230,20 +225,29 @@ public final class Trainer {
                                                  + "\(maxTokens) / \(groups) = \(error.budget)): raise training.max_tokens or lower training.length_groups")
                                 + (isLM ? (groups == 1 ? " to at least \(error.positions)" : "") : ", or leave such pairs out (ddp prepare --max-length)"))
         }
+        // Checked after the budget (a group too small for the samples is the first thing to change).
+        guard world.size * accumulation >= groups else {
+            let needed = (groups + world.size - 1) / world.size
+            throw TrainingError("training.length_groups \(groups) needs at least as many micro-batches per update (ranks x "
+                                + "training.grad_accum, \(world.size) x \(accumulation) here), one or more per group; "
+                                + (needed <= RunConfig.largestAccumulation ? "raise training.grad_accum to \(needed)"
+                                   : "training.grad_accum cannot exceed \(RunConfig.largestAccumulation): lower training.length_groups"))
+        }
         let parts = sampler.partSizes(parts: world.size * accumulation)
         let mostRows = parts.map(\.samples).max() ?? 1
         guard mostRows <= RunConfig.largestBatch else {
-            throw TrainingError("training.max_tokens \(maxTokens): a rank's share of one batch would hold \(mostRows) short samples, more "
-                                + "than the \(RunConfig.largestBatch) sequences a batch may have; lower max_tokens or raise "
-                                + (groups == 1 ? "training.grad_accum" : "training.length_groups"))
+            throw TrainingError("training.max_tokens \(maxTokens): a rank's share of one batch \(groups == 1 ? "would" : "could") hold \(mostRows) "
+                                + "short samples, more than the \(RunConfig.largestBatch) sequences a batch may have; lower max_tokens or raise "
+                                + "training.grad_accum")
         }
         let sourceLength = isLM ? config.data.targetLength : config.data.sourceLength
         var shapes = parts.map { TransformerModel.BatchShape(batch: $0.samples, sourceLength: min($0.longest, sourceLength),
                                                              targetLength: min($0.longest, config.data.targetLength)) }
         // Evaluation and decoding take `batch_size` rows of any length.
         shapes.append(.init(batch: config.training.batchSize, sourceLength: sourceLength, targetLength: config.data.targetLength))
-        let description = "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
-            + (groups > 1 ? " joining \(groups) length groups of at most \(sampler.groupBudget) (training.length_groups)" : "")
+        let description = (groups == 1 ? "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
+                                       : "token-budget batches of up to \(groups) length groups of at most \(sampler.groupBudget) positions "
+                                         + "(training.max_tokens \(maxTokens) / training.length_groups \(groups))")
             + ", \(sampler.batchesPerEpoch) updates per epoch, every sample once"
         return (sampler, 0, description, shapes, shapes.map(\.batch).max() ?? 1)
     }

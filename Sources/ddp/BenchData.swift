@@ -31,7 +31,7 @@ struct BenchData: ParsableCommand {
     /// Its training.batch_size and data lengths give the batches' shape.
     @OptionGroup var config: ConfigOptions
 
-    @Option(help: "Batches to time.")
+    @Option(help: "Batches to time (global batches; with training.length_groups, each loads as that many micro-batches).")
     var batches = 200
 
     @Flag(help: "Print one JSON object instead of a table.")
@@ -68,9 +68,10 @@ struct BenchData: ParsableCommand {
                           : try TokenBudgetSampler(pairs: stored, seed: run.training.seed, maxTokens: maxTokens, groups: groups)
         } catch {
             throw DataError(file: split.locate(error.index)?.shard.path ?? data,
-                            "sample \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "
-                            + (groups == 1 ? "training.max_tokens \(maxTokens) allows a whole batch"
-                                           : "one of training.length_groups \(groups) groups may hold (max_tokens \(maxTokens) / \(groups) = \(error.budget))"))
+                            "\(isLM ? "window" : "pair") \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "
+                            + (groups == 1 ? "training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
+                                           : "one of training.length_groups \(groups) groups may hold (training.max_tokens \(maxTokens) / \(groups) = "
+                                             + "\(error.budget)): raise training.max_tokens or lower training.length_groups"))
         }
         let sampler: any TrainingSampler = run.training.maxTokens == nil ? fixed : budget
         let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1,
@@ -78,14 +79,15 @@ struct BenchData: ParsableCommand {
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }
         defer { loader.stop() }
-        var tokens = 0, count = 0
+        var tokens = 0, count = 0  // `count` micro-batches
         let readStart = clock.now
         while let batch = try loader.next() {
             tokens += batch.targetTokens
             count += 1
         }
         let seconds = (clock.now - readStart).seconds
-        let report = DataReport(data: data, batches: count, batch_size: run.training.batchSize, seconds: seconds,
+        let microBatches = run.training.maxTokens == nil ? 1 : groups
+        let report = DataReport(data: data, batches: count / microBatches, micro_batches: count, batch_size: run.training.batchSize, seconds: seconds,
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
                                 validation_seconds: validation, samples: split.samples,
                                 padding_share_batch_size: paddingShare(fixed.globalBatches(epoch: 0), lengths),
@@ -96,7 +98,7 @@ struct BenchData: ParsableCommand {
         } else {
             print("""
                 data        \(data): \(split.samples) samples in \(split.shards.count) shard(s), validated in \(String(format: "%.2f", validation)) s
-                loader      \(count) batches (\(run.training.maxTokens.map { "max_tokens \($0)" + (groups > 1 ? ", \(groups) micro-batches of one length group each" : "") } ?? "batch_size \(run.training.batchSize)")) in \(String(format: "%.3f", seconds)) s
+                loader      \(report.batches) batches (\(run.training.maxTokens.map { "max_tokens \($0)" + (groups > 1 ? ", each \(groups) micro-batches of one length group" : "") } ?? "batch_size \(run.training.batchSize)")) in \(String(format: "%.3f", seconds)) s
                 throughput  \(String(format: "%.1f", report.batches_per_s)) batches/s, \(String(format: "%.0f", report.tokens_per_s)) target tokens/s
                 padding     \(String(format: "%.1f", 100 * report.padding_share_batch_size))% of computed positions with batch_size \(run.training.batchSize) (\(fixed.batchesPerEpoch) batches per epoch), \
                 \(String(format: "%.1f", 100 * report.padding_share_max_tokens))% with max_tokens \(maxTokens)\(groups > 1 ? " in \(groups) length groups" : "") (\(budget.batchesPerEpoch) batches per epoch)
@@ -118,7 +120,10 @@ struct BenchData: ParsableCommand {
 
 struct DataReport: Encodable {
     let data: String
+    /// Global batches loaded.
     let batches: Int
+    /// Micro-batches loaded: `batches` x training.length_groups with max_tokens, else `batches`.
+    let micro_batches: Int
     let batch_size: Int
     let seconds: Double
     let batches_per_s: Double

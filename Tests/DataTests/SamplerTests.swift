@@ -238,6 +238,36 @@ final class TokenBudgetSamplerTests: XCTestCase {
         }
     }
 
+    /// The bound `partSizes` announces for length groups holds for every share of random data (many equal lengths,
+    /// budgets not divisible by the group count, any number of parts from the group count to three times it), and it
+    /// shrinks with more parts, as the buffers should.
+    func testLengthGroupPartSizesBoundEveryShareFuzzed() throws {
+        var random = SplitMix64(seed: 23)
+        for trial in 0..<60 {
+            let count = 20 + Int(random.next() % 200), longest = 2 + Int(random.next() % 30)
+            let lengths = (0..<count).map { _ in random.next() % 3 == 0 ? longest : 1 + Int(random.next() % UInt64(longest)) }
+            let groups = 2 + Int(random.next() % 5)
+            let maxTokens = groups * longest + Int(random.next() % UInt64(groups * longest * 4))
+            let sampler = try TokenBudgetSampler(lengths: lengths, seed: random.next(), maxTokens: maxTokens, groups: groups)
+            for parts in groups...(3 * groups) {
+                let announced = Dictionary(grouping: sampler.partSizes(parts: parts), by: \.longest).mapValues { $0.map(\.samples).max()! }
+                for epoch in 0..<3 {
+                    for batch in sampler.globalBatches(epoch: epoch) {
+                        for part in sampler.split(batch, parts: parts) where !part.isEmpty {
+                            let partLongest = part.map { lengths[$0] }.max()!
+                            XCTAssertLessThanOrEqual(part.count * partLongest, sampler.groupBudget, "trial \(trial)")
+                            XCTAssertLessThanOrEqual(part.count, announced[partLongest] ?? 0,
+                                                     "trial \(trial), \(parts) parts: \(part.count) x \(partLongest) not announced")
+                        }
+                    }
+                }
+            }
+            XCTAssertLessThanOrEqual(sampler.partSizes(parts: groups).map(\.samples).max()!, count, "never more rows than samples")
+            let rows = { (parts: Int) in sampler.partSizes(parts: parts).map { $0.samples * $0.longest }.max()! }
+            XCTAssertLessThanOrEqual(rows(3 * groups), rows(groups), "trial \(trial): more parts, smaller buffers")
+        }
+    }
+
     /// The shorter side orders samples whose longer sides are equal.
     func testShorterSideIsTheSecondKey() throws {
         let sampler = try TokenBudgetSampler(lengths: [5, 5, 5, 3, 5], shorterLengths: [4, 2, 3, 1, 2], seed: 7, maxTokens: 100)

@@ -98,6 +98,18 @@ final class ScheduleTests: XCTestCase {
                 XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=\(value): \($0)")
             }
         }
+        // training.length_groups: 1 to max_tokens groups, and only next to max_tokens.
+        for (overrides, fragment) in [(["training.max_tokens=64", "training.length_groups=0"], "must be 1 to training.max_tokens (64)"),
+                                      (["training.max_tokens=64", "training.length_groups=65"], "got 65"),
+                                      (["training.max_tokens=64", "training.length_groups=two"], "length_groups"),
+                                      (["training.length_groups=2"], "it needs training.max_tokens")] {
+            XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: overrides), "\(overrides)") {
+                XCTAssertTrue("\($0)".contains("training.length_groups") && "\($0)".contains(fragment), "\(overrides): \($0)")
+            }
+        }
+        XCTAssertEqual(try RunConfig.parse(smallModelYAML, file: "inline.yaml",
+                                           overrides: ["training.max_tokens=64", "training.length_groups=64"]).training.lengthGroups, 64)
+        XCTAssertEqual(try RunConfig.parse(smallModelYAML, file: "inline.yaml").training.lengthGroups, 1)
         for key in ["optimizer.lr", "optimizer.eps", "optimizer.weight_decay", "schedule.factor"] {
             XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=.nan"]), key) {
                 XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=.nan: \($0)")

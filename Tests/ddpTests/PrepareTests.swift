@@ -122,8 +122,14 @@ final class PrepareTests: XCTestCase {
         XCTAssertEqual(grouped.status, 0, grouped.output)
         let groupedJSON = try XCTUnwrap(try JSONSerialization.jsonObject(with: Foundation.Data(grouped.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(groupedJSON["length_groups"] as? Int, 4)
-        XCTAssertEqual(groupedJSON["batches"] as? Int, 20, "5 batches of 4 micro-batches")
+        XCTAssertEqual(groupedJSON["batches"] as? Int, 5)
+        XCTAssertEqual(groupedJSON["micro_batches"] as? Int, 20, "5 batches of 4 micro-batches")
         XCTAssertLessThan(try XCTUnwrap(groupedJSON["padding_share_max_tokens"] as? Double), 0.05)
+        let overGroup = try runProcess(ddp, ["bench", "data", "--data", path("copy"), "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
+                                             "--set", "training.max_tokens=40", "--set", "training.length_groups=4"])
+        XCTAssertNotEqual(overGroup.status, 0)
+        XCTAssertTrue(overGroup.stderr.contains("train-00000.h5") && overGroup.stderr.contains("(training.max_tokens 40 / 4 = 10)")
+                      && overGroup.stderr.contains("lower training.length_groups"), overGroup.output)
         let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
                                            repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)

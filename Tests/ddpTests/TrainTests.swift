@@ -124,7 +124,7 @@ final class TrainTests: XCTestCase {
     func testTokenBudgetLengthGroups() throws {
         let grouped = ", max_tokens: 48, length_groups: 2"
         let one = try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 60, extra: grouped), run: "accumulated")
-        XCTAssertTrue(one.stdout.contains("joining 2 length groups of at most 24 (training.length_groups)"), one.stdout)
+        XCTAssertTrue(one.stdout.contains("token-budget batches of up to 2 length groups of at most 24 positions (training.max_tokens 48 / training.length_groups 2)"), one.stdout)
         try train(ranks: 2, config: try config(batch: 8, steps: 60, extra: grouped), run: "two")
         let reference = try losses("accumulated")
         XCTAssertEqual(reference.count, 60)
