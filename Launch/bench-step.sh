@@ -3,19 +3,22 @@
 # "1 2 3", Configs/bench-wN.yaml), alternating ddp and PyTorch in one session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 # W4 (--workloads 4) is GPT-2 small against transformers' GPT2LMHeadModel (--hf-gpt2; PY must import transformers too);
 # a step takes seconds there, so give fewer --steps (default 10, after 2 warm-up steps; --steps 3 --warmup 1 for W4).
+# W3 (encoder-only): ddp's training step sends only the masked positions through the masked-LM head (BERT's own
+# gather_indexes); PyTorch's reference runs the head over every position, as Hugging Face's BertForMaskedLM does, unless
+# --mlm-gather is given, which makes it gather too.
 #
-#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--workloads "1 2 3"] [--steps S] [--warmup W] [--python PY|none] [--baseline DDP]
+#   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--workloads "1 2 3"] [--steps S] [--warmup W] [--python PY|none] [--baseline DDP] [--mlm-gather]
 #       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another
 #       ddp binary (say, the previous main's release build) runs in the same rounds too, and its ratio to ddp is
 #       printed: how a change moved the speed, measured under the same noise. `--python none` leaves PyTorch out.
-#   Launch/bench-step.sh --ranks N [--rounds R] [--workloads "1 2 3"] [--python PY]
+#   Launch/bench-step.sh --ranks N [--rounds R] [--workloads "1 2 3"] [--python PY] [--mlm-gather]
 #       data parallel, 1 thread per rank: 1 process and N ranks of each (ddp under Launch/mpirun.sh, PyTorch DDP under
 #       torchrun with gloo), tokens/s of all ranks, efficiency = N-rank tokens/s / (N x 1-rank tokens/s), and ddp's
 #       share of the step spent waiting for communication.
 # PY must import torch (a virtual environment outside the repository: pip install torch).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-rounds=3 threads="1 2" workloads="1 2 3" steps=10 warmup=2 ranks=1 python="${TORCH_PYTHON:-python3}" torch_ref="$root/Tests/Reference/bench_step_ref.py" baseline=""
+rounds=3 threads="1 2" workloads="1 2 3" steps=10 warmup=2 ranks=1 mlm_gather="" python="${TORCH_PYTHON:-python3}" torch_ref="$root/Tests/Reference/bench_step_ref.py" baseline=""
 while (($#)); do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -26,6 +29,7 @@ while (($#)); do
     --ranks) ranks="$2"; shift 2 ;;
     --python) python="$2"; shift 2 ;;
     --baseline) baseline="$2"; shift 2 ;;
+    --mlm-gather) mlm_gather="--mlm-gather"; shift ;;
     *) echo "bench-step.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -42,7 +46,7 @@ ddp="$root/.build/release/ddp"
 [[ "$steps" =~ ^[1-9][0-9]*$ && "$warmup" =~ ^[0-9]+$ ]] || { echo "bench-step.sh: --steps and --warmup take numbers" >&2; exit 2; }
 # What each side is told: the step counts, and W4's reference model (transformers' GPT-2).
 counts="--steps $steps --warmup $warmup"
-reference() { [ "$1" = 4 ] && echo "$counts --hf-gpt2" || echo "$counts"; }
+reference() { case "$1" in 4) echo "$counts --hf-gpt2" ;; 3) echo "$counts $mlm_gather" ;; *) echo "$counts" ;; esac; }
 
 results=$(mktemp)
 trap 'rm -f "$results"' EXIT

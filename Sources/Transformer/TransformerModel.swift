@@ -400,22 +400,41 @@ public final class TransformerModel {
         guard let transform = maskedLM, let a = buffers.maskedLM else { preconditionFailure("an encoder-only model has a masked-LM head") }
         let pass = pass(backward: backward)
         let memory = encode(batch.source, batch: b, time: s, pass: pass)
-        let transformed = transform.forward(input: memory.states, a, rows: rows, keepingDerivative: backward, parameters: parameters)
         let logits = buffers.logits
-        head.projection.forward(out: logits, inp: transformed, rows: rows, parameters: parameters)
-        let result = loss(logits: logits, labels: batch.labels, smoothing: labelSmoothing, backward: backward)
-        if backward {
-            a.dNormalized.baseAddress!.update(repeating: 0, count: rows * c)
-            head.projection.backward(dInp: a.dNormalized, dOut: logits, inp: transformed, rows: rows, parameters: parameters,
-                                     gradients: gradients)
-            memory.gradient.baseAddress!.update(repeating: 0, count: rows * c)
-            transform.backward(input: memory.states, dInput: memory.gradient, a, rows: rows, scratch: buffers.scratch,
-                               parameters: parameters, gradients: gradients)
-            // The head: its transform, the output bias and an untied projection, the arena's last tensors.
-            pass.gradientsFinal?(transform.firstParameterOffset..<layout.count)
-            backwardEncoder(memory.gradient, tokens: batch.source, batch: b, time: s, pass: pass)
-            pass.gradientsFinal?(embedding.parameterRange)
+        guard backward else {
+            // Evaluation keeps every position's logits readable (`withLogits`: fill-mask reads the masks' rows).
+            let transformed = transform.forward(input: memory.states, a, rows: rows, keepingDerivative: false, parameters: parameters)
+            head.projection.forward(out: logits, inp: transformed, rows: rows, parameters: parameters)
+            return loss(logits: logits, labels: batch.labels, smoothing: labelSmoothing, backward: false)
         }
+        // Training: only the R positions the loss reads go through the head, as in BERT's own code (`gather_indexes`
+        // in Devlin et al.'s run_pretraining.py); the other rows' logits would be computed and thrown away (85% of them
+        // with BERT's 15% masking). Rows in order, so the products are a function of the batch alone.
+        let chosen = batch.labels.indices.filter { batch.labels[$0] != specialTokens.pad }
+        let picked = chosen.count
+        for (row, position) in chosen.enumerated() {
+            (a.gathered.baseAddress! + row * c).update(from: memory.states.baseAddress! + position * c, count: c)
+        }
+        var result = LossSum()
+        a.dGathered.baseAddress!.update(repeating: 0, count: picked * c)
+        if picked > 0 {
+            let transformed = transform.forward(input: a.gathered, a, rows: picked, keepingDerivative: true, parameters: parameters)
+            head.projection.forward(out: logits, inp: transformed, rows: picked, parameters: parameters)
+            result = loss(logits: logits, labels: chosen.map { batch.labels[$0] }, smoothing: labelSmoothing, backward: true)
+            a.dNormalized.baseAddress!.update(repeating: 0, count: picked * c)
+            head.projection.backward(dInp: a.dNormalized, dOut: logits, inp: transformed, rows: picked, parameters: parameters,
+                                     gradients: gradients)
+            transform.backward(input: a.gathered, dInput: a.dGathered, a, rows: picked, scratch: buffers.scratch,
+                               parameters: parameters, gradients: gradients)
+        }
+        memory.gradient.baseAddress!.update(repeating: 0, count: rows * c)
+        for (row, position) in chosen.enumerated() {
+            (memory.gradient.baseAddress! + position * c).update(from: a.dGathered.baseAddress! + row * c, count: c)
+        }
+        // The head: its transform, the output bias and an untied projection, the arena's last tensors.
+        pass.gradientsFinal?(transform.firstParameterOffset..<layout.count)
+        backwardEncoder(memory.gradient, tokens: batch.source, batch: b, time: s, pass: pass)
+        pass.gradientsFinal?(embedding.parameterRange)
         return result
     }
 

@@ -6,14 +6,15 @@ is torch.nn.Transformer (post- or pre-norm, ReLU or GELU) with sinusoidal or lea
 is a stack of torch.nn.TransformerEncoderLayer under a causal mask (nanoGPT's shape) with a final LayerNorm; an
 encoder-only model is the same stack without the mask and with BERT's masked-LM head (dense, GELU, LayerNorm, the
 output projection plus a bias), its loss over 15% of the positions (80% of them replaced by the mask token, 10% by a
-random token, as BERT). All tie the output projection to the embedding when the config does. A step is what `ddp bench step` times: forward,
+random token, as BERT); the head runs over every position, as Hugging Face's BertForMaskedLM does, or with
+--mlm-gather over the chosen positions only, as BERT's own code and ddp's training step do. All tie the output projection to the embedding when the config does. A step is what `ddp bench step` times: forward,
 cross-entropy (the config's label smoothing), backward, clip_grad_norm_ (the config's clip_norm) and AdamW, on random
 tokens; the median of the timed steps is reported.
 
 With --hf-gpt2, a decoder-only config becomes transformers' GPT2LMHeadModel of that shape (Configs/bench-w4.yaml is
 GPT-2 small); its own forward computes the logits, dropout off.
 
-Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp] [--sdpa] [--hf-gpt2]
+Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S] [--warmup W] [--ddp] [--sdpa] [--hf-gpt2] [--mlm-gather]
        (with --ddp, launch under torchrun or mpirun: each rank takes its own batch and DistributedDataParallel sums
        gradients)
        (with --sdpa, a decoder-only config becomes nanoGPT's model, whose attention is scaled_dot_product_attention)
@@ -109,8 +110,10 @@ class EncoderOnly(nn.Module):
         if m.get("tied_embeddings", True):
             self.head.weight = self.embedding.weight
 
-    def forward(self, source, decoder_input):
-        return self.head(self.transform(self.norm(self.layers(self.embed(source)))))
+    def forward(self, source, decoder_input, chosen=None):
+        hidden = self.norm(self.layers(self.embed(source)))
+        # --mlm-gather: the head over the chosen positions only (BERT's gather_indexes), as ddp trains.
+        return self.head(self.transform(hidden if chosen is None else hidden[chosen]))
 
 
 class DecoderOnly(nn.Module):
@@ -200,6 +203,8 @@ def main():
     parser.add_argument("--ddp", action="store_true")
     parser.add_argument("--sdpa", action="store_true", help="decoder-only configs: nanoGPT's model (scaled_dot_product_attention)")
     parser.add_argument("--hf-gpt2", action="store_true", help="decoder-only configs: transformers' GPT2LMHeadModel")
+    parser.add_argument("--mlm-gather", action="store_true",
+                        help="encoder-only configs: the masked-LM head over the chosen positions only (BERT's gather_indexes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -218,6 +223,8 @@ def main():
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     if args.sdpa and kind != "decoder-only":
         parser.error(f"--sdpa builds nanoGPT's decoder-only model; {args.config} is {kind}")
+    if args.mlm_gather and kind != "encoder-only":
+        parser.error(f"--mlm-gather is for encoder-only models; {args.config} is {kind}")
     if args.hf_gpt2 and kind != "decoder-only":
         parser.error(f"--hf-gpt2 builds a decoder-only GPT-2; {args.config} is {kind}")
     model = HuggingFaceGPT2(m) if args.hf_gpt2 else NanoGPT(m) if args.sdpa else {"encoder-decoder": EncoderDecoder, "decoder-only": DecoderOnly, "encoder-only": EncoderOnly}[kind](m)
@@ -250,9 +257,13 @@ def main():
         for micro in range(accumulation):
             last = micro == accumulation - 1
             with model.no_sync() if args.ddp and not last else contextlib.nullcontext():
-                logits = model(source, decoder_input)
-                loss = F.cross_entropy(logits.reshape(-1, m["vocab_size"]), labels.reshape(-1), label_smoothing=smoothing,
-                                       ignore_index=0 if kind == "encoder-only" else -100)
+                if args.mlm_gather:
+                    logits = model(source, decoder_input, chosen)
+                    loss = F.cross_entropy(logits, labels[chosen], label_smoothing=smoothing)
+                else:
+                    logits = model(source, decoder_input)
+                    loss = F.cross_entropy(logits.reshape(-1, m["vocab_size"]), labels.reshape(-1), label_smoothing=smoothing,
+                                           ignore_index=0 if kind == "encoder-only" else -100)
                 loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

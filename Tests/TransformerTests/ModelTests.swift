@@ -42,6 +42,26 @@ final class ModelTests: XCTestCase {
         print("encoder-only finite differences (untied, pre-norm, dropout 0.2): largest error \(worst)")
     }
 
+    /// Training sends only the positions with a label through the masked-LM head: the loss equals evaluation's over
+    /// every position (which keeps all logits), and a micro-batch without any chosen position (a short rank's share)
+    /// adds nothing to any gradient.
+    func testTrainingHeadTakesOnlyTheChosenPositions() throws {
+        let model = try TransformerModel(config: config(.encoderOnly, norm: .post, tied: true), maxBatch: 2, maxTargetLength: 4)
+        model.initializeParameters(seed: 3)
+        model.gradients.zero()
+        let evaluated = model.forward(masked, labelSmoothing: 0.1)
+        let trained = model.forwardBackward(masked, labelSmoothing: 0.1)
+        XCTAssertEqual(trained.targetTokens, evaluated.targetTokens)
+        XCTAssertEqual(trained.correct, evaluated.correct)
+        XCTAssertEqual(trained.loss, evaluated.loss, accuracy: abs(evaluated.loss) * 1e-6)
+        XCTAssertGreaterThan(model.gradients.storage.map { abs($0) }.max() ?? 0, 0)
+        model.gradients.zero()
+        let unlabelled = TokenBatch(batchSize: 2, sourceLength: 4, targetLength: 4, source: masked.source, decoderInput: [],
+                                    labels: [Int32](repeating: 0, count: 8))
+        XCTAssertEqual(model.forwardBackward(unlabelled), LossSum())
+        XCTAssertEqual(model.gradients.storage.filter { $0 != 0 }.count, 0, "no chosen position, no gradient")
+    }
+
     func testConfigErrorsNameTheKey() {
         var bad = config()
         bad.heads = 3

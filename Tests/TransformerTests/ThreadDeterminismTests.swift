@@ -6,7 +6,7 @@ import Transformer
 import XCTest
 
 /// A whole training step (forward with dropout, backward, AdamW) and an evaluation forward give bitwise identical
-/// logits, loss, gradients and parameters with 1, 2 and 3 compute threads, for both model kinds, on batches whose
+/// logits, loss, gradients and parameters with 1, 2 and 3 compute threads, for the three model kinds, on batches whose
 /// rows are not multiples of any tile size and whose sequences are padded to different lengths.
 ///
 /// OpenBLAS picks its kernels by CPU when it loads, and its AVX2 kernels (Haswell, Zen) are the ones that compute
@@ -87,6 +87,17 @@ final class ThreadDeterminismTests: XCTestCase {
                             decoderInput: (0..<5).flatMap { Array(targets[($0 * 28)..<($0 * 28 + 27)]) },
                             labels: (0..<5).flatMap { Array(targets[($0 * 28 + 1)..<($0 * 28 + 28)]) })
         try assertAgreement("encoder-decoder", config: translation, batch: seq2seq)
+
+        // Encoder-only: training's head takes only the labelled positions (99 of 145 here; the vocabulary of 300 still
+        // cuts its output projection into tiles); evaluation's takes every position.
+        let bert = ModelConfig(kind: .encoderOnly, vocabSize: 300, dModel: 48, heads: 4, encoderLayers: 2, decoderLayers: 0,
+                               dFF: 200, activation: .gelu, norm: .post, positions: .learned, maxLength: 32, dropout: 0.1,
+                               tiedEmbeddings: true)
+        let inputs = padded([29, 17, 23, 5, 11].map { $0 + 6 }.map { min($0, 29) }, time: 29, first: 4 + 3, random: &random)
+        let labels = inputs.enumerated().map { $0.offset % 10 == 3 || $0.element == SpecialTokens.standard.pad ? SpecialTokens.standard.pad : $0.element }
+        let masked = TokenBatch(batchSize: 5, sourceLength: 29, targetLength: 29, source: inputs, decoderInput: [], labels: labels)
+        XCTAssertEqual(labels.filter { $0 != SpecialTokens.standard.pad }.count, 99)
+        try assertAgreement("encoder-only", config: bert, batch: masked)
     }
 
     /// The test above in a child process whose OpenBLAS uses its AVX2 (Haswell) kernels, whatever this CPU is.
