@@ -3,9 +3,9 @@
 # "1 2 3", Configs/bench-wN.yaml), alternating ddp and PyTorch in one session so they share the machine's noise. Prints every run, then per case the medians and ratios.
 # W4 (--workloads 4) is GPT-2 small against transformers' GPT2LMHeadModel (--hf-gpt2; PY must import transformers too);
 # a step takes seconds there, so give fewer --steps (default 10, after 2 warm-up steps; --steps 3 --warmup 1 for W4).
-# W3 (encoder-only): ddp's training step sends only the masked positions through the masked-LM head (BERT's own
-# gather_indexes); PyTorch's reference runs the head over every position, as Hugging Face's BertForMaskedLM does, unless
-# --mlm-gather is given, which makes it gather too.
+# W3 (encoder-only): ddp's training step sends only the chosen (labelled) positions through the masked-LM head (BERT's
+# own gather_indexes); PyTorch's reference runs the head over every position, as Hugging Face's BertForMaskedLM does,
+# unless --mlm-gather is given, which makes it gather too. Both GFLOP/s figures still count the head at every position.
 #
 #   Launch/bench-step.sh [--rounds R] [--threads "1 2"] [--workloads "1 2 3"] [--steps S] [--warmup W] [--python PY|none] [--baseline DDP] [--mlm-gather]
 #       one process at each thread count: tokens/s of ddp and PyTorch, ratio ddp / PyTorch. With --baseline, another

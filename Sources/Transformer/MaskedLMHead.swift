@@ -22,8 +22,6 @@ struct MaskedLMTransform {
     var firstParameterOffset: Int { dense.weight.offset }
 
     struct Activations {
-        let gathered: FloatBuffer                // [R,C] while training: the encoder's output at the R positions with a label
-        let dGathered: FloatBuffer               // [R,C] ∂L/∂gathered
         let hidden: FloatBuffer                  // [N,C] x·Wᵀ + b; while training, GELU's derivative there instead
         let activated: FloatBuffer               // [N,C] GELU(hidden)
         let normalized: LayerNorm.Activations    // [N,C] the transform's output y
@@ -31,8 +29,6 @@ struct MaskedLMTransform {
         let dActivated: FloatBuffer              // [N,C]
 
         init(rows: Int, channels: Int, arena: ActivationArena) {
-            gathered = arena.carve(rows * channels)
-            dGathered = arena.carve(rows * channels)
             hidden = arena.carve(rows * channels)
             activated = arena.carve(rows * channels)
             normalized = LayerNorm.Activations(rows: rows, channels: channels, arena: arena)

@@ -75,6 +75,7 @@ public final class TransformerModel {
         let decoderNorm: LayerNorm.Activations?       // [B·T, C]
         let maskedLM: MaskedLMTransform.Activations?  // [B·S, C] (encoder-only)
         let logits: FloatBuffer                       // [B·T, V] ([B·S, V] encoder-only); dLogits in place during backward
+                                                      // (encoder-only training: the first R rows, the labelled positions)
         let dHidden: FloatBuffer, dOther: FloatBuffer // [max(B·S, B·T), C] the stacks' gradient ping-pong
         let dMemory: FloatBuffer                      // [B·S, C] ∂L/∂(encoder output), from every cross-attention
         let scratch: BackwardScratch
@@ -346,7 +347,8 @@ public final class TransformerModel {
         return run(batch, labelSmoothing: labelSmoothing, backward: true)
     }
 
-    /// The last forward's logits, [B·T, V].
+    /// The last `forward`'s logits, [B·T, V] ([B·S, V] encoder-only). After `forwardBackward` the buffer holds
+    /// gradients (and, encoder-only, only the labelled positions' rows): read it after `forward`.
     public func withLogits<R>(_ body: (UnsafeMutableBufferPointer<Float>) throws -> R) rethrows -> R {
         try body(buffers.logits)
     }
@@ -412,24 +414,27 @@ public final class TransformerModel {
         // with BERT's 15% masking). Rows in order, so the products are a function of the batch alone.
         let chosen = batch.labels.indices.filter { batch.labels[$0] != specialTokens.pad }
         let picked = chosen.count
+        // The encoder's output at those positions [R,C] and its gradient: the stacks' gradient ping-pong holds them,
+        // free until `backwardEncoder` starts, after the scatter below.
+        let gathered = buffers.dOther, dGathered = buffers.dHidden
         for (row, position) in chosen.enumerated() {
-            (a.gathered.baseAddress! + row * c).update(from: memory.states.baseAddress! + position * c, count: c)
+            (gathered.baseAddress! + row * c).update(from: memory.states.baseAddress! + position * c, count: c)
         }
         var result = LossSum()
-        a.dGathered.baseAddress!.update(repeating: 0, count: picked * c)
+        dGathered.baseAddress!.update(repeating: 0, count: picked * c)
         if picked > 0 {
-            let transformed = transform.forward(input: a.gathered, a, rows: picked, keepingDerivative: true, parameters: parameters)
+            let transformed = transform.forward(input: gathered, a, rows: picked, keepingDerivative: true, parameters: parameters)
             head.projection.forward(out: logits, inp: transformed, rows: picked, parameters: parameters)
             result = loss(logits: logits, labels: chosen.map { batch.labels[$0] }, smoothing: labelSmoothing, backward: true)
             a.dNormalized.baseAddress!.update(repeating: 0, count: picked * c)
             head.projection.backward(dInp: a.dNormalized, dOut: logits, inp: transformed, rows: picked, parameters: parameters,
                                      gradients: gradients)
-            transform.backward(input: a.gathered, dInput: a.dGathered, a, rows: picked, scratch: buffers.scratch,
+            transform.backward(input: gathered, dInput: dGathered, a, rows: picked, scratch: buffers.scratch,
                                parameters: parameters, gradients: gradients)
         }
         memory.gradient.baseAddress!.update(repeating: 0, count: rows * c)
         for (row, position) in chosen.enumerated() {
-            (memory.gradient.baseAddress! + position * c).update(from: a.dGathered.baseAddress! + row * c, count: c)
+            (memory.gradient.baseAddress! + position * c).update(from: dGathered.baseAddress! + row * c, count: c)
         }
         // The head: its transform, the output bias and an untied projection, the arena's last tensors.
         pass.gradientsFinal?(transform.firstParameterOffset..<layout.count)

@@ -93,7 +93,8 @@ class EncoderDecoder(nn.Module):
 
 
 class EncoderOnly(nn.Module):
-    """BERT's shape: bidirectional TransformerEncoderLayers and the masked-LM head over every position."""
+    """BERT's shape: bidirectional TransformerEncoderLayers and the masked-LM head over every position (with
+    --mlm-gather, over the chosen positions only)."""
 
     def __init__(self, m):
         super().__init__()
