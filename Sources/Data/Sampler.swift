@@ -113,6 +113,16 @@ public struct SampleOverBudget: Error, Sendable {
     public let positions: Int
     /// The budget of one length group: `training.max_tokens` / `training.length_groups`.
     public let budget: Int
+    /// `training.max_tokens` and `training.length_groups`, for the sentence.
+    public let maxTokens: Int, groups: Int
+
+    /// "more than training.max_tokens M allows a whole batch: raise training.max_tokens", or with length groups the
+    /// per-group arithmetic and both remedies: the end of the sentence that names the sample.
+    public var exceeded: String {
+        groups == 1 ? "more than training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
+                    : "more than one of training.length_groups \(groups) groups may hold (training.max_tokens \(maxTokens) / \(groups) = "
+                      + "\(budget)): raise training.max_tokens or lower training.length_groups"
+    }
 }
 
 /// The paper's batching ("Attention Is All You Need", 5.1: "sentence pairs were batched together by approximate
@@ -159,9 +169,9 @@ public struct TokenBudgetSampler: Sendable {
         precondition(shorterLengths == nil || shorterLengths?.count == lengths.count, "one shorter length per sample")
         precondition(groups >= 1, "at least one length group per batch")
         let groupBudget = maxTokens / groups
-        guard !lengths.isEmpty else { throw SampleOverBudget(index: -1, positions: 0, budget: groupBudget) }
+        guard !lengths.isEmpty else { throw SampleOverBudget(index: -1, positions: 0, budget: groupBudget, maxTokens: maxTokens, groups: groups) }
         if let index = lengths.firstIndex(where: { $0 > groupBudget }) {
-            throw SampleOverBudget(index: index, positions: lengths[index], budget: groupBudget)
+            throw SampleOverBudget(index: index, positions: lengths[index], budget: groupBudget, maxTokens: maxTokens, groups: groups)
         }
         self.seed = seed
         self.maxTokens = maxTokens

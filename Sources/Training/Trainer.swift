@@ -220,9 +220,7 @@ public final class Trainer {
             }
             throw TrainingError("\(shard.path): \(isLM ? "window" : "pair") \(local) takes \(error.positions) positions"
                                 + (isLM ? " (data.target_length)" : " (its longer side, EOS or BOS included)")
-                                + (groups == 1 ? ", more than training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
-                                               : ", more than one of training.length_groups \(groups) groups may hold (training.max_tokens "
-                                                 + "\(maxTokens) / \(groups) = \(error.budget)): raise training.max_tokens or lower training.length_groups")
+                                + ", \(error.exceeded)"
                                 + (isLM ? (groups == 1 ? " to at least \(error.positions)" : "") : ", or leave such pairs out (ddp prepare --max-length)"))
         }
         // Checked after the budget (a group too small for the samples is the first thing to change).

@@ -68,14 +68,14 @@ struct BenchData: ParsableCommand {
                           : try TokenBudgetSampler(pairs: stored, seed: run.training.seed, maxTokens: maxTokens, groups: groups)
         } catch {
             throw DataError(file: split.locate(error.index)?.shard.path ?? data,
-                            "\(isLM ? "window" : "pair") \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, more than "
-                            + (groups == 1 ? "training.max_tokens \(maxTokens) allows a whole batch: raise training.max_tokens"
-                                           : "one of training.length_groups \(groups) groups may hold (training.max_tokens \(maxTokens) / \(groups) = "
-                                             + "\(error.budget)): raise training.max_tokens or lower training.length_groups"))
+                            "\(isLM ? "window" : "pair") \(split.locate(error.index)?.local ?? error.index) takes \(error.positions) positions, "
+                            + error.exceeded)
         }
         let sampler: any TrainingSampler = run.training.maxTokens == nil ? fixed : budget
+        // One rank takes a budget batch as one micro-batch per group, as ranks x grad_accum = length_groups would.
+        let microBatches = run.training.maxTokens == nil ? 1 : groups
         let plan = RankPlan(sampler: sampler, start: SamplerPosition(), updates: batches, rank: 0, worldSize: 1,
-                            accumulationSteps: run.training.maxTokens == nil ? 1 : groups)
+                            accumulationSteps: microBatches)
         let loader = BatchLoader(split: split, maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength,
                                  capacity: 8) { plan.next() }
         defer { loader.stop() }
@@ -86,7 +86,6 @@ struct BenchData: ParsableCommand {
             count += 1
         }
         let seconds = (clock.now - readStart).seconds
-        let microBatches = run.training.maxTokens == nil ? 1 : groups
         let report = DataReport(data: data, batches: count / microBatches, micro_batches: count, batch_size: run.training.batchSize, seconds: seconds,
                                 batches_per_s: Double(count) / seconds, tokens_per_s: Double(tokens) / seconds,
                                 validation_seconds: validation, samples: split.samples,
