@@ -28,8 +28,14 @@ command -v swift >/dev/null || { echo "setup: swift is not on PATH (Swift 6.1 or
 cpu="${SWIFTDDP_TARGET_CPU:-native}"
 cpu_flags=()
 [ "$cpu" = "none" ] || cpu_flags=(-Xswiftc -target-cpu -Xswiftc "$cpu")
+# The attention kernels' GEMMs fuse their multiply-adds only when the target CPU has FMA instructions (SWIFTDDP_FMA);
+# without them a fused multiply-add is a library call per lane. Asked of the Swift toolchain's clang.
+march="$cpu" fma=""; [ "$cpu" = "none" ] && march=x86-64
+if clang -march="$march" -dM -E -x c /dev/null 2>/dev/null | grep -qE '__FMA__|__ARM_FEATURE_FMA'; then
+  cpu_flags+=(-Xswiftc -DSWIFTDDP_FMA) fma=", FMA"
+fi
 
 if [ "${SWIFTDDP_SKIP_BUILD:-0}" != 1 ]; then
   swift build -c release --product ddp "${cpu_flags[@]}"
-  echo "setup: built $(swift build -c release --show-bin-path)/ddp (target CPU: $cpu)"
+  echo "setup: built $(swift build -c release --show-bin-path)/ddp (target CPU: $cpu$fma)"
 fi

@@ -284,7 +284,7 @@ public final class TransformerModel {
     /// Of `activationFloats`, those the attention kernels keep between forward and backward besides the projections
     /// (for memory accounting): one log-sum-exp per row, head and query in every attention layer, B·H·T per layer for
     /// the largest batch shape the arena holds. The tiled kernels store no probabilities (that would be B·H·T² per
-    /// layer); each compute thread holds `attentionTileFloats` more while attention runs.
+    /// layer); the kernels allocate `attentionScratchFloats` more while they run.
     public var attentionStateFloats: Int {
         let shape = arenaShape, perQuery = shape.batch * config.heads
         let encoder = config.kind.hasEncoder ? config.encoderLayers * perQuery * shape.sourceLength : 0
@@ -293,11 +293,19 @@ public final class TransformerModel {
         return encoder + decoder
     }
 
-    /// Floats of score tiles one compute thread holds in the attention kernels, at most (the backward's two tiles and
-    /// a row statistic per query), whatever the batch.
-    public var attentionTileFloats: Int {
-        max(AttentionTiles.forward.queries * (AttentionTiles.forward.keys + 2),
-            2 * AttentionTiles.backward.queries * AttentionTiles.backward.keys + max(maxSourceLength, maxTargetLength))
+    /// Floats the attention kernels allocate while they run on `threads` compute threads, at most, for the batch shape
+    /// the arena holds: the largest `flashAttentionScratchFloats` of its attentions (encoder self, decoder self,
+    /// cross). It is freed when each call returns and does not grow with T².
+    public func attentionScratchFloats(threads: Int) -> Int {
+        let shape = arenaShape
+        var lengths: [(queries: Int, keys: Int)] = []
+        if config.kind.hasEncoder { lengths.append((shape.sourceLength, shape.sourceLength)) }
+        if config.kind.hasDecoder { lengths.append((shape.targetLength, shape.targetLength)) }
+        if DecoderLayer.hasCrossAttention(config) { lengths.append((shape.targetLength, shape.sourceLength)) }
+        return lengths.map {
+            flashAttentionScratchFloats(batch: shape.batch, queryTime: $0.queries, keyTime: $0.keys, channels: config.dModel,
+                                        heads: config.heads, threads: threads)
+        }.max() ?? 0
     }
 
     /// The position table the embeddings add: learned `pos_embed.weight` or the sinusoids, [max_length, C].

@@ -18,7 +18,8 @@ struct BenchStep: ParsableCommand {
             tokens), model GFLOP/s (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as \
             PyTorch's reference counts), and peak resident memory against the model's own need (parameters, \
             gradients, two AdamW moments, activations), with what attention keeps of it between forward and \
-            backward (one log-sum-exp per row, head and query: B·H·T per layer) and its kernels' score tiles.
+            backward (one log-sum-exp per row, head and query: B·H·T per layer) and what its kernels allocate while \
+            they run (score tiles and packed operands).
 
             Under mpirun every rank takes its own batch; tokens/s counts all ranks, and the communication share is \
             the time spent waiting after backward. Data-parallel efficiency = (N-rank tokens/s) / (N x 1-rank tokens/s).
@@ -90,13 +91,13 @@ struct BenchStep: ParsableCommand {
             let attentionLayers = model.encoderLayers + model.decoderLayers * (model.kind == .encoderDecoder ? 2 : 1)
             let flops = (6 * Double(parameters) + 12 * Double(attentionLayers) * Double(t) * Double(model.dModel)) * Double(tokens)
             let needBytes = (4 * parameters + transformer.activationFloats) * 4
-            let tileBytes = transformer.attentionTileFloats * 4 * threadCount
+            let scratchBytes = transformer.attentionScratchFloats(threads: threadCount) * 4
             let peakBytes = try world.allreduce(Int64(peakResidentBytes()), op: .max)
             let report = StepReport(workload: config.config, ranks: world.size, threads: threadCount, parameters: parameters,
                                     tokens_per_step: tokens, step_seconds: stepSeconds, tokens_per_s: Double(tokens) / stepSeconds,
                                     gflops: flops / stepSeconds / 1e9, communication_wait_share: median(waits) / stepSeconds,
                                     peak_rss_bytes: Int(peakBytes), model_bytes: needBytes, memory_ratio: Double(peakBytes) / Double(needBytes),
-                                    attention_state_bytes: transformer.attentionStateFloats * 4, attention_tile_bytes: tileBytes,
+                                    attention_state_bytes: transformer.attentionStateFloats * 4, attention_scratch_bytes: scratchBytes,
                                     final_loss: lastLoss)
             if world.rank == 0 { print(json ? try report.json() : report.table()) }
         }
@@ -139,8 +140,9 @@ struct StepReport: Encodable {
     let memory_ratio: Double
     /// Of model_bytes, what attention keeps for backward besides its projections (B·H·T floats per layer).
     let attention_state_bytes: Int
-    /// Score tiles of the attention kernels, all of this process's compute threads together.
-    let attention_tile_bytes: Int
+    /// What the attention kernels allocate while they run (score tiles, packed operands), all of this process's
+    /// compute threads together, at most.
+    let attention_scratch_bytes: Int
     let final_loss: Double
 
     func table() -> String {
@@ -149,7 +151,7 @@ struct StepReport: Encodable {
         step         \(String(format: "%.4f", step_seconds)) s (median, slowest rank), waiting for communication \(String(format: "%.1f", communication_wait_share * 100))%
         throughput   \(String(format: "%.1f", tokens_per_s)) tokens/s, \(String(format: "%.1f", gflops)) GFLOP/s
         memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio))); \
-        attention keeps \(formatBytes(attention_state_bytes)) (B·H·T per layer) and \(formatBytes(attention_tile_bytes)) of tiles
+        attention keeps \(formatBytes(attention_state_bytes)) (B·H·T per layer), and its kernels \(formatBytes(attention_scratch_bytes)) while they run
         """
     }
 

@@ -89,7 +89,7 @@ final class FlashAttentionTests: XCTestCase {
 
     func testCausalSelfAttentionAcrossPartialTiles() {
         // The kernels' own tiles. 150: forward, two full 64-query tiles and a partial one, all keys in one tile;
-        // backward, one full 128-key tile and a partial one. 600: forward, a full 512-key tile and a partial one (the
+        // backward, two full 64-key tiles and a partial one. 600: forward, a full 512-key tile and a partial one (the
         // online softmax rescales); backward, query tiles from each key tile's first key, partial at the end.
         assertMatchesReference(Case(batch: 1, queryTime: 150, keyTime: 150, channels: 16, heads: 2, causal: true), "causal T 150")
         assertMatchesReference(Case(batch: 1, queryTime: 600, keyTime: 600, channels: 8, heads: 2, causal: true), "causal T 600")
@@ -98,6 +98,18 @@ final class FlashAttentionTests: XCTestCase {
                                "causal T 37, tiles 8x5")
         assertMatchesReference(Case(queryTime: 37, keyTime: 37, causal: true, tiles: AttentionTiles(queries: 5, keys: 16)),
                                "causal T 37, tiles 5x16")
+    }
+
+    func testHeadsWiderThanOnePanel() {
+        // Heads of 40 and 64 columns: the GEMMs' operands span several 16-column panels, 40 ending in a partial one
+        // (the other cases have heads of 3 to 8 columns, inside one panel).
+        assertMatchesReference(Case(batch: 1, queryTime: 70, keyTime: 70, channels: 80, heads: 2, causal: true), "causal, head 40")
+        assertMatchesReference(Case(batch: 2, queryTime: 21, keyTime: 33, channels: 128, heads: 2, padded: [5, 0],
+                                    tiles: AttentionTiles(queries: 7, keys: 19)), "cross, padded, head 64, tiles 7x19")
+        assertMatchesReference(Case(batch: 2, queryTime: 45, keyTime: 45, channels: 120, heads: 3, padded: [0, 30],
+                                    tiles: AttentionTiles(queries: 16, keys: 32)), "encoder, padded, head 40, tiles 16x32")
+        assertMatchesReference(Case(batch: 2, queryTime: 190, keyTime: 33, channels: 80, heads: 2, padded: [0, 9]),
+                               "cross, more queries than keys, head 40")
     }
 
     func testEncoderSelfAttentionWithPaddedBatch() {
