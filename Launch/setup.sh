@@ -29,9 +29,12 @@ cpu="${SWIFTDDP_TARGET_CPU:-native}"
 cpu_flags=()
 [ "$cpu" = "none" ] || cpu_flags=(-Xswiftc -target-cpu -Xswiftc "$cpu")
 # The attention kernels' GEMMs fuse their multiply-adds only when the target CPU has FMA instructions (SWIFTDDP_FMA);
-# without them a fused multiply-add is a library call per lane. Asked of the Swift toolchain's clang.
+# without them a fused multiply-add is a library call per lane. x86-64: asked of the Swift toolchain's clang (its
+# output is kept whole before it is searched: grep -q quitting early would fail the pipe under pipefail); 64-bit Arm
+# always has them.
 march="$cpu" fma=""; [ "$cpu" = "none" ] && march=x86-64
-if clang -march="$march" -dM -E -x c /dev/null 2>/dev/null | grep -qE '__FMA__|__ARM_FEATURE_FMA'; then
+macros="$(clang -march="$march" -dM -E -x c /dev/null 2>/dev/null || true)"
+if [ "$(uname -m)" = aarch64 ] || [[ "$macros" == *__FMA__* ]]; then
   cpu_flags+=(-Xswiftc -DSWIFTDDP_FMA) fma=", FMA"
 fi
 
