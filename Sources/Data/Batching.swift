@@ -79,6 +79,26 @@ public final class SampleReader {
         (0..<split.samples).map(lengths)
     }
 
+    /// Throws `DataError` naming the first pair of the split whose source + EOS is longer than `maxSourceLength`
+    /// positions or BOS + target longer than `maxTargetLength` (read from the offsets only, so a trainer checks a
+    /// whole split before its first step instead of meeting the pair when its batch is built). lm windows always fit.
+    public func checkFits(maxSourceLength: Int, maxTargetLength: Int) throws {
+        for index in 0..<split.samples {
+            if let refusal = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) { throw refusal }
+        }
+    }
+
+    /// Why sample `index` cannot be framed in `maxSourceLength` / `maxTargetLength` positions, if it cannot.
+    private func refusal(_ index: Int, maxSourceLength: Int, maxTargetLength: Int) -> DataError? {
+        guard split.task == .seq2seq else { return nil }
+        let (source, target) = lengths(index)
+        guard source + 1 > maxSourceLength || target + 1 > maxTargetLength else { return nil }
+        let (shard, local) = locate(index)
+        return DataError(file: split.shards[shard].path,
+                         "pair \(local) has \(source) source and \(target) target tokens, \(source + 1) and \(target + 1) positions with EOS "
+                         + "and BOS; the model takes \(maxSourceLength) and \(maxTargetLength) (data.source_length and data.target_length)")
+    }
+
     /// The stored tokens of one sample: (source, target) for seq2seq, (window, []) for lm; at most `limit` tokens of
     /// each side (the first ones), so a file's longest sample never decides what is allocated.
     public func sample(_ index: Int, limit: Int = .max) throws -> (source: [Int32], target: [Int32]) {
@@ -101,14 +121,8 @@ public final class SampleReader {
         let special = split.tokenizer.specialTokens
         for index in indices {
             // Lengths first, from the offsets: a sample too long for the model is refused before it is read.
-            let (sourceLength, targetLength) = lengths(index)
+            if let refusal = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) { throw refusal }
             let (shard, local) = locate(index)
-            if split.task == .seq2seq && sourceLength + 1 > maxSourceLength {
-                throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(sourceLength) tokens; the model takes \(maxSourceLength - 1)")
-            }
-            if split.task == .seq2seq && targetLength + 1 > maxTargetLength {
-                throw DataError(file: split.shards[shard].path, "sample \(local) needs \(targetLength + 1) decoder positions; the model takes \(maxTargetLength)")
-            }
             let (stored, target) = try sample(index)
             switch split.task {
             case .lm:
@@ -118,9 +132,6 @@ public final class SampleReader {
                 sources.append(stored + [special.eos])
                 inputs.append([special.bos] + target)
                 labels.append(target + [special.eos])
-            }
-            if let source = sources.last, source.count > maxSourceLength {
-                throw DataError(file: split.shards[shard].path, "pair \(local) has a source of \(source.count - 1) tokens; the model takes \(maxSourceLength - 1)")
             }
             if inputs.last!.count > maxTargetLength {
                 throw DataError(file: split.shards[shard].path, "sample \(local) needs \(inputs.last!.count) decoder positions; the model takes \(maxTargetLength)")

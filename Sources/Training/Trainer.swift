@@ -151,6 +151,12 @@ public final class Trainer {
         let threads = config.training.threads > 0 ? config.training.threads : defaultComputeThreads(localRanks: world.localSize)
         setComputeThreads(threads)
         let (train, valid) = try openSplits()
+        if !config.model.kind.readsTokenStream {
+            // Every pair is checked now: met in a batch, one too long would end the run at that step.
+            for split in [train] + (valid.map { [$0] } ?? []) {
+                try SampleReader(split: split).checkFits(maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
+            }
+        }
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {
             let fingerprint = dataFingerprint(train)
@@ -206,12 +212,6 @@ public final class Trainer {
             } else {
                 // A pair's positions: source + EOS and BOS + target; the longer side is what a batch pads to.
                 let sides = try SampleReader(split: train).allLengths()
-                if let index = sides.firstIndex(where: { $0.source + 1 > config.data.sourceLength || $0.target + 1 > config.data.targetLength }),
-                   let (shard, local) = train.locate(index) {
-                    throw TrainingError("\(shard.path): pair \(local) has \(sides[index].source) source and \(sides[index].target) target tokens; "
-                                        + "the model takes \(config.data.sourceLength - 1) and \(config.data.targetLength - 1) "
-                                        + "(data.source_length and data.target_length, EOS and BOS included)")
-                }
                 sampler = try TokenBudgetSampler(pairs: sides, seed: config.training.seed, maxTokens: maxTokens, groups: groups)
             }
         } catch let error as SampleOverBudget {

@@ -98,8 +98,23 @@ final class ShardTests: XCTestCase {
         let split = try DataSplit(directory: path, split: "train")
         let plan = ListPlan([[0]])
         let loader = BatchLoader(split: split, maxSourceLength: 4, maxTargetLength: 8) { plan.next() }
-        XCTAssertThrowsError(try loader.next()) { XCTAssertTrue("\($0)".contains("source of 6 tokens; the model takes 3"), "\($0)") }
+        XCTAssertThrowsError(try loader.next()) {
+            XCTAssertTrue("\($0)".contains("train-00000.h5: pair 0 has 6 source and 1 target tokens, 7 and 2 positions with EOS and BOS; the model takes 4 and 8"), "\($0)")
+        }
         loader.stop()
+    }
+
+    /// checkFits names the first pair too long on either side, from the offsets, and passes a split that fits.
+    func testCheckFitsNamesTheFirstPairTooLong() throws {
+        try writeSeq2Seq(pairs: [("ab", "cd"), ("abc", "defgh"), ("abcdef", "x")])
+        let reader = try SampleReader(split: try DataSplit(directory: path, split: "train"))
+        XCTAssertNoThrow(try reader.checkFits(maxSourceLength: 7, maxTargetLength: 6))
+        assertDataError(["train-00000.h5: pair 1 has 3 source and 5 target tokens, 4 and 6 positions with EOS and BOS; the model takes 7 and 5"]) {
+            try reader.checkFits(maxSourceLength: 7, maxTargetLength: 5)
+        }
+        assertDataError(["train-00000.h5: pair 2 has 6 source and 1 target tokens, 7 and 2 positions with EOS and BOS; the model takes 6 and 6"]) {
+            try reader.checkFits(maxSourceLength: 6, maxTargetLength: 6)
+        }
     }
 
     // MARK: Bad input: each gives an error naming the file and what is wrong.

@@ -186,8 +186,30 @@ final class TrainTests: XCTestCase {
         let long = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 40"), "--run-dir", path("long"),
                                         "--set", "data.source_length=8", "--set", "data.target_length=8"])
         XCTAssertNotEqual(long.status, 0)
-        XCTAssertTrue(long.stderr.contains("train-00000.h5: pair ") && long.stderr.contains("the model takes 7 and 7"), long.output)
+        let takes8 = "the model takes 8 and 8 (data.source_length and data.target_length)"
+        XCTAssertTrue(long.stderr.contains("train-00000.h5: pair ") && long.stderr.contains(takes8), long.output)
         XCTAssertFalse(long.stdout.contains("training "), "refused before the start-up line: \(long.output)")
+        // So it is with training.batch_size, whose batches are built one step at a time.
+        let longFixed = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5), "--run-dir", path("long-fixed"),
+                                             "--set", "data.source_length=8", "--set", "data.target_length=8"])
+        XCTAssertNotEqual(longFixed.status, 0)
+        XCTAssertTrue(longFixed.stderr.contains("train-00000.h5: pair ") && longFixed.stderr.contains(takes8), longFixed.output)
+        XCTAssertFalse(longFixed.stdout.contains("training "), "refused before the start-up line: \(longFixed.output)")
+        // And with a valid split whose pairs are longer than the train split's: evaluation would meet them mid-run.
+        let prepare = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "100", "--max-length", "30",
+                                           "--valid-fraction", "0.5", "--output", path("long-data")])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        try FileManager.default.createDirectory(atPath: path("mixed"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: path("data/train-00000.h5"), toPath: path("mixed/train-00000.h5"))
+        try FileManager.default.copyItem(atPath: path("long-data/valid-00000.h5"), toPath: path("mixed/valid-00000.h5"))
+        for extra in ["", ", max_tokens: 40"] {
+            let longValid = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: extra), "--run-dir", path("long-valid"),
+                                                 "--set", "data.directory=\(path("mixed"))"])
+            XCTAssertNotEqual(longValid.status, 0)
+            XCTAssertTrue(longValid.stderr.contains("mixed/valid-00000.h5: pair ")
+                          && longValid.stderr.contains("the model takes 13 and 13 (data.source_length and data.target_length)"), longValid.output)
+            XCTAssertFalse(longValid.stdout.contains("training "), "refused before the start-up line: \(longValid.output)")
+        }
         let zero = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 0"), "--run-dir", path("zero")])
         XCTAssertNotEqual(zero.status, 0)
         XCTAssertTrue(zero.stderr.contains("training.max_tokens") && zero.stderr.contains("got 0"), zero.output)
