@@ -131,10 +131,12 @@ public final class TrainingStep {
         totals[3] = stopRequested() ? 1 : 0
         // Every rank learns in this one allreduce whether any rank was asked to stop, so all stop at the same boundary.
         if world.size > 1 { try guarded("loss, token-count and stop-signal allreduce") { try world.allreduce(&totals, op: .sum) } }
+        // Read before the gradient norm, which is computation, not waiting.
+        let communicationSeconds = (clock.now - backwardEnded).seconds
         let tokens = totals[1]
         return Outcome(lossSum: totals[0], targetTokens: Int(tokens), correct: Int(totals[2]),
                        gradientNorm: sumOfSquares(model.gradients.storage).squareRoot() / tokens, stopRequested: totals[3] > 0,
-                       communicationSeconds: (clock.now - backwardEnded).seconds, positions: Int(totals[4]), realPositions: Int(totals[5]))
+                       communicationSeconds: communicationSeconds, positions: Int(totals[4]), realPositions: Int(totals[5]))
     }
 
     /// The dropout seed of one micro-batch: distinct for every (step, micro-step, rank), and the same in a resumed run.

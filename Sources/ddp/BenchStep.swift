@@ -15,8 +15,9 @@ struct BenchStep: ParsableCommand {
             A step is training's own (TrainingStep): forward and backward of training.grad_accum micro-batches, the \
             bucketed gradient all-reduce during the last backward (under mpirun), the allreduce of loss and token \
             counts, gradient clipping and AdamW. It reports the median step time after warm-up, tokens/s (target \
-            tokens), model GFLOP/s (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as \
-            PyTorch's reference counts), and peak resident memory against the model's own need (parameters, \
+            tokens), model GFLOP/s (6 per parameter per position it processes, plus 12 x d_model x key positions per \
+            attention layer per query position; an encoder's parameters at source positions; as PyTorch's reference \
+            counts), and peak resident memory against the model's own need (parameters, \
             gradients, two AdamW moments, activations), with what attention keeps of it between forward and \
             backward (one log-sum-exp per row, head and query: B·H·T per layer) and what its kernels allocate while \
             they run (score tiles and packed operands).
@@ -88,8 +89,8 @@ struct BenchStep: ParsableCommand {
             let stepSeconds = median(times)
             let parameters = transformer.layout.count
             let tokens = b * t * world.size * run.training.accumulationSteps
-            let attentionLayers = model.encoderLayers + model.decoderLayers * (model.kind == .encoderDecoder ? 2 : 1)
-            let flops = (6 * Double(parameters) + 12 * Double(attentionLayers) * Double(t) * Double(model.dModel)) * Double(tokens)
+            let flops = Self.modelFLOPs(model, layout: transformer.layout, sourceLength: s, targetLength: t)
+                * Double(b * world.size * run.training.accumulationSteps)
             let needBytes = (4 * parameters + transformer.activationFloats) * 4
             let scratchBytes = transformer.attentionScratchFloats(threads: threadCount) * 4
             let peakBytes = try world.allreduce(Int64(peakResidentBytes()), op: .max)
@@ -105,6 +106,23 @@ struct BenchStep: ParsableCommand {
 }
 
 extension BenchStep {
+    /// Model FLOPs of training on one sequence (pair) of `sourceLength` and `targetLength` positions, as nanoGPT
+    /// and PaLM count them: 6 per parameter per position it processes (an encoder-decoder's `encoder.` parameters
+    /// at source positions, every other parameter at target positions) plus 12 x d_model x key positions per
+    /// attention layer per query position (encoder self-attention over the source, decoder self-attention over the
+    /// target, cross-attention from target to source). An encoder-only model's positions are the target's.
+    static func modelFLOPs(_ model: ModelConfig, layout: ParameterLayout, sourceLength s: Int, targetLength t: Int) -> Double {
+        let (c, source, target) = (Double(model.dModel), Double(s), Double(t))
+        guard model.kind == .encoderDecoder else {
+            let layers = Double(model.kind == .encoderOnly ? model.encoderLayers : model.decoderLayers)
+            return (6 * Double(layout.count) + 12 * layers * target * c) * target
+        }
+        let encoder = Double(layout.views.filter { $0.name.hasPrefix("encoder.") }.map(\.count).reduce(0, +))
+        let rest = Double(layout.count) - encoder
+        return (6 * encoder + 12 * Double(model.encoderLayers) * source * c) * source
+            + (6 * rest + 12 * Double(model.decoderLayers) * (target + source) * c) * target
+    }
+
     /// A batch of random real tokens (no PAD), as the PyTorch reference draws them, different on every rank; an
     /// encoder-only model's windows go through BERT's recipe with the last id as the mask token.
     static func randomBatch(_ run: RunConfig, rank: Int) -> TokenBatch {
@@ -151,7 +169,7 @@ struct StepReport: Encodable {
         step         \(String(format: "%.4f", step_seconds)) s (median, slowest rank), waiting for communication \(String(format: "%.1f", communication_wait_share * 100))%
         throughput   \(String(format: "%.1f", tokens_per_s)) tokens/s, \(String(format: "%.1f", gflops)) GFLOP/s
         memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio))); \
-        attention keeps \(formatBytes(attention_state_bytes)) (B·H·T per layer), and its kernels \(formatBytes(attention_scratch_bytes)) while they run
+        attention keeps \(formatBytes(attention_state_bytes)) (B·H·T floats per attention layer, all layers), and its kernels \(formatBytes(attention_scratch_bytes)) while they run
         """
     }
 

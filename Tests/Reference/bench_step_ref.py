@@ -19,7 +19,8 @@ Usage: python Tests/Reference/bench_step_ref.py CONFIG [--threads N] [--steps S]
        gradients)
        (with --sdpa, a decoder-only config becomes nanoGPT's model, whose attention is scaled_dot_product_attention)
 Prints one JSON object: impl, workload, threads, world, params, step_s, tokens_per_s (target tokens of all ranks),
-gflops (6 x parameters x tokens + 12 x attention layers x T x d_model x tokens, as ddp counts), peak_rss_bytes (rank 0).
+gflops (6 per parameter per position it processes, an encoder's parameters at source positions, plus 12 x d_model x
+key positions per attention layer per query position, as ddp counts), peak_rss_bytes (rank 0).
 """
 import argparse, contextlib, json, math, os, resource, statistics, time
 
@@ -273,8 +274,17 @@ def main():
             times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     tokens = world * accumulation * b * t
-    attention_layers = m.get("encoder_layers", 0) + m.get("decoder_layers", 0) * (2 if encoder_decoder else 1)
-    flops = (6 * parameters + 12 * attention_layers * t * m["d_model"]) * tokens
+    # As ddp counts (BenchStep.modelFLOPs): 6 per parameter per position it processes, the encoder's at source positions,
+    # plus 12 x d_model x key positions per attention layer per query position.
+    c = m["d_model"]
+    if encoder_decoder:
+        encoder = sum(p.numel() for p in model.transformer.encoder.parameters())
+        per_pair = ((6 * encoder + 12 * m["encoder_layers"] * s * c) * s
+                    + (6 * (parameters - encoder) + 12 * m["decoder_layers"] * (t + s) * c) * t)
+    else:
+        layers = m.get("encoder_layers", 0) if kind == "encoder-only" else m.get("decoder_layers", 0)
+        per_pair = (6 * parameters + 12 * layers * t * c) * t
+    flops = per_pair * world * accumulation * b
     if rank == 0:
         impl = "transformers-gpt2" if args.hf_gpt2 else "pytorch-" + torch.__version__
         print(json.dumps({"impl": impl, "workload": os.path.basename(args.config), "threads": args.threads,

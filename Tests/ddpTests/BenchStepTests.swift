@@ -1,5 +1,6 @@
 import Foundation
 import TestSupport
+import Transformer
 import XCTest
 
 /// `ddp bench step` and the strict config loading it shares with training.
@@ -20,6 +21,26 @@ final class BenchStepTests: XCTestCase {
         XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["parameters"] as? Int), 0)
         XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
+    }
+
+    /// GFLOP/s x step seconds is the model's FLOPs: an encoder-decoder's encoder parameters and self-attention at
+    /// its source positions (here 8), the rest at the target's (16), over the step's 4 pairs.
+    func testBenchStepCountsEncoderFLOPsAtSourcePositions() throws {
+        let result = try runProcess(ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
+                                          "--set", "data.source_length=8", "--steps", "1", "--warmup", "0", "--json"],
+                                    environment: ["OPENBLAS_NUM_THREADS": "1"])
+        XCTAssertEqual(result.status, 0, result.output)
+        let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+        let flops = try XCTUnwrap(json["gflops"] as? Double) * 1e9 * XCTUnwrap(json["step_seconds"] as? Double)
+        let config = ModelConfig(kind: .encoderDecoder, vocabSize: 64, dModel: 32, heads: 4, encoderLayers: 2, decoderLayers: 2, dFF: 64,
+                                 activation: .relu, norm: .post, positions: .sinusoidal, maxLength: 32, dropout: 0.1, tiedEmbeddings: true)
+        let layout = TransformerModel.parameterLayout(for: config)
+        XCTAssertEqual(json["parameters"] as? Int, layout.count)
+        let encoder = layout.views.filter { $0.name.hasPrefix("encoder.") }.map(\.count).reduce(0, +)
+        // Per pair: 6 x encoder parameters x 8 + encoder self-attention 12 x 2 layers x 8 keys x 32 x 8 queries, then
+        // 6 x other parameters x 16 + decoder self- and cross-attention 12 x 2 layers x (16 + 8) keys x 32 x 16 queries.
+        let perPair = Double(6 * encoder * 8 + 12 * 2 * 8 * 32 * 8 + 6 * (layout.count - encoder) * 16 + 12 * 2 * 24 * 32 * 16)
+        XCTAssertEqual(flops, 4 * perPair, accuracy: 4 * perPair * 1e-9)
     }
 
     /// An encoder-only (masked-LM) step: input tokens count, the loss is finite.
