@@ -20,7 +20,7 @@ final class ModelTests: XCTestCase {
                                 decoderInput: [1, 4, 5, 6, 1, 7, 0, 0, 1, 9, 8, 0],
                                 labels: [4, 5, 6, 2, 7, 2, 0, 0, 9, 8, 2, 0])
 
-    /// An encoder-only batch: masked inputs [B,S] (20 the mask token), labels only at the chosen positions; the second
+    /// An encoder-only batch: masked inputs [B,S] (10, the last id, the mask token), labels only at the chosen positions; the second
     /// row padded.
     private let masked = TokenBatch(batchSize: 2, sourceLength: 4, targetLength: 4, source: [5, 10, 10, 7, 9, 10, 0, 0], decoderInput: [],
                                     labels: [0, 6, 8, 0, 0, 4, 0, 0])
@@ -240,6 +240,43 @@ final class ModelTests: XCTestCase {
                 XCTAssertEqual(try shaped.decode(source: sources, batchSize: 6, sourceLength: 7, maxTokens: 5, method: .greedy),
                                try box.decode(source: sources, batchSize: 6, sourceLength: 7, maxTokens: 5, method: .greedy),
                                "6 sources of 7 positions decode alike (the shaped model encodes them in chunks)")
+            }
+        }
+    }
+
+    /// A batch's loss, gradients and logits do not depend on what the model computed before: after batches of other
+    /// shapes (token-budget training switches shapes every step), with dropout and label smoothing, they equal bitwise
+    /// those of a fresh model with the same parameters.
+    func testABatchsResultDoesNotDependOnEarlierBatches() throws {
+        let short = TokenBatch(batchSize: 6, sourceLength: 2, targetLength: 2, source: [5, 2, 6, 2, 7, 2, 8, 2, 9, 2, 10, 2],
+                               decoderInput: [1, 4, 1, 5, 1, 6, 1, 7, 1, 8, 1, 9], labels: [4, 2, 5, 2, 6, 2, 7, 2, 8, 2, 9, 2])
+        let long = TokenBatch(batchSize: 1, sourceLength: 8, targetLength: 7, source: [5, 6, 7, 8, 9, 10, 5, 2],
+                              decoderInput: [1, 4, 5, 6, 7, 8, 9], labels: [4, 5, 6, 7, 8, 9, 2])
+        for kind in [ModelConfig.Kind.encoderDecoder, .decoderOnly, .encoderOnly] {
+            let c = config(kind, positions: .sinusoidal, dropout: 0.1, layers: 2)
+            let batches = kind == .encoderOnly ? [masked, TokenBatch(batchSize: 1, sourceLength: 3, targetLength: 3, source: [10, 6, 10],
+                                                                     decoderInput: [], labels: [4, 0, 9])]
+                : [short, long, seq2seq].map { batch in
+                    kind == .encoderDecoder ? batch : TokenBatch(batchSize: batch.batchSize, targetLength: batch.targetLength,
+                                                                 decoderInput: batch.decoderInput, labels: batch.labels)
+                }
+            func model() throws -> TransformerModel {
+                let model = try TransformerModel(config: c, maxBatch: 6, maxSourceLength: kind == .decoderOnly ? 0 : 8, maxTargetLength: 8)
+                model.initializeParameters(seed: 5)
+                model.dropoutSeed = 77
+                return model
+            }
+            let used = try model()
+            for (index, batch) in (batches + batches.reversed() + batches).enumerated() {
+                let fresh = try model()
+                used.gradients.zero()
+                let expected = fresh.forwardBackward(batch, labelSmoothing: 0.1), got = used.forwardBackward(batch, labelSmoothing: 0.1)
+                let what = "\(kind), batch \(index) (\(batch.batchSize)x\(batch.targetLength))"
+                XCTAssertEqual(got.loss.bitPattern, expected.loss.bitPattern, what)
+                XCTAssertEqual(Array(used.gradients.storage), Array(fresh.gradients.storage), what)
+                // The masked-LM head computes logits at the chosen positions only.
+                let logits = (kind == .encoderOnly ? batch.labels.count { $0 != 0 } : batch.batchSize * batch.targetLength) * 11
+                XCTAssertEqual(used.withLogits { Array($0.prefix(logits)) }, fresh.withLogits { Array($0.prefix(logits)) }, what)
             }
         }
     }
