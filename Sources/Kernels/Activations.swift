@@ -43,13 +43,44 @@ private let inverseSqrt2Pi: Float = 0.398_942_280_401_432_7
 /// (`scaleByDerivativeBackward`) needs neither erf nor exp again and no extra memory.
 public func geluForward(out: FloatBuffer, inp: FloatBuffer, count: Int, derivative: FloatBuffer? = nil) {
     requireCount(out, count, "out")
-    let x = inp.baseAddress!, y = out.baseAddress!, d = derivative?.baseAddress
-    parallelChunks(count) { start, width in
-        let value = load(x + start, width)
-        let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
-        let cdf = 0.5 * (1 + erf)
-        store(value * cdf, y + start, width)
-        if let d { store(cdf + value * (gaussian * inverseSqrt2Pi), d + start, width) }
+    let x = inp.baseAddress!, y = out.baseAddress!
+    parallelFor(count, tile: elementTile) { range in
+        guard let d = derivative?.baseAddress else {
+            for i in range { y[i] = x[i] * (0.5 * (1 + fastErfAndGaussian(x[i] * inverseSqrt2).erf)) }
+            return
+        }
+        inBlocks(range, y: y, d: d) { start, length, values, derivatives in
+            let input = x + start
+            for i in 0..<length {
+                let value = input[i]
+                let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
+                let cdf = 0.5 * (1 + erf)
+                values[i] = value * cdf
+                derivatives[i] = cdf + value * (gaussian * inverseSqrt2Pi)
+            }
+        }
+    }
+}
+
+/// Runs `compute(start, length, values, derivatives)` over `range` in blocks of at most 256 elements, each filling two
+/// stack buffers, then copies them to y and d. For the forward kernels that keep the derivative, where d may be x
+/// itself (training keeps it in place of the input): a loop writing d while reading x through pointers the compiler
+/// cannot tell apart vectorizes only behind a run-time overlap check, which d == x fails, and it ran scalar (about
+/// 10x slower). Stack buffers alias nothing. (`compute` should index from pointers offset by `start`: an
+/// overflow-checked `start + i` in the loop also keeps it scalar.)
+@inline(__always)
+private func inBlocks(_ range: Range<Int>, y: UnsafeMutablePointer<Float>, d: UnsafeMutablePointer<Float>,
+                      _ compute: (_ start: Int, _ length: Int, _ values: UnsafeMutablePointer<Float>,
+                                  _ derivatives: UnsafeMutablePointer<Float>) -> Void) {
+    let block = 256
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * block) { scratch in
+        let values = scratch.baseAddress!, derivatives = values + block
+        for start in stride(from: range.lowerBound, to: range.upperBound, by: block) {
+            let count = min(block, range.upperBound - start)
+            compute(start, count, values, derivatives)
+            (y + start).update(from: values, count: count)
+            (d + start).update(from: derivatives, count: count)
+        }
     }
 }
 
@@ -63,11 +94,12 @@ public func scaleByDerivativeBackward(dInp: FloatBuffer, dOut: FloatBuffer, deri
 /// dInp[n] += dOut[n] · (Φ(x) + x·φ(x)), with φ(x) = e^(−x²/2)/√(2π) — the same exponential erf used.
 public func geluBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
     let x = inp.baseAddress!, dy = dOut.baseAddress!, dx = dInp.baseAddress!
-    parallelChunks(count) { start, width in
-        let value = load(x + start, width)
-        let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
-        let derivative = 0.5 * (1 + erf) + value * (gaussian * inverseSqrt2Pi)
-        store(load(dx + start, width) + load(dy + start, width) * derivative, dx + start, width)
+    parallelFor(count, tile: elementTile) { range in
+        for i in range {
+            let value = x[i]
+            let (erf, gaussian) = fastErfAndGaussian(value * inverseSqrt2)
+            dx[i] = dx[i] + dy[i] * (0.5 * (1 + erf) + value * (gaussian * inverseSqrt2Pi))
+        }
     }
 }
 
@@ -88,30 +120,41 @@ private let geluTanhCubic: Float = 0.044_715
 /// so no x³ overflows.
 public func geluTanhForward(out: FloatBuffer, inp: FloatBuffer, count: Int, derivative: FloatBuffer? = nil) {
     requireCount(out, count, "out")
-    let x = inp.baseAddress!, y = out.baseAddress!, d = derivative?.baseAddress
-    parallelChunks(count) { start, width in
-        let value = load(x + start, width)
-        let (onePlusT, slope) = tanhGELUTerms(value)
-        store(0.5 * value * onePlusT, y + start, width)
-        if let d { store(0.5 * onePlusT + slope, d + start, width) }
+    let x = inp.baseAddress!, y = out.baseAddress!
+    parallelFor(count, tile: elementTile) { range in
+        guard let d = derivative?.baseAddress else {
+            for i in range { y[i] = 0.5 * x[i] * tanhGELUTerms(x[i]).onePlusT }
+            return
+        }
+        inBlocks(range, y: y, d: d) { start, length, values, derivatives in
+            let input = x + start
+            for i in 0..<length {
+                let value = input[i]
+                let (onePlusT, slope) = tanhGELUTerms(value)
+                values[i] = 0.5 * value * onePlusT
+                derivatives[i] = 0.5 * onePlusT + slope
+            }
+        }
     }
 }
 
 /// dInp[n] += dOut[n] · (0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²))
 public func geluTanhBackward(dInp: FloatBuffer, dOut: FloatBuffer, inp: FloatBuffer, count: Int) {
     let x = inp.baseAddress!, dy = dOut.baseAddress!, dx = dInp.baseAddress!
-    parallelChunks(count) { start, width in
-        let value = load(x + start, width)
-        let (onePlusT, slope) = tanhGELUTerms(value)
-        store(load(dx + start, width) + load(dy + start, width) * (0.5 * onePlusT + slope), dx + start, width)
+    parallelFor(count, tile: elementTile) { range in
+        for i in range {
+            let (onePlusT, slope) = tanhGELUTerms(x[i])
+            dx[i] = dx[i] + dy[i] * (0.5 * onePlusT + slope)
+        }
     }
 }
 
 /// 1 + t (t = tanh(√(2/π)·(x + 0.044715·x³))) and the derivative's second term 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²),
 /// from x clamped to ±10 (the term is 0 there in Float).
 @inline(__always)
-private func tanhGELUTerms(_ value: Float32x16) -> (onePlusT: Float32x16, slope: Float32x16) {
-    let x = pointwiseMin(pointwiseMax(value, Float32x16(repeating: -10)), Float32x16(repeating: 10))
+private func tanhGELUTerms(_ value: Float) -> (onePlusT: Float, slope: Float) {
+    let raised: Float = value > -10 ? value : -10  // (a NaN becomes -10, as fastExp's clamp)
+    let x: Float = raised < 10 ? raised : 10
     let square = x * x
     let e = fastExp(2 * sqrt2OverPi * x * (1 + geluTanhCubic * square))
     let r = 1 / (e + 1)

@@ -78,14 +78,9 @@ func maskedSoftmaxRow(_ row: UnsafeMutablePointer<Float>, count: Int, visible: I
 /// partial sums added in a fixed order (vectorised and still deterministic).
 @inline(__always)
 func exponentiate(_ row: UnsafeMutablePointer<Float>, visible: Int, maximum: Float, padding: UnsafeBufferPointer<Bool>?) -> Float {
+    fastExpInPlace(row, count: visible, minus: maximum, padding: padding)
     var sums = Float32x16()
-    forEachChunk(visible) { start, width in
-        var e = fastExp(load(row + start, width) - maximum)
-        if let padding { for i in 0..<width where padding[start + i] { e[i] = 0 } }
-        if width < 16 { for i in width..<16 { e[i] = 0 } }
-        sums += e
-        store(e, row + start, width)
-    }
+    forEachChunk(visible) { start, width in sums += load(row + start, width) }
     return sums.sum()
 }
 

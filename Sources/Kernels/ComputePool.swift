@@ -56,12 +56,3 @@ private struct UncheckedSendable<Value>: @unchecked Sendable {
 /// Elements per tile of the element-wise loops (64 KiB of floats: large enough that a tile costs far more than
 /// handing it to a thread).
 let elementTile = 1 << 14
-
-/// `parallelFor` over the 16-element chunks of `count` elements: every chunk is computed whole by one thread,
-/// so the SIMD arithmetic is the same for any thread count.
-@inline(__always)
-func parallelChunks(_ count: Int, _ body: (_ start: Int, _ width: Int) -> Void) {
-    parallelFor((count + 15) / 16, tile: elementTile / 16) { chunks in
-        for chunk in chunks { body(chunk * 16, min(16, count - chunk * 16)) }
-    }
-}

@@ -292,8 +292,8 @@ private struct BackwardTileScratch {
 
 /// One row of a score tile back to probabilities: exp(score − logSumExp) for the first `visible` keys not marked in
 /// `padding`, 0 elsewhere (and everywhere when logSumExp is +∞, a query that saw no key).
-/// Kept out of line: inlined into the backward's large loop, the compiler stops inlining `fastExp`'s clamps (pointwiseMin
-/// and pointwiseMax), and the calls cost more than the rest of the backward.
+/// Kept out of line, a loop of its own for the vectorizer (inlined into the backward's large loop, an earlier form of it
+/// lost the inlining of its clamps, and those calls cost more than the rest of the backward).
 @inline(never)
 private func recomputeProbabilities(_ row: UnsafeMutablePointer<Float>, count: Int, visible: Int, padding: UnsafeBufferPointer<Bool>?,
                                     logSumExp: Float) {
@@ -301,11 +301,7 @@ private func recomputeProbabilities(_ row: UnsafeMutablePointer<Float>, count: I
         row.update(repeating: 0, count: count)
         return
     }
-    forEachChunk(visible) { start, width in
-        var e = fastExp(load(row + start, width) - logSumExp)
-        if let padding { for i in 0..<width where padding[start + i] { e[i] = 0 } }
-        store(e, row + start, width)
-    }
+    fastExpInPlace(row, count: visible, minus: logSumExp, padding: padding)
     if visible < count { (row + visible).update(repeating: 0, count: count - visible) }
 }
 

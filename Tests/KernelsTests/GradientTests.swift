@@ -45,8 +45,13 @@ final class GradientTests: XCTestCase {
         assertGradient("linear dBias", of: bias, analytic: dBias, loss: loss)
     }
 
+    /// Rows of 6 channels (one partial chunk of the kernels' 16 lanes) and of 37 (two whole chunks and a partial one).
     func testLayerNorm() {
-        let rows = 3, channels = 6
+        for channels in [6, 37] { checkLayerNorm(channels: channels) }
+    }
+
+    private func checkLayerNorm(channels: Int) {
+        let rows = 3
         let inp = Tensor(random: rows * channels, seed: 5, scale: 2), weight = Tensor(random: channels, seed: 6)
         let bias = Tensor(random: channels, seed: 7), out = Tensor(zeros: rows * channels)
         let mean = Tensor(zeros: rows), rstd = Tensor(zeros: rows), dOut = Tensor(random: rows * channels, seed: 8)
@@ -62,12 +67,14 @@ final class GradientTests: XCTestCase {
         assertGradient("layernorm dInp", of: inp, analytic: dInp, epsilon: 1e-3, loss: loss)
         assertGradient("layernorm dWeight", of: weight, analytic: dWeight, loss: loss)
         assertGradient("layernorm dBias", of: bias, analytic: dBias, loss: loss)
-        // Saved statistics are the row's mean and 1/sqrt(variance + eps), as torch computes them.
-        let row = (0..<channels).map { Double(inp[$0]) }
-        let rowMean = row.reduce(0, +) / Double(channels)
-        let variance = row.map { ($0 - rowMean) * ($0 - rowMean) }.reduce(0, +) / Double(channels)
-        XCTAssertEqual(Double(mean[0]), rowMean, accuracy: 1e-6)
-        XCTAssertEqual(Double(rstd[0]), 1 / (variance + 1e-5).squareRoot(), accuracy: 1e-4)
+        // Saved statistics are each row's mean and 1/sqrt(variance + eps), as torch computes them.
+        for r in 0..<rows {
+            let row = (0..<channels).map { Double(inp[r * channels + $0]) }
+            let rowMean = row.reduce(0, +) / Double(channels)
+            let variance = row.map { ($0 - rowMean) * ($0 - rowMean) }.reduce(0, +) / Double(channels)
+            XCTAssertEqual(Double(mean[r]), rowMean, accuracy: 1e-6, "\(channels) channels, row \(r)")
+            XCTAssertEqual(Double(rstd[r]), 1 / (variance + 1e-5).squareRoot(), accuracy: 1e-4, "\(channels) channels, row \(r)")
+        }
     }
 
     func testActivationsAndResidual() {

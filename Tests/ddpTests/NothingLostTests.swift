@@ -180,7 +180,9 @@ final class NothingLostTests: XCTestCase {
     /// A healthy 2-rank run whose evaluations take longer than its collective_timeout (1 s). (Rank 0's long
     /// checkpoint write is the same mechanism; WatchdogTests checks it with 3 s of work under a 1 s timeout.)
     func testLongEvaluationIsNotAStall() throws {
-        let prepare = try ddp(["prepare", "--synthetic", "reverse", "--samples", "1600", "--max-length", "8",
+        // Enough to decode that an evaluation takes well over 1 s in a debug build (1,600 samples
+        // once took 0.9 s after the kernels got faster, and the test no longer tested anything).
+        let prepare = try ddp(["prepare", "--synthetic", "reverse", "--samples", "4000", "--max-length", "8",
                                "--valid-fraction", "0.5", "--output", path("many")])
         XCTAssertEqual(prepare.status, 0, prepare.output)
         let slow = try config(steps: 4, training: ", collective_timeout: 1", eval: "{every: 2, decode_samples: 100000}", data: "many")
