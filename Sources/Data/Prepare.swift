@@ -56,6 +56,8 @@ public struct PrepareOptions: Sendable {
     public var maxPairTokens: Int?
     /// seq2seq: a pair over `maxPairTokens` is an error instead of being dropped.
     public var failOnLong = false
+    /// Where `maxPairTokens` comes from, as that error names it (nil: the `--max-length` option).
+    public var limitSource: String?
     /// The files read (text, parallel text): a shard is never written over one of them.
     public var inputs: [String] = []
     /// Replace the shards of an earlier dataset in `output` (refused without it).
@@ -260,7 +262,8 @@ public enum Preparer {
             let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
             if let limit = options.maxPairTokens, source.count > limit || target.count > limit {
                 if options.failOnLong {
-                    throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over --max-length \(limit)")
+                    throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over "
+                                                             + (options.limitSource ?? "--max-length \(limit)"))
                 }
                 dropped += 1
                 continue

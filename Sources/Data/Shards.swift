@@ -310,6 +310,9 @@ public struct ShardPreview: Sendable {
     public let examples: [String]
     /// FNV-1a 64 over every stored token and offset, in file order: two shards with the same digest hold the same data.
     public let digest: UInt64
+    /// Whether every token and offset dataset carries Fletcher-32 checksums (as ddp writes them), so reading it all
+    /// verified them; files written elsewhere (h5py without `fletcher32=True`) have none.
+    public let checksummed: Bool
 
     /// Nil when the file is not a data shard (no `format = swiftddp-tokens`).
     public static func read(_ path: String, examples: Int = 3) throws -> ShardPreview? {
@@ -317,8 +320,11 @@ public struct ShardPreview: Sendable {
         guard (try? file.stringAttribute("format")) == dataFormat else { return nil }
         let (shard, tokenizer) = try DataSplit.validate(path, sequenceLength: 1)
         var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+        var checksummed = true
         func mix<T: HDF5Scalar>(_ name: String, _ type: T.Type) throws {
-            try forEachBlock(of: try file.openDataset(name), name, as: T.self) { block, _ in
+            let dataset = try file.openDataset(name)
+            checksummed = try checksummed && dataset.storage().fletcher32
+            try forEachBlock(of: dataset, name, as: T.self) { block, _ in
                 block.withUnsafeBytes { bytes in for byte in bytes { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 } }
             }
         }
@@ -335,7 +341,8 @@ public struct ShardPreview: Sendable {
             let documents = stream.split(separator: tokenizer.specialTokens.eos).prefix(examples)
             shown = documents.map { tokenizer.decode(Array($0)) }
             let count = (try? file.int64Attribute("documents")).map(Int.init) ?? stream.filter { $0 == tokenizer.specialTokens.eos }.count
-            return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown, digest: digest)
+            return ShardPreview(task: .lm, tokenizer: tokenizer, count: count, tokens: shard.tokens, examples: shown, digest: digest,
+                                checksummed: checksummed)
         case .seq2seq:
             let reader = try SampleReader(split: DataSplit(shards: [shard], tokenizer: tokenizer, task: .seq2seq))
             for index in 0..<min(examples, shard.samples) {
@@ -343,7 +350,7 @@ public struct ShardPreview: Sendable {
                 shown.append("\(tokenizer.decode(source))  →  \(tokenizer.decode(target))")
             }
             return ShardPreview(task: .seq2seq, tokenizer: tokenizer, count: shard.samples, tokens: shard.tokens, examples: shown,
-                                digest: digest)
+                                digest: digest, checksummed: checksummed)
         }
     }
 }

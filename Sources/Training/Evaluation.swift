@@ -207,7 +207,7 @@ private func agree(on failure: Error?, sums: inout [Double], world: Communicator
     sums = Array(values.prefix(sums.count))
     guard let first = values[sums.count...].firstIndex(where: { $0 > 0 }).map({ $0 - sums.count }) else { return }
     let message = try world.broadcast(failure.map { "\($0)" } ?? "", root: first)
-    throw EvaluationFailed(message: world.size > 1 ? "rank \(first): \(message)" : message)
+    throw EvaluationFailed(message: world.size > 1 ? "on rank \(first), \(message)" : message)
 }
 
 /// This rank's loss, token, correct-token and sequence counts.
@@ -216,7 +216,11 @@ private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: Eval
     var mine = DistributedSampler.evaluationIndices(samples: split.samples, rank: world.rank, worldSize: world.size)
     // eval.max_batches takes the first samples of the split (then ordered by length), not the shortest ones.
     if plan.maxBatches > 0 { mine = Array(mine.prefix(plan.maxBatches * plan.batchSize)) }
-    let indices = try byLength(mine, reader: SampleReader(split: split))
+    let reader = try SampleReader(split: split)
+    // The whole split first, from its offsets: a pair too long for the model is named (in index order) before any
+    // of the evaluation runs, not when its length-ordered batch comes last.
+    try reader.checkFits(maxSourceLength: plan.sourceLength, maxTargetLength: plan.targetLength)
+    let indices = byLength(mine, reader: reader)
     let batches = stride(from: 0, to: indices.count, by: plan.batchSize).map {
         Array(indices[$0..<min(indices.count, $0 + plan.batchSize)])
     }

@@ -55,7 +55,10 @@ struct BenchData: ParsableCommand {
                                         + "(training.batch_size)")
         }
         // Positions per sample on each side: source + EOS and BOS + target (a language model's windows: the context).
-        let stored = isLM ? [] : try SampleReader(split: split).allLengths()
+        let reader = try SampleReader(split: split)
+        // As `ddp train` does: a pair the model cannot take is named now, whatever --batches reaches.
+        try reader.checkFits(maxSourceLength: run.data.sourceLength, maxTargetLength: run.data.targetLength)
+        let stored = isLM ? [] : reader.allLengths()
         let lengths = isLM ? [(source: Int, target: Int)](repeating: (0, run.data.targetLength), count: split.samples)
                            : stored.map { (source: $0.source + 1, target: $0.target + 1) }
         // Without max_tokens in the config: the most positions a fixed-count batch can hold (and at least the longest sample).

@@ -190,6 +190,8 @@ struct Eval: ParsableCommand {
             } else if let source, let target {
                 options.maxPairTokens = min(run.data.sourceLength, run.data.targetLength) - 1
                 options.failOnLong = true
+                options.limitSource = "the \(min(run.data.sourceLength, run.data.targetLength) - 1) tokens a side the checkpoint's model takes "
+                    + "(data.source_length \(run.data.sourceLength) and data.target_length \(run.data.targetLength), EOS and BOS included)"
                 _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
             }
             return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)

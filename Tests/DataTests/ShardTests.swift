@@ -202,6 +202,29 @@ final class ShardTests: XCTestCase {
     }
 
     /// A dataset written by h5py from the README's schema reads, validates and batches in Swift.
+    /// `ddp inspect` says "checksums verified" only for shards whose datasets carry Fletcher-32 checksums: ddp's own,
+    /// not a file written to the README's schema without them (as h5py writes by default).
+    func testPreviewSaysWhetherTheShardHasChecksums() throws {
+        try writeSeq2Seq(pairs: [("ab", "ba"), ("cde", "edc")])
+        XCTAssertEqual(try ShardPreview.read(file("train-00000.h5"))?.checksummed, true)
+        let bare = file("bare.h5")
+        do {
+            let shard = try File.create(bare)
+            try shard.setAttribute("format", "swiftddp-tokens")
+            try shard.setAttribute("version", 1)
+            try shard.setAttribute("task", "seq2seq")
+            try shard.setAttribute("vocab_size", 260)
+            try shard.setAttribute("tokenizer", "{\"kind\": \"byte\"}")
+            for side in ["source", "target"] {
+                try shard.createDataset("\(side)/tokens", type: .int32, shape: [3]).write([Int32(101), 102, 103])
+                try shard.createDataset("\(side)/offsets", type: .int64, shape: [3]).write([Int64(0), 1, 3])
+            }
+        }
+        let preview = try XCTUnwrap(try ShardPreview.read(bare))
+        XCTAssertEqual(preview.count, 2)
+        XCTAssertFalse(preview.checksummed)
+    }
+
     func testDatasetWrittenByH5pyFromTheReadmeSchema() throws {
         guard let python = pythonWithH5py() else { throw XCTSkip("python3 with h5py is not installed: h5py-written data not checked") }
         let script = directory.appendingPathComponent("write.py").path

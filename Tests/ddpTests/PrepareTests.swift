@@ -30,7 +30,7 @@ final class PrepareTests: XCTestCase {
             }
         }
         let inspect = try runProcess(ddp, ["inspect", path("reverse-a/train-00000.h5")])
-        XCTAssertTrue(inspect.stdout.contains("data shard  seq2seq, 285 pairs"), inspect.stdout)
+        XCTAssertTrue(inspect.stdout.contains("data shard  seq2seq, 285 pairs") && inspect.stdout.contains("checksums verified"), inspect.stdout)
         XCTAssertTrue(inspect.stdout.contains("tokenizer   byte, vocab_size 260"), inspect.stdout)
         let example = try XCTUnwrap(inspect.stdout.split(separator: "\n").last { $0.contains("→") })
         let sides = example.split(separator: "→").map { $0.trimmingCharacters(in: .whitespaces) }

@@ -1,3 +1,4 @@
+import Data
 import Foundation
 import HDF5
 import TestSupport
@@ -210,6 +211,27 @@ final class TrainTests: XCTestCase {
                           && longValid.stderr.contains("the model takes 13 and 13 (data.source_length and data.target_length)"), longValid.output)
             XCTAssertFalse(longValid.stdout.contains("training "), "refused before the start-up line: \(longValid.output)")
         }
+        // ddp eval checks the whole split before evaluating, and names the first such pair in index order (its
+        // batches go by length, so the loader alone would meet the longest one last).
+        let firstLong = try SampleReader(split: try DataSplit(directory: path("mixed"), split: "valid")).allLengths()
+            .firstIndex { $0.source + 1 > 13 || $0.target + 1 > 13 }
+        let evaluated = try runProcess(ddp, ["eval", "--checkpoint", path("straight"), "--data", path("mixed"), "--threads", "1"])
+        XCTAssertNotEqual(evaluated.status, 0)
+        XCTAssertTrue(evaluated.stderr.contains("mixed/valid-00000.h5: pair \(try XCTUnwrap(firstLong)) has "), evaluated.output)
+        XCTAssertFalse(evaluated.stdout.contains("loss"), "no partial result: \(evaluated.output)")
+        // So does bench data, whatever --batches it is given.
+        let benched = try runProcess(ddp, ["bench", "data", "--data", path("long-data"), "--config", try config(batch: 8, steps: 5),
+                                           "--batches", "1"])
+        XCTAssertNotEqual(benched.status, 0)
+        XCTAssertTrue(benched.stderr.contains("long-data/train-00000.h5: pair ") && benched.stderr.contains("(data.source_length and data.target_length)"),
+                      benched.output)
+        // Text given to eval is held to the checkpoint's own lengths, by their config keys (eval has no --max-length).
+        try "a short one\n\(String(repeating: "z", count: 40))\n".write(toFile: path("long.src"), atomically: true, encoding: .utf8)
+        try "x\ny\n".write(toFile: path("long.tgt"), atomically: true, encoding: .utf8)
+        let onText = try runProcess(ddp, ["eval", "--checkpoint", path("straight"), "--source", path("long.src"), "--target", path("long.tgt")])
+        XCTAssertNotEqual(onText.status, 0)
+        XCTAssertTrue(onText.stderr.contains("pair 2 has 40 source and 1 target tokens, over the 12 tokens a side the checkpoint's model takes "
+                                             + "(data.source_length 13 and data.target_length 13"), onText.output)
         let zero = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5, extra: ", max_tokens: 0"), "--run-dir", path("zero")])
         XCTAssertNotEqual(zero.status, 0)
         XCTAssertTrue(zero.stderr.contains("training.max_tokens") && zero.stderr.contains("got 0"), zero.output)
