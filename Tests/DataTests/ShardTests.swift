@@ -18,6 +18,15 @@ final class ShardTests: XCTestCase {
         try ShardWriter.writeSeq2Seq(file(name), pairs: pairs.map { (tokenizer.encode($0.0), tokenizer.encode($0.1)) }, tokenizer: tokenizer)
     }
 
+    /// The root attributes of README's data schema, with the byte tokenizer.
+    private func writeSchemaAttributes(_ file: File, task: String) throws {
+        try file.setAttribute("format", "swiftddp-tokens")
+        try file.setAttribute("version", 1)
+        try file.setAttribute("task", task)
+        try file.setAttribute("vocab_size", 260)
+        try file.setAttribute("tokenizer", Tokenizer.byte.json)
+    }
+
     private func assertDataError(_ fragments: [String], file: StaticString = #filePath, line: UInt = #line,
                                  _ body: () throws -> Void) {
         XCTAssertThrowsError(try body(), file: file, line: line) { error in
@@ -156,11 +165,7 @@ final class ShardTests: XCTestCase {
         let name = file("train-00000.h5")
         do {
             let handle = try File.create(name)
-            try handle.setAttribute("format", "swiftddp-tokens")
-            try handle.setAttribute("version", 1)
-            try handle.setAttribute("task", "lm")
-            try handle.setAttribute("vocab_size", 260)
-            try handle.setAttribute("tokenizer", Tokenizer.byte.json)
+            try writeSchemaAttributes(handle, task: "lm")
             try handle.createDataset("tokens", type: .float32, shape: [20]).write([Float](repeating: 5, count: 20))
         }
         assertDataError([name, "/tokens must be 1-D int32, found float32"]) { _ = try DataSplit(directory: path, split: "train", sequenceLength: 4) }
@@ -210,11 +215,7 @@ final class ShardTests: XCTestCase {
         let bare = file("bare.h5")
         do {
             let shard = try File.create(bare)
-            try shard.setAttribute("format", "swiftddp-tokens")
-            try shard.setAttribute("version", 1)
-            try shard.setAttribute("task", "seq2seq")
-            try shard.setAttribute("vocab_size", 260)
-            try shard.setAttribute("tokenizer", "{\"kind\": \"byte\"}")
+            try writeSchemaAttributes(shard, task: "seq2seq")
             for side in ["source", "target"] {
                 try shard.createDataset("\(side)/tokens", type: .int32, shape: [3]).write([Int32(101), 102, 103])
                 try shard.createDataset("\(side)/offsets", type: .int64, shape: [3]).write([Int64(0), 1, 3])
