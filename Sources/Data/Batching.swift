@@ -80,12 +80,18 @@ public final class SampleReader {
     }
 
     /// Throws `DataError` naming the first pair of the split whose source + EOS is longer than `maxSourceLength`
-    /// positions or BOS + target longer than `maxTargetLength` (read from the offsets only, so a trainer checks a
-    /// whole split before its first step instead of meeting the pair when its batch is built). lm windows always fit.
+    /// positions or BOS + target longer than `maxTargetLength`, and how many more there are (read from the offsets
+    /// only, so a trainer checks a whole split before its first step instead of meeting the pair when its batch is
+    /// built). lm windows always fit.
     public func checkFits(maxSourceLength: Int, maxTargetLength: Int) throws {
+        var first: DataError?, more = 0
         for index in 0..<split.samples {
-            if let refusal = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) { throw refusal }
+            guard let refusal = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) else { continue }
+            if first == nil { first = refusal } else { more += 1 }
         }
+        guard let first else { return }
+        throw more == 0 ? first
+            : DataError(file: first.file, first.message + "; \(more) more pair\(more == 1 ? " of the split is" : "s of the split are") too long as well")
     }
 
     /// Why sample `index` cannot be framed in `maxSourceLength` / `maxTargetLength` positions, if it cannot.

@@ -118,8 +118,12 @@ final class ShardTests: XCTestCase {
         try writeSeq2Seq(pairs: [("ab", "cd"), ("abc", "defgh"), ("abcdef", "x")])
         let reader = try SampleReader(split: try DataSplit(directory: path, split: "train"))
         XCTAssertNoThrow(try reader.checkFits(maxSourceLength: 7, maxTargetLength: 6))
-        assertDataError(["train-00000.h5: pair 1 has 3 source and 5 target tokens, 4 and 6 positions with EOS and BOS; the model takes 7 and 5"]) {
+        assertDataError(["train-00000.h5: pair 1 has 3 source and 5 target tokens, 4 and 6 positions with EOS and BOS; the model takes 7 and 5",
+                         "(data.source_length and data.target_length)"]) {
             try reader.checkFits(maxSourceLength: 7, maxTargetLength: 5)
+        }
+        assertDataError(["train-00000.h5: pair 1 has 3 source and 5 target tokens", "(data.source_length and data.target_length); 1 more pair of the split is too long as well"]) {
+            try reader.checkFits(maxSourceLength: 4, maxTargetLength: 5)
         }
         assertDataError(["train-00000.h5: pair 2 has 6 source and 1 target tokens, 7 and 2 positions with EOS and BOS; the model takes 6 and 6"]) {
             try reader.checkFits(maxSourceLength: 6, maxTargetLength: 6)
