@@ -84,22 +84,25 @@ public final class SampleReader {
     /// only, so a trainer checks a whole split before its first step instead of meeting the pair when its batch is
     /// built). lm windows always fit.
     public func checkFits(maxSourceLength: Int, maxTargetLength: Int) throws {
-        var first: DataError?, more = 0
-        for index in 0..<split.samples {
-            guard let refusal = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) else { continue }
-            if first == nil { first = refusal } else { more += 1 }
-        }
-        guard let first else { return }
+        guard split.task == .seq2seq else { return }
+        let tooLong = (0..<split.samples).lazy.filter { !self.fits($0, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) }
+        guard let index = tooLong.first,
+              let first = refusal(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) else { return }
+        let more = tooLong.count - 1
         throw more == 0 ? first
             : DataError(file: first.file, first.message + "; \(more) more pair\(more == 1 ? " of the split is" : "s of the split are") too long as well")
     }
 
+    /// Whether pair `index` takes at most `maxSourceLength` positions with EOS and `maxTargetLength` with BOS.
+    private func fits(_ index: Int, maxSourceLength: Int, maxTargetLength: Int) -> Bool {
+        let (source, target) = lengths(index)
+        return source + 1 <= maxSourceLength && target + 1 <= maxTargetLength
+    }
+
     /// Why sample `index` cannot be framed in `maxSourceLength` / `maxTargetLength` positions, if it cannot.
     private func refusal(_ index: Int, maxSourceLength: Int, maxTargetLength: Int) -> DataError? {
-        guard split.task == .seq2seq else { return nil }
-        let (source, target) = lengths(index)
-        guard source + 1 > maxSourceLength || target + 1 > maxTargetLength else { return nil }
-        let (shard, local) = locate(index)
+        guard split.task == .seq2seq, !fits(index, maxSourceLength: maxSourceLength, maxTargetLength: maxTargetLength) else { return nil }
+        let (source, target) = lengths(index), (shard, local) = locate(index)
         return DataError(file: split.shards[shard].path,
                          "pair \(local) has \(source) source and \(target) target tokens, \(source + 1) and \(target + 1) positions with EOS "
                          + "and BOS; the model takes \(maxSourceLength) and \(maxTargetLength) (data.source_length and data.target_length)")

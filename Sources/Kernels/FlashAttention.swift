@@ -170,9 +170,9 @@ private func scaleRow(_ row: UnsafeMutablePointer<Float>, count: Int, by factor:
 }
 
 /// Floats the tiled kernels allocate while one attention of these shapes runs on `threads` compute threads, at most:
-/// the forward's packed Kᵀ and V of every (batch, head) (2·B·Tk·C when D and Tk are multiples of 16) and a score tile per thread, or the backward's
-/// scratch per thread (`BackwardTileScratch`: two score tiles, q and dOut of one head, a key tile's operands). Nothing of
-/// it outlives the call, and none of it grows with Tq·Tk.
+/// the forward's packed Kᵀ and V of every (batch, head) (2·B·Tk·C when D and Tk are multiples of 16) and a score tile
+/// per thread, or the backward's scratch per thread (`BackwardTileScratch`: two score tiles, q and dOut of one head, a
+/// key tile's operands). Nothing of it outlives the call, and none of it grows with Tq·Tk.
 public func flashAttentionScratchFloats(batch: Int, queryTime: Int, keyTime: Int, channels: Int, heads: Int, threads: Int) -> Int {
     let headSize = channels / heads, forward = AttentionTiles.forward
     let forwardFloats = batch * heads * ForwardPacks(tiles: forward, keyTime: keyTime, headSize: headSize).pairFloats

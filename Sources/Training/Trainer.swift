@@ -151,17 +151,19 @@ public final class Trainer {
         let threads = config.training.threads > 0 ? config.training.threads : defaultComputeThreads(localRanks: world.localSize)
         setComputeThreads(threads)
         let (train, valid) = try openSplits()
-        if !config.model.kind.readsTokenStream {
-            // Every pair is checked now: met in a batch, one too long would end the run at that step.
-            for split in [train] + (valid.map { [$0] } ?? []) {
-                try SampleReader(split: split).checkFits(maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
+        // seq2seq: every pair is checked now (met in a batch, one too long would end the run at that step); the train
+        // split's reader also gives the token-budget sampler its lengths.
+        let pairs = config.model.kind.readsTokenStream ? nil : try SampleReader(split: train)
+        if let pairs {
+            for reader in [pairs] + (try valid.map { [try SampleReader(split: $0)] } ?? []) {
+                try reader.checkFits(maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
             }
         }
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {
             let fingerprint = dataFingerprint(train)
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
-            let batching = try makeSampler(train)
+            let batching = try makeSampler(train, pairs: pairs)
             let isLM = config.model.kind.readsTokenStream
             let model: TransformerModel
             do {
@@ -187,8 +189,8 @@ public final class Trainer {
 
     /// The run's sampler: `training.batch_size` sequences per rank, or token-budget batches (`training.max_tokens`);
     /// with the batch shapes the model's buffers must fit (none: `batch_size` rows of the longest lengths) and the
-    /// most rows of any batch, training's or evaluation's.
-    private func makeSampler(_ train: DataSplit) throws
+    /// most rows of any batch, training's or evaluation's. `pairs` reads a seq2seq train split's lengths (nil for lm).
+    private func makeSampler(_ train: DataSplit, pairs: SampleReader?) throws
         -> (sampler: any TrainingSampler, globalBatch: Int, description: String, shapes: [TransformerModel.BatchShape], maxRows: Int) {
         let accumulation = config.training.accumulationSteps
         guard let maxTokens = config.training.maxTokens else {
@@ -205,16 +207,15 @@ public final class Trainer {
         let groups = config.training.lengthGroups
         let sampler: TokenBudgetSampler
         do {
-            if isLM {
+            if let pairs {
+                // A pair's positions: source + EOS and BOS + target; the longer side is what a batch pads to.
+                sampler = try TokenBudgetSampler(pairs: pairs.allLengths(), seed: config.training.seed, maxTokens: maxTokens, groups: groups)
+            } else {
                 // Every window is target_length positions: the budget only sets how many go in a batch.
                 sampler = try TokenBudgetSampler(lengths: [Int](repeating: config.data.targetLength, count: train.samples),
                                                  seed: config.training.seed, maxTokens: maxTokens, groups: groups)
-            } else {
-                // A pair's positions: source + EOS and BOS + target; the longer side is what a batch pads to.
-                let sides = try SampleReader(split: train).allLengths()
-                sampler = try TokenBudgetSampler(pairs: sides, seed: config.training.seed, maxTokens: maxTokens, groups: groups)
             }
-        } catch let error as SampleOverBudget {
+        } catch {  // SampleOverBudget, the only error the samplers throw
             guard let (shard, local) = train.locate(error.index) else {
                 throw TrainingError("data directory \(config.data.directory): the train split holds no samples")
             }

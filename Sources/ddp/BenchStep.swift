@@ -88,9 +88,8 @@ struct BenchStep: ParsableCommand {
             try world.allreduce(&waits, op: .max)
             let stepSeconds = median(times)
             let parameters = transformer.layout.count
-            let tokens = b * t * world.size * run.training.accumulationSteps
-            let flops = Self.modelFLOPs(model, layout: transformer.layout, sourceLength: s, targetLength: t)
-                * Double(b * world.size * run.training.accumulationSteps)
+            let sequences = b * world.size * run.training.accumulationSteps, tokens = sequences * t
+            let flops = Self.modelFLOPs(model, layout: transformer.layout, sourceLength: s, targetLength: t) * Double(sequences)
             let needBytes = (4 * parameters + transformer.activationFloats) * 4
             let scratchBytes = transformer.attentionScratchFloats(threads: threadCount) * 4
             let peakBytes = try world.allreduce(Int64(peakResidentBytes()), op: .max)

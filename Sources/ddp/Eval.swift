@@ -188,9 +188,10 @@ struct Eval: ParsableCommand {
                                                 + "that one evaluation window needs (the run's data.target_length \(sequenceLength), plus one)")
                 }
             } else if let source, let target {
-                options.maxPairTokens = min(run.data.sourceLength, run.data.targetLength) - 1
+                let limit = min(run.data.sourceLength, run.data.targetLength) - 1
+                options.maxPairTokens = limit
                 options.failOnLong = true
-                options.limitSource = "the \(min(run.data.sourceLength, run.data.targetLength) - 1) tokens a side the checkpoint's model takes "
+                options.limitSource = "the \(limit) tokens a side the checkpoint's model takes "
                     + "(data.source_length \(run.data.sourceLength) and data.target_length \(run.data.targetLength), EOS and BOS included)"
                 _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
             }

@@ -69,10 +69,11 @@ struct Inspect: ParsableCommand {
         }
         if let preview {
             let unit = preview.task == .lm ? "documents" : "pairs"
+            let checksums = preview.checksummed ? "checksums verified" : "no checksums stored (values read and range-checked only)"
             print("""
 
-                data shard  \(preview.task.rawValue), \(preview.count) \(unit), \(preview.tokens) tokens, \
-                \(preview.checksummed ? "checksums verified" : "no checksums stored (values read and range-checked only)"), content digest \(String(preview.digest, radix: 16))
+                data shard  \(preview.task.rawValue), \(preview.count) \(unit), \(preview.tokens) tokens, \(checksums), \
+                content digest \(String(preview.digest, radix: 16))
                 tokenizer   \(preview.tokenizer.kind), vocab_size \(preview.tokenizer.vocabularySize)
                 first \(unit):
                 """)
