@@ -280,6 +280,16 @@ public final class Trainer {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
         let valid = names.contains { $0.hasPrefix("valid-") }
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
+        // The valid split is read with the train split's tokenizer and model: its ids must mean the same (another
+        // tokenizer's could lie past the vocabulary, and evaluation would index the embedding with them).
+        if let valid, let validShard = valid.shards.first, let trainShard = train.shards.first {
+            guard valid.task == train.task else {
+                throw DataError(file: validShard.path, "task \(valid.task.rawValue) differs from \(trainShard.path)'s \(train.task.rawValue)")
+            }
+            guard valid.tokenizer == train.tokenizer else {
+                throw DataError(file: validShard.path, "its tokenizer differs from \(trainShard.path)'s (every shard must use one tokenizer)")
+            }
+        }
         let expected = config.model.kind.dataTask
         guard train.task == expected else {
             throw TrainingError("data directory \(config.data.directory) holds \(train.task.rawValue) data; model.kind \(config.model.kind.rawValue) "

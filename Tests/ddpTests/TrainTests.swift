@@ -237,6 +237,26 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(zero.stderr.contains("training.max_tokens") && zero.stderr.contains("got 0"), zero.output)
     }
 
+    /// A valid split written with another tokenizer than the train split is refused before training, naming both
+    /// files (its ids would otherwise reach the embedding at the first evaluation, past the vocabulary).
+    func testValidSplitWithAnotherTokenizerIsRefused() throws {
+        let lines = (0..<60).map { "line \($0) with some words \($0 * 7)" }
+        try lines.joined(separator: "\n").write(toFile: path("bpe.src"), atomically: true, encoding: .utf8)
+        try lines.map { String($0.reversed()) }.joined(separator: "\n").write(toFile: path("bpe.tgt"), atomically: true, encoding: .utf8)
+        let prepare = try runProcess(ddp, ["prepare", "--source", path("bpe.src"), "--target", path("bpe.tgt"), "--tokenizer", "bpe",
+                                           "--vocab-size", "300", "--valid-fraction", "0.5", "--output", path("bpe-data")])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        try FileManager.default.createDirectory(atPath: path("two-tokenizers"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: path("data/train-00000.h5"), toPath: path("two-tokenizers/train-00000.h5"))
+        try FileManager.default.copyItem(atPath: path("bpe-data/valid-00000.h5"), toPath: path("two-tokenizers/valid-00000.h5"))
+        let result = try runProcess(ddp, ["train", "--config", try config(batch: 8, steps: 5), "--run-dir", path("two"),
+                                          "--set", "data.directory=\(path("two-tokenizers"))"])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.stderr.contains("two-tokenizers/valid-00000.h5: its tokenizer differs from ")
+                      && result.stderr.contains("two-tokenizers/train-00000.h5's"), result.output)
+        XCTAssertFalse(result.stdout.contains("training "), "refused before the start-up line: \(result.output)")
+    }
+
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
     /// widens from 1e-5 to 3e-4 (measured here: 6.3e-5 over 20 steps, against 2e-8 without compression) and the
     /// parameters' from 1e-5 to 1e-2; the test also checks compression changed something.
