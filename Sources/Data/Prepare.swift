@@ -176,16 +176,22 @@ public enum Preparer {
                      + "training will report no validation metrics")
         }
         var written: Set<String> = []
-        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
-            let ranges = shardRanges(indices.count, shards: options.shards)
-            var tokens = 0
-            for (shard, range) in ranges.enumerated() {
-                let file = String(format: "%@-%05d.h5", name, shard)
-                tokens += try write(name, shard, ranges.count, indices[range], Paths.join(options.output, file))
-                written.insert(file)
+        do {
+            for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+                let ranges = shardRanges(indices.count, shards: options.shards)
+                var tokens = 0
+                for (shard, range) in ranges.enumerated() {
+                    let file = String(format: "%@-%05d.h5", name, shard)
+                    tokens += try write(name, shard, ranges.count, indices[range], Paths.join(options.output, file))
+                    written.insert(file)
+                }
+                if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
+                else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
             }
-            if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
-            else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
+        } catch {
+            // A dataset cut short (a shard that failed, a full disk) is no dataset: the shards this run wrote go too.
+            for file in written { try? FileManager.default.removeItem(atPath: Paths.join(options.output, file)) }
+            throw error
         }
         for file in earlier where !written.contains(file) {
             let path = Paths.join(options.output, file)
@@ -229,6 +235,15 @@ public enum Preparer {
         return earlier
     }
 
+    /// Text that encodes to the tokenizer's PAD id (its `<pad>` written out in the text) is refused: padding is hidden
+    /// from attention and the loss, so the position would silently drop out (and every reader refuses such a shard).
+    private static func refusePadding(in ids: [Int32], _ tokenizer: Tokenizer, what: String, file: String) throws {
+        let pad = tokenizer.specialTokens.pad
+        guard ids.contains(pad) else { return }
+        throw DataError(file: file, "\(what) holds text that encodes to the tokenizer's PAD token (id \(pad)), which only padding may hold; "
+                                    + "remove it from the text")
+    }
+
     /// Language modelling from text files.
     public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
         var documents: [String] = []
@@ -243,6 +258,7 @@ public enum Preparer {
             var encoded: [[Int32]] = []
             for (done, index) in indices.enumerated() {
                 encoded.append(tokenizer.encode(documents[index]))
+                try refusePadding(in: encoded[encoded.count - 1], tokenizer, what: "document \(index + 1)", file: inputs.joined(separator: ", "))
                 if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(shards): \(done + 1)/\(indices.count) documents") }
             }
             try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer, inputs: options.inputs)
@@ -260,6 +276,7 @@ public enum Preparer {
         var dropped = 0
         for (number, pair) in pairs.enumerated() {
             let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
+            try refusePadding(in: source + target, tokenizer, what: "pair \(number + 1)", file: options.inputs.isEmpty ? options.output : options.inputs.joined(separator: ", "))
             if let limit = options.maxPairTokens, source.count > limit || target.count > limit {
                 if options.failOnLong {
                     throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over "

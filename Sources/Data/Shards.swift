@@ -199,11 +199,12 @@ public struct DataSplit: Sendable {
         switch task {
         case .lm:
             guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
-            let tokens = try file.validateTokens("tokens")
+            let tokens = try file.validateTokens("tokens", pad: tokenizer.specialTokens.pad)
             let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
             return (Shard(path: path, task: .lm, samples: windows, tokens: tokens), tokenizer)
         case .seq2seq:
-            let source = try file.validateTokens("source/tokens"), target = try file.validateTokens("target/tokens")
+            let pad = tokenizer.specialTokens.pad
+            let source = try file.validateTokens("source/tokens", pad: pad), target = try file.validateTokens("target/tokens", pad: pad)
             let sources = try file.validateOffsets("source/offsets", tokens: source)
             let targets = try file.validateOffsets("target/offsets", tokens: target)
             guard sources == targets else {
@@ -266,11 +267,15 @@ private struct ShardValidator {
     }
 
     /// Every token id in range, read in blocks (memory stays flat on multi-gigabyte shards); returns the count.
-    func validateTokens(_ name: String) throws -> Int {
+    /// Token ids lie in the vocabulary and are not the tokenizer's PAD (`pad`; -1, none, for GPT-2's): padding is hidden
+    /// from attention and the loss, so a PAD in the data would silently drop that position.
+    func validateTokens(_ name: String, pad: Int32) throws -> Int {
         let dataset = try open(name, .int32, "1-D int32")
         try forEachBlock(of: dataset, name, as: Int32.self) { block, start in
-            if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize }) {
-                throw DataError(file: path, "/\(name)[\(start + bad)] = \(block[bad]) is outside the vocabulary (vocab_size \(vocabularySize))")
+            if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize || $0 == pad }) {
+                let what = block[bad] == pad ? "the tokenizer's PAD id, which only padding may hold (it is hidden from attention and the loss)"
+                                             : "outside the vocabulary (vocab_size \(vocabularySize))"
+                throw DataError(file: path, "/\(name)[\(start + bad)] = \(block[bad]) is \(what)")
             }
         }
         return dataset.shape[0]

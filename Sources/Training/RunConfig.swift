@@ -375,20 +375,22 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError(file: file, key: nil, message: "not valid YAML: \(error)")
         }
         for override in overrides { root = try apply(override, to: root, file: file) }
-        try checkKeys(root, section: "", file: file)
+        // A key set on the command line is blamed on its --set, not on the file: its type and its value.
+        func blamingOverride(_ error: ConfigError) -> ConfigError {
+            guard let key = error.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) else { return error }
+            return ConfigError(file: "--set \(override)", key: key, message: error.message)
+        }
         let config: RunConfig
         do {
+            try checkKeys(root, section: "", file: file)
             config = try YAMLDecoder().decode(RunConfig.self, from: root,
                                               userInfo: baseModel.map { [ModelConfig.baseUserInfoKey: $0] } ?? [:])
+            try config.validate(file: file)
         } catch let error as DecodingError {
-            // A key set on the command line is blamed on its --set, not on the file.
-            let decoded = ConfigError(decoding: error, file: file)
-            if let key = decoded.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) {
-                throw ConfigError(file: "--set \(override)", key: key, message: decoded.message)
-            }
-            throw decoded
+            throw blamingOverride(ConfigError(decoding: error, file: file))
+        } catch let error as ConfigError {
+            throw blamingOverride(error)
         }
-        try config.validate(file: file)
         return config
     }
 
@@ -397,17 +399,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
         let parts = override.split(separator: "=", maxSplits: 1).map(String.init)
         let path = parts.first?.split(separator: ".").map(String.init) ?? []
         guard parts.count == 2, path.count == 2, !parts[1].isEmpty else {
-            throw ConfigError(file: file, key: nil, message: "--set \(override): expected section.key=value (for example training.steps=100)")
+            throw ConfigError(file: "--set \(override)", key: nil, message: "expected section.key=value (for example training.steps=100)")
         }
         let (section, key) = (path[0], path[1])
         guard let allowed = knownKeys[section], allowed.contains(key) else {
             let known = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\(section).\($0)'?)" } ?? ""
-            throw ConfigError(file: file, key: "\(section).\(key)", message: "--set: unknown key\(known)")
+            throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: "unknown key\(known)")
         }
         guard var mapping = root.mapping else { throw ConfigError(file: file, key: nil, message: "expected a mapping of keys to values") }
         let value: Node
         do { value = try Yams.compose(yaml: parts[1]) ?? Node(parts[1]) } catch {
-            throw ConfigError(file: file, key: "\(section).\(key)", message: "--set: '\(parts[1])' is not a YAML value")
+            throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: "'\(parts[1])' is not a YAML value")
         }
         var inner = mapping[Node(section)]?.mapping ?? Node.Mapping([])
         inner[Node(key)] = value
@@ -431,7 +433,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 let suggestion = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\($0)'?)" } ?? ""
                 throw ConfigError(file: file, key: path, message: "unknown key\(suggestion)")
             }
-            if section.isEmpty { try checkKeys(value, section: key, file: file) }
+            if section.isEmpty {
+                try checkKeys(value, section: key, file: file)
+            } else if value.tag.rawValue == Tag.Name.null.rawValue {
+                // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
+                throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")
+            }
         }
     }
 

@@ -14,6 +14,9 @@ struct Inspect: ParsableCommand {
             Any other HDF5 file: groups, datasets (shape, type, chunks, filters) and attributes, like `h5ls -r -v` \
             but readable; a data shard also shows its task, tokenizer and first examples.
 
+            Exits 1, after printing all it can, when anything is NOT READABLE, NOT AS WRITTEN, NOT VALID or NOT \
+            USABLE (as h5check and fsck do), so a script can check files with it.
+
             Examples:
               ddp inspect data/train-00000.h5
               ddp inspect runs/reverse
@@ -30,12 +33,16 @@ struct Inspect: ParsableCommand {
     var maxValueLength = 120
 
     func run() throws {
+        // What was found wrong: each is printed where it is found, and any makes the command exit 1.
+        var problems = 0
         let file = try isDirectory(self.file) ? try Checkpoint.resolve(self.file) : self.file
+        defer { if problems > 0 { FileHandle.standardError.write(Foundation.Data("\(file): \(problems) problem(s) found, printed above\n".utf8)) } }
         let handle = try File.open(file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
         do { _ = try handle.attributeNames() } catch {
             print("attributes  NOT READABLE (the file is damaged): \(error.message)")
+            problems += 1
         }
         if (try? handle.hasAttribute(attributeDigestName)) == true {
             do {
@@ -43,6 +50,7 @@ struct Inspect: ParsableCommand {
                 print("attributes  as written (their digest matches)")
             } catch {
                 print("attributes  NOT AS WRITTEN: \(error.message)")
+                problems += 1
             }
         }
         let isCheckpoint = (try? handle.stringAttribute("format")) == Checkpoint.format
@@ -53,10 +61,12 @@ struct Inspect: ParsableCommand {
             if listing.omitted > 0 { print("... and \(listing.omitted) more lines not shown") }
             if !listing.unreadable.isEmpty {
                 print("\nattributes  NOT READABLE in \(file): " + listing.unreadable.joined(separator: "; "))
+                problems += 1
             }
         }
         if isCheckpoint {
-            describeCheckpoint(file)
+            if !describeCheckpoint(file) { problems += 1 }
+            if problems > 0 { throw ExitCode.failure }
             return
         }
         let preview: ShardPreview?
@@ -65,7 +75,8 @@ struct Inspect: ParsableCommand {
         } catch {
             // Inspecting is how people find out what is wrong with a file: list it, then say why it is no valid shard.
             print("\ndata shard  NOT VALID: \(error)")
-            return
+            problems += 1
+            throw ExitCode.failure
         }
         if let preview {
             let unit = preview.task == .lm ? "documents" : "pairs"
@@ -82,6 +93,7 @@ struct Inspect: ParsableCommand {
                 print("  " + text.replacingOccurrences(of: "\n", with: "\\n"))
             }
         }
+        if problems > 0 { throw ExitCode.failure }
     }
 
     private func isDirectory(_ path: String) throws -> Bool {
@@ -90,7 +102,8 @@ struct Inspect: ParsableCommand {
     }
 
     /// The run a checkpoint belongs to and its tensors; a checkpoint that cannot be used is listed, then said why.
-    private func describeCheckpoint(_ path: String) {
+    /// Prints a checkpoint's run and tensors; false when it is not usable (said so, with why).
+    private func describeCheckpoint(_ path: String) -> Bool {
         do {
             let header = try Checkpoint.readHeader(path)
             let model = header.config.model
@@ -126,9 +139,12 @@ struct Inspect: ParsableCommand {
             if !nonFinite.isEmpty {
                 print("\ncheckpoint  NOT USABLE: parameters that are not finite (NaN or infinity) in "
                       + nonFinite.keys.sorted().joined(separator: ", ") + "; eval, generate and export refuse it")
+                return false
             }
+            return true
         } catch {
             print("\ncheckpoint  NOT USABLE: \(error)")
+            return false
         }
     }
 

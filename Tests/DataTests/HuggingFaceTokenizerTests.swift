@@ -129,6 +129,34 @@ final class HuggingFaceTokenizerTests: XCTestCase {
 }
 
 extension HuggingFaceTokenizerTests {
+    /// Text that holds a tokenizer's `<pad>` encodes to the PAD id, which padding alone may hold (attention and the loss
+    /// skip it): `ddp prepare` refuses it, naming the input and the document or pair, and leaves no shard behind.
+    func testTextThatEncodesToPaddingIsRefused() throws {
+        let tokenizer = try HuggingFaceTokenizer(text: try tokenizerJSON {
+            $0["added_tokens"] = [["id": 257, "content": "<|endoftext|>", "special": true], ["id": 258, "content": "<pad>", "special": true]]
+        })
+        XCTAssertEqual(tokenizer.specialTokens.pad, 258)
+        let directory = try makeTemporaryDirectory("hf-pad")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let input = directory.appendingPathComponent("corpus.txt").path
+        // Eight documents in eight shards, the fifth with a <pad>: shards written before it are removed again.
+        let documents = (0..<8).map { $0 == 4 ? "document <pad> four" : "document \($0)" }
+        try documents.joined(separator: "\n\n").write(toFile: input, atomically: true, encoding: .utf8)
+        var options = PrepareOptions(output: directory.appendingPathComponent("out").path)
+        options.fixedTokenizer = .huggingFace(tokenizer)
+        options.validFraction = 0
+        options.shards = 8
+        XCTAssertThrowsError(try Preparer.prepareLM(inputs: [input], options: options)) {
+            XCTAssertEqual("\($0)", "\(input): document 5 holds text that encodes to the tokenizer's PAD token (id 258), which only padding "
+                           + "may hold; remove it from the text")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: options.output), [], "no shard of a refused dataset is left")
+        options.inputs = [input]
+        XCTAssertThrowsError(try Preparer.prepareSeq2Seq(pairs: [("a b", "c"), ("a", "<pad>")], options: options)) {
+            XCTAssertTrue("\($0)".contains("pair 2 holds text that encodes to the tokenizer's PAD token (id 258)"), "\($0)")
+        }
+    }
+
     /// A tokenizer of GPT-2's size (50,257 ids: 256 bytes, 50,000 merges, one added token; about 1 MB of JSON) is stored
     /// in a shard's attribute and read back equal, encoding the same.
     func testAGPT2SizedTokenizerIsStoredInAShardAndReadBack() throws {

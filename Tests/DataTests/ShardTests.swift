@@ -183,6 +183,16 @@ final class ShardTests: XCTestCase {
         assertDataError(["/tokens[2] = 260 is outside the vocabulary (vocab_size 260)"]) {
             _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
         }
+        // PAD (0 for the byte tokenizer) inside the data: attention and the loss would silently skip that position.
+        try File.open(name, mode: .readWrite).openDataset("tokens").write([Int32(5), 6, 7, 0, 8, 9])
+        assertDataError([name, "/tokens[3] = 0 is the tokenizer's PAD id, which only padding may hold"]) {
+            _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
+        }
+    }
+
+    func testPaddingInsideAPairIsRefused() throws {
+        _ = try tamper { try $0.openDataset("target/tokens").write([Int32(6), 0, 8]) }
+        assertDataError(["train-00000.h5", "/target/tokens[1] = 0 is the tokenizer's PAD id"]) { _ = try DataSplit(directory: path, split: "train") }
     }
 
     func testBadOffsets() throws {

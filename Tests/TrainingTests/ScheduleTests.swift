@@ -80,10 +80,21 @@ final class ScheduleTests: XCTestCase {
                 return "\(error)"
             }
         }
-        XCTAssertTrue(error("training.stpes=3").contains("config key 'training.stpes': --set: unknown key (did you mean 'training.steps'?)"))
-        XCTAssertTrue(error("steps=3").contains("expected section.key=value"))
-        XCTAssertTrue(error("training.steps=many").contains("config key 'training.steps'"))
+        // Each error names the --set that caused it, not the file (which holds no such key or value).
+        XCTAssertEqual(error("training.stpes=3"), "--set training.stpes=3: config key 'training.stpes': unknown key (did you mean 'training.steps'?)")
+        XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
+        XCTAssertEqual(error("training.steps=many"), "--set training.steps=many: config key 'training.steps': expected an integer")
+        XCTAssertEqual(error("training.steps=[1"), "--set training.steps=[1: config key 'training.steps': '[1' is not a YAML value")
+        XCTAssertEqual(error("model.d_model=-2"), "--set model.d_model=-2: config key 'model.d_model': must be even and at least 2, got -2")
+        XCTAssertEqual(error("training.batch_size=0"), "--set training.batch_size=0: config key 'training.batch_size': must be 1 to "
+                       + "\(RunConfig.largestBatch), got 0")
         XCTAssertTrue(error("model.heads=3").contains("d_model 64 is not divisible by heads 3"))
+        // A key with no value is YAML's null, not the key's default.
+        XCTAssertEqual(error("training.label_smoothing=null"), "--set training.label_smoothing=null: config key 'training.label_smoothing': "
+                       + "has no value (give one, or leave the key out for its default)")
+        XCTAssertThrowsError(try RunConfig.parse(yaml + "\ncheckpoint:\n  keep:\n", file: "inline.yaml")) {
+            XCTAssertEqual("\($0)", "inline.yaml: config key 'checkpoint.keep': has no value (give one, or leave the key out for its default)")
+        }
     }
 
     /// A value out of range is blamed on its own key, whichever key it is.
@@ -96,6 +107,7 @@ final class ScheduleTests: XCTestCase {
         for (key, value) in bad {
             XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=\(value)"]), key) {
                 XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=\(value): \($0)")
+                XCTAssertEqual(($0 as? ConfigError)?.file, "--set \(key)=\(value)", "the value came from the command line: \($0)")
             }
         }
         // training.length_groups: 1 to max_tokens groups, and only next to max_tokens.

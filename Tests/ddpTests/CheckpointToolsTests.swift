@@ -431,6 +431,8 @@ final class CheckpointToolsTests: XCTestCase {
             """)
         let result = try runProcess(ddp, ["inspect", damaged])
         XCTAssertTrue(result.stdout.contains("NOT USABLE") && result.stdout.contains("optimizer/exp_avg_sq/embed.weight"), result.output)
+        XCTAssertEqual(result.status, 1, "a checkpoint found damaged: inspect exits 1\n\(result.output)")
+        XCTAssertTrue(result.stderr.contains("\(damaged): 1 problem(s) found, printed above"), result.output)
         XCTAssertFalse(result.stdout.contains("checksums verified"), result.output)
     }
 

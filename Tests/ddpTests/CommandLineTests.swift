@@ -73,7 +73,9 @@ final class CommandLineTests: XCTestCase {
             try weight.setAttribute("betas", [0.9, 0.98])
         }
         let result = try runProcess(ddp, ["inspect", path])
-        XCTAssertEqual(result.status, 0, result.output)
+        // Listed in full, then found no valid shard: exit 1, as a check (h5check, fsck) that found a problem.
+        XCTAssertEqual(result.status, 1, result.output)
+        XCTAssertTrue(result.stderr.contains("\(path): 1 problem(s) found, printed above"), result.output)
         for text in ["@format = \"swiftddp-tokens\"", "@vocab_size = 260", "(500 characters)",
                      "/tokens  dataset int32  [4096]  chunks [1024]  filters deflate 4, fletcher32",
                      "/params/", "/params/embed.weight  dataset float32  [260, 16]", "@betas = [0.9, 0.98]",

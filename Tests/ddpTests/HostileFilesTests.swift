@@ -156,6 +156,7 @@ final class HostileFilesTests: XCTestCase {
                 let verdict: String
                 if result.status != 0 || result.stdout.contains("NOT ") {
                     verdict = "reported"
+                    XCTAssertEqual(result.status, 1, "\(what): damage reported, so inspect exits 1\n\(result.output)")
                     XCTAssertTrue(result.output.contains(mutant), "\(what): the report does not name the file\n\(result.output)")
                 } else {
                     verdict = "harmless"

@@ -130,6 +130,12 @@ final class PrepareTests: XCTestCase {
         XCTAssertNotEqual(overGroup.status, 0)
         XCTAssertTrue(overGroup.stderr.contains("train-00000.h5") && overGroup.stderr.contains("(training.max_tokens 40 / 4 = 10)")
                       && overGroup.stderr.contains("lower training.length_groups"), overGroup.output)
+        // Data of the other task is refused by name (lm data for tiny.yaml's encoder-decoder model).
+        try "a few words\n\nand a few more words here".write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        _ = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("lm"), "--valid-fraction", "0"])
+        let wrongTask = try runProcess(ddp, ["bench", "data", "--data", path("lm"), "--config", repository.appendingPathComponent("Configs/tiny.yaml").path])
+        XCTAssertEqual(wrongTask.status, 1, wrongTask.output)
+        XCTAssertTrue(wrongTask.stderr.contains("lm/train-00000.h5: holds lm data; model.kind encoder-decoder takes seq2seq data"), wrongTask.output)
         let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
                                            repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)
