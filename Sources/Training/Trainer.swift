@@ -92,6 +92,10 @@ public final class Trainer {
         let run = try setUp()
         defer { run.watchdog.stop() }
         var state = try startOrResume(resume, overwrite: overwrite, run: run)
+        if world.rank == 0 && run.valid == nil {
+            log("no valid split in \(config.data.directory) (no valid-*.h5 file): the run is not evaluated (ddp prepare "
+                + "writes one with --valid-fraction above 0)")
+        }
         let loader = run.loader(from: state, config: config, world: world)
         defer { loader.stop() }
         let step = TrainingStep(model: run.model, optimizer: run.optimizer, world: world, training: config.training, watchdog: run.watchdog)
@@ -150,31 +154,35 @@ public final class Trainer {
     private func setUp() throws -> Run {
         let threads = config.training.threads > 0 ? config.training.threads : defaultComputeThreads(localRanks: world.localSize)
         setComputeThreads(threads)
-        let (train, valid) = try openSplits()
-        // seq2seq: every pair is checked now (met in a batch, one too long would end the run at that step); the train
-        // split's reader also gives the token-budget sampler its lengths.
-        let pairs = config.model.kind.readsTokenStream ? nil : try SampleReader(split: train)
-        if let pairs {
-            for reader in [pairs] + (try valid.map { [try SampleReader(split: $0)] } ?? []) {
-                try reader.checkFits(maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
-            }
-        }
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {
+            let (train, valid, pairs) = try togetherOnEveryRank("data checks", watchdog: watchdog) {
+                let (train, valid) = try openSplits()
+                // seq2seq: every pair is checked now (met in a batch, one too long would end the run at that step); the
+                // train split's reader also gives the token-budget sampler its lengths.
+                let pairs = config.model.kind.readsTokenStream ? nil : try SampleReader(split: train)
+                if let pairs {
+                    for reader in [pairs] + (try valid.map { [try SampleReader(split: $0)] } ?? []) {
+                        try reader.checkFits(maxSourceLength: config.data.sourceLength, maxTargetLength: config.data.targetLength)
+                    }
+                }
+                return (train, valid, pairs)
+            }
             let fingerprint = dataFingerprint(train)
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
-            let batching = try makeSampler(train, pairs: pairs)
-            let isLM = config.model.kind.readsTokenStream
-            let model: TransformerModel
-            do {
-                model = try TransformerModel(config: config.model, maxBatch: batching.maxRows,
-                                             maxSourceLength: isLM ? 0 : config.data.sourceLength, maxTargetLength: config.data.targetLength,
-                                             shapes: batching.shapes)
-            } catch {
-                // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
-                guard let maxTokens = config.training.maxTokens, error.key == "d_model" else { throw error }
-                throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
-                                    + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
+            let (batching, model) = try togetherOnEveryRank("batching and model checks", watchdog: watchdog) {
+                let batching = try makeSampler(train, pairs: pairs)
+                let isLM = config.model.kind.readsTokenStream
+                do {
+                    return (batching, try TransformerModel(config: config.model, maxBatch: batching.maxRows,
+                                                           maxSourceLength: isLM ? 0 : config.data.sourceLength,
+                                                           maxTargetLength: config.data.targetLength, shapes: batching.shapes))
+                } catch let error as ModelConfigError {
+                    // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
+                    guard let maxTokens = config.training.maxTokens, error.key == "d_model" else { throw error }
+                    throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
+                                        + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
+                }
             }
             model.specialTokens = train.tokenizer.specialTokens
             return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: batching.sampler,
@@ -200,8 +208,8 @@ public final class Trainer {
                 throw TrainingError("data directory \(config.data.directory): the train split has \(train.samples) samples, fewer than one "
                                     + "global batch of \(sampler.globalBatch) (training.batch_size x ranks x training.grad_accum)")
             }
-            return (sampler, sampler.globalBatch, "global batch \(sampler.globalBatch), \(sampler.batchesPerEpoch) updates per epoch "
-                    + "(\(sampler.droppedPerEpoch) samples left out each epoch)", [], config.training.batchSize)
+            return (sampler, sampler.globalBatch, "global batch \(sampler.globalBatch), \(updatesPerEpoch(sampler.batchesPerEpoch)) "
+                    + "(\(sampler.droppedPerEpoch) sample\(sampler.droppedPerEpoch == 1 ? "" : "s") left out each epoch)", [], config.training.batchSize)
         }
         let isLM = config.model.kind.readsTokenStream
         let groups = config.training.lengthGroups
@@ -247,7 +255,7 @@ public final class Trainer {
         let description = (groups == 1 ? "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
                                        : "token-budget batches of up to \(groups) length groups of at most \(sampler.groupBudget) positions "
                                          + "(training.max_tokens \(maxTokens) / training.length_groups \(groups))")
-            + ", \(sampler.batchesPerEpoch) updates per epoch, every sample once"
+            + ", \(updatesPerEpoch(sampler.batchesPerEpoch)), every sample once"
         return (sampler, 0, description, shapes, shapes.map(\.batch).max() ?? 1)
     }
 
@@ -267,18 +275,23 @@ public final class Trainer {
         }
     }
 
+    /// "1 update per epoch", "12 updates per epoch".
+    private func updatesPerEpoch(_ count: Int) -> String { "\(count) update\(count == 1 ? "" : "s") per epoch" }
+
     /// Whether something done every `every` updates (0: never) is due after update `step`.
     private func isDue(every: Int, step: Int) -> Bool { every > 0 && step % every == 0 }
 
     /// The train split, and the valid split when the data directory has one.
     private func openSplits() throws -> (train: DataSplit, valid: DataSplit?) {
-        let sequenceLength = config.model.kind.readsTokenStream ? config.data.targetLength : 0
+        // The context, for a language model's windows; seq2seq data ignores it, and lm data given to an encoder-decoder
+        // model then opens, to be refused below as the other task.
+        let sequenceLength = config.data.targetLength
         guard !config.data.directory.isEmpty else {
             throw TrainingError("config key 'data.directory' is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
         let train = try DataSplit(directory: config.data.directory, split: "train", sequenceLength: sequenceLength)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
-        let valid = names.contains { $0.hasPrefix("valid-") }
+        let valid = names.contains { $0.hasPrefix("valid-") && $0.hasSuffix(".h5") }
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
         // The valid split is read with the train split's tokenizer and model: its ids must mean the same (another
         // tokenizer's could lie past the vocabulary, and evaluation would index the embedding with them).
@@ -420,6 +433,21 @@ public final class Trainer {
         return try watchdog.guarding(phase) { try world.broadcast(answer, root: 0) }
     }
 
+    /// Runs a check every rank makes on the same config and files. When it fails on any rank, every rank throws
+    /// `StartupRefused` with the message of the lowest rank that failed, so the job ends with that sentence on each
+    /// rank and no MPI abort; alone, the error itself.
+    private func togetherOnEveryRank<T>(_ phase: String, watchdog: CollectiveWatchdog, _ body: () throws -> T) throws -> T {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try body()) } catch { outcome = .failure(error) }
+        guard world.size > 1 else { return try outcome.get() }
+        var message = ""
+        if case .failure(let error) = outcome { message = "\(error)" }
+        let first = try watchdog.guarding(phase) { try world.allreduce(Int64(message.isEmpty ? world.size : world.rank), op: .min) }
+        guard first < world.size else { return try outcome.get() }
+        message = try watchdog.guarding(phase) { try world.broadcast(message, root: Int(first)) }
+        throw StartupRefused(message: first == 0 ? message : "rank \(first) refused: \(message)")
+    }
+
     /// Rank 0 loads the checkpoint; every rank receives its parameters, AdamW moments and position, so the run
     /// directory need only be readable on rank 0's node.
     private func restore(_ path: String, model: TransformerModel, optimizer: AdamW) throws -> TrainingState {
@@ -464,6 +492,14 @@ public final class Trainer {
                                          + "(same config file, same data directory on every node?)")
         }
     }
+}
+
+/// A start-up check (the data, the model's size) that failed on some rank: every rank stops with the first one's message.
+public struct StartupRefused: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    /// The failing rank's error, as it would have printed it.
+    public let message: String
+    /// The message itself.
+    public var description: String { message }
 }
 
 /// A run directory that cannot be used as asked (it holds another run, nothing to resume, a refused change): every

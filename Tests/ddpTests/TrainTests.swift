@@ -257,6 +257,41 @@ final class TrainTests: XCTestCase {
         XCTAssertFalse(result.stdout.contains("training "), "refused before the start-up line: \(result.output)")
     }
 
+    /// Data the model cannot use is named for what it is: lm data for an encoder-decoder model is the other task (it
+    /// used to be "an lm dataset needs a sequence length"); a data directory without a valid split is said at start-up,
+    /// not found out from a metrics.jsonl without evaluations.
+    func testDataOfTheOtherTaskIsRefusedAndAMissingValidSplitIsSaid() throws {
+        let text = (0..<40).map { "document \($0) has a few words in it" }.joined(separator: "\n\n")
+        try text.write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        let prepare = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path("corpus.txt"), "--output", path("lm")])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        let wrongTask = try runProcess(ddp, ["train", "--config", try config(batch: 4, steps: 2), "--run-dir", path("lm-run"),
+                                             "--set", "data.directory=\(path("lm"))"])
+        XCTAssertEqual(wrongTask.status, 1, wrongTask.output)
+        XCTAssertTrue(wrongTask.stderr.contains("data directory \(path("lm")) holds lm data; model.kind encoder-decoder trains on seq2seq data "
+                                                + "(ddp prepare --task seq2seq)"), wrongTask.output)
+        // Under mpirun, with the refusal on one rank only (its --set names the lm data): both ranks stop with that
+        // rank's sentence, and the job ends without an MPI abort.
+        if let mpirun = findOnPath("mpirun") {
+            let good = try config(batch: 4, steps: 2)
+            let mixed = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", good, "--run-dir", path("mixed-run"), ":",
+                                                "-np", "1", ddp, "train", "--config", good, "--run-dir", path("mixed-run"),
+                                                "--set", "data.directory=\(path("lm"))"],
+                                       environment: mpiEnvironment, timeout: 120)
+            XCTAssertFalse(mixed.timedOut, "the job hung:\n\(mixed.output)")
+            XCTAssertNotEqual(mixed.status, 0)
+            for rank in 0..<2 {
+                XCTAssertTrue(mixed.stderr.contains("Error: rank \(rank): rank 1 refused: data directory \(path("lm")) holds lm data"), mixed.output)
+            }
+            XCTAssertFalse(mixed.output.contains("MPI_ABORT"), mixed.output)
+        }
+        // setUp's data has no valid split (--valid-fraction 0).
+        let noValid = try train(ranks: 1, config: try config(batch: 4, steps: 2), run: "no-valid")
+        XCTAssertTrue(noValid.stdout.contains("no valid split in \(path("data")) (no valid-*.h5 file): the run is not evaluated"), noValid.output)
+        let metrics = try String(contentsOfFile: path("no-valid/metrics.jsonl"), encoding: .utf8)
+        XCTAssertTrue(metrics.contains("\"loss\"") && !metrics.contains("valid_"), metrics)
+    }
+
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
     /// widens from 1e-5 to 3e-4 (measured here: 6.3e-5 over 20 steps, against 2e-8 without compression) and the
     /// parameters' from 1e-5 to 1e-2; the test also checks compression changed something.
