@@ -173,7 +173,15 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         if let specialTokens {
             try check(specialTokens.eos, "eos_token")
             try check(specialTokens.bos, "bos_token")
-            if specialTokens.pad != SpecialTokens.none { try check(specialTokens.pad, "pad_token") }
+            if specialTokens.pad != SpecialTokens.none {
+                try check(specialTokens.pad, "pad_token")
+                // Stored roles (a shard's or checkpoint's tokenizer): padding is hidden from attention and the loss, so
+                // a pad that is also BOS or EOS would hide every real one (the reading below never makes such roles).
+                guard specialTokens.pad != specialTokens.eos && specialTokens.pad != specialTokens.bos else {
+                    throw JSONError(message: "the pad id \(specialTokens.pad) is also the " + (specialTokens.pad == specialTokens.eos ? "eos" : "bos")
+                                             + " id; padding is hidden from the loss, so it needs an id of its own (or -1, none)")
+                }
+            }
             self.specialTokens = specialTokens
         } else {
             if let eos { try check(eos, "eos_token") }

@@ -82,6 +82,8 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
     public var trainShards = 0, validShards = 0
     /// seq2seq: pairs left out because a side had more than `maxPairTokens` tokens.
     public var dropped = 0
+    /// seq2seq: pairs kept with an empty source or target (an empty line on one side), and the first one's number.
+    public var emptySides = 0, firstEmptySide = 0
 
     /// The summary as `ddp prepare` prints it: one line per split, and the dropped pairs for seq2seq.
     public var description: String {
@@ -92,6 +94,10 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
             valid       \(validSamples) \(unit), \(validTokens) tokens, \(validShards) shard(s)
             """
         if task == .seq2seq { text += "\ndropped     \(dropped) pairs longer than --max-length" }
+        if emptySides > 0 {
+            text += "\nempty       \(emptySides) pairs kept with an empty source or target (the first is pair \(firstEmptySide)); "
+                + "they train the model to map to or from nothing"
+        }
         return text
     }
 }
@@ -124,12 +130,16 @@ public enum Preparer {
         return Array(zip(s, t))
     }
 
-    /// A TSV file: each line "source<TAB>target" (LF, CRLF or CR line ends; empty lines are skipped).
+    /// A TSV file: each line "source<TAB>target", exactly one tab (LF, CRLF or CR line ends; empty lines are skipped).
     public static func tsvPairs(_ path: String) throws -> [(String, String)] {
         var pairs: [(String, String)] = []
         for (number, line) in try TextFile.readLines(path).enumerated() where !line.isEmpty {
-            let fields = line.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
-            guard fields.count == 2 else { throw DataError(file: path, "line \(number + 1) has no tab between source and target") }
+            let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
+            guard fields.count == 2 else {
+                throw DataError(file: path, fields.count == 1 ? "line \(number + 1) has no tab between source and target"
+                                : "line \(number + 1) has \(fields.count - 1) tabs; a line is source<TAB>target, one tab (a third column, "
+                                  + "or a tab inside a sentence, would be taken into the target)")
+            }
             pairs.append((String(fields[0]), String(fields[1])))
         }
         return pairs
@@ -165,8 +175,9 @@ public enum Preparer {
 
     /// Cuts each split into `options.shards` files (`train-00000.h5`, ...), has `write` produce each one (returning its
     /// token count), and records the counts in the summary. Warns, naming the split, when valid comes out empty
-    /// although a valid fraction was asked for. With `overwrite`, shards of an earlier dataset that the new one does
-    /// not replace are removed once every new shard is written.
+    /// although a valid fraction was asked for. The new shards replace the directory's only once all are written
+    /// (`OutputFile.writeAll`); with `overwrite`, shards of an earlier dataset that the new one does not replace are
+    /// removed then.
     private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, into summary: inout PrepareSummary,
                                     progress: (String) -> Void,
                                     write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String) throws -> Int) throws {
@@ -175,24 +186,27 @@ public enum Preparer {
             progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
                      + "training will report no validation metrics")
         }
-        var written: Set<String> = []
-        do {
-            for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
-                let ranges = shardRanges(indices.count, shards: options.shards)
-                var tokens = 0
-                for (shard, range) in ranges.enumerated() {
-                    let file = String(format: "%@-%05d.h5", name, shard)
-                    tokens += try write(name, shard, ranges.count, indices[range], Paths.join(options.output, file))
-                    written.insert(file)
-                }
-                if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, ranges.count, tokens) }
-                else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, ranges.count, tokens) }
+        // Every shard of both splits is written to a temporary first, and renamed into place only when all are: a
+        // failure (text refused part-way, a full disk) leaves the directory as it was, an earlier dataset whole.
+        var planned: [(split: String, shard: Int, shards: Int, indices: ArraySlice<Int>, file: String)] = []
+        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+            let ranges = shardRanges(indices.count, shards: options.shards)
+            for (shard, range) in ranges.enumerated() {
+                planned.append((name, shard, ranges.count, indices[range], String(format: "%@-%05d.h5", name, shard)))
             }
-        } catch {
-            // A dataset cut short (a shard that failed, a full disk) is no dataset: the shards this run wrote go too.
-            for file in written { try? FileManager.default.removeItem(atPath: Paths.join(options.output, file)) }
-            throw error
         }
+        var tokens = [Int](repeating: 0, count: planned.count)
+        try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs) { index, temporary in
+            let shard = planned[index]
+            tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary)
+        }
+        for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
+            let mine = planned.indices.filter { planned[$0].split == name }
+            let total = mine.reduce(0) { $0 + tokens[$1] }
+            if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, mine.count, total) }
+            else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, mine.count, total) }
+        }
+        let written = Set(planned.map(\.file))
         for file in earlier where !written.contains(file) {
             let path = Paths.join(options.output, file)
             // A file named like a shard that this run read (text given as input) is not the earlier dataset's.
@@ -235,19 +249,15 @@ public enum Preparer {
         return earlier
     }
 
-    /// Text that encodes to the tokenizer's PAD id (its `<pad>` written out in the text) is refused: padding is hidden
-    /// from attention and the loss, so the position would silently drop out (and every reader refuses such a shard).
-    private static func refusePadding(in ids: [Int32], _ tokenizer: Tokenizer, what: String, file: String) throws {
-        let pad = tokenizer.specialTokens.pad
-        guard ids.contains(pad) else { return }
-        throw DataError(file: file, "\(what) holds text that encodes to the tokenizer's PAD token (id \(pad)), which only padding may hold; "
-                                    + "remove it from the text")
-    }
-
     /// Language modelling from text files.
     public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
         var documents: [String] = []
-        for input in inputs { documents += Self.documents(in: try TextFile.read(input)) }
+        var origins: [(file: String, number: Int)] = []  // each document's input and its place there, for messages
+        for input in inputs {
+            let found = Self.documents(in: try TextFile.read(input))
+            documents += found
+            origins += found.indices.map { (input, $0 + 1) }
+        }
         guard !documents.isEmpty else { throw DataError(file: inputs.joined(separator: ", "), "holds no text") }
         let tokenizer = makeTokenizer(options, texts: { documents }, progress: progress)
         var options = options
@@ -258,7 +268,7 @@ public enum Preparer {
             var encoded: [[Int32]] = []
             for (done, index) in indices.enumerated() {
                 encoded.append(tokenizer.encode(documents[index]))
-                try refusePadding(in: encoded[encoded.count - 1], tokenizer, what: "document \(index + 1)", file: inputs.joined(separator: ", "))
+                try tokenizer.refusePadding(in: encoded[encoded.count - 1], what: "document \(origins[index].number)", of: origins[index].file)
                 if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(shards): \(done + 1)/\(indices.count) documents") }
             }
             try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer, inputs: options.inputs)
@@ -273,10 +283,11 @@ public enum Preparer {
         guard !pairs.isEmpty else { throw DataError(file: options.output, "no pairs to prepare") }
         let tokenizer = makeTokenizer(options, texts: { pairs.flatMap { [$0.0, $0.1] } }, progress: progress)
         var encoded: [(source: [Int32], target: [Int32])] = []
-        var dropped = 0
+        var dropped = 0, emptySides = 0, firstEmptySide = 0
         for (number, pair) in pairs.enumerated() {
             let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
-            try refusePadding(in: source + target, tokenizer, what: "pair \(number + 1)", file: options.inputs.isEmpty ? options.output : options.inputs.joined(separator: ", "))
+            try tokenizer.refusePadding(in: source + target, what: "pair \(number + 1)",
+                                        of: options.inputs.isEmpty ? options.output : options.inputs.joined(separator: ", "))
             if let limit = options.maxPairTokens, source.count > limit || target.count > limit {
                 if options.failOnLong {
                     throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over "
@@ -286,12 +297,17 @@ public enum Preparer {
                 continue
             }
             encoded.append((source, target))
+            if source.isEmpty || target.isEmpty {
+                if emptySides == 0 { firstEmptySide = number + 1 }
+                emptySides += 1
+            }
             if number % 10_000 == 9_999 { progress("encoded \(number + 1)/\(pairs.count) pairs") }
         }
         guard !encoded.isEmpty else { throw DataError(file: options.output, "every pair is longer than --max-length") }
         let (train, valid) = split(encoded.count, options: options)
         var summary = PrepareSummary(task: .seq2seq, tokenizer: tokenizer)
         summary.dropped = dropped
+        (summary.emptySides, summary.firstEmptySide) = (emptySides, firstEmptySide)
         try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { _, _, _, indices, path in
             let chosen = indices.map { encoded[$0] }
             try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer, inputs: options.inputs)

@@ -134,7 +134,7 @@ public struct DataSplit: Sendable {
     public let tokenizer: Tokenizer
     /// The split's files in name order; global sample indices run through them in this order.
     public let shards: [Shard]
-    /// LM context: samples are windows of `sequenceLength + 1` tokens (0 for seq2seq).
+    /// LM context: samples are windows of `sequenceLength + 1` tokens (ignored by seq2seq data).
     public let sequenceLength: Int
 
     /// Samples in all shards together: the size of the sampler's global index space.
@@ -151,8 +151,18 @@ public struct DataSplit: Sendable {
         return nil
     }
 
+    /// The task of a split's first file (its header checked), or nil when the split has no file: for a command to
+    /// refuse data of the other task by name before windows of a context are cut from it.
+    public static func firstTask(directory: String, split: String) throws -> DatasetTask? {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+        guard let first = names.first else { return nil }
+        var file = try ShardValidator(path: Paths.join(directory, first))
+        return try file.header().0
+    }
+
     /// Opens `directory/split-*.h5` and validates every file: format and version, task, dtypes, offsets monotonic
-    /// and in bounds, every token id < vocab_size, one tokenizer for all files, and a non-empty split.
+    /// and in bounds, every token id < vocab_size and not PAD, one tokenizer for all files, and a non-empty split.
     public init(directory: String, split: String, sequenceLength: Int = 0) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {

@@ -188,3 +188,15 @@ public enum Tokenizer: Equatable, Sendable {
         }
     }
 }
+
+extension Tokenizer {
+    /// Refuses the ids of text that spells out the tokenizer's PAD token (its `<pad>` written in the text): padding is
+    /// hidden from attention and the loss, so that position would silently drop out. `what` names the text ("document
+    /// 3", "--prompt") and `file` where it came from, as the error's subject.
+    public func refusePadding(in ids: [Int32], what: String, of file: String) throws {
+        let pad = specialTokens.pad
+        guard ids.contains(pad) else { return }
+        throw DataError(file: file, "\(what) encodes to the tokenizer's PAD token (id \(pad)), which only padding may hold; "
+                                    + "remove that token's text")
+    }
+}

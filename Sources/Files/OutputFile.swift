@@ -83,6 +83,40 @@ public enum OutputFile {
         try sync(directory)
     }
 
+    /// Writes several files as one (a dataset's shards): `body` fills a temporary beside each of `paths` in turn,
+    /// given its index; only when every one is written and synced are they renamed over their paths. When `body` or a
+    /// sync throws, every temporary is removed and no path has been touched, so an earlier version of the set stays
+    /// whole. Each path is checked as `check` does before anything is written; `body`'s own errors are rethrown (a
+    /// `FileError` naming the path instead of its temporary).
+    public static func writeAll(_ paths: [String], inputs: [String] = [], _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
+        let targets = try paths.map { path throws(FileError) in try check(path, inputs: inputs) }
+        let temporaries = targets.map { Paths.join(Paths.parent($0), ".\(Paths.lastComponent($0)).\(UUID().uuidString.prefix(8)).tmp") }
+        var renamed = 0
+        inFlight.withLock { $0.formUnion(temporaries) }
+        defer {
+            for temporary in temporaries[renamed...] { try? FileManager.default.removeItem(atPath: temporary) }
+            inFlight.withLock { $0.subtract(temporaries) }
+        }
+        for (index, (path, temporary)) in zip(paths, temporaries).enumerated() {
+            do {
+                try body(index, temporary)
+                try sync(temporary)
+            } catch let error as FileError {
+                // Name the file the user asked for, not the temporary (which is gone). Other errors (about what was
+                // being written, say) pass unchanged.
+                throw FileError(error.path.replacingOccurrences(of: temporary, with: path),
+                                error.message.replacingOccurrences(of: temporary, with: path))
+            }
+        }
+        for (index, (path, target)) in zip(paths, targets).enumerated() {
+            guard rename(temporaries[index], target) == 0 else {
+                throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+            }
+            renamed += 1
+        }
+        for directory in Set(targets.map(Paths.parent)) { try sync(directory) }
+    }
+
     /// Temporaries being written now (removed by `removeTemporariesInFlight` when a signal ends the process).
     private static let inFlight = Mutex<Set<String>>([])
 

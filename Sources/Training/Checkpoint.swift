@@ -143,26 +143,46 @@ public enum Checkpoint {
     /// Removes all but the newest `keep` checkpoints (by step, never `name`); files that are not named as checkpoints
     /// are written (`checkpoint-<step>.h5`) are left alone.
     private static func prune(directory: String, keep: Int, protecting name: String) throws {
-        func step(_ name: String) -> Int? {
-            guard name.hasPrefix("checkpoint-") && name.hasSuffix(".h5") else { return nil }
-            let digits = name.dropFirst("checkpoint-".count).dropLast(".h5".count)
-            return digits.allSatisfy(\.isASCII) ? Int(digits) : nil
-        }
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .compactMap { name in step(name).map { (name: name, step: $0) } }.sorted { $0.step < $1.step }.map(\.name)
-        for old in names.dropLast(keep) where old != name {
+        for old in checkpointNames(in: directory).dropLast(keep) where old != name {
             try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }
     }
 
-    /// The checkpoint `latest` names in a run directory, or nil when there is none yet.
+    /// The step of a checkpoint's file name (`checkpoint-<step>.h5`), or nil for any other name.
+    static func step(ofCheckpointNamed name: String) -> Int? {
+        guard name.hasPrefix("checkpoint-") && name.hasSuffix(".h5") else { return nil }
+        let digits = name.dropFirst("checkpoint-".count).dropLast(".h5".count)
+        return digits.allSatisfy(\.isASCII) ? Int(digits) : nil
+    }
+
+    /// The checkpoint files of a run directory, oldest step first.
+    static func checkpointNames(in directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
+            .compactMap { name in step(ofCheckpointNamed: name).map { (name: name, step: $0) } }.sorted { $0.step < $1.step }.map(\.name)
+    }
+
+    /// For an error about a run directory's latest checkpoint: the others it holds, newest first, and how to resume
+    /// from one ("" when there are none).
+    public static func otherCheckpoints(in directory: String, besides path: String) -> String {
+        let others = checkpointNames(in: directory).reversed().filter { Paths.join(directory, $0) != path }
+        guard let newest = others.first else { return "" }
+        return "; \(directory) also holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", ..." : ""): to go on "
+            + "from one, write its name (\(newest), say) into \(Paths.join(directory, latestName))"
+    }
+
+    /// The checkpoint `latest` names in a run directory, or nil when there is none yet. It must name a checkpoint file
+    /// of the directory itself (`checkpoint-<step>.h5`) that exists.
     public static func latest(in directory: String) throws -> String? {
         let latest = Paths.join(directory, latestName)
         guard let text = try? String(contentsOfFile: latest, encoding: .utf8) else { return nil }
         let name = text.trimmingCharacters(in: .whitespacesAndNewlines)
         let path = Paths.join(directory, name)
-        guard !name.isEmpty, FileManager.default.fileExists(atPath: path) else {
-            throw CheckpointError(file: latest, message: "names '\(name)', which does not exist")
+        guard step(ofCheckpointNamed: name) != nil, !name.contains("/") else {
+            throw CheckpointError(file: latest, message: "names '\(name.prefix(200))', which is not a checkpoint file name of the run "
+                                  + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path))
+        }
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw CheckpointError(file: latest, message: "names '\(name)', which does not exist" + otherCheckpoints(in: directory, besides: path))
         }
         return path
     }
@@ -249,20 +269,15 @@ public enum Checkpoint {
     }
 
     /// Loads parameters (and, given an optimizer, its moments and step) into a model built for `header.config`'s
-    /// model; a missing tensor, a shape that does not fit, or a checksum failure is an error naming the tensor.
-    /// With `parametersOnly` (`ddp train --init`), a model that differs only in `dropout` is accepted and the
-    /// optimizer is not read.
+    /// model (`dropout` aside); a missing tensor, a shape that does not fit, or a checksum failure is an error naming
+    /// the tensor. With `parametersOnly` (`ddp train --init`) the optimizer is not read.
     @discardableResult
     public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil, parametersOnly: Bool = false) throws -> Header {
         let header = try readHeader(path)
-        if parametersOnly {
-            if let differences = architectureDifferences(header.config.model, model.config) {
-                throw CheckpointError(file: path, message: "holds another model than the run's (\(differences))")
-            }
-        } else {
-            guard header.config.model == model.config else {
-                throw CheckpointError(file: path, message: "was written for another model (\(differences(header.config.model, model.config)))")
-            }
+        // `dropout` is training's, not the network's: a run may resume or start (--init) with another rate.
+        if let differences = architectureDifferences(header.config.model, model.config) {
+            throw CheckpointError(file: path, message: parametersOnly ? "holds another model than the run's (\(differences))"
+                                                                      : "was written for another model (\(differences))")
         }
         let file: File
         do { file = try File.open(path) } catch {
@@ -348,7 +363,10 @@ public enum Checkpoint {
                 refused.append("the global batch: \(provenance.globalBatch) sequences per update (training.batch_size x ranks x grad_accum) "
                                + "in the checkpoint, \(globalBatch) now; the sampler position counts global batches")
             }
-            if provenance.dataFingerprint != dataFingerprint {
+            // A language model's windows are cut at target_length: that change (refused above) alters the samples
+            // too, and is the one reason to give.
+            let windowsChanged = config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength
+            if provenance.dataFingerprint != dataFingerprint && !windowsChanged {
                 refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run)")
             }
         } else {
@@ -392,7 +410,10 @@ extension Checkpoint {
         }
         guard isDirectory.boolValue else { return path }
         guard let latest = try latest(in: path) else {
-            throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint (not a run directory, or no checkpoint written yet)")
+            let shard = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
+                .first { ($0.hasPrefix("train-") || $0.hasPrefix("valid-")) && $0.hasSuffix(".h5") }
+            throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint " + (shard.map {
+                "(a data directory? name one of its files, such as \(Paths.join(path, $0)))" } ?? "(not a run directory, or no checkpoint written yet)"))
         }
         return latest
     }

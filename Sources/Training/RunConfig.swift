@@ -376,8 +376,14 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         for override in overrides { root = try apply(override, to: root, file: file) }
         // A key set on the command line is blamed on its --set, not on the file: its type and its value.
+        // Another key's error may come of an override too (`--set model.kind=encoder-decoder` and the file's
+        // encoder_layers 0): then it names the file with the overrides.
         func blamingOverride(_ error: ConfigError) -> ConfigError {
-            guard let key = error.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) else { return error }
+            guard let key = error.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) else {
+                guard !overrides.isEmpty else { return error }
+                return ConfigError(file: "\(file) with " + overrides.map { "--set \($0)" }.joined(separator: " "), key: error.key,
+                                   message: error.message)
+            }
             return ConfigError(file: "--set \(override)", key: key, message: error.message)
         }
         let config: RunConfig
@@ -386,6 +392,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             config = try YAMLDecoder().decode(RunConfig.self, from: root,
                                               userInfo: baseModel.map { [ModelConfig.baseUserInfoKey: $0] } ?? [:])
             try config.validate(file: file)
+            try checkKeysApply(root, kind: config.model.kind, file: file)
         } catch let error as DecodingError {
             throw blamingOverride(ConfigError(decoding: error, file: file))
         } catch let error as ConfigError {
@@ -417,6 +424,32 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return .mapping(mapping)
     }
 
+    /// Keys the file gives that the model's kind has no use for are refused, not dropped: a decoder-only model's
+    /// `model.encoder_layers` (but 0), `data.source_length`, `eval.decode_samples` and `eval.bleu_tokenize` (decoding
+    /// is seq2seq's), and the `mlm` section of any model but an encoder-only one.
+    private static func checkKeysApply(_ root: Node, kind: ModelConfig.Kind, file: String) throws {
+        func given(_ section: String, _ key: String) -> Node? { root.mapping?[Node(section)]?.mapping?[Node(key)] }
+        func refuse(_ key: String, _ why: String) throws {
+            throw ConfigError(file: file, key: key, message: "\(kind == .decoderOnly ? "a" : "an") \(kind.rawValue) model \(why); leave the key out")
+        }
+        if !kind.hasEncoder, let layers = given("model", "encoder_layers"), layers.int != 0 { try refuse("model.encoder_layers", "has no encoder") }
+        if !kind.hasDecoder, let layers = given("model", "decoder_layers"), layers.int != 0 { try refuse("model.decoder_layers", "has no decoder") }
+        if kind != .encoderDecoder {
+            if given("data", "source_length") != nil { try refuse("data.source_length", "has no source side (its context is data.target_length)") }
+            for key in ["decode_samples", "bleu_tokenize"] where given("eval", key) != nil {
+                try refuse("eval.\(key)", "decodes no translations to score")
+            }
+        }
+        if kind != .encoderOnly, let mlm = root.mapping?[Node("mlm")] {
+            let key = mlm.mapping?.keys.first?.string.map { "mlm.\($0)" } ?? "mlm"
+            try refuse(key, "masks no tokens (the mlm section is for encoder-only models)")
+        }
+    }
+
+    /// Keys whose null means "not set" (its own setting, not a default): `--set training.max_tokens=null` returns a
+    /// config that sets max_tokens to batch_size batching, `--set schedule.total_steps=null` to training.steps.
+    static let unsettableKeys: Set<String> = ["training.max_tokens", "schedule.total_steps"]
+
     private static func checkKeys(_ node: Node, section: String, file: String) throws {
         guard let mapping = node.mapping else {
             throw ConfigError(file: file, key: section.isEmpty ? nil : section, message: "expected a mapping of keys to values")
@@ -435,7 +468,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             }
             if section.isEmpty {
                 try checkKeys(value, section: key, file: file)
-            } else if value.tag.rawValue == Tag.Name.null.rawValue {
+            } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {
                 // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
                 throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")
             }
@@ -587,6 +620,14 @@ extension ModelConfig.Kind {
     /// The data a model of this kind trains and evaluates on: the `lm` task's token stream (decoder-only: next token;
     /// encoder-only: masked tokens) or `seq2seq` pairs.
     public var dataTask: DatasetTask { readsTokenStream ? .lm : .seq2seq }
+
+    /// Refuses data of the other task, naming `place` (a data directory or file): "holds lm data; model.kind
+    /// encoder-decoder trains on seq2seq data (ddp prepare --task seq2seq)". nil (no file yet) passes.
+    public func requireData(_ task: DatasetTask?, in place: String) throws {
+        guard let task, task != dataTask else { return }
+        throw DataError(file: place, "holds \(task.rawValue) data; model.kind \(rawValue) trains on \(dataTask.rawValue) data "
+                                     + "(ddp prepare --task \(dataTask.rawValue))")
+    }
 }
 
 extension RunConfig {

@@ -49,7 +49,7 @@ public enum ResumeMode: Sendable {
 public struct TrainingOutcome: Sendable {
     /// Where training ended: the step, sampler position and dropout seed of the last checkpoint.
     public var state: TrainingState
-    /// The last evaluation, if one ran and succeeded.
+    /// The final evaluation (after the last step, not for a run a signal stopped), if it ran and succeeded.
     public var evaluation: Evaluation?
     /// The final evaluation's failure (the checkpoint was written before it ran).
     public var evaluationFailure: String?
@@ -114,7 +114,7 @@ public final class Trainer {
             if let valid = run.valid, !outcome.stopped, atEnd || isDue(every: config.eval.every, step: state.step) {
                 let (evaluation, failure) = try evaluateAndReport(run.model, on: valid, step: state.step, atEnd: atEnd,
                                                                   watchdog: run.watchdog, progress: progress)
-                if let evaluation { outcome.evaluation = evaluation }
+                if atEnd { outcome.evaluation = evaluation }
                 if atEnd { outcome.evaluationFailure = failure }
             }
             if outcome.stopped { break }
@@ -156,7 +156,7 @@ public final class Trainer {
         setComputeThreads(threads)
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {
-            let (train, valid, pairs) = try togetherOnEveryRank("data checks", watchdog: watchdog) {
+            let (train, valid, pairs) = try togetherOnEveryRank(world, "data checks", watchdog: watchdog) {
                 let (train, valid) = try openSplits()
                 // seq2seq: every pair is checked now (met in a batch, one too long would end the run at that step); the
                 // train split's reader also gives the token-budget sampler its lengths.
@@ -170,7 +170,7 @@ public final class Trainer {
             }
             let fingerprint = dataFingerprint(train)
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
-            let (batching, model) = try togetherOnEveryRank("batching and model checks", watchdog: watchdog) {
+            let (batching, model) = try togetherOnEveryRank(world, "batching and model checks", watchdog: watchdog) {
                 let batching = try makeSampler(train, pairs: pairs)
                 let isLM = config.model.kind.readsTokenStream
                 do {
@@ -289,6 +289,8 @@ public final class Trainer {
         guard !config.data.directory.isEmpty else {
             throw TrainingError("config key 'data.directory' is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
+        // The task first: lm data too short for one window of an encoder-decoder's target_length is the other task.
+        try config.model.kind.requireData(try DataSplit.firstTask(directory: config.data.directory, split: "train"), in: config.data.directory)
         let train = try DataSplit(directory: config.data.directory, split: "train", sequenceLength: sequenceLength)
         let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
         let valid = names.contains { $0.hasPrefix("valid-") && $0.hasSuffix(".h5") }
@@ -302,11 +304,6 @@ public final class Trainer {
             guard valid.tokenizer == train.tokenizer else {
                 throw DataError(file: validShard.path, "its tokenizer differs from \(trainShard.path)'s (every shard must use one tokenizer)")
             }
-        }
-        let expected = config.model.kind.dataTask
-        guard train.task == expected else {
-            throw TrainingError("data directory \(config.data.directory) holds \(train.task.rawValue) data; model.kind \(config.model.kind.rawValue) "
-                                + "trains on \(expected.rawValue) data (ddp prepare --task \(expected.rawValue))")
         }
         guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
             if let initial = initialParameters {
@@ -357,6 +354,10 @@ public final class Trainer {
             return TrainingState(step: 0, position: SamplerPosition(), dropoutSeed: config.training.seed)
         }
         try decideOnRank0("resume check", watchdog: run.watchdog) {
+            do { _ = try Checkpoint.readHeader(resumeFrom) } catch let error as CheckpointError {
+                // A damaged latest: say which earlier checkpoints the run directory still holds.
+                throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: resumeFrom))
+            }
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""
@@ -426,26 +427,11 @@ public final class Trainer {
     private func decideOnRank0(_ phase: String, watchdog: CollectiveWatchdog, _ decide: () throws -> String) throws -> String {
         var answer = "", failure = ""
         if world.rank == 0 {
-            do { answer = try decide() } catch { failure = "\(error)" }
+            do { answer = try decide() } catch { failure = sentenceOnEveryRank(error) }
         }
         failure = try watchdog.guarding(phase) { try world.broadcast(failure, root: 0) }
         if !failure.isEmpty { throw RunDirectoryRefused(message: failure) }
         return try watchdog.guarding(phase) { try world.broadcast(answer, root: 0) }
-    }
-
-    /// Runs a check every rank makes on the same config and files. When it fails on any rank, every rank throws
-    /// `StartupRefused` with the message of the lowest rank that failed, so the job ends with that sentence on each
-    /// rank and no MPI abort; alone, the error itself.
-    private func togetherOnEveryRank<T>(_ phase: String, watchdog: CollectiveWatchdog, _ body: () throws -> T) throws -> T {
-        let outcome: Result<T, any Error>
-        do { outcome = .success(try body()) } catch { outcome = .failure(error) }
-        guard world.size > 1 else { return try outcome.get() }
-        var message = ""
-        if case .failure(let error) = outcome { message = "\(error)" }
-        let first = try watchdog.guarding(phase) { try world.allreduce(Int64(message.isEmpty ? world.size : world.rank), op: .min) }
-        guard first < world.size else { return try outcome.get() }
-        message = try watchdog.guarding(phase) { try world.broadcast(message, root: Int(first)) }
-        throw StartupRefused(message: first == 0 ? message : "rank \(first) refused: \(message)")
     }
 
     /// Rank 0 loads the checkpoint; every rank receives its parameters, AdamW moments and position, so the run
@@ -492,14 +478,6 @@ public final class Trainer {
                                          + "(same config file, same data directory on every node?)")
         }
     }
-}
-
-/// A start-up check (the data, the model's size) that failed on some rank: every rank stops with the first one's message.
-public struct StartupRefused: ErrorOnEveryRank, CustomStringConvertible, Sendable {
-    /// The failing rank's error, as it would have printed it.
-    public let message: String
-    /// The message itself.
-    public var description: String { message }
 }
 
 /// A run directory that cannot be used as asked (it holds another run, nothing to resume, a refused change): every

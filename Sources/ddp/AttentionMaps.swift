@@ -63,6 +63,7 @@ struct AttentionMaps: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp attention")
         let path = try checkpoint.resolve()
         let header = try Checkpoint.readHeader(path)
         guard let tokenizer = header.tokenizer else {
@@ -92,6 +93,7 @@ struct AttentionMaps: ParsableCommand {
             guard tokens.count <= limit else {
                 throw PicturesInputError("\(what) is \(tokens.count) tokens; the model (\(path)) takes at most \(limit) (its \(key))")
             }
+            do { try tokenizer.refusePadding(in: tokens, what: "the text", of: what) } catch { throw PicturesInputError("\(error)") }
             guard tokens.count <= Self.maximumTokens else {
                 throw PicturesInputError("\(what) is \(tokens.count) tokens; attention pictures show at most \(Self.maximumTokens) "
                                       + "tokens on a side (a heatmap of more cannot be read): give a shorter text")

@@ -82,7 +82,7 @@ struct BenchAllreduce: ParsableCommand {
         try world.allreduce(&times, op: .max)
         let totalWrong = try world.allreduce(wrongElements, op: .sum)
         guard totalWrong == 0 else {
-            throw ValidationError("allreduce returned \(totalWrong) wrong elements (summed over all ranks and iterations)")
+            throw RunError("allreduce returned \(totalWrong) wrong elements (summed over all ranks and iterations)")
         }
         return AllreduceResult(ranks: ranks, ranksOnNode: world.localSize, bytes: count * MemoryLayout<Float>.stride,
                                iterations: iterations, warmup: warmup, times: times,

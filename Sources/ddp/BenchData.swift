@@ -42,16 +42,14 @@ struct BenchData: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp bench data")
         let run = try config.load()
         let isLM = run.model.kind.readsTokenStream
         let clock = ContinuousClock()
         let start = clock.now
+        try run.model.kind.requireData(try DataSplit.firstTask(directory: data, split: "train"), in: data)
         let split = try DataSplit(directory: data, split: "train", sequenceLength: run.data.targetLength)
         let validation = (clock.now - start).seconds
-        guard split.task == run.model.kind.dataTask else {
-            throw DataError(file: split.shards.first?.path ?? data, "holds \(split.task.rawValue) data; model.kind \(run.model.kind.rawValue) "
-                                                                    + "takes \(run.model.kind.dataTask.rawValue) data (ddp prepare --task \(run.model.kind.dataTask.rawValue))")
-        }
         let fixed = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,
                                        worldSize: 1, accumulationSteps: 1)
         guard fixed.batchesPerEpoch >= 1 else {

@@ -44,14 +44,15 @@ struct BenchDecode: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp bench decode")
         let run = try config.load()
         let config = run.model
         let positions = context ?? config.maxLength
         guard positions <= config.maxLength else {
-            throw ValidationError("--context \(positions) exceeds the model's max_length \(config.maxLength)")
+            throw RunError("--context \(positions) exceeds the model's max_length \(config.maxLength)")
         }
         guard config.kind.hasDecoder else {
-            throw ValidationError("\(self.config.config) is an encoder-only model, which does not decode token by token")
+            throw RunError("\(self.config.config) is an encoder-only model, which does not decode token by token")
         }
         let threadCount = threads.apply()
         let isEncoderDecoder = config.kind == .encoderDecoder

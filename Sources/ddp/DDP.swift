@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct DDP: ParsableCommand {
@@ -10,6 +11,18 @@ struct DDP: ParsableCommand {
             """,
         subcommands: [Prepare.self, Train.self, Eval.self, Generate.self, Embed.self, Inspect.self, Export.self, Import.self, AttentionMaps.self, Plot.self, Bench.self]
     )
+
+    /// ArgumentParser's `main`, with standard output flushed before an error goes to standard error: into a file or a
+    /// pipe (a job's log) it is buffered, and the progress lines that came before the error would land after it.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            flushStandardOutput()
+            exit(withError: error)
+        }
+    }
 }
 
 struct Bench: ParsableCommand {
@@ -18,3 +31,6 @@ struct Bench: ParsableCommand {
         subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self, BenchDecode.self]
     )
 }
+
+/// Writes out what `print` has buffered (all C output streams), before something goes to standard error.
+func flushStandardOutput() { fflush(nil) }

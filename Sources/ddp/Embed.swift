@@ -63,11 +63,14 @@ struct Embed: ParsableCommand {
             throw EmbedInputError(message: shortfall + "; embed the file in parts")
         }
         let lines = try TextFile.readLines(input).map(tokenizer.encode)
+        for (number, line) in lines.enumerated() { try tokenizer.refusePadding(in: line, what: "line \(number + 1)", of: input) }
         guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
         try withMPI { runtime in
             let world = runtime.world
             threads.apply(localRanks: world.localSize)
-            let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
+            let (model, _) = try togetherOnEveryRank(world, "checkpoint check") {
+                try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
+            }
             if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
                 throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most \(model.maxSourceLength)")
             }

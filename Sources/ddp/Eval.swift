@@ -120,10 +120,16 @@ struct Eval: ParsableCommand {
         try withMPI { runtime in
             let world = runtime.world
             threads.apply(localRanks: world.localSize)
-            let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
-            let (evaluated, temporary) = try dataSplit(run: run, header: header)
+            var temporary: String?
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
-            try check(evaluated, against: header, checkpoint: path)
+            // Each rank reads the checkpoint and the data; a refusal on any rank stops every rank with a sentence.
+            let (model, evaluated) = try togetherOnEveryRank(world, "checkpoint and data checks") {
+                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
+                let (evaluated, made) = try dataSplit(run: run, header: header)
+                temporary = made
+                try check(evaluated, against: header, checkpoint: path)
+                return (model, evaluated)
+            }
             // The data's tokenizer is the checkpoint's (checked), or the only one there is for a checkpoint stored without.
             model.specialTokens = evaluated.tokenizer.specialTokens
             var plan = EvaluationPlan(batchSize: batch, sourceLength: run.data.sourceLength, targetLength: run.data.targetLength,

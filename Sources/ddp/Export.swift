@@ -41,6 +41,7 @@ struct Export: ParsableCommand {
     var output: String
 
     func run() throws {
+        try requireOneProcess("ddp export")
         let path = try checkpoint.resolve()
         let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
         if format == .hf { return try exportGPT2(path, inputs: inputs) }
@@ -62,20 +63,20 @@ struct Export: ParsableCommand {
     private func exportGPT2(_ path: String, inputs: [String]) throws {
         let header = try Checkpoint.readHeader(path)
         if let reason = HuggingFaceGPT2.unsupportedReason(header.config.model) {
-            throw ModelInputError("\(path) cannot be exported as a Hugging Face GPT-2: \(reason). --format safetensors exports any model.")
+            throw RunError("\(path) cannot be exported as a Hugging Face GPT-2: \(reason). --format safetensors exports any model.")
         }
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw ModelInputError("--output \(output) is a file; --format hf writes a directory") }
+            guard isDirectory.boolValue else { throw RunError("--output \(output) is a file; --format hf writes a directory") }
             let contents = (try? FileManager.default.contentsOfDirectory(atPath: output)) ?? []
             guard contents.isEmpty else {
-                throw ModelInputError("--output \(output) is a directory that is not empty (it holds "
+                throw RunError("--output \(output) is a directory that is not empty (it holds "
                                             + "\(contents.sorted().prefix(3).joined(separator: ", "))); give a new or empty directory")
             }
         }
         let parent = Paths.parent(output)
         guard FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ModelInputError("--output \(output): its directory \(parent) does not exist")
+            throw RunError("--output \(output): its directory \(parent) does not exist")
         }
         let (model, _) = try Checkpoint.loadModel(path, maxBatch: 1)
         let special = header.tokenizer?.specialTokens ?? .standard
@@ -84,7 +85,7 @@ struct Export: ParsableCommand {
         do {
             try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
         } catch {
-            throw ModelInputError("--output \(output): cannot create a directory beside it (\(describe(error)))")
+            throw RunError("--output \(output): cannot create a directory beside it (\(describe(error)))")
         }
         var written = ["config.json"]
         do {
@@ -98,7 +99,7 @@ struct Export: ParsableCommand {
             }
             // rename(2) replaces an empty directory and refuses one that is not (it may have filled meanwhile).
             guard rename(temporary, output) == 0 else {
-                throw ModelInputError("--output \(output) cannot be written: \(String(cString: strerror(errno)))")
+                throw RunError("--output \(output) cannot be written: \(String(cString: strerror(errno)))")
             }
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)

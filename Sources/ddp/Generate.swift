@@ -67,23 +67,24 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp generate")
         threads.apply()
         let path = try checkpoint.resolve()
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         guard let tokenizer = header.tokenizer else {
-            throw ValidationError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
+            throw RunError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
         }
         switch model.config.kind {
         case .decoderOnly:
-            guard input == nil else { throw ValidationError("\(path) is a language model: give --prompt, not --input") }
+            guard input == nil else { throw RunError("\(path) is a language model: give --prompt, not --input") }
             try continueText(model, tokenizer: tokenizer)
         case .encoderOnly:
             guard input == nil, let prompt else {
-                throw ValidationError("\(path) is an encoder-only (masked language) model: give --prompt with [MASK] where tokens are to be filled in")
+                throw RunError("\(path) is an encoder-only (masked language) model: give --prompt with [MASK] where tokens are to be filled in")
             }
             try fillMasks(prompt, model: model, tokenizer: tokenizer)
         case .encoderDecoder:
-            guard prompt == nil else { throw ValidationError("\(path) is an encoder-decoder model: give --input (or lines on standard input), not --prompt") }
+            guard prompt == nil else { throw RunError("\(path) is an encoder-decoder model: give --input (or lines on standard input), not --prompt") }
             try translate(model, tokenizer: tokenizer, run: header.config)
         }
     }
@@ -91,7 +92,9 @@ struct Generate: ParsableCommand {
     private func continueText(_ model: TransformerModel, tokenizer: Tokenizer) throws {
         let sampling = SamplingSettings(temperature: temperature, topK: topK ?? 0, topP: topP, seed: seed)
         var stream = UTF8Stream()
-        try model.generate(prompt: tokenizer.encode(prompt ?? ""), maxTokens: maxTokens ?? 256, sampling: sampling) { token in
+        let tokens = tokenizer.encode(prompt ?? "")
+        try tokenizer.refusePadding(in: tokens, what: "the text", of: "--prompt")
+        try model.generate(prompt: tokens, maxTokens: maxTokens ?? 256, sampling: sampling) { token in
             stream.write(tokenizer.bytes([token]))
             return true
         }
@@ -102,6 +105,7 @@ struct Generate: ParsableCommand {
     private func fillMasks(_ prompt: String, model: TransformerModel, tokenizer: Tokenizer) throws {
         let marker = Tokenizer.maskMarker
         let tokens = tokenizer.encodeMarkingMasks(prompt)
+        try tokenizer.refusePadding(in: tokens, what: "the text", of: "--prompt")
         guard tokens.contains(tokenizer.maskToken) else {
             throw GenerateInputError(message: "--prompt has no \(marker): write \(marker) where a token is to be filled in")
         }
@@ -132,6 +136,9 @@ struct Generate: ParsableCommand {
         /// The translation of `text`, or an error sentence when the model cannot take it.
         func translation(_ text: String) throws -> Result<String, GenerateInputError> {
             let source = tokenizer.encode(text) + [tokenizer.specialTokens.eos]
+            do { try tokenizer.refusePadding(in: source, what: "the text", of: "'\(text.prefix(40))\(text.count > 40 ? "..." : "")'") } catch {
+                return .failure(GenerateInputError(message: "\(error)"))
+            }
             guard source.count <= run.data.sourceLength else {
                 return .failure(GenerateInputError(message: "'\(text.prefix(40))\(text.count > 40 ? "..." : "")' is \(source.count - 1) tokens; "
                                                             + "the model takes at most \(run.data.sourceLength - 1)"))

@@ -30,6 +30,7 @@ struct Import: ParsableCommand {
     var output: String
 
     func run() throws {
+        try requireOneProcess("ddp import")
         let inputs = ["config.json", "model.safetensors", "tokenizer.json"].map { Paths.join(hf, $0) }
         try OutputFile.check(output, inputs: inputs)
         RemoveOnSignal.install()
@@ -64,9 +65,10 @@ struct Import: ParsableCommand {
     }
 }
 
-/// A model, tokenizer, export target or `--init` checkpoint that cannot be used, found while running (exit 1, no usage
-/// text).
-struct ModelInputError: Error, CustomStringConvertible {
+/// What stops a command while it runs (a model, tokenizer, export target or `--init` checkpoint it cannot use, a
+/// one-process command under mpirun, a failed check): its sentence, exit 1, and no usage text (a `ValidationError`
+/// thrown from `run` prints the usage of `ddp` itself).
+struct RunError: Error, CustomStringConvertible {
     /// The sentence.
     let description: String
 

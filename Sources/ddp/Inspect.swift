@@ -33,10 +33,16 @@ struct Inspect: ParsableCommand {
     var maxValueLength = 120
 
     func run() throws {
+        try requireOneProcess("ddp inspect")
         // What was found wrong: each is printed where it is found, and any makes the command exit 1.
         var problems = 0
         let file = try isDirectory(self.file) ? try Checkpoint.resolve(self.file) : self.file
-        defer { if problems > 0 { FileHandle.standardError.write(Foundation.Data("\(file): \(problems) problem(s) found, printed above\n".utf8)) } }
+        defer {
+            if problems > 0 {
+                flushStandardOutput()
+                FileHandle.standardError.write(Foundation.Data("\(file): \(problems) problem(s) found, printed above\n".utf8))
+            }
+        }
         let handle = try File.open(file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
@@ -101,8 +107,8 @@ struct Inspect: ParsableCommand {
         return FileManager.default.fileExists(atPath: path, isDirectory: &directory) && directory.boolValue
     }
 
-    /// The run a checkpoint belongs to and its tensors; a checkpoint that cannot be used is listed, then said why.
-    /// Prints a checkpoint's run and tensors; false when it is not usable (said so, with why).
+    /// Prints the run a checkpoint belongs to and its tensors; a checkpoint that cannot be used is listed, then said
+    /// why, and the result is false.
     private func describeCheckpoint(_ path: String) -> Bool {
         do {
             let header = try Checkpoint.readHeader(path)

@@ -19,15 +19,26 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     } catch let error as ErrorOnEveryRank where runtime.world.size > 1 {
         // Every rank prints, then waits for the others to have printed: mpirun ends the job at the first non-zero
         // exit, which would otherwise cut the other ranks short.
+        flushStandardOutput()
         FileHandle.standardError.write(Foundation.Data("Error: rank \(runtime.world.rank): \(error)\n".utf8))
         try? runtime.world.barrier()
         try? runtime.finalize()
         throw ExitCode.failure
     } catch {
         if runtime.world.size > 1 {
+            flushStandardOutput()
             runtime.world.abort(code: 1, message: "\(error)")
         }
         try? runtime.finalize()
         throw error
     }
+}
+
+/// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
+/// print all of it, and write the same files at once. (Open MPI tells its ranks the job's size in
+/// OMPI_COMM_WORLD_SIZE.)
+func requireOneProcess(_ command: String) throws {
+    guard let size = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init), size > 1 else { return }
+    throw RunError("\(command) runs as one process, and mpirun started \(size); run it without mpirun (train, "
+                       + "eval, embed, bench step and bench allreduce are the commands that run on several ranks)")
 }

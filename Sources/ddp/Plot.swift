@@ -37,6 +37,7 @@ struct Plot: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp plot")
         RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let fields = Set(Self.quantities.map(\.field))
         let histories = try runs.map { try MetricsHistory(directory: $0, fields: fields) }

@@ -102,6 +102,7 @@ struct Prepare: ParsableCommand {
     }
 
     func run() throws {
+        try requireOneProcess("ddp prepare")
         var options = PrepareOptions(output: output)
         options.tokenizer = tokenizer ?? .byte
         if let tokenizerFrom { options.fixedTokenizer = try Self.readTokenizer(tokenizerFrom) }
@@ -142,7 +143,7 @@ struct Prepare: ParsableCommand {
     static func readTokenizer(_ path: String) throws -> Tokenizer {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ValidationError("--tokenizer-from \(path) does not exist.")
+            throw RunError("--tokenizer-from \(path) does not exist.")
         }
         if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName)) {
             return try readTokenizer(try Checkpoint.resolve(path))
@@ -151,7 +152,7 @@ struct Prepare: ParsableCommand {
         if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
            (try? handle.read(upToCount: 8)).map({ Array($0 ?? Foundation.Data()) == hdf5Signature }) == true {
             guard let tokenizer = try Checkpoint.readHeader(path).tokenizer else {
-                throw ValidationError("--tokenizer-from \(path) is a checkpoint without a tokenizer.")
+                throw RunError("--tokenizer-from \(path) is a checkpoint without a tokenizer.")
             }
             return tokenizer
         }

@@ -16,7 +16,7 @@ func jsonLine<T: Encodable>(_ value: T) throws -> String {
     do {
         return String(decoding: try JSONEncoder.sortedKeys.encode(value), as: UTF8.self)
     } catch {
-        throw ValidationError("cannot write the JSON report: \(describe(error))")
+        throw RunError("cannot write the JSON report: \(describe(error))")
     }
 }
 

@@ -64,13 +64,13 @@ struct Train: ParsableCommand {
             let directory = runDir ?? "runs/" + Paths.stem(config.config)
             func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
             if overwrite && Paths.parent(resolved(path)) == resolved(directory) {
-                throw ValidationError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
+                throw RunError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
                                       + "copy it elsewhere, or choose another --run-dir.")
             }
         }
         let run = try config.load(baseModel: baseModel)
         if let initPath, let baseModel, let differences = Checkpoint.architectureDifferences(baseModel, run.model) {
-            throw ModelInputError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
+            throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
                                         + "checkpoint's network: leave out the model section, or give only model.dropout")
         }
         let directory = runDir ?? "runs/" + Paths.stem(config.config)

@@ -125,6 +125,11 @@ final class HuggingFaceTokenizerTests: XCTestCase {
         })
         XCTAssertEqual(repeated.encode("abc"), [Int32(HuggingFaceTokenizer.byteToUnicode.firstIndex(of: "a")!), 258])
         XCTAssertThrowsError(try Tokenizer(json: #"{"kind":"huggingface","pad":0}"#)) { XCTAssertTrue("\($0)".contains("tokenizer_json"), "\($0)") }
+        // Stored roles (a shard's tokenizer attribute written by hand) with the pad also EOS: refused as a tokenizer,
+        // not found later as a PAD id in the data at every EOS.
+        XCTAssertThrowsError(try HuggingFaceTokenizer(text: try tokenizerJSON { _ in }, specialTokens: SpecialTokens(pad: 257, bos: 257, eos: 257))) {
+            XCTAssertTrue("\($0)".contains("the pad id 257 is also the eos id"), "\($0)")
+        }
     }
 }
 
@@ -147,13 +152,28 @@ extension HuggingFaceTokenizerTests {
         options.validFraction = 0
         options.shards = 8
         XCTAssertThrowsError(try Preparer.prepareLM(inputs: [input], options: options)) {
-            XCTAssertEqual("\($0)", "\(input): document 5 holds text that encodes to the tokenizer's PAD token (id 258), which only padding "
-                           + "may hold; remove it from the text")
+            XCTAssertEqual("\($0)", "\(input): document 5 encodes to the tokenizer's PAD token (id 258), which only padding "
+                           + "may hold; remove that token's text")
         }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: options.output), [], "no shard of a refused dataset is left")
+        // Over an earlier dataset (--overwrite): refused part-way, the earlier shards stay, every one as it was.
+        let clean = directory.appendingPathComponent("clean.txt").path
+        try (0..<8).map { "earlier document \($0)" }.joined(separator: "\n\n").write(toFile: clean, atomically: true, encoding: .utf8)
+        _ = try Preparer.prepareLM(inputs: [clean], options: options)
+        func contents() throws -> [String: Foundation.Data] {
+            let names = try FileManager.default.contentsOfDirectory(atPath: options.output)
+            return try Dictionary(uniqueKeysWithValues: names.map { ($0, try Foundation.Data(contentsOf: URL(fileURLWithPath: options.output + "/" + $0))) })
+        }
+        let earlier = try contents()
+        XCTAssertEqual(earlier.count, 8)
+        options.overwrite = true
+        XCTAssertThrowsError(try Preparer.prepareLM(inputs: [clean, input], options: options)) {
+            XCTAssertTrue("\($0)".hasPrefix("\(input): document 5 encodes to the tokenizer's PAD token"), "the document is numbered in its own file: \($0)")
+        }
+        XCTAssertEqual(try contents(), earlier, "the earlier dataset is whole and unchanged")
         options.inputs = [input]
         XCTAssertThrowsError(try Preparer.prepareSeq2Seq(pairs: [("a b", "c"), ("a", "<pad>")], options: options)) {
-            XCTAssertTrue("\($0)".contains("pair 2 holds text that encodes to the tokenizer's PAD token (id 258)"), "\($0)")
+            XCTAssertTrue("\($0)".contains("pair 2 encodes to the tokenizer's PAD token (id 258)"), "\($0)")
         }
     }
 

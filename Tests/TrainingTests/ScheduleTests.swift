@@ -89,9 +89,26 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.batch_size=0"), "--set training.batch_size=0: config key 'training.batch_size': must be 1 to "
                        + "\(RunConfig.largestBatch), got 0")
         XCTAssertTrue(error("model.heads=3").contains("d_model 64 is not divisible by heads 3"))
+        // An error of a key the file set, caused by an override of another: the file with its overrides.
+        XCTAssertEqual(error("model.kind=encoder-decoder"), "inline.yaml with --set model.kind=encoder-decoder: config key "
+                       + "'model.encoder_layers': an encoder-decoder model needs at least 1, got 0")
         // A key with no value is YAML's null, not the key's default.
         XCTAssertEqual(error("training.label_smoothing=null"), "--set training.label_smoothing=null: config key 'training.label_smoothing': "
                        + "has no value (give one, or leave the key out for its default)")
+        // Keys a decoder-only model has no use for are refused, not dropped.
+        XCTAssertEqual(error("model.encoder_layers=3"), "--set model.encoder_layers=3: config key 'model.encoder_layers': a decoder-only "
+                       + "model has no encoder; leave the key out")
+        XCTAssertNoThrow(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["model.encoder_layers=0"]))
+        XCTAssertTrue(error("data.source_length=8").contains("config key 'data.source_length': a decoder-only model has no source side"))
+        XCTAssertTrue(error("eval.decode_samples=5").contains("decodes no translations to score"))
+        XCTAssertThrowsError(try RunConfig.parse(yaml + "\nmlm: {probability: 0.5}\n", file: "inline.yaml")) {
+            XCTAssertEqual("\($0)", "inline.yaml: config key 'mlm.probability': a decoder-only model masks no tokens (the mlm section is "
+                           + "for encoder-only models); leave the key out")
+        }
+        // ... except where null is a setting of its own: back to batch_size batching from a config with max_tokens.
+        let budget = try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.max_tokens=64"])
+        XCTAssertEqual(budget.training.maxTokens, 64)
+        XCTAssertNil(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.max_tokens=64", "training.max_tokens=null"]).training.maxTokens)
         XCTAssertThrowsError(try RunConfig.parse(yaml + "\ncheckpoint:\n  keep:\n", file: "inline.yaml")) {
             XCTAssertEqual("\($0)", "inline.yaml: config key 'checkpoint.keep': has no value (give one, or leave the key out for its default)")
         }

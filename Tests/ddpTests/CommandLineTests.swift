@@ -76,12 +76,34 @@ final class CommandLineTests: XCTestCase {
         // Listed in full, then found no valid shard: exit 1, as a check (h5check, fsck) that found a problem.
         XCTAssertEqual(result.status, 1, result.output)
         XCTAssertTrue(result.stderr.contains("\(path): 1 problem(s) found, printed above"), result.output)
+        // Into one file (a job's log), standard output comes out where it was written: the report before its summary.
+        let log = directory.appendingPathComponent("inspect.log").path
+        _ = try runProcess("/bin/sh", ["-c", "\"$0\" inspect \"$1\" > \"$2\" 2>&1", ddp, path, log])
+        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n").map(String.init)
+        let report = try XCTUnwrap(lines.firstIndex { $0.contains("NOT VALID") }, lines.joined(separator: "\n"))
+        let summary = try XCTUnwrap(lines.firstIndex { $0.contains("problem(s) found") }, lines.joined(separator: "\n"))
+        XCTAssertLessThan(report, summary, lines.joined(separator: "\n"))
         for text in ["@format = \"swiftddp-tokens\"", "@vocab_size = 260", "(500 characters)",
                      "/tokens  dataset int32  [4096]  chunks [1024]  filters deflate 4, fletcher32",
                      "/params/", "/params/embed.weight  dataset float32  [260, 16]", "@betas = [0.9, 0.98]",
                      "data shard  NOT VALID: \(path): missing root attribute 'version'"] {
             XCTAssertTrue(result.stdout.contains(text), "'\(text)' missing from:\n\(result.stdout)")
         }
+    }
+
+    /// A one-process command started by mpirun as several ranks is refused: each rank would print all of it, or write
+    /// the same files at once.
+    func testOneProcessCommandsRefuseSeveralRanks() throws {
+        guard findOnPath("mpirun") != nil else { throw XCTSkip("mpirun is not installed") }
+        let directory = try makeTemporaryDirectory("ddp-one-process")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for command in [["inspect", "/nonexistent.h5"], ["prepare", "--synthetic", "copy", "--samples", "10", "--output", directory.path + "/d"],
+                        ["generate", "--checkpoint", "/nonexistent.h5", "--prompt", "a"]] {
+            let result = try runUnderMPI(ranks: 2, ddp, command, timeout: 60)
+            XCTAssertNotEqual(result.status, 0, result.output)
+            XCTAssertTrue(result.stderr.contains("ddp \(command[0]) runs as one process, and mpirun started 2; run it without mpirun"), result.output)
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: directory.path + "/d/train-00000.h5"), "nothing was prepared")
     }
 
     func testInspectErrorsNameTheFile() throws {
@@ -93,6 +115,11 @@ final class CommandLineTests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: directory) }
         let text = directory.appendingPathComponent("notes.txt").path
         try "hello".write(toFile: text, atomically: true, encoding: .utf8)
+        // A data directory is not a run directory: the error names one of its files instead.
+        try FileManager.default.copyItem(atPath: text, toPath: directory.appendingPathComponent("train-00000.h5").path)
+        let dataDirectory = try runProcess(ddp, ["inspect", directory.path])
+        XCTAssertTrue(dataDirectory.stderr.contains("(a data directory? name one of its files, such as \(directory.path)/train-00000.h5)"),
+                      dataDirectory.output)
         let notHDF5 = try runProcess(ddp, ["inspect", text])
         XCTAssertNotEqual(notHDF5.status, 0)
         XCTAssertTrue(notHDF5.stderr.contains("not an HDF5 file"), notHDF5.output)

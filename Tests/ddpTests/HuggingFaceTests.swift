@@ -203,6 +203,26 @@ final class HuggingFaceTests: XCTestCase {
         }
     }
 
+    /// A tokenizer with a `<pad>` token: a prompt that spells it out would put PAD, which attention and the loss skip,
+    /// into the model's input; generate and attention refuse it by name.
+    func testPromptsThatEncodeToPaddingAreRefused() throws {
+        let directory = try writeOwnGPT2Directory(vocabulary: 320)
+        var tokenizer = minimalByteLevelTokenizer()
+        tokenizer["added_tokens"] = [["id": 257, "content": "<|endoftext|>", "special": true], ["id": 258, "content": "<pad>", "special": true]]
+        try JSONSerialization.data(withJSONObject: tokenizer).write(to: URL(fileURLWithPath: joined(directory, "tokenizer.json")))
+        try ddpRun(["import", "--hf", directory, "--output", path("with-pad.h5")])
+        XCTAssertEqual(try Checkpoint.readHeader(path("with-pad.h5")).tokenizer?.specialTokens.pad, 258)
+        let generate = try ddpRun(["generate", "--checkpoint", path("with-pad.h5"), "--prompt", "ab<pad>ab"], expectSuccess: false)
+        XCTAssertEqual(generate.status, 1, generate.output)
+        XCTAssertTrue(generate.stderr.contains("--prompt: the text encodes to the tokenizer's PAD token (id 258), which only padding may hold"),
+                      generate.output)
+        let attention = try ddpRun(["attention", "--checkpoint", path("with-pad.h5"), "--prompt", "<pad>", "--output", path("maps")],
+                                   expectSuccess: false)
+        XCTAssertEqual(attention.status, 1, attention.output)
+        XCTAssertTrue(attention.stderr.contains("--prompt: the text encodes to the tokenizer's PAD token (id 258)"), attention.output)
+        XCTAssertEqual(try ddpRun(["generate", "--checkpoint", path("with-pad.h5"), "--prompt", "ab", "--max-tokens", "3"]).status, 0)
+    }
+
     /// Everything a user can get wrong is a sentence naming the file, key or tensor, and writes nothing.
     func testUnsupportedModelsAndFilesAreRefusedByName() throws {
         let model = try writeOwnGPT2Directory()
@@ -210,6 +230,8 @@ final class HuggingFaceTests: XCTestCase {
             let result = try ddpRun(arguments, expectSuccess: false, file: file, line: line)
             XCTAssertNotEqual(result.status, 0, result.output, file: file, line: line)
             XCTAssertTrue(result.stderr.contains(expected), "expected '\(expected)' in: \(result.output)", file: file, line: line)
+            // A refusal found while running is its sentence alone, not followed by the usage of `ddp` itself.
+            XCTAssertFalse(result.stderr.contains("Usage: ddp <subcommand>"), result.output, file: file, line: line)
         }
         func variant(_ name: String, config change: (inout [String: Any]) -> Void = { _ in }, removing: String? = nil) throws -> String {
             let target = path(name)

@@ -237,6 +237,24 @@ final class NothingLostTests: XCTestCase {
         let overwritten = try train(try config(steps: 2), run: "dangling", ["--overwrite"])
         XCTAssertEqual(overwritten.status, 0, overwritten.output)
         XCTAssertTrue(files(in: "dangling").contains("checkpoint-00000002.h5"))
+
+        // A damaged latest, or a latest naming a file elsewhere: the refusal names the checkpoints still there.
+        XCTAssertEqual(try train(try config(steps: 4), run: "damaged", ["--set", "checkpoint.every=2"]).status, 0)
+        let newest = path("damaged/checkpoint-00000004.h5")
+        let bytes = try Foundation.Data(contentsOf: URL(fileURLWithPath: newest))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: newest))
+        let damaged = try train(try config(steps: 6), run: "damaged", ["--resume"])
+        XCTAssertNotEqual(damaged.status, 0)
+        XCTAssertTrue(damaged.stderr.contains("\(path("damaged")) also holds checkpoint-00000002.h5: to go on from one, write its name "
+                                              + "(checkpoint-00000002.h5, say) into \(path("damaged/latest"))"), damaged.output)
+        try "/etc/passwd\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
+        let elsewhere = try train(try config(steps: 6), run: "damaged", ["--resume"])
+        XCTAssertNotEqual(elsewhere.status, 0)
+        XCTAssertTrue(elsewhere.stderr.contains("names '/etc/passwd', which is not a checkpoint file name of the run directory"), elsewhere.output)
+        try "checkpoint-00000002.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
+        let earlier = try train(try config(steps: 6), run: "damaged", ["--resume"])
+        XCTAssertEqual(earlier.status, 0, earlier.output)
+        XCTAssertTrue(earlier.stdout.contains("at step 2"), earlier.output)
     }
 
     func testResumeSaysWhatChangedAndRefusesWhatChangesTheSamples() throws {
@@ -252,6 +270,28 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(allowed.stdout.contains("resume: optimizer.lr: 0.003"), allowed.output)
         XCTAssertTrue(allowed.stdout.contains("resume: training.steps: 4 in the checkpoint, 8 now"), allowed.output)
         XCTAssertTrue(allowed.stdout.contains("resumed from"), allowed.output)
+        // Dropout is training's, not the network's: it may change; the network may not.
+        let dropout = try train(try config(steps: 9, lr: "1.0e-3"), run: "r", ["--resume", "--set", "model.dropout=0.2"])
+        XCTAssertEqual(dropout.status, 0, dropout.output)
+        XCTAssertTrue(dropout.stdout.contains("resume: model.dropout: 0 in the checkpoint, 0.2 now"), dropout.output)
+        let wider = try train(try config(steps: 10, lr: "1.0e-3", model: "d_model: 32, d_ff: 128"), run: "r", ["--resume"])
+        XCTAssertNotEqual(wider.status, 0)
+        XCTAssertTrue(wider.stderr.contains("was written for another model") && wider.stderr.contains("d_ff"), wider.output)
+        // A language model's target_length cuts its windows: refused for that reason alone, not also as other data.
+        let text = (0..<30).map { "document \($0) with a handful of words" }.joined(separator: "\n\n")
+        try text.write(toFile: path("lm.txt"), atomically: true, encoding: .utf8)
+        XCTAssertEqual(try ddp(["prepare", "--task", "lm", "--input", path("lm.txt"), "--output", path("lm"), "--valid-fraction", "0"]).status, 0)
+        try """
+            model: {kind: decoder-only, vocab_size: 260, d_model: 32, d_ff: 64, heads: 4, decoder_layers: 1, activation: gelu, norm: pre,
+                    positions: learned, max_length: 16, dropout: 0.0, tied_embeddings: true}
+            data: {directory: \(path("lm")), target_length: 16}
+            training: {batch_size: 4, steps: 2, seed: 1, threads: 1}
+            """.write(toFile: path("lm.yaml"), atomically: true, encoding: .utf8)
+        XCTAssertEqual(try train(path("lm.yaml"), run: "lm-run").status, 0)
+        let windows = try train(path("lm.yaml"), run: "lm-run", ["--resume", "--set", "training.steps=4", "--set", "data.target_length=8"])
+        XCTAssertNotEqual(windows.status, 0)
+        XCTAssertTrue(windows.stderr.contains("cannot resume: changed data.target_length"), windows.output)
+        XCTAssertFalse(windows.stderr.contains("the training data"), "the data did not change: \(windows.output)")
     }
 
     // MARK: 5. Text from any editor

@@ -95,6 +95,12 @@ final class PrepareTests: XCTestCase {
         try failure(["--source", path("three.txt"), "--target", path("two.txt"), "--output", path("x")], "has 2 lines but")
         try "no tab here\n".write(toFile: path("bad.tsv"), atomically: true, encoding: .utf8)
         try failure(["--tsv", path("bad.tsv"), "--output", path("x")], "bad.tsv: line 1 has no tab")
+        try "a\tb\nc\td\te\n".write(toFile: path("three.tsv"), atomically: true, encoding: .utf8)
+        try failure(["--tsv", path("three.tsv"), "--output", path("x")], "three.tsv: line 2 has 2 tabs; a line is source<TAB>target, one tab")
+        // Empty sides are kept and counted.
+        try "a\tb\nc\t\n\tf\ng\th\n".write(toFile: path("empty.tsv"), atomically: true, encoding: .utf8)
+        let empty = try prepare(["--tsv", path("empty.tsv"), "--output", path("empty"), "--valid-fraction", "0"])
+        XCTAssertTrue(empty.stdout.contains("empty       2 pairs kept with an empty source or target (the first is pair 2)"), empty.output)
         try Foundation.Data([0xFF, 0xFE, 0x00]).write(to: URL(fileURLWithPath: path("binary.txt")))
         try failure(["--task", "lm", "--input", path("binary.txt"), "--output", path("x")], "binary.txt: is not UTF-8 text")
         try failure(["--output", path("x")], "Give exactly one input")
@@ -135,7 +141,7 @@ final class PrepareTests: XCTestCase {
         _ = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("lm"), "--valid-fraction", "0"])
         let wrongTask = try runProcess(ddp, ["bench", "data", "--data", path("lm"), "--config", repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertEqual(wrongTask.status, 1, wrongTask.output)
-        XCTAssertTrue(wrongTask.stderr.contains("lm/train-00000.h5: holds lm data; model.kind encoder-decoder takes seq2seq data"), wrongTask.output)
+        XCTAssertTrue(wrongTask.stderr.contains("\(path("lm")): holds lm data; model.kind encoder-decoder trains on seq2seq data"), wrongTask.output)
         let missing = try runProcess(ddp, ["bench", "data", "--data", path("nope"), "--config",
                                            repository.appendingPathComponent("Configs/tiny.yaml").path])
         XCTAssertTrue(missing.stderr.contains("no such data directory"), missing.output)

@@ -258,38 +258,61 @@ final class TrainTests: XCTestCase {
     }
 
     /// Data the model cannot use is named for what it is: lm data for an encoder-decoder model is the other task (it
-    /// used to be "an lm dataset needs a sequence length"); a data directory without a valid split is said at start-up,
-    /// not found out from a metrics.jsonl without evaluations.
+    /// used to be "an lm dataset needs a sequence length"), also when it is too short for one window; a data directory
+    /// without a valid split is said at start-up, not found out from a metrics.jsonl without evaluations.
     func testDataOfTheOtherTaskIsRefusedAndAMissingValidSplitIsSaid() throws {
         let text = (0..<40).map { "document \($0) has a few words in it" }.joined(separator: "\n\n")
         try text.write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
-        let prepare = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path("corpus.txt"), "--output", path("lm")])
-        XCTAssertEqual(prepare.status, 0, prepare.output)
-        let wrongTask = try runProcess(ddp, ["train", "--config", try config(batch: 4, steps: 2), "--run-dir", path("lm-run"),
-                                             "--set", "data.directory=\(path("lm"))"])
-        XCTAssertEqual(wrongTask.status, 1, wrongTask.output)
-        XCTAssertTrue(wrongTask.stderr.contains("data directory \(path("lm")) holds lm data; model.kind encoder-decoder trains on seq2seq data "
-                                                + "(ddp prepare --task seq2seq)"), wrongTask.output)
-        // Under mpirun, with the refusal on one rank only (its --set names the lm data): both ranks stop with that
-        // rank's sentence, and the job ends without an MPI abort.
-        if let mpirun = findOnPath("mpirun") {
-            let good = try config(batch: 4, steps: 2)
-            let mixed = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", good, "--run-dir", path("mixed-run"), ":",
-                                                "-np", "1", ddp, "train", "--config", good, "--run-dir", path("mixed-run"),
-                                                "--set", "data.directory=\(path("lm"))"],
-                                       environment: mpiEnvironment, timeout: 120)
-            XCTAssertFalse(mixed.timedOut, "the job hung:\n\(mixed.output)")
-            XCTAssertNotEqual(mixed.status, 0)
-            for rank in 0..<2 {
-                XCTAssertTrue(mixed.stderr.contains("Error: rank \(rank): rank 1 refused: data directory \(path("lm")) holds lm data"), mixed.output)
-            }
-            XCTAssertFalse(mixed.output.contains("MPI_ABORT"), mixed.output)
+        try "hi".write(toFile: path("short.txt"), atomically: true, encoding: .utf8)
+        for (input, output) in [("corpus.txt", "lm"), ("short.txt", "short-lm")] {
+            let prepare = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path(input), "--output", path(output), "--valid-fraction", "0"])
+            XCTAssertEqual(prepare.status, 0, prepare.output)
+            let wrongTask = try runProcess(ddp, ["train", "--config", try config(batch: 4, steps: 2), "--run-dir", path("lm-run"),
+                                                 "--set", "data.directory=\(path(output))"])
+            XCTAssertEqual(wrongTask.status, 1, wrongTask.output)
+            XCTAssertTrue(wrongTask.stderr.contains("\(path(output)): holds lm data; model.kind encoder-decoder trains on seq2seq data "
+                                                    + "(ddp prepare --task seq2seq)"), wrongTask.output)
         }
         // setUp's data has no valid split (--valid-fraction 0).
         let noValid = try train(ranks: 1, config: try config(batch: 4, steps: 2), run: "no-valid")
         XCTAssertTrue(noValid.stdout.contains("no valid split in \(path("data")) (no valid-*.h5 file): the run is not evaluated"), noValid.output)
         let metrics = try String(contentsOfFile: path("no-valid/metrics.jsonl"), encoding: .utf8)
         XCTAssertTrue(metrics.contains("\"loss\"") && !metrics.contains("valid_"), metrics)
+    }
+
+    /// A start-up refusal under mpirun ends the job without an MPI abort: on one rank only (its --set names lm data),
+    /// that rank says why and the other that it refused; on every rank, each says why; in the data checks and in the
+    /// batching checks after the ranks' agreement on the config.
+    func testAStartUpRefusalOnAnyRankStopsEveryRankWithItsSentence() throws {
+        guard let mpirun = findOnPath("mpirun") else { throw XCTSkip("mpirun is not installed") }
+        try "a few words\n\nand a few more words here, enough for windows".write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        let prepare = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path("corpus.txt"), "--output", path("lm"), "--valid-fraction", "0"])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        let good = try config(batch: 4, steps: 2)
+        func job(_ first: [String], _ second: [String]) throws -> ProcessResult {
+            let result = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", good, "--run-dir", path("refused")] + first + [":",
+                                                 "-np", "1", ddp, "train", "--config", good, "--run-dir", path("refused")] + second,
+                                        environment: mpiEnvironment, timeout: 120)
+            XCTAssertFalse(result.timedOut, "the job hung:\n\(result.output)")
+            XCTAssertNotEqual(result.status, 0, result.output)
+            XCTAssertFalse(result.output.contains("MPI_ABORT"), result.output)
+            return result
+        }
+        let lm = ["--set", "data.directory=\(path("lm"))"]
+        let oneRank = try job([], lm)
+        XCTAssertTrue(oneRank.stderr.contains("Error: rank 0: rank 1 refused: \(path("lm")): holds lm data"), oneRank.output)
+        XCTAssertTrue(oneRank.stderr.contains("Error: rank 1: \(path("lm")): holds lm data"), oneRank.output)
+        let bothRanks = try job(lm, lm)
+        for rank in 0..<2 {
+            XCTAssertTrue(bothRanks.stderr.contains("Error: rank \(rank): \(path("lm")): holds lm data"), bothRanks.output)
+        }
+        XCTAssertFalse(bothRanks.stderr.contains("refused:"), "each rank's own sentence: \(bothRanks.output)")
+        // The batching checks (after the ranks agreed on the config): a budget smaller than the longest pair.
+        let small = ["--set", "training.max_tokens=3"]
+        let budget = try job(small, small)
+        for rank in 0..<2 {
+            XCTAssertTrue(budget.stderr.contains("Error: rank \(rank): ") && budget.stderr.contains("training.max_tokens"), budget.output)
+        }
     }
 
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
@@ -381,7 +404,14 @@ final class TrainTests: XCTestCase {
     /// SIGTERM to the training processes (as a scheduler sends it): every rank stops at the same step boundary,
     /// rank 0 writes a checkpoint that `latest` names, and the job exits 0 — alone and on 2 ranks.
     func testSIGTERMCheckpointsAndExitsZero() throws {
-        let long = try config(batch: 4, steps: 1_000_000)
+        // Evaluated every 2 updates (data with a valid split): a stopped run has had evaluations, but no final one.
+        let prepare = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "200", "--max-length", "12",
+                                           "--valid-fraction", "0.1", "--output", path("evaluated")])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        let long = path("long.yaml")
+        try (try String(contentsOfFile: try config(batch: 4, steps: 1_000_000), encoding: .utf8))
+            .replacingOccurrences(of: "directory: \(path("data"))", with: "directory: \(path("evaluated"))")
+            .appending("\neval: {every: 2, max_batches: 1, decode_samples: 2}\n").write(toFile: long, atomically: true, encoding: .utf8)
         for ranks in [1, 2] {
             let run = path("signal-\(ranks)")
             let (process, output) = try startTraining(ranks: ranks, config: long, run: "signal-\(ranks)")
@@ -392,6 +422,8 @@ final class TrainTests: XCTestCase {
             let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             XCTAssertEqual(process.terminationStatus, 0, "\(ranks) rank(s):\n\(text)")
             XCTAssertTrue(text.contains("stopped by a signal at step"), text)
+            XCTAssertTrue(text.contains("eval at step 2"), text)
+            XCTAssertFalse(text.contains("final validation"), "an earlier evaluation is not the stopped run's final one:\n\(text)")
             let latest = try String(contentsOfFile: run + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
             let inspect = try runProcess(ddp, ["inspect", run + "/" + latest])
             XCTAssertEqual(inspect.status, 0, inspect.output)

@@ -1,0 +1,35 @@
+import MPI
+
+/// A start-up check (the data, the model's size, a checkpoint) that failed on some rank: every rank stops with the
+/// first one's message.
+public struct StartupRefused: ErrorOnEveryRank, CustomStringConvertible, Sendable {
+    /// The failing rank's error, as it would have printed it.
+    public let message: String
+    /// The message itself.
+    public var description: String { message }
+}
+
+/// Runs a check every rank of `world` makes on the same config and files (opening data, sizing a model, loading a
+/// checkpoint). When it fails on any rank, every rank throws `StartupRefused`: a rank that failed with its own sentence,
+/// the others with the lowest failing rank's ("rank N refused: ..."), so the job ends with a sentence on each rank and
+/// no MPI abort; alone, the error itself. Every rank enters the same two collectives (an allreduce, then a broadcast only on failure),
+/// timed by `watchdog` when given.
+public func togetherOnEveryRank<T>(_ world: Communicator, _ phase: String, watchdog: CollectiveWatchdog? = nil,
+                                   _ body: () throws -> T) throws -> T {
+    let outcome: Result<T, any Error>
+    do { outcome = .success(try body()) } catch { outcome = .failure(error) }
+    guard world.size > 1 else { return try outcome.get() }
+    func collective<R>(_ call: () throws -> R) throws -> R { try watchdog.map { try $0.guarding(phase, call) } ?? call() }
+    var own: String?
+    if case .failure(let error) = outcome { own = sentenceOnEveryRank(error) }
+    let first = try collective { try world.allreduce(Int64(own == nil ? world.size : world.rank), op: .min) }
+    guard first < world.size else { return try outcome.get() }
+    let message = try collective { try world.broadcast(own ?? "", root: Int(first)) }
+    throw StartupRefused(message: own ?? "rank \(first) refused: \(message)")
+}
+
+/// An error as the sentence ranks pass to one another: never empty, since an empty message means success to them.
+func sentenceOnEveryRank(_ error: any Error) -> String {
+    let text = "\(error)"
+    return text.isEmpty ? "\(type(of: error)) (an error without a message)" : text
+}
