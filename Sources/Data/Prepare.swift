@@ -280,17 +280,18 @@ public enum Preparer {
     /// Sequence-to-sequence from pairs of text.
     public static func prepareSeq2Seq(pairs: [(String, String)], options: PrepareOptions,
                                       progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
-        guard !pairs.isEmpty else { throw DataError(file: options.output, "no pairs to prepare") }
+        // Errors about the pairs name the text they came from (the output directory for synthetic pairs).
+        let subject = options.inputs.isEmpty ? options.output : options.inputs.joined(separator: ", ")
+        guard !pairs.isEmpty else { throw DataError(file: subject, "no pairs to prepare") }
         let tokenizer = makeTokenizer(options, texts: { pairs.flatMap { [$0.0, $0.1] } }, progress: progress)
         var encoded: [(source: [Int32], target: [Int32])] = []
         var dropped = 0, emptySides = 0, firstEmptySide = 0
         for (number, pair) in pairs.enumerated() {
             let source = tokenizer.encode(pair.0), target = tokenizer.encode(pair.1)
-            try tokenizer.refusePadding(in: source + target, what: "pair \(number + 1)",
-                                        of: options.inputs.isEmpty ? options.output : options.inputs.joined(separator: ", "))
+            try tokenizer.refusePadding(in: source + target, what: "pair \(number + 1)", of: subject)
             if let limit = options.maxPairTokens, source.count > limit || target.count > limit {
                 if options.failOnLong {
-                    throw DataError(file: options.output, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over "
+                    throw DataError(file: subject, "pair \(number + 1) has \(source.count) source and \(target.count) target tokens, over "
                                                              + (options.limitSource ?? "--max-length \(limit)"))
                 }
                 dropped += 1

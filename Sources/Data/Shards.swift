@@ -151,14 +151,18 @@ public struct DataSplit: Sendable {
         return nil
     }
 
-    /// The task of a split's first file (its header checked), or nil when the split has no file: for a command to
+    /// The files of `directory`'s split (`split-*.h5`), in name order.
+    static func shardNames(in directory: String, split: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+    }
+
+    /// A split's first file and its task (the header checked), or nil when the split has no file: for a command to
     /// refuse data of the other task by name before windows of a context are cut from it.
-    public static func firstTask(directory: String, split: String) throws -> DatasetTask? {
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
-        guard let first = names.first else { return nil }
-        var file = try ShardValidator(path: Paths.join(directory, first))
-        return try file.header().0
+    public static func firstShard(directory: String, split: String) throws -> (path: String, task: DatasetTask)? {
+        guard let first = shardNames(in: directory, split: split).first else { return nil }
+        let path = Paths.join(directory, first)
+        var file = try ShardValidator(path: path)
+        return (path, try file.header().0)
     }
 
     /// Opens `directory/split-*.h5` and validates every file: format and version, task, dtypes, offsets monotonic
@@ -168,8 +172,7 @@ public struct DataSplit: Sendable {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw DataError(file: directory, "no such data directory")
         }
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-            .filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+        let names = Self.shardNames(in: directory, split: split)
         guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
         var task: DatasetTask?
         var tokenizer: Tokenizer?
@@ -196,7 +199,8 @@ public struct DataSplit: Sendable {
         self.shards = shards
         self.sequenceLength = sequenceLength
         guard samples > 0 else {
-            let what = self.task == .lm ? "no window of \(sequenceLength + 1) tokens fits in any file" : "no pairs"
+            let what = self.task == .lm ? "no window of \(sequenceLength + 1) tokens fits in any file (a shorter context, "
+                + "data.target_length, or more text would)" : "no pairs"
             throw DataError(file: directory, "the \(split) split is empty: \(what)")
         }
     }

@@ -86,10 +86,14 @@ public enum OutputFile {
     /// Writes several files as one (a dataset's shards): `body` fills a temporary beside each of `paths` in turn,
     /// given its index; only when every one is written and synced are they renamed over their paths. When `body` or a
     /// sync throws, every temporary is removed and no path has been touched, so an earlier version of the set stays
-    /// whole. Each path is checked as `check` does before anything is written; `body`'s own errors are rethrown (a
+    /// whole. (A rename that fails part of the way through, which a same-directory rename hardly does, leaves the
+    /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before anything is written; `body`'s own errors are rethrown (a
     /// `FileError` naming the path instead of its temporary).
     public static func writeAll(_ paths: [String], inputs: [String] = [], _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
-        let targets = try paths.map { path throws(FileError) in try check(path, inputs: inputs) }
+        // Each file replaces what is at its path, a symbolic link too, never the file a link points to: a set of files
+        // (a dataset's shards) is its directory's own, and a link among them may point into another set.
+        for path in paths { try check(path, inputs: inputs) }
+        let targets = paths
         let temporaries = targets.map { Paths.join(Paths.parent($0), ".\(Paths.lastComponent($0)).\(UUID().uuidString.prefix(8)).tmp") }
         var renamed = 0
         inFlight.withLock { $0.formUnion(temporaries) }

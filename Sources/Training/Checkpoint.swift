@@ -174,7 +174,11 @@ public enum Checkpoint {
     /// of the directory itself (`checkpoint-<step>.h5`) that exists.
     public static func latest(in directory: String) throws -> String? {
         let latest = Paths.join(directory, latestName)
-        guard let text = try? String(contentsOfFile: latest, encoding: .utf8) else { return nil }
+        guard FileManager.default.fileExists(atPath: latest) else { return nil }
+        guard let text = try? String(contentsOfFile: latest, encoding: .utf8) else {
+            throw CheckpointError(file: latest, message: "is not a text file naming a checkpoint (a directory, or bytes that are not UTF-8)"
+                                  + otherCheckpoints(in: directory, besides: latest))
+        }
         let name = text.trimmingCharacters(in: .whitespacesAndNewlines)
         let path = Paths.join(directory, name)
         guard step(ofCheckpointNamed: name) != nil, !name.contains("/") else {
@@ -277,7 +281,8 @@ public enum Checkpoint {
         // `dropout` is training's, not the network's: a run may resume or start (--init) with another rate.
         if let differences = architectureDifferences(header.config.model, model.config) {
             throw CheckpointError(file: path, message: parametersOnly ? "holds another model than the run's (\(differences))"
-                                                                      : "was written for another model (\(differences))")
+                                  : "was written for another model (\(differences)); a run continues its own model: change the config "
+                                    + "back, or start a new run in another --run-dir (--init starts one from a checkpoint's parameters)")
         }
         let file: File
         do { file = try File.open(path) } catch {
@@ -410,8 +415,7 @@ extension Checkpoint {
         }
         guard isDirectory.boolValue else { return path }
         guard let latest = try latest(in: path) else {
-            let shard = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted()
-                .first { ($0.hasPrefix("train-") || $0.hasPrefix("valid-")) && $0.hasSuffix(".h5") }
+            let shard = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().first(where: Preparer.isShardName)
             throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint " + (shard.map {
                 "(a data directory? name one of its files, such as \(Paths.join(path, $0)))" } ?? "(not a run directory, or no checkpoint written yet)"))
         }

@@ -40,6 +40,14 @@ public struct RunDirectory: Sendable {
             throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
         }
         removeInterruptedWrites(log: log)
+        // The run's own files are written in place: through a link they would change a file elsewhere.
+        for name in [Checkpoint.latestName, "metrics.jsonl"] {
+            let file = Paths.join(path, name)
+            if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: file) {
+                throw TrainingError("\(file) is a symbolic link (to \(target)); a run writes its \(name) itself and not through a link, which "
+                                    + "would change the file it points to: replace the link with a copy of that file, or remove it")
+            }
+        }
         let latest: String?
         do { latest = try Checkpoint.latest(in: path) } catch where resume == .fresh && overwrite {
             latest = nil  // a `latest` naming a missing file is one more thing --overwrite removes

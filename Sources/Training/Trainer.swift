@@ -290,10 +290,9 @@ public final class Trainer {
             throw TrainingError("config key 'data.directory' is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
         // The task first: lm data too short for one window of an encoder-decoder's target_length is the other task.
-        try config.model.kind.requireData(try DataSplit.firstTask(directory: config.data.directory, split: "train"), in: config.data.directory)
+        try config.model.kind.requireData(try DataSplit.firstShard(directory: config.data.directory, split: "train")?.task, in: config.data.directory)
         let train = try DataSplit(directory: config.data.directory, split: "train", sequenceLength: sequenceLength)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: config.data.directory)) ?? []
-        let valid = names.contains { $0.hasPrefix("valid-") && $0.hasSuffix(".h5") }
+        let valid = try DataSplit.firstShard(directory: config.data.directory, split: "valid") != nil
             ? try DataSplit(directory: config.data.directory, split: "valid", sequenceLength: sequenceLength) : nil
         // The valid split is read with the train split's tokenizer and model: its ids must mean the same (another
         // tokenizer's could lie past the vocabulary, and evaluation would index the embedding with them).
@@ -310,7 +309,8 @@ public final class Trainer {
                 throw TrainingError("the training data in \(config.data.directory) has a \(train.tokenizer.kind) tokenizer of \(train.tokenizer.vocabularySize) "
                                     + "ids, more than the \(config.model.vocabSize) of \(initial)'s model: prepare it with ddp prepare --tokenizer-from \(initial)")
             }
-            throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the data's tokenizer (\(train.tokenizer.vocabularySize) tokens)")
+            throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the tokenizer of the data in "
+                                + "\(config.data.directory) (\(train.tokenizer.vocabularySize) tokens); set it to at least that")
         }
         guard config.model.kind != .encoderOnly || Int(train.tokenizer.maskToken) < config.model.vocabSize else {
             throw TrainingError("config key 'model.vocab_size': an encoder-only model needs the mask token \(train.tokenizer.maskToken) "
@@ -362,7 +362,7 @@ public final class Trainer {
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""
         }
-        let state = try run.watchdog.guarding("checkpoint broadcast") { try restore(resumeFrom, model: run.model, optimizer: run.optimizer) }
+        let state = try restore(resumeFrom, model: run.model, optimizer: run.optimizer, watchdog: run.watchdog)
         if world.rank == 0 { log("resumed from \(resumeFrom) at step \(state.step)") }
         return state
     }
@@ -436,20 +436,27 @@ public final class Trainer {
 
     /// Rank 0 loads the checkpoint; every rank receives its parameters, AdamW moments and position, so the run
     /// directory need only be readable on rank 0's node.
-    private func restore(_ path: String, model: TransformerModel, optimizer: AdamW) throws -> TrainingState {
+    private func restore(_ path: String, model: TransformerModel, optimizer: AdamW, watchdog: CollectiveWatchdog) throws -> TrainingState {
         var numbers = [Int64](repeating: 0, count: 5)
-        if world.rank == 0 {
-            let header = try Checkpoint.load(path, into: model, optimizer: optimizer)
+        // A tensor that cannot be read (a damaged checkpoint) stops every rank with rank 0's sentence.
+        _ = try decideOnRank0("checkpoint load", watchdog: watchdog) {
+            let header: Checkpoint.Header
+            do { header = try Checkpoint.load(path, into: model, optimizer: optimizer) } catch let error as CheckpointError {
+                throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
+            }
             let nonFinite = Checkpoint.nonFiniteTensors(model)
             guard nonFinite.isEmpty else {
                 throw CheckpointError(file: path, message: "cannot resume: parameters that are not finite (NaN or infinity) in "
-                                      + nonFinite.map(\.name).joined(separator: ", "))
+                                      + nonFinite.map(\.name).joined(separator: ", ") + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
             }
             numbers = [Int64(header.state.step), Int64(header.state.position.epoch), Int64(header.state.position.batch),
                        Int64(bitPattern: header.state.dropoutSeed), Int64(header.optimizerStep)]
+            return ""
         }
-        try world.broadcast(&numbers, root: 0)
-        for arena in [model.parameters, optimizer.firstMoment, optimizer.secondMoment] { try world.broadcast(arena.storage, root: 0) }
+        try watchdog.guarding("checkpoint broadcast") {
+            try world.broadcast(&numbers, root: 0)
+            for arena in [model.parameters, optimizer.firstMoment, optimizer.secondMoment] { try world.broadcast(arena.storage, root: 0) }
+        }
         optimizer.restore(step: Int(numbers[4]))
         return TrainingState(step: Int(numbers[0]), position: SamplerPosition(epoch: Int(numbers[1]), batch: Int(numbers[2])),
                              dropoutSeed: UInt64(bitPattern: numbers[3]))

@@ -47,7 +47,7 @@ struct BenchData: ParsableCommand {
         let isLM = run.model.kind.readsTokenStream
         let clock = ContinuousClock()
         let start = clock.now
-        try run.model.kind.requireData(try DataSplit.firstTask(directory: data, split: "train"), in: data)
+        try run.model.kind.requireData(try DataSplit.firstShard(directory: data, split: "train")?.task, in: data)
         let split = try DataSplit(directory: data, split: "train", sequenceLength: run.data.targetLength)
         let validation = (clock.now - start).seconds
         let fixed = DistributedSampler(samples: split.samples, seed: run.training.seed, perRankBatch: run.training.batchSize,

@@ -34,3 +34,9 @@ struct Bench: ParsableCommand {
 
 /// Writes out what `print` has buffered (all C output streams), before something goes to standard error.
 func flushStandardOutput() { fflush(nil) }
+
+/// One line to standard error, after what standard output holds so far (so a log keeps them in the order written).
+func printToStandardError(_ line: String) {
+    flushStandardOutput()
+    FileHandle.standardError.write(Foundation.Data((line + "\n").utf8))
+}

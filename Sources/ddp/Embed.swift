@@ -68,18 +68,22 @@ struct Embed: ParsableCommand {
         try withMPI { runtime in
             let world = runtime.world
             threads.apply(localRanks: world.localSize)
-            let (model, _) = try togetherOnEveryRank(world, "checkpoint check") {
-                try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
-            }
-            if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
-                throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most \(model.maxSourceLength)")
-            }
-            // Every line's hidden states are held whole on every rank (and summed across ranks), and rank 0 adds the
-            // means, one row per line: check first.
-            let tokenCount = lines.reduce(0) { $0 + $1.count }
-            if let shortfall = MemoryBudget.shortfall((2 * Double(tokenCount) + Double(lines.count)) * Double(model.config.dModel) * 4,
-                                                      for: "holding the hidden states of \(input)'s \(tokenCount) tokens") {
-                throw EmbedInputError(message: shortfall + "; embed the file in parts")
+            // The checkpoint, the lines' lengths and this node's memory, checked on every rank: a refusal on any stops
+            // every rank with a sentence (a rank short of memory alone would otherwise leave the others in the sum).
+            let model = try togetherOnEveryRank(world, "checkpoint and memory checks") {
+                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? header.config.training.batchSize)
+                if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
+                    throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most "
+                                                   + "\(model.maxSourceLength), the length its run trained at: shorten or split the line")
+                }
+                // Every line's hidden states are held whole on every rank (and summed across ranks), and rank 0 adds
+                // the means, one row per line: check first.
+                let tokenCount = lines.reduce(0) { $0 + $1.count }
+                if let shortfall = MemoryBudget.shortfall((2 * Double(tokenCount) + Double(lines.count)) * Double(model.config.dModel) * 4,
+                                                          for: "holding the hidden states of \(input)'s \(tokenCount) tokens") {
+                    throw EmbedInputError(message: shortfall + "; embed the file in parts")
+                }
+                return model
             }
             let hidden = try encode(lines, model: model, world: world)
             guard world.rank == 0 else { return }

@@ -125,7 +125,7 @@ struct Eval: ParsableCommand {
             // Each rank reads the checkpoint and the data; a refusal on any rank stops every rank with a sentence.
             let (model, evaluated) = try togetherOnEveryRank(world, "checkpoint and data checks") {
                 let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
-                let (evaluated, made) = try dataSplit(run: run, header: header)
+                let (evaluated, made) = try dataSplit(run: run, header: header, checkpoint: path)
                 temporary = made
                 try check(evaluated, against: header, checkpoint: path)
                 return (model, evaluated)
@@ -164,13 +164,17 @@ struct Eval: ParsableCommand {
 
     /// The split to evaluate: shards from a directory, or text tokenized into temporary shards (removed on every
     /// path by the caller, or here when this throws). Errors about text name the user's files, not the shards.
-    private func dataSplit(run: RunConfig, header: Checkpoint.Header) throws -> (DataSplit, String?) {
+    private func dataSplit(run: RunConfig, header: Checkpoint.Header, checkpoint: String) throws -> (DataSplit, String?) {
         let isLM = run.model.kind.readsTokenStream
-        // The context length, for a language model's windows; seq2seq data ignores it (and language-model data given to
-        // a seq2seq checkpoint then loads, to be refused as the other task by `check`).
+        // The context length, for a language model's windows; seq2seq data ignores it.
         let sequenceLength = run.data.targetLength
         guard text != nil || source != nil else {
-            return (try DataSplit(directory: data ?? run.data.directory, split: split, sequenceLength: sequenceLength), nil)
+            let directory = data ?? run.data.directory
+            // The task first: lm data too short for one window is the other task, not an empty split.
+            if let first = try DataSplit.firstShard(directory: directory, split: split) {
+                try requireTask(first.task, file: first.path, header: header, checkpoint: checkpoint)
+            }
+            return (try DataSplit(directory: directory, split: split, sequenceLength: sequenceLength), nil)
         }
         guard let tokenizer = header.tokenizer else {
             throw EvalInputError(message: "the checkpoint holds no tokenizer, so text cannot be tokenized as in training; prepare shards instead")
@@ -208,14 +212,18 @@ struct Eval: ParsableCommand {
         }
     }
 
+    /// Data of `task` (in `file`) must be what the checkpoint's model takes.
+    private func requireTask(_ task: DatasetTask, file: String, header: Checkpoint.Header, checkpoint: String) throws {
+        let expected = header.config.model.kind.dataTask
+        guard task != expected else { return }
+        throw EvalInputError(message: "\(file): holds \(task.rawValue) data, but \(checkpoint) has model.kind "
+                                      + "\(header.config.model.kind.rawValue), which takes \(expected.rawValue) data")
+    }
+
     /// Data must be the model's task, in the checkpoint's tokenizer.
     private func check(_ split: DataSplit, against header: Checkpoint.Header, checkpoint: String) throws {
         let file = split.shards.first?.path ?? split.directory
-        let expected = header.config.model.kind.dataTask
-        guard split.task == expected else {
-            throw EvalInputError(message: "\(file): holds \(split.task.rawValue) data, but \(checkpoint) has model.kind "
-                                          + "\(header.config.model.kind.rawValue), which takes \(expected.rawValue) data")
-        }
+        try requireTask(split.task, file: file, header: header, checkpoint: checkpoint)
         if let tokenizer = header.tokenizer, tokenizer != split.tokenizer {
             throw EvalInputError(message: "\(file): its tokenizer (\(split.tokenizer.kind), \(split.tokenizer.vocabularySize) tokens) differs from "
                                           + "the one \(checkpoint) was trained with (\(tokenizer.kind), \(tokenizer.vocabularySize) tokens)")

@@ -160,7 +160,7 @@ struct Generate: ParsableCommand {
             case .failure(let error):
                 failed += 1
                 print("")
-                FileHandle.standardError.write(Foundation.Data("ddp generate: standard input line \(number): \(error.message); skipped\n".utf8))
+                printToStandardError("ddp generate: standard input line \(number): \(error.message); skipped")
             }
         }
         if failed > 0 { throw GenerateInputError(message: "\(failed) of \(number) input line(s) could not be translated (see above)") }

@@ -35,7 +35,7 @@ struct Import: ParsableCommand {
         try OutputFile.check(output, inputs: inputs)
         RemoveOnSignal.install()
         let imported = try HuggingFaceGPT2.read(directory: hf)
-        for note in imported.notes { FileHandle.standardError.write(Foundation.Data("import: \(note)\n".utf8)) }
+        for note in imported.notes { printToStandardError("import: \(note)") }
         let config = imported.config
         // The run config stored with it: the model, and data lengths that fit its positions (a fine-tuning run's own
         // config replaces everything but the model).

@@ -39,8 +39,7 @@ struct Inspect: ParsableCommand {
         let file = try isDirectory(self.file) ? try Checkpoint.resolve(self.file) : self.file
         defer {
             if problems > 0 {
-                flushStandardOutput()
-                FileHandle.standardError.write(Foundation.Data("\(file): \(problems) problem(s) found, printed above\n".utf8))
+                printToStandardError("\(file): \(problems) problem(s) found, printed above")
             }
         }
         let handle = try File.open(file)

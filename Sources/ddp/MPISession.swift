@@ -19,8 +19,7 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     } catch let error as ErrorOnEveryRank where runtime.world.size > 1 {
         // Every rank prints, then waits for the others to have printed: mpirun ends the job at the first non-zero
         // exit, which would otherwise cut the other ranks short.
-        flushStandardOutput()
-        FileHandle.standardError.write(Foundation.Data("Error: rank \(runtime.world.rank): \(error)\n".utf8))
+        printToStandardError("Error: rank \(runtime.world.rank): \(error)")
         try? runtime.world.barrier()
         try? runtime.finalize()
         throw ExitCode.failure
@@ -35,10 +34,11 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
 }
 
 /// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
-/// print all of it, and write the same files at once. (Open MPI tells its ranks the job's size in
-/// OMPI_COMM_WORLD_SIZE.)
+/// print all of it, and write the same files at once. The job's size is what Open MPI's mpirun (OMPI_COMM_WORLD_SIZE)
+/// or a PMI launcher such as MPICH's or srun --mpi=pmi2 (PMI_SIZE) tells each process; other launchers are not seen.
 func requireOneProcess(_ command: String) throws {
-    guard let size = ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_SIZE"].flatMap(Int.init), size > 1 else { return }
+    let environment = ProcessInfo.processInfo.environment
+    guard let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].lazy.compactMap({ environment[$0].flatMap(Int.init) }).first, size > 1 else { return }
     throw RunError("\(command) runs as one process, and mpirun started \(size); run it without mpirun (train, "
                        + "eval, embed, bench step and bench allreduce are the commands that run on several ranks)")
 }

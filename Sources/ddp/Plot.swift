@@ -42,7 +42,7 @@ struct Plot: ParsableCommand {
         let fields = Set(Self.quantities.map(\.field))
         let histories = try runs.map { try MetricsHistory(directory: $0, fields: fields) }
         for history in histories where history.skippedLines > 0 {
-            FileHandle.standardError.write(Data("\(Paths.join(history.directory, "metrics.jsonl")): skipped \(history.skippedLines) of \(history.lines) lines that are not metrics (a line cut short when the run was killed, say)\n".utf8))
+            printToStandardError("\(Paths.join(history.directory, "metrics.jsonl")): skipped \(history.skippedLines) of \(history.lines) lines that are not metrics (a line cut short when the run was killed, say)")
         }
         guard histories.contains(where: { !$0.updates.isEmpty || !$0.evaluations.isEmpty }) else {
             throw PicturesInputError("\(runs.joined(separator: ", ")): no metrics recorded yet, nothing to draw")

@@ -103,6 +103,8 @@ struct Prepare: ParsableCommand {
 
     func run() throws {
         try requireOneProcess("ddp prepare")
+        // Ctrl-C or a kill while shards are written leaves no temporary behind (nor any shard of the new set).
+        RemoveOnSignal.install()
         var options = PrepareOptions(output: output)
         options.tokenizer = tokenizer ?? .byte
         if let tokenizerFrom { options.fixedTokenizer = try Self.readTokenizer(tokenizerFrom) }
@@ -115,7 +117,7 @@ struct Prepare: ParsableCommand {
         options.overwrite = overwrite
         options.inputs = input + [source, target, tsv].compactMap { $0 }
         let progress: (String) -> Void = { message in
-            FileHandle.standardError.write(Foundation.Data("prepare: \(message)\n".utf8))
+            printToStandardError("prepare: \(message)")
         }
         let summary: PrepareSummary
         if !input.isEmpty {
@@ -150,14 +152,14 @@ struct Prepare: ParsableCommand {
         }
         let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
         if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
-           (try? handle.read(upToCount: 8)).map({ Array($0 ?? Foundation.Data()) == hdf5Signature }) == true {
+           (try? handle.read(upToCount: 8)).map({ Array($0) == hdf5Signature }) == true {
             guard let tokenizer = try Checkpoint.readHeader(path).tokenizer else {
                 throw RunError("--tokenizer-from \(path) is a checkpoint without a tokenizer.")
             }
             return tokenizer
         }
         let (tokenizer, notes) = try HuggingFaceGPT2.readTokenizer(at: path)
-        for note in notes { FileHandle.standardError.write(Foundation.Data("prepare: \(note)\n".utf8)) }
+        for note in notes { printToStandardError("prepare: \(note)") }
         return tokenizer
     }
 }

@@ -74,6 +74,40 @@ final class OutputFileTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
     }
 
+    /// Several files as one: all in place once all are written; when one fails, none is touched and no temporary is
+    /// left, whatever the error (another error type passes unchanged, a FileError about a temporary names the path).
+    func testWriteAllReplacesEveryFileOrNone() throws {
+        let paths = (0..<3).map { path("shard-\($0)") }
+        for target in paths { try "old".write(toFile: target, atomically: true, encoding: .utf8) }
+        struct Refused: Error, Equatable {}
+        XCTAssertThrowsError(try OutputFile.writeAll(paths) { index, temporary in
+            try "new".write(toFile: temporary, atomically: false, encoding: .utf8)
+            if index == 2 { throw Refused() }
+        }) { XCTAssertEqual($0 as? Refused, Refused(), "\($0)") }
+        XCTAssertThrowsError(try OutputFile.writeAll(paths) { index, temporary in
+            try "new".write(toFile: temporary, atomically: false, encoding: .utf8)
+            if index == 1 { throw FileError(temporary, "no space left on device") }
+        }) { XCTAssertEqual("\($0)", "\(paths[1]): no space left on device") }
+        for target in paths { XCTAssertEqual(try String(contentsOfFile: target, encoding: .utf8), "old") }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(), ["shard-0", "shard-1", "shard-2"])
+        try OutputFile.writeAll(paths + [path("shard-3")]) { index, temporary in
+            try "new \(index)".write(toFile: temporary, atomically: false, encoding: .utf8)
+        }
+        for (index, target) in (paths + [path("shard-3")]).enumerated() {
+            XCTAssertEqual(try String(contentsOfFile: target, encoding: .utf8), "new \(index)")
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).count, 4, "no temporary left")
+        // A link among the paths is replaced itself; the file it points to (another set's) is not written.
+        try FileManager.default.createDirectory(atPath: path("other"), withIntermediateDirectories: true)
+        try "theirs".write(toFile: path("other/shard-0"), atomically: true, encoding: .utf8)
+        try FileManager.default.removeItem(atPath: paths[0])
+        try FileManager.default.createSymbolicLink(atPath: paths[0], withDestinationPath: path("other/shard-0"))
+        try OutputFile.writeAll([paths[0]]) { _, temporary in try "mine".write(toFile: temporary, atomically: false, encoding: .utf8) }
+        XCTAssertEqual(try String(contentsOfFile: path("other/shard-0"), encoding: .utf8), "theirs")
+        XCTAssertNil(try? FileManager.default.destinationOfSymbolicLink(atPath: paths[0]), "the link itself was replaced")
+        XCTAssertEqual(try String(contentsOfFile: paths[0], encoding: .utf8), "mine")
+    }
+
     func testTemporaryNamesAreUnique() throws {
         var seen: Set<String> = []
         for _ in 0..<20 {

@@ -355,6 +355,11 @@ final class CheckpointToolsTests: XCTestCase {
         try assertEvalFails(["--checkpoint", path("reverse-run"), "--data", path("reverse-bpe")],
                             mentioning: ["reverse-bpe/valid-00000.h5", "tokenizer (bpe, 270 tokens) differs", "(byte, 260 tokens)"])
         try assertEvalFails(["--checkpoint", path("reverse-run"), "--data", path("lm")], mentioning: ["lm/valid-00000.h5", "lm data"])
+        // lm data too short for one window of the checkpoint's length is the other task too, not an empty split.
+        try "hi".write(toFile: path("short.txt"), atomically: true, encoding: .utf8)
+        try runDDPOrThrow(["prepare", "--task", "lm", "--input", path("short.txt"), "--valid-fraction", "0", "--output", path("short-lm")])
+        try assertEvalFails(["--checkpoint", path("reverse-run"), "--data", path("short-lm"), "--split", "train"],
+                            mentioning: ["short-lm/train-00000.h5: holds lm data", "which takes seq2seq data"])
         try assertEvalFails(["--checkpoint", path("lm-run"), "--source", path("lm.txt"), "--target", path("lm.txt")],
                             mentioning: ["--source/--target are for seq2seq models"])
     }
