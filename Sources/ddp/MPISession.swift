@@ -6,8 +6,8 @@ import MPI
 ///
 /// On an error with other ranks in the job, this rank aborts the whole job with the error's text: the
 /// other ranks may be waiting in a collective this rank will never join, and MPI_Finalize would wait
-/// for them. Alone, or for an error every rank raised together (`ErrorOnEveryRank`), it finalises and rethrows
-/// so each rank's command line prints the error.
+/// for them. Alone, it rethrows; for an error every rank raised together (`ErrorOnEveryRank`), rank 0 prints the
+/// ranks' sentences (`errorLines`), and every rank finalises and exits 1.
 func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     // Serialized: the gradient synchronizer's progress thread makes MPI calls while the main thread computes
     // (never both at once).
@@ -17,10 +17,17 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
         try runtime.finalize()
         return result
     } catch let error as ErrorOnEveryRank where runtime.world.size > 1 {
-        // Every rank prints, then waits for the others to have printed: mpirun ends the job at the first non-zero
-        // exit, which would otherwise cut the other ranks short.
-        printToStandardError("Error: rank \(runtime.world.rank): \(error)")
-        try? runtime.world.barrier()
+        // Rank 0 prints what the ranks raised, each sentence once (ranks printing at once interleave on a shared
+        // terminal); then every rank waits for it: mpirun ends the job at the first non-zero exit.
+        let world = runtime.world
+        if let gathered = try? world.gather(bytes: Array("\(error)".utf8), root: 0) {
+            if world.rank == 0 {
+                for line in errorLines(gathered.map { String(decoding: $0, as: UTF8.self) }) { printToStandardError(line) }
+            }
+        } else {
+            printToStandardError("Error: rank \(world.rank): \(error)")
+        }
+        try? world.barrier()
         try? runtime.finalize()
         throw ExitCode.failure
     } catch {
@@ -31,6 +38,22 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
         try? runtime.finalize()
         throw error
     }
+}
+
+/// The lines that report every rank's error (`messages[r]` is rank r's): "Error: SENTENCE" when all ranks raised the
+/// same, else "Error: rank R: SENTENCE" per distinct sentence, its ranks listed; a rank that only relays another's
+/// refusal ("rank N refused: ..." with rank N's own sentence, from `togetherOnEveryRank`) is left out.
+func errorLines(_ messages: [String]) -> [String] {
+    let own = messages.indices.filter { rank in
+        !messages.indices.contains { other in other != rank && messages[rank] == "rank \(other) refused: \(messages[other])" }
+    }
+    var groups: [(message: String, ranks: [Int])] = []
+    for rank in own {
+        if let index = groups.firstIndex(where: { $0.message == messages[rank] }) { groups[index].ranks.append(rank) }
+        else { groups.append((messages[rank], [rank])) }
+    }
+    if groups.count == 1 && groups[0].ranks.count == messages.count { return ["Error: \(groups[0].message)"] }
+    return groups.map { "Error: rank\($0.ranks.count > 1 ? "s" : "") \($0.ranks.map(String.init).joined(separator: ", ")): \($0.message)" }
 }
 
 /// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
