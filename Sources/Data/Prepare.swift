@@ -181,7 +181,7 @@ public enum Preparer {
     private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, into summary: inout PrepareSummary,
                                     progress: (String) -> Void,
                                     write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String) throws -> Int) throws {
-        let earlier = try prepareOutputDirectory(options)
+        let (earlier, created) = try prepareOutputDirectory(options)
         if valid.isEmpty && options.validFraction > 0 {
             progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
                      + "training will report no validation metrics")
@@ -196,9 +196,17 @@ public enum Preparer {
             }
         }
         var tokens = [Int](repeating: 0, count: planned.count)
-        try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs) { index, temporary in
-            let shard = planned[index]
-            tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary)
+        do {
+            try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs) { index, temporary in
+                let shard = planned[index]
+                tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary)
+            }
+        } catch {
+            // An output directory this prepare created, still empty: it goes too.
+            if created, (try? FileManager.default.contentsOfDirectory(atPath: options.output))?.isEmpty == true {
+                try? FileManager.default.removeItem(atPath: options.output)
+            }
+            throw error
         }
         for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
             let mine = planned.indices.filter { planned[$0].split == name }
@@ -222,9 +230,10 @@ public enum Preparer {
 
     /// Creates the output directory when missing, and returns the shards an earlier dataset left in it: refused
     /// unless `overwrite` (a new dataset never mixes with or silently replaces an earlier one).
-    private static func prepareOutputDirectory(_ options: PrepareOptions) throws -> [String] {
+    private static func prepareOutputDirectory(_ options: PrepareOptions) throws -> (earlier: [String], created: Bool) {
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: options.output, isDirectory: &isDirectory) {
+        let created = !FileManager.default.fileExists(atPath: options.output)
+        if !created, FileManager.default.fileExists(atPath: options.output, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else {
                 throw DataError(file: options.output, "exists and is not a directory; --output names the directory to write the shards into")
             }
@@ -238,7 +247,8 @@ public enum Preparer {
         }
         let names = (try? FileManager.default.contentsOfDirectory(atPath: options.output)) ?? []
         // Temporaries of a prepare that was killed (`OutputFile` names them `.NAME.XXXXXXXX.tmp`): its own leftovers.
-        for name in names where name.hasSuffix(".tmp") && isShardName(String(name.dropFirst().prefix { $0 != "." }) + ".h5") {
+        // (A shard's own writer nests one in another: `..NAME.XXXXXXXX.tmp.YYYYYYYY.tmp`.)
+        for name in names where name.hasSuffix(".tmp") && isShardName(String(name.drop { $0 == "." }.prefix { $0 != "." }) + ".h5") {
             try? FileManager.default.removeItem(atPath: Paths.join(options.output, name))
         }
         let earlier = names.filter(isShardName).sorted()
@@ -246,7 +256,7 @@ public enum Preparer {
             throw DataError(file: options.output, "already holds a dataset (\(earlier.count) shard(s): \(earlier.prefix(3).joined(separator: ", "))"
                                                   + "\(earlier.count > 3 ? ", ..." : "")); give another --output, or --overwrite to replace it")
         }
-        return earlier
+        return (earlier, created)
     }
 
     /// Language modelling from text files.

@@ -113,6 +113,8 @@ final class NothingLostTests: XCTestCase {
     /// not an earlier dataset's.
     func testLeftoversAreSweptAndInputsKept() throws {
         try "text".write(toFile: path("data/.train-00000.h5.DEADBEEF.tmp"), atomically: true, encoding: .utf8)
+        // A shard's writer nests its temporary in the set's: a kill leaves this name.
+        try "text".write(toFile: path("data/..valid-00001.h5.0BADF00D.tmp.DEADBEEF.tmp"), atomically: true, encoding: .utf8)
         try "one document\n\nanother one\n".write(toFile: path("data/valid-00007.h5"), atomically: true, encoding: .utf8)
         let result = try ddp(["prepare", "--task", "lm", "--input", path("data/valid-00007.h5"), "--valid-fraction", "0",
                               "--output", path("data"), "--overwrite"])
