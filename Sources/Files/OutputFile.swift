@@ -60,7 +60,7 @@ public enum OutputFile {
     public static func write(_ path: String, inputs: [String] = [], _ body: (_ temporary: String) throws -> Void) throws {
         let target = try check(path, inputs: inputs)
         let directory = Paths.parent(target)
-        let temporary = Paths.join(directory, ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
+        let temporary = temporaryPath(for: target)
         var renamed = false
         inFlight.withLock { _ = $0.insert(temporary) }
         defer {
@@ -87,14 +87,13 @@ public enum OutputFile {
     /// given its index; only when every one is written and synced are they renamed over their paths. When `body` or a
     /// sync throws, every temporary is removed and no path has been touched, so an earlier version of the set stays
     /// whole. (A rename that fails part of the way through, which a same-directory rename hardly does, leaves the
-    /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before anything is written; `body`'s own errors are rethrown (a
-    /// `FileError` naming the path instead of its temporary).
+    /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before
+    /// anything is written; `body`'s own errors are rethrown (a `FileError` naming the path instead of its temporary).
     public static func writeAll(_ paths: [String], inputs: [String] = [], _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
         // Each file replaces what is at its path, a symbolic link too, never the file a link points to: a set of files
         // (a dataset's shards) is its directory's own, and a link among them may point into another set.
         for path in paths { try check(path, inputs: inputs) }
-        let targets = paths
-        let temporaries = targets.map { Paths.join(Paths.parent($0), ".\(Paths.lastComponent($0)).\(UUID().uuidString.prefix(8)).tmp") }
+        let temporaries = paths.map(temporaryPath)
         var renamed = 0
         inFlight.withLock { $0.formUnion(temporaries) }
         defer {
@@ -112,13 +111,18 @@ public enum OutputFile {
                                 error.message.replacingOccurrences(of: temporary, with: path))
             }
         }
-        for (index, (path, target)) in zip(paths, targets).enumerated() {
-            guard rename(temporaries[index], target) == 0 else {
+        for (index, path) in paths.enumerated() {
+            guard rename(temporaries[index], path) == 0 else {
                 throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
             }
             renamed += 1
         }
-        for directory in Set(targets.map(Paths.parent)) { try sync(directory) }
+        for directory in Set(paths.map(Paths.parent)) { try sync(directory) }
+    }
+
+    /// A temporary beside `target`, named `.NAME.XXXXXXXX.tmp` (unique; what a later write's sweep recognises).
+    private static func temporaryPath(for target: String) -> String {
+        Paths.join(Paths.parent(target), ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
     }
 
     /// Temporaries being written now (removed by `removeTemporariesInFlight` when a signal ends the process).

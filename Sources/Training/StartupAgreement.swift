@@ -10,10 +10,10 @@ public struct StartupRefused: ErrorOnEveryRank, CustomStringConvertible, Sendabl
 }
 
 /// Runs a check every rank of `world` makes on the same config and files (opening data, sizing a model, loading a
-/// checkpoint). When it fails on any rank, every rank throws `StartupRefused`: a rank that failed with its own sentence,
-/// the others with the lowest failing rank's ("rank N refused: ..."), so the job ends with a sentence on each rank and
-/// no MPI abort; alone, the error itself. Every rank enters the same two collectives (an allreduce, then a broadcast only on failure),
-/// timed by `watchdog` when given.
+/// checkpoint). When it fails on any rank, every rank throws `StartupRefused`: a rank that failed with its own
+/// sentence, the others with the lowest failing rank's ("rank N refused: ..."), so the job ends with a sentence and no
+/// MPI abort; alone, the error itself. Every rank enters the same collectives (an allreduce, then a broadcast only on
+/// failure), timed by `watchdog` when given.
 public func togetherOnEveryRank<T>(_ world: Communicator, _ phase: String, watchdog: CollectiveWatchdog? = nil,
                                    _ body: () throws -> T) throws -> T {
     let outcome: Result<T, any Error>
