@@ -301,6 +301,31 @@ public struct RunConfig: Codable, Equatable, Sendable {
         mlm = try values.decodeIfPresent(MLMSection.self, forKey: .mlm) ?? MLMSection()
     }
 
+    /// Writes the config as a config file would give it: every key, but those the model's kind has no use for
+    /// (`checkKeysApply` refuses them), so the JSON a checkpoint stores and `ddp inspect` prints loads again as a
+    /// config (`--config`): `data.source_length`, `eval.decode_samples` and `eval.bleu_tokenize` only for an
+    /// encoder-decoder model, the `mlm` section only for an encoder-only one.
+    public func encode(to encoder: Encoder) throws {
+        var values = encoder.container(keyedBy: CodingKeys.self)
+        try values.encode(model, forKey: .model)
+        var dataValues = values.nestedContainer(keyedBy: DataSection.CodingKeys.self, forKey: .data)
+        try dataValues.encode(data.directory, forKey: .directory)
+        if model.kind == .encoderDecoder { try dataValues.encode(data.sourceLength, forKey: .sourceLength) }
+        try dataValues.encode(data.targetLength, forKey: .targetLength)
+        try values.encode(training, forKey: .training)
+        try values.encode(optimizer, forKey: .optimizer)
+        try values.encode(schedule, forKey: .schedule)
+        var evalValues = values.nestedContainer(keyedBy: EvalSection.CodingKeys.self, forKey: .eval)
+        try evalValues.encode(eval.every, forKey: .every)
+        try evalValues.encode(eval.maxBatches, forKey: .maxBatches)
+        if model.kind == .encoderDecoder {
+            try evalValues.encode(eval.decodeSamples, forKey: .decodeSamples)
+            try evalValues.encode(eval.bleuTokenize, forKey: .bleuTokenize)
+        }
+        try values.encode(checkpoint, forKey: .checkpoint)
+        if model.kind == .encoderOnly { try values.encode(mlm, forKey: .mlm) }
+    }
+
     /// Every key a config may hold, for the unknown-key check.
     public static let knownKeys: [String: Set<String>] = [
         "": ["model", "data", "training", "optimizer", "schedule", "eval", "checkpoint", "mlm"],
@@ -532,6 +557,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(data.targetLength >= 1 && data.targetLength <= model.maxLength, "data.target_length",
                   "must be in 1...model.max_length (\(model.maxLength)), got \(data.targetLength)")
         if model.kind == .encoderDecoder {
+            // Left out, it reads as 0: say it is needed rather than "got 0".
+            try check(data.sourceLength != 0, "data.source_length", "is missing (or 0): an encoder-decoder model needs the longest source "
+                      + "it reads, in tokens with EOS, in 1...model.max_length (\(model.maxLength))")
             try check(data.sourceLength >= 1 && data.sourceLength <= model.maxLength, "data.source_length",
                       "must be in 1...model.max_length (\(model.maxLength)) for an encoder-decoder model, got \(data.sourceLength)")
         }

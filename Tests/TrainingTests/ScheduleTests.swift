@@ -1,5 +1,6 @@
 import Kernels
 import Training
+import Transformer
 import XCTest
 
 final class ScheduleTests: XCTestCase {
@@ -112,6 +113,41 @@ final class ScheduleTests: XCTestCase {
         XCTAssertThrowsError(try RunConfig.parse(yaml + "\ncheckpoint:\n  keep:\n", file: "inline.yaml")) {
             XCTAssertEqual("\($0)", "inline.yaml: config key 'checkpoint.keep': has no value (give one, or leave the key out for its default)")
         }
+    }
+
+    /// The JSON a checkpoint stores (and `ddp inspect` prints) is itself a config that loads: for every shipped
+    /// config of each kind, it holds no key the kind has no use for, and reads back as the same config.
+    func testTheStoredConfigLoadsAsAConfig() throws {
+        let configs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Configs")
+        let names = try FileManager.default.contentsOfDirectory(atPath: configs.path).filter { $0.hasSuffix(".yaml") }.sorted()
+        var kinds: Set<String> = []
+        for name in names {
+            let config = try RunConfig.load(configs.appendingPathComponent(name).path)
+            kinds.insert(config.model.kind.rawValue)
+            let json = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
+            XCTAssertEqual(try RunConfig.parse(json, file: "\(name) as stored"), config, name)
+            XCTAssertEqual(json.contains("\"mlm\""), config.model.kind == .encoderOnly, name)
+            XCTAssertEqual(json.contains("source_length"), config.model.kind == .encoderDecoder, name)
+            XCTAssertEqual(json.contains("decode_samples"), config.model.kind == .encoderDecoder, name)
+        }
+        XCTAssertEqual(kinds, Set(ModelConfig.Kind.allCases.map(\.rawValue)), "shipped configs of every kind")
+    }
+
+    /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
+    func testAMissingSourceLengthIsSaidMissing() {
+        let yaml = """
+            model: {kind: encoder-decoder, vocab_size: 300, d_model: 64, heads: 4, encoder_layers: 1, decoder_layers: 1, d_ff: 64,
+                    activation: relu, norm: pre, positions: sinusoidal, max_length: 16}
+            data: {target_length: 16}
+            training: {batch_size: 2}
+            """
+        XCTAssertThrowsError(try RunConfig.parse(yaml, file: "inline.yaml")) {
+            XCTAssertEqual("\($0)", "inline.yaml: config key 'data.source_length': is missing (or 0): an encoder-decoder model needs the "
+                           + "longest source it reads, in tokens with EOS, in 1...model.max_length (16)")
+        }
+        XCTAssertNoThrow(try RunConfig.parse(yaml.replacingOccurrences(of: "target_length: 16", with: "target_length: 16, source_length: 9"),
+                                             file: "inline.yaml"))
     }
 
     /// A value out of range is blamed on its own key, whichever key it is.
