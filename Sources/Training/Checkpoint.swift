@@ -278,12 +278,7 @@ public enum Checkpoint {
     @discardableResult
     public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil, parametersOnly: Bool = false) throws -> Header {
         let header = try readHeader(path)
-        // `dropout` is training's, not the network's: a run may resume or start (--init) with another rate.
-        if let differences = architectureDifferences(header.config.model, model.config) {
-            throw CheckpointError(file: path, message: parametersOnly ? "holds another model than the run's (\(differences))"
-                                  : "was written for another model (\(differences)); a run continues its own model: change the config "
-                                    + "back, or start a new run in another --run-dir (--init starts one from a checkpoint's parameters)")
-        }
+        try requireModel(model.config, of: header, path: path, parametersOnly: parametersOnly)
         let file: File
         do { file = try File.open(path) } catch {
             throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
@@ -349,6 +344,8 @@ public enum Checkpoint {
         let header = try readHeader(path)
         let changes = RunConfig.differences(header.config, config)
         for change in changes { log("resume: \(change.key): \(change.stored) in the checkpoint, \(change.current) now") }
+        // Refused here, before loading: loading's errors are the file's damage, and name the run's other checkpoints.
+        try requireModel(config.model, of: header, path: path, parametersOnly: false)
         var refused: [String] = []
         if header.config.training.seed != config.training.seed { refused.append("training.seed (it orders every epoch's samples)") }
         if config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength {
@@ -387,6 +384,16 @@ public enum Checkpoint {
             throw CheckpointError(file: path, message: "its sampler position, batch \(position.batch) of epoch \(position.epoch), is "
                                   + "past the \(batchesPerEpoch) batches an epoch of this data has (a damaged or crafted file)")
         }
+    }
+
+    /// Throws unless the checkpoint at `path` (its `header`) was written for the network `model` describes: `dropout`
+    /// is training's, not the network's, so a run may resume or start (--init, `parametersOnly`) with another rate.
+    /// The error names the differing keys; it is a refusal, not damage.
+    static func requireModel(_ model: ModelConfig, of header: Header, path: String, parametersOnly: Bool) throws {
+        guard let differences = architectureDifferences(header.config.model, model) else { return }
+        throw CheckpointError(file: path, message: parametersOnly ? "holds another model than the run's (\(differences))"
+                              : "was written for another model (\(differences)); a run continues its own model: change the config "
+                                + "back, or start a new run in another --run-dir (--init starts one from a checkpoint's parameters)")
     }
 
     /// The model-config keys on which two configs differ, for error messages.

@@ -363,7 +363,13 @@ public final class Trainer {
             return ""
         }
         let state = try restore(resumeFrom, model: run.model, optimizer: run.optimizer, watchdog: run.watchdog)
-        if world.rank == 0 { log("resumed from \(resumeFrom) at step \(state.step)") }
+        if world.rank == 0 {
+            log("resumed from \(resumeFrom) at step \(state.step)")
+            if state.step >= config.training.steps {
+                log("nothing to train: the checkpoint is at step \(state.step) and training.steps is \(config.training.steps) (raise "
+                    + "training.steps, with --set training.steps=N, to train on)")
+            }
+        }
         return state
     }
 

@@ -294,6 +294,11 @@ final class NothingLostTests: XCTestCase {
 
     func testResumeSaysWhatChangedAndRefusesWhatChangesTheSamples() throws {
         XCTAssertEqual(try train(try config(steps: 4), run: "r").status, 0)
+        // Fewer steps than the checkpoint has taken: said, not a silent "done".
+        let behind = try train(try config(steps: 2), run: "r", ["--resume"])
+        XCTAssertEqual(behind.status, 0, behind.output)
+        XCTAssertTrue(behind.stdout.contains("nothing to train: the checkpoint is at step 4 and training.steps is 2"), behind.output)
+        XCTAssertTrue(behind.stdout.contains("done at step 4"), behind.output)
         let batch = try train(try config(steps: 8), run: "r", ["--resume", "--set", "training.batch_size=4"])
         XCTAssertNotEqual(batch.status, 0)
         XCTAssertTrue(batch.stderr.contains("global batch: 8") && batch.stderr.contains("4 now"), batch.output)
@@ -312,6 +317,7 @@ final class NothingLostTests: XCTestCase {
         let wider = try train(try config(steps: 10, lr: "1.0e-3", model: "d_model: 32, d_ff: 128"), run: "r", ["--resume"])
         XCTAssertNotEqual(wider.status, 0)
         XCTAssertTrue(wider.stderr.contains("was written for another model") && wider.stderr.contains("d_ff"), wider.output)
+        XCTAssertFalse(wider.stderr.contains("also holds"), "a refusal, not damage: no other checkpoint to go on from: \(wider.output)")
         // A language model's target_length cuts its windows: refused for that reason alone, not also as other data.
         let text = (0..<30).map { "document \($0) with a handful of words" }.joined(separator: "\n\n")
         try text.write(toFile: path("lm.txt"), atomically: true, encoding: .utf8)
