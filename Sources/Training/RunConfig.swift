@@ -397,7 +397,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         } catch let error as ConfigError {
             throw error
         } catch {
-            throw ConfigError(file: file, key: nil, message: "not valid YAML: \(error)")
+            throw ConfigError(file: file, key: nil, message: "not valid YAML: \(yamlProblem(error))")
         }
         for override in overrides { root = try apply(override, to: root, file: file) }
         // A key set on the command line is blamed on its --set, not on the file: its type and its value.
@@ -424,6 +424,21 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw blamingOverride(error)
         }
         return config
+    }
+
+    /// The YAML library's error as one line: where, and what is wrong (its own text appends the file, or a part of it).
+    static func yamlProblem(_ error: Error) -> String {
+        switch error as? YamlError {
+        case let .duplicatedKeysInMapping(duplicates, context):
+            let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
+            return "the mapping at line \(context.mark.line) gives \(keys) more than once (give each key once)"
+        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
+            return "line \(mark.line), column \(mark.column): \(problem)" + (context.map { " (\($0.text) at line \($0.mark.line))" } ?? "")
+        case let .reader(problem, offset, _, _):
+            return problem + (offset.map { " at byte \($0)" } ?? "")
+        default:
+            return "\(error)"
+        }
     }
 
     /// `section.key=value`: sets (or adds) one key; the value is read as YAML (`3`, `1.0e-3`, `true`, `gelu`).

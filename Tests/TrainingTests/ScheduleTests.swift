@@ -150,6 +150,21 @@ final class ScheduleTests: XCTestCase {
                                              file: "inline.yaml"))
     }
 
+    /// A file that is not YAML is one line naming where: not the YAML library's dump of the file.
+    func testYAMLErrorsAreOneLine() {
+        func error(_ text: String) -> String {
+            do { _ = try RunConfig.parse(text, file: "bad.yaml"); return "no error" } catch { return "\(error)" }
+        }
+        let duplicate = "data: {target_length: 8}\nmodel:\n  kind: decoder-only\n  heads: 2\n  kind: encoder-only\ntraining: {batch_size: 2}\n"
+        XCTAssertEqual(error(duplicate), "bad.yaml: not valid YAML: the mapping at line 3 gives 'kind' more than once (give each key once)")
+        let unclosed = error("model: {kind: encoder-decoder\ndata: {target_length: 8}\n")
+        XCTAssertTrue(unclosed.hasPrefix("bad.yaml: not valid YAML: line "), unclosed)
+        XCTAssertFalse(unclosed.contains("\n"), unclosed)
+        let tab = error("model:\n\tkind: decoder-only\n")
+        XCTAssertTrue(tab.hasPrefix("bad.yaml: not valid YAML: line 2, column 1: "), tab)
+        XCTAssertFalse(tab.contains("\n"), tab)
+    }
+
     /// A value out of range is blamed on its own key, whichever key it is.
     func testEveryOutOfRangeValueNamesItsKey() {
         let bad = ["optimizer.lr": "0", "optimizer.beta1": "1", "optimizer.beta2": "-0.5", "optimizer.eps": "0", "optimizer.weight_decay": "-1",
