@@ -335,17 +335,18 @@ public enum Checkpoint {
     /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
     /// (batch_size x ranks x grad_accum, the sampler position's unit; 0 for token-budget batches, whose budget
     /// `training.max_tokens` and `training.length_groups` must then be the same, on any number of ranks), the training data and, for a language model,
-    /// the context length must be what the checkpoint was written with; the model must be the same (checked when
-    /// loading). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
+    /// the context length must be what the checkpoint was written with; the model must be the same (checked first,
+    /// `requireModel`). Every other difference (steps, learning rate, schedule, evaluation, checkpointing, logging, threads,
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
     /// must lie inside an epoch of `batchesPerEpoch` global batches.
     public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, batchesPerEpoch: Int, dataFingerprint: String,
                                    log: (String) -> Void) throws {
         let header = try readHeader(path)
+        // Refused first, before loading (whose errors are the file's damage, and name the run's other checkpoints) and
+        // before the changes are listed (another kind's model lists keys that kind has no use for).
+        try requireModel(config.model, of: header, path: path, parametersOnly: false)
         let changes = RunConfig.differences(header.config, config)
         for change in changes { log("resume: \(change.key): \(change.stored) in the checkpoint, \(change.current) now") }
-        // Refused here, before loading: loading's errors are the file's damage, and name the run's other checkpoints.
-        try requireModel(config.model, of: header, path: path, parametersOnly: false)
         var refused: [String] = []
         if header.config.training.seed != config.training.seed { refused.append("training.seed (it orders every epoch's samples)") }
         if config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength {

@@ -397,7 +397,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         } catch let error as ConfigError {
             throw error
         } catch {
-            throw ConfigError(file: file, key: nil, message: "not valid YAML: \(yamlProblem(error))")
+            throw ConfigError(file: file, key: nil, message: "not valid YAML: \(yamlProblem(error, in: text))")
         }
         for override in overrides { root = try apply(override, to: root, file: file) }
         // A key set on the command line is blamed on its --set, not on the file: its type and its value.
@@ -426,16 +426,23 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return config
     }
 
-    /// The YAML library's error as one line: where, and what is wrong (its own text appends the file, or a part of it).
-    static func yamlProblem(_ error: Error) -> String {
+    /// The YAML library's error about `text` as one line: where, and what is wrong (its own text appends the file, or a
+    /// part of it).
+    static func yamlProblem(_ error: Error, in text: String) -> String {
         switch error as? YamlError {
         case let .duplicatedKeysInMapping(duplicates, context):
             let keys = duplicates.sorted().map { "'\($0)'" }.joined(separator: ", ")
-            return "the mapping at line \(context.mark.line) gives \(keys) more than once (give each key once)"
+            return "\(keys) \(duplicates.count == 1 ? "is" : "are") given more than once in one mapping (first at line "
+                + "\(context.mark.line)); give each key once"
         case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
             return "line \(mark.line), column \(mark.column): \(problem)" + (context.map { " (\($0.text) at line \($0.mark.line))" } ?? "")
         case let .reader(problem, offset, _, _):
-            return problem + (offset.map { " at byte \($0)" } ?? "")
+            // The reader counts characters from 0; lines as the scanner does, from 1 (a CRLF is one character).
+            guard let offset, offset >= 0 else { return problem }
+            let before = text.prefix(offset)
+            let line = before.reduce(1) { $1.isNewline ? $0 + 1 : $0 }
+            let column = before.count - (before.lastIndex(where: \.isNewline).map { before.distance(from: before.startIndex, to: $0) + 1 } ?? 0) + 1
+            return "line \(line), column \(column): \(problem)"
         default:
             return "\(error)"
         }

@@ -219,7 +219,8 @@ def main():
     torch.set_num_threads(1)
     model, metadata = load(args.safetensors)
     run = json.loads(metadata["swiftddp_config"])
-    result = evaluate(model, args.data, args.split, args.batch_size, run["data"]["source_length"], run["data"]["target_length"])
+    result = evaluate(model, args.data, args.split, args.batch_size, run["data"].get("source_length", 0),
+                      run["data"]["target_length"])
     print(json.dumps(result, sort_keys=True))
 
 

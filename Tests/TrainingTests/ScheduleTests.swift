@@ -134,6 +134,48 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(kinds, Set(ModelConfig.Kind.allCases.map(\.rawValue)), "shipped configs of every kind")
     }
 
+    /// Every key a config may hold is stored, but those its kind has no use for: a config that sets them all (none
+    /// at its default) encodes exactly those keys and reads back as itself. A key added to a section and not to its
+    /// encoding fails here.
+    func testTheStoredConfigHoldsEveryKeyItsKindUses() throws {
+        let sections = """
+            data: {directory: d, source_length: 9, target_length: 16}
+            training: {batch_size: 4, max_tokens: 64, length_groups: 2, label_smoothing: 0.1, seed: 3, steps: 50, grad_accum: 2,
+                       clip_norm: 0.5, bucket_mb: 2, grad_compression: bf16, threads: 1, log_every: 5, collective_timeout: 60,
+                       tensorboard: true}
+            optimizer: {lr: 1.0e-3, beta1: 0.8, beta2: 0.99, eps: 1.0e-7, weight_decay: 0.1}
+            schedule: {kind: cosine, warmup_steps: 5, factor: 2, min_lr: 1.0e-5, total_steps: 40}
+            eval: {every: 5, max_batches: 2, decode_samples: 3, bleu_tokenize: char}
+            checkpoint: {every: 10, keep: 2}
+            mlm: {probability: 0.2, mask_replace_prob: 0.7, random_replace_prob: 0.2, eval_seed: 4}
+            """
+        let unused: [ModelConfig.Kind: [String]] = [
+            .encoderDecoder: ["mlm"],
+            .encoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize"],
+            .decoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize", "mlm"],
+        ]
+        for (kind, left) in unused {
+            var text = """
+                model: {kind: \(kind.rawValue), vocab_size: 300, d_model: 64, heads: 4, encoder_layers: \(kind.hasEncoder ? 1 : 0),
+                        decoder_layers: \(kind.hasDecoder ? 1 : 0), d_ff: 64, activation: relu, norm: post, positions: learned,
+                        max_length: 16, dropout: 0.1, tied_embeddings: false, scale_embedding: true}
+                """ + "\n" + sections
+            for key in left {
+                let parts = key.split(separator: ".")
+                text = parts.count == 1 ? text.replacing(/\nmlm: \{[^}]*\}/, with: "")
+                                        : text.replacing(try Regex("\(parts[1]): [^,}]*,? ?"), with: "")
+            }
+            let config = try RunConfig.parse(text, file: "\(kind.rawValue).yaml")
+            let json = try JSONEncoder().encode(config)
+            let root = try XCTUnwrap(try JSONSerialization.jsonObject(with: json) as? [String: [String: Any]])
+            let stored = Set(root.flatMap { section, keys in keys.keys.map { "\(section).\($0)" } })
+            let expected = Set(RunConfig.knownKeys.filter { !$0.key.isEmpty }.flatMap { section, keys in keys.map { "\(section).\($0)" } })
+                .filter { key in !left.contains { key == $0 || key.hasPrefix($0 + ".") } }
+            XCTAssertEqual(stored, expected, kind.rawValue)
+            XCTAssertEqual(try RunConfig.parse(String(decoding: json, as: UTF8.self), file: "stored"), config, kind.rawValue)
+        }
+    }
+
     /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
     func testAMissingSourceLengthIsSaidMissing() {
         let yaml = """
@@ -156,7 +198,14 @@ final class ScheduleTests: XCTestCase {
             do { _ = try RunConfig.parse(text, file: "bad.yaml"); return "no error" } catch { return "\(error)" }
         }
         let duplicate = "data: {target_length: 8}\nmodel:\n  kind: decoder-only\n  heads: 2\n  kind: encoder-only\ntraining: {batch_size: 2}\n"
-        XCTAssertEqual(error(duplicate), "bad.yaml: not valid YAML: the mapping at line 3 gives 'kind' more than once (give each key once)")
+        XCTAssertEqual(error(duplicate), "bad.yaml: not valid YAML: 'kind' is given more than once in one mapping (first at line 3); give "
+                       + "each key once")
+        let later = "model:\n  heads: 2\n  d_model: 8\n  kind: a\n  kind: b\n"
+        XCTAssertEqual(error(later), "bad.yaml: not valid YAML: 'kind' is given more than once in one mapping (first at line 4); give "
+                       + "each key once")
+        // A control character: the reader's place, as a line and column, also after Windows line ends.
+        let control = error("model:\r\n  heads: 2\r\n  kind: \u{01}x\r\n")
+        XCTAssertTrue(control.hasPrefix("bad.yaml: not valid YAML: line 3, column 9: "), control)
         let unclosed = error("model: {kind: encoder-decoder\ndata: {target_length: 8}\n")
         XCTAssertTrue(unclosed.hasPrefix("bad.yaml: not valid YAML: line "), unclosed)
         XCTAssertFalse(unclosed.contains("\n"), unclosed)
