@@ -7,7 +7,8 @@ import Foundation
 /// The rules `ddp train` keeps (rank 0 applies them before any step):
 /// - a fresh run never writes into a directory that holds an earlier run (a checkpoint, `latest` or metrics) unless
 ///   told to overwrite it, which removes those files first and says so;
-/// - `--resume` continues from `latest` and is an error when there is none; resume-if-present starts fresh then;
+/// - `--resume` continues from `latest` and is an error when there is none; resume-if-present starts fresh then,
+///   unless the directory holds checkpoints without a `latest` (an error that names them);
 /// - the path must be a directory, or not exist yet (it is created).
 public struct RunDirectory: Sendable {
     /// The directory's path (`ddp train --run-dir`; by default runs/ and the config file's name without extension).
@@ -51,6 +52,12 @@ public struct RunDirectory: Sendable {
         let latest: String?
         do { latest = try Checkpoint.latest(in: path) } catch where resume == .fresh && overwrite {
             latest = nil  // a `latest` naming a missing file is one more thing --overwrite removes
+        }
+        // Checkpoints without `latest` (deleted by hand): which one to go on from is the user's to say; neither
+        // "nothing to resume" nor a fresh start over them is true.
+        if resume != .fresh, latest == nil, !Checkpoint.checkpointNames(in: path).isEmpty {
+            throw TrainingError("\(Paths.join(path, Checkpoint.latestName)) is missing, so nothing names the checkpoint to resume from"
+                                + Checkpoint.otherCheckpoints(in: path, besides: ""))
         }
         switch resume {
         case .required:

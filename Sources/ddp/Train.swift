@@ -57,11 +57,17 @@ struct Train: ParsableCommand {
     func run() throws {
         var initPath: String?
         var baseModel: ModelConfig?
-        if let initFrom {
+        let directory = runDir ?? "runs/" + Paths.stem(config.config)
+        // A run that resumes continues its own model: the config's model section (which a fine-tune's config leaves
+        // out) is completed from the run's checkpoint, and --init is not read (it may have moved since the start).
+        let ownModel = resume || resumeIfPresent ? (try? Checkpoint.latest(in: directory))
+            .flatMap { try? Checkpoint.readHeader($0).config.model } : nil
+        if let ownModel {
+            baseModel = ownModel
+        } else if let initFrom {
             let path = try Checkpoint.resolve(initFrom)
             baseModel = try Checkpoint.readHeader(path).config.model
             initPath = path
-            let directory = runDir ?? "runs/" + Paths.stem(config.config)
             func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
             if overwrite && Paths.parent(resolved(path)) == resolved(directory) {
                 throw RunError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
@@ -73,12 +79,12 @@ struct Train: ParsableCommand {
             throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
                                         + "checkpoint's network: leave out the model section, or give only model.dropout")
         }
-        let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 { print(line) }
             }
+            if let initFrom, ownModel != nil, world.rank == 0 { print("--init \(initFrom) is not read: \(directory) resumes its own run") }
             trainer.initialParameters = initPath
             let outcome = try trainer.run(resume: resume ? .required : resumeIfPresent ? .ifPresent : .fresh, overwrite: overwrite)
             if world.rank == 0 {

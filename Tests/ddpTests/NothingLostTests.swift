@@ -258,6 +258,16 @@ final class NothingLostTests: XCTestCase {
         XCTAssertNotEqual(notText.status, 0)
         XCTAssertTrue(notText.stderr.contains("is not a text file naming a checkpoint") && notText.stderr.contains("also holds checkpoint-00000004.h5, checkpoint-00000002.h5"),
                       notText.output)
+        // Checkpoints without a latest: --resume and --resume-if-present both name them, neither starts over.
+        try FileManager.default.removeItem(atPath: path("damaged/latest"))
+        for flag in ["--resume", "--resume-if-present"] {
+            let noLatest = try train(try config(steps: 6), run: "damaged", [flag])
+            XCTAssertNotEqual(noLatest.status, 0, flag)
+            XCTAssertTrue(noLatest.stderr.contains("\(path("damaged/latest")) is missing, so nothing names the checkpoint to resume from; "
+                                                   + "\(path("damaged")) also holds checkpoint-00000004.h5, checkpoint-00000002.h5"), noLatest.output)
+            XCTAssertFalse(noLatest.output.contains("starting a fresh run"), noLatest.output)
+        }
+        try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
         // A link among the run's own files is refused, not written through (it would change the file it points to).
         try "precious\n".write(toFile: path("precious.txt"), atomically: true, encoding: .utf8)
         try FileManager.default.removeItem(atPath: path("damaged/latest"))
@@ -336,6 +346,28 @@ final class NothingLostTests: XCTestCase {
     }
 
     // MARK: 5. Text from any editor
+
+    /// A fine-tune (--init, a config without a model section) resumes from its own checkpoint: the --init file is not
+    /// needed, nor read, once the run has one (it may have moved since).
+    func testAFineTuneResumesWithoutItsInitCheckpoint() throws {
+        XCTAssertEqual(try train(try config(steps: 2), run: "base").status, 0)
+        try FileManager.default.copyItem(atPath: path("base/checkpoint-00000002.h5"), toPath: path("base.h5"))
+        try """
+            data: {directory: \(path("data")), source_length: 9, target_length: 9}
+            training: {batch_size: 8, steps: 2, seed: 1, threads: 1}
+            eval: {every: 0, decode_samples: 0}
+            """.write(toFile: path("finetune.yaml"), atomically: true, encoding: .utf8)
+        let started = try train(path("finetune.yaml"), run: "ft", ["--init", path("base.h5")])
+        XCTAssertEqual(started.status, 0, started.output)
+        try FileManager.default.removeItem(atPath: path("base.h5"))
+        let resumed = try train(path("finetune.yaml"), run: "ft", ["--resume", "--set", "training.steps=3"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertTrue(resumed.stdout.contains("done at step 3"), resumed.output)
+        let requeued = try train(path("finetune.yaml"), run: "ft", ["--resume-if-present", "--init", path("base.h5"), "--set", "training.steps=4"])
+        XCTAssertEqual(requeued.status, 0, requeued.output)
+        XCTAssertTrue(requeued.stdout.contains("--init \(path("base.h5")) is not read: \(path("ft")) resumes its own run"), requeued.output)
+        XCTAssertTrue(requeued.stdout.contains("done at step 4"), requeued.output)
+    }
 
     func testWindowsAndOldMacLineEndings() throws {
         let documents = (0..<20).map { "Document \($0) line one\r\nline two of \($0)" }.joined(separator: "\r\n\r\n") + "\r\n"
