@@ -13,6 +13,8 @@ final class ProgressReport {
     private var tokensSinceStart = 0.0
     /// Positions computed and real (not PAD) tokens among them since this run (or attempt) started.
     private var positionsSinceStart = 0.0, realSinceStart = 0.0
+    /// Updates this run (or attempt) has taken: a resumed attempt's ETA is timed by its own updates, not the run's.
+    private var updatesSinceStart = 0
     private var saidPastSchedule = false
     /// The first seq2seq evaluation line also gives sacrebleu's signatures of its BLEU and chrF (metrics.jsonl has
     /// them on every line).
@@ -29,6 +31,7 @@ final class ProgressReport {
     func record(_ result: TrainingStep.Outcome, state: TrainingState, learningRate: Float) {
         let elapsed = (clock.now - started).seconds
         tokensSinceStart += Double(result.targetTokens)
+        updatesSinceStart += 1
         positionsSinceStart += Double(result.positions)
         realSinceStart += Double(result.realPositions)
         let rate = tokensSinceStart / max(elapsed, 1e-9)
@@ -42,7 +45,7 @@ final class ProgressReport {
         }
         let steps = config.training.steps
         if state.step % config.training.logEvery == 0 || state.step == steps {
-            let eta = Double(steps - state.step) * elapsed / Double(max(1, state.step))
+            let eta = Double(steps - state.step) * elapsed / Double(updatesSinceStart)
             log(String(format: "step %d/%d  loss %.4f  lr %.3g  grad norm %.3f  %.0f tokens/s (padding %.1f%%)  ETA %.0f s",
                        state.step, steps, result.lossPerToken, learningRate, result.gradientNorm, rate, 100 * padding, eta))
         }

@@ -81,8 +81,12 @@ struct Train: ParsableCommand {
         }
         try withMPI { runtime in
             let world = runtime.world
+            // Each line flushed: a job log (stdout to a file or a pipe) shows it at once, and keeps it if the job is killed.
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
-                if world.rank == 0 { print(line) }
+                if world.rank == 0 {
+                    print(line)
+                    flushStandardOutput()
+                }
             }
             if let initFrom, ownModel != nil, world.rank == 0 { print("--init \(initFrom) is not read: \(directory) resumes its own run") }
             trainer.initialParameters = initPath

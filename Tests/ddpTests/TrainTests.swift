@@ -428,6 +428,16 @@ final class TrainTests: XCTestCase {
         }
     }
 
+    /// Local mode with standard output to a pipe (a job log): every line is there as it is printed, so a job killed
+    /// outright (SIGKILL, which no buffer survives) keeps its log up to then.
+    func testTheLogOfAKilledLocalRunIsKept() throws {
+        let (process, output) = try startTraining(ranks: 1, config: try config(batch: 4, steps: 1_000_000), run: "killed")
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(text.contains("parameters on 1 rank(s) x 1 thread(s)"), "the start-up line was lost with the process:\n\(text)")
+    }
+
     /// Starts `ddp train` (alone, or on several ranks under mpirun) in the background and waits until it has
     /// taken a few steps.
     private func startTraining(ranks: Int, config: String, run: String) throws -> (Process, Pipe) {
