@@ -407,9 +407,11 @@ public enum Checkpoint {
     }
 
     static func differences(_ stored: ModelConfig, _ expected: ModelConfig) -> String {
-        guard let a = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(stored)) as? [String: Any],
-              let b = try? JSONSerialization.jsonObject(with: JSONEncoder().encode(expected)) as? [String: Any] else { return "configs differ" }
-        let keys = Set(a.keys).union(b.keys).sorted().filter { "\(a[$0] ?? "none")" != "\(b[$0] ?? "none")" }
+        func values(_ model: ModelConfig) -> [String: String]? {
+            (try? JSONDecoder().decode([String: ConfigValue].self, from: JSONEncoder().encode(model)))?.mapValues(\.description)
+        }
+        guard let a = values(stored), let b = values(expected) else { return "configs differ" }
+        let keys = Set(a.keys).union(b.keys).sorted().filter { a[$0] != b[$0] }
         return keys.map { "model.\($0): checkpoint \(a[$0] ?? "none"), expected \(b[$0] ?? "none")" }.joined(separator: "; ")
     }
 }

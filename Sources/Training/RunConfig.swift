@@ -350,14 +350,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
     public static func differences(_ stored: RunConfig, _ current: RunConfig) -> [(key: String, stored: String, current: String)] {
         func flatten(_ config: RunConfig) -> [String: String] {
             guard let data = try? JSONEncoder.sortedKeys.encode(config),
-                  let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
+                  let root = try? JSONDecoder().decode([String: [String: ConfigValue]].self, from: data) else { return [:] }
             var flat: [String: String] = [:]
-            for (section, value) in root {
-                if let mapping = value as? [String: Any] {
-                    for (key, inner) in mapping { flat["\(section).\(key)"] = "\(inner)" }
-                } else {
-                    flat[section] = "\(value)"
-                }
+            for (section, mapping) in root {
+                for (key, inner) in mapping { flat["\(section).\(key)"] = inner.description }
             }
             return flat
         }
@@ -685,5 +681,30 @@ extension RunConfig {
     /// as `EvaluationPlan.masking` takes it; nil for the other kinds.
     public func evaluationMasking(tokenizer: Tokenizer) -> (recipe: MaskedLanguageModeling, seed: UInt64)? {
         model.kind == .encoderOnly ? (mlm.recipe(for: tokenizer), mlm.evalSeed) : nil
+    }
+}
+
+/// One value of an encoded config, written as a config file writes it: `true`, `4`, `0.001`, `gelu` (not `1` for true,
+/// as a number read back from JSON prints).
+enum ConfigValue: Decodable, CustomStringConvertible {
+    case flag(Bool), integer(Int), number(Double), text(String), other
+
+    init(from decoder: Decoder) throws {
+        let value = try decoder.singleValueContainer()
+        if let flag = try? value.decode(Bool.self) { self = .flag(flag) }
+        else if let integer = try? value.decode(Int.self) { self = .integer(integer) }
+        else if let number = try? value.decode(Double.self) { self = .number(number) }
+        else if let text = try? value.decode(String.self) { self = .text(text) }
+        else { self = .other }
+    }
+
+    var description: String {
+        switch self {
+        case let .flag(flag): return "\(flag)"
+        case let .integer(integer): return "\(integer)"
+        case let .number(number): return "\(number)"
+        case let .text(text): return text
+        case .other: return "(not a value)"
+        }
     }
 }

@@ -176,6 +176,18 @@ final class ScheduleTests: XCTestCase {
         }
     }
 
+    /// Differences (resume's lines, a refused model's keys) write values as a config does: true, not 1.
+    func testDifferencesWriteValuesAsAConfigDoes() throws {
+        let a = try RunConfig.parse(smallModelYAML, file: "a.yaml")
+        let b = try RunConfig.parse(smallModelYAML, file: "b.yaml", overrides: ["training.tensorboard=true", "optimizer.lr=3.0e-3",
+                                                                              "model.tied_embeddings=false", "model.activation=relu"])
+        let changes = RunConfig.differences(a, b).map { "\($0.key): \($0.stored) -> \($0.current)" }
+        XCTAssertEqual(changes, ["model.activation: gelu -> relu", "model.tied_embeddings: true -> false", "optimizer.lr: 0.0001 -> 0.003",
+                                 "training.tensorboard: false -> true"])
+        XCTAssertEqual(Checkpoint.architectureDifferences(a.model, b.model),
+                       "model.activation: checkpoint gelu, expected relu; model.tied_embeddings: checkpoint true, expected false")
+    }
+
     /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
     func testAMissingSourceLengthIsSaidMissing() {
         let yaml = """
