@@ -381,10 +381,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         // An alias can stand for a whole tree, and aliases of aliases for exponentially many (YAML's "billion laughs"):
         // the YAML library expands them all when one is a key. A run config has no use for them.
         // An alias needs an anchor, so a text with no anchor token or no alias token expands nothing.
-        if let anchor = text.firstMatch(of: /(?:^|[\s\[{,?:-])&([^\s\[\]{},]+)/),
-           let alias = text.firstMatch(of: /(?:^|[\s\[{,?:-])\*([^\s\[\]{},]+)/) {
-            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(anchor.1) and the alias *\(alias.1); run configs do "
-                              + "not support anchors and aliases (write the values out)")
+        // Comments and quoted text hold no anchors: they are blanked first (`# from ddp prepare &co` is no anchor).
+        let markup = blankingCommentsAndQuotes(text)
+        if let anchor = markup.firstMatch(of: /(?:^|[\s\[{,?:-])&([^\s\[\]{},]+)/),
+           let alias = markup.firstMatch(of: /(?:^|[\s\[{,?:-])\*([^\s\[\]{},]+)/) {
+            let line = markup[..<anchor.range.lowerBound].reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
+            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(anchor.1) (line \(line)) and the alias *\(alias.1); run "
+                              + "configs do not support anchors and aliases (write the values out)")
         }
         var root: Node
         do {
@@ -420,6 +423,47 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw blamingOverride(error)
         }
         return config
+    }
+
+    /// `text` with its comments and the insides of its quoted scalars blanked (each character a space, line ends kept),
+    /// for the anchor check. A `#` starts a comment at a line's start or after a space; a quote starts a quoted scalar
+    /// where a scalar may begin (after a space, `:`, `[`, `{`, `,` or `-`, or at a line's start), as in YAML.
+    static func blankingCommentsAndQuotes(_ text: String) -> String {
+        var result = "", quote: Character? = nil, inComment = false, previous: Character = "\n"
+        let characters = Array(text)
+        var index = 0
+        while index < characters.count {
+            let character = characters[index]
+            index += 1
+            let next = index < characters.count ? characters[index] : nil
+            if character == "\n" || character == "\r\n" || character == "\r" {
+                inComment = false
+                result.append(character)
+            } else if inComment {
+                result.append(" ")
+            } else if let open = quote {
+                // Inside: '' is a single-quoted scalar's quote, \x a double-quoted one's escape.
+                if (open == "'" && character == "'" && next == "'") || (open == "\"" && character == "\\" && next != nil) {
+                    result.append("  ")
+                    index += 1
+                } else if character == open {
+                    quote = nil
+                    result.append(character)
+                } else {
+                    result.append(" ")
+                }
+            } else if character == "#" && (previous.isWhitespace || previous == "\n") {
+                inComment = true
+                result.append(" ")
+            } else if (character == "'" || character == "\"") && (previous.isWhitespace || ":[{,-".contains(previous)) {
+                quote = character
+                result.append(character)
+            } else {
+                result.append(character)
+            }
+            previous = character
+        }
+        return result
     }
 
     /// The YAML library's error about `text` as one line: where, and what is wrong (its own text appends the file, or a

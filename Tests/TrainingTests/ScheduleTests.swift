@@ -188,6 +188,23 @@ final class ScheduleTests: XCTestCase {
                        "model.activation: checkpoint gelu, expected relu; model.tied_embeddings: checkpoint true, expected false")
     }
 
+    /// Anchors and aliases are refused (the YAML library would expand them all, however many), but `&` and `*` in a
+    /// comment or a quoted value are neither.
+    func testAnchorsAreRefusedButNotInCommentsOrQuotes() throws {
+        let commented = "# data: train-*.h5 and valid-*.h5, from ddp prepare &co\n" + smallModelYAML + "  # &x and *x\n"
+        XCTAssertNoThrow(try RunConfig.parse(commented, file: "c.yaml"))
+        let quoted = smallModelYAML.replacingOccurrences(of: "data: {target_length: 16}",
+                                                         with: "data: {target_length: 16, directory: \"runs &x/*x\"}")
+        XCTAssertEqual(try RunConfig.parse(quoted, file: "q.yaml").data.directory, "runs &x/*x")
+        let single = smallModelYAML.replacingOccurrences(of: "data: {target_length: 16}",
+                                                         with: "data: {target_length: 16, directory: 'it''s &x *x'}")
+        XCTAssertEqual(try RunConfig.parse(single, file: "s.yaml").data.directory, "it's &x *x")
+        XCTAssertThrowsError(try RunConfig.parse(smallModelYAML + "\nx: &big [1, 2]\ny: [*big, *big]\n", file: "a.yaml")) {
+            XCTAssertEqual("\($0)", "a.yaml: uses the YAML anchor &big (line 5) and the alias *big; run configs do not support anchors "
+                           + "and aliases (write the values out)")
+        }
+    }
+
     /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
     func testAMissingSourceLengthIsSaidMissing() {
         let yaml = """
