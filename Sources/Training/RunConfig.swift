@@ -364,13 +364,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// The largest config file read, in bytes: a run config is a few kilobytes; a bigger file is not one (and is
+    /// refused before it is read).
+    public static let largestFile = 1 << 20
+
     /// Loads a config file, then applies `--set key.path=value` overrides (checked like the file's own keys). With
     /// `baseModel` (`ddp train --init`), the `model` section may be left out or give only some keys: the others are the
     /// base's.
     public static func load(_ path: String, overrides: [String] = [], baseModel: ModelConfig? = nil) throws -> RunConfig {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw ConfigError(file: path, key: nil, message: "cannot read the file")
-        }
+        let text: String
+        do { text = try TextFile.read(path, largest: largestFile) } catch { throw ConfigError(file: path, key: nil, message: error.message) }
         return try parse(text, file: path, overrides: overrides, baseModel: baseModel)
     }
 
@@ -475,6 +478,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
             return "\(keys) \(duplicates.count == 1 ? "is" : "are") given more than once in one mapping (first at line "
                 + "\(context.mark.line)); give each key once"
         case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
+            if problem.hasPrefix("Maximum nesting level reached") {
+                // libyaml's text names its own setting; a run config is two levels deep (sections and their keys).
+                return "line \(mark.line), column \(mark.column): nested too deeply (a run config holds sections of keys)"
+            }
             return "line \(mark.line), column \(mark.column): \(problem)" + (context.map { " (\($0.text) at line \($0.mark.line))" } ?? "")
         case let .reader(problem, offset, _, _):
             // The reader counts characters from 0; lines as the scanner does, from 1 (a CRLF is one character).

@@ -1,4 +1,5 @@
 import Kernels
+import TestSupport
 import Training
 import Transformer
 import XCTest
@@ -205,6 +206,25 @@ final class ScheduleTests: XCTestCase {
         }
     }
 
+    /// A config file that cannot be read says why: missing, a directory, a device, too large, not UTF-8.
+    func testAnUnreadableConfigSaysWhy() throws {
+        let directory = try makeTemporaryDirectory("config-read")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func error(_ path: String) -> String {
+            do { _ = try RunConfig.load(path); return "no error" } catch { return "\(error)" }
+        }
+        let missing = directory.appendingPathComponent("missing.yaml").path
+        XCTAssertEqual(error(missing), "\(missing): does not exist")
+        XCTAssertEqual(error(directory.path), "\(directory.path): is a directory, not a text file")
+        XCTAssertEqual(error("/dev/zero"), "/dev/zero: is not a regular file")
+        let big = directory.appendingPathComponent("big.yaml").path
+        try Foundation.Data(repeating: UInt8(ascii: "#"), count: RunConfig.largestFile + 1).write(to: URL(fileURLWithPath: big))
+        XCTAssertEqual(error(big), "\(big): is \(RunConfig.largestFile + 1) bytes, more than the \(RunConfig.largestFile) read")
+        let latin1 = directory.appendingPathComponent("latin1.yaml").path
+        try Foundation.Data([0x23, 0x20, 0xE9, 0x0A]).write(to: URL(fileURLWithPath: latin1))
+        XCTAssertEqual(error(latin1), "\(latin1): is not UTF-8 text")
+    }
+
     /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
     func testAMissingSourceLengthIsSaidMissing() {
         let yaml = """
@@ -238,6 +258,9 @@ final class ScheduleTests: XCTestCase {
         let unclosed = error("model: {kind: encoder-decoder\ndata: {target_length: 8}\n")
         XCTAssertTrue(unclosed.hasPrefix("bad.yaml: not valid YAML: line "), unclosed)
         XCTAssertFalse(unclosed.contains("\n"), unclosed)
+        let deep = error("model: " + String(repeating: "[", count: 2000) + "\n")
+        XCTAssertTrue(deep.hasPrefix("bad.yaml: not valid YAML: line 1, column ") && deep.hasSuffix("nested too deeply (a run config holds "
+                                                                                              + "sections of keys)"), deep)
         let tab = error("model:\n\tkind: decoder-only\n")
         XCTAssertTrue(tab.hasPrefix("bad.yaml: not valid YAML: line 2, column 1: "), tab)
         XCTAssertFalse(tab.contains("\n"), tab)

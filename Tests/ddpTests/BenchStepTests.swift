@@ -117,6 +117,6 @@ final class BenchStepTests: XCTestCase {
     func testMissingConfigFile() throws {
         let result = try runProcess(ddp, ["bench", "step", "--config", "/nonexistent/run.yaml"])
         XCTAssertNotEqual(result.status, 0)
-        XCTAssertTrue(result.stderr.contains("/nonexistent/run.yaml: cannot read the file"), result.output)
+        XCTAssertTrue(result.stderr.contains("/nonexistent/run.yaml: does not exist"), result.output)
     }
 }
