@@ -55,32 +55,12 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
-        var initPath: String?
-        var baseModel: ModelConfig?
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
-        // A run that resumes continues its own model: the config's model section (which a fine-tune's config leaves
-        // out) is completed from the run's checkpoint, and --init is not read (it may have moved since the start).
-        let ownModel = resume || resumeIfPresent ? (try? Checkpoint.latest(in: directory))
-            .flatMap { try? Checkpoint.readHeader($0).config.model } : nil
-        if let ownModel {
-            baseModel = ownModel
-        } else if let initFrom {
-            let path = try Checkpoint.resolve(initFrom)
-            baseModel = try Checkpoint.readHeader(path).config.model
-            initPath = path
-            func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
-            if overwrite && Paths.parent(resolved(path)) == resolved(directory) {
-                throw RunError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
-                                      + "copy it elsewhere, or choose another --run-dir.")
-            }
-        }
-        let run = try config.load(baseModel: baseModel)
-        if let initPath, let baseModel, let differences = Checkpoint.architectureDifferences(baseModel, run.model) {
-            throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
-                                        + "checkpoint's network: leave out the model section, or give only model.dropout")
-        }
+        // Read before MPI starts; a refusal is said once, by rank 0, when every rank refuses the same (below).
+        let loaded = Result { try loadConfig(directory: directory) }
         try withMPI { runtime in
             let world = runtime.world
+            let (run, initPath, ownModel) = try togetherOnEveryRank(world, "config") { try loaded.get() }
             // Each line flushed: a job log (stdout to a file or a pipe) shows it at once, and keeps it if the job is killed.
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 {
@@ -108,6 +88,35 @@ struct Train: ParsableCommand {
                                                      + "\(directory), but the final evaluation failed: \(failure)")
             }
         }
+    }
+
+    /// The run's config, with --init's checkpoint (its path) or, when the run resumes, the run's own model as the base
+    /// of the model section (`ownModel`); the refusals of --init.
+    private func loadConfig(directory: String) throws -> (RunConfig, initPath: String?, ownModel: ModelConfig?) {
+        var initPath: String?
+        var baseModel: ModelConfig?
+        // A run that resumes continues its own model: the config's model section (which a fine-tune's config leaves
+        // out) is completed from the run's checkpoint, and --init is not read (it may have moved since the start).
+        let ownModel = resume || resumeIfPresent ? (try? Checkpoint.latest(in: directory))
+            .flatMap { try? Checkpoint.readHeader($0).config.model } : nil
+        if let ownModel {
+            baseModel = ownModel
+        } else if let initFrom {
+            let path = try Checkpoint.resolve(initFrom)
+            baseModel = try Checkpoint.readHeader(path).config.model
+            initPath = path
+            func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
+            if overwrite && Paths.parent(resolved(path)) == resolved(directory) {
+                throw RunError("--init \(initFrom) is a checkpoint of --run-dir \(directory), which --overwrite would delete first; "
+                                      + "copy it elsewhere, or choose another --run-dir.")
+            }
+        }
+        let run = try config.load(baseModel: baseModel)
+        if let initPath, let baseModel, let differences = Checkpoint.architectureDifferences(baseModel, run.model) {
+            throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
+                                        + "checkpoint's network: leave out the model section, or give only model.dropout")
+        }
+        return (run, initPath, ownModel)
     }
 }
 

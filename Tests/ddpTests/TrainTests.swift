@@ -398,6 +398,20 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 1, "printed once, by rank 0:\n\(result.output)")
     }
 
+    /// A config every rank refuses is said once under mpirun, by rank 0, without an MPI abort.
+    func testAConfigRefusedUnderMPIIsSaidOnce() throws {
+        guard findOnPath("mpirun") != nil else { throw XCTSkip("mpirun is not installed") }
+        let bad = path("bad.yaml")
+        try (try String(contentsOfFile: try config(batch: 4, steps: 2), encoding: .utf8)).replacingOccurrences(of: "d_ff: 64", with: "d_ff: 64, d_ff: 32")
+            .write(toFile: bad, atomically: true, encoding: .utf8)
+        let result = try runUnderMPI(ranks: 2, ddp, ["train", "--config", bad, "--run-dir", path("bad-run")], environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(result.timedOut, result.output)
+        XCTAssertNotEqual(result.status, 0)
+        let message = "\(bad): not valid YAML: 'd_ff' is given more than once in one mapping"
+        XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 1, "printed once:\n\(result.output)")
+        XCTAssertFalse(result.output.contains("MPI_ABORT"), result.output)
+    }
+
     /// SIGTERM to the training processes (as a scheduler sends it): every rank stops at the same step boundary,
     /// rank 0 writes a checkpoint that `latest` names, and the job exits 0 — alone and on 2 ranks.
     func testSIGTERMCheckpointsAndExitsZero() throws {
