@@ -56,11 +56,11 @@ struct Train: ParsableCommand {
 
     func run() throws {
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
-        // Read before MPI starts; a refusal is said once, by rank 0, when every rank refuses the same (below).
-        let loaded = Result { try loadConfig(directory: directory) }
         try withMPI { runtime in
             let world = runtime.world
-            let (run, initPath, ownModel) = try togetherOnEveryRank(world, "config") { try loaded.get() }
+            let ownModel = try resumedModel(in: directory, world: world)
+            // A refusal is said once, by rank 0, when every rank refuses the same.
+            let (run, initPath) = try togetherOnEveryRank(world, "config") { try loadConfig(directory: directory, ownModel: ownModel) }
             // Each line flushed: a job log (stdout to a file or a pipe) shows it at once, and keeps it if the job is killed.
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 {
@@ -90,15 +90,26 @@ struct Train: ParsableCommand {
         }
     }
 
-    /// The run's config, with --init's checkpoint (its path) or, when the run resumes, the run's own model as the base
-    /// of the model section (`ownModel`); the refusals of --init.
-    private func loadConfig(directory: String) throws -> (RunConfig, initPath: String?, ownModel: ModelConfig?) {
+    /// When the run resumes, the model of the checkpoint it resumes from: rank 0 reads it (only rank 0's node needs
+    /// the run directory) and sends it to the others. Nil for a fresh run, or when there is no readable `latest` (the
+    /// trainer then says why).
+    private func resumedModel(in directory: String, world: Communicator) throws -> ModelConfig? {
+        guard resume || resumeIfPresent else { return nil }
+        var text = ""
+        if world.rank == 0, let latest = (try? Checkpoint.latest(in: directory)) ?? nil, let header = try? Checkpoint.readHeader(latest),
+           let json = try? JSONEncoder().encode(header.config.model) {
+            text = String(decoding: json, as: UTF8.self)
+        }
+        if world.size > 1 { text = try world.broadcast(text, root: 0) }
+        return text.isEmpty ? nil : try? JSONDecoder().decode(ModelConfig.self, from: Foundation.Data(text.utf8))
+    }
+
+    /// The run's config, with --init's checkpoint (its path) or, when the run resumes, the run's own model (`ownModel`)
+    /// as the base of the model section: a fine-tune's config leaves that section out, and its resume needs no --init
+    /// (which may have moved since the start, and is not read); the refusals of --init.
+    private func loadConfig(directory: String, ownModel: ModelConfig?) throws -> (RunConfig, initPath: String?) {
         var initPath: String?
         var baseModel: ModelConfig?
-        // A run that resumes continues its own model: the config's model section (which a fine-tune's config leaves
-        // out) is completed from the run's checkpoint, and --init is not read (it may have moved since the start).
-        let ownModel = resume || resumeIfPresent ? (try? Checkpoint.latest(in: directory))
-            .flatMap { try? Checkpoint.readHeader($0).config.model } : nil
         if let ownModel {
             baseModel = ownModel
         } else if let initFrom {
@@ -116,7 +127,7 @@ struct Train: ParsableCommand {
             throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
                                         + "checkpoint's network: leave out the model section, or give only model.dropout")
         }
-        return (run, initPath, ownModel)
+        return (run, initPath)
     }
 }
 

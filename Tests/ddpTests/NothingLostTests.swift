@@ -367,6 +367,13 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(requeued.status, 0, requeued.output)
         XCTAssertTrue(requeued.stdout.contains("--init \(path("base.h5")) is not read: \(path("ft")) resumes its own run"), requeued.output)
         XCTAssertTrue(requeued.stdout.contains("done at step 4"), requeued.output)
+        // On 2 ranks (the same global batch): rank 0 reads the run's model and sends it to the other.
+        guard findOnPath("mpirun") != nil else { return }
+        let ranks = try runUnderMPI(ranks: 2, ddp, ["train", "--config", path("finetune.yaml"), "--run-dir", path("ft"), "--resume",
+                                                    "--set", "training.steps=5", "--set", "training.batch_size=4"],
+                                    environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(ranks.status, 0, ranks.output)
+        XCTAssertTrue(ranks.stdout.contains("done at step 5"), ranks.output)
     }
 
     func testWindowsAndOldMacLineEndings() throws {
