@@ -623,6 +623,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(eval.decodeSamples >= 0, "eval.decode_samples", "must be 0 (off) or more, got \(eval.decodeSamples)")
         try check(checkpoint.every >= 0, "checkpoint.every", "must be 0 or more, got \(checkpoint.every)")
         try check(checkpoint.keep >= 1, "checkpoint.keep", "must be at least 1, got \(checkpoint.keep)")
+        // A block scalar (`directory: |`) ends in a line end: a path no directory has, and an error message that breaks.
+        try check(!data.directory.unicodeScalars.contains { $0.properties.generalCategory == .control }, "data.directory",
+                  "holds a line end or another control character (a YAML block scalar, `|` or `>`, adds one): write the path on the key's line")
         try check(data.targetLength >= 1 && data.targetLength <= model.maxLength, "data.target_length",
                   "must be in 1...model.max_length (\(model.maxLength)), got \(data.targetLength)")
         if model.kind == .encoderDecoder {

@@ -94,6 +94,12 @@ final class ScheduleTests: XCTestCase {
         // An error of a key the file set, caused by an override of another: the file with its overrides.
         XCTAssertEqual(error("model.kind=encoder-decoder"), "inline.yaml with --set model.kind=encoder-decoder: config key "
                        + "'model.encoder_layers': an encoder-decoder model needs at least 1, got 0")
+        // A path with a line end (a block scalar) is refused by key.
+        XCTAssertThrowsError(try RunConfig.parse(yaml.replacingOccurrences(of: "data: {target_length: 16}",
+                                                                           with: "data:\n  target_length: 16\n  directory: |\n    data/x\n"),
+                                                 file: "inline.yaml")) {
+            XCTAssertTrue("\($0)".hasPrefix("inline.yaml: config key 'data.directory': holds a line end"), "\($0)")
+        }
         // A key with no value is YAML's null, not the key's default.
         XCTAssertEqual(error("training.label_smoothing=null"), "--set training.label_smoothing=null: config key 'training.label_smoothing': "
                        + "has no value (give one, or leave the key out for its default)")
