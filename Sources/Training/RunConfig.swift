@@ -382,15 +382,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// value) and the key.
     public static func parse(_ text: String, file: String, overrides: [String] = [], baseModel: ModelConfig? = nil) throws -> RunConfig {
         // An alias can stand for a whole tree, and aliases of aliases for exponentially many (YAML's "billion laughs"):
-        // the YAML library expands them all when one is a key. A run config has no use for them.
-        // An alias needs an anchor, so a text with no anchor token or no alias token expands nothing.
-        // Comments and quoted text hold no anchors: they are blanked first (`# from ddp prepare &co` is no anchor).
-        let markup = blankingCommentsAndQuotes(text)
-        if let anchor = markup.firstMatch(of: /(?:^|[\s\[{,?:-])&([^\s\[\]{},]+)/),
-           let alias = markup.firstMatch(of: /(?:^|[\s\[{,?:-])\*([^\s\[\]{},]+)/) {
-            let line = markup[..<anchor.range.lowerBound].reduce(1) { $1 == "\n" ? $0 + 1 : $0 }
-            throw ConfigError(file: file, key: nil, message: "uses the YAML anchor &\(anchor.1) (line \(line)) and the alias *\(alias.1); run "
-                              + "configs do not support anchors and aliases (write the values out)")
+        // the YAML library expands them all when one is a key. A run config has no use for them (`refuseAliases`).
+        do { try refuseAliases(in: text) } catch let problem as YAMLProblem {
+            throw ConfigError(file: file, key: nil, message: problem.message)
         }
         var root: Node
         do {
@@ -428,45 +422,35 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return config
     }
 
-    /// `text` with its comments and the insides of its quoted scalars blanked (each character a space, line ends kept),
-    /// for the anchor check. A `#` starts a comment at a line's start or after a space; a quote starts a quoted scalar
-    /// where a scalar may begin (after a space, `:`, `[`, `{`, `,` or `-`, or at a line's start), as in YAML.
-    static func blankingCommentsAndQuotes(_ text: String) -> String {
-        var result = "", quote: Character? = nil, inComment = false, previous: Character = "\n"
-        let characters = Array(text)
-        var index = 0
-        while index < characters.count {
-            let character = characters[index]
-            index += 1
-            let next = index < characters.count ? characters[index] : nil
-            if character == "\n" || character == "\r\n" || character == "\r" {
-                inComment = false
-                result.append(character)
-            } else if inComment {
-                result.append(" ")
-            } else if let open = quote {
-                // Inside: '' is a single-quoted scalar's quote, \x a double-quoted one's escape.
-                if (open == "'" && character == "'" && next == "'") || (open == "\"" && character == "\\" && next != nil) {
-                    result.append("  ")
-                    index += 1
-                } else if character == open {
-                    quote = nil
-                    result.append(character)
-                } else {
-                    result.append(" ")
-                }
-            } else if character == "#" && (previous.isWhitespace || previous == "\n") {
-                inComment = true
-                result.append(" ")
-            } else if (character == "'" || character == "\"") && (previous.isWhitespace || ":[{,-".contains(previous)) {
-                quote = character
-                result.append(character)
-            } else {
-                result.append(character)
-            }
-            previous = character
+    /// Why a YAML text is refused before it is composed: its sentence (`refuseAliases`).
+    struct YAMLProblem: Error { let message: String }
+
+    /// Throws `YAMLProblem` when `text` is not YAML or uses an alias (`*name`), which the YAML library would expand
+    /// however many times it is nested. Which `*` is an alias is the YAML parser's to say, not a pattern's (a `*` in a
+    /// comment, a quoted or block scalar or inside a word is none): every `*` is first replaced by a character YAML
+    /// gives no meaning to, so the text composes without aliases (in time linear in its size), and a plain scalar that
+    /// then starts with that character was an alias.
+    static func refuseAliases(in text: String) throws {
+        let sentinel: Character = "\u{E000}"
+        let masked = String(text.map { $0 == "*" ? sentinel : $0 })
+        let node: Node?
+        do { node = try Yams.compose(yaml: masked) } catch {
+            throw YAMLProblem(message: "not valid YAML: \(yamlProblem(error, in: masked))")
         }
-        return result
+        func find(_ node: Node) -> Node.Scalar? {
+            switch node {
+            case .scalar(let scalar): return scalar.style == .plain && scalar.string.first == sentinel ? scalar : nil
+            case .mapping(let mapping):
+                for (key, value) in mapping { if let found = find(key) ?? find(value) { return found } }
+                return nil
+            case .sequence(let sequence): return sequence.lazy.compactMap(find).first
+            case .alias: return Node.Scalar("\(sentinel)alias")
+            }
+        }
+        guard let node, let alias = find(node) else { return }
+        let name = alias.string.dropFirst().prefix { !$0.isWhitespace }
+        throw YAMLProblem(message: "uses the YAML alias *\(name.prefix(40))" + (alias.mark.map { " (line \($0.line))" } ?? "")
+                          + "; run configs do not support anchors and aliases (write the values out)")
     }
 
     /// The YAML library's error about `text` as one line: where, and what is wrong (its own text appends the file, or a
@@ -509,7 +493,12 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         guard var mapping = root.mapping else { throw ConfigError(file: file, key: nil, message: "expected a mapping of keys to values") }
         let value: Node
-        do { value = try Yams.compose(yaml: parts[1]) ?? Node(parts[1]) } catch {
+        do {
+            try refuseAliases(in: parts[1])
+            value = try Yams.compose(yaml: parts[1]) ?? Node(parts[1])
+        } catch let problem as YAMLProblem where problem.message.hasPrefix("uses") {
+            throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: problem.message)
+        } catch {
             throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: "'\(parts[1])' is not a YAML value")
         }
         var inner = mapping[Node(section)]?.mapping ?? Node.Mapping([])
