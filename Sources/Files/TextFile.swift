@@ -10,7 +10,8 @@ public enum TextFile {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, "does not exist") }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
         if let largest {
-            let attributes = try? FileManager.default.attributesOfItem(atPath: path)
+            // The file a link names is what is read (the link's own attributes say only that it is a link).
+            let attributes = try? FileManager.default.attributesOfItem(atPath: URL(fileURLWithPath: path).resolvingSymlinksInPath().path)
             guard (attributes?[.type] as? FileAttributeType) == .typeRegular, let size = (attributes?[.size] as? NSNumber)?.intValue else {
                 throw FileError(path, "is not a regular file")
             }

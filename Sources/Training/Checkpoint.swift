@@ -170,13 +170,22 @@ public enum Checkpoint {
             + "from one, write its name (\(newest), say) into \(Paths.join(directory, latestName))"
     }
 
+    /// The header of `path`, the checkpoint a run in `runDirectory` resumes from; an error (a damaged file) also names
+    /// the directory's other checkpoints and how to go on from one.
+    public static func readHeader(toResume path: String, in runDirectory: String) throws -> Header {
+        do { return try readHeader(path) } catch let error as CheckpointError {
+            throw CheckpointError(file: error.file, message: error.message + otherCheckpoints(in: runDirectory, besides: path))
+        }
+    }
+
     /// The checkpoint `latest` names in a run directory, or nil when there is none yet. It must name a checkpoint file
     /// of the directory itself (`checkpoint-<step>.h5`) that exists.
     public static func latest(in directory: String) throws -> String? {
         let latest = Paths.join(directory, latestName)
         guard FileManager.default.fileExists(atPath: latest) else { return nil }
-        guard let text = try? String(contentsOfFile: latest, encoding: .utf8) else {
-            throw CheckpointError(file: latest, message: "is not a text file naming a checkpoint (a directory, or bytes that are not UTF-8)"
+        // A regular file of a few bytes: a FIFO or a device named latest cannot block the read, a huge file fill memory.
+        guard let text = try? TextFile.read(latest, largest: 4096) else {
+            throw CheckpointError(file: latest, message: "is not a text file naming a checkpoint (a directory, a FIFO or device, over 4 KiB, or bytes that are not UTF-8)"
                                   + otherCheckpoints(in: directory, besides: latest))
         }
         let name = text.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -730,12 +730,13 @@ extension RunConfig {
 /// One value of an encoded config, written as a config file writes it: `true`, `4`, `0.001`, `gelu` (not `1` for true,
 /// as a number read back from JSON prints).
 enum ConfigValue: Decodable, CustomStringConvertible {
-    case flag(Bool), integer(Int), number(Double), text(String), other
+    case flag(Bool), integer(Int), unsigned(UInt64), number(Double), text(String), other
 
     init(from decoder: Decoder) throws {
         let value = try decoder.singleValueContainer()
         if let flag = try? value.decode(Bool.self) { self = .flag(flag) }
         else if let integer = try? value.decode(Int.self) { self = .integer(integer) }
+        else if let unsigned = try? value.decode(UInt64.self) { self = .unsigned(unsigned) }  // a seed above Int.max
         else if let number = try? value.decode(Double.self) { self = .number(number) }
         else if let text = try? value.decode(String.self) { self = .text(text) }
         else { self = .other }
@@ -745,6 +746,7 @@ enum ConfigValue: Decodable, CustomStringConvertible {
         switch self {
         case let .flag(flag): return "\(flag)"
         case let .integer(integer): return "\(integer)"
+        case let .unsigned(unsigned): return "\(unsigned)"
         case let .number(number): return "\(number)"
         case let .text(text): return text
         case .other: return "(not a value)"

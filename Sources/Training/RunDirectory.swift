@@ -50,22 +50,12 @@ public struct RunDirectory: Sendable {
             }
         }
         let latest: String?
-        do { latest = try Checkpoint.latest(in: path) } catch where resume == .fresh && overwrite {
+        do { latest = try checkpointToResume(resume) } catch where resume == .fresh && overwrite {
             latest = nil  // a `latest` naming a missing file is one more thing --overwrite removes
-        }
-        // Checkpoints without `latest` (deleted by hand): which one to go on from is the user's to say; neither
-        // "nothing to resume" nor a fresh start over them is true.
-        if resume != .fresh, latest == nil, !Checkpoint.checkpointNames(in: path).isEmpty {
-            throw TrainingError("\(Paths.join(path, Checkpoint.latestName)) is missing, so nothing names the checkpoint to resume from"
-                                + Checkpoint.otherCheckpoints(in: path, besides: ""))
         }
         switch resume {
         case .required:
-            guard let latest else {
-                throw TrainingError("\(path): nothing to resume (no '\(Checkpoint.latestName)' checkpoint); start the run without --resume, "
-                                    + "or use --resume-if-present in job scripts that may start fresh")
-            }
-            return latest
+            return latest!  // checkpointToResume throws when there is none
         case .ifPresent:
             if let latest { return latest }
             if earlierRunFiles().filter({ !Self.isEventFile($0) }) == ["metrics.jsonl"] {
@@ -99,6 +89,23 @@ public struct RunDirectory: Sendable {
         }
         log("--overwrite: removed the earlier run's \(earlier.joined(separator: ", ")) from \(path)")
         return ""
+    }
+
+    /// The checkpoint `latest` names (nil when there is none), read without changing anything: for `.required`, none is
+    /// an error; for any resume, so are checkpoints without a `latest` (deleted by hand: which one to go on from is the
+    /// user's to say, and neither "nothing to resume" nor a fresh start over them is true). A damaged `latest` is an
+    /// error naming the checkpoints the directory holds (`Checkpoint.latest`).
+    public func checkpointToResume(_ resume: ResumeMode) throws -> String? {
+        let latest = try Checkpoint.latest(in: path)
+        if resume != .fresh, latest == nil, !Checkpoint.checkpointNames(in: path).isEmpty {
+            throw TrainingError("\(Paths.join(path, Checkpoint.latestName)) is missing, so nothing names the checkpoint to resume from"
+                                + Checkpoint.otherCheckpoints(in: path, besides: ""))
+        }
+        if resume == .required, latest == nil {
+            throw TrainingError("\(path): nothing to resume (no '\(Checkpoint.latestName)' checkpoint); start the run without --resume, "
+                                + "or use --resume-if-present in job scripts that may start fresh")
+        }
+        return latest
     }
 
     /// Removes the temporary files of checkpoint writes that were killed (`OutputFile` names them `.NAME.XXXXXXXX.tmp`).

@@ -7,6 +7,8 @@ public struct StartupRefused: ErrorOnEveryRank, CustomStringConvertible, Sendabl
     public let message: String
     /// The message itself.
     public var description: String { message }
+    /// A refusal every rank makes with `message` (a sentence every rank has, as after a broadcast).
+    public init(message: String) { self.message = message }
 }
 
 /// Runs a check every rank of `world` makes on the same config and files (opening data, sizing a model, loading a

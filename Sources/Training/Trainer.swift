@@ -354,10 +354,8 @@ public final class Trainer {
             return TrainingState(step: 0, position: SamplerPosition(), dropoutSeed: config.training.seed)
         }
         try decideOnRank0("resume check", watchdog: run.watchdog) {
-            do { _ = try Checkpoint.readHeader(resumeFrom) } catch let error as CheckpointError {
-                // A damaged latest: say which earlier checkpoints the run directory still holds.
-                throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: resumeFrom))
-            }
+            // A damaged latest: say which earlier checkpoints the run directory still holds.
+            _ = try Checkpoint.readHeader(toResume: resumeFrom, in: runDirectory)
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""

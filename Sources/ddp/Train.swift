@@ -58,9 +58,11 @@ struct Train: ParsableCommand {
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world
-            let ownModel = try resumedModel(in: directory, world: world)
+            let (ownModel, resumeProblem) = try resumedModel(in: directory, world: world)
             // A refusal is said once, by rank 0, when every rank refuses the same.
-            let (run, initPath) = try togetherOnEveryRank(world, "config") { try loadConfig(directory: directory, ownModel: ownModel) }
+            let (run, initPath) = try togetherOnEveryRank(world, "config") {
+                try loadConfig(directory: directory, ownModel: ownModel, resumeProblem: resumeProblem)
+            }
             // Each line flushed: a job log (stdout to a file or a pipe) shows it at once, and keeps it if the job is killed.
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 {
@@ -90,29 +92,37 @@ struct Train: ParsableCommand {
         }
     }
 
-    /// When the run resumes, the model of the checkpoint it resumes from: rank 0 reads it (only rank 0's node needs
-    /// the run directory) and sends it to the others. Nil for a fresh run, or when there is no readable `latest` (the
-    /// trainer then says why).
-    private func resumedModel(in directory: String, world: Communicator) throws -> ModelConfig? {
-        guard resume || resumeIfPresent else { return nil }
+    /// When the run resumes, the model of the checkpoint it resumes from, or why there is none to resume from: rank 0
+    /// reads it (only rank 0's node needs the run directory) and sends it to the others. Neither for a fresh run, nor for
+    /// a resume-if-present with nothing to resume.
+    private func resumedModel(in directory: String, world: Communicator) throws -> (model: ModelConfig?, problem: String?) {
+        guard resume || resumeIfPresent else { return (nil, nil) }
         var text = ""
-        if world.rank == 0, let latest = (try? Checkpoint.latest(in: directory)) ?? nil, let header = try? Checkpoint.readHeader(latest),
-           let json = try? JSONEncoder().encode(header.config.model) {
-            text = String(decoding: json, as: UTF8.self)
+        if world.rank == 0 {
+            do {
+                if let latest = try RunDirectory(path: directory).checkpointToResume(resume ? .required : .ifPresent) {
+                    let header = try Checkpoint.readHeader(toResume: latest, in: directory)
+                    text = "model " + String(decoding: try JSONEncoder().encode(header.config.model), as: UTF8.self)
+                }
+            } catch {
+                text = "error \(error)"
+            }
         }
         if world.size > 1 { text = try world.broadcast(text, root: 0) }
-        return text.isEmpty ? nil : try? JSONDecoder().decode(ModelConfig.self, from: Foundation.Data(text.utf8))
+        if text.hasPrefix("error ") { return (nil, String(text.dropFirst(6))) }
+        guard text.hasPrefix("model ") else { return (nil, nil) }
+        return (try JSONDecoder().decode(ModelConfig.self, from: Foundation.Data(text.dropFirst(6).utf8)), nil)
     }
 
     /// The run's config, with --init's checkpoint (its path) or, when the run resumes, the run's own model (`ownModel`)
     /// as the base of the model section: a fine-tune's config leaves that section out, and its resume needs no --init
-    /// (which may have moved since the start, and is not read); the refusals of --init.
-    private func loadConfig(directory: String, ownModel: ModelConfig?) throws -> (RunConfig, initPath: String?) {
+    /// (which may have moved since the start, and is not read); the refusals of --init. A config without its model
+    /// section that cannot resume is refused for `resumeProblem`, the reason the trainer would give (a damaged or
+    /// missing `latest`), rather than for the section.
+    private func loadConfig(directory: String, ownModel: ModelConfig?, resumeProblem: String?) throws -> (RunConfig, initPath: String?) {
         var initPath: String?
         var baseModel: ModelConfig?
-        if let ownModel {
-            baseModel = ownModel
-        } else if let initFrom {
+        if ownModel == nil, resumeProblem == nil, let initFrom {
             let path = try Checkpoint.resolve(initFrom)
             baseModel = try Checkpoint.readHeader(path).config.model
             initPath = path
@@ -122,7 +132,19 @@ struct Train: ParsableCommand {
                                       + "copy it elsewhere, or choose another --run-dir.")
             }
         }
-        let run = try config.load(baseModel: baseModel)
+        let run: RunConfig
+        if resume || resumeIfPresent, baseModel == nil {
+            // The run's own model fills in only a model section a fine-tune's config leaves out (or gives only dropout):
+            // a config that names the model keeps its own values, and their defaults, as at the start.
+            do { run = try config.load() } catch let error as ConfigError where error.message == "missing"
+                && (error.key == "model" || error.key?.hasPrefix("model.") == true) {
+                if let resumeProblem { throw RunError(resumeProblem) }
+                guard let ownModel else { throw error }
+                run = try config.load(baseModel: ownModel)
+            }
+        } else {
+            run = try config.load(baseModel: baseModel)
+        }
         if let initPath, let baseModel, let differences = Checkpoint.architectureDifferences(baseModel, run.model) {
             throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
                                         + "checkpoint's network: leave out the model section, or give only model.dropout")

@@ -191,6 +191,9 @@ final class ScheduleTests: XCTestCase {
         let changes = RunConfig.differences(a, b).map { "\($0.key): \($0.stored) -> \($0.current)" }
         XCTAssertEqual(changes, ["model.activation: gelu -> relu", "model.tied_embeddings: true -> false", "optimizer.lr: 0.0001 -> 0.003",
                                  "training.tensorboard: false -> true"])
+        let seeds = try RunConfig.parse(smallModelYAML, file: "c.yaml", overrides: ["training.seed=18446744073709551615"])
+        XCTAssertEqual(RunConfig.differences(a, seeds).map { "\($0.key): \($0.stored) -> \($0.current)" },
+                       ["training.seed: 0 -> 18446744073709551615"])
         XCTAssertEqual(Checkpoint.architectureDifferences(a.model, b.model),
                        "model.activation: checkpoint gelu, expected relu; model.tied_embeddings: checkpoint true, expected false")
     }

@@ -268,6 +268,14 @@ final class NothingLostTests: XCTestCase {
             XCTAssertFalse(noLatest.output.contains("starting a fresh run"), noLatest.output)
         }
         try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
+        // A FIFO named latest is refused, not read (which would wait for a writer).
+        try FileManager.default.removeItem(atPath: path("damaged/latest"))
+        XCTAssertEqual(mkfifo(path("damaged/latest"), 0o644), 0)
+        let fifo = try train(try config(steps: 6), run: "damaged", ["--resume"])
+        XCTAssertNotEqual(fifo.status, 0)
+        XCTAssertTrue(fifo.stderr.contains("\(path("damaged/latest")): is not a text file naming a checkpoint"), fifo.output)
+        try FileManager.default.removeItem(atPath: path("damaged/latest"))
+        try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
         // A link among the run's own files is refused, not written through (it would change the file it points to).
         try "precious\n".write(toFile: path("precious.txt"), atomically: true, encoding: .utf8)
         try FileManager.default.removeItem(atPath: path("damaged/latest"))
@@ -367,6 +375,22 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(requeued.status, 0, requeued.output)
         XCTAssertTrue(requeued.stdout.contains("--init \(path("base.h5")) is not read: \(path("ft")) resumes its own run"), requeued.output)
         XCTAssertTrue(requeued.stdout.contains("done at step 4"), requeued.output)
+        // Without its latest, the fine-tune's resume says so (not that the config lacks a model section).
+        try FileManager.default.moveItem(atPath: path("ft/latest"), toPath: path("ft-latest"))
+        let noLatest = try train(path("finetune.yaml"), run: "ft", ["--resume", "--set", "training.steps=5"])
+        XCTAssertNotEqual(noLatest.status, 0)
+        XCTAssertTrue(noLatest.stderr.contains("\(path("ft/latest")) is missing, so nothing names the checkpoint to resume from"), noLatest.output)
+        try FileManager.default.moveItem(atPath: path("ft-latest"), toPath: path("ft/latest"))
+        // A run whose config names its model keeps that config's values on resume: a key left out since the start
+        // takes its default (and the change is said), not the checkpoint's value.
+        try (try String(contentsOfFile: try config(steps: 2), encoding: .utf8)).replacingOccurrences(of: "dropout: 0.0", with: "dropout: 0.1")
+            .write(toFile: path("dropout.yaml"), atomically: true, encoding: .utf8)
+        XCTAssertEqual(try train(path("dropout.yaml"), run: "dropout").status, 0)
+        try (try String(contentsOfFile: try config(steps: 3), encoding: .utf8)).replacingOccurrences(of: " dropout: 0.0,", with: "")
+            .write(toFile: path("dropout.yaml"), atomically: true, encoding: .utf8)
+        let defaulted = try train(path("dropout.yaml"), run: "dropout", ["--resume"])
+        XCTAssertEqual(defaulted.status, 0, defaulted.output)
+        XCTAssertTrue(defaulted.stdout.contains("resume: model.dropout: 0.1 in the checkpoint, 0 now"), defaulted.output)
         // On 2 ranks (the same global batch): rank 0 reads the run's model and sends it to the other.
         guard findOnPath("mpirun") != nil else { return }
         let ranks = try runUnderMPI(ranks: 2, ddp, ["train", "--config", path("finetune.yaml"), "--run-dir", path("ft"), "--resume",
