@@ -226,6 +226,30 @@ final class ScheduleTests: XCTestCase {
                        + "aliases (write the values out)")
     }
 
+    /// A config file that cannot be read says why: missing, a directory, a device, too large, not UTF-8.
+    func testAnUnreadableConfigSaysWhy() throws {
+        let directory = try makeTemporaryDirectory("config-read")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func error(_ path: String) -> String {
+            do { _ = try RunConfig.load(path); return "no error" } catch { return "\(error)" }
+        }
+        let missing = directory.appendingPathComponent("missing.yaml").path
+        XCTAssertEqual(error(missing), "\(missing): does not exist")
+        XCTAssertEqual(error(directory.path), "\(directory.path): is a directory, not a text file")
+        XCTAssertEqual(error("/dev/zero"), "/dev/zero: is not a regular file")
+        let big = directory.appendingPathComponent("big.yaml").path
+        try Foundation.Data(repeating: UInt8(ascii: "#"), count: RunConfig.largestFile + 1).write(to: URL(fileURLWithPath: big))
+        XCTAssertEqual(error(big), "\(big): is \(RunConfig.largestFile + 1) bytes, more than the \(RunConfig.largestFile) read")
+        let latin1 = directory.appendingPathComponent("latin1.yaml").path
+        try Foundation.Data([0x23, 0x20, 0xE9, 0x0A]).write(to: URL(fileURLWithPath: latin1))
+        XCTAssertEqual(error(latin1), "\(latin1): is not UTF-8 text")
+        // A link to a config is read as the config it names.
+        let config = directory.appendingPathComponent("run.yaml").path, link = directory.appendingPathComponent("link.yaml").path
+        try smallModelYAML.write(toFile: config, atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: config)
+        XCTAssertEqual(try RunConfig.load(link), try RunConfig.load(config))
+    }
+
     /// An encoder-decoder config without `data.source_length` says the key is missing, not that it is 0.
     func testAMissingSourceLengthIsSaidMissing() {
         let yaml = """
