@@ -138,8 +138,9 @@ public struct SampleOverBudget: Error, Sendable {
 /// can be.
 ///
 /// With `groups` > 1 (`training.length_groups`), the cuts are made under `maxTokens / groups` and each global batch
-/// joins `groups` of them, consecutive in the shuffled order, so from anywhere in the length order: an update then
-/// sees short and long samples together, as a fixed-count batch does, while each (micro-step, rank) part still holds
+/// joins `groups` of them, one from each of `groups` strata (runs of consecutive cuts in length order, shuffled within
+/// each epoch), so from across the whole length order: an update then sees short and long samples together, in about
+/// the proportions of the data, as a fixed-count batch does (stratified sampling), while each (micro-step, rank) part still holds
 /// samples of similar length (`share` cuts the joined batch back along its length order, where the groups follow one
 /// another; a part may straddle two neighbouring groups). Each part holds at most `maxTokens / groups` padded
 /// positions, for any number of parts from `groups` up (with exactly `groups` parts the batch holds at most
@@ -214,19 +215,37 @@ public struct TokenBudgetSampler: Sendable {
 }
 
 extension TokenBudgetSampler: TrainingSampler {
-    /// The epoch's batches: `cuts` of its length order, in an order shuffled by (seed, epoch); with `groups` > 1,
-    /// consecutive runs of `groups` of them joined, each batch in length order (ties in the order they were joined).
+    /// The epoch's batches: `cuts` of its length order, in an order shuffled by (seed, epoch); with `groups` > 1, one
+    /// cut of each stratum joined (strata: `groups` runs of consecutive cuts, the first ones a cut longer when the
+    /// count does not divide), the joined batches' order shuffled, each batch in length order (ties in the order they
+    /// were joined).
     public func globalBatches(epoch: Int) -> [[Int]] {
         let order = lengthOrder(epoch: epoch)
-        var batches = cuts.map { Array(order[$0]) }
         var random = SplitMix64(seed: seed &* 0xD6E8_FEB8_6659_FD93 ^ UInt64(epoch) &* 0xC2B2_AE3D_27D4_EB4F ^ Self.batchDomain)
-        for i in stride(from: batches.count - 1, to: 0, by: -1) {
-            batches.swapAt(i, Int(random.next() % UInt64(i + 1)))
+        func shuffle<T>(_ items: inout [T]) {
+            for i in stride(from: items.count - 1, to: 0, by: -1) { items.swapAt(i, Int(random.next() % UInt64(i + 1))) }
         }
-        guard groups > 1 else { return batches }
-        return stride(from: 0, to: batches.count, by: groups).map { first in
-            let joined = batches[first..<min(first + groups, batches.count)].joined().enumerated()
-            return joined.sorted { (lengths[$0.element], shorterLengths[$0.element], $0.offset) < (lengths[$1.element], shorterLengths[$1.element], $1.offset) }
+        var batches = cuts.map { Array(order[$0]) }
+        guard groups > 1 else {
+            shuffle(&batches)
+            return batches
+        }
+        // Stratified: the groups (in length order) fall into `groups` strata of consecutive groups, each shuffled;
+        // batch i joins the i-th group of every stratum, so each update holds one group from each part of the length
+        // range. The first strata take one group more when the groups do not divide evenly.
+        let count = batchesPerEpoch, full = cuts.count - (count - 1) * groups
+        var strata: [[[Int]]] = [], start = 0
+        for stratum in 0..<groups {
+            let size = cuts.count % groups == 0 || stratum < full ? count : count - 1
+            var members = Array(batches[start..<start + size])
+            shuffle(&members)
+            strata.append(members)
+            start += size
+        }
+        var joined = (0..<count).map { i in strata.filter { i < $0.count }.flatMap { $0[i] } }
+        shuffle(&joined)
+        return joined.map { batch in
+            batch.enumerated().sorted { (lengths[$0.element], shorterLengths[$0.element], $0.offset) < (lengths[$1.element], shorterLengths[$1.element], $1.offset) }
                 .map(\.element)
         }
     }

@@ -216,6 +216,29 @@ final class TokenBudgetSamplerTests: XCTestCase {
             XCTAssertGreaterThan(spread(batches), 4 * spread(one.globalBatches(epoch: epoch)), "epoch \(epoch): lengths mixed")
         }
         XCTAssertNotEqual(grouped.globalBatches(epoch: 0), grouped.globalBatches(epoch: 1), "which groups meet changes per epoch")
+        // Stratified: the groups, in length order, fall into `groups` runs (strata) of nearly equal counts, and a batch
+        // joins one group of each (the last batch of the first strata only, when the counts differ).
+        let count = grouped.batchesPerEpoch, groupCount = grouped.cuts.count
+        let larger = groupCount - (count - 1) * 4
+        let strata = (0..<4).map { $0 < larger ? count : count - 1 }
+        let stratumOfGroup = strata.enumerated().flatMap { stratum, size in [Int](repeating: stratum, count: size) }
+        XCTAssertEqual(stratumOfGroup.count, groupCount)
+        for epoch in 0..<3 {
+            let order = grouped.lengthOrder(epoch: epoch)
+            var groupOfSample = [Int](repeating: -1, count: lengths.count)
+            for (group, cut) in grouped.cuts.enumerated() { for position in cut { groupOfSample[order[position]] = group } }
+            var fewer = 0
+            for batch in grouped.globalBatches(epoch: epoch) {
+                let groups = Set(batch.map { groupOfSample[$0] })
+                let stratumList = groups.map { stratumOfGroup[$0] }.sorted()
+                XCTAssertEqual(Set(stratumList).count, stratumList.count, "epoch \(epoch): one group per stratum")
+                if stratumList.count < 4 {
+                    fewer += 1
+                    XCTAssertEqual(stratumList, Array(0..<stratumList.count), "the short batch joins the first strata")
+                }
+            }
+            XCTAssertLessThanOrEqual(fewer, 1, "epoch \(epoch): only the last batch joins fewer groups")
+        }
         // The part sizes announced before training bound every share (in samples, for its longest length).
         for (world, accumulation) in [(1, 4), (2, 2), (4, 1), (3, 2), (2, 4)] {
             let announced = Dictionary(grouping: grouped.partSizes(parts: world * accumulation), by: \.longest).mapValues { $0.map(\.samples).max()! }
