@@ -487,6 +487,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
             throw ConfigError(file: "--set \(override)", key: nil, message: "expected section.key=value (for example training.steps=100)")
         }
         let (section, key) = (path[0], path[1])
+        // The command line's bytes that are not UTF-8 arrive as U+FFFD: a value (a path, say) that no longer says what was typed.
+        guard !override.contains("\u{FFFD}") else {
+            throw ConfigError(file: "--set \(override)", key: nil, message: "holds bytes that are not UTF-8 text (shown as \u{FFFD})")
+        }
         guard let allowed = knownKeys[section], allowed.contains(key) else {
             let known = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\(section).\($0)'?)" } ?? ""
             throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: "unknown key\(known)")
@@ -508,7 +512,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// Keys the file gives that the model's kind has no use for are refused, not dropped: a decoder-only model's
-    /// `model.encoder_layers` (but 0), `data.source_length`, `eval.decode_samples` and `eval.bleu_tokenize` (decoding
+    /// `model.encoder_layers` (but 0), `training.length_groups` (but 1), `data.source_length`, `eval.decode_samples` and `eval.bleu_tokenize` (decoding
     /// is seq2seq's), and the `mlm` section of any model but an encoder-only one.
     private static func checkKeysApply(_ root: Node, kind: ModelConfig.Kind, file: String) throws {
         func given(_ section: String, _ key: String) -> Node? { root.mapping?[Node(section)]?.mapping?[Node(key)] }
@@ -518,6 +522,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if !kind.hasEncoder, let layers = given("model", "encoder_layers"), layers.int != 0 { try refuse("model.encoder_layers", "has no encoder") }
         if !kind.hasDecoder, let layers = given("model", "decoder_layers"), layers.int != 0 { try refuse("model.decoder_layers", "has no decoder") }
         if kind != .encoderDecoder {
+            if let groups = given("training", "length_groups"), groups.int != 1 {
+                try refuse("training.length_groups", "has windows of one length (data.target_length): length groups have nothing to mix")
+            }
             if given("data", "source_length") != nil { try refuse("data.source_length", "has no source side (its context is data.target_length)") }
             for key in ["decode_samples", "bleu_tokenize"] where given("eval", key) != nil {
                 try refuse("eval.\(key)", "decodes no translations to score")
@@ -601,7 +608,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(training.steps >= 1 && training.steps <= Int(Int32.max), "training.steps", "must be 1 to \(Int32.max), got \(training.steps)")
         try check(training.accumulationSteps >= 1 && training.accumulationSteps <= RunConfig.largestAccumulation, "training.grad_accum",
                   "must be 1 to \(RunConfig.largestAccumulation), got \(training.accumulationSteps)")
-        try check(training.clipNorm >= 0, "training.clip_norm", "must be 0 (off) or positive, got \(training.clipNorm)")
+        try check(training.clipNorm >= 0 && training.clipNorm.isFinite, "training.clip_norm", "must be 0 (off) or positive and finite, got \(training.clipNorm)")
         try check(training.bucketMb > 0 && training.bucketMb <= 1_048_576, "training.bucket_mb", "must be positive and at most 1048576, got \(training.bucketMb)")
         try check(training.threads >= 0 && training.threads <= 1 << 12, "training.threads", "must be 0 (automatic) to \(1 << 12), got \(training.threads)")
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")

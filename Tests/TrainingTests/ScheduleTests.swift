@@ -166,7 +166,7 @@ final class ScheduleTests: XCTestCase {
                 model: {kind: \(kind.rawValue), vocab_size: 300, d_model: 64, heads: 4, encoder_layers: \(kind.hasEncoder ? 1 : 0),
                         decoder_layers: \(kind.hasDecoder ? 1 : 0), d_ff: 64, activation: relu, norm: post, positions: learned,
                         max_length: 16, dropout: 0.1, tied_embeddings: false, scale_embedding: true}
-                """ + "\n" + sections
+                """ + "\n" + sections.replacingOccurrences(of: "length_groups: 2", with: "length_groups: \(kind == .encoderDecoder ? 2 : 1)")
             for key in left {
                 let parts = key.split(separator: ".")
                 text = parts.count == 1 ? text.replacing(/\nmlm: \{[^}]*\}/, with: "")
@@ -313,13 +313,26 @@ final class ScheduleTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains("training.length_groups") && "\($0)".contains(fragment), "\(overrides): \($0)")
             }
         }
+        XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["training.max_tokens=64", "training.length_groups=8"])) {
+            XCTAssertEqual("\($0)", "--set training.length_groups=8: config key 'training.length_groups': a decoder-only model has windows of "
+                           + "one length (data.target_length): length groups have nothing to mix; leave the key out")
+        }
         XCTAssertEqual(try RunConfig.parse(smallModelYAML, file: "inline.yaml",
-                                           overrides: ["training.max_tokens=64", "training.length_groups=64"]).training.lengthGroups, 64)
+                                           overrides: ["training.max_tokens=64", "training.length_groups=1"]).training.lengthGroups, 1)
         XCTAssertEqual(try RunConfig.parse(smallModelYAML, file: "inline.yaml").training.lengthGroups, 1)
-        for key in ["optimizer.lr", "optimizer.eps", "optimizer.weight_decay", "schedule.factor"] {
-            XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=.nan"]), key) {
-                XCTAssertEqual(($0 as? ConfigError)?.key, key, "\(key)=.nan: \($0)")
+        // Every number that is not an integer refuses infinity and NaN by name (a value a checkpoint's JSON cannot hold).
+        for key in ["optimizer.lr", "optimizer.beta1", "optimizer.beta2", "optimizer.eps", "optimizer.weight_decay", "schedule.factor",
+                    "schedule.min_lr", "training.label_smoothing", "training.clip_norm", "training.bucket_mb", "training.collective_timeout",
+                    "model.dropout"] {
+            for value in [".nan", ".inf", "1.0e39"] {
+                XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["\(key)=\(value)"]), "\(key)=\(value)") {
+                    XCTAssertTrue(($0 as? ConfigError)?.key == key || ($0 as? ConfigError)?.key == nil && "\($0)".contains(key.split(separator: ".")[1]),
+                                  "\(key)=\(value): \($0)")
+                }
             }
+        }
+        XCTAssertThrowsError(try RunConfig.parse(smallModelYAML, file: "inline.yaml", overrides: ["data.directory=r\u{FFFD}v"])) {
+            XCTAssertEqual("\($0)", "--set data.directory=r\u{FFFD}v: holds bytes that are not UTF-8 text (shown as \u{FFFD})")
         }
     }
 }
