@@ -169,9 +169,10 @@ public struct DataSplit: Sendable {
     /// and in bounds, every token id < vocab_size and not PAD, one tokenizer for all files, and a non-empty split.
     public init(directory: String, split: String, sequenceLength: Int = 0) throws {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw DataError(file: directory, "no such data directory")
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
+            throw DataError(file: directory, "no such data directory: it \(Paths.whyMissing(directory))")
         }
+        guard isDirectory.boolValue else { throw DataError(file: directory, "is a file, not a data directory") }
         let names = Self.shardNames(in: directory, split: split)
         guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
         var task: DatasetTask?

@@ -7,7 +7,7 @@ public enum TextFile {
     /// neither a FIFO nor a device nor a huge file can hang or exhaust memory).
     public static func read(_ path: String, largest: Int? = nil) throws(FileError) -> String {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, "does not exist") }
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, Paths.whyMissing(path)) }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
         if let largest {
             // The file a link names is what is read (the link's own attributes say only that it is a link).

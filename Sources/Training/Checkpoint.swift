@@ -430,7 +430,7 @@ extension Checkpoint {
     public static func resolve(_ path: String) throws -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw CheckpointError(file: path, message: "does not exist")
+            throw CheckpointError(file: path, message: Paths.whyMissing(path))
         }
         guard isDirectory.boolValue else { return path }
         guard let latest = try latest(in: path) else {

@@ -86,7 +86,7 @@ public enum Safetensors {
         public init(_ path: String) throws {
             self.path = path
             func fail(_ message: String) -> ReadError { ReadError(file: path, message: message) }
-            guard FileManager.default.fileExists(atPath: path) else { throw fail("no such file") }
+            guard FileManager.default.fileExists(atPath: path) else { throw fail(Paths.whyMissing(path)) }
             guard (try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType) == .typeRegular else {
                 throw fail("is not a regular file")
             }

@@ -145,7 +145,7 @@ struct Prepare: ParsableCommand {
     static func readTokenizer(_ path: String) throws -> Tokenizer {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw RunError("--tokenizer-from \(path) does not exist.")
+            throw RunError("--tokenizer-from \(path) \(Paths.whyMissing(path)).")
         }
         if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName)) {
             return try readTokenizer(try Checkpoint.resolve(path))

@@ -123,8 +123,14 @@ struct Train: ParsableCommand {
         var initPath: String?
         var baseModel: ModelConfig?
         if ownModel == nil, resumeProblem == nil, let initFrom {
-            let path = try Checkpoint.resolve(initFrom)
-            baseModel = try Checkpoint.readHeader(path).config.model
+            let path: String
+            do {
+                path = try Checkpoint.resolve(initFrom)
+                baseModel = try Checkpoint.readHeader(path).config.model
+            } catch let error as CheckpointError {
+                // Named as the option it came from: "--init X: does not exist", "--init X: checkpoint X/latest: ...".
+                throw RunError("--init \(initFrom): " + (error.file == initFrom ? error.message : "\(error)"))
+            }
             initPath = path
             func resolved(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.resolvingSymlinksInPath().path }
             if overwrite && Paths.parent(resolved(path)) == resolved(directory) {

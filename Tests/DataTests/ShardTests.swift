@@ -134,6 +134,12 @@ final class ShardTests: XCTestCase {
 
     func testMissingDirectoryAndEmptySplit() throws {
         assertDataError(["/nonexistent/data", "no such data directory"]) { _ = try DataSplit(directory: "/nonexistent/data", split: "train") }
+        try FileManager.default.createSymbolicLink(atPath: file("moved"), withDestinationPath: file("elsewhere"))
+        assertDataError(["moved: no such data directory: it is a link to \(file("elsewhere")), which does not exist"]) {
+            _ = try DataSplit(directory: file("moved"), split: "train")
+        }
+        try Data("not a directory".utf8).write(to: URL(fileURLWithPath: file("plain")))
+        assertDataError(["plain: is a file, not a data directory"]) { _ = try DataSplit(directory: file("plain"), split: "train") }
         assertDataError(["no valid-*.h5 files"]) { _ = try DataSplit(directory: path, split: "valid") }
         try ShardWriter.writeLM(file("valid-00000.h5"), documents: [[5, 6]], tokenizer: .byte)
         assertDataError(["the valid split is empty", "no window of 9 tokens"]) {

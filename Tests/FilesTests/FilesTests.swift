@@ -147,4 +147,26 @@ final class TextFileTests: XCTestCase {
         XCTAssertEqual(TextFile.lines(""), [])
         XCTAssertFalse(TextFile.lines("é\r\n日本\r語").joined().contains("\r"))
     }
+
+    /// A missing file, a dangling link and a link that loops (directly or through another) are told apart.
+    func testMissingFilesAndBrokenLinksAreToldApart() throws {
+        let directory = NSTemporaryDirectory() + "text-file-test-" + UUID().uuidString
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let manager = FileManager.default
+        func message(_ name: String) -> String {
+            do { _ = try TextFile.read(directory + "/" + name, largest: 1024); return "read" } catch { return "\(error)" }
+        }
+        XCTAssertEqual(message("absent.yaml"), "\(directory)/absent.yaml: does not exist")
+        try manager.createSymbolicLink(atPath: directory + "/dangling.yaml", withDestinationPath: "gone.yaml")
+        XCTAssertEqual(message("dangling.yaml"), "\(directory)/dangling.yaml: is a link to \(directory)/gone.yaml, which does not exist")
+        try manager.createSymbolicLink(atPath: directory + "/self.yaml", withDestinationPath: "self.yaml")
+        XCTAssertEqual(message("self.yaml"), "\(directory)/self.yaml: is a link that loops")
+        try manager.createSymbolicLink(atPath: directory + "/a.yaml", withDestinationPath: directory + "/b.yaml")
+        try manager.createSymbolicLink(atPath: directory + "/b.yaml", withDestinationPath: "a.yaml")
+        XCTAssertEqual(message("a.yaml"), "\(directory)/a.yaml: is a link that loops")
+        try Data("x: 1\n".utf8).write(to: URL(fileURLWithPath: directory + "/real.yaml"))
+        try manager.createSymbolicLink(atPath: directory + "/chain.yaml", withDestinationPath: "real.yaml")
+        XCTAssertEqual(message("chain.yaml"), "read", "a link to a file reads the file")
+    }
 }

@@ -356,5 +356,11 @@ final class HuggingFaceTests: XCTestCase {
         try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("kept"), "--init", path("link.h5"), "--overwrite"],
                     "which --overwrite would delete first")
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("kept/checkpoint-00000000.h5")), "a link to it does not get through")
+        // A missing --init, and a link to a checkpoint that has gone, are named as --init's.
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("gone.h5")],
+                    "--init \(path("gone.h5")): does not exist")
+        try FileManager.default.createSymbolicLink(atPath: path("dangling.h5"), withDestinationPath: path("gone.h5"))
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("dangling.h5")],
+                    "--init \(path("dangling.h5")): is a link to \(path("gone.h5")), which does not exist")
     }
 }
