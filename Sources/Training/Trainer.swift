@@ -171,7 +171,7 @@ public final class Trainer {
             let fingerprint = dataFingerprint(train)
             try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
             let (batching, model) = try togetherOnEveryRank(world, "batching and model checks", watchdog: watchdog) {
-                let batching = try makeSampler(train, pairs: pairs)
+                let batching = try makeSampler(train, valid: valid, pairs: pairs)
                 let isLM = config.model.kind.readsTokenStream
                 do {
                     return (batching, try TransformerModel(config: config.model, maxBatch: batching.maxRows,
@@ -197,8 +197,9 @@ public final class Trainer {
 
     /// The run's sampler: `training.batch_size` sequences per rank, or token-budget batches (`training.max_tokens`);
     /// with the batch shapes the model's buffers must fit (none: `batch_size` rows of the longest lengths) and the
-    /// most rows of any batch, training's or evaluation's. `pairs` reads a seq2seq train split's lengths (nil for lm).
-    private func makeSampler(_ train: DataSplit, pairs: SampleReader?) throws
+    /// most rows of any batch, training's or evaluation's. `pairs` reads a seq2seq train split's lengths (nil for lm);
+    /// `valid`, the split evaluated (none: no evaluation batches).
+    private func makeSampler(_ train: DataSplit, valid: DataSplit?, pairs: SampleReader?) throws
         -> (sampler: any TrainingSampler, globalBatch: Int, description: String, shapes: [TransformerModel.BatchShape], maxRows: Int) {
         let accumulation = config.training.accumulationSteps
         guard let maxTokens = config.training.maxTokens else {
@@ -250,8 +251,13 @@ public final class Trainer {
         let sourceLength = isLM ? config.data.targetLength : config.data.sourceLength
         var shapes = parts.map { TransformerModel.BatchShape(batch: $0.samples, sourceLength: min($0.longest, sourceLength),
                                                              targetLength: min($0.longest, config.data.targetLength)) }
-        // Evaluation and decoding take `batch_size` rows of any length.
-        shapes.append(.init(batch: config.training.batchSize, sourceLength: sourceLength, targetLength: config.data.targetLength))
+        // Evaluation and decoding take `batch_size` rows of any length, and never more rows than a rank's share of the
+        // validation split (a budget far above a small split's size allocates only what that split can fill).
+        if let valid {
+            let share = (valid.samples + world.size - 1) / world.size
+            shapes.append(.init(batch: max(1, min(config.training.batchSize, share)), sourceLength: sourceLength,
+                                targetLength: config.data.targetLength))
+        }
         let description = (groups == 1 ? "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
                                        : "token-budget batches of up to \(groups) length groups of at most \(sampler.groupBudget) positions "
                                          + "(training.max_tokens \(maxTokens) / training.length_groups \(groups))")

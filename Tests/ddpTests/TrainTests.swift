@@ -155,6 +155,26 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(withoutBudget.contains("training.length_groups") && withoutBudget.contains("needs training.max_tokens"), withoutBudget)
     }
 
+    /// A budget far above the data: evaluation's rows (max_tokens / the longest lengths by default) are allocated only
+    /// as far as a rank's share of the validation split can fill them, so under a 3 GB address-space cap a run with
+    /// max_tokens 400000 over 40 pairs trains and evaluates. Before, it needed 5.3 GiB for 30769 evaluation rows, and
+    /// was refused.
+    func testABudgetFarAboveASmallValidationSplitAllocatesOnlyWhatItFills() throws {
+        let prepare = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "40", "--max-length", "12",
+                                           "--valid-fraction", "0.1", "--output", path("small")])
+        XCTAssertEqual(prepare.status, 0, prepare.output)
+        try """
+            model: {kind: encoder-decoder, vocab_size: 260, d_model: 64, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 128,
+                    activation: relu, norm: pre, positions: sinusoidal, max_length: 16}
+            data: {directory: \(path("small")), source_length: 13, target_length: 13}
+            training: {max_tokens: 400000, steps: 2, threads: 1}
+            """.write(toFile: path("budget.yaml"), atomically: true, encoding: .utf8)
+        let capped = try runProcess("/bin/sh", ["-c", "ulimit -v 3000000; exec \"$0\" \"$@\"", ddp, "train", "--config",
+                                                path("budget.yaml"), "--run-dir", path("capped")], environment: mpiEnvironment, timeout: 300)
+        XCTAssertEqual(capped.status, 0, capped.output)
+        XCTAssertTrue(capped.stdout.contains("final validation: loss"), capped.output)
+    }
+
     /// A token-budget run resumed is the uninterrupted run, bitwise on 1 rank and within 1e-5 on 2; changing the
     /// budget on resume is refused by name; a pair longer than the budget is named with its file.
     func testTokenBudgetResumeAndErrors() throws {
