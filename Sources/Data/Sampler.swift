@@ -160,6 +160,10 @@ public struct TokenBudgetSampler: Sendable {
     /// The length groups as ranges of the length-sorted order (the same every epoch); with `groups` 1, the batches.
     public let cuts: [Range<Int>]
 
+    /// The version of the epoch order `globalBatches` makes, stored in checkpoints ("sampler_version"): 1 joined the
+    /// length groups of a batch by chance, 2 one from each stratum. A resume inside an epoch needs the same order.
+    public static let orderVersion = 2
+
     /// Padded positions one length group may hold: `maxTokens / groups`.
     public var groupBudget: Int { maxTokens / groups }
 

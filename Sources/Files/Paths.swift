@@ -25,19 +25,45 @@ public enum Paths {
         return parent.isEmpty ? "." : parent
     }
 
-    /// Why `path`, which `FileManager.fileExists` does not find, is missing, as a clause that follows the path:
-    /// "does not exist", or for a symbolic link "is a link to T, which does not exist" (a dangling link) or "is a link
-    /// that loops" (a link that names itself, directly or through other links).
-    public static func whyMissing(_ path: String) -> String {
+    /// Symbolic links the system follows in one path before it gives up (Linux's limit, ELOOP).
+    public static let linkLimit = 40
+
+    /// `path` with the links of its last component followed as the system follows them: the path reached (the
+    /// same path when it is not a link), or the reason it cannot be reached ("is a link that loops", "is a chain of
+    /// more than 40 links"). A relative link target is taken from the link's own directory.
+    public static func followingLinks(_ path: String) -> (path: String, problem: String?) {
         var current = path
         var seen: Set<String> = []
         while let target = try? FileManager.default.destinationOfSymbolicLink(atPath: current) {
-            // A relative target is relative to the link's own directory.
-            let next = target.hasPrefix("/") ? target : join(parent(current), target)
-            guard seen.insert(normalized(current)).inserted, seen.count <= 40 else { return "is a link that loops" }
-            current = next
+            guard seen.insert(normalized(current)).inserted else { return (current, "is a link that loops") }
+            guard seen.count <= linkLimit else { return (current, "is a chain of more than \(linkLimit) links") }
+            current = target.hasPrefix("/") ? target : join(parent(current), target)
         }
-        return current == path ? "does not exist" : "is a link to \(current), which does not exist"
+        return (current, nil)
+    }
+
+    /// Why `path`, which `FileManager.fileExists` does not find, is missing, as a clause that follows the path:
+    /// "does not exist", or for a symbolic link "is a link to T, which does not exist" (a dangling link), "is a link
+    /// that loops" (a link that names itself, directly or through other links) or "is a chain of more than 40 links".
+    public static func whyMissing(_ path: String) -> String {
+        let (reached, problem) = followingLinks(path)
+        if let problem { return problem }
+        return reached == path ? "does not exist" : "is a link to \(reached), which does not exist"
+    }
+
+    /// The size in bytes of the regular file `path` names (through links, as the system follows them); a `FileError`
+    /// naming the path when it is missing (`whyMissing`), a directory, or another kind of file (a FIFO, whose reading
+    /// would wait for a writer; a device or a socket). Check before opening a file from elsewhere.
+    public static func regularFileSize(_ path: String) throws(FileError) -> Int {
+        let (reached, problem) = followingLinks(path)
+        if let problem { throw FileError(path, problem) }
+        // attributesOfItem does not follow a link in the last component; `reached` has none there.
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: reached) else { throw FileError(path, whyMissing(path)) }
+        switch attributes[.type] as? FileAttributeType {
+        case .typeRegular?: return (attributes[.size] as? NSNumber)?.intValue ?? 0
+        case .typeDirectory?: throw FileError(path, "is a directory, not a file")
+        default: throw FileError(path, "is not a regular file (a FIFO, device or socket), so it is not read")
+        }
     }
 
     /// `path` with `.`, `..` and repeated separators resolved lexically.

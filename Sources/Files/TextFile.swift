@@ -11,10 +11,7 @@ public enum TextFile {
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
         if let largest {
             // The file a link names is what is read (the link's own attributes say only that it is a link).
-            let attributes = try? FileManager.default.attributesOfItem(atPath: URL(fileURLWithPath: path).resolvingSymlinksInPath().path)
-            guard (attributes?[.type] as? FileAttributeType) == .typeRegular, let size = (attributes?[.size] as? NSNumber)?.intValue else {
-                throw FileError(path, "is not a regular file")
-            }
+            let size = try Paths.regularFileSize(path)
             guard size <= largest else { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
         }
         guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }

@@ -15,11 +15,20 @@ public final class File: HDF5Container {
 
     private init(_ handle: ObjectHandle) { self.handle = handle }
 
-    /// Opens an existing file. A missing file throws `.fileNotFound`, a file that is not HDF5 `.notHDF5`.
+    /// Opens an existing file. A missing file throws `.fileNotFound`, a file that is not HDF5 `.notHDF5`, a directory,
+    /// FIFO, device or socket `.notRegularFile` before anything reads it (reading a FIFO would wait for a writer).
     public static func open(_ path: String, mode: Mode = .readOnly) throws(HDF5Error) -> File {
         let site = Site(file: path, object: nil)
-        guard access(path, F_OK) == 0 else {
-            throw HDF5Error(.fileNotFound, operation: "open", file: path, object: nil, message: "no such file")
+        var status = stat()
+        guard stat(path, &status) == 0 else {
+            let reason = errno
+            throw HDF5Error(.fileNotFound, operation: "open", file: path, object: nil,
+                            message: reason == ELOOP ? "no such file: a link that loops, or a chain of more than 40 links"
+                                     : reason == ENOENT || reason == ENOTDIR ? "no such file" : String(cString: strerror(reason)))
+        }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw HDF5Error(.notRegularFile, operation: "open", file: path, object: nil, message: status.st_mode & S_IFMT == S_IFDIR
+                            ? "is a directory, not an HDF5 file" : "is not a regular file (a FIFO, device or socket), so it is not read")
         }
         let isHDF5 = try h5call("H5Fis_hdf5", site) { H5Fis_hdf5(path) }
         guard isHDF5 > 0 else {

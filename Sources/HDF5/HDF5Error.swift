@@ -13,6 +13,8 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
         case fileNotFound
         /// The file exists but is not an HDF5 file.
         case notHDF5
+        /// The path names a directory, a FIFO, a device or a socket: refused before anything reads it.
+        case notRegularFile
         /// Creating a file that exists, without permission to replace it.
         case alreadyExists
         /// A group, dataset or attribute is not there.

@@ -54,12 +54,16 @@ public enum Checkpoint {
         public var worldSize: Int
         /// The training data's fingerprint (shard names, sample and token counts, tokenizer).
         public var dataFingerprint: String
+        /// The epoch order of the build that wrote it (`TokenBudgetSampler.orderVersion`, root attribute
+        /// "sampler_version"; 1 when not stored, as before the attribute).
+        public var samplerVersion: Int
 
-        /// A provenance with its parts.
-        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String) {
+        /// A provenance with its parts; the sampler version this build's.
+        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, samplerVersion: Int = TokenBudgetSampler.orderVersion) {
             self.globalBatch = globalBatch
             self.worldSize = worldSize
             self.dataFingerprint = dataFingerprint
+            self.samplerVersion = samplerVersion
         }
     }
 
@@ -118,6 +122,7 @@ public enum Checkpoint {
             try file.setAttribute("global_batch", provenance.globalBatch)
             try file.setAttribute("world_size", provenance.worldSize)
             try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
+            try file.setAttribute("sampler_version", provenance.samplerVersion)
         }
         try file.sealAttributes()
         for (group, arena) in [("params", model.parameters), ("optimizer/exp_avg", optimizer.firstMoment),
@@ -221,7 +226,7 @@ public enum Checkpoint {
     public static func readHeader(_ path: String) throws -> Header {
         let file: File
         do { file = try File.open(path) } catch {
-            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
+            throw CheckpointError(file: path, message: error.kind == .notRegularFile ? error.message : "cannot be opened (missing or truncated?): \(error.message)")
         }
         func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
             do { return try read(name) } catch { throw CheckpointError(file: path, message: "attribute '\(name)': \(error.message)") }
@@ -275,7 +280,8 @@ public enum Checkpoint {
         if try has("global_batch") {
             provenance = Provenance(globalBatch: try count("global_batch", in: 0...Int64(Int32.max)),
                                     worldSize: try count("world_size", in: 1...Int64(1 << 24)),
-                                    dataFingerprint: try attribute("data_fingerprint", file.stringAttribute))
+                                    dataFingerprint: try attribute("data_fingerprint", file.stringAttribute),
+                                    samplerVersion: try has("sampler_version") ? try count("sampler_version", in: 1...1_000_000) : 1)
         }
         return Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
                       provenance: provenance)
@@ -290,7 +296,7 @@ public enum Checkpoint {
         try requireModel(model.config, of: header, path: path, parametersOnly: parametersOnly)
         let file: File
         do { file = try File.open(path) } catch {
-            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
+            throw CheckpointError(file: path, message: error.kind == .notRegularFile ? error.message : "cannot be opened (missing or truncated?): \(error.message)")
         }
         var groups = [("params", model.parameters)]
         if let optimizer {
@@ -380,6 +386,16 @@ public enum Checkpoint {
             let windowsChanged = config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength
             if provenance.dataFingerprint != dataFingerprint && !windowsChanged {
                 refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run)")
+            }
+            // Length groups were joined by chance before sampler version 2: the rest of an epoch begun in that order
+            // would repeat some of its samples and skip others in this build's. A checkpoint at an epoch's start is fine.
+            let position = header.state.position
+            if now != nil, config.training.lengthGroups > 1, provenance.samplerVersion < 2, position.batch > 0 {
+                throw CheckpointError(file: path, message: "cannot resume: it was written inside epoch \(position.epoch) (at batch "
+                                      + "\(position.batch)) by an earlier SwiftDDP, which joined training.length_groups by chance; this "
+                                      + "one joins one group per stratum, so the rest of that epoch would repeat some samples and skip "
+                                      + "others. Finish the epoch with the version that wrote it, or resume from a checkpoint written at "
+                                      + "an epoch's start")
             }
         } else {
             log("resume: \(path) does not record its global batch and data (written by an earlier version): check that "

@@ -75,10 +75,15 @@ public struct RunDirectory: Sendable {
         let earlier = earlierRunFiles()
         guard !earlier.isEmpty else { return "" }
         guard overwrite else {
-            let hasCheckpoint = earlier.contains { $0.hasPrefix("checkpoint-") || $0 == Checkpoint.latestName }
+            let hasLatest = earlier.contains(Checkpoint.latestName)
+            let unnamed = hasLatest ? [] : Checkpoint.checkpointNames(in: path)
             let step = latest.flatMap { try? Checkpoint.readHeader($0).state.step }.map { " (its latest checkpoint is at step \($0))" } ?? ""
+            // Checkpoints without a latest (deleted by hand): --resume needs latest to name the one to go on from.
+            let resuming = hasLatest ? "Continue it with --resume, start"
+                : unnamed.last.map { "To continue it, write the name of a checkpoint (\($0), say) into \(Paths.join(path, Checkpoint.latestName)) "
+                                     + "and give --resume; start" } ?? "Start"
             throw TrainingError("\(path) holds an earlier run\(step): \(earlier.prefix(4).joined(separator: ", "))"
-                                + "\(earlier.count > 4 ? ", ..." : ""). " + (hasCheckpoint ? "Continue it with --resume, start" : "Start")
+                                + "\(earlier.count > 4 ? ", ..." : ""). " + resuming
                                 + " over with --overwrite (which deletes those files), or give another --run-dir")
         }
         for name in earlier {

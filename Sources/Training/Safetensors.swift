@@ -86,10 +86,8 @@ public enum Safetensors {
         public init(_ path: String) throws {
             self.path = path
             func fail(_ message: String) -> ReadError { ReadError(file: path, message: message) }
-            guard FileManager.default.fileExists(atPath: path) else { throw fail(Paths.whyMissing(path)) }
-            guard (try? FileManager.default.attributesOfItem(atPath: path)[.type] as? FileAttributeType) == .typeRegular else {
-                throw fail("is not a regular file")
-            }
+            // A Hugging Face cache's snapshot links each file to its blob: the file a link names is what is read.
+            do { _ = try Paths.regularFileSize(path) } catch { throw fail(error.message) }
             do { data = try Foundation.Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) } catch {
                 throw fail("cannot be read: \(error.localizedDescription)")
             }

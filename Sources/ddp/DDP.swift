@@ -16,6 +16,7 @@ struct DDP: ParsableCommand {
     /// pipe (a job's log) it is buffered, and the progress lines that came before the error would land after it.
     static func main() {
         do {
+            try refuseArgumentsThatAreNotUTF8(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
             try command.run()
         } catch {
@@ -30,6 +31,15 @@ struct Bench: ParsableCommand {
         abstract: "Measure this machine or cluster.",
         subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self, BenchDecode.self]
     )
+}
+
+/// Command-line bytes that are not UTF-8 arrive as U+FFFD: a path would name another file than the one typed (a run
+/// directory would be created under the replaced name), a value say something else. Refused by position and option.
+func refuseArgumentsThatAreNotUTF8(_ arguments: [String]) throws {
+    guard let index = arguments.firstIndex(where: { $0.contains("\u{FFFD}") }) else { return }
+    let option = index > 0 && arguments[index - 1].hasPrefix("-") ? " (the value of \(arguments[index - 1]))" : ""
+    throw RunError("argument \(index + 1), '\(arguments[index])'\(option), holds bytes that are not UTF-8 text (shown as \u{FFFD}); "
+                   + "give a UTF-8 path or value (rename the file or directory)")
 }
 
 /// Writes out what `print` has buffered (all C output streams), before something goes to standard error.

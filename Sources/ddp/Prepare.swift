@@ -150,6 +150,9 @@ struct Prepare: ParsableCommand {
         if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName)) {
             return try readTokenizer(try Checkpoint.resolve(path))
         }
+        if !isDirectory.boolValue {
+            do { _ = try Paths.regularFileSize(path) } catch { throw RunError("--tokenizer-from \(error).") }
+        }
         let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
         if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
            (try? handle.read(upToCount: 8)).map({ Array($0) == hdf5Signature }) == true {

@@ -41,7 +41,7 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue from RUN_DIR/latest (an error when there is none).")
     var resume = false
 
-    @Flag(help: "Continue from RUN_DIR/latest when there is one, else start fresh.")
+    @Flag(help: "Continue from RUN_DIR/latest when there is one, else start fresh (an error for checkpoints without a latest).")
     var resumeIfPresent = false
 
     @Flag(help: "Start fresh in a RUN_DIR that holds an earlier run, deleting its checkpoints and metrics.")

@@ -168,5 +168,16 @@ final class TextFileTests: XCTestCase {
         try Data("x: 1\n".utf8).write(to: URL(fileURLWithPath: directory + "/real.yaml"))
         try manager.createSymbolicLink(atPath: directory + "/chain.yaml", withDestinationPath: "real.yaml")
         XCTAssertEqual(message("chain.yaml"), "read", "a link to a file reads the file")
+        // A chain of 30 links reads as the system reads it (Foundation's own resolution stops near 20); 41 do not.
+        for index in 1...41 {
+            try manager.createSymbolicLink(atPath: directory + "/link\(index).yaml", withDestinationPath: index == 1 ? "real.yaml" : "link\(index - 1).yaml")
+        }
+        XCTAssertEqual(message("link30.yaml"), "read")
+        XCTAssertEqual(message("link41.yaml"), "\(directory)/link41.yaml: is a chain of more than 40 links")
+        // A FIFO is refused before it is opened (reading it would wait for a writer), also through a link.
+        XCTAssertEqual(mkfifo(directory + "/fifo.yaml", 0o644), 0)
+        try manager.createSymbolicLink(atPath: directory + "/to-fifo.yaml", withDestinationPath: "fifo.yaml")
+        XCTAssertEqual(message("to-fifo.yaml"), "\(directory)/to-fifo.yaml: is not a regular file (a FIFO, device or socket), so it is not read")
+        XCTAssertEqual(message("."), "\(directory)/.: is a directory, not a text file")
     }
 }

@@ -46,6 +46,18 @@ final class ErrorTests: XCTestCase {
         assertThrows(.notHDF5, mentioning: [text], try File.open(text))
     }
 
+    /// A FIFO (reading it would wait for a writer) and a directory are refused before anything reads them; a link
+    /// that loops is named.
+    func testFIFOsDirectoriesAndLoopsAreRefusedBeforeReading() throws {
+        let fifo = path("fifo.h5")
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        assertThrows(.notRegularFile, mentioning: [fifo, "is not a regular file"], try File.open(fifo))
+        assertThrows(.notRegularFile, mentioning: [directory.path, "is a directory"], try File.open(directory.path))
+        let loop = path("loop.h5")
+        try FileManager.default.createSymbolicLink(atPath: loop, withDestinationPath: loop)
+        assertThrows(.fileNotFound, mentioning: [loop, "a link that loops"], try File.open(loop))
+    }
+
     func testCreateWithoutOverwriteRefusesExistingFile() throws {
         let filePath = try smallFile()
         assertThrows(.alreadyExists, mentioning: [filePath], try File.create(filePath, overwrite: false))

@@ -236,7 +236,7 @@ final class ScheduleTests: XCTestCase {
         let missing = directory.appendingPathComponent("missing.yaml").path
         XCTAssertEqual(error(missing), "\(missing): does not exist")
         XCTAssertEqual(error(directory.path), "\(directory.path): is a directory, not a text file")
-        XCTAssertEqual(error("/dev/zero"), "/dev/zero: is not a regular file")
+        XCTAssertEqual(error("/dev/zero"), "/dev/zero: is not a regular file (a FIFO, device or socket), so it is not read")
         let big = directory.appendingPathComponent("big.yaml").path
         try Foundation.Data(repeating: UInt8(ascii: "#"), count: RunConfig.largestFile + 1).write(to: URL(fileURLWithPath: big))
         XCTAssertEqual(error(big), "\(big): is \(RunConfig.largestFile + 1) bytes, more than the \(RunConfig.largestFile) read")

@@ -362,5 +362,9 @@ final class HuggingFaceTests: XCTestCase {
         try FileManager.default.createSymbolicLink(atPath: path("dangling.h5"), withDestinationPath: path("gone.h5"))
         try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("dangling.h5")],
                     "--init \(path("dangling.h5")): is a link to \(path("gone.h5")), which does not exist")
+        // A FIFO is refused before it is opened (reading it would wait for a writer).
+        XCTAssertEqual(mkfifo(path("fifo.h5"), 0o644), 0)
+        try refused(["train", "--config", path("init-bytes.yaml"), "--run-dir", path("init-run"), "--init", path("fifo.h5")],
+                    "--init \(path("fifo.h5")): is not a regular file (a FIFO, device or socket), so it is not read")
     }
 }

@@ -267,6 +267,19 @@ final class NothingLostTests: XCTestCase {
                                                    + "\(path("damaged")) also holds checkpoint-00000004.h5, checkpoint-00000002.h5"), noLatest.output)
             XCTAssertFalse(noLatest.output.contains("starting a fresh run"), noLatest.output)
         }
+        // Without a flag, the refusal says how to continue (not "with --resume", which needs latest).
+        let plain = try train(try config(steps: 6), run: "damaged", [])
+        XCTAssertNotEqual(plain.status, 0)
+        XCTAssertTrue(plain.stderr.contains("To continue it, write the name of a checkpoint (checkpoint-00000004.h5, say) into "
+                                            + "\(path("damaged/latest")) and give --resume; start over with --overwrite"), plain.output)
+        // A FIFO where latest names a checkpoint is refused before it is opened (HDF5 would wait for a writer).
+        XCTAssertEqual(mkfifo(path("damaged/checkpoint-00000006.h5"), 0o644), 0)
+        try "checkpoint-00000006.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
+        let fifoCheckpoint = try train(try config(steps: 8), run: "damaged", ["--resume"])
+        XCTAssertNotEqual(fifoCheckpoint.status, 0)
+        XCTAssertTrue(fifoCheckpoint.stderr.contains("checkpoint-00000006.h5") && fifoCheckpoint.stderr.contains("is not a regular file"),
+                      fifoCheckpoint.output)
+        try FileManager.default.removeItem(atPath: path("damaged/checkpoint-00000006.h5"))
         try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
         // A FIFO named latest is refused, not read (which would wait for a writer).
         try FileManager.default.removeItem(atPath: path("damaged/latest"))
