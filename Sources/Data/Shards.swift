@@ -152,14 +152,19 @@ public struct DataSplit: Sendable {
     }
 
     /// The files of `directory`'s split (`split-*.h5`), in name order.
-    static func shardNames(in directory: String, split: String) -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+    static func shardNames(in directory: String, split: String) throws -> [String] {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
+        // A name that is not UTF-8 arrives with U+FFFD in place of its bytes, and names no file: said as such.
+        if let odd = names.first(where: { $0.contains("\u{FFFD}") }) {
+            throw DataError(file: Paths.join(directory, odd), "its name is not UTF-8 (shown with \u{FFFD}), so it cannot be opened by name; rename it")
+        }
+        return names
     }
 
     /// A split's first file and its task (the header checked), or nil when the split has no file: for a command to
     /// refuse data of the other task by name before windows of a context are cut from it.
     public static func firstShard(directory: String, split: String) throws -> (path: String, task: DatasetTask)? {
-        guard let first = shardNames(in: directory, split: split).first else { return nil }
+        guard let first = try shardNames(in: directory, split: split).first else { return nil }
         let path = Paths.join(directory, first)
         var file = try ShardValidator(path: path)
         return (path, try file.header().0)
@@ -173,7 +178,7 @@ public struct DataSplit: Sendable {
             throw DataError(file: directory, "no such data directory: it \(Paths.whyMissing(directory))")
         }
         guard isDirectory.boolValue else { throw DataError(file: directory, "is a file, not a data directory") }
-        let names = Self.shardNames(in: directory, split: split)
+        let names = try Self.shardNames(in: directory, split: split)
         guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
         var task: DatasetTask?
         var tokenizer: Tokenizer?

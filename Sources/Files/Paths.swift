@@ -37,7 +37,7 @@ public enum Paths {
         while let target = try? FileManager.default.destinationOfSymbolicLink(atPath: current) {
             guard seen.insert(normalized(current)).inserted else { return (current, "is a link that loops") }
             guard seen.count <= linkLimit else { return (current, "is a chain of more than \(linkLimit) links") }
-            current = target.hasPrefix("/") ? target : join(parent(current), target)
+            current = target.hasPrefix("/") ? target : parent(current) == "." ? target : join(parent(current), target)
         }
         return (current, nil)
     }
@@ -58,7 +58,11 @@ public enum Paths {
         let (reached, problem) = followingLinks(path)
         if let problem { throw FileError(path, problem) }
         // attributesOfItem does not follow a link in the last component; `reached` has none there.
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: reached) else { throw FileError(path, whyMissing(path)) }
+        guard let attributes = try? FileManager.default.attributesOfItem(atPath: reached) else {
+            // Something the system reaches that has no path of its own (/dev/stdin on a pipe: /proc/self/fd/pipe:[N]).
+            if FileManager.default.fileExists(atPath: path) { throw FileError(path, "is not a regular file (a pipe or another special file), so it is not read") }
+            throw FileError(path, whyMissing(path))
+        }
         switch attributes[.type] as? FileAttributeType {
         case .typeRegular?: return (attributes[.size] as? NSNumber)?.intValue ?? 0
         case .typeDirectory?: throw FileError(path, "is a directory, not a file")

@@ -52,7 +52,9 @@ public enum TextFile {
 
     /// Reads `handle` (standard input, say) to its end, calling `body` with each line as it completes: the same line
     /// ends as `lines(_:)`, a byte-order mark before the first line dropped, and nil for a line that is not UTF-8.
-    public static func forEachLine(of handle: FileHandle, _ body: (String?) throws -> Void) throws {
+    /// A handle that cannot be read (standard input closed, or a directory) is a `FileError` naming `name`, not a trap
+    /// (`FileHandle.availableData` traps on a read error).
+    public static func forEachLine(of handle: FileHandle, named name: String = "standard input", _ body: (String?) throws -> Void) throws {
         var pending: [UInt8] = []
         var previousWasCR = false, first = true
         func emit() throws {
@@ -62,7 +64,10 @@ public enum TextFile {
             pending.removeAll(keepingCapacity: true)
         }
         while true {
-            let chunk = handle.availableData
+            let chunk: Foundation.Data
+            do { chunk = try handle.read(upToCount: 1 << 16) ?? Foundation.Data() } catch {
+                throw FileError(name, "cannot be read: \(describe(error))")
+            }
             if chunk.isEmpty { break }
             for byte in chunk {
                 switch byte {

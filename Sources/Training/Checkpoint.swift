@@ -80,6 +80,13 @@ public enum Checkpoint {
         }
         let name = fileName(step: state.step)
         let final = Paths.join(directory, name)
+        // The run's checkpoint names are its own: a link placed under one is replaced, never written through (which
+        // would overwrite the file it names, anywhere). Removing a link leaves its target as it was.
+        if (try? manager.destinationOfSymbolicLink(atPath: final)) != nil {
+            do { try manager.removeItem(atPath: final) } catch {
+                throw CheckpointError(file: final, message: "is a link where this run writes its checkpoint, and cannot be removed: \(describe(error))")
+            }
+        }
         do {
             try OutputFile.write(final) { temporary in
                 let file = try File.create(temporary)
@@ -147,8 +154,12 @@ public enum Checkpoint {
 
     /// Removes all but the newest `keep` checkpoints (by step, never `name`); files that are not named as checkpoints
     /// are written (`checkpoint-<step>.h5`) are left alone.
+    /// Only checkpoints up to the one just written (`name`) take part: after a resume from an earlier checkpoint, the
+    /// later ones of the abandoned attempt are left alone rather than crowding out the run's new ones.
     private static func prune(directory: String, keep: Int, protecting name: String) throws {
-        for old in checkpointNames(in: directory).dropLast(keep) where old != name {
+        let newest = step(ofCheckpointNamed: name) ?? Int.max
+        let current = checkpointNames(in: directory).filter { (step(ofCheckpointNamed: $0) ?? Int.max) <= newest }
+        for old in current.dropLast(keep) where old != name {
             try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }
     }
@@ -200,7 +211,7 @@ public enum Checkpoint {
                                   + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path))
         }
         guard FileManager.default.fileExists(atPath: path) else {
-            throw CheckpointError(file: latest, message: "names '\(name)', which does not exist" + otherCheckpoints(in: directory, besides: path))
+            throw CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + otherCheckpoints(in: directory, besides: path))
         }
         return path
     }

@@ -40,6 +40,10 @@ public struct RunDirectory: Sendable {
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
         }
+        // A dangling or looping link cannot become the run directory (creating it would fail at the first checkpoint).
+        if !FileManager.default.fileExists(atPath: path), (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
+            throw TrainingError("\(path): the run directory \(Paths.whyMissing(path)); give an existing directory or a new path with --run-dir")
+        }
         removeInterruptedWrites(log: log)
         // The run's own files are written in place: through a link they would change a file elsewhere.
         for name in [Checkpoint.latestName, "metrics.jsonl"] {
@@ -47,6 +51,12 @@ public struct RunDirectory: Sendable {
             if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: file) {
                 throw TrainingError("\(file) is a symbolic link (to \(target)); a run writes its \(name) itself and not through a link, which "
                                     + "would change the file it points to: replace the link with a copy of that file, or remove it")
+            }
+            // A FIFO would block the run when it opens metrics.jsonl (waiting for a reader), a device take its lines.
+            // (`latest` is read as a small regular file, and its refusal names the checkpoints to go on from.)
+            if name == "metrics.jsonl", let type = (try? FileManager.default.attributesOfItem(atPath: file))?[.type] as? FileAttributeType, type != .typeRegular {
+                throw TrainingError("\(file) is not a regular file (\(type == .typeDirectory ? "a directory" : "a FIFO, device or socket")); "
+                                    + "a run writes its \(name) itself: remove it, or give another --run-dir")
             }
         }
         let latest: String?
@@ -85,6 +95,12 @@ public struct RunDirectory: Sendable {
             throw TrainingError("\(path) holds an earlier run\(step): \(earlier.prefix(4).joined(separator: ", "))"
                                 + "\(earlier.count > 4 ? ", ..." : ""). " + resuming
                                 + " over with --overwrite (which deletes those files), or give another --run-dir")
+        }
+        // Checked before anything is removed, so a refusal leaves the earlier run whole: a name that is not UTF-8
+        // (which arrives with U+FFFD in place of its bytes, naming no file) cannot be removed by that name.
+        if let odd = earlier.first(where: { $0.contains("\u{FFFD}") }) {
+            throw TrainingError("\(Paths.join(path, odd)): its name is not UTF-8 (shown with \u{FFFD}), so --overwrite cannot remove it; "
+                                + "nothing was removed: rename or remove it yourself, or give another --run-dir")
         }
         for name in earlier {
             let file = Paths.join(path, name)

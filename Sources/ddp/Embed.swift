@@ -42,7 +42,9 @@ struct Embed: ParsableCommand {
     @OptionGroup var threads: ThreadsOption
 
     func validate() throws {
-        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
+        if let batchSize, !(1...RunConfig.largestBatch).contains(batchSize) {
+            throw ValidationError("--batch-size must be 1 to \(RunConfig.largestBatch), got \(batchSize).")
+        }
     }
 
     func run() throws {

@@ -86,7 +86,9 @@ struct Eval: ParsableCommand {
         guard (source == nil) == (target == nil) else { throw ValidationError("--source and --target go together.") }
         guard text == nil || source == nil else { throw ValidationError("give --text or --source/--target, not both.") }
         guard (text == nil && source == nil) || data == nil else { throw ValidationError("give --data or text files, not both.") }
-        if let batchSize, batchSize < 1 { throw ValidationError("--batch-size must be at least 1, got \(batchSize).") }
+        if let batchSize, !(1...RunConfig.largestBatch).contains(batchSize) {
+            throw ValidationError("--batch-size must be 1 to \(RunConfig.largestBatch), got \(batchSize).")
+        }
         if let maxDecode, maxDecode < 0 { throw ValidationError("--max-decode must be 0 or more, got \(maxDecode).") }
         if maxDecode == 0, let first = textOutputs.first {
             throw ValidationError("\(first.option) writes decoded examples, and --max-decode 0 decodes none.")

@@ -42,8 +42,11 @@ struct Prepare: ParsableCommand {
     @Option(help: "Generate a built-in seq2seq task instead of reading files.")
     var synthetic: SyntheticTask?
 
-    @Option(help: "Pairs to generate with --synthetic.")
+    @Option(help: "Pairs to generate with --synthetic (samples x --max-length at most 200 million).")
     var samples = 20_000
+
+    /// The most characters (samples x --max-length) `--synthetic` makes: a few GB of pairs in memory.
+    static let largestSynthetic = 200_000_000.0
 
     @Option(help: "Directory to write the shards into.")
     var output: String
@@ -89,6 +92,12 @@ struct Prepare: ParsableCommand {
         guard shards >= 1 else { throw ValidationError("--shards must be at least 1, got \(shards).") }
         guard (0..<1).contains(validFraction) else { throw ValidationError("--valid-fraction must be in [0, 1), got \(validFraction).") }
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
+        // Synthetic pairs are made in memory before they are written: bounded, so a typo cannot exhaust it.
+        let characters = Double(samples) * Double(maxPairTokens ?? 16)
+        if synthetic != nil, characters > Self.largestSynthetic {
+            throw ValidationError("--samples \(samples) x --max-length \(maxPairTokens ?? 16) is more than the \(Int(Self.largestSynthetic)) characters "
+                                  + "--synthetic makes (in memory); give fewer samples or a smaller --max-length.")
+        }
         if let maxPairTokens, maxPairTokens < 1 { throw ValidationError("--max-length must be at least 1, got \(maxPairTokens).") }
         if tokenizerFrom != nil && (tokenizer != nil || vocabSize != nil) {
             throw ValidationError("--tokenizer-from encodes with an existing tokenizer; --tokenizer and --vocab-size build one. Give one or the other.")

@@ -56,14 +56,19 @@ struct DecodingOptions: ParsableArguments {
     @Option(help: "Translation: greedy or beam.")
     var decode: Method = .greedy
 
-    @Option(help: "Hypotheses per source for --decode beam (the paper: 4).")
+    @Option(help: "Hypotheses per source for --decode beam, 1 to 256 (the paper: 4).")
     var beamSize = 4
+
+    /// The widest beam: each hypothesis is a row of the decoder's batch, and beams past a few dozen only cost time.
+    static let largestBeam = 256
 
     @Option(help: "Length penalty α for --decode beam: a finished hypothesis scores log P / ((5 + length) / 6)^α (the paper: 0.6).")
     var lengthPenalty = 0.6
 
     func validate() throws {
-        guard beamSize >= 1 else { throw ValidationError("--beam-size must be at least 1, got \(beamSize).") }
+        guard (1...Self.largestBeam).contains(beamSize) else {
+            throw ValidationError("--beam-size must be 1 to \(Self.largestBeam), got \(beamSize).")
+        }
         guard lengthPenalty >= 0, lengthPenalty.isFinite else {
             throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).")
         }

@@ -140,6 +140,13 @@ final class ShardTests: XCTestCase {
         }
         try Data("not a directory".utf8).write(to: URL(fileURLWithPath: file("plain")))
         assertDataError(["plain: is a file, not a data directory"]) { _ = try DataSplit(directory: file("plain"), split: "train") }
+        // A shard whose name is not UTF-8 (its byte 0xFF arrives as U+FFFD, naming no file) is said as such.
+        try FileManager.default.createDirectory(atPath: file("odd"), withIntermediateDirectories: true)
+        let odd = Array(file("odd/train-").utf8) + [0xFF] + Array(".h5".utf8) + [0]
+        let descriptor = odd.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { creat($0.baseAddress!, 0o644) } }
+        XCTAssertGreaterThanOrEqual(descriptor, 0)
+        close(descriptor)
+        assertDataError(["odd/train-\u{FFFD}.h5: its name is not UTF-8"]) { _ = try DataSplit(directory: file("odd"), split: "train") }
         assertDataError(["no valid-*.h5 files"]) { _ = try DataSplit(directory: path, split: "valid") }
         try ShardWriter.writeLM(file("valid-00000.h5"), documents: [[5, 6]], tokenizer: .byte)
         assertDataError(["the valid split is empty", "no window of 9 tokens"]) {

@@ -406,6 +406,26 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertTrue(tooLong.stderr.contains("at most 8"), tooLong.output)
     }
 
+    /// A new-user trial's findings: standard input that cannot be read (a directory, or closed) is a sentence, not a
+    /// trap; --beam-size and --batch-size out of range are refused by option, not blamed on the checkpoint.
+    func testUnreadableStandardInputAndOutOfRangeSizesAreSentences() throws {
+        for redirect in ["< \"$0\"", "<&-"] {
+            let result = try runProcess("/bin/sh", ["-c", "exec \"$1\" generate --checkpoint \"$2\" \(redirect)", path(""), ddp, path("reverse-run")])
+            XCTAssertEqual(result.status, 1, "\(redirect): \(result.output)")
+            XCTAssertTrue(result.stderr.hasPrefix("Error: standard input: cannot be read: "), "\(redirect): \(result.output)")
+            XCTAssertFalse(result.output.contains("Fatal error"), result.output)
+        }
+        let beam = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run"), "--input", "abc", "--decode", "beam", "--beam-size", "257"])
+        XCTAssertNotEqual(beam.status, 0)
+        XCTAssertTrue(beam.stderr.contains("--beam-size must be 1 to 256, got 257"), beam.output)
+        for command in ["eval", "embed"] {
+            let extra = command == "embed" ? ["--input", path("lm.txt"), "--output", path("never.h5")] : []
+            let big = try runProcess(ddp, [command, "--checkpoint", path("reverse-run"), "--batch-size", "32769"] + extra)
+            XCTAssertNotEqual(big.status, 0)
+            XCTAssertTrue(big.stderr.contains("--batch-size must be 1 to 32768, got 32769"), "\(command): \(big.output)")
+        }
+    }
+
     // MARK: inspect
 
     func testInspectShowsTheRunAndEveryTensorWithItsNorm() throws {

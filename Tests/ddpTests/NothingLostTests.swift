@@ -47,6 +47,60 @@ final class NothingLostTests: XCTestCase {
         return result
     }
 
+    /// A new-user trial's run-directory findings: a link placed under a checkpoint name is replaced, not written
+    /// through; after a resume from an earlier checkpoint, rotation keeps the run's new checkpoints (the abandoned
+    /// later ones are left alone); a FIFO metrics.jsonl, a dangling --run-dir, a looping checkpoint link and a file
+    /// name that is not UTF-8 are each refused by name, before anything is removed.
+    func testOddRunDirectoriesAreRefusedOrHandledWithoutLoss() throws {
+        let file = try config(steps: 6)
+        XCTAssertEqual(try train(file, run: "r", ["--set", "checkpoint.every=2", "--set", "checkpoint.keep=5"]).status, 0)
+        XCTAssertEqual(files(in: "r").filter { $0.hasPrefix("checkpoint-") },
+                       ["checkpoint-00000002.h5", "checkpoint-00000004.h5", "checkpoint-00000006.h5"])
+        try "checkpoint-00000002.h5\n".write(toFile: path("r/latest"), atomically: true, encoding: .utf8)
+        try "precious\n".write(toFile: path("precious.txt"), atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: path("r/checkpoint-00000003.h5"), withDestinationPath: path("precious.txt"))
+        let resumed = try train(try config(steps: 3), run: "r", ["--resume", "--set", "checkpoint.every=1", "--set", "checkpoint.keep=2"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        XCTAssertEqual(try String(contentsOfFile: path("precious.txt"), encoding: .utf8), "precious\n", "the link's target is untouched")
+        XCTAssertNil(try? FileManager.default.destinationOfSymbolicLink(atPath: path("r/checkpoint-00000003.h5")), "the link was replaced")
+        XCTAssertEqual(files(in: "r").filter { $0.hasPrefix("checkpoint-") },
+                       ["checkpoint-00000002.h5", "checkpoint-00000003.h5", "checkpoint-00000004.h5", "checkpoint-00000006.h5"],
+                       "keep 2 of this attempt's (2 and 3); 4 and 6, of the abandoned one, are left alone")
+
+        // A checkpoint that latest names, as a link that loops.
+        try FileManager.default.createSymbolicLink(atPath: path("r/checkpoint-00000009.h5"), withDestinationPath: "checkpoint-00000009.h5")
+        try "checkpoint-00000009.h5\n".write(toFile: path("r/latest"), atomically: true, encoding: .utf8)
+        let looping = try train(try config(steps: 12), run: "r", ["--resume"])
+        XCTAssertNotEqual(looping.status, 0)
+        XCTAssertTrue(looping.stderr.contains("names 'checkpoint-00000009.h5', which is a link that loops"), looping.output)
+
+        // metrics.jsonl as a FIFO: refused (opening it would wait for a reader), not a hang.
+        try FileManager.default.createDirectory(atPath: path("fifo"), withIntermediateDirectories: true)
+        XCTAssertEqual(mkfifo(path("fifo/metrics.jsonl"), 0o644), 0)
+        let fifo = try train(file, run: "fifo")
+        XCTAssertNotEqual(fifo.status, 0)
+        XCTAssertTrue(fifo.stderr.contains("\(path("fifo/metrics.jsonl")) is not a regular file (a FIFO, device or socket)"), fifo.output)
+
+        // A --run-dir that is a dangling link: refused at start-up, not at the first checkpoint.
+        try FileManager.default.createSymbolicLink(atPath: path("dangling"), withDestinationPath: path("nowhere"))
+        let dangling = try train(file, run: "dangling")
+        XCTAssertNotEqual(dangling.status, 0)
+        XCTAssertTrue(dangling.stderr.contains("\(path("dangling")): the run directory is a link to \(path("nowhere")), which does not exist"),
+                      dangling.output)
+        XCTAssertFalse(dangling.stdout.contains("step "), dangling.output)
+
+        // --overwrite of a run holding a name that is not UTF-8: refused before anything is removed.
+        let odd = Array(path("r/checkpoint-").utf8) + [0xFF] + Array(".h5".utf8) + [0]
+        let descriptor = odd.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { creat($0.baseAddress!, 0o644) } }
+        XCTAssertGreaterThanOrEqual(descriptor, 0)
+        close(descriptor)
+        let before = files(in: "r")
+        let overwrite = try train(file, run: "r", ["--overwrite"])
+        XCTAssertNotEqual(overwrite.status, 0)
+        XCTAssertTrue(overwrite.stderr.contains("its name is not UTF-8") && overwrite.stderr.contains("nothing was removed"), overwrite.output)
+        XCTAssertEqual(files(in: "r"), before, "nothing removed")
+    }
+
     private func files(in name: String) -> [String] { ((try? FileManager.default.contentsOfDirectory(atPath: path(name))) ?? []).sorted() }
 
     private func metricLines(_ run: String) throws -> [[String: Any]] {
