@@ -21,7 +21,16 @@ struct DDP: ParsableCommand {
             try command.run()
         } catch {
             flushStandardOutput()
-            exit(withError: error)
+            // ArgumentParser's own output, but an error in one write: ranks started by mpirun that fail at once (each
+            // checking the same file before MPI starts) then print whole lines, never interleaved within one.
+            let code = exitCode(for: error)
+            let message = fullMessage(for: error)
+            if code == .success {
+                if !message.isEmpty { print(message) }
+            } else if !message.isEmpty {
+                FileHandle.standardError.write(Foundation.Data((message + "\n").utf8))
+            }
+            Foundation.exit(code.rawValue)
         }
     }
 }
