@@ -447,10 +447,40 @@ public struct RunConfig: Codable, Equatable, Sendable {
             case .alias: return Node.Scalar("\(sentinel)alias")
             }
         }
-        guard let node, let alias = find(node) else { return }
-        let name = alias.string.dropFirst().prefix { !$0.isWhitespace }
-        throw YAMLProblem(message: "uses the YAML alias *\(name.prefix(40))" + (alias.mark.map { " (line \($0.line))" } ?? "")
-                          + "; run configs do not support anchors and aliases (write the values out)")
+        guard let node else { return }
+        if let alias = find(node) {
+            let name = alias.string.dropFirst().prefix { !$0.isWhitespace }
+            throw YAMLProblem(message: "uses the YAML alias *\(name.prefix(40))" + (alias.mark.map { " (line \($0.line))" } ?? "")
+                              + "; run configs do not support anchors and aliases (write the values out)")
+        }
+        // A tag (`!!str 3`, `!custom 3`) would be ignored by the decoding, which reads the value as written: refused, as
+        // a value that does not say what it means. A tag passes when it is what the node is without one (none, the
+        // non-specific "!", or once resolved: a plain scalar's type from its text, a quoted one's str, map, seq).
+        func tagged(_ node: Node) -> (tag: String, mark: Mark?)? {
+            func shown(_ tag: Tag) -> String {
+                let text = tag.description
+                return text.hasPrefix("tag:yaml.org,2002:") ? "!!" + text.dropFirst("tag:yaml.org,2002:".count) : text
+            }
+            switch node {
+            case .scalar(let scalar):
+                let untagged = scalar.style == .plain ? Resolver.default.resolveTag(of: .scalar(Node.Scalar(scalar.string))).rawValue
+                                                      : Tag.Name.str.rawValue
+                return ["", "!", untagged].contains(scalar.tag.description) ? nil : (shown(scalar.tag), scalar.mark)
+            case .mapping(let mapping):
+                if !["", "!", Tag.Name.map.rawValue].contains(mapping.tag.description) { return (shown(mapping.tag), mapping.mark) }
+                for (key, value) in mapping { if let found = tagged(key) ?? tagged(value) { return found } }
+                return nil
+            case .sequence(let sequence):
+                if !["", "!", Tag.Name.seq.rawValue].contains(sequence.tag.description) { return (shown(sequence.tag), sequence.mark) }
+                return sequence.lazy.compactMap(tagged).first
+            case .alias:
+                return nil
+            }
+        }
+        if let (tag, mark) = tagged(node) {
+            throw YAMLProblem(message: "uses the YAML tag \(tag.prefix(40))" + (mark.map { " (line \($0.line))" } ?? "")
+                              + "; run configs do not read tags (write the value as itself: 3, not !!str 3)")
+        }
     }
 
     /// The YAML library's error about `text` as one line: where, and what is wrong (its own text appends the file, or a

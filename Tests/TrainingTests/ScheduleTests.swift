@@ -226,6 +226,23 @@ final class ScheduleTests: XCTestCase {
                        + "aliases (write the values out)")
     }
 
+    /// YAML tags are refused (the decoding would ignore them and read the value as written: `!!str 3` trained 3 steps),
+    /// in a file and in a --set; a tag that says what the value is anyway (`!!int 3`, `!!str "a"`) passes.
+    func testTagsAreRefusedUnlessTheySayWhatTheValueIs() throws {
+        func error(_ text: String, overrides: [String] = []) -> String {
+            do { _ = try RunConfig.parse(text, file: "t.yaml", overrides: overrides); return "no error" } catch { return "\(error)" }
+        }
+        let tail = "; run configs do not read tags (write the value as itself: 3, not !!str 3)"
+        for (value, tag) in [("!!str 3", "!!str"), ("!!float 3", "!!float"), ("!custom 3", "!custom"), ("!!int \"3\"", "!!int")] {
+            XCTAssertEqual(error(smallModelYAML, overrides: ["training.steps=\(value)"]),
+                           "--set training.steps=\(value): config key 'training.steps': uses the YAML tag \(tag) (line 1)" + tail)
+        }
+        let tagged = smallModelYAML.replacingOccurrences(of: "data: {target_length: 16}", with: "data: !settings {target_length: 16}")
+        XCTAssertTrue(error(tagged).hasPrefix("t.yaml: uses the YAML tag !settings (line "), error(tagged))
+        XCTAssertEqual(error(smallModelYAML, overrides: ["training.steps=!!int 3"]), "no error")
+        XCTAssertEqual(try RunConfig.parse(smallModelYAML, file: "t.yaml", overrides: ["data.directory=!!str \"runs\""]).data.directory, "runs")
+    }
+
     /// A config file that cannot be read says why: missing, a directory, a device, too large, not UTF-8.
     func testAnUnreadableConfigSaysWhy() throws {
         let directory = try makeTemporaryDirectory("config-read")
