@@ -216,10 +216,8 @@ public enum Preparer {
         }
         let written = Set(planned.map(\.file))
         for file in earlier where !written.contains(file) {
-            let path = Paths.join(options.output, file)
-            // A file named like a shard that this run read (text given as input) is not the earlier dataset's.
-            guard !options.inputs.contains(where: { OutputFile.sameFile($0, path) }) else { continue }
-            try? FileManager.default.removeItem(atPath: path)
+            // (No input is among them: `prepareOutputDirectory` refuses an input named like a shard in --output.)
+            try? FileManager.default.removeItem(atPath: Paths.join(options.output, file))
         }
     }
 
@@ -252,6 +250,15 @@ public enum Preparer {
             try? FileManager.default.removeItem(atPath: Paths.join(options.output, name))
         }
         let earlier = names.filter(isShardName).sorted()
+        // An input named like a shard inside --output would stay there (inputs are never written or removed) and be
+        // read as part of the new dataset.
+        for name in earlier {
+            let path = Paths.join(options.output, name)
+            if let input = options.inputs.first(where: { OutputFile.sameFile($0, path) }) {
+                throw DataError(file: input, "is an input of this prepare and, as \(path), would stay in --output as a shard of the "
+                                + "dataset written there; move it out of \(options.output), or give another --output")
+            }
+        }
         if !earlier.isEmpty && !options.overwrite {
             throw DataError(file: options.output, "already holds a dataset (\(earlier.count) shard(s): \(earlier.prefix(3).joined(separator: ", "))"
                                                   + "\(earlier.count > 3 ? ", ..." : "")); give another --output, or --overwrite to replace it")

@@ -163,17 +163,24 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "full/d").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
     }
 
-    /// Leftovers of killed writes are removed by the next write into the same place; inputs named like shards are
-    /// not an earlier dataset's.
+    /// Leftovers of killed writes are removed by the next write into the same place; an input named like a shard
+    /// inside --output is refused (it would stay there and be read as a shard of the new dataset), nothing removed.
     func testLeftoversAreSweptAndInputsKept() throws {
         try "text".write(toFile: path("data/.train-00000.h5.DEADBEEF.tmp"), atomically: true, encoding: .utf8)
         // A shard's writer nests its temporary in the set's: a kill leaves this name.
         try "text".write(toFile: path("data/..valid-00001.h5.0BADF00D.tmp.DEADBEEF.tmp"), atomically: true, encoding: .utf8)
         try "one document\n\nanother one\n".write(toFile: path("data/valid-00007.h5"), atomically: true, encoding: .utf8)
-        let result = try ddp(["prepare", "--task", "lm", "--input", path("data/valid-00007.h5"), "--valid-fraction", "0",
+        let refused = try ddp(["prepare", "--task", "lm", "--input", path("data/valid-00007.h5"), "--valid-fraction", "0",
+                               "--output", path("data"), "--overwrite"])
+        XCTAssertNotEqual(refused.status, 0, refused.output)
+        XCTAssertTrue(refused.stderr.contains("\(path("data/valid-00007.h5")): is an input of this prepare and, as "
+                                              + "\(path("data/valid-00007.h5")), would stay in --output as a shard"), refused.output)
+        XCTAssertEqual(files(in: "data"), ["train-00000.h5", "valid-00000.h5", "valid-00007.h5"], "the earlier dataset and the input stay")
+        try FileManager.default.moveItem(atPath: path("data/valid-00007.h5"), toPath: path("corpus.txt"))
+        let result = try ddp(["prepare", "--task", "lm", "--input", path("corpus.txt"), "--valid-fraction", "0",
                               "--output", path("data"), "--overwrite"])
         XCTAssertEqual(result.status, 0, result.output)
-        XCTAssertEqual(files(in: "data"), ["train-00000.h5", "valid-00007.h5"], "the input stays, the old shards and the leftover go")
+        XCTAssertEqual(files(in: "data"), ["train-00000.h5"], "the old shards and the leftovers go")
 
         XCTAssertEqual(try ddp(["prepare", "--synthetic", "reverse", "--samples", "300", "--max-length", "8", "--valid-fraction", "0.1",
                                 "--output", path("data"), "--overwrite"]).status, 0)
