@@ -250,6 +250,12 @@ public enum Preparer {
             try? FileManager.default.removeItem(atPath: Paths.join(options.output, name))
         }
         let earlier = names.filter(isShardName).sorted()
+        // A name that is not UTF-8 arrives with U+FFFD in place of its bytes and names no file: --overwrite could not
+        // remove it, and training would find it beside the new shards.
+        if let odd = earlier.first(where: { $0.contains("\u{FFFD}") }) {
+            throw DataError(file: Paths.join(options.output, odd), "its name is not UTF-8 (shown with \u{FFFD}), so it cannot be "
+                            + "removed or read by name; nothing was written: rename or remove it yourself, or give another --output")
+        }
         // An input named like a shard inside --output would stay there (inputs are never written or removed) and be
         // read as part of the new dataset.
         for name in earlier {

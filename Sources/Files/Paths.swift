@@ -32,10 +32,14 @@ public enum Paths {
     /// same path when it is not a link), or the reason it cannot be reached ("is a link that loops", "is a chain of
     /// more than 40 links"). A relative link target is taken from the link's own directory.
     public static func followingLinks(_ path: String) -> (path: String, problem: String?) {
-        var current = path
-        var seen: Set<String> = []
+        // A trailing separator would make readlink follow the link itself ("dir-link/").
+        var current = withoutTrailingSeparators(path)
+        // Links are told apart by file (device and inode), not by text: "d/../x" is not "x" when d is a link.
+        var seen: Set<[Int]> = []
         while let target = try? FileManager.default.destinationOfSymbolicLink(atPath: current) {
-            guard seen.insert(normalized(current)).inserted else { return (current, "is a link that loops") }
+            let attributes = try? FileManager.default.attributesOfItem(atPath: current)
+            let identity = [(attributes?[.systemNumber] as? NSNumber)?.intValue ?? -1, (attributes?[.systemFileNumber] as? NSNumber)?.intValue ?? -1]
+            guard seen.insert(identity).inserted else { return (current, "is a link that loops") }
             guard seen.count <= linkLimit else { return (current, "is a chain of more than \(linkLimit) links") }
             current = target.hasPrefix("/") ? target : parent(current) == "." ? target : join(parent(current), target)
         }
@@ -48,7 +52,7 @@ public enum Paths {
     public static func whyMissing(_ path: String) -> String {
         let (reached, problem) = followingLinks(path)
         if let problem { return problem }
-        return reached == path ? "does not exist" : "is a link to \(reached), which does not exist"
+        return reached == withoutTrailingSeparators(path) ? "does not exist" : "is a link to \(reached), which does not exist"
     }
 
     /// The size in bytes of the regular file `path` names (through links, as the system follows them); a `FileError`
@@ -68,6 +72,13 @@ public enum Paths {
         case .typeDirectory?: throw FileError(path, "is a directory, not a file")
         default: throw FileError(path, "is not a regular file (a FIFO, device or socket), so it is not read")
         }
+    }
+
+    /// `path` without separators at its end ("runs/a/" is "runs/a"; "/" stays "/").
+    public static func withoutTrailingSeparators(_ path: String) -> String {
+        var result = Substring(path)
+        while result.count > 1 && result.hasSuffix("/") { result = result.dropLast() }
+        return String(result)
     }
 
     /// `path` with `.`, `..` and repeated separators resolved lexically.

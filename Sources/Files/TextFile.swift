@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Text from any editor: UTF-8 files whose lines end in LF, CRLF or CR (a lone CR is an old Mac line end).
 public enum TextFile {
@@ -52,8 +55,9 @@ public enum TextFile {
 
     /// Reads `handle` (standard input, say) to its end, calling `body` with each line as it completes: the same line
     /// ends as `lines(_:)`, a byte-order mark before the first line dropped, and nil for a line that is not UTF-8.
-    /// A handle that cannot be read (standard input closed, or a directory) is a `FileError` naming `name`, not a trap
-    /// (`FileHandle.availableData` traps on a read error).
+    /// Each read returns what is there (a line typed at a terminal is handled at once, not after 64 KiB or the end);
+    /// a handle that cannot be read (standard input closed, or a directory) is a `FileError` naming `name`, not a
+    /// trap (as `FileHandle.availableData` would be).
     public static func forEachLine(of handle: FileHandle, named name: String = "standard input", _ body: (String?) throws -> Void) throws {
         var pending: [UInt8] = []
         var previousWasCR = false, first = true
@@ -63,13 +67,15 @@ public enum TextFile {
             try body(String(validating: pending, as: UTF8.self))
             pending.removeAll(keepingCapacity: true)
         }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
         while true {
-            let chunk: Foundation.Data
-            do { chunk = try handle.read(upToCount: 1 << 16) ?? Foundation.Data() } catch {
-                throw FileError(name, "cannot be read: \(describe(error))")
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(handle.fileDescriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw FileError(name, "cannot be read: \(String(cString: strerror(errno)))")
             }
-            if chunk.isEmpty { break }
-            for byte in chunk {
+            if count == 0 { break }
+            for byte in buffer[..<count] {
                 switch byte {
                 case UInt8(ascii: "\r"):
                     try emit()

@@ -67,11 +67,13 @@ public enum Checkpoint {
         }
     }
 
-    /// Writes the checkpoint for `state.step` into `directory`, points `latest` at it, and removes all but the
-    /// newest `keep` checkpoints. Returns the checkpoint's path.
+    /// Writes the checkpoint for `state.step` into `directory` (a link under its name is replaced, not written
+    /// through), points `latest` at it, and removes all but the newest `keep` checkpoints, leaving `abandoned` alone
+    /// (the later checkpoints of an attempt a resume from an earlier one replaced). Returns the checkpoint's path.
     @discardableResult
     public static func save(directory: String, model: TransformerModel, optimizer: AdamW, state: TrainingState,
-                            config: RunConfig, tokenizer: Tokenizer?, keep: Int, provenance: Provenance? = nil) throws -> String {
+                            config: RunConfig, tokenizer: Tokenizer?, keep: Int, provenance: Provenance? = nil,
+                            abandoned: Set<String> = []) throws -> String {
         let manager = FileManager.default
         do {
             try manager.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -98,7 +100,7 @@ public enum Checkpoint {
             throw CheckpointError(file: final, message: "writing failed, the previous checkpoint is untouched: \(error)")
         }
         try pointLatest(directory: directory, at: name)
-        try prune(directory: directory, keep: max(1, keep), protecting: name)
+        try prune(directory: directory, keep: max(1, keep), protecting: name, abandoned: abandoned.subtracting([name]))
         return final
     }
 
@@ -154,11 +156,9 @@ public enum Checkpoint {
 
     /// Removes all but the newest `keep` checkpoints (by step, never `name`); files that are not named as checkpoints
     /// are written (`checkpoint-<step>.h5`) are left alone.
-    /// Only checkpoints up to the one just written (`name`) take part: after a resume from an earlier checkpoint, the
-    /// later ones of the abandoned attempt are left alone rather than crowding out the run's new ones.
-    private static func prune(directory: String, keep: Int, protecting name: String) throws {
-        let newest = step(ofCheckpointNamed: name) ?? Int.max
-        let current = checkpointNames(in: directory).filter { (step(ofCheckpointNamed: $0) ?? Int.max) <= newest }
+    /// The `abandoned` checkpoints take no part: they neither count among the newest nor are removed.
+    private static func prune(directory: String, keep: Int, protecting name: String, abandoned: Set<String>) throws {
+        let current = checkpointNames(in: directory).filter { !abandoned.contains($0) }
         for old in current.dropLast(keep) where old != name {
             try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }
@@ -401,12 +401,14 @@ public enum Checkpoint {
             // Length groups were joined by chance before sampler version 2: the rest of an epoch begun in that order
             // would repeat some of its samples and skip others in this build's. A checkpoint at an epoch's start is fine.
             let position = header.state.position
-            if now != nil, config.training.lengthGroups > 1, provenance.samplerVersion < 2, position.batch > 0 {
+            let version = provenance.samplerVersion
+            if now != nil, config.training.lengthGroups > 1, version != TokenBudgetSampler.orderVersion, position.batch > 0 {
                 throw CheckpointError(file: path, message: "cannot resume: it was written inside epoch \(position.epoch) (at batch "
-                                      + "\(position.batch)) by an earlier SwiftDDP, which joined training.length_groups by chance; this "
-                                      + "one joins one group per stratum, so the rest of that epoch would repeat some samples and skip "
-                                      + "others. Finish the epoch with the version that wrote it, or resume from a checkpoint written at "
-                                      + "an epoch's start")
+                                      + "\(position.batch)) by " + (version < TokenBudgetSampler.orderVersion
+                                        ? "an earlier SwiftDDP, which joined training.length_groups by chance; this one joins one group per stratum"
+                                        : "a later SwiftDDP (sampler version \(version); this one's is \(TokenBudgetSampler.orderVersion)), whose epochs are ordered otherwise")
+                                      + ", so the rest of that epoch would repeat some samples and skip others. Finish the epoch with "
+                                      + "the version that wrote it, or resume from a checkpoint written at an epoch's start")
             }
         } else {
             log("resume: \(path) does not record its global batch and data (written by an earlier version): check that "

@@ -463,9 +463,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
             }
             switch node {
             case .scalar(let scalar):
+                // (The non-specific "!" makes even a plain scalar a string: `! 3` is "3", which the decoding would read as 3.)
                 let untagged = scalar.style == .plain ? Resolver.default.resolveTag(of: .scalar(Node.Scalar(scalar.string))).rawValue
                                                       : Tag.Name.str.rawValue
-                return ["", "!", untagged].contains(scalar.tag.description) ? nil : (shown(scalar.tag), scalar.mark)
+                let passing = untagged == Tag.Name.str.rawValue ? ["", "!", untagged] : ["", untagged]
+                return passing.contains(scalar.tag.description) ? nil : (shown(scalar.tag), scalar.mark)
             case .mapping(let mapping):
                 if !["", "!", Tag.Name.map.rawValue].contains(mapping.tag.description) { return (shown(mapping.tag), mapping.mark) }
                 for (key, value) in mapping { if let found = tagged(key) ?? tagged(value) { return found } }

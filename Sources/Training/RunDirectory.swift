@@ -41,7 +41,8 @@ public struct RunDirectory: Sendable {
             throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
         }
         // A dangling or looping link cannot become the run directory (creating it would fail at the first checkpoint).
-        if !FileManager.default.fileExists(atPath: path), (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) != nil {
+        if !FileManager.default.fileExists(atPath: path),
+           (try? FileManager.default.destinationOfSymbolicLink(atPath: Paths.withoutTrailingSeparators(path))) != nil {
             throw TrainingError("\(path): the run directory \(Paths.whyMissing(path)); give an existing directory or a new path with --run-dir")
         }
         removeInterruptedWrites(log: log)

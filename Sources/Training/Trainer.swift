@@ -85,6 +85,10 @@ public final class Trainer {
     /// run resumes.
     public var initialParameters: String?
 
+    /// Rank 0: the run directory's checkpoints after the one this run resumed from, of the attempt it replaces, that
+    /// it has not yet written over; rotation (`checkpoint.keep`) leaves them alone.
+    private var abandonedCheckpoints: Set<String> = []
+
     /// Trains to `training.steps` (continuing from `latest` as `resume` says), checkpoints, then evaluates at the
     /// end. SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint.
     @discardableResult
@@ -180,8 +184,8 @@ public final class Trainer {
                 } catch let error as ModelConfigError {
                     // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
                     guard let maxTokens = config.training.maxTokens, error.key == "d_model" else { throw error }
-                    throw TrainingError("training.max_tokens \(maxTokens) with training.batch_size \(config.training.batchSize) "
-                                        + "(the evaluation's rows): \(error); lower them, or raise training.grad_accum")
+                    throw TrainingError("training.max_tokens \(maxTokens) (batches of up to \(batching.maxRows) rows, the "
+                                        + "evaluation's included, which training.batch_size bounds): \(error); lower them, or raise training.grad_accum")
                 }
             }
             model.specialTokens = train.tokenizer.specialTokens
@@ -369,6 +373,14 @@ public final class Trainer {
         let state = try restore(resumeFrom, model: run.model, optimizer: run.optimizer, watchdog: run.watchdog)
         if world.rank == 0 {
             log("resumed from \(resumeFrom) at step \(state.step)")
+            // Checkpoints after it are another attempt's, which this one replaces: rotation leaves them alone (one of
+            // the same step is replaced when this attempt writes it).
+            let later = Checkpoint.checkpointNames(in: runDirectory).filter { (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step }
+            abandonedCheckpoints = Set(later)
+            if !later.isEmpty {
+                log("resume: \(later.joined(separator: ", ")) come after step \(state.step), from the attempt this one replaces; "
+                    + "checkpoint.keep leaves them as they are (one of the same step is replaced when written)")
+            }
             if state.step >= config.training.steps {
                 log("nothing to train: the checkpoint is at step \(state.step) and training.steps is \(config.training.steps) (raise "
                     + "training.steps, with --set training.steps=N, to train on)")
@@ -418,8 +430,9 @@ public final class Trainer {
                     try Checkpoint.save(directory: runDirectory, model: run.model, optimizer: run.optimizer, state: state, config: config,
                                         tokenizer: run.train.tokenizer, keep: config.checkpoint.keep,
                                         provenance: .init(globalBatch: run.globalBatch, worldSize: world.size,
-                                                          dataFingerprint: run.fingerprint))
+                                                          dataFingerprint: run.fingerprint), abandoned: abandonedCheckpoints)
                 }
+                abandonedCheckpoints.remove(Paths.lastComponent(path))
                 log("checkpoint \(path)")
             } catch {
                 failure = "\(error)"

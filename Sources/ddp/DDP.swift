@@ -28,7 +28,7 @@ struct DDP: ParsableCommand {
             if code == .success {
                 if !message.isEmpty { print(message) }
             } else if !message.isEmpty {
-                FileHandle.standardError.write(Foundation.Data((message + "\n").utf8))
+                try? FileHandle.standardError.write(contentsOf: Foundation.Data((message + "\n").utf8))  // stderr may be closed
             }
             Foundation.exit(code.rawValue)
         }
@@ -46,7 +46,10 @@ struct Bench: ParsableCommand {
 /// directory would be created under the replaced name), a value say something else. Refused by position and option.
 func refuseArgumentsThatAreNotUTF8(_ arguments: [String]) throws {
     guard let index = arguments.firstIndex(where: { $0.contains("\u{FFFD}") }) else { return }
-    let option = index > 0 && arguments[index - 1].hasPrefix("-") ? " (the value of \(arguments[index - 1]))" : ""
+    // Named by its option when it says so itself (--run-dir=...), else by what comes before it (an option or a flag).
+    let argument = arguments[index]
+    let option = argument.hasPrefix("-") && argument.contains("=") ? " (the value of \(argument.prefix { $0 != "=" }))"
+        : index > 0 && arguments[index - 1].hasPrefix("-") ? " (after \(arguments[index - 1]))" : ""
     throw RunError("argument \(index + 1), '\(arguments[index])'\(option), holds bytes that are not UTF-8 text (shown as \u{FFFD}); "
                    + "give a UTF-8 path or value (rename the file or directory)")
 }
@@ -57,5 +60,5 @@ func flushStandardOutput() { fflush(nil) }
 /// One line to standard error, after what standard output holds so far (so a log keeps them in the order written).
 func printToStandardError(_ line: String) {
     flushStandardOutput()
-    FileHandle.standardError.write(Foundation.Data((line + "\n").utf8))
+    try? FileHandle.standardError.write(contentsOf: Foundation.Data((line + "\n").utf8))  // stderr may be closed
 }

@@ -126,9 +126,12 @@ struct Eval: ParsableCommand {
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             // Each rank reads the checkpoint and the data; a refusal on any rank stops every rank with a sentence.
             let (model, evaluated) = try togetherOnEveryRank(world, "checkpoint and data checks") {
-                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batch)
                 let (evaluated, made) = try dataSplit(run: run, header: header, checkpoint: path)
                 temporary = made
+                // The run's batch_size (derived from a token budget, it can be large) only as far as this rank's share
+                // of the split fills it; batches never hold more rows than that share.
+                let share = (evaluated.samples + world.size - 1) / world.size
+                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? max(1, min(batch, share)))
                 try check(evaluated, against: header, checkpoint: path)
                 return (model, evaluated)
             }

@@ -42,11 +42,13 @@ struct Prepare: ParsableCommand {
     @Option(help: "Generate a built-in seq2seq task instead of reading files.")
     var synthetic: SyntheticTask?
 
-    @Option(help: "Pairs to generate with --synthetic (samples x --max-length at most 200 million).")
+    @Option(help: "Pairs to generate with --synthetic (at most 10 million, and samples x --max-length at most 200 million).")
     var samples = 20_000
 
     /// The most characters (samples x --max-length) `--synthetic` makes: a few GB of pairs in memory.
     static let largestSynthetic = 200_000_000.0
+    /// The most pairs `--synthetic` makes (each costs about 100 bytes besides its characters).
+    static let largestSyntheticCount = 10_000_000
 
     @Option(help: "Directory to write the shards into.")
     var output: String
@@ -94,6 +96,9 @@ struct Prepare: ParsableCommand {
         guard samples >= 1 else { throw ValidationError("--samples must be at least 1, got \(samples).") }
         // Synthetic pairs are made in memory before they are written: bounded, so a typo cannot exhaust it.
         let characters = Double(samples) * Double(maxPairTokens ?? 16)
+        if synthetic != nil, samples > Self.largestSyntheticCount {
+            throw ValidationError("--samples \(samples) is more than the \(Self.largestSyntheticCount) pairs --synthetic makes (in memory).")
+        }
         if synthetic != nil, characters > Self.largestSynthetic {
             throw ValidationError("--samples \(samples) x --max-length \(maxPairTokens ?? 16) is more than the \(Int(Self.largestSynthetic)) characters "
                                   + "--synthetic makes (in memory); give fewer samples or a smaller --max-length.")

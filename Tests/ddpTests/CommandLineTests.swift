@@ -93,6 +93,22 @@ final class CommandLineTests: XCTestCase {
 
     /// A one-process command started by mpirun as several ranks is refused: each rank would print all of it, or write
     /// the same files at once.
+    /// Command-line bytes that are not UTF-8 would arrive as U+FFFD (a --run-dir would name another directory): any such
+    /// argument is refused, by position and by what it belongs to; with stderr closed, the refusal still exits 1.
+    func testArgumentsThatAreNotUTF8AreRefused() throws {
+        let directory = try makeTemporaryDirectory("ddp-not-utf8")
+        defer { try? FileManager.default.removeItem(at: directory) }
+        for (arguments, named) in [("--run-dir \"$(printf 'r\\377')\"", "argument 5, 'r\u{FFFD}' (after --run-dir)"),
+                                   ("\"--run-dir=$(printf 'r\\377')\"", "argument 4, '--run-dir=r\u{FFFD}' (the value of --run-dir)")] {
+            let result = try runProcess("/bin/sh", ["-c", "cd \"$1\" && exec \"$0\" train --config none.yaml \(arguments)", ddp, directory.path])
+            XCTAssertEqual(result.status, 1, result.output)
+            XCTAssertTrue(result.stderr.contains(named + ", holds bytes that are not UTF-8 text"), result.output)
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory.path), [], "no run directory made")
+        }
+        let closed = try runProcess("/bin/sh", ["-c", "exec \"$0\" train --config /nonexistent.yaml 2>&-", ddp])
+        XCTAssertEqual(closed.status, 1, "an error with standard error closed exits 1, not a trap: \(closed.output)")
+    }
+
     func testOneProcessCommandsRefuseSeveralRanks() throws {
         guard findOnPath("mpirun") != nil else { throw XCTSkip("mpirun is not installed") }
         let directory = try makeTemporaryDirectory("ddp-one-process")

@@ -66,6 +66,16 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "r").filter { $0.hasPrefix("checkpoint-") },
                        ["checkpoint-00000002.h5", "checkpoint-00000003.h5", "checkpoint-00000004.h5", "checkpoint-00000006.h5"],
                        "keep 2 of this attempt's (2 and 3); 4 and 6, of the abandoned one, are left alone")
+        XCTAssertTrue(resumed.stdout.contains("resume: checkpoint-00000003.h5, checkpoint-00000004.h5, checkpoint-00000006.h5 come after step 2"),
+                      resumed.output)
+        // Past the abandoned checkpoints' steps too: the run's own 4 and 6 are kept, the abandoned 3, 5 and 7 left alone.
+        let six = try config("lineage.yaml", steps: 6)
+        XCTAssertEqual(try train(six, run: "lineage", ["--set", "training.steps=7", "--set", "checkpoint.every=1",
+                                                        "--set", "checkpoint.keep=10"]).status, 0)
+        try "checkpoint-00000002.h5\n".write(toFile: path("lineage/latest"), atomically: true, encoding: .utf8)
+        let lineage = try train(six, run: "lineage", ["--resume", "--set", "checkpoint.every=2", "--set", "checkpoint.keep=2"])
+        XCTAssertEqual(lineage.status, 0, lineage.output)
+        XCTAssertEqual(files(in: "lineage").filter { $0.hasPrefix("checkpoint-") }, (3...7).map { String(format: "checkpoint-%08d.h5", $0) })
 
         // A checkpoint that latest names, as a link that loops.
         try FileManager.default.createSymbolicLink(atPath: path("r/checkpoint-00000009.h5"), withDestinationPath: "checkpoint-00000009.h5")
@@ -88,6 +98,9 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(dangling.stderr.contains("\(path("dangling")): the run directory is a link to \(path("nowhere")), which does not exist"),
                       dangling.output)
         XCTAssertFalse(dangling.stdout.contains("step "), dangling.output)
+        let slashed = try ddp(["train", "--config", file, "--run-dir", path("dangling") + "/"])
+        XCTAssertNotEqual(slashed.status, 0)
+        XCTAssertTrue(slashed.stderr.contains("the run directory is a link to \(path("nowhere")), which does not exist"), slashed.output)
 
         // --overwrite of a run holding a name that is not UTF-8: refused before anything is removed.
         let odd = Array(path("r/checkpoint-").utf8) + [0xFF] + Array(".h5".utf8) + [0]
@@ -140,6 +153,16 @@ final class NothingLostTests: XCTestCase {
                                 "--output", path("sharded")])
         XCTAssertEqual(replaced.status, 0, replaced.output)
         XCTAssertEqual(files(in: "sharded"), ["train-00000.h5"])
+        // A shard name that is not UTF-8 could be neither removed nor read by name: refused before anything is written.
+        let odd = Array(path("sharded/train-").utf8) + [0xFF] + Array(".h5".utf8) + [0]
+        let descriptor = odd.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { creat($0.baseAddress!, 0o644) } }
+        XCTAssertGreaterThanOrEqual(descriptor, 0)
+        close(descriptor)
+        let before = files(in: "sharded")
+        let oddName = try ddp(["prepare", "--synthetic", "copy", "--samples", "60", "--valid-fraction", "0", "--overwrite", "--output", path("sharded")])
+        XCTAssertNotEqual(oddName.status, 0, oddName.output)
+        XCTAssertTrue(oddName.stderr.contains("its name is not UTF-8") && oddName.stderr.contains("nothing was written"), oddName.output)
+        XCTAssertEqual(files(in: "sharded"), before)
         // An output that is a file, here the input itself.
         try "one document\n".write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
         let onto = try ddp(["prepare", "--task", "lm", "--input", path("corpus.txt"), "--output", path("corpus.txt")])

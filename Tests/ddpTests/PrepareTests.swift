@@ -92,7 +92,9 @@ final class PrepareTests: XCTestCase {
         try failure(["--task", "lm", "--input", "/nonexistent/corpus.txt", "--output", path("x")], "/nonexistent/corpus.txt: does not exist")
         // Synthetic pairs are made in memory: a count that would exhaust it is refused, not a crash.
         try failure(["--synthetic", "reverse", "--samples", "1000000000", "--output", path("x")],
-                    "--samples 1000000000 x --max-length 16 is more than the 200000000 characters --synthetic makes")
+                    "--samples 1000000000 is more than the 10000000 pairs --synthetic makes")
+        try failure(["--synthetic", "reverse", "--samples", "5000000", "--max-length", "100", "--output", path("x")],
+                    "--samples 5000000 x --max-length 100 is more than the 200000000 characters --synthetic makes")
         try "a\nb\nc\n".write(toFile: path("three.txt"), atomically: true, encoding: .utf8)
         try "a\nb\n".write(toFile: path("two.txt"), atomically: true, encoding: .utf8)
         try failure(["--source", path("three.txt"), "--target", path("two.txt"), "--output", path("x")], "has 2 lines but")

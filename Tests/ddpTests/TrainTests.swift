@@ -134,21 +134,23 @@ final class TrainTests: XCTestCase {
         try train(ranks: 2, config: try config(batch: 8, steps: 30, extra: grouped), run: "moved")
         try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 60, extra: grouped), run: "moved", resume: true)
         assertClose(try losses("moved"), reference, "resumed on 1 rank x grad_accum 2")
-        // A checkpoint written inside an epoch by a build that joined the groups by chance (sampler version 1) is
-        // refused: its epoch would go on in another order, repeating some samples and skipping others.
+        // A checkpoint written inside an epoch by a build that joined the groups by chance (sampler version 1), or by
+        // a later build whose order this one does not know, is refused: its epoch would go on in another order,
+        // repeating some samples and skipping others.
         try train(ranks: 1, config: try config(batch: 8, accumulation: 2, steps: 30, extra: grouped), run: "earlier")
-        do {
+        XCTAssertEqual(try File.open(path("earlier/checkpoint-00000030.h5")).int64Attribute("sampler_version"), 2)
+        for (version, words) in [(1, "checkpoint-00000030.h5: cannot resume: it was written inside epoch 0 (at batch 30) by an earlier "
+                                     + "SwiftDDP, which joined training.length_groups by chance"),
+                                 (3, "by a later SwiftDDP (sampler version 3; this one's is 2)")] {
             let file = try File.open(path("earlier/checkpoint-00000030.h5"), mode: .readWrite)
-            XCTAssertEqual(try file.int64Attribute("sampler_version"), 2)
-            try file.setAttribute("sampler_version", 1)
+            try file.setAttribute("sampler_version", Int64(version))
             try file.sealAttributes()
             try file.close()
+            let resumed = try runProcess(ddp, ["train", "--config", try config(batch: 8, accumulation: 2, steps: 60, extra: grouped),
+                                               "--run-dir", path("earlier"), "--resume"], environment: mpiEnvironment)
+            XCTAssertNotEqual(resumed.status, 0, resumed.output)
+            XCTAssertTrue(resumed.stderr.contains(words), "sampler version \(version): \(resumed.output)")
         }
-        let earlier = try runProcess(ddp, ["train", "--config", try config(batch: 8, accumulation: 2, steps: 60, extra: grouped),
-                                           "--run-dir", path("earlier"), "--resume"], environment: mpiEnvironment)
-        XCTAssertNotEqual(earlier.status, 0, earlier.output)
-        XCTAssertTrue(earlier.stderr.contains("checkpoint-00000030.h5: cannot resume: it was written inside epoch 0 (at batch 30) by an "
-                                              + "earlier SwiftDDP, which joined training.length_groups by chance"), earlier.output)
 
         func refused(_ extra: String, accumulation: Int = 1, resume: String? = nil) throws -> String {
             let result = try runProcess(ddp, ["train", "--config", try config(batch: 8, accumulation: accumulation, steps: 70, extra: extra),
@@ -188,6 +190,10 @@ final class TrainTests: XCTestCase {
                                                 path("budget.yaml"), "--run-dir", path("capped")], environment: mpiEnvironment, timeout: 300)
         XCTAssertEqual(capped.status, 0, capped.output)
         XCTAssertTrue(capped.stdout.contains("final validation: loss"), capped.output)
+        // ddp eval of that checkpoint too (its stored batch_size is the derived 30769).
+        let evaluated = try runProcess("/bin/sh", ["-c", "ulimit -v 3000000; exec \"$0\" \"$@\"", ddp, "eval", "--checkpoint", path("capped")],
+                                       environment: mpiEnvironment, timeout: 300)
+        XCTAssertEqual(evaluated.status, 0, evaluated.output)
     }
 
     /// A token-budget run resumed is the uninterrupted run, bitwise on 1 rank and within 1e-5 on 2; changing the
