@@ -252,7 +252,7 @@ public enum Preparer {
         let earlier = names.filter(isShardName).sorted()
         // A name that is not UTF-8 arrives with U+FFFD in place of its bytes and names no file: --overwrite could not
         // remove it, and training would find it beside the new shards.
-        if let odd = earlier.first(where: { $0.contains("\u{FFFD}") }) {
+        if let odd = earlier.first(where: { Paths.isMangledName($0, in: options.output) }) {
             throw DataError(file: Paths.join(options.output, odd), "its name is not UTF-8 (shown with \u{FFFD}), so it cannot be "
                             + "removed or read by name; nothing was written: rename or remove it yourself, or give another --output")
         }

@@ -155,7 +155,7 @@ public struct DataSplit: Sendable {
     static func shardNames(in directory: String, split: String) throws -> [String] {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()
         // A name that is not UTF-8 arrives with U+FFFD in place of its bytes, and names no file: said as such.
-        if let odd = names.first(where: { $0.contains("\u{FFFD}") }) {
+        if let odd = names.first(where: { Paths.isMangledName($0, in: directory) }) {
             throw DataError(file: Paths.join(directory, odd), "its name is not UTF-8 (shown with \u{FFFD}), so it cannot be opened by name; rename it")
         }
         return names

@@ -35,10 +35,12 @@ public enum Paths {
         // A trailing separator would make readlink follow the link itself ("dir-link/").
         var current = withoutTrailingSeparators(path)
         // Links are told apart by file (device and inode), not by text: "d/../x" is not "x" when d is a link.
-        var seen: Set<[Int]> = []
+        var seen: Set<String> = []
         while let target = try? FileManager.default.destinationOfSymbolicLink(atPath: current) {
             let attributes = try? FileManager.default.attributesOfItem(atPath: current)
-            let identity = [(attributes?[.systemNumber] as? NSNumber)?.intValue ?? -1, (attributes?[.systemFileNumber] as? NSNumber)?.intValue ?? -1]
+            let identity = (attributes?[.systemNumber] as? NSNumber).flatMap { device in
+                (attributes?[.systemFileNumber] as? NSNumber).map { "\(device.intValue):\($0.intValue)" }
+            } ?? "path " + normalized(current)  // (if the link went away meanwhile)
             guard seen.insert(identity).inserted else { return (current, "is a link that loops") }
             guard seen.count <= linkLimit else { return (current, "is a chain of more than \(linkLimit) links") }
             current = target.hasPrefix("/") ? target : parent(current) == "." ? target : join(parent(current), target)
@@ -48,10 +50,16 @@ public enum Paths {
 
     /// Why `path`, which `FileManager.fileExists` does not find, is missing, as a clause that follows the path:
     /// "does not exist", or for a symbolic link "is a link to T, which does not exist" (a dangling link), "is a link
-    /// that loops" (a link that names itself, directly or through other links) or "is a chain of more than 40 links".
+    /// that loops" (a link that names itself, directly or through other links) or "is a chain of more than 40 links";
+    /// "ends in / but is not a directory" for a file named as a directory.
     public static func whyMissing(_ path: String) -> String {
         let (reached, problem) = followingLinks(path)
         if let problem { return problem }
+        // "name/" of something that is not a directory (the system's ENOTDIR).
+        if path.hasSuffix("/"), FileManager.default.fileExists(atPath: reached) {
+            return reached == withoutTrailingSeparators(path) ? "ends in / but is not a directory"
+                : "ends in / but is a link to \(reached), which is not a directory"
+        }
         return reached == withoutTrailingSeparators(path) ? "does not exist" : "is a link to \(reached), which does not exist"
     }
 
@@ -61,6 +69,7 @@ public enum Paths {
     public static func regularFileSize(_ path: String) throws(FileError) -> Int {
         let (reached, problem) = followingLinks(path)
         if let problem { throw FileError(path, problem) }
+        if path.hasSuffix("/") { throw FileError(path, whyMissing(path)) }  // a regular file's name does not end in /
         // attributesOfItem does not follow a link in the last component; `reached` has none there.
         guard let attributes = try? FileManager.default.attributesOfItem(atPath: reached) else {
             // Something the system reaches that has no path of its own (/dev/stdin on a pipe: /proc/self/fd/pipe:[N]).
@@ -72,6 +81,12 @@ public enum Paths {
         case .typeDirectory?: throw FileError(path, "is a directory, not a file")
         default: throw FileError(path, "is not a regular file (a FIFO, device or socket), so it is not read")
         }
+    }
+
+    /// Whether `name`, listed in `directory`, came from bytes that are not UTF-8: the listing shows them as U+FFFD,
+    /// and that text names no file (a name that really holds U+FFFD does, and is not one).
+    public static func isMangledName(_ name: String, in directory: String) -> Bool {
+        name.contains("\u{FFFD}") && (try? FileManager.default.attributesOfItem(atPath: join(directory, name))) == nil
     }
 
     /// `path` without separators at its end ("runs/a/" is "runs/a"; "/" stays "/").

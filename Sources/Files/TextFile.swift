@@ -72,6 +72,12 @@ public enum TextFile {
             let count = buffer.withUnsafeMutableBytes { Glibc.read(handle.fileDescriptor, $0.baseAddress, $0.count) }
             if count < 0 {
                 if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    // A non-blocking descriptor (inherited so): wait until there is something to read.
+                    var waiting = pollfd(fd: handle.fileDescriptor, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&waiting, 1, -1)
+                    continue
+                }
                 throw FileError(name, "cannot be read: \(String(cString: strerror(errno)))")
             }
             if count == 0 { break }

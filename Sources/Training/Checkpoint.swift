@@ -69,7 +69,8 @@ public enum Checkpoint {
 
     /// Writes the checkpoint for `state.step` into `directory` (a link under its name is replaced, not written
     /// through), points `latest` at it, and removes all but the newest `keep` checkpoints, leaving `abandoned` alone
-    /// (the later checkpoints of an attempt a resume from an earlier one replaced). Returns the checkpoint's path.
+    /// (the later checkpoints of an attempt a resume from an earlier one replaced; stored in the checkpoint, so a
+    /// later resume leaves them alone too). Returns the checkpoint's path.
     @discardableResult
     public static func save(directory: String, model: TransformerModel, optimizer: AdamW, state: TrainingState,
                             config: RunConfig, tokenizer: Tokenizer?, keep: Int, provenance: Provenance? = nil,
@@ -93,7 +94,7 @@ public enum Checkpoint {
             try OutputFile.write(final) { temporary in
                 let file = try File.create(temporary)
                 try writeContents(file, model: model, optimizer: optimizer, state: state, config: config, tokenizer: tokenizer,
-                                  provenance: provenance)
+                                  provenance: provenance, abandoned: abandoned.subtracting([name]).sorted())
                 try file.close()
             }
         } catch {
@@ -117,7 +118,7 @@ public enum Checkpoint {
 
     /// The attributes and tensors of a checkpoint (the layout in the type's comment).
     private static func writeContents(_ file: File, model: TransformerModel, optimizer: AdamW, state: TrainingState,
-                                      config: RunConfig, tokenizer: Tokenizer?, provenance: Provenance?) throws {
+                                      config: RunConfig, tokenizer: Tokenizer?, provenance: Provenance?, abandoned: [String] = []) throws {
         try file.setAttribute("format", format)
         try file.setAttribute("version", version)
         try file.setAttribute("step", state.step)
@@ -133,6 +134,7 @@ public enum Checkpoint {
             try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
             try file.setAttribute("sampler_version", provenance.samplerVersion)
         }
+        if !abandoned.isEmpty { try file.setAttribute("abandoned_checkpoints", abandoned.joined(separator: "\n")) }
         try file.sealAttributes()
         for (group, arena) in [("params", model.parameters), ("optimizer/exp_avg", optimizer.firstMoment),
                                ("optimizer/exp_avg_sq", optimizer.secondMoment)] {
@@ -228,6 +230,9 @@ public enum Checkpoint {
         public let tokenizer: Tokenizer?
         /// Recorded since the resume checks (nil in older checkpoints).
         public let provenance: Provenance?
+        /// Checkpoints of the run directory that rotation leaves alone (`save`'s `abandoned`, root attribute
+        /// "abandoned_checkpoints", one name per line): kept across resumes. Empty when none were stored.
+        public var abandoned: [String] = []
     }
 
     /// Reads and checks a checkpoint's root attributes without touching its tensors: the sealed attributes, format and
@@ -294,8 +299,15 @@ public enum Checkpoint {
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute),
                                     samplerVersion: try has("sampler_version") ? try count("sampler_version", in: 1...1_000_000) : 1)
         }
-        return Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
-                      provenance: provenance)
+        var header = Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
+                            provenance: provenance)
+        if try has("abandoned_checkpoints") {
+            // Only names of checkpoint files (no path), and a bounded number: the list only ever spares files from rotation.
+            let text = try attribute("abandoned_checkpoints", file.stringAttribute)
+            header.abandoned = Array(text.split(separator: "\n").map(String.init)
+                .filter { step(ofCheckpointNamed: $0) != nil && !$0.contains("/") }.prefix(100_000))
+        }
+        return header
     }
 
     /// Loads parameters (and, given an optimizer, its moments and step) into a model built for `header.config`'s
@@ -402,7 +414,9 @@ public enum Checkpoint {
             // would repeat some of its samples and skip others in this build's. A checkpoint at an epoch's start is fine.
             let position = header.state.position
             let version = provenance.samplerVersion
-            if now != nil, config.training.lengthGroups > 1, version != TokenBudgetSampler.orderVersion, position.batch > 0 {
+            // (An earlier version differs only in how length groups are joined; a later one's order is unknown here.)
+            if position.batch > 0, version > TokenBudgetSampler.orderVersion
+                || (version < TokenBudgetSampler.orderVersion && now != nil && config.training.lengthGroups > 1) {
                 throw CheckpointError(file: path, message: "cannot resume: it was written inside epoch \(position.epoch) (at batch "
                                       + "\(position.batch)) by " + (version < TokenBudgetSampler.orderVersion
                                         ? "an earlier SwiftDDP, which joined training.length_groups by chance; this one joins one group per stratum"

@@ -67,7 +67,7 @@ public final class CollectiveWatchdog: @unchecked Sendable {
     }
 
     private func fail(_ reason: String) -> Never {
-        FileHandle.standardError.write(Foundation.Data("ddp: rank \(rank): \(reason). Ending the job (resume from the last checkpoint).\n".utf8))
+        try? FileHandle.standardError.write(contentsOf: Foundation.Data("ddp: rank \(rank): \(reason). Ending the job (resume from the last checkpoint).\n".utf8))
         exit(3)
     }
 

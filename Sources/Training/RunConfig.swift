@@ -454,8 +454,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
                               + "; run configs do not support anchors and aliases (write the values out)")
         }
         // A tag (`!!str 3`, `!custom 3`) would be ignored by the decoding, which reads the value as written: refused, as
-        // a value that does not say what it means. A tag passes when it is what the node is without one (none, the
-        // non-specific "!", or once resolved: a plain scalar's type from its text, a quoted one's str, map, seq).
+        // a value that does not say what it means. A tag passes when it is what the node is without one: none; once
+        // resolved, a plain scalar's type from its text, a quoted one's str, map, seq; and the non-specific "!" where
+        // it means that too (on quoted scalars, plain ones that read as strings, mappings and sequences).
         func tagged(_ node: Node) -> (tag: String, mark: Mark?)? {
             func shown(_ tag: Tag) -> String {
                 let text = tag.description

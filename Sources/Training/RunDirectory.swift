@@ -99,7 +99,7 @@ public struct RunDirectory: Sendable {
         }
         // Checked before anything is removed, so a refusal leaves the earlier run whole: a name that is not UTF-8
         // (which arrives with U+FFFD in place of its bytes, naming no file) cannot be removed by that name.
-        if let odd = earlier.first(where: { $0.contains("\u{FFFD}") }) {
+        if let odd = earlier.first(where: { Paths.isMangledName($0, in: path) }) {
             throw TrainingError("\(Paths.join(path, odd)): its name is not UTF-8 (shown with \u{FFFD}), so --overwrite cannot remove it; "
                                 + "nothing was removed: rename or remove it yourself, or give another --run-dir")
         }

@@ -375,11 +375,15 @@ public final class Trainer {
             log("resumed from \(resumeFrom) at step \(state.step)")
             // Checkpoints after it are another attempt's, which this one replaces: rotation leaves them alone (one of
             // the same step is replaced when this attempt writes it).
-            let later = Checkpoint.checkpointNames(in: runDirectory).filter { (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step }
-            abandonedCheckpoints = Set(later)
-            if !later.isEmpty {
-                log("resume: \(later.joined(separator: ", ")) come after step \(state.step), from the attempt this one replaces; "
-                    + "checkpoint.keep leaves them as they are (one of the same step is replaced when written)")
+            let existing = Checkpoint.checkpointNames(in: runDirectory)
+            let later = existing.filter { (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step }
+            // With those an earlier resume set aside (stored in the checkpoint resumed from), where they still exist.
+            let stored = (try? Checkpoint.readHeader(resumeFrom).abandoned) ?? []
+            abandonedCheckpoints = Set(later).union(Set(stored).intersection(existing))
+            if !abandonedCheckpoints.isEmpty {
+                let names = existing.filter(abandonedCheckpoints.contains)
+                log("resume: checkpoint.keep leaves \(names.joined(separator: ", ")) as they are: checkpoints of an attempt a resume "
+                    + "replaced (one of the same step is replaced when this run writes it)")
             }
             if state.step >= config.training.steps {
                 log("nothing to train: the checkpoint is at step \(state.step) and training.steps is \(config.training.steps) (raise "

@@ -15,6 +15,7 @@ struct DDP: ParsableCommand {
     /// ArgumentParser's `main`, with standard output flushed before an error goes to standard error: into a file or a
     /// pipe (a job's log) it is buffered, and the progress lines that came before the error would land after it.
     static func main() {
+        reopenClosedStandardStreams()
         do {
             try refuseArgumentsThatAreNotUTF8(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
@@ -40,6 +41,19 @@ struct Bench: ParsableCommand {
         abstract: "Measure this machine or cluster.",
         subcommands: [BenchAllreduce.self, BenchStep.self, BenchData.self, BenchDecode.self]
     )
+}
+
+/// Whether standard input was closed when `ddp` started (it then reads /dev/null; `generate` says so).
+nonisolated(unsafe) var standardInputWasClosed = false
+
+/// Opens /dev/null onto standard input, output or error when one is closed at start: otherwise the next file opened
+/// (a checkpoint, metrics.jsonl) would take its number, and log lines go into that file or input be read from it.
+func reopenClosedStandardStreams() {
+    for descriptor: Int32 in 0...2 where fcntl(descriptor, F_GETFD) == -1 {
+        // The lowest free number is this one: the lower ones are open (checked, or opened, first).
+        _ = open("/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY)
+        if descriptor == 0 { standardInputWasClosed = true }
+    }
 }
 
 /// Command-line bytes that are not UTF-8 arrive as U+FFFD: a path would name another file than the one typed (a run

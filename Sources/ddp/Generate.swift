@@ -153,6 +153,9 @@ struct Generate: ParsableCommand {
         // Standard input, line by line (LF, CRLF or CR): a line the model cannot take is reported on stderr and an
         // empty line keeps the output aligned with the input; the rest go on, and the exit status says it happened.
         var number = 0, failed = 0
+        if standardInputWasClosed {
+            throw FileError("standard input", "cannot be read: it is closed (give --input, or lines on standard input)")
+        }
         try TextFile.forEachLine(of: FileHandle.standardInput) { line in
             number += 1
             switch try line.map(translation) ?? .failure(GenerateInputError(message: "is not UTF-8 text")) {
@@ -162,6 +165,8 @@ struct Generate: ParsableCommand {
                 print("")
                 printToStandardError("ddp generate: standard input line \(number): \(error.message); skipped")
             }
+            // Each translation as soon as it is made: a program that feeds a line and waits for its answer gets it.
+            flushStandardOutput()
         }
         if failed > 0 { throw GenerateInputError(message: "\(failed) of \(number) input line(s) could not be translated (see above)") }
     }

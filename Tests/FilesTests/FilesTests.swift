@@ -179,5 +179,12 @@ final class TextFileTests: XCTestCase {
         try manager.createSymbolicLink(atPath: directory + "/to-fifo.yaml", withDestinationPath: "fifo.yaml")
         XCTAssertEqual(message("to-fifo.yaml"), "\(directory)/to-fifo.yaml: is not a regular file (a FIFO, device or socket), so it is not read")
         XCTAssertEqual(message("."), "\(directory)/.: is a directory, not a text file")
+        // A file named as a directory (the system's ENOTDIR), itself or through a link.
+        XCTAssertEqual(message("real.yaml/"), "\(directory)/real.yaml/: ends in / but is not a directory")
+        XCTAssertEqual(message("chain.yaml/"), "\(directory)/chain.yaml/: ends in / but is a link to \(directory)/real.yaml, which is not a directory")
+        // A name that really holds U+FFFD is an ordinary name.
+        try Data("x: 1\n".utf8).write(to: URL(fileURLWithPath: directory + "/a\u{FFFD}b.yaml"))
+        XCTAssertFalse(Paths.isMangledName("a\u{FFFD}b.yaml", in: directory))
+        XCTAssertTrue(Paths.isMangledName("c\u{FFFD}d.yaml", in: directory))
     }
 }

@@ -91,8 +91,6 @@ final class CommandLineTests: XCTestCase {
         }
     }
 
-    /// A one-process command started by mpirun as several ranks is refused: each rank would print all of it, or write
-    /// the same files at once.
     /// Command-line bytes that are not UTF-8 would arrive as U+FFFD (a --run-dir would name another directory): any such
     /// argument is refused, by position and by what it belongs to; with stderr closed, the refusal still exits 1.
     func testArgumentsThatAreNotUTF8AreRefused() throws {
@@ -109,6 +107,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(closed.status, 1, "an error with standard error closed exits 1, not a trap: \(closed.output)")
     }
 
+    /// A one-process command started by mpirun as several ranks is refused: each rank would print all of it, or write
+    /// the same files at once.
     func testOneProcessCommandsRefuseSeveralRanks() throws {
         guard findOnPath("mpirun") != nil else { throw XCTSkip("mpirun is not installed") }
         let directory = try makeTemporaryDirectory("ddp-one-process")

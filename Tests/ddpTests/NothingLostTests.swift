@@ -66,8 +66,8 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "r").filter { $0.hasPrefix("checkpoint-") },
                        ["checkpoint-00000002.h5", "checkpoint-00000003.h5", "checkpoint-00000004.h5", "checkpoint-00000006.h5"],
                        "keep 2 of this attempt's (2 and 3); 4 and 6, of the abandoned one, are left alone")
-        XCTAssertTrue(resumed.stdout.contains("resume: checkpoint-00000003.h5, checkpoint-00000004.h5, checkpoint-00000006.h5 come after step 2"),
-                      resumed.output)
+        XCTAssertTrue(resumed.stdout.contains("resume: checkpoint.keep leaves checkpoint-00000003.h5, checkpoint-00000004.h5, "
+                                              + "checkpoint-00000006.h5 as they are"), resumed.output)
         // Past the abandoned checkpoints' steps too: the run's own 4 and 6 are kept, the abandoned 3, 5 and 7 left alone.
         let six = try config("lineage.yaml", steps: 6)
         XCTAssertEqual(try train(six, run: "lineage", ["--set", "training.steps=7", "--set", "checkpoint.every=1",
@@ -76,6 +76,14 @@ final class NothingLostTests: XCTestCase {
         let lineage = try train(six, run: "lineage", ["--resume", "--set", "checkpoint.every=2", "--set", "checkpoint.keep=2"])
         XCTAssertEqual(lineage.status, 0, lineage.output)
         XCTAssertEqual(files(in: "lineage").filter { $0.hasPrefix("checkpoint-") }, (3...7).map { String(format: "checkpoint-%08d.h5", $0) })
+        // Resumed again (from 6, the run's own): the set-aside 3, 5 and 7 stay set aside (7 until written over).
+        let again = try train(try config("lineage-10.yaml", steps: 10), run: "lineage", ["--resume", "--set", "checkpoint.every=2",
+                                                                                          "--set", "checkpoint.keep=2"])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.stdout.contains("resume: checkpoint.keep leaves checkpoint-00000003.h5, checkpoint-00000005.h5, "
+                                            + "checkpoint-00000007.h5 as they are"), again.output)
+        XCTAssertEqual(files(in: "lineage").filter { $0.hasPrefix("checkpoint-") },
+                       [3, 5, 7, 8, 10].map { String(format: "checkpoint-%08d.h5", $0) })
 
         // A checkpoint that latest names, as a link that loops.
         try FileManager.default.createSymbolicLink(atPath: path("r/checkpoint-00000009.h5"), withDestinationPath: "checkpoint-00000009.h5")
