@@ -240,6 +240,10 @@ public enum Preparer {
             do {
                 try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
             } catch {
+                // A dangling or looping link, or a path under a file, says which (the system's own text does not).
+                if (try? FileManager.default.destinationOfSymbolicLink(atPath: Paths.withoutTrailingSeparators(options.output))) != nil {
+                    throw DataError(file: options.output, "cannot be the output directory: it \(Paths.whyMissing(options.output))")
+                }
                 throw DataError(file: options.output, "cannot create the output directory (in \(parent.isEmpty ? "." : parent)): \(describe(error))")
             }
         }

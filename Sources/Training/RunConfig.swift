@@ -482,7 +482,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         if let (tag, mark) = tagged(node) {
             throw YAMLProblem(message: "uses the YAML tag \(tag.prefix(40))" + (mark.map { " (line \($0.line))" } ?? "")
-                              + "; run configs do not read tags (write the value as itself: 3, not !!str 3)")
+                              + "; run configs do not read tags (write the value without it)")
         }
     }
 

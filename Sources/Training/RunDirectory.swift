@@ -23,8 +23,9 @@ public struct RunDirectory: Sendable {
     public func earlierRunFiles() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         let metricsSize = (try? FileManager.default.attributesOfItem(atPath: Paths.join(path, "metrics.jsonl"))[.size] as? Int) ?? 0
+        // Checkpoints by their exact names (checkpoint-<step>.h5): "checkpoint-notes.h5" is not the run's.
         return names.filter {
-            ($0.hasPrefix("checkpoint-") && $0.hasSuffix(".h5")) || $0 == Checkpoint.latestName || ($0 == "metrics.jsonl" && metricsSize > 0)
+            Checkpoint.step(ofCheckpointNamed: $0) != nil || $0 == Checkpoint.latestName || ($0 == "metrics.jsonl" && metricsSize > 0)
                 || Self.isEventFile($0)
         }.sorted()
     }
@@ -45,7 +46,25 @@ public struct RunDirectory: Sendable {
            (try? FileManager.default.destinationOfSymbolicLink(atPath: Paths.withoutTrailingSeparators(path))) != nil {
             throw TrainingError("\(path): the run directory \(Paths.whyMissing(path)); give an existing directory or a new path with --run-dir")
         }
+        // A path under a file cannot become a directory ("notes.txt/run").
+        if !FileManager.default.fileExists(atPath: path) {
+            var ancestor = Paths.parent(Paths.withoutTrailingSeparators(path))
+            while !FileManager.default.fileExists(atPath: ancestor) && ancestor != "." && ancestor != "/" { ancestor = Paths.parent(ancestor) }
+            if FileManager.default.fileExists(atPath: ancestor, isDirectory: &isDirectory), !isDirectory.boolValue {
+                throw TrainingError("\(path): the run directory cannot be created: \(ancestor) is a file, not a directory; give another --run-dir")
+            }
+        }
         removeInterruptedWrites(log: log)
+        // Under the names a run writes and removes (checkpoints, latest, metrics, event files), only its files may be:
+        // a directory, FIFO or device there is someone else's, which neither --overwrite nor checkpoint.keep removes.
+        // (`latest` is read as a small regular file, and its refusal names the checkpoints to go on from.)
+        for name in earlierRunFiles() where name != Checkpoint.latestName {
+            let file = Paths.join(path, name)
+            guard let type = (try? FileManager.default.attributesOfItem(atPath: file))?[.type] as? FileAttributeType,
+                  type != .typeRegular, type != .typeSymbolicLink else { continue }
+            throw TrainingError("\(file) is \(type == .typeDirectory ? "a directory" : "a FIFO, device or socket"), under a name a run writes "
+                                + "its own files by; a run never removes or writes over it: move or rename it, or give another --run-dir")
+        }
         // The run's own files are written in place: through a link they would change a file elsewhere.
         for name in [Checkpoint.latestName, "metrics.jsonl"] {
             let file = Paths.join(path, name)

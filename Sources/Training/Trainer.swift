@@ -376,7 +376,10 @@ public final class Trainer {
             // Checkpoints after it are another attempt's, which this one replaces: rotation leaves them alone (one of
             // the same step is replaced when this attempt writes it).
             let existing = Checkpoint.checkpointNames(in: runDirectory)
-            let later = existing.filter { (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step }
+            let later = existing.filter {
+                (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step
+                    && (try? FileManager.default.attributesOfItem(atPath: Paths.join(runDirectory, $0)))?[.type] as? FileAttributeType == .typeRegular
+            }
             // With those an earlier resume set aside (stored in the checkpoint resumed from), where they still exist.
             let stored = (try? Checkpoint.readHeader(resumeFrom).abandoned) ?? []
             abandonedCheckpoints = Set(later).union(Set(stored).intersection(existing))

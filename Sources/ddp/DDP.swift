@@ -19,7 +19,15 @@ struct DDP: ParsableCommand {
         do {
             try refuseArgumentsThatAreNotUTF8(Array(CommandLine.arguments.dropFirst()))
             var command = try parseAsRoot()
+            if standardOutputWasClosed {
+                throw RunError("standard output is closed; ddp prints its results there: redirect it to a file, or to /dev/null to discard them")
+            }
             try command.run()
+            // What was printed must have reached its file: a full disk is an error, not a quiet exit 0. (The last of
+            // the buffered output is written here, and fails as any earlier part did.)
+            if fflush(nil) != 0 {
+                throw RunError("standard output: cannot be written (\(String(cString: strerror(errno)))); what ddp printed there is lost")
+            }
         } catch {
             flushStandardOutput()
             // ArgumentParser's own output, but an error in one write: ranks started by mpirun that fail at once (each
@@ -45,6 +53,8 @@ struct Bench: ParsableCommand {
 
 /// Whether standard input was closed when `ddp` started (it then reads /dev/null; `generate` says so).
 nonisolated(unsafe) var standardInputWasClosed = false
+/// Whether standard output was closed when `ddp` started (refused: what a command prints would be lost).
+nonisolated(unsafe) var standardOutputWasClosed = false
 
 /// Opens /dev/null onto standard input, output or error when one is closed at start: otherwise the next file opened
 /// (a checkpoint, metrics.jsonl) would take its number, and log lines go into that file or input be read from it.
@@ -53,6 +63,7 @@ func reopenClosedStandardStreams() {
         // The lowest free number is this one: the lower ones are open (checked, or opened, first).
         _ = open("/dev/null", descriptor == 0 ? O_RDONLY : O_WRONLY)
         if descriptor == 0 { standardInputWasClosed = true }
+        if descriptor == 1 { standardOutputWasClosed = true }
     }
 }
 

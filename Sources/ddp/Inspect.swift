@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Files
 import Foundation
 import HDF5
 import Training
@@ -42,6 +43,8 @@ struct Inspect: ParsableCommand {
                 printToStandardError("\(file): \(problems) problem(s) found, printed above")
             }
         }
+        // A missing file says why (a dangling or looping link, a file named with a trailing /), as other commands do.
+        guard FileManager.default.fileExists(atPath: file) else { throw RunError("\(file): \(Paths.whyMissing(file))") }
         let handle = try File.open(file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))

@@ -232,7 +232,7 @@ final class ScheduleTests: XCTestCase {
         func error(_ text: String, overrides: [String] = []) -> String {
             do { _ = try RunConfig.parse(text, file: "t.yaml", overrides: overrides); return "no error" } catch { return "\(error)" }
         }
-        let tail = "; run configs do not read tags (write the value as itself: 3, not !!str 3)"
+        let tail = "; run configs do not read tags (write the value without it)"
         for (value, tag) in [("!!str 3", "!!str"), ("!!float 3", "!!float"), ("!custom 3", "!custom"), ("!!int \"3\"", "!!int"), ("! 3", "!")] {
             XCTAssertEqual(error(smallModelYAML, overrides: ["training.steps=\(value)"]),
                            "--set training.steps=\(value): config key 'training.steps': uses the YAML tag \(tag) (line 1)" + tail)

@@ -105,6 +105,14 @@ final class CommandLineTests: XCTestCase {
         }
         let closed = try runProcess("/bin/sh", ["-c", "exec \"$0\" train --config /nonexistent.yaml 2>&-", ddp])
         XCTAssertEqual(closed.status, 1, "an error with standard error closed exits 1, not a trap: \(closed.output)")
+        // Output that cannot be written is an error, not a quiet exit 0; closed standard output is refused at once.
+        let bench = "bench allreduce --size-mb 0.001 --iterations 1 --warmup 0"
+        let full = try runProcess("/bin/sh", ["-c", "exec \"$0\" \(bench) > /dev/full", ddp], environment: mpiEnvironment)
+        XCTAssertEqual(full.status, 1, full.output)
+        XCTAssertTrue(full.stderr.contains("standard output: cannot be written (No space left on device)"), full.output)
+        let shut = try runProcess("/bin/sh", ["-c", "exec \"$0\" \(bench) >&-", ddp], environment: mpiEnvironment)
+        XCTAssertEqual(shut.status, 1, shut.output)
+        XCTAssertTrue(shut.stderr.contains("standard output is closed"), shut.output)
     }
 
     /// A one-process command started by mpirun as several ranks is refused: each rank would print all of it, or write
@@ -125,7 +133,7 @@ final class CommandLineTests: XCTestCase {
     func testInspectErrorsNameTheFile() throws {
         let missing = try runProcess(ddp, ["inspect", "/nonexistent/shard.h5"])
         XCTAssertNotEqual(missing.status, 0)
-        XCTAssertTrue(missing.stderr.contains("/nonexistent/shard.h5") && missing.stderr.contains("no such file"), missing.output)
+        XCTAssertTrue(missing.stderr.contains("/nonexistent/shard.h5") && missing.stderr.contains("does not exist"), missing.output)
 
         let directory = try makeTemporaryDirectory("ddp-inspect-bad")
         defer { try? FileManager.default.removeItem(at: directory) }

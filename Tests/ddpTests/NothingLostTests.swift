@@ -66,8 +66,8 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "r").filter { $0.hasPrefix("checkpoint-") },
                        ["checkpoint-00000002.h5", "checkpoint-00000003.h5", "checkpoint-00000004.h5", "checkpoint-00000006.h5"],
                        "keep 2 of this attempt's (2 and 3); 4 and 6, of the abandoned one, are left alone")
-        XCTAssertTrue(resumed.stdout.contains("resume: checkpoint.keep leaves checkpoint-00000003.h5, checkpoint-00000004.h5, "
-                                              + "checkpoint-00000006.h5 as they are"), resumed.output)
+        XCTAssertTrue(resumed.stdout.contains("resume: checkpoint.keep leaves checkpoint-00000004.h5, checkpoint-00000006.h5 as they are"),
+                      resumed.output)
         // Past the abandoned checkpoints' steps too: the run's own 4 and 6 are kept, the abandoned 3, 5 and 7 left alone.
         let six = try config("lineage.yaml", steps: 6)
         XCTAssertEqual(try train(six, run: "lineage", ["--set", "training.steps=7", "--set", "checkpoint.every=1",
@@ -110,8 +110,25 @@ final class NothingLostTests: XCTestCase {
         XCTAssertNotEqual(slashed.status, 0)
         XCTAssertTrue(slashed.stderr.contains("the run directory is a link to \(path("nowhere")), which does not exist"), slashed.output)
 
+        // A directory under a checkpoint's name is someone else's: refused at start-up, never removed by --overwrite or
+        // rotation; a file named like a checkpoint but not as one ("checkpoint-notes.h5") is not the run's at all.
+        try FileManager.default.createDirectory(atPath: path("mine/checkpoint-00000017.h5/sub"), withIntermediateDirectories: true)
+        try "thesis\n".write(toFile: path("mine/checkpoint-00000017.h5/sub/thesis.txt"), atomically: true, encoding: .utf8)
+        try "notes\n".write(toFile: path("mine/checkpoint-notes.h5"), atomically: true, encoding: .utf8)
+        for flags in [["--overwrite"], ["--resume-if-present"], []] {
+            let refused = try train(file, run: "mine", flags)
+            XCTAssertNotEqual(refused.status, 0, refused.output)
+            XCTAssertTrue(refused.stderr.contains("\(path("mine/checkpoint-00000017.h5")) is a directory, under a name a run writes its own "
+                                                  + "files by; a run never removes or writes over it"), "\(flags): \(refused.output)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: path("mine/checkpoint-00000017.h5/sub/thesis.txt"), encoding: .utf8), "thesis\n")
+        try FileManager.default.moveItem(atPath: path("mine/checkpoint-00000017.h5"), toPath: path("thesis"))
+        XCTAssertEqual(try train(try config("mine.yaml", steps: 2), run: "mine").status, 0, "checkpoint-notes.h5 is no earlier run")
+        XCTAssertEqual(try train(try config("mine.yaml", steps: 2), run: "mine", ["--overwrite"]).status, 0)
+        XCTAssertTrue(files(in: "mine").contains("checkpoint-notes.h5"), "--overwrite removes only the run's own files")
+
         // --overwrite of a run holding a name that is not UTF-8: refused before anything is removed.
-        let odd = Array(path("r/checkpoint-").utf8) + [0xFF] + Array(".h5".utf8) + [0]
+        let odd = Array(path("r/events.out.tfevents.").utf8) + [0xFF] + [0]
         let descriptor = odd.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { creat($0.baseAddress!, 0o644) } }
         XCTAssertGreaterThanOrEqual(descriptor, 0)
         close(descriptor)
@@ -369,7 +386,7 @@ final class NothingLostTests: XCTestCase {
         try "checkpoint-00000006.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
         let fifoCheckpoint = try train(try config(steps: 8), run: "damaged", ["--resume"])
         XCTAssertNotEqual(fifoCheckpoint.status, 0)
-        XCTAssertTrue(fifoCheckpoint.stderr.contains("checkpoint-00000006.h5") && fifoCheckpoint.stderr.contains("is not a regular file"),
+        XCTAssertTrue(fifoCheckpoint.stderr.contains("checkpoint-00000006.h5 is a FIFO, device or socket, under a name a run writes"),
                       fifoCheckpoint.output)
         try FileManager.default.removeItem(atPath: path("damaged/checkpoint-00000006.h5"))
         try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)

@@ -90,6 +90,10 @@ final class PrepareTests: XCTestCase {
             XCTAssertTrue(result.stderr.contains(expected), "'\(expected)' missing from:\n\(result.stderr)", file: file, line: line)
         }
         try failure(["--task", "lm", "--input", "/nonexistent/corpus.txt", "--output", path("x")], "/nonexistent/corpus.txt: does not exist")
+        // An --output that is a dangling link says so.
+        try FileManager.default.createSymbolicLink(atPath: path("dangling"), withDestinationPath: path("gone"))
+        try failure(["--synthetic", "reverse", "--samples", "10", "--output", path("dangling")],
+                    "\(path("dangling")): cannot be the output directory: it is a link to \(path("gone")), which does not exist")
         // Synthetic pairs are made in memory: a count that would exhaust it is refused, not a crash.
         try failure(["--synthetic", "reverse", "--samples", "1000000000", "--output", path("x")],
                     "--samples 1000000000 is more than the 10000000 pairs --synthetic makes")
