@@ -83,10 +83,15 @@ public enum Paths {
         }
     }
 
+    /// What `path` itself is (a link is `.typeSymbolicLink`, not followed), or nil when nothing is there.
+    public static func entryType(_ path: String) -> FileAttributeType? {
+        (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType
+    }
+
     /// Whether `name`, listed in `directory`, came from bytes that are not UTF-8: the listing shows them as U+FFFD,
     /// and that text names no file (a name that really holds U+FFFD does, and is not one).
     public static func isMangledName(_ name: String, in directory: String) -> Bool {
-        name.contains("\u{FFFD}") && (try? FileManager.default.attributesOfItem(atPath: join(directory, name))) == nil
+        name.contains("\u{FFFD}") && entryType(join(directory, name)) == nil
     }
 
     /// `path` without separators at its end ("runs/a/" is "runs/a"; "/" stays "/").

@@ -163,7 +163,7 @@ public enum Checkpoint {
         let current = checkpointNames(in: directory).filter { !abandoned.contains($0) }
         for old in current.dropLast(keep) where old != name {
             // Only the run's own kind of file: a directory or FIFO under a checkpoint's name is never removed.
-            let type = (try? FileManager.default.attributesOfItem(atPath: Paths.join(directory, old)))?[.type] as? FileAttributeType
+            let type = Paths.entryType(Paths.join(directory, old))
             guard type == .typeRegular || type == .typeSymbolicLink else { continue }
             try? FileManager.default.removeItem(atPath: Paths.join(directory, old))
         }

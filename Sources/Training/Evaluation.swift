@@ -210,6 +210,12 @@ private func agree(on failure: Error?, sums: inout [Double], world: Communicator
     throw EvaluationFailed(message: world.size > 1 ? "on rank \(first), \(message)" : message)
 }
 
+/// Rows to allocate for evaluating `samples` items split over `worldSize` ranks in batches of `batchSize`: no more
+/// than a rank's share can fill (a batch size derived from a token budget can be far larger than a small split).
+public func evaluationRows(batchSize: Int, samples: Int, worldSize: Int) -> Int {
+    max(1, min(batchSize, (samples + worldSize - 1) / worldSize))
+}
+
 /// This rank's loss, token, correct-token and sequence counts.
 private func lossSums(_ model: TransformerModel, on split: DataSplit, plan: EvaluationPlan, world: Communicator,
                       into sums: inout [Double]) throws {

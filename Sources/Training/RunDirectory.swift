@@ -60,8 +60,7 @@ public struct RunDirectory: Sendable {
         // (`latest` is read as a small regular file, and its refusal names the checkpoints to go on from.)
         for name in earlierRunFiles() where name != Checkpoint.latestName {
             let file = Paths.join(path, name)
-            guard let type = (try? FileManager.default.attributesOfItem(atPath: file))?[.type] as? FileAttributeType,
-                  type != .typeRegular, type != .typeSymbolicLink else { continue }
+            guard let type = Paths.entryType(file), type != .typeRegular, type != .typeSymbolicLink else { continue }
             throw TrainingError("\(file) is \(type == .typeDirectory ? "a directory" : "a FIFO, device or socket"), under a name a run writes "
                                 + "its own files by; a run never removes or writes over it: move or rename it, or give another --run-dir")
         }
@@ -74,7 +73,7 @@ public struct RunDirectory: Sendable {
             }
             // A FIFO would block the run when it opens metrics.jsonl (waiting for a reader), a device take its lines.
             // (`latest` is read as a small regular file, and its refusal names the checkpoints to go on from.)
-            if name == "metrics.jsonl", let type = (try? FileManager.default.attributesOfItem(atPath: file))?[.type] as? FileAttributeType, type != .typeRegular {
+            if name == "metrics.jsonl", let type = Paths.entryType(file), type != .typeRegular {
                 throw TrainingError("\(file) is not a regular file (\(type == .typeDirectory ? "a directory" : "a FIFO, device or socket")); "
                                     + "a run writes its \(name) itself: remove it, or give another --run-dir")
             }

@@ -258,9 +258,8 @@ public final class Trainer {
         // Evaluation and decoding take `batch_size` rows of any length, and never more rows than a rank's share of the
         // validation split (a budget far above a small split's size allocates only what that split can fill).
         if let valid {
-            let share = (valid.samples + world.size - 1) / world.size
-            shapes.append(.init(batch: max(1, min(config.training.batchSize, share)), sourceLength: sourceLength,
-                                targetLength: config.data.targetLength))
+            shapes.append(.init(batch: evaluationRows(batchSize: config.training.batchSize, samples: valid.samples, worldSize: world.size),
+                                sourceLength: sourceLength, targetLength: config.data.targetLength))
         }
         let description = (groups == 1 ? "token-budget batches of at most \(maxTokens) positions (training.max_tokens)"
                                        : "token-budget batches of up to \(groups) length groups of at most \(sampler.groupBudget) positions "
@@ -377,8 +376,7 @@ public final class Trainer {
             // the same step is replaced when this attempt writes it).
             let existing = Checkpoint.checkpointNames(in: runDirectory)
             let later = existing.filter {
-                (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step
-                    && (try? FileManager.default.attributesOfItem(atPath: Paths.join(runDirectory, $0)))?[.type] as? FileAttributeType == .typeRegular
+                (Checkpoint.step(ofCheckpointNamed: $0) ?? 0) > state.step && Paths.entryType(Paths.join(runDirectory, $0)) == .typeRegular
             }
             // With those an earlier resume set aside (stored in the checkpoint resumed from), where they still exist.
             let stored = (try? Checkpoint.readHeader(resumeFrom).abandoned) ?? []

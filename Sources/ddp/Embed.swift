@@ -74,8 +74,8 @@ struct Embed: ParsableCommand {
             // every rank with a sentence (a rank short of memory alone would otherwise leave the others in the sum).
             let model = try togetherOnEveryRank(world, "checkpoint and memory checks") {
                 // The run's batch_size (derived from a token budget, it can be large) only as far as this rank's lines fill it.
-                let share = (lines.count + world.size - 1) / world.size
-                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? max(1, min(header.config.training.batchSize, share)))
+                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? evaluationRows(batchSize: header.config.training.batchSize,
+                                                                                                        samples: lines.count, worldSize: world.size))
                 if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
                     throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most "
                                                    + "\(model.maxSourceLength), the length its run trained at: shorten or split the line")

@@ -130,8 +130,8 @@ struct Eval: ParsableCommand {
                 temporary = made
                 // The run's batch_size (derived from a token budget, it can be large) only as far as this rank's share
                 // of the split fills it; batches never hold more rows than that share.
-                let share = (evaluated.samples + world.size - 1) / world.size
-                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? max(1, min(batch, share)))
+                let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? evaluationRows(batchSize: batch, samples: evaluated.samples,
+                                                                                                        worldSize: world.size))
                 try check(evaluated, against: header, checkpoint: path)
                 return (model, evaluated)
             }
