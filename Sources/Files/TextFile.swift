@@ -5,18 +5,16 @@ import Glibc
 
 /// Text from any editor: UTF-8 files whose lines end in LF, CRLF or CR (a lone CR is an old Mac line end).
 public enum TextFile {
-    /// The file's text; an error naming the file when it cannot be read or is not UTF-8. With `largest` (bytes), the
-    /// path must also be a regular file of at most that size, checked before anything is read (a file from elsewhere:
-    /// neither a FIFO nor a device nor a huge file can hang or exhaust memory).
+    /// The file's text; an error naming the file when it cannot be read or is not UTF-8. The path must be a regular
+    /// file (through links), and with `largest` (bytes) one of at most that size, checked before anything is read: a
+    /// FIFO without a writer cannot hang the reader, nor a device feed it without end, nor a huge file exhaust memory.
     public static func read(_ path: String, largest: Int? = nil) throws(FileError) -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, Paths.whyMissing(path)) }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
-        if let largest {
-            // The file a link names is what is read (the link's own attributes say only that it is a link).
-            let size = try Paths.regularFileSize(path)
-            guard size <= largest else { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
-        }
+        // The file a link names is what is read (the link's own attributes say only that it is a link).
+        let size = try Paths.regularFileSize(path)
+        if let largest, size > largest { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
         guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }
         defer { try? handle.close() }
         let data: Foundation.Data
@@ -67,21 +65,8 @@ public enum TextFile {
             try body(String(validating: pending, as: UTF8.self))
             pending.removeAll(keepingCapacity: true)
         }
-        var buffer = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let count = buffer.withUnsafeMutableBytes { Glibc.read(handle.fileDescriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK {
-                    // A non-blocking descriptor (inherited so): wait until there is something to read.
-                    var waiting = pollfd(fd: handle.fileDescriptor, events: Int16(POLLIN), revents: 0)
-                    _ = poll(&waiting, 1, -1)
-                    continue
-                }
-                throw FileError(name, "cannot be read: \(String(cString: strerror(errno)))")
-            }
-            if count == 0 { break }
-            for byte in buffer[..<count] {
+        try forEachChunk(of: handle, named: name) { chunk in
+            for byte in chunk {
                 switch byte {
                 case UInt8(ascii: "\r"):
                     try emit()
@@ -96,6 +81,42 @@ public enum TextFile {
             }
         }
         if !pending.isEmpty { try emit() }
+    }
+
+    /// All of `handle`'s text (standard input, say) up to its end: UTF-8, a byte-order mark dropped, line ends kept as
+    /// they are. A `FileError` naming `name` when it cannot be read, holds more than `largest` bytes (said as soon as
+    /// that many have come, not after the end) or is not UTF-8.
+    public static func readAll(of handle: FileHandle, named name: String = "standard input", largest: Int) throws -> String {
+        var bytes: [UInt8] = []
+        try forEachChunk(of: handle, named: name) { chunk in
+            bytes += chunk
+            if bytes.count > largest { throw FileError(name, "holds more than the \(largest) bytes read") }
+        }
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw FileError(name, "is not UTF-8 text") }
+        return text
+    }
+
+    /// Reads `handle` to its end with read(2), calling `body` with what each read returns as it arrives; a handle
+    /// that cannot be read (closed, or a directory) is a `FileError` naming `name`, not a trap (as
+    /// `FileHandle.availableData` would be).
+    private static func forEachChunk(of handle: FileHandle, named name: String, _ body: (ArraySlice<UInt8>) throws -> Void) throws {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { Glibc.read(handle.fileDescriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    // A non-blocking descriptor (inherited so): wait until there is something to read.
+                    var waiting = pollfd(fd: handle.fileDescriptor, events: Int16(POLLIN), revents: 0)
+                    _ = poll(&waiting, 1, -1)
+                    continue
+                }
+                throw FileError(name, "cannot be read: \(String(cString: strerror(errno)))")
+            }
+            if count == 0 { return }
+            try body(buffer[..<count])
+        }
     }
 
     /// The lines of the file at `path` (see `lines(_:)`).

@@ -9,7 +9,9 @@ import Foundation
 ///   told to overwrite it, which removes those files first and says so;
 /// - `--resume` continues from `latest` and is an error when there is none; resume-if-present starts fresh then,
 ///   unless the directory holds checkpoints without a `latest` (an error that names them);
-/// - the path must be a directory, or not exist yet (it is created).
+/// - the path must be a directory, or not exist yet (it is created);
+/// - one run at a time: the run holds a lock on `.ddp-train.lock` in the directory to its end, and a second run there
+///   is refused while it does (the kernel drops the lock when the first ends, however it ends).
 public struct RunDirectory: Sendable {
     /// The directory's path (`ddp train --run-dir`; by default runs/ and the config file's name without extension).
     public let path: String
@@ -33,10 +35,40 @@ public struct RunDirectory: Sendable {
     /// Whether `name` is a TensorBoard event file training wrote (`training.tensorboard`).
     static func isEventFile(_ name: String) -> Bool { name.hasPrefix("events.out.tfevents.") }
 
-    /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from, or "" for a fresh start.
-    /// Temporary files an interrupted checkpoint write left behind (`.checkpoint-*.tmp`, `.latest.*.tmp`) are removed
+    /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from ("" for a fresh start) and
+    /// the run directory's lock, which the run holds to its end (the directory is created first when missing; another
+    /// run holding the lock is an error naming it). Temporary files an interrupted checkpoint write left behind (`.checkpoint-*.tmp`, `.latest.*.tmp`) are removed
     /// first: they are this directory's own leftovers, never a usable checkpoint.
-    public func prepare(resume: ResumeMode, overwrite: Bool, log: (String) -> Void) throws -> String {
+    public func prepare(resume: ResumeMode, overwrite: Bool, log: (String) -> Void) throws -> (resumeFrom: String, lock: FileLock) {
+        try checkPath()
+        // One run at a time: a second would remove the first's checkpoint writes in flight and interleave its own.
+        let lock = try lockForThisRun()
+        if let unsupported = lock.unsupported {
+            log("note: \(lock.path) cannot be locked (\(unsupported)): nothing stops a second run from using \(path) at the same time")
+        }
+        return (try decide(resume: resume, overwrite: overwrite, log: log), lock)
+    }
+
+    /// The lock file `prepare` takes, in the run directory (it stays there; the lock goes with the process holding it).
+    public static let lockName = ".ddp-train.lock"
+
+    /// Creates the directory when missing and locks its `lockName`, naming this process as the holder; a `TrainingError`
+    /// when another `ddp train` holds it (that process named).
+    private func lockForThisRun() throws -> FileLock {
+        do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
+            throw TrainingError("\(path): the run directory cannot be created: \(describe(error))")
+        }
+        let holder = "ddp train, process \(ProcessInfo.processInfo.processIdentifier) on \(ProcessInfo.processInfo.hostName), "
+            + "since \(ISO8601DateFormatter().string(from: Date()))"
+        do { return try FileLock.acquire(Paths.join(path, Self.lockName), holder: holder) } catch {
+            guard error.message.hasPrefix("is locked by") else { throw TrainingError("\(error)") }
+            throw TrainingError("\(path) is in use by another run: its lock file \(error.path) \(error.message); two runs in one directory "
+                                + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir")
+        }
+    }
+
+    /// Refuses a path that cannot become the run directory: a file, a dangling link, a path under a file.
+    private func checkPath() throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
@@ -54,6 +86,10 @@ public struct RunDirectory: Sendable {
                 throw TrainingError("\(path): the run directory cannot be created: \(ancestor) is a file, not a directory; give another --run-dir")
             }
         }
+    }
+
+    /// The rules for `resume` and `overwrite`, applied under the lock: the checkpoint to resume from, or "".
+    private func decide(resume: ResumeMode, overwrite: Bool, log: (String) -> Void) throws -> String {
         removeInterruptedWrites(log: log)
         // Under the names a run writes and removes (checkpoints, latest, metrics, event files), only its files may be:
         // a directory, FIFO or device there is someone else's, which neither --overwrite nor checkpoint.keep removes.

@@ -88,6 +88,8 @@ public final class Trainer {
     /// Rank 0: the run directory's checkpoints after the one this run resumed from, of the attempt it replaces, that
     /// it has not yet written over; rotation (`checkpoint.keep`) leaves them alone.
     private var abandonedCheckpoints: Set<String> = []
+    /// Rank 0's lock on the run directory (`RunDirectory.prepare`), held until the trainer is gone.
+    private var runDirectoryLock: FileLock?
 
     /// Trains to `training.steps` (continuing from `latest` as `resume` says), checkpoints, then evaluates at the
     /// end. SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint.
@@ -334,7 +336,9 @@ public final class Trainer {
     private func startOrResume(_ resume: ResumeMode, overwrite: Bool, run: Run) throws -> TrainingState {
         let directory = RunDirectory(path: runDirectory)
         let resumeFrom = try decideOnRank0("run directory check", watchdog: run.watchdog) {
-            try directory.prepare(resume: resume, overwrite: overwrite, log: log)
+            let (checkpoint, lock) = try directory.prepare(resume: resume, overwrite: overwrite, log: log)
+            runDirectoryLock = lock
+            return checkpoint
         }
         guard !resumeFrom.isEmpty else {
             run.model.initializeParameters(seed: config.training.seed)

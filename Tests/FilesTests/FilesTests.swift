@@ -178,6 +178,11 @@ final class TextFileTests: XCTestCase {
         XCTAssertEqual(mkfifo(directory + "/fifo.yaml", 0o644), 0)
         try manager.createSymbolicLink(atPath: directory + "/to-fifo.yaml", withDestinationPath: "fifo.yaml")
         XCTAssertEqual(message("to-fifo.yaml"), "\(directory)/to-fifo.yaml: is not a regular file (a FIFO, device or socket), so it is not read")
+        // Without a size limit too (a corpus, embed's lines): the kind of file is checked before it is opened.
+        for name in ["fifo.yaml", "to-fifo.yaml"] {
+            XCTAssertThrowsError(try TextFile.readLines(directory + "/" + name)) { XCTAssertTrue("\($0)".hasSuffix("is not a regular file (a FIFO, device or socket), so it is not read")) }
+        }
+        XCTAssertThrowsError(try TextFile.read("/dev/zero")) { XCTAssertEqual("\($0)", "/dev/zero: is not a regular file (a FIFO, device or socket), so it is not read") }
         XCTAssertEqual(message("."), "\(directory)/.: is a directory, not a text file")
         // A file named as a directory (the system's ENOTDIR), itself or through a link.
         XCTAssertEqual(message("real.yaml/"), "\(directory)/real.yaml/: ends in / but is not a directory")
@@ -186,5 +191,34 @@ final class TextFileTests: XCTestCase {
         try Data("x: 1\n".utf8).write(to: URL(fileURLWithPath: directory + "/a\u{FFFD}b.yaml"))
         XCTAssertFalse(Paths.isMangledName("a\u{FFFD}b.yaml", in: directory))
         XCTAssertTrue(Paths.isMangledName("c\u{FFFD}d.yaml", in: directory))
+    }
+
+    /// A lock file: held by one open at a time (a second is refused naming the holder's text), given up on release
+    /// (and by the kernel when the process ends); never taken through a link, on a FIFO or on a directory.
+    func testFileLock() throws {
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory() + "ddp-lock-" + UUID().uuidString)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let path = directory.appendingPathComponent("run.lock").path
+        let first = try FileLock.acquire(path, holder: "the first")
+        XCTAssertTrue(first.isHeld)
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "the first\n")
+        XCTAssertThrowsError(try FileLock.acquire(path, holder: "the second")) { error in
+            XCTAssertEqual("\(error)", "\(path): is locked by the first")
+        }
+        first.release()
+        let second = try FileLock.acquire(path, holder: "the second")
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "the second\n", "the holder's text replaced, not appended")
+        second.release()
+        let target = directory.appendingPathComponent("elsewhere").path
+        try "keep\n".write(toFile: target, atomically: true, encoding: .utf8)
+        let link = directory.appendingPathComponent("link.lock").path
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        XCTAssertThrowsError(try FileLock.acquire(link, holder: "x")) { XCTAssertTrue("\($0)".contains("is a symbolic link"), "\($0)") }
+        XCTAssertEqual(try String(contentsOfFile: target, encoding: .utf8), "keep\n")
+        let fifo = directory.appendingPathComponent("fifo.lock").path
+        XCTAssertEqual(mkfifo(fifo, 0o644), 0)
+        XCTAssertThrowsError(try FileLock.acquire(fifo, holder: "x")) { XCTAssertTrue("\($0)".contains("is not a regular file"), "\($0)") }
+        XCTAssertThrowsError(try FileLock.acquire(directory.path, holder: "x")) { XCTAssertTrue("\($0)".contains("is a directory"), "\($0)") }
     }
 }

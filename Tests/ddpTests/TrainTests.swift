@@ -483,6 +483,36 @@ final class TrainTests: XCTestCase {
         }
     }
 
+    /// One run at a time in a run directory: while a run (alone, or rank 0 under mpirun) holds the directory, a second
+    /// `ddp train` there is refused with the holder's process named, whatever its flags (resume or overwrite), and
+    /// leaves the first run's files alone; a run killed outright (SIGKILL) leaves no lock behind.
+    func testASecondRunInABusyRunDirectoryIsRefused() throws {
+        let long = try config(batch: 4, steps: 1_000_000)
+        let short = try config(batch: 4, steps: 2)
+        for ranks in [1, 2] {
+            let run = "busy-\(ranks)"
+            let (process, output) = try startTraining(ranks: ranks, config: long, run: run)
+            let holder = try String(contentsOfFile: path(run) + "/.ddp-train.lock", encoding: .utf8)
+            for flags in [[], ["--resume-if-present"], ["--resume"], ["--overwrite"]] {
+                let second = try runProcess(ddp, ["train", "--config", short, "--run-dir", path(run)] + flags, environment: mpiEnvironment)
+                XCTAssertEqual(second.status, 1, "\(flags): \(second.output)")
+                XCTAssertTrue(second.stderr.contains("\(path(run)) is in use by another run: its lock file \(path(run))/.ddp-train.lock is locked by "
+                                                     + "ddp train, process "), second.output)
+                XCTAssertTrue(holder.hasPrefix("ddp train, process ") && second.stderr.contains(holder.trimmingCharacters(in: .newlines)),
+                              "the holder is named: \(holder)\n\(second.output)")
+            }
+            XCTAssertTrue(process.isRunning, "the first run goes on")
+            XCTAssertTrue(FileManager.default.fileExists(atPath: path(run) + "/metrics.jsonl"), "the first run's metrics stay")
+            // Killed outright: the kernel drops the lock with the process.
+            _ = try runProcess(try XCTUnwrap(findOnPath("pkill")), ["-KILL", "-f", "^\(ddp) train --config \(long) --run-dir \(path(run))"])
+            if ranks == 1 { kill(process.processIdentifier, SIGKILL) }
+            _ = waitForExit(process, within: 60)
+            _ = output.fileHandleForReading.readDataToEndOfFile()
+            let after = try runProcess(ddp, ["train", "--config", short, "--run-dir", path(run), "--resume-if-present"], environment: mpiEnvironment)
+            XCTAssertEqual(after.status, 0, after.output)
+        }
+    }
+
     /// Local mode with standard output to a pipe (a job log): every line is there as it is printed, so a job killed
     /// outright (SIGKILL, which no buffer survives) keeps its log up to then.
     func testTheLogOfAKilledLocalRunIsKept() throws {

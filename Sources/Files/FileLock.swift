@@ -1,0 +1,85 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An exclusive lock on a lock file (`flock(2)`), held until the value is released or the process ends. The kernel
+/// releases it when its holder dies, killed or not, so a lock is never left behind; the file itself stays (removing it
+/// would let two processes lock two different files of one name). What holds the lock is written into the file, so a
+/// refusal can say who.
+public final class FileLock: @unchecked Sendable {
+    /// The lock file's path.
+    public let path: String
+    private var descriptor: Int32
+
+    /// The outcome of `acquire` when the file system has no locks (some network file systems): the lock is not held.
+    public let unsupported: String?
+
+    private init(path: String, descriptor: Int32, unsupported: String?) {
+        self.path = path
+        self.descriptor = descriptor
+        self.unsupported = unsupported
+    }
+
+    /// Locks `path` (created when missing, never through a link), writing `holder` into it ("ddp train, process 1234 on
+    /// node7 since ..."). Throws a `FileError` naming the file when another process holds the lock (with what that
+    /// process wrote), or when the path is a link, a directory, a FIFO or a device. On a file system without locks
+    /// the lock is returned not held, with `unsupported` saying so.
+    public static func acquire(_ path: String, holder: String) throws(FileError) -> FileLock {
+        // O_NOFOLLOW: a link would lock (and write into) a file elsewhere. O_NONBLOCK: a FIFO cannot make open wait.
+        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
+            let code = errno
+            if code == ELOOP { throw FileError(path, "is a symbolic link; a lock file is never written through a link: remove it") }
+            if code == EISDIR { throw FileError(path, "is a directory, where the lock file goes: remove it") }
+            throw FileError(path, "cannot be opened as a lock file: \(String(cString: strerror(code)))")
+        }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
+            close(descriptor)
+            throw FileError(path, "is not a regular file (a FIFO, device or socket), where the lock file goes: remove it")
+        }
+        while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let code = errno
+            if code == EINTR { continue }
+            if code == EWOULDBLOCK {
+                let holder = Self.holder(descriptor)
+                close(descriptor)
+                throw FileError(path, "is locked by \(holder.isEmpty ? "another process" : holder)")
+            }
+            if code == ENOLCK || code == EOPNOTSUPP || code == ENOSYS {
+                close(descriptor)
+                return FileLock(path: path, descriptor: -1, unsupported: "locks are not supported here (\(String(cString: strerror(code))))")
+            }
+            close(descriptor)
+            throw FileError(path, "cannot be locked: \(String(cString: strerror(code)))")
+        }
+        // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal).
+        let text = Array((holder + "\n").utf8)
+        if ftruncate(descriptor, 0) == 0 {
+            _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
+        }
+        return FileLock(path: path, descriptor: descriptor, unsupported: nil)
+    }
+
+    /// What the holder wrote into the lock file (at most 512 bytes of it, one line), or "".
+    private static func holder(_ descriptor: Int32) -> String {
+        var bytes = [UInt8](repeating: 0, count: 512)
+        let count = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
+        guard count > 0 else { return "" }
+        let line = bytes[..<count].prefix { $0 != UInt8(ascii: "\n") }
+        return String(decoding: line, as: UTF8.self).filter { !$0.isNewline && $0.asciiValue.map { $0 >= 32 } ?? true }
+    }
+
+    /// Whether this value holds the lock.
+    public var isHeld: Bool { descriptor >= 0 }
+
+    /// Gives the lock up (closing the file releases it); the file stays.
+    public func release() {
+        guard descriptor >= 0 else { return }
+        close(descriptor)
+        descriptor = -1
+    }
+
+    deinit { release() }
+}
