@@ -20,13 +20,13 @@ struct BenchAllreduce: ParsableCommand {
             """
     )
 
-    @Option(help: "Message size in MiB (2^20 bytes).")
+    @Option(parsing: .unconditional, help: "Message size in MiB (2^20 bytes).")
     var sizeMb: Double = 64
 
-    @Option(help: "Timed iterations.")
+    @Option(parsing: .unconditional, help: "Timed iterations.")
     var iterations: Int = 20
 
-    @Option(help: "Untimed warm-up iterations.")
+    @Option(parsing: .unconditional, help: "Untimed warm-up iterations.")
     var warmup: Int = 3
 
     @Flag(help: "Time the nonblocking allreduce (MPI_Iallreduce + wait) that training uses for gradient buckets.")

@@ -31,7 +31,7 @@ struct BenchData: ParsableCommand {
     /// Its training.batch_size and data lengths give the batches' shape.
     @OptionGroup var config: ConfigOptions
 
-    @Option(help: "Batches to time (global batches; with training.length_groups, each loads as that many micro-batches).")
+    @Option(parsing: .unconditional, help: "Batches to time (global batches; with training.length_groups, each loads as that many micro-batches).")
     var batches = 200
 
     @Flag(help: "Print one JSON object instead of a table.")

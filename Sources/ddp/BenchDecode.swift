@@ -24,12 +24,12 @@ struct BenchDecode: ParsableCommand {
     /// Its model and data lengths define the workload.
     @OptionGroup var config: ConfigOptions
 
-    @Option(help: "Positions to decode (default: the model's max_length).")
+    @Option(parsing: .unconditional, help: "Positions to decode (default: the model's max_length).")
     var context: Int?
 
     @OptionGroup var threads: ThreadsOption
 
-    @Option(help: "Timed rounds of each way (median reported).")
+    @Option(parsing: .unconditional, help: "Timed rounds of each way (median reported).")
     var rounds = 3
 
     @Flag(help: "Skip decoding without the cache (it takes O(context²)).")

@@ -36,10 +36,10 @@ struct BenchStep: ParsableCommand {
 
     @OptionGroup var threads: ThreadsOption
 
-    @Option(help: "Timed steps.")
+    @Option(parsing: .unconditional, help: "Timed steps.")
     var steps: Int = 10
 
-    @Option(help: "Untimed warm-up steps.")
+    @Option(parsing: .unconditional, help: "Untimed warm-up steps.")
     var warmup: Int = 2
 
     @Flag(help: "Print one JSON object instead of a table.")

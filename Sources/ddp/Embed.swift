@@ -36,7 +36,7 @@ struct Embed: ParsableCommand {
     @Option(help: "The HDF5 file to write.")
     var output: String
 
-    @Option(help: "Lines encoded together (default: the checkpoint's training batch size).")
+    @Option(parsing: .unconditional, help: "Lines encoded together (default: the checkpoint's training batch size).")
     var batchSize: Int?
 
     @OptionGroup var threads: ThreadsOption

@@ -50,14 +50,14 @@ struct Eval: ParsableCommand {
     @Option(help: "Parallel text: target sentences, one per line (with --source).")
     var target: String?
 
-    @Option(help: "Sequences per batch (per rank); default: the run's training.batch_size.")
+    @Option(parsing: .unconditional, help: "Sequences per batch (per rank); default: the run's training.batch_size.")
     var batchSize: Int?
 
     @OptionGroup var threads: ThreadsOption
 
     @OptionGroup var decoding: DecodingOptions
 
-    @Option(help: "seq2seq: decode only the first N examples for exact match, BLEU, chrF and the written files (default: all; 0: none).")
+    @Option(parsing: .unconditional, help: "seq2seq: decode only the first N examples for exact match, BLEU, chrF and the written files (default: all; 0: none).")
     var maxDecode: Int?
 
     @Option(help: "seq2seq: how BLEU cuts text into words, as sacrebleu's --tokenize: 13a, none, char or intl (default: the run's eval.bleu_tokenize, 13a).")
@@ -114,6 +114,12 @@ struct Eval: ParsableCommand {
             }
         }
         if !textOutputs.isEmpty { RemoveOnSignal.install() }
+        // Options for what only seq2seq models do would be ignored without a word.
+        let seq2seqOnly = decoding.given + [maxDecode.map { _ in "--max-decode" }, bleuTokenize.map { _ in "--bleu-tokenize" }].compactMap { $0 }
+        if let option = seq2seqOnly.first, run.model.kind.dataTask != .seq2seq {
+            throw EvalInputError(message: "\(option) is for seq2seq models, which decode translations, and \(path) is a \(run.model.kind.rawValue) "
+                                          + "model: leave it out")
+        }
         if let first = textOutputs.first, run.model.kind.dataTask != .seq2seq {
             throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is a \(run.model.kind.rawValue) model, "
                                           + "which decodes none (they are for seq2seq models)")
@@ -149,9 +155,9 @@ struct Eval: ParsableCommand {
                 var report = EvalReport(checkpoint: path, step: header.state.step,
                                         data: textFiles.isEmpty ? evaluated.directory : textFiles.joined(separator: ", "),
                                         split: textFiles.isEmpty ? evaluated.split : "text",
-                                        result: result, decoding: evaluated.task == .seq2seq ? decoding.decode.rawValue : nil,
-                                        beamSize: decoding.decode == .beam ? decoding.beamSize : nil,
-                                        lengthPenalty: decoding.decode == .beam ? decoding.lengthPenalty : nil)
+                                        result: result, decoding: evaluated.task == .seq2seq ? (decoding.decode ?? .greedy).rawValue : nil,
+                                        beamSize: decoding.decode == .beam ? decoding.beamWidth : nil,
+                                        lengthPenalty: decoding.decode == .beam ? decoding.penalty : nil)
                 if run.model.kind == .encoderOnly { report.counted = "masked positions (BERT's recipe, mlm.eval_seed \(run.mlm.evalSeed))" }
                 print(json ? try jsonLine(report) : report.table())
                 // After the scores are shown: a file that cannot be written does not cost them.

@@ -13,7 +13,8 @@ struct Generate: ParsableCommand {
         discussion: """
             Decoding is incremental with a key/value cache: each new token costs one position of the decoder.
 
-            Language model (decoder-only): continues --prompt, printing the continuation as it is generated. \
+            Language model (decoder-only): continues --prompt (or the text on standard input), printing the \
+            continuation as it is generated. \
             --temperature 0 is greedy; --top-k and --top-p restrict sampling to the most likely tokens; --seed makes \
             it repeatable. Generation stops at --max-tokens, at EOS, or when the context reaches the model's max_length.
 
@@ -33,37 +34,54 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var checkpoint: CheckpointOption
 
-    @Option(help: "Language model: the text to continue (empty: start a new document).")
+    @Option(help: "Language model: the text to continue (default: standard input when it is not a terminal; \"\" or a terminal: a new document). Fill-mask: text with [MASK]s.")
     var prompt: String?
 
     @Option(help: "Encoder-decoder: the text to translate (default: each line of standard input).")
     var input: String?
 
-    @Option(help: "Tokens to generate at most (default: 256 for a language model, target_length - 1 for translation).")
+    @Option(parsing: .unconditional, help: "Tokens to generate at most, 1 or more (default: 256 for a language model, target_length - 1 for translation).")
     var maxTokens: Int?
 
-    @Option(help: "Sampling temperature (0: greedy).")
-    var temperature = 1.0
+    @Option(parsing: .unconditional, help: "Language model: sampling temperature, 0 or more (0: greedy; default 1).")
+    var temperature: Double?
 
-    @Option(help: "Sample only among the k most likely tokens (0: all); fill-mask: how many tokens to list per mask (default 5, 0: all).")
+    @Option(parsing: .unconditional, help: "Language model: sample only among the k most likely tokens (default 0: all); fill-mask: how many tokens to list per mask (default 5, 0: all).")
     var topK: Int?
 
-    @Option(help: "Sample only among the most likely tokens whose probability reaches p (1: all).")
-    var topP = 1.0
+    @Option(parsing: .unconditional, help: "Language model: sample only among the most likely tokens whose probability reaches p, in (0, 1] (default 1: all).")
+    var topP: Double?
 
-    @Option(help: "Random seed for sampling.")
-    var seed: UInt64 = 0
+    @Option(parsing: .unconditional, help: "Language model: random seed for sampling (default 0).")
+    var seed: UInt64?
 
     @OptionGroup var decoding: DecodingOptions
 
     @OptionGroup var threads: ThreadsOption
 
+    /// The prompt standard input may hold at most (bytes); a model's context is far shorter anyway.
+    static let largestPrompt = 1 << 20
+
     func validate() throws {
         guard prompt == nil || input == nil else {
             throw ValidationError("give --prompt (language model or fill-mask) or --input (translation), not both.")
         }
-        if let maxTokens, maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more, got \(maxTokens).") }
+        if let maxTokens, maxTokens < 1 { throw ValidationError("--max-tokens must be 1 or more, got \(maxTokens).") }
+        if let temperature, !(temperature >= 0 && temperature.isFinite) {
+            throw ValidationError("--temperature must be 0 (greedy) or more, got \(temperature).")
+        }
         if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more, got \(topK).") }
+        if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be more than 0 and at most 1, got \(topP).") }
+    }
+
+    /// The options given that `kind`'s generation does not use (each would be ignored without a word).
+    private func unused(by kind: ModelConfig.Kind) -> [String] {
+        let sampling = [temperature.map { _ in "--temperature" }, topP.map { _ in "--top-p" }, seed.map { _ in "--seed" }].compactMap { $0 }
+        switch kind {
+        case .decoderOnly: return decoding.given
+        case .encoderOnly: return (maxTokens.map { _ in ["--max-tokens"] } ?? []) + sampling + decoding.given
+        case .encoderDecoder: return sampling + (topK.map { _ in ["--top-k"] } ?? [])
+        }
     }
 
     func run() throws {
@@ -74,7 +92,14 @@ struct Generate: ParsableCommand {
         guard let tokenizer = header.tokenizer else {
             throw RunError("\(path) holds no tokenizer, so text cannot be turned into tokens as in training")
         }
-        switch model.config.kind {
+        let kind = model.config.kind
+        if let option = unused(by: kind).first {
+            let does = [ModelConfig.Kind.decoderOnly: "continues text by sampling (--temperature, --top-k, --top-p, --seed, --max-tokens)",
+                        .encoderOnly: "fills masks (--prompt, --top-k)",
+                        .encoderDecoder: "translates greedily or by beam search (--decode, --beam-size, --length-penalty, --max-tokens)"][kind]!
+            throw RunError("\(option) does not apply to \(path), a \(kind.rawValue) model, which \(does): leave it out")
+        }
+        switch kind {
         case .decoderOnly:
             guard input == nil else { throw RunError("\(path) is a language model: give --prompt, not --input") }
             try continueText(model, tokenizer: tokenizer)
@@ -89,11 +114,19 @@ struct Generate: ParsableCommand {
         }
     }
 
+    /// The language model's prompt: --prompt, else standard input read to its end when it is neither a terminal (a
+    /// person at a prompt: a new document, as before) nor closed.
+    private func promptText() throws -> String {
+        if let prompt { return prompt }
+        guard !standardInputWasClosed, isatty(0) == 0 else { return "" }
+        return try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
+    }
+
     private func continueText(_ model: TransformerModel, tokenizer: Tokenizer) throws {
-        let sampling = SamplingSettings(temperature: temperature, topK: topK ?? 0, topP: topP, seed: seed)
+        let sampling = SamplingSettings(temperature: temperature ?? 1, topK: topK ?? 0, topP: topP ?? 1, seed: seed ?? 0)
         var stream = UTF8Stream()
-        let tokens = tokenizer.encode(prompt ?? "")
-        try tokenizer.refusePadding(in: tokens, what: "the text", of: "--prompt")
+        let tokens = tokenizer.encode(try promptText())
+        try tokenizer.refusePadding(in: tokens, what: "the text", of: prompt == nil ? "standard input" : "--prompt")
         try model.generate(prompt: tokens, maxTokens: maxTokens ?? 256, sampling: sampling) { token in
             stream.write(tokenizer.bytes([token]))
             return true

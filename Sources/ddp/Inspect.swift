@@ -30,8 +30,12 @@ struct Inspect: ParsableCommand {
     @Flag(help: "For a checkpoint, also list its HDF5 groups, datasets and attributes.")
     var tree = false
 
-    @Option(help: "Show at most this many characters of a string attribute, or elements of an array attribute.")
+    @Option(parsing: .unconditional, help: "Show at most this many characters of a string attribute, or elements of an array attribute.")
     var maxValueLength = 120
+
+    func validate() throws {
+        guard maxValueLength >= 1 else { throw ValidationError("--max-value-length must be 1 or more, got \(maxValueLength).") }
+    }
 
     func run() throws {
         try requireOneProcess("ddp inspect")

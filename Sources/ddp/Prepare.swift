@@ -42,7 +42,7 @@ struct Prepare: ParsableCommand {
     @Option(help: "Generate a built-in seq2seq task instead of reading files.")
     var synthetic: SyntheticTask?
 
-    @Option(help: "Pairs to generate with --synthetic (at most 10 million, and samples x --max-length at most 200 million).")
+    @Option(parsing: .unconditional, help: "Pairs to generate with --synthetic (at most 10 million, and samples x --max-length at most 200 million).")
     var samples = 20_000
 
     /// The most characters (samples x --max-length) `--synthetic` makes: a few GB of pairs in memory.
@@ -60,19 +60,19 @@ struct Prepare: ParsableCommand {
                                valueName: "path"))
     var tokenizerFrom: String?
 
-    @Option(help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included; default 4096).")
+    @Option(parsing: .unconditional, help: "Vocabulary size for --tokenizer bpe (4 specials and 256 bytes included; default 4096).")
     var vocabSize: Int?
 
-    @Option(help: "Shards per split.")
+    @Option(parsing: .unconditional, help: "Shards per split.")
     var shards = 1
 
-    @Option(help: "Fraction of documents or pairs for the valid split.")
+    @Option(parsing: .unconditional, help: "Fraction of documents or pairs for the valid split.")
     var validFraction = 0.05
 
-    @Option(help: "Seed for the split and for --synthetic.")
+    @Option(parsing: .unconditional, help: "Seed for the split and for --synthetic.")
     var seed: UInt64 = 0
 
-    @Option(name: .customLong("max-length"),
+    @Option(name: .customLong("max-length"), parsing: .unconditional,
             help: "seq2seq: pairs with more tokens on either side are dropped and counted (synthetic: longest string).")
     var maxPairTokens: Int?
 

@@ -18,7 +18,7 @@ struct CheckpointOption: ParsableArguments {
 
 /// `--threads`: compute threads of this process.
 struct ThreadsOption: ParsableArguments {
-    @Option(help: "Compute threads of each process (default: SWIFTDDP_THREADS, else this node's cores divided by the processes on it).")
+    @Option(parsing: .unconditional, help: "Compute threads of each process (default: SWIFTDDP_THREADS, else this node's cores divided by the processes on it).")
     var threads: Int?
 
     func validate() throws {
@@ -53,26 +53,40 @@ struct DecodingOptions: ParsableArguments {
         case greedy, beam
     }
 
-    @Option(help: "Translation: greedy or beam.")
-    var decode: Method = .greedy
+    @Option(help: "Translation: greedy or beam (default: greedy).")
+    var decode: Method?
 
-    @Option(help: "Hypotheses per source for --decode beam, 1 to 256 (the paper: 4).")
-    var beamSize = 4
+    @Option(parsing: .unconditional, help: "Hypotheses per source for --decode beam, 1 to 256 (default 4, the paper's).")
+    var beamSize: Int?
 
     /// The widest beam: each hypothesis is a row of the decoder's batch, and beams past a few dozen only cost time.
     static let largestBeam = 256
 
-    @Option(help: "Length penalty α for --decode beam: a finished hypothesis scores log P / ((5 + length) / 6)^α (the paper: 0.6).")
-    var lengthPenalty = 0.6
+    @Option(parsing: .unconditional,
+            help: "Length penalty α for --decode beam: a finished hypothesis scores log P / ((5 + length) / 6)^α (default 0.6, the paper's).")
+    var lengthPenalty: Double?
+
+    /// The options given, by their names (for a refusal where nothing is decoded).
+    var given: [String] {
+        [decode.map { _ in "--decode" }, beamSize.map { _ in "--beam-size" }, lengthPenalty.map { _ in "--length-penalty" }].compactMap { $0 }
+    }
 
     func validate() throws {
-        guard (1...Self.largestBeam).contains(beamSize) else {
+        if let beamSize, !(1...Self.largestBeam).contains(beamSize) {
             throw ValidationError("--beam-size must be 1 to \(Self.largestBeam), got \(beamSize).")
         }
-        guard lengthPenalty >= 0, lengthPenalty.isFinite else {
+        if let lengthPenalty, !(lengthPenalty >= 0 && lengthPenalty.isFinite) {
             throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).")
+        }
+        // Beam settings without a beam would be ignored without a word.
+        if decode != .beam, let option = given.first(where: { $0 != "--decode" }) {
+            throw ValidationError("\(option) applies to beam search only; add --decode beam (or leave \(option) out).")
         }
     }
 
-    var method: DecodingMethod { decode == .greedy ? .greedy : .beam(size: beamSize, lengthPenalty: lengthPenalty) }
+    /// The beam width and length penalty `method` uses.
+    var beamWidth: Int { beamSize ?? 4 }
+    var penalty: Double { lengthPenalty ?? 0.6 }
+
+    var method: DecodingMethod { decode == .beam ? .beam(size: beamWidth, lengthPenalty: penalty) : .greedy }
 }

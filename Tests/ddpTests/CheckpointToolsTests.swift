@@ -389,6 +389,48 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertTrue(badTopP.stderr.contains("top-p"), badTopP.output)
     }
 
+    /// A language model continues the text on standard input when --prompt is not given; options a model's kind does
+    /// not use (beam search for a language model, sampling for a translation model, beam settings without a beam)
+    /// are refused by name, not ignored; numbers out of range (negative ones included) are refused by option.
+    func testGenerateTakesItsPromptFromStandardInputAndRefusesOptionsThatDoNothing() throws {
+        func generate(_ arguments: [String], standardInput: String? = nil) throws -> ProcessResult {
+            try runProcess(ddp, ["generate", "--checkpoint"] + arguments, standardInput: standardInput)
+        }
+        let given = try generate([path("lm-run"), "--prompt", "Document 1", "--temperature", "0", "--max-tokens", "12"])
+        XCTAssertEqual(given.status, 0, given.output)
+        let piped = try generate([path("lm-run"), "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1")
+        XCTAssertEqual(piped.status, 0, piped.output)
+        XCTAssertEqual(piped.stdout, given.stdout, "the prompt on standard input is the prompt")
+        let empty = try generate([path("lm-run"), "--prompt", "", "--temperature", "0", "--max-tokens", "12"])
+        XCTAssertNotEqual(empty.stdout, given.stdout, "an empty prompt starts a new document")
+        let refusals: [([String], String)] = [
+            ([path("lm-run"), "--prompt", "a", "--decode", "beam"], "--decode does not apply to \(path("lm-run"))"),
+            ([path("lm-run"), "--prompt", "a", "--beam-size", "2"], "--beam-size applies to beam search only; add --decode beam"),
+            ([path("reverse-run"), "--input", "abc", "--length-penalty", "1"], "--length-penalty applies to beam search only"),
+            ([path("reverse-run"), "--input", "abc", "--temperature", "0.5"], "--temperature does not apply to \(path("reverse-run"))"),
+            ([path("reverse-run"), "--input", "abc", "--top-p", "0.9"], "--top-p does not apply"),
+            ([path("reverse-run"), "--input", "abc", "--top-k", "3"], "--top-k does not apply"),
+            ([path("reverse-run"), "--input", "abc", "--seed", "2"], "--seed does not apply"),
+            ([path("lm-run"), "--prompt", "a", "--max-tokens", "0"], "--max-tokens must be 1 or more, got 0."),
+            ([path("lm-run"), "--prompt", "a", "--temperature", "-1"], "--temperature must be 0 (greedy) or more, got -1.0."),
+            ([path("lm-run"), "--prompt", "a", "--top-k", "-3"], "--top-k must be 0 (all) or more, got -3."),
+            ([path("lm-run"), "--prompt", "a", "--top-p", "-0.5"], "--top-p must be more than 0 and at most 1, got -0.5."),
+            ([path("reverse-run"), "--input", "abc", "--decode", "beam", "--beam-size", "-1"], "--beam-size must be 1 to 256, got -1."),
+        ]
+        for (arguments, message) in refusals {
+            let result = try generate(arguments)
+            XCTAssertNotEqual(result.status, 0, "\(arguments): \(result.output)")
+            XCTAssertTrue(result.stderr.contains(message), "\(arguments): \(result.output)")
+        }
+        // ddp eval: decoding options on a model that decodes nothing.
+        for option in [["--decode", "beam"], ["--max-decode", "3"], ["--bleu-tokenize", "char"]] {
+            let result = try runProcess(ddp, ["eval", "--checkpoint", path("lm-run")] + option)
+            XCTAssertEqual(result.status, 1, result.output)
+            XCTAssertTrue(result.stderr.contains("\(option[0]) is for seq2seq models, which decode translations, and \(path("lm-run"))"),
+                          result.output)
+        }
+    }
+
     func testTranslateLinesOfStandardInputAsEachInputAlone() throws {
         let inputs = ["abc", "hgfe", "a", "dcbaefgh"]
         let batch = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run")], standardInput: inputs.joined(separator: "\n") + "\n")

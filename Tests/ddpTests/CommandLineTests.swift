@@ -185,4 +185,36 @@ final class CommandLineTests: XCTestCase {
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.stderr.contains("--iterations must be at least 1"), result.output)
     }
+
+    /// A negative number is a value, not an option: every numeric option given one is refused by its own name with its
+    /// range (ArgumentParser alone would say "Missing value" and blame nothing), before any file is touched.
+    func testNegativeNumbersAreValuesRefusedByTheirOption() throws {
+        let commands: [([String], String)] = [
+            (["bench", "allreduce", "--size-mb"], "--size-mb"), (["bench", "allreduce", "--iterations"], "--iterations"),
+            (["bench", "allreduce", "--warmup"], "--warmup"),
+            (["bench", "data", "--data", "d", "--config", "c.yaml", "--batches"], "--batches"),
+            (["bench", "decode", "--config", "c.yaml", "--context"], "--context"), (["bench", "decode", "--config", "c.yaml", "--rounds"], "--rounds"),
+            (["bench", "step", "--config", "c.yaml", "--steps"], "--steps"), (["bench", "step", "--config", "c.yaml", "--warmup"], "--warmup"),
+            (["embed", "--checkpoint", "c.h5", "--input", "i.txt", "--output", "o.h5", "--batch-size"], "--batch-size"),
+            (["eval", "--checkpoint", "c.h5", "--batch-size"], "--batch-size"), (["eval", "--checkpoint", "c.h5", "--max-decode"], "--max-decode"),
+            (["eval", "--checkpoint", "c.h5", "--threads"], "--threads"),
+            (["inspect", "c.h5", "--max-value-length"], "--max-value-length"),
+            (["prepare", "--synthetic", "reverse", "--output", "o", "--samples"], "--samples"),
+            (["prepare", "--synthetic", "reverse", "--output", "o", "--shards"], "--shards"),
+            (["prepare", "--synthetic", "reverse", "--output", "o", "--valid-fraction"], "--valid-fraction"),
+            (["prepare", "--synthetic", "reverse", "--output", "o", "--max-length"], "--max-length"),
+            (["prepare", "--task", "lm", "--input", "t.txt", "--tokenizer", "bpe", "--output", "o", "--vocab-size"], "--vocab-size"),
+            (["generate", "--checkpoint", "c.h5", "--max-tokens"], "--max-tokens"),
+            (["generate", "--checkpoint", "c.h5", "--length-penalty"], "--length-penalty"),
+        ]
+        for (arguments, option) in commands {
+            let result = try runProcess(ddp, arguments + ["-2"])
+            XCTAssertNotEqual(result.status, 0, "\(arguments): \(result.output)")
+            XCTAssertFalse(result.stderr.contains("Missing value"), "\(arguments): \(result.output)")
+            XCTAssertTrue(result.stderr.contains(option) && result.stderr.contains("-2"), "\(arguments): \(result.output)")
+        }
+        // Seeds are unsigned: a negative one is not a number they take.
+        let seed = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--output", "o", "--seed", "-2"])
+        XCTAssertTrue(seed.stderr.contains("--seed") && !seed.stderr.contains("Missing value"), seed.output)
+    }
 }

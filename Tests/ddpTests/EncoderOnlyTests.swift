@@ -228,6 +228,17 @@ final class EncoderOnlyTests: XCTestCase {
         }
         let noMask = try run(["generate", "--checkpoint", path("ok"), "--prompt", "no mask here"], expect: 1)
         XCTAssertTrue(noMask.output.contains("[MASK]"), noMask.output)
+        // Fill-mask samples nothing and decodes nothing: such options are refused, not ignored.
+        for option in [["--temperature", "0.5"], ["--max-tokens", "3"], ["--seed", "1"], ["--decode", "beam"]] {
+            let unused = try run(["generate", "--checkpoint", path("ok"), "--prompt", "a[MASK]"] + option, expect: 1)
+            XCTAssertTrue(unused.output.contains("\(option[0]) does not apply to \(path("ok"))"), unused.output)
+        }
+        // A FIFO (no writer) or a device as embed's input is refused at once, not waited on.
+        XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
+        for input in [path("fifo.txt"), "/dev/zero"] {
+            let special = try run(["embed", "--checkpoint", path("ok"), "--input", input, "--output", path("special.h5")], expect: 1)
+            XCTAssertTrue(special.output.contains("\(input): is not a regular file"), special.output)
+        }
         try String(repeating: "x", count: 40).write(toFile: path("long.txt"), atomically: true, encoding: .utf8)
         let long = try run(["embed", "--checkpoint", path("ok"), "--input", path("long.txt"), "--output", path("long.h5")], expect: 1)
         XCTAssertTrue(long.output.contains("long.txt line 1 is 40 tokens"), long.output)
