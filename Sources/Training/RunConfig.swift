@@ -214,13 +214,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// Learning-rate schedule; `optimizer.lr` is the peak (cosine) or the rate (constant).
     public struct ScheduleSection: Codable, Equatable, Sendable {
-        /// The schedule (`schedule.kind`, default constant): `constant` keeps `optimizer.lr`; `noam` is Attention Is
+        /// The schedule (`schedule.kind`, default constant): `constant` keeps `optimizer.lr` (after the warm-up); `noam` is Attention Is
         /// All You Need's warm-up and inverse-square-root decay; `cosine` warms up linearly to `optimizer.lr`, then
         /// follows half a cosine down to `schedule.min_lr`.
         public enum Kind: String, Codable, Sendable, CaseIterable { case constant, noam, cosine }
         /// Which schedule (`schedule.kind`, default constant).
         public var kind: Kind = .constant
-        /// Updates of warm-up for noam and cosine (`schedule.warmup_steps`, default 0; noam needs at least 1).
+        /// Updates of linear warm-up (`schedule.warmup_steps`, default 0; noam needs at least 1).
         public var warmupSteps = 0
         /// noam's multiplier (1 in the paper).
         public var factor: Float = 1
@@ -235,6 +235,22 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
         /// The default: a constant rate of `optimizer.lr`.
         public init() {}
+
+        /// Writes the keys the schedule's kind uses (`RunConfig.checkKeysApply` refuses the others): kind and
+        /// warmup_steps, noam's factor, cosine's min_lr and total_steps (when set).
+        public func encode(to encoder: Encoder) throws {
+            var values = encoder.container(keyedBy: CodingKeys.self)
+            try values.encode(kind, forKey: .kind)
+            try values.encode(warmupSteps, forKey: .warmupSteps)
+            if kind == .noam { try values.encode(factor, forKey: .factor) }
+            if kind == .cosine {
+                try values.encode(minLr, forKey: .minLr)
+                try values.encodeIfPresent(totalSteps, forKey: .totalSteps)
+            }
+        }
+
+        /// The keys only some kinds use, with those kinds (for the refusal of the others).
+        static let keysOfKinds: [(key: String, kinds: [Kind])] = [("factor", [.noam]), ("min_lr", [.cosine]), ("total_steps", [.cosine])]
 
         /// Reads the section; a missing key takes its default (constant, no warm-up, factor 1, min_lr 0, total_steps
         /// unset).
@@ -268,7 +284,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// The schedule as a function of the update step.
     public var learningRateSchedule: LearningRateSchedule {
         switch schedule.kind {
-        case .constant: return .constant(rate: optimizer.lr)
+        case .constant: return .constant(rate: optimizer.lr, warmupSteps: schedule.warmupSteps)
         case .noam: return .noam(dModel: model.dModel, warmupSteps: schedule.warmupSteps, factor: schedule.factor)
         case .cosine: return .cosine(peak: optimizer.lr, warmupSteps: schedule.warmupSteps,
                                      totalSteps: schedule.totalSteps ?? training.steps, minimum: schedule.minLr)
@@ -544,7 +560,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
         return .mapping(mapping)
     }
 
-    /// Keys the file gives that the model's kind has no use for are refused, not dropped: a decoder-only model's
+    /// Keys the file gives that the model's kind (or the schedule's) has no use for are refused, not dropped: a decoder-only model's
     /// `model.encoder_layers` (but 0), `training.length_groups` (but 1), `data.source_length`, `eval.decode_samples` and `eval.bleu_tokenize` (decoding
     /// is seq2seq's), and the `mlm` section of any model but an encoder-only one.
     private static func checkKeysApply(_ root: Node, kind: ModelConfig.Kind, file: String) throws {
@@ -562,6 +578,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
             for key in ["decode_samples", "bleu_tokenize"] where given("eval", key) != nil {
                 try refuse("eval.\(key)", "decodes no translations to score")
             }
+        }
+        // A schedule's keys that its kind does not use (`schedule.factor` of a cosine schedule) would change nothing.
+        let schedule = root.mapping?[Node("schedule")]?.mapping?[Node("kind")]?.string.flatMap(ScheduleSection.Kind.init(rawValue:)) ?? .constant
+        for (key, kinds) in ScheduleSection.keysOfKinds where !kinds.contains(schedule) {
+            guard let value = given("schedule", key), value.tag.rawValue != Tag.Name.null.rawValue else { continue }
+            throw ConfigError(file: file, key: "schedule.\(key)", message: "the \(schedule.rawValue) schedule has no use for it (it is for "
+                              + kinds.map(\.rawValue).joined(separator: " and ") + "); leave the key out")
         }
         if kind != .encoderOnly, let mlm = root.mapping?[Node("mlm")] {
             let key = mlm.mapping?.keys.first?.string.map { "mlm.\($0)" } ?? "mlm"

@@ -2,8 +2,9 @@ import Foundation
 
 /// Learning rate as a function of the update step (1-based, as torch's schedulers count after the first step).
 public enum LearningRateSchedule: Equatable, Sendable {
-    /// The same rate throughout.
-    case constant(rate: Float)
+    /// The same rate throughout, after a linear warm-up from 0 over `warmupSteps` updates (none at 0): Hugging Face's
+    /// `get_constant_schedule_with_warmup`.
+    case constant(rate: Float, warmupSteps: Int = 0)
     /// The paper's: factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5).
     case noam(dModel: Int, warmupSteps: Int, factor: Float)
     /// Linear warm-up to `peak`, then half a cosine down to `minimum` at `totalSteps` (and `minimum` after).
@@ -15,14 +16,14 @@ public enum LearningRateSchedule: Equatable, Sendable {
         return nil
     }
 
-    /// The learning rate for update `step` (1-based; values below 1 count as 1). Cosine warms up linearly to `peak` at
-    /// `warmupSteps`, reaches `minimum` at `totalSteps` and stays there; noam rises linearly for `warmupSteps` updates
+    /// The learning rate for update `step` (1-based; values below 1 count as 1). Constant warms up linearly to its rate
+    /// at `warmupSteps` and stays there; cosine warms up linearly to `peak` at `warmupSteps`, reaches `minimum` at `totalSteps` and stays there; noam rises linearly for `warmupSteps` updates
     /// and then decays as step^-0.5.
     public func rate(step: Int) -> Float {
         let s = Double(max(1, step))
         switch self {
-        case .constant(let rate):
-            return rate
+        case .constant(let rate, let warmup):
+            return step < warmup ? rate * Float(s / Double(warmup)) : rate
         case .noam(let dModel, let warmup, let factor):
             return Float(Double(factor) * pow(Double(dModel), -0.5) * min(pow(s, -0.5), s * pow(Double(max(1, warmup)), -1.5)))
         case .cosine(let peak, let warmup, let total, let minimum):

@@ -23,6 +23,11 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(cosine.rate(step: 110), 1e-4, accuracy: 1e-9)
         XCTAssertEqual(cosine.rate(step: 500), 1e-4, accuracy: 1e-9)
         XCTAssertEqual(LearningRateSchedule.constant(rate: 3e-4).rate(step: 77), 3e-4)
+        // With a warm-up (Hugging Face's get_constant_schedule_with_warmup): linear from 0, then the rate.
+        let warm = LearningRateSchedule.constant(rate: 4e-4, warmupSteps: 4)
+        for (step, rate) in zip([1, 2, 3, 4, 5, 100], [1e-4, 2e-4, 3e-4, 4e-4, 4e-4, 4e-4] as [Float]) {
+            XCTAssertEqual(warm.rate(step: step), rate, accuracy: 1e-9, "step \(step)")
+        }
     }
 
     func testClippingFactorAndGradientNorm() {
@@ -151,15 +156,16 @@ final class ScheduleTests: XCTestCase {
                        clip_norm: 0.5, bucket_mb: 2, grad_compression: bf16, threads: 1, log_every: 5, collective_timeout: 60,
                        tensorboard: true}
             optimizer: {lr: 1.0e-3, beta1: 0.8, beta2: 0.99, eps: 1.0e-7, weight_decay: 0.1}
-            schedule: {kind: cosine, warmup_steps: 5, factor: 2, min_lr: 1.0e-5, total_steps: 40}
+            schedule: {kind: cosine, warmup_steps: 5, min_lr: 1.0e-5, total_steps: 40}
             eval: {every: 5, max_batches: 2, decode_samples: 3, bleu_tokenize: char}
             checkpoint: {every: 10, keep: 2}
             mlm: {probability: 0.2, mask_replace_prob: 0.7, random_replace_prob: 0.2, eval_seed: 4}
             """
+        // (schedule.factor is noam's, checked below with the other schedules' keys.)
         let unused: [ModelConfig.Kind: [String]] = [
-            .encoderDecoder: ["mlm"],
-            .encoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize"],
-            .decoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize", "mlm"],
+            .encoderDecoder: ["mlm", "schedule.factor"],
+            .encoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize", "schedule.factor"],
+            .decoderOnly: ["data.source_length", "eval.decode_samples", "eval.bleu_tokenize", "mlm", "schedule.factor"],
         ]
         for (kind, left) in unused {
             var text = """
@@ -180,6 +186,21 @@ final class ScheduleTests: XCTestCase {
                 .filter { key in !left.contains { key == $0 || key.hasPrefix($0 + ".") } }
             XCTAssertEqual(stored, expected, kind.rawValue)
             XCTAssertEqual(try RunConfig.parse(String(decoding: json, as: UTF8.self), file: "stored"), config, kind.rawValue)
+        }
+        // Each schedule stores the keys it uses, and a key it does not use is refused by name, not ignored.
+        let model = smallModelYAML + "\n"
+        let schedules = ["constant": "{kind: constant, warmup_steps: 5}", "noam": "{kind: noam, warmup_steps: 5, factor: 2}",
+                         "cosine": "{kind: cosine, warmup_steps: 5, min_lr: 1.0e-5, total_steps: 40}"]
+        for (kind, section) in schedules {
+            let config = try RunConfig.parse(model + "schedule: \(section)", file: "\(kind).yaml")
+            let root = try XCTUnwrap(try JSONSerialization.jsonObject(with: try JSONEncoder().encode(config)) as? [String: [String: Any]])
+            let expected = section.dropFirst().dropLast().split(separator: ",").map { String($0.split(separator: ":")[0]).trimmingCharacters(in: .whitespaces) }
+            XCTAssertEqual(Set(try XCTUnwrap(root["schedule"]).keys), Set(expected), kind)
+            for (key, value) in [("factor", "2"), ("min_lr", "1.0e-5"), ("total_steps", "40")] where !expected.contains(key) {
+                XCTAssertThrowsError(try RunConfig.parse(model + "schedule: \(section.dropLast()), \(key): \(value)}", file: "\(kind).yaml")) {
+                    XCTAssertTrue("\($0)".contains("config key 'schedule.\(key)': the \(kind) schedule has no use for it"), "\($0)")
+                }
+            }
         }
     }
 
