@@ -3,10 +3,11 @@ import Foundation
 import Glibc
 #endif
 
-/// An exclusive lock on a lock file (`flock(2)`), held until the value is released or the process ends. The kernel
-/// releases it when its holder dies, killed or not, so a lock is never left behind; the file itself stays (removing it
-/// would let two processes lock two different files of one name). What holds the lock is written into the file, so a
-/// refusal can say who.
+/// An exclusive lock on a lock file (`flock(2)`), held until the value is released or the process ends. On a local
+/// file system the kernel releases it when its holder dies, killed or not; on a network file system a lock can outlive
+/// a node that crashed (NFS keeps it until that client comes back or its lease runs out), and some mount only lock
+/// within a node (NFS `local_lock`). The file itself stays (removing it would let two processes lock two different
+/// files of one name). What holds the lock is written into the file, so a refusal can say who.
 public final class FileLock: @unchecked Sendable {
     /// The lock file's path.
     public let path: String
@@ -27,7 +28,11 @@ public final class FileLock: @unchecked Sendable {
     /// the lock is returned not held, with `unsupported` saying so.
     public static func acquire(_ path: String, holder: String) throws(FileError) -> FileLock {
         // O_NOFOLLOW: a link would lock (and write into) a file elsewhere. O_NONBLOCK: a FIFO cannot make open wait.
-        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
+        var descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
+        if descriptor < 0 && errno == EACCES {
+            // Another user's lock file in a shared directory: it locks as well read-only (the holder is not written).
+            descriptor = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        }
         guard descriptor >= 0 else {
             let code = errno
             if code == ELOOP { throw FileError(path, "is a symbolic link; a lock file is never written through a link: remove it") }

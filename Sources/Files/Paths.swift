@@ -83,6 +83,14 @@ public enum Paths {
         }
     }
 
+    /// Whether `path` reaches a pipe without a name (`/dev/fd/63` of a shell's `<(command)`, `/dev/stdin` on a pipe):
+    /// unlike a FIFO, it was made with its writer, so reading it cannot wait for one that never comes.
+    public static func isAnonymousPipe(_ path: String) -> Bool {
+        let (reached, problem) = followingLinks(path)
+        return problem == nil && reached != withoutTrailingSeparators(path) && lastComponent(reached).hasPrefix("pipe:[")
+            && FileManager.default.fileExists(atPath: path)
+    }
+
     /// What `path` itself is (a link is `.typeSymbolicLink`, not followed), or nil when nothing is there.
     public static func entryType(_ path: String) -> FileAttributeType? {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType

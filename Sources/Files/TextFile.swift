@@ -8,12 +8,14 @@ public enum TextFile {
     /// The file's text; an error naming the file when it cannot be read or is not UTF-8. The path must be a regular
     /// file (through links), and with `largest` (bytes) one of at most that size, checked before anything is read: a
     /// FIFO without a writer cannot hang the reader, nor a device feed it without end, nor a huge file exhaust memory.
+    /// Without `largest`, a pipe a shell hands over (`<(zcat corpus.gz)`, `/dev/stdin`) is read too: it has a writer.
     public static func read(_ path: String, largest: Int? = nil) throws(FileError) -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, Paths.whyMissing(path)) }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
         // The file a link names is what is read (the link's own attributes say only that it is a link).
-        let size = try Paths.regularFileSize(path)
+        let size: Int
+        do { size = try Paths.regularFileSize(path) } catch where largest == nil && Paths.isAnonymousPipe(path) { size = 0 }
         if let largest, size > largest { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
         guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }
         defer { try? handle.close() }

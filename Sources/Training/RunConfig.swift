@@ -584,7 +584,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         for (key, kinds) in ScheduleSection.keysOfKinds where !kinds.contains(schedule) {
             guard let value = given("schedule", key), value.tag.rawValue != Tag.Name.null.rawValue else { continue }
             throw ConfigError(file: file, key: "schedule.\(key)", message: "the \(schedule.rawValue) schedule has no use for it (it is for "
-                              + kinds.map(\.rawValue).joined(separator: " and ") + "); leave the key out")
+                              + kinds.map(\.rawValue).joined(separator: " and ") + "); leave the key out, or on the command line "
+                              + "--set schedule.\(key)=null")
         }
         if kind != .encoderOnly, let mlm = root.mapping?[Node("mlm")] {
             let key = mlm.mapping?.keys.first?.string.map { "mlm.\($0)" } ?? "mlm"
@@ -593,8 +594,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// Keys whose null means "not set" (its own setting, not a default): `--set training.max_tokens=null` returns a
-    /// config that sets max_tokens to batch_size batching, `--set schedule.total_steps=null` to training.steps.
-    static let unsettableKeys: Set<String> = ["training.max_tokens", "schedule.total_steps"]
+    /// config that sets max_tokens to batch_size batching, `--set schedule.total_steps=null` to training.steps;
+    /// `schedule.factor` and `schedule.min_lr` null take their defaults (a file's, unset for another schedule kind).
+    static let unsettableKeys: Set<String> = ["training.max_tokens", "schedule.total_steps", "schedule.factor", "schedule.min_lr"]
 
     private static func checkKeys(_ node: Node, section: String, file: String) throws {
         guard let mapping = node.mapping else {
@@ -666,7 +668,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
                   "must be 1 to \(RunConfig.largestAccumulation), got \(training.accumulationSteps)")
         try check(training.clipNorm >= 0 && training.clipNorm.isFinite, "training.clip_norm", "must be 0 (off) or positive and finite, got \(training.clipNorm)")
         try check(training.bucketMb > 0 && training.bucketMb <= 1_048_576, "training.bucket_mb", "must be positive and at most 1048576, got \(training.bucketMb)")
-        try check(training.threads >= 0 && training.threads <= 1 << 12, "training.threads", "must be 0 (automatic) to \(1 << 12), got \(training.threads)")
+        try check(training.threads >= 0 && training.threads <= largestThreadCount, "training.threads",
+                  "must be 0 (automatic) to \(largestThreadCount), got \(training.threads)")
         try check(training.logEvery >= 1, "training.log_every", "must be at least 1, got \(training.logEvery)")
         try check(training.collectiveTimeout >= 0 && training.collectiveTimeout <= 1e7, "training.collective_timeout",
                   "must be 0 (no limit) or positive seconds up to 1e7, got \(training.collectiveTimeout)")

@@ -1,5 +1,8 @@
 import Files
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A run directory: `checkpoint-NNNNNNNN.h5` files, `latest` (the newest one's name), `metrics.jsonl` and, with
 /// `training.tensorboard`, TensorBoard event files.
@@ -41,12 +44,29 @@ public struct RunDirectory: Sendable {
     /// first: they are this directory's own leftovers, never a usable checkpoint.
     public func prepare(resume: ResumeMode, overwrite: Bool, log: (String) -> Void) throws -> (resumeFrom: String, lock: FileLock) {
         try checkPath()
+        // Directories this start creates (the run directory, and parents that were missing too), deepest first.
+        var created: [String] = []
+        var missing = Paths.withoutTrailingSeparators(path)
+        while !FileManager.default.fileExists(atPath: missing) && missing != "." && missing != "/" {
+            created.append(missing)
+            missing = Paths.parent(missing)
+        }
         // One run at a time: a second would remove the first's checkpoint writes in flight and interleave its own.
         let lock = try lockForThisRun()
         if let unsupported = lock.unsupported {
             log("note: \(lock.path) cannot be locked (\(unsupported)): nothing stops a second run from using \(path) at the same time")
         }
-        return (try decide(resume: resume, overwrite: overwrite, log: log), lock)
+        do {
+            return (try decide(resume: resume, overwrite: overwrite, log: log), lock)
+        } catch {
+            // A refused start leaves no directory it made (`--resume --run-dir typo/run`); rmdir removes only empty ones.
+            if !created.isEmpty {
+                lock.release()
+                try? FileManager.default.removeItem(atPath: lock.path)
+                for directory in created { _ = rmdir(directory) }
+            }
+            throw error
+        }
     }
 
     /// The lock file `prepare` takes, in the run directory (it stays there; the lock goes with the process holding it).
@@ -63,7 +83,9 @@ public struct RunDirectory: Sendable {
         do { return try FileLock.acquire(Paths.join(path, Self.lockName), holder: holder) } catch {
             guard error.message.hasPrefix("is locked by") else { throw TrainingError("\(error)") }
             throw TrainingError("\(path) is in use by another run: its lock file \(error.path) \(error.message); two runs in one directory "
-                                + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir")
+                                + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir. "
+                                + "(If that process is gone, as a lock on a network file system can outlive a node that crashed, remove "
+                                + "\(error.path).)")
         }
     }
 

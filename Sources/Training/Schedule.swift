@@ -2,8 +2,9 @@ import Foundation
 
 /// Learning rate as a function of the update step (1-based, as torch's schedulers count after the first step).
 public enum LearningRateSchedule: Equatable, Sendable {
-    /// The same rate throughout, after a linear warm-up from 0 over `warmupSteps` updates (none at 0): Hugging Face's
-    /// `get_constant_schedule_with_warmup`.
+    /// The same rate throughout, after a linear warm-up over `warmupSteps` updates (none at 0): Hugging Face's
+    /// `get_constant_schedule_with_warmup`, but counting updates from 1 as cosine does (update 1 has rate / warmup,
+    /// where Hugging Face's first has 0).
     case constant(rate: Float, warmupSteps: Int = 0)
     /// The paper's: factor · d_model^-0.5 · min(step^-0.5, step · warmup^-1.5).
     case noam(dModel: Int, warmupSteps: Int, factor: Float)

@@ -528,10 +528,16 @@ public struct RunDirectoryRefused: ErrorOnEveryRank, CustomStringConvertible, Se
     public var description: String { message }
 }
 
+/// The most compute threads a process takes (`training.threads`, `--threads`, SWIFTDDP_THREADS).
+public let largestThreadCount = 1 << 12
+
 /// Compute threads per rank when nothing says otherwise: SWIFTDDP_THREADS (Launch/mpirun.sh sets it from the
-/// hostfile's ranks per node), else this node's cores / ranks sharing this node.
+/// hostfile's ranks per node; a value outside 1...`largestThreadCount` is not taken), else this node's cores / ranks
+/// sharing this node.
 public func defaultComputeThreads(localRanks: Int) -> Int {
-    if let text = ProcessInfo.processInfo.environment["SWIFTDDP_THREADS"], let threads = Int(text), threads >= 1 { return threads }
+    if let text = ProcessInfo.processInfo.environment["SWIFTDDP_THREADS"], let threads = Int(text), (1...largestThreadCount).contains(threads) {
+        return threads
+    }
     return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, localRanks))
 }
 

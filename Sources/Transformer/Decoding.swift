@@ -194,7 +194,7 @@ extension TransformerModel {
 
     private func sample(context: [Int32], maxTokens: Int, sampling: SamplingSettings, cached: Bool,
                         onToken: (Int32) -> Bool) throws(DecodingArgumentError) -> [Int32] {
-        let positions = min(config.maxLength, context.count + maxTokens)
+        let positions = min(config.maxLength, context.count + min(maxTokens, config.maxLength))  // (no overflow for any maxTokens)
         var sampler = TokenSampler(settings: sampling, vocabulary: config.vocabSize)
         var generated: [Int32] = []
         var sequence = context

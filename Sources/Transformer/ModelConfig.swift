@@ -12,6 +12,8 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         /// Whether it trains on the `lm` task's token stream (decoder-only: next token; encoder-only: masked tokens)
         /// rather than on seq2seq pairs.
         public var readsTokenStream: Bool { self != .encoderDecoder }
+        /// The kind with its article, for sentences: "a decoder-only", "an encoder-decoder".
+        public var withArticle: String { (self == .decoderOnly ? "a " : "an ") + rawValue }
     }
     /// `model.activation` of the feed-forward network: `relu` (the paper), `gelu` (torch.nn.functional.gelu, the exact
     /// erf form) or `gelu_tanh` (gelu(approximate="tanh"), GPT-2's "gelu_new").
@@ -123,7 +125,7 @@ public struct ModelConfig: Codable, Equatable, Sendable {
         try check(dModel <= limits.dModel, "d_model", "must be at most \(limits.dModel), got \(dModel)")
         try check(heads >= 1, "heads", "must be at least 1, got \(heads)")
         try check(dModel % heads == 0, "heads", "d_model \(dModel) is not divisible by heads \(heads)")
-        try check(!kind.hasDecoder || decoderLayers >= 1, "decoder_layers", "a \(kind.rawValue) model needs at least 1, got \(decoderLayers)")
+        try check(!kind.hasDecoder || decoderLayers >= 1, "decoder_layers", "\(kind.withArticle) model needs at least 1, got \(decoderLayers)")
         try check(decoderLayers <= limits.layers, "decoder_layers", "must be at most \(limits.layers), got \(decoderLayers)")
         try check(!kind.hasEncoder || encoderLayers >= 1, "encoder_layers", "an \(kind.rawValue) model needs at least 1, got \(encoderLayers)")
         try check(encoderLayers >= 0 && encoderLayers <= limits.layers, "encoder_layers", "must be 0 to \(limits.layers), got \(encoderLayers)")

@@ -37,8 +37,10 @@ struct BenchAllreduce: ParsableCommand {
 
     func validate() throws {
         guard sizeMb > 0, sizeMb <= 8192 else { throw ValidationError("--size-mb must be in (0, 8192], got \(sizeMb).") }
-        guard iterations >= 1 else { throw ValidationError("--iterations must be at least 1, got \(iterations).") }
-        guard warmup >= 0 else { throw ValidationError("--warmup must be 0 or more, got \(warmup).") }
+        guard (1...largestBenchCount).contains(iterations) else {
+            throw ValidationError("--iterations must be 1 to \(largestBenchCount), got \(iterations).")
+        }
+        guard (0...largestBenchCount).contains(warmup) else { throw ValidationError("--warmup must be 0 to \(largestBenchCount), got \(warmup).") }
     }
 
     func run() throws {

@@ -38,7 +38,7 @@ struct BenchData: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard batches >= 1 else { throw ValidationError("--batches must be at least 1, got \(batches).") }
+        guard (1...largestBenchCount).contains(batches) else { throw ValidationError("--batches must be 1 to \(largestBenchCount), got \(batches).") }
     }
 
     func run() throws {

@@ -39,7 +39,7 @@ struct BenchDecode: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard rounds >= 1 else { throw ValidationError("--rounds must be at least 1, got \(rounds).") }
+        guard (1...largestBenchCount).contains(rounds) else { throw ValidationError("--rounds must be 1 to \(largestBenchCount), got \(rounds).") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1, got \(context).") }
     }
 

@@ -49,8 +49,8 @@ struct BenchStep: ParsableCommand {
     var dryRun = false
 
     func validate() throws {
-        guard steps >= 1 else { throw ValidationError("--steps must be at least 1, got \(steps).") }
-        guard warmup >= 0 else { throw ValidationError("--warmup must be 0 or more, got \(warmup).") }
+        guard (1...largestBenchCount).contains(steps) else { throw ValidationError("--steps must be 1 to \(largestBenchCount), got \(steps).") }
+        guard (0...largestBenchCount).contains(warmup) else { throw ValidationError("--warmup must be 0 to \(largestBenchCount), got \(warmup).") }
     }
 
     func run() throws {

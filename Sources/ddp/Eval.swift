@@ -115,13 +115,16 @@ struct Eval: ParsableCommand {
         }
         if !textOutputs.isEmpty { RemoveOnSignal.install() }
         // Options for what only seq2seq models do would be ignored without a word.
-        let seq2seqOnly = decoding.given + [maxDecode.map { _ in "--max-decode" }, bleuTokenize.map { _ in "--bleu-tokenize" }].compactMap { $0 }
+        // (--max-decode 0, decoding none, is true of every model.)
+        let seq2seqOnly = decoding.given + [maxDecode.flatMap { $0 == 0 ? nil : "--max-decode" }, bleuTokenize.map { _ in "--bleu-tokenize" }]
+            .compactMap { $0 }
         if let option = seq2seqOnly.first, run.model.kind.dataTask != .seq2seq {
-            throw EvalInputError(message: "\(option) is for seq2seq models, which decode translations, and \(path) is a \(run.model.kind.rawValue) "
+            throw EvalInputError(message: "\(option) is for seq2seq models, which decode translations, and \(path) is \(run.model.kind.withArticle) "
                                           + "model: leave it out")
         }
+        try decoding.checkBeamSettings()
         if let first = textOutputs.first, run.model.kind.dataTask != .seq2seq {
-            throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is a \(run.model.kind.rawValue) model, "
+            throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is \(run.model.kind.withArticle) model, "
                                           + "which decodes none (they are for seq2seq models)")
         }
         let batch = batchSize ?? run.training.batchSize

@@ -13,8 +13,8 @@ struct Generate: ParsableCommand {
         discussion: """
             Decoding is incremental with a key/value cache: each new token costs one position of the decoder.
 
-            Language model (decoder-only): continues --prompt (or the text on standard input), printing the \
-            continuation as it is generated. \
+            Language model (decoder-only): continues --prompt (--prompt - reads it from standard input), printing \
+            the continuation as it is generated. \
             --temperature 0 is greedy; --top-k and --top-p restrict sampling to the most likely tokens; --seed makes \
             it repeatable. Generation stops at --max-tokens, at EOS, or when the context reaches the model's max_length.
 
@@ -34,7 +34,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var checkpoint: CheckpointOption
 
-    @Option(help: "Language model: the text to continue (default: standard input when it is not a terminal; \"\" or a terminal: a new document). Fill-mask: text with [MASK]s.")
+    @Option(help: "Language model: the text to continue (-: standard input; default: a new document). Fill-mask: text with [MASK]s.")
     var prompt: String?
 
     @Option(help: "Encoder-decoder: the text to translate (default: each line of standard input).")
@@ -97,8 +97,9 @@ struct Generate: ParsableCommand {
             let does = [ModelConfig.Kind.decoderOnly: "continues text by sampling (--temperature, --top-k, --top-p, --seed, --max-tokens)",
                         .encoderOnly: "fills masks (--prompt, --top-k)",
                         .encoderDecoder: "translates greedily or by beam search (--decode, --beam-size, --length-penalty, --max-tokens)"][kind]!
-            throw RunError("\(option) does not apply to \(path), a \(kind.rawValue) model, which \(does): leave it out")
+            throw RunError("\(option) does not apply to \(path), \(kind.withArticle) model, which \(does): leave it out")
         }
+        if kind == .encoderDecoder { try decoding.checkBeamSettings() }
         switch kind {
         case .decoderOnly:
             guard input == nil else { throw RunError("\(path) is a language model: give --prompt, not --input") }
@@ -114,19 +115,32 @@ struct Generate: ParsableCommand {
         }
     }
 
-    /// The language model's prompt: --prompt, else standard input read to its end when it is neither a terminal (a
-    /// person at a prompt: a new document, as before) nor closed.
+    /// The language model's prompt: --prompt, standard input read to its end for `--prompt -`, or "" (a new document).
+    /// Standard input is read only when asked: a job's inherited pipe that never closes cannot hang generate, nor a
+    /// loop's `while read` lose its lines to it. Text waiting there without `--prompt -` is pointed out, not taken.
     private func promptText() throws -> String {
+        if prompt == "-" {
+            if standardInputWasClosed { throw FileError("standard input", "cannot be read: it is closed (--prompt - reads the prompt from it)") }
+            return try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
+        }
         if let prompt { return prompt }
-        guard !standardInputWasClosed, isatty(0) == 0 else { return "" }
-        return try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
+        var status = stat()
+        if !standardInputWasClosed, isatty(0) == 0, fstat(0, &status) == 0, status.st_mode & S_IFMT != S_IFCHR {
+            printToStandardError("ddp generate: no --prompt: starting a new document (standard input is not read; give --prompt - to continue its text)")
+        }
+        return ""
     }
 
     private func continueText(_ model: TransformerModel, tokenizer: Tokenizer) throws {
         let sampling = SamplingSettings(temperature: temperature ?? 1, topK: topK ?? 0, topP: topP ?? 1, seed: seed ?? 0)
         var stream = UTF8Stream()
         let tokens = tokenizer.encode(try promptText())
-        try tokenizer.refusePadding(in: tokens, what: "the text", of: prompt == nil ? "standard input" : "--prompt")
+        let source = prompt == "-" ? "standard input" : "--prompt"
+        try tokenizer.refusePadding(in: tokens, what: "the text", of: source)
+        // (An empty prompt starts from EOS, one token.)
+        guard max(1, tokens.count) <= model.config.maxLength else {
+            throw GenerateInputError(message: "\(source) is \(tokens.count) tokens; the model takes at most \(model.config.maxLength)")
+        }
         try model.generate(prompt: tokens, maxTokens: maxTokens ?? 256, sampling: sampling) { token in
             stream.write(tokenizer.bytes([token]))
             return true

@@ -16,13 +16,18 @@ struct CheckpointOption: ParsableArguments {
     func resolve() throws -> String { try Checkpoint.resolve(checkpoint) }
 }
 
+/// The most steps, iterations, rounds or batches a benchmark counts (their sums cannot overflow).
+let largestBenchCount = 1_000_000
+
 /// `--threads`: compute threads of this process.
 struct ThreadsOption: ParsableArguments {
     @Option(parsing: .unconditional, help: "Compute threads of each process (default: SWIFTDDP_THREADS, else this node's cores divided by the processes on it).")
     var threads: Int?
 
     func validate() throws {
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1, got \(threads).") }
+        if let threads, !(1...largestThreadCount).contains(threads) {
+            throw ValidationError("--threads must be 1 to \(largestThreadCount), got \(threads).")
+        }
     }
 
     /// Sets the compute threads (`localRanks`: processes of this job on this node) and returns how many.
@@ -78,7 +83,11 @@ struct DecodingOptions: ParsableArguments {
         if let lengthPenalty, !(lengthPenalty >= 0 && lengthPenalty.isFinite) {
             throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).")
         }
-        // Beam settings without a beam would be ignored without a word.
+    }
+
+    /// Refuses beam settings without `--decode beam` (they would be ignored without a word); called once the model is
+    /// known to decode translations, so the advice to add `--decode beam` is never wrong.
+    func checkBeamSettings() throws {
         if decode != .beam, let option = given.first(where: { $0 != "--decode" }) {
             throw ValidationError("\(option) applies to beam search only; add --decode beam (or leave \(option) out).")
         }

@@ -73,6 +73,8 @@ struct Train: ParsableCommand {
             if let initFrom, ownModel != nil, world.rank == 0 { print("--init \(initFrom) is not read: \(directory) resumes its own run") }
             trainer.initialParameters = initPath
             let outcome = try trainer.run(resume: resume ? .required : resumeIfPresent ? .ifPresent : .fresh, overwrite: overwrite)
+            // The trainer holds the run directory's lock: until the run's last line, not only until its last use.
+            defer { withExtendedLifetime(trainer) {} }
             if world.rank == 0 {
                 print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
                       + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))

@@ -187,6 +187,18 @@ final class ScheduleTests: XCTestCase {
             XCTAssertEqual(stored, expected, kind.rawValue)
             XCTAssertEqual(try RunConfig.parse(String(decoding: json, as: UTF8.self), file: "stored"), config, kind.rawValue)
         }
+        // A checkpoint stored before schedules kept only their own keys still reads (and keeps its warm-up).
+        let old = try JSONDecoder().decode(RunConfig.self, from: try JSONEncoder().encode(try RunConfig.parse(smallModelYAML, file: "old.yaml"))
+            .replacingSchedule(#"{"kind":"constant","warmup_steps":8,"factor":1,"min_lr":0}"#))
+        XCTAssertEqual(old.learningRateSchedule, .constant(rate: old.optimizer.lr, warmupSteps: 8))
+        // Another kind on the command line: the file's keys for its own kind are set aside with null.
+        let switched = try RunConfig.parse(smallModelYAML + "\nschedule: {kind: cosine, warmup_steps: 5, min_lr: 1.0e-5}", file: "cos.yaml",
+                                           overrides: ["schedule.kind=constant", "schedule.min_lr=null"])
+        XCTAssertEqual(switched.learningRateSchedule, .constant(rate: switched.optimizer.lr, warmupSteps: 5))
+        XCTAssertThrowsError(try RunConfig.parse(smallModelYAML + "\nschedule: {kind: cosine, min_lr: 1.0e-5}", file: "cos.yaml",
+                                                 overrides: ["schedule.kind=constant"])) {
+            XCTAssertTrue("\($0)".contains("leave the key out, or on the command line --set schedule.min_lr=null"), "\($0)")
+        }
         // Each schedule stores the keys it uses, and a key it does not use is refused by name, not ignored.
         let model = smallModelYAML + "\n"
         let schedules = ["constant": "{kind: constant, warmup_steps: 5}", "noam": "{kind: noam, warmup_steps: 5, factor: 2}",
@@ -382,3 +394,12 @@ private let smallModelYAML = """
     data: {target_length: 16}
     training: {batch_size: 2}
     """
+
+private extension Data {
+    /// The encoded config with its `schedule` object replaced by `json` (a config as an older version stored it).
+    func replacingSchedule(_ json: String) throws -> Data {
+        var object = try XCTUnwrap(try JSONSerialization.jsonObject(with: self) as? [String: Any])
+        object["schedule"] = try JSONSerialization.jsonObject(with: Data(json.utf8))
+        return try JSONSerialization.data(withJSONObject: object)
+    }
+}

@@ -398,16 +398,32 @@ final class CheckpointToolsTests: XCTestCase {
         }
         let given = try generate([path("lm-run"), "--prompt", "Document 1", "--temperature", "0", "--max-tokens", "12"])
         XCTAssertEqual(given.status, 0, given.output)
-        let piped = try generate([path("lm-run"), "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1")
+        let piped = try generate([path("lm-run"), "--prompt", "-", "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1")
         XCTAssertEqual(piped.status, 0, piped.output)
-        XCTAssertEqual(piped.stdout, given.stdout, "the prompt on standard input is the prompt")
+        XCTAssertEqual(piped.stdout, given.stdout, "--prompt - reads the prompt from standard input")
         let empty = try generate([path("lm-run"), "--prompt", "", "--temperature", "0", "--max-tokens", "12"])
+        XCTAssertEqual(empty.status, 0, empty.output)
         XCTAssertNotEqual(empty.stdout, given.stdout, "an empty prompt starts a new document")
+        // Without --prompt, standard input is not read (a loop's `while read` keeps its lines), and text there is pointed out.
+        let unread = try generate([path("lm-run"), "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1")
+        XCTAssertEqual(unread.status, 0, unread.output)
+        XCTAssertEqual(unread.stdout, empty.stdout, "a new document")
+        XCTAssertTrue(unread.stderr.contains("no --prompt: starting a new document (standard input is not read; give --prompt - to continue its text)"),
+                      unread.output)
+        // Any --max-tokens: generation ends when the context is full.
+        let most = try generate([path("lm-run"), "--prompt", "a", "--temperature", "0", "--max-tokens", "\(Int.max)"])
+        XCTAssertEqual(most.status, 0, most.output)
+        let tooLong = try generate([path("lm-run"), "--prompt", "-"], standardInput: String(repeating: "a", count: 5000))
+        XCTAssertTrue(tooLong.stderr.contains("standard input is 5000 tokens; the model takes at most"), tooLong.output)
+        let huge = try generate([path("lm-run"), "--prompt", "-"], standardInput: String(repeating: "a", count: (1 << 20) + 1))
+        XCTAssertTrue(huge.stderr.contains("standard input: holds more than the 1048576 bytes read"), huge.output)
         let refusals: [([String], String)] = [
             ([path("lm-run"), "--prompt", "a", "--decode", "beam"], "--decode does not apply to \(path("lm-run"))"),
-            ([path("lm-run"), "--prompt", "a", "--beam-size", "2"], "--beam-size applies to beam search only; add --decode beam"),
+            ([path("lm-run"), "--prompt", "a", "--beam-size", "2"], "a decoder-only model, which continues text by sampling"),
+            ([path("reverse-run"), "--input", "abc", "--beam-size", "2"], "--beam-size applies to beam search only; add --decode beam"),
             ([path("reverse-run"), "--input", "abc", "--length-penalty", "1"], "--length-penalty applies to beam search only"),
             ([path("reverse-run"), "--input", "abc", "--temperature", "0.5"], "--temperature does not apply to \(path("reverse-run"))"),
+            ([path("reverse-run"), "--input", "abc", "--temperature", "0.5"], "an encoder-decoder model, which translates"),
             ([path("reverse-run"), "--input", "abc", "--top-p", "0.9"], "--top-p does not apply"),
             ([path("reverse-run"), "--input", "abc", "--top-k", "3"], "--top-k does not apply"),
             ([path("reverse-run"), "--input", "abc", "--seed", "2"], "--seed does not apply"),
@@ -422,13 +438,16 @@ final class CheckpointToolsTests: XCTestCase {
             XCTAssertNotEqual(result.status, 0, "\(arguments): \(result.output)")
             XCTAssertTrue(result.stderr.contains(message), "\(arguments): \(result.output)")
         }
-        // ddp eval: decoding options on a model that decodes nothing.
+        // ddp eval: decoding options on a model that decodes nothing (--max-decode 0, decoding none, is true of it).
         for option in [["--decode", "beam"], ["--max-decode", "3"], ["--bleu-tokenize", "char"]] {
             let result = try runProcess(ddp, ["eval", "--checkpoint", path("lm-run")] + option)
             XCTAssertEqual(result.status, 1, result.output)
             XCTAssertTrue(result.stderr.contains("\(option[0]) is for seq2seq models, which decode translations, and \(path("lm-run"))"),
                           result.output)
         }
+        XCTAssertEqual(try runProcess(ddp, ["eval", "--checkpoint", path("lm-run"), "--max-decode", "0"]).status, 0)
+        let beamless = try runProcess(ddp, ["eval", "--checkpoint", path("reverse-run"), "--beam-size", "3"])
+        XCTAssertTrue(beamless.stderr.contains("--beam-size applies to beam search only; add --decode beam"), beamless.output)
     }
 
     func testTranslateLinesOfStandardInputAsEachInputAlone() throws {

@@ -213,6 +213,13 @@ final class CommandLineTests: XCTestCase {
             XCTAssertFalse(result.stderr.contains("Missing value"), "\(arguments): \(result.output)")
             XCTAssertTrue(result.stderr.contains(option) && result.stderr.contains("-2"), "\(arguments): \(result.output)")
         }
+        // Counts whose sums would overflow, and thread counts past any machine, are refused too.
+        for arguments in [["bench", "step", "--config", "c.yaml", "--warmup"], ["bench", "allreduce", "--warmup"], ["bench", "allreduce", "--iterations"],
+                          ["bench", "step", "--config", "c.yaml", "--threads"], ["eval", "--checkpoint", "c.h5", "--threads"]] {
+            let result = try runProcess(ddp, arguments + ["\(Int.max)"])
+            XCTAssertNotEqual(result.status, 0, "\(arguments): \(result.output)")
+            XCTAssertTrue(result.stderr.contains("\(arguments.last!) must be ") && result.stderr.contains("got \(Int.max)"), "\(arguments): \(result.output)")
+        }
         // Seeds are unsigned: a negative one is not a number they take.
         let seed = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--output", "o", "--seed", "-2"])
         XCTAssertTrue(seed.stderr.contains("--seed") && !seed.stderr.contains("Missing value"), seed.output)

@@ -328,6 +328,10 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "first").filter { $0.hasPrefix("checkpoint-") }, ["checkpoint-00000003.h5"])
         XCTAssertEqual(try metricLines("first").filter { $0["loss"] != nil }.map { $0["step"] as? Int }, [1, 2, 3], "a new metrics file")
 
+        // A refused start leaves no directory of its own making behind (a mistyped --run-dir with --resume).
+        let typo = try train(six, run: "typo/deeper", ["--resume"])
+        XCTAssertEqual(typo.status, 1, typo.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("typo")), "nothing left of typo/deeper")
         try "not a directory".write(toFile: path("plain"), atomically: true, encoding: .utf8)
         let file = try train(six, run: "plain")
         XCTAssertNotEqual(file.status, 0)

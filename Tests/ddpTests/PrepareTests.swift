@@ -116,6 +116,17 @@ final class PrepareTests: XCTestCase {
         try failure(["--synthetic", "reverse", "--tsv", path("bad.tsv"), "--output", path("x")], "Give exactly one input")
         try failure(["--synthetic", "reverse", "--output", path("x"), "--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size must exceed 260")
         try failure(["--synthetic", "shuffle", "--output", path("x")], "shuffle")
+        // A FIFO waits for a writer that may never come: refused. A pipe a shell hands over has one: read.
+        XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
+        try failure(["--task", "lm", "--input", path("fifo.txt"), "--output", path("x")], "fifo.txt: is not a regular file (a FIFO, device or socket)")
+        try failure(["--task", "lm", "--input", "/dev/zero", "--output", path("x")], "/dev/zero: is not a regular file")
+        try "one document\n\nanother one\n".write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
+        let piped = try runProcess("/bin/sh", ["-c", "cat \"$1\" | \"$0\" prepare --task lm --input /dev/stdin --output \"$2\" --valid-fraction 0",
+                                               ddp, path("corpus.txt"), path("piped")])
+        XCTAssertEqual(piped.status, 0, piped.output)
+        let direct = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("direct"), "--valid-fraction", "0"])
+        XCTAssertEqual(piped.stdout.split(separator: "\n").filter { $0.hasPrefix("train") },
+                       direct.stdout.split(separator: "\n").filter { $0.hasPrefix("train") }, "the same text through a pipe")
     }
 
     func testBenchDataReportsThroughput() throws {
