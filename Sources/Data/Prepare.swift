@@ -62,9 +62,26 @@ public struct PrepareOptions: Sendable {
     public var inputs: [String] = []
     /// Replace the shards of an earlier dataset in `output` (refused without it).
     public var overwrite = false
+    /// The most bytes of text read in all, and why (what memory allows): more is an error naming the file that
+    /// passes it, before it is read whole (nil: no limit).
+    public var textLimit: TextLimit?
 
     /// Options for writing into `output`, every other option at its default.
     public init(output: String) { self.output = output }
+}
+
+/// A limit on the text `ddp prepare` reads: preparing holds the text, its lines and their tokens in memory at once.
+public struct TextLimit: Sendable {
+    /// Bytes of text at most, over all the files read.
+    public var bytes: Int
+    /// Why, as a clause ("preparing takes about 12 bytes of memory per byte of text, and ...").
+    public var reason: String
+
+    /// A limit of `bytes` for `reason`.
+    public init(bytes: Int, reason: String) {
+        self.bytes = bytes
+        self.reason = reason
+    }
 }
 
 /// What `ddp prepare` wrote.
@@ -121,9 +138,29 @@ public enum Preparer {
         return documents
     }
 
+    /// The text of `path` (`TextFile.read`), within what `limit` leaves after the `read` bytes of earlier files
+    /// (`read` grows by this file's bytes); exceeding it is a `DataError` naming the file and the limit's reason.
+    static func readText(_ path: String, limit: TextLimit?, read: inout Int) throws -> String {
+        guard let limit else { return try TextFile.read(path) }
+        let before = read
+        let text: String
+        do { text = try TextFile.read(path, largest: max(0, limit.bytes - before)) } catch {
+            guard error.isTooLarge else { throw error }
+            let passes = before == 0 ? "it holds more than \(limit.bytes) bytes"
+                : "with the \(before) bytes of the files before it, it passes \(limit.bytes) bytes in all"
+            throw DataError(file: path, "is more text than can be prepared here: \(passes) (\(limit.reason)); prepare less text, or on a "
+                            + "machine with more memory")
+        }
+        read = before + text.utf8.count
+        return text
+    }
+
     /// Line-aligned parallel files: line i of `source` translates to line i of `target` (LF, CRLF or CR line ends).
-    public static func parallelPairs(source: String, target: String) throws -> [(String, String)] {
-        let s = try TextFile.readLines(source), t = try TextFile.readLines(target)
+    public static func parallelPairs(source: String, target: String, limit: TextLimit? = nil) throws -> [(String, String)] {
+        var read = 0
+        let sourceText = try readText(source, limit: limit, read: &read)
+        let targetText = try readText(target, limit: limit, read: &read)
+        let s = TextFile.lines(sourceText), t = TextFile.lines(targetText)
         guard s.count == t.count else {
             throw DataError(file: target, "has \(t.count) lines but \(source) has \(s.count): parallel files must be line-aligned")
         }
@@ -131,9 +168,11 @@ public enum Preparer {
     }
 
     /// A TSV file: each line "source<TAB>target", exactly one tab (LF, CRLF or CR line ends; empty lines are skipped).
-    public static func tsvPairs(_ path: String) throws -> [(String, String)] {
+    public static func tsvPairs(_ path: String, limit: TextLimit? = nil) throws -> [(String, String)] {
         var pairs: [(String, String)] = []
-        for (number, line) in try TextFile.readLines(path).enumerated() where !line.isEmpty {
+        var read = 0
+        let text = try readText(path, limit: limit, read: &read)
+        for (number, line) in TextFile.lines(text).enumerated() where !line.isEmpty {
             let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
             guard fields.count == 2 else {
                 throw DataError(file: path, fields.count == 1 ? "line \(number + 1) has no tab between source and target"
@@ -280,8 +319,10 @@ public enum Preparer {
     public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
         var documents: [String] = []
         var origins: [(file: String, number: Int)] = []  // each document's input and its place there, for messages
+        var read = 0
         for input in inputs {
-            let found = Self.documents(in: try TextFile.read(input))
+            let text = try readText(input, limit: options.textLimit, read: &read)
+            let found = Self.documents(in: text)
             documents += found
             origins += found.indices.map { (input, $0 + 1) }
         }

@@ -29,20 +29,28 @@ public final class FileLock: @unchecked Sendable {
     public static func acquire(_ path: String, holder: String) throws(FileError) -> FileLock {
         // O_NOFOLLOW: a link would lock (and write into) a file elsewhere. O_NONBLOCK: a FIFO cannot make open wait.
         var descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
-        if descriptor < 0 && errno == EACCES {
+        var code = errno
+        if descriptor < 0 && code == EACCES && Paths.entryType(path) != nil {
             // Another user's lock file in a shared directory: it locks as well read-only (the holder is not written).
             descriptor = Glibc.open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            if descriptor < 0 { code = errno }
         }
         guard descriptor >= 0 else {
-            let code = errno
             if code == ELOOP { throw FileError(path, "is a symbolic link; a lock file is never written through a link: remove it") }
             if code == EISDIR { throw FileError(path, "is a directory, where the lock file goes: remove it") }
+            if code == EACCES { throw FileError(path, "cannot be created or opened (permission denied): its directory must be writable") }
             throw FileError(path, "cannot be opened as a lock file: \(String(cString: strerror(code)))")
         }
         var status = stat()
         guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
             close(descriptor)
             throw FileError(path, "is not a regular file (a FIFO, device or socket), where the lock file goes: remove it")
+        }
+        // A file with other names (a hard link into a backup, a user's file) would have the holder written into it.
+        guard status.st_nlink <= 1 else {
+            close(descriptor)
+            throw FileError(path, "is a hard link (the file has \(status.st_nlink) names); a lock file is its own file, never written through "
+                                  + "another name: remove it")
         }
         while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
@@ -59,7 +67,9 @@ public final class FileLock: @unchecked Sendable {
             close(descriptor)
             throw FileError(path, "cannot be locked: \(String(cString: strerror(code)))")
         }
-        // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal).
+        // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal). A lock file
+        // that cannot be written keeps an earlier holder's text, which a refusal must not take for the holder's:
+        // emptied where it can be, and otherwise marked stale by the process id it names (see `holder`).
         let text = Array((holder + "\n").utf8)
         if ftruncate(descriptor, 0) == 0 {
             _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }
@@ -67,13 +77,20 @@ public final class FileLock: @unchecked Sendable {
         return FileLock(path: path, descriptor: descriptor, unsupported: nil)
     }
 
-    /// What the holder wrote into the lock file (at most 512 bytes of it, one line), or "".
+    /// What the holder wrote into the lock file (at most 512 bytes of it, one line), or "" when there is nothing or
+    /// it cannot be the holder's: text naming a process of this node ("process N on HOST") that no longer exists
+    /// was left by an earlier holder (the lock file could not be written by the one holding it now).
     private static func holder(_ descriptor: Int32) -> String {
         var bytes = [UInt8](repeating: 0, count: 512)
         let count = bytes.withUnsafeMutableBytes { pread(descriptor, $0.baseAddress, $0.count, 0) }
         guard count > 0 else { return "" }
         let line = bytes[..<count].prefix { $0 != UInt8(ascii: "\n") }
-        return String(decoding: line, as: UTF8.self).filter { !$0.isNewline && $0.asciiValue.map { $0 >= 32 } ?? true }
+        let text = String(decoding: line, as: UTF8.self).filter { !$0.isNewline && $0.asciiValue.map { $0 >= 32 } ?? true }
+        if let match = text.firstMatch(of: /process ([0-9]+) on ([^ ,]+)/), match.2 == ProcessInfo.processInfo.hostName,
+           let pid = Int32(match.1), kill(pid, 0) != 0 && errno == ESRCH {
+            return ""
+        }
+        return text
     }
 
     /// Whether this value holds the lock.

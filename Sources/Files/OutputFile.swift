@@ -7,11 +7,15 @@ public struct FileError: Error, CustomStringConvertible, Sendable {
     public let path: String
     /// What is wrong with the file, as a clause that follows the path ("does not exist", "is not UTF-8 text").
     public let message: String
+    /// Whether the file was refused only for holding more than the bytes its reader takes (`TextFile.read`'s
+    /// `largest`), so that a caller can say why there is such a limit.
+    public let isTooLarge: Bool
 
     /// An error about `path`; `message` continues the sentence after the path.
-    public init(_ path: String, _ message: String) {
+    public init(_ path: String, _ message: String, isTooLarge: Bool = false) {
         self.path = path
         self.message = message
+        self.isTooLarge = isTooLarge
     }
 
     /// "path: message".
@@ -188,11 +192,10 @@ public enum OutputFile {
         return [device, inode]
     }
 
-    /// `path` with a symbolic link at its end followed (the file it names is what gets written).
+    /// `path` with the links at its end followed, a chain of them too (the file they name is what gets written).
     static func resolved(_ path: String) -> String {
-        guard let destination = try? FileManager.default.destinationOfSymbolicLink(atPath: path) else { return path }
-        if destination.hasPrefix("/") { return destination }
-        return Paths.normalized(Paths.join(Paths.parent(path), destination))
+        let reached = Paths.followingLinks(path).path
+        return reached == Paths.withoutTrailingSeparators(path) ? path : Paths.normalized(reached)
     }
 }
 

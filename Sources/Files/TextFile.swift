@@ -8,17 +8,23 @@ public enum TextFile {
     /// The file's text; an error naming the file when it cannot be read or is not UTF-8. The path must be a regular
     /// file (through links), and with `largest` (bytes) one of at most that size, checked before anything is read: a
     /// FIFO without a writer cannot hang the reader, nor a device feed it without end, nor a huge file exhaust memory.
-    /// Without `largest`, a pipe a shell hands over (`<(zcat corpus.gz)`, `/dev/stdin`) is read too: it has a writer.
+    /// A pipe a shell hands over (`<(zcat corpus.gz)`, `/dev/stdin` on a pipe) is read too, since it has a writer, and
+    /// `largest` is then checked as it comes. An error for exceeding `largest` has `isTooLarge`.
     public static func read(_ path: String, largest: Int? = nil) throws(FileError) -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw FileError(path, Paths.whyMissing(path)) }
         guard !isDirectory.boolValue else { throw FileError(path, "is a directory, not a text file") }
         // The file a link names is what is read (the link's own attributes say only that it is a link).
-        let size: Int
-        do { size = try Paths.regularFileSize(path) } catch where largest == nil && Paths.isAnonymousPipe(path) { size = 0 }
-        if let largest, size > largest { throw FileError(path, "is \(size) bytes, more than the \(largest) read") }
+        let size: Int?
+        do { size = try Paths.regularFileSize(path) } catch where Paths.isAnonymousPipe(path) { size = nil }
+        if let largest, let size, size > largest { throw FileError(path, "is \(size) bytes, more than the \(largest) read", isTooLarge: true) }
         guard let handle = FileHandle(forReadingAtPath: path) else { throw FileError(path, "cannot be opened for reading (permissions?)") }
         defer { try? handle.close() }
+        if size == nil {
+            do { return try readAll(of: handle, named: path, largest: largest ?? .max) } catch let error as FileError { throw error } catch {
+                throw FileError(path, "cannot be read: \(describe(error))")
+            }
+        }
         let data: Foundation.Data
         do { data = try handle.readToEnd() ?? Foundation.Data() } catch { throw FileError(path, "cannot be read: \(describe(error))") }
         guard var text = String(data: data, encoding: .utf8) else { throw FileError(path, "is not UTF-8 text") }
@@ -92,7 +98,7 @@ public enum TextFile {
         var bytes: [UInt8] = []
         try forEachChunk(of: handle, named: name) { chunk in
             bytes += chunk
-            if bytes.count > largest { throw FileError(name, "holds more than the \(largest) bytes read") }
+            if bytes.count > largest { throw FileError(name, "holds more than the \(largest) bytes read", isTooLarge: true) }
         }
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
         guard let text = String(validating: bytes, as: UTF8.self) else { throw FileError(name, "is not UTF-8 text") }

@@ -25,6 +25,12 @@ final class ProgressReport {
         self.log = log
         metrics = try MetricsLog(directory: runDirectory, tensorboard: config.training.tensorboard)
         started = clock.now
+        // A warm-up longer than the run never reaches the rate the config gives (cosine refuses it; noam's rate is its own).
+        let (warmup, steps) = (config.schedule.warmupSteps, config.training.steps)
+        if config.schedule.kind == .constant && warmup > steps {
+            log(String(format: "note: schedule.warmup_steps %d is longer than the run's %d updates: the learning rate reaches only %.3g, "
+                       + "%.0f%% of optimizer.lr", warmup, steps, config.learningRateSchedule.rate(step: steps), 100 * Double(steps) / Double(warmup)))
+        }
     }
 
     /// One update, `state` being where training is after it.

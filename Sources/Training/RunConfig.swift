@@ -329,7 +329,13 @@ public struct RunConfig: Codable, Equatable, Sendable {
         if model.kind == .encoderDecoder { try dataValues.encode(data.sourceLength, forKey: .sourceLength) }
         try dataValues.encode(data.targetLength, forKey: .targetLength)
         try values.encode(training, forKey: .training)
-        try values.encode(optimizer, forKey: .optimizer)
+        // (noam's rate is its own: optimizer.lr is left out, as checkKeysApply refuses it.)
+        var optimizerValues = values.nestedContainer(keyedBy: OptimizerSection.CodingKeys.self, forKey: .optimizer)
+        if schedule.kind != .noam { try optimizerValues.encode(optimizer.lr, forKey: .lr) }
+        try optimizerValues.encode(optimizer.beta1, forKey: .beta1)
+        try optimizerValues.encode(optimizer.beta2, forKey: .beta2)
+        try optimizerValues.encode(optimizer.eps, forKey: .eps)
+        try optimizerValues.encode(optimizer.weightDecay, forKey: .weightDecay)
         try values.encode(schedule, forKey: .schedule)
         var evalValues = values.nestedContainer(keyedBy: EvalSection.CodingKeys.self, forKey: .eval)
         try evalValues.encode(eval.every, forKey: .every)
@@ -587,6 +593,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
                               + kinds.map(\.rawValue).joined(separator: " and ") + "); leave the key out, or on the command line "
                               + "--set schedule.\(key)=null")
         }
+        if schedule == .noam, let lr = given("optimizer", "lr"), lr.tag.rawValue != Tag.Name.null.rawValue {
+            throw ConfigError(file: file, key: "optimizer.lr", message: "the noam schedule sets the rate itself (factor · d_model^-0.5 · "
+                              + "min(step^-0.5, step · warmup_steps^-1.5)); leave the key out (schedule.factor scales the rate), or on the "
+                              + "command line --set optimizer.lr=null")
+        }
         if kind != .encoderOnly, let mlm = root.mapping?[Node("mlm")] {
             let key = mlm.mapping?.keys.first?.string.map { "mlm.\($0)" } ?? "mlm"
             try refuse(key, "masks no tokens (the mlm section is for encoder-only models)")
@@ -595,8 +606,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// Keys whose null means "not set" (its own setting, not a default): `--set training.max_tokens=null` returns a
     /// config that sets max_tokens to batch_size batching, `--set schedule.total_steps=null` to training.steps;
-    /// `schedule.factor` and `schedule.min_lr` null take their defaults (a file's, unset for another schedule kind).
-    static let unsettableKeys: Set<String> = ["training.max_tokens", "schedule.total_steps", "schedule.factor", "schedule.min_lr"]
+    /// `schedule.factor`, `schedule.min_lr` and `optimizer.lr` null take their defaults (a file's keys set aside for
+    /// another schedule kind).
+    static let unsettableKeys: Set<String> = ["training.max_tokens", "schedule.total_steps", "schedule.factor", "schedule.min_lr", "optimizer.lr"]
 
     private static func checkKeys(_ node: Node, section: String, file: String) throws {
         guard let mapping = node.mapping else {

@@ -35,6 +35,16 @@ public struct RunDirectory: Sendable {
         }.sorted()
     }
 
+    /// Every file of a run in `directory` (full paths): its checkpoints, `latest`, metrics files (`metrics.jsonl` and
+    /// the ones set aside), TensorBoard event files and the lock file, whatever their size: what commands that read a
+    /// run (eval, embed, export, attention maps) never write over.
+    public static func runFiles(in directory: String) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
+            Checkpoint.step(ofCheckpointNamed: $0) != nil || $0 == Checkpoint.latestName || ($0.hasPrefix("metrics") && $0.hasSuffix(".jsonl"))
+                || isEventFile($0) || $0 == lockName
+        }.sorted().map { Paths.join(directory, $0) }
+    }
+
     /// Whether `name` is a TensorBoard event file training wrote (`training.tensorboard`).
     static func isEventFile(_ name: String) -> Bool { name.hasPrefix("events.out.tfevents.") }
 
@@ -82,10 +92,12 @@ public struct RunDirectory: Sendable {
             + "since \(ISO8601DateFormatter().string(from: Date()))"
         do { return try FileLock.acquire(Paths.join(path, Self.lockName), holder: holder) } catch {
             guard error.message.hasPrefix("is locked by") else { throw TrainingError("\(error)") }
+            // On this node the kernel's lock is proof of a live holder; one taken on another node may have outlived it.
+            let elsewhere = error.message.firstMatch(of: /process [0-9]+ on ([^ ,]+),/).map { $0.1 != ProcessInfo.processInfo.hostName } ?? false
             throw TrainingError("\(path) is in use by another run: its lock file \(error.path) \(error.message); two runs in one directory "
-                                + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir. "
-                                + "(If that process is gone, as a lock on a network file system can outlive a node that crashed, remove "
-                                + "\(error.path).)")
+                                + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir"
+                                + (elsewhere ? " (if the holder was on a node that crashed, whose lock a network file system can keep, and no "
+                                                + "run uses the directory, remove \(error.path))" : ""))
         }
     }
 

@@ -4,18 +4,18 @@ import Synchronization
 import Glibc
 #endif
 
-/// SIGTERM and SIGINT as a request to stop at the next step boundary instead of dying mid-step: the trainer
+/// SIGTERM, SIGINT and SIGHUP as a request to stop at the next step boundary instead of dying mid-step: the trainer
 /// all-reduces the flag once per step, so every rank agrees, rank 0 checkpoints, and all exit 0 (what a scheduler's
-/// time limit or a Ctrl-C should lead to).
+/// time limit, a Ctrl-C or a closed terminal or ssh session should lead to).
 public enum StopSignals {
     private static let flag = Atomic<Int32>(0)
     private static let installed = Mutex<[any DispatchSourceSignal]>([])
 
-    /// Replaces the default action of SIGTERM and SIGINT with setting the flag (idempotent).
+    /// Replaces the default action of SIGTERM, SIGINT and SIGHUP with setting the flag (idempotent).
     public static func install() {
         installed.withLock { sources in
             guard sources.isEmpty else { return }
-            for signalNumber in [SIGTERM, SIGINT] {
+            for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
                 signal(signalNumber, SIG_IGN)  // the dispatch source below sees it; the default action would kill us
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler { StopSignals.flag.store(signalNumber, ordering: .relaxed) }
@@ -23,6 +23,12 @@ public enum StopSignals {
                 sources.append(source)
             }
         }
+    }
+
+    /// Asks for the same stop as a received signal (`signalNumber` is what `received` then says): for a cause the
+    /// process finds itself, as a log whose reader has gone (SIGPIPE).
+    public static func request(_ signalNumber: Int32) {
+        _ = flag.compareExchange(expected: 0, desired: signalNumber, ordering: .relaxed)
     }
 
     /// The signal received so far (0 for none).

@@ -82,7 +82,7 @@ struct AttentionMaps: ParsableCommand {
         let decoderLabels = decoderTokens.map { Self.label($0, tokenizer: tokenizer) }
         try write(maps, encoderTokens: encoderTokens, decoderTokens: decoderTokens, encoderLabels: encoderLabels,
                   decoderLabels: decoderLabels, checkpoint: path, step: header.state.step,
-                  inputs: [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)])
+                  inputs: checkpoint.protectedFiles(resolved: path))
     }
 
     /// The encoder's and the decoder's tokens for this model kind, checked against the model's lengths.

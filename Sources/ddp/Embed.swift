@@ -49,7 +49,7 @@ struct Embed: ParsableCommand {
 
     func run() throws {
         let path = try checkpoint.resolve()
-        let inputs = [input, path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
+        let inputs = [input] + checkpoint.protectedFiles(resolved: path)
         try OutputFile.check(output, inputs: inputs)
         RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let header = try Checkpoint.readHeader(path)

@@ -99,14 +99,13 @@ struct Eval: ParsableCommand {
         let path = try checkpoint.resolve()
         let header = try Checkpoint.readHeader(path)
         let run = header.config
-        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
-            + [text, source, target].compactMap { $0 } + (data.map { [$0] } ?? [])
-        // The files of the data directory (its shards are read) and of the checkpoint's run directory (its checkpoints,
-        // metrics) are protected too, as are the other outputs from one another (also through links).
-        let directories = [text == nil && source == nil ? data ?? run.data.directory : nil, Paths.parent(path)].compactMap { $0 }
-        let protected = directories.flatMap { directory in
+        let inputs = checkpoint.protectedFiles(resolved: path) + [text, source, target].compactMap { $0 } + (data.map { [$0] } ?? [])
+        // The files of the data directory (its shards are read) are protected too, as are the other outputs from one
+        // another (also through links).
+        let dataDirectory = text == nil && source == nil ? data ?? run.data.directory : nil
+        let protected = dataDirectory.map { directory in
             ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map { Paths.join(directory, $0) }
-        }
+        } ?? []
         for (index, output) in textOutputs.enumerated() {
             try OutputFile.check(output.path, inputs: inputs + protected)
             for other in textOutputs[..<index] where OutputFile.sameFile(other.path, output.path) {
@@ -124,7 +123,7 @@ struct Eval: ParsableCommand {
         }
         try decoding.checkBeamSettings()
         if let first = textOutputs.first, run.model.kind.dataTask != .seq2seq {
-            throw EvalInputError(message: "\(first.option) writes decoded translations, and \(path) is \(run.model.kind.withArticle) model, "
+            throw EvalInputError(message: "\(first.option) writes text of the decoded examples (hypotheses, or their references or sources), and \(path) is \(run.model.kind.withArticle) model, "
                                           + "which decodes none (they are for seq2seq models)")
         }
         let batch = batchSize ?? run.training.batchSize
@@ -184,6 +183,11 @@ struct Eval: ParsableCommand {
         let sequenceLength = run.data.targetLength
         guard text != nil || source != nil else {
             let directory = data ?? run.data.directory
+            // The run's own directory, as its config gave it: relative to where the run was started, perhaps not here.
+            if data == nil, !FileManager.default.fileExists(atPath: directory) {
+                throw DataError(file: directory, "no such data directory: it \(Paths.whyMissing(directory)) (the data.directory \(checkpoint)'s run "
+                                + "was trained on\(directory.hasPrefix("/") ? "" : ", relative to where that run was started")); give the data with --data")
+            }
             // The task first: lm data too short for one window is the other task, not an empty split.
             if let first = try DataSplit.firstShard(directory: directory, split: split) {
                 try requireTask(first.task, file: first.path, header: header, checkpoint: checkpoint)
@@ -205,6 +209,7 @@ struct Eval: ParsableCommand {
             options.fixedTokenizer = tokenizer
             options.validFraction = 0
             options.inputs = inputs
+            options.textLimit = Prepare.textLimit()
             if let text {
                 let summary = try Preparer.prepareLM(inputs: [text], options: options)
                 guard summary.trainTokens > sequenceLength else {
@@ -217,7 +222,8 @@ struct Eval: ParsableCommand {
                 options.failOnLong = true
                 options.limitSource = "the \(limit) tokens a side the checkpoint's model takes "
                     + "(data.source_length \(run.data.sourceLength) and data.target_length \(run.data.targetLength), EOS and BOS included)"
-                _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target), options: options)
+                _ = try Preparer.prepareSeq2Seq(pairs: try Preparer.parallelPairs(source: source, target: target, limit: options.textLimit),
+                                              options: options)
             }
             return (try DataSplit(directory: directory, split: "train", sequenceLength: sequenceLength), directory)
         } catch {

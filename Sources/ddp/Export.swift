@@ -43,7 +43,7 @@ struct Export: ParsableCommand {
     func run() throws {
         try requireOneProcess("ddp export")
         let path = try checkpoint.resolve()
-        let inputs = [path, checkpoint.checkpoint, Paths.join(checkpoint.checkpoint, Checkpoint.latestName)]
+        let inputs = checkpoint.protectedFiles(resolved: path)
         if format == .hf { return try exportGPT2(path, inputs: inputs) }
         try OutputFile.check(output, inputs: inputs)
         RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output

@@ -34,7 +34,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var checkpoint: CheckpointOption
 
-    @Option(help: "Language model: the text to continue (-: standard input; default: a new document). Fill-mask: text with [MASK]s.")
+    @Option(help: "Language model: the text to continue (default: a new document). Fill-mask: text with [MASK]s. -: the text on standard input.")
     var prompt: String?
 
     @Option(help: "Encoder-decoder: the text to translate (default: each line of standard input).")
@@ -72,6 +72,10 @@ struct Generate: ParsableCommand {
         }
         if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more, got \(topK).") }
         if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be more than 0 and at most 1, got \(topP).") }
+        // Greedy decoding draws nothing: what shapes or seeds a draw would be ignored.
+        if temperature == 0, let option = [topK.map { _ in "--top-k" }, topP.map { _ in "--top-p" }, seed.map { _ in "--seed" }].compactMap({ $0 }).first {
+            throw ValidationError("\(option) does nothing with --temperature 0 (greedy: the most likely token, nothing is drawn); leave one of them out.")
+        }
     }
 
     /// The options given that `kind`'s generation does not use (each would be ignored without a word).
@@ -105,23 +109,27 @@ struct Generate: ParsableCommand {
             guard input == nil else { throw RunError("\(path) is a language model: give --prompt, not --input") }
             try continueText(model, tokenizer: tokenizer)
         case .encoderOnly:
-            guard input == nil, let prompt else {
+            guard input == nil, prompt != nil else {
                 throw RunError("\(path) is an encoder-only (masked language) model: give --prompt with [MASK] where tokens are to be filled in")
             }
-            try fillMasks(prompt, model: model, tokenizer: tokenizer)
+            try fillMasks(try promptText(), model: model, tokenizer: tokenizer)
         case .encoderDecoder:
             guard prompt == nil else { throw RunError("\(path) is an encoder-decoder model: give --input (or lines on standard input), not --prompt") }
             try translate(model, tokenizer: tokenizer, run: header.config)
         }
     }
 
-    /// The language model's prompt: --prompt, standard input read to its end for `--prompt -`, or "" (a new document).
+    /// The prompt: --prompt, standard input read to its end for `--prompt -` (its final line end dropped), or (a
+    /// language model's) "": a new document.
     /// Standard input is read only when asked: a job's inherited pipe that never closes cannot hang generate, nor a
     /// loop's `while read` lose its lines to it. Text waiting there without `--prompt -` is pointed out, not taken.
     private func promptText() throws -> String {
         if prompt == "-" {
             if standardInputWasClosed { throw FileError("standard input", "cannot be read: it is closed (--prompt - reads the prompt from it)") }
-            return try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
+            // Without the line end `echo` or an editor puts after the last line.
+            var text = try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
+            if text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }  // ("\r\n" is one Character)
+            return text
         }
         if let prompt { return prompt }
         var status = stat()
@@ -152,12 +160,13 @@ struct Generate: ParsableCommand {
     private func fillMasks(_ prompt: String, model: TransformerModel, tokenizer: Tokenizer) throws {
         let marker = Tokenizer.maskMarker
         let tokens = tokenizer.encodeMarkingMasks(prompt)
-        try tokenizer.refusePadding(in: tokens, what: "the text", of: "--prompt")
+        let source = self.prompt == "-" ? "standard input" : "--prompt"
+        try tokenizer.refusePadding(in: tokens, what: "the text", of: source)
         guard tokens.contains(tokenizer.maskToken) else {
-            throw GenerateInputError(message: "--prompt has no \(marker): write \(marker) where a token is to be filled in")
+            throw GenerateInputError(message: "\(source) has no \(marker): write \(marker) where a token is to be filled in")
         }
         guard tokens.count <= model.maxSourceLength else {
-            throw GenerateInputError(message: "--prompt is \(tokens.count) tokens; the model takes at most \(model.maxSourceLength)")
+            throw GenerateInputError(message: "\(source) is \(tokens.count) tokens; the model takes at most \(model.maxSourceLength)")
         }
         let choices = try model.fillMask(tokens, maskToken: tokenizer.maskToken,
                                          candidates: tokenizer.ordinaryTokens, topK: topK ?? 5)

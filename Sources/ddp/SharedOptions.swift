@@ -1,4 +1,5 @@
 import ArgumentParser
+import Files
 import Kernels
 import Training
 import Transformer
@@ -14,6 +15,13 @@ struct CheckpointOption: ParsableArguments {
     /// The checkpoint file meant: `checkpoint` itself, or the one its `latest` names. Throws `CheckpointError` naming
     /// the path when there is none.
     func resolve() throws -> String { try Checkpoint.resolve(checkpoint) }
+
+    /// What a command reading the checkpoint `path` (`resolve()`'s) must never write over: the checkpoint, the path
+    /// given and its `latest`, and the files of the run beside the checkpoint (`RunDirectory.runFiles`: its other
+    /// checkpoints, metrics, event files).
+    func protectedFiles(resolved path: String) -> [String] {
+        [path, checkpoint, Paths.join(checkpoint, Checkpoint.latestName)] + RunDirectory.runFiles(in: Paths.parent(path))
+    }
 }
 
 /// The most steps, iterations, rounds or batches a benchmark counts (their sums cannot overflow).

@@ -55,6 +55,8 @@ struct Train: ParsableCommand {
     }
 
     func run() throws {
+        // A write to a pipe whose reader has gone fails (EPIPE) instead of killing the run before its checkpoint.
+        signal(SIGPIPE, SIG_IGN)
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world
@@ -67,7 +69,8 @@ struct Train: ParsableCommand {
             let trainer = Trainer(config: run, runDirectory: directory, world: world) { line in
                 if world.rank == 0 {
                     print(line)
-                    flushStandardOutput()
+                    // A log whose reader has gone (`ddp train | head`): stop with a checkpoint, as for SIGTERM.
+                    if fflush(nil) != 0 && errno == EPIPE { StopSignals.request(SIGPIPE) }
                 }
             }
             if let initFrom, ownModel != nil, world.rank == 0 { print("--init \(initFrom) is not read: \(directory) resumes its own run") }
@@ -156,6 +159,11 @@ struct Train: ParsableCommand {
         if let initPath, let baseModel, let differences = Checkpoint.architectureDifferences(baseModel, run.model) {
             throw RunError("--init \(initPath) holds another model than the config's (\(differences)); --init keeps the "
                                         + "checkpoint's network: leave out the model section, or give only model.dropout")
+        }
+        // (eval may leave it out and take --data; training has nothing else to read)
+        guard !run.data.directory.isEmpty else {
+            throw ConfigError(file: config.config, key: "data.directory",
+                              message: "is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
         return (run, initPath)
     }

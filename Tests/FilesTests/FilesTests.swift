@@ -42,7 +42,19 @@ final class OutputFileTests: XCTestCase {
         assertRefused(path("alias.h5"), inputs: [path("model.h5")], saying: "input")
         try FileManager.default.linkItem(atPath: path("model.h5"), toPath: path("hard.h5"))
         assertRefused(path("hard.h5"), inputs: [path("model.h5")], saying: "input")
+        // A chain of links (relative ones too) is followed to its end, as the system follows it.
+        try FileManager.default.createSymbolicLink(atPath: path("second.h5"), withDestinationPath: "alias.h5")
+        try FileManager.default.createSymbolicLink(atPath: path("third.h5"), withDestinationPath: path("second.h5"))
+        assertRefused(path("third.h5"), inputs: [path("model.h5")], saying: "input")
         XCTAssertEqual(try String(contentsOfFile: path("model.h5"), encoding: .utf8), "input")
+        // Written through a chain, the file at its end is replaced and every link stays.
+        try Data("old".utf8).write(to: URL(fileURLWithPath: path("out.txt")))
+        try FileManager.default.createSymbolicLink(atPath: path("out-1"), withDestinationPath: "out.txt")
+        try FileManager.default.createSymbolicLink(atPath: path("out-2"), withDestinationPath: "out-1")
+        try OutputFile.write(path("out-2"), data: Data("new".utf8))
+        XCTAssertEqual(try String(contentsOfFile: path("out.txt"), encoding: .utf8), "new")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: path("out-2")), "out-1")
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: path("out-1")), "out.txt")
     }
 
     func testReportsAMissingParentDirectory() {
@@ -220,5 +232,12 @@ final class TextFileTests: XCTestCase {
         XCTAssertEqual(mkfifo(fifo, 0o644), 0)
         XCTAssertThrowsError(try FileLock.acquire(fifo, holder: "x")) { XCTAssertTrue("\($0)".contains("is not a regular file"), "\($0)") }
         XCTAssertThrowsError(try FileLock.acquire(directory.path, holder: "x")) { XCTAssertTrue("\($0)".contains("is a directory"), "\($0)") }
+        // A hard link would have the holder written into the file's other names (a backup's, a user's).
+        try "keep\n".write(toFile: directory.appendingPathComponent("mine.txt").path, atomically: true, encoding: .utf8)
+        try FileManager.default.linkItem(atPath: directory.appendingPathComponent("mine.txt").path, toPath: directory.appendingPathComponent("hard.lock").path)
+        XCTAssertThrowsError(try FileLock.acquire(directory.appendingPathComponent("hard.lock").path, holder: "x")) {
+            XCTAssertTrue("\($0)".contains("is a hard link (the file has 2 names)"), "\($0)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: directory.appendingPathComponent("mine.txt").path, encoding: .utf8), "keep\n")
     }
 }

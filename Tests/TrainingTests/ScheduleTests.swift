@@ -73,12 +73,12 @@ final class ScheduleTests: XCTestCase {
     func testSetOverridesAreCheckedLikeTheFile() throws {
         let yaml = smallModelYAML
         let config = try RunConfig.parse(yaml, file: "inline.yaml",
-                                         overrides: ["training.steps=7", "model.activation=relu", "optimizer.lr=5.0e-4", "schedule.kind=noam",
+                                         overrides: ["training.steps=7", "model.activation=relu", "optimizer.lr=5.0e-4", "schedule.kind=cosine",
                                                      "schedule.warmup_steps=3"])
         XCTAssertEqual(config.training.steps, 7)
         XCTAssertEqual(config.model.activation, .relu)
         XCTAssertEqual(config.optimizer.lr, 5e-4)
-        XCTAssertEqual(config.learningRateSchedule, .noam(dModel: 64, warmupSteps: 3, factor: 1))
+        XCTAssertEqual(config.learningRateSchedule, .cosine(peak: 5e-4, warmupSteps: 3, totalSteps: 7, minimum: 0))
         func error(_ override: String) -> String {
             do {
                 _ = try RunConfig.parse(yaml, file: "inline.yaml", overrides: [override])
@@ -201,6 +201,14 @@ final class ScheduleTests: XCTestCase {
         }
         // Each schedule stores the keys it uses, and a key it does not use is refused by name, not ignored.
         let model = smallModelYAML + "\n"
+        // noam sets its own rate: optimizer.lr is refused with it, and not stored.
+        let noam = try RunConfig.parse(smallModelYAML + "\nschedule: {kind: noam, warmup_steps: 5}", file: "noam.yaml")
+        let noamStored = try XCTUnwrap(try JSONSerialization.jsonObject(with: try JSONEncoder().encode(noam)) as? [String: [String: Any]])
+        XCTAssertNil(noamStored["optimizer"]?["lr"])
+        XCTAssertNotNil(noamStored["optimizer"]?["beta2"])
+        XCTAssertThrowsError(try RunConfig.parse(smallModelYAML + "\noptimizer: {lr: 1.0}\nschedule: {kind: noam, warmup_steps: 5}", file: "noam.yaml")) {
+            XCTAssertTrue("\($0)".contains("config key 'optimizer.lr': the noam schedule sets the rate itself"), "\($0)")
+        }
         let schedules = ["constant": "{kind: constant, warmup_steps: 5}", "noam": "{kind: noam, warmup_steps: 5, factor: 2}",
                          "cosine": "{kind: cosine, warmup_steps: 5, min_lr: 1.0e-5, total_steps: 40}"]
         for (kind, section) in schedules {

@@ -362,6 +362,11 @@ final class CheckpointToolsTests: XCTestCase {
                             mentioning: ["short-lm/train-00000.h5: holds lm data", "which takes seq2seq data"])
         try assertEvalFails(["--checkpoint", path("lm-run"), "--source", path("lm.txt"), "--target", path("lm.txt")],
                             mentioning: ["--source/--target are for seq2seq models"])
+        // The run's own data directory gone (or relative to another directory): said to be the run's, with --data the way out.
+        try FileManager.default.moveItem(atPath: path("lm"), toPath: path("lm-moved"))
+        defer { try? FileManager.default.moveItem(atPath: path("lm-moved"), toPath: path("lm")) }
+        try assertEvalFails(["--checkpoint", path("lm-run")],
+                            mentioning: ["\(path("lm")): no such data directory: it does not exist (the data.directory", "give the data with --data"])
     }
 
     // MARK: generate
@@ -398,9 +403,9 @@ final class CheckpointToolsTests: XCTestCase {
         }
         let given = try generate([path("lm-run"), "--prompt", "Document 1", "--temperature", "0", "--max-tokens", "12"])
         XCTAssertEqual(given.status, 0, given.output)
-        let piped = try generate([path("lm-run"), "--prompt", "-", "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1")
+        let piped = try generate([path("lm-run"), "--prompt", "-", "--temperature", "0", "--max-tokens", "12"], standardInput: "Document 1\n")
         XCTAssertEqual(piped.status, 0, piped.output)
-        XCTAssertEqual(piped.stdout, given.stdout, "--prompt - reads the prompt from standard input")
+        XCTAssertEqual(piped.stdout, given.stdout, "--prompt - reads the prompt from standard input (its final line end dropped)")
         let empty = try generate([path("lm-run"), "--prompt", "", "--temperature", "0", "--max-tokens", "12"])
         XCTAssertEqual(empty.status, 0, empty.output)
         XCTAssertNotEqual(empty.stdout, given.stdout, "an empty prompt starts a new document")
@@ -428,6 +433,8 @@ final class CheckpointToolsTests: XCTestCase {
             ([path("reverse-run"), "--input", "abc", "--top-k", "3"], "--top-k does not apply"),
             ([path("reverse-run"), "--input", "abc", "--seed", "2"], "--seed does not apply"),
             ([path("lm-run"), "--prompt", "a", "--max-tokens", "0"], "--max-tokens must be 1 or more, got 0."),
+            ([path("lm-run"), "--prompt", "a", "--temperature", "0", "--top-k", "3"], "--top-k does nothing with --temperature 0 (greedy"),
+            ([path("lm-run"), "--prompt", "a", "--temperature", "0", "--seed", "3"], "--seed does nothing with --temperature 0"),
             ([path("lm-run"), "--prompt", "a", "--temperature", "-1"], "--temperature must be 0 (greedy) or more, got -1.0."),
             ([path("lm-run"), "--prompt", "a", "--top-k", "-3"], "--top-k must be 0 (all) or more, got -3."),
             ([path("lm-run"), "--prompt", "a", "--top-p", "-0.5"], "--top-p must be more than 0 and at most 1, got -0.5."),

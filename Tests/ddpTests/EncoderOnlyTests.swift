@@ -233,6 +233,16 @@ final class EncoderOnlyTests: XCTestCase {
             let unused = try run(["generate", "--checkpoint", path("ok"), "--prompt", "a[MASK]"] + option, expect: 1)
             XCTAssertTrue(unused.output.contains("\(option[0]) does not apply to \(path("ok"))"), unused.output)
         }
+        // --prompt - reads the text with its masks from standard input, as --prompt gives it.
+        let given = try run(["generate", "--checkpoint", path("ok"), "--prompt", "a[MASK]c"])
+        let piped = try runProcess(ddp, ["generate", "--checkpoint", path("ok"), "--prompt", "-"], standardInput: "a[MASK]c\n")
+        XCTAssertEqual(piped.status, 0, piped.output)
+        XCTAssertEqual(piped.stdout, given.stdout)
+        // A file of the run is never an output, not only its checkpoints.
+        try "a b\n".write(toFile: path("short.txt"), atomically: true, encoding: .utf8)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("ok/metrics.jsonl")))
+        let metrics = try run(["embed", "--checkpoint", path("ok"), "--input", path("short.txt"), "--output", path("ok/metrics.jsonl")], expect: 1)
+        XCTAssertTrue(metrics.output.contains("metrics.jsonl") && metrics.output.contains("writing it would destroy what is read"), metrics.output)
         // A FIFO (no writer) or a device as embed's input is refused at once, not waited on.
         XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
         for input in [path("fifo.txt"), "/dev/zero"] {

@@ -328,6 +328,16 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(files(in: "first").filter { $0.hasPrefix("checkpoint-") }, ["checkpoint-00000003.h5"])
         XCTAssertEqual(try metricLines("first").filter { $0["loss"] != nil }.map { $0["step"] as? Int }, [1, 2, 3], "a new metrics file")
 
+        // A config without data.directory is named with the key; a constant warm-up longer than the run is pointed out.
+        try (try String(contentsOfFile: six, encoding: .utf8)).replacingOccurrences(of: "directory: \(path("data")), ", with: "")
+            .write(toFile: path("no-data.yaml"), atomically: true, encoding: .utf8)
+        let noData = try train(path("no-data.yaml"), run: "no-data")
+        XCTAssertEqual(noData.status, 1, noData.output)
+        XCTAssertTrue(noData.stderr.contains("\(path("no-data.yaml")): config key 'data.directory': is not set"), noData.output)
+        let warm = try train(six, run: "warm", ["--set", "schedule.warmup_steps=12"])
+        XCTAssertEqual(warm.status, 0, warm.output)
+        XCTAssertTrue(warm.stdout.contains("note: schedule.warmup_steps 12 is longer than the run's 6 updates: the learning rate reaches only "
+                                           + "0.0015, 50% of optimizer.lr"), warm.output)
         // A refused start leaves no directory of its own making behind (a mistyped --run-dir with --resume).
         let typo = try train(six, run: "typo/deeper", ["--resume"])
         XCTAssertEqual(typo.status, 1, typo.output)

@@ -127,6 +127,16 @@ final class PrepareTests: XCTestCase {
         let direct = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("direct"), "--valid-fraction", "0"])
         XCTAssertEqual(piped.stdout.split(separator: "\n").filter { $0.hasPrefix("train") },
                        direct.stdout.split(separator: "\n").filter { $0.hasPrefix("train") }, "the same text through a pipe")
+        // More text than memory allows (here under ulimit -v) is refused by file before it is read whole, a pipe's too.
+        try String(repeating: String(repeating: "x", count: 99) + "\n", count: 400_000).write(toFile: path("big.txt"), atomically: true, encoding: .utf8)
+        for input in ["\"$1\"", "/dev/stdin < \"$1\"", "/dev/stdin"] {
+            let feed = input == "/dev/stdin" ? "cat \"$1\" | " : ""
+            let big = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; \(feed)exec \"$0\" prepare --task lm --input \(input) --output \"$2\"",
+                                                 ddp, path("big.txt"), path("big")], timeout: 120)
+            XCTAssertEqual(big.status, 1, "\(input): \(big.output)")
+            XCTAssertTrue(big.stderr.contains("is more text than can be prepared here: it holds more than")
+                          && big.stderr.contains("bytes of memory per byte of text"), "\(input): \(big.output)")
+        }
     }
 
     func testBenchDataReportsThroughput() throws {

@@ -513,6 +513,26 @@ final class TrainTests: XCTestCase {
         }
     }
 
+    /// A closed terminal or ssh session (SIGHUP) stops a run as SIGTERM does, with a checkpoint; so does a log pipe
+    /// whose reader has gone (`ddp train | head`), which then exits 1 saying its output could not be written.
+    func testHangUpAndALostLogReaderCheckpoint() throws {
+        let long = try config(batch: 4, steps: 1_000_000)
+        let (process, output) = try startTraining(ranks: 1, config: long, run: "hangup")
+        kill(process.processIdentifier, SIGHUP)
+        _ = waitForExit(process, within: 60)
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(process.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("stopped by a signal at step"), text)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("hangup/latest")), text)
+
+        let piped = try runProcess("/bin/sh", ["-c", "\"$0\" train --config \"$1\" --run-dir \"$2\" | head -n 2", ddp, long, path("piped")],
+                                   environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(piped.timedOut, piped.output)
+        XCTAssertTrue(piped.stderr.contains("standard output: cannot be written"), piped.output)
+        let latest = try String(contentsOfFile: path("piped/latest"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        XCTAssertEqual(try runProcess(ddp, ["inspect", path("piped/" + latest)]).status, 0)
+    }
+
     /// Local mode with standard output to a pipe (a job log): every line is there as it is printed, so a job killed
     /// outright (SIGKILL, which no buffer survives) keeps its log up to then.
     func testTheLogOfAKilledLocalRunIsKept() throws {
