@@ -70,18 +70,31 @@ public struct PrepareOptions: Sendable {
     public init(output: String) { self.output = output }
 }
 
-/// A limit on the text `ddp prepare` reads: preparing holds the text, its lines and their tokens in memory at once.
+/// A limit on the text `ddp prepare` reads: preparing holds the text, its lines and their tokens in memory at once,
+/// about `perTextByte` bytes for each byte of text and `perLine` for each line (a line's strings and tokens).
 public struct TextLimit: Sendable {
-    /// Bytes of text at most, over all the files read.
-    public var bytes: Int
-    /// Why, as a clause ("preparing takes about 12 bytes of memory per byte of text, and ...").
+    /// Bytes of memory preparing may take.
+    public var memory: Int
+    /// Why, as a clause ("this process can allocate 3.2 GiB (ulimit -v)").
     public var reason: String
+    /// Bytes of memory per byte of text, and per line (measured: 11 for long lines; short pairs cost ~170 more each).
+    public var perTextByte = 12, perLine = 256
 
-    /// A limit of `bytes` for `reason`.
-    public init(bytes: Int, reason: String) {
-        self.bytes = bytes
+    /// A limit of `memory` bytes for `reason`.
+    public init(memory: Int, reason: String) {
+        self.memory = memory
         self.reason = reason
     }
+
+    /// The most bytes of text `memory` holds, with nothing else read.
+    var textBytes: Int { memory / perTextByte }
+    /// What `bytes` of text in `lines` lines take, at most.
+    func cost(bytes: Int, lines: Int) -> Int { bytes.multipliedReportingOverflow(by: perTextByte).partialValue + lines * perLine }
+}
+
+/// The text read so far against a `TextLimit`.
+struct TextRead {
+    var bytes = 0, lines = 0
 }
 
 /// What `ddp prepare` wrote.
@@ -138,26 +151,33 @@ public enum Preparer {
         return documents
     }
 
-    /// The text of `path` (`TextFile.read`), within what `limit` leaves after the `read` bytes of earlier files
-    /// (`read` grows by this file's bytes); exceeding it is a `DataError` naming the file and the limit's reason.
-    static func readText(_ path: String, limit: TextLimit?, read: inout Int) throws -> String {
+    /// The text of `path` (`TextFile.read`), within what `limit` leaves after the text `read` of earlier files (which
+    /// grows by this file's bytes and lines); exceeding it is a `DataError` naming the file and the limit's reason,
+    /// for bytes before the file is read whole, for lines once they are counted.
+    static func readText(_ path: String, limit: TextLimit?, read: inout TextRead) throws -> String {
         guard let limit else { return try TextFile.read(path) }
         let before = read
-        let text: String
-        do { text = try TextFile.read(path, largest: max(0, limit.bytes - before)) } catch {
-            guard error.isTooLarge else { throw error }
-            let passes = before == 0 ? "it holds more than \(limit.bytes) bytes"
-                : "with the \(before) bytes of the files before it, it passes \(limit.bytes) bytes in all"
-            throw DataError(file: path, "is more text than can be prepared here: \(passes) (\(limit.reason)); prepare less text, or on a "
-                            + "machine with more memory")
+        func refusal(_ what: String) -> DataError {
+            DataError(file: path, "is more text than can be prepared here: \(what)\(before.bytes == 0 ? "" : ", with the files before it") "
+                      + "(preparing takes up to \(limit.perTextByte) bytes of memory per byte of text and \(limit.perLine) per line, and "
+                      + "\(limit.reason)); prepare less text, or on a machine with more memory")
         }
-        read = before + text.utf8.count
+        let text: String
+        do { text = try TextFile.read(path, largest: max(0, (limit.memory - limit.cost(bytes: before.bytes, lines: before.lines)) / limit.perTextByte)) } catch {
+            guard error.isTooLarge else { throw error }
+            throw refusal("more than \(limit.textBytes) bytes in all")
+        }
+        read.bytes += text.utf8.count
+        read.lines += text.utf8.reduce(into: 0) { count, byte in if byte == 10 || byte == 13 { count += 1 } } + 1
+        guard limit.cost(bytes: read.bytes, lines: read.lines) <= limit.memory else {
+            throw refusal("\(read.lines) lines in \(read.bytes) bytes in all")
+        }
         return text
     }
 
     /// Line-aligned parallel files: line i of `source` translates to line i of `target` (LF, CRLF or CR line ends).
     public static func parallelPairs(source: String, target: String, limit: TextLimit? = nil) throws -> [(String, String)] {
-        var read = 0
+        var read = TextRead()
         let sourceText = try readText(source, limit: limit, read: &read)
         let targetText = try readText(target, limit: limit, read: &read)
         let s = TextFile.lines(sourceText), t = TextFile.lines(targetText)
@@ -170,7 +190,7 @@ public enum Preparer {
     /// A TSV file: each line "source<TAB>target", exactly one tab (LF, CRLF or CR line ends; empty lines are skipped).
     public static func tsvPairs(_ path: String, limit: TextLimit? = nil) throws -> [(String, String)] {
         var pairs: [(String, String)] = []
-        var read = 0
+        var read = TextRead()
         let text = try readText(path, limit: limit, read: &read)
         for (number, line) in TextFile.lines(text).enumerated() where !line.isEmpty {
             let fields = line.split(separator: "\t", omittingEmptySubsequences: false)
@@ -319,7 +339,7 @@ public enum Preparer {
     public static func prepareLM(inputs: [String], options: PrepareOptions, progress: (String) -> Void = { _ in }) throws -> PrepareSummary {
         var documents: [String] = []
         var origins: [(file: String, number: Int)] = []  // each document's input and its place there, for messages
-        var read = 0
+        var read = TextRead()
         for input in inputs {
             let text = try readText(input, limit: options.textLimit, read: &read)
             let found = Self.documents(in: text)

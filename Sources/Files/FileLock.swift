@@ -38,19 +38,16 @@ public final class FileLock: @unchecked Sendable {
         guard descriptor >= 0 else {
             if code == ELOOP { throw FileError(path, "is a symbolic link; a lock file is never written through a link: remove it") }
             if code == EISDIR { throw FileError(path, "is a directory, where the lock file goes: remove it") }
-            if code == EACCES { throw FileError(path, "cannot be created or opened (permission denied): its directory must be writable") }
+            if code == EACCES {
+                throw FileError(path, Paths.entryType(path) == nil ? "cannot be created (permission denied): its directory must be writable to you"
+                                                                   : "cannot be opened (permission denied): it belongs to someone who has not let you read it")
+            }
             throw FileError(path, "cannot be opened as a lock file: \(String(cString: strerror(code)))")
         }
         var status = stat()
         guard fstat(descriptor, &status) == 0, status.st_mode & S_IFMT == S_IFREG else {
             close(descriptor)
             throw FileError(path, "is not a regular file (a FIFO, device or socket), where the lock file goes: remove it")
-        }
-        // A file with other names (a hard link into a backup, a user's file) would have the holder written into it.
-        guard status.st_nlink <= 1 else {
-            close(descriptor)
-            throw FileError(path, "is a hard link (the file has \(status.st_nlink) names); a lock file is its own file, never written through "
-                                  + "another name: remove it")
         }
         while flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
             let code = errno
@@ -66,6 +63,13 @@ public final class FileLock: @unchecked Sendable {
             }
             close(descriptor)
             throw FileError(path, "cannot be locked: \(String(cString: strerror(code)))")
+        }
+        // A file with other names (a hard link into a backup, a user's file) would have the holder written into it.
+        // (Checked under the lock: a held lock file that a snapshot linked elsewhere is "locked by", not this.)
+        guard status.st_nlink <= 1 else {
+            close(descriptor)
+            throw FileError(path, "is a hard link (the file has \(status.st_nlink) names); a lock file is its own file, never written through "
+                                  + "another name: remove it")
         }
         // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal). A lock file
         // that cannot be written keeps an earlier holder's text, which a refusal must not take for the holder's:

@@ -194,8 +194,9 @@ public enum OutputFile {
 
     /// `path` with the links at its end followed, a chain of them too (the file they name is what gets written).
     static func resolved(_ path: String) -> String {
+        // (Not normalised: "d/../x" is not "x" when d is itself a link.)
         let reached = Paths.followingLinks(path).path
-        return reached == Paths.withoutTrailingSeparators(path) ? path : Paths.normalized(reached)
+        return reached == Paths.withoutTrailingSeparators(path) ? path : reached
     }
 }
 

@@ -18,18 +18,55 @@ import Glibc
 #endif
 import Foundation
 
-/// How much memory this process may still allocate: the smaller of the machine's physical memory and what its
-/// address-space limit (`ulimit -v`) leaves beside what the process already maps. Sizes read from files are
-/// checked against it before they allocate: a failed allocation traps, a refused one is an error with a sentence.
+/// How much memory this process may still allocate: the smallest of the machine's physical memory, what its
+/// address-space limit (`ulimit -v`) leaves beside what the process already maps, and what its control group's
+/// memory limit (a container's, a job's: cgroup v2 `memory.max`, or v1 `memory.limit_in_bytes`) leaves beside what
+/// the group uses. Sizes read from files are checked against it before they allocate: a failed allocation traps (or
+/// the kernel kills the process), a refused one is an error with a sentence.
 public enum MemoryBudget {
     /// Bytes this process can still allocate, at best.
-    public static var availableBytes: Double {
-        var available = Double(ProcessInfo.processInfo.physicalMemory)
+    public static var availableBytes: Double { limits.map(\.bytes).min() ?? 0 }
+
+    /// `availableBytes` in GiB with the limit that sets it: "3.20 GiB (ulimit -v)".
+    public static var availableDescription: String {
+        let smallest = limits.min { $0.bytes < $1.bytes }
+        return String(format: "%.2f GiB", (smallest?.bytes ?? 0) / 1_073_741_824) + " (\(smallest?.name ?? "physical memory"))"
+    }
+
+    /// Each limit that applies, by name, with the bytes it leaves (never negative).
+    static var limits: [(name: String, bytes: Double)] {
+        var limits = [(name: "physical memory", bytes: Double(ProcessInfo.processInfo.physicalMemory))]
         var limit = rlimit()
         if getrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max {
-            available = min(available, Double(limit.rlim_cur) - mappedBytes)
+            limits.append((name: "ulimit -v", bytes: max(0, Double(limit.rlim_cur) - mappedBytes)))
         }
-        return max(0, available)
+        if let group = controlGroupBytesLeft { limits.append((name: "the control group's memory limit", bytes: max(0, group))) }
+        return limits
+    }
+
+    /// What this process's control group may still allocate (its limit less its use), or nil without a limit.
+    static var controlGroupBytesLeft: Double? {
+        func number(_ path: String) -> Double? {
+            (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        }
+        // The groups /proc/self/cgroup names: "0::/path" (v2), "N:memory:/path" (v1's memory controller). Inside a
+        // container the path may not exist under its own /sys/fs/cgroup, whose root is then the group itself.
+        let membership = ((try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8)) ?? "").split(separator: "\n")
+            .map { $0.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false).map(String.init) }.filter { $0.count == 3 }
+        func path(controllers: String) -> String? { membership.first { $0[0] != "0" ? $0[1] == controllers : controllers.isEmpty }?[2] }
+        // cgroup v2 ("max", no limit, is not a number).
+        if let path = path(controllers: "") {
+            for directory in ["/sys/fs/cgroup" + path, "/sys/fs/cgroup"] {
+                if let limit = number(directory + "/memory.max") { return limit - (number(directory + "/memory.current") ?? 0) }
+            }
+        }
+        // cgroup v1 (a limit near 2^63 is none).
+        for directory in [path(controllers: "memory").map { "/sys/fs/cgroup/memory" + $0 }, "/sys/fs/cgroup/memory"].compactMap({ $0 }) {
+            if let limit = number(directory + "/memory.limit_in_bytes") {
+                return limit < 1e18 ? limit - (number(directory + "/memory.usage_in_bytes") ?? 0) : nil
+            }
+        }
+        return nil
     }
 
     /// Bytes the process maps now (virtual size, /proc/self/statm), or 0 where that cannot be read.
@@ -43,7 +80,7 @@ public enum MemoryBudget {
     public static func shortfall(_ bytes: Double, for purpose: String) -> String? {
         let available = availableBytes
         guard bytes > available * 0.9 else { return nil }
-        func gib(_ value: Double) -> String { String(format: "%.2f GiB", value / 1_073_741_824) }
-        return "\(purpose) needs \(gib(bytes)), more than 90% of the \(gib(available)) this process can still allocate"
+        return String(format: "%@ needs %.2f GiB, more than 90%% of the ", purpose, bytes / 1_073_741_824) + availableDescription
+            + " this process can still allocate"
     }
 }

@@ -28,8 +28,8 @@ final class ProgressReport {
         // A warm-up longer than the run never reaches the rate the config gives (cosine refuses it; noam's rate is its own).
         let (warmup, steps) = (config.schedule.warmupSteps, config.training.steps)
         if config.schedule.kind == .constant && warmup > steps {
-            log(String(format: "note: schedule.warmup_steps %d is longer than the run's %d updates: the learning rate reaches only %.3g, "
-                       + "%.0f%% of optimizer.lr", warmup, steps, config.learningRateSchedule.rate(step: steps), 100 * Double(steps) / Double(warmup)))
+            log("note: schedule.warmup_steps \(warmup) is longer than the run's \(steps) updates: the learning rate reaches only "
+                + String(format: "%.3g, %.0f%% of optimizer.lr", config.learningRateSchedule.rate(step: steps), 100 * Double(steps) / Double(warmup)))
         }
     }
 

@@ -179,8 +179,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// The `optimizer` section: AdamW's hyperparameters (torch.optim.AdamW), all optional.
     public struct OptimizerSection: Codable, Equatable, Sendable {
-        /// The learning rate (`optimizer.lr`, default 1e-4; torch's is 1e-3): the constant rate, or cosine's peak; the
-        /// noam schedule does not use it. Must be positive.
+        /// The learning rate (`optimizer.lr`, default 1e-4; torch's is 1e-3): the constant rate, or cosine's peak; a
+        /// config with the noam schedule, which sets its own rate, may not give it. Must be positive.
         public var lr: Float = 1e-4
         /// AdamW's decay rate of the first-moment estimate (`optimizer.beta1`, default 0.9, in [0, 1)).
         public var beta1: Float = 0.9
@@ -587,16 +587,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         // A schedule's keys that its kind does not use (`schedule.factor` of a cosine schedule) would change nothing.
         let schedule = root.mapping?[Node("schedule")]?.mapping?[Node("kind")]?.string.flatMap(ScheduleSection.Kind.init(rawValue:)) ?? .constant
-        for (key, kinds) in ScheduleSection.keysOfKinds where !kinds.contains(schedule) {
-            guard let value = given("schedule", key), value.tag.rawValue != Tag.Name.null.rawValue else { continue }
-            throw ConfigError(file: file, key: "schedule.\(key)", message: "the \(schedule.rawValue) schedule has no use for it (it is for "
-                              + kinds.map(\.rawValue).joined(separator: " and ") + "); leave the key out, or on the command line "
-                              + "--set schedule.\(key)=null")
+        // Null sets such a key aside (`--set schedule.min_lr=null` when switching kinds), and is no value for a kind
+        // that uses it (total_steps aside, whose null means training.steps). Every key set aside is named at once.
+        let uses = ScheduleSection.keysOfKinds.map { ("schedule", $0.key, $0.kinds) } + [("optimizer", "lr", [.constant, .cosine])]
+        var unused: [String] = []
+        for (section, key, kinds) in uses {
+            guard let value = given(section, key) else { continue }
+            let isNull = value.tag.rawValue == Tag.Name.null.rawValue
+            if !kinds.contains(schedule) {
+                if !isNull { unused.append("\(section).\(key)") }
+            } else if isNull && key != "total_steps" {
+                throw ConfigError(file: file, key: "\(section).\(key)", message: "has no value (give one, or leave the key out for its default)")
+            }
         }
-        if schedule == .noam, let lr = given("optimizer", "lr"), lr.tag.rawValue != Tag.Name.null.rawValue {
-            throw ConfigError(file: file, key: "optimizer.lr", message: "the noam schedule sets the rate itself (factor · d_model^-0.5 · "
-                              + "min(step^-0.5, step · warmup_steps^-1.5)); leave the key out (schedule.factor scales the rate), or on the "
-                              + "command line --set optimizer.lr=null")
+        if let first = unused.first {
+            let noam = schedule == .noam && unused.contains("optimizer.lr")
+                ? " (noam sets the rate itself: factor · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5); schedule.factor scales it)" : ""
+            throw ConfigError(file: file, key: first, message: "the \(schedule.rawValue) schedule has no use for it"
+                              + (unused.count > 1 ? ", nor for " + unused.dropFirst().joined(separator: ", ") : "") + noam + "; leave "
+                              + (unused.count > 1 ? "these keys" : "the key") + " out, or on the command line "
+                              + unused.map { "--set \($0)=null" }.joined(separator: " "))
         }
         if kind != .encoderOnly, let mlm = root.mapping?[Node("mlm")] {
             let key = mlm.mapping?.keys.first?.string.map { "mlm.\($0)" } ?? "mlm"
@@ -716,7 +726,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
         try check(schedule.kind != .cosine || cosineSteps > schedule.warmupSteps, "schedule.total_steps",
                   "must exceed schedule.warmup_steps (\(schedule.warmupSteps)) for cosine, got \(cosineSteps)"
                   + (schedule.totalSteps == nil ? " (training.steps, its default)" : ""))
-        try check(schedule.minLr >= 0 && schedule.minLr <= optimizer.lr, "schedule.min_lr", "must be in [0, optimizer.lr]")
+        // (Only cosine has a floor: another kind's min_lr is refused as unused, and noam's optimizer.lr is not its rate.)
+        try check(schedule.kind != .cosine || (schedule.minLr >= 0 && schedule.minLr <= optimizer.lr), "schedule.min_lr", "must be in [0, optimizer.lr]")
         try check(mlm.probability > 0 && mlm.probability <= 1, "mlm.probability", "must be in (0, 1], got \(mlm.probability)")
         try check(mlm.maskReplaceProb >= 0 && mlm.maskReplaceProb <= 1, "mlm.mask_replace_prob", "must be in [0, 1], got \(mlm.maskReplaceProb)")
         try check(mlm.randomReplaceProb >= 0 && mlm.maskReplaceProb + mlm.randomReplaceProb <= 1, "mlm.random_replace_prob",

@@ -11,11 +11,16 @@ public enum StopSignals {
     private static let flag = Atomic<Int32>(0)
     private static let installed = Mutex<[any DispatchSourceSignal]>([])
 
-    /// Replaces the default action of SIGTERM, SIGINT and SIGHUP with setting the flag (idempotent).
+    /// Replaces the default action of SIGTERM, SIGINT and SIGHUP with setting the flag (idempotent). A signal the
+    /// process was started with ignored stays ignored: `nohup` ignores SIGHUP so that a logout does not stop the run,
+    /// and a shell ignores SIGINT for `ddp train &` in a script.
     public static func install() {
         installed.withLock { sources in
             guard sources.isEmpty else { return }
             for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
+                var current = sigaction()
+                // (SIG_IGN is the handler address 1; C function pointers have no == in Swift.)
+                if sigaction(signalNumber, nil, &current) == 0, unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1 { continue }
                 signal(signalNumber, SIG_IGN)  // the dispatch source below sees it; the default action would kill us
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler { StopSignals.flag.store(signalNumber, ordering: .relaxed) }

@@ -92,7 +92,7 @@ public final class Trainer {
     private var runDirectoryLock: FileLock?
 
     /// Trains to `training.steps` (continuing from `latest` as `resume` says), checkpoints, then evaluates at the
-    /// end. SIGTERM or SIGINT on any rank ends the run at the next step boundary with a checkpoint.
+    /// end. SIGTERM, SIGINT or SIGHUP on any rank (`StopSignals`) ends the run at the next step boundary with a checkpoint.
     @discardableResult
     public func run(resume: ResumeMode, overwrite: Bool = false) throws -> TrainingOutcome {
         let run = try setUp()

@@ -39,7 +39,7 @@ public final class TrainingStep {
         public var correct: Int
         /// L2 norm of the mean per-token gradient, before clipping.
         public var gradientNorm: Double
-        /// Some rank had received SIGTERM or SIGINT by the end of its last backward of this update.
+        /// Some rank had received a stop signal (`StopSignals`) by the end of its last backward of this update.
         public var stopRequested: Bool
         /// Seconds from the end of the last backward until the gradients and counts were summed on this rank.
         public var communicationSeconds: Double

@@ -184,6 +184,10 @@ struct Eval: ParsableCommand {
         guard text != nil || source != nil else {
             let directory = data ?? run.data.directory
             // The run's own directory, as its config gave it: relative to where the run was started, perhaps not here.
+            if data == nil, directory.isEmpty {
+                throw EvalInputError(message: "\(checkpoint) stores no data.directory (an imported model, say): give --data DIR, or text with "
+                                              + (run.model.kind.readsTokenStream ? "--text FILE" : "--source FILE --target FILE"))
+            }
             if data == nil, !FileManager.default.fileExists(atPath: directory) {
                 throw DataError(file: directory, "no such data directory: it \(Paths.whyMissing(directory)) (the data.directory \(checkpoint)'s run "
                                 + "was trained on\(directory.hasPrefix("/") ? "" : ", relative to where that run was started")); give the data with --data")

@@ -34,7 +34,7 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var checkpoint: CheckpointOption
 
-    @Option(help: "Language model: the text to continue (default: a new document). Fill-mask: text with [MASK]s. -: the text on standard input.")
+    @Option(help: "Language model: the text to continue (default: a new document). Fill-mask: text with [MASK]s. -: the text on standard input, without its final line end.")
     var prompt: String?
 
     @Option(help: "Encoder-decoder: the text to translate (default: each line of standard input).")
@@ -72,10 +72,6 @@ struct Generate: ParsableCommand {
         }
         if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more, got \(topK).") }
         if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be more than 0 and at most 1, got \(topP).") }
-        // Greedy decoding draws nothing: what shapes or seeds a draw would be ignored.
-        if temperature == 0, let option = [topK.map { _ in "--top-k" }, topP.map { _ in "--top-p" }, seed.map { _ in "--seed" }].compactMap({ $0 }).first {
-            throw ValidationError("\(option) does nothing with --temperature 0 (greedy: the most likely token, nothing is drawn); leave one of them out.")
-        }
     }
 
     /// The options given that `kind`'s generation does not use (each would be ignored without a word).
@@ -104,6 +100,11 @@ struct Generate: ParsableCommand {
             throw RunError("\(option) does not apply to \(path), \(kind.withArticle) model, which \(does): leave it out")
         }
         if kind == .encoderDecoder { try decoding.checkBeamSettings() }
+        // A language model's greedy decoding draws nothing: what shapes or seeds a draw would be ignored.
+        if kind == .decoderOnly, temperature == 0,
+           let option = [topK.map { _ in "--top-k" }, topP.map { _ in "--top-p" }, seed.map { _ in "--seed" }].compactMap({ $0 }).first {
+            throw RunError("\(option) does nothing with --temperature 0 (greedy: the most likely token, nothing is drawn); leave one of them out")
+        }
         switch kind {
         case .decoderOnly:
             guard input == nil else { throw RunError("\(path) is a language model: give --prompt, not --input") }
@@ -128,7 +129,7 @@ struct Generate: ParsableCommand {
             if standardInputWasClosed { throw FileError("standard input", "cannot be read: it is closed (--prompt - reads the prompt from it)") }
             // Without the line end `echo` or an editor puts after the last line.
             var text = try TextFile.readAll(of: FileHandle.standardInput, largest: Self.largestPrompt)
-            if text.hasSuffix("\n") || text.hasSuffix("\r") { text.removeLast() }  // ("\r\n" is one Character)
+            if text.last?.isNewline == true { text.removeLast() }  // ("\r\n" is one Character)
             return text
         }
         if let prompt { return prompt }

@@ -48,7 +48,7 @@ struct Plot: ParsableCommand {
             throw PicturesInputError("\(runs.joined(separator: ", ")): no metrics recorded yet, nothing to draw")
         }
         let charts = Self.charts(histories, names: Self.legendNames(runs))
-        let inputs = runs.map { Paths.join($0, "metrics.jsonl") }
+        let inputs = runs.flatMap { [Paths.join($0, "metrics.jsonl")] + RunDirectory.runFiles(in: $0) }
         let text: String
         if output.lowercased().hasSuffix(".svg") {
             text = Self.stacked(charts)

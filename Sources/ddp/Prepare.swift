@@ -153,16 +153,9 @@ struct Prepare: ParsableCommand {
         print(summary)
     }
 
-    /// Bytes of memory preparing takes per byte of text, at most (measured: about 11 for a 100 MB corpus: the text,
-    /// its documents or lines, their tokens and the shards' buffers are held at once).
-    static let memoryPerTextByte = 12
-
-    /// The text this process can prepare: what it can still allocate (90% of it), over `memoryPerTextByte`.
+    /// The text this process can prepare: 90% of what it can still allocate (`MemoryBudget`), at `TextLimit`'s costs.
     static func textLimit() -> TextLimit {
-        let available = MemoryBudget.availableBytes
-        return TextLimit(bytes: Int(available * 0.9) / memoryPerTextByte,
-                         reason: "preparing takes up to \(memoryPerTextByte) bytes of memory per byte of text, and this process can allocate "
-                                 + String(format: "%.2f GiB", available / 1_073_741_824))
+        TextLimit(memory: Int(MemoryBudget.availableBytes * 0.9), reason: "this process can allocate " + MemoryBudget.availableDescription)
     }
 
     /// `--vocab-size` when not given.

@@ -207,7 +207,22 @@ final class ScheduleTests: XCTestCase {
         XCTAssertNil(noamStored["optimizer"]?["lr"])
         XCTAssertNotNil(noamStored["optimizer"]?["beta2"])
         XCTAssertThrowsError(try RunConfig.parse(smallModelYAML + "\noptimizer: {lr: 1.0}\nschedule: {kind: noam, warmup_steps: 5}", file: "noam.yaml")) {
-            XCTAssertTrue("\($0)".contains("config key 'optimizer.lr': the noam schedule sets the rate itself"), "\($0)")
+            XCTAssertTrue("\($0)".contains("config key 'optimizer.lr': the noam schedule has no use for it (noam sets the rate itself"), "\($0)")
+        }
+        // Switching kinds on the command line: every key set aside is named in one message, with the --set for each.
+        let cosine = smallModelYAML + "\noptimizer: {lr: 1.0e-3}\nschedule: {kind: cosine, warmup_steps: 5, min_lr: 1.0e-5}"
+        XCTAssertThrowsError(try RunConfig.parse(cosine, file: "cos.yaml", overrides: ["schedule.kind=noam"])) {
+            XCTAssertTrue("\($0)".contains("the noam schedule has no use for it, nor for optimizer.lr (noam sets the rate itself")
+                          && "\($0)".hasSuffix("--set schedule.min_lr=null --set optimizer.lr=null"), "\($0)")
+        }
+        let switchedToNoam = try RunConfig.parse(cosine, file: "cos.yaml", overrides: ["schedule.kind=noam", "schedule.min_lr=null", "optimizer.lr=null"])
+        XCTAssertEqual(switchedToNoam.learningRateSchedule, .noam(dModel: 64, warmupSteps: 5, factor: 1))
+        // A null where the kind uses the key is no value (an empty `lr:` in a file), not the default.
+        for (section, kind) in [("optimizer: {lr: null}", "constant"), ("schedule: {kind: cosine, min_lr: null}", "cosine"),
+                                ("schedule: {kind: noam, warmup_steps: 3, factor: null}", "noam")] {
+            XCTAssertThrowsError(try RunConfig.parse(smallModelYAML + "\n" + section, file: "\(kind).yaml")) {
+                XCTAssertTrue("\($0)".contains("has no value"), "\($0)")
+            }
         }
         let schedules = ["constant": "{kind: constant, warmup_steps: 5}", "noam": "{kind: noam, warmup_steps: 5, factor: 2}",
                          "cosine": "{kind: cosine, warmup_steps: 5, min_lr: 1.0e-5, total_steps: 40}"]

@@ -362,6 +362,13 @@ final class CheckpointToolsTests: XCTestCase {
                             mentioning: ["short-lm/train-00000.h5: holds lm data", "which takes seq2seq data"])
         try assertEvalFails(["--checkpoint", path("lm-run"), "--source", path("lm.txt"), "--target", path("lm.txt")],
                             mentioning: ["--source/--target are for seq2seq models"])
+        // A checkpoint that stores no data.directory (an imported model) asks for --data or text.
+        let noData = try damagedCheckpoint("no-data", """
+            with h5py.File(path, 'a') as f:
+                config = json.loads(f.attrs['config']); config['data']['directory'] = ''; f.attrs['config'] = json.dumps(config)
+                del f.attrs['attribute_digest']
+            """)
+        try assertEvalFails(["--checkpoint", noData], mentioning: ["no-data.h5 stores no data.directory", "give --data DIR, or text with --source FILE --target FILE"])
         // The run's own data directory gone (or relative to another directory): said to be the run's, with --data the way out.
         try FileManager.default.moveItem(atPath: path("lm"), toPath: path("lm-moved"))
         defer { try? FileManager.default.moveItem(atPath: path("lm-moved"), toPath: path("lm")) }

@@ -229,7 +229,7 @@ final class EncoderOnlyTests: XCTestCase {
         let noMask = try run(["generate", "--checkpoint", path("ok"), "--prompt", "no mask here"], expect: 1)
         XCTAssertTrue(noMask.output.contains("[MASK]"), noMask.output)
         // Fill-mask samples nothing and decodes nothing: such options are refused, not ignored.
-        for option in [["--temperature", "0.5"], ["--max-tokens", "3"], ["--seed", "1"], ["--decode", "beam"]] {
+        for option in [["--temperature", "0.5"], ["--max-tokens", "3"], ["--seed", "1"], ["--decode", "beam"], ["--temperature", "0", "--top-k", "3"]] {
             let unused = try run(["generate", "--checkpoint", path("ok"), "--prompt", "a[MASK]"] + option, expect: 1)
             XCTAssertTrue(unused.output.contains("\(option[0]) does not apply to \(path("ok"))"), unused.output)
         }

@@ -525,6 +525,29 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(text.contains("stopped by a signal at step"), text)
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("hangup/latest")), text)
 
+        // Started with SIGHUP ignored (nohup): a hangup changes nothing, and SIGTERM still stops it with a checkpoint.
+        let nohup = Process()
+        nohup.executableURL = URL(fileURLWithPath: "/bin/sh")
+        nohup.arguments = ["-c", "trap '' HUP; exec \"$0\" train --config \"$1\" --run-dir \"$2\"", ddp, long, path("nohup")]
+        nohup.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
+        let nohupOutput = Pipe()
+        nohup.standardOutput = nohupOutput
+        nohup.standardError = nohupOutput
+        try nohup.run()
+        let deadline = Date().addingTimeInterval(60)
+        while ((try? String(contentsOfFile: path("nohup/metrics.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3
+                && nohup.isRunning && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        kill(nohup.processIdentifier, SIGHUP)
+        Thread.sleep(forTimeInterval: 2)
+        XCTAssertTrue(nohup.isRunning, "a run started under nohup goes on after SIGHUP")
+        kill(nohup.processIdentifier, SIGTERM)
+        _ = waitForExit(nohup, within: 60)
+        let nohupText = String(decoding: nohupOutput.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertEqual(nohup.terminationStatus, 0, nohupText)
+        XCTAssertTrue(nohupText.contains("stopped by a signal at step"), nohupText)
+
         let piped = try runProcess("/bin/sh", ["-c", "\"$0\" train --config \"$1\" --run-dir \"$2\" | head -n 2", ddp, long, path("piped")],
                                    environment: mpiEnvironment, timeout: 120)
         XCTAssertFalse(piped.timedOut, piped.output)
