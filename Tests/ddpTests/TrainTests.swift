@@ -526,19 +526,7 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("hangup/latest")), text)
 
         // Started with SIGHUP ignored (nohup): a hangup changes nothing, and SIGTERM still stops it with a checkpoint.
-        let nohup = Process()
-        nohup.executableURL = URL(fileURLWithPath: "/bin/sh")
-        nohup.arguments = ["-c", "trap '' HUP; exec \"$0\" train --config \"$1\" --run-dir \"$2\"", ddp, long, path("nohup")]
-        nohup.environment = ProcessInfo.processInfo.environment.merging(mpiEnvironment) { _, new in new }
-        let nohupOutput = Pipe()
-        nohup.standardOutput = nohupOutput
-        nohup.standardError = nohupOutput
-        try nohup.run()
-        let deadline = Date().addingTimeInterval(60)
-        while ((try? String(contentsOfFile: path("nohup/metrics.jsonl"), encoding: .utf8))?.split(separator: "\n").count ?? 0) < 3
-                && nohup.isRunning && Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        let (nohup, nohupOutput) = try startTraining(ranks: 1, config: long, run: "nohup", ignoringHangUp: true)
         kill(nohup.processIdentifier, SIGHUP)
         Thread.sleep(forTimeInterval: 2)
         XCTAssertTrue(nohup.isRunning, "a run started under nohup goes on after SIGHUP")
@@ -567,11 +555,14 @@ final class TrainTests: XCTestCase {
     }
 
     /// Starts `ddp train` (alone, or on several ranks under mpirun) in the background and waits until it has
-    /// taken a few steps.
-    private func startTraining(ranks: Int, config: String, run: String) throws -> (Process, Pipe) {
+    /// taken a few steps; `ignoringHangUp` starts it alone with SIGHUP ignored, as `nohup` does.
+    private func startTraining(ranks: Int, config: String, run: String, ignoringHangUp: Bool = false) throws -> (Process, Pipe) {
         let process = Process()
         let arguments = ["train", "--config", config, "--run-dir", path(run)]
-        if ranks == 1 {
+        if ignoringHangUp {
+            process.executableURL = URL(fileURLWithPath: "/bin/sh")
+            process.arguments = ["-c", "trap '' HUP; exec \"$0\" \"$@\"", ddp] + arguments
+        } else if ranks == 1 {
             process.executableURL = URL(fileURLWithPath: ddp)
             process.arguments = arguments
         } else {
