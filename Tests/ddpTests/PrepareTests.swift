@@ -138,11 +138,12 @@ final class PrepareTests: XCTestCase {
                           && big.stderr.contains("bytes of memory per byte of text") && big.stderr.contains("(ulimit -v)"), "\(input): \(big.output)")
         }
         // Many short lines cost more than their bytes: counted once read. A small corpus prepares under the same limit.
-        try String(repeating: "ab\tcd\n", count: 1_200_000).write(toFile: path("short.tsv"), atomically: true, encoding: .utf8)
+        // (3M lines cost 768 MB at 256 bytes each, more than the whole 600 MB limit, whatever the process maps at start.)
+        try String(repeating: "a\tb\n", count: 3_000_000).write(toFile: path("short.tsv"), atomically: true, encoding: .utf8)
         let short = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; exec \"$0\" prepare --tsv \"$1\" --output \"$2\"", ddp, path("short.tsv"),
                                                path("short")], timeout: 120)
         XCTAssertEqual(short.status, 1, short.output)
-        XCTAssertTrue(short.stderr.contains("short.tsv: is more text than can be prepared here: 1200001 lines in 7200000 bytes"), short.output)
+        XCTAssertTrue(short.stderr.contains("short.tsv: is more text than can be prepared here: 3000001 lines in 12000000 bytes"), short.output)
         let small = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; exec \"$0\" prepare --task lm --input \"$1\" --output \"$2\"", ddp,
                                                path("corpus.txt"), path("small")], timeout: 120)
         XCTAssertEqual(small.status, 0, small.output)
