@@ -73,7 +73,7 @@ public final class FileLock: @unchecked Sendable {
         }
         // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal). A lock file
         // that cannot be written keeps an earlier holder's text, which a refusal must not take for the holder's:
-        // emptied where it can be, and otherwise marked stale by the process id it names (see `holder`).
+        // emptied where it can be, and otherwise told stale by the process id it names (see `holder`).
         let text = Array((holder + "\n").utf8)
         if ftruncate(descriptor, 0) == 0 {
             _ = text.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, 0) }

@@ -173,7 +173,10 @@ public enum Checkpoint {
     static func step(ofCheckpointNamed name: String) -> Int? {
         guard name.hasPrefix("checkpoint-") && name.hasSuffix(".h5") else { return nil }
         let digits = name.dropFirst("checkpoint-".count).dropLast(".h5".count)
-        return digits.allSatisfy(\.isASCII) ? Int(digits) : nil
+        // Only what `fileName` writes: 8 digits, or more without a leading zero ("checkpoint-1.h5" is someone else's).
+        guard digits.allSatisfy({ $0.isASCII && $0.isNumber }), digits.count == 8 || (digits.count > 8 && digits.first != "0"),
+              let step = Int(digits), fileName(step: step) == name else { return nil }
+        return step
     }
 
     /// The checkpoint files of a run directory, oldest step first.

@@ -110,7 +110,14 @@ public enum HuggingFaceGPT2 {
         guard FileManager.default.fileExists(atPath: tokenizerPath) else {
             throw fail(tokenizerPath, "missing: the model's tokenizer is needed to train and evaluate on text")
         }
-        let (tokenizer, notes) = try readTokenizer(tokenizerPath, modelConfig: json, configPath: configPath)
+        var (tokenizer, notes) = try readTokenizer(tokenizerPath, modelConfig: json, configPath: configPath)
+        // Dropout is a training setting, not the network: the checkpoint has none, which a fine-tune's config gives.
+        let dropouts = ["resid_pdrop", "embd_pdrop", "attn_pdrop"].compactMap { key in (json[key] as? Double).flatMap { $0 > 0 ? "\(key) \($0)" : nil } }
+        if !dropouts.isEmpty {
+            notes.append("\(configPath): \(dropouts.joined(separator: ", ")) is not imported: the checkpoint has model.dropout 0, so a fine-tune "
+                         + "with --init trains without dropout unless its config gives model.dropout (Hugging Face's Trainer would use "
+                         + "these; SwiftDDP's one rate applies to embeddings and residual branches, not to attention weights)")
+        }
         guard tokenizer.vocabularySize <= vocabulary else {
             throw fail(tokenizerPath, "has \(tokenizer.vocabularySize) token ids, more than the model's vocab_size \(vocabulary)")
         }

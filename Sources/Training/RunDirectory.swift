@@ -23,7 +23,7 @@ public struct RunDirectory: Sendable {
     public init(path: String) { self.path = path }
 
     /// Files of an earlier run in the directory: checkpoints, `latest`, metrics and TensorBoard event files
-    /// (`events.out.tfevents.*`) (names, sorted). An empty `metrics.jsonl` (an attempt that stopped before its first
+    /// (`events.out.tfevents.<seconds>.<host>.<pid>`) (names, sorted). An empty `metrics.jsonl` (an attempt that stopped before its first
     /// step) records no run.
     public func earlierRunFiles() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
@@ -45,8 +45,11 @@ public struct RunDirectory: Sendable {
         }.sorted().map { Paths.join(directory, $0) }
     }
 
-    /// Whether `name` is a TensorBoard event file training wrote (`training.tensorboard`).
-    static func isEventFile(_ name: String) -> Bool { name.hasPrefix("events.out.tfevents.") }
+    /// Whether `name` is a TensorBoard event file training wrote (`training.tensorboard`): as `EventFileWriter` names
+    /// them, `events.out.tfevents.<seconds>.<host>.<pid>`.
+    static func isEventFile(_ name: String) -> Bool {
+        name.wholeMatch(of: /events\.out\.tfevents\.[0-9]+\..+\.[0-9]+/) != nil
+    }
 
     /// Applies the rules for `resume` and `overwrite`; returns the checkpoint to resume from ("" for a fresh start) and
     /// the run directory's lock, which the run holds to its end (the directory is created first when missing; another
@@ -127,8 +130,7 @@ public struct RunDirectory: Sendable {
         removeInterruptedWrites(log: log)
         // Under the names a run writes and removes (checkpoints, latest, metrics, event files), only its files may be:
         // a directory, FIFO or device there is someone else's, which neither --overwrite nor checkpoint.keep removes.
-        // (`latest` is read as a small regular file, and its refusal names the checkpoints to go on from.)
-        for name in earlierRunFiles() where name != Checkpoint.latestName {
+        for name in earlierRunFiles() {
             let file = Paths.join(path, name)
             guard let type = Paths.entryType(file), type != .typeRegular, type != .typeSymbolicLink else { continue }
             throw TrainingError("\(file) is \(type == .typeDirectory ? "a directory" : "a FIFO, device or socket"), under a name a run writes "
@@ -181,8 +183,7 @@ public struct RunDirectory: Sendable {
             let resuming = hasLatest ? "Continue it with --resume, start"
                 : unnamed.last.map { "To continue it, write the name of a checkpoint (\($0), say) into \(Paths.join(path, Checkpoint.latestName)) "
                                      + "and give --resume; start" } ?? "Start"
-            throw TrainingError("\(path) holds an earlier run\(step): \(earlier.prefix(4).joined(separator: ", "))"
-                                + "\(earlier.count > 4 ? ", ..." : ""). " + resuming
+            throw TrainingError("\(path) holds an earlier run\(step): \(earlier.joined(separator: ", ")). " + resuming
                                 + " over with --overwrite (which deletes those files), or give another --run-dir")
         }
         // Checked before anything is removed, so a refusal leaves the earlier run whole: a name that is not UTF-8
@@ -191,10 +192,23 @@ public struct RunDirectory: Sendable {
             throw TrainingError("\(Paths.join(path, odd)): its name is not UTF-8 (shown with \u{FFFD}), so --overwrite cannot remove it; "
                                 + "nothing was removed: rename or remove it yourself, or give another --run-dir")
         }
+        // A file named like a checkpoint that is not HDF5 is not the run's (checked before anything is removed).
+        let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
+        for name in earlier where Checkpoint.step(ofCheckpointNamed: name) != nil && Paths.entryType(Paths.join(path, name)) == .typeRegular {
+            let head = FileHandle(forReadingAtPath: Paths.join(path, name)).flatMap { handle in
+                defer { try? handle.close() }
+                return try? handle.read(upToCount: 8)
+            }
+            guard head.map(Array.init) == hdf5Signature else {
+                throw TrainingError("\(Paths.join(path, name)) is named like a checkpoint but is not one (not an HDF5 file); --overwrite removes only "
+                                    + "a run's own files and nothing was removed: move or rename it, or give another --run-dir")
+            }
+        }
+        // unlink, never a recursive removal: only files (and links, not what they point to) go.
         for name in earlier {
             let file = Paths.join(path, name)
-            do { try FileManager.default.removeItem(atPath: file) } catch {
-                throw TrainingError("\(file): cannot remove it for --overwrite: \(describe(error))")
+            guard unlink(file) == 0 else {
+                throw TrainingError("\(file): cannot remove it for --overwrite: \(String(cString: strerror(errno)))")
             }
         }
         log("--overwrite: removed the earlier run's \(earlier.joined(separator: ", ")) from \(path)")

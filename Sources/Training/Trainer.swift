@@ -282,7 +282,9 @@ public final class Trainer {
                 return masking?.apply(to: batch, seed: config.training.seed, epoch: state.position.epoch) ?? batch
             }
         } catch let failure as TrainingError {
-            throw TrainingError("\(failure.message); stopping without a checkpoint, the last good one stays in \(runDirectory)")
+            let last = (try? Checkpoint.latest(in: runDirectory)) ?? nil
+            throw TrainingError("\(failure.message); stopping without a checkpoint" + (last.map { ", the last good one stays: \($0)" }
+                                ?? ": none was written yet, so start over (with --overwrite, as \(runDirectory) keeps this attempt's metrics)"))
         }
     }
 

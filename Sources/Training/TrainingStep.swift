@@ -91,7 +91,8 @@ public final class TrainingStep {
         let outcome = try computeGradients(step: step, dropoutSeed: dropoutSeed, stopRequested: stopRequested(), nextBatch: nextBatch)
         guard outcome.targetTokens > 0 else { throw TrainingError("step \(step + 1) has no target tokens on any rank") }
         guard outcome.lossPerToken.isFinite, outcome.gradientNorm.isFinite else {
-            throw TrainingError("non-finite loss (\(outcome.lossPerToken)) or gradient norm (\(outcome.gradientNorm)) at step \(step + 1)")
+            func shown(_ value: Double) -> String { value.isNaN ? "NaN" : "\(value)" }
+            throw TrainingError("non-finite loss (\(shown(Double(outcome.lossPerToken)))) or gradient norm (\(shown(outcome.gradientNorm))) at step \(step + 1)")
         }
         let clip = clippingFactor(norm: outcome.gradientNorm, maxNorm: clipNorm)
         optimizer.update(parameters: model.parameters, gradients: model.gradients, learningRate: learningRate,

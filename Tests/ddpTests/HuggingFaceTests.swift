@@ -193,6 +193,20 @@ final class HuggingFaceTests: XCTestCase {
     static let minimalTokenizerJSON = String(decoding: try! JSONSerialization.data(withJSONObject: minimalByteLevelTokenizer(), options: [.sortedKeys]),
                                              as: UTF8.self)
 
+    /// GPT-2's dropout rates are training settings the checkpoint does not take (model.dropout 0): import says so.
+    func testImportSaysWhichDropoutItDoesNotTake() throws {
+        let directory = try writeOwnGPT2Directory()
+        let configPath = joined(directory, "config.json")
+        var config = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath))) as? [String: Any])
+        config["resid_pdrop"] = 0.1
+        config["embd_pdrop"] = 0.1
+        config["attn_pdrop"] = 0.1
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: configPath))
+        let imported = try ddpRun(["import", "--hf", directory, "--output", path("dropout.h5")])
+        XCTAssertTrue(imported.stderr.contains("resid_pdrop 0.1, embd_pdrop 0.1, attn_pdrop 0.1 is not imported: the checkpoint has model.dropout 0"),
+                      imported.output)
+    }
+
     /// A model whose vocabulary is larger than its tokenizer's (GPT-2 checkpoints often pad it) samples ids that have no
     /// text, and special tokens: generation prints nothing for them and goes on.
     func testGenerateSamplesTokensWithoutText() throws {

@@ -126,9 +126,29 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(try train(try config("mine.yaml", steps: 2), run: "mine").status, 0, "checkpoint-notes.h5 is no earlier run")
         XCTAssertEqual(try train(try config("mine.yaml", steps: 2), run: "mine", ["--overwrite"]).status, 0)
         XCTAssertTrue(files(in: "mine").contains("checkpoint-notes.h5"), "--overwrite removes only the run's own files")
+        // Nor a directory named latest (removed with its contents before), nor a file named like a checkpoint that is not
+        // HDF5, nor one not named as a run names them ("checkpoint-1.h5").
+        try FileManager.default.removeItem(atPath: path("mine/latest"))
+        try FileManager.default.createDirectory(atPath: path("mine/latest/sub"), withIntermediateDirectories: true)
+        try "precious\n".write(toFile: path("mine/latest/sub/notes.txt"), atomically: true, encoding: .utf8)
+        let latestDirectory = try train(try config("mine.yaml", steps: 2), run: "mine", ["--overwrite"])
+        XCTAssertEqual(latestDirectory.status, 1, latestDirectory.output)
+        XCTAssertTrue(latestDirectory.stderr.contains("\(path("mine/latest")) is a directory, under a name a run writes"), latestDirectory.output)
+        XCTAssertEqual(try String(contentsOfFile: path("mine/latest/sub/notes.txt"), encoding: .utf8), "precious\n")
+        try FileManager.default.removeItem(atPath: path("mine/latest"))
+        try "mine\n".write(toFile: path("mine/checkpoint-00000009.h5"), atomically: true, encoding: .utf8)
+        try "mine\n".write(toFile: path("mine/checkpoint-1.h5"), atomically: true, encoding: .utf8)
+        let notHDF5 = try train(try config("mine.yaml", steps: 2), run: "mine", ["--overwrite"])
+        XCTAssertEqual(notHDF5.status, 1, notHDF5.output)
+        XCTAssertTrue(notHDF5.stderr.contains("\(path("mine/checkpoint-00000009.h5")) is named like a checkpoint but is not one (not an HDF5 file)"),
+                      notHDF5.output)
+        XCTAssertTrue(files(in: "mine").contains("checkpoint-00000002.h5"), "nothing removed")
+        try FileManager.default.removeItem(atPath: path("mine/checkpoint-00000009.h5"))
+        XCTAssertEqual(try train(try config("mine.yaml", steps: 2), run: "mine", ["--overwrite"]).status, 0)
+        XCTAssertTrue(files(in: "mine").contains("checkpoint-1.h5"), "not a name a run writes")
 
         // --overwrite of a run holding a name that is not UTF-8: refused before anything is removed.
-        let odd = Array(path("r/events.out.tfevents.").utf8) + [0xFF] + [0]
+        let odd = Array(path("r/events.out.tfevents.1700000000.").utf8) + [0xFF] + Array(".7".utf8) + [0]
         let descriptor = odd.withUnsafeBufferPointer { $0.withMemoryRebound(to: CChar.self) { creat($0.baseAddress!, 0o644) } }
         XCTAssertGreaterThanOrEqual(descriptor, 0)
         close(descriptor)
@@ -409,7 +429,7 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(mkfifo(path("damaged/latest"), 0o644), 0)
         let fifo = try train(try config(steps: 6), run: "damaged", ["--resume"])
         XCTAssertNotEqual(fifo.status, 0)
-        XCTAssertTrue(fifo.stderr.contains("\(path("damaged/latest")): is not a text file naming a checkpoint"), fifo.output)
+        XCTAssertTrue(fifo.stderr.contains("\(path("damaged/latest")) is a FIFO, device or socket, under a name a run writes"), fifo.output)
         try FileManager.default.removeItem(atPath: path("damaged/latest"))
         try "checkpoint-00000004.h5\n".write(toFile: path("damaged/latest"), atomically: true, encoding: .utf8)
         // A link among the run's own files is refused, not written through (it would change the file it points to).

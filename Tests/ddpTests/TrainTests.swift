@@ -633,6 +633,7 @@ final class TrainTests: XCTestCase {
         let result = try runProcess(ddp, ["train", "--config", exploding, "--run-dir", path("nan")], environment: mpiEnvironment, timeout: 300)
         XCTAssertNotEqual(result.status, 0, result.output)
         XCTAssertTrue(result.stderr.contains("non-finite loss"), result.output)
+        XCTAssertTrue(result.stderr.contains("stopping without a checkpoint: none was written yet, so start over (with --overwrite"), result.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("nan") + "/latest"), "no checkpoint of a diverged run")
     }
 
