@@ -437,7 +437,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             try config.validate(file: file)
             try checkKeysApply(root, kind: config.model.kind, file: file)
         } catch let error as DecodingError {
-            throw blamingOverride(ConfigError(decoding: error, file: file))
+            throw blamingOverride(ConfigError(decoding: error, file: file, root: root))
         } catch let error as ConfigError {
             throw blamingOverride(error)
         }
@@ -660,7 +660,8 @@ public struct RunConfig: Codable, Equatable, Sendable {
             return row[b.count]
         }
         let scored = candidates.map { ($0, distance(Array(key), Array($0))) }.min { $0.1 < $1.1 }
-        return scored.flatMap { $0.1 <= 3 ? $0.0 : nil }
+        // (Fewer edits than the key has characters: "x" is 3 edits from "mlm", as it is from anything that short.)
+        return scored.flatMap { $0.1 <= 3 && $0.1 < key.count ? $0.0 : nil }
     }
 
     /// Checks every value against its allowed range (the model's through `ModelConfig.validate()`, the lengths against
@@ -751,7 +752,14 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         self.message = message
     }
 
-    init(decoding error: DecodingError, file: String) {
+    /// The scalar text at `keys` of a composed config, if there is one.
+    static func scalar(at keys: [String], in root: Node?) -> String? {
+        var node = root
+        for key in keys { node = node?.mapping?[Node(key)] }
+        return node?.scalar?.string
+    }
+
+    init(decoding error: DecodingError, file: String, root: Node? = nil) {
         func path(_ context: DecodingError.Context) -> String {
             context.codingPath.map(\.stringValue).joined(separator: ".")
         }
@@ -763,7 +771,14 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
             self.init(file: file, key: name, message: name == "training.batch_size"
                       ? "missing (give batch_size, sequences per rank, or max_tokens, positions per global batch)" : "missing")
         case .typeMismatch(let type, let context):
-            self.init(file: file, key: path(context), message: "expected \(describeType(type))")
+            // A whole number the key's type cannot hold is out of range, not "not an integer" (a seed of -5, 2^63 steps).
+            var message = "expected \(describeType(type))"
+            if let text = Self.scalar(at: context.codingPath.map(\.stringValue), in: root), text.wholeMatch(of: /[-+]?[0-9][0-9_]*/) != nil,
+               type == UInt64.self || type == Int.self || type == Int32.self {
+                let range = type == UInt64.self ? "0 to \(UInt64.max)" : type == Int32.self ? "\(Int32.min) to \(Int32.max)" : "\(Int.min) to \(Int.max)"
+                message = "\(text) is out of range (an integer from \(range))"
+            }
+            self.init(file: file, key: path(context), message: message)
         case .valueNotFound(let type, let context):
             self.init(file: file, key: path(context), message: "expected \(describeType(type)), found nothing")
         case .dataCorrupted(let context):

@@ -370,7 +370,11 @@ public final class Trainer {
         }
         try decideOnRank0("resume check", watchdog: run.watchdog) {
             // A damaged latest: say which earlier checkpoints the run directory still holds.
-            _ = try Checkpoint.readHeader(toResume: resumeFrom, in: runDirectory)
+            let header = try Checkpoint.readHeader(toResume: resumeFrom, in: runDirectory)
+            // A checkpoint renamed by hand: its contents say where training is; its name would mislead rotation and readers.
+            if let named = Checkpoint.step(ofCheckpointNamed: Paths.lastComponent(resumeFrom)), named != header.state.step {
+                log("note: \(resumeFrom) holds step \(header.state.step), not the step \(named) its name says; resuming at step \(header.state.step)")
+            }
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
             return ""

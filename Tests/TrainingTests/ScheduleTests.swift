@@ -89,6 +89,11 @@ final class ScheduleTests: XCTestCase {
         }
         // Each error names the --set that caused it, not the file (which holds no such key or value).
         XCTAssertEqual(error("training.stpes=3"), "--set training.stpes=3: config key 'training.stpes': unknown key (did you mean 'training.steps'?)")
+        XCTAssertEqual(error("training.x=3"), "--set training.x=3: config key 'training.x': unknown key",
+                       "no suggestion as far from every key as the key is long")
+        XCTAssertEqual(error("training.seed=-5"), "--set training.seed=-5: config key 'training.seed': -5 is out of range (an integer from 0 to 18446744073709551615)")
+        XCTAssertEqual(error("training.steps=9223372036854775808"),
+                       "--set training.steps=9223372036854775808: config key 'training.steps': 9223372036854775808 is out of range (an integer from \(Int.min) to \(Int.max))")
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
         XCTAssertEqual(error("training.steps=many"), "--set training.steps=many: config key 'training.steps': expected an integer")
         XCTAssertEqual(error("training.steps=[1"), "--set training.steps=[1: config key 'training.steps': '[1' is not a YAML value")

@@ -358,6 +358,13 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(warm.status, 0, warm.output)
         XCTAssertTrue(warm.stdout.contains("note: schedule.warmup_steps 12 is longer than the run's 6 updates: the learning rate reaches only "
                                            + "0.0015, 50% of optimizer.lr"), warm.output)
+        // A checkpoint renamed by hand resumes where its contents say, and the mismatch is pointed out.
+        XCTAssertEqual(try train(six, run: "renamed").status, 0)
+        try FileManager.default.moveItem(atPath: path("renamed/checkpoint-00000006.h5"), toPath: path("renamed/checkpoint-00000005.h5"))
+        try "checkpoint-00000005.h5\n".write(toFile: path("renamed/latest"), atomically: true, encoding: .utf8)
+        let renamed = try train(try config("eight.yaml", steps: 8), run: "renamed", ["--resume"])
+        XCTAssertEqual(renamed.status, 0, renamed.output)
+        XCTAssertTrue(renamed.stdout.contains("holds step 6, not the step 5 its name says; resuming at step 6"), renamed.output)
         // A refused start leaves no directory of its own making behind (a mistyped --run-dir with --resume).
         let typo = try train(six, run: "typo/deeper", ["--resume"])
         XCTAssertEqual(typo.status, 1, typo.output)
