@@ -175,7 +175,8 @@ public enum Preparer {
         return text
     }
 
-    /// Line-aligned parallel files: line i of `source` translates to line i of `target` (LF, CRLF or CR line ends).
+    /// Line-aligned parallel files: line i of `source` translates to line i of `target` (LF, CRLF or CR line ends);
+    /// both files together within `limit` (a `DataError` naming the file that passes it).
     public static func parallelPairs(source: String, target: String, limit: TextLimit? = nil) throws -> [(String, String)] {
         var read = TextRead()
         let sourceText = try readText(source, limit: limit, read: &read)
@@ -187,7 +188,8 @@ public enum Preparer {
         return Array(zip(s, t))
     }
 
-    /// A TSV file: each line "source<TAB>target", exactly one tab (LF, CRLF or CR line ends; empty lines are skipped).
+    /// A TSV file: each line "source<TAB>target", exactly one tab (LF, CRLF or CR line ends; empty lines are skipped),
+    /// within `limit`.
     public static func tsvPairs(_ path: String, limit: TextLimit? = nil) throws -> [(String, String)] {
         var pairs: [(String, String)] = []
         var read = TextRead()
