@@ -25,7 +25,8 @@ public final class FileLock: @unchecked Sendable {
     /// Locks `path` (created when missing, never through a link), writing `holder` into it ("ddp train, process 1234 on
     /// node7 since ..."). Throws a `FileError` naming the file when another process holds the lock (with what that
     /// process wrote), or when the path is a link, a directory, a FIFO or a device. On a file system without locks
-    /// the lock is returned not held, with `unsupported` saying so.
+    /// the lock is returned not held, with `unsupported` saying so. A holder text naming "process N on HOST" lets a
+    /// refusal drop a dead local process's stale text and tell another node's holder (`isHeldOnAnotherNode`).
     public static func acquire(_ path: String, holder: String) throws(FileError) -> FileLock {
         // O_NOFOLLOW: a link would lock (and write into) a file elsewhere. O_NONBLOCK: a FIFO cannot make open wait.
         var descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0o644)
@@ -90,11 +91,23 @@ public final class FileLock: @unchecked Sendable {
         guard count > 0 else { return "" }
         let line = bytes[..<count].prefix { $0 != UInt8(ascii: "\n") }
         let text = String(decoding: line, as: UTF8.self).filter { !$0.isNewline && $0.asciiValue.map { $0 >= 32 } ?? true }
-        if let match = text.firstMatch(of: /process ([0-9]+) on ([^ ,]+)/), match.2 == ProcessInfo.processInfo.hostName,
-           let pid = Int32(match.1), kill(pid, 0) != 0 && errno == ESRCH {
+        if let process = process(in: text), process.host == ProcessInfo.processInfo.hostName, kill(process.id, 0) != 0 && errno == ESRCH {
             return ""
         }
         return text
+    }
+
+    /// The process a holder's text names as "process N on HOST" (the form `acquire`'s callers write), if it does.
+    private static func process(in text: String) -> (id: Int32, host: String)? {
+        guard let match = text.firstMatch(of: /process ([0-9]+) on ([^ ,]+)/), let id = Int32(match.1) else { return nil }
+        return (id, String(match.2))
+    }
+
+    /// Whether `error` is `acquire`'s refusal for a lock held by a process of another node (by its holder's text): one
+    /// a network file system may have kept for a node that crashed, which the kernel here cannot vouch for.
+    public static func isHeldOnAnotherNode(_ error: FileError) -> Bool {
+        guard error.message.hasPrefix("is locked by"), let process = process(in: error.message) else { return false }
+        return process.host != ProcessInfo.processInfo.hostName
     }
 
     /// Whether this value holds the lock.

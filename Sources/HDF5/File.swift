@@ -39,6 +39,14 @@ public final class File: HDF5Container {
         return File(try ObjectHandle(.file, "H5Fopen", site) { H5Fopen(path, flags, swiftddp_H5P_DEFAULT()) })
     }
 
+    /// Whether `path` is a regular file that holds an HDF5 signature (HDF5's `H5Fis_hdf5`); false for anything else,
+    /// a FIFO or device included (never opened, so never waited on).
+    public static func isHDF5(_ path: String) -> Bool {
+        var status = stat()
+        guard stat(path, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return false }
+        return ((try? h5call("H5Fis_hdf5", Site(file: path, object: nil)) { H5Fis_hdf5(path) }) ?? 0) > 0
+    }
+
     /// Creates a file. With `overwrite` an existing file is truncated; without it an existing file throws
     /// `.alreadyExists`.
     ///

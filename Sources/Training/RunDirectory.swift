@@ -1,5 +1,6 @@
 import Files
 import Foundation
+import HDF5
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -28,11 +29,13 @@ public struct RunDirectory: Sendable {
     public func earlierRunFiles() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
         let metricsSize = (try? FileManager.default.attributesOfItem(atPath: Paths.join(path, "metrics.jsonl"))[.size] as? Int) ?? 0
-        // Checkpoints by their exact names (checkpoint-<step>.h5): "checkpoint-notes.h5" is not the run's.
-        return names.filter {
-            Checkpoint.step(ofCheckpointNamed: $0) != nil || $0 == Checkpoint.latestName || ($0 == "metrics.jsonl" && metricsSize > 0)
-                || Self.isEventFile($0)
-        }.sorted()
+        return names.filter { Self.isRunFileName($0) && ($0 != "metrics.jsonl" || metricsSize > 0) }.sorted()
+    }
+
+    /// Whether `name` is one a run writes and `--overwrite` removes: a checkpoint's exact name (checkpoint-<step>.h5:
+    /// "checkpoint-notes.h5" is not the run's), `latest`, `metrics.jsonl` or an event file.
+    static func isRunFileName(_ name: String) -> Bool {
+        Checkpoint.step(ofCheckpointNamed: name) != nil || name == Checkpoint.latestName || name == "metrics.jsonl" || isEventFile(name)
     }
 
     /// Every file of a run in `directory` (full paths): its checkpoints, `latest`, metrics files (`metrics.jsonl` and
@@ -40,8 +43,7 @@ public struct RunDirectory: Sendable {
     /// run (eval, embed, export, attention maps) never write over.
     public static func runFiles(in directory: String) -> [String] {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter {
-            Checkpoint.step(ofCheckpointNamed: $0) != nil || $0 == Checkpoint.latestName || ($0.hasPrefix("metrics") && $0.hasSuffix(".jsonl"))
-                || isEventFile($0) || $0 == lockName
+            isRunFileName($0) || ($0.hasPrefix("metrics") && $0.hasSuffix(".jsonl")) || $0 == lockName
         }.sorted().map { Paths.join(directory, $0) }
     }
 
@@ -91,12 +93,13 @@ public struct RunDirectory: Sendable {
         do { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) } catch {
             throw TrainingError("\(path): the run directory cannot be created: \(describe(error))")
         }
+        // ("process N on HOST": the form FileLock reads back to tell a stale text and another node's holder.)
         let holder = "ddp train, process \(ProcessInfo.processInfo.processIdentifier) on \(ProcessInfo.processInfo.hostName), "
             + "since \(ISO8601DateFormatter().string(from: Date()))"
         do { return try FileLock.acquire(Paths.join(path, Self.lockName), holder: holder) } catch {
             guard error.message.hasPrefix("is locked by") else { throw TrainingError("\(error)") }
             // On this node the kernel's lock is proof of a live holder; one taken on another node may have outlived it.
-            let elsewhere = error.message.firstMatch(of: /process [0-9]+ on ([^ ,]+),/).map { $0.1 != ProcessInfo.processInfo.hostName } ?? false
+            let elsewhere = FileLock.isHeldOnAnotherNode(error)
             throw TrainingError("\(path) is in use by another run: its lock file \(error.path) \(error.message); two runs in one directory "
                                 + "would overwrite each other's checkpoints. Wait for that run to end (or stop it), or give another --run-dir"
                                 + (elsewhere ? " (if the holder was on a node that crashed, whose lock a network file system can keep, and no "
@@ -193,13 +196,8 @@ public struct RunDirectory: Sendable {
                                 + "nothing was removed: rename or remove it yourself, or give another --run-dir")
         }
         // A file named like a checkpoint that is not HDF5 is not the run's (checked before anything is removed).
-        let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
         for name in earlier where Checkpoint.step(ofCheckpointNamed: name) != nil && Paths.entryType(Paths.join(path, name)) == .typeRegular {
-            let head = FileHandle(forReadingAtPath: Paths.join(path, name)).flatMap { handle in
-                defer { try? handle.close() }
-                return try? handle.read(upToCount: 8)
-            }
-            guard head.map(Array.init) == hdf5Signature else {
+            guard File.isHDF5(Paths.join(path, name)) else {
                 throw TrainingError("\(Paths.join(path, name)) is named like a checkpoint but is not one (not an HDF5 file); --overwrite removes only "
                                     + "a run's own files and nothing was removed: move or rename it, or give another --run-dir")
             }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Data
 import Files
 import Foundation
+import HDF5
 import Kernels
 import Training
 
@@ -174,9 +175,7 @@ struct Prepare: ParsableCommand {
         if !isDirectory.boolValue {
             do { _ = try Paths.regularFileSize(path) } catch { throw RunError("--tokenizer-from \(error).") }
         }
-        let hdf5Signature: [UInt8] = [0x89, 0x48, 0x44, 0x46, 0x0D, 0x0A, 0x1A, 0x0A]
-        if !isDirectory.boolValue, let handle = FileHandle(forReadingAtPath: path),
-           (try? handle.read(upToCount: 8)).map({ Array($0) == hdf5Signature }) == true {
+        if !isDirectory.boolValue, File.isHDF5(path) {
             guard let tokenizer = try Checkpoint.readHeader(path).tokenizer else {
                 throw RunError("--tokenizer-from \(path) is a checkpoint without a tokenizer.")
             }
