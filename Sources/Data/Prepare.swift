@@ -154,6 +154,12 @@ public enum Preparer {
     /// The text of `path` (`TextFile.read`), within what `limit` leaves after the text `read` of earlier files (which
     /// grows by this file's bytes and lines); exceeding it is a `DataError` naming the file and the limit's reason,
     /// for bytes before the file is read whole, for lines once they are counted.
+    /// One file's text within `limit`, as `readText(_:limit:read:)` with nothing read before (`ddp embed`'s lines).
+    public static func readText(_ path: String, limit: TextLimit?) throws -> String {
+        var read = TextRead()
+        return try readText(path, limit: limit, read: &read)
+    }
+
     static func readText(_ path: String, limit: TextLimit?, read: inout TextRead) throws -> String {
         guard let limit else { return try TextFile.read(path) }
         let before = read

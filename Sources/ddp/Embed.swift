@@ -64,7 +64,8 @@ struct Embed: ParsableCommand {
         if let shortfall = MemoryBudget.shortfall(Double(fileBytes) * 16, for: "reading and tokenizing \(input) (\(fileBytes) bytes)") {
             throw EmbedInputError(message: shortfall + "; embed the file in parts")
         }
-        let lines = try TextFile.readLines(input).map(tokenizer.encode)
+        // Within what memory holds as it is read, many short lines too, and a pipe's (whose size is not known first).
+        let lines = TextFile.lines(try Preparer.readText(input, limit: Prepare.textLimit())).map(tokenizer.encode)
         for (number, line) in lines.enumerated() { try tokenizer.refusePadding(in: line, what: "line \(number + 1)", of: input) }
         guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
         try withMPI { runtime in

@@ -243,6 +243,11 @@ final class EncoderOnlyTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: path("ok/metrics.jsonl")))
         let metrics = try run(["embed", "--checkpoint", path("ok"), "--input", path("short.txt"), "--output", path("ok/metrics.jsonl")], expect: 1)
         XCTAssertTrue(metrics.output.contains("metrics.jsonl") && metrics.output.contains("writing it would destroy what is read"), metrics.output)
+        // Many short lines through a pipe, more than memory holds (here under ulimit -v): a sentence, not a crash.
+        let many = try runProcess("/bin/sh", ["-c", "yes ab | head -c 30000000 | (ulimit -v 1000000; exec \"$0\" embed --checkpoint \"$1\" "
+                                              + "--input /dev/stdin --output \"$2\")", ddp, path("ok"), path("many.h5")], timeout: 120)
+        XCTAssertEqual(many.status, 1, many.output)
+        XCTAssertTrue(many.stderr.contains("/dev/stdin: is more text than can be prepared here"), many.output)
         // A FIFO (no writer) or a device as embed's input is refused at once, not waited on.
         XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
         for input in [path("fifo.txt"), "/dev/zero"] {
