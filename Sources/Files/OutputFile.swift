@@ -87,6 +87,20 @@ public enum OutputFile {
         try sync(directory)
     }
 
+    /// Makes the regular file at `path` a file of its own when it has other names (hard links), before something is
+    /// appended to it in place: a copy beside it, synced, renamed over `path` (`write`'s rules), so the other names keep
+    /// the bytes they had. Returns how many names the file had (nil when it had only this one, and nothing was done).
+    public static func separateHardLinks(_ path: String) throws -> Int? {
+        var status = stat()
+        guard lstat(path, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG, status.st_nlink > 1 else { return nil }
+        try write(path) { temporary in
+            do { try FileManager.default.copyItem(atPath: path, toPath: temporary) } catch {
+                throw FileError(path, "cannot be copied to make it a file of its own: \(describe(error))")
+            }
+        }
+        return Int(status.st_nlink)
+    }
+
     /// Writes several files as one (a dataset's shards): `body` fills a temporary beside each of `paths` in turn,
     /// given its index; only when every one is written and synced are they renamed over their paths. When `body` or a
     /// sync throws, every temporary is removed and no path has been touched, so an earlier version of the set stays

@@ -23,7 +23,7 @@ final class ProgressReport {
     init(config: RunConfig, runDirectory: String, log: @escaping (String) -> Void) throws {
         self.config = config
         self.log = log
-        metrics = try MetricsLog(directory: runDirectory, tensorboard: config.training.tensorboard)
+        metrics = try MetricsLog(directory: runDirectory, tensorboard: config.training.tensorboard, log: log)
         started = clock.now
         // A warm-up longer than the run never reaches the rate the config gives (cosine refuses it; noam's rate is its own).
         let (warmup, steps) = (config.schedule.warmupSteps, config.training.steps)
@@ -100,7 +100,10 @@ final class MetricsLog {
     private let events: EventFileWriter?
     private var eventsFailed = false
 
-    init(directory: String, tensorboard: Bool = false) throws {
+    /// Opens `directory`/metrics.jsonl for appending (created when missing). A metrics.jsonl with other names (hard
+    /// links: a snapshot made with `cp -al`, say) is first made a file of its own, a copy renamed over it, so the
+    /// lines appended here do not change those other names; `log` says so.
+    init(directory: String, tensorboard: Bool = false, log: (String) -> Void = { _ in }) throws {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
@@ -108,6 +111,14 @@ final class MetricsLog {
         }
         path = Paths.join(directory, "metrics.jsonl")
         if !FileManager.default.fileExists(atPath: path) { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        do {
+            if let names = try OutputFile.separateHardLinks(path) {
+                log("\(path) had \(names - 1) other name\(names == 2 ? "" : "s") (hard links): the run appends to a copy of it, "
+                    + "and \(names == 2 ? "that name keeps" : "those names keep") the lines it had")
+            }
+        } catch {
+            throw TrainingError("\(error); the run would append to the other names of metrics.jsonl (hard links) too")
+        }
         guard let handle = FileHandle(forWritingAtPath: path) else { throw TrainingError("\(path): cannot open for appending") }
         handle.seekToEndOfFile()
         self.handle = handle

@@ -79,6 +79,12 @@ struct Train: ParsableCommand {
             // The trainer holds the run directory's lock: until the run's last line, not only until its last use.
             defer { withExtendedLifetime(trainer) {} }
             if world.rank == 0 {
+                // The log went to a pipe nobody reads any more: where to go on from goes to standard error, exit 1.
+                if outcome.stopped && StopSignals.received == SIGPIPE {
+                    throw RunError("standard output cannot be written (its reader has gone), so the run stopped at step "
+                                   + "\(outcome.state.step) with a checkpoint; run directory \(directory), metrics \(directory)/metrics.jsonl "
+                                   + "(continue with --resume)")
+                }
                 print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
                       + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))
                 if let evaluation = outcome.evaluation, outcome.evaluationFailure == nil {

@@ -365,6 +365,15 @@ final class NothingLostTests: XCTestCase {
         let renamed = try train(try config("eight.yaml", steps: 8), run: "renamed", ["--resume"])
         XCTAssertEqual(renamed.status, 0, renamed.output)
         XCTAssertTrue(renamed.stdout.contains("holds step 6, not the step 5 its name says; resuming at step 6"), renamed.output)
+        // A snapshot made of hard links (cp -al) keeps its metrics when the run goes on: the run appends to a copy.
+        XCTAssertEqual(link(path("renamed/metrics.jsonl"), path("snapshot-metrics.jsonl")), 0)
+        let snapshot = try String(contentsOfFile: path("snapshot-metrics.jsonl"), encoding: .utf8)
+        let linked = try train(try config("ten.yaml", steps: 10), run: "renamed", ["--resume"])
+        XCTAssertEqual(linked.status, 0, linked.output)
+        XCTAssertTrue(linked.stdout.contains("\(path("renamed/metrics.jsonl")) had 1 other name (hard links): the run appends to a copy of it, "
+                                             + "and that name keeps the lines it had"), linked.output)
+        XCTAssertEqual(try String(contentsOfFile: path("snapshot-metrics.jsonl"), encoding: .utf8), snapshot, "the other name is unchanged")
+        XCTAssertEqual(try metricLines("renamed").filter { $0["loss"] != nil }.map { $0["step"] as? Int }, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
         // A refused start leaves no directory of its own making behind (a mistyped --run-dir with --resume).
         let typo = try train(six, run: "typo/deeper", ["--resume"])
         XCTAssertEqual(typo.status, 1, typo.output)

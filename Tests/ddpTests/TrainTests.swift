@@ -514,7 +514,8 @@ final class TrainTests: XCTestCase {
     }
 
     /// A closed terminal or ssh session (SIGHUP) stops a run as SIGTERM does, with a checkpoint; so does a log pipe
-    /// whose reader has gone (`ddp train | head`), which then exits 1 saying its output could not be written.
+    /// whose reader has gone (`ddp train | head`), which then exits 1 saying its output could not be written, and where
+    /// to go on from on standard error.
     func testHangUpAndALostLogReaderCheckpoint() throws {
         let long = try config(batch: 4, steps: 1_000_000)
         let (process, output) = try startTraining(ranks: 1, config: long, run: "hangup")
@@ -539,7 +540,9 @@ final class TrainTests: XCTestCase {
         let piped = try runProcess("/bin/sh", ["-c", "\"$0\" train --config \"$1\" --run-dir \"$2\" | head -n 2", ddp, long, path("piped")],
                                    environment: mpiEnvironment, timeout: 120)
         XCTAssertFalse(piped.timedOut, piped.output)
-        XCTAssertTrue(piped.stderr.contains("standard output: cannot be written"), piped.output)
+        // Where to go on from is not lost with the log: it goes to standard error.
+        XCTAssertTrue(piped.stderr.contains("standard output cannot be written (its reader has gone), so the run stopped at step ")
+                      && piped.stderr.contains("(continue with --resume)"), piped.output)
         let latest = try String(contentsOfFile: path("piped/latest"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(try runProcess(ddp, ["inspect", path("piped/" + latest)]).status, 0)
     }
