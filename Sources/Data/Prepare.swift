@@ -70,7 +70,7 @@ public struct PrepareOptions: Sendable {
     public init(output: String) { self.output = output }
 }
 
-/// A limit on the text `ddp prepare` reads: preparing holds the text, its lines and their tokens in memory at once,
+/// A limit on the text `ddp prepare` (and `eval --text`, `embed`) reads: preparing holds the text, its lines and their tokens in memory at once,
 /// about `perTextByte` bytes for each byte of text and `perLine` for each line (a line's strings and tokens).
 public struct TextLimit: Sendable {
     /// Bytes of memory preparing may take.
@@ -151,22 +151,34 @@ public enum Preparer {
         return documents
     }
 
-    /// The text of `path` (`TextFile.read`), within what `limit` leaves after the text `read` of earlier files (which
-    /// grows by this file's bytes and lines); exceeding it is a `DataError` naming the file and the limit's reason,
-    /// for bytes before the file is read whole, for lines once they are counted.
-    /// One file's text within `limit`, as `readText(_:limit:read:)` with nothing read before (`ddp embed`'s lines).
+    /// Lines of `text` as an editor counts them: each ends at LF, CRLF or a lone CR, and a last line without an end
+    /// counts too ("a\nb\n" and "a\r\nb" are 2, "" is 0).
+    static func lineCount(_ text: String) -> Int {
+        var count = 0, previous: UInt8 = 10
+        for byte in text.utf8 {
+            if byte == 10 { if previous != 13 { count += 1 } } else if byte == 13 { count += 1 }
+            previous = byte
+        }
+        return count + (previous == 10 || previous == 13 ? 0 : 1)
+    }
+
+    /// One file's text within `limit`, as `readText(_:limit:read:)` with nothing read before (`ddp embed`'s lines,
+    /// `ddp eval`'s text).
     public static func readText(_ path: String, limit: TextLimit?) throws -> String {
         var read = TextRead()
         return try readText(path, limit: limit, read: &read)
     }
 
+    /// The text of `path` (`TextFile.read`), within what `limit` leaves after the text `read` of earlier files (which
+    /// grows by this file's bytes and lines); exceeding it is a `DataError` naming the file and the limit's reason,
+    /// for bytes before the file is read whole, for lines once they are counted.
     static func readText(_ path: String, limit: TextLimit?, read: inout TextRead) throws -> String {
         guard let limit else { return try TextFile.read(path) }
         let before = read
         func refusal(_ what: String) -> DataError {
-            DataError(file: path, "is more text than can be prepared here: \(what)\(before.bytes == 0 ? "" : ", with the files before it") "
-                      + "(preparing takes up to \(limit.perTextByte) bytes of memory per byte of text and \(limit.perLine) per line, and "
-                      + "\(limit.reason)); prepare less text, or on a machine with more memory")
+            DataError(file: path, "is more text than fits in memory here: \(what)\(before.bytes == 0 ? "" : ", with the files before it") "
+                      + "(text takes up to \(limit.perTextByte) bytes of memory per byte and \(limit.perLine) per line while it is "
+                      + "tokenized, and \(limit.reason)); give less text, or use a machine with more memory")
         }
         let text: String
         do { text = try TextFile.read(path, largest: max(0, (limit.memory - limit.cost(bytes: before.bytes, lines: before.lines)) / limit.perTextByte)) } catch {
@@ -174,7 +186,7 @@ public enum Preparer {
             throw refusal("more than \(limit.textBytes) bytes in all")
         }
         read.bytes += text.utf8.count
-        read.lines += text.utf8.reduce(into: 0) { count, byte in if byte == 10 || byte == 13 { count += 1 } } + 1
+        read.lines += lineCount(text)
         guard limit.cost(bytes: read.bytes, lines: read.lines) <= limit.memory else {
             throw refusal("\(read.lines) lines in \(read.bytes) bytes in all")
         }

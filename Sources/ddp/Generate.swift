@@ -68,7 +68,7 @@ struct Generate: ParsableCommand {
         }
         if let maxTokens, maxTokens < 1 { throw ValidationError("--max-tokens must be 1 or more, got \(maxTokens).") }
         if let temperature, !(temperature >= 0 && temperature.isFinite) {
-            throw ValidationError("--temperature must be 0 (greedy) or more, got \(temperature).")
+            throw ValidationError("--temperature must be a finite number, 0 (greedy) or more, got \(temperature).")
         }
         if let topK, topK < 0 { throw ValidationError("--top-k must be 0 (all) or more, got \(topK).") }
         if let topP, !(topP > 0 && topP <= 1) { throw ValidationError("--top-p must be more than 0 and at most 1, got \(topP).") }

@@ -89,7 +89,7 @@ struct DecodingOptions: ParsableArguments {
             throw ValidationError("--beam-size must be 1 to \(Self.largestBeam), got \(beamSize).")
         }
         if let lengthPenalty, !(lengthPenalty >= 0 && lengthPenalty.isFinite) {
-            throw ValidationError("--length-penalty must be 0 or more, got \(lengthPenalty).")
+            throw ValidationError("--length-penalty must be a finite number, 0 or more, got \(lengthPenalty).")
         }
     }
 
@@ -97,7 +97,9 @@ struct DecodingOptions: ParsableArguments {
     /// known to decode translations, so the advice to add `--decode beam` is never wrong.
     func checkBeamSettings() throws {
         if decode != .beam, let option = given.first(where: { $0 != "--decode" }) {
-            throw ValidationError("\(option) applies to beam search only; add --decode beam (or leave \(option) out).")
+            // A run-time refusal (the model is known by now), without the usage ArgumentParser would print: the root
+            // command's, since it cannot tell which subcommand threw.
+            throw RunError("\(option) applies to beam search only; add --decode beam (or leave \(option) out).")
         }
     }
 

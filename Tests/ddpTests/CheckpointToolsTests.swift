@@ -442,7 +442,10 @@ final class CheckpointToolsTests: XCTestCase {
             ([path("lm-run"), "--prompt", "a", "--max-tokens", "0"], "--max-tokens must be 1 or more, got 0."),
             ([path("lm-run"), "--prompt", "a", "--temperature", "0", "--top-k", "3"], "--top-k does nothing with --temperature 0 (greedy"),
             ([path("lm-run"), "--prompt", "a", "--temperature", "0", "--seed", "3"], "--seed does nothing with --temperature 0"),
-            ([path("lm-run"), "--prompt", "a", "--temperature", "-1"], "--temperature must be 0 (greedy) or more, got -1.0."),
+            ([path("lm-run"), "--prompt", "a", "--temperature", "-1"], "--temperature must be a finite number, 0 (greedy) or more, got -1.0."),
+            ([path("lm-run"), "--prompt", "a", "--temperature", "inf"], "--temperature must be a finite number, 0 (greedy) or more, got inf."),
+            ([path("reverse-run"), "--input", "abc", "--decode", "beam", "--length-penalty", "nan"],
+             "--length-penalty must be a finite number, 0 or more, got nan."),
             ([path("lm-run"), "--prompt", "a", "--top-k", "-3"], "--top-k must be 0 (all) or more, got -3."),
             ([path("lm-run"), "--prompt", "a", "--top-p", "-0.5"], "--top-p must be more than 0 and at most 1, got -0.5."),
             ([path("reverse-run"), "--input", "abc", "--decode", "beam", "--beam-size", "-1"], "--beam-size must be 1 to 256, got -1."),
@@ -451,6 +454,8 @@ final class CheckpointToolsTests: XCTestCase {
             let result = try generate(arguments)
             XCTAssertNotEqual(result.status, 0, "\(arguments): \(result.output)")
             XCTAssertTrue(result.stderr.contains(message), "\(arguments): \(result.output)")
+            // A refusal made once the checkpoint is read shows no usage (it would be the root command's, not generate's).
+            if message.contains("applies to beam search only") { XCTAssertFalse(result.stderr.contains("Usage: ddp <subcommand>"), result.output) }
         }
         // ddp eval: decoding options on a model that decodes nothing (--max-decode 0, decoding none, is true of it).
         for option in [["--decode", "beam"], ["--max-decode", "3"], ["--bleu-tokenize", "char"]] {

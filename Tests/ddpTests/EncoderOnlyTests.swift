@@ -247,7 +247,7 @@ final class EncoderOnlyTests: XCTestCase {
         let many = try runProcess("/bin/sh", ["-c", "yes ab | head -c 30000000 | (ulimit -v 1000000; exec \"$0\" embed --checkpoint \"$1\" "
                                               + "--input /dev/stdin --output \"$2\")", ddp, path("ok"), path("many.h5")], timeout: 120)
         XCTAssertEqual(many.status, 1, many.output)
-        XCTAssertTrue(many.stderr.contains("/dev/stdin: is more text than can be prepared here"), many.output)
+        XCTAssertTrue(many.stderr.contains("/dev/stdin: is more text than fits in memory here"), many.output)
         // A FIFO (no writer) or a device as embed's input is refused at once, not waited on.
         XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
         for input in [path("fifo.txt"), "/dev/zero"] {

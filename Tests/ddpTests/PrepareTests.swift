@@ -134,8 +134,8 @@ final class PrepareTests: XCTestCase {
             let big = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; \(feed)exec \"$0\" prepare --task lm --input \(input) --output \"$2\"",
                                                  ddp, path("big.txt"), path("big")], timeout: 120)
             XCTAssertEqual(big.status, 1, "\(input): \(big.output)")
-            XCTAssertTrue(big.stderr.contains("is more text than can be prepared here: more than")
-                          && big.stderr.contains("bytes of memory per byte of text") && big.stderr.contains("(ulimit -v)"), "\(input): \(big.output)")
+            XCTAssertTrue(big.stderr.contains("is more text than fits in memory here: more than")
+                          && big.stderr.contains("bytes of memory per byte and") && big.stderr.contains("(ulimit -v)"), "\(input): \(big.output)")
         }
         // Many short lines cost more than their bytes: counted once read. A small corpus prepares under the same limit.
         // (3M lines cost 768 MB at 256 bytes each, more than the whole 600 MB limit, whatever the process maps at start.)
@@ -143,7 +143,7 @@ final class PrepareTests: XCTestCase {
         let short = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; exec \"$0\" prepare --tsv \"$1\" --output \"$2\"", ddp, path("short.tsv"),
                                                path("short")], timeout: 120)
         XCTAssertEqual(short.status, 1, short.output)
-        XCTAssertTrue(short.stderr.contains("short.tsv: is more text than can be prepared here: 3000001 lines in 12000000 bytes"), short.output)
+        XCTAssertTrue(short.stderr.contains("short.tsv: is more text than fits in memory here: 3000000 lines in 12000000 bytes"), short.output)
         let small = try runProcess("/bin/sh", ["-c", "ulimit -v 600000; exec \"$0\" prepare --task lm --input \"$1\" --output \"$2\"", ddp,
                                                path("corpus.txt"), path("small")], timeout: 120)
         XCTAssertEqual(small.status, 0, small.output)
