@@ -51,7 +51,7 @@ public enum Paths {
     /// Why `path`, which `FileManager.fileExists` does not find, is missing, as a clause that follows the path:
     /// "does not exist", or for a symbolic link "is a link to T, which does not exist" (a dangling link), "is a link
     /// that loops" (a link that names itself, directly or through other links) or "is a chain of more than 40 links";
-    /// "ends in / but is not a directory" for a file named as a directory.
+    /// "ends in / but is not a directory" for a file named as a directory; for "-", how to give standard input.
     public static func whyMissing(_ path: String) -> String {
         let (reached, problem) = followingLinks(path)
         if let problem { return problem }
@@ -60,6 +60,8 @@ public enum Paths {
             return reached == withoutTrailingSeparators(path) ? "ends in / but is not a directory"
                 : "ends in / but is a link to \(reached), which is not a directory"
         }
+        // "-" is standard input to many tools; here every input is a path, and standard input's is /dev/stdin.
+        if path == "-" { return "does not exist (for standard input, give /dev/stdin)" }
         return reached == withoutTrailingSeparators(path) ? "does not exist" : "is a link to \(reached), which does not exist"
     }
 

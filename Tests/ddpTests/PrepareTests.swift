@@ -127,6 +127,10 @@ final class PrepareTests: XCTestCase {
         let direct = try prepare(["--task", "lm", "--input", path("corpus.txt"), "--output", path("direct"), "--valid-fraction", "0"])
         XCTAssertEqual(piped.stdout.split(separator: "\n").filter { $0.hasPrefix("train") },
                        direct.stdout.split(separator: "\n").filter { $0.hasPrefix("train") }, "the same text through a pipe")
+        // "-" is a path like any other, and its refusal says how to give standard input.
+        let dash = try runProcess(ddp, ["prepare", "--task", "lm", "--input", "-", "--output", path("dash")])
+        XCTAssertEqual(dash.status, 1, dash.output)
+        XCTAssertTrue(dash.stderr.contains("-: does not exist (for standard input, give /dev/stdin)"), dash.output)
         // More text than memory allows (here under ulimit -v) is refused by file before it is read whole, a pipe's too.
         try String(repeating: String(repeating: "x", count: 99) + "\n", count: 400_000).write(toFile: path("big.txt"), atomically: true, encoding: .utf8)
         for input in ["\"$1\"", "/dev/stdin < \"$1\"", "/dev/stdin"] {
