@@ -13,12 +13,14 @@ struct Embed: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write the encoder's hidden states of every line of a text file to HDF5 (encoder-only and encoder-decoder checkpoints).",
         discussion: """
-            Each line is tokenized with the checkpoint's tokenizer (no framing tokens) and encoded on its own, with \
-            bidirectional attention; a line longer than the model's context is an error naming it. The output holds \
+            Each line is tokenized with the checkpoint's tokenizer and encoded on its own, with bidirectional \
+            attention, as the model saw text in training: an encoder-only model's lines as they are (its training \
+            windows have no framing tokens), an encoder-decoder model's followed by EOS (as every source it trained on \
+            and translates is). A line longer than the model's context is an error naming it. The output holds \
             `tokens` [N] (int32, every line's tokens one after another), `offsets` [L + 1] (int64: line i is \
             tokens[offsets[i]:offsets[i + 1]]), `hidden` [N, d_model] (float32, the encoder's output, after the final \
             norm of a pre-norm model) and `mean` [L, d_model] (each line's mean over its tokens; zeros for an empty \
-            line), with the checkpoint, its step and the tokenizer as attributes. Under mpirun the lines are split \
+            line of an encoder-only model), with the checkpoint, its step and the tokenizer as attributes. Under mpirun the lines are split \
             across ranks and rank 0 writes them in input order (each rank pads its own batches, so values agree with \
             one process to rounding). The output is a file: a directory or one of the inputs is refused.
 
@@ -65,8 +67,10 @@ struct Embed: ParsableCommand {
             throw EmbedInputError(message: shortfall + "; embed the file in parts")
         }
         // Within what memory holds as it is read, many short lines too, and a pipe's (whose size is not known first).
-        let lines = TextFile.lines(try Preparer.readText(input, limit: Prepare.textLimit())).map(tokenizer.encode)
+        var lines = TextFile.lines(try Preparer.readText(input, limit: Prepare.textLimit())).map(tokenizer.encode)
         for (number, line) in lines.enumerated() { try tokenizer.refusePadding(in: line, what: "line \(number + 1)", of: input) }
+        // An encoder-decoder model's encoder saw every source with its EOS (data shards, `ddp generate`).
+        if header.config.model.kind == .encoderDecoder { lines = lines.map { $0 + [tokenizer.specialTokens.eos] } }
         guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
         try withMPI { runtime in
             let world = runtime.world
@@ -78,7 +82,8 @@ struct Embed: ParsableCommand {
                 let (model, _) = try Checkpoint.loadModel(path, maxBatch: batchSize ?? evaluationRows(batchSize: header.config.training.batchSize,
                                                                                                         samples: lines.count, worldSize: world.size))
                 if let (number, line) = lines.enumerated().first(where: { $0.element.count > model.maxSourceLength }) {
-                    throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens; the model takes at most "
+                    throw EmbedInputError(message: "\(input) line \(number + 1) is \(line.count) tokens"
+                                                   + (header.config.model.kind == .encoderDecoder ? " with its EOS" : "") + "; the model takes at most "
                                                    + "\(model.maxSourceLength), the length its run trained at: shorten or split the line")
                 }
                 // Every line's hidden states are held whole on every rank (and summed across ranks), and rank 0 adds

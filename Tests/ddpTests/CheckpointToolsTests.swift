@@ -1,4 +1,5 @@
 import Foundation
+import Basics
 import HDF5
 import TestSupport
 import XCTest
@@ -484,6 +485,30 @@ final class CheckpointToolsTests: XCTestCase {
         let tooLong = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run"), "--input", "abcdefghijkl"])
         XCTAssertNotEqual(tooLong.status, 0)
         XCTAssertTrue(tooLong.stderr.contains("at most 8"), tooLong.output)
+    }
+
+    /// `ddp embed` of an encoder-decoder checkpoint encodes each line as the model saw sources, followed by EOS: the
+    /// tokens written end with it, an empty line is EOS alone, and a line's states are the same in any company.
+    func testEmbedOfATranslationModelEncodesSourcesWithTheirEOS() throws {
+        try "abc\n\nhgfe\n".write(toFile: path("sources.txt"), atomically: true, encoding: .utf8)
+        try "abc\n".write(toFile: path("source.txt"), atomically: true, encoding: .utf8)
+        for (input, output) in [("sources.txt", "sources.h5"), ("source.txt", "source.h5")] {
+            let result = try runProcess(ddp, ["embed", "--checkpoint", path("reverse-run"), "--input", path(input), "--output", path(output)])
+            XCTAssertEqual(result.status, 0, result.output)
+        }
+        let all = try File.open(path("sources.h5")), one = try File.open(path("source.h5"))
+        let eos = SpecialTokens.standard.eos
+        XCTAssertEqual(try all.openDataset("offsets").read(as: Int64.self), [0, 4, 5, 10])
+        let tokens = try all.openDataset("tokens").read(as: Int32.self)
+        XCTAssertEqual([tokens[3], tokens[4], tokens[9]], [eos, eos, eos])
+        XCTAssertEqual(try one.openDataset("tokens").read(as: Int32.self), Array(tokens[0..<4]))
+        let width = try one.openDataset("hidden").shape[1]
+        let alone = try one.openDataset("hidden").read(as: Float.self), together = try all.openDataset("hidden").read(as: Float.self)
+        XCTAssertLessThan(zip(alone, together[0..<(4 * width)]).map { abs($0 - $1) }.max()!, 1e-5)
+        let long = try runProcess(ddp, ["embed", "--checkpoint", path("reverse-run"), "--input", "/dev/stdin", "--output", path("long.h5")],
+                                  standardInput: "abcdefghijkl\n")
+        XCTAssertEqual(long.status, 1, long.output)
+        XCTAssertTrue(long.stderr.contains("line 1 is 13 tokens with its EOS; the model takes at most"), long.output)
     }
 
     /// A new-user trial's findings: standard input that cannot be read (a directory, or closed) is a sentence, not a
