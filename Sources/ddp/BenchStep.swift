@@ -45,7 +45,7 @@ struct BenchStep: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
-    @Flag(help: "Only load and check the config, and print the model's parameter count.")
+    @Flag(help: "Only load and check the config (and that memory holds the model's parameters, gradients and AdamW moments), and print the model's parameter count.")
     var dryRun = false
 
     func validate() throws {
@@ -57,7 +57,13 @@ struct BenchStep: ParsableCommand {
         let run = try config.load()
         let model = run.model
         if dryRun {
-            print("\(config.config): valid, \(TransformerModel.parameterLayout(for: model).count) parameters")
+            // Parameters, gradients and AdamW's two moments, at least (activations come on top): a model this machine
+            // cannot hold is not "valid" here, though nothing is allocated to find out.
+            let parameters = TransformerModel.parameterLayout(for: model).count
+            if let shortfall = MemoryBudget.shortfall(Double(parameters) * 16, for: "training it (parameters, gradients and AdamW moments, before activations)") {
+                throw RunError("\(config.config): a model of \(parameters) parameters, which this machine cannot train: \(shortfall)")
+            }
+            print("\(config.config): valid, \(parameters) parameters")
             return
         }
         try withMPI { runtime in

@@ -76,6 +76,12 @@ final class BenchStepTests: XCTestCase {
             XCTAssertEqual(result.status, 0, "\(name): \(result.output)")
             if let parameters { XCTAssertTrue(result.stdout.contains("valid, \(parameters) parameters"), result.stdout) }
         }
+        // A model no machine of this kind holds is not "valid" in a dry run either (nothing is allocated to find out).
+        let w2 = repository.appendingPathComponent("Configs/bench-w2.yaml").path
+        let huge = try runProcess(ddp, ["bench", "step", "--config", w2, "--set", "model.d_model=49152", "--set", "model.d_ff=196608", "--dry-run"])
+        XCTAssertEqual(huge.status, 1, huge.output)
+        XCTAssertTrue(huge.stderr.contains("\(w2): a model of 173975273472 parameters, which this machine cannot train: training it "
+                                           + "(parameters, gradients and AdamW moments, before activations) needs 2592.43 GiB, more than 90% of the"), huge.output)
     }
 
     private func configError(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
