@@ -13,6 +13,7 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     // (never both at once).
     let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
     do {
+        if runtime.world.size > 1 { try requireOneCommand(runtime.world) }
         let result = try body(runtime)
         try runtime.finalize()
         return result
@@ -38,6 +39,35 @@ func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
         try? runtime.finalize()
         throw error
     }
+}
+
+/// The command this process runs ("train", "bench step"): the subcommand names at the head of its arguments.
+private var commandName: String {
+    let names = CommandLine.arguments.dropFirst().prefix { !$0.hasPrefix("-") }
+    return names.prefix(names.first == "bench" ? 2 : 1).joined(separator: " ")
+}
+
+/// Every rank of a job must run the same command: mpirun's MPMD form (`mpirun -np 1 ddp train ... : -np 1 ddp eval
+/// ...`) would otherwise leave each waiting in collectives the others never make. The first collective of every
+/// command is this fixed-size exchange of their names, so it matches whatever the ranks run; a difference is an error
+/// every rank raises alike (said once).
+private func requireOneCommand(_ world: Communicator) throws {
+    let width = 64
+    let own = Array(commandName.utf8.prefix(width))
+    let all = try world.allgather(own + [UInt8](repeating: 0, count: width - own.count))
+    let names = (0..<world.size).map { rank in
+        String(decoding: all[(rank * width)..<((rank + 1) * width)].prefix { $0 != 0 }, as: UTF8.self)
+    }
+    guard Set(names).count > 1 else { return }
+    let listed = names.enumerated().map { "rank \($0.offset) ddp \($0.element)" }.joined(separator: ", ")
+    throw DifferentCommands(message: "the ranks of this job run different commands (\(listed)); each waits in steps the "
+                                     + "others never take: give every rank the same ddp command")
+}
+
+/// Ranks of one job that run different commands (`requireOneCommand`).
+private struct DifferentCommands: ErrorOnEveryRank, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }
 
 /// The lines that report every rank's error (`messages[r]` is rank r's): "Error: SENTENCE" when all ranks raised the

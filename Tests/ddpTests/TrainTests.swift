@@ -323,7 +323,7 @@ final class TrainTests: XCTestCase {
 
     /// A start-up refusal under mpirun ends the job without an MPI abort, its sentence printed once: on one rank only
     /// (its --set names lm data) with that rank's number; on every rank without; in the data checks and in the
-    /// batching checks after the ranks' agreement on the config.
+    /// batching checks after the ranks' agreement on the config; and ranks that run different commands.
     func testAStartUpRefusalOnAnyRankStopsEveryRankWithItsSentence() throws {
         guard let mpirun = findOnPath("mpirun") else { throw XCTSkip("mpirun is not installed") }
         try "a few words\n\nand a few more words here, enough for windows".write(toFile: path("corpus.txt"), atomically: true, encoding: .utf8)
@@ -351,6 +351,15 @@ final class TrainTests: XCTestCase {
         let small = ["--set", "training.max_tokens=3"]
         let budget = try job(small, small)
         XCTAssertTrue(budget.stderr.contains("Error: ") && budget.stderr.contains("training.max_tokens"), budget.output)
+        // Ranks that run different commands (mpirun's 'A : B' with train and eval) stop at once, said once; before,
+        // each waited in collectives the other never made.
+        let mixed = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", good, "--run-dir", path("mixed"), ":",
+                                            "-np", "1", ddp, "bench", "step", "--config", good], environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(mixed.timedOut, "the job hung:\n\(mixed.output)")
+        XCTAssertNotEqual(mixed.status, 0, mixed.output)
+        XCTAssertEqual(mixed.stderr.components(separatedBy: "Error: the ranks of this job run different commands (rank 0 ddp train, "
+                                                             + "rank 1 ddp bench step)").count - 1, 1, mixed.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("mixed")), "nothing written")
     }
 
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
