@@ -64,7 +64,7 @@ public final class EventFileWriter {
             let payload = try event.serializedBytes() as [UInt8]
             try handle.write(contentsOf: Data(Self.record(payload)))
         } catch {
-            throw EventFileError(path: path, message: "cannot be written: \(error)")
+            throw EventFileError(path: path, message: "cannot be written: \(describe(error))")
         }
     }
 

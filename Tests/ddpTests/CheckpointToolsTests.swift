@@ -430,6 +430,12 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertTrue(tooLong.stderr.contains("standard input is 5000 tokens; the model takes at most"), tooLong.output)
         let huge = try generate([path("lm-run"), "--prompt", "-"], standardInput: String(repeating: "a", count: (1 << 20) + 1))
         XCTAssertTrue(huge.stderr.contains("standard input: holds more than the 1048576 bytes read"), huge.output)
+        // Output that cannot be written (a full disk) is a sentence; it crashed the language model's streaming.
+        let full = try runProcess("/bin/sh", ["-c", "exec \"$0\" generate --checkpoint \"$1\" --prompt a --max-tokens 5 > /dev/full",
+                                              ddp, path("lm-run")])
+        XCTAssertEqual(full.status, 1, full.output)
+        XCTAssertTrue(full.stderr.contains("standard output: cannot be written (No space left on device); the generated text is lost"),
+                      full.output)
         let refusals: [([String], String)] = [
             ([path("lm-run"), "--prompt", "a", "--decode", "beam"], "--decode does not apply to \(path("lm-run"))"),
             ([path("lm-run"), "--prompt", "a", "--beam-size", "2"], "a decoder-only model, which continues text by sampling"),
