@@ -83,6 +83,15 @@ public enum Checkpoint {
         }
         let name = fileName(step: state.step)
         let final = Paths.join(directory, name)
+        let earlier = (try? latest(in: directory)) ?? nil
+        let kept = earlier.map { "the run's latest checkpoint, \($0), is untouched" } ?? "no checkpoint of this run was written before"
+        // A diverged update (a learning rate far too large, say) can leave values no resume can go on from, with a
+        // finite loss and gradient norm at this step: they are not saved, and `latest` and the rotation keep the
+        // checkpoints before.
+        if let unusable = unusableState(model, optimizer: optimizer) {
+            throw CheckpointError(file: final, message: "is not written: after step \(state.step) the model holds \(unusable), so training "
+                                  + "diverged (a learning rate far too large?); \(kept)")
+        }
         // The run's checkpoint names are its own: a link placed under one is replaced, never written through (which
         // would overwrite the file it names, anywhere). Removing a link leaves its target as it was.
         if (try? manager.destinationOfSymbolicLink(atPath: final)) != nil {
@@ -98,7 +107,7 @@ public enum Checkpoint {
                 try file.close()
             }
         } catch {
-            throw CheckpointError(file: final, message: "writing failed, the previous checkpoint is untouched: \(error)")
+            throw CheckpointError(file: final, message: "writing failed (\(describe(error))); \(kept)")
         }
         try pointLatest(directory: directory, at: name)
         try prune(directory: directory, keep: max(1, keep), protecting: name, abandoned: abandoned.subtracting([name]))
@@ -376,6 +385,32 @@ public enum Checkpoint {
         }
     }
 
+    /// The AdamW moments that no update can have made, with how many values: a first moment (`exp_avg`) that is not
+    /// finite, a second moment (`exp_avg_sq`, a running mean of squares) that is not finite or is negative. Named
+    /// "exp_avg of NAME" and "exp_avg_sq of NAME", as torch's optimizer state names them.
+    public static func impossibleMoments(_ optimizer: AdamW, layout: ParameterLayout) -> [(name: String, count: Int)] {
+        layout.views.flatMap { view -> [(name: String, count: Int)] in
+            let first = optimizer.firstMoment[view].reduce(0) { $0 + ($1.isFinite ? 0 : 1) }
+            let second = optimizer.secondMoment[view].reduce(0) { $0 + ($1.isFinite && $1 >= 0 ? 0 : 1) }
+            return (first > 0 ? [("exp_avg of \(view.name)", first)] : []) + (second > 0 ? [("exp_avg_sq of \(view.name)", second)] : [])
+        }
+    }
+
+    /// What keeps a model and its optimizer from being a checkpoint to go on from, as a clause listing the tensors
+    /// (`nonFiniteTensors`, then `impossibleMoments`), or nil when nothing does.
+    public static func unusableState(_ model: TransformerModel, optimizer: AdamW) -> String? {
+        let parameters = nonFiniteTensors(model), moments = impossibleMoments(optimizer, layout: model.layout)
+        var parts: [String] = []
+        if !parameters.isEmpty {
+            parts.append("parameters that are not finite (NaN or infinity) in " + parameters.map { "\($0.name) (\($0.count))" }.joined(separator: ", "))
+        }
+        if !moments.isEmpty {
+            parts.append("AdamW moments no update makes (not finite, or a negative exp_avg_sq) in "
+                         + moments.map { "\($0.name) (\($0.count))" }.joined(separator: ", "))
+        }
+        return parts.isEmpty ? nil : parts.joined(separator: "; ")
+    }
+
     /// Checks that resuming `path` with `config` sees the samples the run would have seen: the seed, the global batch
     /// (batch_size x ranks x grad_accum, the sampler position's unit; 0 for token-budget batches, whose budget
     /// `training.max_tokens` and `training.length_groups` must then be the same, on any number of ranks), the training data and, for a language model,
@@ -506,6 +541,9 @@ extension Checkpoint {
             model = try TransformerModel(config: run.model, maxBatch: maxBatch,
                                          maxSourceLength: run.model.kind == .encoderDecoder ? run.data.sourceLength : 0,
                                          maxTargetLength: run.data.targetLength)
+        } catch where error.key == "batch_size" {
+            // The model fits; the activations of maxBatch rows do not (the caller's batch size, not the checkpoint).
+            throw CheckpointError(file: path, message: "\(error.message); use smaller batches (--batch-size)")
         } catch {
             throw CheckpointError(file: path, message: "its config does not build a model: \(error)")
         }

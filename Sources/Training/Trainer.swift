@@ -182,12 +182,17 @@ public final class Trainer {
                 do {
                     return (batching, try TransformerModel(config: config.model, maxBatch: batching.maxRows,
                                                            maxSourceLength: isLM ? 0 : config.data.sourceLength,
-                                                           maxTargetLength: config.data.targetLength, shapes: batching.shapes))
-                } catch let error as ModelConfigError {
+                                                           maxTargetLength: config.data.targetLength, shapes: batching.shapes,
+                                                           optimizerState: true))
+                } catch let error as ModelConfigError where error.key == "batch_size" {
+                    // The activations of the batches push the model over: the batching keys are at fault, not the model's.
+                    guard let maxTokens = config.training.maxTokens else {
+                        throw TrainingError("training.batch_size \(config.training.batchSize): \(error.message); lower it, or raise "
+                                            + "training.grad_accum (the same global batch in smaller micro-batches)")
+                    }
                     // With a token budget, the batches' shapes (and the evaluation's batch_size rows) decide the memory.
-                    guard let maxTokens = config.training.maxTokens, error.key == "d_model" else { throw error }
                     throw TrainingError("training.max_tokens \(maxTokens) (batches of up to \(batching.maxRows) rows, the "
-                                        + "evaluation's included, which training.batch_size bounds): \(error); lower them, or raise training.grad_accum")
+                                        + "evaluation's included, which training.batch_size bounds): \(error.message); lower them, or raise training.grad_accum")
                 }
             }
             model.specialTokens = train.tokenizer.specialTokens
@@ -482,10 +487,8 @@ public final class Trainer {
             do { header = try Checkpoint.load(path, into: model, optimizer: optimizer) } catch let error as CheckpointError {
                 throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
             }
-            let nonFinite = Checkpoint.nonFiniteTensors(model)
-            guard nonFinite.isEmpty else {
-                throw CheckpointError(file: path, message: "cannot resume: parameters that are not finite (NaN or infinity) in "
-                                      + nonFinite.map(\.name).joined(separator: ", ") + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
+            if let unusable = Checkpoint.unusableState(model, optimizer: optimizer) {
+                throw CheckpointError(file: path, message: "cannot resume: \(unusable)" + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
             }
             numbers = [Int64(header.state.step), Int64(header.state.position.epoch), Int64(header.state.position.batch),
                        Int64(bitPattern: header.state.dropoutSeed), Int64(header.optimizerStep)]

@@ -138,8 +138,13 @@ public final class TransformerModel {
     /// the longest lengths, which is what token-budget batches (many short rows or a few long ones) need. Buffers are
     /// re-carved from the arena whenever a batch does not fit the current ones; a batch that fits in no listed shape
     /// is a precondition failure.
+    ///
+    /// `optimizerState`: the memory check also counts what AdamW will allocate for this model (two moments, as many
+    /// floats as the parameters), for a caller that trains it. A shortfall is charged to key `d_model` when the
+    /// parameters, gradients and moments alone do not fit, else to `batch_size` (the activations of `maxBatch` rows
+    /// push it over).
     public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int,
-                shapes: [BatchShape] = []) throws(ModelConfigError) {
+                shapes: [BatchShape] = [], optimizerState: Bool = false) throws(ModelConfigError) {
         try config.validate()
         let isEncoderDecoder = config.kind == .encoderDecoder
         guard maxBatch >= 1 && maxBatch <= 1 << 15 else {
@@ -185,9 +190,11 @@ public final class TransformerModel {
             if counting.used > largest.floats { largest.floats = counting.used; largest.shape = shape }
             largest.countedFloats = max(largest.countedFloats, counting.usedFloats)
         }
-        let bytes = (2 * Double(layout.count) + Double(tableFloats) + largest.countedFloats) * Double(MemoryLayout<Float>.stride)
-        if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (parameters, gradients and activations for batches of \(maxBatch))") {
-            throw ModelConfigError(key: "d_model", message: shortfall)
+        let fixedBytes = ((optimizerState ? 4 : 2) * Double(layout.count) + Double(tableFloats)) * Double(MemoryLayout<Float>.stride)
+        let bytes = fixedBytes + largest.countedFloats * Double(MemoryLayout<Float>.stride)
+        let parts = optimizerState ? "parameters, gradients, AdamW moments" : "parameters, gradients"
+        if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (\(parts) and activations for batches of \(maxBatch))") {
+            throw ModelConfigError(key: MemoryBudget.shortfall(fixedBytes, for: "") == nil ? "batch_size" : "d_model", message: shortfall)
         }
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Training
+import Kernels
 import MPI
 
 struct BenchAllreduce: ParsableCommand {
@@ -47,6 +48,13 @@ struct BenchAllreduce: ParsableCommand {
         try withMPI { runtime in
             let world = runtime.world
             let count = max(1, Int(sizeMb * 1_048_576) / MemoryLayout<Float>.stride)
+            // The buffer, and as much again that MPI may take for a large message: checked on every rank, said once.
+            try togetherOnEveryRank(world, "memory check") {
+                let bytes = 2 * Double(count * MemoryLayout<Float>.stride)
+                if let shortfall = MemoryBudget.shortfall(bytes, for: "--size-mb \(sizeMb) (the buffer, and as much again for MPI)") {
+                    throw RunError(shortfall + "; give a smaller --size-mb")
+                }
+            }
             let result = try measure(world, count: count)
             if world.rank == 0 { print(json ? try result.json() : result.table()) }
         }

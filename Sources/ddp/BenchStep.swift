@@ -70,7 +70,12 @@ struct BenchStep: ParsableCommand {
             let world = runtime.world
             let threadCount = threads.apply(localRanks: world.localSize)
             let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
-            let transformer = try TransformerModel(config: model, maxBatch: b, maxSourceLength: s, maxTargetLength: t)
+            let transformer: TransformerModel
+            do {
+                transformer = try TransformerModel(config: model, maxBatch: b, maxSourceLength: s, maxTargetLength: t, optimizerState: true)
+            } catch let error as ModelConfigError where error.key == "batch_size" {
+                throw RunError("\(config.config): training.batch_size \(b): \(error.message) (the activations of a batch push the model over)")
+            }
             transformer.initializeParameters(seed: run.training.seed)
             let step = TrainingStep(model: transformer, optimizer: AdamW(layout: transformer.layout, settings: run.optimizer.settings),
                                     world: world, training: run.training)

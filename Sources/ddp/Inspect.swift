@@ -133,7 +133,8 @@ struct Inspect: ParsableCommand {
                 """)
             let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1, allowNonFinite: true)
             // The AdamW moments too, so "checksums verified" covers everything --resume reads.
-            try Checkpoint.load(path, into: loaded, optimizer: AdamW(layout: loaded.layout, settings: header.config.optimizer.settings))
+            let optimizer = AdamW(layout: loaded.layout, settings: header.config.optimizer.settings)
+            try Checkpoint.load(path, into: loaded, optimizer: optimizer)
             let width = max(6, loaded.layout.views.map(\.name.count).max() ?? 0)
             var digest: UInt64 = 0xCBF2_9CE4_8422_2325
             for byte in UnsafeRawBufferPointer(loaded.parameters.storage) { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
@@ -151,6 +152,13 @@ struct Inspect: ParsableCommand {
             if !nonFinite.isEmpty {
                 print("\ncheckpoint  NOT USABLE: parameters that are not finite (NaN or infinity) in "
                       + nonFinite.keys.sorted().joined(separator: ", ") + "; eval, generate and export refuse it")
+                return false
+            }
+            let moments = Checkpoint.impossibleMoments(optimizer, layout: loaded.layout)
+            if !moments.isEmpty {
+                print("\ncheckpoint  NOT RESUMABLE: AdamW moments no update makes (not finite, or a negative exp_avg_sq) in "
+                      + moments.map { "\($0.name) (\($0.count))" }.joined(separator: ", ") + "; --resume refuses it (eval, generate and "
+                      + "export, which read only the parameters, take it)")
                 return false
             }
             return true

@@ -84,6 +84,21 @@ final class BenchStepTests: XCTestCase {
                                            + "(parameters, gradients and AdamW moments, before activations) needs 2592.43 GiB, more than 90% of the"), huge.output)
     }
 
+    /// A trial's finding: the memory check left out AdamW's moments (and bench allreduce had none), so a limit between
+    /// the estimate and the real need (here ulimit -v) trapped in an allocation instead of a sentence.
+    func testMemoryChecksCountWhatTrainingAllocates() throws {
+        let w4 = repository.appendingPathComponent("Configs/bench-w4.yaml").path
+        let step = try runProcess("/bin/sh", ["-c", "ulimit -v 3000000; exec \"$0\" bench step --config \"$1\" --steps 1 --warmup 0 --threads 1",
+                                              ddp, w4], timeout: 120)
+        XCTAssertEqual(step.status, 1, step.output)
+        XCTAssertTrue(step.stderr.contains("the model (parameters, gradients, AdamW moments and activations for batches of 1) needs 2.73 GiB"),
+                      step.output)
+        let allreduce = try runProcess("/bin/sh", ["-c", "ulimit -v 2000000; exec \"$0\" bench allreduce --size-mb 4096 --iterations 1 --warmup 0",
+                                                   ddp], environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(allreduce.status, 1, allreduce.output)
+        XCTAssertTrue(allreduce.stderr.contains("--size-mb 4096.0 (the buffer, and as much again for MPI) needs 8.00 GiB"), allreduce.output)
+    }
+
     private func configError(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         let path = directory.appendingPathComponent("config.yaml").path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)

@@ -384,6 +384,43 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(file.stderr.contains("is a file"), file.output)
     }
 
+    /// A trial's finding: an update that diverged (here a learning rate of 3e38) left parameters that are not finite
+    /// with a finite loss, and its checkpoint was written, `latest` moved to it and the good one rotated away. Now it
+    /// is not written, and the last good one stays `latest`. AdamW moments no update makes (a negative exp_avg_sq,
+    /// written by hand) are refused by --resume and pointed out by inspect.
+    func testADivergedModelIsNeverCheckpointed() throws {
+        let five = try config("five.yaml", steps: 5), ten = try config("ten.yaml", steps: 10)
+        XCTAssertEqual(try train(five, run: "diverged", ["--set", "checkpoint.keep=1"]).status, 0)
+        let diverged = try train(ten, run: "diverged", ["--resume", "--set", "optimizer.lr=3.0e38", "--set", "optimizer.weight_decay=10",
+                                                       "--set", "checkpoint.every=1", "--set", "checkpoint.keep=1"])
+        XCTAssertEqual(diverged.status, 1, diverged.output)
+        XCTAssertTrue(diverged.stderr.contains("checkpoint-00000006.h5: is not written: after step 6 the model holds parameters that are not "
+                                               + "finite (NaN or infinity) in ")
+                      && diverged.stderr.contains("the run's latest checkpoint, \(path("diverged/checkpoint-00000005.h5")), is untouched"),
+                      diverged.output)
+        XCTAssertEqual(files(in: "diverged").filter { $0.hasPrefix("checkpoint-") }, ["checkpoint-00000005.h5"])
+        XCTAssertEqual(try String(contentsOfFile: path("diverged/latest"), encoding: .utf8), "checkpoint-00000005.h5\n")
+        XCTAssertEqual(try ddp(["inspect", path("diverged")]).status, 0, "the good checkpoint stays usable")
+
+        // A negative second moment: inspect says the checkpoint cannot be resumed, and --resume refuses it by tensor.
+        do {
+            let file = try File.open(path("diverged/checkpoint-00000005.h5"), mode: .readWrite)
+            let moment = try file.openDataset("optimizer/exp_avg_sq/embed.weight")
+            var values = try moment.read(as: Float.self)
+            values[0] = -1
+            try moment.write(values)
+            try file.close()
+        }
+        let inspected = try ddp(["inspect", path("diverged")])
+        XCTAssertEqual(inspected.status, 1, inspected.output)
+        XCTAssertTrue(inspected.stdout.contains("NOT RESUMABLE: AdamW moments no update makes (not finite, or a negative exp_avg_sq) in "
+                                                + "exp_avg_sq of embed.weight (1)"), inspected.output)
+        let resumed = try train(ten, run: "diverged", ["--resume"])
+        XCTAssertEqual(resumed.status, 1, resumed.output)
+        XCTAssertTrue(resumed.stderr.contains("cannot resume: AdamW moments no update makes (not finite, or a negative exp_avg_sq) in "
+                                              + "exp_avg_sq of embed.weight (1)"), resumed.output)
+    }
+
     /// A requeued job whose first attempt died before its first checkpoint, and a `latest` naming a deleted file.
     func testResumeIfPresentAndOverwriteAfterAbruptEnds() throws {
         try FileManager.default.createDirectory(atPath: path("early"), withIntermediateDirectories: true)
