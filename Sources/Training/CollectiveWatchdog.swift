@@ -14,6 +14,8 @@ import Synchronization
 ///   and counts time only since the last word from any rank. So a slow evaluation or a long checkpoint write is never
 ///   taken for a stall, while a stopped rank (SIGSTOP) or a cut link goes silent and ends the job within the timeout;
 ///   the message names the ranks that sent no word.
+/// - Time this process spent stopped itself (the whole job suspended, Ctrl-Z then `fg`) is not counted: the watch
+///   loops notice the pause (`suspensionGap`) and count from its end.
 ///
 /// Notices travel on a duplicate of the world communicator (tag `noticeTag`), so they never meet training messages.
 /// MPI runs `.serialized`: the notice thread makes MPI calls only while the main thread does local work.
@@ -35,6 +37,9 @@ public final class CollectiveWatchdog: @unchecked Sendable {
     /// Counts the polled collectives; every rank runs the same sequence, so the numbers agree across ranks.
     private var phaseNumber: Int64 = 0
     static let noticeTag = 7_301
+    /// A pause in a loop that runs every 0.2 s (or faster) this long means the process was stopped, not that another
+    /// rank was slow: the time waited is counted from the end of the pause.
+    static let suspensionGap = Duration.seconds(2)
 
     /// `world` must be the communicator the collectives run on; every rank constructs its watchdog at the same point
     /// (the notice channel is made by a collective).
@@ -47,9 +52,15 @@ public final class CollectiveWatchdog: @unchecked Sendable {
         guard timeoutSeconds > 0 else { return }
         // The thread holds the watchdog only while it checks, so releasing the watchdog also ends the thread.
         let thread = Thread { [weak self] in
+            var last = ContinuousClock.now
             while true {
                 Thread.sleep(forTimeInterval: 0.2)
                 guard let watchdog = self, watchdog.running.load(ordering: .relaxed) else { return }
+                // This process was stopped meanwhile (SIGSTOP, a suspended job, Ctrl-Z and fg), the whole job perhaps:
+                // no rank waited for another in that time, so the guarded collective's time counts from now.
+                let now = ContinuousClock.now
+                if now - last > Self.suspensionGap { watchdog.phase.withLock { $0?.started = now } }
+                last = now
                 watchdog.check()
             }
         }
@@ -109,10 +120,14 @@ public final class CollectiveWatchdog: @unchecked Sendable {
             sends.append(try notices.isend(Self.notice(phase: phaseNumber, arrived: true), to: other, tag: Self.noticeTag))
         }
         defer { for send in sends where (try? send.test()) != true { send.abandon() } }
-        var lastWord = started
+        var lastWord = started, lastPoll = started
         var heard = Set([rank]), arrived = Set([rank])
         var pause = 0.000_05
         while try !request.test() {
+            // Stopped meanwhile (see `suspensionGap`): the others' silence in that time says nothing about them.
+            let now = ContinuousClock.now
+            if now - lastPoll > Self.suspensionGap { lastWord = now }
+            lastPoll = now
             while let (source, value) = try notices.receivePending(tag: Self.noticeTag) {
                 guard value >> 1 == phaseNumber else { continue }  // a notice of an earlier phase, late
                 lastWord = .now
@@ -125,7 +140,7 @@ public final class CollectiveWatchdog: @unchecked Sendable {
                 let waiting = (0..<size).filter { !arrived.contains($0) }
                 fail("collective '\(name)' did not complete within \(timeout) of the last word from any rank"
                      + (silent.isEmpty ? "" : "; no word at all from rank(s) \(silent.map(String.init).joined(separator: ", "))")
-                     + (waiting.isEmpty ? "; every rank had arrived, so the network failed"
+                     + (waiting.isEmpty ? "; every rank had arrived, so a rank stopped inside it (suspended or hung) or the network failed"
                         : "; rank(s) \(waiting.map(String.init).joined(separator: ", ")) had not arrived (stalled, or the network failed)"))
             }
             Thread.sleep(forTimeInterval: pause)

@@ -624,6 +624,28 @@ final class TrainTests: XCTestCase {
         XCTAssertLessThan(elapsed, 33)
     }
 
+    /// The whole job stopped for longer than collective_timeout (a suspended batch job, Ctrl-Z then fg) goes on when
+    /// it continues: no rank waited for another meanwhile. Before, every rank ended the job at once.
+    func testASuspendedJobGoesOnWhenItContinues() throws {
+        let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 2")
+        let (process, output) = try startTraining(ranks: 2, config: long, run: "suspended")
+        let ranks = try rankProcessIDs(long)
+        XCTAssertEqual(ranks.count, 2)
+        for pid in ranks { kill(pid, SIGSTOP) }
+        Thread.sleep(forTimeInterval: 6)
+        for pid in ranks { kill(pid, SIGCONT) }
+        Thread.sleep(forTimeInterval: 4)
+        let going = process.isRunning
+        for pid in ranks { kill(pid, SIGTERM) }
+        let (finished, _) = waitForExit(process, within: 60)
+        for pid in ranks { kill(pid, SIGKILL) }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(going, "the job ended after it continued:\n\(text)")
+        XCTAssertTrue(finished, text)
+        XCTAssertFalse(text.contains("did not complete within"), text)
+        XCTAssertTrue(text.contains("stopped by a signal at step"), text)
+    }
+
     /// kill -9 of one rank ends the job within 30 s with a non-zero status.
     func testKilledRankEndsTheJob() throws {
         let long = try config(batch: 4, steps: 1_000_000, extra: ", collective_timeout: 60")
@@ -674,7 +696,7 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(result.output.components(separatedBy: "stopping at step 10").count - 1, 1, result.output)
         XCTAssertTrue(result.output.contains("No space left on device"), result.output)
         XCTAssertFalse(result.output.contains("crashed") || result.output.contains("exited on signal"), "a rank crashed:\n\(result.output)")
-        XCTAssertTrue(result.output.contains("the previous checkpoint is untouched"), result.output)
+        XCTAssertTrue(result.output.contains("the run's latest checkpoint, \(full)/checkpoint-00000005.h5, is untouched"), result.output)
         let latest = try String(contentsOfFile: full + "/latest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(latest, "checkpoint-00000005.h5")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: full).filter { $0.hasSuffix(".tmp") }, [], "a partial file was left")
