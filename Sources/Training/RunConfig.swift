@@ -638,11 +638,26 @@ public struct RunConfig: Codable, Equatable, Sendable {
             }
             if section.isEmpty {
                 try checkKeys(value, section: key, file: file)
+            } else if let scalar = value.scalar, scalar.style == .plain, let form = unclearNumberForm(scalar.string) {
+                throw ConfigError(file: file, key: path, message: "\(scalar.string.prefix(40)) is \(form) in YAML 1.1, which this "
+                                  + "config is read by; write the number in decimal (or quote it for a string)")
             } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {
                 // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
                 throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")
             }
         }
+    }
+
+    /// What YAML 1.1 (the YAML library's resolver) reads a plain scalar as when that is not the decimal number it looks
+    /// like to a reader of YAML 1.2 or JSON: "010" octal 8, "1:00" base 60 (60), "0x10" hexadecimal, "0b10" binary.
+    /// Nil for decimal numbers (`10`, `-3`, `1.0e-3`, `0.5`, `0`) and for text.
+    static func unclearNumberForm(_ text: String) -> String? {
+        if text.wholeMatch(of: /[-+]?0[0-7_]+/) != nil { return "an octal number" }
+        if text.wholeMatch(of: /[-+]?0[0-9_]+/) != nil { return "not a number (a leading zero makes octal, and 8 and 9 are no octal digits)" }
+        if text.wholeMatch(of: /[-+]?0x[0-9a-fA-F_]+/) != nil { return "a hexadecimal number" }
+        if text.wholeMatch(of: /[-+]?0b[01_]+/) != nil { return "a binary number" }
+        if text.wholeMatch(of: /[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?/) != nil { return "a base-60 number" }
+        return nil
     }
 
     private static func closest(to key: String, in candidates: Set<String>) -> String? {
@@ -759,6 +774,14 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         return node?.scalar?.string
     }
 
+    /// Whether the scalar at `keys` of a composed config is written in quotes.
+    static func isQuoted(at keys: [String], in root: Node?) -> Bool {
+        var node = root
+        for key in keys { node = node?.mapping?[Node(key)] }
+        guard let style = node?.scalar?.style else { return false }
+        return style == .singleQuoted || style == .doubleQuoted
+    }
+
     init(decoding error: DecodingError, file: String, root: Node? = nil) {
         func path(_ context: DecodingError.Context) -> String {
             context.codingPath.map(\.stringValue).joined(separator: ".")
@@ -773,7 +796,11 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         case .typeMismatch(let type, let context):
             // A whole number the key's type cannot hold is out of range, not "not an integer" (a seed of -5, 2^63 steps).
             var message = "expected \(describeType(type))"
-            if let text = Self.scalar(at: context.codingPath.map(\.stringValue), in: root), text.wholeMatch(of: /[-+]?[0-9][0-9_]*/) != nil,
+            let keys = context.codingPath.map(\.stringValue)
+            if Self.isQuoted(at: keys, in: root), let text = Self.scalar(at: keys, in: root) {
+                // "20" in quotes is a string to YAML, whatever it looks like.
+                message += ", not the quoted string \"\(text.prefix(40))\" (write it without quotes)"
+            } else if let text = Self.scalar(at: keys, in: root), text.wholeMatch(of: /[-+]?[0-9][0-9_]*/) != nil,
                type == UInt64.self || type == Int.self || type == Int32.self {
                 let range = type == UInt64.self ? "0 to \(UInt64.max)" : type == Int32.self ? "\(Int32.min) to \(Int32.max)" : "\(Int.min) to \(Int.max)"
                 message = "\(text) is out of range (an integer from \(range))"

@@ -95,6 +95,21 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.steps=9223372036854775808"),
                        "--set training.steps=9223372036854775808: config key 'training.steps': 9223372036854775808 is out of range (an integer from \(Int.min) to \(Int.max))")
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
+        // A trial's finding: YAML 1.1 forms of numbers were read silently (010 as 8, 1:00 as 60, 0x10 as 16), and a
+        // quoted number was "out of range".
+        let decimal = "; write the number in decimal (or quote it for a string)"
+        XCTAssertEqual(error("training.steps=010"), "--set training.steps=010: config key 'training.steps': 010 is an octal number in "
+                       + "YAML 1.1, which this config is read by" + decimal)
+        XCTAssertEqual(error("training.steps=1:00"), "--set training.steps=1:00: config key 'training.steps': 1:00 is a base-60 number in "
+                       + "YAML 1.1, which this config is read by" + decimal)
+        XCTAssertEqual(error("optimizer.lr=1:30.0"), "--set optimizer.lr=1:30.0: config key 'optimizer.lr': 1:30.0 is a base-60 number "
+                       + "in YAML 1.1, which this config is read by" + decimal)
+        XCTAssertEqual(error("training.seed=0x10"), "--set training.seed=0x10: config key 'training.seed': 0x10 is a hexadecimal number "
+                       + "in YAML 1.1, which this config is read by" + decimal)
+        XCTAssertTrue(error("training.steps=08").contains("08 is not a number (a leading zero makes octal, and 8 and 9 are no octal digits)"))
+        XCTAssertEqual(error("training.steps=\"20\""), "--set training.steps=\"20\": config key 'training.steps': expected an integer, not "
+                       + "the quoted string \"20\" (write it without quotes)")
+        XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.seed=0"]).training.seed, 0, "0 is decimal")
         XCTAssertEqual(error("training.steps=many"), "--set training.steps=many: config key 'training.steps': expected an integer")
         XCTAssertEqual(error("training.steps=[1"), "--set training.steps=[1: config key 'training.steps': '[1' is not a YAML value")
         XCTAssertEqual(error("model.d_model=-2"), "--set model.d_model=-2: config key 'model.d_model': must be even and at least 2, got -2")
