@@ -110,10 +110,18 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
     public var trainTokens = 0, validTokens = 0
     /// Files written for each split.
     public var trainShards = 0, validShards = 0
-    /// seq2seq: pairs left out because a side had more than `maxPairTokens` tokens.
-    public var dropped = 0
+    /// seq2seq: pairs left out because a side had more than `maxPairTokens` tokens (nil: no limit was given).
+    public var dropped = 0, maxPairTokens: Int?
+    /// The vocabulary size asked of a BPE trained here, when the text gave fewer merges than that.
+    public var askedVocabularySize: Int?
     /// seq2seq: pairs kept with an empty source or target (an empty line on one side), and the first one's number.
     public var emptySides = 0, firstEmptySide = 0
+
+    /// Notes the vocabulary size `options` asked of a BPE trained here when it ended smaller.
+    mutating func noteVocabulary(asked options: PrepareOptions) {
+        guard options.fixedTokenizer == nil, options.tokenizer == .bpe, tokenizer.vocabularySize < options.vocabularySize else { return }
+        askedVocabularySize = options.vocabularySize
+    }
 
     /// The summary as `ddp prepare` prints it: one line per split, and the dropped pairs for seq2seq.
     public var description: String {
@@ -123,7 +131,11 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
             train       \(trainSamples) \(unit), \(trainTokens) tokens, \(trainShards) shard(s)
             valid       \(validSamples) \(unit), \(validTokens) tokens, \(validShards) shard(s)
             """
-        if task == .seq2seq { text += "\ndropped     \(dropped) pairs longer than --max-length" }
+        if let askedVocabularySize {
+            text += "\nnote        --vocab-size \(askedVocabularySize) was asked; the text has no pair of tokens left to merge past "
+                + "\(tokenizer.vocabularySize) (a model's vocab_size may still be larger)"
+        }
+        if task == .seq2seq, let maxPairTokens { text += "\ndropped     \(dropped) pairs longer than --max-length \(maxPairTokens)" }
         if emptySides > 0 {
             text += "\nempty       \(emptySides) pairs kept with an empty source or target (the first is pair \(firstEmptySide)); "
                 + "they train the model to map to or from nothing"
@@ -372,6 +384,7 @@ public enum Preparer {
         options.inputs += inputs
         let (train, valid) = split(documents.count, options: options)
         var summary = PrepareSummary(task: .lm, tokenizer: tokenizer)
+        summary.noteVocabulary(asked: options)
         try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { name, shard, shards, indices, path in
             var encoded: [[Int32]] = []
             for (done, index) in indices.enumerated() {
@@ -415,7 +428,9 @@ public enum Preparer {
         guard !encoded.isEmpty else { throw DataError(file: options.output, "every pair is longer than --max-length") }
         let (train, valid) = split(encoded.count, options: options)
         var summary = PrepareSummary(task: .seq2seq, tokenizer: tokenizer)
+        summary.noteVocabulary(asked: options)
         summary.dropped = dropped
+        summary.maxPairTokens = options.maxPairTokens
         (summary.emptySides, summary.firstEmptySide) = (emptySides, firstEmptySide)
         try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { _, _, _, indices, path in
             let chosen = indices.map { encoded[$0] }

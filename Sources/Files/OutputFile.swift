@@ -46,8 +46,9 @@ public enum OutputFile {
                 throw FileError(path, "exists and is not a regular file (\(words(for: kind))); it is not replaced")
             }
             for input in inputs where sameFile(target, input) {
-                throw FileError(path, "is \(input == path ? "an input of this command" : "the input \(input)"); "
-                                      + "writing it would destroy what is read — give another output path")
+                // (Callers list the files of the run a checkpoint is read from among the inputs: kept, though not read.)
+                throw FileError(path, "is \(input == path ? "an input of this command, or a file of the run it reads from" : "the input \(input)"); "
+                                      + "writing it would destroy what is read or kept — give another output path")
             }
         }
         let directory = Paths.parent(target)

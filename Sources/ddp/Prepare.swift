@@ -106,6 +106,16 @@ struct Prepare: ParsableCommand {
                                   + "--synthetic makes (in memory); give fewer samples or a smaller --max-length.")
         }
         if let maxPairTokens, maxPairTokens < 1 { throw ValidationError("--max-length must be at least 1, got \(maxPairTokens).") }
+        // Options that would be ignored without a word: a language model's documents are cut into windows at training.
+        if !input.isEmpty && maxPairTokens != nil {
+            throw ValidationError("--max-length is for pairs (seq2seq); --task lm keeps whole documents, which training cuts into windows of data.target_length.")
+        }
+        if failOnLong && maxPairTokens == nil {
+            throw ValidationError("--fail-on-long needs --max-length: without it no pair is too long.")
+        }
+        if failOnLong && synthetic != nil {
+            throw ValidationError("--fail-on-long is for text pairs; --synthetic makes none longer than --max-length.")
+        }
         if tokenizerFrom != nil && (tokenizer != nil || vocabSize != nil) {
             throw ValidationError("--tokenizer-from encodes with an existing tokenizer; --tokenizer and --vocab-size build one. Give one or the other.")
         }

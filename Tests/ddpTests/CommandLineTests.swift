@@ -130,6 +130,17 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory.path + "/d/train-00000.h5"), "nothing was prepared")
     }
 
+    /// Launch/mpirun.sh: an option given last without its value is named (bash said "$2: unbound variable").
+    func testTheLauncherNamesAnOptionWithoutItsValue() throws {
+        let launcher = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Launch/mpirun.sh").path
+        for option in ["-np", "--threads", "--hostfile", "--network", "--rsh-agent", "--env", "--mpi-arg"] {
+            let result = try runProcess("/bin/bash", [launcher, option])
+            XCTAssertEqual(result.status, 2, result.output)
+            XCTAssertEqual(result.stderr, "mpirun.sh: \(option) needs a value\n", result.output)
+        }
+    }
+
     func testInspectErrorsNameTheFile() throws {
         let missing = try runProcess(ddp, ["inspect", "/nonexistent/shard.h5"])
         XCTAssertNotEqual(missing.status, 0)

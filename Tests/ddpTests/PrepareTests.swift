@@ -116,6 +116,16 @@ final class PrepareTests: XCTestCase {
         try failure(["--synthetic", "reverse", "--tsv", path("bad.tsv"), "--output", path("x")], "Give exactly one input")
         try failure(["--synthetic", "reverse", "--output", path("x"), "--tokenizer", "bpe", "--vocab-size", "100"], "--vocab-size must exceed 260")
         try failure(["--synthetic", "shuffle", "--output", path("x")], "shuffle")
+        // Options that would do nothing are refused (a trial found them ignored without a word).
+        try "some text\n".write(toFile: path("doc.txt"), atomically: true, encoding: .utf8)
+        try failure(["--task", "lm", "--input", path("doc.txt"), "--output", path("x"), "--max-length", "8"], "--max-length is for pairs (seq2seq)")
+        try failure(["--tsv", path("empty.tsv"), "--output", path("x"), "--fail-on-long"], "--fail-on-long needs --max-length")
+        try failure(["--synthetic", "reverse", "--output", path("x"), "--max-length", "8", "--fail-on-long"], "--fail-on-long is for text pairs")
+        XCTAssertFalse(empty.stdout.contains("dropped"), "no --max-length, nothing said about dropping: \(empty.output)")
+        // A BPE that ends below the --vocab-size asked says so.
+        let fewMerges = try prepare(["--tsv", path("empty.tsv"), "--output", path("bpe"), "--tokenizer", "bpe", "--vocab-size", "5000"])
+        XCTAssertTrue(fewMerges.stdout.contains("note        --vocab-size 5000 was asked; the text has no pair of tokens left to merge past "),
+                      fewMerges.output)
         // A FIFO waits for a writer that may never come: refused. A pipe a shell hands over has one: read.
         XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)
         try failure(["--task", "lm", "--input", path("fifo.txt"), "--output", path("x")], "fifo.txt: is not a regular file (a FIFO, device or socket)")
