@@ -156,11 +156,28 @@ struct AttentionMaps: ParsableCommand {
         }
     }
 
+    /// Whether `directory` holds the pictures of an earlier `ddp attention` (its attention.h5, format swiftddp-attention).
+    static func holdsEarlierPictures(_ directory: String) -> Bool {
+        let path = Paths.join(directory, "attention.h5")
+        guard Paths.entryType(path) == .typeRegular, File.isHDF5(path), let file = try? File.open(path) else { return false }
+        return (try? file.stringAttribute("format")) == "swiftddp-attention"
+    }
+
     private func write(_ maps: [AttentionMap], encoderTokens: [Int32], decoderTokens: [Int32], encoderLabels: [String],
                        decoderLabels: [String], checkpoint: String, step: Int, inputs: [String]) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
             throw PicturesInputError("--output \(output) is a file; give a directory to write the pictures into")
+        }
+        // Files are replaced only where an earlier `ddp attention` wrote its pictures (its attention.h5 there says so):
+        // anything else under those names (a site's index.html, say) is someone else's.
+        let names = maps.flatMap { map in (0..<map.heads).map { "\(map.kind.identifier)-layer\(map.layer)-head\($0).svg" } }
+            + ["index.html", "attention.h5"]
+        let taken = names.filter { FileManager.default.fileExists(atPath: Paths.join(output, $0)) }
+        if !taken.isEmpty && !Self.holdsEarlierPictures(output) {
+            throw PicturesInputError("--output \(output) holds \(taken.prefix(5).joined(separator: ", "))\(taken.count > 5 ? " and \(taken.count - 5) more" : ""), "
+                                     + "which this command would replace, and no attention.h5 of an earlier ddp attention; nothing was "
+                                     + "written: give another --output (a new or empty directory)")
         }
         do {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)

@@ -169,6 +169,16 @@ final class PicturesCommandTests: XCTestCase {
         let both = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--input", "y", "--output", path("bad")],
                            expect: 64)
         XCTAssertTrue(both.output.contains("give one input"), both.output)
+        // A trial's finding: a directory holding someone else's files under the names attention writes (a site's
+        // index.html) had them replaced. Now refused, with nothing written; an earlier attention output is replaced.
+        try FileManager.default.createDirectory(atPath: path("site"), withIntermediateDirectories: true)
+        try "<h1>my homepage</h1>\n".write(toFile: path("site/index.html"), atomically: true, encoding: .utf8)
+        let site = try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--output", path("site")], expect: 1)
+        XCTAssertTrue(site.output.contains("--output \(path("site")) holds index.html, which this command would replace, and no attention.h5 "
+                                           + "of an earlier ddp attention; nothing was written"), site.output)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("site")), ["index.html"])
+        XCTAssertEqual(try String(contentsOfFile: path("site/index.html"), encoding: .utf8), "<h1>my homepage</h1>\n")
+        for _ in 0..<2 { try run(["attention", "--checkpoint", path("decoder-only-run"), "--prompt", "x", "--output", path("again")]) }
     }
 
     /// Training curves of a resumed run and of two runs: well-formed files, one line per run per chart, each step
