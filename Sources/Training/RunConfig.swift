@@ -638,7 +638,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
             }
             if section.isEmpty {
                 try checkKeys(value, section: key, file: file)
-            } else if let scalar = value.scalar, scalar.style == .plain, let form = unclearNumberForm(scalar.string) {
+            } else if path != "data.directory", ConfigError.choices[path] == nil, let scalar = value.scalar, scalar.style == .plain,
+                      let form = unclearNumberForm(scalar.string) {
+                // (Only numeric keys: a directory named 007 is read as written.)
                 throw ConfigError(file: file, key: path, message: "\(scalar.string.prefix(40)) is \(form) in YAML 1.1, which this "
                                   + "config is read by; write the number in decimal (or quote it for a string)")
             } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {

@@ -110,6 +110,8 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.steps=\"20\""), "--set training.steps=\"20\": config key 'training.steps': expected an integer, not "
                        + "the quoted string \"20\" (write it without quotes)")
         XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.seed=0"]).training.seed, 0, "0 is decimal")
+        XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["data.directory=007"]).data.directory, "007",
+                       "a directory's name is text, read as written")
         XCTAssertEqual(error("training.steps=many"), "--set training.steps=many: config key 'training.steps': expected an integer")
         XCTAssertEqual(error("training.steps=[1"), "--set training.steps=[1: config key 'training.steps': '[1' is not a YAML value")
         XCTAssertEqual(error("model.d_model=-2"), "--set model.d_model=-2: config key 'model.d_model': must be even and at least 2, got -2")
