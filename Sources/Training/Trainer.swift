@@ -158,7 +158,7 @@ public final class Trainer {
 
     /// Threads, data, the ranks' agreement on config and data, the sampler and the model (not yet initialised).
     private func setUp() throws -> Run {
-        let threads = config.training.threads > 0 ? config.training.threads : defaultComputeThreads(localRanks: world.localSize)
+        let threads = config.training.threads > 0 ? config.training.threads : try defaultComputeThreads(localRanks: world.localSize)
         setComputeThreads(threads)
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {
@@ -541,10 +541,14 @@ public struct RunDirectoryRefused: ErrorOnEveryRank, CustomStringConvertible, Se
 public let largestThreadCount = 1 << 12
 
 /// Compute threads per rank when nothing says otherwise: SWIFTDDP_THREADS (Launch/mpirun.sh sets it from the
-/// hostfile's ranks per node; a value outside 1...`largestThreadCount` is not taken), else this node's cores / ranks
-/// sharing this node.
-public func defaultComputeThreads(localRanks: Int) -> Int {
-    if let text = ProcessInfo.processInfo.environment["SWIFTDDP_THREADS"], let threads = Int(text), (1...largestThreadCount).contains(threads) {
+/// hostfile's ranks per node; empty is unset), else this node's cores / ranks sharing this node. Throws
+/// `TrainingError` for a SWIFTDDP_THREADS that is not a whole number from 1 to `largestThreadCount` (it was ignored).
+public func defaultComputeThreads(localRanks: Int) throws -> Int {
+    if let text = ProcessInfo.processInfo.environment["SWIFTDDP_THREADS"], !text.isEmpty {
+        guard let threads = Int(text), (1...largestThreadCount).contains(threads) else {
+            throw TrainingError("SWIFTDDP_THREADS=\(text.prefix(40)): expected a whole number of compute threads from 1 to "
+                                + "\(largestThreadCount) (or unset it: then this node's cores divided by the ranks on it)")
+        }
         return threads
     }
     return max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, localRanks))

@@ -54,7 +54,7 @@ struct BenchDecode: ParsableCommand {
         guard config.kind.hasDecoder else {
             throw RunError("\(self.config.config) is an encoder-only model, which does not decode token by token")
         }
-        let threadCount = threads.apply()
+        let threadCount = try threads.apply()
         let isEncoderDecoder = config.kind == .encoderDecoder
         let sourceLength = isEncoderDecoder ? max(1, run.data.sourceLength) : 0
         let model = try TransformerModel(config: config, maxBatch: 1, maxSourceLength: sourceLength, maxTargetLength: positions)

@@ -68,7 +68,7 @@ struct BenchStep: ParsableCommand {
         }
         try withMPI { runtime in
             let world = runtime.world
-            let threadCount = threads.apply(localRanks: world.localSize)
+            let threadCount = try threads.apply(localRanks: world.localSize)
             let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
             let transformer: TransformerModel
             do {

@@ -86,7 +86,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         try requireOneProcess("ddp generate")
-        threads.apply()
+        try threads.apply()
         let path = try checkpoint.resolve()
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         guard let tokenizer = header.tokenizer else {

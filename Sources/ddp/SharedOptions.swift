@@ -40,8 +40,8 @@ struct ThreadsOption: ParsableArguments {
 
     /// Sets the compute threads (`localRanks`: processes of this job on this node) and returns how many.
     @discardableResult
-    func apply(localRanks: Int = 1) -> Int {
-        let count = threads ?? defaultComputeThreads(localRanks: localRanks)
+    func apply(localRanks: Int = 1) throws -> Int {
+        let count = try threads ?? defaultComputeThreads(localRanks: localRanks)
         setComputeThreads(count)
         return count
     }

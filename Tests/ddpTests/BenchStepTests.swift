@@ -99,6 +99,21 @@ final class BenchStepTests: XCTestCase {
         XCTAssertTrue(allreduce.stderr.contains("--size-mb 4096.0 (the buffer, and as much again for MPI) needs 8.00 GiB"), allreduce.output)
     }
 
+    /// A SWIFTDDP_THREADS that is not a thread count is refused by name (it was ignored without a word); empty is unset.
+    func testAThreadCountFromTheEnvironmentIsChecked() throws {
+        let tiny = repository.appendingPathComponent("Configs/tiny.yaml").path
+        for value in ["abc", "-1", "5000"] {
+            let result = try runProcess(ddp, ["bench", "step", "--config", tiny, "--steps", "1", "--warmup", "0"],
+                                        environment: mpiEnvironment.merging(["SWIFTDDP_THREADS": value]) { $1 })
+            XCTAssertEqual(result.status, 1, result.output)
+            XCTAssertTrue(result.stderr.contains("SWIFTDDP_THREADS=\(value): expected a whole number of compute threads from 1 to 4096"),
+                          result.output)
+        }
+        let empty = try runProcess(ddp, ["bench", "step", "--config", tiny, "--steps", "1", "--warmup", "0"],
+                                   environment: mpiEnvironment.merging(["SWIFTDDP_THREADS": ""]) { $1 })
+        XCTAssertEqual(empty.status, 0, empty.output)
+    }
+
     private func configError(_ yaml: String, file: StaticString = #filePath, line: UInt = #line) throws -> String {
         let path = directory.appendingPathComponent("config.yaml").path
         try yaml.write(toFile: path, atomically: true, encoding: .utf8)
