@@ -57,6 +57,11 @@ struct Train: ParsableCommand {
     func run() throws {
         // A write to a pipe whose reader has gone fails (EPIPE) instead of killing the run before its checkpoint.
         signal(SIGPIPE, SIG_IGN)
+        // The default run directory is named after the config file; a config a shell hands over as /dev/fd/63
+        // (`--config <(...)`) names no run.
+        if runDir == nil, config.config.hasPrefix("/dev/fd/") || config.config.hasPrefix("/proc/self/fd/") || config.config.hasPrefix("/dev/stdin") {
+            throw RunError("--config \(config.config) is a pipe, whose name says nothing of the run: give --run-dir")
+        }
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
         try withMPI { runtime in
             let world = runtime.world

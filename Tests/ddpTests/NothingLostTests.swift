@@ -374,6 +374,12 @@ final class NothingLostTests: XCTestCase {
                                              + "and that name keeps the lines it had"), linked.output)
         XCTAssertEqual(try String(contentsOfFile: path("snapshot-metrics.jsonl"), encoding: .utf8), snapshot, "the other name is unchanged")
         XCTAssertEqual(try metricLines("renamed").filter { $0["loss"] != nil }.map { $0["step"] as? Int }, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+        // A config from a pipe names no run: --run-dir is asked for (it trained into runs/63, the pipe's number).
+        let piped = try runProcess("/bin/bash", ["-c", "cd \"$1\" && exec \"$0\" train --config <(cat \"$2\")", ddp, directory.path, six],
+                                   environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(piped.status, 1, piped.output)
+        XCTAssertTrue(piped.stderr.contains("is a pipe, whose name says nothing of the run: give --run-dir"), piped.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("runs")), "no run directory named after the pipe")
         // A refused start leaves no directory of its own making behind (a mistyped --run-dir with --resume).
         let typo = try train(six, run: "typo/deeper", ["--resume"])
         XCTAssertEqual(typo.status, 1, typo.output)
