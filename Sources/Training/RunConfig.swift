@@ -633,7 +633,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
             }
             let path = section.isEmpty ? key : "\(section).\(key)"
             guard let allowed = knownKeys[section], allowed.contains(key) else {
-                let suggestion = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\($0)'?)" } ?? ""
+                // Named in full, as the key itself is ("did you mean 'training.steps'?", as for --set).
+                let suggestion = knownKeys[section].flatMap { closest(to: key, in: $0) }
+                    .map { " (did you mean '\(section.isEmpty ? $0 : "\(section).\($0)")'?)" } ?? ""
                 throw ConfigError(file: file, key: path, message: "unknown key\(suggestion)")
             }
             if section.isEmpty {

@@ -132,7 +132,7 @@ final class BenchStepTests: XCTestCase {
 
     func testConfigErrorsNameTheKey() throws {
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "d_ff: 8", with: "d_ff: 8, d_modle: 3"))
-            .contains("config key 'model.d_modle': unknown key (did you mean 'd_model'?)"))
+            .contains("config key 'model.d_modle': unknown key (did you mean 'model.d_model'?)"))
         XCTAssertTrue(try configError(valid + "\nscheduler: {warmup: 3}").contains("config key 'scheduler': unknown key (did you mean 'schedule'?)"))
         // Aliases are refused (a comment's "*note" is none).
         XCTAssertTrue(try configError("# see *note\n" + valid + "\nx: &a-1 [1, 2]\ny: [*a-1, *a-1]").contains("uses the YAML alias *a-1 (line 7)"))
