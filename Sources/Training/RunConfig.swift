@@ -652,15 +652,16 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
     }
 
-    /// What YAML 1.1 (the YAML library's resolver) reads a plain scalar as when that is not the decimal number it looks
-    /// like to a reader of YAML 1.2 or JSON: "010" octal 8, "1:00" base 60 (60), "0x10" hexadecimal, "0b10" binary.
-    /// Nil for decimal numbers (`10`, `-3`, `1.0e-3`, `0.5`, `0`) and for text.
+    /// What YAML 1.1 (the YAML library's resolver) reads a plain scalar as when that is another number than the one a
+    /// reader of YAML 1.2 or JSON sees: "010" is octal 8 (10 in YAML 1.2), "1:00" base 60, 60 (text in YAML 1.2).
+    /// Nil for decimal numbers (`10`, `-3`, `1.0e-3`, `0.5`, `0`), for forms that mean the same to both (`0x10`), and
+    /// for text.
     static func unclearNumberForm(_ text: String) -> String? {
         if text.wholeMatch(of: /[-+]?0[0-7_]+/) != nil { return "an octal number" }
-        if text.wholeMatch(of: /[-+]?0[0-9_]+/) != nil { return "not a number (a leading zero makes octal, and 8 and 9 are no octal digits)" }
-        if text.wholeMatch(of: /[-+]?0x[0-9a-fA-F_]+/) != nil { return "a hexadecimal number" }
-        if text.wholeMatch(of: /[-+]?0b[01_]+/) != nil { return "a binary number" }
-        if text.wholeMatch(of: /[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?/) != nil { return "a base-60 number" }
+        // Base-60 integers start with 1-9; base-60 floats have a fraction.
+        if text.wholeMatch(of: /[-+]?[1-9][0-9_]*(:[0-5]?[0-9])+/) != nil || text.wholeMatch(of: /[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*/) != nil {
+            return "a base-60 number"
+        }
         return nil
     }
 
@@ -801,9 +802,13 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
             // A whole number the key's type cannot hold is out of range, not "not an integer" (a seed of -5, 2^63 steps).
             var message = "expected \(describeType(type))"
             let keys = context.codingPath.map(\.stringValue)
-            if Self.isQuoted(at: keys, in: root), let text = Self.scalar(at: keys, in: root) {
+            let isInteger = type == UInt64.self || type == Int.self || type == Int32.self
+            if Self.isQuoted(at: keys, in: root), let text = Self.scalar(at: keys, in: root),
+               isInteger ? Int(text) != nil : Double(text) != nil {
                 // "20" in quotes is a string to YAML, whatever it looks like.
                 message += ", not the quoted string \"\(text.prefix(40))\" (write it without quotes)"
+            } else if let text = Self.scalar(at: keys, in: root), isInteger, text.wholeMatch(of: /[-+]?0[0-9_]*[89][0-9_]*/) != nil {
+                message += " (\(text.prefix(40)): a leading zero makes YAML 1.1 read an octal number, with no 8 or 9; write it without the zero)"
             } else if let text = Self.scalar(at: keys, in: root), text.wholeMatch(of: /[-+]?[0-9][0-9_]*/) != nil,
                type == UInt64.self || type == Int.self || type == Int32.self {
                 let range = type == UInt64.self ? "0 to \(UInt64.max)" : type == Int32.self ? "\(Int32.min) to \(Int32.max)" : "\(Int.min) to \(Int.max)"

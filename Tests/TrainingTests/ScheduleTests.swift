@@ -104,11 +104,17 @@ final class ScheduleTests: XCTestCase {
                        + "YAML 1.1, which this config is read by" + decimal)
         XCTAssertEqual(error("optimizer.lr=1:30.0"), "--set optimizer.lr=1:30.0: config key 'optimizer.lr': 1:30.0 is a base-60 number "
                        + "in YAML 1.1, which this config is read by" + decimal)
-        XCTAssertEqual(error("training.seed=0x10"), "--set training.seed=0x10: config key 'training.seed': 0x10 is a hexadecimal number "
-                       + "in YAML 1.1, which this config is read by" + decimal)
-        XCTAssertTrue(error("training.steps=08").contains("08 is not a number (a leading zero makes octal, and 8 and 9 are no octal digits)"))
+        XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.seed=0x10"]).training.seed, 16,
+                       "hexadecimal means the same in YAML 1.1 and 1.2")
+        XCTAssertEqual(error("training.steps=0:30"), "--set training.steps=0:30: config key 'training.steps': expected an integer",
+                       "not base 60 (its integers start with 1-9): text")
+        XCTAssertEqual(error("training.steps=08"), "--set training.steps=08: config key 'training.steps': expected an integer (08: a leading "
+                       + "zero makes YAML 1.1 read an octal number, with no 8 or 9; write it without the zero)")
+        XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["optimizer.lr=08"]).optimizer.lr, 8, "a float key reads 08 as 8")
         XCTAssertEqual(error("training.steps=\"20\""), "--set training.steps=\"20\": config key 'training.steps': expected an integer, not "
                        + "the quoted string \"20\" (write it without quotes)")
+        XCTAssertEqual(error("training.steps=\"abc\""), "--set training.steps=\"abc\": config key 'training.steps': expected an integer",
+                       "no advice to unquote what is no number")
         XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.seed=0"]).training.seed, 0, "0 is decimal")
         XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["data.directory=007"]).data.directory, "007",
                        "a directory's name is text, read as written")
