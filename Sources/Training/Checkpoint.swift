@@ -528,7 +528,9 @@ extension Checkpoint {
     /// The checkpoint's model, built for batches of up to `maxBatch` rows at the run's lengths, with its parameters.
     /// Every tensor's shape and storage is checked against the stored config before the model is allocated, and
     /// parameters that are not finite are refused, naming the tensors (unless `allowNonFinite`, for `inspect`).
-    public static func loadModel(_ path: String, maxBatch: Int, allowNonFinite: Bool = false) throws -> (model: TransformerModel, header: Header) {
+    /// `optimizerState`: the memory check also counts AdamW moments for this model, which the caller will allocate.
+    public static func loadModel(_ path: String, maxBatch: Int, allowNonFinite: Bool = false,
+                                 optimizerState: Bool = false) throws -> (model: TransformerModel, header: Header) {
         let header = try readHeader(path)
         let run = header.config
         do {
@@ -540,10 +542,12 @@ extension Checkpoint {
         do {
             model = try TransformerModel(config: run.model, maxBatch: maxBatch,
                                          maxSourceLength: run.model.kind == .encoderDecoder ? run.data.sourceLength : 0,
-                                         maxTargetLength: run.data.targetLength)
+                                         maxTargetLength: run.data.targetLength, optimizerState: optimizerState)
         } catch where error.key == "batch_size" {
             // The model fits; the activations of maxBatch rows do not (the caller's batch size, not the checkpoint).
             throw CheckpointError(file: path, message: "\(error.message); use smaller batches (--batch-size)")
+        } catch where error.isMemoryShortfall {
+            throw CheckpointError(file: path, message: "its model does not fit in memory here: \(error.message)")
         } catch {
             throw CheckpointError(file: path, message: "its config does not build a model: \(error)")
         }

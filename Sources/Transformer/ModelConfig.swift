@@ -141,6 +141,8 @@ public struct ModelConfigError: Error, CustomStringConvertible, Equatable, Senda
     public let key: String
     /// What is wrong with it, as a sentence fragment.
     public let message: String
+    /// Whether the config is fine but the model does not fit in the memory left (`TransformerModel`'s check).
+    public var isMemoryShortfall = false
     /// "model config key 'KEY': MESSAGE".
     public var description: String { "model config key '\(key)': \(message)" }
 }

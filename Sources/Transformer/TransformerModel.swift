@@ -141,8 +141,8 @@ public final class TransformerModel {
     ///
     /// `optimizerState`: the memory check also counts what AdamW will allocate for this model (two moments, as many
     /// floats as the parameters), for a caller that trains it. A shortfall is charged to key `d_model` when the
-    /// parameters, gradients and moments alone do not fit, else to `batch_size` (the activations of `maxBatch` rows
-    /// push it over).
+    /// parameters, gradients and moments alone do not fit or `maxBatch` is 1, else to `batch_size` (the activations of
+    /// `maxBatch` rows push it over).
     public init(config: ModelConfig, maxBatch: Int, maxSourceLength: Int = 0, maxTargetLength: Int,
                 shapes: [BatchShape] = [], optimizerState: Bool = false) throws(ModelConfigError) {
         try config.validate()
@@ -194,7 +194,9 @@ public final class TransformerModel {
         let bytes = fixedBytes + largest.countedFloats * Double(MemoryLayout<Float>.stride)
         let parts = optimizerState ? "parameters, gradients, AdamW moments" : "parameters, gradients"
         if let shortfall = MemoryBudget.shortfall(bytes, for: "the model (\(parts) and activations for batches of \(maxBatch))") {
-            throw ModelConfigError(key: MemoryBudget.shortfall(fixedBytes, for: "") == nil ? "batch_size" : "d_model", message: shortfall)
+            // (A batch of one row is the model's own need: nothing smaller to ask for.)
+            throw ModelConfigError(key: maxBatch > 1 && MemoryBudget.shortfall(fixedBytes, for: "") == nil ? "batch_size" : "d_model",
+                                   message: shortfall, isMemoryShortfall: true)
         }
         parameters = Arena(layout: layout)
         gradients = Arena(layout: layout)

@@ -53,7 +53,8 @@ struct Import: ParsableCommand {
             training: {batch_size: 1}
             """
         let run = try RunConfig.parse(yaml, file: "ddp import")
-        let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: config.maxLength)
+        // (With the AdamW moments the checkpoint is written with.)
+        let model = try TransformerModel(config: config, maxBatch: 1, maxTargetLength: config.maxLength, optimizerState: true)
         for view in model.layout.views {
             // Every parameter of the layout was converted, with its shape checked (`HuggingFaceGPT2.read`).
             let values = imported.parameters[view.name] ?? []

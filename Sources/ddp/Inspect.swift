@@ -131,7 +131,7 @@ struct Inspect: ParsableCommand {
                 tokenizer   \(header.tokenizer.map { "\($0.kind), vocab_size \($0.vocabularySize)" } ?? "none stored")
                 config      \(String(decoding: (try? JSONEncoder.sortedKeys.encode(header.config)) ?? Foundation.Data(), as: UTF8.self))
                 """)
-            let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1, allowNonFinite: true)
+            let (loaded, _) = try Checkpoint.loadModel(path, maxBatch: 1, allowNonFinite: true, optimizerState: true)
             // The AdamW moments too, so "checksums verified" covers everything --resume reads.
             let optimizer = AdamW(layout: loaded.layout, settings: header.config.optimizer.settings)
             try Checkpoint.load(path, into: loaded, optimizer: optimizer)
