@@ -132,8 +132,8 @@ public struct PrepareSummary: Sendable, CustomStringConvertible {
             valid       \(validSamples) \(unit), \(validTokens) tokens, \(validShards) shard(s)
             """
         if let askedVocabularySize {
-            text += "\nnote        --vocab-size \(askedVocabularySize) was asked; the text has no pair of tokens left to merge past "
-                + "\(tokenizer.vocabularySize) (a model's vocab_size may still be larger)"
+            text += "\nnote        --vocab-size \(askedVocabularySize) was asked; training stopped at \(tokenizer.vocabularySize), where no "
+                + "pair of tokens occurs twice in the text any more or BPE's size limits are reached (a model's vocab_size may still be larger)"
         }
         if task == .seq2seq, let maxPairTokens { text += "\ndropped     \(dropped) pairs longer than --max-length \(maxPairTokens)" }
         if emptySides > 0 {

@@ -110,11 +110,14 @@ struct Prepare: ParsableCommand {
         if !input.isEmpty && maxPairTokens != nil {
             throw ValidationError("--max-length is for pairs (seq2seq); --task lm keeps whole documents, which training cuts into windows of data.target_length.")
         }
-        if failOnLong && maxPairTokens == nil {
-            throw ValidationError("--fail-on-long needs --max-length: without it no pair is too long.")
+        if failOnLong && !input.isEmpty {
+            throw ValidationError("--fail-on-long is for pairs (seq2seq); --task lm keeps whole documents.")
         }
         if failOnLong && synthetic != nil {
             throw ValidationError("--fail-on-long is for text pairs; --synthetic makes none longer than --max-length.")
+        }
+        if failOnLong && maxPairTokens == nil {
+            throw ValidationError("--fail-on-long needs --max-length: without it no pair is too long.")
         }
         if tokenizerFrom != nil && (tokenizer != nil || vocabSize != nil) {
             throw ValidationError("--tokenizer-from encodes with an existing tokenizer; --tokenizer and --vocab-size build one. Give one or the other.")

@@ -63,6 +63,9 @@ struct Train: ParsableCommand {
             throw RunError("--config \(config.config) is a pipe, whose name says nothing of the run: give --run-dir")
         }
         let directory = runDir ?? "runs/" + Paths.stem(config.config)
+        // Rank 0's refusal to go on with a lost log, thrown once every rank has finished (rank 0 alone throwing inside
+        // would abort the job while the others finalise).
+        var logLost: RunError?
         try withMPI { runtime in
             let world = runtime.world
             let (ownModel, resumeProblem) = try resumedModel(in: directory, world: world)
@@ -86,12 +89,13 @@ struct Train: ParsableCommand {
             if world.rank == 0 {
                 // The log went to a pipe nobody reads any more: where to go on from goes to standard error, exit 1.
                 if outcome.stopped && StopSignals.received == SIGPIPE {
-                    throw RunError("standard output cannot be written (its reader has gone), so the run stopped at step "
-                                   + "\(outcome.state.step) with a checkpoint; run directory \(directory), metrics \(directory)/metrics.jsonl "
-                                   + "(continue with --resume)")
+                    logLost = RunError("standard output cannot be written (its reader has gone), so the run stopped at step "
+                                       + "\(outcome.state.step) with a checkpoint; run directory \(directory), metrics "
+                                       + "\(directory)/metrics.jsonl (continue with --resume)")
+                } else {
+                    print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
+                          + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))
                 }
-                print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
-                      + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))
                 if let evaluation = outcome.evaluation, outcome.evaluationFailure == nil {
                     var line = String(format: "final validation: loss %.4f, perplexity %.3f, token accuracy %.4f over %d tokens",
                                       evaluation.loss, evaluation.perplexity, evaluation.tokenAccuracy, evaluation.targetTokens)
@@ -106,6 +110,7 @@ struct Train: ParsableCommand {
                                                      + "\(directory), but the final evaluation failed: \(failure)")
             }
         }
+        if let logLost { throw logLost }
     }
 
     /// When the run resumes, the model of the checkpoint it resumes from, or why there is none to resume from: rank 0

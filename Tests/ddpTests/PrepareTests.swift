@@ -121,10 +121,12 @@ final class PrepareTests: XCTestCase {
         try failure(["--task", "lm", "--input", path("doc.txt"), "--output", path("x"), "--max-length", "8"], "--max-length is for pairs (seq2seq)")
         try failure(["--tsv", path("empty.tsv"), "--output", path("x"), "--fail-on-long"], "--fail-on-long needs --max-length")
         try failure(["--synthetic", "reverse", "--output", path("x"), "--max-length", "8", "--fail-on-long"], "--fail-on-long is for text pairs")
+        try failure(["--synthetic", "reverse", "--output", path("x"), "--fail-on-long"], "--fail-on-long is for text pairs")
+        try failure(["--task", "lm", "--input", path("doc.txt"), "--output", path("x"), "--fail-on-long"], "--fail-on-long is for pairs (seq2seq)")
         XCTAssertFalse(empty.stdout.contains("dropped"), "no --max-length, nothing said about dropping: \(empty.output)")
         // A BPE that ends below the --vocab-size asked says so.
         let fewMerges = try prepare(["--tsv", path("empty.tsv"), "--output", path("bpe"), "--tokenizer", "bpe", "--vocab-size", "5000"])
-        XCTAssertTrue(fewMerges.stdout.contains("note        --vocab-size 5000 was asked; the text has no pair of tokens left to merge past "),
+        XCTAssertTrue(fewMerges.stdout.contains("note        --vocab-size 5000 was asked; training stopped at "),
                       fewMerges.output)
         // A FIFO waits for a writer that may never come: refused. A pipe a shell hands over has one: read.
         XCTAssertEqual(mkfifo(path("fifo.txt"), 0o644), 0)

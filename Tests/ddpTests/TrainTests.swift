@@ -631,7 +631,10 @@ final class TrainTests: XCTestCase {
         let (process, output) = try startTraining(ranks: 2, config: long, run: "suspended")
         let ranks = try rankProcessIDs(long)
         XCTAssertEqual(ranks.count, 2)
-        for pid in ranks { kill(pid, SIGSTOP) }
+        // One rank first, so that the other is waiting for it in a timed collective when it is stopped too.
+        kill(ranks[0], SIGSTOP)
+        Thread.sleep(forTimeInterval: 0.5)
+        kill(ranks[1], SIGSTOP)
         Thread.sleep(forTimeInterval: 6)
         for pid in ranks { kill(pid, SIGCONT) }
         Thread.sleep(forTimeInterval: 4)
