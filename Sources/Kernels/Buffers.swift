@@ -30,7 +30,12 @@ public enum MemoryBudget {
     /// `availableBytes` in GiB with the limit that sets it: "3.20 GiB (ulimit -v)".
     public static var availableDescription: String {
         let smallest = limits.min { $0.bytes < $1.bytes }
-        return String(format: "%.2f GiB", (smallest?.bytes ?? 0) / 1_073_741_824) + " (\(smallest?.name ?? "physical memory"))"
+        return gibibytes(smallest?.bytes ?? 0) + " (\(smallest?.name ?? "physical memory"))"
+    }
+
+    /// "2.73 GiB", or below 1 GiB "41.2 MiB" (so a small amount is not "0.00 GiB").
+    static func gibibytes(_ bytes: Double) -> String {
+        bytes >= 1_073_741_824 ? String(format: "%.2f GiB", bytes / 1_073_741_824) : String(format: "%.1f MiB", bytes / 1_048_576)
     }
 
     /// Each limit that applies, by name, with the bytes it leaves (never negative).
@@ -38,7 +43,8 @@ public enum MemoryBudget {
         var limits = [(name: "physical memory", bytes: Double(ProcessInfo.processInfo.physicalMemory))]
         var limit = rlimit()
         if getrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &limit) == 0 && limit.rlim_cur != rlim_t.max {
-            limits.append((name: "ulimit -v", bytes: max(0, Double(limit.rlim_cur) - mappedBytes)))
+            limits.append((name: "ulimit -v, beside \(blasBufferBytes >> 20) MiB per compute thread kept for OpenBLAS",
+                           bytes: max(0, Double(limit.rlim_cur) - mappedBytes - openBLASReserve)))
         }
         if let group = controlGroupBytesLeft { limits.append((name: "the control group's memory limit", bytes: max(0, group))) }
         return limits
@@ -69,6 +75,13 @@ public enum MemoryBudget {
         return nil
     }
 
+    /// The address space OpenBLAS maps for its work buffer in each thread that calls it (BUFFER_SIZE in its build:
+    /// 128 MiB on x86-64), kept out of what `ulimit -v` leaves: when that map fails, OpenBLAS retries it forever, so a
+    /// model that took the room would hang the process at its first matrix product instead of being refused. (Kept
+    /// whether or not the buffers are mapped yet: an overestimate by up to this much once they are.)
+    public static let blasBufferBytes = 128 << 20
+    static var openBLASReserve: Double { Double(blasBufferBytes) * Double(max(1, computeThreads)) }
+
     /// Bytes the process maps now (virtual size, /proc/self/statm), or 0 where that cannot be read.
     static var mappedBytes: Double {
         guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8),
@@ -80,7 +93,7 @@ public enum MemoryBudget {
     public static func shortfall(_ bytes: Double, for purpose: String) -> String? {
         let available = availableBytes
         guard bytes > available * 0.9 else { return nil }
-        return String(format: "%@ needs %.2f GiB, more than 90%% of the ", purpose, bytes / 1_073_741_824) + availableDescription
+        return "\(purpose) needs \(gibibytes(bytes)), more than 90% of the " + availableDescription
             + " this process can still allocate"
     }
 }

@@ -224,7 +224,10 @@ struct Generate: ParsableCommand {
                 printToStandardError("ddp generate: standard input line \(number): \(error.message); skipped")
             }
             // Each translation as soon as it is made: a program that feeds a line and waits for its answer gets it.
-            flushStandardOutput()
+            // Output that cannot be written (a full disk) ends the run with a sentence, not 300 translations lost.
+            if fflush(nil) != 0 {
+                throw RunError("standard output: cannot be written (\(String(cString: strerror(errno)))); the translations are lost")
+            }
         }
         if failed > 0 { throw GenerateInputError(message: "\(failed) of \(number) input line(s) could not be translated (see above)") }
     }

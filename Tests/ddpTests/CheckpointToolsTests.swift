@@ -436,6 +436,20 @@ final class CheckpointToolsTests: XCTestCase {
         XCTAssertEqual(full.status, 1, full.output)
         XCTAssertTrue(full.stderr.contains("standard output: cannot be written (No space left on device); the generated text is lost"),
                       full.output)
+        // Under an address-space limit that leaves OpenBLAS no room for its work buffer, OpenBLAS retried the map
+        // forever (a hang at the first matrix product): now the model is refused first, or it runs.
+        for limit in [300_000, 419_430, 600_000] {
+            let tight = try runProcess("/bin/sh", ["-c", "ulimit -v \(limit); exec \"$0\" generate --checkpoint \"$1\" --prompt a --max-tokens 3",
+                                                   ddp, path("lm-run")], timeout: 60)
+            XCTAssertFalse(tight.timedOut, "ulimit -v \(limit): hung\n\(tight.output)")
+            XCTAssertTrue(tight.status == 0 || tight.stderr.contains("kept for OpenBLAS) this process can still allocate"),
+                          "ulimit -v \(limit): \(tight.output)")
+        }
+        let fullTranslations = try runProcess("/bin/sh", ["-c", "printf 'abc\\nhgf\\n' | \"$0\" generate --checkpoint \"$1\" > /dev/full",
+                                                          ddp, path("reverse-run")])
+        XCTAssertEqual(fullTranslations.status, 1, fullTranslations.output)
+        XCTAssertTrue(fullTranslations.stderr.contains("standard output: cannot be written (No space left on device); the translations are lost"),
+                      fullTranslations.output)
         let refusals: [([String], String)] = [
             ([path("lm-run"), "--prompt", "a", "--decode", "beam"], "--decode does not apply to \(path("lm-run"))"),
             ([path("lm-run"), "--prompt", "a", "--beam-size", "2"], "a decoder-only model, which continues text by sampling"),

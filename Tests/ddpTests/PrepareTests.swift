@@ -151,7 +151,7 @@ final class PrepareTests: XCTestCase {
                                                  ddp, path("big.txt"), path("big")], timeout: 120)
             XCTAssertEqual(big.status, 1, "\(input): \(big.output)")
             XCTAssertTrue(big.stderr.contains("is more text than fits in memory here: more than")
-                          && big.stderr.contains("bytes of memory per byte and") && big.stderr.contains("(ulimit -v)"), "\(input): \(big.output)")
+                          && big.stderr.contains("bytes of memory per byte and") && big.stderr.contains("(ulimit -v"), "\(input): \(big.output)")
         }
         // Many short lines cost more than their bytes: counted once read. A small corpus prepares under the same limit.
         // (3M lines cost 768 MB at 256 bytes each, more than the whole 600 MB limit, whatever the process maps at start.)
