@@ -65,13 +65,9 @@ public final class FileLock: @unchecked Sendable {
             close(descriptor)
             throw FileError(path, "cannot be locked: \(String(cString: strerror(code)))")
         }
-        // A file with other names (a hard link into a backup, a user's file) would have the holder written into it.
-        // (Checked under the lock: a held lock file that a snapshot linked elsewhere is "locked by", not this.)
-        guard status.st_nlink <= 1 else {
-            close(descriptor)
-            throw FileError(path, "is a hard link (the file has \(status.st_nlink) names); a lock file is its own file, never written through "
-                                  + "another name: remove it")
-        }
+        // A file with other names (a snapshot of the run directory made with cp -al, a user's file linked in): the lock
+        // holds (it is the file's, whatever its names), but the holder is not written, which would change those names.
+        guard status.st_nlink <= 1 else { return FileLock(path: path, descriptor: descriptor, unsupported: nil) }
         // Held: say by whom (best effort: the lock is what counts, the text only explains a refusal). A lock file
         // that cannot be written keeps an earlier holder's text, which a refusal must not take for the holder's:
         // emptied where it can be, and otherwise told stale by the process id it names (see `holder`).

@@ -232,12 +232,16 @@ final class TextFileTests: XCTestCase {
         XCTAssertEqual(mkfifo(fifo, 0o644), 0)
         XCTAssertThrowsError(try FileLock.acquire(fifo, holder: "x")) { XCTAssertTrue("\($0)".contains("is not a regular file"), "\($0)") }
         XCTAssertThrowsError(try FileLock.acquire(directory.path, holder: "x")) { XCTAssertTrue("\($0)".contains("is a directory"), "\($0)") }
-        // A hard link would have the holder written into the file's other names (a backup's, a user's).
+        // A hard link (a cp -al snapshot's lock file, a user's file) is locked, but the holder is not written into
+        // it, which would change the file's other names; a second holder is still refused.
         try "keep\n".write(toFile: directory.appendingPathComponent("mine.txt").path, atomically: true, encoding: .utf8)
         try FileManager.default.linkItem(atPath: directory.appendingPathComponent("mine.txt").path, toPath: directory.appendingPathComponent("hard.lock").path)
-        XCTAssertThrowsError(try FileLock.acquire(directory.appendingPathComponent("hard.lock").path, holder: "x")) {
-            XCTAssertTrue("\($0)".contains("is a hard link (the file has 2 names)"), "\($0)")
-        }
+        let linked = try FileLock.acquire(directory.appendingPathComponent("hard.lock").path, holder: "x")
+        XCTAssertTrue(linked.isHeld)
         XCTAssertEqual(try String(contentsOfFile: directory.appendingPathComponent("mine.txt").path, encoding: .utf8), "keep\n")
+        XCTAssertThrowsError(try FileLock.acquire(directory.appendingPathComponent("mine.txt").path, holder: "y")) {
+            XCTAssertTrue("\($0)".contains("is locked by"), "\($0)")
+        }
+        linked.release()
     }
 }

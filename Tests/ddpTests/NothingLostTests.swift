@@ -367,6 +367,7 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(renamed.stdout.contains("holds step 6, not the step 5 its name says; resuming at step 6"), renamed.output)
         // A snapshot made of hard links (cp -al) keeps its metrics when the run goes on: the run appends to a copy.
         XCTAssertEqual(link(path("renamed/metrics.jsonl"), path("snapshot-metrics.jsonl")), 0)
+        XCTAssertEqual(link(path("renamed/.ddp-train.lock"), path("snapshot.lock")), 0, "cp -al links the lock file too")
         let snapshot = try String(contentsOfFile: path("snapshot-metrics.jsonl"), encoding: .utf8)
         let linked = try train(try config("ten.yaml", steps: 10), run: "renamed", ["--resume"])
         XCTAssertEqual(linked.status, 0, linked.output)
