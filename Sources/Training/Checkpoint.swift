@@ -400,14 +400,14 @@ public enum Checkpoint {
     /// (`nonFiniteTensors`, then `impossibleMoments`), or nil when nothing does.
     public static func unusableState(_ model: TransformerModel, optimizer: AdamW) -> String? {
         let parameters = nonFiniteTensors(model), moments = impossibleMoments(optimizer, layout: model.layout)
+        // The first few tensors by name, and how many more (a diverged model has them all).
+        func listed(_ tensors: [(name: String, count: Int)]) -> String {
+            tensors.prefix(4).map { "\($0.name) (\($0.count))" }.joined(separator: ", ")
+                + (tensors.count > 4 ? " and \(tensors.count - 4) more tensors" : "")
+        }
         var parts: [String] = []
-        if !parameters.isEmpty {
-            parts.append("parameters that are not finite (NaN or infinity) in " + parameters.map { "\($0.name) (\($0.count))" }.joined(separator: ", "))
-        }
-        if !moments.isEmpty {
-            parts.append("AdamW moments no update makes (not finite, or a negative exp_avg_sq) in "
-                         + moments.map { "\($0.name) (\($0.count))" }.joined(separator: ", "))
-        }
+        if !parameters.isEmpty { parts.append("parameters that are not finite (NaN or infinity) in " + listed(parameters)) }
+        if !moments.isEmpty { parts.append("AdamW moments no update makes (not finite, or a negative exp_avg_sq) in " + listed(moments)) }
         return parts.isEmpty ? nil : parts.joined(separator: "; ")
     }
 

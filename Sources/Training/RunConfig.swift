@@ -644,7 +644,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                       let form = unclearNumberForm(scalar.string) {
                 // (Only numeric keys: a directory named 007 is read as written.)
                 throw ConfigError(file: file, key: path, message: "\(scalar.string.prefix(40)) is \(form) in YAML 1.1, which this "
-                                  + "config is read by; write the number in decimal (or quote it for a string)")
+                                  + "config is read by; write the number in decimal")
             } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {
                 // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
                 throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")

@@ -97,7 +97,7 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
         // A trial's finding: YAML 1.1 forms of numbers were read silently (010 as 8, 1:00 as 60, 0x10 as 16), and a
         // quoted number was "out of range".
-        let decimal = "; write the number in decimal (or quote it for a string)"
+        let decimal = "; write the number in decimal"
         XCTAssertEqual(error("training.steps=010"), "--set training.steps=010: config key 'training.steps': 010 is an octal number in "
                        + "YAML 1.1, which this config is read by" + decimal)
         XCTAssertEqual(error("training.steps=1:00"), "--set training.steps=1:00: config key 'training.steps': 1:00 is a base-60 number in "
