@@ -28,9 +28,11 @@ extra=()
 forward=(OPENBLAS_NUM_THREADS OMP_NUM_THREADS SWIFTDDP_THREADS)
 while (($#)); do
   # An option that takes a value, given last without one, is an error naming it (not bash's "unbound variable").
+  # So is one followed by another option in place of its value (--mpi-arg's value is an mpirun option itself).
   case "$1" in
     -np|-n|--threads|--hostfile|--network|--rsh-agent|--env|--mpi-arg)
-      (($# >= 2)) || { echo "mpirun.sh: $1 needs a value" >&2; exit 2; } ;;
+      (($# >= 2)) || { echo "mpirun.sh: $1 needs a value" >&2; exit 2; }
+      [[ "$1" == --mpi-arg || "$2" != -* ]] || { echo "mpirun.sh: $1 needs a value, not the option $2" >&2; exit 2; } ;;
   esac
   case "$1" in
     -np|-n) ranks="$2"; shift 2 ;;

@@ -130,7 +130,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory.path + "/d/train-00000.h5"), "nothing was prepared")
     }
 
-    /// Launch/mpirun.sh: an option given last without its value is named (bash said "$2: unbound variable").
+    /// Launch/mpirun.sh: an option given last without its value, or followed by another option, is named (bash said
+    /// "$2: unbound variable", or took the option for the value).
     func testTheLauncherNamesAnOptionWithoutItsValue() throws {
         let launcher = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Launch/mpirun.sh").path
@@ -138,6 +139,11 @@ final class CommandLineTests: XCTestCase {
             let result = try runProcess("/bin/bash", [launcher, option])
             XCTAssertEqual(result.status, 2, result.output)
             XCTAssertEqual(result.stderr, "mpirun.sh: \(option) needs a value\n", result.output)
+            if option != "--mpi-arg" {
+                let followed = try runProcess("/bin/bash", [launcher, option, "--no-bind", "bench", "allreduce"])
+                XCTAssertEqual(followed.status, 2, followed.output)
+                XCTAssertEqual(followed.stderr, "mpirun.sh: \(option) needs a value, not the option --no-bind\n", followed.output)
+            }
         }
     }
 
