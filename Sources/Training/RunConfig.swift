@@ -772,18 +772,19 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
         self.message = message
     }
 
-    /// The scalar text at `keys` of a composed config, if there is one.
-    static func scalar(at keys: [String], in root: Node?) -> String? {
+    /// The scalar at `keys` of a composed config, if there is one.
+    private static func scalarNode(at keys: [String], in root: Node?) -> Node.Scalar? {
         var node = root
         for key in keys { node = node?.mapping?[Node(key)] }
-        return node?.scalar?.string
+        return node?.scalar
     }
+
+    /// The scalar text at `keys` of a composed config, if there is one.
+    static func scalar(at keys: [String], in root: Node?) -> String? { scalarNode(at: keys, in: root)?.string }
 
     /// Whether the scalar at `keys` of a composed config is written in quotes.
     static func isQuoted(at keys: [String], in root: Node?) -> Bool {
-        var node = root
-        for key in keys { node = node?.mapping?[Node(key)] }
-        guard let style = node?.scalar?.style else { return false }
+        guard let style = scalarNode(at: keys, in: root)?.style else { return false }
         return style == .singleQuoted || style == .doubleQuoted
     }
 

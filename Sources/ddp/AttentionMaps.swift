@@ -156,6 +156,9 @@ struct AttentionMaps: ParsableCommand {
         }
     }
 
+    /// The file one head's heatmap is written to ("decoder_self_attention-layer0-head1.svg", say).
+    static func pictureName(_ map: AttentionMap, head: Int) -> String { "\(map.kind.identifier)-layer\(map.layer)-head\(head).svg" }
+
     /// Whether `directory` holds the pictures of an earlier `ddp attention` (its attention.h5, format swiftddp-attention).
     static func holdsEarlierPictures(_ directory: String) -> Bool {
         let path = Paths.join(directory, "attention.h5")
@@ -171,7 +174,7 @@ struct AttentionMaps: ParsableCommand {
         }
         // Files are replaced only where an earlier `ddp attention` wrote its pictures (its attention.h5 there says so):
         // anything else under those names (a site's index.html, say) is someone else's.
-        let names = maps.flatMap { map in (0..<map.heads).map { "\(map.kind.identifier)-layer\(map.layer)-head\($0).svg" } }
+        let names = maps.flatMap { map in (0..<map.heads).map { Self.pictureName(map, head: $0) } }
             + ["index.html", "attention.h5"]
         let taken = names.filter { FileManager.default.fileExists(atPath: Paths.join(output, $0)) }
         if !taken.isEmpty && !Self.holdsEarlierPictures(output) {
@@ -207,7 +210,7 @@ struct AttentionMaps: ParsableCommand {
                 let title = "\(map.kind.rawValue), layer \(map.layer), head \(head)"
                 let svg = Heatmap(title: title, rowLabels: rows, columnLabels: columns,
                                   values: Array(map.probabilities[start..<(start + map.queryTime * map.keyTime)])).svg()
-                let name = "\(map.kind.identifier)-layer\(map.layer)-head\(head).svg"
+                let name = Self.pictureName(map, head: head)
                 try OutputFile.write(Paths.join(output, name), data: Data(svg.utf8), inputs: inputs)
                 files += 1
                 figures.append(FigurePage.Figure(caption: "layer \(map.layer), head \(head)", file: name))
