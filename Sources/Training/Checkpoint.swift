@@ -353,9 +353,23 @@ public enum Checkpoint {
     }
 
     /// The datasets of `group` for every view of `layout`, each checked before anything is allocated or read for it:
-    /// present, of the view's shape and float32, and really stored in the file (`Dataset.requireStored`).
+    /// present, of the view's shape and float32, and really stored in the file (`Dataset.requireStored`). A member of
+    /// the group that is no tensor of the layout is refused by name, as `torch.nn.Module.load_state_dict` (strict)
+    /// refuses unexpected keys: a tensor the model would silently leave unused (an edited or mixed-up file).
     static func tensors(in file: File, group: String, layout: ParameterLayout, path: String) throws -> [Dataset] {
-        try layout.views.map { view in
+        do {
+            if try file.contains(group) {
+                let unexpected = try file.openGroup(group).members().map(\.name).filter { layout.view($0) == nil }
+                if let first = unexpected.first {
+                    throw CheckpointError(file: path, message: "holds /\(group)/\(first.prefix(200))"
+                                          + (unexpected.count > 1 ? " and \(unexpected.count - 1) more member(s) of /\(group)" : "")
+                                          + ", which the model (its config in the file) has no parameter for; an edited or mixed-up file?")
+                }
+            }
+        } catch let error as HDF5Error {
+            throw CheckpointError(file: path, message: "group /\(group): \(error.message)")
+        }
+        return try layout.views.map { view in
             let name = "/\(group)/\(view.name)"
             let dataset: Dataset
             do {

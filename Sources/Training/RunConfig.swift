@@ -653,11 +653,17 @@ public struct RunConfig: Codable, Equatable, Sendable {
     }
 
     /// What YAML 1.1 (the YAML library's resolver) reads a plain scalar as when that is another number than the one a
-    /// reader of YAML 1.2 or JSON sees: "010" is octal 8 (10 in YAML 1.2), "1:00" base 60, 60 (text in YAML 1.2).
-    /// Nil for decimal numbers (`10`, `-3`, `1.0e-3`, `0.5`, `0`), for forms that mean the same to both (`0x10`), and
-    /// for text.
+    /// reader of YAML 1.2 or JSON sees: "010" is octal 8 (10 in YAML 1.2), "1:00" base 60, 60, "0b11" binary 3, "4_0"
+    /// 40 and "-0x10" -16 (all three text in YAML 1.2). Nil for decimal numbers (`10`, `-3`, `1.0e-3`, `0.5`, `0`), for
+    /// forms that mean the same to both (`0x10`), and for text.
     static func unclearNumberForm(_ text: String) -> String? {
         if text.wholeMatch(of: /[-+]?0[0-7_]+/) != nil { return "an octal number" }
+        if text.wholeMatch(of: /[-+]?0b[01_]+/) != nil { return "a binary number" }
+        // YAML 1.2 writes hexadecimal without a sign or separators.
+        if text.wholeMatch(of: /[-+]0x[0-9a-fA-F_]+|0x[0-9a-fA-F_]*_[0-9a-fA-F_]*/) != nil { return "a hexadecimal number" }
+        if text.contains("_"), text.wholeMatch(of: /[-+]?[0-9][0-9_]*(\.[0-9_]*)?([eE][-+]?[0-9]+)?|[-+]?\.[0-9][0-9_]*([eE][-+]?[0-9]+)?/) != nil {
+            return "a number with digit separators ('_')"
+        }
         // Base-60 integers start with 1-9; base-60 floats have a fraction.
         if text.wholeMatch(of: /[-+]?[1-9][0-9_]*(:[0-5]?[0-9])+/) != nil || text.wholeMatch(of: /[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+\.[0-9_]*/) != nil {
             return "a base-60 number"

@@ -26,7 +26,7 @@ struct DDP: ParsableCommand {
             // What was printed must have reached its file: a full disk is an error, not a quiet exit 0. (The last of
             // the buffered output is written here, and fails as any earlier part did.)
             if fflush(nil) != 0 {
-                throw RunError("standard output: cannot be written (\(String(cString: strerror(errno)))); what ddp printed there is lost")
+                throw RunError.standardOutputFailed(String(cString: strerror(errno)), "what ddp printed there is lost")
             }
         } catch {
             flushStandardOutput()

@@ -226,7 +226,7 @@ struct Generate: ParsableCommand {
             // Each translation as soon as it is made: a program that feeds a line and waits for its answer gets it.
             // Output that cannot be written (a full disk) ends the run with a sentence, not 300 translations lost.
             if fflush(nil) != 0 {
-                throw RunError("standard output: cannot be written (\(String(cString: strerror(errno)))); the translations are lost")
+                throw RunError.standardOutputFailed(String(cString: strerror(errno)), "the translations are lost")
             }
         }
         if failed > 0 { throw GenerateInputError(message: "\(failed) of \(number) input line(s) could not be translated (see above)") }
@@ -262,7 +262,7 @@ struct UTF8Stream {
     private mutating func emit(_ bytes: ArraySlice<UInt8>) {
         guard failure == nil else { return }
         do { try FileHandle.standardOutput.write(contentsOf: Foundation.Data(String(decoding: bytes, as: UTF8.self).utf8)) } catch {
-            failure = RunError("standard output: cannot be written (\(describe(error))); the generated text is lost")
+            failure = RunError.standardOutputFailed(describe(error), "the generated text is lost")
         }
     }
 

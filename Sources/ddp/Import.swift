@@ -80,4 +80,10 @@ struct RunError: Error, CustomStringConvertible {
     let description: String
 
     init(_ description: String) { self.description = description }
+
+    /// Standard output failed to take what a command printed (a full disk, a reader that has gone): `cause` is the
+    /// system's reason, `consequence` what that costs ("the translations are lost").
+    static func standardOutputFailed(_ cause: String, _ consequence: String) -> RunError {
+        RunError("standard output: cannot be written (\(cause)); \(consequence)")
+    }
 }

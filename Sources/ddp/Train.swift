@@ -89,9 +89,9 @@ struct Train: ParsableCommand {
             if world.rank == 0 {
                 // The log went to a pipe nobody reads any more: where to go on from goes to standard error, exit 1.
                 if outcome.stopped && StopSignals.received == SIGPIPE {
-                    logLost = RunError("standard output cannot be written (its reader has gone), so the run stopped at step "
-                                       + "\(outcome.state.step) with a checkpoint; run directory \(directory), metrics "
-                                       + "\(directory)/metrics.jsonl (continue with --resume)")
+                    logLost = RunError.standardOutputFailed("its reader has gone", "the run stopped at step "
+                                                         + "\(outcome.state.step) with a checkpoint; run directory \(directory), "
+                                                         + "metrics \(directory)/metrics.jsonl (continue with --resume)")
                 } else {
                     print((outcome.stopped ? "stopped by a signal" : "done") + " at step \(outcome.state.step); run directory \(directory), "
                           + "metrics \(directory)/metrics.jsonl" + (outcome.stopped ? " (continue with --resume)" : ""))

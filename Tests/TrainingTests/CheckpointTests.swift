@@ -155,6 +155,19 @@ final class CheckpointTests: XCTestCase {
         let onlyEmbed = try handmade("only-embed.h5", embedShape: [260, 8])
         assertCheckpointError(["missing tensor /params/encoder.layers.0.self_attn.q_proj.weight"]) { try Checkpoint.load(onlyEmbed, into: fresh) }
 
+        // A tensor the model has no parameter for (a layer of a deeper model pasted in) is refused by name, as torch's
+        // strict load_state_dict refuses unexpected keys, not left unused in silence.
+        let extra = directory.appendingPathComponent("extra.h5").path
+        try bytes.write(to: URL(fileURLWithPath: extra))
+        do {
+            let file = try File.open(extra, mode: .readWrite)
+            try file.createDataset("params/encoder.layers.7.ffn.fc1.weight", type: .float32, shape: [2, 2]).write([Float](repeating: 0, count: 4))
+            try file.createDataset("params/zz_extra", type: .float32, shape: [1]).write([Float(0)])
+        }
+        assertCheckpointError([extra, "holds /params/encoder.layers.7.ffn.fc1.weight and 1 more member(s) of /params, which the model "
+                               + "(its config in the file) has no parameter for"]) { try Checkpoint.load(extra, into: fresh) }
+        XCTAssertThrowsError(try Checkpoint.loadModel(extra, maxBatch: 1))
+
         // latest naming a file that is gone.
         try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
         assertCheckpointError(["names 'checkpoint-00000099.h5', which does not exist"]) { _ = try Checkpoint.latest(in: run) }

@@ -104,6 +104,16 @@ final class ScheduleTests: XCTestCase {
                        + "YAML 1.1, which this config is read by" + decimal)
         XCTAssertEqual(error("optimizer.lr=1:30.0"), "--set optimizer.lr=1:30.0: config key 'optimizer.lr': 1:30.0 is a base-60 number "
                        + "in YAML 1.1, which this config is read by" + decimal)
+        // The kind, not only the examples: binary, separators and signed hexadecimal are text in YAML 1.2.
+        for (value, form) in [("0b11", "a binary number"), ("4_0", "a number with digit separators ('_')"),
+                              ("-1_000", "a number with digit separators ('_')"), ("0x1_0", "a hexadecimal number"),
+                              ("+0x10", "a hexadecimal number")] {
+            XCTAssertEqual(error("training.steps=\(value)"), "--set training.steps=\(value): config key 'training.steps': \(value) is \(form) "
+                           + "in YAML 1.1, which this config is read by" + decimal)
+        }
+        XCTAssertEqual(error("optimizer.lr=0.000_1"), "--set optimizer.lr=0.000_1: config key 'optimizer.lr': 0.000_1 is a number with "
+                       + "digit separators ('_') in YAML 1.1, which this config is read by" + decimal)
+        XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["data.directory=4_0"]).data.directory, "4_0")
         XCTAssertEqual(try RunConfig.parse(yaml, file: "inline.yaml", overrides: ["training.seed=0x10"]).training.seed, 16,
                        "hexadecimal means the same in YAML 1.1 and 1.2")
         XCTAssertEqual(error("training.steps=0:30"), "--set training.steps=0:30: config key 'training.steps': expected an integer",

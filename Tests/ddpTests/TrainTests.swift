@@ -550,7 +550,7 @@ final class TrainTests: XCTestCase {
                                    environment: mpiEnvironment, timeout: 120)
         XCTAssertFalse(piped.timedOut, piped.output)
         // Where to go on from is not lost with the log: it goes to standard error.
-        XCTAssertTrue(piped.stderr.contains("standard output cannot be written (its reader has gone), so the run stopped at step ")
+        XCTAssertTrue(piped.stderr.contains("standard output: cannot be written (its reader has gone); the run stopped at step ")
                       && piped.stderr.contains("(continue with --resume)"), piped.output)
         let latest = try String(contentsOfFile: path("piped/latest"), encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
         XCTAssertEqual(try runProcess(ddp, ["inspect", path("piped/" + latest)]).status, 0)
