@@ -158,7 +158,10 @@ public final class Trainer {
 
     /// Threads, data, the ranks' agreement on config and data, the sampler and the model (not yet initialised).
     private func setUp() throws -> Run {
-        let threads = config.training.threads > 0 ? config.training.threads : try defaultComputeThreads(localRanks: world.localSize)
+        // (Together: a SWIFTDDP_THREADS refused on one rank stops every rank, said once.)
+        let threads = try togetherOnEveryRank(world, "thread settings") {
+            config.training.threads > 0 ? config.training.threads : try defaultComputeThreads(localRanks: world.localSize)
+        }
         setComputeThreads(threads)
         let watchdog = try CollectiveWatchdog(timeoutSeconds: config.training.collectiveTimeout, world: world)
         do {

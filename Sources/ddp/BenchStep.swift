@@ -57,6 +57,8 @@ struct BenchStep: ParsableCommand {
         let run = try config.load()
         let model = run.model
         if dryRun {
+            // (Without MPI: one process says whether the config is valid.)
+            try requireOneProcess("ddp bench step --dry-run")
             // Parameters, gradients and AdamW's two moments, at least (activations come on top): a model this machine
             // cannot hold is not "valid" here, though nothing is allocated to find out.
             let parameters = TransformerModel.parameterLayout(for: model).count
@@ -68,7 +70,7 @@ struct BenchStep: ParsableCommand {
         }
         try withMPI { runtime in
             let world = runtime.world
-            let threadCount = try threads.apply(localRanks: world.localSize)
+            let threadCount = try threads.apply(world: world)
             let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
             let transformer: TransformerModel
             do {

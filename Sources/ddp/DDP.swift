@@ -34,7 +34,10 @@ struct DDP: ParsableCommand {
             // checking the same file before MPI starts) then print whole lines, never interleaved within one.
             let code = exitCode(for: error)
             let message = fullMessage(for: error)
-            if code == .success {
+            // One rank of several that stops before MPI: said once by rank 0, and the job's other ranks stop too.
+            if stopBeforeMPI(message: message, isError: code != .success) {
+                Foundation.exit(code.rawValue)
+            } else if code == .success {
                 if !message.isEmpty { print(message) }
             } else if !message.isEmpty {
                 try? FileHandle.standardError.write(contentsOf: Foundation.Data((message + "\n").utf8))  // stderr may be closed

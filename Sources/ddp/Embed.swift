@@ -74,7 +74,7 @@ struct Embed: ParsableCommand {
         guard !lines.isEmpty else { throw EmbedInputError(message: "\(input) has no lines to embed") }
         try withMPI { runtime in
             let world = runtime.world
-            try threads.apply(localRanks: world.localSize)
+            try threads.apply(world: world)
             // The checkpoint, the lines' lengths and this node's memory, checked on every rank: a refusal on any stops
             // every rank with a sentence (a rank short of memory alone would otherwise leave the others in the sum).
             let model = try togetherOnEveryRank(world, "checkpoint and memory checks") {

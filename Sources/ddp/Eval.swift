@@ -129,7 +129,7 @@ struct Eval: ParsableCommand {
         let batch = batchSize ?? run.training.batchSize
         try withMPI { runtime in
             let world = runtime.world
-            try threads.apply(localRanks: world.localSize)
+            try threads.apply(world: world)
             var temporary: String?
             defer { if let temporary { try? FileManager.default.removeItem(atPath: temporary) } }
             // Each rank reads the checkpoint and the data; a refusal on any rank stops every rank with a sentence.

@@ -11,12 +11,24 @@ import MPI
 func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     // Serialized: the gradient synchronizer's progress thread makes MPI calls while the main thread computes
     // (never both at once).
+    mpiStarted = true
     let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
     do {
-        if runtime.world.size > 1 { try requireOneCommand(runtime.world) }
+        if runtime.world.size > 1 {
+            let commands = try exchangeCommands(runtime.world, status: .running)
+            if commands.contains(where: { $0.status != .running }) {
+                // A rank stopped before starting its work (`stopBeforeMPI`): its sentence, said by rank 0, ends the job.
+                reportStops(runtime.world, commands: commands, message: nil)
+                throw RanksStoppedBeforeMPI()
+            }
+            try requireOneCommand(commands)
+        }
         let result = try body(runtime)
         try runtime.finalize()
         return result
+    } catch is RanksStoppedBeforeMPI {
+        try? runtime.finalize()
+        throw ExitCode.failure
     } catch let error as ErrorOnEveryRank where runtime.world.size > 1 {
         // Rank 0 prints what the ranks raised, each sentence once (ranks printing at once interleave on a shared
         // terminal); then every rank waits for it: mpirun ends the job at the first non-zero exit.
@@ -47,17 +59,84 @@ private var commandName: String {
     return names.prefix(names.first == "bench" ? 2 : 1).joined(separator: " ")
 }
 
-/// Every rank of a job must run the same command: mpirun's MPMD form (`mpirun -np 1 ddp train ... : -np 1 ddp eval
-/// ...`) would otherwise leave each waiting in collectives the others never make. The first collective of every
-/// command is this fixed-size exchange of their names, so it matches whatever the ranks run; a difference is an error
-/// every rank raises alike (said once).
-private func requireOneCommand(_ world: Communicator) throws {
+/// Whether this process has started MPI (`withMPI`): a later error is then the job's business, not `stopBeforeMPI`'s.
+nonisolated(unsafe) private var mpiStarted = false
+
+/// Another rank of the job stopped before MPI (`stopBeforeMPI`), and rank 0 has said so: this one stops too.
+private struct RanksStoppedBeforeMPI: Error {}
+
+/// What a rank tells the others in the job's first exchange (`exchangeCommands`).
+private enum RankStatus: UInt8 {
+    /// In `withMPI`, about to run its command.
+    case running = 1
+    /// Stopped before MPI with an error (a wrong argument, a check before `withMPI`).
+    case failed = 2
+    /// Stopped before MPI having printed what was asked (`--help`, `--version`).
+    case answered = 3
+}
+
+/// The job's first collective, made by every rank of a multi-rank job whatever it runs or however it stopped: a
+/// fixed-size exchange of each rank's command name and status, so it matches on every rank (a rank that stopped
+/// before MPI, or runs another command, would otherwise leave the others waiting in collectives it never makes).
+private func exchangeCommands(_ world: Communicator, status: RankStatus) throws -> [(name: String, status: RankStatus)] {
     let width = 64
-    let own = Array(commandName.utf8.prefix(width))
-    let all = try world.allgather(own + [UInt8](repeating: 0, count: width - own.count))
-    let names = (0..<world.size).map { rank in
-        String(decoding: all[(rank * width)..<((rank + 1) * width)].prefix { $0 != 0 }, as: UTF8.self)
+    let own = Array(commandName.utf8.prefix(width - 1))
+    let all = try world.allgather([status.rawValue] + own + [UInt8](repeating: 0, count: width - 1 - own.count))
+    return (0..<world.size).map { rank in
+        let record = all[(rank * width)..<((rank + 1) * width)]
+        return (String(decoding: record.dropFirst().prefix { $0 != 0 }, as: UTF8.self), RankStatus(rawValue: record.first!) ?? .failed)
     }
+}
+
+/// Rank 0 prints what the ranks that stopped before MPI said (each rank passes its own `message`: nil for a rank that
+/// was running); then every rank waits for it (mpirun ends the job at the first non-zero exit).
+private func reportStops(_ world: Communicator, commands: [(name: String, status: RankStatus)], message: String?) {
+    let everyRankAnswered = commands.allSatisfy { $0.status == .answered }
+    if let gathered = try? world.gather(bytes: Array((message ?? "").utf8), root: 0) {
+        if world.rank == 0 {
+            let texts = gathered.map { String(decoding: $0, as: UTF8.self) }
+            if everyRankAnswered {
+                if !texts[0].isEmpty { print(texts[0]) }  // the help every rank was asked for, once
+            } else {
+                let messages = commands.indices.map { rank -> String? in
+                    switch commands[rank].status {
+                    case .running: return nil
+                    case .failed: return texts[rank].hasPrefix("Error: ") ? String(texts[rank].dropFirst(7)) : texts[rank]
+                    case .answered: return "printed what ddp \(commands[rank].name) was asked for (--help, --version) instead of running it"
+                    }
+                }
+                let stopped = messages.compactMap { $0 }.count
+                for line in errorLines(messages) { printToStandardError(line) }
+                if stopped < commands.count { printToStandardError("(the other ranks of the job stop with \(stopped == 1 ? "it" : "them"))") }
+            }
+        }
+    } else if let message {
+        printToStandardError("rank \(world.rank): \(message)")
+    }
+    flushStandardOutput()
+    try? world.barrier()
+}
+
+/// For a process that stops before its command starts MPI (an argument error, `--help`, a refusal before `withMPI`)
+/// as one rank of several: it starts MPI and takes part in the job's first exchange saying so, and rank 0 prints each
+/// rank's `message` once (`reportStops`), instead of every rank printing the same and, where other ranks do run,
+/// leaving them waiting for a rank that never comes. Returns false when this process runs alone, has started MPI
+/// already, or cannot start it: the caller prints its own message.
+func stopBeforeMPI(message: String, isError: Bool) -> Bool {
+    guard !mpiStarted, launchedWorldSize > 1 else { return false }
+    mpiStarted = true
+    guard let runtime = try? MPIRuntime.initialize(threadLevel: .serialized), runtime.world.size > 1,
+          let commands = try? exchangeCommands(runtime.world, status: isError ? .failed : .answered) else { return false }
+    reportStops(runtime.world, commands: commands, message: message)
+    try? runtime.finalize()
+    return true
+}
+
+/// Every rank of a job must run the same command: mpirun's MPMD form (`mpirun -np 1 ddp train ... : -np 1 ddp eval
+/// ...`) would otherwise leave each waiting in collectives the others never make. A difference in the names of the
+/// job's first exchange (`exchangeCommands`) is an error every rank raises alike (said once).
+private func requireOneCommand(_ commands: [(name: String, status: RankStatus)]) throws {
+    let names = commands.map(\.name)
     guard Set(names).count > 1 else { return }
     let listed = names.enumerated().map { "rank \($0.offset) ddp \($0.element)" }.joined(separator: ", ")
     throw DifferentCommands(message: "the ranks of this job run different commands (\(listed)); each waits in steps the "
@@ -70,28 +149,37 @@ private struct DifferentCommands: ErrorOnEveryRank, CustomStringConvertible {
     var description: String { message }
 }
 
-/// The lines that report every rank's error (`messages[r]` is rank r's): "Error: SENTENCE" when all ranks raised the
+/// The lines that report every rank's error (`messages[r]` is rank r's, nil for a rank that raised none): "Error: SENTENCE" when all ranks raised the
 /// same, else "Error: rank R: SENTENCE" per distinct sentence, its ranks listed; a rank that only relays another's
 /// refusal ("rank N refused: ..." with rank N's own sentence, from `togetherOnEveryRank`) is left out.
-func errorLines(_ messages: [String]) -> [String] {
+func errorLines(_ messages: [String?]) -> [String] {
     let own = messages.indices.filter { rank in
-        !messages.indices.contains { other in other != rank && messages[rank] == "rank \(other) refused: \(messages[other])" }
+        guard let message = messages[rank] else { return false }  // nothing to say
+        return !messages.indices.contains { other in other != rank && messages[other].map { message == "rank \(other) refused: \($0)" } == true }
     }
     var groups: [(message: String, ranks: [Int])] = []
     for rank in own {
-        if let index = groups.firstIndex(where: { $0.message == messages[rank] }) { groups[index].ranks.append(rank) }
-        else { groups.append((messages[rank], [rank])) }
+        let message = messages[rank]!
+        if let index = groups.firstIndex(where: { $0.message == message }) { groups[index].ranks.append(rank) }
+        else { groups.append((message, [rank])) }
     }
     if groups.count == 1 && groups[0].ranks.count == messages.count { return ["Error: \(groups[0].message)"] }
     return groups.map { "Error: rank\($0.ranks.count > 1 ? "s" : "") \($0.ranks.map(String.init).joined(separator: ", ")): \($0.message)" }
 }
 
-/// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
-/// print all of it, and write the same files at once. The job's size is what Open MPI's mpirun (OMPI_COMM_WORLD_SIZE)
-/// or a PMI launcher such as MPICH's or srun --mpi=pmi2 (PMI_SIZE) tells each process; other launchers are not seen.
-func requireOneProcess(_ command: String) throws {
+/// The number of processes the launcher started this one among, before MPI is started: what Open MPI's mpirun
+/// (OMPI_COMM_WORLD_SIZE) or a PMI launcher such as MPICH's or srun --mpi=pmi2 (PMI_SIZE) tells each process; 1 when
+/// neither says (alone, or a launcher not seen).
+private var launchedWorldSize: Int {
     let environment = ProcessInfo.processInfo.environment
-    guard let size = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].lazy.compactMap({ environment[$0].flatMap(Int.init) }).first, size > 1 else { return }
+    return ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].lazy.compactMap({ environment[$0].flatMap(Int.init) }).first ?? 1
+}
+
+/// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
+/// print all of it, and write the same files at once (`launchedWorldSize`).
+func requireOneProcess(_ command: String) throws {
+    let size = launchedWorldSize
+    guard size > 1 else { return }
     throw RunError("\(command) runs as one process, and mpirun started \(size); run it without mpirun (train, "
                        + "eval, embed, bench step and bench allreduce are the commands that run on several ranks)")
 }

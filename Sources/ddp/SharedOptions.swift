@@ -1,6 +1,7 @@
 import ArgumentParser
 import Files
 import Kernels
+import MPI
 import Training
 import Transformer
 
@@ -44,6 +45,13 @@ struct ThreadsOption: ParsableArguments {
         let count = try threads ?? defaultComputeThreads(localRanks: localRanks)
         setComputeThreads(count)
         return count
+    }
+
+    /// `apply` on every rank of `world` together: a setting refused on any rank (`SWIFTDDP_THREADS=abc` there) stops
+    /// every rank with its sentence, said once.
+    @discardableResult
+    func apply(world: Communicator) throws -> Int {
+        try togetherOnEveryRank(world, "thread settings") { try apply(localRanks: world.localSize) }
     }
 }
 

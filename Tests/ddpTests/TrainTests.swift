@@ -360,6 +360,43 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(mixed.stderr.components(separatedBy: "Error: the ranks of this job run different commands (rank 0 ddp train, "
                                                              + "rank 1 ddp bench step)").count - 1, 1, mixed.output)
         XCTAssertFalse(FileManager.default.fileExists(atPath: path("mixed")), "nothing written")
+
+        // A rank that stops before MPI (an argument error, --help, a check before the command starts MPI) takes part
+        // in the job's first exchange: the others stop with its sentence, said once by rank 0. Before, a rank printing
+        // its help left the other waiting forever, and an error every rank raised was printed by each.
+        let help = try runProcess(mpirun, ["-np", "1", ddp, "train", "--config", good, "--run-dir", path("helped"), ":",
+                                           "-np", "1", ddp, "train", "--help"], environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(help.timedOut, "the job hung:\n\(help.output)")
+        XCTAssertNotEqual(help.status, 0, help.output)
+        XCTAssertTrue(help.stderr.contains("Error: rank 1: printed what ddp train was asked for (--help, --version) instead of running it"),
+                      help.output)
+        XCTAssertFalse(help.output.contains("MPI_ABORT") || help.output.contains("OVERVIEW"), help.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("helped")), "nothing written")
+        let bothHelp = try runProcess(mpirun, ["-np", "2", "--oversubscribe", ddp, "eval", "--help"], environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(bothHelp.status, 0, bothHelp.output)
+        XCTAssertEqual(bothHelp.stdout.components(separatedBy: "OVERVIEW: ").count - 1, 1, "the help, once: \(bothHelp.output)")
+        for (arguments, sentence) in [(["eval", "--checkpoint", path("absent.h5")], "Error: checkpoint \(path("absent.h5")): does not exist"),
+                                      (["train", "--confg", good], "Error: Missing expected argument '--config <config>'"),
+                                      (["prepare", "--synthetic", "reverse", "--output", path("twice")], "Error: ddp prepare runs as one process")] {
+            let both = try runProcess(mpirun, ["-np", "2", "--oversubscribe", ddp] + arguments, environment: mpiEnvironment, timeout: 120)
+            XCTAssertFalse(both.timedOut, "the job hung:\n\(both.output)")
+            XCTAssertNotEqual(both.status, 0, both.output)
+            XCTAssertEqual(both.stderr.components(separatedBy: sentence).count - 1, 1, "once: \(both.output)")
+        }
+        let oneEval = try runProcess(mpirun, ["-np", "1", ddp, "eval", "--checkpoint", path("absent.h5"), ":",
+                                              "-np", "1", ddp, "eval", "--checkpoint", path("other.h5")], environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(oneEval.timedOut, "the job hung:\n\(oneEval.output)")
+        XCTAssertTrue(oneEval.stderr.contains("Error: rank 0: checkpoint \(path("absent.h5")): does not exist")
+                      && oneEval.stderr.contains("Error: rank 1: checkpoint \(path("other.h5")): does not exist"), oneEval.output)
+        // A compute-thread setting refused on one rank only (inside the command): the same, said once.
+        let bench = ["bench", "step", "--config", good, "--steps", "1", "--warmup", "0"]
+        let badThreads = try runProcess(mpirun, ["-np", "1", "-x", "SWIFTDDP_THREADS=1", ddp] + bench + [":", "-np", "1", "-x", "SWIFTDDP_THREADS=abc", ddp]
+                                        + bench, environment: mpiEnvironment.filter { $0.key != "SWIFTDDP_THREADS" }, timeout: 120)
+        XCTAssertFalse(badThreads.timedOut, "the job hung:\n\(badThreads.output)")
+        XCTAssertNotEqual(badThreads.status, 0, badThreads.output)
+        XCTAssertEqual(badThreads.stderr.components(separatedBy: "Error: rank 1: SWIFTDDP_THREADS=abc: expected a whole number").count - 1, 1,
+                       badThreads.output)
+        XCTAssertFalse(badThreads.output.contains("MPI_ABORT"), badThreads.output)
     }
 
     /// grad_compression bf16: 2 ranks x 4 follow 1 rank x 8 (float32) within bfloat16's rounding. The loss tolerance
