@@ -56,6 +56,30 @@ static inline int swiftddp_link_type(hid_t location, const char *name) {
     return (int)info.type;
 }
 
+// Calls `visit` with the name of every link in `group`, in the order HDF5 stores them (H5Literate, H5_ITER_NATIVE),
+// until it returns non-zero. No table of all links is built first: on a damaged group HDF5 1.10's by-index lookups
+// (H5Lget_name_by_idx) release such a table half filled and crash, where this stops at the first bad link with an error.
+typedef herr_t (*swiftddp_name_visitor)(const char *name, void *context);
+struct swiftddp_name_visit { swiftddp_name_visitor visit; void *context; };
+#if H5_VERSION_GE(1, 12, 0)
+static herr_t swiftddp_link_name_callback(hid_t group, const char *name, const H5L_info2_t *info, void *data) {
+#else
+static herr_t swiftddp_link_name_callback(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+#endif
+    (void)group; (void)info;
+    struct swiftddp_name_visit *visit = (struct swiftddp_name_visit *)data;
+    return visit->visit(name, visit->context);
+}
+static inline herr_t swiftddp_link_names(hid_t group, swiftddp_name_visitor visit, void *context) {
+    struct swiftddp_name_visit data = { visit, context };
+    hsize_t index = 0;
+#if H5_VERSION_GE(1, 12, 0)
+    return H5Literate2(group, H5_INDEX_NAME, H5_ITER_NATIVE, &index, swiftddp_link_name_callback, &data);
+#else
+    return H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &index, swiftddp_link_name_callback, &data);
+#endif
+}
+
 // Sixteen bytes that identify an open object within its file (its address, or its token), for visiting each object
 // once; negative when they cannot be read.
 static inline herr_t swiftddp_object_identity(hid_t object, unsigned char identity[16]) {

@@ -93,7 +93,6 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         // The vocabulary: token text (GPT-2's byte-to-unicode characters) to id.
         guard let vocab = model["vocab"] as? [String: Any] else { throw JSONError(message: "tokenizer.json has no model.vocab object") }
         let limit = Self.largestVocabulary
-        let unicodeToByte = Self.unicodeToByte
         var expansions: [[UInt8]?] = []
         var vocabulary: [[UInt8]: Int32] = [:]
         var textToID: [String: Int32] = [:]

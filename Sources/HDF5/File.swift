@@ -86,3 +86,13 @@ public final class Group: HDF5Container {
     public let handle: ObjectHandle
     init(_ handle: ObjectHandle) { self.handle = handle }
 }
+
+/// The HDF5 library this program runs with.
+public enum HDF5Library {
+    /// Its version, as "HDF5 1.10.8" (H5get_libversion).
+    public static var version: String {
+        var major: UInt32 = 0, minor: UInt32 = 0, release: UInt32 = 0
+        guard H5get_libversion(&major, &minor, &release) >= 0 else { return "version unknown" }
+        return "HDF5 \(major).\(minor).\(release)"
+    }
+}

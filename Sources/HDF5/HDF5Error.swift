@@ -89,7 +89,7 @@ private let quietErrorsKey: pthread_key_t = {
 /// it is turned off before the library's first call.
 private let noCleanupAtExit: Void = { _ = H5dont_atexit() }()
 
-private func silenceAutomaticErrorPrinting() {
+func silenceAutomaticErrorPrinting() {
     _ = noCleanupAtExit
     guard pthread_getspecific(quietErrorsKey) == nil else { return }
     H5Eset_auto2(swiftddp_H5E_DEFAULT(), nil, nil)
@@ -129,10 +129,12 @@ func discardErrorStack() {
 /// Collects strings from HDF5's C callbacks (passed through their `void *` context).
 final class StringList {
     var lines: [String] = []
+    /// The most lines a collector takes before it asks the C library to stop.
+    var limit = Int.max
 }
 
 /// Reads the current thread's HDF5 error stack (outermost call first) and clears it.
-private func takeErrorStack() -> [String] {
+func takeErrorStack() -> [String] {
     let collected = StringList()
     let box = Unmanaged.passRetained(collected)
     defer { box.release() }

@@ -26,7 +26,11 @@ public protocol HDF5Container: HDF5Object {}
 /// What a group holds under one name.
 public struct Member: Sendable, Equatable {
     /// What the name links to. Soft and external links are reported as links, not followed.
-    public enum Kind: Sendable, Equatable { case group, dataset, softLink, externalLink, other }
+    public enum Kind: Sendable, Equatable {
+        case group, dataset, softLink, externalLink, other
+        /// A hard link to an object this HDF5 library cannot open (one a newer HDF5 wrote, or damage): its error.
+        case unopenable(String)
+    }
     /// The link name inside the group (one path component).
     public let name: String
     /// What the link points to.
@@ -78,23 +82,31 @@ extension HDF5Container {
             throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
                             message: "holds \(info.nlinks) links, more than the \(limit) SwiftDDP lists")
         }
-        var result: [Member] = []
-        for index in 0..<info.nlinks {
-            let length = try h5call("H5Lget_name_by_idx", site) {
-                H5Lget_name_by_idx(handle.id, ".", H5_INDEX_NAME, H5_ITER_INC, index, nil, 0, swiftddp_H5P_DEFAULT())
-            }
-            guard length < 1 << 16 else {
-                throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
-                                message: "link \(index) has a name of \(length) bytes")
-            }
-            var buffer = [CChar](repeating: 0, count: Int(length) + 1)
-            try h5call("H5Lget_name_by_idx", site) {
-                H5Lget_name_by_idx(handle.id, ".", H5_INDEX_NAME, H5_ITER_INC, index, &buffer, buffer.count, swiftddp_H5P_DEFAULT())
-            }
-            let name = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            result.append(Member(name: name, kind: memberKind(name)))
+        // Names first, in storage order (the C library's iteration builds no table of all links, see shim.h), then
+        // sorted as HDF5's name index orders them (bytewise).
+        let collected = StringList()
+        collected.limit = limit
+        let box = Unmanaged.passRetained(collected)
+        defer { box.release() }
+        try h5call("H5Literate", site) {
+            swiftddp_link_names(handle.id, { name, context in
+                guard let name, let context else { return -1 }
+                let names = Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue()
+                var length = 0
+                while name[length] != 0 {
+                    length += 1
+                    if length == 1 << 16 { return -1 }  // a name past any real one: damage
+                }
+                names.lines.append(String(decoding: UnsafeRawBufferPointer(start: name, count: length), as: UTF8.self))
+                return names.lines.count > names.limit ? 1 : 0  // (1 stops the iteration; the count is refused below)
+            }, box.toOpaque())
         }
-        return result
+        let names = collected.lines.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
+        guard names.count <= limit else {
+            throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
+                            message: "holds \(names.count) links, more than the \(limit) SwiftDDP lists")
+        }
+        return names.map { Member(name: $0, kind: memberKind($0)) }
     }
 
     private func memberKind(_ name: String) -> Member.Kind {
@@ -106,10 +118,11 @@ extension HDF5Container {
             discardErrorStack()
             return .other
         }
+        silenceAutomaticErrorPrinting()
         let object = H5Oopen(handle.id, name, swiftddp_H5P_DEFAULT())
         guard object >= 0 else {
-            discardErrorStack()
-            return .other
+            // The innermost reason ("unable to decode ..."), which says what the library could not read.
+            return .unopenable(takeErrorStack().last ?? "H5Oopen failed")
         }
         defer { H5Oclose(object) }
         switch H5Iget_type(object) {

@@ -221,6 +221,9 @@ struct Inspect: ParsableCommand {
                                + "with one are refused)")
             case .other:
                 listing.append("\(indent)  \(memberPath)  (link to no group or dataset)")
+            case .unopenable(let reason):
+                listing.append("\(indent)  \(memberPath)  cannot be opened by this program's \(HDF5Library.version), "
+                               + "written by a newer HDF5 or damaged: \(reason)")
             }
         }
     }

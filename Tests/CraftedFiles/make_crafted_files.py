@@ -18,11 +18,12 @@ os.makedirs(out, exist_ok=True)
 made = []
 
 
-def variant(source, name, kind, what, change, usable=False):
-    """usable: the data is still sound (only something around it is odd), so commands may accept it."""
+def variant(source, name, kind, what, change, usable=False, libver=None):
+    """usable: the data is still sound (only something around it is odd), so commands may accept it. libver: h5py's
+    (the file format versions it may write)."""
     path = os.path.join(out, name)
     shutil.copyfile(source, path)
-    with h5py.File(path, "a") as f:
+    with h5py.File(path, "a", libver=libver) as f:
         if "attribute_digest" in f.attrs:
             del f.attrs["attribute_digest"]  # a crafted file would not carry a digest that matches
         change(f)
@@ -159,6 +160,14 @@ variant(lm_shard, "lm-fewer-samples-than-a-batch.h5", "lm", "one sample, batches
 # A sampler position past the end of an epoch: resuming refuses it (the parameters are sound, so the rest may read it).
 variant(checkpoint, "checkpoint-batch-past-epoch.h5", "checkpoint", "sampler batch 10^6 of an epoch",
         lambda f: f.attrs.__setitem__("batch", np.int64(10**6)), usable=True)
+
+# Members of /params the model has no parameter for (strict loading, as torch's load_state_dict): a layer of a deeper
+# model pasted in; a member written in a format newer than the reader's HDF5 (a compound type with libver "latest",
+# whose datatype message HDF5 1.10 cannot decode).
+variant(checkpoint, "checkpoint-extra-tensor.h5", "checkpoint", "a tensor of a layer the model does not have",
+        lambda f: f.create_dataset("params/encoder.layers.9.ffn.fc1.weight", data=np.zeros((2, 2), dtype=np.float32)))
+variant(checkpoint, "checkpoint-newer-format-member.h5", "checkpoint", "a member of /params only a newer HDF5 may read",
+        lambda f: f.create_dataset("params/notes", data=np.zeros(3, dtype=[("a", "i4"), ("b", "f4")])), libver="latest")
 
 # Configs (YAML) with values that cannot work.
 configs = {

@@ -170,6 +170,19 @@ final class RoundTripTests: XCTestCase {
         XCTAssertTrue(try file.contains("/tokens"))
         XCTAssertFalse(try file.contains("decoder/layers/0"))
         XCTAssertEqual(try file.openGroup("encoder").openDataset("layers/0/weight").path, "/encoder/layers/0/weight")
+
+        // A group of many links (kept in HDF5's dense storage, as a checkpoint's /params): every name, in name order
+        // (bytewise), whatever order they were made in; a limit below their count is refused.
+        let manyPath = path("many.h5")
+        let names = (0..<60).map { "layers.\($0).weight" } + ["Z", "a", "é"]
+        do {
+            let many = try File.create(manyPath)
+            for name in names.shuffled() { try many.createDataset("params/\(name)", type: .float32, shape: [1]) }
+        }
+        let params = try File.open(manyPath).openGroup("params")
+        XCTAssertEqual(try params.members().map(\.name), names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) })
+        XCTAssertTrue(try params.members().allSatisfy { $0.kind == .dataset })
+        XCTAssertThrowsError(try params.members(limit: 10))
     }
 
     func testReadWriteModeReopensAndAppends() throws {
