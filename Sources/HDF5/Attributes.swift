@@ -113,19 +113,21 @@ extension HDF5Object {
         try h5call("H5Aexists", Site(file: filePath, object: "\(path)@\(name)")) { H5Aexists(handle.id, name) } > 0
     }
 
-    /// Attribute names in name order.
+    /// Attribute names in name order (bytewise).
     public func attributeNames() throws(HDF5Error) -> [String] {
         let names = StringList()
         let box = Unmanaged.passRetained(names)
         defer { box.release() }
+        // In storage order, then sorted here: increasing name order makes HDF5 build a table of every attribute first,
+        // as for links, whose table a damaged group made HDF5 1.10 release half filled and crash (see `members`).
         try h5call("H5Aiterate2", site) {
-            H5Aiterate2(handle.id, H5_INDEX_NAME, H5_ITER_INC, nil, { _, name, _, context in
+            H5Aiterate2(handle.id, H5_INDEX_NAME, H5_ITER_NATIVE, nil, { _, name, _, context in
                 guard let name, let context else { return 0 }
                 Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue().lines.append(String(cString: name))
                 return 0
             }, box.toOpaque())
         }
-        return names.lines
+        return names.lines.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }
 
     /// The attribute's value; a missing attribute throws `.objectNotFound`, one with no value (a null dataspace, zero
