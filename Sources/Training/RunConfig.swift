@@ -536,9 +536,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
 
     /// `section.key=value`: sets (or adds) one key; the value is read as YAML (`3`, `1.0e-3`, `true`, `gelu`).
     private static func apply(_ override: String, to root: Node, file: String) throws -> Node {
-        let parts = override.split(separator: "=", maxSplits: 1).map(String.init)
+        let parts = override.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
         let path = parts.first?.split(separator: ".").map(String.init) ?? []
-        guard parts.count == 2, path.count == 2, !parts[1].isEmpty else {
+        guard parts.count == 2, path.count == 2 else {
             throw ConfigError(file: "--set \(override)", key: nil, message: "expected section.key=value (for example training.steps=100)")
         }
         let (section, key) = (path[0], path[1])
@@ -549,6 +549,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         guard let allowed = knownKeys[section], allowed.contains(key) else {
             let known = knownKeys[section].flatMap { closest(to: key, in: $0) }.map { " (did you mean '\(section).\($0)'?)" } ?? ""
             throw ConfigError(file: "--set \(override)", key: "\(section).\(key)", message: "unknown key\(known)")
+        }
+        guard !parts[1].isEmpty else {
+            throw ConfigError(file: "--set \(override)", key: "\(section).\(key)",
+                              message: "has no value after '=' (give one, or leave this --set out for the config's value)")
         }
         guard var mapping = root.mapping else { throw ConfigError(file: file, key: nil, message: "expected a mapping of keys to values") }
         let value: Node

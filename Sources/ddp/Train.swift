@@ -178,7 +178,9 @@ struct Train: ParsableCommand {
         }
         // (eval may leave it out and take --data; training has nothing else to read)
         guard !run.data.directory.isEmpty else {
-            throw ConfigError(file: config.config, key: "data.directory",
+            // Named where it was emptied: a --set (data.directory="") or the file.
+            let override = config.overrides.last { $0.hasPrefix("data.directory=") }
+            throw ConfigError(file: override.map { "--set \($0)" } ?? config.config, key: "data.directory",
                               message: "is not set: name the directory `ddp prepare --output` wrote the shards to")
         }
         return (run, initPath)

@@ -485,6 +485,18 @@ final class TrainTests: XCTestCase {
         XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 1, "printed once, by rank 0:\n\(result.output)")
     }
 
+    /// A data directory emptied by --set is blamed on that --set, not on the config file, which names one.
+    func testAnEmptiedDataDirectoryNamesItsSource() throws {
+        let good = try config(batch: 4, steps: 2)
+        let emptied = try runProcess(ddp, ["train", "--config", good, "--run-dir", path("emptied"), "--set", "data.directory=\"\""])
+        XCTAssertEqual(emptied.status, 1, emptied.output)
+        XCTAssertTrue(emptied.stderr.contains("--set data.directory=\"\": config key 'data.directory': is not set"), emptied.output)
+        XCTAssertFalse(emptied.stderr.contains(good), emptied.output)
+        let noValue = try runProcess(ddp, ["train", "--config", good, "--run-dir", path("emptied"), "--set", "data.directory="])
+        XCTAssertEqual(noValue.status, 1, noValue.output)
+        XCTAssertTrue(noValue.stderr.contains("--set data.directory=: config key 'data.directory': has no value after '='"), noValue.output)
+    }
+
     /// A config every rank refuses is said once under mpirun, by rank 0, without an MPI abort.
     func testAConfigRefusedUnderMPIIsSaidOnce() throws {
         guard findOnPath("mpirun") != nil else { throw XCTSkip("mpirun is not installed") }
