@@ -120,6 +120,9 @@ public struct Shard: Sendable {
     public let samples: Int
     /// Real tokens in the file (all of them for seq2seq, the stream length for lm).
     public let tokens: Int
+    /// FNV-1a 64 over every stored token and offset in file order (tokens, then for seq2seq the source and target
+    /// offsets), made while validating: shards with the same digest hold the same data (`ddp inspect`'s content digest).
+    public let digest: UInt64
 }
 
 /// A split (`train` or `valid`) of a dataset directory, every file validated before training starts.
@@ -221,7 +224,7 @@ public struct DataSplit: Sendable {
             guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
             let tokens = try file.validateTokens("tokens", pad: tokenizer.specialTokens.pad)
             let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
-            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens), tokenizer)
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens, digest: file.digest), tokenizer)
         case .seq2seq:
             let pad = tokenizer.specialTokens.pad
             let source = try file.validateTokens("source/tokens", pad: pad), target = try file.validateTokens("target/tokens", pad: pad)
@@ -230,7 +233,7 @@ public struct DataSplit: Sendable {
             guard sources == targets else {
                 throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
             }
-            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target), tokenizer)
+            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target, digest: file.digest), tokenizer)
         }
     }
 }
@@ -241,6 +244,14 @@ private struct ShardValidator {
     let file: File
     /// The root attribute `vocab_size` once `header()` has read it.
     private(set) var vocabularySize: Int64 = 0
+    /// FNV-1a 64 over the bytes of every block validated so far (`Shard.digest`).
+    private(set) var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+
+    private mutating func mix<T>(_ block: [T]) {
+        var value = digest
+        block.withUnsafeBytes { bytes in for byte in bytes { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 } }
+        digest = value
+    }
 
     init(path: String) throws {
         self.path = path
@@ -289,9 +300,10 @@ private struct ShardValidator {
     /// Every token id in range, read in blocks (memory stays flat on multi-gigabyte shards); returns the count.
     /// Token ids lie in the vocabulary and are not the tokenizer's PAD (`pad`; -1, none, for GPT-2's): padding is hidden
     /// from attention and the loss, so a PAD in the data would silently drop that position.
-    func validateTokens(_ name: String, pad: Int32) throws -> Int {
+    mutating func validateTokens(_ name: String, pad: Int32) throws -> Int {
         let dataset = try open(name, .int32, "1-D int32")
         try forEachBlock(of: dataset, name, as: Int32.self) { block, start in
+            mix(block)
             if let bad = block.firstIndex(where: { $0 < 0 || Int64($0) >= vocabularySize || $0 == pad }) {
                 let what = block[bad] == pad ? "the tokenizer's PAD id, which only padding may hold (it is hidden from attention and the loss)"
                                              : "outside the vocabulary (vocab_size \(vocabularySize))"
@@ -302,11 +314,12 @@ private struct ShardValidator {
     }
 
     /// Offsets start at 0, never decrease and end at the token count, checked in blocks; returns the sequence count.
-    func validateOffsets(_ name: String, tokens: Int) throws -> Int {
+    mutating func validateOffsets(_ name: String, tokens: Int) throws -> Int {
         let dataset = try open(name, .int64, "1-D int64 with at least one entry")
         guard dataset.shape[0] >= 1 else { throw DataError(file: path, "/\(name) must have at least one entry, found none") }
         var previous: Int64 = 0
         try forEachBlock(of: dataset, name, as: Int64.self) { block, start in
+            mix(block)
             if start == 0 && block[0] != 0 { throw DataError(file: path, "/\(name)[0] is \(block[0]), expected 0") }
             for (i, value) in block.enumerated() {
                 guard value >= previous else {
@@ -344,21 +357,9 @@ public struct ShardPreview: Sendable {
         let file = try File.open(path)
         guard (try? file.stringAttribute("format")) == dataFormat else { return nil }
         let (shard, tokenizer) = try DataSplit.validate(path, sequenceLength: 1)
-        var digest: UInt64 = 0xCBF2_9CE4_8422_2325
-        var checksummed = true
-        func mix<T: HDF5Scalar>(_ name: String, _ type: T.Type) throws {
-            let dataset = try file.openDataset(name)
-            checksummed = try checksummed && dataset.storage().fletcher32
-            try forEachBlock(of: dataset, name, as: T.self) { block, _ in
-                block.withUnsafeBytes { bytes in for byte in bytes { digest = (digest ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 } }
-            }
-        }
-        if shard.task == .lm {
-            try mix("tokens", Int32.self)
-        } else {
-            for name in ["source/tokens", "target/tokens"] { try mix(name, Int32.self) }
-            for name in ["source/offsets", "target/offsets"] { try mix(name, Int64.self) }
-        }
+        let digest = shard.digest
+        let names = shard.task == .lm ? ["tokens"] : ["source/tokens", "target/tokens", "source/offsets", "target/offsets"]
+        let checksummed = try names.allSatisfy { try file.openDataset($0).storage().fletcher32 }
         var shown: [String] = []
         switch shard.task {
         case .lm:

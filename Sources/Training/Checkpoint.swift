@@ -54,15 +54,20 @@ public enum Checkpoint {
         public var worldSize: Int
         /// The training data's fingerprint (shard names, sample and token counts, tokenizer).
         public var dataFingerprint: String
+        /// The training data's content: shard names, every shard's `Shard.digest`, tokenizer (root attribute
+        /// "data_digest"; nil in checkpoints written before it, whose resume compares only `dataFingerprint`).
+        public var dataDigest: String?
         /// The epoch order of the build that wrote it (`TokenBudgetSampler.orderVersion`, root attribute
         /// "sampler_version"; 1 when not stored, as before the attribute).
         public var samplerVersion: Int
 
         /// A provenance with its parts; the sampler version this build's.
-        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, samplerVersion: Int = TokenBudgetSampler.orderVersion) {
+        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, dataDigest: String?,
+                    samplerVersion: Int = TokenBudgetSampler.orderVersion) {
             self.globalBatch = globalBatch
             self.worldSize = worldSize
             self.dataFingerprint = dataFingerprint
+            self.dataDigest = dataDigest
             self.samplerVersion = samplerVersion
         }
     }
@@ -141,6 +146,7 @@ public enum Checkpoint {
             try file.setAttribute("global_batch", provenance.globalBatch)
             try file.setAttribute("world_size", provenance.worldSize)
             try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
+            if let digest = provenance.dataDigest { try file.setAttribute("data_digest", digest) }
             try file.setAttribute("sampler_version", provenance.samplerVersion)
         }
         if !abandoned.isEmpty { try file.setAttribute("abandoned_checkpoints", abandoned.joined(separator: "\n")) }
@@ -312,6 +318,7 @@ public enum Checkpoint {
             provenance = Provenance(globalBatch: try count("global_batch", in: 0...Int64(Int32.max)),
                                     worldSize: try count("world_size", in: 1...Int64(1 << 24)),
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute),
+                                    dataDigest: try has("data_digest") ? try attribute("data_digest", file.stringAttribute) : nil,
                                     samplerVersion: try has("sampler_version") ? try count("sampler_version", in: 1...1_000_000) : 1)
         }
         var header = Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
@@ -433,7 +440,7 @@ public enum Checkpoint {
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
     /// must lie inside an epoch of `batchesPerEpoch` global batches.
     public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, batchesPerEpoch: Int, dataFingerprint: String,
-                                   log: (String) -> Void) throws {
+                                   dataDigest: String, log: (String) -> Void) throws {
         let header = try readHeader(path)
         // Refused first, before loading (whose errors are the file's damage, and name the run's other checkpoints) and
         // before the changes are listed (another kind's model lists keys that kind has no use for).
@@ -462,8 +469,9 @@ public enum Checkpoint {
             // A language model's windows are cut at target_length: that change (refused above) alters the samples
             // too, and is the one reason to give.
             let windowsChanged = config.model.kind.readsTokenStream && header.config.data.targetLength != config.data.targetLength
-            if provenance.dataFingerprint != dataFingerprint && !windowsChanged {
-                refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run)")
+            if (provenance.dataFingerprint != dataFingerprint || provenance.dataDigest.map { $0 != dataDigest } == true) && !windowsChanged {
+                refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run, "
+                               + "or other tokens in them)")
             }
             // Length groups were joined by chance before sampler version 2: the rest of an epoch begun in that order
             // would repeat some of its samples and skip others in this build's. A checkpoint at an epoch's start is fine.

@@ -132,8 +132,8 @@ public final class Trainer {
     private struct Run {
         let train: DataSplit, valid: DataSplit?
         let watchdog: CollectiveWatchdog
-        /// Identifies the training data for resuming (`dataFingerprint`).
-        let fingerprint: String
+        /// Identifies the training data for resuming (`dataFingerprint`, `dataDigest`).
+        let fingerprint: String, digest: String
         let sampler: any TrainingSampler
         /// Sequences per update over all ranks (the checkpoint's provenance); 0 for token-budget batches, which are
         /// defined globally.
@@ -177,8 +177,8 @@ public final class Trainer {
                 }
                 return (train, valid, pairs)
             }
-            let fingerprint = dataFingerprint(train)
-            try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint) }
+            let fingerprint = dataFingerprint(train), digest = dataDigest(train)
+            try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint + " " + digest) }
             let (batching, model) = try togetherOnEveryRank(world, "batching and model checks", watchdog: watchdog) {
                 let batching = try makeSampler(train, valid: valid, pairs: pairs)
                 let isLM = config.model.kind.readsTokenStream
@@ -199,7 +199,7 @@ public final class Trainer {
                 }
             }
             model.specialTokens = train.tokenizer.specialTokens
-            return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, sampler: batching.sampler,
+            return Run(train: train, valid: valid, watchdog: watchdog, fingerprint: fingerprint, digest: digest, sampler: batching.sampler,
                        globalBatch: batching.globalBatch, batching: batching.description, model: model,
                        optimizer: AdamW(layout: model.layout, settings: config.optimizer.settings), threads: threads,
                        masking: config.model.kind == .encoderOnly ? config.mlm.recipe(for: train.tokenizer) : nil)
@@ -384,7 +384,8 @@ public final class Trainer {
                 log("note: \(resumeFrom) holds step \(header.state.step), not the step \(named) its name says; resuming at step \(header.state.step)")
             }
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
-                                       batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint, log: log)
+                                       batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint,
+                                       dataDigest: run.digest, log: log)
             return ""
         }
         let state = try restore(resumeFrom, model: run.model, optimizer: run.optimizer, watchdog: run.watchdog)
@@ -453,7 +454,8 @@ public final class Trainer {
                     try Checkpoint.save(directory: runDirectory, model: run.model, optimizer: run.optimizer, state: state, config: config,
                                         tokenizer: run.train.tokenizer, keep: config.checkpoint.keep,
                                         provenance: .init(globalBatch: run.globalBatch, worldSize: world.size,
-                                                          dataFingerprint: run.fingerprint), abandoned: abandonedCheckpoints)
+                                                          dataFingerprint: run.fingerprint, dataDigest: run.digest),
+                                        abandoned: abandonedCheckpoints)
                 }
                 abandonedCheckpoints.remove(Paths.lastComponent(path))
                 log("checkpoint \(path)")
@@ -512,6 +514,18 @@ public final class Trainer {
         for shard in train.shards {
             hasher.add(Paths.lastComponent(shard.path))
             hasher.add("\(shard.samples) \(shard.tokens)")
+        }
+        hasher.add(train.tokenizer.json)
+        return String(hasher.value, radix: 16)
+    }
+
+    /// What identifies the training data's content for resuming: every train shard's name and content digest, and
+    /// the tokenizer (data prepared again with another seed has the same counts, and other samples in each place).
+    private func dataDigest(_ train: DataSplit) -> String {
+        var hasher = FNV1a()
+        for shard in train.shards {
+            hasher.add(Paths.lastComponent(shard.path))
+            hasher.add(String(shard.digest, radix: 16))
         }
         hasher.add(train.tokenizer.json)
         return String(hasher.value, radix: 16)

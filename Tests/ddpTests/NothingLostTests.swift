@@ -567,6 +567,21 @@ final class NothingLostTests: XCTestCase {
         XCTAssertNotEqual(windows.status, 0)
         XCTAssertTrue(windows.stderr.contains("cannot resume: changed data.target_length"), windows.output)
         XCTAssertFalse(windows.stderr.contains("the training data"), "the data did not change: \(windows.output)")
+
+        // Data with the same shards, samples and tokens but other content (prepared again with another seed, say):
+        // refused as other data. Before, only names and counts were compared, and the run went on over other samples.
+        try FileManager.default.copyItem(atPath: path("data"), toPath: path("shuffled"))
+        do {
+            let file = try File.open(path("shuffled/train-00000.h5"), mode: .readWrite)
+            let tokens = try file.openDataset("target/tokens")
+            let values: [Int32] = try tokens.read()
+            try tokens.write(Array(values.dropFirst()) + [values[0]])  // the same tokens, each one place on
+        }
+        let shuffled = try train(try config(steps: 12, lr: "1.0e-3"), run: "r", ["--resume", "--set", "data.directory=\(path("shuffled"))"])
+        XCTAssertNotEqual(shuffled.status, 0, shuffled.output)
+        XCTAssertTrue(shuffled.stderr.contains("the training data (\(path("shuffled")) holds other shards, samples or tokenizer"), shuffled.output)
+        let same = try train(try config(steps: 10, lr: "1.0e-3"), run: "r", ["--resume"])
+        XCTAssertEqual(same.status, 0, same.output)
     }
 
     // MARK: 5. Text from any editor
