@@ -120,8 +120,9 @@ public struct Shard: Sendable {
     public let samples: Int
     /// Real tokens in the file (all of them for seq2seq, the stream length for lm).
     public let tokens: Int
-    /// FNV-1a 64 over every stored token and offset in file order (tokens, then for seq2seq the source and target
-    /// offsets), made while validating: shards with the same digest hold the same data (`ddp inspect`'s content digest).
+    /// A 64-bit hash of every stored token and offset in file order (tokens, then for seq2seq the source and target
+    /// offsets), made while validating (`ContentDigest`): shards with the same digest hold the same data (`ddp inspect`'s
+    /// content digest).
     public let digest: UInt64
 }
 
@@ -244,14 +245,11 @@ private struct ShardValidator {
     let file: File
     /// The root attribute `vocab_size` once `header()` has read it.
     private(set) var vocabularySize: Int64 = 0
-    /// FNV-1a 64 over the bytes of every block validated so far (`Shard.digest`).
-    private(set) var digest: UInt64 = 0xCBF2_9CE4_8422_2325
+    /// The hash of every block validated so far (`Shard.digest`).
+    private var content = ContentDigest()
+    var digest: UInt64 { content.value }
 
-    private mutating func mix<T>(_ block: [T]) {
-        var value = digest
-        block.withUnsafeBytes { bytes in for byte in bytes { value = (value ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 } }
-        digest = value
-    }
+    private mutating func mix<T>(_ block: [T]) { block.withUnsafeBytes { content.add($0) } }
 
     init(path: String) throws {
         self.path = path
@@ -333,6 +331,25 @@ private struct ShardValidator {
     }
 }
 
+/// A 64-bit hash of a byte stream that tells changed data from the same (not a cryptographic one): FNV-1a's step
+/// over little-endian 8-byte words, each followed by folding the high half into the low, so a change anywhere reaches
+/// every later bit; the last bytes of a block that fill no word are taken one by one. Blocks of whole words (int32 and
+/// int64 arrays of even length) hash as one stream would. About 2 GB/s: the digest costs little next to reading a shard.
+struct ContentDigest {
+    private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
+
+    mutating func add(_ bytes: UnsafeRawBufferPointer) {
+        var hash = value
+        let words = bytes.count / 8
+        for index in 0..<words {
+            hash = (hash ^ bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self).littleEndian) &* 0x0000_0100_0000_01B3
+            hash ^= hash >> 32
+        }
+        for byte in bytes[(words * 8)...] { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        value = hash
+    }
+}
+
 /// A data file described for people (`ddp inspect`): what it holds and its first examples, decoded.
 public struct ShardPreview: Sendable {
     /// The file's "task" attribute.
@@ -346,7 +363,7 @@ public struct ShardPreview: Sendable {
     /// The first samples decoded to text, at most as many as `read` was asked for: documents found in the first 4096
     /// tokens for lm, "source  →  target" for seq2seq.
     public let examples: [String]
-    /// FNV-1a 64 over every stored token and offset, in file order: two shards with the same digest hold the same data.
+    /// The shard's content digest (`Shard.digest`): two shards with the same digest hold the same data.
     public let digest: UInt64
     /// Whether every token and offset dataset carries Fletcher-32 checksums (as ddp writes them), so reading it all
     /// verified them; files written elsewhere (h5py without `fletcher32=True`) have none.
