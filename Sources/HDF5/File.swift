@@ -89,6 +89,14 @@ public final class Group: HDF5Container {
 
 /// The HDF5 library this program runs with.
 public enum HDF5Library {
+    /// Tells HDF5 not to close what is still open when the process exits (H5dont_atexit); call it before anything
+    /// else of HDF5. A file whose close failed (a full disk) stays registered with the library, and HDF5's exit
+    /// handler closing it again crashed the process after its error was said. Every file SwiftDDP writes is closed,
+    /// or abandoned as failed, before it is renamed into place, so nothing is lost by skipping that handler.
+    public static func skipCleanupAtExit() {
+        _ = H5dont_atexit()
+    }
+
     /// Its version, as "HDF5 1.10.8" (H5get_libversion).
     public static var version: String {
         var major: UInt32 = 0, minor: UInt32 = 0, release: UInt32 = 0

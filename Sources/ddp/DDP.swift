@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HDF5
 
 @main
 struct DDP: ParsableCommand {
@@ -15,6 +16,7 @@ struct DDP: ParsableCommand {
     /// ArgumentParser's `main`, with standard output flushed before an error goes to standard error: into a file or a
     /// pipe (a job's log) it is buffered, and the progress lines that came before the error would land after it.
     static func main() {
+        HDF5Library.skipCleanupAtExit()
         reopenClosedStandardStreams()
         do {
             try refuseArgumentsThatAreNotUTF8(Array(CommandLine.arguments.dropFirst()))

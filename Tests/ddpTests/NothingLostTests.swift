@@ -1,3 +1,4 @@
+import Basics
 import Foundation
 import HDF5
 import TestSupport
@@ -229,6 +230,21 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(result.stderr.contains("No space left on device") && result.stderr.contains(full + "/d/train-00000.h5"), result.output)
         XCTAssertFalse(result.stderr.contains(".tmp"), "the message names the file asked for: \(result.output)")
         XCTAssertEqual(files(in: "full/d").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
+
+        // A trial's finding: where the disk filled up at the file's close, HDF5's exit handler closed it again and
+        // crashed (signal 11) after the sentence (a 3 MB tmpfs, 14 MB of text).
+        let larger = path("full-3m")
+        try FileManager.default.createDirectory(atPath: larger, withIntermediateDirectories: true)
+        XCTAssertEqual(try runProcess(try XCTUnwrap(findOnPath("mount")), ["-t", "tmpfs", "-o", "size=3m", "tmpfs", larger]).status, 0)
+        defer { _ = try? runProcess(findOnPath("umount") ?? "umount", [larger]) }
+        var random = SplitMix64(seed: 3)
+        let words = ["alpha", "beta", "gamma", "delta"]
+        let text = (0..<400_000).map { _ in (0..<12).map { _ in words[Int(random.next() % 4)] }.joined(separator: " ") }.joined(separator: "\n")
+        try text.write(toFile: path("big.txt"), atomically: true, encoding: .utf8)
+        let lm = try ddp(["prepare", "--task", "lm", "--input", path("big.txt"), "--output", larger + "/d"])
+        XCTAssertFalse(lm.signaled, "crashed:\n\(lm.output)")
+        XCTAssertEqual(lm.status, 1, lm.output)
+        XCTAssertTrue(lm.stderr.contains("No space left on device"), lm.output)
     }
 
     /// Leftovers of killed writes are removed by the next write into the same place; an input named like a shard
