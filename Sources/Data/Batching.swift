@@ -1,4 +1,5 @@
 import Basics
+import Files
 import Foundation
 import HDF5
 
@@ -24,6 +25,12 @@ public final class SampleReader {
         for shard in split.shards {
             let file: File
             do { file = try File.open(shard.path) } catch { throw DataError(file: shard.path, "\(error)") }
+            // Only the file that was validated: one prepared again since (another tokenizer, other token ids, other
+            // offsets) is refused, not read unchecked.
+            if let version = shard.version, FileVersion.of(shard.path) != version {
+                throw DataError(file: shard.path, "has changed since it was checked (prepared again?); only the data checked at the "
+                                                  + "start is read: start the command again to use the new data")
+            }
             starts.append(start)
             var open: [String: Dataset] = [:]
             for name in split.task == .lm ? ["tokens"] : ["source/tokens", "target/tokens"] {

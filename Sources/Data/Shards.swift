@@ -124,6 +124,9 @@ public struct Shard: Sendable {
     /// offsets), made while validating (`ContentDigest`): shards with the same digest hold the same data (`ddp inspect`'s
     /// content digest).
     public let digest: UInt64
+    /// The file's version when it was validated (nil when it could not be read): readers open only that version
+    /// (`SampleReader`), not a file prepared again under its name since.
+    public let version: FileVersion?
 }
 
 /// A split (`train` or `valid`) of a dataset directory, every file validated before training starts.
@@ -225,7 +228,7 @@ public struct DataSplit: Sendable {
             guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
             let tokens = try file.validateTokens("tokens", pad: tokenizer.specialTokens.pad)
             let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
-            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens, digest: file.digest), tokenizer)
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens, digest: file.digest, version: file.version), tokenizer)
         case .seq2seq:
             let pad = tokenizer.specialTokens.pad
             let source = try file.validateTokens("source/tokens", pad: pad), target = try file.validateTokens("target/tokens", pad: pad)
@@ -234,7 +237,8 @@ public struct DataSplit: Sendable {
             guard sources == targets else {
                 throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
             }
-            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target, digest: file.digest), tokenizer)
+            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target, digest: file.digest, version: file.version),
+                    tokenizer)
         }
     }
 }
@@ -251,8 +255,12 @@ private struct ShardValidator {
 
     private mutating func mix<T>(_ block: [T]) { block.withUnsafeBytes { content.add($0) } }
 
+    /// The file's version, taken before it is opened: a file replaced during validation then reads as changed.
+    let version: FileVersion?
+
     init(path: String) throws {
         self.path = path
+        version = FileVersion.of(path)
         do { file = try File.open(path) } catch { throw DataError(file: path, error.message) }
     }
 

@@ -102,6 +102,22 @@ final class ShardTests: XCTestCase {
         XCTAssertGreaterThan(left, 900, "the thread kept reading after the loader was released")
     }
 
+    /// A trial's finding: a shard prepared again after its split was checked (while a run trains on it) was read
+    /// unchecked at the next evaluation, and its new token ids trapped in the embedding. A reader opens only the
+    /// version that was checked.
+    func testAShardReplacedAfterItWasCheckedIsRefused() throws {
+        try writeSeq2Seq(pairs: [("abc", "xy"), ("a", "wxyz")])
+        let split = try DataSplit(directory: path, split: "train")
+        XCTAssertNoThrow(try SampleReader(split: split))
+        try writeSeq2Seq(pairs: [("other", "pairs"), ("of", "text"), ("now", "")])
+        assertDataError([file("train-00000.h5"), "has changed since it was checked (prepared again?)"]) { _ = try SampleReader(split: split) }
+        let loader = BatchLoader(split: split, maxSourceLength: 16, maxTargetLength: 16) { ListPlan([[0]]).next() }
+        XCTAssertThrowsError(try loader.next()) { XCTAssertTrue("\($0)".contains("has changed since it was checked"), "\($0)") }
+        loader.stop()
+        XCTAssertEqual(try SampleReader(split: try DataSplit(directory: path, split: "train")).sample(2).source, Tokenizer.byte.encode("now"),
+                       "checked again, the new data is read")
+    }
+
     func testLoaderRethrowsReadErrors() throws {
         try writeSeq2Seq(pairs: [("abcdef", "x")])
         let split = try DataSplit(directory: path, split: "train")
