@@ -339,25 +339,6 @@ private struct ShardValidator {
     }
 }
 
-/// A 64-bit hash of a byte stream that tells changed data from the same (not a cryptographic one): FNV-1a's step
-/// over little-endian 8-byte words, each followed by folding the high half into the low, so a change anywhere reaches
-/// every later bit; the last bytes of a block that fill no word are taken one by one. Blocks of whole words (int32 and
-/// int64 arrays of even length) hash as one stream would. About 2 GB/s: the digest costs little next to reading a shard.
-struct ContentDigest {
-    private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325
-
-    mutating func add(_ bytes: UnsafeRawBufferPointer) {
-        var hash = value
-        let words = bytes.count / 8
-        for index in 0..<words {
-            hash = (hash ^ bytes.loadUnaligned(fromByteOffset: index * 8, as: UInt64.self).littleEndian) &* 0x0000_0100_0000_01B3
-            hash ^= hash >> 32
-        }
-        for byte in bytes[(words * 8)...] { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
-        value = hash
-    }
-}
-
 /// A data file described for people (`ddp inspect`): what it holds and its first examples, decoded.
 public struct ShardPreview: Sendable {
     /// The file's "task" attribute.

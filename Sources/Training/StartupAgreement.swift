@@ -35,3 +35,20 @@ func sentenceOnEveryRank(_ error: any Error) -> String {
     let text = "\(error)"
     return text.isEmpty ? "\(type(of: error)) (an error without a message)" : text
 }
+
+/// Every rank of `world` must hold the same of each part of `parts` (a name and a content digest: the checkpoint's
+/// parameters, the data, the options that shape the result), as `ddp train` checks its config and data: one
+/// allgather of the digests. The first part where a rank differs from rank 0 is `RanksDisagree` on every rank, naming
+/// the part and the ranks, and `hint` (what to check). Alone, nothing to compare.
+public func requireRanksAgree(_ world: Communicator, on parts: [(name: String, digest: UInt64)], hint: String) throws {
+    guard world.size > 1 else { return }
+    let all = try world.allgather(parts.map { Int64(bitPattern: $0.digest) })
+    for (index, part) in parts.enumerated() {
+        let values = (0..<world.size).map { all[$0 * parts.count + index] }
+        let differing = values.indices.filter { values[$0] != values[0] }
+        guard !differing.isEmpty else { continue }
+        throw RanksDisagree(message: "ranks disagree on \(part.name): rank\(differing.count > 1 ? "s" : "") "
+                                     + "\(differing.map(String.init).joined(separator: ", ")) \(differing.count > 1 ? "differ" : "differs") "
+                                     + "from rank 0 (\(hint))")
+    }
+}

@@ -95,6 +95,15 @@ struct Embed: ParsableCommand {
                 }
                 return model
             }
+            // Each rank read its own --input and --checkpoint (node-local paths, say): the sum of hidden states below
+            // needs the same lines and model on every rank (other lines made the sum's lengths differ and memory corrupt).
+            var linesDigest = ContentDigest(), outputDigest = ContentDigest()
+            for line in lines { line.withUnsafeBufferPointer { linesDigest.add($0) } }
+            outputDigest.add(output)
+            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", contentDigest(of: model)),
+                                              ("the lines of --input (their tokens)", linesDigest.value),
+                                              ("--output (only rank 0 writes it)", outputDigest.value)],
+                                  hint: "the same --checkpoint, --input and --output on every rank?")
             let hidden = try encode(lines, model: model, world: world)
             guard world.rank == 0 else { return }
             try write(lines, hidden: hidden, channels: model.config.dModel, checkpoint: path, step: header.state.step,

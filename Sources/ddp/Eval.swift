@@ -1,4 +1,5 @@
 import ArgumentParser
+import Basics
 import Data
 import Files
 import Foundation
@@ -150,6 +151,14 @@ struct Eval: ParsableCommand {
             plan.masking = run.evaluationMasking(tokenizer: evaluated.tokenizer)
             plan.bleuTokenization = bleuTokenize ?? run.eval.bleuTokenize
             plan.gatherTexts = !textOutputs.isEmpty
+            // Each rank read its own --checkpoint and data (node-local paths, say): the sums below combine only what
+            // is the same on every rank.
+            var options = ContentDigest()
+            options.add("\(plan)")
+            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", contentDigest(of: model)),
+                                              ("the data evaluated (its shards' content, or the text's)", contentDigest(of: evaluated)),
+                                              ("the evaluation options", options.value)],
+                                  hint: "the same --checkpoint, data and options on every rank?")
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)
             if world.rank == 0 {
                 // Text is named by its files: the temporary shards it became are gone by the time anyone reads this.

@@ -1,6 +1,10 @@
 import ArgumentParser
+import Basics
+import Data
+import Files
 import Foundation
 import MPI
+import Transformer
 
 /// Runs `body` with MPI initialised, and finalises it afterwards.
 ///
@@ -182,4 +186,21 @@ func requireOneProcess(_ command: String) throws {
     guard size > 1 else { return }
     throw RunError("\(command) runs as one process, and mpirun started \(size); run it without mpirun (train, "
                        + "eval, embed, bench step and bench allreduce are the commands that run on several ranks)")
+}
+
+/// What ranks of `eval` and `embed` compare before they combine their sums (`requireRanksAgree`): a model's config and
+/// every parameter, bit for bit.
+func contentDigest(of model: TransformerModel) -> UInt64 {
+    var digest = ContentDigest()
+    digest.add("\(model.config)")
+    digest.add(UnsafeBufferPointer(model.parameters.storage))
+    return digest.value
+}
+
+/// A split's content: its shards' names and content digests (`Shard.digest`), and its tokenizer.
+func contentDigest(of split: DataSplit) -> UInt64 {
+    var digest = ContentDigest()
+    for shard in split.shards { digest.add("\(Paths.lastComponent(shard.path)) \(shard.digest)") }
+    digest.add(split.tokenizer.json)
+    return digest.value
 }

@@ -120,6 +120,37 @@ final class CheckpointToolsTests: XCTestCase {
         }
     }
 
+    /// A trial's findings: ranks that read another checkpoint, data or input (node-local paths that differ) had their
+    /// sums combined in silence (eval printed a loss no checkpoint has), or, for embed's lines, corrupted memory.
+    /// Every rank now compares what it read before anything is combined, and stops with one sentence.
+    func testRanksThatReadOtherFilesStopBeforeTheirSumsMeet() throws {
+        guard let mpirun = findOnPath("mpirun") else { throw XCTSkip("mpirun is not installed") }
+        func job(_ first: [String], _ second: [String]) throws -> ProcessResult {
+            let result = try runProcess(mpirun, ["--oversubscribe", "-np", "1", ddp] + first + [":", "-np", "1", ddp] + second,
+                                        environment: mpiEnvironment, timeout: 300)
+            XCTAssertFalse(result.timedOut || result.signaled, "hung or crashed:\n\(result.output)")
+            XCTAssertEqual(result.status, 1, result.output)
+            return result
+        }
+        let checkpoints = try FileManager.default.contentsOfDirectory(atPath: path("reverse-run")).filter { $0.hasPrefix("checkpoint-") }.sorted()
+        XCTAssertGreaterThanOrEqual(checkpoints.count, 2)
+        let otherCheckpoint = try job(["eval", "--checkpoint", path("reverse-run/" + checkpoints[0])],
+                                      ["eval", "--checkpoint", path("reverse-run/" + checkpoints[1])])
+        XCTAssertTrue(otherCheckpoint.stderr.contains("Error: ranks disagree on the checkpoint (its config and parameters): rank 1 differs "
+                                                      + "from rank 0"), otherCheckpoint.output)
+        let otherSplit = try job(["eval", "--checkpoint", path("lm-run")], ["eval", "--checkpoint", path("lm-run"), "--split", "train"])
+        XCTAssertTrue(otherSplit.stderr.contains("Error: ranks disagree on the data evaluated"), otherSplit.output)
+        let otherDecoding = try job(["eval", "--checkpoint", path("reverse-run")], ["eval", "--checkpoint", path("reverse-run"), "--decode", "beam"])
+        XCTAssertTrue(otherDecoding.stderr.contains("Error: ranks disagree on the evaluation options"), otherDecoding.output)
+        try "abc\nhgfe\nabc\n".write(toFile: path("three.txt"), atomically: true, encoding: .utf8)
+        try "one\n".write(toFile: path("one.txt"), atomically: true, encoding: .utf8)
+        let embed = ["embed", "--checkpoint", path("reverse-run"), "--output", path("disagree.h5"), "--input"]
+        let otherLines = try job(embed + [path("three.txt")], embed + [path("one.txt")])
+        XCTAssertTrue(otherLines.stderr.contains("Error: ranks disagree on the lines of --input (their tokens): rank 1 differs from rank 0"),
+                      otherLines.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("disagree.h5")), "nothing written")
+    }
+
     // MARK: sacrebleu's scores and the translations written out
 
     /// Parallel text with several words per line (spaces, punctuation, digits), at most 8 characters as the run's
