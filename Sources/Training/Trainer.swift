@@ -325,13 +325,16 @@ public final class Trainer {
                 throw DataError(file: validShard.path, "its tokenizer differs from \(trainShard.path)'s (every shard must use one tokenizer)")
             }
         }
-        guard train.tokenizer.vocabularySize <= config.model.vocabSize else {
+        // An encoder-only model's mask token comes after the data's tokens (README "Encoder-only models").
+        let needed = max(train.tokenizer.vocabularySize, config.model.kind == .encoderOnly ? Int(train.tokenizer.maskToken) + 1 : 0)
+        guard needed <= config.model.vocabSize else {
             if let initial = initialParameters {
                 throw TrainingError("the training data in \(config.data.directory) has a \(train.tokenizer.kind) tokenizer of \(train.tokenizer.vocabularySize) "
                                     + "ids, more than the \(config.model.vocabSize) of \(initial)'s model: prepare it with ddp prepare --tokenizer-from \(initial)")
             }
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the tokenizer of the data in "
-                                + "\(config.data.directory) (\(train.tokenizer.vocabularySize) tokens); set it to at least that")
+                                + "\(config.data.directory) (\(train.tokenizer.vocabularySize) tokens"
+                                + (needed > train.tokenizer.vocabularySize ? ", and the mask token \(train.tokenizer.maskToken) after them" : "") + "); set it to at least \(needed)")
         }
         guard config.model.kind != .encoderOnly || Int(train.tokenizer.maskToken) < config.model.vocabSize else {
             throw TrainingError("config key 'model.vocab_size': an encoder-only model needs the mask token \(train.tokenizer.maskToken) "

@@ -37,7 +37,8 @@ struct BenchAllreduce: ParsableCommand {
     var json = false
 
     func validate() throws {
-        guard sizeMb > 0, sizeMb <= 8192 else { throw ValidationError("--size-mb must be in (0, 8192], got \(sizeMb).") }
+        // (8192 MB would be 2^31 floats, past MPI's 32-bit count.)
+        guard sizeMb > 0, sizeMb < 8192 else { throw ValidationError("--size-mb must be more than 0 and less than 8192, got \(sizeMb).") }
         guard (1...largestBenchCount).contains(iterations) else {
             throw ValidationError("--iterations must be 1 to \(largestBenchCount), got \(iterations).")
         }

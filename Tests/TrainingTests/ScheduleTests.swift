@@ -95,6 +95,8 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.steps=9223372036854775808"),
                        "--set training.steps=9223372036854775808: config key 'training.steps': 9223372036854775808 is out of range (an integer from \(Int.min) to \(Int.max))")
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
+        XCTAssertEqual(error("training.collective_timeout=0.001"), "--set training.collective_timeout=0.001: config key "
+                       + "'training.collective_timeout': must be 0 (no limit) or 1 to 1e7 seconds, got 0.001")
         XCTAssertEqual(error("training.steps="), "--set training.steps=: config key 'training.steps': has no value after '=' (give one, or "
                        + "leave this --set out for the config's value)", "it is section.key=value, with the value left out")
         // A trial's finding: YAML 1.1 forms of numbers were read silently (010 as 8, 1:00 as 60, 0x10 as 16), and a

@@ -201,6 +201,10 @@ final class CommandLineTests: XCTestCase {
         let result = try runProcess(ddp, ["bench", "allreduce", "--iterations", "0"])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.stderr.contains("--iterations must be 1 to 1000000, got 0"), result.output)
+        // 8192 MB is 2^31 floats, past MPI's count: refused before 8 GiB are allocated (it failed in MPI after).
+        let huge = try runProcess(ddp, ["bench", "allreduce", "--size-mb", "8192"])
+        XCTAssertNotEqual(huge.status, 0)
+        XCTAssertTrue(huge.stderr.contains("--size-mb must be more than 0 and less than 8192, got 8192.0"), huge.output)
     }
 
     /// A negative number is a value, not an option: every numeric option given one is refused by its own name with its

@@ -203,6 +203,12 @@ final class EncoderOnlyTests: XCTestCase {
         let small = try run(["train", "--config", try config("v260", data: "data", batch: 4, steps: 2, vocab: 260), "--run-dir", path("v")],
                             expect: 1)
         XCTAssertTrue(small.output.contains("model.vocab_size") && small.output.contains("mask token 260"), small.output)
+        // Short of the data's own tokens too: the first sentence already asks for room for the mask token (it asked
+        // for the data's count, which the next attempt then refused).
+        let smaller = try run(["train", "--config", try config("v250", data: "data", batch: 4, steps: 2, vocab: 250), "--run-dir", path("v")],
+                              expect: 1)
+        XCTAssertTrue(smaller.output.contains("250 is smaller than the tokenizer of the data") && smaller.output.contains("(260 tokens, and the "
+                      + "mask token 260 after them); set it to at least 261"), smaller.output)
         // Data of the other task is refused by name before the run directory is touched; an attempt that stopped
         // before its first step (an empty metrics.jsonl) does not block the next one.
         let pairs = try runProcess(ddp, ["prepare", "--synthetic", "reverse", "--samples", "50", "--output", path("rev")])
