@@ -537,8 +537,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
     /// `section.key=value`: sets (or adds) one key; the value is read as YAML (`3`, `1.0e-3`, `true`, `gelu`).
     private static func apply(_ override: String, to root: Node, file: String) throws -> Node {
         let parts = override.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-        let path = parts.first?.split(separator: ".").map(String.init) ?? []
-        guard parts.count == 2, path.count == 2 else {
+        // (Empty parts kept: "training..steps" and ".training.steps" are no key.)
+        let path = parts.first?.split(separator: ".", omittingEmptySubsequences: false).map(String.init) ?? []
+        guard parts.count == 2, path.count == 2, !path.contains(where: \.isEmpty) else {
             throw ConfigError(file: "--set \(override)", key: nil, message: "expected section.key=value (for example training.steps=100)")
         }
         let (section, key) = (path[0], path[1])

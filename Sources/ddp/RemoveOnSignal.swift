@@ -2,7 +2,7 @@ import Files
 import Foundation
 import Synchronization
 
-/// Ends the command on SIGINT or SIGTERM without leaving anything half-made behind: the temporary directories named
+/// Ends the command on SIGINT, SIGTERM or SIGHUP (a closed terminal) without leaving anything half-made behind: the temporary directories named
 /// here and the temporaries of output files being written (`OutputFile.removeTemporariesInFlight`) are removed first.
 /// Normal and error exits remove them themselves.
 enum RemoveOnSignal {
@@ -13,7 +13,10 @@ enum RemoveOnSignal {
         state.withLock { state in
             if let directory { state.directories.append(directory) }
             guard state.sources.isEmpty else { return }
-            for signalNumber in [SIGINT, SIGTERM] {
+            for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
+                // A signal the command was started with ignored (`nohup` ignores SIGHUP) stays ignored.
+                var current = sigaction()
+                if sigaction(signalNumber, nil, &current) == 0, unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1 { continue }
                 signal(signalNumber, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler {

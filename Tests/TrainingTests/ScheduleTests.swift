@@ -95,6 +95,9 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.steps=9223372036854775808"),
                        "--set training.steps=9223372036854775808: config key 'training.steps': 9223372036854775808 is out of range (an integer from \(Int.min) to \(Int.max))")
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
+        for odd in ["training..steps=3", ".training.steps=3", "training.steps.=3"] {
+            XCTAssertEqual(error(odd), "--set \(odd): expected section.key=value (for example training.steps=100)", "no key has empty parts")
+        }
         XCTAssertEqual(error("training.collective_timeout=0.001"), "--set training.collective_timeout=0.001: config key "
                        + "'training.collective_timeout': must be 0 (no limit) or 1 to 1e7 seconds, got 0.001")
         XCTAssertEqual(error("training.steps="), "--set training.steps=: config key 'training.steps': has no value after '=' (give one, or "

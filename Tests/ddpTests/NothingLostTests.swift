@@ -247,6 +247,30 @@ final class NothingLostTests: XCTestCase {
         XCTAssertTrue(lm.stderr.contains("No space left on device"), lm.output)
     }
 
+    /// A closed terminal (SIGHUP) while prepare writes its shards: the temporaries go, as for SIGINT and SIGTERM (a
+    /// trial found SIGHUP left a hidden temporary shard behind).
+    func testAHangUpWhilePreparingLeavesNoTemporary() throws {
+        var random = SplitMix64(seed: 4)
+        let words = ["alpha", "beta", "gamma", "delta", "epsilon"]
+        let text = (0..<600_000).map { _ in (0..<12).map { _ in words[Int(random.next() % 5)] }.joined(separator: " ") }.joined(separator: "\n")
+        try text.write(toFile: path("hangup.txt"), atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: ddp)
+        process.arguments = ["prepare", "--task", "lm", "--input", path("hangup.txt"), "--output", path("hangup")]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        let deadline = Date().addingTimeInterval(120)
+        while process.isRunning, Date() < deadline, !files(in: "hangup").contains(where: { $0.hasSuffix(".tmp") }) {
+            Thread.sleep(forTimeInterval: 0.005)
+        }
+        guard process.isRunning else { return XCTFail("prepare finished before a temporary was seen: give it more text to write") }
+        kill(process.processIdentifier, SIGHUP)
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 128 + SIGHUP)
+        XCTAssertEqual(files(in: "hangup").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
+    }
+
     /// Leftovers of killed writes are removed by the next write into the same place; an input named like a shard
     /// inside --output is refused (it would stay there and be read as a shard of the new dataset), nothing removed.
     func testLeftoversAreSweptAndInputsKept() throws {
