@@ -100,6 +100,21 @@ public final class Dataset: HDF5Object {
                 throw implausible("declares \(elementCount) elements in \(expected) chunks but stores \(count) of them "
                                   + "(a damaged or crafted file, or one never fully written)")
             }
+            // Every filter of the pipeline must be one this library decodes (a missing one fails at the first read,
+            // as if the data were damaged): named here instead.
+            for index in 0..<max(0, H5Pget_nfilters(creation.id)) {
+                var flags: UInt32 = 0, valueCount = 0, config: UInt32 = 0
+                var name = [CChar](repeating: 0, count: 256)
+                let filter = try h5call("H5Pget_filter2", site) {
+                    H5Pget_filter2(creation.id, UInt32(index), &flags, &valueCount, nil, name.count, &name, &config)
+                }
+                guard H5Zfilter_avail(filter) <= 0 else { continue }
+                discardErrorStack()
+                let text = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                throw HDF5Error(.unavailableFilter, operation: "read", file: filePath, object: path,
+                                message: "is compressed with the HDF5 filter \(text.isEmpty ? "" : "'\(text)' ")(id \(filter)), which this "
+                                + "program's \(HDF5Library.version) cannot decode; write it with gzip (deflate) compression or none")
+            }
             guard stored.multipliedReportingOverflow(by: Self.largestCompressionRatio).partialValue >= bytes
                     || stored.multipliedReportingOverflow(by: Self.largestCompressionRatio).overflow else {
                 throw implausible("declares \(bytes) bytes of data but stores \(stored), more than any compression packs")

@@ -34,6 +34,8 @@ public struct HDF5Error: Error, CustomStringConvertible, Sendable {
         case implausible
         /// A link to another file: data is read only from the file that was named.
         case externalLink
+        /// Data compressed with a filter this HDF5 library cannot decode (h5py's lzf, a plugin's).
+        case unavailableFilter
     }
 
     /// The category of failure.

@@ -161,6 +161,13 @@ variant(lm_shard, "lm-fewer-samples-than-a-batch.h5", "lm", "one sample, batches
 variant(checkpoint, "checkpoint-batch-past-epoch.h5", "checkpoint", "sampler batch 10^6 of an epoch",
         lambda f: f.attrs.__setitem__("batch", np.int64(10**6)), usable=True)
 
+# Data compressed with a filter this HDF5 cannot decode (h5py's lzf): named as such, not reported as damage.
+variant(lm_shard, "lm-lzf-tokens.h5", "lm", "tokens compressed with h5py's lzf filter",
+        lambda f: replace(f, "tokens", data=f["tokens"][...], compression="lzf", chunks=(1024,)))
+variant(checkpoint, "checkpoint-lzf-tensor.h5", "checkpoint", "a tensor compressed with h5py's lzf filter",
+        lambda f: replace(f, "params/embed.weight", data=f["params/embed.weight"][...], compression="lzf",
+                          chunks=f["params/embed.weight"].shape))
+
 # Members of /params the model has no parameter for (strict loading, as torch's load_state_dict): a layer of a deeper
 # model pasted in; a member written in a format newer than the reader's HDF5 (a compound type with libver "latest",
 # whose datatype message HDF5 1.10 cannot decode).
