@@ -483,6 +483,28 @@ final class TrainTests: XCTestCase {
         XCTAssertNotEqual(result.status, 0)
         let message = "ranks disagree on the config or the dataset: rank 1 differs from rank 0"
         XCTAssertEqual(result.stderr.components(separatedBy: message).count - 1, 1, "printed once, by rank 0:\n\(result.output)")
+
+        // A trial's finding: the same relative data.directory holding data of the same shards and counts but other
+        // tokens on each rank (node-local copies that differ) trained in silence. The ranks compare content too.
+        let same = try String(contentsOfFile: a, encoding: .utf8).replacingOccurrences(of: path("data"), with: "local")
+        try same.write(toFile: path("relative.yaml"), atomically: true, encoding: .utf8)
+        let text = (0..<200).map { "line \($0) ab" }.joined(separator: "\n")
+        for (node, shift) in [("node-a", 0), ("node-b", 1)] {
+            try FileManager.default.createDirectory(atPath: path(node), withIntermediateDirectories: true)
+            // (Every letter moved on by `shift`: the same bytes per line, so the same counts.)
+            let moved = String(text.unicodeScalars.map { $0.properties.isLowercase && $0 != "z" ? Character(Unicode.Scalar($0.value + UInt32(shift))!)
+                                                                                              : Character($0) })
+            try moved.write(toFile: path("\(node)/source.txt"), atomically: true, encoding: .utf8)
+            let prepared = try runProcess(ddp, ["prepare", "--source", path("\(node)/source.txt"), "--target", path("\(node)/source.txt"),
+                                                "--max-length", "12", "--output", path("\(node)/local")])
+            XCTAssertEqual(prepared.status, 0, prepared.output)
+        }
+        let local = try runProcess(mpirun, ["-np", "1", "-wdir", path("node-a"), ddp, "train", "--config", path("relative.yaml"), "--run-dir",
+                                            path("local-run"), ":", "-np", "1", "-wdir", path("node-b"), ddp, "train", "--config",
+                                            path("relative.yaml"), "--run-dir", path("local-run")], environment: mpiEnvironment, timeout: 120)
+        XCTAssertFalse(local.timedOut, "the job hung:\n\(local.output)")
+        XCTAssertNotEqual(local.status, 0, local.output)
+        XCTAssertEqual(local.stderr.components(separatedBy: message).count - 1, 1, "printed once, by rank 0:\n\(local.output)")
     }
 
     /// A data directory emptied by --set is blamed on that --set, not on the config file, which names one.
