@@ -83,6 +83,14 @@ public enum Tokenizer: Equatable, Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 
+    /// One token's text for people to read (fill-mask's candidates, attention pictures' axes): its bytes as UTF-8
+    /// text, or, where they are not UTF-8 (a byte-level token holding part of a character), each byte as <0xNN>, as
+    /// Hugging Face tokenizers show byte fallback tokens; special tokens give "".
+    public func displayText(_ id: Int32) -> String {
+        let bytes = bytes([id])
+        return String(validating: bytes, as: UTF8.self) ?? bytes.map { String(format: "<0x%02X>", $0) }.joined()
+    }
+
     /// The bytes of `ids` (special tokens skipped): what `decode` turns into text, for streaming output.
     public func bytes(_ ids: [Int32]) -> [UInt8] {
         var bytes: [UInt8] = []

@@ -140,8 +140,8 @@ struct AttentionMaps: ParsableCommand {
         }
     }
 
-    /// A token's text for the axes: special tokens by name, the mask token as [MASK], other ids as their text (bytes
-    /// that are not UTF-8 as <0xNN>).
+    /// A token's text for the axes: special tokens by name, the mask token as [MASK], other ids as their text
+    /// (`Tokenizer.displayText`: bytes that are not UTF-8 as <0xNN>).
     static func label(_ id: Int32, tokenizer: Tokenizer) -> String {
         let special = tokenizer.specialTokens
         switch id {
@@ -150,9 +150,7 @@ struct AttentionMaps: ParsableCommand {
         case special.bos: return "<bos>"
         case special.unk: return "<unk>"
         case tokenizer.maskToken: return "[MASK]"
-        default:
-            let bytes = tokenizer.bytes([id])
-            return String(validating: bytes, as: UTF8.self) ?? bytes.map { String(format: "<0x%02X>", $0) }.joined()
+        default: return tokenizer.displayText(id)
         }
     }
 

@@ -176,7 +176,7 @@ struct Generate: ParsableCommand {
         for (number, (position, candidates)) in zip(tokens.indices.filter { tokens[$0] == tokenizer.maskToken }, choices).enumerated() {
             print("\(marker) \(number + 1) of \(choices.count) (token \(position + 1)):")
             for candidate in candidates {
-                print(String(format: "  %.4f  ", candidate.probability) + quoted(tokenizer.decode([candidate.token])) + "  (id \(candidate.token))")
+                print(String(format: "  %.4f  ", candidate.probability) + quoted(tokenizer.displayText(candidate.token)) + "  (id \(candidate.token))")
             }
             filled[position] = candidates[0].token
         }

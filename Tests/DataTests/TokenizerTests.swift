@@ -21,6 +21,16 @@ final class TokenizerTests: XCTestCase {
                        "special tokens decode to nothing")
     }
 
+    /// A token's text for people: UTF-8 as it is, a byte that is no character alone as <0xNN> (fill-mask showed it as
+    /// U+FFFD while the attention pictures wrote <0xNN>), special tokens empty.
+    func testDisplayTextShowsBytesThatAreNotText() throws {
+        let byte = Tokenizer.byte
+        let lone = try XCTUnwrap((0..<Int32(byte.vocabularySize)).first { byte.bytes([$0]) == [0xE2] })
+        XCTAssertEqual(byte.displayText(lone), "<0xE2>")
+        XCTAssertEqual(byte.displayText(byte.encode("a")[0]), "a")
+        XCTAssertEqual(byte.displayText(byte.specialTokens.eos), "")
+    }
+
     func testBPERoundTripsAndCompresses() throws {
         let corpus = texts + (0..<200).map { "the quick brown fox jumps over the lazy dog number \($0 % 17) — ünïcödé" }
         let bpe = Tokenizer.bpe(BPE.train(texts: corpus, vocabularySize: 330))
