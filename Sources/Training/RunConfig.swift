@@ -410,7 +410,10 @@ public struct RunConfig: Codable, Equatable, Sendable {
         }
         var root: Node
         do {
-            guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: file, key: nil, message: "the file is empty") }
+            guard let node = try Yams.compose(yaml: text) else {
+                let blank = text.allSatisfy(\.isWhitespace)
+                throw ConfigError(file: file, key: nil, message: blank ? "the file is empty" : "holds no keys, only comments or blank lines")
+            }
             root = node
         } catch let error as ConfigError {
             throw error
@@ -650,6 +653,11 @@ public struct RunConfig: Codable, Equatable, Sendable {
                 // (Only numeric keys: a directory named 007 is read as written.)
                 throw ConfigError(file: file, key: path, message: "\(scalar.string.prefix(40)) is \(form) in YAML 1.1, which this "
                                   + "config is read by; write the number in decimal")
+            } else if path != "data.directory", let scalar = value.scalar, scalar.style == .plain,
+                      !scalar.string.lowercased().contains("inf"), Double(scalar.string)?.isInfinite == true {
+                // 1e400 reads as infinity, which a range check would then report as "inf", not as what was written.
+                throw ConfigError(file: file, key: path, message: "\(scalar.string.prefix(40)) is beyond the largest number a float holds "
+                                  + "(about 1.8e308)")
             } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {
                 // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
                 throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")

@@ -95,6 +95,9 @@ final class ScheduleTests: XCTestCase {
         XCTAssertEqual(error("training.steps=9223372036854775808"),
                        "--set training.steps=9223372036854775808: config key 'training.steps': 9223372036854775808 is out of range (an integer from \(Int.min) to \(Int.max))")
         XCTAssertEqual(error("steps=3"), "--set steps=3: expected section.key=value (for example training.steps=100)")
+        XCTAssertEqual(error("training.clip_norm=1e400"), "--set training.clip_norm=1e400: config key 'training.clip_norm': 1e400 is beyond "
+                       + "the largest number a float holds (about 1.8e308)", "said as written, not as 'got inf'")
+        XCTAssertTrue(error("optimizer.lr=.inf").contains("must be positive and finite, got inf"), "infinity written as such")
         for odd in ["training..steps=3", ".training.steps=3", "training.steps.=3"] {
             XCTAssertEqual(error(odd), "--set \(odd): expected section.key=value (for example training.steps=100)", "no key has empty parts")
         }
@@ -392,6 +395,8 @@ final class ScheduleTests: XCTestCase {
         let duplicate = "data: {target_length: 8}\nmodel:\n  kind: decoder-only\n  heads: 2\n  kind: encoder-only\ntraining: {batch_size: 2}\n"
         XCTAssertEqual(error(duplicate), "bad.yaml: not valid YAML: 'kind' is given more than once in one mapping (first at line 3); give "
                        + "each key once")
+        XCTAssertEqual(error("\n  \n"), "bad.yaml: the file is empty")
+        XCTAssertEqual(error("# model: {heads: 2}\n\n"), "bad.yaml: holds no keys, only comments or blank lines")
         let later = "model:\n  heads: 2\n  d_model: 8\n  kind: a\n  kind: b\n"
         XCTAssertEqual(error(later), "bad.yaml: not valid YAML: 'kind' is given more than once in one mapping (first at line 4); give "
                        + "each key once")
