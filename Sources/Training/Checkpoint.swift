@@ -29,6 +29,8 @@ public struct CheckpointError: Error, CustomStringConvertible, Sendable {
     public let message: String
     /// "checkpoint file: message".
     public var description: String { "checkpoint \(file): \(message)" }
+    /// When `latest` named a checkpoint that does not exist: the text `latest` held (a rotation may be in flight).
+    var latestNamingMissing: String? = nil
 }
 
 /// Checkpoints (README.md, "Checkpoints"): `/params/<name>`, `/optimizer/exp_avg/<name>`, `/optimizer/exp_avg_sq/<name>`, each
@@ -218,8 +220,21 @@ public enum Checkpoint {
     }
 
     /// The checkpoint `latest` names in a run directory, or nil when there is none yet. It must name a checkpoint file
-    /// of the directory itself (`checkpoint-<step>.h5`) that exists.
+    /// of the directory itself (`checkpoint-<step>.h5`) that exists. A run that is writing checkpoints may remove the
+    /// one named just after `latest` was read (`checkpoint.keep`): then `latest` is read again, as long as it moves on.
     public static func latest(in directory: String) throws -> String? {
+        var attempt = 0
+        while true {
+            do { return try latestOnce(in: directory) } catch let error as CheckpointError where error.latestNamingMissing != nil && attempt < 20 {
+                attempt += 1
+                Thread.sleep(forTimeInterval: 0.02)
+                // (The same name again, and still no file: that is what latest says, not a rotation in flight.)
+                if (try? TextFile.read(Paths.join(directory, latestName), largest: 4096)) == error.latestNamingMissing { throw error }
+            }
+        }
+    }
+
+    private static func latestOnce(in directory: String) throws -> String? {
         let latest = Paths.join(directory, latestName)
         guard FileManager.default.fileExists(atPath: latest) else { return nil }
         // A regular file of a few bytes: a FIFO or a device named latest cannot block the read, a huge file fill memory.
@@ -234,7 +249,9 @@ public enum Checkpoint {
                                   + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path))
         }
         guard FileManager.default.fileExists(atPath: path) else {
-            throw CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + otherCheckpoints(in: directory, besides: path))
+            var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + otherCheckpoints(in: directory, besides: path))
+            error.latestNamingMissing = text
+            throw error
         }
         return path
     }
@@ -256,15 +273,27 @@ public enum Checkpoint {
         public var abandoned: [String] = []
     }
 
+    /// Opens a checkpoint to read it; a failure is a `CheckpointError` naming the file. One that its run removed
+    /// while it was being read (`checkpoint.keep` rotates the oldest away as new ones come; `ddp eval --checkpoint
+    /// RUN_DIR` during training) says so, naming the checkpoint the run's `latest` names now.
+    static func openForReading(_ path: String) throws -> File {
+        do { return try File.open(path) } catch {
+            if error.kind == .notRegularFile { throw CheckpointError(file: path, message: error.message) }
+            if !FileManager.default.fileExists(atPath: path), let now = try? latest(in: Paths.parent(path)),
+               Paths.lastComponent(now) != Paths.lastComponent(path) {
+                throw CheckpointError(file: path, message: "was removed while it was read (its run keeps only the newest checkpoints, "
+                                      + "checkpoint.keep); the run's latest is now \(now): run the command again")
+            }
+            throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
+        }
+    }
+
     /// Reads and checks a checkpoint's root attributes without touching its tensors: the sealed attributes, format and
     /// version, the stored config (decoded and validated), the tokenizer, and counts within range (step, epoch and
     /// batch 0 to Int32.max). Throws `CheckpointError` naming the file and attribute when one is missing, damaged or
     /// out of range.
     public static func readHeader(_ path: String) throws -> Header {
-        let file: File
-        do { file = try File.open(path) } catch {
-            throw CheckpointError(file: path, message: error.kind == .notRegularFile ? error.message : "cannot be opened (missing or truncated?): \(error.message)")
-        }
+        let file = try openForReading(path)
         func attribute<T>(_ name: String, _ read: (String) throws(HDF5Error) -> T) throws -> T {
             do { return try read(name) } catch { throw CheckpointError(file: path, message: "attribute '\(name)': \(error.message)") }
         }
@@ -339,10 +368,7 @@ public enum Checkpoint {
     public static func load(_ path: String, into model: TransformerModel, optimizer: AdamW? = nil, parametersOnly: Bool = false) throws -> Header {
         let header = try readHeader(path)
         try requireModel(model.config, of: header, path: path, parametersOnly: parametersOnly)
-        let file: File
-        do { file = try File.open(path) } catch {
-            throw CheckpointError(file: path, message: error.kind == .notRegularFile ? error.message : "cannot be opened (missing or truncated?): \(error.message)")
-        }
+        let file = try openForReading(path)
         var groups = [("params", model.parameters)]
         if let optimizer {
             groups += [("optimizer/exp_avg", optimizer.firstMoment), ("optimizer/exp_avg_sq", optimizer.secondMoment)]
@@ -556,7 +582,7 @@ extension Checkpoint {
         let header = try readHeader(path)
         let run = header.config
         do {
-            _ = try tensors(in: try File.open(path), group: "params", layout: TransformerModel.parameterLayout(for: run.model), path: path)
+            _ = try tensors(in: try openForReading(path), group: "params", layout: TransformerModel.parameterLayout(for: run.model), path: path)
         } catch let error as HDF5Error {
             throw CheckpointError(file: path, message: error.message)
         }

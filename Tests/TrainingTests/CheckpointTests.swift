@@ -77,6 +77,29 @@ final class CheckpointTests: XCTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix(".") }, [], "no temporary left")
     }
 
+    /// Resuming compares the training data by its fingerprint (names, counts, tokenizer) and by its content digest; a
+    /// checkpoint written before the digest was stored (no `data_digest`) is compared by the fingerprint alone.
+    func testResumeComparesTheDataByFingerprintAndDigest() throws {
+        let (model, optimizer) = try trainedModel(updates: 0)
+        func check(_ path: String, fingerprint: String, digest: String) throws {
+            var lines: [String] = []
+            try Checkpoint.checkResume(path, with: config, globalBatch: 2, batchesPerEpoch: 10, dataFingerprint: fingerprint,
+                                       dataDigest: digest, log: { lines.append($0) })
+        }
+        let withDigest = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config, tokenizer: nil,
+                                             keep: 5, provenance: .init(globalBatch: 2, worldSize: 1, dataFingerprint: "f1", dataDigest: "d1"))
+        XCTAssertEqual(try Checkpoint.readHeader(withDigest).provenance?.dataDigest, "d1")
+        try check(withDigest, fingerprint: "f1", digest: "d1")
+        assertCheckpointError(["cannot resume", "the training data"]) { try check(withDigest, fingerprint: "f1", digest: "d2") }
+        assertCheckpointError(["cannot resume", "the training data"]) { try check(withDigest, fingerprint: "f2", digest: "d1") }
+        let older = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(3), config: config, tokenizer: nil,
+                                        keep: 5, provenance: .init(globalBatch: 2, worldSize: 1, dataFingerprint: "f1", dataDigest: nil))
+        XCTAssertFalse(try File.open(older).hasAttribute("data_digest"))
+        XCTAssertNil(try Checkpoint.readHeader(older).provenance?.dataDigest)
+        try check(older, fingerprint: "f1", digest: "any")
+        assertCheckpointError(["cannot resume", "the training data"]) { try check(older, fingerprint: "f2", digest: "any") }
+    }
+
     /// Pruning orders checkpoints by step, also past eight digits, and never removes a file it did not name itself.
     func testPruningGoesByStepAndLeavesOtherFilesAlone() throws {
         let (model, optimizer) = try trainedModel(updates: 0)
@@ -167,6 +190,14 @@ final class CheckpointTests: XCTestCase {
         assertCheckpointError([extra, "holds /params/encoder.layers.7.ffn.fc1.weight and 1 more member(s) of /params, which the model "
                                + "(its config in the file) has no parameter for"]) { try Checkpoint.load(extra, into: fresh) }
         XCTAssertThrowsError(try Checkpoint.loadModel(extra, maxBatch: 1))
+
+        // A checkpoint its run rotated away while it was read (a trial ran generate on a run directory during a run
+        // with checkpoint.keep 1; HDF5's own "can't retrieve stat info" came out): said, with the run's latest now.
+        let newer = try Checkpoint.save(directory: run, model: fresh, optimizer: freshOptimizer, state: state(7), config: config,
+                                        tokenizer: .byte, keep: 10)
+        try FileManager.default.removeItem(atPath: path)
+        assertCheckpointError([path, "was removed while it was read", "the run's latest is now \(newer)"]) { _ = try Checkpoint.readHeader(path) }
+        assertCheckpointError([path, "was removed while it was read"]) { try Checkpoint.load(path, into: fresh) }
 
         // latest naming a file that is gone.
         try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
