@@ -158,6 +158,16 @@ public struct DataSplit: Sendable {
         return nil
     }
 
+    /// The split's content, for runs and ranks to compare (a resumed run's data, every rank's data): a hash of its
+    /// shards' names and content digests (`Shard.digest`), in order, and its tokenizer (`ContentDigest`). Data prepared
+    /// again with another seed has the same names and counts, and another digest.
+    public var contentDigest: UInt64 {
+        var digest = ContentDigest()
+        for shard in shards { digest.add("\(Paths.lastComponent(shard.path)) \(shard.digest)") }
+        digest.add(tokenizer.json)
+        return digest.value
+    }
+
     /// The files of `directory`'s split (`split-*.h5`), in name order.
     static func shardNames(in directory: String, split: String) throws -> [String] {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasPrefix("\(split)-") && $0.hasSuffix(".h5") }.sorted()

@@ -43,7 +43,8 @@ public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringCo
 /// Not `Sendable`: the world communicator it owns must be used from one thread at a time unless MPI
 /// provided `.multiple`.
 public final class MPIRuntime {
-    private enum Phase { case fresh, running, finalized }
+    /// `started`: MPI_Init_thread was called (and failed, or the world is not yet made).
+    private enum Phase { case fresh, started, running, finalized }
     private static let phase = Mutex(Phase.fresh)
     private static let level = Mutex<ThreadLevel?>(nil)
 
@@ -76,7 +77,7 @@ public final class MPIRuntime {
     public static var ringAllreduceVariable: String { "OMPI_MCA_" + ringAllreduceSetting.parameter }
 
     /// Initialises MPI with the requested thread level. A second call in the same process throws
-    /// `.alreadyInitialized` (also after `finalize()`: MPI cannot be initialised again).
+    /// `.alreadyInitialized` (also after a failed call or `finalize()`: MPI cannot be initialised again).
     public static func initialize(threadLevel: ThreadLevel = .funneled) throws(MPIError) -> MPIRuntime {
         try phase.withLock { (phase: inout Phase) throws(MPIError) in
             guard phase == .fresh else {
@@ -92,6 +93,7 @@ public final class MPIRuntime {
             // Read by Open MPI during MPI_Init_thread; 0: a value the user set wins.
             setenv(ringAllreduceVariable, String(ringAllreduceSetting.value), 0)
             var provided: Int32 = 0
+            phase = .started
             try mpiCheck(MPI_Init_thread(nil, nil, threadLevel.mpiValue, &provided), "MPI_Init_thread")
             phase = .running
         }
@@ -135,6 +137,12 @@ public final class MPIRuntime {
     /// True while MPI is initialised and not yet finalised in this process.
     public static var isRunning: Bool {
         phase.withLock { $0 == .running }
+    }
+
+    /// True once `initialize` has called MPI_Init_thread in this process, whether it succeeded or not, also after
+    /// `finalize`: MPI cannot be started again.
+    public static var hasStarted: Bool {
+        phase.withLock { $0 != .fresh }
     }
 
     /// Finalises MPI (collective: every rank must call it). Calling it again does nothing.

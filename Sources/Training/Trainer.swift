@@ -132,7 +132,7 @@ public final class Trainer {
     private struct Run {
         let train: DataSplit, valid: DataSplit?
         let watchdog: CollectiveWatchdog
-        /// Identifies the training data for resuming (`dataFingerprint`, `dataDigest`).
+        /// Identifies the training data for resuming (`dataFingerprint`, `DataSplit.contentDigest` in hexadecimal).
         let fingerprint: String, digest: String
         let sampler: any TrainingSampler
         /// Sequences per update over all ranks (the checkpoint's provenance); 0 for token-budget batches, which are
@@ -177,8 +177,16 @@ public final class Trainer {
                 }
                 return (train, valid, pairs)
             }
-            let fingerprint = dataFingerprint(train), digest = dataDigest(train)
-            try watchdog.guarding("start-up agreement (config and data hash)") { try agreeAcrossRanks(fingerprint: fingerprint + " " + digest) }
+            let fingerprint = dataFingerprint(train), digest = String(train.contentDigest, radix: 16)
+            // Every rank must train the same config on the same data (node-local copies of a data directory can differ).
+            var configDigest = ContentDigest()
+            configDigest.add(String(decoding: try JSONEncoder.sortedKeys.encode(config), as: UTF8.self))
+            try watchdog.guarding("start-up agreement (config and data hash)") {
+                try requireRanksAgree(world, on: [("the config", configDigest.value),
+                                                  ("the training data (its shards' names and content, and the tokenizer)", train.contentDigest),
+                                                  ("the validation data (its shards' names and content)", valid?.contentDigest ?? 0)],
+                                      hint: "the same config file, and the same data directory, on every node?")
+            }
             let (batching, model) = try togetherOnEveryRank(world, "batching and model checks", watchdog: watchdog) {
                 let batching = try makeSampler(train, valid: valid, pairs: pairs)
                 let isLM = config.model.kind.readsTokenStream
@@ -328,6 +336,12 @@ public final class Trainer {
         // An encoder-only model's mask token comes after the data's tokens (README "Encoder-only models").
         let needed = max(train.tokenizer.vocabularySize, config.model.kind == .encoderOnly ? Int(train.tokenizer.maskToken) + 1 : 0)
         guard needed <= config.model.vocabSize else {
+            if let initial = initialParameters, train.tokenizer.vocabularySize <= config.model.vocabSize {
+                // Only the mask token does not fit: the same tokenizer again would not either.
+                throw TrainingError("\(initial)'s model has \(config.model.vocabSize) token ids: the \(train.tokenizer.vocabularySize) of the "
+                                    + "tokenizer of the data in \(config.data.directory), and no room for the mask token \(train.tokenizer.maskToken) "
+                                    + "an encoder-only model needs after them; start from an encoder-only model's checkpoint, or train without --init")
+            }
             if let initial = initialParameters {
                 throw TrainingError("the training data in \(config.data.directory) has a \(train.tokenizer.kind) tokenizer of \(train.tokenizer.vocabularySize) "
                                     + "ids, more than the \(config.model.vocabSize) of \(initial)'s model: prepare it with ddp prepare --tokenizer-from \(initial)")
@@ -335,10 +349,6 @@ public final class Trainer {
             throw TrainingError("config key 'model.vocab_size': \(config.model.vocabSize) is smaller than the tokenizer of the data in "
                                 + "\(config.data.directory) (\(train.tokenizer.vocabularySize) tokens"
                                 + (needed > train.tokenizer.vocabularySize ? ", and the mask token \(train.tokenizer.maskToken) after them" : "") + "); set it to at least \(needed)")
-        }
-        guard config.model.kind != .encoderOnly || Int(train.tokenizer.maskToken) < config.model.vocabSize else {
-            throw TrainingError("config key 'model.vocab_size': an encoder-only model needs the mask token \(train.tokenizer.maskToken) "
-                                + "after the data's \(train.tokenizer.vocabularySize) tokens, so at least \(train.tokenizer.vocabularySize + 1); got \(config.model.vocabSize)")
         }
         return (train, valid)
     }
@@ -511,7 +521,8 @@ public final class Trainer {
                              dropoutSeed: UInt64(bitPattern: numbers[3]))
     }
 
-    /// What identifies the training data for resuming: every train shard's name, samples and tokens, and the tokenizer.
+    /// What identifies the training data for resuming: every train shard's name, samples and tokens, and the tokenizer
+    /// (the checkpoint's `data_fingerprint`; `FNV1a`, the hash it has always been made with, so older checkpoints compare).
     private func dataFingerprint(_ train: DataSplit) -> String {
         var hasher = FNV1a()
         for shard in train.shards {
@@ -520,31 +531,6 @@ public final class Trainer {
         }
         hasher.add(train.tokenizer.json)
         return String(hasher.value, radix: 16)
-    }
-
-    /// What identifies the training data's content for resuming: every train shard's name and content digest, and
-    /// the tokenizer (data prepared again with another seed has the same counts, and other samples in each place).
-    private func dataDigest(_ train: DataSplit) -> String {
-        var hasher = FNV1a()
-        for shard in train.shards {
-            hasher.add(Paths.lastComponent(shard.path))
-            hasher.add(String(shard.digest, radix: 16))
-        }
-        hasher.add(train.tokenizer.json)
-        return String(hasher.value, radix: 16)
-    }
-
-    /// Every rank must train the same config on the same data: compare a hash of both; a mismatch stops every
-    /// rank with the same message (no rank is left waiting in a collective).
-    private func agreeAcrossRanks(fingerprint: String) throws {
-        var hasher = FNV1a()
-        hasher.add(String(decoding: try JSONEncoder.sortedKeys.encode(config), as: UTF8.self))
-        hasher.add(fingerprint)
-        let all = try world.allgather([Int64(bitPattern: hasher.value)])
-        if let differing = all.firstIndex(where: { $0 != all[0] }) {
-            throw RanksDisagree(message: "ranks disagree on the config or the dataset: rank \(differing) differs from rank 0 "
-                                         + "(same config file, same data directory on every node?)")
-        }
     }
 }
 
@@ -588,7 +574,8 @@ extension JSONEncoder {
     }
 }
 
-/// 64-bit FNV-1a over strings: a cheap, stable fingerprint to compare across ranks.
+/// 64-bit FNV-1a over strings: the hash of a checkpoint's `data_fingerprint`, kept so that the fingerprints of
+/// checkpoints already written still compare (other digests are `ContentDigest`s).
 struct FNV1a {
     var value: UInt64 = 0xCBF2_9CE4_8422_2325
     mutating func add(_ text: String) {

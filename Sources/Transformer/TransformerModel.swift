@@ -22,6 +22,15 @@ public final class TransformerModel {
     public let layout: ParameterLayout
     /// The parameters.
     public let parameters: Arena
+
+    /// The model's config and every parameter, bit for bit, as a hash (`ContentDigest`): what ranks that each loaded a
+    /// checkpoint (`ddp eval`, `ddp embed`) compare before they combine their results.
+    public var contentDigest: UInt64 {
+        var digest = ContentDigest()
+        digest.add("\(config)")
+        digest.add(UnsafeBufferPointer(parameters.storage))
+        return digest.value
+    }
     /// ∂(summed loss)/∂parameters, accumulated by `forwardBackward` until zeroed.
     public let gradients: Arena
     /// Sequences per batch at most.

@@ -100,7 +100,7 @@ struct Embed: ParsableCommand {
             var linesDigest = ContentDigest(), outputDigest = ContentDigest()
             for line in lines { line.withUnsafeBufferPointer { linesDigest.add($0) } }
             outputDigest.add(output)
-            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", contentDigest(of: model)),
+            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", model.contentDigest),
                                               ("the lines of --input (their tokens)", linesDigest.value),
                                               ("--output (only rank 0 writes it)", outputDigest.value)],
                                   hint: "the same --checkpoint, --input and --output on every rank?")

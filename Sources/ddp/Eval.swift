@@ -155,8 +155,8 @@ struct Eval: ParsableCommand {
             // is the same on every rank.
             var options = ContentDigest()
             options.add("\(plan)")
-            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", contentDigest(of: model)),
-                                              ("the data evaluated (its shards' content, or the text's)", contentDigest(of: evaluated)),
+            try requireRanksAgree(world, on: [("the checkpoint (its config and parameters)", model.contentDigest),
+                                              ("the data evaluated (its shards' content, or the text's)", evaluated.contentDigest),
                                               ("the evaluation options", options.value)],
                                   hint: "the same --checkpoint, data and options on every rank?")
             let result = try evaluate(model, on: evaluated, plan: plan, world: world)

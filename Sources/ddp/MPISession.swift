@@ -15,7 +15,6 @@ import Transformer
 func withMPI<Result>(_ body: (MPIRuntime) throws -> Result) throws -> Result {
     // Serialized: the gradient synchronizer's progress thread makes MPI calls while the main thread computes
     // (never both at once).
-    mpiStarted = true
     let runtime = try MPIRuntime.initialize(threadLevel: .serialized)
     do {
         if runtime.world.size > 1 {
@@ -63,8 +62,8 @@ private var commandName: String {
     return names.prefix(names.first == "bench" ? 2 : 1).joined(separator: " ")
 }
 
-/// Whether this process has started MPI (`withMPI`): a later error is then the job's business, not `stopBeforeMPI`'s.
-nonisolated(unsafe) private var mpiStarted = false
+/// The commands that run on every rank of an mpirun job (`withMPI`); every other command runs as one process.
+let commandsOnSeveralRanks = ["train", "eval", "embed", "bench step", "bench allreduce"]
 
 /// Another rank of the job stopped before MPI (`stopBeforeMPI`), and rank 0 has said so: this one stops too.
 private struct RanksStoppedBeforeMPI: Error {}
@@ -124,13 +123,23 @@ private func reportStops(_ world: Communicator, commands: [(name: String, status
 /// For a process that stops before its command starts MPI (an argument error, `--help`, a refusal before `withMPI`)
 /// as one rank of several: it starts MPI and takes part in the job's first exchange saying so, and rank 0 prints each
 /// rank's `message` once (`reportStops`), instead of every rank printing the same and, where other ranks do run,
-/// leaving them waiting for a rank that never comes. Returns false when this process runs alone, has started MPI
-/// already, or cannot start it: the caller prints its own message.
+/// leaving them waiting for a rank that never comes (MPI_Init waits for every rank). Returns false when this process
+/// runs alone, has started MPI already, or cannot start it, and for an error of a one-process command (not
+/// `commandsOnSeveralRanks`): the caller prints its own message. That error ends the job anyway (mpirun stops every
+/// rank at a non-zero exit), and a script that each rank of a job runs, with ddp commands one after another, must not
+/// find MPI used up by the first (MPI starts once per rank of a job).
 func stopBeforeMPI(message: String, isError: Bool) -> Bool {
-    guard !mpiStarted, launchedWorldSize > 1 else { return false }
-    mpiStarted = true
-    guard let runtime = try? MPIRuntime.initialize(threadLevel: .serialized), runtime.world.size > 1,
-          let commands = try? exchangeCommands(runtime.world, status: isError ? .failed : .answered) else { return false }
+    guard launchedWorldSize > 1, !isError || commandName.isEmpty || commandsOnSeveralRanks.contains(commandName), !MPIRuntime.hasStarted,
+          let runtime = try? MPIRuntime.initialize(threadLevel: .serialized) else { return false }
+    guard runtime.world.size > 1 else {
+        try? runtime.finalize()
+        return false
+    }
+    guard let commands = try? exchangeCommands(runtime.world, status: isError ? .failed : .answered) else {
+        // The other ranks may be waiting in the exchange this one could not make: the job ends, with this rank's message.
+        flushStandardOutput()
+        runtime.world.abort(code: 1, message: message.isEmpty ? "the job's first exchange failed" : message)
+    }
     reportStops(runtime.world, commands: commands, message: message)
     try? runtime.finalize()
     return true
@@ -172,11 +181,14 @@ func errorLines(_ messages: [String?]) -> [String] {
 }
 
 /// The number of processes the launcher started this one among, before MPI is started: what Open MPI's mpirun
-/// (OMPI_COMM_WORLD_SIZE) or a PMI launcher such as MPICH's or srun --mpi=pmi2 (PMI_SIZE) tells each process; 1 when
-/// neither says (alone, or a launcher not seen).
+/// (OMPI_COMM_WORLD_SIZE), a PMI launcher such as MPICH's or srun --mpi=pmi2 (PMI_SIZE), or srun --mpi=pmix (its
+/// processes have PMIX_RANK, and the step's size in SLURM_STEP_NUM_TASKS) tells each process; 1 when none says (alone,
+/// or a launcher not seen). Processes that a rank starts inherit these: a ddp command in a script run by each rank
+/// of a job counts as one of its ranks.
 private var launchedWorldSize: Int {
     let environment = ProcessInfo.processInfo.environment
-    return ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"].lazy.compactMap({ environment[$0].flatMap(Int.init) }).first ?? 1
+    let sizes = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"] + (environment["PMIX_RANK"] != nil ? ["SLURM_STEP_NUM_TASKS"] : [])
+    return sizes.lazy.compactMap({ environment[$0].flatMap(Int.init) }).first ?? 1
 }
 
 /// Refuses a command that runs as one process when mpirun started it as several: each rank would do all of the work,
@@ -184,23 +196,7 @@ private var launchedWorldSize: Int {
 func requireOneProcess(_ command: String) throws {
     let size = launchedWorldSize
     guard size > 1 else { return }
-    throw RunError("\(command) runs as one process, and mpirun started \(size); run it without mpirun (train, "
-                       + "eval, embed, bench step and bench allreduce are the commands that run on several ranks)")
-}
-
-/// What ranks of `eval` and `embed` compare before they combine their sums (`requireRanksAgree`): a model's config and
-/// every parameter, bit for bit.
-func contentDigest(of model: TransformerModel) -> UInt64 {
-    var digest = ContentDigest()
-    digest.add("\(model.config)")
-    digest.add(UnsafeBufferPointer(model.parameters.storage))
-    return digest.value
-}
-
-/// A split's content: its shards' names and content digests (`Shard.digest`), and its tokenizer.
-func contentDigest(of split: DataSplit) -> UInt64 {
-    var digest = ContentDigest()
-    for shard in split.shards { digest.add("\(Paths.lastComponent(shard.path)) \(shard.digest)") }
-    digest.add(split.tokenizer.json)
-    return digest.value
+    let several = commandsOnSeveralRanks.dropLast().joined(separator: ", ") + " and " + commandsOnSeveralRanks.last!
+    throw RunError("\(command) runs as one process, and mpirun (or srun) started \(size); run it without mpirun (\(several) "
+                       + "are the commands that run on several ranks)")
 }

@@ -125,9 +125,24 @@ final class CommandLineTests: XCTestCase {
                         ["generate", "--checkpoint", "/nonexistent.h5", "--prompt", "a"]] {
             let result = try runUnderMPI(ranks: 2, ddp, command, timeout: 60)
             XCTAssertNotEqual(result.status, 0, result.output)
-            XCTAssertTrue(result.stderr.contains("ddp \(command[0]) runs as one process, and mpirun started 2; run it without mpirun"), result.output)
+            XCTAssertTrue(result.stderr.contains("ddp \(command[0]) runs as one process, and mpirun (or srun) started 2; run it without mpirun"),
+                          result.output)
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory.path + "/d/train-00000.h5"), "nothing was prepared")
+        // A script each rank runs, with ddp commands one after another: the refused one-process command does not start
+        // MPI (it did, to say its refusal once, and the multi-rank command after it then could not start MPI).
+        let script = "\"$0\" inspect /nonexistent.h5; exec \"$0\" bench allreduce --size-mb 0.001 --iterations 1 --warmup 0 --json"
+        let sequence = try runUnderMPI(ranks: 2, "/bin/sh", ["-c", script, ddp], timeout: 60)
+        XCTAssertFalse(sequence.timedOut, sequence.output)
+        XCTAssertEqual(sequence.status, 0, sequence.output)
+        XCTAssertEqual(sequence.stderr.components(separatedBy: "ddp inspect runs as one process").count - 1, 2, "each rank says it\n\(sequence.output)")
+        XCTAssertEqual(try benchJSON(sequence)["ranks"] as? Int, 2, sequence.output)
+        // srun --mpi=pmix tells its processes the step's size in SLURM_STEP_NUM_TASKS (with PMIX_RANK): counted too.
+        let pmix = try runProcess(ddp, ["inspect", "/nonexistent.h5"], environment: ["PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "3"])
+        XCTAssertEqual(pmix.status, 1, pmix.output)
+        XCTAssertTrue(pmix.stderr.contains("ddp inspect runs as one process, and mpirun (or srun) started 3"), pmix.output)
+        let batchScript = try runProcess(ddp, ["inspect", "/nonexistent.h5"], environment: ["SLURM_STEP_NUM_TASKS": "3"])
+        XCTAssertTrue(batchScript.stderr.contains("does not exist"), "a batch script's own environment is not a launch:\n\(batchScript.output)")
     }
 
     /// Launch/mpirun.sh: an option given last without its value, or followed by another option, is named (bash said

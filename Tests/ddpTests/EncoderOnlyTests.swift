@@ -1,6 +1,9 @@
+import Data
 import Foundation
 import HDF5
 import TestSupport
+import Training
+import Transformer
 import XCTest
 
 /// Encoder-only (BERT-style) models through the binary: masked-LM training under mpirun on real HDF5 shards,
@@ -232,6 +235,24 @@ final class EncoderOnlyTests: XCTestCase {
             let tight = try run(command, expect: 1)
             XCTAssertTrue(tight.output.contains("tight.h5") && tight.output.contains("needs 261 token ids"), tight.output)
         }
+        // As --init: refused with the checkpoint's own tokenizer; one stored without a tokenizer, whose model has room for
+        // the data's tokens and not the mask token, is refused for that (it was told to prepare the data with the
+        // checkpoint's tokenizer: the same one).
+        let tightConfig = try config("tight", data: "data", batch: 4, steps: 2, vocab: 260)
+        let tightInit = try run(["train", "--config", tightConfig, "--run-dir", path("tight-run"), "--init", path("tight.h5")], expect: 1)
+        XCTAssertTrue(tightInit.output.contains("tight.h5: its tokenizer needs 261 token ids (the mask token included"), tightInit.output)
+        let untokenized: String
+        do {
+            let run = try RunConfig.parse(try String(contentsOfFile: tightConfig, encoding: .utf8), file: tightConfig)
+            let model = try TransformerModel(config: run.model, maxBatch: 1, maxTargetLength: 16)
+            model.initializeParameters(seed: 3)
+            untokenized = try Checkpoint.save(directory: path("untokenized"), model: model, optimizer: AdamW(layout: model.layout, settings: run.optimizer.settings),
+                                              state: TrainingState(step: 1, position: SamplerPosition(), dropoutSeed: 1), config: run,
+                                              tokenizer: nil, keep: 1)
+        }
+        let noRoom = try run(["train", "--config", tightConfig, "--run-dir", path("tight-run"), "--init", untokenized], expect: 1)
+        XCTAssertTrue(noRoom.output.contains("\(untokenized)'s model has 260 token ids: the 260 of the tokenizer of the data in")
+                      && noRoom.output.contains("no room for the mask token 260"), noRoom.output)
         let noMask = try run(["generate", "--checkpoint", path("ok"), "--prompt", "no mask here"], expect: 1)
         XCTAssertTrue(noMask.output.contains("[MASK]"), noMask.output)
         // Fill-mask samples nothing and decodes nothing: such options are refused, not ignored.
