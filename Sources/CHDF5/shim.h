@@ -57,8 +57,10 @@ static inline int swiftddp_link_type(hid_t location, const char *name) {
 }
 
 // Calls `visit` with the name of every link in `group`, in the order HDF5 stores them (H5Literate, H5_ITER_NATIVE),
-// until it returns non-zero. No table of all links is built first: on a damaged group HDF5 1.10's by-index lookups
-// (H5Lget_name_by_idx) release such a table half filled and crash, where this stops at the first bad link with an error.
+// until it returns non-zero. For a group in dense storage (a fractal heap and B-tree: groups of many links) no table of
+// all links is built first: on such a damaged group HDF5 1.10's by-index lookups (H5Lget_name_by_idx) release that
+// table half filled and crash, where this stops at the first bad link with an error. (A compact group, whose few links
+// sit in its object header, is read into a table either way.)
 typedef herr_t (*swiftddp_name_visitor)(const char *name, void *context);
 struct swiftddp_name_visit { swiftddp_name_visitor visit; void *context; };
 #if H5_VERSION_GE(1, 12, 0)

@@ -113,19 +113,26 @@ extension HDF5Object {
         try h5call("H5Aexists", Site(file: filePath, object: "\(path)@\(name)")) { H5Aexists(handle.id, name) } > 0
     }
 
-    /// Attribute names in name order (bytewise).
-    public func attributeNames() throws(HDF5Error) -> [String] {
+    /// Attribute names in name order (bytewise); more than `limit` (a file may declare any number) throws `.implausible`.
+    public func attributeNames(limit: Int = 1 << 16) throws(HDF5Error) -> [String] {
         let names = StringList()
+        names.limit = limit
         let box = Unmanaged.passRetained(names)
         defer { box.release() }
-        // In storage order, then sorted here: increasing name order makes HDF5 build a table of every attribute first,
-        // as for links, whose table a damaged group made HDF5 1.10 release half filled and crash (see `members`).
+        // In storage order, then sorted here: increasing name order makes HDF5 build a table of every attribute of
+        // dense storage first, as for links, whose table a damaged group made HDF5 1.10 release half filled and crash
+        // (see `members`).
         try h5call("H5Aiterate2", site) {
             H5Aiterate2(handle.id, H5_INDEX_NAME, H5_ITER_NATIVE, nil, { _, name, _, context in
                 guard let name, let context else { return 0 }
-                Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue().lines.append(String(cString: name))
-                return 0
+                let names = Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue()
+                names.lines.append(String(cString: name))
+                return names.lines.count > names.limit ? 1 : 0  // (1 stops the iteration; the count is refused below)
             }, box.toOpaque())
+        }
+        guard names.lines.count <= limit else {
+            throw HDF5Error(.implausible, operation: "list attributes", file: filePath, object: path,
+                            message: "holds more than \(limit) attributes, the most SwiftDDP lists")
         }
         return names.lines.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
     }

@@ -86,13 +86,7 @@ private let quietErrorsKey: pthread_key_t = {
     return key
 }()
 
-/// HDF5's own clean-up at process exit flushes and closes what is still open; after a failed write (a full disk)
-/// that clean-up crashed HDF5 1.10.8. Every file here is closed explicitly (and a failed one's temporary removed), so
-/// it is turned off before the library's first call.
-private let noCleanupAtExit: Void = { _ = H5dont_atexit() }()
-
 func silenceAutomaticErrorPrinting() {
-    _ = noCleanupAtExit
     guard pthread_getspecific(quietErrorsKey) == nil else { return }
     H5Eset_auto2(swiftddp_H5E_DEFAULT(), nil, nil)
     pthread_setspecific(quietErrorsKey, UnsafeRawPointer(bitPattern: 1))
@@ -133,6 +127,9 @@ final class StringList {
     var lines: [String] = []
     /// The most lines a collector takes before it asks the C library to stop.
     var limit = Int.max
+    /// Why the callback stopped the C library with an error (a value no sound file holds), to be said in place of the
+    /// library's own "iteration failed".
+    var failure: String?
 }
 
 /// Reads the current thread's HDF5 error stack (outermost call first) and clears it.

@@ -82,30 +82,40 @@ extension HDF5Container {
             throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
                             message: "holds \(info.nlinks) links, more than the \(limit) SwiftDDP lists")
         }
-        // Names first, in storage order (the C library's iteration builds no table of all links, see shim.h), then
-        // sorted as HDF5's name index orders them (bytewise).
+        // Names first, in storage order (for a group in dense storage the C library then builds no table of all links,
+        // see shim.h), then sorted as HDF5's name index orders them (bytewise).
         let collected = StringList()
         collected.limit = limit
         let box = Unmanaged.passRetained(collected)
         defer { box.release() }
-        try h5call("H5Literate", site) {
-            swiftddp_link_names(handle.id, { name, context in
-                guard let name, let context else { return -1 }
-                let names = Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue()
-                var length = 0
-                while name[length] != 0 {
-                    length += 1
-                    if length == 1 << 16 { return -1 }  // a name past any real one: damage
-                }
-                names.lines.append(String(decoding: UnsafeRawBufferPointer(start: name, count: length), as: UTF8.self))
-                return names.lines.count > names.limit ? 1 : 0  // (1 stops the iteration; the count is refused below)
-            }, box.toOpaque())
+        do {
+            try h5call("H5Literate", site) {
+                swiftddp_link_names(handle.id, { name, context in
+                    guard let name, let context else { return -1 }
+                    let names = Unmanaged<StringList>.fromOpaque(context).takeUnretainedValue()
+                    var length = 0
+                    while name[length] != 0 {
+                        length += 1
+                        if length == longestLinkName {
+                            names.failure = "holds a link whose name is longer than \(longestLinkName) bytes (a link \(names.lines.count + 1) "
+                                + "in storage order); names of HDF5 files SwiftDDP reads are far shorter"
+                            return -1
+                        }
+                    }
+                    names.lines.append(String(decoding: UnsafeRawBufferPointer(start: name, count: length), as: UTF8.self))
+                    return names.lines.count > names.limit ? 1 : 0  // (1 stops the iteration; the count is refused below)
+                }, box.toOpaque())
+            }
+        } catch {
+            guard let failure = collected.failure else { throw error }
+            throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path, message: failure)
+        }
+        // (More links than the group's count said: the iteration stopped at limit + 1.)
+        guard collected.lines.count <= limit else {
+            throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
+                            message: "holds more than \(limit) links, the most SwiftDDP lists")
         }
         let names = collected.lines.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) }
-        guard names.count <= limit else {
-            throw HDF5Error(.implausible, operation: "list group", file: filePath, object: path,
-                            message: "holds \(names.count) links, more than the \(limit) SwiftDDP lists")
-        }
         return names.map { Member(name: $0, kind: memberKind($0)) }
     }
 
@@ -248,3 +258,6 @@ func defaultChunkShape(_ shape: [Int], elementSize: Int) -> [Int] {
     }
     return chunk
 }
+
+/// The longest link name `members` reads (bytes): a longer one is damage, or a file made to exhaust memory.
+private let longestLinkName = 1 << 16

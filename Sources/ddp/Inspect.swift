@@ -75,6 +75,11 @@ struct Inspect: ParsableCommand {
                 print("\nattributes  NOT READABLE in \(file): " + listing.unreadable.joined(separator: "; "))
                 problems += 1
             }
+            if !listing.unopenable.isEmpty {
+                print("\nmembers  NOT READABLE in \(file) by this program's \(HDF5Library.version): "
+                      + listing.unopenable.joined(separator: ", "))
+                problems += 1
+            }
         }
         if isCheckpoint {
             if !describeCheckpoint(file) { problems += 1 }
@@ -176,6 +181,8 @@ struct Inspect: ParsableCommand {
         var omitted = 0
         /// Attributes that could not be read ("/path@name: why").
         var unreadable: [String] = []
+        /// Members that could not be opened ("/path"): a newer HDF5's format, or damage.
+        var unopenable: [String] = []
         let limit = 20_000
 
         mutating func append(_ line: String) {
@@ -222,6 +229,7 @@ struct Inspect: ParsableCommand {
             case .other:
                 listing.append("\(indent)  \(memberPath)  (link to no group or dataset)")
             case .unopenable(let reason):
+                listing.unopenable.append(memberPath)
                 listing.append("\(indent)  \(memberPath)  cannot be opened by this program's \(HDF5Library.version), "
                                + "written by a newer HDF5 or damaged: \(reason)")
             }

@@ -153,6 +153,10 @@ final class RoundTripTests: XCTestCase {
         XCTAssertEqual(try dataset.int64Attribute("step"), 11)
         XCTAssertEqual(try dataset.stringAttribute("step_kind"), "now a string")
         XCTAssertEqual(try dataset.attributeNames(), ["bytes", "halves", "ids", "step", "step_kind"])
+        XCTAssertThrowsError(try dataset.attributeNames(limit: 3)) { error in
+            XCTAssertEqual((error as? HDF5Error)?.kind, .implausible)
+            XCTAssertTrue("\(error)".contains("holds more than 3 attributes, the most SwiftDDP lists"), "\(error)")
+        }
     }
 
     func testGroupsAndMembers() throws {
@@ -182,7 +186,20 @@ final class RoundTripTests: XCTestCase {
         let params = try File.open(manyPath).openGroup("params")
         XCTAssertEqual(try params.members().map(\.name), names.sorted { $0.utf8.lexicographicallyPrecedes($1.utf8) })
         XCTAssertTrue(try params.members().allSatisfy { $0.kind == .dataset })
-        XCTAssertThrowsError(try params.members(limit: 10))
+        XCTAssertThrowsError(try params.members(limit: 10)) { error in
+            XCTAssertEqual((error as? HDF5Error)?.kind, .implausible)
+            XCTAssertTrue("\(error)".contains("holds 63 links, more than the 10 SwiftDDP lists"), "\(error)")
+        }
+
+        // A link name past any a real file holds (a trial's 70,000 bytes): a sentence saying so, not the library's
+        // "iteration failed".
+        let longPath = path("long-name.h5")
+        try File.create(longPath).createDataset(String(repeating: "n", count: 70_000), type: .float32, shape: [1])
+        XCTAssertThrowsError(try File.open(longPath).members()) { error in
+            XCTAssertEqual((error as? HDF5Error)?.kind, .implausible)
+            XCTAssertTrue("\(error)".contains("holds a link whose name is longer than 65536 bytes"), "\(error)")
+            XCTAssertTrue("\(error)".contains(longPath), "\(error)")
+        }
     }
 
     func testReadWriteModeReopensAndAppends() throws {
