@@ -1,7 +1,7 @@
 /// A 64-bit hash of a byte stream that tells changed data from the same (not a cryptographic one): FNV-1a's step
 /// over little-endian 8-byte words, each followed by folding the high half into the low, so a change anywhere reaches
-/// every later bit; the last bytes of a block that fill no word are taken one by one. Blocks of whole words (int32 and
-/// int64 arrays of even length) hash as one stream would. About 2 GB/s: the digest costs little next to reading a shard.
+/// every later bit; the last bytes of a block that fill no word are taken one by one. Blocks of whole words (int64
+/// arrays, int32 arrays of even length) hash as one stream would. About 2 GB/s: the digest costs little next to reading a shard.
 public struct ContentDigest: Sendable {
     /// The hash of everything added so far.
     public private(set) var value: UInt64 = 0xCBF2_9CE4_8422_2325

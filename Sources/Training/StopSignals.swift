@@ -11,6 +11,15 @@ public enum StopSignals {
     private static let flag = Atomic<Int32>(0)
     private static let installed = Mutex<[any DispatchSourceSignal]>([])
 
+    /// Whether `signalNumber` is ignored in this process now (SIG_IGN), as a signal the process was started with
+    /// ignored is (`nohup`, a shell's `&`): then no handler is installed for it.
+    public static func isIgnored(_ signalNumber: Int32) -> Bool {
+        var current = sigaction()
+        guard sigaction(signalNumber, nil, &current) == 0 else { return false }
+        // (C function pointers have no == in Swift: compared as addresses.)
+        return unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == unsafeBitCast(SIG_IGN, to: Int.self)
+    }
+
     /// Replaces the default action of SIGTERM, SIGINT and SIGHUP with setting the flag (idempotent). A signal the
     /// process was started with ignored stays ignored: `nohup` ignores SIGHUP so that a logout does not stop the run,
     /// and a shell ignores SIGINT for `ddp train &` in a script.
@@ -18,9 +27,7 @@ public enum StopSignals {
         installed.withLock { sources in
             guard sources.isEmpty else { return }
             for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
-                var current = sigaction()
-                // (SIG_IGN is the handler address 1; C function pointers have no == in Swift.)
-                if sigaction(signalNumber, nil, &current) == 0, unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1 { continue }
+                if isIgnored(signalNumber) { continue }
                 signal(signalNumber, SIG_IGN)  // the dispatch source below sees it; the default action would kill us
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler { StopSignals.flag.store(signalNumber, ordering: .relaxed) }

@@ -1,6 +1,7 @@
 import Files
 import Foundation
 import Synchronization
+import Training
 
 /// Ends the command on SIGINT, SIGTERM or SIGHUP (a closed terminal) without leaving anything half-made behind: the temporary directories named
 /// here and the temporaries of output files being written (`OutputFile.removeTemporariesInFlight`) are removed first.
@@ -15,8 +16,7 @@ enum RemoveOnSignal {
             guard state.sources.isEmpty else { return }
             for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
                 // A signal the command was started with ignored (`nohup` ignores SIGHUP) stays ignored.
-                var current = sigaction()
-                if sigaction(signalNumber, nil, &current) == 0, unsafeBitCast(current.__sigaction_handler.sa_handler, to: Int.self) == 1 { continue }
+                if StopSignals.isIgnored(signalNumber) { continue }
                 signal(signalNumber, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
                 source.setEventHandler {
