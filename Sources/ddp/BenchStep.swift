@@ -54,11 +54,11 @@ struct BenchStep: ParsableCommand {
     }
 
     func run() throws {
+        // (Without MPI: one process says whether the config is valid.)
+        if dryRun { try requireOneProcess("ddp bench step --dry-run") }
         let run = try config.load()
         let model = run.model
         if dryRun {
-            // (Without MPI: one process says whether the config is valid.)
-            try requireOneProcess("ddp bench step --dry-run")
             // Parameters, gradients and AdamW's two moments, at least (activations come on top): a model this machine
             // cannot hold is not "valid" here, though nothing is allocated to find out.
             let parameters = TransformerModel.parameterLayout(for: model).count

@@ -37,7 +37,7 @@ struct DDP: ParsableCommand {
             let code = exitCode(for: error)
             let message = fullMessage(for: error)
             // One rank of several that stops before MPI: said once by rank 0, and the job's other ranks stop too.
-            if stopBeforeMPI(message: message, isError: code != .success) {
+            if stopBeforeMPI(message: message, isError: code != .success, oneProcess: error is OneProcessCommandUnderMPI) {
                 Foundation.exit(code.rawValue)
             } else if code == .success {
                 if !message.isEmpty { print(message) }

@@ -125,11 +125,15 @@ private func reportStops(_ world: Communicator, commands: [(name: String, status
 /// rank's `message` once (`reportStops`), instead of every rank printing the same and, where other ranks do run,
 /// leaving them waiting for a rank that never comes (MPI_Init waits for every rank). Returns false when this process
 /// runs alone, has started MPI already, or cannot start it, and for an error of a one-process command (not
-/// `commandsOnSeveralRanks`): the caller prints its own message. That error ends the job anyway (mpirun stops every
-/// rank at a non-zero exit), and a script that each rank of a job runs, with ddp commands one after another, must not
-/// find MPI used up by the first (MPI starts once per rank of a job).
-func stopBeforeMPI(message: String, isError: Bool) -> Bool {
-    guard launchedWorldSize > 1, !isError || commandName.isEmpty || commandsOnSeveralRanks.contains(commandName), !MPIRuntime.hasStarted,
+/// `commandsOnSeveralRanks`, or refused by `requireOneProcess`: `oneProcess`; or no command at all): the caller prints
+/// its own message. That error ends the job anyway (mpirun stops every rank at a non-zero exit; srun does with
+/// --kill-on-bad-exit, as Launch/slurm.sbatch runs it), and a script that each rank of a job runs, with ddp commands
+/// one after another, must not find MPI used up by the first (MPI starts once per rank of a job). `--help` still
+/// takes part: it ends with exit 0, which no launcher takes for the end of the job.
+func stopBeforeMPI(message: String, isError: Bool, oneProcess: Bool) -> Bool {
+    // (`bench step --dry-run` is a one-process command, its argument errors included.)
+    let multiRank = commandsOnSeveralRanks.contains(commandName) && !(commandName == "bench step" && CommandLine.arguments.contains("--dry-run"))
+    guard launchedWorldSize > 1, !isError || (!oneProcess && multiRank), !MPIRuntime.hasStarted,
           let runtime = try? MPIRuntime.initialize(threadLevel: .serialized) else { return false }
     guard runtime.world.size > 1 else {
         try? runtime.finalize()
@@ -197,6 +201,12 @@ func requireOneProcess(_ command: String) throws {
     let size = launchedWorldSize
     guard size > 1 else { return }
     let several = commandsOnSeveralRanks.dropLast().joined(separator: ", ") + " and " + commandsOnSeveralRanks.last!
-    throw RunError("\(command) runs as one process, and mpirun (or srun) started \(size); run it without mpirun (\(several) "
-                       + "are the commands that run on several ranks)")
+    throw OneProcessCommandUnderMPI(description: "\(command) runs as one process, and mpirun (or srun) started \(size); run it "
+                                                 + "without mpirun (\(several) are the commands that run on several ranks)")
+}
+
+/// A one-process command started as one rank of several (`requireOneProcess`): said by each rank, without MPI.
+struct OneProcessCommandUnderMPI: Error, CustomStringConvertible {
+    /// The sentence.
+    let description: String
 }

@@ -131,11 +131,14 @@ final class CommandLineTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory.path + "/d/train-00000.h5"), "nothing was prepared")
         // A script each rank runs, with ddp commands one after another: the refused one-process command does not start
         // MPI (it did, to say its refusal once, and the multi-rank command after it then could not start MPI).
-        let script = "\"$0\" inspect /nonexistent.h5; exec \"$0\" bench allreduce --size-mb 0.001 --iterations 1 --warmup 0 --json"
+        // (bench step is a multi-rank command; with --dry-run, a one-process one.)
+        let script = "\"$0\" inspect /nonexistent.h5; \"$0\" bench step --config /nonexistent.yaml --dry-run; "
+            + "exec \"$0\" bench allreduce --size-mb 0.001 --iterations 1 --warmup 0 --json"
         let sequence = try runUnderMPI(ranks: 2, "/bin/sh", ["-c", script, ddp], timeout: 60)
         XCTAssertFalse(sequence.timedOut, sequence.output)
         XCTAssertEqual(sequence.status, 0, sequence.output)
         XCTAssertEqual(sequence.stderr.components(separatedBy: "ddp inspect runs as one process").count - 1, 2, "each rank says it\n\(sequence.output)")
+        XCTAssertEqual(sequence.stderr.components(separatedBy: "ddp bench step --dry-run runs as one process").count - 1, 2, sequence.output)
         XCTAssertEqual(try benchJSON(sequence)["ranks"] as? Int, 2, sequence.output)
         // srun --mpi=pmix tells its processes the step's size in SLURM_STEP_NUM_TASKS (with PMIX_RANK): counted too.
         let pmix = try runProcess(ddp, ["inspect", "/nonexistent.h5"], environment: ["PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "3"])
