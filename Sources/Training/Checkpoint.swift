@@ -273,14 +273,15 @@ public enum Checkpoint {
         public var abandoned: [String] = []
     }
 
-    /// Opens a checkpoint to read it; a failure is a `CheckpointError` naming the file. One that its run removed
-    /// while it was being read (`checkpoint.keep` rotates the oldest away as new ones come; `ddp eval --checkpoint
-    /// RUN_DIR` during training) says so, naming the checkpoint the run's `latest` names now.
+    /// Opens a checkpoint to read it; a failure is a `CheckpointError` naming the file. One that is gone while its
+    /// run's `latest` names a later step says it was removed while it was read (`checkpoint.keep` rotates the oldest
+    /// away as new ones come; `ddp eval --checkpoint RUN_DIR` during training), naming the checkpoint `latest` names now.
     static func openForReading(_ path: String) throws -> File {
         do { return try File.open(path) } catch {
             if error.kind == .notRegularFile { throw CheckpointError(file: path, message: error.message) }
             if !FileManager.default.fileExists(atPath: path), let now = try? latest(in: Paths.parent(path)),
-               Paths.lastComponent(now) != Paths.lastComponent(path) {
+               let goneStep = Self.step(ofCheckpointNamed: Paths.lastComponent(path)),
+               let nowStep = Self.step(ofCheckpointNamed: Paths.lastComponent(now)), goneStep < nowStep {
                 throw CheckpointError(file: path, message: "was removed while it was read (its run keeps only the newest checkpoints, "
                                       + "checkpoint.keep); the run's latest is now \(now): run the command again")
             }

@@ -198,6 +198,12 @@ final class CheckpointTests: XCTestCase {
         try FileManager.default.removeItem(atPath: path)
         assertCheckpointError([path, "was removed while it was read", "the run's latest is now \(newer)"]) { _ = try Checkpoint.readHeader(path) }
         assertCheckpointError([path, "was removed while it was read"]) { try Checkpoint.load(path, into: fresh) }
+        // A gone checkpoint of a later step than latest's was not rotated away: said as missing, no more.
+        let later = (run as NSString).appendingPathComponent("checkpoint-00000050.h5")
+        XCTAssertThrowsError(try Checkpoint.readHeader(later)) { error in
+            XCTAssertTrue("\(error)".contains("\(later): cannot be opened"), "\(error)")
+            XCTAssertFalse("\(error)".contains("removed while it was read"), "\(error)")
+        }
 
         // latest naming a file that is gone.
         try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
