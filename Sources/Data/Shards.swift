@@ -194,7 +194,7 @@ public struct DataSplit: Sendable {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
             throw DataError(file: directory, "no such data directory: it \(Paths.whyMissing(directory))")
         }
-        guard isDirectory.boolValue else { throw DataError(file: directory, "is a file, not a data directory") }
+        guard isDirectory.boolValue else { throw DataError(file: directory, "is \(Paths.kindInWords(directory)), not a data directory") }
         let names = try Self.shardNames(in: directory, split: split)
         guard !names.isEmpty else { throw DataError(file: directory, "no \(split)-*.h5 files: the \(split) split is empty") }
         var task: DatasetTask?

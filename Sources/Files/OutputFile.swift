@@ -43,7 +43,7 @@ public enum OutputFile {
             case .typeRegular:
                 break
             default:
-                throw FileError(path, "exists and is not a regular file (\(words(for: kind))); it is not replaced")
+                throw FileError(path, "exists and is not a regular file (\(Paths.words(for: kind))); it is not replaced")
             }
             for input in inputs where sameFile(target, input) {
                 // (Callers list the files of the run a checkpoint is read from among the inputs: kept, though not read.)
@@ -181,18 +181,6 @@ public enum OutputFile {
         return first == second
     }
 
-    /// A file type in words.
-    static func words(for kind: FileAttributeType) -> String {
-        switch kind {
-        case .typeCharacterSpecial: return "a character device"
-        case .typeBlockSpecial: return "a block device"
-        case .typeSocket: return "a socket"
-        case .typeSymbolicLink: return "a symbolic link"
-        case .typeDirectory: return "a directory"
-        case .typeRegular: return "a regular file"
-        default: return "a FIFO or other special file"
-        }
-    }
 
     /// The file type at `path` (following symbolic links), or nil when nothing is there.
     static func kind(of path: String) -> FileAttributeType? {

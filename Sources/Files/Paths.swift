@@ -93,6 +93,28 @@ public enum Paths {
             && FileManager.default.fileExists(atPath: path)
     }
 
+    /// A file type in words ("a regular file", "a character device").
+    public static func words(for kind: FileAttributeType) -> String {
+        switch kind {
+        case .typeCharacterSpecial: return "a character device"
+        case .typeBlockSpecial: return "a block device"
+        case .typeSocket: return "a socket"
+        case .typeSymbolicLink: return "a symbolic link"
+        case .typeDirectory: return "a directory"
+        case .typeRegular: return "a regular file"
+        default: return "a FIFO or other special file"
+        }
+    }
+
+    /// What is at `path`, links followed, in words ("a regular file", "a character device" for /dev/null): for a
+    /// message about a path that should have been a directory.
+    public static func kindInWords(_ path: String) -> String {
+        guard let kind = (try? FileManager.default.attributesOfItem(atPath: followingLinks(path).path))?[.type] as? FileAttributeType else {
+            return "not a directory"
+        }
+        return words(for: kind)
+    }
+
     /// What `path` itself is (a link is `.typeSymbolicLink`, not followed), or nil when nothing is there.
     public static func entryType(_ path: String) -> FileAttributeType? {
         (try? FileManager.default.attributesOfItem(atPath: path))?[.type] as? FileAttributeType

@@ -31,7 +31,7 @@ public struct MetricsHistory: Sendable {
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) else {
             throw FileError(directory, "not a run directory (no such directory)")
         }
-        guard isDirectory.boolValue else { throw FileError(directory, "not a run directory (it is a file)") }
+        guard isDirectory.boolValue else { throw FileError(directory, "not a run directory (it is \(Paths.kindInWords(directory)))") }
         // attributesOfItem does not follow a symbolic link: only a regular file itself is read (a FIFO would block,
         // a device never end, a link lead anywhere).
         guard let attributes = try? FileManager.default.attributesOfItem(atPath: path) else {

@@ -111,7 +111,7 @@ public struct RunDirectory: Sendable {
     private func checkPath() throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw TrainingError("\(path): the run directory is a file; give a directory with --run-dir")
+            throw TrainingError("\(path): the run directory is \(Paths.kindInWords(path)); give a directory with --run-dir")
         }
         // A dangling or looping link cannot become the run directory (creating it would fail at the first checkpoint).
         if !FileManager.default.fileExists(atPath: path),
@@ -123,7 +123,7 @@ public struct RunDirectory: Sendable {
             var ancestor = Paths.parent(Paths.withoutTrailingSeparators(path))
             while !FileManager.default.fileExists(atPath: ancestor) && ancestor != "." && ancestor != "/" { ancestor = Paths.parent(ancestor) }
             if FileManager.default.fileExists(atPath: ancestor, isDirectory: &isDirectory), !isDirectory.boolValue {
-                throw TrainingError("\(path): the run directory cannot be created: \(ancestor) is a file, not a directory; give another --run-dir")
+                throw TrainingError("\(path): the run directory cannot be created: \(ancestor) is \(Paths.kindInWords(ancestor)), not a directory; give another --run-dir")
             }
         }
     }

@@ -168,7 +168,7 @@ struct AttentionMaps: ParsableCommand {
                        decoderLabels: [String], checkpoint: String, step: Int, inputs: [String]) throws {
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw PicturesInputError("--output \(output) is a file; give a directory to write the pictures into")
+            throw PicturesInputError("--output \(output) is \(Paths.kindInWords(output)); give a directory to write the pictures into")
         }
         // Files are replaced only where an earlier `ddp attention` wrote its pictures (its attention.h5 there says so):
         // anything else under those names (a site's index.html, say) is someone else's.
@@ -183,13 +183,13 @@ struct AttentionMaps: ParsableCommand {
         do {
             try FileManager.default.createDirectory(atPath: output, withIntermediateDirectories: true)
         } catch {
-            // Name the part of the path that is in the way, when one is a file.
+            // Name the part of the path that is in the way, when one is not a directory.
             var parent = Paths.parent(output)
             while parent != "." && parent != "/" && !FileManager.default.fileExists(atPath: parent) {
                 parent = Paths.parent(parent)
             }
             if FileManager.default.fileExists(atPath: parent, isDirectory: &isDirectory), !isDirectory.boolValue {
-                throw PicturesInputError("--output \(output): cannot create the directory: \(parent) is a file")
+                throw PicturesInputError("--output \(output): cannot create the directory: \(parent) is \(Paths.kindInWords(parent))")
             }
             throw PicturesInputError("--output \(output): cannot create the directory: \(describe(error))")
         }

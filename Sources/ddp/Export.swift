@@ -67,7 +67,7 @@ struct Export: ParsableCommand {
         }
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: output, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw RunError("--output \(output) is a file; --format hf writes a directory") }
+            guard isDirectory.boolValue else { throw RunError("--output \(output) is \(Paths.kindInWords(output)); --format hf writes a directory") }
             let contents = (try? FileManager.default.contentsOfDirectory(atPath: output)) ?? []
             guard contents.isEmpty else {
                 throw RunError("--output \(output) is a directory that is not empty (it holds "

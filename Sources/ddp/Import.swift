@@ -34,7 +34,7 @@ struct Import: ParsableCommand {
         // A file of the directory given in its place (hf/config.json) would be looked for as hf/config.json/config.json.
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: hf, isDirectory: &isDirectory), !isDirectory.boolValue {
-            throw RunError("--hf \(hf) is a file; give the model directory that holds config.json, model.safetensors and tokenizer.json"
+            throw RunError("--hf \(hf) is \(Paths.kindInWords(hf)); give the model directory that holds config.json, model.safetensors and tokenizer.json"
                            + " (\(Paths.parent(hf)), say)")
         }
         let inputs = ["config.json", "model.safetensors", "tokenizer.json"].map { Paths.join(hf, $0) }

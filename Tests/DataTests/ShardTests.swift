@@ -155,7 +155,8 @@ final class ShardTests: XCTestCase {
             _ = try DataSplit(directory: file("moved"), split: "train")
         }
         try Data("not a directory".utf8).write(to: URL(fileURLWithPath: file("plain")))
-        assertDataError(["plain: is a file, not a data directory"]) { _ = try DataSplit(directory: file("plain"), split: "train") }
+        assertDataError(["plain: is a regular file, not a data directory"]) { _ = try DataSplit(directory: file("plain"), split: "train") }
+        assertDataError(["/dev/null: is a character device, not a data directory"]) { _ = try DataSplit(directory: "/dev/null", split: "train") }
         // A shard whose name is not UTF-8 (its byte 0xFF arrives as U+FFFD, naming no file) is said as such.
         try FileManager.default.createDirectory(atPath: file("odd"), withIntermediateDirectories: true)
         let odd = Array(file("odd/train-").utf8) + [0xFF] + Array(".h5".utf8) + [0]

@@ -258,7 +258,7 @@ final class HuggingFaceTests: XCTestCase {
         }
         // A file of the directory given in its place is named as such (it was looked for as config.json/config.json).
         try refused(["import", "--hf", joined(model, "config.json"), "--output", path("x.h5")],
-                    "--hf \(joined(model, "config.json")) is a file; give the model directory that holds config.json")
+                    "--hf \(joined(model, "config.json")) is a regular file; give the model directory that holds config.json")
         try refused(["import", "--hf", try variant("llama") { $0["model_type"] = "llama" }, "--output", path("x.h5")], "model_type llama is not supported")
         try refused(["import", "--hf", try variant("cross") { $0["add_cross_attention"] = true }, "--output", path("x.h5")], "add_cross_attention")
         try refused(["import", "--hf", try variant("scaled") { $0["scale_attn_by_inverse_layer_idx"] = true }, "--output", path("x.h5")],

@@ -428,7 +428,11 @@ final class NothingLostTests: XCTestCase {
         try "not a directory".write(toFile: path("plain"), atomically: true, encoding: .utf8)
         let file = try train(six, run: "plain")
         XCTAssertNotEqual(file.status, 0)
-        XCTAssertTrue(file.stderr.contains("is a file"), file.output)
+        XCTAssertTrue(file.stderr.contains("the run directory is a regular file"), file.output)
+        // A device is not called a file (a trial's --output /dev/null said "is a file").
+        let device = try ddp(["train", "--config", six, "--run-dir", "/dev/null"])
+        XCTAssertNotEqual(device.status, 0)
+        XCTAssertTrue(device.stderr.contains("/dev/null: the run directory is a character device"), device.output)
     }
 
     /// A trial's finding: an update that diverged (here a learning rate of 3e38) left parameters that are not finite
