@@ -96,13 +96,22 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         var expansions: [[UInt8]?] = []
         var vocabulary: [[UInt8]: Int32] = [:]
         var textToID: [String: Int32] = [:]
+        // What gave each id its bytes: an id given other bytes too is refused (which one an id decodes to would depend
+        // on the order a JSON object's keys are visited in); the same token again (an added token that is also in the
+        // vocabulary, as <|endoftext|> is in GPT-2's) is one token.
+        var givenBy: [Int: String] = [:]
         func place(_ id: Int, _ bytes: [UInt8], _ what: String) throws {
             guard id >= 0 && id < limit else { throw JSONError(message: "tokenizer.json \(what) has id \(id), outside 0 ..< \(limit)") }
             guard bytes.count <= BPE.longestToken else {
                 throw JSONError(message: "tokenizer.json \(what) stands for \(bytes.count) bytes, more than the \(BPE.longestToken) SwiftDDP allows")
             }
             if id >= expansions.count { expansions += [[UInt8]?](repeating: nil, count: id + 1 - expansions.count) }
+            if let earlier = expansions[id], earlier != bytes, let other = givenBy[id] {
+                let both = [other, what].sorted()  // (the same sentence whatever order the keys were visited in)
+                throw JSONError(message: "tokenizer.json \(both[0]) and \(both[1]) both have id \(id); an id stands for one token")
+            }
             expansions[id] = bytes
+            givenBy[id] = what
         }
         var tableBytes = 0
         for (token, value) in vocab {
