@@ -89,13 +89,17 @@ public final class Group: HDF5Container {
 
 /// The HDF5 library this program runs with.
 public enum HDF5Library {
-    /// Tells HDF5 not to close what is still open when the process exits (H5dont_atexit); call it before anything
-    /// else of HDF5. A file whose close failed (a full disk) stays registered with the library, and HDF5's exit
-    /// handler closing it again crashed the process after its error was said. Every file SwiftDDP writes is closed,
-    /// or abandoned as failed, before it is renamed into place, so nothing is lost by skipping that handler.
+    /// Tells HDF5 not to close what is still open when the process exits (H5dont_atexit), once; call it before
+    /// anything else of HDF5 (a program's start: the library's first call here makes it too, in case). A file whose
+    /// close failed (a full disk) stays registered with the library, and HDF5's exit handler closing it again crashed
+    /// the process after its error was said. Every file SwiftDDP writes is closed, or abandoned as failed, before it is
+    /// renamed into place, so nothing is lost by skipping that handler.
     public static func skipCleanupAtExit() {
-        _ = H5dont_atexit()
+        _ = cleanupSkipped
     }
+
+    /// H5dont_atexit, called at most once (a second call fails, and would leave an error on HDF5's stack).
+    private static let cleanupSkipped: Void = { _ = H5dont_atexit() }()
 
     /// Its version, as "HDF5 1.10.8" (H5get_libversion).
     public static var version: String {

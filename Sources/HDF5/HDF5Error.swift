@@ -87,6 +87,7 @@ private let quietErrorsKey: pthread_key_t = {
 }()
 
 func silenceAutomaticErrorPrinting() {
+    HDF5Library.skipCleanupAtExit()
     guard pthread_getspecific(quietErrorsKey) == nil else { return }
     H5Eset_auto2(swiftddp_H5E_DEFAULT(), nil, nil)
     pthread_setspecific(quietErrorsKey, UnsafeRawPointer(bitPattern: 1))

@@ -97,7 +97,7 @@ extension HDF5Container {
                     while name[length] != 0 {
                         length += 1
                         if length == longestLinkName {
-                            names.failure = "holds a link whose name is longer than \(longestLinkName) bytes (a link \(names.lines.count + 1) "
+                            names.failure = "holds a link whose name is \(longestLinkName) bytes or longer (link number \(names.lines.count + 1) "
                                 + "in storage order); names of HDF5 files SwiftDDP reads are far shorter"
                             return -1
                         }

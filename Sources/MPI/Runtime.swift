@@ -43,7 +43,7 @@ public enum ThreadLevel: Int, Sendable, CaseIterable, Comparable, CustomStringCo
 /// Not `Sendable`: the world communicator it owns must be used from one thread at a time unless MPI
 /// provided `.multiple`.
 public final class MPIRuntime {
-    /// `started`: MPI_Init_thread was called (and failed, or the world is not yet made).
+    /// `started`: MPI_Init_thread was called and failed (MPI cannot be started again).
     private enum Phase { case fresh, started, running, finalized }
     private static let phase = Mutex(Phase.fresh)
     private static let level = Mutex<ThreadLevel?>(nil)

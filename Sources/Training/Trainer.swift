@@ -340,7 +340,8 @@ public final class Trainer {
                 // Only the mask token does not fit: the same tokenizer again would not either.
                 throw TrainingError("\(initial)'s model has \(config.model.vocabSize) token ids: the \(train.tokenizer.vocabularySize) of the "
                                     + "tokenizer of the data in \(config.data.directory), and no room for the mask token \(train.tokenizer.maskToken) "
-                                    + "an encoder-only model needs after them; start from an encoder-only model's checkpoint, or train without --init")
+                                    + "an encoder-only model needs after them; start from a checkpoint whose model.vocab_size is at least "
+                                    + "\(train.tokenizer.vocabularySize + 1), or train without --init")
             }
             if let initial = initialParameters {
                 throw TrainingError("the training data in \(config.data.directory) has a \(train.tokenizer.kind) tokenizer of \(train.tokenizer.vocabularySize) "

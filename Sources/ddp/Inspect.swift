@@ -76,7 +76,7 @@ struct Inspect: ParsableCommand {
                 problems += 1
             }
             if !listing.unopenable.isEmpty {
-                print("\nmembers  NOT READABLE in \(file) by this program's \(HDF5Library.version): "
+                print("\nmembers  NOT READABLE in \(file) (written by a newer HDF5 than this program's \(HDF5Library.version), or damaged): "
                       + listing.unopenable.joined(separator: ", "))
                 problems += 1
             }

@@ -112,7 +112,7 @@ final class HostileFilesTests: XCTestCase {
                 // A member this HDF5 cannot open (a newer format) is a problem of the listing: said, and exit 1.
                 if name.contains("newer-format"), arguments.first == "inspect", item["kind"] != "checkpoint" || arguments.contains("--tree") {
                     XCTAssertEqual(result.status, 1, "\(what): a member it cannot open, and exit 0\n\(result.output)")
-                    XCTAssertTrue(result.stdout.contains("members  NOT READABLE in \(arguments.last!) by this program's HDF5 1."), "\(what)\n\(result.output)")
+                    XCTAssertTrue(result.stdout.contains("members  NOT READABLE in \(arguments.last!) (written by a newer HDF5 than this program's HDF5 1."), "\(what)\n\(result.output)")
                 }
                 // A listing may end normally, saying what is wrong; everything else refuses the file, naming it.
                 if item["usable"] == "yes" { continue }
