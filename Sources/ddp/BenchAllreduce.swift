@@ -1,4 +1,5 @@
 import ArgumentParser
+import Basics
 import Foundation
 import Training
 import Kernels
@@ -48,6 +49,11 @@ struct BenchAllreduce: ParsableCommand {
     func run() throws {
         try withMPI { runtime in
             let world = runtime.world
+            // Ranks given other sizes or counts would wait in collectives the others never make, or mismatch in one.
+            var options = ContentDigest()
+            options.add("\(sizeMb) \(iterations) \(warmup) \(nonblocking)")
+            try requireRanksAgree(world, on: [("the options (--size-mb, --iterations, --warmup, --nonblocking)", options.value)],
+                                  hint: "give every rank the same options")
             let count = max(1, Int(sizeMb * 1_048_576) / MemoryLayout<Float>.stride)
             // The buffer, and as much again that MPI may take for a large message: checked on every rank, said once.
             try togetherOnEveryRank(world, "memory check") {

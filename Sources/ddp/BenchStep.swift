@@ -70,6 +70,14 @@ struct BenchStep: ParsableCommand {
         }
         try withMPI { runtime in
             let world = runtime.world
+            // Ranks given other step counts would wait in collectives the others never make; another model or batch
+            // mismatches in one, and the report would give rank 0's tokens for all. (Threads may differ per rank.)
+            var comparable = run
+            comparable.training.threads = 0
+            var digest = ContentDigest()
+            digest.add(String(decoding: try JSONEncoder.sortedKeys.encode(comparable), as: UTF8.self) + " \(steps) \(warmup)")
+            try requireRanksAgree(world, on: [("the config and the options (--steps, --warmup)", digest.value)],
+                                  hint: "the same --config, --set and options on every rank?")
             let threadCount = try threads.apply(world: world)
             let b = run.training.batchSize, s = model.kind == .encoderDecoder ? run.data.sourceLength : 0, t = run.data.targetLength
             let transformer: TransformerModel

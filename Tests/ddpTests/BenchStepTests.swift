@@ -64,6 +64,23 @@ final class BenchStepTests: XCTestCase {
         XCTAssertEqual(json["tokens_per_step"] as? Int, 2 * 4 * 16)
         let wait = try XCTUnwrap(json["communication_wait_share"] as? Double)
         XCTAssertTrue((0...1).contains(wait), "\(wait)")
+
+        // Ranks given other step counts waited forever; another batch size gave rank 0's tokens for all: refused, said once.
+        guard let mpirun = findOnPath("mpirun") else { return }
+        let tiny = repository.appendingPathComponent("Configs/tiny.yaml").path
+        for (a, b, part) in [(["--steps", "2"], ["--steps", "30"], "the config and the options (--steps, --warmup)"),
+                             (["--steps", "2"], ["--steps", "2", "--set", "training.batch_size=16"], "the config and the options")] {
+            let mixed = try runProcess(mpirun, ["-np", "1", ddp, "bench", "step", "--config", tiny, "--warmup", "1"] + a
+                                           + [":", "-np", "1", ddp, "bench", "step", "--config", tiny, "--warmup", "1"] + b,
+                                       environment: mpiEnvironment, timeout: 120)
+            XCTAssertFalse(mixed.timedOut, "the job hung:\n\(mixed.output)")
+            XCTAssertEqual(mixed.status, 1, mixed.output)
+            XCTAssertEqual(mixed.stderr.components(separatedBy: "Error: ranks disagree on \(part)").count - 1, 1, mixed.output)
+        }
+        let threads = try runProcess(mpirun, ["-np", "1", ddp, "bench", "step", "--config", tiny, "--steps", "1", "--warmup", "0", "--threads", "1",
+                                              ":", "-np", "1", ddp, "bench", "step", "--config", tiny, "--steps", "1", "--warmup", "0", "--threads", "2"],
+                                     environment: mpiEnvironment, timeout: 120)
+        XCTAssertEqual(threads.status, 0, "threads may differ per rank:\n\(threads.output)")
     }
 
     /// Every shipped config loads and validates; W2's and W3's parameter counts equal PyTorch's reference models'

@@ -213,6 +213,17 @@ final class CommandLineTests: XCTestCase {
         let table = try runUnderMPI(ranks: 2, ddp, ["bench", "allreduce", "--size-mb", "1", "--iterations", "2"])
         XCTAssertEqual(table.status, 0, table.output)
         XCTAssertTrue(table.stdout.contains("busbw") && table.stdout.contains("2 rank(s)"), table.stdout)
+        // Ranks given other options waited forever (iterations, --nonblocking) or stopped with MPI's "message truncated"
+        // (sizes): refused, said once.
+        guard let mpirun = findOnPath("mpirun") else { return }
+        for other in [["--iterations", "500000"], ["--nonblocking"], ["--size-mb", "2"]] {
+            let mixed = try runProcess(mpirun, ["-np", "1", ddp, "bench", "allreduce", "--size-mb", "1", ":", "-np", "1", ddp, "bench", "allreduce",
+                                                "--size-mb", "1"] + other, environment: mpiEnvironment, timeout: 120)
+            XCTAssertFalse(mixed.timedOut, "the job hung:\n\(mixed.output)")
+            XCTAssertEqual(mixed.status, 1, mixed.output)
+            XCTAssertEqual(mixed.stderr.components(separatedBy: "Error: ranks disagree on the options (--size-mb, --iterations, --warmup, "
+                                                             + "--nonblocking): rank 1 differs from rank 0").count - 1, 1, mixed.output)
+        }
     }
 
     func testBenchAllreduceRejectsBadOptions() throws {
