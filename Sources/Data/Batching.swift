@@ -34,7 +34,7 @@ public final class SampleReader {
             starts.append(start)
             var open: [String: Dataset] = [:]
             for name in split.task == .lm ? ["tokens"] : ["source/tokens", "target/tokens"] {
-                do { open[name] = try file.openDataset(name) } catch { throw DataError(file: shard.path, "missing dataset /\(name)") }
+                open[name] = try file.openShardDataset(name, path: shard.path)
             }
             datasets.append(open)
             start += shard.samples

@@ -33,6 +33,18 @@ public struct DataError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(file): \(message)" }
 }
 
+extension File {
+    /// Opens the dataset `name` of this data file (at `path`); throws `DataError`: one that is not there is missing,
+    /// one that is there and cannot be opened is said as such (h5py's libver='latest' writes layouts HDF5 1.10 cannot read).
+    func openShardDataset(_ name: String, path: String) throws -> Dataset {
+        do { return try openDataset(name) } catch {
+            guard (try? contains(name)) == true else { throw DataError(file: path, "missing dataset /\(name)") }
+            throw DataError(file: path, "dataset /\(name) cannot be opened by this program's \(HDF5Library.version) (written by a "
+                                        + "newer HDF5, as h5py's libver='latest' may, or damaged): \(error.message)")
+        }
+    }
+}
+
 /// Writes data files in the schema, chunked with Fletcher-32 checksums (a corrupted shard fails to read).
 public enum ShardWriter {
     /// Small chunks: a random sample read decompresses 16 KB, not a whole large chunk.
@@ -305,7 +317,7 @@ private struct ShardValidator {
 
     private func open(_ name: String, _ type: ElementType, _ description: String) throws -> Dataset {
         let dataset: Dataset
-        do { dataset = try file.openDataset(name) } catch { throw DataError(file: path, "missing dataset /\(name) (\(error.message))") }
+        dataset = try file.openShardDataset(name, path: path)
         guard dataset.elementType == type, dataset.shape.count == 1 else {
             throw DataError(file: path, "/\(name) must be \(description), found \(dataset.typeDescription) \(dataset.shape)")
         }

@@ -249,7 +249,11 @@ public enum Checkpoint {
                                   + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path))
         }
         guard FileManager.default.fileExists(atPath: path) else {
-            var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + otherCheckpoints(in: directory, besides: path))
+            // No checkpoint left (a killed --overwrite removed them before latest): how to get out, said.
+            let others = otherCheckpoints(in: directory, besides: path)
+            var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + (others.isEmpty
+                ? "; \(directory) holds no other checkpoint to go on from: --overwrite starts a new run there (or remove \(latest) "
+                  + "to keep the run's other files)" : others))
             error.latestNamingMissing = text
             throw error
         }

@@ -53,7 +53,7 @@ struct Inspect: ParsableCommand {
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil
         print("\(file)  HDF5 file" + (bytes.map { ", \(formatBytes($0))" } ?? ""))
         do { _ = try handle.attributeNames() } catch {
-            print("attributes  NOT READABLE (the file is damaged): \(error.message)")
+            print("attributes  NOT READABLE: \(error.message)")
             problems += 1
         }
         if (try? handle.hasAttribute(attributeDigestName)) == true {
@@ -76,8 +76,7 @@ struct Inspect: ParsableCommand {
                 problems += 1
             }
             if !listing.unopenable.isEmpty {
-                print("\nmembers  NOT READABLE in \(file) (written by a newer HDF5 than this program's \(HDF5Library.version), or damaged): "
-                      + listing.unopenable.joined(separator: ", "))
+                print("\nmembers  NOT READABLE in \(file): " + listing.unopenable.joined(separator: "; "))
                 problems += 1
             }
         }
@@ -181,7 +180,7 @@ struct Inspect: ParsableCommand {
         var omitted = 0
         /// Attributes that could not be read ("/path@name: why").
         var unreadable: [String] = []
-        /// Members that could not be opened ("/path"): a newer HDF5's format, or damage.
+        /// Members, or member lists, that could not be read ("/path: why").
         var unopenable: [String] = []
         let limit = 20_000
 
@@ -195,52 +194,70 @@ struct Inspect: ParsableCommand {
         listing.append("\(indent)\(group.path == "/" ? "/" : group.path + "/")  group")
         listing.visited.insert(try group.identity())
         describeAttributes(of: group, indent: indent + "  ", into: &listing)
-        for member in try group.members() {
+        // A list or member that cannot be read is said, and the rest listed (inspecting is how people find out).
+        let members: [Member]
+        do { members = try group.members() } catch {
+            listing.append("\(indent)  (members unreadable: \(error.message))")
+            listing.unopenable.append("the members of \(group.path): \(error.message)")
+            return
+        }
+        for member in members {
             let memberPath = "\(group.path == "/" ? "" : group.path)/\(member.name)"
-            switch member.kind {
-            case .group:
-                let child = try group.openGroup(member.name)
-                if listing.visited.contains(try child.identity()) {
-                    listing.append("\(indent)  \(memberPath)  (another name for a group listed above: not followed)")
-                } else {
-                    try describe(group: child, depth: depth + 1, into: &listing)
-                }
-            case .dataset:
-                let dataset = try group.openDataset(member.name)
-                listing.visited.insert(try dataset.identity())
-                let storage = try dataset.storage()
-                var parts = ["\(indent)  \(dataset.path)  dataset \(dataset.typeDescription)",
-                             dataset.shape.isEmpty ? "scalar" : "[" + dataset.shape.map(String.init).joined(separator: ", ") + "]"]
-                if let chunks = storage.chunks { parts.append("chunks [" + chunks.map(String.init).joined(separator: ", ") + "]") }
-                var filters: [String] = []
-                if storage.shuffle { filters.append("shuffle") }
-                if let level = storage.deflateLevel { filters.append("deflate \(level)") }
-                if storage.fletcher32 { filters.append("fletcher32") }
-                filters += storage.otherFilters
-                if !filters.isEmpty { parts.append("filters " + filters.joined(separator: ", ")) }
-                parts.append("stored \(formatBytes(storage.storedBytes))")
-                listing.append(parts.joined(separator: "  "))
-                describeAttributes(of: dataset, indent: indent + "    ", into: &listing)
-            case .softLink:
-                listing.append("\(indent)  \(memberPath)  soft link (not followed)")
-            case .externalLink:
-                listing.append("\(indent)  \(memberPath)  external link to another file (not followed; shards and checkpoints "
-                               + "with one are refused)")
-            case .other:
-                listing.append("\(indent)  \(memberPath)  (link to no group or dataset)")
-            case .unopenable(let reason):
-                listing.unopenable.append(memberPath)
-                listing.append("\(indent)  \(memberPath)  cannot be opened by this program's \(HDF5Library.version), "
-                               + "written by a newer HDF5 or damaged: \(reason)")
+            do { try describe(member, at: memberPath, in: group, depth: depth, into: &listing) } catch {
+                listing.append("\(indent)  \(memberPath)  unreadable: \(error)")
+                listing.unopenable.append("\(memberPath): \(error)")
             }
+        }
+    }
+
+    /// Lists one member of `group` (a group with what it holds, a dataset with its storage and attributes, a link);
+    /// throws what HDF5 says when it cannot be read.
+    private func describe(_ member: Member, at memberPath: String, in group: some HDF5Container, depth: Int, into listing: inout Listing) throws {
+        let indent = String(repeating: "  ", count: depth)
+        switch member.kind {
+        case .group:
+            let child = try group.openGroup(member.name)
+            if listing.visited.contains(try child.identity()) {
+                listing.append("\(indent)  \(memberPath)  (another name for a group listed above: not followed)")
+            } else {
+                try describe(group: child, depth: depth + 1, into: &listing)
+            }
+        case .dataset:
+            let dataset = try group.openDataset(member.name)
+            listing.visited.insert(try dataset.identity())
+            let storage = try dataset.storage()
+            var parts = ["\(indent)  \(dataset.path)  dataset \(dataset.typeDescription)",
+                         dataset.shape.isEmpty ? "scalar" : "[" + dataset.shape.map(String.init).joined(separator: ", ") + "]"]
+            if let chunks = storage.chunks { parts.append("chunks [" + chunks.map(String.init).joined(separator: ", ") + "]") }
+            var filters: [String] = []
+            if storage.shuffle { filters.append("shuffle") }
+            if let level = storage.deflateLevel { filters.append("deflate \(level)") }
+            if storage.fletcher32 { filters.append("fletcher32") }
+            filters += storage.otherFilters
+            if !filters.isEmpty { parts.append("filters " + filters.joined(separator: ", ")) }
+            parts.append("stored \(formatBytes(storage.storedBytes))")
+            listing.append(parts.joined(separator: "  "))
+            describeAttributes(of: dataset, indent: indent + "    ", into: &listing)
+        case .softLink:
+            listing.append("\(indent)  \(memberPath)  soft link (not followed)")
+        case .externalLink:
+            listing.append("\(indent)  \(memberPath)  external link to another file (not followed; shards and checkpoints "
+                           + "with one are refused)")
+        case .other:
+            listing.append("\(indent)  \(memberPath)  (link to no group or dataset)")
+        case .unopenable(let reason):
+            let why = "cannot be opened by this program's \(HDF5Library.version), written by a newer HDF5 or damaged: \(reason)"
+            listing.unopenable.append("\(memberPath) \(why)")
+            listing.append("\(indent)  \(memberPath)  \(why)")
         }
     }
 
     /// The attributes and their values; one that cannot be read is listed with the reason.
     private func describeAttributes(of object: some HDF5Object, indent: String, into listing: inout Listing) {
-        guard let names = try? object.attributeNames() else {
-            listing.append("\(indent)(attributes unreadable)")
-            listing.unreadable.append("\(object.path): the attribute list")
+        let names: [String]
+        do { names = try object.attributeNames() } catch {
+            listing.append("\(indent)(attributes unreadable: \(error.message))")
+            listing.unreadable.append("\(object.path): the attribute list: \(error.message)")
             return
         }
         for name in names {

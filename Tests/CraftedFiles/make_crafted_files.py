@@ -175,6 +175,9 @@ variant(checkpoint, "checkpoint-extra-tensor.h5", "checkpoint", "a tensor of a l
         lambda f: f.create_dataset("params/encoder.layers.9.ffn.fc1.weight", data=np.zeros((2, 2), dtype=np.float32)))
 variant(checkpoint, "checkpoint-newer-format-member.h5", "checkpoint", "a member of /params only a newer HDF5 may read",
         lambda f: f.create_dataset("params/notes", data=np.zeros(3, dtype=[("a", "i4"), ("b", "f4")])), libver="latest")
+# The data itself written so (chunked, gzip): named as a dataset this HDF5 cannot open, not as missing.
+variant(lm_shard, "lm-newer-format-tokens.h5", "lm", "tokens written in a newer HDF5 format (libver latest)",
+        lambda f: replace(f, "tokens", data=f["tokens"][...], chunks=(1024,), compression="gzip"), libver="latest")
 # The same beside a shard's data: the data reads (usable), and `ddp inspect`, which lists every member, says it cannot.
 variant(lm_shard, "lm-newer-format-member.h5", "lm", "a member only a newer HDF5 may read, beside sound data",
         lambda f: f.create_dataset("notes", data=np.zeros(3, dtype=[("a", "i4"), ("b", "f4")])), libver="latest", usable=True)

@@ -208,6 +208,13 @@ final class CheckpointTests: XCTestCase {
         // latest naming a file that is gone.
         try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
         assertCheckpointError(["names 'checkpoint-00000099.h5', which does not exist"]) { _ = try Checkpoint.latest(in: run) }
+        // And no checkpoint left at all (a trial killed train --overwrite after it removed the checkpoints, before
+        // latest): the way out is said.
+        let emptied = directory.appendingPathComponent("emptied").path
+        try FileManager.default.createDirectory(atPath: emptied, withIntermediateDirectories: true)
+        try "checkpoint-00000150.h5\n".write(toFile: (emptied as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
+        assertCheckpointError(["names 'checkpoint-00000150.h5', which does not exist; \(emptied) holds no other checkpoint to go on from: "
+                               + "--overwrite starts a new run there"]) { _ = try Checkpoint.latest(in: emptied) }
     }
 }
 

@@ -182,6 +182,21 @@ final class CommandLineTests: XCTestCase {
         let notHDF5 = try runProcess(ddp, ["inspect", text])
         XCTAssertNotEqual(notHDF5.status, 0)
         XCTAssertTrue(notHDF5.stderr.contains("not an HDF5 file"), notHDF5.output)
+
+        // A group whose members cannot be listed (a link name past 64 KiB) is said, and the rest of the file listed; it
+        // stopped the whole listing with HDF5's words.
+        let longName = directory.appendingPathComponent("long-name.h5").path
+        do {
+            let file = try File.create(longName)
+            try file.createDataset("g/" + String(repeating: "n", count: 70_000), type: .float32, shape: [1])
+            try file.createDataset("h/kept", type: .float32, shape: [2])
+        }
+        let listed = try runProcess(ddp, ["inspect", longName])
+        XCTAssertEqual(listed.status, 1, listed.output)
+        XCTAssertTrue(listed.stdout.contains("/g/  group") && listed.stdout.contains("(members unreadable: ")
+                      && listed.stdout.contains("/h/kept  dataset float32"), listed.output)
+        XCTAssertTrue(listed.stdout.contains("members  NOT READABLE in \(longName): the members of /g: ")
+                      && listed.stdout.contains("holds a link whose name is 65536 bytes or longer"), listed.output)
     }
 
     private func benchJSON(_ result: ProcessResult, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
