@@ -269,9 +269,10 @@ public enum Preparer {
     /// although a valid fraction was asked for. The new shards replace the directory's only once all are written
     /// (`OutputFile.writeAll`); with `overwrite`, shards of an earlier dataset that the new one does not replace are
     /// removed then.
-    private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, into summary: inout PrepareSummary,
+    private static func writeSplits(train: [Int], valid: [Int], options: PrepareOptions, content: ContentDigest, into summary: inout PrepareSummary,
                                     progress: (String) -> Void,
-                                    write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String) throws -> Int) throws {
+                                    write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String,
+                                            _ membership: ShardMembership) throws -> Int) throws {
         let (earlier, created) = try prepareOutputDirectory(options)
         if valid.isEmpty && options.validFraction > 0 {
             progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
@@ -287,10 +288,17 @@ public enum Preparer {
             }
         }
         var tokens = [Int](repeating: 0, count: planned.count)
+        // Every file says which dataset it belongs to (a hash of what the dataset holds and how it is split, so the same
+        // prepare gives the same files, byte for byte): one killed while renaming leaves a mix that readers refuse.
+        var identity = content
+        for indices in [train, valid] { indices.withUnsafeBufferPointer { identity.add($0) } }
+        identity.add("\(options.shards)")
+        let datasetID = String(identity.value, radix: 16)
         do {
             try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs) { index, temporary in
                 let shard = planned[index]
-                tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary)
+                tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary,
+                                          ShardMembership(datasetID: datasetID, splitShards: shard.shards))
             }
         } catch {
             // An output directory this prepare created, still empty: it goes too.
@@ -385,14 +393,17 @@ public enum Preparer {
         let (train, valid) = split(documents.count, options: options)
         var summary = PrepareSummary(task: .lm, tokenizer: tokenizer)
         summary.noteVocabulary(asked: options)
-        try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { name, shard, shards, indices, path in
+        var content = ContentDigest()
+        content.add(tokenizer.json)
+        for document in documents { content.add(document) }
+        try writeSplits(train: train, valid: valid, options: options, content: content, into: &summary, progress: progress) { name, shard, shards, indices, path, membership in
             var encoded: [[Int32]] = []
             for (done, index) in indices.enumerated() {
                 encoded.append(tokenizer.encode(documents[index]))
                 try tokenizer.refusePadding(in: encoded[encoded.count - 1], what: "document \(origins[index].number)", of: origins[index].file)
                 if done % 1000 == 999 { progress("encoding \(name) shard \(shard + 1)/\(shards): \(done + 1)/\(indices.count) documents") }
             }
-            try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer, inputs: options.inputs)
+            try ShardWriter.writeLM(path, documents: encoded, tokenizer: tokenizer, inputs: options.inputs, membership: membership)
             return encoded.reduce(0) { $0 + $1.count + 1 }
         }
         return summary
@@ -432,9 +443,15 @@ public enum Preparer {
         summary.dropped = dropped
         summary.maxPairTokens = options.maxPairTokens
         (summary.emptySides, summary.firstEmptySide) = (emptySides, firstEmptySide)
-        try writeSplits(train: train, valid: valid, options: options, into: &summary, progress: progress) { _, _, _, indices, path in
+        var content = ContentDigest()
+        content.add(tokenizer.json)
+        for pair in encoded {
+            pair.source.withUnsafeBufferPointer { content.add($0) }
+            pair.target.withUnsafeBufferPointer { content.add($0) }
+        }
+        try writeSplits(train: train, valid: valid, options: options, content: content, into: &summary, progress: progress) { _, _, _, indices, path, membership in
             let chosen = indices.map { encoded[$0] }
-            try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer, inputs: options.inputs)
+            try ShardWriter.writeSeq2Seq(path, pairs: chosen, tokenizer: tokenizer, inputs: options.inputs, membership: membership)
             return chosen.reduce(0) { $0 + $1.source.count + $1.target.count }
         }
         return summary

@@ -45,17 +45,37 @@ extension File {
     }
 }
 
+/// Which dataset a shard belongs to: the `ddp prepare` that wrote it (a random id, root attribute "dataset_id") and how
+/// many files of its split that prepare wrote ("split_shards"). A split holding only some of one prepare's files is a
+/// mix of two datasets (a prepare --overwrite killed part-way): refused (`DataSplit`).
+public struct ShardMembership: Sendable, Equatable {
+    /// The writing prepare's id.
+    public let datasetID: String
+    /// Files of the split that prepare wrote.
+    public let splitShards: Int
+
+    /// A membership with its parts.
+    public init(datasetID: String, splitShards: Int) {
+        self.datasetID = datasetID
+        self.splitShards = splitShards
+    }
+}
+
 /// Writes data files in the schema, chunked with Fletcher-32 checksums (a corrupted shard fails to read).
 public enum ShardWriter {
     /// Small chunks: a random sample read decompresses 16 KB, not a whole large chunk.
     static let chunk = 4096
 
-    private static func header(_ file: File, task: DatasetTask, tokenizer: Tokenizer) throws {
+    private static func header(_ file: File, task: DatasetTask, tokenizer: Tokenizer, membership: ShardMembership?) throws {
         try file.setAttribute("format", dataFormat)
         try file.setAttribute("version", dataFormatVersion)
         try file.setAttribute("task", task.rawValue)
         try file.setAttribute("vocab_size", tokenizer.vocabularySize)
         try file.setAttribute("tokenizer", tokenizer.json)
+        if let membership {
+            try file.setAttribute("dataset_id", membership.datasetID)
+            try file.setAttribute("split_shards", membership.splitShards)
+        }
     }
 
     private static func writeTokens(_ file: File, _ name: String, _ tokens: [Int32]) throws {
@@ -74,7 +94,8 @@ public enum ShardWriter {
     }
 
     /// A language-modelling shard: the documents' tokens joined with EOS after each document.
-    public static func writeLM(_ path: String, documents: [[Int32]], tokenizer: Tokenizer, inputs: [String] = []) throws {
+    public static func writeLM(_ path: String, documents: [[Int32]], tokenizer: Tokenizer, inputs: [String] = [],
+                               membership: ShardMembership? = nil) throws {
         var stream: [Int32] = []
         stream.reserveCapacity(documents.reduce(0) { $0 + $1.count + 1 })
         for document in documents {
@@ -82,7 +103,7 @@ public enum ShardWriter {
             stream.append(tokenizer.specialTokens.eos)
         }
         try create(path, inputs: inputs) { file in
-            try header(file, task: .lm, tokenizer: tokenizer)
+            try header(file, task: .lm, tokenizer: tokenizer, membership: membership)
             try file.setAttribute("documents", documents.count)
             try file.sealAttributes()
             try writeTokens(file, "tokens", stream)
@@ -91,9 +112,9 @@ public enum ShardWriter {
 
     /// A sequence-to-sequence shard of aligned (source, target) pairs.
     public static func writeSeq2Seq(_ path: String, pairs: [(source: [Int32], target: [Int32])], tokenizer: Tokenizer,
-                                    inputs: [String] = []) throws {
+                                    inputs: [String] = [], membership: ShardMembership? = nil) throws {
         try create(path, inputs: inputs) { file in
-            try header(file, task: .seq2seq, tokenizer: tokenizer)
+            try header(file, task: .seq2seq, tokenizer: tokenizer, membership: membership)
             try file.sealAttributes()
             for (side, sequences) in [("source", pairs.map(\.source)), ("target", pairs.map(\.target))] {
                 var offsets: [Int64] = [0]
@@ -139,6 +160,8 @@ public struct Shard: Sendable {
     /// The file's version when it was validated (nil when it could not be read): readers open only that version
     /// (`SampleReader`), not a file prepared again under its name since.
     public let version: FileVersion?
+    /// The prepare that wrote it (nil for files written before it was stored, or by another writer).
+    public var membership: ShardMembership? = nil
 }
 
 /// A split (`train` or `valid`) of a dataset directory, every file validated before training starts.
@@ -169,6 +192,9 @@ public struct DataSplit: Sendable {
         }
         return nil
     }
+
+    /// The ids of the prepares that wrote the split's files (`ShardMembership`; empty for files written before they were stored).
+    public var datasetIDs: Set<String> { Set(shards.compactMap { $0.membership?.datasetID }) }
 
     /// The split's content, for runs and ranks to compare (a resumed run's data, every rank's data): a hash of its
     /// shards' names and content digests (`Shard.digest`), in order, and its tokenizer (`ContentDigest`). Data prepared
@@ -227,6 +253,16 @@ public struct DataSplit: Sendable {
             tokenizerSource = name
             shards.append(shard)
         }
+        // The files of one prepare are all here, or the split mixes two datasets.
+        for (id, members) in Dictionary(grouping: shards.filter { $0.membership != nil }, by: { $0.membership!.datasetID }) {
+            let expected = members[0].membership!.splitShards
+            guard members.count == expected, members.allSatisfy({ $0.membership!.splitShards == expected }) else {
+                let named = members.prefix(3).map { Paths.lastComponent($0.path) }.joined(separator: ", ") + (members.count > 3 ? ", ..." : "")
+                throw DataError(file: directory, "holds \(members.count) of the \(expected) \(split) files one ddp prepare wrote (\(named); "
+                                + "dataset_id \(id)) beside files of another: a prepare --overwrite stopped part-way (kill -9) leaves "
+                                + "such a mix. Prepare the data again")
+            }
+        }
         self.directory = directory
         self.split = split
         self.task = task!
@@ -250,7 +286,8 @@ public struct DataSplit: Sendable {
             guard sequenceLength >= 1 else { throw DataError(file: path, "an lm dataset needs a sequence length (the model's context)") }
             let tokens = try file.validateTokens("tokens", pad: tokenizer.specialTokens.pad)
             let windows = tokens > sequenceLength ? (tokens - 1) / sequenceLength : 0
-            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens, digest: file.digest, version: file.version), tokenizer)
+            return (Shard(path: path, task: .lm, samples: windows, tokens: tokens, digest: file.digest, version: file.version,
+                          membership: file.membership), tokenizer)
         case .seq2seq:
             let pad = tokenizer.specialTokens.pad
             let source = try file.validateTokens("source/tokens", pad: pad), target = try file.validateTokens("target/tokens", pad: pad)
@@ -259,7 +296,8 @@ public struct DataSplit: Sendable {
             guard sources == targets else {
                 throw DataError(file: path, "/source/offsets has \(sources) sequences but /target/offsets \(targets)")
             }
-            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target, digest: file.digest, version: file.version),
+            return (Shard(path: path, task: .seq2seq, samples: sources, tokens: source + target, digest: file.digest, version: file.version,
+                          membership: file.membership),
                     tokenizer)
         }
     }
@@ -271,6 +309,8 @@ private struct ShardValidator {
     let file: File
     /// The root attribute `vocab_size` once `header()` has read it.
     private(set) var vocabularySize: Int64 = 0
+    /// The root attributes `dataset_id` and `split_shards` once `header()` has read them (nil when the file has none).
+    private(set) var membership: ShardMembership?
     /// The hash of every block validated so far (`Shard.digest`).
     private var content = ContentDigest()
     var digest: UInt64 { content.value }
@@ -311,6 +351,15 @@ private struct ShardValidator {
         do { tokenizer = try Tokenizer(json: tokenizerJSON) } catch { throw DataError(file: path, "attribute 'tokenizer': \(error)") }
         guard tokenizer.vocabularySize == vocabularySize else {
             throw DataError(file: path, "vocab_size \(vocabularySize) differs from the tokenizer's \(tokenizer.vocabularySize)")
+        }
+        if (try? file.hasAttribute("dataset_id")) == true {
+            let id = try attribute("dataset_id", file.stringAttribute)
+            guard (1...64).contains(id.utf8.count) else { throw DataError(file: path, "root attribute 'dataset_id' is not 1 to 64 bytes") }
+            let count = try attribute("split_shards", file.int64Attribute)
+            guard (1...Int64(1 << 20)).contains(count) else {
+                throw DataError(file: path, "root attribute 'split_shards' \(count) is not a file count (1 to 2^20)")
+            }
+            membership = ShardMembership(datasetID: id, splitShards: Int(count))
         }
         return (task, tokenizer)
     }

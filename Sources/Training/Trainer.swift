@@ -332,6 +332,12 @@ public final class Trainer {
             guard valid.tokenizer == train.tokenizer else {
                 throw DataError(file: validShard.path, "its tokenizer differs from \(trainShard.path)'s (every shard must use one tokenizer)")
             }
+            // Both splits of one prepare: a prepare --overwrite killed between them leaves another dataset's valid split.
+            if !valid.datasetIDs.isEmpty && !train.datasetIDs.isEmpty && valid.datasetIDs.isDisjoint(with: train.datasetIDs) {
+                throw DataError(file: validShard.path, "was written by another ddp prepare than \(trainShard.path) (dataset_id "
+                                + "\(valid.datasetIDs.sorted()[0]), not \(train.datasetIDs.sorted()[0])): a prepare --overwrite stopped part-way "
+                                + "(kill -9) leaves such a mix. Prepare the data again")
+            }
         }
         // An encoder-only model's mask token comes after the data's tokens (README "Encoder-only models").
         let needed = max(train.tokenizer.vocabularySize, config.model.kind == .encoderOnly ? Int(train.tokenizer.maskToken) + 1 : 0)

@@ -105,7 +105,9 @@ private func reportStops(_ world: Communicator, commands: [(name: String, status
                     switch commands[rank].status {
                     case .running: return nil
                     case .failed: return texts[rank].hasPrefix("Error: ") ? String(texts[rank].dropFirst(7)) : texts[rank]
-                    case .answered: return "printed what ddp \(commands[rank].name) was asked for (--help, --version) instead of running it"
+                    case .answered:
+                        let command = ["ddp", commands[rank].name].filter { !$0.isEmpty }.joined(separator: " ")
+                        return "printed what \(command) was asked for (--help, --version) instead of running it"
                     }
                 }
                 let stopped = messages.compactMap { $0 }.count

@@ -239,6 +239,25 @@ final class ShardTests: XCTestCase {
         assertDataError(["train-00001.h5", "tokenizer differs from train-00000.h5's"]) { _ = try DataSplit(directory: path, split: "train") }
     }
 
+    /// A prepare --overwrite killed while renaming its files (a trial: kill -9 at the 11th rename) left two new train
+    /// files beside two old ones, and training read the mix in silence. Each file says which prepare wrote it and how
+    /// many files its split has: a split holding part of one prepare's files is refused; whole datasets are not.
+    func testASplitMixingTwoPreparesIsRefused() throws {
+        let documents: [[Int32]] = [[5, 6, 7, 8, 9, 10]]
+        let old = ShardMembership(datasetID: "old", splitShards: 2), new = ShardMembership(datasetID: "new", splitShards: 2)
+        try ShardWriter.writeLM(file("train-00000.h5"), documents: documents, tokenizer: .byte, membership: new)
+        try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: old)
+        assertDataError([path, "holds 1 of the 2 train files one ddp prepare wrote", "a prepare --overwrite stopped part-way"]) {
+            _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
+        }
+        try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: new)
+        let whole = try DataSplit(directory: path, split: "train", sequenceLength: 2)
+        XCTAssertEqual(whole.datasetIDs, ["new"])
+        // Files without the attributes (written before them, or by hand) are not counted.
+        try ShardWriter.writeLM(file("train-00002.h5"), documents: documents, tokenizer: .byte)
+        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).shards.count, 3)
+    }
+
     /// Bytes changed on disk after writing: validation fails (Fletcher-32) instead of training on garbage.
     func testCorruptedShardIsDetected() throws {
         let tokens = (0..<5000).map { Int32(4 + ($0 * 7919) % 256) }

@@ -628,6 +628,30 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(same.status, 0, same.output)
     }
 
+    /// A prepare --overwrite killed while it renamed its files into place leaves a mix of two datasets (a trial: two new
+    /// train files beside two old ones, which training read in silence): refused within a split and across the splits.
+    func testAMixOfTwoPreparesIsRefused() throws {
+        for seed in ["1", "2"] {
+            let made = try ddp(["prepare", "--synthetic", "reverse", "--samples", "200", "--max-length", "8", "--shards", "2", "--seed", seed, "--output", path("seed\(seed)")])
+            XCTAssertEqual(made.status, 0, made.output)
+        }
+        try FileManager.default.copyItem(atPath: path("seed1"), toPath: path("mixed"))
+        try FileManager.default.removeItem(atPath: path("mixed/train-00001.h5"))
+        try FileManager.default.copyItem(atPath: path("seed2/train-00001.h5"), toPath: path("mixed/train-00001.h5"))
+        let withinSplit = try train(try config("mixed.yaml", steps: 2, data: "mixed"), run: "mixed-run")
+        XCTAssertEqual(withinSplit.status, 1, withinSplit.output)
+        XCTAssertTrue(withinSplit.stderr.contains("\(path("mixed")): holds 1 of the 2 train files one ddp prepare wrote"), withinSplit.output)
+        try FileManager.default.copyItem(atPath: path("seed1"), toPath: path("valid-mixed"))
+        for name in ["valid-00000.h5", "valid-00001.h5"] {
+            try FileManager.default.removeItem(atPath: path("valid-mixed/\(name)"))
+            try FileManager.default.copyItem(atPath: path("seed2/\(name)"), toPath: path("valid-mixed/\(name)"))
+        }
+        let acrossSplits = try train(try config("valid-mixed.yaml", steps: 2, data: "valid-mixed"), run: "valid-mixed-run")
+        XCTAssertEqual(acrossSplits.status, 1, acrossSplits.output)
+        XCTAssertTrue(acrossSplits.stderr.contains("valid-00000.h5: was written by another ddp prepare than"), acrossSplits.output)
+        XCTAssertEqual(try train(try config("whole.yaml", steps: 2, data: "seed2"), run: "whole-run").status, 0, "one prepare's files train")
+    }
+
     // MARK: 5. Text from any editor
 
     /// A fine-tune (--init, a config without a model section) resumes from its own checkpoint: the --init file is not
