@@ -59,13 +59,17 @@ public enum Checkpoint {
         /// The training data's content: shard names, every shard's `Shard.digest`, tokenizer (root attribute
         /// "data_digest"; nil in checkpoints written before it, whose resume compares only `dataFingerprint`).
         public var dataDigest: String?
+        /// The validation data's content (root attribute "valid_digest", `DataSplit.contentDigest` in hexadecimal; nil
+        /// without a validation split, or in checkpoints written before it): a resume on other validation data says so.
+        public var validDigest: String?
         /// The epoch order of the build that wrote it (`TokenBudgetSampler.orderVersion`, root attribute
         /// "sampler_version"; 1 when not stored, as before the attribute).
         public var samplerVersion: Int
 
         /// A provenance with its parts; the sampler version this build's.
-        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, dataDigest: String?,
+        public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, dataDigest: String?, validDigest: String? = nil,
                     samplerVersion: Int = TokenBudgetSampler.orderVersion) {
+            self.validDigest = validDigest
             self.globalBatch = globalBatch
             self.worldSize = worldSize
             self.dataFingerprint = dataFingerprint
@@ -149,6 +153,7 @@ public enum Checkpoint {
             try file.setAttribute("world_size", provenance.worldSize)
             try file.setAttribute("data_fingerprint", provenance.dataFingerprint)
             if let digest = provenance.dataDigest { try file.setAttribute("data_digest", digest) }
+            if let digest = provenance.validDigest { try file.setAttribute("valid_digest", digest) }
             try file.setAttribute("sampler_version", provenance.samplerVersion)
         }
         if !abandoned.isEmpty { try file.setAttribute("abandoned_checkpoints", abandoned.joined(separator: "\n")) }
@@ -354,6 +359,7 @@ public enum Checkpoint {
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute),
                                     dataDigest: try has("data_digest") ? try attribute("data_digest", file.stringAttribute) : nil,
                                     samplerVersion: try has("sampler_version") ? try count("sampler_version", in: 1...1_000_000) : 1)
+            if try has("valid_digest") { provenance?.validDigest = try attribute("valid_digest", file.stringAttribute) }
         }
         var header = Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
                             provenance: provenance)
@@ -471,7 +477,7 @@ public enum Checkpoint {
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
     /// must lie inside an epoch of `batchesPerEpoch` global batches.
     public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, batchesPerEpoch: Int, dataFingerprint: String,
-                                   dataDigest: String, log: (String) -> Void) throws {
+                                   dataDigest: String, validDigest: String? = nil, log: (String) -> Void) throws {
         let header = try readHeader(path)
         // Refused first, before loading (whose errors are the file's damage, and name the run's other checkpoints) and
         // before the changes are listed (another kind's model lists keys that kind has no use for).
@@ -503,6 +509,12 @@ public enum Checkpoint {
             if (provenance.dataFingerprint != dataFingerprint || provenance.dataDigest.map { $0 != dataDigest } == true) && !windowsChanged {
                 refused.append("the training data (\(config.data.directory) holds other shards, samples or tokenizer than the checkpoint's run, "
                                + "or other tokens in them)")
+            }
+            // Other validation data changes no step, only what valid_loss measures: allowed, and said.
+            if let stored = provenance.validDigest, stored != validDigest {
+                log("resume: the validation data differs from the checkpoint's run (" + (validDigest == nil ? "there is none now"
+                    : "\(config.data.directory)'s valid split holds other files or tokens") + "): valid_loss before and after step "
+                    + "\(header.state.step) measure different data")
             }
             // Length groups were joined by chance before sampler version 2: the rest of an epoch begun in that order
             // would repeat some of its samples and skip others in this build's. A checkpoint at an epoch's start is fine.

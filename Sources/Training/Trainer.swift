@@ -134,6 +134,8 @@ public final class Trainer {
         let watchdog: CollectiveWatchdog
         /// Identifies the training data for resuming (`dataFingerprint`, `DataSplit.contentDigest` in hexadecimal).
         let fingerprint: String, digest: String
+        /// The validation data's content (`DataSplit.contentDigest` in hexadecimal), nil without a valid split.
+        var validDigest: String? { valid.map { String($0.contentDigest, radix: 16) } }
         let sampler: any TrainingSampler
         /// Sequences per update over all ranks (the checkpoint's provenance); 0 for token-budget batches, which are
         /// defined globally.
@@ -405,7 +407,7 @@ public final class Trainer {
             }
             try Checkpoint.checkResume(resumeFrom, with: config, globalBatch: run.globalBatch,
                                        batchesPerEpoch: run.sampler.batchesPerEpoch, dataFingerprint: run.fingerprint,
-                                       dataDigest: run.digest, log: log)
+                                       dataDigest: run.digest, validDigest: run.validDigest, log: log)
             return ""
         }
         let state = try restore(resumeFrom, model: run.model, optimizer: run.optimizer, watchdog: run.watchdog)
@@ -474,7 +476,8 @@ public final class Trainer {
                     try Checkpoint.save(directory: runDirectory, model: run.model, optimizer: run.optimizer, state: state, config: config,
                                         tokenizer: run.train.tokenizer, keep: config.checkpoint.keep,
                                         provenance: .init(globalBatch: run.globalBatch, worldSize: world.size,
-                                                          dataFingerprint: run.fingerprint, dataDigest: run.digest),
+                                                          dataFingerprint: run.fingerprint, dataDigest: run.digest,
+                                                          validDigest: run.validDigest),
                                         abandoned: abandonedCheckpoints)
                 }
                 abandonedCheckpoints.remove(Paths.lastComponent(path))

@@ -98,6 +98,23 @@ final class CheckpointTests: XCTestCase {
         XCTAssertNil(try Checkpoint.readHeader(older).provenance?.dataDigest)
         try check(older, fingerprint: "f1", digest: "any")
         assertCheckpointError(["cannot resume", "the training data"]) { try check(older, fingerprint: "f2", digest: "any") }
+
+        // Other validation data is allowed and said (a trial swapped the valid split; valid_loss jumped with no word).
+        let withValid = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(4), config: config, tokenizer: nil,
+                                            keep: 5, provenance: .init(globalBatch: 2, worldSize: 1, dataFingerprint: "f1", dataDigest: "d1",
+                                                                       validDigest: "v1"))
+        XCTAssertEqual(try Checkpoint.readHeader(withValid).provenance?.validDigest, "v1")
+        func notes(valid: String?) throws -> [String] {
+            var lines: [String] = []
+            try Checkpoint.checkResume(withValid, with: config, globalBatch: 2, batchesPerEpoch: 10, dataFingerprint: "f1", dataDigest: "d1",
+                                       validDigest: valid, log: { lines.append($0) })
+            return lines.filter { $0.contains("validation data") }
+        }
+        XCTAssertEqual(try notes(valid: "v1"), [])
+        XCTAssertEqual(try notes(valid: "v2").count, 1)
+        XCTAssertTrue(try notes(valid: "v2")[0].contains("valid_loss before and after step 4 measure different data"))
+        XCTAssertTrue(try notes(valid: nil)[0].contains("there is none now"))
+        XCTAssertNil(try Checkpoint.readHeader(withDigest).provenance?.validDigest, "written without: nothing to compare")
     }
 
     /// Pruning orders checkpoints by step, also past eight digits, and never removes a file it did not name itself.
