@@ -286,6 +286,8 @@ public enum Checkpoint {
     /// run's `latest` names a later step says it was removed while it was read (`checkpoint.keep` rotates the oldest
     /// away as new ones come; `ddp eval --checkpoint RUN_DIR` during training), naming the checkpoint `latest` names now.
     static func openForReading(_ path: String) throws -> File {
+        // (A checkpoint `resolve` pinned is read from the file found then, whatever has become of its name.)
+        if let file = pinned[path] { return file }
         do { return try File.open(path) } catch {
             if error.kind == .notRegularFile { throw CheckpointError(file: path, message: error.message) }
             if !FileManager.default.fileExists(atPath: path), let now = try? latest(in: Paths.parent(path)),
@@ -296,6 +298,17 @@ public enum Checkpoint {
             }
             throw CheckpointError(file: path, message: "cannot be opened (missing or truncated?): \(error.message)")
         }
+    }
+
+    /// Checkpoints a command settled on (`pin`), held open until the process ends.
+    nonisolated(unsafe) private static var pinned: [String: File] = [:]
+
+    /// Holds `file`, the checkpoint at `path`, open for this process's later reads of `path` (`readHeader`, `load`,
+    /// `loadModel`): they read that file even after its name was removed or given to another (a run that keeps only
+    /// its newest checkpoints removes them while `ddp eval` or `ddp generate` reads one; each read opening the name
+    /// again found it gone). For commands, on their main thread.
+    public static func pin(_ file: File, as path: String) {
+        pinned[path] = file
     }
 
     /// Reads and checks a checkpoint's root attributes without touching its tensors: the sealed attributes, format and
@@ -575,18 +588,23 @@ public enum Checkpoint {
 }
 
 extension Checkpoint {
-    /// A checkpoint file as given, or the one a run directory's `latest` names.
+    /// A checkpoint file as given, or the one a run directory's `latest` names, pinned (`pin`): the command's
+    /// reads of it see that file even when its run, still training, removes it meanwhile (`checkpoint.keep`).
     public static func resolve(_ path: String) throws -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw CheckpointError(file: path, message: Paths.whyMissing(path))
         }
-        guard isDirectory.boolValue else { return path }
+        guard isDirectory.boolValue else {
+            if let file = try? File.open(path) { pin(file, as: path) }
+            return path
+        }
         guard let latest = try latest(in: path) else {
             let shard = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().first(where: Preparer.isShardName)
             throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint " + (shard.map {
                 "(a data directory? name one of its files, such as \(Paths.join(path, $0)))" } ?? "(not a run directory, or no checkpoint written yet)"))
         }
+        if let file = try? File.open(latest) { pin(file, as: latest) }
         return latest
     }
 
