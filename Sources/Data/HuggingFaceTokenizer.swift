@@ -96,17 +96,18 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
         var expansions: [[UInt8]?] = []
         var vocabulary: [[UInt8]: Int32] = [:]
         var textToID: [String: Int32] = [:]
-        // What gave each id its bytes: an id given other bytes too is refused (which one an id decodes to would depend
-        // on the order a JSON object's keys are visited in); the same token again (an added token that is also in the
-        // vocabulary, as <|endoftext|> is in GPT-2's) is one token.
+        // What gave each id its bytes: two vocabulary entries with one id are refused (which one the id decodes to would
+        // depend on the order a JSON object's keys are visited in). An added token takes its id over, as in Hugging
+        // Face's tokenizers (it is placed after the vocabulary, in list order); the same token again (<|endoftext|> in
+        // GPT-2's vocabulary and added tokens) is one token.
         var givenBy: [Int: String] = [:]
-        func place(_ id: Int, _ bytes: [UInt8], _ what: String) throws {
+        func place(_ id: Int, _ bytes: [UInt8], _ what: String, replacing: Bool = false) throws {
             guard id >= 0 && id < limit else { throw JSONError(message: "tokenizer.json \(what) has id \(id), outside 0 ..< \(limit)") }
             guard bytes.count <= BPE.longestToken else {
                 throw JSONError(message: "tokenizer.json \(what) stands for \(bytes.count) bytes, more than the \(BPE.longestToken) SwiftDDP allows")
             }
             if id >= expansions.count { expansions += [[UInt8]?](repeating: nil, count: id + 1 - expansions.count) }
-            if let earlier = expansions[id], earlier != bytes, let other = givenBy[id] {
+            if !replacing, let earlier = expansions[id], earlier != bytes, let other = givenBy[id] {
                 let both = [other, what].sorted()  // (the same sentence whatever order the keys were visited in)
                 throw JSONError(message: "tokenizer.json \(both[0]) and \(both[1]) both have id \(id); an id stands for one token")
             }
@@ -163,7 +164,7 @@ public struct HuggingFaceTokenizer: Equatable, Sendable {
             for flag in ["single_word", "lstrip", "rstrip"] where (token[flag] as? Bool) == true {
                 throw JSONError(message: "tokenizer.json added token \(Self.describe(content)) has \(flag) true, which is not supported")
             }
-            try place(id, Self.bytes(of: content), "added token \(Self.describe(content))")
+            try place(id, Self.bytes(of: content), "added token \(Self.describe(content))", replacing: true)
             let special = (token["special"] as? Bool) == true
             added.append((Array(content.utf8), Int32(id), (token["normalized"] as? Bool) ?? !special))
             if special {

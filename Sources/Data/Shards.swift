@@ -39,15 +39,17 @@ extension File {
     func openShardDataset(_ name: String, path: String) throws -> Dataset {
         do { return try openDataset(name) } catch {
             guard (try? contains(name)) == true else { throw DataError(file: path, "missing dataset /\(name)") }
+            if (try? openGroup(name)) != nil { throw DataError(file: path, "/\(name) is a group, not a dataset") }
             throw DataError(file: path, "dataset /\(name) cannot be opened by this program's \(HDF5Library.version) (written by a "
                                         + "newer HDF5, as h5py's libver='latest' may, or damaged): \(error.message)")
         }
     }
 }
 
-/// Which dataset a shard belongs to: the `ddp prepare` that wrote it (a random id, root attribute "dataset_id") and how
-/// many files of its split that prepare wrote ("split_shards"). A split holding only some of one prepare's files is a
-/// mix of two datasets (a prepare --overwrite killed part-way): refused (`DataSplit`).
+/// Which dataset a shard belongs to: the `ddp prepare` that wrote it (root attribute "dataset_id", a hash of the
+/// dataset's content and split) and how many files of its split that prepare wrote ("split_shards"). A split holding
+/// files of several prepares, one of them not whole, is a mix of two datasets (a prepare --overwrite killed part-way):
+/// refused (`DataSplit`).
 public struct ShardMembership: Sendable, Equatable {
     /// The writing prepare's id.
     public let datasetID: String
@@ -253,15 +255,18 @@ public struct DataSplit: Sendable {
             tokenizerSource = name
             shards.append(shard)
         }
-        // The files of one prepare are all here, or the split mixes two datasets.
-        for (id, members) in Dictionary(grouping: shards.filter { $0.membership != nil }, by: { $0.membership!.datasetID }) {
-            let expected = members[0].membership!.splitShards
-            guard members.count == expected, members.allSatisfy({ $0.membership!.splitShards == expected }) else {
-                let named = members.prefix(3).map { Paths.lastComponent($0.path) }.joined(separator: ", ") + (members.count > 3 ? ", ..." : "")
-                throw DataError(file: directory, "holds \(members.count) of the \(expected) \(split) files one ddp prepare wrote (\(named); "
-                                + "dataset_id \(id)) beside files of another: a prepare --overwrite stopped part-way (kill -9) leaves "
-                                + "such a mix. Prepare the data again")
+        // Files of several prepares where one of them is not whole: a mix of two datasets. (Whole datasets put together,
+        // or some of one dataset's files alone, are what someone chose.)
+        let groups = Dictionary(grouping: shards.filter { $0.membership != nil }, by: { $0.membership!.datasetID })
+            .values.sorted { $0[0].path < $1[0].path }
+        let partial = groups.filter { members in members.count != members[0].membership!.splitShards }
+        if groups.count > 1, !partial.isEmpty {
+            let described = groups.map { members in
+                "\(members.count) of the \(members[0].membership!.splitShards) written by one (\(Paths.lastComponent(members[0].path))"
+                    + (members.count > 1 ? ", ..." : "") + ")"
             }
+            throw DataError(file: directory, "holds \(split) files of \(groups.count) ddp prepares: \(described.joined(separator: "; ")). A prepare "
+                            + "--overwrite stopped part-way (kill -9) leaves such a mix; prepare the data again")
         }
         self.directory = directory
         self.split = split

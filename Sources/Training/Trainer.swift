@@ -334,11 +334,12 @@ public final class Trainer {
             guard valid.tokenizer == train.tokenizer else {
                 throw DataError(file: validShard.path, "its tokenizer differs from \(trainShard.path)'s (every shard must use one tokenizer)")
             }
-            // Both splits of one prepare: a prepare --overwrite killed between them leaves another dataset's valid split.
+            // The splits of two prepares: a dev set prepared on its own, or what a prepare --overwrite killed between the
+            // splits leaves (another dataset's valid split, which may overlap the training data). Said, not refused.
             if !valid.datasetIDs.isEmpty && !train.datasetIDs.isEmpty && valid.datasetIDs.isDisjoint(with: train.datasetIDs) {
-                throw DataError(file: validShard.path, "was written by another ddp prepare than \(trainShard.path) (dataset_id "
-                                + "\(valid.datasetIDs.sorted()[0]), not \(train.datasetIDs.sorted()[0])): a prepare --overwrite stopped part-way "
-                                + "(kill -9) leaves such a mix. Prepare the data again")
+                log("note: \(validShard.path) was written by another ddp prepare than \(trainShard.path) (dataset_id "
+                    + "\(valid.datasetIDs.sorted()[0]), not \(train.datasetIDs.sorted()[0])): fine for a validation set prepared on its own; "
+                    + "if a prepare --overwrite was stopped part-way (kill -9), prepare the data again")
             }
         }
         // An encoder-only model's mask token comes after the data's tokens (README "Encoder-only models").

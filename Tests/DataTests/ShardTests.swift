@@ -247,15 +247,22 @@ final class ShardTests: XCTestCase {
         let old = ShardMembership(datasetID: "old", splitShards: 2), new = ShardMembership(datasetID: "new", splitShards: 2)
         try ShardWriter.writeLM(file("train-00000.h5"), documents: documents, tokenizer: .byte, membership: new)
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: old)
-        assertDataError([path, "holds 1 of the 2 train files one ddp prepare wrote", "a prepare --overwrite stopped part-way"]) {
+        assertDataError([path, "holds train files of 2 ddp prepares: 1 of the 2 written by one (train-00000.h5); 1 of the 2 written by "
+                         + "one (train-00001.h5)", "A prepare --overwrite stopped part-way"]) {
             _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
         }
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: new)
         let whole = try DataSplit(directory: path, split: "train", sequenceLength: 2)
         XCTAssertEqual(whole.datasetIDs, ["new"])
+        // Some of one dataset's files alone (a subset someone chose), and whole datasets put together, are read.
+        try FileManager.default.removeItem(atPath: file("train-00001.h5"))
+        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).shards.count, 1)
+        try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: new)
+        try ShardWriter.writeLM(file("train-00002.h5"), documents: documents, tokenizer: .byte, membership: ShardMembership(datasetID: "other", splitShards: 1))
+        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).datasetIDs, ["new", "other"])
         // Files without the attributes (written before them, or by hand) are not counted.
-        try ShardWriter.writeLM(file("train-00002.h5"), documents: documents, tokenizer: .byte)
-        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).shards.count, 3)
+        try ShardWriter.writeLM(file("train-00003.h5"), documents: documents, tokenizer: .byte)
+        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).shards.count, 4)
     }
 
     /// Bytes changed on disk after writing: validation fails (Fletcher-32) instead of training on garbage.
