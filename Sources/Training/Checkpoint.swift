@@ -311,6 +311,9 @@ public enum Checkpoint {
         pinned[path] = file
     }
 
+    /// The file `pin` holds for `path`, if any.
+    public static func pinnedFile(_ path: String) -> File? { pinned[path] }
+
     /// Reads and checks a checkpoint's root attributes without touching its tensors: the sealed attributes, format and
     /// version, the stored config (decoded and validated), the tokenizer, and counts within range (step, epoch and
     /// batch 0 to Int32.max). Throws `CheckpointError` naming the file and attribute when one is missing, damaged or
@@ -490,7 +493,7 @@ public enum Checkpoint {
     /// timeout, compression, ranks at the same global batch) is allowed and logged, key by key. The sampler position
     /// must lie inside an epoch of `batchesPerEpoch` global batches.
     public static func checkResume(_ path: String, with config: RunConfig, globalBatch: Int, batchesPerEpoch: Int, dataFingerprint: String,
-                                   dataDigest: String, validDigest: String? = nil, log: (String) -> Void) throws {
+                                   dataDigest: String, validDigest: String?, log: (String) -> Void) throws {
         let header = try readHeader(path)
         // Refused first, before loading (whose errors are the file's damage, and name the run's other checkpoints) and
         // before the changes are listed (another kind's model lists keys that kind has no use for).
@@ -588,23 +591,34 @@ public enum Checkpoint {
 }
 
 extension Checkpoint {
-    /// A checkpoint file as given, or the one a run directory's `latest` names, pinned (`pin`): the command's
-    /// reads of it see that file even when its run, still training, removes it meanwhile (`checkpoint.keep`).
-    public static func resolve(_ path: String) throws -> String {
+    /// A checkpoint file as given, or the one a run directory's `latest` names, pinned (`pin`) unless `pin` is false:
+    /// the command's reads of it see that file even when its run, still training, removes it meanwhile
+    /// (`checkpoint.keep`). A process that lives long (training from `--init`) does not pin: it would hold the disk
+    /// space of a removed file, and its HDF5 lock, for the whole run.
+    public static func resolve(_ path: String, pin: Bool = true) throws -> String {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw CheckpointError(file: path, message: Paths.whyMissing(path))
         }
         guard isDirectory.boolValue else {
-            if let file = try? File.open(path) { pin(file, as: path) }
+            if pin, let file = try? File.open(path) { Self.pin(file, as: path) }
             return path
         }
-        guard let latest = try latest(in: path) else {
+        guard var latest = try latest(in: path) else {
             let shard = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).sorted().first(where: Preparer.isShardName)
             throw CheckpointError(file: path, message: "is a directory without a 'latest' checkpoint " + (shard.map {
                 "(a data directory? name one of its files, such as \(Paths.join(path, $0)))" } ?? "(not a run directory, or no checkpoint written yet)"))
         }
-        if let file = try? File.open(latest) { pin(file, as: latest) }
+        guard pin else { return latest }
+        // Rotated away between reading latest and opening it: latest again, as `latest(in:)` does.
+        for _ in 0..<20 {
+            if let file = try? File.open(latest) {
+                Self.pin(file, as: latest)
+                return latest
+            }
+            guard !FileManager.default.fileExists(atPath: latest), let now = try Self.latest(in: path), now != latest else { break }
+            latest = now
+        }
         return latest
     }
 

@@ -49,7 +49,7 @@ struct Inspect: ParsableCommand {
         }
         // A missing file says why (a dangling or looping link, a file named with a trailing /), as other commands do.
         guard FileManager.default.fileExists(atPath: file) else { throw RunError("\(file): \(Paths.whyMissing(file))") }
-        let handle = try File.open(file)
+        let handle = try Checkpoint.pinnedFile(file) ?? File.open(file)
         // (A checkpoint its run rotates away while it is inspected is read whole, header and tensors alike.)
         Checkpoint.pin(handle, as: file)
         let bytes = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? nil

@@ -146,7 +146,7 @@ struct Train: ParsableCommand {
         if ownModel == nil, resumeProblem == nil, let initFrom {
             let path: String
             do {
-                path = try Checkpoint.resolve(initFrom)
+                path = try Checkpoint.resolve(initFrom, pin: false)
                 baseModel = try Checkpoint.readHeader(path).config.model
             } catch let error as CheckpointError {
                 // Named as the option it came from: "--init X: does not exist", "--init X: checkpoint X/latest: ...".

@@ -103,7 +103,7 @@ final class CheckpointTests: XCTestCase {
         func check(_ path: String, fingerprint: String, digest: String) throws {
             var lines: [String] = []
             try Checkpoint.checkResume(path, with: config, globalBatch: 2, batchesPerEpoch: 10, dataFingerprint: fingerprint,
-                                       dataDigest: digest, log: { lines.append($0) })
+                                       dataDigest: digest, validDigest: nil, log: { lines.append($0) })
         }
         let withDigest = try Checkpoint.save(directory: run, model: model, optimizer: optimizer, state: state(2), config: config, tokenizer: nil,
                                              keep: 5, provenance: .init(globalBatch: 2, worldSize: 1, dataFingerprint: "f1", dataDigest: "d1"))
