@@ -130,11 +130,15 @@ public enum OutputFile {
                                 error.message.replacingOccurrences(of: temporary, with: path))
             }
         }
-        for (index, path) in paths.enumerated() {
-            guard rename(temporaries[index], path) == 0 else {
-                throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+        // The renames hold the lock a signal's handler takes (`removeTemporariesInFlight`): a signal then waits for
+        // the whole set to be in place, instead of removing the temporaries not yet renamed and leaving half of it.
+        try inFlight.withLock { _ in
+            for (index, path) in paths.enumerated() {
+                guard rename(temporaries[index], path) == 0 else {
+                    throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+                }
+                renamed += 1
             }
-            renamed += 1
         }
         for directory in Set(paths.map(Paths.parent)) { try sync(directory) }
     }

@@ -23,6 +23,11 @@ enum RemoveOnSignal {
                     OutputFile.removeTemporariesInFlight()
                     let directories = RemoveOnSignal.state.withLock { $0.directories }
                     for directory in directories { try? FileManager.default.removeItem(atPath: directory) }
+                    // Said, not a silent exit status: what was complete before the signal is in place, nothing else.
+                    let name = String(cString: strsignal(signalNumber))
+                    let line = "ddp: stopped by signal \(signalNumber) (\(name)); files it had not finished writing were removed, "
+                        + "those finished before are in place\n"
+                    try? FileHandle.standardError.write(contentsOf: Foundation.Data(line.utf8))
                     exit(128 + signalNumber)
                 }
                 source.resume()

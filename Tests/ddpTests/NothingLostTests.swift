@@ -258,7 +258,8 @@ final class NothingLostTests: XCTestCase {
         process.executableURL = URL(fileURLWithPath: ddp)
         process.arguments = ["prepare", "--task", "lm", "--input", path("hangup.txt"), "--output", path("hangup")]
         process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
+        let standardError = Pipe()
+        process.standardError = standardError
         try process.run()
         let deadline = Date().addingTimeInterval(120)
         while process.isRunning, Date() < deadline, !files(in: "hangup").contains(where: { $0.hasSuffix(".tmp") }) {
@@ -266,9 +267,12 @@ final class NothingLostTests: XCTestCase {
         }
         guard process.isRunning else { return XCTFail("prepare finished before a temporary was seen: give it more text to write") }
         kill(process.processIdentifier, SIGHUP)
+        let said = String(decoding: standardError.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         process.waitUntilExit()
         XCTAssertEqual(process.terminationStatus, 128 + SIGHUP)
         XCTAssertEqual(files(in: "hangup").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
+        // Said, not only an exit status (a trial's prepare ended 143 in silence).
+        XCTAssertTrue(said.contains("ddp: stopped by signal \(SIGHUP) (Hangup); files it had not finished writing were removed"), said)
     }
 
     /// Leftovers of killed writes are removed by the next write into the same place; an input named like a shard
