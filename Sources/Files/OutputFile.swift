@@ -65,6 +65,7 @@ public enum OutputFile {
     public static func write(_ path: String, inputs: [String] = [], _ body: (_ temporary: String) throws -> Void) throws {
         let target = try check(path, inputs: inputs)
         let directory = Paths.parent(target)
+        removeLeftovers(of: target)
         let temporary = temporaryPath(for: target)
         var renamed = false
         inFlight.withLock { _ = $0.insert(temporary) }
@@ -112,6 +113,7 @@ public enum OutputFile {
         // Each file replaces what is at its path, a symbolic link too, never the file a link points to: a set of files
         // (a dataset's shards) is its directory's own, and a link among them may point into another set.
         for path in paths { try check(path, inputs: inputs) }
+        for path in paths { removeLeftovers(of: path) }
         let temporaries = paths.map(temporaryPath)
         var renamed = 0
         inFlight.withLock { $0.formUnion(temporaries) }
@@ -144,8 +146,20 @@ public enum OutputFile {
     }
 
     /// A temporary beside `target`, named `.NAME.XXXXXXXX.tmp` (unique; what a later write's sweep recognises).
-    private static func temporaryPath(for target: String) -> String {
+    public static func temporaryPath(for target: String) -> String {
         Paths.join(Paths.parent(target), ".\(Paths.lastComponent(target)).\(UUID().uuidString.prefix(8)).tmp")
+    }
+
+    /// Removes what a write of `target` killed outright (kill -9, a power cut) left beside it: temporaries named as
+    /// `temporaryPath` names them, files or directories. (A write of the same target running at this moment in
+    /// another process would lose its temporary and say so; two writers of one file are at odds anyway.)
+    public static func removeLeftovers(of target: String) {
+        let directory = Paths.parent(target), prefix = ".\(Paths.lastComponent(target))."
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) && name.hasSuffix(".tmp") {
+            let middle = name.dropFirst(prefix.count).dropLast(4)
+            guard middle.count == 8, middle.allSatisfy(\.isHexDigit) else { continue }
+            try? FileManager.default.removeItem(atPath: Paths.join(directory, name))
+        }
     }
 
     /// Temporaries being written now (removed by `removeTemporariesInFlight` when a signal ends the process).

@@ -80,7 +80,8 @@ struct Export: ParsableCommand {
         }
         let (model, _) = try Checkpoint.loadModel(path, maxBatch: 1)
         let special = header.tokenizer?.specialTokens ?? .standard
-        let temporary = Paths.join(parent, ".\(Paths.lastComponent(output)).\(UUID().uuidString.prefix(8)).tmp")
+        OutputFile.removeLeftovers(of: output)
+        let temporary = OutputFile.temporaryPath(for: output)
         RemoveOnSignal.install(removing: temporary)
         do {
             try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
