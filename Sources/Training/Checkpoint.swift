@@ -69,11 +69,11 @@ public enum Checkpoint {
         /// A provenance with its parts; the sampler version this build's.
         public init(globalBatch: Int, worldSize: Int, dataFingerprint: String, dataDigest: String?, validDigest: String? = nil,
                     samplerVersion: Int = TokenBudgetSampler.orderVersion) {
-            self.validDigest = validDigest
             self.globalBatch = globalBatch
             self.worldSize = worldSize
             self.dataFingerprint = dataFingerprint
             self.dataDigest = dataDigest
+            self.validDigest = validDigest
             self.samplerVersion = samplerVersion
         }
     }
@@ -374,8 +374,8 @@ public enum Checkpoint {
                                     worldSize: try count("world_size", in: 1...Int64(1 << 24)),
                                     dataFingerprint: try attribute("data_fingerprint", file.stringAttribute),
                                     dataDigest: try has("data_digest") ? try attribute("data_digest", file.stringAttribute) : nil,
+                                    validDigest: try has("valid_digest") ? try attribute("valid_digest", file.stringAttribute) : nil,
                                     samplerVersion: try has("sampler_version") ? try count("sampler_version", in: 1...1_000_000) : 1)
-            if try has("valid_digest") { provenance?.validDigest = try attribute("valid_digest", file.stringAttribute) }
         }
         var header = Header(state: state, optimizerStep: try count("optimizer_step"), config: config, tokenizer: tokenizer,
                             provenance: provenance)

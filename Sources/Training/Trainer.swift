@@ -179,13 +179,14 @@ public final class Trainer {
                 }
                 return (train, valid, pairs)
             }
-            let fingerprint = dataFingerprint(train), digest = String(train.contentDigest, radix: 16)
+            let trainDigest = train.contentDigest
+            let fingerprint = dataFingerprint(train), digest = String(trainDigest, radix: 16)
             // Every rank must train the same config on the same data (node-local copies of a data directory can differ).
             var configDigest = ContentDigest()
             configDigest.add(String(decoding: try JSONEncoder.sortedKeys.encode(config), as: UTF8.self))
             try watchdog.guarding("start-up agreement (config and data hash)") {
                 try requireRanksAgree(world, on: [("the config", configDigest.value),
-                                                  ("the training data (its shards' names and content, and the tokenizer)", train.contentDigest),
+                                                  ("the training data (its shards' names and content, and the tokenizer)", trainDigest),
                                                   ("the validation data (its shards' names and content)", valid?.contentDigest ?? 0)],
                                       hint: "the same config file, and the same data directory, on every node?")
             }
