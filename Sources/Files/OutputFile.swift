@@ -68,10 +68,10 @@ public enum OutputFile {
         removeLeftovers(of: target)
         let temporary = temporaryPath(for: target)
         var renamed = false
-        inFlight.withLock { _ = $0.insert(temporary) }
+        inFlight.withLock { $0[temporary] = path }
         defer {
             if !renamed { try? FileManager.default.removeItem(atPath: temporary) }
-            inFlight.withLock { _ = $0.remove(temporary) }
+            inFlight.withLock { _ = $0.removeValue(forKey: temporary) }
         }
         do { try body(temporary) } catch {
             // Name the file the user asked for, not the temporary (which is gone).
@@ -82,10 +82,14 @@ public enum OutputFile {
             throw FileError(path, "writing it failed, and nothing was replaced: "
                             + describe(error).replacingOccurrences(of: temporary, with: path))
         }
-        guard rename(temporary, target) == 0 else {
-            throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+        // Under the lock a signal's handler takes, which then finds the file either in flight or in place.
+        try inFlight.withLock { inFlight in
+            guard rename(temporary, target) == 0 else {
+                throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+            }
+            renamed = true
+            inFlight[temporary] = nil
         }
-        renamed = true
         try sync(directory)
     }
 
@@ -116,10 +120,14 @@ public enum OutputFile {
         for path in paths { removeLeftovers(of: path) }
         let temporaries = paths.map(temporaryPath)
         var renamed = 0
-        inFlight.withLock { $0.formUnion(temporaries) }
+        inFlight.withLock { inFlight in
+            for (temporary, path) in zip(temporaries, paths) { inFlight[temporary] = path }
+        }
         defer {
             for temporary in temporaries[renamed...] { try? FileManager.default.removeItem(atPath: temporary) }
-            inFlight.withLock { $0.subtract(temporaries) }
+            inFlight.withLock { inFlight in
+                for temporary in temporaries { inFlight[temporary] = nil }
+            }
         }
         for (index, (path, temporary)) in zip(paths, temporaries).enumerated() {
             do {
@@ -134,12 +142,13 @@ public enum OutputFile {
         }
         // The renames hold the lock a signal's handler takes (`removeTemporariesInFlight`): a signal then waits for
         // the whole set to be in place, instead of removing the temporaries not yet renamed and leaving half of it.
-        try inFlight.withLock { _ in
+        try inFlight.withLock { inFlight in
             for (index, path) in paths.enumerated() {
                 guard rename(temporaries[index], path) == 0 else {
                     throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
                 }
                 renamed += 1
+                inFlight[temporaries[index]] = nil
             }
         }
         for directory in Set(paths.map(Paths.parent)) { try sync(directory) }
@@ -162,15 +171,25 @@ public enum OutputFile {
         }
     }
 
-    /// Temporaries being written now (removed by `removeTemporariesInFlight` when a signal ends the process).
-    private static let inFlight = Mutex<Set<String>>([])
+    /// Temporaries being written now, each with the path it is written for (removed by `removeTemporariesInFlight`
+    /// when a signal ends the process).
+    private static let inFlight = Mutex<[String: String]>([:])
 
-    /// Removes every temporary a `write` is filling now: for a command's SIGINT/SIGTERM handler, just before it
-    /// exits, so that an interrupted write leaves nothing behind (the target itself is never partial).
-    public static func removeTemporariesInFlight() {
-        inFlight.withLock { paths in
-            for path in paths { unlink(path) }
-            paths.removeAll()
+    /// Removes every temporary a `write` is filling now, then calls `body` with the paths those writes were for (sorted;
+    /// none of them was replaced), still holding the lock every write takes to start and to rename: when `body` ends
+    /// the process, no write begins or lands before. For a command's SIGINT/SIGTERM handler, so that an interrupted
+    /// write leaves nothing behind (the target itself is never partial).
+    public static func removeTemporariesInFlight<Result>(then body: (_ unfinished: [String]) -> Result) -> Result {
+        inFlight.withLock { inFlight in
+            for temporary in inFlight.keys { unlink(temporary) }
+            // A write into another's temporary (a shard's file inside its set's) is for the outer write's path.
+            let unfinished = Set(inFlight.values.map { path in
+                var target = path
+                while let outer = inFlight[target], outer != target { target = outer }
+                return target
+            }).sorted()
+            inFlight.removeAll()
+            return body(unfinished)
         }
     }
 

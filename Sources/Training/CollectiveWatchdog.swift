@@ -79,7 +79,7 @@ public final class CollectiveWatchdog: @unchecked Sendable {
 
     private func fail(_ reason: String) -> Never {
         try? FileHandle.standardError.write(contentsOf: Foundation.Data("ddp: rank \(rank): \(reason). Ending the job (resume from the last checkpoint).\n".utf8))
-        exit(3)
+        StopSignals.endProcess(status: 3)  // the main thread is inside a blocking collective
     }
 
     /// Runs `body` (a blocking collective every rank reaches after the same work) under the time limit.

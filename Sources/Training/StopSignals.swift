@@ -1,7 +1,7 @@
 import Dispatch
 import Synchronization
 #if canImport(Glibc)
-import Glibc
+@preconcurrency import Glibc  // `stdout`, a C global (the stream locks itself)
 #endif
 
 /// SIGTERM, SIGINT and SIGHUP as a request to stop at the next step boundary instead of dying mid-step: the trainer
@@ -45,4 +45,16 @@ public enum StopSignals {
 
     /// The signal received so far (0 for none).
     public static var received: Int32 { flag.load(ordering: .relaxed) }
+
+    /// Ends the process at once with `status`, from any thread, while other threads may still be computing: standard
+    /// output is flushed when no thread is writing to it, then `_exit`. Not `exit`: that runs the libraries' exit
+    /// handlers and destructors first (OpenBLAS's frees the buffers a matrix product on another thread is using), and
+    /// a SIGTERM during `ddp embed` ended in a segmentation fault 10 times in 12.
+    public static func endProcess(status: Int32) -> Never {
+        if ftrylockfile(stdout) == 0 {
+            fflush_unlocked(stdout)
+            funlockfile(stdout)
+        }
+        _exit(status)
+    }
 }

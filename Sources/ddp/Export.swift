@@ -82,7 +82,7 @@ struct Export: ParsableCommand {
         let special = header.tokenizer?.specialTokens ?? .standard
         OutputFile.removeLeftovers(of: output)
         let temporary = OutputFile.temporaryPath(for: output)
-        RemoveOnSignal.install(removing: temporary)
+        RemoveOnSignal.install(removing: temporary, for: output)
         do {
             try FileManager.default.createDirectory(atPath: temporary, withIntermediateDirectories: false)
         } catch {

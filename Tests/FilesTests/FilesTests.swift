@@ -74,14 +74,27 @@ final class OutputFileTests: XCTestCase {
     /// is what it was.
     func testTemporariesInFlightAreRemovedOnRequest() throws {
         try "before".write(toFile: path("out.txt"), atomically: true, encoding: .utf8)
-        var removed = false
+        var removed = false, unfinished: [String] = []
         XCTAssertThrowsError(try OutputFile.write(path("out.txt")) { temporary in
             try "half".write(toFile: temporary, atomically: false, encoding: .utf8)
-            OutputFile.removeTemporariesInFlight()
+            unfinished = OutputFile.removeTemporariesInFlight { $0 }
             removed = !FileManager.default.fileExists(atPath: temporary)
             throw FileError(temporary, "interrupted")
         })
         XCTAssertTrue(removed, "the temporary was removed while its write was in flight")
+        XCTAssertEqual(unfinished, [path("out.txt")], "the handler is told which file was not written")
+        XCTAssertEqual(OutputFile.removeTemporariesInFlight { $0 }, [], "nothing in flight once the write has ended")
+        // A write into another write's temporary (a shard's file inside its set's) is for the outer write's path.
+        var nested: [String] = []
+        XCTAssertThrowsError(try OutputFile.writeAll([path("set-0"), path("set-1")]) { _, outer in
+            try OutputFile.write(outer) { inner in
+                try "half".write(toFile: inner, atomically: false, encoding: .utf8)
+                nested = OutputFile.removeTemporariesInFlight { $0 }
+                throw FileError(inner, "interrupted")
+            }
+        })
+        XCTAssertEqual(nested, [path("set-0"), path("set-1")])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
         XCTAssertEqual(try String(contentsOfFile: path("out.txt"), encoding: .utf8), "before")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
     }

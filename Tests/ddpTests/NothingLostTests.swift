@@ -272,7 +272,8 @@ final class NothingLostTests: XCTestCase {
         XCTAssertEqual(process.terminationStatus, 128 + SIGHUP)
         XCTAssertEqual(files(in: "hangup").filter { $0.hasSuffix(".tmp") }, [], "no temporary left")
         // Said, not only an exit status (a trial's prepare ended 143 in silence).
-        XCTAssertTrue(said.contains("ddp: stopped by signal \(SIGHUP) (Hangup); files it had not finished writing were removed"), said)
+        XCTAssertTrue(said.contains("ddp: stopped by signal \(SIGHUP) (Hangup) before it finished writing \(path("hangup/train-00000.h5")): "
+                                    + "not written (what was there before is untouched), and nothing half-written is left"), said)
     }
 
     /// Leftovers of killed writes are removed by the next write into the same place; an input named like a shard
