@@ -198,6 +198,21 @@ public struct DataSplit: Sendable {
     /// The ids of the prepares that wrote the split's files (`ShardMembership`; empty for files written before they were stored).
     public var datasetIDs: Set<String> { Set(shards.compactMap { $0.membership?.datasetID }) }
 
+    /// The split's files grouped by the prepare that wrote them (`ShardMembership`), in path order; files without a
+    /// membership are left out.
+    private static func preparesOf(_ shards: [Shard]) -> [[Shard]] {
+        Dictionary(grouping: shards.filter { $0.membership != nil }, by: { $0.membership!.datasetID }).values.sorted { $0[0].path < $1[0].path }
+    }
+
+    /// The prepares of which the split holds only some files, with how many it holds and how many that prepare wrote
+    /// (a subset someone chose, or files lost; a mix of several prepares is refused when the split is opened).
+    public var partialPrepares: [(datasetID: String, present: Int, written: Int)] {
+        Self.preparesOf(shards).compactMap { members in
+            let membership = members[0].membership!
+            return members.count == membership.splitShards ? nil : (membership.datasetID, members.count, membership.splitShards)
+        }
+    }
+
     /// The split's content, for runs and ranks to compare (a resumed run's data, every rank's data): a hash of its
     /// shards' names and content digests (`Shard.digest`), in order, and its tokenizer (`ContentDigest`). Data prepared
     /// again with another seed has the same names and counts, and another digest.
@@ -257,16 +272,16 @@ public struct DataSplit: Sendable {
         }
         // Files of several prepares where one of them is not whole: a mix of two datasets. (Whole datasets put together,
         // or some of one dataset's files alone, are what someone chose.)
-        let groups = Dictionary(grouping: shards.filter { $0.membership != nil }, by: { $0.membership!.datasetID })
-            .values.sorted { $0[0].path < $1[0].path }
-        let partial = groups.filter { members in members.count != members[0].membership!.splitShards }
-        if groups.count > 1, !partial.isEmpty {
+        let groups = Self.preparesOf(shards)
+        if groups.count > 1, groups.contains(where: { $0.count != $0[0].membership!.splitShards }) {
             let described = groups.map { members in
-                "\(members.count) of the \(members[0].membership!.splitShards) written by one (\(Paths.lastComponent(members[0].path))"
-                    + (members.count > 1 ? ", ..." : "") + ")"
+                "\(members.count) of the \(members[0].membership!.splitShards) files of dataset_id \(members[0].membership!.datasetID) "
+                    + "(\(Paths.lastComponent(members[0].path))" + (members.count > 1 ? ", ..." : "") + ")"
             }
-            throw DataError(file: directory, "holds \(split) files of \(groups.count) ddp prepares: \(described.joined(separator: "; ")). A prepare "
-                            + "--overwrite stopped part-way (kill -9) leaves such a mix; prepare the data again")
+            throw DataError(file: directory, "holds \(split) files of \(groups.count) ddp prepares, not all of each: "
+                            + "\(described.joined(separator: "; ")). Such a mix is what a prepare --overwrite stopped part-way "
+                            + "(kill -9) leaves, or files copied in from another dataset: prepare the data again, or keep one "
+                            + "dataset's files")
         }
         self.directory = directory
         self.split = split

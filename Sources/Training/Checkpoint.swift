@@ -601,6 +601,8 @@ extension Checkpoint {
             throw CheckpointError(file: path, message: Paths.whyMissing(path))
         }
         guard isDirectory.boolValue else {
+            // RUN/latest itself, the text file that names the run's newest checkpoint: that checkpoint, as for RUN.
+            if Paths.lastComponent(path) == latestName, (try? File.open(path)) == nil { return try resolve(Paths.parent(path), pin: pin) }
             if pin, let file = try? File.open(path) { Self.pin(file, as: path) }
             return path
         }

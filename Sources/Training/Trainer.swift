@@ -343,6 +343,13 @@ public final class Trainer {
                     + "if a prepare --overwrite was stopped part-way (kill -9), prepare the data again")
             }
         }
+        // Some of one prepare's files: a subset someone chose, or files lost (a whole split is what prepare wrote).
+        for split in [train] + (valid.map { [$0] } ?? []) {
+            for partial in split.partialPrepares {
+                log("note: \(config.data.directory) holds \(partial.present) of the \(partial.written) \(split.split) files ddp prepare wrote "
+                    + "(dataset_id \(partial.datasetID)): only those are read; if files were lost, prepare the data again")
+            }
+        }
         // An encoder-only model's mask token comes after the data's tokens (README "Encoder-only models").
         let needed = max(train.tokenizer.vocabularySize, config.model.kind == .encoderOnly ? Int(train.tokenizer.maskToken) + 1 : 0)
         guard needed <= config.model.vocabSize else {

@@ -247,16 +247,20 @@ final class ShardTests: XCTestCase {
         let old = ShardMembership(datasetID: "old", splitShards: 2), new = ShardMembership(datasetID: "new", splitShards: 2)
         try ShardWriter.writeLM(file("train-00000.h5"), documents: documents, tokenizer: .byte, membership: new)
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: old)
-        assertDataError([path, "holds train files of 2 ddp prepares: 1 of the 2 written by one (train-00000.h5); 1 of the 2 written by "
-                         + "one (train-00001.h5)", "A prepare --overwrite stopped part-way"]) {
+        assertDataError([path, "holds train files of 2 ddp prepares, not all of each: 1 of the 2 files of dataset_id new (train-00000.h5); "
+                         + "1 of the 2 files of dataset_id old (train-00001.h5)", "a prepare --overwrite stopped part-way",
+                         "or files copied in from another dataset"]) {
             _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)
         }
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: new)
         let whole = try DataSplit(directory: path, split: "train", sequenceLength: 2)
         XCTAssertEqual(whole.datasetIDs, ["new"])
+        XCTAssertTrue(whole.partialPrepares.isEmpty)
         // Some of one dataset's files alone (a subset someone chose), and whole datasets put together, are read.
         try FileManager.default.removeItem(atPath: file("train-00001.h5"))
-        XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).shards.count, 1)
+        let subset = try DataSplit(directory: path, split: "train", sequenceLength: 2)
+        XCTAssertEqual(subset.shards.count, 1)
+        XCTAssertEqual(subset.partialPrepares.map { "\($0.datasetID) \($0.present)/\($0.written)" }, ["new 1/2"], "noted by the trainer")
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: new)
         try ShardWriter.writeLM(file("train-00002.h5"), documents: documents, tokenizer: .byte, membership: ShardMembership(datasetID: "other", splitShards: 1))
         XCTAssertEqual(try DataSplit(directory: path, split: "train", sequenceLength: 2).datasetIDs, ["new", "other"])

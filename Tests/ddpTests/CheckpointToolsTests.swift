@@ -107,6 +107,10 @@ final class CheckpointToolsTests: XCTestCase {
         for label in ["loss", "perplexity", "token accuracy", "exact match", "BLEU", "chrF", "checkpoint-00000060.h5"] {
             XCTAssertTrue(table.stdout.contains(label), table.stdout)
         }
+        // So does the run's `latest` file itself (a trial's eval --checkpoint RUN/latest was told the file was "missing or truncated?").
+        let named = try eval(["--checkpoint", path("reverse-run/latest"), "--data", path("reverse")])
+        XCTAssertEqual(named["checkpoint"] as? String, path("reverse-run/checkpoint-00000060.h5"))
+        XCTAssertEqual(named["loss"] as? Double, result["loss"] as? Double)
     }
 
     func testEvalUnderMPIGivesTheSameNumbersAsAlone() throws {

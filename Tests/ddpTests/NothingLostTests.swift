@@ -655,7 +655,15 @@ final class NothingLostTests: XCTestCase {
         let acrossSplits = try train(try config("valid-mixed.yaml", steps: 2, data: "valid-mixed"), run: "valid-mixed-run")
         XCTAssertEqual(acrossSplits.status, 0, acrossSplits.output)
         XCTAssertTrue(acrossSplits.stdout.contains("valid-00000.h5 was written by another ddp prepare than"), acrossSplits.output)
-        XCTAssertEqual(try train(try config("whole.yaml", steps: 2, data: "seed2"), run: "whole-run").status, 0, "one prepare's files train")
+        let whole = try train(try config("whole.yaml", steps: 2, data: "seed2"), run: "whole-run")
+        XCTAssertEqual(whole.status, 0, "one prepare's files train: \(whole.output)")
+        XCTAssertFalse(whole.stdout.contains("note: "), whole.output)
+        // Some of one prepare's files train too, with a note (a subset someone chose, or a file lost).
+        try FileManager.default.removeItem(atPath: path("seed2/train-00001.h5"))
+        let subset = try train(try config("subset.yaml", steps: 2, data: "seed2"), run: "subset-run")
+        XCTAssertEqual(subset.status, 0, subset.output)
+        XCTAssertTrue(subset.stdout.contains("note: \(path("seed2")) holds 1 of the 2 train files ddp prepare wrote (dataset_id "), subset.output)
+        XCTAssertTrue(subset.stdout.contains("only those are read; if files were lost, prepare the data again"), subset.output)
     }
 
     // MARK: 5. Text from any editor
