@@ -387,6 +387,37 @@ final class ScheduleTests: XCTestCase {
                                              file: "inline.yaml"))
     }
 
+    /// README's list of required keys ("Configs"): each one left out is an error naming it; every other key may be
+    /// left out of a config that has them all.
+    func testTheRequiredKeysAreTheOnesREADMENames() throws {
+        let model: [(String, String)] = [("kind", "encoder-decoder"), ("vocab_size", "64"), ("d_model", "32"), ("heads", "4"),
+                                         ("encoder_layers", "1"), ("decoder_layers", "1"), ("d_ff", "64"), ("activation", "relu"),
+                                         ("norm", "post"), ("positions", "sinusoidal"), ("max_length", "32")]
+        let sections: [(String, [(String, String)])] = [("model", model), ("data", [("target_length", "16"), ("source_length", "16")]),
+                                                        ("training", [("batch_size", "2")])]
+        func yaml(leavingOut left: String?) -> String {
+            sections.map { section, keys in
+                "\(section): {" + keys.filter { "\(section).\($0.0)" != left }.map { "\($0.0): \($0.1)" }.joined(separator: ", ") + "}"
+            }.joined(separator: "\n") + "\n"
+        }
+        let minimal = try RunConfig.parse(yaml(leavingOut: nil), file: "minimal.yaml")
+        XCTAssertEqual(minimal.model.dropout, 0)
+        XCTAssertTrue(minimal.model.tiedEmbeddings)
+        for (section, keys) in sections {
+            for (key, _) in keys {
+                XCTAssertThrowsError(try RunConfig.parse(yaml(leavingOut: "\(section).\(key)"), file: "minimal.yaml"), "\(section).\(key)") {
+                    XCTAssertTrue("\($0)".hasPrefix("minimal.yaml: config key '\(section).\(key)': "), "\($0)")
+                }
+            }
+        }
+        // A language model's config needs neither encoder key nor source_length.
+        let languageModel = yaml(leavingOut: nil).replacingOccurrences(of: "kind: encoder-decoder", with: "kind: decoder-only")
+            .replacingOccurrences(of: "encoder_layers: 1, ", with: "").replacingOccurrences(of: ", source_length: 16", with: "")
+        XCTAssertNoThrow(try RunConfig.parse(languageModel, file: "lm.yaml"))
+        // The training data's directory is required by ddp train alone (eval and bench read a config without it).
+        XCTAssertEqual(minimal.data.directory, "")
+    }
+
     /// A file that is not YAML is one line naming where: not the YAML library's dump of the file.
     func testYAMLErrorsAreOneLine() {
         func error(_ text: String) -> String {
