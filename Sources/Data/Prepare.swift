@@ -273,7 +273,7 @@ public enum Preparer {
                                     progress: (String) -> Void,
                                     write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String,
                                             _ membership: ShardMembership) throws -> Int) throws {
-        let (earlier, created) = try prepareOutputDirectory(options)
+        let earlier = try prepareOutputDirectory(options).earlier
         if valid.isEmpty && options.validFraction > 0 {
             progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
                      + "training will report no validation metrics")
@@ -295,16 +295,16 @@ public enum Preparer {
         identity.add("\(options.shards)")
         let datasetID = String(identity.value, radix: 16)
         do {
-            try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs) { index, temporary in
+            // (No input is among the earlier files: `prepareOutputDirectory` refuses an input named like a shard in --output.)
+            let obsolete = earlier.filter { file in !planned.contains { $0.file == file } }.map { Paths.join(options.output, $0) }
+            try OutputFile.writeAll(planned.map { Paths.join(options.output, $0.file) }, inputs: options.inputs, removing: obsolete) { index, temporary in
                 let shard = planned[index]
                 tokens[index] = try write(shard.split, shard.shard, shard.shards, shard.indices, temporary,
                                           ShardMembership(datasetID: datasetID, splitShards: shard.shards))
             }
         } catch {
-            // An output directory this prepare created, still empty: it goes too.
-            if created, (try? FileManager.default.contentsOfDirectory(atPath: options.output))?.isEmpty == true {
-                try? FileManager.default.removeItem(atPath: options.output)
-            }
+            // The output directory (and those above it) this prepare created, still empty: they go too.
+            OutputFile.removeCreatedDirectoriesIfEmpty()
             throw error
         }
         for (name, indices) in [("train", train), ("valid", valid)] where !indices.isEmpty {
@@ -312,11 +312,6 @@ public enum Preparer {
             let total = mine.reduce(0) { $0 + tokens[$1] }
             if name == "train" { (summary.trainSamples, summary.trainShards, summary.trainTokens) = (indices.count, mine.count, total) }
             else { (summary.validSamples, summary.validShards, summary.validTokens) = (indices.count, mine.count, total) }
-        }
-        let written = Set(planned.map(\.file))
-        for file in earlier where !written.contains(file) {
-            // (No input is among them: `prepareOutputDirectory` refuses an input named like a shard in --output.)
-            try? FileManager.default.removeItem(atPath: Paths.join(options.output, file))
         }
     }
 
@@ -337,7 +332,7 @@ public enum Preparer {
         } else {
             let parent = Paths.parent(options.output)
             do {
-                try FileManager.default.createDirectory(atPath: options.output, withIntermediateDirectories: true)
+                try OutputFile.createDirectory(options.output)
             } catch {
                 // A dangling or looping link, or a path under a file, says which (the system's own text does not).
                 if (try? FileManager.default.destinationOfSymbolicLink(atPath: Paths.withoutTrailingSeparators(options.output))) != nil {

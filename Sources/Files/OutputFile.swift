@@ -68,10 +68,10 @@ public enum OutputFile {
         removeLeftovers(of: target)
         let temporary = temporaryPath(for: target)
         var renamed = false
-        inFlight.withLock { $0[temporary] = path }
+        writes.withLock { $0.inFlight[temporary] = path }
         defer {
             if !renamed { try? FileManager.default.removeItem(atPath: temporary) }
-            inFlight.withLock { _ = $0.removeValue(forKey: temporary) }
+            writes.withLock { _ = $0.inFlight.removeValue(forKey: temporary) }
         }
         do { try body(temporary) } catch {
             // Name the file the user asked for, not the temporary (which is gone).
@@ -83,12 +83,13 @@ public enum OutputFile {
                             + describe(error).replacingOccurrences(of: temporary, with: path))
         }
         // Under the lock a signal's handler takes, which then finds the file either in flight or in place.
-        try inFlight.withLock { inFlight in
+        try writes.withLock { writes in
             guard rename(temporary, target) == 0 else {
                 throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
             }
             renamed = true
-            inFlight[temporary] = nil
+            writes.inFlight[temporary] = nil
+            writes.recordFinished(path)
         }
         try sync(directory)
     }
@@ -113,20 +114,22 @@ public enum OutputFile {
     /// whole. (A rename that fails part of the way through, which a same-directory rename hardly does, leaves the
     /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before
     /// anything is written; `body`'s own errors are rethrown (a `FileError` naming the path instead of its temporary).
-    public static func writeAll(_ paths: [String], inputs: [String] = [], _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
+    /// `obsolete`: files of the earlier set that the new one does not replace, removed as the new ones land.
+    public static func writeAll(_ paths: [String], inputs: [String] = [], removing obsolete: [String] = [],
+                                _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
         // Each file replaces what is at its path, a symbolic link too, never the file a link points to: a set of files
         // (a dataset's shards) is its directory's own, and a link among them may point into another set.
         for path in paths { try check(path, inputs: inputs) }
         for path in paths { removeLeftovers(of: path) }
         let temporaries = paths.map(temporaryPath)
         var renamed = 0
-        inFlight.withLock { inFlight in
-            for (temporary, path) in zip(temporaries, paths) { inFlight[temporary] = path }
+        writes.withLock { writes in
+            for (temporary, path) in zip(temporaries, paths) { writes.inFlight[temporary] = path }
         }
         defer {
             for temporary in temporaries[renamed...] { try? FileManager.default.removeItem(atPath: temporary) }
-            inFlight.withLock { inFlight in
-                for temporary in temporaries { inFlight[temporary] = nil }
+            writes.withLock { writes in
+                for temporary in temporaries { writes.inFlight[temporary] = nil }
             }
         }
         for (index, (path, temporary)) in zip(paths, temporaries).enumerated() {
@@ -142,14 +145,18 @@ public enum OutputFile {
         }
         // The renames hold the lock a signal's handler takes (`removeTemporariesInFlight`): a signal then waits for
         // the whole set to be in place, instead of removing the temporaries not yet renamed and leaving half of it.
-        try inFlight.withLock { inFlight in
+        try writes.withLock { writes in
             for (index, path) in paths.enumerated() {
                 guard rename(temporaries[index], path) == 0 else {
                     throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
                 }
                 renamed += 1
-                inFlight[temporaries[index]] = nil
+                writes.inFlight[temporaries[index]] = nil
+                writes.recordFinished(path)
             }
+            // The earlier set's files the new one does not replace go under the same lock: a signal finds the old set
+            // or the new one, never the new files beside old ones.
+            for path in obsolete { unlink(path) }
         }
         for directory in Set(paths.map(Paths.parent)) { try sync(directory) }
     }
@@ -171,25 +178,75 @@ public enum OutputFile {
         }
     }
 
-    /// Temporaries being written now, each with the path it is written for (removed by `removeTemporariesInFlight`
-    /// when a signal ends the process).
-    private static let inFlight = Mutex<[String: String]>([:])
+    /// What this process's writes are doing, for a signal's handler (`removeTemporariesInFlight`).
+    private struct Writes {
+        /// Temporaries being written now, each with the path it is written for.
+        var inFlight: [String: String] = [:]
+        /// Paths written and in place, in order (not writes into another write's temporary).
+        var finished: [String] = []
+        /// Directories `createDirectory` made, deepest first.
+        var createdDirectories: [String] = []
 
-    /// Removes every temporary a `write` is filling now, then calls `body` with the paths those writes were for (sorted;
-    /// none of them was replaced), still holding the lock every write takes to start and to rename: when `body` ends
-    /// the process, no write begins or lands before. For a command's SIGINT/SIGTERM handler, so that an interrupted
-    /// write leaves nothing behind (the target itself is never partial).
-    public static func removeTemporariesInFlight<Result>(then body: (_ unfinished: [String]) -> Result) -> Result {
-        inFlight.withLock { inFlight in
-            for temporary in inFlight.keys { unlink(temporary) }
+        mutating func recordFinished(_ path: String) {
+            if inFlight[path] == nil, !finished.contains(path) { finished.append(path) }
+        }
+    }
+
+    private static let writes = Mutex(Writes())
+
+    /// What a signal cut short: the paths whose writes it stopped (none of them replaced), and those written before it.
+    public struct Interrupted: Sendable {
+        public let unfinished: [String], finished: [String]
+    }
+
+    /// Runs `body`, which puts `path` in place by other means than `write` (a directory renamed over it), under the
+    /// lock a signal's handler takes, and records `path` as written when `body` returns.
+    public static func placing(_ path: String, _ body: () throws -> Void) throws {
+        try writes.withLock { writes in
+            try body()
+            writes.recordFinished(path)
+        }
+    }
+
+    /// Creates the directory `path` and the missing ones above it, and remembers them: an interrupted command's handler
+    /// (`removeTemporariesInFlight`) and `removeCreatedDirectoriesIfEmpty` remove those still empty.
+    public static func createDirectory(_ path: String) throws {
+        var missing: [String] = [], current = Paths.withoutTrailingSeparators(path)
+        while !current.isEmpty, current != "/", current != ".", !FileManager.default.fileExists(atPath: current),
+              (try? FileManager.default.destinationOfSymbolicLink(atPath: current)) == nil {
+            missing.append(current)
+            current = Paths.parent(current)
+        }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        writes.withLock { $0.createdDirectories += missing }
+    }
+
+    /// Removes the directories `createDirectory` made that are still empty (deepest first; a directory that holds
+    /// anything stays): what a command that fails leaves of its output's place.
+    public static func removeCreatedDirectoriesIfEmpty() {
+        writes.withLock { writes in
+            for directory in writes.createdDirectories { rmdir(directory) }
+            writes.createdDirectories.removeAll { !FileManager.default.fileExists(atPath: $0) }
+        }
+    }
+
+    /// Removes every temporary a `write` is filling now and every directory `createDirectory` made that is empty then,
+    /// and calls `body` with what was cut short and what was written before (`Interrupted`; paths sorted, written ones
+    /// in order), still holding the lock every write takes to start and to put its file in place: when `body` ends the
+    /// process, no write begins or lands before. For a command's SIGINT/SIGTERM handler, so that an interrupted write
+    /// leaves nothing behind (the target itself is never partial).
+    public static func removeTemporariesInFlight<Result>(then body: (Interrupted) -> Result) -> Result {
+        writes.withLock { writes in
+            for temporary in writes.inFlight.keys { unlink(temporary) }
+            for directory in writes.createdDirectories { rmdir(directory) }
             // A write into another's temporary (a shard's file inside its set's) is for the outer write's path.
-            let unfinished = Set(inFlight.values.map { path in
+            let unfinished = Set(writes.inFlight.values.map { path in
                 var target = path
-                while let outer = inFlight[target], outer != target { target = outer }
+                while let outer = writes.inFlight[target], outer != target { target = outer }
                 return target
             }).sorted()
-            inFlight.removeAll()
-            return body(unfinished)
+            writes.inFlight.removeAll()
+            return body(Interrupted(unfinished: unfinished, finished: writes.finished))
         }
     }
 

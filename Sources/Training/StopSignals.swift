@@ -28,13 +28,24 @@ public enum StopSignals {
             guard sources.isEmpty else { return }
             for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
                 if isIgnored(signalNumber) { continue }
-                signal(signalNumber, SIG_IGN)  // the dispatch source below sees it; the default action would kill us
-                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-                source.setEventHandler { StopSignals.flag.store(signalNumber, ordering: .relaxed) }
-                source.resume()
-                sources.append(source)
+                sources.append(handle(signalNumber) { StopSignals.flag.store(signalNumber, ordering: .relaxed) })
             }
         }
+    }
+
+    /// A dispatch source that runs `handler` (on a global queue) for each `signalNumber` received, in place when this
+    /// returns. libdispatch installs its own signal handler when it registers the source, on another thread; until
+    /// then the signal keeps its default action (it ends the process, before anything of the command's is written).
+    /// (Setting SIG_IGN first, as Apple's documentation advises, lost a signal that came in between: a SIGTERM 0.1 s
+    /// into `ddp eval` was ignored 2 times in 60, and the command ran to its end.)
+    public static func handle(_ signalNumber: Int32, _ handler: @escaping @Sendable () -> Void) -> any DispatchSourceSignal {
+        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+        let registered = DispatchSemaphore(value: 0)
+        source.setRegistrationHandler { registered.signal() }
+        source.setEventHandler(handler: handler)
+        source.resume()
+        _ = registered.wait(timeout: .now() + 5)
+        return source
     }
 
     /// Asks for the same stop as a received signal (`signalNumber` is what `received` then says): for a cause the

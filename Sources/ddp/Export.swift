@@ -42,11 +42,11 @@ struct Export: ParsableCommand {
 
     func run() throws {
         try requireOneProcess("ddp export")
+        RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let path = try checkpoint.resolve()
         let inputs = checkpoint.protectedFiles(resolved: path)
         if format == .hf { return try exportGPT2(path, inputs: inputs) }
         try OutputFile.check(output, inputs: inputs)
-        RemoveOnSignal.install()  // an interrupted write leaves no temporary beside the output
         let (model, header) = try Checkpoint.loadModel(path, maxBatch: 1)
         let encoder = JSONEncoder.sortedKeys
         var metadata = ["format": "pt", "swiftddp_step": String(header.state.step),
@@ -99,8 +99,10 @@ struct Export: ParsableCommand {
                 written.append("tokenizer.json")
             }
             // rename(2) replaces an empty directory and refuses one that is not (it may have filled meanwhile).
-            guard rename(temporary, output) == 0 else {
-                throw RunError("--output \(output) cannot be written: \(String(cString: strerror(errno)))")
+            try OutputFile.placing(output) {
+                guard rename(temporary, output) == 0 else {
+                    throw RunError("--output \(output) cannot be written: \(String(cString: strerror(errno)))")
+                }
             }
         } catch {
             try? FileManager.default.removeItem(atPath: temporary)

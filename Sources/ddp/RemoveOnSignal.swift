@@ -19,30 +19,33 @@ enum RemoveOnSignal {
             for signalNumber in [SIGINT, SIGTERM, SIGHUP] {
                 // A signal the command was started with ignored (`nohup` ignores SIGHUP) stays ignored.
                 if StopSignals.isIgnored(signalNumber) { continue }
-                signal(signalNumber, SIG_IGN)
-                let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-                source.setEventHandler { stop(by: signalNumber) }
-                source.resume()
-                state.sources.append(source)
+                state.sources.append(StopSignals.handle(signalNumber) { stop(by: signalNumber) })
             }
         }
     }
 
     private static func stop(by signalNumber: Int32) -> Never {
-        OutputFile.removeTemporariesInFlight { files -> Never in
+        OutputFile.removeTemporariesInFlight { interrupted -> Never in
             let directories = state.withLock { $0.directories }
             // A file written inside a temporary directory is part of that directory's output.
-            var unfinished = files.filter { file in !directories.contains { file.hasPrefix($0.temporary + "/") } }
+            func outside(_ file: String) -> Bool { !directories.contains { file.hasPrefix($0.temporary + "/") } }
+            var unfinished = interrupted.unfinished.filter(outside)
             for (directory, target) in directories where (try? FileManager.default.removeItem(atPath: directory)) != nil {
                 if let target { unfinished.append(target) }
             }
-            // Said, not a silent exit status.
-            let name = String(cString: strsignal(signalNumber))
-            let line = unfinished.isEmpty
-                ? "ddp: stopped by signal \(signalNumber) (\(name)); it was not writing a file, so nothing is half-written\n"
-                : "ddp: stopped by signal \(signalNumber) (\(name)) before it finished writing \(unfinished.joined(separator: ", ")): "
-                    + "not written (what was there before is untouched), and nothing half-written is left\n"
-            try? FileHandle.standardError.write(contentsOf: Foundation.Data(line.utf8))
+            let finished = interrupted.finished.filter(outside)
+            // Said, not a silent exit status: what is in place and what is not.
+            var line = "ddp: stopped by signal \(signalNumber) (\(String(cString: strsignal(signalNumber))))"
+            if !unfinished.isEmpty {
+                line += " before it finished writing \(unfinished.joined(separator: ", ")): not written (what was there before is "
+                    + "untouched), and nothing half-written is left"
+                if !finished.isEmpty { line += "; written before the signal: \(finished.joined(separator: ", "))" }
+            } else if !finished.isEmpty {
+                line += " after writing \(finished.joined(separator: ", ")); nothing half-written is left"
+            } else {
+                line += " before it wrote any file"
+            }
+            try? FileHandle.standardError.write(contentsOf: Foundation.Data((line + "\n").utf8))
             StopSignals.endProcess(status: 128 + signalNumber)
         }
     }

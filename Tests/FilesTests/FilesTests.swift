@@ -71,32 +71,59 @@ final class OutputFileTests: XCTestCase {
     }
 
     /// What a command's SIGINT/SIGTERM handler calls before it exits: the temporary being written goes, the target
-    /// is what it was.
+    /// is what it was, and the handler learns which writes it cut short and which had finished.
     func testTemporariesInFlightAreRemovedOnRequest() throws {
         try "before".write(toFile: path("out.txt"), atomically: true, encoding: .utf8)
         var removed = false, unfinished: [String] = []
         XCTAssertThrowsError(try OutputFile.write(path("out.txt")) { temporary in
             try "half".write(toFile: temporary, atomically: false, encoding: .utf8)
-            unfinished = OutputFile.removeTemporariesInFlight { $0 }
+            unfinished = OutputFile.removeTemporariesInFlight { $0.unfinished }
             removed = !FileManager.default.fileExists(atPath: temporary)
             throw FileError(temporary, "interrupted")
         })
         XCTAssertTrue(removed, "the temporary was removed while its write was in flight")
         XCTAssertEqual(unfinished, [path("out.txt")], "the handler is told which file was not written")
-        XCTAssertEqual(OutputFile.removeTemporariesInFlight { $0 }, [], "nothing in flight once the write has ended")
-        // A write into another write's temporary (a shard's file inside its set's) is for the outer write's path.
+        XCTAssertEqual(OutputFile.removeTemporariesInFlight { $0.unfinished }, [], "nothing in flight once the write has ended")
+        XCTAssertFalse(OutputFile.removeTemporariesInFlight { $0.finished }.contains(path("out.txt")), "nor written")
+        // A write into another write's temporary (a shard's file inside its set's) is for the outer write's path, and
+        // is not itself a file written.
         var nested: [String] = []
-        XCTAssertThrowsError(try OutputFile.writeAll([path("set-0"), path("set-1")]) { _, outer in
+        XCTAssertThrowsError(try OutputFile.writeAll([path("set-0"), path("set-1")]) { index, outer in
+            try OutputFile.write(outer) { inner in try "whole".write(toFile: inner, atomically: false, encoding: .utf8) }
+            guard index == 1 else { return }
             try OutputFile.write(outer) { inner in
                 try "half".write(toFile: inner, atomically: false, encoding: .utf8)
-                nested = OutputFile.removeTemporariesInFlight { $0 }
+                nested = OutputFile.removeTemporariesInFlight { $0.unfinished }
                 throw FileError(inner, "interrupted")
             }
         })
         XCTAssertEqual(nested, [path("set-0"), path("set-1")])
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
+        XCTAssertFalse(OutputFile.removeTemporariesInFlight { $0.finished }.contains { $0.hasPrefix(path(".set-")) })
         XCTAssertEqual(try String(contentsOfFile: path("out.txt"), encoding: .utf8), "before")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory), ["out.txt"])
+        // A finished write is said as written (a signal just after embed replaced its output was said as "nothing").
+        try OutputFile.write(path("out.txt"), data: Data("after".utf8))
+        XCTAssertEqual(OutputFile.removeTemporariesInFlight { $0.finished }.last, path("out.txt"))
+    }
+
+    /// A set's new files land together with the removal of the earlier set's files they do not replace; directories
+    /// made for an output go when the command fails before anything is in them.
+    func testObsoleteFilesGoWithTheNewSetAndCreatedDirectoriesWhenEmpty() throws {
+        for name in ["shard-0", "shard-1", "shard-2"] { try "old".write(toFile: path(name), atomically: true, encoding: .utf8) }
+        try OutputFile.writeAll([path("shard-0"), path("shard-1")], removing: [path("shard-2")]) { _, temporary in
+            try "new".write(toFile: temporary, atomically: false, encoding: .utf8)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(), ["shard-0", "shard-1"])
+        XCTAssertEqual(OutputFile.removeTemporariesInFlight { Array($0.finished.suffix(2)) }, [path("shard-0"), path("shard-1")])
+
+        try FileManager.default.createDirectory(atPath: path("kept"), withIntermediateDirectories: false)
+        try OutputFile.createDirectory(path("kept/new/deeper"))
+        try OutputFile.createDirectory(path("full"))
+        try "x".write(toFile: path("full/file"), atomically: true, encoding: .utf8)
+        OutputFile.removeCreatedDirectoriesIfEmpty()
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("kept")), "it was there before")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: path("kept/new")), "made, and empty")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path("full/file")), "a directory that holds anything stays")
     }
 
     /// Several files as one: all in place once all are written; when one fails, none is touched and no temporary is
