@@ -278,7 +278,7 @@ public struct DataSplit: Sendable {
                 "\(members.count) of the \(members[0].membership!.splitShards) files of dataset_id \(members[0].membership!.datasetID) "
                     + "(\(Paths.lastComponent(members[0].path))" + (members.count > 1 ? ", ..." : "") + ")"
             }
-            throw DataError(file: directory, "holds \(split) files of \(groups.count) ddp prepares, not all of each: "
+            throw DataError(file: directory, "holds \(split) files of \(groups.count) ddp prepares, not all of every one: "
                             + "\(described.joined(separator: "; ")). Such a mix is what a prepare --overwrite stopped part-way "
                             + "(kill -9) leaves, or files copied in from another dataset: prepare the data again, or keep one "
                             + "dataset's files")

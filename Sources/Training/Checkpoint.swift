@@ -602,7 +602,7 @@ extension Checkpoint {
         }
         guard isDirectory.boolValue else {
             // RUN/latest itself, the text file that names the run's newest checkpoint: that checkpoint, as for RUN.
-            if Paths.lastComponent(path) == latestName, (try? File.open(path)) == nil { return try resolve(Paths.parent(path), pin: pin) }
+            if let run = runDirectory(ofLatest: path) { return try resolve(run, pin: pin) }
             if pin, let file = try? File.open(path) { Self.pin(file, as: path) }
             return path
         }
@@ -622,6 +622,16 @@ extension Checkpoint {
             latest = now
         }
         return latest
+    }
+
+    /// The run directory whose `latest` file `path` is, links followed (a link to RUN/latest means RUN's), or nil when
+    /// `path` is not a run's `latest` (another name, not a regular file, or an HDF5 file: a checkpoint named latest).
+    public static func runDirectory(ofLatest path: String) -> String? {
+        let (reached, problem) = Paths.followingLinks(path)
+        var status = stat()
+        guard problem == nil, Paths.lastComponent(reached) == latestName, stat(reached, &status) == 0,
+              status.st_mode & S_IFMT == S_IFREG, !File.isHDF5(reached) else { return nil }
+        return Paths.parent(reached)
     }
 
     /// The checkpoint's model, built for batches of up to `maxBatch` rows at the run's lengths, with its parameters.

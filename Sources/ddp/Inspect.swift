@@ -41,7 +41,7 @@ struct Inspect: ParsableCommand {
         try requireOneProcess("ddp inspect")
         // What was found wrong: each is printed where it is found, and any makes the command exit 1.
         var problems = 0
-        let file = try isDirectory(self.file) ? try Checkpoint.resolve(self.file) : self.file
+        let file = try isDirectory(self.file) || Checkpoint.runDirectory(ofLatest: self.file) != nil ? try Checkpoint.resolve(self.file) : self.file
         defer {
             if problems > 0 {
                 printToStandardError("\(file): \(problems) problem(s) found, printed above")

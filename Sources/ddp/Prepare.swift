@@ -182,7 +182,8 @@ struct Prepare: ParsableCommand {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw RunError("--tokenizer-from \(path) \(Paths.whyMissing(path)).")
         }
-        if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName)) {
+        if isDirectory.boolValue && FileManager.default.fileExists(atPath: Paths.join(path, Checkpoint.latestName))
+            || Checkpoint.runDirectory(ofLatest: path) != nil {
             return try readTokenizer(try Checkpoint.resolve(path))
         }
         if !isDirectory.boolValue {

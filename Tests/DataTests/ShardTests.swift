@@ -247,7 +247,7 @@ final class ShardTests: XCTestCase {
         let old = ShardMembership(datasetID: "old", splitShards: 2), new = ShardMembership(datasetID: "new", splitShards: 2)
         try ShardWriter.writeLM(file("train-00000.h5"), documents: documents, tokenizer: .byte, membership: new)
         try ShardWriter.writeLM(file("train-00001.h5"), documents: documents, tokenizer: .byte, membership: old)
-        assertDataError([path, "holds train files of 2 ddp prepares, not all of each: 1 of the 2 files of dataset_id new (train-00000.h5); "
+        assertDataError([path, "holds train files of 2 ddp prepares, not all of every one: 1 of the 2 files of dataset_id new (train-00000.h5); "
                          + "1 of the 2 files of dataset_id old (train-00001.h5)", "a prepare --overwrite stopped part-way",
                          "or files copied in from another dataset"]) {
             _ = try DataSplit(directory: path, split: "train", sequenceLength: 2)

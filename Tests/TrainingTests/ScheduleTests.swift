@@ -416,6 +416,17 @@ final class ScheduleTests: XCTestCase {
         XCTAssertNoThrow(try RunConfig.parse(languageModel, file: "lm.yaml"))
         // The training data's directory is required by ddp train alone (eval and bench read a config without it).
         XCTAssertEqual(minimal.data.directory, "")
+        // README says so, naming the model keys that are not required, the rest of the keys above, and no others.
+        let readme = try String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("README.md"), encoding: .utf8).replacingOccurrences(of: "\n", with: " ")
+        let sentence = try XCTUnwrap(readme.range(of: "Required keys: ").map { String(readme[$0.upperBound...].prefix(400)) })
+        XCTAssertTrue(sentence.hasPrefix("every `model` key but these five: `encoder_layers` and `decoder_layers` (required where the kind has "
+                                         + "that stack, refused where it has not), `dropout` (default 0), `tied_embeddings` (default true) and "
+                                         + "`scale_embedding` (the kind's default); `data.target_length`, `data.source_length` for encoder-decoder, "
+                                         + "and `data.directory` for `ddp train`; `training.batch_size` or `training.max_tokens`."), sentence)
+        // Every model key a config holds is one of those above or one of the three with defaults.
+        let stored = try XCTUnwrap(try JSONSerialization.jsonObject(with: JSONEncoder().encode(minimal.model)) as? [String: Any])
+        XCTAssertEqual(Set(stored.keys).union(["scale_embedding"]), Set(model.map(\.0)).union(["dropout", "tied_embeddings", "scale_embedding"]))
     }
 
     /// A file that is not YAML is one line naming where: not the YAML library's dump of the file.

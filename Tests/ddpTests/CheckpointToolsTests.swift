@@ -111,6 +111,18 @@ final class CheckpointToolsTests: XCTestCase {
         let named = try eval(["--checkpoint", path("reverse-run/latest"), "--data", path("reverse")])
         XCTAssertEqual(named["checkpoint"] as? String, path("reverse-run/checkpoint-00000060.h5"))
         XCTAssertEqual(named["loss"] as? Double, result["loss"] as? Double)
+        // Every command that takes a checkpoint takes it, a link to it too (the run's directory is the link target's).
+        try FileManager.default.createDirectory(atPath: path("elsewhere"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: path("elsewhere/latest"), withDestinationPath: "../reverse-run/latest")
+        let linked = try eval(["--checkpoint", path("elsewhere/latest"), "--data", path("reverse")])
+        XCTAssertEqual(linked["checkpoint"] as? String, path("elsewhere/../reverse-run/checkpoint-00000060.h5"))
+        let inspect = try runProcess(ddp, ["inspect", path("reverse-run/latest")])
+        XCTAssertEqual(inspect.status, 0, inspect.output)
+        XCTAssertTrue(inspect.stdout.hasPrefix(path("reverse-run/checkpoint-00000060.h5") + "  HDF5 file"), inspect.output)
+        try "one line\n".write(toFile: path("tokenize.txt"), atomically: true, encoding: .utf8)
+        let prepared = try runProcess(ddp, ["prepare", "--task", "lm", "--input", path("tokenize.txt"), "--valid-fraction", "0",
+                                            "--tokenizer-from", path("reverse-run/latest"), "--output", path("tokenized")])
+        XCTAssertEqual(prepared.status, 0, prepared.output)
     }
 
     func testEvalUnderMPIGivesTheSameNumbersAsAlone() throws {
