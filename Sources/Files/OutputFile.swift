@@ -217,8 +217,9 @@ public enum OutputFile {
             missing.append(current)
             current = Paths.parent(current)
         }
-        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        // Recorded first: a signal while they are made removes those made so far (rmdir of one not yet made fails).
         writes.withLock { $0.createdDirectories += missing }
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     }
 
     /// Removes the directories `createDirectory` made that are still empty (deepest first; a directory that holds
