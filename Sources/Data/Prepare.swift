@@ -273,7 +273,7 @@ public enum Preparer {
                                     progress: (String) -> Void,
                                     write: (_ split: String, _ shard: Int, _ shards: Int, _ indices: ArraySlice<Int>, _ path: String,
                                             _ membership: ShardMembership) throws -> Int) throws {
-        let earlier = try prepareOutputDirectory(options).earlier
+        let earlier = try prepareOutputDirectory(options)
         if valid.isEmpty && options.validFraction > 0 {
             progress("warning: the valid split is empty (\(train.count) sample(s) in all, valid fraction \(options.validFraction)); "
                      + "training will report no validation metrics")
@@ -322,10 +322,9 @@ public enum Preparer {
 
     /// Creates the output directory when missing, and returns the shards an earlier dataset left in it: refused
     /// unless `overwrite` (a new dataset never mixes with or silently replaces an earlier one).
-    private static func prepareOutputDirectory(_ options: PrepareOptions) throws -> (earlier: [String], created: Bool) {
+    private static func prepareOutputDirectory(_ options: PrepareOptions) throws -> [String] {
         var isDirectory: ObjCBool = false
-        let created = !FileManager.default.fileExists(atPath: options.output)
-        if !created, FileManager.default.fileExists(atPath: options.output, isDirectory: &isDirectory) {
+        if FileManager.default.fileExists(atPath: options.output, isDirectory: &isDirectory) {
             guard isDirectory.boolValue else {
                 throw DataError(file: options.output, "exists and is not a directory; --output names the directory to write the shards into")
             }
@@ -367,7 +366,7 @@ public enum Preparer {
             throw DataError(file: options.output, "already holds a dataset (\(earlier.count) shard(s): \(earlier.prefix(3).joined(separator: ", "))"
                                                   + "\(earlier.count > 3 ? ", ..." : "")); give another --output, or --overwrite to replace it")
         }
-        return (earlier, created)
+        return earlier
     }
 
     /// Language modelling from text files.
