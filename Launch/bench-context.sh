@@ -86,4 +86,6 @@ for t in sorted({t for t, _ in runs}):
         baseline = median((t, "baseline"), "tokens_per_s")
         print(f"  T {t}: baseline {baseline:.0f} tokens/s, peak {mib(median((t, 'baseline'), 'peak_rss_bytes'))}; "
               f"ddp / baseline {ddp / baseline:.2f}")
+used = sorted({r.get("blas_kernels", "unknown") for (t, impl), rs in runs.items() if impl == "ddp" for r in rs})
+print(f"ddp's GEMMs ran OpenBLAS's {'/'.join(used)} kernels")
 PY

@@ -80,12 +80,13 @@ for line in open(sys.argv[1]):
     impl, workload, threads, ranks, text = line.split(None, 4)
     runs[(workload, int(threads), int(ranks), impl)].append(json.loads(text))
 median = lambda key, field: statistics.median(r[field] for r in runs[key])
+kernels = lambda key: "/".join(sorted({r.get("blas_kernels", "unknown") for r in runs[key]}))
 ranks = int(sys.argv[2])
 for workload in sorted({w for w, *_ in runs}):
     if ranks == 1:
         for threads in sorted({t for w, t, _, _ in runs if w == workload}):
             ddp = median((workload, threads, 1, "ddp"), "tokens_per_s")
-            line = f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s"
+            line = f"{workload} {threads} thread(s): ddp {ddp:.1f} tokens/s (OpenBLAS {kernels((workload, threads, 1, 'ddp'))} kernels)"
             if runs[(workload, threads, 1, "torch")]:
                 torch = median((workload, threads, 1, "torch"), "tokens_per_s")
                 line += f", PyTorch {torch:.1f} tokens/s, ratio {ddp / torch:.2f}"
@@ -103,7 +104,7 @@ for workload in sorted({w for w, *_ in runs}):
         wait = median((workload, 1, ranks, "ddp"), "communication_wait_share")
         together = [median((workload, 1, ranks, impl), "tokens_per_s") for impl in ("ddp", "torch")]
         memory = [median((workload, 1, ranks, impl), "peak_rss_bytes") / 2**20 for impl in ("ddp", "torch")]
-        print(f"{line[0]}: {line[1]} (communication wait {wait * 100:.1f}%); {line[2]}; ratio {together[0] / together[1]:.2f}; "
+        print(f"{line[0]}: {line[1]} (communication wait {wait * 100:.1f}%, OpenBLAS {kernels((workload, 1, ranks, 'ddp'))} kernels); {line[2]}; ratio {together[0] / together[1]:.2f}; "
               f"peak RSS of rank 0 ddp {memory[0]:.0f} MiB, PyTorch {memory[1]:.0f} MiB "
               f"(medians of {len(runs[(workload, 1, ranks, 'ddp')])} rounds)")
 PY

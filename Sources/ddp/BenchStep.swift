@@ -114,7 +114,8 @@ struct BenchStep: ParsableCommand {
             let needBytes = (4 * parameters + transformer.activationFloats) * 4
             let scratchBytes = transformer.attentionScratchFloats(threads: threadCount) * 4
             let peakBytes = try world.allreduce(Int64(peakResidentBytes()), op: .max)
-            let report = StepReport(workload: config.config, ranks: world.size, threads: threadCount, parameters: parameters,
+            let report = StepReport(workload: config.config, ranks: world.size, threads: threadCount, blas_kernels: blasCoreName,
+                                    parameters: parameters,
                                     tokens_per_step: tokens, step_seconds: stepSeconds, tokens_per_s: Double(tokens) / stepSeconds,
                                     gflops: flops / stepSeconds / 1e9, communication_wait_share: median(waits) / stepSeconds,
                                     peak_rss_bytes: Int(peakBytes), model_bytes: needBytes, memory_ratio: Double(peakBytes) / Double(needBytes),
@@ -166,6 +167,8 @@ struct StepReport: Encodable {
     let workload: String
     let ranks: Int
     let threads: Int
+    /// The OpenBLAS kernel family the GEMMs ran (`Haswell`, `SkylakeX`, ...).
+    let blas_kernels: String
     let parameters: Int
     let tokens_per_step: Int
     let step_seconds: Double
@@ -185,7 +188,7 @@ struct StepReport: Encodable {
 
     func table() -> String {
         """
-        workload     \(workload), \(ranks) rank(s) x \(threads) thread(s), \(parameters) parameters, \(tokens_per_step) tokens per step
+        workload     \(workload), \(ranks) rank(s) x \(threads) thread(s) (OpenBLAS \(blas_kernels) kernels), \(parameters) parameters, \(tokens_per_step) tokens per step
         step         \(String(format: "%.4f", step_seconds)) s (median, slowest rank), waiting for communication \(String(format: "%.1f", communication_wait_share * 100))%
         throughput   \(String(format: "%.1f", tokens_per_s)) tokens/s, \(String(format: "%.1f", gflops)) GFLOP/s
         memory       peak \(formatBytes(peak_rss_bytes)), model needs \(formatBytes(model_bytes)) (ratio \(String(format: "%.2f", memory_ratio))); \

@@ -13,9 +13,10 @@ public struct ProcessResult: Sendable {
 
 /// Runs `executable` with `arguments`, killing it after `timeout` seconds so a hang fails the test instead of
 /// stalling CI. Output goes through files, not pipes, so a chatty child never blocks on a full pipe.
-/// `standardInput`, when given, is what the child reads from standard input.
+/// `standardInput`, when given, is what the child reads from standard input. The child's environment is this
+/// process's with `environment` added (replacing) and the variables named in `unsetting` removed.
 public func runProcess(_ executable: String, _ arguments: [String], environment: [String: String] = [:],
-                       timeout: TimeInterval = 120, standardInput: String? = nil) throws -> ProcessResult {
+                       unsetting: [String] = [], timeout: TimeInterval = 120, standardInput: String? = nil) throws -> ProcessResult {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("ddp-proc-\(UUID().uuidString)")
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
     defer { try? FileManager.default.removeItem(at: directory) }
@@ -30,6 +31,7 @@ public func runProcess(_ executable: String, _ arguments: [String], environment:
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
     process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        .filter { !unsetting.contains($0.key) }
     process.standardOutput = outHandle
     process.standardError = errHandle
     if let standardInput {

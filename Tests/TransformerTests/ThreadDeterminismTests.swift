@@ -107,12 +107,33 @@ final class ThreadDeterminismTests: XCTestCase {
         guard flags.contains("avx2") && flags.contains("fma") else {
             throw XCTSkip("this CPU lacks AVX2/FMA, so OpenBLAS's Haswell kernels cannot run here (its own kernels were checked above)")
         }
+        try runInChild(["TransformerTests.ThreadDeterminismTests/testOneTwoAndThreeThreadsAgreeBitwise"],
+                       tests: 1, environment: ["OPENBLAS_CORETYPE": "Haswell"], kernels: "Haswell")
+    }
+
+    /// The test above and the PyTorch fixtures in a child process with `OPENBLAS_CORETYPE` removed from its
+    /// environment, so OpenBLAS picks the kernels it would for a user on this CPU. The environment this process runs
+    /// in may set the variable (machines of this project's kind set `Haswell`), and the other tests then never see
+    /// those kernels: AVX-512 ones (`SkylakeX`, `Cooperlake`) on a CPU that has it.
+    func testOneTwoAndThreeThreadsAgreeBitwiseAndMatchPyTorchWithThisCPUsOwnKernels() throws {
+        try runInChild(["TransformerTests.ThreadDeterminismTests/testOneTwoAndThreeThreadsAgreeBitwise",
+                        "TransformerTests.PyTorchFixtureTests"], tests: 5, unsetting: ["OPENBLAS_CORETYPE"], kernels: nil)
+    }
+
+    /// Runs `names` (XCTest filters, `tests` test methods in all) in this test binary with the given environment;
+    /// checks the child's kernel family is `kernels` when given, and prints it.
+    private func runInChild(_ names: [String], tests: Int, environment: [String: String] = [:], unsetting: [String] = [],
+                            kernels: String?) throws {
         let testBinary = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().path
-        let result = try runProcess(testBinary, ["TransformerTests.ThreadDeterminismTests/testOneTwoAndThreeThreadsAgreeBitwise"],
-                                    environment: ["OPENBLAS_CORETYPE": "Haswell"], timeout: 600)
+        let result = try runProcess(testBinary, [names.joined(separator: ",")], environment: environment, unsetting: unsetting,
+                                    timeout: 600)
         XCTAssertFalse(result.timedOut, result.output)
-        XCTAssertTrue(result.output.contains("OpenBLAS kernels Haswell"), "the child did not run Haswell kernels:\n\(result.output)")
-        XCTAssertTrue(result.output.contains("Executed 1 test, with 0 failures"), result.output)
+        let used = result.output.firstMatch(of: /OpenBLAS kernels (\w+)/)?.1
+        print("ThreadDeterminismTests: the child ran OpenBLAS kernels \(used ?? "(none named)")")
+        XCTAssertNotNil(used, "the child did not say its kernels:\n\(result.output)")
+        if let kernels { XCTAssertEqual(used.map(String.init), kernels, "the child did not run \(kernels) kernels:\n\(result.output)") }
+        let tally = "Executed \(tests) test\(tests == 1 ? "" : "s"), with 0 failures"
+        XCTAssertTrue(result.output.contains(tally), "expected '\(tally)':\n\(result.output)")
         XCTAssertEqual(result.status, 0, result.output)
     }
 }

@@ -14,10 +14,12 @@ final class BenchStepTests: XCTestCase {
 
     func testBenchStepOnTinyConfig() throws {
         let result = try runProcess(ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
-                                          "--steps", "2", "--warmup", "1", "--json"], environment: ["OPENBLAS_NUM_THREADS": "1"])
+                                          "--steps", "2", "--warmup", "1", "--json"],
+                                    environment: ["OPENBLAS_NUM_THREADS": "1", "OPENBLAS_CORETYPE": "Haswell"])
         XCTAssertEqual(result.status, 0, result.output)
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(json["tokens_per_step"] as? Int, 4 * 16)
+        XCTAssertEqual(json["blas_kernels"] as? String, "Haswell", "the OpenBLAS kernels the GEMMs ran")
         XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["parameters"] as? Int), 0)
         XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
