@@ -88,10 +88,10 @@ public struct ModelConfig: Codable, Equatable, Sendable {
     /// --init`: the checkpoint's model, so a run config may leave out its `model` section or set only `dropout`).
     public static let baseUserInfoKey = CodingUserInfoKey(rawValue: "swiftddp.model.base")!
 
-    /// Decodes the keys of a config file or a checkpoint's stored config (missing `encoder_layers` or
-    /// `decoder_layers` 0, `dropout` 0,
-    /// `tied_embeddings` true, `scale_embedding` the kind's default; with a base config in `userInfo`, the base's
-    /// values); throws `DecodingError` for a missing key or a value of the wrong type.
+    /// Decodes the keys of a config file or a checkpoint's stored config (`encoder_layers` or `decoder_layers` of a
+    /// stack the kind lacks 0 when missing, `dropout` 0, `tied_embeddings` true, `scale_embedding` the kind's default;
+    /// with a base config in `userInfo`, the base's values); throws `DecodingError` for a missing key (the layers of a
+    /// stack the kind has among them) or a value of the wrong type.
     public init(from decoder: Decoder) throws {
         let values = try decoder.container(keyedBy: CodingKeys.self)
         let base = decoder.userInfo[Self.baseUserInfoKey] as? ModelConfig
@@ -100,9 +100,11 @@ public struct ModelConfig: Codable, Equatable, Sendable {
             return try values.decode(T.self, forKey: key)
         }
         let kind = try value(.kind, base?.kind)
+        let encoderLayers: Int = try value(.encoderLayers, base?.encoderLayers ?? (kind.hasEncoder ? nil : 0))
+        let decoderLayers: Int = try value(.decoderLayers, base?.decoderLayers ?? (kind.hasDecoder ? nil : 0))
         self.init(kind: kind, vocabSize: try value(.vocabSize, base?.vocabSize), dModel: try value(.dModel, base?.dModel),
-                  heads: try value(.heads, base?.heads), encoderLayers: try value(.encoderLayers, base?.encoderLayers ?? 0),
-                  decoderLayers: try value(.decoderLayers, base?.decoderLayers ?? 0), dFF: try value(.dFF, base?.dFF),
+                  heads: try value(.heads, base?.heads), encoderLayers: encoderLayers,
+                  decoderLayers: decoderLayers, dFF: try value(.dFF, base?.dFF),
                   activation: try value(.activation, base?.activation), norm: try value(.norm, base?.norm),
                   positions: try value(.positions, base?.positions), maxLength: try value(.maxLength, base?.maxLength),
                   dropout: try value(.dropout, base?.dropout ?? 0), tiedEmbeddings: try value(.tiedEmbeddings, base?.tiedEmbeddings ?? true),
