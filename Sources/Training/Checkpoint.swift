@@ -227,10 +227,12 @@ public enum Checkpoint {
     /// The checkpoint `latest` names in a run directory, or nil when there is none yet. It must name a checkpoint file
     /// of the directory itself (`checkpoint-<step>.h5`) that exists. A run that is writing checkpoints may remove the
     /// one named just after `latest` was read (`checkpoint.keep`): then `latest` is read again, as long as it moves on.
-    public static func latest(in directory: String) throws -> String? {
+    /// `forTraining`: an error then says how `ddp train` goes on (`--overwrite`); for the commands that read a
+    /// checkpoint, that it holds none to read.
+    public static func latest(in directory: String, forTraining: Bool = false) throws -> String? {
         var attempt = 0
         while true {
-            do { return try latestOnce(in: directory) } catch let error as CheckpointError where error.latestNamingMissing != nil && attempt < 20 {
+            do { return try latestOnce(in: directory, forTraining: forTraining) } catch let error as CheckpointError where error.latestNamingMissing != nil && attempt < 20 {
                 attempt += 1
                 Thread.sleep(forTimeInterval: 0.02)
                 // (The same name again, and still no file: that is what latest says, not a rotation in flight.)
@@ -239,7 +241,7 @@ public enum Checkpoint {
         }
     }
 
-    private static func latestOnce(in directory: String) throws -> String? {
+    private static func latestOnce(in directory: String, forTraining: Bool) throws -> String? {
         let latest = Paths.join(directory, latestName)
         guard FileManager.default.fileExists(atPath: latest) else { return nil }
         // A regular file of a few bytes: a FIFO or a device named latest cannot block the read, a huge file fill memory.
@@ -256,9 +258,9 @@ public enum Checkpoint {
         guard FileManager.default.fileExists(atPath: path) else {
             // No checkpoint left (a killed --overwrite removed them before latest): how to get out, said.
             let others = otherCheckpoints(in: directory, besides: path)
-            var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + (others.isEmpty
-                ? "; \(directory) holds no other checkpoint to go on from: --overwrite starts a new run there (or remove \(latest) "
-                  + "to keep the run's other files)" : others))
+            let none = forTraining ? "; \(directory) holds no other checkpoint to go on from: --overwrite starts a new run there "
+                + "(or remove \(latest) to keep the run's other files)" : "; \(directory) holds no other checkpoint to read"
+            var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + (others.isEmpty ? none : others))
             error.latestNamingMissing = text
             throw error
         }

@@ -218,7 +218,7 @@ public struct RunDirectory: Sendable {
     /// user's to say, and neither "nothing to resume" nor a fresh start over them is true). A damaged `latest` is an
     /// error naming the checkpoints the directory holds (`Checkpoint.latest`).
     public func checkpointToResume(_ resume: ResumeMode) throws -> String? {
-        let latest = try Checkpoint.latest(in: path)
+        let latest = try Checkpoint.latest(in: path, forTraining: true)
         if resume != .fresh, latest == nil, !Checkpoint.checkpointNames(in: path).isEmpty {
             throw TrainingError("\(Paths.join(path, Checkpoint.latestName)) is missing, so nothing names the checkpoint to resume from"
                                 + Checkpoint.otherCheckpoints(in: path, besides: ""))

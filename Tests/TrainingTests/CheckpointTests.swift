@@ -250,7 +250,15 @@ final class CheckpointTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: emptied, withIntermediateDirectories: true)
         try "checkpoint-00000150.h5\n".write(toFile: (emptied as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
         assertCheckpointError(["names 'checkpoint-00000150.h5', which does not exist; \(emptied) holds no other checkpoint to go on from: "
-                               + "--overwrite starts a new run there"]) { _ = try Checkpoint.latest(in: emptied) }
+                               + "--overwrite starts a new run there"]) { _ = try Checkpoint.latest(in: emptied, forTraining: true) }
+        // The commands that read a checkpoint (eval, inspect, ...) have no --overwrite: they are told there is none to read.
+        for resolve in [{ _ = try Checkpoint.resolve(emptied) }, { _ = try Checkpoint.resolve((emptied as NSString).appendingPathComponent("latest")) }] {
+            XCTAssertThrowsError(try resolve()) { error in
+                XCTAssertTrue("\(error)".hasSuffix("names 'checkpoint-00000150.h5', which does not exist; \(emptied) holds no other checkpoint to read"),
+                              "\(error)")
+                XCTAssertFalse("\(error)".contains("--overwrite"), "\(error)")
+            }
+        }
     }
 }
 
