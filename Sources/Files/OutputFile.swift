@@ -253,11 +253,15 @@ public enum OutputFile {
 
     /// Writes `data` to `path` (see `write(_:inputs:_:)`).
     public static func write(_ path: String, data: Foundation.Data, inputs: [String] = []) throws {
-        try write(path, inputs: inputs) { temporary in
-            // Straight into our own temporary: `createFile` would write a hidden temporary of its own first.
-            do { try data.write(to: URL(fileURLWithPath: temporary)) } catch {
-                throw FileError(path, "cannot be written (\(data.count) bytes): \(describe(error))")
-            }
+        try write(path, inputs: inputs) { temporary in try fill(temporary, with: data) }
+    }
+
+    /// Writes `data` as the whole content of `temporary`, a path `write` or `writeAll` gave its body (an error names
+    /// the temporary, which they replace by the file's own path).
+    public static func fill(_ temporary: String, with data: Foundation.Data) throws(FileError) {
+        // Straight into our own temporary: `createFile` would write a hidden temporary of its own first.
+        do { try data.write(to: URL(fileURLWithPath: temporary)) } catch {
+            throw FileError(temporary, "cannot be written (\(data.count) bytes): \(describe(error))")
         }
     }
 

@@ -202,6 +202,13 @@ final class CheckpointToolsTests: XCTestCase {
             if let first = written.first { XCTAssertEqual(contents[0], first, "hypotheses on \(ranks) ranks against 1 rank") }
             written.append(contents[0])
         }
+        // The three are written as one set; a path that is a symbolic link is written through (the link stays).
+        try FileManager.default.createSymbolicLink(atPath: path("linked.hyp"), withDestinationPath: path("out-1.src"))
+        _ = try eval(["--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target, "--batch-size", "3",
+                      "--hypotheses", path("linked.hyp"), "--references", path("out-1.ref")], ranks: 1)
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: path("linked.hyp")), path("out-1.src"))
+        XCTAssertEqual(try lines(path("out-1.src")), written[0], "the hypotheses went through the link")
+        XCTAssertEqual(try lines(path("out-1.ref")), text.pairs.map(\.1))
         let generated = try runProcess(ddp, ["generate", "--checkpoint", path("reverse-run")],
                                        standardInput: text.pairs.map(\.0).joined(separator: "\n") + "\n")
         XCTAssertEqual(generated.status, 0, generated.output)
