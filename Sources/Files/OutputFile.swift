@@ -35,6 +35,10 @@ public enum OutputFile {
     @discardableResult
     public static func check(_ path: String, inputs: [String] = []) throws(FileError) -> String {
         guard !path.isEmpty else { throw FileError("''", "an output path is empty") }
+        // (Otherwise found only at the rename, after the work: "Not a directory".)
+        guard !path.hasSuffix("/") else {
+            throw FileError(path, "ends in '/', which names a directory; give the path of a file to write (without the '/')")
+        }
         let target = resolved(path)
         if let kind = kind(of: target) {
             switch kind {
@@ -115,13 +119,19 @@ public enum OutputFile {
     /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before
     /// anything is written; `body`'s own errors are rethrown (a `FileError` naming the path instead of its temporary).
     /// `obsolete`: files of the earlier set that the new one does not replace, removed as the new ones land.
+    /// `throughLinks`: a path that is a symbolic link writes the file it points to, as `write` does (a command's
+    /// several outputs, each the user's own file); without it, the link itself is replaced (a dataset's shards are
+    /// their directory's own, and a link among them may point into another set). Errors and the signal handler name
+    /// the paths as given.
     public static func writeAll(_ paths: [String], inputs: [String] = [], removing obsolete: [String] = [],
-                                _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
-        // Each file replaces what is at its path, a symbolic link too, never the file a link points to: a set of files
-        // (a dataset's shards) is its directory's own, and a link among them may point into another set.
-        for path in paths { try check(path, inputs: inputs) }
-        for path in paths { removeLeftovers(of: path) }
-        let temporaries = paths.map(temporaryPath)
+                                throughLinks: Bool = false, _ body: (_ index: Int, _ temporary: String) throws -> Void) throws {
+        var targets: [String] = []
+        for path in paths {
+            let target = try check(path, inputs: inputs)
+            targets.append(throughLinks ? target : path)
+        }
+        for target in targets { removeLeftovers(of: target) }
+        let temporaries = targets.map(temporaryPath)
         var renamed = 0
         writes.withLock { writes in
             for (temporary, path) in zip(temporaries, paths) { writes.inFlight[temporary] = path }
@@ -137,17 +147,17 @@ public enum OutputFile {
                 try body(index, temporary)
                 try sync(temporary)
             } catch let error as FileError {
-                // Name the file the user asked for, not the temporary (which is gone). Other errors (about what was
-                // being written, say) pass unchanged.
-                throw FileError(error.path.replacingOccurrences(of: temporary, with: path),
-                                error.message.replacingOccurrences(of: temporary, with: path))
+                // Name the file the user asked for, not the temporary (which is gone), and say that none was
+                // replaced. Other errors (about what was being written, say) pass unchanged.
+                let none = paths.count == 1 ? "nothing was replaced" : "none of the \(paths.count) files written together was replaced"
+                throw FileError(path, "writing it failed, and \(none): " + describe(error).replacingOccurrences(of: temporary, with: path))
             }
         }
         // The renames hold the lock a signal's handler takes (`removeTemporariesInFlight`): a signal then waits for
         // the whole set to be in place, instead of removing the temporaries not yet renamed and leaving half of it.
         try writes.withLock { writes in
             for (index, path) in paths.enumerated() {
-                guard rename(temporaries[index], path) == 0 else {
+                guard rename(temporaries[index], targets[index]) == 0 else {
                     throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
                 }
                 renamed += 1
@@ -272,12 +282,17 @@ public enum OutputFile {
         do { try handle.synchronize() } catch { throw FileError(path, "syncing to disk failed: \(describe(error))") }
     }
 
-    /// Whether two paths name the same existing file (same device and inode: hard and symbolic links included).
+    /// Whether two paths name the same file: an existing one by device and inode (hard and symbolic links included),
+    /// one not there yet by its directory's device and inode and its name.
     public static func sameFile(_ a: String, _ b: String) -> Bool {
-        guard let first = identity(resolved(a)), let second = identity(resolved(b)) else {
-            return Paths.normalized(resolved(a)) == Paths.normalized(resolved(b))
+        let (first, second) = (resolved(a), resolved(b))
+        if let one = identity(first), let other = identity(second) { return one == other }
+        // A file not there yet (an output about to be written): the same name in the same directory, however each
+        // path spells the directory ("x.txt" and "/work/x.txt" from /work, "d/../x.txt").
+        if let one = identity(Paths.parent(first)), let other = identity(Paths.parent(second)) {
+            return one == other && Paths.lastComponent(first) == Paths.lastComponent(second)
         }
-        return first == second
+        return Paths.normalized(first) == Paths.normalized(second)
     }
 
 
@@ -287,11 +302,11 @@ public enum OutputFile {
         return attributes[.type] as? FileAttributeType
     }
 
+    /// Device and inode of what `path` names, links followed (a directory reached through a link is that directory).
     private static func identity(_ path: String) -> [UInt64]? {
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-              let device = (attributes[.systemNumber] as? NSNumber)?.uint64Value,
-              let inode = (attributes[.systemFileNumber] as? NSNumber)?.uint64Value else { return nil }
-        return [device, inode]
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        return [UInt64(status.st_dev), UInt64(status.st_ino)]
     }
 
     /// `path` with the links at its end followed, a chain of them too (the file they name is what gets written).

@@ -139,7 +139,8 @@ final class OutputFileTests: XCTestCase {
         XCTAssertThrowsError(try OutputFile.writeAll(paths) { index, temporary in
             try "new".write(toFile: temporary, atomically: false, encoding: .utf8)
             if index == 1 { throw FileError(temporary, "no space left on device") }
-        }) { XCTAssertEqual("\($0)", "\(paths[1]): no space left on device") }
+        }) { XCTAssertEqual("\($0)", "\(paths[1]): writing it failed, and none of the 3 files written together was replaced: "
+                            + "\(paths[1]): no space left on device") }
         for target in paths { XCTAssertEqual(try String(contentsOfFile: target, encoding: .utf8), "old") }
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: directory).sorted(), ["shard-0", "shard-1", "shard-2"])
         try OutputFile.writeAll(paths + [path("shard-3")]) { index, temporary in
@@ -158,6 +159,50 @@ final class OutputFileTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: path("other/shard-0"), encoding: .utf8), "theirs")
         XCTAssertNil(try? FileManager.default.destinationOfSymbolicLink(atPath: paths[0]), "the link itself was replaced")
         XCTAssertEqual(try String(contentsOfFile: paths[0], encoding: .utf8), "mine")
+        // throughLinks (a command's own outputs): the file a link points to is written, the link stays, and an error or
+        // the signal handler names the path as given, not the link's target.
+        try FileManager.default.createSymbolicLink(atPath: path("mine.txt"), withDestinationPath: path("other/real.txt"))
+        let pair = [path("plain.txt"), path("mine.txt")]
+        try OutputFile.writeAll(pair, throughLinks: true) { index, temporary in
+            try "written \(index)".write(toFile: temporary, atomically: false, encoding: .utf8)
+        }
+        XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: path("mine.txt")), path("other/real.txt"))
+        XCTAssertEqual(try String(contentsOfFile: path("other/real.txt"), encoding: .utf8), "written 1")
+        XCTAssertEqual(try String(contentsOfFile: path("plain.txt"), encoding: .utf8), "written 0")
+        var inFlight: [String] = []
+        XCTAssertThrowsError(try OutputFile.writeAll(pair, throughLinks: true) { index, temporary in
+            try "again".write(toFile: temporary, atomically: false, encoding: .utf8)
+            guard index == 1 else { return }
+            inFlight = OutputFile.removeTemporariesInFlight { $0.unfinished }
+            throw FileError(temporary, "no space left on device")
+        }) { XCTAssertEqual("\($0)", "\(path("mine.txt")): writing it failed, and none of the 2 files written together was replaced: "
+                            + "\(path("mine.txt")): no space left on device") }
+        XCTAssertEqual(inFlight.sorted(), pair.sorted(), "the signal handler is told the paths as given")
+        XCTAssertEqual(try String(contentsOfFile: path("other/real.txt"), encoding: .utf8), "written 1")
+        XCTAssertEqual(try String(contentsOfFile: path("plain.txt"), encoding: .utf8), "written 0")
+    }
+
+    /// A path ending in '/' names a directory: refused before any work, not met at the rename ("Not a directory").
+    /// Two spellings of one file not written yet are the same file (an absolute and a relative path, a link to its
+    /// directory), as two of an existing file are.
+    func testATrailingSlashIsRefusedAndAFileNotThereYetIsKnownBySpelling() throws {
+        for target in [path("new/"), path("new.txt/")] {
+            XCTAssertThrowsError(try OutputFile.check(target)) {
+                XCTAssertEqual("\($0)", "\(target): ends in '/', which names a directory; give the path of a file to write (without the '/')")
+            }
+        }
+        try FileManager.default.createDirectory(atPath: path("dir"), withIntermediateDirectories: false)
+        try FileManager.default.createSymbolicLink(atPath: path("dirlink"), withDestinationPath: path("dir"))
+        XCTAssertTrue(OutputFile.sameFile(path("dirlink/x.txt"), path("dir/x.txt")))
+        XCTAssertTrue(OutputFile.sameFile(path("dir/../dir/x.txt"), path("dir/x.txt")))
+        XCTAssertFalse(OutputFile.sameFile(path("dirlink/y.txt"), path("dir/x.txt")))
+        let here = FileManager.default.currentDirectoryPath
+        defer { FileManager.default.changeCurrentDirectoryPath(here) }
+        XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(path("dir")))
+        XCTAssertTrue(OutputFile.sameFile("x.txt", path("dir/x.txt")), "relative and absolute")
+        XCTAssertTrue(OutputFile.sameFile("./x.txt", path("dirlink/x.txt")))
+        XCTAssertFalse(OutputFile.sameFile("x.txt", path("x.txt")))
+        XCTAssertFalse(OutputFile.sameFile(path("no/such/x.txt"), path("dir/x.txt")))
     }
 
     /// What a write killed outright (kill -9) left beside its target, a file or a directory, goes with the next write

@@ -202,7 +202,7 @@ final class CheckpointToolsTests: XCTestCase {
             if let first = written.first { XCTAssertEqual(contents[0], first, "hypotheses on \(ranks) ranks against 1 rank") }
             written.append(contents[0])
         }
-        // The three are written as one set; a path that is a symbolic link is written through (the link stays).
+        // A path that is a symbolic link is written through (the link stays).
         try FileManager.default.createSymbolicLink(atPath: path("linked.hyp"), withDestinationPath: path("out-1.src"))
         _ = try eval(["--checkpoint", path("reverse-run"), "--source", text.source, "--target", text.target, "--batch-size", "3",
                       "--hypotheses", path("linked.hyp"), "--references", path("out-1.ref")], ranks: 1)
@@ -303,6 +303,18 @@ final class CheckpointToolsTests: XCTestCase {
         let linked = try runProcess(ddp, base + ["--hypotheses", path("target.txt"), "--references", path("link.txt")])
         XCTAssertNotEqual(linked.status, 0)
         XCTAssertTrue(linked.stderr.contains("--hypotheses and --references name the same file"), linked.output)
+        // So are two spellings of one file not there yet (a trial's first run lost the hypotheses to the sources: both
+        // renamed onto one path), here through a link to its directory.
+        try FileManager.default.createDirectory(atPath: path("outs"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: path("outs-link"), withDestinationPath: path("outs"))
+        let spelled = try runProcess(ddp, base + ["--hypotheses", path("outs/new.txt"), "--sources", path("outs-link/new.txt")])
+        XCTAssertNotEqual(spelled.status, 0)
+        XCTAssertTrue(spelled.stderr.contains("--hypotheses and --sources name the same file"), spelled.output)
+        // A path ending in '/' is refused before the work (it failed at the rename, after the other files were written).
+        let slash = try runProcess(ddp, base + ["--hypotheses", path("outs/h.txt"), "--sources", path("outs") + "/s/"])
+        XCTAssertNotEqual(slash.status, 0)
+        XCTAssertTrue(slash.stderr.contains("\(path("outs"))/s/: ends in '/', which names a directory"), slash.output)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("outs")), [], "nothing written")
         for file in ["x.txt", "y.txt", "z.txt"] { XCTAssertFalse(FileManager.default.fileExists(atPath: path(file)), file) }
     }
 
