@@ -208,12 +208,13 @@ public enum Checkpoint {
     }
 
     /// For an error about a run directory's latest checkpoint: the others it holds, newest first, and how to resume
-    /// from one ("" when there are none).
-    public static func otherCheckpoints(in directory: String, besides path: String) -> String {
+    /// from one (`forTraining`), or to read one (the other commands: name it) ("" when there are none).
+    public static func otherCheckpoints(in directory: String, besides path: String, forTraining: Bool = true) -> String {
         let others = checkpointNames(in: directory).reversed().filter { Paths.join(directory, $0) != path }
         guard let newest = others.first else { return "" }
-        return "; \(directory) also holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", ..." : ""): to go on "
-            + "from one, write its name (\(newest), say) into \(Paths.join(directory, latestName))"
+        let held = "; \(directory) also holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", ..." : "")"
+        return held + (forTraining ? ": to go on from one, write its name (\(newest), say) into \(Paths.join(directory, latestName))"
+                                   : ": to read one, name it (--checkpoint \(Paths.join(directory, newest)), say)")
     }
 
     /// The header of `path`, the checkpoint a run in `runDirectory` resumes from; an error (a damaged file) also names
@@ -247,19 +248,19 @@ public enum Checkpoint {
         // A regular file of a few bytes: a FIFO or a device named latest cannot block the read, a huge file fill memory.
         guard let text = try? TextFile.read(latest, largest: 4096) else {
             throw CheckpointError(file: latest, message: "is not a text file naming a checkpoint (a directory, a FIFO or device, over 4 KiB, or bytes that are not UTF-8)"
-                                  + otherCheckpoints(in: directory, besides: latest))
+                                  + otherCheckpoints(in: directory, besides: latest, forTraining: forTraining))
         }
         let name = text.trimmingCharacters(in: .whitespacesAndNewlines)
         let path = Paths.join(directory, name)
         guard step(ofCheckpointNamed: name) != nil, !name.contains("/") else {
             throw CheckpointError(file: latest, message: "names '\(name.prefix(200))', which is not a checkpoint file name of the run "
-                                  + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path))
+                                  + "directory (checkpoint-<step>.h5)" + otherCheckpoints(in: directory, besides: path, forTraining: forTraining))
         }
         guard FileManager.default.fileExists(atPath: path) else {
             // No checkpoint left (a killed --overwrite removed them before latest): how to get out, said.
-            let others = otherCheckpoints(in: directory, besides: path)
+            let others = otherCheckpoints(in: directory, besides: path, forTraining: forTraining)
             let none = forTraining ? "; \(directory) holds no other checkpoint to go on from: --overwrite starts a new run there "
-                + "(or remove \(latest) to keep the run's other files)" : "; \(directory) holds no other checkpoint to read"
+                + "(it removes the earlier run's files: move any you want to keep elsewhere first)" : "; \(directory) holds no other checkpoint to read"
             var error = CheckpointError(file: latest, message: "names '\(name)', which \(Paths.whyMissing(path))" + (others.isEmpty ? none : others))
             error.latestNamingMissing = text
             throw error

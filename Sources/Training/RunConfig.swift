@@ -605,7 +605,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
             if !kinds.contains(schedule) {
                 if !isNull { unused.append("\(section).\(key)") }
             } else if isNull && key != "total_steps" {
-                throw ConfigError(file: file, key: "\(section).\(key)", message: "has no value (give one, or leave the key out for its default)")
+                throw ConfigError(file: file, key: "\(section).\(key)", message: "has no value (give one; a key that has a default may be left out instead)")
             }
         }
         if let first = unused.first {
@@ -660,7 +660,7 @@ public struct RunConfig: Codable, Equatable, Sendable {
                                   + "(about 1.8e308)")
             } else if value.tag.rawValue == Tag.Name.null.rawValue && !unsettableKeys.contains(path) {
                 // `label_smoothing:` with nothing after it: YAML's null, which the decoder would take for a key left out.
-                throw ConfigError(file: file, key: path, message: "has no value (give one, or leave the key out for its default)")
+                throw ConfigError(file: file, key: path, message: "has no value (give one; a key that has a default may be left out instead)")
             }
         }
     }
@@ -818,7 +818,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
             let name = parent.isEmpty ? key.stringValue : "\(parent).\(key.stringValue)"
             // training.batch_size is optional only next to training.max_tokens: say so where it is missing.
             self.init(file: file, key: name, message: name == "training.batch_size"
-                      ? "missing (give batch_size, sequences per rank, or max_tokens, positions per global batch)" : "missing")
+                      ? "is missing (give batch_size, sequences per rank, or max_tokens, positions per global batch)" : "is missing")
         case .typeMismatch(let type, let context):
             // A whole number the key's type cannot hold is out of range, not "not an integer" (a seed of -5, 2^63 steps).
             var message = "expected \(describeType(type))"

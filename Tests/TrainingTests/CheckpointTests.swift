@@ -244,6 +244,14 @@ final class CheckpointTests: XCTestCase {
         // latest naming a file that is gone.
         try "checkpoint-00000099.h5\n".write(toFile: (run as NSString).appendingPathComponent("latest"), atomically: true, encoding: .utf8)
         assertCheckpointError(["names 'checkpoint-00000099.h5', which does not exist"]) { _ = try Checkpoint.latest(in: run) }
+        // With other checkpoints there: training is told to write one's name into latest, a reader to name it.
+        let newest = try XCTUnwrap(try FileManager.default.contentsOfDirectory(atPath: run).filter { $0.hasPrefix("checkpoint-") }.sorted().last)
+        assertCheckpointError(["also holds \(newest)", ": to go on from one, write its name (\(newest), say) into "]) {
+            _ = try Checkpoint.latest(in: run, forTraining: true)
+        }
+        assertCheckpointError(["also holds \(newest)", ": to read one, name it (--checkpoint \((run as NSString).appendingPathComponent(newest)), say)"]) {
+            _ = try Checkpoint.resolve(run)
+        }
         // And no checkpoint left at all (a trial killed train --overwrite after it removed the checkpoints, before
         // latest): the way out is said.
         let emptied = directory.appendingPathComponent("emptied").path

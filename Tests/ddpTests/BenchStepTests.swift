@@ -14,12 +14,12 @@ final class BenchStepTests: XCTestCase {
 
     func testBenchStepOnTinyConfig() throws {
         let result = try runProcess(ddp, ["bench", "step", "--config", repository.appendingPathComponent("Configs/tiny.yaml").path,
-                                          "--steps", "2", "--warmup", "1", "--json"],
-                                    environment: ["OPENBLAS_NUM_THREADS": "1", "OPENBLAS_CORETYPE": "Haswell"])
+                                          "--steps", "2", "--warmup", "1", "--json"], environment: ["OPENBLAS_NUM_THREADS": "1"])
         XCTAssertEqual(result.status, 0, result.output)
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
         XCTAssertEqual(json["tokens_per_step"] as? Int, 4 * 16)
-        XCTAssertEqual(json["blas_kernels"] as? String, "Haswell", "the OpenBLAS kernels the GEMMs ran")
+        let kernels = try XCTUnwrap(json["blas_kernels"] as? String, "the OpenBLAS kernels the GEMMs ran")
+        XCTAssertTrue(!kernels.isEmpty && kernels != "unknown", kernels)
         XCTAssertGreaterThan(try XCTUnwrap(json["tokens_per_s"] as? Double), 0)
         XCTAssertGreaterThan(try XCTUnwrap(json["parameters"] as? Int), 0)
         XCTAssertTrue((json["final_loss"] as? Double).map { $0.isFinite } ?? false)
@@ -162,7 +162,7 @@ final class BenchStepTests: XCTestCase {
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "target_length: 8", with: "target_length: 9"))
             .contains("config key 'data.target_length'"))
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "training: {batch_size: 2}", with: "training: {}"))
-            .contains("config key 'training.batch_size': missing"))
+            .contains("config key 'training.batch_size': is missing"))
         XCTAssertTrue(try configError(valid.replacingOccurrences(of: "training: {batch_size: 2}", with: "training: {batch_size: 2, grad_compression: fp8}"))
             .contains("config key 'training.grad_compression'"))
         XCTAssertTrue(try configError("model: [1, 2]").contains("expected a mapping"))
