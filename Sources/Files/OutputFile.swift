@@ -158,7 +158,10 @@ public enum OutputFile {
         try writes.withLock { writes in
             for (index, path) in paths.enumerated() {
                 guard rename(temporaries[index], targets[index]) == 0 else {
-                    throw FileError(path, "cannot replace it with the written file: \(String(cString: strerror(errno)))")
+                    let reason = String(cString: strerror(errno))
+                    let replaced = paths[..<index].joined(separator: ", ")
+                    throw FileError(path, "cannot replace it with the written file: \(reason)"
+                                    + (index == 0 ? "; nothing was replaced" : "; the set is incomplete: \(replaced) already replaced"))
                 }
                 renamed += 1
                 writes.inFlight[temporaries[index]] = nil
@@ -168,7 +171,7 @@ public enum OutputFile {
             // or the new one, never the new files beside old ones.
             for path in obsolete { unlink(path) }
         }
-        for directory in Set(paths.map(Paths.parent)) { try sync(directory) }
+        for directory in Set(targets.map(Paths.parent)) { try sync(directory) }
     }
 
     /// A temporary beside `target`, named `.NAME.XXXXXXXX.tmp` (unique; what a later write's sweep recognises).
@@ -269,9 +272,23 @@ public enum OutputFile {
     /// Writes `data` as the whole content of `temporary`, a path `write` or `writeAll` gave its body (an error names
     /// the temporary, which they replace by the file's own path).
     public static func fill(_ temporary: String, with data: Foundation.Data) throws(FileError) {
-        // Straight into our own temporary: `createFile` would write a hidden temporary of its own first.
-        do { try data.write(to: URL(fileURLWithPath: temporary)) } catch {
-            throw FileError(temporary, "cannot be written (\(data.count) bytes): \(describe(error))")
+        // Straight into our own temporary, by the path as the system reads it: `createFile` would write a hidden
+        // temporary of its own first, and a URL resolves "link/../x" by its text, elsewhere than rename and sync do.
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw FileError(temporary, "cannot be created: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var written = 0
+        let failure: Int32? = data.withUnsafeBytes { bytes in
+            while written < bytes.count {
+                let count = Glibc.write(descriptor, bytes.baseAddress! + written, bytes.count - written)
+                if count < 0 && errno == EINTR { continue }
+                guard count > 0 else { return count < 0 ? errno : ENOSPC }
+                written += count
+            }
+            return nil
+        }
+        if let failure {
+            throw FileError(temporary, "cannot be written (\(data.count) bytes): \(String(cString: strerror(failure)).lowercased())")
         }
     }
 
@@ -288,9 +305,10 @@ public enum OutputFile {
         let (first, second) = (resolved(a), resolved(b))
         if let one = identity(first), let other = identity(second) { return one == other }
         // A file not there yet (an output about to be written): the same name in the same directory, however each
-        // path spells the directory ("x.txt" and "/work/x.txt" from /work, "d/../x.txt").
+        // path spells the directory ("x.txt" and "/work/x.txt" from /work, "d/../x.txt"). Names compare by their bytes,
+        // as the system does ("é" composed and decomposed are two files).
         if let one = identity(Paths.parent(first)), let other = identity(Paths.parent(second)) {
-            return one == other && Paths.lastComponent(first) == Paths.lastComponent(second)
+            return one == other && Array(Paths.lastComponent(first).utf8) == Array(Paths.lastComponent(second).utf8)
         }
         return Paths.normalized(first) == Paths.normalized(second)
     }

@@ -214,7 +214,7 @@ public enum Checkpoint {
         guard let newest = others.first else { return "" }
         let held = "; \(directory) also holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", ..." : "")"
         return held + (forTraining ? ": to go on from one, write its name (\(newest), say) into \(Paths.join(directory, latestName))"
-                                   : ": to read one, name it (--checkpoint \(Paths.join(directory, newest)), say)")
+                                   : ": to read one, name it instead (\(Paths.join(directory, newest)), say)")
     }
 
     /// The header of `path`, the checkpoint a run in `runDirectory` resumes from; an error (a damaged file) also names

@@ -427,10 +427,9 @@ public struct RunConfig: Codable, Equatable, Sendable {
         func blamingOverride(_ error: ConfigError) -> ConfigError {
             guard let key = error.key, let override = overrides.last(where: { $0.hasPrefix(key + "=") }) else {
                 guard !overrides.isEmpty else { return error }
-                return ConfigError(file: "\(file) with " + overrides.map { "--set \($0)" }.joined(separator: " "), key: error.key,
-                                   message: error.message)
+                return error.blaming("\(file) with " + overrides.map { "--set \($0)" }.joined(separator: " "))
             }
-            return ConfigError(file: "--set \(override)", key: key, message: error.message)
+            return error.blaming("--set \(override)")
         }
         let config: RunConfig
         do {
@@ -782,14 +781,23 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public let file: String
     /// The offending key as "section.key" ("training.batch_size"), or nil for a problem with the file as a whole.
     public let key: String?
-    /// What is wrong, as a clause that follows the key ("missing", "must be at least 1, got 0").
+    /// What is wrong, as a clause that follows the key ("is missing", "must be at least 1, got 0").
     public let message: String
+    /// Whether the key is left out (not given a wrong value): what a resumed fine-tune's own model may fill in.
+    public var isMissingKey = false
 
     /// An error about `key` in `file`.
     public init(file: String, key: String?, message: String) {
         self.file = file
         self.key = key
         self.message = message
+    }
+
+    /// The same error, said of `file` (an override, or the file with its overrides).
+    func blaming(_ file: String) -> ConfigError {
+        var error = ConfigError(file: file, key: key, message: message)
+        error.isMissingKey = isMissingKey
+        return error
     }
 
     /// The scalar at `keys` of a composed config, if there is one.
@@ -819,6 +827,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
             // training.batch_size is optional only next to training.max_tokens: say so where it is missing.
             self.init(file: file, key: name, message: name == "training.batch_size"
                       ? "is missing (give batch_size, sequences per rank, or max_tokens, positions per global batch)" : "is missing")
+            isMissingKey = true
         case .typeMismatch(let type, let context):
             // A whole number the key's type cannot hold is out of range, not "not an integer" (a seed of -5, 2^63 steps).
             var message = "expected \(describeType(type))"

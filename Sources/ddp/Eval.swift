@@ -179,8 +179,9 @@ struct Eval: ParsableCommand {
 
     /// Writes the files asked for with --hypotheses, --references and --sources (rank 0), each line one example, as
     /// one set (`OutputFile.writeAll`): a signal, or an error while they are written (a full disk), leaves them all new
-    /// or all as they were, never this run's hypotheses beside another's references. A path that is a symbolic link is
-    /// written through, as a single file would be.
+    /// or all as they were, never this run's hypotheses beside another's references. (Only a rename the system refuses
+    /// part-way through, an immutable file say, leaves those renamed before it new; the error names them.) A path that
+    /// is a symbolic link is written through, as a single file would be.
     private func write(_ texts: DecodedTexts, inputs: [String]) throws {
         try OutputFile.writeAll(textOutputs.map(\.path), inputs: inputs, throughLinks: true) { index, temporary in
             try OutputFile.fill(temporary, with: Foundation.Data(texts[keyPath: textOutputs[index].lines].map { $0 + "\n" }.joined().utf8))

@@ -163,7 +163,7 @@ struct Train: ParsableCommand {
         if resume || resumeIfPresent, baseModel == nil {
             // The run's own model fills in only a model section a fine-tune's config leaves out (or gives only dropout):
             // a config that names the model keeps its own values, and their defaults, as at the start.
-            do { run = try config.load() } catch let error as ConfigError where error.message == "missing"
+            do { run = try config.load() } catch let error as ConfigError where error.isMissingKey
                 && (error.key == "model" || error.key?.hasPrefix("model.") == true) {
                 if let resumeProblem { throw RunError(resumeProblem) }
                 guard let ownModel else { throw error }

@@ -182,6 +182,18 @@ final class OutputFileTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: path("plain.txt"), encoding: .utf8), "written 0")
     }
 
+    /// A path through a link to a directory and then '..' is written where the system reads it (beside the directory
+    /// the link points to), and no temporary is left where the path's text would put it.
+    func testAPathThroughALinkAndDotDotIsWrittenWhereTheSystemReadsIt() throws {
+        try FileManager.default.createDirectory(atPath: path("far/dir"), withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: path("near"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: path("near/link"), withDestinationPath: path("far/dir"))
+        try OutputFile.write(path("near") + "/link/../x.txt", data: Data("through".utf8))
+        XCTAssertEqual(try String(contentsOfFile: path("far/x.txt"), encoding: .utf8), "through")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("near")), ["link"], "no temporary left")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: path("far")).sorted(), ["dir", "x.txt"])
+    }
+
     /// A path ending in '/' names a directory: refused before any work, not met at the rename ("Not a directory").
     /// Two spellings of one file not written yet are the same file (an absolute and a relative path, a link to its
     /// directory), as two of an existing file are.
@@ -196,6 +208,7 @@ final class OutputFileTests: XCTestCase {
         XCTAssertTrue(OutputFile.sameFile(path("dirlink/x.txt"), path("dir/x.txt")))
         XCTAssertTrue(OutputFile.sameFile(path("dir/../dir/x.txt"), path("dir/x.txt")))
         XCTAssertFalse(OutputFile.sameFile(path("dirlink/y.txt"), path("dir/x.txt")))
+        XCTAssertFalse(OutputFile.sameFile(path("dir/\u{E9}.txt"), path("dir/e\u{301}.txt")), "two names to the system, one to Swift's ==")
         let here = FileManager.default.currentDirectoryPath
         defer { FileManager.default.changeCurrentDirectoryPath(here) }
         XCTAssertTrue(FileManager.default.changeCurrentDirectoryPath(path("dir")))

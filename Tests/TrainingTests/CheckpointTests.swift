@@ -249,7 +249,7 @@ final class CheckpointTests: XCTestCase {
         assertCheckpointError(["also holds \(newest)", ": to go on from one, write its name (\(newest), say) into "]) {
             _ = try Checkpoint.latest(in: run, forTraining: true)
         }
-        assertCheckpointError(["also holds \(newest)", ": to read one, name it (--checkpoint \((run as NSString).appendingPathComponent(newest)), say)"]) {
+        assertCheckpointError(["also holds \(newest)", ": to read one, name it instead (\((run as NSString).appendingPathComponent(newest)), say)"]) {
             _ = try Checkpoint.resolve(run)
         }
         // And no checkpoint left at all (a trial killed train --overwrite after it removed the checkpoints, before
