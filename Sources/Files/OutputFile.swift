@@ -116,8 +116,9 @@ public enum OutputFile {
     /// given its index; only when every one is written and synced are they renamed over their paths. When `body` or a
     /// sync throws, every temporary is removed and no path has been touched, so an earlier version of the set stays
     /// whole. (A rename that fails part of the way through, which a same-directory rename hardly does, leaves the
-    /// files renamed so far in place, and says which one failed.) Each path is checked as `check` does before
-    /// anything is written; `body`'s own errors are rethrown (a `FileError` naming the path instead of its temporary).
+    /// files renamed so far in place, and names the one that failed and those already replaced.) Each path is checked
+    /// as `check` does before anything is written; `body`'s own errors are rethrown (a `FileError` as one about the
+    /// path, not its temporary, saying that none of the set was replaced).
     /// `obsolete`: files of the earlier set that the new one does not replace, removed as the new ones land.
     /// `throughLinks`: a path that is a symbolic link writes the file it points to, as `write` does (a command's
     /// several outputs, each the user's own file); without it, the link itself is replaced (a dataset's shards are
