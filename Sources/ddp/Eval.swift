@@ -108,7 +108,12 @@ struct Eval: ParsableCommand {
             ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).map { Paths.join(directory, $0) }
         } ?? []
         for (index, output) in textOutputs.enumerated() {
-            try OutputFile.check(output.path, inputs: inputs + protected)
+            let target = try OutputFile.check(output.path, inputs: inputs + protected)
+            // A new file there named as a shard would be read as one of the dataset's from then on (and break it).
+            if let dataDirectory, Preparer.isShardName(Paths.lastComponent(target)), OutputFile.sameFile(Paths.parent(target), dataDirectory) {
+                throw EvalInputError(message: "\(output.path): \(output.option) would put a file named as a shard into the data directory "
+                                     + "\(dataDirectory), which reads it as one of the dataset's from then on; give another name or directory")
+            }
             for other in textOutputs[..<index] where OutputFile.sameFile(other.path, output.path) {
                 throw EvalInputError(message: "\(output.path): \(other.option) and \(output.option) name the same file; give each its own")
             }

@@ -296,6 +296,14 @@ final class CheckpointToolsTests: XCTestCase {
             XCTAssertNotEqual(overShard.status, 0, overShard.output)
             XCTAssertTrue(overShard.stderr.contains("writing it would destroy what is read"), overShard.output)
         }
+        // So is a new file named as a shard there (a trial's --hypotheses DATA/valid-00001.h5 broke the dataset).
+        for arguments in [["--data", path("reverse"), "--hypotheses", path("reverse/valid-00007.h5")],
+                          ["--references", path("reverse") + "/./train-00009.h5"]] {
+            let newShard = try runProcess(ddp, ["eval", "--checkpoint", path("reverse-run")] + arguments)
+            XCTAssertNotEqual(newShard.status, 0, newShard.output)
+            XCTAssertTrue(newShard.stderr.contains("would put a file named as a shard into the data directory"), newShard.output)
+        }
+        XCTAssertFalse(try FileManager.default.contentsOfDirectory(atPath: path("reverse")).contains { $0.hasSuffix("7.h5") || $0.hasSuffix("9.h5") })
         XCTAssertEqual(try eval(["--checkpoint", path("reverse-run"), "--max-decode", "0"])["sequences"] as? Int, 60, "the shards are intact")
         // Two outputs through a link are one file.
         try FileManager.default.createSymbolicLink(atPath: path("link.txt"), withDestinationPath: path("target.txt"))
