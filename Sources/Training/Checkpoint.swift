@@ -209,7 +209,7 @@ public enum Checkpoint {
 
     /// For an error about a run directory's latest checkpoint: the others it holds, newest first, and how to resume
     /// from one (`forTraining`), or to read one (the other commands: name it) ("" when there are none).
-    public static func otherCheckpoints(in directory: String, besides path: String, forTraining: Bool = true) -> String {
+    public static func otherCheckpoints(in directory: String, besides path: String, forTraining: Bool) -> String {
         let others = checkpointNames(in: directory).reversed().filter { Paths.join(directory, $0) != path }
         guard let newest = others.first else { return "" }
         let held = "; \(directory) also holds \(others.prefix(3).joined(separator: ", "))\(others.count > 3 ? ", ..." : "")"
@@ -221,7 +221,7 @@ public enum Checkpoint {
     /// the directory's other checkpoints and how to go on from one.
     public static func readHeader(toResume path: String, in runDirectory: String) throws -> Header {
         do { return try readHeader(path) } catch let error as CheckpointError {
-            throw CheckpointError(file: error.file, message: error.message + otherCheckpoints(in: runDirectory, besides: path))
+            throw CheckpointError(file: error.file, message: error.message + otherCheckpoints(in: runDirectory, besides: path, forTraining: true))
         }
     }
 

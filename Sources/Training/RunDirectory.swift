@@ -221,7 +221,7 @@ public struct RunDirectory: Sendable {
         let latest = try Checkpoint.latest(in: path, forTraining: true)
         if resume != .fresh, latest == nil, !Checkpoint.checkpointNames(in: path).isEmpty {
             throw TrainingError("\(Paths.join(path, Checkpoint.latestName)) is missing, so nothing names the checkpoint to resume from"
-                                + Checkpoint.otherCheckpoints(in: path, besides: ""))
+                                + Checkpoint.otherCheckpoints(in: path, besides: "", forTraining: true))
         }
         if resume == .required, latest == nil {
             throw TrainingError("\(path): nothing to resume (no '\(Checkpoint.latestName)' checkpoint); start the run without --resume, "

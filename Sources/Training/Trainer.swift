@@ -522,10 +522,10 @@ public final class Trainer {
         _ = try decideOnRank0("checkpoint load", watchdog: watchdog) {
             let header: Checkpoint.Header
             do { header = try Checkpoint.load(path, into: model, optimizer: optimizer) } catch let error as CheckpointError {
-                throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
+                throw CheckpointError(file: error.file, message: error.message + Checkpoint.otherCheckpoints(in: runDirectory, besides: path, forTraining: true))
             }
             if let unusable = Checkpoint.unusableState(model, optimizer: optimizer) {
-                throw CheckpointError(file: path, message: "cannot resume: \(unusable)" + Checkpoint.otherCheckpoints(in: runDirectory, besides: path))
+                throw CheckpointError(file: path, message: "cannot resume: \(unusable)" + Checkpoint.otherCheckpoints(in: runDirectory, besides: path, forTraining: true))
             }
             numbers = [Int64(header.state.step), Int64(header.state.position.epoch), Int64(header.state.position.batch),
                        Int64(bitPattern: header.state.dropoutSeed), Int64(header.optimizerStep)]
